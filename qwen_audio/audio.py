@@ -1,0 +1,201 @@
+"""Audio front end: decoding, Whisper's 80-bin log-mel, and the released model's length bookkeeping.
+
+Everything here reproduces the released Qwen-Audio ``audio.py`` (itself openai-whisper's front end) so that
+features fed to a loaded checkpoint are the ones it was trained on. One difference is deliberate: in a batch,
+each example is normalised by its *own* maximum, so a clip gives the same features alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import BinaryIO, Union
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+SAMPLE_RATE = 16000
+N_FFT = 400  # 25 ms window
+HOP_LENGTH = 160  # 10 ms hop
+CHUNK_LENGTH = 30  # seconds the encoder sees at most
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per 30 s
+LOG_MEL_FLOOR = 1e-10
+DYNAMIC_RANGE = 8.0  # log10 units kept below each example's maximum
+
+AudioSource = Union[str, os.PathLike, BinaryIO]
+
+
+class AudioError(ValueError):
+    """An audio file that exists but cannot be used (unreadable, empty or non-finite)."""
+
+
+def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Decode wav/flac/ogg/mp3 with soundfile into a 1-D float32 mono tensor at ``sample_rate``.
+
+    Channels are averaged. Resampling uses ``torchaudio.functional.resample`` (windowed-sinc, band-limited):
+    torchaudio is already a dependency, so this adds no library, and it runs batched on GPU tensors too.
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", repr(source))
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+        raise FileNotFoundError(f"audio file not found: {name}")
+    try:
+        data, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"cannot decode audio file {name}: {err}") from err
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {name} has no samples")
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio file {name} contains NaN or infinite samples")
+    audio = torch.from_numpy(data.mean(axis=1))
+    if rate != sample_rate:
+        audio = torchaudio.functional.resample(audio, rate, sample_rate)
+    return audio.contiguous()
+
+
+def pad_or_trim(audio: torch.Tensor, length: int = N_SAMPLES, *, axis: int = -1) -> torch.Tensor:
+    """Zero-pad or trim ``audio`` along ``axis`` to ``length`` samples (30 s by default), as Whisper does."""
+    size = audio.shape[axis]
+    if size > length:
+        return audio.narrow(axis, 0, length)
+    if size < length:
+        pad = [0, 0] * (audio.dim() - 1 - axis % audio.dim()) + [0, length - size]
+        return torch.nn.functional.pad(audio, pad)
+    return audio
+
+
+@lru_cache(maxsize=None)
+def _mel_filters_cpu(n_mels: int) -> torch.Tensor:
+    return torchaudio.functional.melscale_fbanks(
+        n_freqs=N_FFT // 2 + 1, f_min=0.0, f_max=SAMPLE_RATE / 2, n_mels=n_mels,
+        sample_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney",
+    ).T.contiguous()
+
+
+def mel_filters(n_mels: int = 80, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Slaney-scale, area-normalised mel filterbank ``[n_mels, 201]``: the matrix Whisper ships in ``mel_filters.npz``."""
+    return _mel_filters_cpu(n_mels).to(device)
+
+
+def log_mel_spectrogram(audio: torch.Tensor | np.ndarray, n_mels: int = 80, backend: str = "auto") -> torch.Tensor:
+    """Whisper's log-mel: ``[..., samples]`` float audio at 16 kHz -> ``[..., n_mels, samples // 160]``.
+
+    Power STFT (n_fft 400, hop 160, periodic Hann, centred with reflect padding, last frame dropped), mel
+    filterbank, ``log10`` clamped at 1e-10, values below each example's maximum minus 8 raised to it, then
+    ``(x + 4) / 4``. ``backend``: "torch" (reference, any device), "triton" (fused kernel, CUDA) or "auto".
+    """
+    audio = torch.as_tensor(audio)
+    if not audio.is_floating_point():
+        raise ValueError(f"audio must be floating point samples, got dtype {audio.dtype}")
+    if not torch.isfinite(audio).all():
+        raise ValueError("audio contains NaN or infinite samples")
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"unknown log-mel backend {backend!r}; expected 'auto' or 'torch'")
+    return _log_mel_torch(audio.float(), n_mels)
+
+
+def _log_mel_torch(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
+    batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
+    window = torch.hann_window(N_FFT, device=audio.device)
+    stft = torch.stft(audio.reshape(-1, num_samples), N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    power = stft[..., :-1].abs() ** 2
+    log_spec = torch.clamp(mel_filters(n_mels, audio.device) @ power, min=LOG_MEL_FLOOR).log10()
+    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - DYNAMIC_RANGE)
+    return ((log_spec + 4.0) / 4.0).reshape(*batch_shape, n_mels, -1)
+
+
+def conv_frames(mel_frames):
+    """Encoder frames after the conv stem (conv2 has stride 2): ``(mel_frames - 1) // 2 + 1``. Ints or tensors."""
+    return (mel_frames - 1) // 2 + 1
+
+
+def pooled_frames(encoder_frames):
+    """Audio tokens after the stride-2 average pool: ``(encoder_frames - 2) // 2 + 1`` (0 for 0 or 1 frame)."""
+    return (encoder_frames - 2) // 2 + 1
+
+
+@dataclass(frozen=True)
+class AudioLengths:
+    """Lengths of one clip at each stage of the released model; ``span_tokens`` adds ``<audio>`` and ``</audio>``."""
+
+    samples: int
+    mel_frames: int
+    encoder_frames: int
+    audio_tokens: int
+
+    @property
+    def span_tokens(self) -> int:
+        return self.audio_tokens + 2
+
+
+def audio_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
+    """Length bookkeeping of the release for a clip of ``num_samples`` samples at 16 kHz.
+
+    Audio longer than 30 s is truncated to its first 30 s, as the release does (with a warning naming
+    ``source``). Worked example, a 1 s clip::
+
+        >>> audio_lengths(16000)
+        AudioLengths(samples=16000, mel_frames=100, encoder_frames=50, audio_tokens=25)
+
+    16000 samples // 160 = 100 mel frames; the stride-2 conv gives (100 - 1) // 2 + 1 = 50 frames; the pool
+    gives (50 - 2) // 2 + 1 = 25 audio tokens, so the prompt holds 25 + 2 = 27 positions (~40 ms per token).
+    """
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if num_samples > N_SAMPLES:
+        warnings.warn(
+            f"audio {source or '<tensor>'} lasts {num_samples / SAMPLE_RATE:.2f} s; the model reads only its "
+            f"first {CHUNK_LENGTH} s (truncated, as in the release)",
+            stacklevel=2,
+        )
+    samples = min(num_samples, N_SAMPLES)
+    mel = samples // HOP_LENGTH
+    encoder = conv_frames(mel)
+    return AudioLengths(samples, mel, encoder, pooled_frames(encoder))
+
+
+def _random_bands(extent: torch.Tensor, max_width: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """One band per example inside ``[0, extent)``: width ~ U{0..max_width}, start ~ U{0..extent - width}; [B, size]."""
+    limit = torch.minimum(max_width, extent)
+    width = (torch.rand(extent.shape, generator=generator) * (limit + 1)).long().clamp(max=limit)
+    start = (torch.rand(extent.shape, generator=generator) * (extent - width + 1)).long()
+    index = torch.arange(size)
+    return (index >= start[:, None]) & (index < (start + width)[:, None])
+
+
+def spec_augment(
+    mel: torch.Tensor,
+    lengths: torch.Tensor,
+    freq_mask_param: int = 27,
+    num_freq_masks: int = 1,
+    time_mask_param: int = 100,
+    num_time_masks: int = 1,
+    max_time_fraction: float = 1.0,
+    mask_value: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SpecAugment on a batch ``[B, n_mels, T]`` whose example ``b`` is valid for its first ``lengths[b]`` frames.
+
+    Defaults are the "LibriSpeech Basic" policy (F=27, m_F=1, T=100, m_T=1, p=1.0) named by the paper's Table 6.
+    Masks are drawn here rather than with ``torchaudio.functional.mask_along_axis_iid`` because that one takes
+    no generator (runs could not be reproduced per worker) and cannot keep a time mask inside each example's
+    valid frames: here a time mask is at most ``min(time_mask_param, max_time_fraction * length)`` wide and lies
+    inside ``[0, length)``, so padding stays padding. Returns a new tensor.
+    """
+    if mel.dim() != 3 or lengths.shape != (mel.shape[0],):
+        raise ValueError(f"expected mel [B, n_mels, T] and lengths [B], got {tuple(mel.shape)} and {tuple(lengths.shape)}")
+    batch, n_mels, frames = mel.shape
+    lengths = lengths.detach().long().cpu().clamp(max=frames)
+    masked = torch.zeros(batch, n_mels, frames, dtype=torch.bool)
+    full_mels = torch.full((batch,), n_mels)
+    for _ in range(num_freq_masks):
+        masked |= _random_bands(full_mels, torch.full((batch,), freq_mask_param), n_mels, generator)[:, :, None]
+    time_width = torch.minimum(torch.full((batch,), time_mask_param), (lengths * max_time_fraction).long())
+    for _ in range(num_time_masks):
+        masked |= _random_bands(lengths, time_width, frames, generator)[:, None, :]
+    return mel.masked_fill(masked.to(mel.device), mask_value)
