@@ -93,6 +93,11 @@ def log_mel_spectrogram(audio: torch.Tensor | np.ndarray, n_mels: int = 80, back
         raise ValueError(f"audio must be floating point samples, got dtype {audio.dtype}")
     if not torch.isfinite(audio).all():
         raise ValueError("audio contains NaN or infinite samples")
+    if audio.shape[-1] <= N_FFT // 2:
+        raise ValueError(
+            f"audio of {audio.shape[-1]} samples is too short for the centred STFT (needs > {N_FFT // 2}); "
+            "pad it first, e.g. with pad_or_trim"
+        )
     if backend not in ("auto", "torch"):
         raise ValueError(f"unknown log-mel backend {backend!r}; expected 'auto' or 'torch'")
     return _log_mel_torch(audio.float(), n_mels)
@@ -185,7 +190,7 @@ def spec_augment(
     Masks are drawn here rather than with ``torchaudio.functional.mask_along_axis_iid`` because that one takes
     no generator (runs could not be reproduced per worker) and cannot keep a time mask inside each example's
     valid frames: here a time mask is at most ``min(time_mask_param, max_time_fraction * length)`` wide and lies
-    inside ``[0, length)``, so padding stays padding. Returns a new tensor.
+    inside ``[0, length)``; frequency masks also stop at ``length``, so padding stays padding. Returns a new tensor.
     """
     if mel.dim() != 3 or lengths.shape != (mel.shape[0],):
         raise ValueError(f"expected mel [B, n_mels, T] and lengths [B], got {tuple(mel.shape)} and {tuple(lengths.shape)}")
@@ -198,4 +203,5 @@ def spec_augment(
     time_width = torch.minimum(torch.full((batch,), time_mask_param), (lengths * max_time_fraction).long())
     for _ in range(num_time_masks):
         masked |= _random_bands(lengths, time_width, frames, generator)[:, None, :]
+    masked &= (torch.arange(frames) < lengths[:, None])[:, None, :]
     return mel.masked_fill(masked.to(mel.device), mask_value)
