@@ -1,0 +1,190 @@
+"""Weights in and out: the released folder layout, and the stage-1 initialisation from Whisper + Qwen-7B.
+
+Released layout (Qwen/Qwen-Audio, Qwen/Qwen-Audio-Chat): ``config.json``, ``qwen.tiktoken``, and
+``model.safetensors`` or shards ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``.
+``pytorch_model*.bin`` shards are pickles and are read only when the caller passes ``allow_pickle=True``.
+Every load is strict: missing, unexpected or mis-shaped keys raise :class:`CheckpointError` listing them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.model import QwenAudio
+
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_FILE = "qwen.tiktoken"
+ENCODER_PREFIX = "transformer.audio."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or folder that does not hold the weights the model needs."""
+
+
+def _read_file(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read {path} (truncated or corrupt safetensors file?): {err}") from err
+    if not allow_pickle:
+        raise CheckpointError(f"{path} is a pickle; pass allow_pickle=True (--allow-pickle) to read it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a bad pickle
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+
+
+def read_state_dict(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a Hugging Face-layout folder (single file or index + shards)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    candidates = [(SAFE_INDEX, "model.safetensors")] + ([(BIN_INDEX, "pytorch_model.bin")] if allow_pickle else [])
+    for index_name, single_name in candidates:
+        index_path = os.path.join(folder, index_name)
+        if os.path.isfile(index_path):
+            try:
+                with open(index_path, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, KeyError) as err:
+                raise CheckpointError(f"{index_path} is not a valid index (needs a 'weight_map'): {err}") from err
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                tensors = _read_file(os.path.join(folder, shard), allow_pickle)
+                listed = {k for k, v in weight_map.items() if v == shard}
+                if set(tensors) != listed:
+                    raise CheckpointError(f"{os.path.join(folder, shard)} holds keys that differ from {index_path}: "
+                                          f"missing {sorted(listed - set(tensors))}, extra {sorted(set(tensors) - listed)}")
+                state.update(tensors)
+            return state
+        if os.path.isfile(os.path.join(folder, single_name)):
+            return _read_file(os.path.join(folder, single_name), allow_pickle)
+    hint = "" if allow_pickle else " (.bin shards need allow_pickle=True)"
+    raise CheckpointError(f"{folder} holds neither {SAFE_INDEX} nor model.safetensors{hint}")
+
+
+def check_state_dict(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+                 for k in sorted(set(expected) & set(state)) if state[k].shape != expected[k]]
+    problems = [f"{label} ({len(keys)}): {', '.join(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)) if keys]
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+
+
+def _expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                    device: torch.device | str = "cpu", allow_pickle: bool = False,
+                    config: QwenAudioConfig | None = None) -> QwenAudio:
+    """Build the model from ``folder/config.json`` on the meta device and assign the checkpoint's tensors to it.
+
+    The tensors keep the checkpoint's dtype (bf16 for the release) unless ``dtype`` is given.
+    """
+    config = config or QwenAudioConfig.from_hf_config(folder)
+    with torch.device("meta"):
+        model = QwenAudio(config)
+    state = read_state_dict(folder, allow_pickle)
+    check_state_dict(_expected_shapes(model), state, os.fspath(folder))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype)
+
+
+def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
+                    max_shard_size: int | str = "5GB") -> None:
+    """Write ``model`` in the released layout (safetensors shards + index when more than one, ``config.json``)."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({k: state[k] for k in keys}, os.path.join(folder, filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        with open(os.path.join(folder, SAFE_INDEX), "w", encoding="utf-8") as f:
+            json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
+    hf_config = model.config.to_hf_config()
+    hf_config["torch_dtype"] = str(model.lm_head.weight.dtype).removeprefix("torch.")
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf_config, f, indent=2)
+    if tokenizer_file is not None:
+        shutil.copyfile(tokenizer_file, os.path.join(folder, TOKENIZER_FILE))
+
+
+def read_whisper_encoder(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The encoder tensors of an openai-whisper ``.pt`` checkpoint, renamed ``encoder.X`` -> ``transformer.audio.X``.
+
+    Read with ``torch.load(weights_only=True)``: the file is a dict of tensors and plain values, no code runs.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Whisper checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        weights = checkpoint["model_state_dict"]
+    except Exception as err:  # torch raises several unrelated types for a bad file
+        raise CheckpointError(f"cannot read Whisper checkpoint {path} (expects openai-whisper's "
+                              f"{{'dims', 'model_state_dict'}} file): {err}") from err
+    return {ENCODER_PREFIX + k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+
+
+def init_stage1(whisper_path: str | os.PathLike, qwen_folder: str | os.PathLike, config: QwenAudioConfig,
+                *, dtype: torch.dtype = torch.bfloat16, allow_pickle: bool = False, seed: int = 0) -> QwenAudio:
+    """Stage-1 starting point: Whisper-large-v2's encoder + Qwen-7B's decoder; ``proj`` and audio BOS/EOS are new.
+
+    Qwen-7B has 151,936 embedding rows, the model 155,947 (audio, task and timestamp tokens). The new rows of
+    ``wte`` and ``lm_head`` are drawn from N(mean, diag(var)) of the existing rows (Hewitt, 2021): they start
+    inside the distribution the frozen LLM knows, and distinct, so task tags can be told apart. ``proj.weight``
+    and ``audio_bos_eos_token`` are drawn from N(0, 0.02) and ``proj.bias`` is zero, the release's initialisation.
+    The model is built on the meta device, so only the checkpoints' tensors take memory.
+    """
+    with torch.device("meta"):
+        model = QwenAudio(config)
+    expected = _expected_shapes(model)
+    generator = torch.Generator().manual_seed(seed)
+    fresh = {
+        ENCODER_PREFIX + "proj.weight": 0.02 * torch.randn(expected[ENCODER_PREFIX + "proj.weight"], generator=generator),
+        ENCODER_PREFIX + "proj.bias": torch.zeros(expected[ENCODER_PREFIX + "proj.bias"]),
+        ENCODER_PREFIX + "audio_bos_eos_token.weight":
+            0.02 * torch.randn(expected[ENCODER_PREFIX + "audio_bos_eos_token.weight"], generator=generator),
+    }
+    encoder_state = read_whisper_encoder(whisper_path)
+    check_state_dict({k: s for k, s in expected.items() if k.startswith(ENCODER_PREFIX) and k not in fresh},
+                     encoder_state, os.fspath(whisper_path))
+    decoder_state = read_state_dict(qwen_folder, allow_pickle)
+    vocab_keys = ("transformer.wte.weight", "lm_head.weight")
+    decoder_expected = {k: s for k, s in expected.items() if not k.startswith(ENCODER_PREFIX)}
+    for key in vocab_keys:  # fewer rows than the model is expected: they are grown below
+        if key in decoder_state and decoder_state[key].shape[0] <= expected[key][0]:
+            decoder_expected[key] = torch.Size((decoder_state[key].shape[0], *expected[key][1:]))
+    check_state_dict(decoder_expected, decoder_state, os.fspath(qwen_folder))
+    for key in vocab_keys:
+        decoder_state[key] = _grow_rows(decoder_state[key], expected[key][0], generator)
+    state = {k: v.to(dtype) for k, v in {**encoder_state, **decoder_state, **fresh}.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def _grow_rows(weight: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
+    old = weight.float()
+    mean, std = old.mean(0), old.std(0)
+    new = mean + std * torch.randn(rows - old.shape[0], old.shape[1], generator=generator)
+    return torch.cat([old, new])

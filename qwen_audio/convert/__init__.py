@@ -1,0 +1,1 @@
+"""Checkpoint conversions on the command line: ``python -m qwen_audio.convert {init-stage1,to-safetensors} --help``."""

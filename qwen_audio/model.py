@@ -1,0 +1,151 @@
+"""QwenAudio: the audio encoder, the Qwen-7B decoder and the splice that joins them.
+
+State-dict keys are the released checkpoint's: the release keeps the audio encoder inside the LLM trunk
+(``transformer.audio.*`` beside ``transformer.wte``/``h``/``ln_f``) and the head outside (``lm_head``), and so
+does this module, so a released folder loads with a plain ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.modules.decoder import KVCache, QwenDecoder
+from qwen_audio.modules.encoder import AudioEncoder
+from qwen_audio.modules.fusion import splice_audio
+
+
+@dataclass
+class QwenAudioOutput:
+    logits: torch.Tensor  # [B, L, vocab], in the model's dtype
+    loss: torch.Tensor | None = None
+    kv_cache: KVCache | None = None
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy per position on fp32 logits: ``labels`` shifted by one, -100 ignored.
+
+    Returns ``(loss, correct, counted)``, each ``[B, L - 1]``: the token loss (0 where ignored), whether the argmax
+    equals the label, and which positions count. Per-sample or per-task means are sums over these.
+    """
+    targets = labels[:, 1:].to(logits.device)
+    counted = targets != -100
+    shifted = logits[:, :-1].float()
+    losses = F.cross_entropy(shifted.transpose(1, 2), targets.masked_fill(~counted, 0), reduction="none")
+    losses = losses.masked_fill(~counted, 0.0)
+    correct = (shifted.argmax(-1) == targets) & counted
+    return losses, correct, counted
+
+
+class QwenAudio(nn.Module):
+    def __init__(self, config: QwenAudioConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = QwenDecoder(config.decoder, config.attention_backend)
+        self.transformer.add_module("audio", AudioEncoder(config.encoder, config.attention_backend))
+        self.lm_head = nn.Linear(config.decoder.hidden_size, config.decoder.vocab_size, bias=False)
+        self.init_weights()
+
+    @property
+    def encoder(self) -> AudioEncoder:
+        return self.transformer.audio
+
+    @property
+    def decoder(self) -> QwenDecoder:
+        return self.transformer
+
+    def init_weights(self) -> None:
+        """The release's initialisation (``initializer_range`` 0.02), applied to encoder and decoder alike.
+
+        Linear and embedding weights ~ N(0, 0.02) with zero biases, RMSNorm weights 1, and every ``c_proj``
+        (attention output, MLP down projection) ~ N(0, 0.02 / sqrt(2 * n_layers)). Conv and LayerNorm keep PyTorch's
+        defaults; the sinusoid table is fixed.
+        """
+        std = 0.02
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scale = math.sqrt(2 * self.config.decoder.num_hidden_layers) if name.endswith("c_proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std / scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def set_trainable(self, *, encoder: bool, decoder: bool) -> None:
+        """Freeze or unfreeze the two parts. Stage 1 (pretraining): ``encoder=True, decoder=False`` (the encoder
+        includes pool/ln_post/proj and the audio BOS/EOS vectors); stage 2 (SFT): the reverse."""
+        self.encoder.requires_grad_(encoder)
+        for name, param in self.named_parameters():
+            if not name.startswith("transformer.audio."):
+                param.requires_grad_(decoder)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute each encoder and decoder block in backward (``torch.utils.checkpoint``) to save memory."""
+        self.encoder.activation_checkpointing = enabled
+        self.decoder.activation_checkpointing = enabled
+
+    def encode_audio(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Per clip ``[n_audio + 2, hidden]``: see :class:`AudioEncoder`."""
+        return self.encoder(mel, mel_lengths)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        audio_mel: torch.Tensor | None = None,
+        audio_mel_lengths: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        use_cache: bool = False,
+        audio_embeds: Sequence[torch.Tensor] | None = None,
+    ) -> QwenAudioOutput:
+        """Logits for ``input_ids`` ``[B, L]``, and the loss when ``labels`` are given.
+
+        Audio comes as mel ``[N, n_mels, T]`` + valid mel lengths ``[N]`` (samples // 160), one clip per ``<audio>``
+        in row-major order, or already encoded as ``audio_embeds``. ``attention_mask`` ``[B, past + L]`` (0 = padding;
+        several ids per row = packed sequences), ``position_ids`` ``[B, L]`` (rotary positions; default: the index).
+
+        The loss is next-token cross-entropy (``labels`` shifted by one, -100 ignored, mean over counted tokens)
+        computed on logits upcast to fp32: more accurate than the release, which used the working dtype (bf16).
+        """
+        embeds = self.transformer.wte(input_ids)
+        if audio_mel is not None:
+            if audio_embeds is not None:
+                raise ValueError("pass either audio_mel or audio_embeds, not both")
+            if audio_mel_lengths is None:
+                raise ValueError("audio_mel needs audio_mel_lengths (valid mel frames per clip, samples // 160)")
+            audio_embeds = self.encode_audio(audio_mel, audio_mel_lengths)
+        if audio_embeds is not None:
+            embeds = splice_audio(embeds, input_ids, audio_embeds, self.config.audio_start_id)
+        hidden, cache = self.transformer(embeds, attention_mask, position_ids, kv_cache, use_cache)
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+            losses, _, counted = token_losses(logits, labels)
+            loss = losses.sum() / counted.sum().clamp(min=1)
+        return QwenAudioOutput(logits, loss, cache)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                        device: torch.device | str = "cpu", allow_pickle: bool = False):
+        """Load a folder in the released layout; returns ``(model, tokenizer)``. See :mod:`qwen_audio.checkpoint`."""
+        from qwen_audio.checkpoint import load_pretrained
+        from qwen_audio.tokenizer import QwenAudioTokenizer
+
+        model = load_pretrained(folder, dtype=dtype, device=device, allow_pickle=allow_pickle)
+        return model, QwenAudioTokenizer.from_file(os.path.join(folder, "qwen.tiktoken"))
+
+    def save_pretrained(self, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
+                        max_shard_size: int | str = "5GB") -> None:
+        """Write the released layout: sharded safetensors + index, ``config.json``, and the tokenizer file."""
+        from qwen_audio.checkpoint import save_pretrained
+
+        save_pretrained(self, folder, tokenizer_file=tokenizer_file, max_shard_size=max_shard_size)
