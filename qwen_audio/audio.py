@@ -98,9 +98,9 @@ def log_mel_spectrogram(audio: torch.Tensor | np.ndarray, n_mels: int = 80, back
             f"audio of {audio.shape[-1]} samples is too short for the centred STFT (needs > {N_FFT // 2}); "
             "pad it first, e.g. with pad_or_trim"
         )
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"unknown log-mel backend {backend!r}; expected 'auto' or 'torch'")
-    return _log_mel_torch(audio.float(), n_mels)
+    from qwen_audio.kernels import log_mel  # deferred: the kernels import this module's constants and reference
+
+    return log_mel(audio.float(), n_mels, backend)
 
 
 def _log_mel_torch(audio: torch.Tensor, n_mels: int) -> torch.Tensor:

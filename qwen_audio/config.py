@@ -72,6 +72,9 @@ class QwenAudioConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     audio_start_id: int = 155163
     attention_backend: AttentionBackend = "auto"
+    # Where the vocabulary comes from, not part of the architecture (so not compared): "released" (qwen.tiktoken),
+    # "demo" (the small committed file) or a ranks-file path. A released-layout folder brings its own file.
+    tokenizer: str = field(default="released", compare=False)
 
     def __post_init__(self) -> None:
         if self.encoder.output_dim != self.decoder.hidden_size:
@@ -180,6 +183,7 @@ def _tiny() -> QwenAudioConfig:
             intermediate_size=256,
         ),
         audio_start_id=7616,
+        tokenizer="demo",
     )
 
 

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from qwen_audio.audio import conv_frames, pooled_frames
 from qwen_audio.config import AudioEncoderConfig
+from qwen_audio.kernels import pool_layer_norm
 from qwen_audio.modules.attention import AttentionLayout, attention
 from qwen_audio.modules.layers import sinusoids
 
@@ -108,9 +109,10 @@ class AudioEncoder(nn.Module):
         return x, lengths
 
     def pool_and_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """Stride-2 average pool over time, then ``ln_post`` (pooling comes first, as released): ``[N, T // 2, D]``."""
-        pooled = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2).transpose(1, 2)
-        return self.ln_post(pooled)
+        """Stride-2 average pool over time, then ``ln_post`` (pooling comes first, as released): ``[N, T // 2, D]``.
+
+        One fused Triton kernel on CUDA, the torch ops elsewhere (:func:`qwen_audio.kernels.pool_layer_norm`)."""
+        return pool_layer_norm(x, self.ln_post.weight, self.ln_post.bias, self.ln_post.eps)
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
         """One tensor per clip, ``[pooled_frames(T_b) + 2, output_dim]``: audio BOS, the audio tokens, audio EOS."""

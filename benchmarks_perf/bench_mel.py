@@ -1,0 +1,147 @@
+"""Log-mel of a batch of 30 s clips: this project's backends against openai-whisper, transformers, torchaudio, nnAudio.
+
+    python benchmarks_perf/bench_mel.py                      # CPU, small batch (~1 minute on 2 cores)
+    python benchmarks_perf/bench_mel.py --device cuda --batch 64
+
+Prints one Markdown table: time per batch, audio-hours per second, speed-up against openai-whisper (its own
+``log_mel_spectrogram``, one clip per call, as Whisper runs it) and the largest difference from this project's
+torch reference (all compute Whisper's features). On CUDA it adds, for the Triton kernel, GB/s of compulsory
+traffic (audio in, log-mel out) against the measured copy bandwidth, and the kernel's roofline: the larger of the
+memory time and the matrix-unit time of its DFT and mel products at their precisions (TF32x3 = 3 TF32 products).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torchaudio
+import whisper
+from nnAudio.features import MelSpectrogram as NnAudioMel
+from transformers import WhisperFeatureExtractor
+
+from qwen_audio.audio import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, N_SAMPLES, SAMPLE_RATE
+from qwen_audio.kernels import log_mel
+from qwen_audio.kernels import mel as mel_kernel
+
+
+def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Milliseconds per call: ``triton.testing.do_bench`` median on CUDA; on CPU the best wall clock of ``repeats``
+    calls after two warm-ups (the minimum, because other processes on a shared CPU only ever add time)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, return_mode="median")
+    fn(), fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def whisper_normalise(power_mel: torch.Tensor) -> torch.Tensor:
+    """log10 clamp, per-example ``max - 8`` floor and ``(x + 4) / 4`` on a ``[B, n_mels, frames]`` mel power."""
+    log_spec = power_mel.clamp(min=LOG_MEL_FLOOR).log10()
+    log_spec = torch.maximum(log_spec, log_spec.amax(dim=(-2, -1), keepdim=True) - DYNAMIC_RANGE)
+    return (log_spec + 4.0) / 4.0
+
+
+def candidates(audio: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    device = audio.device
+    torchaudio_mel = torchaudio.transforms.MelSpectrogram(
+        SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=80, norm="slaney", mel_scale="slaney"
+    ).to(device)
+    nnaudio_mel = NnAudioMel(
+        sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=80, fmin=0.0, fmax=SAMPLE_RATE / 2, verbose=False
+    ).to(device)
+    extractor = WhisperFeatureExtractor(feature_size=80)
+    clips = list(audio.cpu().numpy())
+    runs = {"qwen_audio torch": lambda: log_mel(audio, 80, backend="torch")}
+    if device.type == "cuda":
+        runs["qwen_audio triton"] = lambda: log_mel(audio, 80, backend="triton")
+    runs |= {
+        "openai-whisper (per clip)": lambda: torch.stack([whisper.log_mel_spectrogram(clip) for clip in audio]),
+        "transformers WhisperFeatureExtractor": lambda: extractor(
+            clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=str(device)
+        ).input_features,
+        "torchaudio MelSpectrogram + log": lambda: whisper_normalise(torchaudio_mel(audio)[..., :-1]),
+        "nnAudio MelSpectrogram + log": lambda: whisper_normalise(nnaudio_mel(audio)[..., :-1]),
+    }
+    return runs
+
+
+def device_ceilings(device: torch.device) -> tuple[float, float]:
+    """Measured copy bandwidth (bytes/s) and TF32 matrix throughput (FLOP/s) of a CUDA device."""
+    import triton.testing
+
+    block, copy = torch.empty(1 << 28, device=device), torch.empty(1 << 28, device=device)  # 1 GiB each
+    copy_s = triton.testing.do_bench(lambda: copy.copy_(block), return_mode="median") * 1e-3
+    a, b = torch.randn(8192, 8192, device=device), torch.randn(8192, 8192, device=device)
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    matmul_s = triton.testing.do_bench(lambda: a @ b, return_mode="median") * 1e-3
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    return 2 * block.numel() * 4 / copy_s, 2 * 8192**3 / matmul_s
+
+
+def triton_roofline(batch: int, seconds: float, copy_bytes_per_s: float, tf32_flops_per_s: float) -> str:
+    frames = batch * N_SAMPLES // HOP_LENGTH
+    traffic = batch * N_SAMPLES * 4 + frames * 80 * 4
+    dft_flops = 2 * mel_kernel.PADDED_TAPS * 2 * mel_kernel.PADDED_BINS * 3  # tf32x3: three TF32 products
+    mel_flops = 2 * mel_kernel.PADDED_BINS * 128  # TF32, mels padded to 128
+    flops = frames * (dft_flops + mel_flops)
+    memory_s, matrix_s = traffic / copy_bytes_per_s, flops / tf32_flops_per_s
+    bound = "matrix units" if matrix_s > memory_s else "memory"
+    return (
+        f"\nTriton roofline: memory {memory_s * 1e3:.3f} ms ({traffic / 1e6:.1f} MB at "
+        f"{copy_bytes_per_s / 1e9:.0f} GB/s copy), matrix {matrix_s * 1e3:.3f} ms ({flops / 1e12:.2f} TFLOP at "
+        f"{tf32_flops_per_s / 1e12:.0f} TFLOP/s TF32); bound by {bound}; the kernel runs at "
+        f"{max(memory_s, matrix_s) / seconds:.0%} of that bound"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="30 s clips per batch (default: 4 CPU, 64 CUDA)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per candidate on CPU")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    batch = args.batch or (64 if device.type == "cuda" else 4)
+    generator = torch.Generator().manual_seed(0)
+    envelope = 0.5 * (1 + torch.sin(torch.linspace(0, 240 * torch.pi, N_SAMPLES)))
+    audio = (0.1 * torch.randn(batch, N_SAMPLES, generator=generator) * envelope).to(device)
+
+    reference = log_mel(audio, 80, backend="torch")
+    hours = batch * N_SAMPLES / SAMPLE_RATE / 3600
+    results = {}
+    for name, run in candidates(audio).items():
+        difference = (run().to(device) - reference).abs().max().item()
+        results[name] = (measure_ms(run, device, args.repeats), difference)
+
+    baseline_ms = results["openai-whisper (per clip)"][0]
+    cuda = device.type == "cuda"
+    if cuda:
+        copy_bytes_per_s, tf32_flops_per_s = device_ceilings(device)
+        traffic = batch * N_SAMPLES * 4 + reference.numel() * 4
+    print(f"log-mel, {batch} x 30 s clips, {torch.cuda.get_device_name(device) if cuda else 'CPU'} "
+          f"({torch.get_num_threads()} threads), torch {torch.__version__}\n")
+    header = "| implementation | ms / batch | audio h / s | vs openai-whisper | max abs diff vs ours |"
+    print(header + (" GB/s | of copy BW |" if cuda else ""))
+    print("|---" * (header.count("|") - 1 + (2 if cuda else 0)) + "|")
+    for name, (ms, difference) in results.items():
+        row = f"| {name} | {ms:.2f} | {hours / (ms * 1e-3):.1f} | {baseline_ms / ms:.2f}x | {difference:.1e} |"
+        if cuda:
+            gbps = traffic / (ms * 1e-3) / 1e9
+            row += f" {gbps:.0f} | {gbps * 1e9 / copy_bytes_per_s:.0%} |"
+        print(row)
+    if cuda:
+        print(triton_roofline(batch, results["qwen_audio triton"][0] * 1e-3, copy_bytes_per_s, tf32_flops_per_s))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The encoder's stride-2 average pool + LayerNorm: fused Triton kernel against the unfused torch ops.
+
+    python benchmarks_perf/bench_pool.py                     # CPU: torch path only
+    python benchmarks_perf/bench_pool.py --device cuda --batch 32
+
+Prints one Markdown table per dtype: forward and forward + backward, milliseconds, GB/s of compulsory traffic
+(forward: read x, write y; backward adds read x and dy, write dx) against the measured copy bandwidth, and the
+speed-up over torch. The shape is the encoder's: x [batch, 1500 frames, 1280 channels].
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from qwen_audio.kernels import pool_layer_norm
+
+FRAMES, CHANNELS = 1500, 1280
+
+
+def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Milliseconds per call: ``triton.testing.do_bench`` median on CUDA; on CPU the best wall clock of ``repeats``
+    calls after two warm-ups (the minimum, because other processes on a shared CPU only ever add time)."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, return_mode="median")
+    fn(), fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: int) -> None:
+    x = torch.randn(batch, FRAMES, CHANNELS, device=device, dtype=dtype, requires_grad=True)
+    weight = torch.randn(CHANNELS, device=device, dtype=dtype, requires_grad=True)
+    bias = torch.randn(CHANNELS, device=device, dtype=dtype, requires_grad=True)
+    dy = torch.randn(batch, FRAMES // 2, CHANNELS, device=device, dtype=dtype)
+    x_bytes = x.numel() * x.element_size()
+    copy = torch.empty_like(x, requires_grad=False)
+    copy_bytes_per_s = 2 * x_bytes / (measure_ms(lambda: copy.copy_(x.detach()), device, repeats) * 1e-3)
+    traffic = {"forward": 1.5 * x_bytes, "forward + backward": 4 * x_bytes}  # y and dy are half of x
+
+    backends = ["torch"] + (["triton"] if device.type == "cuda" else [])
+    rows = []
+    for backend in backends:
+        forward = lambda: pool_layer_norm(x, weight, bias, 1e-5, backend=backend)  # noqa: E731
+        with torch.no_grad():
+            rows.append((backend, "forward", measure_ms(forward, device, repeats)))
+        backward = lambda: torch.autograd.grad(forward(), (x, weight, bias), dy)  # noqa: E731 (no .grad accumulation)
+        rows.append((backend, "forward + backward", measure_ms(backward, device, repeats)))
+    torch_ms = {pass_: ms for backend, pass_, ms in rows if backend == "torch"}
+
+    print(f"\n{dtype}, x [{batch}, {FRAMES}, {CHANNELS}], copy bandwidth {copy_bytes_per_s / 1e9:.0f} GB/s\n")
+    print("| backend | pass | ms | GB/s | of copy BW | vs torch |")
+    print("|---|---|---|---|---|---|")
+    for backend, pass_, ms in rows:
+        gbps = traffic[pass_] / (ms * 1e-3)
+        print(f"| {backend} | {pass_} | {ms:.3f} | {gbps / 1e9:.0f} | {gbps / copy_bytes_per_s:.0%} | "
+              f"{torch_ms[pass_] / ms:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="clips per batch (default: 2 CPU, 32 CUDA)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per case on CPU")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    batch = args.batch or (32 if device.type == "cuda" else 2)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"pool + LayerNorm on {name}, torch {torch.__version__}")
+    for dtype in (torch.float32, torch.bfloat16):
+        bench_dtype(batch, dtype, device, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""Prompt formats of Qwen-Audio as token ids: hierarchical task tags, SRWT timestamps, and ChatML conversations.
+
+Pretraining (paper §3.2) conditions the decoder on tags in a fixed order: transcription tag, audio language, task
+tag, text language, timestamps tag, output instruction; the target text follows and only it (plus the closing
+``<|endoftext|>``, where generation stops) carries loss. ``TASKS`` holds one entry per task of the paper's Table 1;
+entries the evaluation scripts of the release use reproduce those prompts token for token, the others say which
+released tokens we chose. Question-answer tasks follow the audio language with ``<|question|>QUESTION<|answer|>``
+and no further tags, as ``evaluate_aqa.py`` does. Tasks whose label no released token names (language, dialect,
+gender, age, same speaker, singer, title) are asked with a fixed question, so that no two tasks with different
+outputs share a prompt.
+
+Supervised fine-tuning uses ChatML (spec §7) with the release's ``Audio n:<audio>PATH</audio>`` lines; the loss
+covers only what the assistant says.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from qwen_audio.audio import load_audio
+from qwen_audio.tokenizer import (
+    AUDIO_END,
+    AUDIO_SPECIAL_TOKENS,
+    AUDIO_START,
+    LANGUAGES,
+    MAX_TIMESTAMP_CS,
+    MODEL_MAX_LENGTH,
+    NO_TIMESTAMPS,
+    SILENCE,
+    START_OF_ANALYSIS,
+    START_OF_TRANSCRIPT,
+    TASK_TOKENS,
+    TIMESTAMPS,
+    AllowedSpecial,
+    AudioLoader,
+    AudioSpan,
+    QwenAudioTokenizer,
+    timestamp_token,
+)
+
+IGNORE_INDEX = -100  # label of positions without loss (torch.nn.CrossEntropyLoss's default ignore_index)
+DEFAULT_SYSTEM = "You are a helpful assistant."
+AUDIO_LANGUAGES = (*LANGUAGES, "unknown")
+TEXT_LANGUAGES = (*LANGUAGES, "zh_tr")
+QUESTION, ANSWER = "<|question|>", "<|answer|>"
+MIN_SILENCE = 0.2  # seconds; our choice (the release's SRWT threshold is not published)
+
+_OURS = "ours: the release shows no tag for this task; "
+
+
+@dataclass(frozen=True)
+class Task:
+    """Tags of one pretraining task. ``None`` languages are named by the caller (the text language then defaults
+    to the audio language); ``instructions`` lists the allowed output-instruction tokens, the first by default."""
+
+    title: str
+    start: str
+    tag: str
+    output: str
+    source: str
+    audio_language: str | None = None
+    text_language: str | None = None
+    timestamps: bool = False
+    instructions: tuple[str, ...] = ()
+    question: str | None = None
+
+
+def _keyword(title: str, instruction: str, output: str, source: str, **languages: str) -> Task:
+    """A label-output task of the ``<|keyword|>`` family, text in English."""
+    return Task(title, START_OF_ANALYSIS, "<|keyword|>", output, source, text_language="en",
+                instructions=(instruction,), **languages)
+
+
+def _asked(title: str, question: str, output: str, **languages: str) -> Task:
+    return Task(title, START_OF_ANALYSIS, QUESTION, output,
+                _OURS + "released <|question|> ... <|answer|> tags with a fixed question", question=question,
+                **languages)
+
+
+TASKS: dict[str, Task] = {
+    # speech
+    "asr": Task("automatic speech recognition (multilingual)", START_OF_TRANSCRIPT, "<|transcribe|>",
+                "transcript in the audio language; <|wo_itn|> spoken form, <|itn|> written form",
+                "eval_audio/evaluate_asr.py (<|wo_itn|>); <|itn|> from the released token list",
+                instructions=("<|wo_itn|>", "<|itn|>")),
+    "s2tt": Task("speech-to-text translation", START_OF_TRANSCRIPT, "<|translate|>",
+                 "translation into the text language", "eval_audio/evaluate_st.py", instructions=("<|itn|>",)),
+    "osr": Task("overlapped speech recognition", START_OF_TRANSCRIPT, "<|transcribe|>",
+                "one transcript per speaker in order of onset, joined by <|delim|>",
+                _OURS + "ASR tags with the released <|delim|> as output instruction", instructions=("<|delim|>",)),
+    "dialect_asr": Task("dialect speech recognition (Chinese dialects)", START_OF_TRANSCRIPT, "<|transcribe|>",
+                        "transcript in standard written Chinese",
+                        _OURS + "the Mandarin ASR tags, since the output format is the same (no dialect token exists)",
+                        audio_language="zh", instructions=("<|wo_itn|>",)),
+    "srwt": Task("speech recognition with word-level timestamps (en, zh)", START_OF_TRANSCRIPT, "<|transcribe|>",
+                 "words between timestamps (format_timestamped_words); the prompt ends with the first, <|0.00|>",
+                 "eval_audio/evaluate_srwt.py", timestamps=True, instructions=("<|0.00|>",)),
+    "did": _asked("dialect identification", "Which dialect is spoken?", "dialect name in English",
+                  audio_language="zh"),
+    "lid": _asked("spoken language identification", "Which language is spoken?", "language name in English",
+                  audio_language="unknown"),
+    "sgc": _asked("speaker gender classification", "What is the gender of the speaker?", "male | female"),
+    "er": _keyword("speech emotion recognition", "<|emotion_recognition|>", "emotion label, e.g. neutral, joy",
+                   "eval_audio/evaluate_emotion.py"),
+    "sv": _asked("speaker verification (two audios)", "Are the two recordings spoken by the same speaker?",
+                 "yes | no"),
+    "sd": Task("speaker diarization", START_OF_ANALYSIS, "<|keyword|>",
+               "speaker labels between timestamps (format_timestamped_words), from <|0.00|>",
+               _OURS + "released <|keyword|>, <|timestamps|> and <|speaker_meta|>", text_language="en",
+               timestamps=True, instructions=("<|speaker_meta|>",)),
+    "ser": Task("speech entity recognition", START_OF_TRANSCRIPT, "<|transcribe|>",
+                "transcript with each entity as <|startofentityvalue|>value<|endofentityvalue|>"
+                "<|startofentitytype|>type<|endofentitytype|>",
+                _OURS + "ASR tags with the released <|named_entity_recognition|>",
+                instructions=("<|named_entity_recognition|>",)),
+    "ks": Task("keyword spotting", START_OF_TRANSCRIPT, "<|keyword|>", "the spoken keyword",
+               _OURS + "released <|keyword|> task tag with <|wo_itn|>", instructions=("<|wo_itn|>",)),
+    "ic": _keyword("intent classification", "<|speech_understanding|>", "<|scenario|>scenario<|action|>action",
+                   _OURS + "released spoken-language-understanding tokens"),
+    "sf": _keyword("slot filling", "<|entities|>",
+                   "per slot <|startofentitytype|>type<|endofentitytype|><|startofentityvalue|>value"
+                   "<|endofentityvalue|>", _OURS + "released spoken-language-understanding tokens"),
+    "sap": _asked("speaker age prediction", "How old is the speaker?", "age group in English, e.g. twenties"),
+    "vsc": _keyword("vocal sound classification", "<|vocal_classification|>",
+                    "vocal sound label, e.g. laughter, cough", "eval_audio/evaluate_vocal_sound.py",
+                    audio_language="en"),
+    # sound
+    "aac": Task("automatic audio captioning", START_OF_ANALYSIS, "<|caption|>", "one caption in the named style",
+                "eval_audio/evaluate_caption.py", audio_language="unknown", text_language="en",
+                instructions=("<|caption_clotho|>", "<|caption_audiocaps|>", "<|caption_plain|>")),
+    "sec": _keyword("sound event classification", "<|event|>", "event labels joined by ', '",
+                    _OURS + "released <|event|>", audio_language="unknown"),
+    "asc": _keyword("acoustic scene classification", "<|scene|>", "scene label", "eval_audio/evaluate_scene.py",
+                    audio_language="unknown"),
+    "sed": Task("sound event detection with timestamps", START_OF_ANALYSIS, "<|keyword|>",
+                "per event, in order of onset: <|onset|><|offset|>label (timestamp tokens)", _OURS + "released <|event|> with <|timestamps|>",
+                audio_language="unknown", text_language="en", timestamps=True, instructions=("<|event|>",)),
+    "aqa": Task("audio question answering", START_OF_ANALYSIS, QUESTION, "short answer",
+                "eval_audio/evaluate_aqa.py", audio_language="en"),
+    # music and song
+    "sid": _asked("singer identification", "Who is the singer?", "singer name", audio_language="unknown"),
+    "smer": _keyword("singer and music emotion recognition", "<|emotion_recognition|>", "emotion label",
+                     _OURS + "released <|emotion_recognition|> on non-speech audio", audio_language="unknown"),
+    "mc": Task("music captioning", START_OF_ANALYSIS, "<|caption|>", "free-text description of the music",
+               _OURS + "released <|caption|> with <|music_description|>", audio_language="unknown",
+               text_language="en", instructions=("<|music_description|>",)),
+    "mic": _keyword("musical instrument classification", "<|instrument|>", "instrument name",
+                    _OURS + "released <|instrument|>", audio_language="unknown"),
+    "mna": _keyword("music note analysis", "<|note_analysis|>",
+                    "<|pitch|><|midi_pitch_N|><|velocity|><|midi_velocity_N|><|instrument|>name<|sonic|>q1, q2",
+                    "eval_audio/evaluate_note_analysis.py", audio_language="unknown"),
+    "mgr": _keyword("music genre recognition", "<|song_meta|>", "genre name",
+                    _OURS + "released <|song_meta|>", audio_language="unknown"),
+    "mr": _asked("music recognition", "What is the title of this music?", "title", audio_language="unknown"),
+    "mqa": Task("music question answering", START_OF_ANALYSIS, QUESTION, "short answer",
+                _OURS + "the AQA tags of evaluate_aqa.py", audio_language="en"),
+}
+
+
+def _check_language(field: str, language: str | None, allowed: tuple[str, ...], task: str) -> str:
+    if language is None:
+        raise ValueError(f"task {task!r} needs {field} (one of {', '.join(allowed)})")
+    if language not in allowed:
+        raise ValueError(f"{field} {language!r} is not one of {', '.join(allowed)}")
+    return language
+
+
+def _tag_segments(
+    task: str,
+    audio_language: str | None = None,
+    text_language: str | None = None,
+    instruction: str | None = None,
+    question: str | None = None,
+) -> list[tuple[str, bool]]:
+    """The prompt after ``</audio>`` as (text, is_special_token) pieces, validated against the registry."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    spec = TASKS[task]
+    audio_language = _check_language("audio_language", audio_language or spec.audio_language, AUDIO_LANGUAGES, task)
+    segments = [(spec.start, True), (f"<|{audio_language}|>", True), (spec.tag, True)]
+    if spec.tag == QUESTION:
+        if instruction is not None or text_language is not None:
+            raise ValueError(f"task {task!r} is asked as a question and takes no instruction or text_language")
+        question = question or spec.question
+        if not question:
+            raise ValueError(f"task {task!r} needs question (the text between <|question|> and <|answer|>)")
+        return [*segments, (question, False), (ANSWER, True)]
+    if question is not None:
+        raise ValueError(f"task {task!r} takes no question")
+    if text_language is None and spec.tag == "<|translate|>":
+        raise ValueError(f"task {task!r} needs text_language (the language to translate into)")
+    text_language = text_language or spec.text_language or audio_language
+    text_language = _check_language("text_language", text_language, TEXT_LANGUAGES, task)
+    instruction = instruction or spec.instructions[0]
+    if instruction not in spec.instructions:
+        raise ValueError(f"instruction {instruction!r} is not one of task {task!r}'s: {', '.join(spec.instructions)}")
+    timestamps = TIMESTAMPS if spec.timestamps else NO_TIMESTAMPS
+    return [*segments, (f"<|{text_language}|>", True), (timestamps, True), (instruction, True)]
+
+
+def task_prompt(
+    task: str,
+    *,
+    audio_language: str | None = None,
+    text_language: str | None = None,
+    instruction: str | None = None,
+    question: str | None = None,
+) -> str:
+    """The tag text that follows ``</audio>``, e.g. ``task_prompt("asr", audio_language="en")`` ==
+    ``"<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"`` (evaluate_asr.py)."""
+    return "".join(text for text, _ in _tag_segments(task, audio_language, text_language, instruction, question))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One token sequence with its labels (``IGNORE_INDEX`` where no loss), audio spans and waveforms."""
+
+    ids: list[int]
+    labels: list[int]
+    audios: tuple[AudioSpan, ...]
+    waveforms: tuple[torch.Tensor, ...]
+
+    @property
+    def loss_mask(self) -> list[bool]:
+        return [label != IGNORE_INDEX for label in self.labels]
+
+
+class _ExampleBuilder:
+    """Appends token pieces, expanding audio as it goes, so that labels and spans stay aligned with the ids."""
+
+    def __init__(self, tokenizer: QwenAudioTokenizer, audio: AudioLoader) -> None:
+        self.tokenizer = tokenizer
+        self.audio = audio if isinstance(audio, Mapping) else functools.cache(audio)  # decode each file once
+        self.ids: list[int] = []
+        self.labels: list[int] = []
+        self.audios: list[AudioSpan] = []
+        self.waveforms: list[torch.Tensor] = []
+
+    def add(self, ids: Sequence[int], *, learn: bool = False) -> None:
+        self.ids.extend(ids)
+        self.labels.extend(ids if learn else [IGNORE_INDEX] * len(ids))
+
+    def add_text_with_audio(self, text: str, allowed_special: AllowedSpecial) -> None:
+        encoded = self.tokenizer.encode_with_audio(text, self.audio, allowed_special)
+        offset = len(self.ids)
+        self.audios.extend(replace(span, start=span.start + offset, stop=span.stop + offset) for span in encoded.audios)
+        self.waveforms.extend(encoded.waveforms)
+        self.add(encoded.ids)
+
+    def build(self, max_length: int, field: str) -> Example:
+        if len(self.ids) > max_length:
+            raise ValueError(f"{field}: the example is {len(self.ids)} tokens long, more than max_length {max_length}")
+        return Example(self.ids, self.labels, tuple(self.audios), tuple(self.waveforms))
+
+
+def encode_task(
+    tokenizer: QwenAudioTokenizer,
+    task: str,
+    audio: str | Sequence[str],
+    target: str | None = None,
+    *,
+    audio_language: str | None = None,
+    text_language: str | None = None,
+    instruction: str | None = None,
+    question: str | None = None,
+    load: AudioLoader = load_audio,
+    max_length: int = MODEL_MAX_LENGTH,
+) -> Example:
+    """``<audio>PATH</audio>`` (one per source) + the task's tags [+ target + ``<|endoftext|>``].
+
+    Without ``target`` this is the prompt for generation. With it, only the target and the closing
+    ``<|endoftext|>`` carry loss. When the prompt ends with a timestamp (SRWT) the target must start with the same
+    timestamp, which the sequence holds once. Target text may contain the task tokens (timestamps, entity marks,
+    MIDI notes...) but no audio.
+    """
+    sources = [audio] if isinstance(audio, str) else list(audio)
+    segments = _tag_segments(task, audio_language, text_language, instruction, question)
+    builder = _ExampleBuilder(tokenizer, load)
+    builder.add_text_with_audio("".join(f"{AUDIO_START}{source}{AUDIO_END}" for source in sources), frozenset())
+    for text, special in segments:
+        builder.add([tokenizer.special_id(text)] if special else tokenizer.encode(text))
+    if target is not None:
+        last_tag = segments[-1][0]
+        if tokenizer.timestamp_seconds(tokenizer.special_id(last_tag)) is not None:
+            if not target.startswith(last_tag):
+                raise ValueError(f"target of task {task!r} must start with {last_tag}, the prompt's last timestamp")
+            target = target[len(last_tag):]
+        builder.add([*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod], learn=True)
+    return builder.build(max_length, "target")
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    """A word (or any unit: speaker label, event) and the times it starts and ends, in seconds."""
+
+    text: str
+    start: float
+    end: float
+
+
+_TIMESTAMP = re.compile(r"<\|(\d+\.\d\d)\|>")
+
+
+def format_timestamped_words(
+    words: Sequence[TimedWord], *, duration: float | None = None, min_silence: float = MIN_SILENCE
+) -> str:
+    """The release's SRWT target: units between shared timestamps, ``<|0.00|><|sil|><|0.54|>面<|0.86|>条<|1.17|>``.
+
+    Times are rounded to 0.01 s; an end beyond 30 s is clipped to 30.00 (the model hears the first 30 s). A gap of
+    more than ``min_silence`` seconds before a word (and, with ``duration``, after the last one) becomes a
+    ``<|sil|>`` unit; a shorter gap joins the word that follows it. n units give n + 1 timestamps, the first 0.00.
+    """
+    tokens = [timestamp_token(0.0)]
+    previous_end = 0
+    silence = round(min_silence * 100)
+
+    def add_unit(text: str, start: int, end: int) -> None:
+        if start - previous_end > silence:
+            tokens.extend([SILENCE, timestamp_token(start / 100)])
+        tokens.extend([text, timestamp_token(end / 100)])
+
+    for index, word in enumerate(words):
+        if not word.text or "<|" in word.text or "|>" in word.text:
+            raise ValueError(f"words[{index}].text {word.text!r} must be non-empty text without '<|' or '|>'")
+        if not (math.isfinite(word.start) and math.isfinite(word.end)) or word.start < 0:
+            raise ValueError(f"words[{index}] times ({word.start}, {word.end}) must be finite and >= 0")
+        if word.end < word.start:
+            raise ValueError(f"words[{index}].end {word.end} is before its start {word.start}")
+        if index and word.start < words[index - 1].end:
+            raise ValueError(f"words[{index}].start {word.start} is before words[{index - 1}].end "
+                             f"{words[index - 1].end}: words must be ordered and must not overlap")
+        start = round(word.start * 100)
+        if start >= MAX_TIMESTAMP_CS:
+            raise ValueError(f"words[{index}].start {word.start} s lies beyond the 30 s the model hears")
+        end = min(round(word.end * 100), MAX_TIMESTAMP_CS)
+        add_unit(word.text, start, end)
+        previous_end = end
+    if duration is not None:
+        end = min(round(duration * 100), MAX_TIMESTAMP_CS)
+        if end < previous_end:
+            raise ValueError(f"duration {duration} s ends before the last word ({previous_end / 100:.2f} s)")
+        if end - previous_end > silence:
+            tokens.extend([SILENCE, timestamp_token(end / 100)])
+    return "".join(tokens)
+
+
+def parse_timestamped_words(text: str) -> list[TimedWord]:
+    """Inverse of :func:`format_timestamped_words`: the words (``<|sil|>`` units dropped) with their times."""
+    pieces = _TIMESTAMP.split(text.strip())  # [before, t0, unit, t1, unit, ..., tn, after]
+    if len(pieces) < 3 or pieces[0] or pieces[-1]:
+        raise ValueError(f"timestamped text must start and end with a timestamp like <|0.00|>: {text!r}")
+    times = [float(t) for t in pieces[1::2]]
+    for index, time in enumerate(times):
+        if time > MAX_TIMESTAMP_CS / 100 or (index and time < times[index - 1]):
+            raise ValueError(f"timestamp <|{time:.2f}|> (number {index}) is beyond 30 s or before the one before it")
+    words = []
+    for index, unit in enumerate(pieces[2:-1:2]):
+        if not unit:
+            raise ValueError(f"two timestamps in a row at <|{times[index]:.2f}|> in {text!r}")
+        if unit != SILENCE:
+            words.append(TimedWord(unit, times[index], times[index + 1]))
+    return words
+
+
+@dataclass(frozen=True)
+class Message:
+    """One ChatML turn. ``content`` is text, or items ``{"audio": path}`` / ``{"text": ...}`` (from_list_format)."""
+
+    role: str
+    content: str | Sequence[Mapping[str, str]]
+
+
+def from_list_format(items: Sequence[Mapping[str, str]]) -> str:
+    """The release's ``from_list_format``: each audio as ``Audio {n}:<audio>{path}</audio>\\n`` (no space after the
+    colon, numbered from 1 in each call), text items verbatim."""
+    text = ""
+    audios = 0
+    for index, item in enumerate(items):
+        if "audio" in item:
+            audios += 1
+            text += f"Audio {audios}:{AUDIO_START}{item['audio']}{AUDIO_END}\n"
+        elif "text" in item:
+            text += item["text"]
+        else:
+            raise ValueError(f"items[{index}] must have an 'audio' or a 'text' key, got {sorted(item)}")
+    return text
+
+
+def encode_chat(
+    tokenizer: QwenAudioTokenizer,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = False,
+    load: AudioLoader = load_audio,
+    max_length: int = MODEL_MAX_LENGTH,
+) -> Example:
+    """ChatML ids as the release's ``make_context`` builds them, with loss on each assistant content + ``<|im_end|>``.
+
+    ``<|im_start|>system\\n{system}<|im_end|>`` (the default system prompt unless ``messages`` starts with one),
+    then ``\\n<|im_start|>{role}\\n{content}<|im_end|>`` per turn; role and content are encoded separately and the
+    content may hold the release's audio-task special tokens (e.g. timestamps). ``add_generation_prompt`` appends
+    ``\\n<|im_start|>assistant\\n`` for generation.
+    """
+    has_system = bool(messages) and messages[0].role == "system"
+    system = _content_text(messages[0], 0) if has_system else DEFAULT_SYSTEM
+    builder = _ExampleBuilder(tokenizer, load)
+    newline = tokenizer.encode("\n")
+    builder.add([tokenizer.im_start, *tokenizer.encode("system"), *newline])
+    builder.add_text_with_audio(system, AUDIO_SPECIAL_TOKENS)
+    builder.add([tokenizer.im_end])
+    for index in range(int(has_system), len(messages)):
+        message = messages[index]
+        expected = ("user", "assistant")[(index - has_system) % 2]
+        if message.role != expected:
+            raise ValueError(f"messages[{index}].role is {message.role!r}; expected {expected!r} (turns alternate "
+                             "user/assistant after an optional leading system message)")
+        content = _content_text(message, index)
+        builder.add([*newline, tokenizer.im_start, *tokenizer.encode(message.role), *newline])
+        if message.role == "user":
+            builder.add_text_with_audio(content, AUDIO_SPECIAL_TOKENS)
+            builder.add([tokenizer.im_end])
+        else:
+            if AUDIO_START in content:
+                raise ValueError(f"messages[{index}].content: assistant turns cannot hold audio")
+            builder.add([*tokenizer.encode(content, AUDIO_SPECIAL_TOKENS), tokenizer.im_end], learn=True)
+    if add_generation_prompt:
+        if len(messages) == has_system or messages[-1].role != "user":
+            raise ValueError("add_generation_prompt needs the last message to be the user's")
+        builder.add([*newline, tokenizer.im_start, *tokenizer.encode("assistant"), *newline])
+    return builder.build(max_length, "messages")
+
+
+def _content_text(message: Message, index: int) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    if message.role == "assistant":
+        raise ValueError(f"messages[{index}].content: assistant turns are text, not item lists")
+    return from_list_format(message.content)

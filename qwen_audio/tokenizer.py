@@ -1,0 +1,322 @@
+"""The released Qwen-Audio tokenizer on tiktoken, and the expansion of ``<audio>PATH</audio>`` into placeholders.
+
+Token ids are the model's input contract: a checkpoint only works with the ids it was trained on. The regular
+tokens come from a ``base64(token) rank`` file (the released ``qwen.tiktoken``, or the small demo file built by
+``scripts/build_demo_tokenizer.py``); the special tokens follow in the released order, so with the released file
+every special token has its released id (``<|endoftext|>`` 151643 ... ``</audio>`` 155164) and with a file of
+``n`` ranks the same specials start at ``n``.
+
+Unlike the release, :meth:`QwenAudioTokenizer.encode` turns no text into special tokens unless the caller names
+them in ``allowed_special``: a transcript that happens to contain ``<|en|>`` stays text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import importlib.resources
+import os
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AbstractSet, Literal, Union
+
+import tiktoken
+import torch
+
+from qwen_audio.audio import audio_lengths, load_audio
+
+PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+RELEASED_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+MODEL_MAX_LENGTH = 8192  # tokenizer_config.json of the release
+DEMO_RANKS_FILE = Path(__file__).with_name("assets") / "demo.tiktoken"
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+AUDIO_PAD = "[[[AUDIO:modality]]]"
+AUDIO_START = "<audio>"
+AUDIO_END = "</audio>"
+START_OF_TRANSCRIPT = "<|startoftranscript|>"
+START_OF_ANALYSIS = "<|startofanalysis|>"
+NO_TIMESTAMPS = "<|notimestamps|>"
+TIMESTAMPS = "<|timestamps|>"
+SILENCE = "<|sil|>"
+UNKNOWN_LANGUAGE = "<|unknown|>"
+LANGUAGES = ("en", "zh", "de", "es", "ko", "fr", "ja", "it")
+MAX_TIMESTAMP_CS = 3000  # timestamps <|0.00|> ... <|30.00|> in centiseconds
+
+
+def timestamp_token(seconds: float) -> str:
+    """``<|t|>`` for a time in [0, 30] s, rounded to the 0.01 s grid of the release."""
+    centiseconds = round(seconds * 100)
+    if not 0 <= centiseconds <= MAX_TIMESTAMP_CS:
+        raise ValueError(f"timestamp {seconds!r} s is outside the released range 0.00 ... 30.00 s")
+    return f"<|{centiseconds / 100:.2f}|>"
+
+
+# Everything the release's AUDIO_ST tuple holds, in its order: these follow <|endoftext|>, <|im_start|>,
+# <|im_end|> and <|extra_0..204|>, and are the specials the release lets text in chat turns turn into.
+AUDIO_SPECIAL_TOKENS: tuple[str, ...] = (
+    AUDIO_PAD,
+    START_OF_TRANSCRIPT, START_OF_ANALYSIS,
+    "<|translate|>", "<|transcribe|>", "<|caption|>", "<|keyword|>",
+    UNKNOWN_LANGUAGE, *(f"<|{language}|>" for language in LANGUAGES), "<|zh_tr|>",
+    NO_TIMESTAMPS, SILENCE, TIMESTAMPS,
+    *(f"<|{centiseconds / 100:.2f}|>" for centiseconds in range(MAX_TIMESTAMP_CS + 1)),
+    "<|caption_audiocaps|>", "<|caption_clotho|>", "<|audioset_ontology|>", "<|caption_plain|>",
+    "<|itn|>", "<|wo_itn|>",
+    "<|startofentityvalue|>", "<|endofentityvalue|>", "<|startofentitytype|>", "<|endofentitytype|>",
+    "<|named_entity_recognition|>",
+    "<|audio_grounding|>", "<|startofword|>", "<|endofword|>", "<|delim|>",
+    "<|emotion_recognition|>", "<|music_description|>", "<|note_analysis|>",
+    "<|pitch|>", *(f"<|midi_pitch_{i}|>" for i in range(128)),
+    "<|velocity|>", *(f"<|midi_velocity_{i}|>" for i in range(128)),
+    "<|sonic|>", "<|instrument|>", "<|speaker_meta|>", "<|song_meta|>",
+    "<|question|>", "<|answer|>", "<|choice|>", "<|scene|>", "<|event|>",
+    "<|vocal_classification|>", "<|speech_understanding|>", "<|scenario|>", "<|action|>", "<|entities|>",
+    "<|speech_edit|>",
+    AUDIO_START, AUDIO_END,
+)
+SPECIAL_TOKENS: tuple[str, ...] = (
+    ENDOFTEXT, IM_START, IM_END, *(f"<|extra_{i}|>" for i in range(205)), *AUDIO_SPECIAL_TOKENS,
+)
+# Specials a task's output text may contain (timestamps, entity marks, MIDI notes ...): no audio markup.
+TASK_TOKENS: frozenset[str] = frozenset(AUDIO_SPECIAL_TOKENS) - {AUDIO_PAD, AUDIO_START, AUDIO_END}
+
+AudioLoader = Union[Mapping[str, torch.Tensor], Callable[[str], torch.Tensor]]
+AllowedSpecial = Union[AbstractSet[str], Literal["all"]]
+
+
+@dataclass(frozen=True)
+class AudioSpan:
+    """Where one audio sits in a token sequence: ``ids[start]`` is ``<audio>``, ``ids[stop - 1]`` is ``</audio>``.
+
+    The model overwrites the embeddings of ``ids[start:stop]`` with the encoder's ``[bos, frames..., eos]``.
+    """
+
+    source: str
+    num_samples: int
+    start: int
+    stop: int
+
+    @property
+    def audio_tokens(self) -> int:
+        """Number of ``[[[AUDIO:modality]]]`` placeholders (encoder frames) between the two tags."""
+        return self.stop - self.start - 2
+
+
+@dataclass(frozen=True)
+class AudioTokens:
+    """Token ids with every audio expanded to placeholders, the spans, and the decoded waveforms (one per span)."""
+
+    ids: list[int]
+    audios: tuple[AudioSpan, ...]
+    waveforms: tuple[torch.Tensor, ...]
+
+
+def check_audio_features(audios: Sequence[AudioSpan], feature_tokens: Sequence[int]) -> None:
+    """Raise ValueError unless each audio's placeholder count equals the frames its encoder output holds.
+
+    A mismatch means the features were computed from other audio, or with other length rules, than the prompt:
+    splicing would then shift every later token.
+    """
+    if len(audios) != len(feature_tokens):
+        raise ValueError(f"the prompt holds {len(audios)} audios but features were given for {len(feature_tokens)}")
+    for index, (span, frames) in enumerate(zip(audios, feature_tokens)):
+        if span.audio_tokens != int(frames):
+            raise ValueError(
+                f"audio {index} ({span.source}): the prompt holds {span.audio_tokens} placeholder tokens but its "
+                f"encoder features have {int(frames)} frames"
+            )
+
+
+class QwenAudioTokenizer:
+    """Byte-level BPE (tiktoken) with the released split pattern, NFC normalisation and special tokens."""
+
+    def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "qwen_audio") -> None:
+        n_regular = len(mergeable_ranks)
+        if sorted(mergeable_ranks.values()) != list(range(n_regular)):
+            raise ValueError(f"ranks of {name} must be exactly 0 ... {n_regular - 1}, each once")
+        self.name = name
+        self.special_tokens = {token: n_regular + index for index, token in enumerate(SPECIAL_TOKENS)}
+        self.encoding = tiktoken.Encoding(
+            name, pat_str=PAT_STR, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
+        )
+        self.n_regular = n_regular
+        self.eod = self.special_tokens[ENDOFTEXT]
+        self.im_start = self.special_tokens[IM_START]
+        self.im_end = self.special_tokens[IM_END]
+        self.audio_pad = self.special_tokens[AUDIO_PAD]
+        self.audio_start = self.special_tokens[AUDIO_START]
+        self.audio_end = self.special_tokens[AUDIO_END]
+        self.first_timestamp = self.special_tokens["<|0.00|>"]
+        self.last_timestamp = self.first_timestamp + MAX_TIMESTAMP_CS
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> QwenAudioTokenizer:
+        """Load a ranks file of ``base64(token) rank`` lines (the format of the released ``qwen.tiktoken``)."""
+        path = os.fspath(path)
+        with open(path, "rb") as file:
+            return cls(_parse_ranks(file.read(), path), name=os.path.basename(path))
+
+    @classmethod
+    def released(cls) -> QwenAudioTokenizer:
+        """The released vocabulary (n_vocab 155165), read from the ``qwen.tiktoken`` inside the dashscope wheel.
+
+        dashscope 2.0.2 ships the exact file of the Qwen-Audio release; its sha256 is checked so that a changed
+        file cannot silently shift ids.
+        """
+        hint = "install the wheel that ships it: pip install dashscope==2.0.2"
+        try:
+            resource = importlib.resources.files("dashscope") / "resources" / "qwen.tiktoken"
+            data = resource.read_bytes()
+        except (ModuleNotFoundError, FileNotFoundError) as err:
+            raise FileNotFoundError(f"the released qwen.tiktoken was not found ({err}); {hint}") from err
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != RELEASED_SHA256:
+            raise ValueError(f"{resource} has sha256 {digest}, not the released {RELEASED_SHA256}; {hint}")
+        return cls(_parse_ranks(data, str(resource)), name="qwen.tiktoken")
+
+    @classmethod
+    def demo(cls) -> QwenAudioTokenizer:
+        """The small real BPE in ``qwen_audio/assets/demo.tiktoken`` (4096 ranks, n_vocab 7618) for tiny configs."""
+        return cls.from_file(DEMO_RANKS_FILE)
+
+    @classmethod
+    def load(cls, name: str | os.PathLike) -> QwenAudioTokenizer:
+        """``"released"``, ``"demo"`` or the path of a ranks file (the values of ``QwenAudioConfig.tokenizer``)."""
+        if name == "released":
+            return cls.released()
+        if name == "demo":
+            return cls.demo()
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"tokenizer {os.fspath(name)!r} is neither 'released', 'demo' nor a ranks file")
+        return cls.from_file(name)
+
+    @property
+    def n_vocab(self) -> int:
+        return self.encoding.n_vocab
+
+    def special_id(self, token: str) -> int:
+        """Id of a special token given by its surface form, e.g. ``special_id("<|en|>")``."""
+        try:
+            return self.special_tokens[token]
+        except KeyError:
+            raise ValueError(f"{token!r} is not a special token of the Qwen-Audio vocabulary") from None
+
+    def timestamp_id(self, seconds: float) -> int:
+        """Id of the timestamp token nearest to ``seconds`` (0.01 s grid, 0.00 ... 30.00)."""
+        return self.special_tokens[timestamp_token(seconds)]
+
+    def timestamp_seconds(self, token_id: int) -> float | None:
+        """Seconds a timestamp id stands for, or None when the id is not a timestamp."""
+        if self.first_timestamp <= token_id <= self.last_timestamp:
+            return (token_id - self.first_timestamp) / 100
+        return None
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = frozenset()) -> list[int]:
+        """NFC-normalise and encode. Only the special tokens named in ``allowed_special`` ("all" for every one)
+        are recognised; any other special-token text is encoded as the plain text it is."""
+        text = unicodedata.normalize("NFC", text)
+        if allowed_special != "all":
+            allowed_special = frozenset(allowed_special)
+        return self.encoding.encode(text, allowed_special=allowed_special, disallowed_special=())
+
+    def decode(self, ids: Sequence[int], audio_sources: Sequence[str] | None = None) -> str:
+        """Text of ``ids``. With ``audio_sources``, each expanded audio span (``<audio>``, placeholders,
+        ``</audio>``) is written back as ``<audio>SOURCE</audio>``, as the release's decoder does."""
+        ids = [int(token_id) for token_id in ids]
+        for token_id in ids:
+            if not 0 <= token_id < self.n_vocab:
+                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})")
+        if audio_sources is not None:
+            ids = self._restore_audio_sources(ids, audio_sources)
+        return self.encoding.decode(ids, errors="replace")
+
+    def encode_with_audio(
+        self, text: str, audio: AudioLoader = load_audio, allowed_special: AllowedSpecial = frozenset()
+    ) -> AudioTokens:
+        """Encode text holding ``<audio>PATH</audio>`` tags (always recognised) and expand each audio."""
+        if allowed_special != "all":
+            allowed_special = set(allowed_special) | {AUDIO_START, AUDIO_END}
+        return self.expand_audio(self.encode(text, allowed_special), audio)
+
+    def expand_audio(self, ids: Sequence[int], audio: AudioLoader = load_audio) -> AudioTokens:
+        """Replace the path tokens of every ``<audio> PATH </audio>`` by as many placeholders as the encoder
+        yields for that audio (``audio_lengths(...).audio_tokens``).
+
+        ``audio`` maps a path to its 16 kHz mono waveform: a mapping, or a loader called once per distinct path.
+        The path is the text between the tags, i.e. what the release's regex ``<audio>(.*?)</audio>`` finds.
+        """
+        load = audio.__getitem__ if isinstance(audio, Mapping) else audio
+        waveforms: dict[str, torch.Tensor] = {}
+        out: list[int] = []
+        spans: list[AudioSpan] = []
+        position = 0
+        for start, stop in self._audio_tag_pairs(ids):
+            source = self.encoding.decode(list(ids[start + 1 : stop]), errors="strict")
+            if source not in waveforms:
+                waveforms[source] = _as_waveform(load(source), source)
+            num_samples = waveforms[source].shape[-1]
+            placeholders = audio_lengths(num_samples, source=source).audio_tokens
+            out.extend(ids[position:start])
+            spans.append(AudioSpan(source, num_samples, len(out), len(out) + placeholders + 2))
+            out.extend([self.audio_start, *[self.audio_pad] * placeholders, self.audio_end])
+            position = stop + 1
+        out.extend(ids[position:])
+        return AudioTokens(out, tuple(spans), tuple(waveforms[span.source] for span in spans))
+
+    def _audio_tag_pairs(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """(index of ``<audio>``, index of its ``</audio>``) for each audio; unmatched tags raise ValueError."""
+        pairs = []
+        start = None
+        for index, token_id in enumerate(ids):
+            if token_id == self.audio_start and start is None:
+                start = index
+            elif token_id == self.audio_end:
+                if start is None:
+                    raise ValueError(f"</audio> at token {index} has no opening <audio>")
+                pairs.append((start, index))
+                start = None
+        if start is not None:
+            raise ValueError(f"<audio> at token {start} is never closed by </audio>")
+        return pairs
+
+    def _restore_audio_sources(self, ids: list[int], sources: Sequence[str]) -> list[int]:
+        pairs = self._audio_tag_pairs(ids)
+        if len(pairs) != len(sources):
+            raise ValueError(f"ids hold {len(pairs)} audio spans but {len(sources)} audio_sources were given")
+        out: list[int] = []
+        position = 0
+        for (start, stop), source in zip(pairs, sources):
+            out.extend(ids[position : start + 1])
+            out.extend(self.encode(source))
+            position = stop
+        out.extend(ids[position:])
+        return out
+
+    def __repr__(self) -> str:
+        return f"QwenAudioTokenizer({self.name!r}, n_vocab={self.n_vocab})"
+
+
+def _parse_ranks(data: bytes, name: str) -> dict[bytes, int]:
+    ranks = {}
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error) as err:
+            raise ValueError(f"{name}:{number}: expected 'base64(token) rank', got {line[:80]!r} ({err})") from err
+    return ranks
+
+
+def _as_waveform(waveform: torch.Tensor, source: str) -> torch.Tensor:
+    waveform = torch.as_tensor(waveform)
+    if waveform.dim() != 1:
+        raise ValueError(f"audio {source}: expected a 1-D mono waveform, got shape {tuple(waveform.shape)}")
+    return waveform
