@@ -1,0 +1,126 @@
+"""LightningDataModule: JSONL manifests (or the embedded demo corpus) -> duration-bucketed, resumable loaders."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import lightning as L
+import soundfile
+from torch.utils.data import ConcatDataset, DataLoader
+
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.data.collate import collate
+from qwen_audio.data.dataset import AudioTextDataset
+from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.manifest import ManifestEntry, read_manifest
+from qwen_audio.data.sampler import DurationBucketSampler
+from qwen_audio.prompts import TASKS
+from qwen_audio.tokenizer import QwenAudioTokenizer
+
+DEMO_PREFIX = "demo:"
+
+
+def entry_seconds(entry: ManifestEntry) -> float:
+    """The entry's duration: its ``duration`` field, else read from the file header (no decoding)."""
+    if entry.duration is not None:
+        return entry.duration
+    return soundfile.info(entry.audio).duration - entry.offset
+
+
+class AudioTextDataModule(L.LightningDataModule):
+    """Train/validation/test loaders over JSONL manifests.
+
+    Args:
+        train, val, test: manifest paths; ``demo:<split>`` names a split of the embedded demo corpus, built on first
+            use (:func:`qwen_audio.data.demo.build_demo_corpus`).
+        weights: one mixing weight per training manifest (default: every example once per epoch).
+        model: the model preset; its ``tokenizer`` field picks the tokenizer (linked from the model by the CLI).
+        max_seconds: padded audio seconds per batch (``batch size * longest clip``).
+        max_length: the longest token sequence allowed; a longer example is an error naming it.
+        on_error: ``raise`` at the first bad manifest line, or ``skip`` bad lines and warn with their count.
+        demo_size: training clips per group of the demo corpus.
+    """
+
+    def __init__(
+        self,
+        train: list[str] | None = None,
+        val: list[str] | None = None,
+        test: list[str] | None = None,
+        weights: list[float] | None = None,
+        model: str = "tiny",
+        max_seconds: float = 60.0,
+        max_length: int = 2048,
+        num_buckets: int = 10,
+        num_workers: int = 0,
+        seed: int = 0,
+        on_error: Literal["raise", "skip"] = "raise",
+        demo_size: int = 48,
+    ) -> None:
+        super().__init__()
+        self.manifests = {"train": train or [], "val": val or [], "test": test or []}
+        self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
+        self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
+        self.demo_size = demo_size
+        self.config = QwenAudioConfig.from_name(model)
+        self.tokenizer = QwenAudioTokenizer.load(self.config.tokenizer)
+        self.entries: dict[str, list[list[ManifestEntry]]] = {}
+        self._sampler_state: dict | None = None
+        self._train_sampler: DurationBucketSampler | None = None
+
+    def _resolve(self, manifest: str) -> str:
+        if manifest.startswith(DEMO_PREFIX):
+            return str(build_demo_corpus(seed=self.seed, size=self.demo_size)[manifest[len(DEMO_PREFIX):]])
+        return manifest
+
+    def prepare_data(self) -> None:
+        for manifest in (m for ms in self.manifests.values() for m in ms):
+            self._resolve(manifest)  # builds the demo corpus once, on the main process
+
+    def setup(self, stage: str | None = None) -> None:
+        for split, manifests in self.manifests.items():
+            if split not in self.entries:
+                self.entries[split] = [
+                    read_manifest(self._resolve(m), tasks=TASKS, check_audio=True, on_error=self.on_error)
+                    for m in manifests
+                ]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        groups = self.entries[split]
+        sampler = DurationBucketSampler(
+            [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
+            weights=self.weights if split == "train" else None, num_buckets=self.num_buckets, shuffle=shuffle,
+            seed=self.seed,
+        )
+        datasets = [AudioTextDataset(entries, self.tokenizer, self.max_length, self.config.encoder.n_mels)
+                    for entries in groups]
+        return DataLoader(
+            ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        loader = self._loader("train", shuffle=True)
+        self._train_sampler = loader.batch_sampler
+        if self._sampler_state is not None:
+            self._train_sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def state_dict(self) -> dict:
+        """The training sampler's position in batches *consumed* (the loader may have fetched more ahead)."""
+        if self._train_sampler is None or self.trainer is None:
+            return {}
+        state = self._train_sampler.state_dict()
+        state["epoch"] = self.trainer.current_epoch
+        state["batches_done"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_sampler": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sampler_state = state.get("train_sampler")

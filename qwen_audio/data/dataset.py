@@ -1,0 +1,75 @@
+"""Manifest entries -> model examples: decode, resample, log-mel, tag prompt with audio placeholders, labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from qwen_audio.audio import SAMPLE_RATE, audio_lengths, load_audio, log_mel_spectrogram, pad_or_trim
+from qwen_audio.data.manifest import ManifestEntry
+from qwen_audio.prompts import QUESTION, TASKS, TimedWord, encode_task, format_timestamped_words
+from qwen_audio.tokenizer import QwenAudioTokenizer
+
+
+@dataclass
+class Sample:
+    """One training example: token ids and labels, and per audio its mel ``[n_mels, frames]`` and valid length."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    mels: list[torch.Tensor]
+    mel_lengths: list[int]
+    task: str
+
+
+def load_segment(entry: ManifestEntry) -> torch.Tensor:
+    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment."""
+    audio = load_audio(entry.audio)
+    start = round(entry.offset * SAMPLE_RATE)
+    stop = None if entry.duration is None else start + round(entry.duration * SAMPLE_RATE)
+    return audio[start:stop]
+
+
+def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80) -> tuple[torch.Tensor, int]:
+    """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
+    ``2 * encoder_frames`` frames the encoder reads, and the valid mel length (``samples // 160``)."""
+    lengths = audio_lengths(waveform.numel(), source=source)
+    mel = log_mel_spectrogram(pad_or_trim(waveform), n_mels)
+    return mel[:, : 2 * lengths.encoder_frames], lengths.mel_frames
+
+
+def target_text(entry: ManifestEntry) -> str:
+    """What the model learns to emit: SRWT tasks get words between timestamps, other tasks the entry's text."""
+    if TASKS[entry.task].timestamps and entry.words is not None:
+        words = [TimedWord(w.word, w.start, w.end) for w in entry.words]
+        return format_timestamped_words(words, duration=entry.duration)
+    return entry.text
+
+
+class AudioTextDataset(Dataset):
+    """Map-style dataset over manifest entries; the loss covers only the target after the task tags."""
+
+    def __init__(self, entries: Sequence[ManifestEntry], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
+                 n_mels: int = 80) -> None:
+        self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Sample:
+        entry = self.entries[index]
+        waveform = load_segment(entry)
+        asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
+        example = encode_task(
+            self.tokenizer, entry.task, entry.audio, target_text(entry), audio_language=entry.audio_language,
+            text_language=None if asked else entry.text_language, question=entry.question,
+            load={entry.audio: waveform}, max_length=self.max_length,
+        )
+        features = [audio_features(w, span.source, self.n_mels) for w, span in zip(example.waveforms, example.audios)]
+        return Sample(
+            torch.tensor(example.ids), torch.tensor(example.labels),
+            [mel for mel, _ in features], [length for _, length in features], entry.task,
+        )

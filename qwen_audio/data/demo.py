@@ -1,0 +1,321 @@
+"""The embedded demo corpus: a few hundred short clips, generated on first use, that a small model can learn on a CPU.
+
+Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.espeak`) of the sentences in
+``qwen_audio/assets/demo_corpus.txt``, English and Mandarin, each clip used for ASR and for SRWT with the
+synthesiser's own word timings. The sound tasks follow the paper's formats with targets that the audio determines:
+
+- MNA: harmonic notes of five timbres; target ``<|pitch|><|midi_pitch_N|><|instrument|>NAME``.
+- ASC: five scenes built from shaped noise and synthetic events (rain, wind, engine, birds, babble of several voices).
+- AQA: 1 to 6 beeps or clicks; "how many ...?" answered by a number word, or "are there any ...?" by yes/no.
+
+Validation and test speech use sentences held out from training. Everything derives from ``seed``, with no network
+(the same seed and size give the same bytes). The corpus is written to a temporary folder renamed into place at the
+end, so concurrent builders never see or leave a half-written corpus (the loser of the race discards its copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from qwen_audio.data.espeak import SpeechJob, synthesize_files
+from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
+
+DEMO_VERSION = "1"  # bump when generation changes, so caches of an older corpus are not reused
+DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
+SPLITS = ("train", "validation", "test")
+SENTENCES_FILE = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
+SOUND_RATE = 16000  # sample rate of the generated (non-speech) clips
+HELD_OUT_SENTENCES = 16  # per language, for each of validation and test
+VOICES = {"en": ("en", "en+f2", "en+m3", "en+f4", "en+m7"), "zh": ("cmn", "cmn+f2", "cmn+m3", "cmn+f4")}
+RATES = (130, 210)  # words per minute, drawn per utterance
+PITCHES = (30, 70)
+INSTRUMENTS = ("piano", "organ", "flute", "string", "brass")
+MIDI_PITCHES = (48, 72)  # C3..C5, inclusive
+SCENES = ("rain", "wind", "engine", "birds", "babble")
+EVENT_KINDS = ("beep", "click")
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
+MIN_EVENT_GAP = 0.3  # seconds between AQA event onsets, so each event is separately audible
+
+# Harmonic amplitudes (the fundamental is always the strongest partial), attack and decay per instrument.
+_TIMBRES = {
+    "piano": dict(partials=(1.0, 0.5, 0.3, 0.2, 0.12, 0.08), attack=0.005, decay=2.5),
+    "organ": dict(partials=(1.0, 0.7, 0.5, 0.35, 0.25, 0.2), attack=0.02, decay=0.0),
+    "flute": dict(partials=(1.0, 0.25, 0.1), attack=0.08, decay=0.0),
+    "string": dict(partials=tuple(1 / k for k in range(1, 11)), attack=0.15, decay=0.0),
+    "brass": dict(partials=(1.0, 0.85, 0.7, 0.55, 0.4, 0.3, 0.2), attack=0.06, decay=0.3),
+}
+
+
+def default_demo_dir() -> Path:
+    """``$QWEN_AUDIO_DEMO_DIR``, else ``$XDG_CACHE_HOME/qwen_audio`` (``~/.cache/qwen_audio`` by default)."""
+    if os.environ.get(DEMO_DIR_ENV):
+        return Path(os.environ[DEMO_DIR_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen_audio"
+
+
+def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size: int = 48) -> dict[str, Path]:
+    """Build the corpus unless it is there; returns ``{split: manifest path}``.
+
+    It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
+    corpora of other versions or parameters never collide. ``size``: training clips per group (English speech,
+    Mandarin speech, MNA, ASC, AQA); validation and test get ``max(1, size // 4)`` each. Each speech clip gives an
+    ASR and an SRWT line.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    parent = Path(root).expanduser() if root is not None else default_demo_dir()
+    root = parent / f"demo-{DEMO_VERSION}-seed{seed}-size{size}"
+    config = {"version": DEMO_VERSION, "seed": seed, "size": size}
+    if not _is_built(root, config):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+        try:
+            _generate(staging, seed, size)
+            (staging / "corpus.json").write_text(json.dumps(config, indent=1) + "\n")
+            os.rename(staging, root)  # atomic; fails if another process has put a corpus there meanwhile
+        except OSError:
+            if not _is_built(root, config):
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return {split: root / f"{split}.jsonl" for split in SPLITS}
+
+
+def _is_built(root: Path, config: dict) -> bool:
+    if not root.exists() or not any(root.iterdir()):
+        return False
+    try:
+        if json.loads((root / "corpus.json").read_text()) == config:
+            return True
+    except (OSError, ValueError):
+        pass
+    raise ValueError(f"{root} exists but holds no demo corpus built with {config}; remove it to rebuild")
+
+
+def _rng(seed: int, *names: str) -> np.random.Generator:
+    """An independent, stable stream per purpose, so changing one part of the corpus leaves the others unchanged."""
+    return np.random.default_rng([seed, *(zlib.crc32(name.encode()) for name in names)])
+
+
+def read_sentences() -> dict[str, list[str]]:
+    """The ``en`` and ``zh`` sentences of ``assets/demo_corpus.txt`` (its ``label`` lines list class names)."""
+    sentences: dict[str, list[str]] = {"en": [], "zh": []}
+    text = SENTENCES_FILE.read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(), start=1):
+        kind, _, sentence = line.partition("\t")
+        if kind in sentences and sentence.strip():
+            sentences[kind].append(sentence.strip())
+        elif kind != "label":
+            raise ValueError(f"demo_corpus.txt:{number}: expected 'en|zh|label<TAB>text', got {line!r}")
+    return sentences
+
+
+def _sentence_splits(seed: int) -> dict[str, dict[str, list[str]]]:
+    """``{language: {split: sentences}}`` with validation and test sentences held out from training."""
+    splits = {}
+    for language, sentences in read_sentences().items():
+        order = _rng(seed, "sentences", language).permutation(len(sentences))
+        shuffled = [sentences[i] for i in order]
+        n = HELD_OUT_SENTENCES
+        splits[language] = {"test": shuffled[:n], "validation": shuffled[n : 2 * n], "train": shuffled[2 * n :]}
+    return splits
+
+
+def _generate(folder: Path, seed: int, size: int) -> None:
+    sentences = _sentence_splits(seed)
+    counts = {split: size if split == "train" else max(1, size // 4) for split in SPLITS}
+    # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser process.
+    speech: dict[str, list[tuple[str, SpeechJob]]] = {}
+    voices: dict[tuple[str, int], list[SpeechJob]] = {}
+    (folder / "voices").mkdir()
+    for split in SPLITS:
+        (folder / split).mkdir()
+        speech[split] = []
+        for language in ("en", "zh"):
+            rng, pool = _rng(seed, split, language), sentences[language][split]
+            for i in range(counts[split]):
+                path = folder / split / f"speech_{language}_{i:04d}.wav"
+                speech[split].append((language, _speech_job(rng, pool[i % len(pool)], language, path)))
+        for i in range(counts[split]):
+            if SCENES[i % len(SCENES)] == "babble":
+                rng = _rng(seed, split, "babble", str(i))
+                languages = [("en", "zh")[k % 2] for k in range(int(rng.integers(4, 7)))]
+                voices[split, i] = [
+                    _speech_job(rng, str(rng.choice(sentences[language][split])), language,
+                                folder / "voices" / f"{split}_{i:04d}_{k}.wav")
+                    for k, language in enumerate(languages)
+                ]
+    all_jobs = [job for split in SPLITS for _, job in speech[split]] + [job for v in voices.values() for job in v]
+    timings = iter(synthesize_files(all_jobs))
+    for split in SPLITS:
+        entries = []
+        for language, job in speech[split]:
+            entries += _speech_entries(folder, job, language, next(timings))
+        for i in range(counts[split]):
+            clip = f"{i:04d}.wav"
+            entries += [
+                _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{clip}", i),
+                _asc_clip(_rng(seed, split, "asc", str(i)), folder, f"{split}/asc_{clip}", i, voices.get((split, i))),
+                _aqa_clip(_rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}"),
+            ]
+        write_manifest(folder / f"{split}.jsonl", entries)
+    shutil.rmtree(folder / "voices")
+
+
+def _speech_job(rng: np.random.Generator, text: str, language: str, path: Path) -> SpeechJob:
+    voice = str(rng.choice(VOICES[language]))
+    rate, pitch = int(rng.integers(RATES[0], RATES[1] + 1)), int(rng.integers(PITCHES[0], PITCHES[1] + 1))
+    return SpeechJob(text=text, path=str(path), voice=voice, rate=rate, pitch=pitch)
+
+
+def _speech_entries(
+    folder: Path, job: SpeechJob, language: str, timings: list[tuple[str, float, float]]
+) -> list[ManifestEntry]:
+    """The ASR and SRWT lines of one utterance (times rounded to the millisecond)."""
+    audio = os.path.relpath(job.path, folder)
+    duration = round(soundfile.info(job.path).duration, 4)
+    words = tuple(Word(word, round(start, 3), round(end, 3)) for word, start, end in timings)
+    return [
+        ManifestEntry(audio, "asr", job.text, language, language, duration=duration),
+        ManifestEntry(audio, "srwt", job.text, language, language, duration=duration, words=words),
+    ]
+
+
+def _write_sound(folder: Path, path: str, audio: np.ndarray, rng: np.random.Generator) -> float:
+    """Peak-normalise to a random level, write 16-bit at ``SOUND_RATE``; returns the duration in seconds."""
+    audio = audio / np.abs(audio).max() * rng.uniform(0.3, 0.9)
+    soundfile.write(folder / path, audio.astype(np.float32), SOUND_RATE, subtype="PCM_16")
+    return round(len(audio) / SOUND_RATE, 4)
+
+
+def _midi_to_hz(midi: int) -> float:
+    return 440.0 * 2.0 ** ((midi - 69) / 12)
+
+
+def _times(seconds: float) -> np.ndarray:
+    return np.arange(int(seconds * SOUND_RATE)) / SOUND_RATE
+
+
+def _mna_clip(rng: np.random.Generator, folder: Path, path: str, index: int) -> ManifestEntry:
+    """A note: harmonic partials of the instrument's timbre with its attack and (piano, brass) decay."""
+    instrument = INSTRUMENTS[index % len(INSTRUMENTS)]
+    midi = int(rng.integers(MIDI_PITCHES[0], MIDI_PITCHES[1] + 1))
+    timbre, f0, t = _TIMBRES[instrument], _midi_to_hz(midi), _times(rng.uniform(1.0, 2.5))
+    note = sum(
+        amplitude * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
+        for k, amplitude in enumerate(timbre["partials"], start=1)
+        if k * f0 < 0.45 * SOUND_RATE
+    )
+    envelope = np.minimum(1.0, t / timbre["attack"]) * np.exp(-timbre["decay"] * t)
+    envelope *= np.minimum(1.0, (t[-1] - t) / 0.05)  # 50 ms release, no click at the end
+    duration = _write_sound(folder, path, note * envelope, rng)
+    text = f"<|pitch|><|midi_pitch_{midi}|><|instrument|>{instrument}"
+    return ManifestEntry(path, "mna", text, None, "en", duration=duration)
+
+
+def _shaped_noise(rng: np.random.Generator, n: int, gain) -> np.ndarray:
+    """Gaussian noise whose spectrum is multiplied by ``gain(frequency_hz)``."""
+    spectrum = np.fft.rfft(rng.standard_normal(n)) * gain(np.fft.rfftfreq(n, 1 / SOUND_RATE))
+    return np.fft.irfft(spectrum, n)
+
+
+def _bursts(n: int, onsets: np.ndarray, burst: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
+    out = np.zeros(n)
+    for onset, amplitude in zip(onsets, amplitudes):
+        piece = burst[: n - onset]
+        out[onset : onset + len(piece)] += amplitude * piece
+    return out
+
+
+def _rain(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Bright hiss plus dense, randomly loud droplets (short decaying noise bursts)."""
+    n = int(seconds * SOUND_RATE)
+    hiss = 0.15 * _shaped_noise(rng, n, lambda f: f / (f + 3000))
+    drops = int(rng.uniform(40, 120) * seconds)
+    burst = rng.standard_normal(160) * np.exp(-np.arange(160) / rng.uniform(10, 40))
+    return hiss + _bursts(n, rng.integers(0, n, drops), burst, rng.lognormal(-1.0, 0.6, drops))
+
+
+def _wind(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Low-passed noise swelling and fading slowly."""
+    t, cutoff = _times(seconds), rng.uniform(150, 500)
+    gust = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.2, 0.6) * t + rng.uniform(0, 2 * np.pi))
+    return gust * _shaped_noise(rng, len(t), lambda f: 1 / (1 + (f / cutoff) ** 2))
+
+
+def _engine(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A low firing frequency with many harmonics, its speed wobbling slightly, over rumble."""
+    t, f0 = _times(seconds), rng.uniform(25, 60)
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))) / SOUND_RATE
+    hum = sum(np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 41))
+    return hum + 0.3 * _shaped_noise(rng, len(t), lambda f: 1 / (1 + (f / 1000) ** 2))
+
+
+def _birds(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A few chirps (fast frequency sweeps between 2 and 6 kHz) over faint background noise."""
+    n = int(seconds * SOUND_RATE)
+    out = 0.02 * rng.standard_normal(n)
+    for _ in range(int(rng.integers(3, 9))):
+        t = _times(rng.uniform(0.06, 0.2))
+        start_hz, end_hz = rng.uniform(2000, 6000, size=2)
+        phase = 2 * np.pi * np.cumsum(start_hz + (end_hz - start_hz) * t / t[-1]) / SOUND_RATE
+        chirp = np.sin(phase) * np.hanning(len(t))
+        out += _bursts(n, rng.integers(0, n - len(t), 1), chirp, rng.uniform(0.3, 1.0, 1))
+    return out
+
+
+def _babble(rng: np.random.Generator, seconds: float, voices: list[SpeechJob]) -> np.ndarray:
+    """Several voices talking over each other at random offsets and levels."""
+    n = int(seconds * SOUND_RATE)
+    out = 0.005 * rng.standard_normal(n)
+    for job in voices:
+        samples, rate = soundfile.read(job.path)
+        # FFT resampling: the utterances start and end in silence, so its circular wrap-around is harmless
+        length = round(len(samples) * SOUND_RATE / rate)
+        speech = np.fft.irfft(np.fft.rfft(samples)[: length // 2 + 1], length) * length / len(samples)
+        onset = int(rng.integers(-len(speech) // 2, n - len(speech) // 2))
+        piece = speech[max(0, -onset) : n - onset]
+        out[max(0, onset) : max(0, onset) + len(piece)] += rng.uniform(0.4, 1.0) * piece
+    return out
+
+
+_SOUNDS = {"rain": _rain, "wind": _wind, "engine": _engine, "birds": _birds}
+
+
+def _asc_clip(
+    rng: np.random.Generator, folder: Path, path: str, index: int, voices: list[SpeechJob] | None
+) -> ManifestEntry:
+    scene, seconds = SCENES[index % len(SCENES)], rng.uniform(2.0, 5.0)
+    audio = _babble(rng, seconds, voices) if scene == "babble" else _SOUNDS[scene](rng, seconds)
+    return ManifestEntry(path, "asc", scene, None, "en", duration=_write_sound(folder, path, audio, rng))
+
+
+def _aqa_clip(rng: np.random.Generator, folder: Path, path: str) -> ManifestEntry:
+    """1..6 beeps or clicks at least ``MIN_EVENT_GAP`` apart; a counting or a yes/no question about them."""
+    kind, count = EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))], int(rng.integers(1, len(NUMBER_WORDS) + 1))
+    seconds = rng.uniform(MIN_EVENT_GAP * count + 1.0, 5.0)
+    slots = np.arange(0.1, seconds - 0.3, MIN_EVENT_GAP)
+    onset_s = np.sort(rng.choice(slots, count, replace=False)) + rng.uniform(0, 0.05, count)
+    if kind == "beep":
+        burst = np.sin(2 * np.pi * rng.uniform(700, 2000) * _times(0.08)) * np.hanning(int(0.08 * SOUND_RATE))
+    else:
+        burst = rng.standard_normal(48) * np.exp(-np.arange(48) / 8)
+    n = int(seconds * SOUND_RATE)
+    audio = 0.01 * rng.standard_normal(n) + _bursts(
+        n, (onset_s * SOUND_RATE).astype(int), burst / np.abs(burst).max(), rng.uniform(0.5, 1.0, count)
+    )
+    if rng.random() < 0.75:
+        question, answer = f"how many {kind}s are there?", NUMBER_WORDS[count - 1]
+    else:
+        asked = EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))]
+        question, answer = f"are there any {asked}s?", "yes" if asked == kind else "no"
+    duration = _write_sound(folder, path, audio, rng)
+    return ManifestEntry(path, "aqa", answer, None, "en", duration=duration, question=question)

@@ -1,0 +1,192 @@
+"""Duration-bucketed, distributed, resumable batch sampler with weighted mixing of several manifests.
+
+Why not lhotse or litdata: lhotse's ``DynamicBucketingSampler`` works on its own ``CutSet`` data model and I/O stack,
+and litdata streams its own optimised chunk format; either would replace our JSONL manifest and map-style dataset
+rather than sample it. What we need (padded-seconds budget, buckets, equal batch counts per rank, exact mid-epoch
+resume, a seeded mixture) is a pure function of the clip durations, the seed and the epoch, which fits in one class.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+class DurationBucketSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices; use as ``DataLoader(dataset, batch_sampler=sampler)``.
+
+    ``durations``: one sequence of clip durations (seconds) per manifest. Index ``i`` of manifest ``m`` is the
+    global index ``sum(len(durations[k]) for k < m) + i``, the numbering of ``torch.utils.data.ConcatDataset``.
+
+    An epoch is planned from ``(seed, epoch)`` alone, identically on every rank:
+
+    1. Draw the epoch's examples. Without ``weights`` every example once. With ``weights`` (one per manifest) the
+       epoch keeps the total size and takes ``weight / sum(weights)`` of it from each manifest: a shuffled pass over
+       the manifest, repeated when it must be up-sampled and cut short when down-sampled.
+    2. Group the drawn examples into ``num_buckets`` buckets of similar duration (quantiles of all durations).
+    3. Shuffle each bucket and cut it into batches whose padded length, ``len(batch) * longest clip``, stays within
+       ``max_seconds``: the encoder computes the padded batch, so this bounds memory and compute.
+    4. Shuffle the batch order; then, so that each rank gets the same number of batches, split the largest batches
+       in two until the count divides by the world size (no example dropped or repeated). Only when every batch
+       holds a single example and splitting is impossible are the last ``count % world_size`` batches dropped.
+    5. Rank ``r`` takes batches ``r, r + world_size, ...``.
+
+    ``state_dict()`` records the epoch and how many batches this rank has yielded; after ``load_state_dict`` the
+    next ``iter()`` continues from there with the batches the uninterrupted run would have produced. With
+    ``DataLoader`` workers the loader fetches batches ahead, so save the state of batches *consumed*: build it from
+    the step count (``{"epoch": e, "batches_done": steps_in_epoch, ...}``) or use a stateful loader.
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[Sequence[float]],
+        max_seconds: float,
+        *,
+        weights: Sequence[float] | None = None,
+        num_buckets: int = 10,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        if world_size is None:
+            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if not (isinstance(max_seconds, (int, float)) and max_seconds > 0 and math.isfinite(max_seconds)):
+            raise ValueError(f"max_seconds must be a positive number, got {max_seconds!r}")
+        if num_buckets < 1:
+            raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+        self.sizes = [len(d) for d in durations]
+        self.durations = np.concatenate([np.asarray(d, dtype=np.float64).reshape(-1) for d in durations] or [[]])
+        if self.durations.size == 0:
+            raise ValueError("durations: no examples to sample")
+        bad = np.flatnonzero(~np.isfinite(self.durations) | (self.durations <= 0))
+        if bad.size:
+            raise ValueError(f"durations: example {bad[0]} has duration {self.durations[bad[0]]}; must be > 0")
+        too_long = np.flatnonzero(self.durations > max_seconds)
+        if too_long.size:
+            raise ValueError(
+                f"durations: example {too_long[0]} lasts {self.durations[too_long[0]]} s, more than max_seconds="
+                f"{max_seconds}; filter such examples out or raise max_seconds"
+            )
+        self.weights = None if weights is None else self._normalised(weights)
+        if self.durations.size < world_size:
+            raise ValueError(f"{self.durations.size} examples cannot give each of {world_size} ranks a batch")
+        self.max_seconds = float(max_seconds)
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        edges = np.quantile(self.durations, np.linspace(0, 1, num_buckets + 1)[1:-1])
+        self.bucket_of = np.searchsorted(edges, self.durations, side="right")
+        self.epoch = 0
+        self._resume_at = 0  # batches to skip at the next iter(), set by load_state_dict
+        self._yielded = 0  # batches of the current epoch handed out by this rank
+        self._plan: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
+
+    def _normalised(self, weights: Sequence[float]) -> np.ndarray:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(self.sizes),):
+            raise ValueError(f"weights: expected one per manifest ({len(self.sizes)}), got {list(weights)}")
+        if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be finite, >= 0 and not all 0, got {list(weights)}")
+        if any(size == 0 and weight > 0 for size, weight in zip(self.sizes, w)):
+            raise ValueError(f"weights: a manifest with no examples has weight > 0: {list(weights)}")
+        return w / w.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to plan; a pending resume point is kept only for the epoch it was saved in."""
+        if epoch != self.epoch:
+            self._resume_at = 0
+        self.epoch = epoch
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        if self.weights is None:
+            return np.arange(self.durations.size)
+        total = self.durations.size
+        quotas = self.weights * total
+        counts = np.floor(quotas).astype(np.int64)
+        counts[np.argsort(counts - quotas, kind="stable")[: total - counts.sum()]] += 1  # largest remainders
+        drawn, start = [], 0
+        for size, count in zip(self.sizes, counts):
+            if count:
+                passes = [rng.permutation(size) for _ in range(-(-count // size))]
+                drawn.append(start + np.concatenate(passes)[:count])
+            start += size
+        return np.concatenate(drawn)
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        """All ranks' batches of ``epoch`` in order, a multiple of ``world_size`` of them."""
+        rng = np.random.default_rng([self.seed, epoch])
+        drawn = self._draw(rng)
+        batches: list[list[int]] = []
+        for bucket in range(int(self.bucket_of.max()) + 1):
+            members = drawn[self.bucket_of[drawn] == bucket]
+            if self.shuffle:
+                members = rng.permutation(members)
+            batch, longest = [], 0.0
+            for index in members.tolist():
+                duration = self.durations[index]
+                if batch and (len(batch) + 1) * max(longest, duration) > self.max_seconds:
+                    batches.append(batch)
+                    batch, longest = [], 0.0
+                batch.append(index)
+                longest = max(longest, duration)
+            if batch:
+                batches.append(batch)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return self._divisible(batches)
+
+    def _divisible(self, batches: list[list[int]]) -> list[list[int]]:
+        """Split the largest batches (first in order among equals) until the count divides by the world size."""
+        missing = -len(batches) % self.world_size
+        heap = [(-len(b), position) for position, b in enumerate(batches) if len(b) > 1]
+        heapq.heapify(heap)
+        halves: dict[int, list[list[int]]] = {}
+        while missing and heap:
+            _, position = heapq.heappop(heap)
+            batch = batches[position]
+            halves[position] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+            missing -= 1
+        batches = [part for position, b in enumerate(batches) for part in halves.get(position, [b])]
+        return batches[: len(batches) - len(batches) % self.world_size]
+
+    def _rank_batches(self) -> list[list[int]]:
+        if self._plan is None or self._plan[0] != self.epoch:
+            self._plan = (self.epoch, self._batches(self.epoch)[self.rank :: self.world_size])
+        return self._plan[1]
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch (the same on every rank)."""
+        return len(self._rank_batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._rank_batches()
+        start, self._resume_at = self._resume_at, 0
+        for position in range(start, len(batches)):
+            self._yielded = position + 1  # counted when handed out, so state_dict() between batches is exact
+            yield batches[position]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batches_done": self._yielded,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "num_examples": int(self.durations.size),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``'s position; the sampler must be built on the same data, seed and world size."""
+        for key in ("seed", "world_size", "num_examples"):
+            if key in state and state[key] != self.state_dict()[key]:
+                raise ValueError(f"cannot resume: state has {key}={state[key]}, this sampler {self.state_dict()[key]}")
+        self.epoch = int(state["epoch"])
+        self._resume_at = self._yielded = int(state["batches_done"])

@@ -1,0 +1,147 @@
+"""LightningModule for both training stages of Qwen-Audio.
+
+Stage 1 (multi-task pretraining) trains the audio encoder, pool, ln_post and projection with the LLM frozen;
+stage 2 (SFT into Qwen-Audio-Chat) trains the LLM with the encoder frozen. ``train`` picks the part, so one
+module serves both recipes. Under Lightning's ``ModelParallelStrategy`` the model is built on the meta device and
+each encoder and decoder block is sharded with FSDP2 (``fully_shard``) in ``configure_model``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import partial
+from typing import Literal
+
+import lightning as L
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from qwen_audio.audio import conv_frames, spec_augment
+from qwen_audio.checkpoint import check_state_dict, read_state_dict
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.lit.optim import param_groups, warmup_cosine
+from qwen_audio.model import QwenAudio, token_losses
+
+Trainable = Literal["encoder", "decoder", "all"]
+
+
+class QwenAudioModule(L.LightningModule):
+    """Trains a :class:`QwenAudio` on batches from :class:`qwen_audio.data.AudioTextDataModule`.
+
+    Args:
+        model: a preset name of :class:`QwenAudioConfig` (``tiny``, ``qwen-audio``, ...).
+        train: which part is optimised: ``encoder`` (stage 1), ``decoder`` (stage 2) or ``all`` (the demo,
+            whose tiny random decoder has no language knowledge to keep).
+        init_from: a folder in the released layout whose weights initialise the model (none: random init).
+        lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio: AdamW and warmup-cosine schedule (spec §8).
+        layer_decay: layer-wise LR decay over the encoder blocks (block ``i`` of ``n`` gets ``lr * decay**(n-i)``).
+        spec_augment: apply SpecAugment ("LibriSpeech Basic") to training mels.
+        activation_checkpointing: recompute each block in the backward pass to save memory.
+        seed: seeds the SpecAugment masks (with the step number, so resuming reproduces them).
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        train: Trainable = "encoder",
+        init_from: str | None = None,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        layer_decay: float = 0.95,
+        spec_augment: bool = True,
+        activation_checkpointing: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = QwenAudioConfig.from_name(model)
+        self.model: QwenAudio | None = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = QwenAudio(self.config)
+        self.model.set_trainable(encoder=self.hparams.train in ("encoder", "all"),
+                                 decoder=self.hparams.train in ("decoder", "all"))
+        self.model.set_activation_checkpointing(self.hparams.activation_checkpointing)
+        self._encoder_params = sum(p.numel() for p in self.model.encoder.parameters())
+        self._decoder_params = sum(p.numel() for p in self.model.parameters()) - self._encoder_params
+        if self.device_mesh is not None:
+            shard = partial(fully_shard, mesh=self.device_mesh["data_parallel"],
+                            mp_policy=MixedPrecisionPolicy(param_dtype=self._compute_dtype()))
+            for block in (*self.model.transformer.audio.blocks, *self.model.transformer.h):
+                shard(block)
+            shard(self.model)
+
+    def _compute_dtype(self) -> torch.dtype | None:
+        precision = str(self.trainer.precision)
+        return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+
+    def on_fit_start(self) -> None:
+        """Load ``init_from`` into the (possibly sharded) model; a resumed run restores its checkpoint instead.
+
+        Rank 0 reads the folder and the weights are broadcast into each rank's shards, so a node never holds more
+        than one full copy. Keys and shapes are checked against the model first (an error lists any mismatch).
+        """
+        if not self.hparams.init_from or self.trainer.ckpt_path is not None:
+            return
+        state = {}
+        if self.global_rank == 0:
+            state = read_state_dict(self.hparams.init_from)
+            expected = {name: tensor.shape for name, tensor in self.model.state_dict().items()}
+            check_state_dict(expected, state, self.hparams.init_from)
+        set_model_state_dict(self.model, state, options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized()))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            audio_mel=batch["audio_mel"], audio_mel_lengths=batch["audio_mel_lengths"],
+        )
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        logits = self(batch).logits
+        losses, correct, counted = token_losses(logits, batch["labels"])
+        loss = losses.sum() / counted.sum().clamp(min=1)
+        size = len(batch["task"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
+        self.log(f"{stage}/token_acc", correct.sum() / counted.sum().clamp(min=1), batch_size=size,
+                 sync_dist=stage != "train")
+        per_task: dict[str, list[int]] = defaultdict(list)
+        for row, task in enumerate(batch["task"]):
+            per_task[task].append(row)
+        for task, rows in per_task.items():
+            tokens = counted[rows].sum().clamp(min=1)
+            self.log(f"{stage}/loss_{task}", losses[rows].sum() / tokens, batch_size=len(rows), sync_dist=stage != "train")
+            self.log(f"{stage}/token_acc_{task}", correct[rows].sum() / tokens, batch_size=len(rows),
+                     sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Read by TokenThroughput for MFU: the usual 6 * params * positions (forward + backward), encoder and
+        # decoder each over their own positions; attention's quadratic term is left out.
+        frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
+        self.flops_per_batch = 6 * (self._decoder_params * int(batch["attention_mask"].sum()) + self._encoder_params * frames)
+        if self.hparams.spec_augment:
+            # Masks drawn from (seed, step), not the global RNG: a resumed run draws the masks it would have drawn.
+            generator = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+            batch = {**batch, "audio_mel": spec_augment(batch["audio_mel"], batch["audio_mel_lengths"], generator=generator)}
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups(self.model.named_parameters(), hp.lr, hp.weight_decay, hp.layer_decay,
+                              self.config.encoder.n_layer)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, eps=hp.eps)
+        total = self.trainer.estimated_stepping_batches
+        schedule = partial(warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=total, min_ratio=hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

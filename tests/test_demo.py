@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import re
+import time
+import unicodedata
+
+import numpy as np
+import pytest
+import soundfile
+
+from qwen_audio.data.demo import (
+    EVENT_KINDS,
+    INSTRUMENTS,
+    NUMBER_WORDS,
+    SCENES,
+    SENTENCES_FILE,
+    SPLITS,
+    build_demo_corpus,
+    read_sentences,
+)
+from qwen_audio.data.espeak import synthesize
+from qwen_audio.data.manifest import read_manifest
+
+SIZE = 5  # training clips per group; validation and test get 1 each
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_demo_corpus(tmp_path_factory.mktemp("demo"), seed=0, size=SIZE)
+
+
+def fingerprint(manifests) -> dict[str, str]:
+    """sha256 of every manifest and every audio file, by path relative to the corpus folder."""
+    root = manifests["train"].parent
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+# ---- the espeak-ng binding ------------------------------------------------------------------------------------------
+
+def test_english_words_and_timings():
+    text = "the quick brown fox sleeps on the warm mat."
+    samples, rate, words = synthesize(text, "en")
+    assert samples.dtype == np.int16 and rate == 22050
+    assert [w for w, _, _ in words] == text.rstrip(".").split()  # "on the" is two words, not espeak's one
+    starts = [s for _, s, _ in words]
+    assert starts[0] == 0.0 and all(a < b for a, b in zip(starts, starts[1:]))
+    for (_, start, end), next_start in zip(words, starts[1:] + [len(samples) / rate]):
+        assert start < end <= next_start
+
+
+def test_word_starts_match_the_pauses_in_the_audio():
+    # commas make silent pauses; find them in the waveform independently of the word events
+    samples, rate, words = synthesize("one, nine, seven, eleven.", "en")
+    quiet = np.abs(samples.astype(float)) < 1e-3 * np.abs(samples).max()
+    edges = np.flatnonzero(np.diff(np.r_[0, quiet.astype(int), 0]))
+    runs = zip(edges[::2], edges[1::2])
+    pauses = [(a / rate, b / rate) for a, b in runs if (b - a) / rate > 0.08 and b < len(samples)]
+    assert len(pauses) == 3
+    for (pause_start, pause_end), (_, end, _), (_, next_start, _) in zip(pauses, words, words[1:]):
+        assert abs(next_start - pause_end) < 0.02  # the next word starts when the sound resumes
+    for (pause_start, _), (_, _, end) in zip(pauses, words):
+        assert abs(end - pause_start) < 0.02  # the word's end excludes the pause
+
+
+def test_rate_and_pitch_reach_the_synthesiser():
+    text = "we walk to school every morning."
+    slow, fast = (synthesize(text, "en", rate=r)[0] for r in (100, 300))
+    assert 2.4 < len(slow) / len(fast) < 3.6  # words per minute x3 -> about a third of the duration
+
+    def median_f0(samples, rate=22050):
+        x = samples.astype(float)
+        f0 = []
+        for i in range(0, len(x) - 1024, 1024):
+            frame = x[i : i + 1024]
+            if np.abs(frame).max() > 0.3 * np.abs(x).max():  # voiced, loud frames
+                ac = np.correlate(frame, frame, "full")[1023:]
+                lag = rate // 400 + np.argmax(ac[rate // 400 : rate // 60])
+                f0.append(rate / lag)
+        return np.median(f0)
+
+    low, high = (median_f0(synthesize(text, "en", pitch=p)[0]) for p in (20, 80))
+    assert high > 1.3 * low
+
+
+def test_mandarin_words_cover_the_sentence():
+    text = "今天天气很好，我们去公园散步吧。"
+    samples, rate, words = synthesize(text, "cmn")
+    assert "".join(w for w, _, _ in words) == "".join(c for c in text if unicodedata.category(c)[0] != "P")
+    assert "很好" in [w for w, _, _ in words]  # one dictionary word, one event
+    assert all(a[1] < b[1] for a, b in zip(words, words[1:])) and words[-1][2] <= len(samples) / rate
+
+
+def test_synthesize_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown espeak-ng voice 'xx-nope'"):
+        synthesize("hello", "xx-nope")
+    with pytest.raises(ValueError, match="rate must be 80..450"):
+        synthesize("hello", rate=20)
+    with pytest.raises(ValueError, match="text to synthesize is empty"):
+        synthesize("  ")
+
+
+# ---- the corpus -----------------------------------------------------------------------------------------------------
+
+def test_corpus_is_deterministic_and_cached(corpus, tmp_path):
+    # built again after this process has synthesised other speech, and on another second of the clock (which
+    # libespeak-ng would seed its noise from): the same bytes
+    time.sleep(1.0)
+    again = build_demo_corpus(tmp_path, seed=0, size=SIZE)
+    assert again["train"] == tmp_path / f"demo-1-seed0-size{SIZE}" / "train.jsonl"
+    assert fingerprint(again) == fingerprint(corpus)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert build_demo_corpus(tmp_path, seed=0, size=SIZE) == again  # found, not rebuilt
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    other = build_demo_corpus(tmp_path, seed=1, size=SIZE)
+    assert fingerprint(other)["train.jsonl"] != fingerprint(again)["train.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"demo-1-seed{s}-size{SIZE}" for s in (0, 1)]  # no staging
+
+
+def test_refuses_a_folder_that_is_not_a_corpus(tmp_path):
+    (tmp_path / "demo-1-seed0-size1").mkdir()
+    (tmp_path / "demo-1-seed0-size1" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="demo-1-seed0-size1 exists but holds no demo corpus built with"):
+        build_demo_corpus(tmp_path, seed=0, size=1)
+
+
+def test_default_folder_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("QWEN_AUDIO_DEMO_DIR", str(tmp_path / "env"))
+    manifests = build_demo_corpus(size=1)
+    assert manifests["test"] == tmp_path / "env" / "demo-1-seed0-size1" / "test.jsonl" and manifests["test"].exists()
+
+
+def test_manifests_are_valid_and_sized(corpus):
+    tasks = {}
+    for split in SPLITS:
+        entries = read_manifest(corpus[split], check_audio=True)
+        for entry in entries:
+            assert entry.duration == pytest.approx(soundfile.info(entry.audio).duration, abs=1e-3)
+            assert 1.0 <= entry.duration <= 6.0
+        tasks[split] = collections.Counter(e.task for e in entries)
+    per_group = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}
+    for split, counts in tasks.items():
+        n = per_group[split]
+        assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": n, "asc": n, "aqa": n}
+
+
+def test_test_sentences_are_held_out(corpus):
+    texts = {s: {e.text for e in read_manifest(corpus[s]) if e.task == "asr"} for s in SPLITS}
+    assert texts["test"] and not texts["test"] & texts["train"] and not texts["validation"] & texts["train"]
+
+
+def test_srwt_words_are_the_transcript_and_sound(corpus):
+    for entry in read_manifest(corpus["train"]):
+        if entry.task != "srwt":
+            continue
+        if entry.audio_language == "en":
+            assert [w.word for w in entry.words] == re.sub(r"[^\w' ]", "", entry.text).split()
+        else:
+            assert "".join(w.word for w in entry.words) == re.sub(r"\W", "", entry.text)
+        samples, rate = soundfile.read(entry.audio)
+        overall = np.sqrt(np.mean(samples**2))
+        for word in entry.words:
+            piece = samples[int(word.start * rate) : int(word.end * rate)]
+            assert np.sqrt(np.mean(piece**2)) > 0.2 * overall  # each word's span holds speech
+
+
+def test_mna_pitch_matches_the_midi_formula(corpus):
+    checked = 0
+    for split in SPLITS:
+        for entry in read_manifest(corpus[split]):
+            if entry.task != "mna":
+                continue
+            target = re.fullmatch(r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text)
+            midi, instrument = target.groups()
+            assert instrument in INSTRUMENTS
+            samples, rate = soundfile.read(entry.audio)
+            spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples)), n=8 * len(samples)))
+            peak_hz = np.fft.rfftfreq(8 * len(samples), 1 / rate)[np.argmax(spectrum)]
+            expected = 440.0 * 2 ** ((int(midi) - 69) / 12)
+            assert peak_hz == pytest.approx(expected, rel=0.01)  # a semitone is 6 %
+            checked += 1
+    assert checked == SIZE + 2 * max(1, SIZE // 4)
+
+
+def test_aqa_answers_match_the_counted_events(corpus):
+    checked = 0
+    for split in SPLITS:
+        for entry in read_manifest(corpus[split]):
+            if entry.task != "aqa":
+                continue
+            samples, rate = soundfile.read(entry.audio)
+            frame = rate // 200  # 5 ms
+            envelope = np.abs(samples[: len(samples) // frame * frame]).reshape(-1, frame).max(axis=1)
+            loud = envelope > 0.2 * envelope.max()
+            onsets = np.flatnonzero(loud[1:] & ~loud[:-1]) + 1
+            events = 1 + int(np.sum(np.diff(onsets) > 0.1 * 200)) if onsets.size else int(loud[0])
+            counting = re.fullmatch(r"how many (\w+)s are there\?", entry.question)
+            if counting:
+                assert counting.group(1) in EVENT_KINDS
+                assert entry.text == NUMBER_WORDS[events - 1]
+                checked += 1
+            else:
+                assert re.fullmatch(r"are there any (\w+)s\?", entry.question) and entry.text in ("yes", "no")
+    assert checked >= 1
+
+
+def test_asc_labels_and_asset_labels(corpus):
+    scenes = [e.text for s in SPLITS for e in read_manifest(corpus[s]) if e.task == "asc"]
+    assert set(scenes) <= set(SCENES) and "babble" in scenes
+    labels = {line.split("\t", 1)[1] for line in SENTENCES_FILE.read_text().splitlines() if line.startswith("label\t")}
+    assert {*SCENES, *INSTRUMENTS, *NUMBER_WORDS, "yes", "no"} <= labels  # every target word is listed in the asset
+    assert len(read_sentences()["en"]) > 100 and len(read_sentences()["zh"]) > 100
+    assert json.loads((corpus["train"].parent / "corpus.json").read_text())["size"] == SIZE
