@@ -13,7 +13,6 @@ memory time and the matrix-unit time of its DFT and mel products at their precis
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
@@ -23,24 +22,10 @@ from nnAudio.features import MelSpectrogram as NnAudioMel
 from transformers import WhisperFeatureExtractor
 
 from qwen_audio.audio import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, N_SAMPLES, SAMPLE_RATE
+from _timing import measure_ms
+
 from qwen_audio.kernels import log_mel
 from qwen_audio.kernels import mel as mel_kernel
-
-
-def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Milliseconds per call: ``triton.testing.do_bench`` median on CUDA; on CPU the best wall clock of ``repeats``
-    calls after two warm-ups (the minimum, because other processes on a shared CPU only ever add time)."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, return_mode="median")
-    fn(), fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
 
 
 def whisper_normalise(power_mel: torch.Tensor) -> torch.Tensor:

@@ -11,30 +11,14 @@ speed-up over torch. The shape is the encoder's: x [batch, 1500 frames, 1280 cha
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
+
+from _timing import measure_ms
 
 from qwen_audio.kernels import pool_layer_norm
 
 FRAMES, CHANNELS = 1500, 1280
-
-
-def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Milliseconds per call: ``triton.testing.do_bench`` median on CUDA; on CPU the best wall clock of ``repeats``
-    calls after two warm-ups (the minimum, because other processes on a shared CPU only ever add time)."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, return_mode="median")
-    fn(), fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
 
 
 def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: int) -> None:

@@ -28,16 +28,6 @@ from qwen_audio.tokenizer import SPECIAL_TOKENS, TASK_TOKENS, QwenAudioTokenizer
 ONE_SECOND = {"x.flac": torch.zeros(16000), "y.flac": torch.zeros(8000)}  # 25 and 12 audio tokens
 
 
-@pytest.fixture(scope="module")
-def released() -> QwenAudioTokenizer:
-    return QwenAudioTokenizer.released()
-
-
-@pytest.fixture(scope="module")
-def demo() -> QwenAudioTokenizer:
-    return QwenAudioTokenizer.demo()
-
-
 def expanded(tokenizer: QwenAudioTokenizer, audio_tokens: int) -> list[int]:
     return [tokenizer.audio_start, *[tokenizer.audio_pad] * audio_tokens, tokenizer.audio_end]
 

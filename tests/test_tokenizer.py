@@ -19,16 +19,6 @@ from qwen_audio.tokenizer import DEMO_RANKS_FILE, QwenAudioTokenizer, check_audi
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_demo_tokenizer.py"
 
 
-@pytest.fixture(scope="module")
-def released() -> QwenAudioTokenizer:
-    return QwenAudioTokenizer.released()
-
-
-@pytest.fixture(scope="module")
-def demo() -> QwenAudioTokenizer:
-    return QwenAudioTokenizer.demo()
-
-
 def write_wav(path: Path, num_samples: int) -> str:
     soundfile.write(path, np.linspace(-0.5, 0.5, num_samples, dtype=np.float32), 16000)
     return str(path)
