@@ -88,7 +88,8 @@ def check_state_dict(expected: Mapping[str, torch.Size], state: Mapping[str, tor
         raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
 
 
-def _expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+def expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+    """Every state-dict key of ``model`` with its (global, also under FSDP) shape."""
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
@@ -103,7 +104,7 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
     with torch.device("meta"):
         model = QwenAudio(config)
     state = read_state_dict(folder, allow_pickle)
-    check_state_dict(_expected_shapes(model), state, os.fspath(folder))
+    check_state_dict(expected_shapes(model), state, os.fspath(folder))
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype)
 
@@ -158,7 +159,7 @@ def init_stage1(whisper_path: str | os.PathLike, qwen_folder: str | os.PathLike,
     """
     with torch.device("meta"):
         model = QwenAudio(config)
-    expected = _expected_shapes(model)
+    expected = expected_shapes(model)
     generator = torch.Generator().manual_seed(seed)
     fresh = {
         ENCODER_PREFIX + "proj.weight": 0.02 * torch.randn(expected[ENCODER_PREFIX + "proj.weight"], generator=generator),

@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from qwen_audio.audio import conv_frames, spec_augment
-from qwen_audio.checkpoint import check_state_dict, read_state_dict
+from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_state_dict
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.lit.optim import param_groups, warmup_cosine
 from qwen_audio.model import QwenAudio, token_losses
@@ -93,8 +93,7 @@ class QwenAudioModule(L.LightningModule):
         state = {}
         if self.global_rank == 0:
             state = read_state_dict(self.hparams.init_from)
-            expected = {name: tensor.shape for name, tensor in self.model.state_dict().items()}
-            check_state_dict(expected, state, self.hparams.init_from)
+            check_state_dict(expected_shapes(self.model), state, self.hparams.init_from)
         set_model_state_dict(self.model, state, options=StateDictOptions(
             full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized()))
 
