@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 
 import torch
@@ -110,24 +111,35 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
 
 
 def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
-                    max_shard_size: int | str = "5GB") -> None:
-    """Write ``model`` in the released layout (safetensors shards + index when more than one, ``config.json``)."""
-    folder = os.fspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
-                                               max_shard_size=max_shard_size)
-    for filename, keys in split.filename_to_tensors.items():
-        save_file({k: state[k] for k in keys}, os.path.join(folder, filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        with open(os.path.join(folder, SAFE_INDEX), "w", encoding="utf-8") as f:
-            json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
-    hf_config = model.config.to_hf_config()
-    hf_config["torch_dtype"] = str(model.lm_head.weight.dtype).removeprefix("torch.")
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-    if tokenizer_file is not None:
-        shutil.copyfile(tokenizer_file, os.path.join(folder, TOKENIZER_FILE))
+                    max_shard_size: int | str = "5GB", state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write ``model`` in the released layout (safetensors shards + index when more than one, ``config.json``).
+
+    ``state_dict``: the full weights when ``model`` itself is sharded (FSDP gathers them first). The folder is
+    written beside its destination and renamed into place, so a crash leaves the previous export intact.
+    """
+    folder = os.path.abspath(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=os.path.dirname(folder))
+    try:
+        split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                                   max_shard_size=max_shard_size)
+        for filename, keys in split.filename_to_tensors.items():
+            save_file({k: state[k] for k in keys}, os.path.join(staging, filename), metadata={"format": "pt"})
+        if split.is_sharded:
+            with open(os.path.join(staging, SAFE_INDEX), "w", encoding="utf-8") as f:
+                json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
+        hf_config = model.config.to_hf_config()
+        hf_config["torch_dtype"] = str(state["lm_head.weight"].dtype).removeprefix("torch.")
+        with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, os.path.join(staging, TOKENIZER_FILE))
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_whisper_encoder(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,17 +1,124 @@
-"""Batched greedy generation with the KV cache.
+"""Batched generation with the KV cache: greedy or sampled, stop tokens, streaming, and the command line.
 
 Prompts of different lengths are left-padded and their rotary positions are taken from the attention mask, so a
 batch gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
-encoded and spliced once, at prefill; decoding steps feed only the new token.
+encoded and spliced once, at prefill; decoding steps feed only the new token. Logits are shaped by transformers'
+logits processors in the order its ``generate`` applies them (repetition penalty, minimum length, temperature,
+top-k, top-p), on fp32 scores as it does.
+
+Command line (one JSON object per prompt and line with ``--json``)::
+
+    python -m qwen_audio.generate --checkpoint DIR --greedy --json \\
+        --prompt "<audio>clip.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import argparse
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
+from qwen_audio.checkpoint import TOKENIZER_FILE, load_pretrained
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.data.dataset import audio_features
 from qwen_audio.model import QwenAudio
+from qwen_audio.prompts import Example
+from qwen_audio.tokenizer import MODEL_MAX_LENGTH, AudioTokens, QwenAudioTokenizer
+
+Streamer = Callable[[list[int | None]], None]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to pick each new token. ``stop_ids`` end a row's generation and are not returned.
+
+    Sampling options apply only with ``do_sample``; 0 / 1.0 switch top-k / top-p off. ``seed`` makes sampling
+    reproducible (a ``torch.Generator`` of its own, the global RNG is left alone).
+    """
+
+    max_new_tokens: int = 512
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens={self.max_new_tokens}], "
+                             f"got {self.min_new_tokens}")
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {self.top_p}")
+        if not 0 < self.repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty must be a positive finite number (1 = off), got "
+                             f"{self.repetition_penalty}")
+        if any(not isinstance(i, int) or i < 0 for i in self.stop_ids):
+            raise ValueError(f"stop_ids must be non-negative token ids, got {self.stop_ids!r}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be >= 0 or None, got {self.seed}")
+
+    @classmethod
+    def base(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
+        """The release's ``base_generation_config.json`` (Qwen-Audio): sampling with top-p 0.8, stop at eod.
+
+        Its evaluation scripts decode greedily instead: ``GenerationConfig.base(tokenizer, do_sample=False)``.
+        """
+        release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.8, stop_ids=(tokenizer.eod,))
+        return dataclasses.replace(release, **overrides)
+
+    @classmethod
+    def chat(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
+        """The release's ``chat_generation_config.json`` (Qwen-Audio-Chat): sampling with top-p 0.5, stop at
+        ``<|im_end|>`` or ``<|im_start|>`` (its stop words) or eod (its eos)."""
+        stops = (tokenizer.im_end, tokenizer.im_start, tokenizer.eod)
+        release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.5, stop_ids=stops)
+        return dataclasses.replace(release, **overrides)
+
+    def logits_processor(self, prompt_length: int) -> LogitsProcessorList:
+        """Score transforms for ``(ids so far [B, prompt_length + step], fp32 scores [B, vocab])``, as
+        transformers applies them; greedy decoding uses the repetition penalty and the minimum length only.
+
+        As in the release (transformers' ``generate``), the repetition penalty counts every prompt token as seen,
+        audio placeholders included; only left padding (given as id ``vocab``) is left out.
+        """
+        processors = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.min_new_tokens > 0 and self.stop_ids:
+            processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, self.min_new_tokens,
+                                                                list(self.stop_ids)))
+        if self.do_sample:
+            if self.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k > 0:
+                processors.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                processors.append(TopPLogitsWarper(self.top_p))
+        return processors
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,39 +133,272 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return ids, mask
 
 
+class PromptBatch(NamedTuple):
+    """Left-padded prompt ids and mask, and the mel ``[N, n_mels, T]`` + valid lengths of their N audios."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    audio_mel: torch.Tensor | None
+    audio_mel_lengths: torch.Tensor | None
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(*(None if t is None else t.to(device) for t in self))
+
+
+def batch_prompts(prompts: Sequence[AudioTokens | Example], pad_id: int) -> PromptBatch:
+    """Left-pad encoded prompts and compute the encoder input of every audio, in row-major order."""
+    ids, mask = left_pad([p.ids for p in prompts], pad_id)
+    features = [audio_features(w, span.source) for p in prompts for w, span in zip(p.waveforms, p.audios)]
+    if not features:
+        return PromptBatch(ids, mask, None, None)
+    mel = torch.nn.utils.rnn.pad_sequence([m.T for m, _ in features], batch_first=True).transpose(1, 2)
+    return PromptBatch(ids, mask, mel, torch.tensor([length for _, length in features]))
+
+
+def encode_prompts(tokenizer: QwenAudioTokenizer, prompts: Sequence[str], max_length: int) -> PromptBatch:
+    """Raw release-style prompts (tags as text, ``<audio>PATH</audio>`` spans, several allowed) -> one batch.
+
+    As in the release every special-token text is a special token. A prompt longer than ``max_length`` tokens
+    (audio placeholders included) raises ValueError; a missing audio file raises FileNotFoundError naming it.
+    """
+    encoded = [encode_prompt(tokenizer, prompt, max_length, index) for index, prompt in enumerate(prompts)]
+    return batch_prompts(encoded, tokenizer.eod)
+
+
+def encode_prompt(tokenizer: QwenAudioTokenizer, prompt: str, max_length: int, index: int = 0) -> AudioTokens:
+    """One raw prompt (see :func:`encode_prompts`); ``index`` names it in errors."""
+    if not prompt:
+        raise ValueError(f"prompt {index} is empty")
+    tokens = tokenizer.encode_with_audio(prompt, allowed_special="all")
+    if len(tokens.ids) > max_length:
+        raise ValueError(f"prompt {index} is {len(tokens.ids)} tokens long (audio placeholders included), "
+                         f"more than max_length {max_length}")
+    return tokens
+
+
 @torch.no_grad()
-def greedy_generate(
+def generate_steps(
     model: QwenAudio,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    stop_ids: Collection[int],
-    max_new_tokens: int,
+    config: GenerationConfig,
+    *,
     vocab_size: int,
     audio_mel: torch.Tensor | None = None,
     audio_mel_lengths: torch.Tensor | None = None,
-) -> list[list[int]]:
-    """Greedy continuation of each left-padded prompt, up to ``max_new_tokens``; stop tokens are not returned.
+) -> Iterator[list[int | None]]:
+    """Yield, at each decoding step, every row's new token, or None for a row that has stopped (a stop token is
+    never yielded). Stops after ``max_new_tokens`` steps or when every row has stopped.
 
     Only the tokenizer's ``vocab_size`` ids are candidates: the embedding is padded beyond them (155947 rows for
     155165 tokens in the release) and those rows are no tokens.
     """
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+                         "must both be [batch, length]")
+    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"prompt rows {empty} hold no tokens (attention_mask all 0)")
+    if not 0 < vocab_size <= model.config.decoder.vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} must lie in [1, {model.config.decoder.vocab_size}] "
+                         "(the model's embedding rows)")
     device = input_ids.device
+    processor = config.logits_processor(input_ids.shape[1])
+    generator = None
+    if config.do_sample and config.seed is not None:
+        generator = torch.Generator(device).manual_seed(config.seed)
+    # What the repetition penalty sees: padding becomes vocab_size, an id transformers' processor ignores.
+    history = input_ids.masked_fill(attention_mask == 0, vocab_size)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     output = model(input_ids, audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths,
                    attention_mask=attention_mask, position_ids=positions, use_cache=True)
-    stops = torch.tensor(sorted(stop_ids), device=device)
-    generated = [[] for _ in range(input_ids.shape[0])]
+    stops = torch.tensor(config.stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     next_position = positions[:, -1:] + 1
-    for _ in range(max_new_tokens):
-        token = output.logits[:, -1, :vocab_size].argmax(-1)
+    for step in range(config.max_new_tokens):
+        scores = processor(history, output.logits[:, -1, :vocab_size].float())
+        if config.do_sample:
+            token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+        else:
+            token = scores.argmax(-1)
         finished |= torch.isin(token, stops)
-        for row in (~finished).nonzero().flatten().tolist():
-            generated[row].append(int(token[row]))
-        if finished.all():
-            break
+        yield [None if done else t for t, done in zip(token.tolist(), finished.tolist())]
+        if finished.all() or step + 1 == config.max_new_tokens:
+            return
+        history = torch.cat([history, token[:, None]], dim=1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         output = model(token[:, None], attention_mask=attention_mask, position_ids=next_position,
                        kv_cache=output.kv_cache, use_cache=True)
         next_position = next_position + 1
+
+
+def generate(
+    model: QwenAudio,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: GenerationConfig,
+    *,
+    vocab_size: int,
+    audio_mel: torch.Tensor | None = None,
+    audio_mel_lengths: torch.Tensor | None = None,
+    streamer: Streamer | None = None,
+) -> list[list[int]]:
+    """The new tokens of each left-padded prompt, stop token excluded; ``streamer`` sees every step's tokens
+    (None for rows that have stopped). See :func:`generate_steps`."""
+    generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    for step in generate_steps(model, input_ids, attention_mask, config, vocab_size=vocab_size,
+                               audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths):
+        for row, token in enumerate(step):
+            if token is not None:
+                generated[row].append(token)
+        if streamer is not None:
+            streamer(step)
     return generated
+
+
+def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, config: GenerationConfig,
+                max_length: int = MODEL_MAX_LENGTH) -> Iterator[str]:
+    """The continuation of one raw prompt as text pieces, yielded as they are decoded.
+
+    A character split over several byte-level tokens is held back until complete (the decoded text would end in
+    U+FFFD), so the pieces join to exactly ``tokenizer.decode(generated ids)``.
+    """
+    batch = encode_prompts(tokenizer, [prompt], max_length).to(next(model.parameters()).device)
+    tokens: list[int] = []
+    shown = 0
+    for (token,) in generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
+                                   audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths):
+        if token is None:
+            break
+        tokens.append(token)
+        text = tokenizer.decode(tokens)
+        if len(text) > shown and not text.endswith("\ufffd"):
+            yield text[shown:]
+            shown = len(text)
+    text = tokenizer.decode(tokens)
+    if len(text) > shown:
+        yield text[shown:]
+
+
+def load_model(checkpoint: str, *, random_init: bool = False,
+               device: torch.device | str = "cpu") -> tuple[QwenAudio, QwenAudioTokenizer]:
+    """A released-layout folder (its ``qwen.tiktoken`` if present, else the config's tokenizer), or with
+    ``random_init`` a preset name (weights drawn with seed 0, for smoke tests). The model is in eval mode;
+    on CPU in fp32, elsewhere in the checkpoint's dtype."""
+    if random_init:
+        config = QwenAudioConfig.from_name(checkpoint)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = QwenAudio(config)
+        return model.to(device).eval(), QwenAudioTokenizer.load(config.tokenizer)
+    if not os.path.isdir(checkpoint):
+        raise FileNotFoundError(f"checkpoint folder not found: {checkpoint} (a preset name needs --random-init)")
+    dtype = torch.float32 if torch.device(device).type == "cpu" else None
+    model = load_pretrained(checkpoint, dtype=dtype, device=device).eval()
+    tokenizer_file = os.path.join(checkpoint, TOKENIZER_FILE)
+    if os.path.isfile(tokenizer_file):
+        return model, QwenAudioTokenizer.from_file(tokenizer_file)
+    return model, QwenAudioTokenizer.load(model.config.tokenizer)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint``, ``--random-init`` and the decoding options shared by the generate and chat CLIs."""
+    parser.add_argument("--checkpoint", required=True, help="released-layout folder, or a preset with --random-init")
+    parser.add_argument("--random-init", action="store_true", help="build the preset named by --checkpoint, seed 0")
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--min-new-tokens", type=int, default=0)
+    parser.add_argument("--greedy", action="store_true", help="argmax decoding (the release's evaluation)")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+
+
+def config_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                          release: GenerationConfig) -> GenerationConfig:
+    """``release`` (the base or chat settings) with the command line's options; bad values exit via the parser."""
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed") if getattr(args, k) is not None}
+    if args.greedy and sampling:
+        options = ", ".join("--" + name.replace("_", "-") for name in sampling)
+        parser.error(f"--greedy takes no sampling options, got {options}")
+    try:
+        return dataclasses.replace(release, do_sample=not args.greedy, max_new_tokens=args.max_new_tokens,
+                                   min_new_tokens=args.min_new_tokens,
+                                   repetition_penalty=args.repetition_penalty, **sampling)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def load_model_from_arguments(parser: argparse.ArgumentParser,
+                              args: argparse.Namespace) -> tuple[QwenAudio, QwenAudioTokenizer]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return load_model(args.checkpoint, random_init=args.random_init, device=device)
+    except (FileNotFoundError, ValueError) as err:  # ConfigError and CheckpointError are ValueErrors
+        parser.error(str(err))
+
+
+_TRANSCRIPTION = re.compile(r"^<audio>(?P<path>[^<]+)</audio><\|startoftranscript\|><\|(?P<language>\w+)\|>"
+                            r"<\|transcribe\|>")
+
+
+def _long_form(parser: argparse.ArgumentParser, model: QwenAudio, tokenizer: QwenAudioTokenizer,
+               prompt: str, config: GenerationConfig) -> dict:
+    from qwen_audio.longform import transcribe_long  # longform builds on this module
+
+    match = _TRANSCRIPTION.match(prompt)
+    if match is None:
+        parser.error(f"--long-form needs a transcription prompt '<audio>PATH</audio><|startoftranscript|><|LANG|>"
+                     f"<|transcribe|>...', got {prompt!r}")
+    try:
+        result = transcribe_long(model, tokenizer, match["path"], language=match["language"],
+                                 timestamps="<|timestamps|>" in prompt, config=config)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    return {"prompt": prompt, "text": result.text,
+            "words": [[w.text, w.start, w.end] for w in result.words],
+            "windows": [list(window) for window in result.windows]}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m qwen_audio.generate", description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", action="append", required=True,
+                        help="raw prompt with <audio>PATH</audio> spans and tags; repeat for several")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="one {prompt, ids, text} object per prompt and line")
+    parser.add_argument("--long-form", action="store_true",
+                        help="transcribe audio over 30 s in consecutive windows (qwen_audio.longform) instead of "
+                             "truncating it as the release does")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, tokenizer = load_model_from_arguments(parser, args)
+    config = config_from_arguments(parser, args, GenerationConfig.base(tokenizer))
+    if args.long_form:
+        results = [_long_form(parser, model, tokenizer, prompt, config) for prompt in args.prompt]
+    else:
+        results = _generate_all(parser, model, tokenizer, args.prompt, config, args.batch_size)
+    for result in results:
+        print(json.dumps(result, ensure_ascii=False) if args.json else result["text"], flush=True)
+
+
+def _generate_all(parser: argparse.ArgumentParser, model: QwenAudio, tokenizer: QwenAudioTokenizer,
+                  prompts: list[str], config: GenerationConfig, batch_size: int) -> Iterator[dict]:
+    """Encode every prompt first (bad input fails before any decoding), then generate ``batch_size`` at a time."""
+    try:
+        encoded = [encode_prompt(tokenizer, p, MODEL_MAX_LENGTH, index) for index, p in enumerate(prompts)]
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    device = next(model.parameters()).device
+    for first in range(0, len(prompts), batch_size):
+        batch = batch_prompts(encoded[first:first + batch_size], tokenizer.eod).to(device)
+        outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
+                           audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+        for prompt, ids in zip(prompts[first:first + batch_size], outputs):
+            yield {"prompt": prompt, "ids": ids, "text": tokenizer.decode(ids).strip()}
+
+
+if __name__ == "__main__":
+    main()

@@ -144,8 +144,8 @@ class QwenAudio(nn.Module):
         return model, QwenAudioTokenizer.from_file(os.path.join(folder, "qwen.tiktoken"))
 
     def save_pretrained(self, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
-                        max_shard_size: int | str = "5GB") -> None:
+                        max_shard_size: int | str = "5GB", state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write the released layout: sharded safetensors + index, ``config.json``, and the tokenizer file."""
         from qwen_audio.checkpoint import save_pretrained
 
-        save_pretrained(self, folder, tokenizer_file=tokenizer_file, max_shard_size=max_shard_size)
+        save_pretrained(self, folder, tokenizer_file=tokenizer_file, max_shard_size=max_shard_size, state_dict=state_dict)

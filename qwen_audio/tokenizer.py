@@ -136,11 +136,12 @@ def check_audio_features(audios: Sequence[AudioSpan], feature_tokens: Sequence[i
 class QwenAudioTokenizer:
     """Byte-level BPE (tiktoken) with the released split pattern, NFC normalisation and special tokens."""
 
-    def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "qwen_audio") -> None:
+    def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "qwen_audio", path: str | None = None) -> None:
+        """``path``: the ranks file read, kept so a saved model folder can carry its tokenizer."""
         n_regular = len(mergeable_ranks)
         if sorted(mergeable_ranks.values()) != list(range(n_regular)):
             raise ValueError(f"ranks of {name} must be exactly 0 ... {n_regular - 1}, each once")
-        self.name = name
+        self.name, self.path = name, path
         self.special_tokens = {token: n_regular + index for index, token in enumerate(SPECIAL_TOKENS)}
         self.encoding = tiktoken.Encoding(
             name, pat_str=PAT_STR, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
@@ -160,7 +161,7 @@ class QwenAudioTokenizer:
         """Load a ranks file of ``base64(token) rank`` lines (the format of the released ``qwen.tiktoken``)."""
         path = os.fspath(path)
         with open(path, "rb") as file:
-            return cls(_parse_ranks(file.read(), path), name=os.path.basename(path))
+            return cls(_parse_ranks(file.read(), path), name=os.path.basename(path), path=path)
 
     @classmethod
     def released(cls) -> QwenAudioTokenizer:
@@ -178,7 +179,7 @@ class QwenAudioTokenizer:
         digest = hashlib.sha256(data).hexdigest()
         if digest != RELEASED_SHA256:
             raise ValueError(f"{resource} has sha256 {digest}, not the released {RELEASED_SHA256}; {hint}")
-        return cls(_parse_ranks(data, str(resource)), name="qwen.tiktoken")
+        return cls(_parse_ranks(data, str(resource)), name="qwen.tiktoken", path=str(resource))
 
     @classmethod
     def demo(cls) -> QwenAudioTokenizer:

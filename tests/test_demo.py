@@ -12,6 +12,8 @@ import pytest
 import soundfile
 
 from qwen_audio.data.demo import (
+    DEMO_VERSION,
+    DIGITS,
     EVENT_KINDS,
     INSTRUMENTS,
     NUMBER_WORDS,
@@ -110,27 +112,28 @@ def test_corpus_is_deterministic_and_cached(corpus, tmp_path):
     # libespeak-ng would seed its noise from): the same bytes
     time.sleep(1.0)
     again = build_demo_corpus(tmp_path, seed=0, size=SIZE)
-    assert again["train"] == tmp_path / f"demo-1-seed0-size{SIZE}" / "train.jsonl"
+    assert again["train"] == tmp_path / f"demo-{DEMO_VERSION}-seed0-size{SIZE}" / "train.jsonl"
     assert fingerprint(again) == fingerprint(corpus)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert build_demo_corpus(tmp_path, seed=0, size=SIZE) == again  # found, not rebuilt
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
     other = build_demo_corpus(tmp_path, seed=1, size=SIZE)
     assert fingerprint(other)["train.jsonl"] != fingerprint(again)["train.jsonl"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"demo-1-seed{s}-size{SIZE}" for s in (0, 1)]  # no staging
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"demo-{DEMO_VERSION}-seed{s}-size{SIZE}" for s in (0, 1)]  # no staging
 
 
 def test_refuses_a_folder_that_is_not_a_corpus(tmp_path):
-    (tmp_path / "demo-1-seed0-size1").mkdir()
-    (tmp_path / "demo-1-seed0-size1" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="demo-1-seed0-size1 exists but holds no demo corpus built with"):
+    (tmp_path / f"demo-{DEMO_VERSION}-seed0-size1").mkdir()
+    (tmp_path / f"demo-{DEMO_VERSION}-seed0-size1" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=f"demo-{DEMO_VERSION}-seed0-size1 exists but holds no demo corpus built with"):
         build_demo_corpus(tmp_path, seed=0, size=1)
 
 
 def test_default_folder_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("QWEN_AUDIO_DEMO_DIR", str(tmp_path / "env"))
     manifests = build_demo_corpus(size=1)
-    assert manifests["test"] == tmp_path / "env" / "demo-1-seed0-size1" / "test.jsonl" and manifests["test"].exists()
+    assert manifests["test"] == tmp_path / "env" / f"demo-{DEMO_VERSION}-seed0-size1" / "test.jsonl"
+    assert manifests["test"].exists()
 
 
 def test_manifests_are_valid_and_sized(corpus):
@@ -139,7 +142,7 @@ def test_manifests_are_valid_and_sized(corpus):
         entries = read_manifest(corpus[split], check_audio=True)
         for entry in entries:
             assert entry.duration == pytest.approx(soundfile.info(entry.audio).duration, abs=1e-3)
-            assert 1.0 <= entry.duration <= 6.0
+            assert 0.5 <= entry.duration <= 6.0
         tasks[split] = collections.Counter(e.task for e in entries)
     per_group = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}
     for split, counts in tasks.items():
@@ -147,9 +150,12 @@ def test_manifests_are_valid_and_sized(corpus):
         assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": n, "asc": n, "aqa": n}
 
 
-def test_test_sentences_are_held_out(corpus):
+def test_speech_is_digit_strings_held_out_from_training(corpus):
     texts = {s: {e.text for e in read_manifest(corpus[s]) if e.task == "asr"} for s in SPLITS}
     assert texts["test"] and not texts["test"] & texts["train"] and not texts["validation"] & texts["train"]
+    for text in set().union(*texts.values()):
+        words = text.split() if " " in text else list(text)
+        assert 3 <= len(words) <= 6 and (set(words) <= set(DIGITS["en"]) or set(words) <= set(DIGITS["zh"])), text
 
 
 def test_srwt_words_are_the_transcript_and_sound(corpus):

@@ -15,6 +15,7 @@ from qwen_audio.data.dataset import AudioTextDataset
 from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
+from qwen_audio.data.streaming import StreamingAudioTextDataset
 from qwen_audio.prompts import TASKS
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
@@ -40,6 +41,10 @@ class AudioTextDataModule(L.LightningDataModule):
         max_length: the longest token sequence allowed; a longer example is an error naming it.
         on_error: ``raise`` at the first bad manifest line, or ``skip`` bad lines and warn with their count.
         demo_size: training clips per group of the demo corpus.
+        streaming: read the training manifests line by line instead of indexing them
+            (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, for corpora too large to hold in
+            memory); the stream never ends, so set ``trainer.max_steps`` and an integer ``val_check_interval``.
+        buffer_size: entries a streaming reader gathers, sorts by duration and packs into batches.
     """
 
     def __init__(
@@ -56,17 +61,20 @@ class AudioTextDataModule(L.LightningDataModule):
         seed: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
         demo_size: int = 48,
+        streaming: bool = False,
+        buffer_size: int = 1000,
     ) -> None:
         super().__init__()
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
-        self.demo_size = demo_size
+        self.demo_size, self.streaming, self.buffer_size = demo_size, streaming, buffer_size
         self.config = QwenAudioConfig.from_name(model)
         self.tokenizer = QwenAudioTokenizer.load(self.config.tokenizer)
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
         self._train_sampler: DurationBucketSampler | None = None
+        self._stream: StreamingAudioTextDataset | None = None
 
     def _resolve(self, manifest: str) -> str:
         if manifest.startswith(DEMO_PREFIX):
@@ -79,7 +87,7 @@ class AudioTextDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         for split, manifests in self.manifests.items():
-            if split not in self.entries:
+            if split not in self.entries and not (split == "train" and self.streaming):
                 self.entries[split] = [
                     read_manifest(self._resolve(m), tasks=TASKS, check_audio=True, on_error=self.on_error)
                     for m in manifests
@@ -100,12 +108,26 @@ class AudioTextDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.streaming:
+            return self._streaming_loader()
         loader = self._loader("train", shuffle=True)
         self._train_sampler = loader.batch_sampler
         if self._sampler_state is not None:
             self._train_sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None
         return loader
+
+    def _streaming_loader(self) -> DataLoader:
+        self._stream = StreamingAudioTextDataset(
+            [self._resolve(m) for m in self.manifests["train"]], self.tokenizer, self.max_seconds,
+            weights=self.weights, max_length=self.max_length, n_mels=self.config.encoder.n_mels,
+            buffer_size=self.buffer_size, seed=self.seed, on_error=self.on_error,
+        )
+        if self._sampler_state is not None:
+            self._stream.skip(self._sampler_state["batches_done"])
+            self._sampler_state = None
+        return DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -115,6 +137,8 @@ class AudioTextDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         """The training sampler's position in batches *consumed* (the loader may have fetched more ahead)."""
+        if self._stream is not None and self.trainer is not None:
+            return {"train_stream": {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.total.processed}}
         if self._train_sampler is None or self.trainer is None:
             return {}
         state = self._train_sampler.state_dict()
@@ -123,4 +147,15 @@ class AudioTextDataModule(L.LightningDataModule):
         return {"train_sampler": state}
 
     def load_state_dict(self, state: dict) -> None:
-        self._sampler_state = state.get("train_sampler")
+        """Resume the training loader. Strategies that set up optimizers before restoring (FSDP2's
+        ``ModelParallelStrategy``) have built it already, through ``estimated_stepping_batches``: resume it in place."""
+        self._sampler_state = state.get("train_stream" if self.streaming else "train_sampler")
+        if self._sampler_state is None:
+            return
+        if self._stream is not None:
+            self._stream.skip(self._sampler_state["batches_done"])
+        elif self._train_sampler is not None:
+            self._train_sampler.load_state_dict(self._sampler_state)
+        else:
+            return
+        self._sampler_state = None

@@ -49,6 +49,22 @@ def target_text(entry: ManifestEntry) -> str:
     return entry.text
 
 
+def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80) -> Sample:
+    """Decode the entry's audio and build its training example: tag prompt, target, labels and mel features."""
+    waveform = load_segment(entry)
+    asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
+    example = encode_task(
+        tokenizer, entry.task, entry.audio, target_text(entry), audio_language=entry.audio_language,
+        text_language=None if asked else entry.text_language, question=entry.question,
+        load={entry.audio: waveform}, max_length=max_length,
+    )
+    features = [audio_features(w, span.source, n_mels) for w, span in zip(example.waveforms, example.audios)]
+    return Sample(
+        torch.tensor(example.ids), torch.tensor(example.labels),
+        [mel for mel, _ in features], [length for _, length in features], entry.task,
+    )
+
+
 class AudioTextDataset(Dataset):
     """Map-style dataset over manifest entries; the loss covers only the target after the task tags."""
 
@@ -60,16 +76,4 @@ class AudioTextDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, index: int) -> Sample:
-        entry = self.entries[index]
-        waveform = load_segment(entry)
-        asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
-        example = encode_task(
-            self.tokenizer, entry.task, entry.audio, target_text(entry), audio_language=entry.audio_language,
-            text_language=None if asked else entry.text_language, question=entry.question,
-            load={entry.audio: waveform}, max_length=self.max_length,
-        )
-        features = [audio_features(w, span.source, self.n_mels) for w, span in zip(example.waveforms, example.audios)]
-        return Sample(
-            torch.tensor(example.ids), torch.tensor(example.labels),
-            [mel for mel, _ in features], [length for _, length in features], entry.task,
-        )
+        return encode_entry(self.entries[index], self.tokenizer, self.max_length, self.n_mels)

@@ -222,6 +222,7 @@ def iter_manifest(
     languages: Container[str] = LANGUAGES,
     check_audio: bool = False,
     on_error: Literal["raise", "skip"] = "raise",
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[ManifestEntry]:
     """Stream the entries of a JSONL manifest, one line at a time (for corpora too large to hold in memory).
 
@@ -229,7 +230,12 @@ def iter_manifest(
     require each audio file to exist and to be long enough for its segment (reads the file's header only).
     ``on_error``: ``"raise"`` a :class:`ManifestError` at the first bad line, or ``"skip"`` bad lines and, when the
     file is done, warn once with how many were skipped and for which fields. Blank lines are ignored.
+    ``shard``: ``(index, count)`` keeps only lines ``index, index + count, ...`` (numbered from 0) and parses no
+    other, so ``count`` readers split a file between them.
     """
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     name = os.fspath(path)
@@ -238,7 +244,7 @@ def iter_manifest(
     num_lines = 0
     with open(name, encoding="utf-8") as file:
         for number, raw in enumerate(file, start=1):
-            if not raw.strip():
+            if (number - 1) % count != index or not raw.strip():
                 continue
             num_lines += 1
             try:

@@ -18,6 +18,23 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
+def pack_batches(indices: Sequence[int], durations: Sequence[float], max_seconds: float) -> list[list[int]]:
+    """Cut ``indices`` in order into batches whose padded length, ``len(batch) * longest clip``, stays within
+    ``max_seconds``: the encoder computes the padded batch, so this bounds memory and compute."""
+    batches: list[list[int]] = []
+    batch, longest = [], 0.0
+    for index in indices:
+        duration = durations[index]
+        if batch and (len(batch) + 1) * max(longest, duration) > max_seconds:
+            batches.append(batch)
+            batch, longest = [], 0.0
+        batch.append(index)
+        longest = max(longest, duration)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 class DurationBucketSampler(Sampler[list[int]]):
     """Yields lists of dataset indices; use as ``DataLoader(dataset, batch_sampler=sampler)``.
 
@@ -30,8 +47,7 @@ class DurationBucketSampler(Sampler[list[int]]):
        epoch keeps the total size and takes ``weight / sum(weights)`` of it from each manifest: a shuffled pass over
        the manifest, repeated when it must be up-sampled and cut short when down-sampled.
     2. Group the drawn examples into ``num_buckets`` buckets of similar duration (quantiles of all durations).
-    3. Shuffle each bucket and cut it into batches whose padded length, ``len(batch) * longest clip``, stays within
-       ``max_seconds``: the encoder computes the padded batch, so this bounds memory and compute.
+    3. Shuffle each bucket and cut it into batches within ``max_seconds`` (:func:`pack_batches`).
     4. Shuffle the batch order; then, so that each rank gets the same number of batches, split the largest batches
        in two until the count divides by the world size (no example dropped or repeated). Only when every batch
        holds a single example and splitting is impossible are the last ``count % world_size`` batches dropped.
@@ -130,16 +146,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             members = drawn[self.bucket_of[drawn] == bucket]
             if self.shuffle:
                 members = rng.permutation(members)
-            batch, longest = [], 0.0
-            for index in members.tolist():
-                duration = self.durations[index]
-                if batch and (len(batch) + 1) * max(longest, duration) > self.max_seconds:
-                    batches.append(batch)
-                    batch, longest = [], 0.0
-                batch.append(index)
-                longest = max(longest, duration)
-            if batch:
-                batches.append(batch)
+            batches += pack_batches(members.tolist(), self.durations, self.max_seconds)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return self._divisible(batches)

@@ -1,6 +1,6 @@
 """Lightning wiring: the training module, its callbacks and optimizer setup (the model itself knows no Lightning)."""
 
-from qwen_audio.lit.callbacks import TokenThroughput, TranscriptionReport
+from qwen_audio.lit.callbacks import ChatTranscript, ExportPretrained, TokenThroughput, TranscriptionReport
 from qwen_audio.lit.module import QwenAudioModule
 
-__all__ = ["QwenAudioModule", "TokenThroughput", "TranscriptionReport"]
+__all__ = ["ChatTranscript", "ExportPretrained", "QwenAudioModule", "TokenThroughput", "TranscriptionReport"]

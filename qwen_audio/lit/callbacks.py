@@ -1,17 +1,20 @@
-"""Callbacks of the recipes: throughput/MFU (Lightning's ThroughputMonitor) and a transcription report."""
+"""Callbacks of the recipes: throughput/MFU (Lightning's ThroughputMonitor), transcription and chat reports, and the
+export of the trained model in the released layout."""
 
 from __future__ import annotations
 
 import jiwer
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from qwen_audio.data.dataset import audio_features, load_segment
+from qwen_audio.chat import chat
+from qwen_audio.data.dataset import load_segment
 from qwen_audio.data.manifest import ManifestEntry
-from qwen_audio.generate import greedy_generate, left_pad
-from qwen_audio.prompts import encode_task
+from qwen_audio.generate import GenerationConfig, batch_prompts, generate
+from qwen_audio.lit.lora import merge_lora
+from qwen_audio.prompts import DEFAULT_SYSTEM, encode_task
 
 
 class TokenThroughput(ThroughputMonitor):
@@ -25,22 +28,14 @@ class TokenThroughput(ThroughputMonitor):
 
 def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry], max_new_tokens: int = 64) -> list[str]:
     """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt for each entry's language."""
-    prompts, mels, lengths = [], [], []
-    for entry in entries:
-        waveform = load_segment(entry)
-        example = encode_task(tokenizer, "asr", entry.audio, audio_language=entry.audio_language,
-                              load={entry.audio: waveform})
-        prompts.append(example.ids)
-        mel, length = audio_features(waveform, entry.audio)
-        mels.append(mel)
-        lengths.append(length)
-    ids, mask = left_pad(prompts, tokenizer.eod)
-    mel_batch = torch.nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
-    device = module.device
+    examples = [encode_task(tokenizer, "asr", e.audio, audio_language=e.audio_language, load={e.audio: load_segment(e)})
+                for e in entries]
+    batch = batch_prompts(examples, tokenizer.eod).to(module.device)
     was_training = module.model.training
     module.model.eval()
-    outputs = greedy_generate(module.model, ids.to(device), mask.to(device), {tokenizer.eod}, max_new_tokens, tokenizer.n_vocab,
-                              mel_batch.to(device), torch.tensor(lengths, device=device))
+    outputs = generate(module.model, batch.input_ids, batch.attention_mask,
+                       GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eod,)),
+                       vocab_size=tokenizer.n_vocab, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
     module.model.train(was_training)
     return [tokenizer.decode(out).strip() for out in outputs]
 
@@ -73,9 +68,73 @@ class TranscriptionReport(L.Callback):
         print("\n".join(lines), flush=True)
 
     @rank_zero_only
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # not on_fit_start: the module loads its init_from weights in its own on_fit_start, after the callbacks'
         self._report(trainer, module, "before training")
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._report(trainer, module, "after training")
+
+
+def _shown(content) -> str:
+    if isinstance(content, str):
+        return content
+    return " ".join(f"[{item['audio'].rsplit('/', 1)[-1]}]" if "audio" in item else item["text"] for item in content)
+
+
+class ChatTranscript(L.Callback):
+    """Before and after fitting, replays the first ``per_group`` test conversations with audio and as many
+    pure-text ones turn by turn through greedy :func:`qwen_audio.chat.chat` (the model's own answers become the
+    history) and prints each question, answer and reference: the demo's proof that SFT taught the model to answer."""
+
+    def __init__(self, per_group: int = 5, max_new_tokens: int = 32) -> None:
+        self.per_group, self.max_new_tokens = per_group, max_new_tokens
+
+    def _report(self, trainer: L.Trainer, module: L.LightningModule, title: str) -> None:
+        datamodule = trainer.datamodule
+        datamodule.setup("test")
+        tokenizer = datamodule.tokenizer
+        config = GenerationConfig.chat(tokenizer, do_sample=False, max_new_tokens=self.max_new_tokens)
+        lines = [f"\n### {title}: chat on held-out conversations", "", "| id | user | model | reference |",
+                 "|---|---|---|---|"]
+        was_training = module.model.training
+        module.model.eval()
+        for conversation in (c for group in datamodule.conversations["test"] for c in group[: self.per_group]):
+            history = []
+            for user, reference in zip(conversation.messages[::2], conversation.messages[1::2]):
+                answer, history = chat(module.model, tokenizer, user.content, history,
+                                       system=conversation.system or DEFAULT_SYSTEM, config=config)
+                lines.append(f"| {conversation.id} | {_shown(user.content)} | {answer} | {reference.content} |")
+        module.model.train(was_training)
+        print("\n".join(lines), flush=True)
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # not on_fit_start: the module loads its init_from weights in its own on_fit_start, after the callbacks'
+        self._report(trainer, module, "before SFT")
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._report(trainer, module, "after SFT")
+
+
+class ExportPretrained(L.Callback):
+    """Writes the trained model at the end of fit in the released layout (``config.json``, safetensors,
+    ``qwen.tiktoken``): the folder that generation, chat, evaluation and the SFT recipe's ``init_from`` read.
+
+    Under FSDP every rank takes part in gathering the full weights; rank 0 writes them (atomically, see
+    :func:`qwen_audio.checkpoint.save_pretrained`).
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if getattr(module, "lora", None) is not None:
+            merge_lora(module.model)  # fold the adapters in: the released layout has no LoRA tensors
+        state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if trainer.is_global_zero:
+            module.model.save_pretrained(self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path, state_dict=state)
+            print(f"exported the trained model to {self.dirpath}", flush=True)
+        trainer.strategy.barrier()

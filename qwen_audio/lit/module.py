@@ -20,6 +20,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from qwen_audio.audio import conv_frames, spec_augment
 from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_state_dict
 from qwen_audio.config import QwenAudioConfig
+from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
 from qwen_audio.model import QwenAudio, token_losses
 
@@ -39,6 +40,8 @@ class QwenAudioModule(L.LightningModule):
         spec_augment: apply SpecAugment ("LibriSpeech Basic") to training mels.
         activation_checkpointing: recompute each block in the backward pass to save memory.
         seed: seeds the SpecAugment masks (with the step number, so resuming reproduces them).
+        lora: train LoRA adapters on the decoder instead of its weights (:mod:`qwen_audio.lit.lora`); needs
+            ``train: decoder``.
     """
 
     def __init__(
@@ -56,9 +59,14 @@ class QwenAudioModule(L.LightningModule):
         spec_augment: bool = True,
         activation_checkpointing: bool = False,
         seed: int = 0,
+        lora: LoraOptions | None = None,
     ) -> None:
         super().__init__()
+        if lora is not None and train != "decoder":
+            raise ValueError(f"lora adapts the decoder alone: it needs train='decoder', got train={train!r}")
         self.save_hyperparameters()
+        # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep the dataclass
+        self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         self.config = QwenAudioConfig.from_name(model)
         self.model: QwenAudio | None = None
 
@@ -68,10 +76,17 @@ class QwenAudioModule(L.LightningModule):
         self.model = QwenAudio(self.config)
         self.model.set_trainable(encoder=self.hparams.train in ("encoder", "all"),
                                  decoder=self.hparams.train in ("decoder", "all"))
+        if self.lora is not None:
+            add_lora(self.model, self.lora)
         self.model.set_activation_checkpointing(self.hparams.activation_checkpointing)
         self._encoder_params = sum(p.numel() for p in self.model.encoder.parameters())
         self._decoder_params = sum(p.numel() for p in self.model.parameters()) - self._encoder_params
         if self.device_mesh is not None:
+            if self.device_mesh["tensor_parallel"].size() > 1:
+                raise ValueError(
+                    f"ModelParallelStrategy gave a tensor-parallel group of {self.device_mesh['tensor_parallel'].size()}"
+                    " devices, but this model is sharded with FSDP2 only: set the strategy's tensor_parallel_size: 1"
+                    " and data_parallel_size: num_nodes x devices (its 'auto' means 1 per node)")
             shard = partial(fully_shard, mesh=self.device_mesh["data_parallel"],
                             mp_policy=MixedPrecisionPolicy(param_dtype=self._compute_dtype()))
             for block in (*self.model.transformer.audio.blocks, *self.model.transformer.h):
@@ -93,6 +108,8 @@ class QwenAudioModule(L.LightningModule):
         state = {}
         if self.global_rank == 0:
             state = read_state_dict(self.hparams.init_from)
+            if self.lora is not None:
+                state = lora_state_dict(self.model, state)
             check_state_dict(expected_shapes(self.model), state, self.hparams.init_from)
         set_model_state_dict(self.model, state, options=StateDictOptions(
             full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized()))

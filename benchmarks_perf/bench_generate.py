@@ -1,0 +1,140 @@
+"""Batched greedy generation: ``qwen_audio.generate`` against transformers' ``Qwen2ForCausalLM.generate``.
+
+    python benchmarks_perf/bench_generate.py                   # CPU: the tiny preset, fp32
+    python benchmarks_perf/bench_generate.py --device cuda     # the released size (Qwen-7B decoder), bf16
+
+Both decode the same left-padded batch of text-only prompts (seeded random ids and lengths) with the same random
+weights: Qwen(1)'s decoder is Qwen2's architecture with a fused QKV, so the weights map one to one (spec §9 (b)).
+Greedy, KV cache, exactly ``--new-tokens`` tokens per prompt (no stop token), prompts + new tokens within the
+trained context (no dynamic NTK or logN). Timed end to end (prefill + decoding); tokens/s counts generated tokens.
+"Token agreement" is the fraction of generated positions where transformers picked the same token; greedy decoding
+in bf16 can part ways at a near tie, after which a row's tokens differ, so "rows identical" is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from _timing import measure_ms
+
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.generate import GenerationConfig, generate, left_pad
+from qwen_audio.model import QwenAudio
+
+PAD_ID = 0
+
+
+def qwen2_reference(model: QwenAudio, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
+    """``Qwen2ForCausalLM`` holding ``model``'s decoder weights: c_attn split into q/k/v (with biases), the SwiGLU
+    gate is w2, up is w1, down is mlp.c_proj (spec §9 (b))."""
+    config = model.config.decoder
+    hf_config = Qwen2Config(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size // 2,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_attention_heads, rms_norm_eps=config.layer_norm_epsilon,
+        max_position_embeddings=config.seq_length, tie_word_embeddings=False, attn_implementation="sdpa",
+        rope_parameters={"rope_type": "default", "rope_theta": config.rotary_emb_base},
+        pad_token_id=PAD_ID, bos_token_id=None, eos_token_id=None,
+    )
+    decoder = model.decoder
+    weights = {"model.embed_tokens.weight": decoder.wte.weight, "model.norm.weight": decoder.ln_f.weight,
+               "lm_head.weight": model.lm_head.weight}
+    for i, block in enumerate(decoder.h):
+        prefix = f"model.layers.{i}."
+        q, k, v = block.attn.c_attn.weight.chunk(3)
+        q_bias, k_bias, v_bias = block.attn.c_attn.bias.chunk(3)
+        weights |= {
+            prefix + "input_layernorm.weight": block.ln_1.weight,
+            prefix + "post_attention_layernorm.weight": block.ln_2.weight,
+            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k,
+            prefix + "self_attn.v_proj.weight": v, prefix + "self_attn.q_proj.bias": q_bias,
+            prefix + "self_attn.k_proj.bias": k_bias, prefix + "self_attn.v_proj.bias": v_bias,
+            prefix + "self_attn.o_proj.weight": block.attn.c_proj.weight,
+            prefix + "mlp.gate_proj.weight": block.mlp.w2.weight, prefix + "mlp.up_proj.weight": block.mlp.w1.weight,
+            prefix + "mlp.down_proj.weight": block.mlp.c_proj.weight,
+        }
+    with torch.device(device):
+        reference = Qwen2ForCausalLM(hf_config).to(dtype).eval()
+    reference.load_state_dict(weights, strict=True)
+    return reference
+
+
+def random_prompts(count: int, min_tokens: int, max_tokens: int, vocab: int, generator: torch.Generator) -> list[list[int]]:
+    lengths = torch.randint(min_tokens, max_tokens + 1, (count,), generator=generator)
+    return [torch.randint(1, vocab, (int(n),), generator=generator).tolist() for n in lengths]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="the CPU sizes (the default on CPU)")
+    parser.add_argument("--model", default=None, help="config preset (default: qwen-audio, tiny with --small)")
+    parser.add_argument("--decoder-layers", type=int, default=None, help="fewer decoder blocks than the preset")
+    parser.add_argument("--batch", type=int, default=None, help="prompts per batch (default: 32, 4 with --small)")
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="prompt length range (default: 16 512, 4 24 with --small)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per prompt (default: 128, "
+                        "16 with --small)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per implementation on CPU")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    small = args.small or not cuda
+    config = QwenAudioConfig.from_name(args.model or ("tiny" if small else "qwen-audio"))
+    if args.decoder_layers:
+        config = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder,
+                                                                         num_hidden_layers=args.decoder_layers))
+    batch = args.batch or (4 if small else 32)
+    min_tokens, max_tokens = args.prompt_tokens or ((4, 24) if small else (16, 512))
+    new_tokens = args.new_tokens or (16 if small else 128)
+    if max_tokens + new_tokens > config.decoder.seq_length:
+        parser.error(f"--prompt-tokens max {max_tokens} + --new-tokens {new_tokens} exceeds the trained context "
+                     f"{config.decoder.seq_length} (dynamic NTK and logN would start, which Qwen2 lacks)")
+
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = QwenAudio(config).to(dtype).eval()
+    reference = qwen2_reference(model, device, dtype)
+    generator = torch.Generator().manual_seed(args.seed)
+    ids, mask = left_pad(random_prompts(batch, min_tokens, max_tokens, config.decoder.vocab_size, generator), PAD_ID)
+    ids, mask = ids.to(device), mask.to(device)
+    vocab_size = config.decoder.vocab_size
+    generation = GenerationConfig(max_new_tokens=new_tokens, stop_ids=())
+
+    def ours() -> list[list[int]]:
+        return generate(model, ids, mask, generation, vocab_size=vocab_size)
+
+    def transformers_generate() -> torch.Tensor:
+        return reference.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens)[:, ids.shape[1]:]
+
+    with torch.no_grad():
+        ours_tokens = torch.tensor(ours())
+        reference_tokens = transformers_generate().cpu()
+        timings = {"qwen_audio generate": measure_ms(ours, device, args.repeats),
+                   "transformers Qwen2ForCausalLM.generate": measure_ms(transformers_generate, device, args.repeats)}
+    agreement = (ours_tokens == reference_tokens).float().mean().item()
+    rows_identical = int((ours_tokens == reference_tokens).all(dim=1).sum())
+
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    parameters = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.encoder.parameters())
+    print(f"greedy generation, {name}, {dtype}, torch {torch.__version__}\n")
+    print(f"{config.name}: decoder {config.decoder.num_hidden_layers} layers x {config.decoder.hidden_size}, "
+          f"{parameters / 1e6:.1f} M parameters (encoder unused); {batch} prompts of {min_tokens}-{max_tokens} tokens "
+          f"(lengths {mask.sum(1).tolist()}), left-padded, {new_tokens} new tokens each; token agreement "
+          f"{agreement:.1%}, rows identical {rows_identical}/{batch}\n")
+    baseline_ms = timings["transformers Qwen2ForCausalLM.generate"]
+    print("| implementation | ms / batch | new tokens / s | vs transformers |")
+    print("|---|---|---|---|")
+    for implementation, ms in timings.items():
+        print(f"| {implementation} | {ms:.1f} | {batch * new_tokens / (ms * 1e-3):.0f} | {baseline_ms / ms:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

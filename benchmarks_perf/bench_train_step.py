@@ -1,0 +1,186 @@
+"""One stage-1 training step (forward, backward, AdamW) per attention backend: tokens/s and MFU.
+
+    python benchmarks_perf/bench_train_step.py                   # CPU: the tiny preset, fp32
+    python benchmarks_perf/bench_train_step.py --device cuda     # Qwen-Audio at full size, bf16
+    python benchmarks_perf/bench_train_step.py --device cuda --decoder-layers 8   # if the 7B LLM does not fit
+
+The step is the recipe's: ``QwenAudioModule.training_step`` (SpecAugment, loss, metrics) with ``train="encoder"``
+(encoder, pool, ln_post, proj and audio BOS/EOS trained; the LLM frozen, gradients still flowing through it to the
+audio), backward, gradient clipping at 1.0 and AdamW over the module's parameter groups. On CUDA the trained
+encoder keeps fp32 weights under bf16 autocast (bf16-mixed) and the frozen LLM is held in bf16 (no optimizer
+state, no fp32 master copy needed), with activation checkpointing as in ``recipes/configs/pretrain/qwen_audio.yaml``.
+The batch: seeded clip durations, each sample a short prompt, the clip's ``<audio>`` span and 3 target tokens per
+second of audio, right-padded as ``qwen_audio.data.collate`` pads.
+
+Tokens/s counts decoder positions (text and audio spans, no padding); frames/s the encoder's frames. TFLOP/s is
+the module's ``flops_per_batch`` (6 x parameters x positions for encoder and decoder alike) per second; MFU divides
+it by the device's dense bf16 peak. That formula charges the frozen LLM for weight gradients it never computes and
+its embedding table for products it never runs, so "MFU (executed)" also counts the step's real matmul FLOPs:
+6 x encoder parameters per frame + 4 x LLM parameters except the embedding per position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import warnings
+
+import torch
+
+from _timing import measure_ms
+
+from qwen_audio.audio import SAMPLE_RATE, audio_lengths, conv_frames
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.lit.module import QwenAudioModule
+from qwen_audio.lit.optim import param_groups
+from qwen_audio.modules.attention import resolve_backend
+
+BACKENDS = ("flash_attn", "varlen", "sdpa")
+BASELINE = "sdpa"
+PROMPT_TOKENS = 8  # task tags before the audio span
+TARGET_TOKENS_PER_SECOND = 3
+PAD_ID = 0
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device name, first match wins. Lightning's get_available_flops lists the
+# H200 at its sparse figure (2.0e15) and finds no entry for the plain name "NVIDIA H200", hence this table.
+BF16_PEAKS = (("H200 NVL", 835e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H200", 989e12),
+              ("H100", 989e12), ("A100", 312e12))
+
+
+def bf16_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAKS if key in name), None)
+
+
+def stage1_batch(config: QwenAudioConfig, clips: int, max_seconds: float, generator: torch.Generator,
+                 device: torch.device) -> dict:
+    """One clip per sample: ``PROMPT_TOKENS`` prompt ids, ``<audio>`` span, target ids (the only labels)."""
+    durations = torch.empty(clips, dtype=torch.float64).uniform_(1.0, max_seconds, generator=generator)
+    lengths = [audio_lengths(int(seconds * SAMPLE_RATE)) for seconds in durations]
+    samples, labels = [], []
+    for clip in lengths:
+        prompt = torch.randint(1, config.audio_start_id, (PROMPT_TOKENS,), generator=generator)
+        span = torch.tensor([config.audio_start_id] + [PAD_ID] * clip.audio_tokens + [config.audio_end_id])
+        target_length = max(1, TARGET_TOKENS_PER_SECOND * clip.samples // SAMPLE_RATE)
+        target = torch.randint(1, config.audio_start_id, (target_length,), generator=generator)
+        samples.append(torch.cat([prompt, span, target]))
+        labels.append(torch.cat([torch.full((len(prompt) + len(span),), -100), target]))
+    pad = torch.nn.utils.rnn.pad_sequence
+    mel_lengths = torch.tensor([clip.mel_frames for clip in lengths])
+    mel = torch.randn(clips, config.encoder.n_mels, int(mel_lengths.max()), generator=generator)
+    batch = {
+        "input_ids": pad(samples, batch_first=True, padding_value=PAD_ID),
+        "attention_mask": pad([torch.ones_like(s) for s in samples], batch_first=True),
+        "labels": pad(labels, batch_first=True, padding_value=-100),
+        "audio_mel": mel,
+        "audio_mel_lengths": mel_lengths,
+    }
+    return {key: value.to(device) for key, value in batch.items()} | {"task": ["asr"] * clips}
+
+
+def build_stage1(config: QwenAudioConfig, device: torch.device, activation_checkpointing: bool
+                 ) -> tuple[QwenAudioModule, torch.optim.Optimizer]:
+    """The recipe's module for ``config`` on ``device``, the frozen LLM in bf16 on CUDA, and its AdamW."""
+    module = QwenAudioModule(model=config.name, train="encoder", activation_checkpointing=activation_checkpointing)
+    module.config = config  # the preset with this run's overrides (--decoder-layers)
+    with torch.device(device):
+        module.configure_model()
+    model = module.model
+    if device.type == "cuda":
+        for frozen in (model.transformer.wte, model.transformer.h, model.transformer.ln_f, model.lm_head):
+            frozen.to(torch.bfloat16)
+    hp = module.hparams
+    groups = param_groups(model.named_parameters(), hp.lr, hp.weight_decay, hp.layer_decay, config.encoder.n_layer)
+    return module, torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, eps=hp.eps)
+
+
+def train_step(module: QwenAudioModule, optimizer: torch.optim.Optimizer, batch: dict) -> torch.Tensor:
+    """Forward (bf16 autocast on CUDA), backward, clip at 1.0, AdamW step; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    device = batch["input_ids"].device
+    with warnings.catch_warnings(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)`")  # no Trainer attached
+        loss = module.training_step(batch, 0)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
+    optimizer.step()
+    return loss
+
+
+def use_attention_backend(module: QwenAudioModule, backend: str) -> None:
+    """Encoder and decoder read their backend at every forward, so the same weights serve every row."""
+    module.model.encoder.attention_backend = backend
+    module.model.decoder.attention_backend = backend
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="the CPU sizes (the default on CPU)")
+    parser.add_argument("--model", default=None, help="config preset (default: qwen-audio, tiny with --small)")
+    parser.add_argument("--decoder-layers", type=int, default=None, help="fewer LLM blocks than the preset")
+    parser.add_argument("--clips", type=int, default=None, help="samples (one clip each) per batch (default: 16, "
+                        "4 with --small)")
+    parser.add_argument("--max-seconds", type=float, default=None, help="clip durations are uniform in [1, this] "
+                        "(default: 30, 4 with --small)")
+    parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute blocks in backward (default: on for CUDA, as in the recipe; off on CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per backend on CPU")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    small = args.small or not cuda
+    config = QwenAudioConfig.from_name(args.model or ("tiny" if small else "qwen-audio"))
+    if args.decoder_layers:
+        config = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder,
+                                                                         num_hidden_layers=args.decoder_layers))
+    checkpointing = cuda if args.activation_checkpointing is None else args.activation_checkpointing
+    torch.manual_seed(args.seed)
+    module, optimizer = build_stage1(config, device, checkpointing)
+    batch = stage1_batch(config, args.clips or (4 if small else 16), args.max_seconds or (4.0 if small else 30.0),
+                         torch.Generator().manual_seed(args.seed), device)
+    tokens = int(batch["attention_mask"].sum())
+    frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
+    encoder_params = sum(p.numel() for p in module.model.encoder.parameters())
+    llm_params = sum(p.numel() for p in module.model.parameters()) - encoder_params
+    executed_flops = 6 * encoder_params * frames + 4 * (llm_params - module.model.transformer.wte.weight.numel()) * tokens
+
+    results: dict[str, float | str] = {}
+    for backend in BACKENDS:
+        try:
+            resolve_backend(backend, device, torch.bfloat16 if cuda else torch.float32)
+        except ValueError as err:
+            results[backend] = f"skipped: {err}"
+            continue
+        use_attention_backend(module, backend)
+        results[backend] = measure_ms(lambda: train_step(module, optimizer, batch), device, args.repeats)
+    model_flops = module.flops_per_batch
+    peak = bf16_peak(device)
+
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    precision = "encoder fp32 + bf16 autocast, frozen LLM bf16" if cuda else "fp32"
+    print(f"stage-1 training step, {name}, {precision}, torch {torch.__version__}\n")
+    print(f"{config.name}: encoder {config.encoder.n_layer} x {config.encoder.n_state} ({encoder_params / 1e6:.1f} M "
+          f"trained), LLM {config.decoder.num_hidden_layers} x {config.decoder.hidden_size} ({llm_params / 1e6:.1f} M "
+          f"frozen); activation checkpointing {'on' if checkpointing else 'off'}; {len(batch['task'])} clips "
+          f"(mel frames {batch['audio_mel_lengths'].tolist()}): {frames} encoder frames, {tokens} decoder tokens of "
+          f"{batch['input_ids'].numel()} padded; flops_per_batch {model_flops / 1e12:.3g} TFLOP, executed "
+          f"{executed_flops / 1e12:.3g} TFLOP; peak {f'{peak / 1e12:.0f} TFLOP/s bf16' if peak else 'unknown'}\n")
+    print(f"| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs {BASELINE} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for backend, ms in results.items():
+        if isinstance(ms, str):
+            print(f"| {backend} | {ms} | - | - | - | - | - | - |")
+            continue
+        seconds = ms * 1e-3
+        mfu = f"{model_flops / seconds / peak:.1%}" if peak else "-"
+        executed_mfu = f"{executed_flops / seconds / peak:.1%}" if peak else "-"
+        print(f"| {backend} | {ms:.1f} | {tokens / seconds:.0f} | {frames / seconds:.0f} | "
+              f"{model_flops / seconds / 1e12:.3g} | {mfu} | {executed_mfu} | {results[BASELINE] / ms:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Multi-turn chat over several audios in the release's ChatML (spec §7), and a terminal front end.
+
+::
+
+    python -m qwen_audio.chat --checkpoint DIR
+    > <audio>dog.wav</audio>What do you hear?
+    > /reset      (forget the conversation)
+    > /quit       (or end of input)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TextIO
+
+from qwen_audio.audio import load_audio
+from qwen_audio.generate import (
+    GenerationConfig,
+    add_model_arguments,
+    batch_prompts,
+    config_from_arguments,
+    generate,
+    load_model_from_arguments,
+)
+from qwen_audio.model import QwenAudio
+from qwen_audio.prompts import DEFAULT_SYSTEM, Example, Message, encode_chat, from_list_format
+from qwen_audio.tokenizer import QwenAudioTokenizer
+
+MAX_WINDOW_SIZE = 6144  # chat_generation_config.json: history is dropped, oldest first, beyond this many tokens
+
+History = list[tuple[str, str]]
+
+
+def build_context(tokenizer: QwenAudioTokenizer, query: str, history: History, system: str,
+                  max_window_size: int = MAX_WINDOW_SIZE) -> Example:
+    """The generation prompt for ``query`` after ``history``, as the release's ``make_context`` builds it.
+
+    The newest history turns are kept while the system turn plus the kept turns (audio placeholders included)
+    stay under ``max_window_size`` tokens; older turns are dropped. The new query is not counted, as released.
+    """
+    load = functools.cache(load_audio)  # each audio file is decoded once however often the context is rebuilt
+    system_turn = [Message("system", system)]
+
+    def turns(pairs: History) -> list[Message]:
+        return [message for q, r in pairs for message in (Message("user", q), Message("assistant", r))]
+
+    kept = len(history)
+    while kept and len(encode_chat(tokenizer, system_turn + turns(history[-kept:]), load=load).ids) >= max_window_size:
+        kept -= 1
+    messages = system_turn + turns(history[len(history) - kept:]) + [Message("user", query)]
+    return encode_chat(tokenizer, messages, add_generation_prompt=True, load=load)
+
+
+def chat(
+    model: QwenAudio,
+    tokenizer: QwenAudioTokenizer,
+    query: str | Sequence[Mapping[str, str]],
+    history: History | None = None,
+    system: str = DEFAULT_SYSTEM,
+    config: GenerationConfig | None = None,
+    *,
+    max_window_size: int = MAX_WINDOW_SIZE,
+) -> tuple[str, History]:
+    """Answer ``query`` and return ``(response, history + [(query, response)])``.
+
+    ``query`` is text with ``<audio>PATH</audio>`` spans, or items ``[{"audio": path}, {"text": ...}]`` written as
+    the release's ``Audio 1:<audio>PATH</audio>\\n`` lines (:func:`from_list_format`). ``config`` defaults to the
+    release's chat settings (:meth:`GenerationConfig.chat`); the response is cut at the first ``<|im_end|>`` or
+    ``<|im_start|>`` whatever the config's stop ids, and stripped, as released.
+    """
+    history = list(history or [])
+    text = query if isinstance(query, str) else from_list_format(query)
+    config = config or GenerationConfig.chat(tokenizer)
+    context = build_context(tokenizer, text, history, system, max_window_size)
+    batch = batch_prompts([context], tokenizer.eod).to(next(model.parameters()).device)
+    (ids,) = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
+                      audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+    ends = [index for index, token in enumerate(ids) if token in (tokenizer.im_end, tokenizer.im_start)]
+    response = tokenizer.decode(ids[: ends[0]] if ends else ids).strip()
+    return response, history + [(text, response)]
+
+
+def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    """Read one query per line from ``stdin``; print each answer to ``stdout`` (default: the terminal). Errors in a
+    query (a missing audio file, a query over the context) are printed and the conversation goes on."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    parser = argparse.ArgumentParser(prog="python -m qwen_audio.chat", description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
+    parser.add_argument("--system", default=DEFAULT_SYSTEM)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model_from_arguments(parser, args)
+    config = config_from_arguments(parser, args, GenerationConfig.chat(tokenizer))
+    history: History = []
+    print("Chat with Qwen-Audio: <audio>PATH</audio> inserts audio, /reset forgets, /quit leaves.", file=stdout)
+    for line in stdin:
+        query = line.strip()
+        if query == "/quit":
+            break
+        if query == "/reset":
+            history = []
+            print("(history cleared)", file=stdout, flush=True)
+            continue
+        if not query:
+            continue
+        try:
+            response, history = chat(model, tokenizer, query, history, args.system, config)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=stdout, flush=True)
+            continue
+        print(response, file=stdout, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""LightningDataModule for evaluation: a benchmark file (or the demo corpus) -> official prompts, batched per rank.
+
+Each batch holds one benchmark's items (they share a generation length), left-padded as the release pads them.
+Batches are dealt to ranks round-robin with no padding or repetition, so the gathered predictions hold every item
+exactly once; Lightning's distributed sampler must stay off (``trainer.use_distributed_sampler: false``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from qwen_audio.audio import load_audio
+from qwen_audio.benchmarks import BenchmarkItem, get_benchmark, read_benchmark_file
+from qwen_audio.checkpoint import TOKENIZER_FILE
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.data.dataset import target_text
+from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.manifest import ManifestEntry, read_manifest
+from qwen_audio.generate import batch_prompts
+from qwen_audio.prompts import Example, encode_task
+from qwen_audio.tokenizer import QwenAudioTokenizer
+
+DEMO = "demo"
+DEMO_PREFIX = "demo:"
+
+
+def load_tokenizer(model: str, checkpoint: str | None) -> QwenAudioTokenizer:
+    """The vocabulary of the model evaluated: a released-layout ``checkpoint`` folder's own, else the preset's."""
+    if checkpoint is None:
+        return QwenAudioTokenizer.load(QwenAudioConfig.from_name(model).tokenizer)
+    tokenizer_file = os.path.join(checkpoint, TOKENIZER_FILE)
+    if not os.path.isfile(tokenizer_file):
+        raise FileNotFoundError(f"checkpoint folder {checkpoint} has no {TOKENIZER_FILE}")
+    return QwenAudioTokenizer.from_file(tokenizer_file)
+
+
+def demo_items(entries: Sequence[ManifestEntry]) -> list[BenchmarkItem]:
+    """Demo-corpus entries as evaluation items: one benchmark (and source) per task and speech language."""
+    items = []
+    for entry in entries:
+        name = f"demo_{entry.task}" + (f"_{entry.audio_language}" if entry.task in ("asr", "srwt") else "")
+        get_benchmark(name)  # a task without a demo benchmark is an error here, not a silent skip
+        items.append(BenchmarkItem(entry.audio, target_text(entry), name, name, entry.question))
+    return items
+
+
+@dataclass(frozen=True)
+class PromptSample:
+    """An item, its index in the file, and its official prompt with the decoded audio."""
+
+    index: int
+    item: BenchmarkItem
+    prompt: Example
+
+
+class BenchmarkDataset(Dataset):
+    """Decodes each item's audio and builds the official prompt of its benchmark (no target)."""
+
+    def __init__(self, items: Sequence[BenchmarkItem], tokenizer: QwenAudioTokenizer) -> None:
+        self.items, self.tokenizer = items, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> PromptSample:
+        item = self.items[index]
+        benchmark = get_benchmark(item.benchmark)
+        prompt = encode_task(self.tokenizer, benchmark.task, item.audio, load={item.audio: load_audio(item.audio)},
+                             **benchmark.prompt_options(item.source, item.question))
+        return PromptSample(index, item, prompt)
+
+
+def collate_prompts(samples: Sequence[PromptSample], pad_id: int) -> dict:
+    """The left-padded :class:`~qwen_audio.generate.PromptBatch` fields, and the items with their file indices."""
+    batch = batch_prompts([s.prompt for s in samples], pad_id)
+    return {**batch._asdict(), "index": [s.index for s in samples], "items": [s.item for s in samples]}
+
+
+def benchmark_batches(items: Sequence[BenchmarkItem], batch_size: int | None, rank: int = 0, world_size: int = 1
+                      ) -> list[list[int]]:
+    """This rank's batches of item indices: each benchmark's items in file order, in batches of ``batch_size``
+    (default: the benchmark's own, from the release's EVALUATION.md), dealt to ranks round-robin."""
+    by_benchmark: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        by_benchmark.setdefault(item.benchmark, []).append(index)
+    batches = []
+    for name, indices in by_benchmark.items():
+        size = batch_size or get_benchmark(name).batch_size
+        batches += [indices[start : start + size] for start in range(0, len(indices), size)]
+    return batches[rank::world_size]
+
+
+class BenchmarkDataModule(L.LightningDataModule):
+    """Test loader over one benchmark's evaluation file.
+
+    Args:
+        benchmark: a name of :data:`qwen_audio.benchmarks.BENCHMARKS`, or ``demo`` for the demo corpus (every task
+            in it, each scored as its ``demo_*`` benchmark).
+        path: the evaluation file (default: the release's path of the benchmark, e.g.
+            ``data/asr/librispeech_eval.jsonl``); for ``demo`` a demo-format manifest or ``demo:<split>``
+            (default ``demo:test``, built on first use).
+        audio_root: folder that relative ``audio`` paths are read against (default: the file's folder).
+        batch_size: prompts per batch on each device (default: the benchmark's, from the release).
+        model, checkpoint: the model preset and released-layout folder (linked from the model by the CLI); they
+            give the tokenizer.
+        seed, demo_size: of the demo corpus (:func:`qwen_audio.data.demo.build_demo_corpus`).
+    """
+
+    def __init__(
+        self,
+        benchmark: str = DEMO,
+        path: str | None = None,
+        audio_root: str | None = None,
+        batch_size: int | None = None,
+        num_workers: int = 0,
+        model: str = "tiny",
+        checkpoint: str | None = None,
+        seed: int = 0,
+        demo_size: int = 48,
+    ) -> None:
+        super().__init__()
+        if benchmark != DEMO:
+            get_benchmark(benchmark)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.benchmark, self.audio_root, self.batch_size = benchmark, audio_root, batch_size
+        self.num_workers = num_workers
+        self.path = path or (f"{DEMO_PREFIX}test" if benchmark == DEMO else get_benchmark(benchmark).data)
+        self.seed, self.demo_size = seed, demo_size
+        self.tokenizer = load_tokenizer(model, checkpoint)
+        self.items: list[BenchmarkItem] | None = None
+
+    def _manifest(self) -> str:
+        if self.path.startswith(DEMO_PREFIX):
+            return str(build_demo_corpus(seed=self.seed, size=self.demo_size)[self.path[len(DEMO_PREFIX):]])
+        return self.path
+
+    def prepare_data(self) -> None:
+        if self.benchmark == DEMO:
+            self._manifest()  # builds the demo corpus once, on the main process
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.items is None:
+            if self.benchmark == DEMO:
+                self.items = demo_items(read_manifest(self._manifest(), check_audio=True))
+            else:
+                self.items = read_benchmark_file(self.path, self.benchmark, self.audio_root)
+
+    def test_dataloader(self) -> DataLoader:
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return DataLoader(
+            BenchmarkDataset(self.items, self.tokenizer),
+            batch_sampler=benchmark_batches(self.items, self.batch_size, rank, world_size),
+            num_workers=self.num_workers, collate_fn=partial(collate_prompts, pad_id=self.tokenizer.eod),
+        )

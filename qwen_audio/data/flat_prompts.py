@@ -1,0 +1,81 @@
+"""The flat-prompt baseline of the tag ablation: one dataset-ID token per dataset instead of hierarchical tags.
+
+Before Qwen-Audio, multi-task audio models kept datasets from interfering by "assigning a dataset ID to each dataset"
+(paper §3.2); the paper's hierarchical tags replace that ID by shared tags (transcription or analysis, audio
+language, task, text language, timestamps, output instruction), so that datasets with something in common share
+the tags for it. This module is the naive baseline on the demo corpus: after ``</audio>`` comes one unused released
+token, ``<|extra_k|>``, naming the dataset (task x audio language), then the question of a question-answering
+example. No prompt token is shared between datasets: English ASR and English SRWT have neither ``<|en|>`` nor
+``<|transcribe|>`` in common, so whatever they share the model must find in the audio and the targets alone.
+
+Targets are those of the tag prompts (:func:`~qwen_audio.data.dataset.target_text`), and a timestamped prompt still
+ends with the ``<|0.00|>`` its target starts from: both styles put loss on the same tokens, so losses compare.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qwen_audio.data.dataset import AudioTextDataset, Sample, audio_features, load_segment, target_text
+from qwen_audio.data.manifest import ManifestEntry
+from qwen_audio.prompts import IGNORE_INDEX, TASKS, Example
+from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, TASK_TOKENS, QwenAudioTokenizer, timestamp_token
+
+# (task, audio language) of each dataset of the demo corpus -> its ID token
+DATASET_TOKENS: dict[tuple[str, str | None], str] = {
+    ("asr", "en"): "<|extra_0|>",
+    ("asr", "zh"): "<|extra_1|>",
+    ("srwt", "en"): "<|extra_2|>",
+    ("srwt", "zh"): "<|extra_3|>",
+    ("mna", None): "<|extra_4|>",
+    ("asc", None): "<|extra_5|>",
+    ("aqa", None): "<|extra_6|>",
+}
+TIMESTAMPED_START = timestamp_token(0.0)
+
+
+def dataset_token(task: str, audio_language: str | None) -> str:
+    """The ID token of the dataset an entry belongs to."""
+    try:
+        return DATASET_TOKENS[task, audio_language]
+    except KeyError:
+        known = ", ".join(f"{t}/{language}" for t, language in DATASET_TOKENS)
+        raise ValueError(f"no flat prompt for task {task!r} with audio_language {audio_language!r}; the flat "
+                         f"baseline names the demo corpus's datasets only: {known}") from None
+
+
+def encode_flat(
+    tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None, max_length: int = 2048
+) -> Example:
+    """``<audio>PATH</audio><|extra_k|>`` [question] [``<|0.00|>``] [+ target + ``<|endoftext|>``] for the entry's
+    audio segment, the flat counterpart of :func:`qwen_audio.prompts.encode_task`: without ``target`` it is the
+    prompt for generation."""
+    audio = tokenizer.encode_with_audio(f"{AUDIO_START}{entry.audio}{AUDIO_END}", {entry.audio: load_segment(entry)})
+    ids = [*audio.ids, tokenizer.special_id(dataset_token(entry.task, entry.audio_language))]
+    if entry.question is not None:
+        ids += tokenizer.encode(entry.question)
+    timestamped = TASKS[entry.task].timestamps
+    if timestamped:
+        ids.append(tokenizer.special_id(TIMESTAMPED_START))
+    labels = [IGNORE_INDEX] * len(ids)
+    if target is not None:
+        if timestamped:
+            if not target.startswith(TIMESTAMPED_START):
+                raise ValueError(f"{entry.audio}: target of task {entry.task!r} must start with {TIMESTAMPED_START}")
+            target = target[len(TIMESTAMPED_START):]
+        learned = [*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod]
+        ids, labels = ids + learned, labels + learned
+    if len(ids) > max_length:
+        raise ValueError(f"{entry.audio}: the example is {len(ids)} tokens long, more than max_length {max_length}")
+    return Example(ids, labels, audio.audios, audio.waveforms)
+
+
+class FlatPromptDataset(AudioTextDataset):
+    """:class:`AudioTextDataset` with the flat prompts of :func:`encode_flat` in place of the hierarchical tags."""
+
+    def __getitem__(self, index: int) -> Sample:
+        entry = self.entries[index]
+        example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
+        (waveform,), (span,) = example.waveforms, example.audios
+        mel, mel_length = audio_features(waveform, span.source, self.n_mels)
+        return Sample(torch.tensor(example.ids), torch.tensor(example.labels), [mel], [mel_length], entry.task)

@@ -1,0 +1,108 @@
+"""Training batches streamed from JSONL manifests, for corpora too large to index in memory.
+
+The map-style path (:class:`~qwen_audio.data.sampler.DurationBucketSampler`) holds every entry's duration to plan an
+epoch. Here nothing is indexed up front: each reader (one per rank and DataLoader worker) parses only its own lines
+of each manifest (:func:`~qwen_audio.data.manifest.iter_manifest` with ``shard``), so N readers read a file once
+between them. Why not webdataset or litdata: both stream their own shard formats (tar files, optimised chunks) that
+a corpus would first be converted into; our corpora are JSONL lines pointing at audio files, which split by line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from qwen_audio.data.collate import collate
+from qwen_audio.data.dataset import encode_entry
+from qwen_audio.data.manifest import ManifestEntry, iter_manifest
+from qwen_audio.data.sampler import pack_batches
+from qwen_audio.prompts import TASKS
+from qwen_audio.tokenizer import QwenAudioTokenizer
+
+
+class StreamingAudioTextDataset(IterableDataset):
+    """Yields collated batches (use ``DataLoader(dataset, batch_size=None)``) forever.
+
+    Each reader draws its next entry from the manifests with probability proportional to ``weights``, gathers
+    ``buffer_size`` entries, sorts them by duration, packs them into batches within ``max_seconds`` and yields the
+    batches in shuffled order. A manifest that runs out starts its next pass, so the stream never ends and every
+    rank always has a batch: training stops at ``trainer.max_steps``. Every draw comes from ``(seed, reader)``.
+
+    Entries need a ``duration`` (batches are planned before any audio is decoded). ``skip(n)`` resumes after the
+    first ``n`` batches of the whole loader: each reader replays its plan without decoding the batches already
+    consumed. With ``num_workers`` the loader takes batches from its workers in turn, which decides their share.
+    """
+
+    def __init__(
+        self,
+        manifests: Sequence[str],
+        tokenizer: QwenAudioTokenizer,
+        max_seconds: float,
+        *,
+        weights: Sequence[float] | None = None,
+        max_length: int = 2048,
+        n_mels: int = 80,
+        buffer_size: int = 1000,
+        seed: int = 0,
+        on_error: str = "raise",
+    ) -> None:
+        if not manifests:
+            raise ValueError("manifests: nothing to stream")
+        weights = np.ones(len(manifests)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(manifests),) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights: expected one non-negative weight per manifest ({len(manifests)}), got {weights}")
+        self.manifests, self.probabilities = list(manifests), weights / weights.sum()
+        self.tokenizer, self.max_seconds, self.max_length, self.n_mels = tokenizer, max_seconds, max_length, n_mels
+        self.buffer_size, self.seed, self.on_error = buffer_size, seed, on_error
+        self.batches_done = 0
+
+    def skip(self, batches: int) -> None:
+        """Continue after ``batches`` batches of the whole loader (the resume point of a checkpoint)."""
+        self.batches_done = batches
+
+    def _reader(self) -> tuple[int, int, int]:
+        """``(reader index, number of readers, number of workers)`` for the calling rank and worker."""
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        return rank * workers + worker_id, world * workers, workers
+
+    def _entries(self, path: str, reader: int, readers: int) -> Iterator[ManifestEntry]:
+        """This reader's lines of ``path``, pass after pass."""
+        while True:
+            empty = True
+            for entry in iter_manifest(path, tasks=TASKS, on_error=self.on_error, shard=(reader, readers)):
+                if entry.duration is None:
+                    raise ValueError(f"{path}: entry {entry.audio} has no duration; streaming needs one on every line")
+                if entry.duration > self.max_seconds:
+                    raise ValueError(f"{path}: {entry.audio} lasts {entry.duration} s, more than max_seconds="
+                                     f"{self.max_seconds}")
+                empty = False
+                yield entry
+            if empty:
+                raise ValueError(f"{path} has no entries for reader {reader} of {readers}; use fewer workers or ranks")
+
+    def _planned(self, reader: int, readers: int) -> Iterator[list[ManifestEntry]]:
+        """The reader's batches of entries, before decoding."""
+        rng = np.random.default_rng([self.seed, reader])
+        streams = [self._entries(path, reader, readers) for path in self.manifests]
+        while True:
+            choices = rng.choice(len(streams), size=self.buffer_size, p=self.probabilities)
+            buffer = [next(streams[c]) for c in choices]
+            order = sorted(range(len(buffer)), key=lambda i: buffer[i].duration)
+            batches = pack_batches(order, [e.duration for e in buffer], self.max_seconds)
+            for b in rng.permutation(len(batches)):
+                yield [buffer[i] for i in batches[b]]
+
+    def __iter__(self) -> Iterator[dict]:
+        reader, readers, workers = self._reader()
+        worker = reader % workers
+        already = len(range(worker, self.batches_done, workers))  # this worker's share of the consumed batches
+        for position, entries in enumerate(self._planned(reader, readers)):
+            if position >= already:
+                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels) for e in entries]
+                yield collate(samples, self.tokenizer.eod)

@@ -1,0 +1,119 @@
+"""Transcription of clips longer than the 30 s the encoder hears, in consecutive windows decoded as one batch.
+
+The release truncates such audio to its first 30 s (with our warning, see :func:`qwen_audio.audio.audio_lengths`).
+Here the clip is cut into consecutive, non-overlapping windows of at most ``window_seconds``; each cut is placed at
+the quietest 0.1 s of the last sixth of its window (the last 5 s of a 30 s window), so that cuts fall in pauses
+between words rather than through them. Non-overlapping windows need no de-duplication: every stretch of audio is
+transcribed exactly once, and all windows are known up front, so they decode together as one batch.
+
+Stitching: window texts are joined with a space (nothing for Chinese and Japanese). With ``timestamps`` each window
+is prompted for word-level timestamps (the SRWT task, times relative to the window) and its words are shifted by the
+window's start, so that word times refer to the whole clip.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qwen_audio.audio import CHUNK_LENGTH, SAMPLE_RATE, load_audio
+from qwen_audio.generate import GenerationConfig, batch_prompts, generate
+from qwen_audio.model import QwenAudio
+from qwen_audio.prompts import TimedWord, encode_task, parse_timestamped_words
+from qwen_audio.tokenizer import QwenAudioTokenizer, timestamp_token
+
+QUIET_FRAME_SECONDS = 0.1  # energy is compared over frames this long, 10 ms apart
+CUT_SEARCH_FRACTION = 1 / 6  # a window may end this fraction of its length early, at its quietest frame
+UNSPACED_LANGUAGES = ("zh", "ja")  # written without spaces between words
+
+
+@dataclass(frozen=True)
+class LongTranscript:
+    """The whole clip's text, its words with times in the clip (empty without timestamps), and the
+    ``(start, end)`` seconds of the windows that were decoded."""
+
+    text: str
+    words: tuple[TimedWord, ...]
+    windows: tuple[tuple[float, float], ...]
+
+
+def window_bounds(waveform: torch.Tensor, window_seconds: float = CHUNK_LENGTH) -> list[tuple[int, int]]:
+    """``(start, stop)`` samples of consecutive windows covering ``waveform``, each at most ``window_seconds`` long,
+    each cut at the centre of the quietest frame (mean square) in the last ``CUT_SEARCH_FRACTION`` of the window."""
+    if not 1.0 <= window_seconds <= CHUNK_LENGTH:
+        raise ValueError(f"window_seconds must lie in [1, {CHUNK_LENGTH}] (the encoder hears {CHUNK_LENGTH} s), "
+                         f"got {window_seconds}")
+    window = round(window_seconds * SAMPLE_RATE)
+    search = round(window * CUT_SEARCH_FRACTION)
+    frame = round(QUIET_FRAME_SECONDS * SAMPLE_RATE)
+    hop = SAMPLE_RATE // 100
+    bounds = []
+    start = 0
+    while waveform.numel() - start > window:
+        region = waveform[start + window - search: start + window].float()
+        energy = F.avg_pool1d(region[None, None] ** 2, frame, hop).flatten()
+        cut = start + window - search + int(energy.argmin()) * hop + frame // 2
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, waveform.numel()))
+    return bounds
+
+
+def decode_windows(model: QwenAudio, tokenizer: QwenAudioTokenizer, windows: list[torch.Tensor], *, language: str,
+                   timestamps: bool, config: GenerationConfig) -> list[list[int]]:
+    """Generated ids for each window, all windows in one batch, with the ASR (or SRWT) prompt for ``language``."""
+    task = "srwt" if timestamps else "asr"
+    examples = [encode_task(tokenizer, task, f"window{index}", audio_language=language,
+                            load={f"window{index}": window})
+                for index, window in enumerate(windows)]
+    batch = batch_prompts(examples, tokenizer.eod).to(next(model.parameters()).device)
+    return generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
+                    audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+
+
+def transcribe_long(
+    model: QwenAudio,
+    tokenizer: QwenAudioTokenizer,
+    path: str,
+    *,
+    language: str,
+    timestamps: bool = False,
+    window_seconds: float = CHUNK_LENGTH,
+    config: GenerationConfig | None = None,
+) -> LongTranscript:
+    """Transcribe the audio file ``path`` of any length (see the module docstring for windows and stitching).
+
+    ``language`` is the spoken language (``en``, ``zh``, ...). ``config`` defaults to the release's evaluation
+    decoding, greedy with a stop at ``<|endoftext|>``. A window whose timestamped output cannot be parsed keeps
+    its text and contributes no words (with a warning naming it).
+    """
+    config = config or GenerationConfig.base(tokenizer, do_sample=False)
+    waveform = load_audio(path)
+    bounds = window_bounds(waveform, window_seconds)
+    outputs = decode_windows(model, tokenizer, [waveform[a:b] for a, b in bounds], language=language,
+                             timestamps=timestamps, config=config)
+    separator = "" if language in UNSPACED_LANGUAGES else " "
+    texts: list[str] = []
+    words: list[TimedWord] = []
+    for (start, stop), ids in zip(bounds, outputs):
+        offset = start / SAMPLE_RATE
+        plain = tokenizer.decode([i for i in ids if i < tokenizer.n_regular]).strip()  # no tags or timestamps
+        if not timestamps:
+            texts.append(plain)
+            continue
+        try:  # the SRWT prompt ends with <|0.00|>, so the output starts after it
+            window_words = parse_timestamped_words(timestamp_token(0.0) + tokenizer.decode(ids))
+        except ValueError as err:
+            warnings.warn(f"{path}: window {offset:.2f}-{stop / SAMPLE_RATE:.2f} s has no word timestamps ({err})",
+                          stacklevel=2)
+            texts.append(plain)
+            continue
+        words += [TimedWord(w.text.strip(), round(w.start + offset, 2), round(w.end + offset, 2))
+                  for w in window_words]
+        texts.append(separator.join(w.text.strip() for w in window_words))
+    text = separator.join(t for t in texts if t)
+    windows = tuple((a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in bounds)
+    return LongTranscript(text, tuple(words), windows)

@@ -1,0 +1,24 @@
+"""Checks shared by every metric: paired inputs and a language the released model names."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qwen_audio.tokenizer import LANGUAGES
+
+
+def check_pairs(references: Sequence[object], hypotheses: Sequence[object]) -> None:
+    """One hypothesis per reference, at least one pair; a bare string (a common slip) is not a list of texts."""
+    for name, texts in (("references", references), ("hypotheses", hypotheses)):
+        if isinstance(texts, str):
+            raise ValueError(f"{name} must be a list of texts, got one string: {texts[:40]!r}")
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses: each hypothesis needs "
+                         "its reference")
+    if not references:
+        raise ValueError("no references to score")
+
+
+def check_language(language: str, field: str = "language") -> None:
+    if language not in LANGUAGES:
+        raise ValueError(f"{field} {language!r} is not one of the released languages {', '.join(LANGUAGES)}")

@@ -1,0 +1,98 @@
+"""Music note analysis (NSynth) scores, parsed and computed as the release's ``evaluate_note_analysis.py`` does.
+
+The model answers ``<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><|instrument|>keyboard_acoustic
+<|sonic|>bright, percussive``. Instrument, pitch and velocity are scored by exact match, the sonic qualities by
+macro mean average precision of the binary predictions. The release's chroma accuracy compares one-hot *column*
+indices modulo 12, where the columns are the pitches seen in this corpus, so it is not the pitch class unless every
+pitch between the lowest and the highest occurs; we report it for comparability beside the pitch class (MIDI % 12)
+that HEAR's ``ChromaAccuracy`` computes on its contiguous pitch vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, average_precision_score
+from sklearn.preprocessing import MultiLabelBinarizer
+
+from qwen_audio.metrics._inputs import check_pairs
+
+QUALITIES = frozenset({"bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
+                       "percussive", "reverb", "tempo-synced"})
+MISSING = 128  # the release's pitch or velocity when the text has none (MIDI values are 0-127)
+
+_PITCH = re.compile(r"<\|pitch\|><\|midi_pitch_(.*?)\|>")
+_VELOCITY = re.compile(r"<\|velocity\|><\|midi_velocity_(.*?)\|>")
+_INSTRUMENT = re.compile(r"<\|instrument\|>(.*)")
+_QUALITIES = re.compile(r"<\|sonic\|>(.*)")
+
+
+@dataclass(frozen=True)
+class Note:
+    pitch: int
+    velocity: int
+    instrument: str
+    qualities: tuple[str, ...]
+
+
+def parse_note(text: str) -> Note:
+    """The release's ``get_note_info``: the first match of each field; a field that is absent or not a number is
+    ``MISSING`` (pitch, velocity) or empty; the instrument and qualities run to the next ``<``; qualities are split
+    on ", " and only the ten NSynth qualities are kept."""
+    return Note(
+        pitch=_midi_value(_PITCH, text),
+        velocity=_midi_value(_VELOCITY, text),
+        instrument=_text_field(_INSTRUMENT, text),
+        qualities=tuple(quality for quality in _text_field(_QUALITIES, text).split(", ") if quality in QUALITIES),
+    )
+
+
+def _midi_value(pattern: re.Pattern[str], text: str) -> int:
+    match = pattern.search(text)
+    try:
+        return int(match.group(1)) if match else MISSING
+    except ValueError:
+        return MISSING
+
+
+def _text_field(pattern: re.Pattern[str], text: str) -> str:
+    match = pattern.search(text)
+    return match.group(1).split("<")[0] if match else ""
+
+
+def nsynth_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
+    """Instrument, velocity and pitch accuracy, chroma accuracy (pitch class, and the release's column variant) and
+    the qualities' macro mAP (``None`` when no quality occurs in references or hypotheses: the release fails there).
+
+    Qualities are one-hot encoded by a ``MultiLabelBinarizer`` fit on references and hypotheses together, so a
+    quality only ever predicted is a class with no positive reference and average precision 0, as in the release.
+    """
+    check_pairs(references, hypotheses)
+    truth = [parse_note(text) for text in references]
+    predicted = [parse_note(text) for text in hypotheses]
+    true_pitch = np.array([note.pitch for note in truth])
+    predicted_pitch = np.array([note.pitch for note in predicted])
+    pitch_columns = MultiLabelBinarizer().fit_transform([[pitch] for pitch in (*true_pitch, *predicted_pitch)])
+    true_column, predicted_column = np.split(pitch_columns.argmax(axis=1), 2)
+    both_pitched = (true_pitch < MISSING) & (predicted_pitch < MISSING)
+    return {
+        "instrument_accuracy": float(accuracy_score([n.instrument for n in truth], [n.instrument for n in predicted])),
+        "velocity_accuracy": float(accuracy_score([n.velocity for n in truth], [n.velocity for n in predicted])),
+        "pitch_accuracy": float(accuracy_score(true_pitch, predicted_pitch)),
+        "pitch_chroma_accuracy": float(np.mean(both_pitched & (true_pitch % 12 == predicted_pitch % 12))),
+        "pitch_chroma_accuracy_release": float(np.mean(true_column % 12 == predicted_column % 12)),
+        "qualities_map": _qualities_map([n.qualities for n in truth], [n.qualities for n in predicted]),
+    }
+
+
+def _qualities_map(truth: list[tuple[str, ...]], predicted: list[tuple[str, ...]]) -> float | None:
+    labels = MultiLabelBinarizer().fit_transform(truth + predicted)
+    if labels.shape[1] == 0:
+        return None
+    with warnings.catch_warnings():  # sklearn warns for the classes without a positive reference (AP 0, see above)
+        warnings.filterwarnings("ignore", message="No positive class found in y_true")
+        return float(average_precision_score(labels[: len(truth)], labels[len(truth):], average="macro"))

@@ -1,0 +1,39 @@
+"""Evaluate on a benchmark of the paper: ``python -m recipes.evaluate test --config recipes/configs/evaluate/<name>.yaml
+--model.checkpoint DIR`` (a released-layout folder) and/or ``--ckpt_path X.ckpt`` (a QwenAudioModule checkpoint).
+Results go to ``trainer.default_root_dir`` (``runs/evaluate/<name>`` in the shipped configs); see docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from qwen_audio.data.benchmark_datamodule import BenchmarkDataModule
+from qwen_audio.lit.evaluation import BenchmarkEvaluation
+
+
+class EvaluateCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.model", "data.model")
+        parser.link_arguments("model.checkpoint", "data.checkpoint")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning merges a ``--ckpt_path`` checkpoint's hyperparameters into the model's config. A training
+        checkpoint's describe training (stage, learning rate, ...); only its ``model`` preset, the architecture its
+        weights fit, applies to evaluation, so only that is taken."""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            if "model" in hparams:
+                self.config = self.parser.parse_object(
+                    {self.config.subcommand: {"model": {"model": hparams["model"]}}}, self.config)
+
+
+def main(args: list[str] | None = None) -> EvaluateCLI:
+    return EvaluateCLI(BenchmarkEvaluation, BenchmarkDataModule, args=args, save_config_kwargs={"overwrite": True})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Toy-scale ablations of the paper's claims on the demo corpus (issue #8): ``python -m recipes.experiments.<name>``."""

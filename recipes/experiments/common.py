@@ -1,0 +1,295 @@
+"""What the toy-scale ablations share: train variants of the demo pretraining with the real recipe, score them on the
+held-out demo test set, and write a Markdown table and a PNG of the validation curves.
+
+Each variant is a subprocess run of ``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml
+--config <override.yaml>`` in its own folder: the override changes only the data (and, for quick checks, the model
+preset), the step budget and what is logged and exported, so what runs is the recipe a user runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from matplotlib.figure import Figure
+
+from qwen_audio.data import AudioTextDataModule
+from qwen_audio.data.dataset import load_segment, target_text
+from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.flat_prompts import encode_flat
+from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
+from qwen_audio.generate import GenerationConfig, batch_prompts, generate, load_model
+from qwen_audio.metrics import accuracy, alignment_error_ms, error_rate, nsynth_scores
+from qwen_audio.model import QwenAudio
+from qwen_audio.prompts import QUESTION, TASKS, Example, encode_task
+from qwen_audio.tokenizer import QwenAudioTokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "recipes" / "configs" / "pretrain" / "demo.yaml"
+PromptStyle = Literal["tags", "flat"]
+# Generation lengths: the longest demo target of each task, with room to spare (AQA's is the brief's 8).
+MAX_NEW_TOKENS = {"asr": 32, "srwt": 64, "mna": 16, "asc": 8, "aqa": 8}
+EVAL_BATCH = 16
+MISSING = "n/a"
+
+
+def ablation_arguments(description: str, default_epochs: int) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--epochs", type=int, default=default_epochs,
+                        help="training length, in epochs over the full demo training set (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "experiments",
+                        help="folder of the table, the plot and one sub-folder per run (default %(default)s)")
+    parser.add_argument("--demo-size", type=int, default=None, help="data.demo_size (default: demo.yaml's)")
+    parser.add_argument("--model", default=None, help="model preset (default: demo.yaml's)")
+    return parser
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    """demo.yaml's data settings and model preset, with the command line's overrides, and the corpus they name."""
+
+    data: dict
+    model: str
+    manifests: dict[str, Path]
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> DemoSetup:
+        config = yaml.safe_load(DEMO_CONFIG.read_text())
+        data = dict(config["data"])
+        if args.demo_size is not None:
+            data["demo_size"] = args.demo_size
+        manifests = build_demo_corpus(seed=data.get("seed", 0), size=data["demo_size"])
+        return cls(data, args.model or config["model"]["model"], manifests)
+
+    def steps_per_epoch(self, train_manifest: Path) -> int:
+        """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed sampler
+        batches it."""
+        datamodule = AudioTextDataModule(**{**self.data, "train": [str(train_manifest)], "val": [], "test": []},
+                                         model=self.model)
+        datamodule.setup("fit")
+        return len(datamodule.train_dataloader().batch_sampler)
+
+
+def write_manifest_without(source: Path, path: Path, tasks: set[str]) -> Path:
+    """Copy the manifest ``source`` to ``path`` without the lines of ``tasks`` (audio paths made absolute)."""
+    entries = read_manifest(source)
+    missing = tasks - {entry.task for entry in entries}
+    if missing:
+        raise ValueError(f"{source} holds no line of task(s) {sorted(missing)} to leave out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(path, [entry for entry in entries if entry.task not in tasks])
+    return path
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of an ablation: ``data`` overrides demo.yaml's data section; ``prompt_style`` is how it is asked."""
+
+    name: str
+    folder: str
+    data: dict
+    prompt_style: PromptStyle = "tags"
+
+
+@dataclass
+class Run:
+    variant: Variant
+    folder: Path
+    seconds: float
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.folder / "lightning_logs" / "version_0" / "metrics.csv"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.folder / "model"
+
+
+def train(variant: Variant, out: Path, setup: DemoSetup, max_steps: int, val_every: int) -> Run:
+    """Fit one variant with the pretraining recipe for ``max_steps`` optimizer steps, validating every ``val_every``
+    steps (across epoch ends, so that runs of different epoch lengths validate at the same steps)."""
+    folder = out / variant.folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    override = {
+        "trainer": {
+            "max_epochs": -1, "max_steps": max_steps, "check_val_every_n_epoch": None, "val_check_interval": val_every,
+            "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_checkpointing": False,
+            "default_root_dir": str(folder),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(folder), "version": 0}},
+            "callbacks": [{"class_path": "qwen_audio.lit.ExportPretrained",
+                           "init_args": {"dirpath": str(folder / "model")}}],
+        },
+        "model": {"model": setup.model},
+        "data": {"demo_size": setup.data["demo_size"], **variant.data},
+    }
+    (folder / "override.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
+    command = [sys.executable, "-m", "recipes.pretrain", "fit", "--config", str(DEMO_CONFIG),
+               "--config", str(folder / "override.yaml")]
+    print(f"[{variant.name}] training {max_steps} steps: {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    with open(folder / "train.log", "w") as log:
+        result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"[{variant.name}] the recipe failed with exit code {result.returncode}; "
+                           f"see {folder / 'train.log'}")
+    print(f"[{variant.name}] trained in {seconds:.0f} s", flush=True)
+    return Run(variant, folder, seconds)
+
+
+def validation_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every ``val/...`` column of a Lightning CSV log as (step, value) points in step order."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with open(metrics_csv, newline="") as file:
+        for row in csv.DictReader(file):
+            for key, value in row.items():
+                if key.startswith("val/") and value:
+                    curves.setdefault(key, []).append((int(row["step"]), float(value)))
+    return {key: sorted(points) for key, points in curves.items()}
+
+
+def final_validation_loss(metrics_csv: Path) -> float:
+    points = validation_curves(metrics_csv).get("val/loss")
+    if not points:
+        raise ValueError(f"{metrics_csv} holds no val/loss")
+    return points[-1][1]
+
+
+def plot_validation_losses(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path, title: str) -> None:
+    """One panel per validation loss (overall, then each task's) that any run logged, one line per run."""
+    keys = sorted({key for run in curves.values() for key in run if key.startswith("val/loss")},
+                  key=lambda key: (key != "val/loss", key))
+    columns = min(3, len(keys))
+    rows = -(-len(keys) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.2 * rows))  # no pyplot: nothing global, no display needed
+    axes = figure.subplots(rows, columns, squeeze=False).flatten()
+    for axis in axes[len(keys):]:
+        axis.set_visible(False)
+    for axis, key in zip(axes, keys):
+        for name, run in curves.items():
+            if key in run:
+                steps, values = zip(*run[key])
+                axis.plot(steps, values, marker="o", markersize=3, label=name)
+        axis.set(title=key, xlabel="step", ylabel="loss")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table; floats with 3 decimals, ``None`` as ``n/a``."""
+    def cell(value: object) -> str:
+        if value is None:
+            return MISSING
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def prompt_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, style: PromptStyle) -> Example:
+    """The generation prompt of ``entry`` in the style its model was trained with (as the training examples are
+    built, without the target)."""
+    if style == "flat":
+        return encode_flat(tokenizer, entry)
+    asked = TASKS[entry.task].tag == QUESTION  # as encode_entry: a question replaces the text-language tag
+    return encode_task(tokenizer, entry.task, entry.audio, audio_language=entry.audio_language,
+                       text_language=None if asked else entry.text_language, question=entry.question,
+                       load={entry.audio: load_segment(entry)})
+
+
+def generate_answers(model: QwenAudio, tokenizer: QwenAudioTokenizer, entries: Sequence[ManifestEntry],
+                     style: PromptStyle) -> list[str]:
+    """Greedy generations for entries of one task, decoded and stripped (stop token excluded)."""
+    config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS[entries[0].task], stop_ids=(tokenizer.eod,))
+    answers = []
+    for start in range(0, len(entries), EVAL_BATCH):
+        examples = [prompt_example(tokenizer, entry, style) for entry in entries[start:start + EVAL_BATCH]]
+        batch = batch_prompts(examples, tokenizer.eod)
+        outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
+                           audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+        answers += [tokenizer.decode(output).strip() for output in outputs]
+    return answers
+
+
+def _by_language(metric: str) -> Callable[[list[ManifestEntry], list[str]], dict[str, float | None]]:
+    """WER of English, CER of Chinese clips of an ASR-like task (timestamp tokens are removed by the release's
+    normalisation, so SRWT output scores as its words)."""
+    def score(entries: list[ManifestEntry], answers: list[str]) -> dict[str, float | None]:
+        scores = {}
+        for language, name in (("en", "WER en"), ("zh", "CER zh")):
+            pairs = [(target_text(e), a) for e, a in zip(entries, answers) if e.audio_language == language]
+            if pairs:
+                references, hypotheses = zip(*pairs)
+                scores[f"{metric} {name}"] = error_rate(references, hypotheses, language)
+        return scores
+    return score
+
+
+def _srwt(entries: list[ManifestEntry], answers: list[str]) -> dict[str, float | None]:
+    return {**_by_language("SRWT")(entries, answers),
+            "SRWT AAS ms": alignment_error_ms([target_text(e) for e in entries], answers)}
+
+
+def _accuracy(name: str) -> Callable[[list[ManifestEntry], list[str]], dict[str, float | None]]:
+    return lambda entries, answers: {name: accuracy([e.text for e in entries], answers)}
+
+
+def _mna(entries: list[ManifestEntry], answers: list[str]) -> dict[str, float | None]:
+    scores = nsynth_scores([e.text for e in entries], answers)
+    return {"MNA instrument acc": scores["instrument_accuracy"], "MNA pitch acc": scores["pitch_accuracy"]}
+
+
+SCORERS = {"asr": _by_language("ASR"), "srwt": _srwt, "aqa": _accuracy("AQA acc"),
+           "asc": _accuracy("ASC acc"), "mna": _mna}
+
+
+def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptStyle) -> dict[str, float | None]:
+    """Score the exported model on ``entries`` task by task (:data:`SCORERS` names the metrics)."""
+    model, tokenizer = load_model(str(model_dir))
+    scores: dict[str, float | None] = {}
+    for task in sorted({entry.task for entry in entries}):
+        chosen = [entry for entry in entries if entry.task == task]
+        scores.update(SCORERS[task](chosen, generate_answers(model, tokenizer, chosen, style)))
+    return scores
+
+
+def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: DemoSetup, out: Path, epochs: int,
+                 columns: Sequence[str], tasks: set[str], note: str) -> str:
+    """Train every variant for the same number of optimizer steps (``epochs`` over the full training set), score
+    them on the test lines of ``tasks``, and write ``out/<name>.md`` and ``out/<name>.png``; returns the table."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    steps_per_epoch = setup.steps_per_epoch(setup.manifests["train"])
+    test = [entry for entry in read_manifest(setup.manifests["test"]) if entry.task in tasks]
+    runs = [train(variant, out, setup, epochs * steps_per_epoch, steps_per_epoch) for variant in variants]
+    for run in runs:
+        start = time.perf_counter()
+        run.scores = evaluate(run.model_dir, test, run.variant.prompt_style)
+        print(f"[{run.variant.name}] evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+    rows = [[run.variant.name, *(run.scores.get(column) for column in columns),
+             final_validation_loss(run.metrics_csv), f"{run.seconds:.0f}"] for run in runs]
+    table = markdown_table(["variant", *columns, "final val loss", "train s"], rows)
+    details = (f"{epochs} epochs = {epochs * steps_per_epoch} optimizer steps per run; model preset "
+               f"`{setup.model}`, data.demo_size {setup.data['demo_size']}; test lines: "
+               f"{len(test)} ({', '.join(sorted(tasks))}).")
+    (out / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{details}\n\n{table}\n")
+    plot_validation_losses({run.variant.name: validation_curves(run.metrics_csv) for run in runs},
+                           out / f"{name}.png", title)
+    print(f"\n{table}\n\nwrote {out / f'{name}.md'} and {out / f'{name}.png'}", flush=True)
+    return table

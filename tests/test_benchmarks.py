@@ -1,0 +1,145 @@
+"""The performance benchmarks run on CPU at their small sizes and print their tables (no timing is asserted).
+
+What they print is checked against independent numbers: attention outputs against SDPA run per sequence,
+generated tokens against transformers' Qwen2ForCausalLM, FLOP counts against hand-worked cases, and the
+benchmarked training step against what stage 1 must do (encoder updated, LLM untouched).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwen_audio.config import QwenAudioConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks_perf"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a benchmark script as its own folder on sys.path makes it importable (it imports ``_timing``)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load(name: str):
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+
+    return load
+
+
+def table_rows(output: str, header: str) -> list[list[str]]:
+    """Cells of every row of each Markdown table whose header line is ``header``."""
+    rows, inside = [], False
+    for line in output.splitlines():
+        if line == header:
+            inside = True
+        elif inside and line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif not line.startswith("|"):
+            inside = False
+    return rows
+
+
+def test_attention_flops_count_real_pairs_only(bench):
+    attention = bench("bench_attention")
+    lengths = torch.tensor([2, 3])
+    # 2 heads x 4 dims; non-causal pairs 2^2 + 3^2 = 13, causal 3 + 6 = 9; 4 FLOPs per pair per head-dim
+    assert attention.Case("e", False, lengths, 2, 4).flops(False) == 4 * 13 * 8
+    assert attention.Case("d", True, lengths, 2, 4).flops(False) == 4 * 9 * 8
+    assert attention.Case("d", True, lengths, 2, 4).flops(True) == 4 * 9 * 8 * 3.5
+
+
+def test_attention_full_cases_follow_the_model_shapes(bench):
+    attention = bench("bench_attention")
+    encoder, decoder = attention.full_cases(torch.Generator().manual_seed(0))
+    # 1 s -> 100 mel frames -> 50 encoder frames; 30 s -> 1500 (the encoder's n_ctx); d = 20 x 64 = 1280
+    assert 50 <= int(encoder.lengths.min()) and int(encoder.lengths.max()) <= 1500 and not encoder.causal
+    assert (encoder.heads, encoder.head_dim) == (20, 64)
+    assert 16 <= int(decoder.lengths.min()) and int(decoder.lengths.max()) <= 2048 and decoder.causal
+    assert (decoder.heads, decoder.head_dim) == (32, 128)
+
+
+def test_bench_attention_main_on_cpu(bench, capsys):
+    bench("bench_attention").main(["--device", "cpu", "--repeats", "1"])
+    output = capsys.readouterr().out
+    rows = table_rows(output, "| implementation | pass | ms | TFLOP/s (real tokens) | vs padded sdpa | max abs diff |")
+    assert len(rows) == 2 * (2 + 2 * 2)  # two cases: two skipped backends, sdpa and the reference x two passes
+    skipped = {row[0] for row in rows if row[1].startswith("skipped")}
+    assert skipped == {"varlen", "flash_attn"}
+    assert all("needs CUDA" in row[1] for row in rows if row[1].startswith("skipped"))
+    timed = [row for row in rows if not row[1].startswith("skipped")]
+    assert {row[1] for row in timed} == {"forward", "forward + backward"}
+    for row in timed:
+        assert float(row[2]) > 0 and float(row[3]) > 0
+        assert float(row[5]) < 1e-4  # fp32: equal to SDPA run on each sequence alone
+    assert all(row[4] == "1.00x" for row in timed if row[0] == "sdpa")
+
+
+def test_bench_train_step_updates_the_encoder_only(bench):
+    train = bench("bench_train_step")
+    config = QwenAudioConfig.from_name("tiny")
+    torch.manual_seed(0)
+    module, optimizer = train.build_stage1(config, torch.device("cpu"), activation_checkpointing=False)
+    batch = train.stage1_batch(config, 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    before = {name: p.detach().clone() for name, p in module.model.named_parameters()}
+    loss = train.train_step(module, optimizer, batch)
+    assert torch.isfinite(loss)
+    for name, param in module.model.named_parameters():
+        changed = not torch.equal(param, before[name])
+        assert changed == name.startswith("transformer.audio."), name
+    # labels: the tokens after </audio> (the target), labelled with themselves; prompt, audio and padding ignored
+    for ids, labels, length in zip(batch["input_ids"], batch["labels"], batch["attention_mask"].sum(1)):
+        end = int((ids == config.audio_end_id).nonzero())
+        assert (labels[: end + 1] == -100).all() and (labels[length:] == -100).all()
+        assert end + 1 < length and torch.equal(labels[end + 1: length], ids[end + 1: length])
+
+
+def test_bench_train_step_main_on_cpu(bench, capsys):
+    bench("bench_train_step").main(["--device", "cpu", "--repeats", "1", "--clips", "2", "--max-seconds", "2"])
+    output = capsys.readouterr().out
+    rows = table_rows(output, "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |")
+    assert [row[0] for row in rows] == ["flash_attn", "varlen", "sdpa"]
+    assert all(row[1].startswith("skipped") and "needs CUDA" in row[1] for row in rows[:2])
+    sdpa = rows[2]
+    assert float(sdpa[1]) > 0 and float(sdpa[2]) > 0 and float(sdpa[3]) > 0
+    assert sdpa[5:] == ["-", "-", "1.00x"]  # no peak FLOP/s known for a CPU
+    assert "peak unknown" in output
+
+
+def test_bench_generate_main_agrees_with_transformers(bench, capsys):
+    bench("bench_generate").main(["--device", "cpu", "--repeats", "1", "--new-tokens", "8"])
+    output = capsys.readouterr().out
+    assert re.search(r"token agreement 100\.0%, rows identical 4/4", output), output
+    rows = table_rows(output, "| implementation | ms / batch | new tokens / s | vs transformers |")
+    assert [row[0] for row in rows] == ["qwen_audio generate", "transformers Qwen2ForCausalLM.generate"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+    assert rows[1][3] == "1.00x"
+
+
+def test_bench_generate_rejects_lengths_beyond_the_trained_context(bench):
+    with pytest.raises(SystemExit):
+        bench("bench_generate").main(["--device", "cpu", "--prompt-tokens", "4", "2048", "--new-tokens", "8"])
+
+
+@pytest.mark.cuda
+def test_bench_attention_times_the_varlen_backend_on_cuda(bench, capsys):
+    bench("bench_attention").main(["--device", "cuda", "--small", "--seed", "1"])
+    rows = table_rows(capsys.readouterr().out,
+                      "| implementation | pass | ms | TFLOP/s (real tokens) | vs padded sdpa | max abs diff |")
+    varlen_forward = [row for row in rows if row[0] == "varlen" and row[1] == "forward"]
+    assert len(varlen_forward) == 2  # encoder and decoder
+    assert all(float(row[5]) < 3e-2 for row in varlen_forward)  # bf16 against SDPA per sequence
+
+
+@pytest.mark.cuda
+def test_bench_train_step_times_the_varlen_backend_on_cuda(bench, capsys):
+    bench("bench_train_step").main(["--device", "cuda", "--small", "--clips", "2", "--max-seconds", "2"])
+    rows = table_rows(capsys.readouterr().out,
+                      "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |")
+    varlen = next(row for row in rows if row[0] == "varlen")
+    assert float(varlen[1]) > 0 and float(varlen[2]) > 0

@@ -1,0 +1,125 @@
+"""Chat: the release's ChatML ids for a multi-turn, multi-audio conversation, history window, terminal front end."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from qwen_audio import chat as chat_module
+from qwen_audio.chat import chat, main
+from qwen_audio.generate import GenerationConfig, load_model
+
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>"
+CHATML = {"<|im_start|>", "<|im_end|>"}
+
+
+def write_wav(path, seconds: float, seed: int) -> str:
+    audio = 0.1 * np.random.default_rng(seed).standard_normal(round(seconds * 16000))
+    soundfile.write(path, audio.astype(np.float32), 16000)
+    return str(path)
+
+
+@pytest.fixture
+def canned(monkeypatch):
+    """Replace the model: record each prompt batch given to ``generate`` and answer with the queued ids."""
+    calls, answers = [], []
+
+    def fake_generate(model, input_ids, attention_mask, config, **kwargs):
+        calls.append({"ids": input_ids[0].tolist(), "mask": attention_mask, "config": config, **kwargs})
+        return [answers.pop(0)]
+
+    monkeypatch.setattr(chat_module, "generate", fake_generate)
+    return calls, answers
+
+
+STAND_IN = torch.nn.Linear(1, 1)  # chat() only asks the model for its device once generate is replaced
+
+
+def test_two_turns_with_numbered_audios_give_the_released_chatml_ids(released, tmp_path, canned):
+    calls, answers = canned
+    dog, cat = write_wav(tmp_path / "dog.wav", 1.0, 0), write_wav(tmp_path / "cat.wav", 0.5, 1)
+    answers += [released.encode("It is a dog.") + [released.im_end, released.eod],
+                released.encode(" The first one. ") + [released.im_start, *released.encode("user")]]
+
+    response, history = chat(STAND_IN, released, [{"audio": dog}, {"text": "What is it?"}])
+    assert response == "It is a dog."
+    assert history == [(f"Audio 1:<audio>{dog}</audio>\nWhat is it?", "It is a dog.")]
+
+    response, history = chat(STAND_IN, released, [{"audio": dog}, {"audio": cat}, {"text": "Which is louder?"}],
+                             history, config=GenerationConfig(max_new_tokens=8))
+    assert response == "The first one."  # cut at <|im_start|> although the config has no stop ids, stripped
+    assert len(history) == 2 and history[1][1] == "The first one."
+
+    expected = (f"{SYSTEM}\n<|im_start|>user\nAudio 1:<audio>{dog}</audio>\nWhat is it?<|im_end|>\n"
+                f"<|im_start|>assistant\nIt is a dog.<|im_end|>\n"
+                f"<|im_start|>user\nAudio 1:<audio>{dog}</audio>\nAudio 2:<audio>{cat}</audio>\nWhich is louder?"
+                f"<|im_end|>\n<|im_start|>assistant\n")
+    expected_ids = released.encode_with_audio(expected, allowed_special=CHATML).ids
+    assert calls[1]["ids"] == expected_ids
+    assert expected_ids[:3] == [151644, 8948, 198]  # <|im_start|> "system" "\n"
+    assert expected_ids.count(155163) == 3 and expected_ids.count(151851) == 25 + 25 + 12  # 1 s, 1 s, 0.5 s
+    assert calls[1]["audio_mel_lengths"].tolist() == [100, 100, 50]
+    assert calls[0]["config"] == GenerationConfig.chat(released)
+    assert calls[0]["vocab_size"] == 155165
+
+
+def test_oldest_turns_are_dropped_beyond_the_window(released, canned):
+    calls, answers = canned
+    history = [("first question", "first answer"), ("second question", "second answer")]
+    turn = "\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n{}<|im_end|>"
+    kept = len(released.encode(SYSTEM + turn.format(*history[1]), allowed_special=CHATML))
+    query = "\n<|im_start|>user\nthird question<|im_end|>\n<|im_start|>assistant\n"
+
+    answers += [[released.im_end]] * 3
+    chat(STAND_IN, released, "third question", history, max_window_size=kept + 1)
+    assert calls[-1]["ids"] == released.encode(SYSTEM + turn.format(*history[1]) + query, allowed_special=CHATML)
+    chat(STAND_IN, released, "third question", history, max_window_size=kept)  # strictly under: nothing kept
+    assert calls[-1]["ids"] == released.encode(SYSTEM + query, allowed_special=CHATML)
+    chat(STAND_IN, released, "third question", history)  # the released 6144 keeps everything
+    everything = SYSTEM + "".join(turn.format(*pair) for pair in history) + query
+    assert calls[-1]["ids"] == released.encode(everything, allowed_special=CHATML)
+
+
+def test_chat_runs_on_a_tiny_model_with_audio(tmp_path):
+    model, tokenizer = load_model("tiny", random_init=True)
+    clip = write_wav(tmp_path / "clip.wav", 0.6, 2)
+    config = GenerationConfig.chat(tokenizer, max_new_tokens=4, seed=0)
+    first, history = chat(model, tokenizer, f"<audio>{clip}</audio>What is this?", config=config)
+    again, _ = chat(model, tokenizer, f"<audio>{clip}</audio>What is this?", config=config)
+    assert first == again and history == [(f"<audio>{clip}</audio>What is this?", first)]
+
+
+def test_terminal_resets_and_quits(monkeypatch):
+    seen = []
+
+    def fake_chat(model, tokenizer, query, history, system, config):
+        seen.append((query, list(history)))
+        response = f"answer {len(seen)}"
+        return response, history + [(query, response)]
+
+    monkeypatch.setattr(chat_module, "chat", fake_chat)
+    out = io.StringIO()
+    main(["--checkpoint", "tiny", "--random-init"], io.StringIO("hello\n\nagain\n/reset\nthird\n/quit\nnever\n"), out)
+    assert seen == [("hello", []), ("again", [("hello", "answer 1")]), ("third", [])]
+    lines = out.getvalue().splitlines()
+    assert lines[1:] == ["answer 1", "answer 2", "(history cleared)", "answer 3"]
+
+
+def test_terminal_reports_a_missing_audio_and_goes_on_until_end_of_input(tmp_path):
+    missing = tmp_path / "gone.wav"
+    out = io.StringIO()
+    main(["--checkpoint", "tiny", "--random-init", "--greedy", "--max-new-tokens", "2"],
+         io.StringIO(f"<audio>{missing}</audio>hi\nhello\n"), out)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == f"error: audio file not found: {missing}"
+    assert len(lines) >= 3 and out.getvalue().count("error:") == 1  # the next query was still answered
+
+
+def test_terminal_unknown_checkpoint_exits(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "missing")], io.StringIO(""), io.StringIO())
+    assert exit_info.value.code == 2 and "checkpoint folder not found" in capsys.readouterr().err

@@ -1,0 +1,265 @@
+"""Stage 2 (SFT): conversation files and their label mask, the audio/text mixing, LoRA through peft, and the recipe."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from qwen_audio.config import QwenAudioConfig
+from qwen_audio.data.chat_datamodule import ChatDataModule
+from qwen_audio.data.conversations import ConversationDataset, read_conversations
+from qwen_audio.data.manifest import ManifestError
+from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict, merge_lora
+from qwen_audio.lit.module import QwenAudioModule
+from qwen_audio.model import QwenAudio
+from qwen_audio.prompts import IGNORE_INDEX
+from qwen_audio.tokenizer import DEMO_RANKS_FILE, QwenAudioTokenizer
+from recipes.sft import main
+
+REPO = Path(__file__).resolve().parents[1]
+SFT_CONFIGS = sorted((REPO / "recipes" / "configs" / "sft").glob("*.yaml"))
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def user(*content) -> dict:
+    return {"role": "user", "content": content[0] if len(content) == 1 and isinstance(content[0], str) else list(content)}
+
+
+def assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32), 16000)
+    return path
+
+
+def test_label_mask_covers_exactly_the_assistant_tokens(tmp_path, released):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        user("What is 2+2?"), assistant("Four."), user("And 3+3?"), assistant("Six."),
+    ]}])
+    (conversation,) = read_conversations(path)
+    example = conversation.encode(released, max_length=2048)
+    # spec §7 ChatML, cut where the loss switches on and off: each reply and its <|im_end|> are learned
+    pieces = [
+        ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+         "<|im_start|>assistant\n", False),
+        ("Four.<|im_end|>", True),
+        ("\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("Six.<|im_end|>", True),
+    ]
+    encode = released.encoding.encode  # tiktoken itself, on the whole ChatML text of each piece
+    expected_ids = [i for text, _ in pieces for i in encode(text, allowed_special="all")]
+    expected_labels = [i if learned else IGNORE_INDEX for text, learned in pieces
+                       for i in encode(text, allowed_special="all")]
+    assert expected_ids[:2] == [151644, 8948] and expected_ids.count(151645) == 5  # spec: <|im_start|>, im_end
+    assert example.ids == expected_ids == encode("".join(text for text, _ in pieces), allowed_special="all")
+    assert example.labels == expected_labels
+
+
+def test_dataset_learns_only_replies_with_audio_expanded(tmp_path, clip, demo):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"id": "pair", "system": "Be brief.", "messages": [
+        user({"audio": clip.name}, {"audio": str(clip)}, {"text": "Which audio is speech?"}),
+        assistant("Neither."), user("Sure?"), assistant("Yes."),
+    ]}, {"messages": [user("Hello!"), assistant("Hi.")]}])
+    sample, text_only = ConversationDataset(read_conversations(path), demo)
+    learned = sample.labels != IGNORE_INDEX
+    assert demo.decode(sample.input_ids[learned]) == "Neither.<|im_end|>Yes.<|im_end|>"
+    assert torch.equal(sample.labels[learned], sample.input_ids[learned])
+    assert sample.task == "chat" and text_only.task == "text" and text_only.mels == []
+    # 0.5 s at 16 kHz: 50 mel frames; 12 encoder tokens + <audio>, </audio> per clip (spec §1)
+    assert sample.mel_lengths == [50, 50] and (sample.input_ids == demo.audio_pad).sum() == 2 * 12
+    assert "Audio 1:<audio>" in demo.decode(sample.input_ids) and "Audio 2:<audio>" in demo.decode(sample.input_ids)
+
+
+GOOD = {"messages": [user("hi"), assistant("hello")]}
+BAD_LINES = [
+    ('{"messages": [', None, "malformed JSON: Expecting value (column 15)"),
+    ({"messages": [user("hi")]}, "messages",
+     "missing assistant turn: the last turn (messages[0]) is the user's, with no reply to learn"),
+    ({"messages": [user("hi"), assistant("a"), user("more?")]}, "messages",
+     "missing assistant turn: the last turn (messages[2]) is the user's, with no reply to learn"),
+    ({"messages": [user({"audio": "missing.wav"}, {"text": "what?"}), assistant("x")]},
+     "messages[0].content[0].audio", "file not found: {folder}/missing.wav"),
+    ({"messages": [{"role": "bot", "content": "hi"}, assistant("x")]}, "messages[0].role",
+     "unknown role 'bot'; roles are user and assistant"),
+    ({"messages": [{"role": "system", "content": "be nice"}, user("hi"), assistant("x")]}, "messages[0].role",
+     "unknown role 'system'; roles are user and assistant (a system prompt goes in the top-level 'system' field)"),
+    ({"messages": [assistant("x"), user("hi")]}, "messages[0].role",
+     "is 'assistant', expected 'user': turns alternate user, assistant, starting with the user"),
+    ({"messages": [user("<audio>a.wav</audio>hi"), assistant("x")]}, "messages[0].content",
+     'holds an <audio> tag; give audio as an {"audio": path} item'),
+    ({"messages": [user("hi"), assistant("")]}, "messages[1].content", "must be non-empty text, got ''"),
+    ({"messages": [user({"image": "a.png"}), assistant("x")]}, "messages[0].content[0]",
+     "must be {\"audio\": path} or {\"text\": ...}, got {'image': 'a.png'}"),
+    ({**GOOD, "sytem": "x"}, "sytem", "unknown field (known: id, system, messages)"),
+    ({"id": "x"}, "messages", "must be a non-empty list of turns, got None"),
+]
+
+
+@pytest.mark.parametrize("line, field, reason", BAD_LINES, ids=[r[:40] for _, _, r in BAD_LINES])
+def test_bad_lines_name_file_line_and_field(tmp_path, line, field, reason):
+    path = write_jsonl(tmp_path / "chat.jsonl", [GOOD, line])
+    with pytest.raises(ManifestError) as info:
+        read_conversations(path)
+    reason = reason.replace("{folder}", str(tmp_path))
+    assert str(info.value) == f"{path}:2: {field + ': ' if field else ''}{reason}"
+
+
+def test_too_long_conversation_names_its_line(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [GOOD, {"messages": [user("word " * 300), assistant("ok")]}])
+    module = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64)
+    with pytest.raises(ValueError, match=rf"^{path}:2: messages: the example is \d+ tokens"):
+        module.setup("fit")
+
+
+@pytest.mark.parametrize("ratio, texts, passes", [(0.5, 20, 2), (0.2, 8, 1), (None, 10, 1)])
+def test_text_ratio_sets_the_share_of_pure_text_conversations(tmp_path, clip, ratio, texts, passes):
+    audio = [{"messages": [user({"audio": clip.name}, {"text": f"q{i}"}), assistant("a")]} for i in range(30)]
+    text = [{"messages": [user(f"t{i}"), assistant("b")]} for i in range(10)]
+    path = write_jsonl(tmp_path / "chat.jsonl", [line for pair in zip(audio, text) for line in pair] + audio[10:])
+    module = ChatDataModule(train=[str(path)], text_ratio=ratio, max_tokens=2048, seed=3)
+    module.setup("fit")
+    drawn = [i for batch in module.train_dataloader().batch_sampler for i in batch]
+    # an epoch keeps its 40 draws; the text group holds global indices 30..39 (ConcatDataset order)
+    drawn_text = Counter(i for i in drawn if i >= 30)
+    assert len(drawn) == 40 and sum(drawn_text.values()) == texts
+    assert set(drawn_text.values()) == {passes}  # up-sampled in whole passes over the group, down-sampled without repeats
+
+
+def test_text_ratio_without_text_conversations_is_an_error(tmp_path, clip):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": str(clip)}), assistant("a")]}])
+    with pytest.raises(ValueError, match="text_ratio is 0.2 but the training files .* hold no pure-text"):
+        ChatDataModule(train=[str(path)], text_ratio=0.2).setup("fit")
+
+
+def tiny_model(seed: int = 0) -> QwenAudio:
+    torch.manual_seed(seed)
+    return QwenAudio(QwenAudioConfig.from_name("tiny")).eval()
+
+
+def model_inputs(seed: int = 1) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, 7000, (2, 9), generator=generator)}
+
+
+def test_lora_trains_only_the_adapters_and_starts_as_the_base_model():
+    model = tiny_model()
+    base_logits = model(**model_inputs()).logits
+    model.set_trainable(encoder=False, decoder=True)
+    add_lora(model, LoraOptions(rank=4, alpha=8, dropout=0.1))
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    # tiny: hidden 64, SwiGLU halves 256 -> 128; per block c_attn 64->192, c_proj 64->64, w1/w2 64->128, c_proj 128->64
+    per_block = 4 * ((64 + 192) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
+    assert all(".lora_A." in n or ".lora_B." in n for n in trainable) and len(trainable) == 2 * 2 * 5
+    assert all(n.startswith("transformer.h.") for n in trainable)
+    assert sum(trainable.values()) == 2 * per_block
+    torch.testing.assert_close(model(**model_inputs()).logits, base_logits, rtol=0, atol=0)
+
+
+def test_lora_layer_is_the_low_rank_update_and_merges_into_the_released_layout():
+    model = tiny_model()
+    keys = set(model.state_dict())
+    add_lora(model, LoraOptions(rank=4, alpha=8, dropout=0.0))
+    for name, param in model.named_parameters():
+        if ".lora_B." in name:
+            torch.nn.init.normal_(param, std=0.5)
+    layer = model.transformer.h[0].attn.c_attn
+    x = torch.randn(3, 64, dtype=torch.float64)
+    base, a, b = layer.base_layer, layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = x @ base.weight.double().T + base.bias.double() + (8 / 4) * x @ a.double().T @ b.double().T
+    torch.testing.assert_close(layer(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
+    unmerged = model(**model_inputs()).logits
+    merge_lora(model)
+    assert set(model.state_dict()) == keys
+    torch.testing.assert_close(model(**model_inputs()).logits, unmerged, rtol=1e-4, atol=1e-5)
+
+
+def test_a_released_checkpoint_loads_into_the_lora_model():
+    model, wrapped = tiny_model(0), tiny_model(1)
+    add_lora(wrapped, LoraOptions(rank=4))
+    wrapped.load_state_dict(lora_state_dict(wrapped, model.state_dict()), strict=True)
+    torch.testing.assert_close(wrapped(**model_inputs()).logits, model(**model_inputs()).logits, rtol=0, atol=0)
+
+
+def test_lora_needs_train_decoder():
+    with pytest.raises(ValueError, match="lora adapts the decoder alone: it needs train='decoder', got train='all'"):
+        QwenAudioModule(train="all", lora=LoraOptions())
+
+
+@pytest.mark.parametrize("config", SFT_CONFIGS, ids=lambda p: p.name)
+def test_every_sft_config_prints(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    printed = capsys.readouterr().out
+    assert exit_info.value.code in (0, None)
+    assert "train: decoder" in printed and "text_ratio:" in printed and "init_from:" in printed
+    if config.name == "qwen_audio_chat.yaml":
+        assert "ModelParallelStrategy" in printed and "precision: bf16-mixed" in printed
+        assert "activation_checkpointing: true" in printed and "lr: 1.0e-05" in printed
+    if config.name == "qwen_audio_chat_lora.yaml":
+        assert "rank: 64" in printed and "precision: bf16-true" in printed
+
+
+@pytest.fixture(scope="module")
+def initial_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pretrained")
+    tiny_model(5).save_pretrained(folder, tokenizer_file=DEMO_RANKS_FILE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo-corpus")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["decoder", "lora"])
+def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_folder, demo_dir, monkeypatch, capsys,
+                                                           lora):
+    monkeypatch.setenv("QWEN_AUDIO_DEMO_DIR", str(demo_dir))
+    override = tmp_path / "override.yaml"
+    override.write_text(textwrap.dedent(f"""\
+        trainer:
+          max_steps: 1
+          limit_val_batches: 0
+          num_sanity_val_steps: 0
+          enable_progress_bar: false
+          enable_checkpointing: false
+          default_root_dir: {tmp_path}
+          logger: false
+          callbacks:
+            - class_path: qwen_audio.lit.ChatTranscript
+              init_args: {{per_group: 1, max_new_tokens: 3}}
+        model:
+          init_from: {initial_folder}
+          lr: 1.0e-2
+          warmup_steps: 1
+          lora: {"{rank: 4, alpha: 8}" if lora else "null"}
+        data:
+          demo_size: 1
+        """))
+    cli = main(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)])
+    assert cli.trainer.global_step == 1
+    printed = capsys.readouterr().out
+    assert "### before SFT" in printed and "### after SFT" in printed and "| test-speech-0 |" in printed
+    initial = QwenAudio.from_pretrained(initial_folder)[0].state_dict()
+    trained = {k.replace(".base_layer.", "."): v for k, v in cli.model.model.state_dict().items()}
+    changed = {k for k, v in trained.items() if ".lora_" not in k and not torch.equal(v, initial[k])}
+    if lora:
+        assert not changed and any(v.abs().sum() > 0 for k, v in trained.items() if ".lora_B." in k)
+    else:
+        assert {"lm_head.weight", "transformer.wte.weight", "transformer.h.1.mlp.w2.weight"} <= changed
+        assert not any(k.startswith("transformer.audio.") for k in changed)
