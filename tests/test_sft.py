@@ -20,7 +20,7 @@ from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict, merge_lo
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import IGNORE_INDEX
-from qwen_audio.tokenizer import DEMO_RANKS_FILE, QwenAudioTokenizer
+from qwen_audio.tokenizer import DEMO_RANKS_FILE
 from recipes.sft import main
 
 REPO = Path(__file__).resolve().parents[1]
