@@ -65,12 +65,17 @@ class QwenAudio(nn.Module):
         """The release's initialisation (``initializer_range`` 0.02), applied to encoder and decoder alike.
 
         Linear and embedding weights ~ N(0, 0.02) with zero biases, RMSNorm weights 1, and every ``c_proj``
-        (attention output, MLP down projection) ~ N(0, 0.02 / sqrt(2 * n_layers)). Conv and LayerNorm keep PyTorch's
-        defaults; the sinusoid table is fixed.
+        (attention output, MLP down projection) ~ N(0, 0.02 / sqrt(2 * n_layers)). The GELU conv stem gets He
+        (Kaiming) normal weights and zero biases: with PyTorch's default the stem's output is a tenth of the fixed
+        sinusoid table added to it, the encoder's output is >90% position, and a model trained from scratch learns
+        to ignore the audio. LayerNorm keeps PyTorch's defaults; the sinusoid table is fixed.
         """
         std = 0.02
         for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, nn.Conv1d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Linear, nn.Embedding)):
                 scale = math.sqrt(2 * self.config.decoder.num_hidden_layers) if name.endswith("c_proj") else 1.0
                 nn.init.normal_(module.weight, mean=0.0, std=std / scale)
                 if getattr(module, "bias", None) is not None:
