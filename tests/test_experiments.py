@@ -3,6 +3,7 @@ end-to-end run of the SRWT ablation on a tiny model."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import soundfile
 import torch
 
 from qwen_audio.data.dataset import encode_entry, target_text
+from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.flat_prompts import FlatPromptDataset, encode_flat
 from qwen_audio.data.manifest import ManifestEntry, Word, read_manifest, write_manifest
 from qwen_audio.prompts import IGNORE_INDEX, encode_task
@@ -158,3 +160,7 @@ def test_srwt_ablation_end_to_end(tmp_path, monkeypatch):
     assert table in (tmp_path / "out" / "srwt_ablation.md").read_text()
     without = read_manifest(tmp_path / "out" / "srwt_ablation_manifests" / "train_without_srwt.jsonl")
     assert without and all(entry.task != "srwt" for entry in without)
+    test = [e for e in read_manifest(build_demo_corpus(size=2)["test"]) if e.task in ("asr", "aqa")]
+    for run in ("with", "without"):
+        lines = (tmp_path / "out" / f"srwt_ablation-{run}" / "predictions.jsonl").read_text().splitlines()
+        assert sorted(json.loads(line)["audio"] for line in lines) == sorted(e.audio for e in test)

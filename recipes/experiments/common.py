@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -42,10 +43,11 @@ EVAL_BATCH = 16
 MISSING = "n/a"
 
 
-def ablation_arguments(description: str, default_epochs: int) -> argparse.ArgumentParser:
+def ablation_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--epochs", type=int, default=default_epochs,
-                        help="training length, in epochs over the full demo training set (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training length, in epochs over the full demo training set (default: demo.yaml's "
+                             "trainer.max_epochs, the main job's length: about 10 minutes a script on 2 free cores)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "experiments",
                         help="folder of the table, the plot and one sub-folder per run (default %(default)s)")
     parser.add_argument("--demo-size", type=int, default=None, help="data.demo_size (default: demo.yaml's)")
@@ -59,6 +61,7 @@ class DemoSetup:
 
     data: dict
     model: str
+    epochs: int
     manifests: dict[str, Path]
 
     @classmethod
@@ -68,7 +71,8 @@ class DemoSetup:
         if args.demo_size is not None:
             data["demo_size"] = args.demo_size
         manifests = build_demo_corpus(seed=data.get("seed", 0), size=data["demo_size"])
-        return cls(data, args.model or config["model"]["model"], manifests)
+        epochs = args.epochs or config["trainer"]["max_epochs"]
+        return cls(data, args.model or config["model"]["model"], epochs, manifests)
 
     def steps_per_epoch(self, train_manifest: Path) -> int:
         """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed sampler
@@ -259,20 +263,28 @@ SCORERS = {"asr": _by_language("ASR"), "srwt": _srwt, "aqa": _accuracy("AQA acc"
            "asc": _accuracy("ASC acc"), "mna": _mna}
 
 
-def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptStyle) -> dict[str, float | None]:
-    """Score the exported model on ``entries`` task by task (:data:`SCORERS` names the metrics)."""
+def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptStyle,
+             predictions: Path) -> dict[str, float | None]:
+    """Score the exported model on ``entries`` task by task (:data:`SCORERS` names the metrics); every generation
+    is written to ``predictions`` (JSONL: task, audio, reference, hypothesis), to be read beside the numbers."""
     model, tokenizer = load_model(str(model_dir))
     scores: dict[str, float | None] = {}
-    for task in sorted({entry.task for entry in entries}):
-        chosen = [entry for entry in entries if entry.task == task]
-        scores.update(SCORERS[task](chosen, generate_answers(model, tokenizer, chosen, style)))
+    with open(predictions, "w", encoding="utf-8") as file:
+        for task in sorted({entry.task for entry in entries}):
+            chosen = [entry for entry in entries if entry.task == task]
+            answers = generate_answers(model, tokenizer, chosen, style)
+            scores.update(SCORERS[task](chosen, answers))
+            for entry, answer in zip(chosen, answers):
+                line = {"task": task, "audio": entry.audio, "reference": target_text(entry), "hypothesis": answer}
+                file.write(json.dumps(line, ensure_ascii=False) + "\n")
     return scores
 
 
-def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: DemoSetup, out: Path, epochs: int,
+def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: DemoSetup, out: Path,
                  columns: Sequence[str], tasks: set[str], note: str) -> str:
-    """Train every variant for the same number of optimizer steps (``epochs`` over the full training set), score
+    """Train every variant for the same number of optimizer steps (``setup.epochs`` over the full training set), score
     them on the test lines of ``tasks``, and write ``out/<name>.md`` and ``out/<name>.png``; returns the table."""
+    epochs = setup.epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     steps_per_epoch = setup.steps_per_epoch(setup.manifests["train"])
@@ -280,7 +292,7 @@ def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: Demo
     runs = [train(variant, out, setup, epochs * steps_per_epoch, steps_per_epoch) for variant in variants]
     for run in runs:
         start = time.perf_counter()
-        run.scores = evaluate(run.model_dir, test, run.variant.prompt_style)
+        run.scores = evaluate(run.model_dir, test, run.variant.prompt_style, run.folder / "predictions.jsonl")
         print(f"[{run.variant.name}] evaluated in {time.perf_counter() - start:.0f} s", flush=True)
     rows = [[run.variant.name, *(run.scores.get(column) for column in columns),
              final_validation_loss(run.metrics_csv), f"{run.seconds:.0f}"] for run in runs]

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from recipes.experiments.common import DemoSetup, Variant, ablation_arguments, run_ablation, write_manifest_without
 
 COLUMNS = ("ASR WER en", "ASR CER zh", "AQA acc")
-DEFAULT_EPOCHS = 3  # each script in about 10 minutes on 2 free cores
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    args = ablation_arguments(__doc__.splitlines()[0], DEFAULT_EPOCHS).parse_args(argv)
+    args = ablation_arguments(__doc__.splitlines()[0]).parse_args(argv)
     setup = DemoSetup.from_arguments(args)
     manifests = args.out / "srwt_ablation_manifests"
     train_without = write_manifest_without(setup.manifests["train"], manifests / "train_without_srwt.jsonl", {"srwt"})
@@ -34,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     ]
     note = ("Paper (Tables 4-5, without vs with SRWT): LibriSpeech test-clean WER 2.22 vs 2.04, Aishell1 test 1.71 vs "
             "1.29, ClothoAQA acc 0.5648 vs 0.5795. Same seed, same other data, same optimizer steps.")
-    return run_ablation("SRWT ablation (demo corpus)", "srwt_ablation", variants, setup, args.out, args.epochs,
+    return run_ablation("SRWT ablation (demo corpus)", "srwt_ablation", variants, setup, args.out,
                         COLUMNS, {"asr", "aqa"}, note)
 
 

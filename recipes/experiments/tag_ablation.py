@@ -17,11 +17,10 @@ from recipes.experiments.common import DemoSetup, Variant, ablation_arguments, r
 COLUMNS = ("ASR WER en", "ASR CER zh", "SRWT WER en", "SRWT CER zh", "SRWT AAS ms", "AQA acc", "ASC acc",
            "MNA instrument acc", "MNA pitch acc")
 TASKS = {"asr", "srwt", "aqa", "asc", "mna"}
-DEFAULT_EPOCHS = 3  # each script in about 10 minutes on 2 free cores
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    args = ablation_arguments(__doc__.splitlines()[0], DEFAULT_EPOCHS).parse_args(argv)
+    args = ablation_arguments(__doc__.splitlines()[0]).parse_args(argv)
     setup = DemoSetup.from_arguments(args)
     variants = [
         Variant("hierarchical tags", "tag_ablation-tags", {}, "tags"),
@@ -29,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     ]
     note = ("Paper §3.2: conditioning on shared and specific hierarchical tags lets datasets share knowledge without "
             "interfering; the flat baseline gives each dataset (task x audio language) its own ID token instead.")
-    return run_ablation("Tag ablation (demo corpus)", "tag_ablation", variants, setup, args.out, args.epochs,
+    return run_ablation("Tag ablation (demo corpus)", "tag_ablation", variants, setup, args.out,
                         COLUMNS, TASKS, note)
 
 
