@@ -244,6 +244,7 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
             - class_path: qwen_audio.lit.ChatTranscript
               init_args: {{per_group: 1, max_new_tokens: 3}}
         model:
+          model: tiny
           init_from: {initial_folder}
           lr: 1.0e-2
           warmup_steps: 1

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from qwen_audio.audio import SAMPLE_RATE, load_audio
-from qwen_audio.data.dataset import Sample, audio_features
+from qwen_audio.data.dataset import Sample, to_sample
 from qwen_audio.data.manifest import ManifestError
 from qwen_audio.prompts import Example, Message, encode_chat
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, AudioLoader, QwenAudioTokenizer
@@ -202,10 +202,5 @@ class ConversationDataset(Dataset):
         return len(self.conversations)
 
     def __getitem__(self, index: int) -> Sample:
-        conversation = self.conversations[index]
-        example = conversation.encode(self.tokenizer, self.max_length)
-        features = [audio_features(w, span.source, self.n_mels) for w, span in zip(example.waveforms, example.audios)]
-        return Sample(
-            torch.tensor(example.ids), torch.tensor(example.labels), [mel for mel, _ in features],
-            [length for _, length in features], "chat" if example.audios else "text",
-        )
+        example = self.conversations[index].encode(self.tokenizer, self.max_length)
+        return to_sample(example, "chat" if example.audios else "text", self.n_mels)

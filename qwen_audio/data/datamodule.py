@@ -13,6 +13,7 @@ from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import AudioTextDataset
 from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.flat_prompts import FlatPromptDataset
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.data.streaming import StreamingAudioTextDataset
@@ -45,6 +46,8 @@ class AudioTextDataModule(L.LightningDataModule):
             (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, for corpora too large to hold in
             memory); the stream never ends, so set ``trainer.max_steps`` and an integer ``val_check_interval``.
         buffer_size: entries a streaming reader gathers, sorts by duration and packs into batches.
+        prompt_style: ``tags``, the paper's hierarchical task tags, or ``flat``, the dataset-ID baseline of the tag
+            ablation (:mod:`qwen_audio.data.flat_prompts`).
     """
 
     def __init__(
@@ -63,12 +66,16 @@ class AudioTextDataModule(L.LightningDataModule):
         demo_size: int = 48,
         streaming: bool = False,
         buffer_size: int = 1000,
+        prompt_style: Literal["tags", "flat"] = "tags",
     ) -> None:
         super().__init__()
+        if streaming and prompt_style != "tags":
+            raise ValueError(f"prompt_style {prompt_style!r} is not available with streaming: true")
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
         self.demo_size, self.streaming, self.buffer_size = demo_size, streaming, buffer_size
+        self.dataset_class = FlatPromptDataset if prompt_style == "flat" else AudioTextDataset
         self.config = QwenAudioConfig.from_name(model)
         self.tokenizer = QwenAudioTokenizer.load(self.config.tokenizer)
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
@@ -100,7 +107,7 @@ class AudioTextDataModule(L.LightningDataModule):
             weights=self.weights if split == "train" else None, num_buckets=self.num_buckets, shuffle=shuffle,
             seed=self.seed,
         )
-        datasets = [AudioTextDataset(entries, self.tokenizer, self.max_length, self.config.encoder.n_mels)
+        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.config.encoder.n_mels)
                     for entries in groups]
         return DataLoader(
             ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,

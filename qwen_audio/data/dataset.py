@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from qwen_audio.audio import SAMPLE_RATE, audio_lengths, load_audio, log_mel_spectrogram, pad_or_trim
 from qwen_audio.data.manifest import ManifestEntry
-from qwen_audio.prompts import QUESTION, TASKS, TimedWord, encode_task, format_timestamped_words
+from qwen_audio.prompts import QUESTION, TASKS, Example, TimedWord, encode_task, format_timestamped_words
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 
@@ -49,20 +49,29 @@ def target_text(entry: ManifestEntry) -> str:
     return entry.text
 
 
-def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80) -> Sample:
-    """Decode the entry's audio and build its training example: tag prompt, target, labels and mel features."""
-    waveform = load_segment(entry)
+def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
+                 max_length: int = 2048) -> Example:
+    """The entry's hierarchical-tag prompt (+ ``target``, learned, when given) with its audio segment decoded."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
-    example = encode_task(
-        tokenizer, entry.task, entry.audio, target_text(entry), audio_language=entry.audio_language,
+    return encode_task(
+        tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
         text_language=None if asked else entry.text_language, question=entry.question,
-        load={entry.audio: waveform}, max_length=max_length,
+        load={entry.audio: load_segment(entry)}, max_length=max_length,
     )
+
+
+def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
+    """Tensors of an encoded example and the encoder input of each of its audios."""
     features = [audio_features(w, span.source, n_mels) for w, span in zip(example.waveforms, example.audios)]
     return Sample(
         torch.tensor(example.ids), torch.tensor(example.labels),
-        [mel for mel, _ in features], [length for _, length in features], entry.task,
+        [mel for mel, _ in features], [length for _, length in features], task,
     )
+
+
+def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80) -> Sample:
+    """Decode the entry's audio and build its training example: tag prompt, target, labels and mel features."""
+    return to_sample(task_example(tokenizer, entry, target_text(entry), max_length), entry.task, n_mels)
 
 
 class AudioTextDataset(Dataset):

@@ -14,9 +14,7 @@ ends with the ``<|0.00|>`` its target starts from: both styles put loss on the s
 
 from __future__ import annotations
 
-import torch
-
-from qwen_audio.data.dataset import AudioTextDataset, Sample, audio_features, load_segment, target_text
+from qwen_audio.data.dataset import AudioTextDataset, Sample, load_segment, target_text, to_sample
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.prompts import IGNORE_INDEX, TASKS, Example
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, TASK_TOKENS, QwenAudioTokenizer, timestamp_token
@@ -75,7 +73,4 @@ class FlatPromptDataset(AudioTextDataset):
 
     def __getitem__(self, index: int) -> Sample:
         entry = self.entries[index]
-        example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
-        (waveform,), (span,) = example.waveforms, example.audios
-        mel, mel_length = audio_features(waveform, span.source, self.n_mels)
-        return Sample(torch.tensor(example.ids), torch.tensor(example.labels), [mel], [mel_length], entry.task)
+        return to_sample(encode_flat(self.tokenizer, entry, target_text(entry), self.max_length), entry.task, self.n_mels)

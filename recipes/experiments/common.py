@@ -24,14 +24,14 @@ import yaml
 from matplotlib.figure import Figure
 
 from qwen_audio.data import AudioTextDataModule
-from qwen_audio.data.dataset import load_segment, target_text
+from qwen_audio.data.dataset import target_text, task_example
 from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.flat_prompts import encode_flat
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate, load_model
 from qwen_audio.metrics import accuracy, alignment_error_ms, error_rate, nsynth_scores
 from qwen_audio.model import QwenAudio
-from qwen_audio.prompts import QUESTION, TASKS, Example, encode_task
+from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,12 +209,7 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 def prompt_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, style: PromptStyle) -> Example:
     """The generation prompt of ``entry`` in the style its model was trained with (as the training examples are
     built, without the target)."""
-    if style == "flat":
-        return encode_flat(tokenizer, entry)
-    asked = TASKS[entry.task].tag == QUESTION  # as encode_entry: a question replaces the text-language tag
-    return encode_task(tokenizer, entry.task, entry.audio, audio_language=entry.audio_language,
-                       text_language=None if asked else entry.text_language, question=entry.question,
-                       load={entry.audio: load_segment(entry)})
+    return encode_flat(tokenizer, entry) if style == "flat" else task_example(tokenizer, entry)
 
 
 def generate_answers(model: QwenAudio, tokenizer: QwenAudioTokenizer, entries: Sequence[ManifestEntry],
