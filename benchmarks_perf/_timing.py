@@ -22,3 +22,10 @@ def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> 
         fn()
         times.append(time.perf_counter() - start)
     return min(times) * 1e3
+
+
+def device_name(device: torch.device) -> str:
+    """What a results table names the device by: the GPU model, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from _timing import measure_ms
+from _timing import device_name, measure_ms
 
 from qwen_audio.audio import HOP_LENGTH, SAMPLE_RATE, conv_frames
 from qwen_audio.modules.attention import AttentionLayout, attention, resolve_backend
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     cases = small_cases(generator) if args.small or not cuda else full_cases(generator)
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(f"attention on mixed-length batches, {name}, {dtype}, torch {torch.__version__}")
     for case in cases:
         padded = len(case.lengths) * int(case.lengths.max())

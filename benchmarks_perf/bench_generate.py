@@ -19,7 +19,7 @@ import dataclasses
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from _timing import measure_ms
+from _timing import device_name, measure_ms
 
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.generate import GenerationConfig, generate, left_pad
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     agreement = (ours_tokens == reference_tokens).float().mean().item()
     rows_identical = int((ours_tokens == reference_tokens).all(dim=1).sum())
 
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     parameters = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.encoder.parameters())
     print(f"greedy generation, {name}, {dtype}, torch {torch.__version__}\n")
     print(f"{config.name}: decoder {config.decoder.num_hidden_layers} layers x {config.decoder.hidden_size}, "

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from _timing import measure_ms
+from _timing import device_name, measure_ms
 
 from qwen_audio.kernels import pool_layer_norm
 
@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     batch = args.batch or (32 if device.type == "cuda" else 2)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(f"pool + LayerNorm on {name}, torch {torch.__version__}")
     for dtype in (torch.float32, torch.bfloat16):
         bench_dtype(batch, dtype, device, args.repeats)

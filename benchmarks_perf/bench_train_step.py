@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from _timing import measure_ms
+from _timing import device_name, measure_ms
 
 from qwen_audio.audio import SAMPLE_RATE, audio_lengths, conv_frames
 from qwen_audio.config import QwenAudioConfig
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     model_flops = module.flops_per_batch
     peak = bf16_peak(device)
 
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     precision = "encoder fp32 + bf16 autocast, frozen LLM bf16" if cuda else "fp32"
     print(f"stage-1 training step, {name}, {precision}, torch {torch.__version__}\n")
     print(f"{config.name}: encoder {config.encoder.n_layer} x {config.encoder.n_state} ({encoder_params / 1e6:.1f} M "
