@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.model import QwenAudio
+from qwen_audio.tokenizer import AUDIO_START, SPECIAL_TOKENS, QwenAudioTokenizer
 
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -110,17 +112,61 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
     return model.to(device=device, dtype=dtype)
 
 
+def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> QwenAudioTokenizer:
+    """The folder's ``qwen.tiktoken``, refused unless it is complete and fits ``config`` (its ``config.json``).
+
+    The special tokens follow the ranks, so a file with one rank too few or too many shifts every special id: the
+    prompts' ``<audio>`` would no longer be the id the model splices audio at. ``<audio>`` landing on
+    ``audio_start_id`` pins the number of ranks, and with it the vocabulary size (``</audio>``, the last id, lies
+    inside ``vocab_size`` by the config's own check).
+    """
+    path = os.path.join(os.fspath(folder), TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing: a checkpoint folder carries its tokenizer (the release's "
+                              f"{TOKENIZER_FILE}, or the file the model was trained with)")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty")
+    try:
+        tokenizer = QwenAudioTokenizer.from_file(path)
+    except ValueError as err:
+        raise CheckpointError(f"{path} is not a complete ranks file (truncated?): {err}") from err
+    if tokenizer.audio_start != config.audio_start_id:
+        needed = config.audio_start_id - SPECIAL_TOKENS.index(AUDIO_START)
+        raise CheckpointError(
+            f"{path} holds {tokenizer.n_regular} ranks, so <audio> would get id {tokenizer.audio_start}; the "
+            f"config's audio_start_id {config.audio_start_id} (vocab_size {config.decoder.vocab_size}) needs "
+            f"{needed} ranks: the file is truncated or belongs to another model")
+    return tokenizer
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless :func:`save_pretrained` can write ``folder``: run at the start of a
+    job that exports at its end, so a bad path is found before hours of training, not after."""
+    folder = os.path.abspath(folder)
+    try:
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise NotADirectoryError(f"{folder} is a file")
+        os.makedirs(folder, exist_ok=True)
+        for where in (folder, os.path.dirname(folder)):  # the staging folder is made beside ``folder``
+            with tempfile.TemporaryDirectory(prefix=".write-check-", dir=where):
+                pass
+    except OSError as err:
+        raise CheckpointError(f"cannot export to {folder}: {err}") from err
+
+
 def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
                     max_shard_size: int | str = "5GB", state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write ``model`` in the released layout (safetensors shards + index when more than one, ``config.json``).
 
-    ``state_dict``: the full weights when ``model`` itself is sharded (FSDP gathers them first). The folder is
-    written beside its destination and renamed into place, so a crash leaves the previous export intact.
+    ``state_dict``: the full weights when ``model`` itself is sharded (FSDP gathers them first). The files are
+    written into a staging folder beside ``folder``, then each is renamed over its namesake in ``folder``
+    (:func:`_move_into`): a crash while writing leaves the previous export intact, and files that are not part of
+    the layout (a user's notes, a README) stay. Folder and files get the permissions the umask gives.
     """
     folder = os.path.abspath(folder)
+    check_writable(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=os.path.dirname(folder))
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.staging-", dir=os.path.dirname(folder))
     try:
         split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
                                                    max_shard_size=max_shard_size)
@@ -135,11 +181,27 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
             json.dump(hf_config, f, indent=2)
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, os.path.join(staging, TOKENIZER_FILE))
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)
-        os.rename(staging, folder)
+        _move_into(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|" + re.escape(SAFE_INDEX))
+
+
+def _move_into(staging: str, folder: str) -> None:
+    """Rename every file of ``staging`` into ``folder`` (each an atomic replace), weights first and ``config.json``
+    last, then delete the safetensors weights of an earlier export that the new one does not have (a stale index or
+    shard would be read in place of the new weights). Nothing else in ``folder`` is touched."""
+    umask = os.umask(0)
+    os.umask(umask)
+    written = sorted(os.listdir(staging), key=lambda name: (name == "config.json", name == SAFE_INDEX, name))
+    for name in written:
+        os.chmod(os.path.join(staging, name), 0o666 & ~umask)  # safetensors creates its files 0600
+        os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    for name in set(os.listdir(folder)) - set(written):
+        if _WEIGHT_FILE.fullmatch(name):
+            os.remove(os.path.join(folder, name))
 
 
 def read_whisper_encoder(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from qwen_audio.checkpoint import TOKENIZER_FILE, load_pretrained
+from qwen_audio.checkpoint import load_pretrained, read_tokenizer
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.dataset import audio_features
 from qwen_audio.model import QwenAudio
@@ -282,7 +282,7 @@ def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, co
 
 def load_model(checkpoint: str, *, random_init: bool = False,
                device: torch.device | str = "cpu") -> tuple[QwenAudio, QwenAudioTokenizer]:
-    """A released-layout folder (its ``qwen.tiktoken`` if present, else the config's tokenizer), or with
+    """A released-layout folder (its ``qwen.tiktoken``, checked against its ``config.json``), or with
     ``random_init`` a preset name (weights drawn with seed 0, for smoke tests). The model is in eval mode;
     on CPU in fp32, elsewhere in the checkpoint's dtype."""
     if random_init:
@@ -295,10 +295,7 @@ def load_model(checkpoint: str, *, random_init: bool = False,
         raise FileNotFoundError(f"checkpoint folder not found: {checkpoint} (a preset name needs --random-init)")
     dtype = torch.float32 if torch.device(device).type == "cpu" else None
     model = load_pretrained(checkpoint, dtype=dtype, device=device).eval()
-    tokenizer_file = os.path.join(checkpoint, TOKENIZER_FILE)
-    if os.path.isfile(tokenizer_file):
-        return model, QwenAudioTokenizer.from_file(tokenizer_file)
-    return model, QwenAudioTokenizer.load(model.config.tokenizer)
+    return model, read_tokenizer(checkpoint, model.config)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -142,11 +142,10 @@ class QwenAudio(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike, *, dtype: torch.dtype | None = None,
                         device: torch.device | str = "cpu", allow_pickle: bool = False):
         """Load a folder in the released layout; returns ``(model, tokenizer)``. See :mod:`qwen_audio.checkpoint`."""
-        from qwen_audio.checkpoint import load_pretrained
-        from qwen_audio.tokenizer import QwenAudioTokenizer
+        from qwen_audio.checkpoint import load_pretrained, read_tokenizer
 
         model = load_pretrained(folder, dtype=dtype, device=device, allow_pickle=allow_pickle)
-        return model, QwenAudioTokenizer.from_file(os.path.join(folder, "qwen.tiktoken"))
+        return model, read_tokenizer(folder, model.config)
 
     def save_pretrained(self, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
                         max_shard_size: int | str = "5GB", state_dict: dict[str, torch.Tensor] | None = None) -> None:

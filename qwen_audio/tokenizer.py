@@ -139,6 +139,8 @@ class QwenAudioTokenizer:
     def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "qwen_audio", path: str | None = None) -> None:
         """``path``: the ranks file read, kept so a saved model folder can carry its tokenizer."""
         n_regular = len(mergeable_ranks)
+        if not n_regular:
+            raise ValueError(f"{name} holds no ranks")
         if sorted(mergeable_ranks.values()) != list(range(n_regular)):
             raise ValueError(f"ranks of {name} must be exactly 0 ... {n_regular - 1}, each once")
         self.name, self.path = name, path

@@ -7,7 +7,6 @@ exactly once; Lightning's distributed sampler must stay off (``trainer.use_distr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from qwen_audio.audio import load_audio
 from qwen_audio.benchmarks import BenchmarkItem, get_benchmark, read_benchmark_file
-from qwen_audio.checkpoint import TOKENIZER_FILE
+from qwen_audio.checkpoint import read_tokenizer
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.dataset import target_text
 from qwen_audio.data.demo import build_demo_corpus
@@ -34,10 +33,7 @@ def load_tokenizer(model: str, checkpoint: str | None) -> QwenAudioTokenizer:
     """The vocabulary of the model evaluated: a released-layout ``checkpoint`` folder's own, else the preset's."""
     if checkpoint is None:
         return QwenAudioTokenizer.load(QwenAudioConfig.from_name(model).tokenizer)
-    tokenizer_file = os.path.join(checkpoint, TOKENIZER_FILE)
-    if not os.path.isfile(tokenizer_file):
-        raise FileNotFoundError(f"checkpoint folder {checkpoint} has no {TOKENIZER_FILE}")
-    return QwenAudioTokenizer.from_file(tokenizer_file)
+    return read_tokenizer(checkpoint, QwenAudioConfig.from_hf_config(checkpoint))
 
 
 def demo_items(entries: Sequence[ManifestEntry]) -> list[BenchmarkItem]:

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from qwen_audio.chat import chat
+from qwen_audio.checkpoint import CheckpointError, check_writable
 from qwen_audio.data.dataset import load_segment
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate
@@ -123,12 +124,27 @@ class ExportPretrained(L.Callback):
     """Writes the trained model at the end of fit in the released layout (``config.json``, safetensors,
     ``qwen.tiktoken``): the folder that generation, chat, evaluation and the SFT recipe's ``init_from`` read.
 
-    Under FSDP every rank takes part in gathering the full weights; rank 0 writes them (atomically, see
-    :func:`qwen_audio.checkpoint.save_pretrained`).
+    Under FSDP every rank takes part in gathering the full weights; rank 0 writes them (each file replaced
+    atomically, other files in the folder kept, see :func:`qwen_audio.checkpoint.save_pretrained`). The folder is
+    checked for writability when fit starts.
     """
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        """Fail before training, not after it, when the export folder cannot be written."""
+        if stage != "fit":
+            return
+        problem = None
+        if trainer.is_global_zero:
+            try:
+                check_writable(self.dirpath)
+            except CheckpointError as err:
+                problem = str(err)
+        problem = trainer.strategy.broadcast(problem)
+        if problem is not None:
+            raise CheckpointError(problem)
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if getattr(module, "lora", None) is not None:
