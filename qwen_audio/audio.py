@@ -18,6 +18,8 @@ import soundfile
 import torch
 import torchaudio
 
+from qwen_audio.errors import InputError
+
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop
@@ -30,7 +32,7 @@ DYNAMIC_RANGE = 8.0  # log10 units kept below each example's maximum
 AudioSource = Union[str, os.PathLike, BinaryIO]
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """An audio file that exists but cannot be used (unreadable, empty or non-finite)."""
 
 

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from qwen_audio.config import QwenAudioConfig
+from qwen_audio.errors import InputError
 from qwen_audio.model import QwenAudio
 from qwen_audio.tokenizer import AUDIO_START, SPECIAL_TOKENS, QwenAudioTokenizer
 
@@ -30,7 +31,7 @@ TOKENIZER_FILE = "qwen.tiktoken"
 ENCODER_PREFIX = "transformer.audio."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file or folder that does not hold the weights the model needs."""
 
 

@@ -13,10 +13,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qwen_audio.errors import InputError
+
 AttentionBackend = Literal["auto", "sdpa", "varlen", "flash_attn"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or preset name that cannot describe a Qwen-Audio model."""
 
 

@@ -36,6 +36,7 @@ from transformers.generation.logits_process import (
 from qwen_audio.checkpoint import load_pretrained, read_tokenizer
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.dataset import audio_features
+from qwen_audio.errors import TRACEBACK_VARIABLE, input_errors_reported
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import MODEL_MAX_LENGTH, AudioTokens, QwenAudioTokenizer
@@ -368,17 +369,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--long-form", action="store_true",
                         help="transcribe audio over 30 s in consecutive windows (qwen_audio.longform) instead of "
                              "truncating it as the release does")
+    parser.add_argument("--print-traceback", action="store_true",
+                        help=f"show the traceback of an input error raised while generating (or set {TRACEBACK_VARIABLE}=1)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    model, tokenizer = load_model_from_arguments(parser, args)
-    config = config_from_arguments(parser, args, GenerationConfig.base(tokenizer))
-    if args.long_form:
-        results = [_long_form(parser, model, tokenizer, prompt, config) for prompt in args.prompt]
-    else:
-        results = _generate_all(parser, model, tokenizer, args.prompt, config, args.batch_size)
-    for result in results:
-        print(json.dumps(result, ensure_ascii=False) if args.json else result["text"], flush=True)
+    with input_errors_reported(args.print_traceback):
+        model, tokenizer = load_model_from_arguments(parser, args)
+        config = config_from_arguments(parser, args, GenerationConfig.base(tokenizer))
+        if args.long_form:
+            results = [_long_form(parser, model, tokenizer, prompt, config) for prompt in args.prompt]
+        else:
+            results = _generate_all(parser, model, tokenizer, args.prompt, config, args.batch_size)
+        for result in results:
+            print(json.dumps(result, ensure_ascii=False) if args.json else result["text"], flush=True)
 
 
 def _generate_all(parser: argparse.ArgumentParser, model: QwenAudio, tokenizer: QwenAudioTokenizer,

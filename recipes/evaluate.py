@@ -8,22 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning.pytorch.cli import LightningCLI
 
 from qwen_audio.data.benchmark_datamodule import BenchmarkDataModule
 from qwen_audio.lit.evaluation import BenchmarkEvaluation
+from recipes.cli import QwenAudioCLI, run
 
 
-class EvaluateCLI(LightningCLI):
+class EvaluateCLI(QwenAudioCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.model", "data.model")
+        super().add_arguments_to_parser(parser)
         parser.link_arguments("model.checkpoint", "data.checkpoint")
 
     def _parse_ckpt_path(self) -> None:
         """Lightning merges a ``--ckpt_path`` checkpoint's hyperparameters into the model's config. A training
         checkpoint's describe training (stage, learning rate, ...); only its ``model`` preset, the architecture its
         weights fit, applies to evaluation, so only that is taken."""
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        ckpt_path = self.checked_ckpt_path()
         if ckpt_path and Path(ckpt_path).is_file():
             hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
             if "model" in hparams:
@@ -32,7 +32,7 @@ class EvaluateCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> EvaluateCLI:
-    return EvaluateCLI(BenchmarkEvaluation, BenchmarkDataModule, args=args, save_config_kwargs={"overwrite": True})
+    return run(EvaluateCLI, BenchmarkEvaluation, BenchmarkDataModule, args)
 
 
 if __name__ == "__main__":

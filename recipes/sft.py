@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from qwen_audio.data.chat_datamodule import ChatDataModule
 from qwen_audio.lit import QwenAudioModule
-from recipes.cli import QwenAudioCLI
+from recipes.cli import QwenAudioCLI, run
 
 
 def main(args: list[str] | None = None) -> QwenAudioCLI:
-    return QwenAudioCLI(QwenAudioModule, ChatDataModule, args=args, save_config_kwargs={"overwrite": True})
+    return run(QwenAudioCLI, QwenAudioModule, ChatDataModule, args)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,8 @@ def test_convert_cli_writes_a_loadable_folder(tiny_model, tmp_path, capsys):
                          "--out", str(out), "--preset", "tiny", "--dtype", "float32"]) == 0
     assert (out / "qwen.tiktoken").read_bytes() == b"IQ== 0\n"
     assert load_pretrained(out).encoder.conv1.weight.dtype == torch.float32
-    assert convert_main(["init-stage1", "--whisper", str(tmp_path / "missing.pt"), "--qwen", str(qwen),
-                         "--out", str(out), "--preset", "tiny"]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(["init-stage1", "--whisper", str(tmp_path / "missing.pt"), "--qwen", str(qwen),
+                      "--out", str(out), "--preset", "tiny"])
+    assert exit_info.value.code == 1
     assert "Whisper checkpoint not found" in capsys.readouterr().err

@@ -13,8 +13,9 @@ import sys
 
 import torch
 
-from qwen_audio.checkpoint import TOKENIZER_FILE, CheckpointError, init_stage1, load_pretrained, save_pretrained
-from qwen_audio.config import PRESETS, ConfigError, QwenAudioConfig
+from qwen_audio.checkpoint import TOKENIZER_FILE, init_stage1, load_pretrained, save_pretrained
+from qwen_audio.config import PRESETS, QwenAudioConfig
+from qwen_audio.errors import TRACEBACK_VARIABLE, input_errors_reported
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -42,6 +43,8 @@ def _to_safetensors(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qwen_audio.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--print-traceback", action="store_true",
+                        help=f"show the traceback of input errors too (or set {TRACEBACK_VARIABLE}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     stage1 = commands.add_parser("init-stage1", help="Whisper-large-v2 encoder + Qwen-7B decoder -> stage-1 checkpoint")
@@ -66,11 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+    with input_errors_reported(args.print_traceback):
         args.run(args)
-    except (CheckpointError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     return 0
 
 

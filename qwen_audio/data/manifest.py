@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import soundfile
 
+from qwen_audio.errors import InputError
 from qwen_audio.prompts import TASKS
 
 # The language tags of the released tokenizer (``<|en|>`` ... ``<|zh_tr|>``).
@@ -35,7 +36,7 @@ UNKNOWN_LANGUAGE = "unknown"  # read as ``None``
 TIME_TOLERANCE = 0.01  # seconds: word ends may pass the duration (and segments the file's end) by one timestamp step
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest line that cannot be used; the message reads ``path:line: field: reason``."""
 
     def __init__(self, reason: str, *, field: str | None = None, path: str | None = None, line: int | None = None):

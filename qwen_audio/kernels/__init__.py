@@ -14,6 +14,7 @@ import os
 import torch
 
 from qwen_audio.audio import _log_mel_torch
+from qwen_audio.errors import InputError
 from qwen_audio.kernels.mel import log_mel_triton
 from qwen_audio.kernels.pool import PoolLayerNorm, check_pool_layer_norm_inputs, pool_layer_norm_reference
 
@@ -25,7 +26,7 @@ KERNELS_ENV_VAR = "QWEN_AUDIO_KERNELS"
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
-class KernelBackendError(ValueError):
+class KernelBackendError(InputError):
     """An unknown backend name, or ``"triton"`` asked for where Triton cannot run."""
 
 

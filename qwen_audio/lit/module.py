@@ -19,7 +19,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from qwen_audio.audio import conv_frames, spec_augment
 from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_state_dict
-from qwen_audio.config import QwenAudioConfig
+from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
 from qwen_audio.model import QwenAudio, token_losses
@@ -63,7 +63,7 @@ class QwenAudioModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if lora is not None and train != "decoder":
-            raise ValueError(f"lora adapts the decoder alone: it needs train='decoder', got train={train!r}")
+            raise ConfigError(f"lora adapts the decoder alone: it needs train='decoder', got train={train!r}")
         self.save_hyperparameters()
         # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep the dataclass
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
@@ -83,7 +83,7 @@ class QwenAudioModule(L.LightningModule):
         self._decoder_params = sum(p.numel() for p in self.model.parameters()) - self._encoder_params
         if self.device_mesh is not None:
             if self.device_mesh["tensor_parallel"].size() > 1:
-                raise ValueError(
+                raise ConfigError(
                     f"ModelParallelStrategy gave a tensor-parallel group of {self.device_mesh['tensor_parallel'].size()}"
                     " devices, but this model is sharded with FSDP2 only: set the strategy's tensor_parallel_size: 1"
                     " and data_parallel_size: num_nodes x devices (its 'auto' means 1 per node)")
@@ -113,6 +113,13 @@ class QwenAudioModule(L.LightningModule):
             check_state_dict(expected_shapes(self.model), state, self.hparams.init_from)
         set_model_state_dict(self.model, state, options=StateDictOptions(
             full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized()))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a resumed checkpoint whose weights do not fit this model, naming the file and every mismatched key
+        (sharded checkpoints hold no ``state_dict`` here; torch.distributed.checkpoint checks their shards)."""
+        if "state_dict" in checkpoint:
+            expected = {f"model.{k}": shape for k, shape in expected_shapes(self.model).items()}
+            check_state_dict(expected, checkpoint["state_dict"], f"--ckpt_path {self.trainer.ckpt_path}")
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(
