@@ -17,7 +17,9 @@ import binascii
 import hashlib
 import importlib.resources
 import os
+import re
 import unicodedata
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ SILENCE = "<|sil|>"
 UNKNOWN_LANGUAGE = "<|unknown|>"
 LANGUAGES = ("en", "zh", "de", "es", "ko", "fr", "ja", "it")
 MAX_TIMESTAMP_CS = 3000  # timestamps <|0.00|> ... <|30.00|> in centiseconds
+TAG_LIKE = re.compile(r"<\|[^<>|\s]+\|>")
 
 
 def timestamp_token(seconds: float) -> str:
@@ -226,7 +229,16 @@ class QwenAudioTokenizer:
         text = unicodedata.normalize("NFC", text)
         if allowed_special != "all":
             allowed_special = frozenset(allowed_special)
+        if allowed_special:
+            self._warn_unknown_tags(text)
         return self.encoding.encode(text, allowed_special=allowed_special, disallowed_special=())
+
+    def _warn_unknown_tags(self, text: str) -> None:
+        """Tag-like text that is no special token (a typo such as ``<|xx|>``) stays text, as in the release, so
+        parity holds; but where the caller reads tags from text, it most likely meant a tag: say so."""
+        for tag in sorted(set(TAG_LIKE.findall(text)) - self.special_tokens.keys()):
+            warnings.warn(f"{tag} in the prompt is not a special token of the Qwen-Audio vocabulary; it is encoded "
+                          f"as plain text", stacklevel=3)
 
     def decode(self, ids: Sequence[int], audio_sources: Sequence[str] | None = None) -> str:
         """Text of ``ids``. With ``audio_sources``, each expanded audio span (``<audio>``, placeholders,

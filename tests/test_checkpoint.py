@@ -194,3 +194,107 @@ def test_convert_cli_writes_a_loadable_folder(tiny_model, tmp_path, capsys):
                       "--out", str(out), "--preset", "tiny"])
     assert exit_info.value.code == 1
     assert "Whisper checkpoint not found" in capsys.readouterr().err
+
+
+def _modes(folder) -> dict[str, int]:
+    return {name: os.stat(os.path.join(folder, name)).st_mode & 0o777 for name in ["", *os.listdir(folder)]}
+
+
+def test_export_keeps_foreign_files_replaces_its_own_and_follows_the_umask(tiny_model, tmp_path):
+    from qwen_audio.tokenizer import DEMO_RANKS_FILE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    tiny_model.save_pretrained(out, tokenizer_file=DEMO_RANKS_FILE, max_shard_size="1MB")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors.index.json").is_file()
+    previous = os.umask(0o027)
+    try:
+        tiny_model.save_pretrained(out, tokenizer_file=DEMO_RANKS_FILE)  # one file now: the shards are stale
+        tiny_model.save_pretrained(tmp_path / "fresh")
+    finally:
+        os.umask(previous)
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "notes.txt", "qwen.tiktoken"]
+    assert sorted(os.listdir(tmp_path)) == ["fresh", "out"]  # no staging folder left behind
+    assert _modes(tmp_path / "fresh") == {"": 0o750, "config.json": 0o640, "model.safetensors": 0o640}
+    assert _modes(out)["model.safetensors"] == 0o640 and _modes(out)["notes.txt"] == 0o644
+    loaded = load_pretrained(out)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in tiny_model.state_dict().items())
+
+
+def test_export_to_an_unwritable_place_is_refused_up_front(tiny_model, tmp_path):
+    from qwen_audio.checkpoint import check_writable
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match=r"cannot export to .*file/out"):
+        check_writable(tmp_path / "file" / "out")
+    with pytest.raises(CheckpointError, match=r"cannot export to .*file: .*is a file"):
+        tiny_model.save_pretrained(tmp_path / "file")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(CheckpointError, match="Permission denied"):
+            check_writable(locked / "out")
+
+
+def test_convert_keeps_foreign_files_in_out(tiny_model, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir(), out.mkdir()
+    (src / "config.json").write_text(json.dumps(tiny_model.config.to_hf_config()))
+    torch.save(tiny_model.state_dict(), src / "pytorch_model.bin")
+    (out / "README.md").write_text("mine")
+    assert convert_main(["to-safetensors", "--src", str(src), "--out", str(out)]) == 0
+    assert (out / "README.md").read_text() == "mine" and (out / "model.safetensors").is_file()
+
+
+def _folder_with_tokenizer(model: QwenAudio, folder, ranks: bytes | None) -> None:
+    model.save_pretrained(folder)
+    if ranks is not None:
+        (folder / "qwen.tiktoken").write_bytes(ranks)
+
+
+@pytest.mark.parametrize(("cut", "message"), [
+    (None, r"qwen\.tiktoken is missing"),
+    (0, r"qwen\.tiktoken is empty"),
+    (2048, r"holds 2048 ranks, so <audio> would get id 5568; the config's audio_start_id 7616 .* needs 4096 ranks"),
+    (-1, r"not a complete ranks file \(truncated\?\)"),  # cut inside the last line
+])
+def test_a_missing_empty_or_truncated_tokenizer_is_named(tiny_model, tmp_path, cut, message):
+    from qwen_audio.generate import load_model
+    from qwen_audio.tokenizer import DEMO_RANKS_FILE
+
+    lines = DEMO_RANKS_FILE.read_bytes().splitlines(keepends=True)
+    ranks = {None: None, 0: b"", 2048: b"".join(lines[:2048]), -1: b"".join(lines)[:-5]}[cut]
+    _folder_with_tokenizer(tiny_model, tmp_path, ranks)
+    for load in (QwenAudio.from_pretrained, load_model):
+        with pytest.raises(CheckpointError, match=message):
+            load(str(tmp_path))
+
+
+def test_the_complete_tokenizer_fits_its_config(tiny_model, tmp_path):
+    from qwen_audio.tokenizer import DEMO_RANKS_FILE
+
+    _folder_with_tokenizer(tiny_model, tmp_path, DEMO_RANKS_FILE.read_bytes())
+    _, tokenizer = QwenAudio.from_pretrained(tmp_path)
+    assert (tokenizer.audio_start, tokenizer.n_vocab) == (7616, 7618)  # the tiny preset's ids (config.py)
+
+
+def test_export_callback_checks_the_folder_when_fit_starts_and_keeps_foreign_files(tiny_model, tmp_path):
+    from types import SimpleNamespace
+
+    from qwen_audio.lit import ExportPretrained
+    from qwen_audio.tokenizer import DEMO_RANKS_FILE
+
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(tokenizer=SimpleNamespace(
+        path=str(DEMO_RANKS_FILE))), strategy=SimpleNamespace(broadcast=lambda value: value, barrier=lambda: None))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot export to"):
+        ExportPretrained(str(tmp_path / "file" / "out")).setup(trainer, None, "fit")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    callback = ExportPretrained(str(out))
+    callback.setup(trainer, None, "fit")
+    callback.on_fit_end(trainer, SimpleNamespace(model=tiny_model, lora=None))
+    assert (out / "notes.txt").read_text() == "mine"
+    assert QwenAudio.from_pretrained(out)[1].n_vocab == 7618

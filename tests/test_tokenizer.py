@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,22 @@ def test_check_audio_features(released):
 def test_decode_rejects_unknown_ids(demo):
     with pytest.raises(ValueError, match="token id 7618"):
         demo.decode([1, 7618])
+
+
+def test_unknown_tag_in_a_prompt_warns_and_stays_text(demo):
+    """The release encodes ``<|xx|>`` as the plain text it is (tiktoken itself, the oracle); say that it did."""
+    with pytest.warns(UserWarning, match=r"<\|xx\|> in the prompt is not a special token"):
+        ids = demo.encode("<|startoftranscript|><|xx|><|30.01|>", allowed_special="all")
+    plain = demo.encoding.encode("<|xx|><|30.01|>", disallowed_special=())
+    assert ids == [demo.special_id("<|startoftranscript|>"), *plain]
+    with pytest.warns(UserWarning, match=r"<\|30\.01\|>"):
+        demo.encode("<|30.01|>", allowed_special="all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        demo.encode("<|en|> text <|xx|>")  # no tags read from this text: nothing to warn about
+        demo.encode("<|en|><|0.50|>", allowed_special="all")
+
+
+def test_no_ranks_is_named():
+    with pytest.raises(ValueError, match="empty.tiktoken holds no ranks"):
+        QwenAudioTokenizer({}, name="empty.tiktoken")
