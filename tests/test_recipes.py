@@ -112,9 +112,14 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path, demo_dir):
                 extra_path=killed, check=False)
     assert died.returncode == -9, died.stderr[-3000:]
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    # as if killed between the two writes: --ckpt_path last must take the step checkpoint, not start over
+    (killed / "checkpoints" / "last.ckpt").unlink()
     _run(["fit", "--config", str(DEMO), "--config", str(_overrides(killed, 6)), "--ckpt_path", "last"], demo_dir)
     expected, resumed = _losses(straight), _losses(killed)
     assert sorted(expected) == list(range(6)) and sorted(resumed) == list(range(6))
+    second = [int(row["step"]) for row in csv.DictReader((killed / "lightning_logs/version_1/metrics.csv").open())
+              if row.get("train/loss")]
+    assert min(second) == 2, "the resumed run must start at the checkpoint's step"
     for step in range(6):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
 
