@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="transcribe audio over 30 s in consecutive windows (qwen_audio.longform) instead of "
                              "truncating it as the release does")
     parser.add_argument("--print-traceback", action="store_true",
-                        help=f"show the traceback of an input error raised while generating (or set {TRACEBACK_VARIABLE}=1)")
+                        help=f"show the traceback of input errors too (or set {TRACEBACK_VARIABLE}=1)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
