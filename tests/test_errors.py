@@ -42,7 +42,8 @@ def test_other_errors_and_asked_for_tracebacks_propagate(monkeypatch):
 
 
 def _recipe(*args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {**{k: v for k, v in os.environ.items() if k != "QWEN_AUDIO_TRACEBACK"}, "PYTHONPATH": str(REPO), **env}
+    environment = {k: v for k, v in os.environ.items() if k != "QWEN_AUDIO_TRACEBACK"}
+    environment.update(PYTHONPATH=str(REPO), **env)
     return subprocess.run([sys.executable, "-m", "recipes.pretrain", "fit", "--config",
                            "recipes/configs/pretrain/demo.yaml", "--trainer.logger", "false", "--trainer.callbacks",
                            "null", *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
