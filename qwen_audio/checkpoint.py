@@ -4,6 +4,8 @@ Released layout (Qwen/Qwen-Audio, Qwen/Qwen-Audio-Chat): ``config.json``, ``qwen
 ``model.safetensors`` or shards ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``.
 ``pytorch_model*.bin`` shards are pickles and are read only when the caller passes ``allow_pickle=True``.
 Every load is strict: missing, unexpected or mis-shaped keys raise :class:`CheckpointError` listing them.
+Qwen2-Audio folders (``config.json`` of ``Qwen2AudioForConditionalGeneration``, ``tokenizer.json``) load and save
+through the same functions, their names translated by :mod:`qwen_audio.qwen2_audio.weights`.
 """
 
 from __future__ import annotations
@@ -105,9 +107,25 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
     with torch.device("meta"):
         model = QwenAudio(config)
     state = read_state_dict(folder, allow_pickle)
+    if config.family == "qwen2-audio":
+        from qwen_audio.qwen2_audio.weights import to_ours
+
+        state = to_ours(state, folder)
     check_state_dict(expected_shapes(model), state, os.fspath(folder))
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype)
+
+
+def load_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig):
+    """The folder's tokenizer (``qwen.tiktoken``, or Qwen2-Audio's ``tokenizer.json``), else the config's."""
+    from qwen_audio.qwen2_audio.tokenizer import TOKENIZER_JSON, Qwen2AudioTokenizer
+    from qwen_audio.tokenizer import QwenAudioTokenizer
+
+    if config.family == "qwen2-audio" and os.path.isfile(os.path.join(folder, TOKENIZER_JSON)):
+        return Qwen2AudioTokenizer.from_file(os.path.join(folder, TOKENIZER_JSON))
+    if config.family == "qwen-audio" and os.path.isfile(os.path.join(folder, TOKENIZER_FILE)):
+        return QwenAudioTokenizer.from_file(os.path.join(folder, TOKENIZER_FILE))
+    return QwenAudioTokenizer.load(config.tokenizer)
 
 
 def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
@@ -119,6 +137,12 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
     """
     folder = os.path.abspath(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    dtype = state["lm_head.weight"].dtype
+    if model.config.family == "qwen2-audio":
+        from qwen_audio.qwen2_audio.folder import write_side_files
+        from qwen_audio.qwen2_audio.weights import to_hf
+
+        state = to_hf(state)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", dir=os.path.dirname(folder))
     try:
@@ -130,10 +154,12 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
             with open(os.path.join(staging, SAFE_INDEX), "w", encoding="utf-8") as f:
                 json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
         hf_config = model.config.to_hf_config()
-        hf_config["torch_dtype"] = str(state["lm_head.weight"].dtype).removeprefix("torch.")
+        hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
-        if tokenizer_file is not None:
+        if model.config.family == "qwen2-audio":
+            write_side_files(staging, model.config, tokenizer_file)
+        elif tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, os.path.join(staging, TOKENIZER_FILE))
         if os.path.isdir(folder):
             shutil.rmtree(folder)

@@ -95,8 +95,14 @@ class QwenAudio(nn.Module):
         self.decoder.activation_checkpointing = enabled
 
     def encode_audio(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
-        """Per clip ``[n_audio + 2, hidden]``: see :class:`AudioEncoder`."""
-        return self.encoder(mel, mel_lengths)
+        """Per clip ``[n_audio + 2, hidden]``: see :class:`AudioEncoder`. Without learned markers (Qwen2-Audio) the
+        ends are the embeddings of the marker tokens ``<|audio_bos|>``/``<|audio_eos|>``, which the prompt holds."""
+        clips = self.encoder(mel, mel_lengths)
+        if self.config.encoder.learned_markers:
+            return clips
+        markers = self.transformer.wte(torch.tensor([self.config.audio_start_id, self.config.audio_end_id],
+                                                    device=self.transformer.wte.weight.device))
+        return [torch.cat([markers[:1], clip.to(markers.dtype), markers[1:]]) for clip in clips]
 
     def forward(
         self,
@@ -142,11 +148,10 @@ class QwenAudio(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike, *, dtype: torch.dtype | None = None,
                         device: torch.device | str = "cpu", allow_pickle: bool = False):
         """Load a folder in the released layout; returns ``(model, tokenizer)``. See :mod:`qwen_audio.checkpoint`."""
-        from qwen_audio.checkpoint import load_pretrained
-        from qwen_audio.tokenizer import QwenAudioTokenizer
+        from qwen_audio.checkpoint import load_pretrained, load_tokenizer
 
         model = load_pretrained(folder, dtype=dtype, device=device, allow_pickle=allow_pickle)
-        return model, QwenAudioTokenizer.from_file(os.path.join(folder, "qwen.tiktoken"))
+        return model, load_tokenizer(folder, model.config)
 
     def save_pretrained(self, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
                         max_shard_size: int | str = "5GB", state_dict: dict[str, torch.Tensor] | None = None) -> None:
