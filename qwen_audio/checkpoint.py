@@ -106,14 +106,21 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
     config = config or QwenAudioConfig.from_hf_config(folder)
     with torch.device("meta"):
         model = QwenAudio(config)
+    state = read_model_state_dict(folder, config, allow_pickle)
+    check_state_dict(expected_shapes(model), state, os.fspath(folder))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype)
+
+
+def read_model_state_dict(folder: str | os.PathLike, config: QwenAudioConfig,
+                          allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The folder's tensors under our state-dict keys (a Qwen2-Audio folder's names go through its weight map)."""
     state = read_state_dict(folder, allow_pickle)
     if config.family == "qwen2-audio":
         from qwen_audio.qwen2_audio.weights import to_ours
 
         state = to_ours(state, folder)
-    check_state_dict(expected_shapes(model), state, os.fspath(folder))
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype)
+    return state
 
 
 def load_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig):
