@@ -24,9 +24,11 @@ from transformers import (
 )
 
 from qwen_audio.audio import SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+from qwen_audio.chat import build_context, chat
 from qwen_audio.checkpoint import CheckpointError
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.generate import GenerationConfig, encode_prompts, generate, load_model, main
+from qwen_audio.prompts import DEFAULT_SYSTEM
 from qwen_audio.qwen2_audio.hf_config import config_from_hf
 from qwen_audio.qwen2_audio.tokenizer import DEMO_TOKENIZER_FILE, Qwen2AudioTokenizer, feature_lengths
 
@@ -207,3 +209,25 @@ def test_refusals_name_the_file_and_key(release, tmp_path):
     save_file(state, extra / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"missing key 'language_model.model.layers.1.self_attn.v_proj.bias'"):
         load_model(str(extra))
+
+
+def test_chat_follows_the_release_chat_template(release):
+    model, tokenizer = load_model(release["folder"])
+    config = GenerationConfig.chat(tokenizer, do_sample=False, max_new_tokens=6)
+    first = f"Audio 1: <audio>{release['a']}</audio>\nWhat's that sound?"
+    response, history = chat(model, tokenizer, first, config=config)
+    second = f"Audio 2: <audio>{release['b']}</audio>\nAnd this one?"
+    context = build_context(tokenizer, second, history, DEFAULT_SYSTEM)
+    messages = [
+        {"role": "user", "content": [{"type": "audio", "audio_url": release["a"]}, {"type": "text", "text": "What's that sound?"}]},
+        {"role": "assistant", "content": response},
+        {"role": "user", "content": [{"type": "audio", "audio_url": release["b"]}, {"type": "text", "text": "And this one?"}]},
+    ]
+    text = release["processor"].apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = release["processor"](text=text, audio=[release["waves"]["a.wav"], release["waves"]["b.wav"]],
+                                  sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    assert context.ids == inputs["input_ids"][0].tolist()
+    hf = release["model"].generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=STOPS, pad_token_id=4096)
+    new = hf[0, inputs["input_ids"].shape[1]:].tolist()
+    ends = [i for i, t in enumerate(new) if t in (tokenizer.im_end, tokenizer.im_start, tokenizer.eod)]
+    assert chat(model, tokenizer, second, history, config=config)[0] == tokenizer.decode(new[:ends[0]] if ends else new).strip()
