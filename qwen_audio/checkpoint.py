@@ -117,8 +117,10 @@ def read_model_state_dict(folder: str | os.PathLike, config: QwenAudioConfig,
     """The folder's tensors under our state-dict keys (a Qwen2-Audio folder's names go through its weight map)."""
     state = read_state_dict(folder, allow_pickle)
     if config.family == "qwen2-audio":
+        from qwen_audio.qwen2_audio.folder import check_preprocessor_config
         from qwen_audio.qwen2_audio.weights import to_ours
 
+        check_preprocessor_config(folder, config)
         state = to_ours(state, folder)
     return state
 

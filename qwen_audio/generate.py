@@ -284,9 +284,9 @@ def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, co
 
 def load_model(checkpoint: str, *, random_init: bool = False,
                device: torch.device | str = "cpu") -> tuple[QwenAudio, QwenAudioTokenizer]:
-    """A released-layout folder (its ``qwen.tiktoken`` if present, else the config's tokenizer), or with
-    ``random_init`` a preset name (weights drawn with seed 0, for smoke tests). The model is in eval mode;
-    on CPU in fp32, elsewhere in the checkpoint's dtype."""
+    """A released-layout folder (its ``qwen.tiktoken``, or a Qwen2-Audio folder's ``tokenizer.json``, if present,
+    else the config's tokenizer), or with ``random_init`` a preset name (weights drawn with seed 0, for smoke
+    tests). The model is in eval mode; on CPU in fp32, elsewhere in the checkpoint's dtype."""
     if random_init:
         config = QwenAudioConfig.from_name(checkpoint)
         with torch.random.fork_rng(devices=[]):

@@ -198,6 +198,11 @@ def test_refusals_name_the_file_and_key(release, tmp_path):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"gqa/config.json: text_config.num_key_value_heads=2"):
         load_model(str(bad))
+    mels = tmp_path / "mels"
+    shutil.copytree(release["folder"], mels)
+    (mels / "preprocessor_config.json").write_text(json.dumps({"feature_size": 80}))
+    with pytest.raises(ValueError, match=r"mels/preprocessor_config.json: feature_size=80 is not supported"):
+        load_model(str(mels))
     extra = tmp_path / "extra"
     shutil.copytree(release["folder"], extra)
     state = load_file(extra / "model.safetensors")

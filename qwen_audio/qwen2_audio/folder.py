@@ -47,6 +47,20 @@ def write_side_files(folder: str, config: QwenAudioConfig, tokenizer_file: str |
         })
 
 
+def check_preprocessor_config(folder: str | os.PathLike, config: QwenAudioConfig) -> None:
+    """Refuse a ``preprocessor_config.json`` whose front end is not the one this library computes."""
+    path = os.path.join(folder, PREPROCESSOR_CONFIG)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+    expected = {"feature_size": config.encoder.n_mels, "sampling_rate": SAMPLE_RATE, "hop_length": HOP_LENGTH,
+                "n_fft": N_FFT, "chunk_length": CHUNK_LENGTH}
+    for key, value in expected.items():
+        if values.get(key, value) != value:
+            raise ValueError(f"{path}: {key}={values[key]!r} is not supported (the model's front end uses {value!r})")
+
+
 def _write_json(path: str, value: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=2)
