@@ -72,10 +72,13 @@ def pad_or_trim(audio: torch.Tensor, length: int = N_SAMPLES, *, axis: int = -1)
 
 @lru_cache(maxsize=None)
 def _mel_filters_cpu(n_mels: int) -> torch.Tensor:
-    return torchaudio.functional.melscale_fbanks(
-        n_freqs=N_FFT // 2 + 1, f_min=0.0, f_max=SAMPLE_RATE / 2, n_mels=n_mels,
-        sample_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney",
-    ).T.contiguous()
+    # Computed in float64 and rounded once, as librosa (Whisper's mel_filters.npz) and transformers do: torchaudio's
+    # float32 filterbank is 1.6e-7 off, which moves the 128-bin log-mel by 1.5e-5.
+    from transformers.audio_utils import mel_filter_bank
+
+    filters = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
+                              max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
+    return torch.from_numpy(filters.T).float().contiguous()
 
 
 def mel_filters(n_mels: int = 80, device: torch.device | str = "cpu") -> torch.Tensor:

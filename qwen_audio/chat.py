@@ -75,7 +75,7 @@ def chat(
     text = query if isinstance(query, str) else from_list_format(query)
     config = config or GenerationConfig.chat(tokenizer)
     context = build_context(tokenizer, text, history, system, max_window_size)
-    batch = batch_prompts([context], tokenizer.eod).to(next(model.parameters()).device)
+    batch = batch_prompts([context], tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
     (ids,) = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
                       audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
     ends = [index for index, token in enumerate(ids) if token in (tokenizer.im_end, tokenizer.im_start)]

@@ -4,6 +4,8 @@ Released layout (Qwen/Qwen-Audio, Qwen/Qwen-Audio-Chat): ``config.json``, ``qwen
 ``model.safetensors`` or shards ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``.
 ``pytorch_model*.bin`` shards are pickles and are read only when the caller passes ``allow_pickle=True``.
 Every load is strict: missing, unexpected or mis-shaped keys raise :class:`CheckpointError` listing them.
+Qwen2-Audio folders (``config.json`` of ``Qwen2AudioForConditionalGeneration``, ``tokenizer.json``) load and save
+through the same functions, their names translated by :mod:`qwen_audio.qwen2_audio.weights`.
 """
 
 from __future__ import annotations
@@ -107,20 +109,40 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
     config = config or QwenAudioConfig.from_hf_config(folder)
     with torch.device("meta"):
         model = QwenAudio(config)
-    state = read_state_dict(folder, allow_pickle)
+    state = read_model_state_dict(folder, config, allow_pickle)
     check_state_dict(expected_shapes(model), state, os.fspath(folder))
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=dtype)
 
 
+def read_model_state_dict(folder: str | os.PathLike, config: QwenAudioConfig,
+                          allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The folder's tensors under our state-dict keys (a Qwen2-Audio folder's names go through its weight map)."""
+    state = read_state_dict(folder, allow_pickle)
+    if config.family == "qwen2-audio":
+        from qwen_audio.qwen2_audio.folder import check_preprocessor_config
+        from qwen_audio.qwen2_audio.weights import to_ours
+
+        check_preprocessor_config(folder, config)
+        state = to_ours(state, folder)
+    return state
+
+
 def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> QwenAudioTokenizer:
-    """The folder's ``qwen.tiktoken``, refused unless it is complete and fits ``config`` (its ``config.json``).
+    """The folder's tokenizer (Qwen2-Audio: its ``tokenizer.json``); a ``qwen.tiktoken`` is refused unless it is complete and fits ``config`` (its ``config.json``).
 
     The special tokens follow the ranks, so a file with one rank too few or too many shifts every special id: the
     prompts' ``<audio>`` would no longer be the id the model splices audio at. ``<audio>`` landing on
     ``audio_start_id`` pins the number of ranks, and with it the vocabulary size (``</audio>``, the last id, lies
     inside ``vocab_size`` by the config's own check).
     """
+    if config.family == "qwen2-audio":
+        from qwen_audio.qwen2_audio.tokenizer import TOKENIZER_JSON, Qwen2AudioTokenizer
+
+        path = os.path.join(os.fspath(folder), TOKENIZER_JSON)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{path} is missing: a Qwen2-Audio folder carries its tokenizer.json")
+        return Qwen2AudioTokenizer.from_file(path)
     path = os.path.join(os.fspath(folder), TOKENIZER_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} is missing: a checkpoint folder carries its tokenizer (the release's "
@@ -167,6 +189,13 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
     folder = os.path.abspath(folder)
     check_writable(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    dtype = state["lm_head.weight"].dtype
+    if model.config.family == "qwen2-audio":
+        from qwen_audio.qwen2_audio.folder import write_side_files
+        from qwen_audio.qwen2_audio.weights import to_hf
+
+        state = to_hf(state)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.staging-", dir=os.path.dirname(folder))
     try:
         split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
@@ -177,10 +206,12 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
             with open(os.path.join(staging, SAFE_INDEX), "w", encoding="utf-8") as f:
                 json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
         hf_config = model.config.to_hf_config()
-        hf_config["torch_dtype"] = str(state["lm_head.weight"].dtype).removeprefix("torch.")
+        hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
-        if tokenizer_file is not None:
+        if model.config.family == "qwen2-audio":
+            write_side_files(staging, model.config, tokenizer_file)
+        elif tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, os.path.join(staging, TOKENIZER_FILE))
         _move_into(staging, folder)
     finally:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from qwen_audio.errors import InputError
 
 AttentionBackend = Literal["auto", "sdpa", "varlen", "flash_attn"]
+Family = Literal["qwen-audio", "qwen2-audio"]
 
 
 class ConfigError(InputError):
@@ -33,6 +34,11 @@ class AudioEncoderConfig:
     n_layer: int = 32
     output_dim: int = 4096  # width of ``proj`` and of the audio BOS/EOS vectors = the LLM width
     layer_norm_eps: float = 1e-5
+    # Qwen-Audio learns audio BOS/EOS vectors; Qwen2-Audio's prompt keeps its <|audio_bos|>/<|audio_eos|> tokens.
+    learned_markers: bool = True
+    # Mel frames past a clip's first 2 * encoder_frames that the conv stem reads: 0 for Qwen-Audio (cut there, conv
+    # zero padding); 1 for Qwen2-Audio, whose encoder always reads the clip's whole zero-padded 30 s window.
+    mel_lookahead: int = 0
 
     def __post_init__(self) -> None:
         if self.n_state % self.n_head:
@@ -70,12 +76,14 @@ class QwenAudioConfig:
     """The whole model. ``audio_start_id`` is ``<audio>``; ``</audio>`` is the next id."""
 
     name: str = "qwen-audio"
+    family: Family = "qwen-audio"  # which checkpoint layout and tokenizer (qwen_audio.qwen2_audio for the successor)
     encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     audio_start_id: int = 155163
     attention_backend: AttentionBackend = "auto"
     # Where the vocabulary comes from, not part of the architecture (so not compared): "released" (qwen.tiktoken),
-    # "demo" (the small committed file) or a ranks-file path. A released-layout folder brings its own file.
+    # "demo" (the small committed file) or a ranks-file path; for Qwen2-Audio "qwen2-demo", a tokenizer.json path,
+    # or "checkpoint" (its folder's tokenizer.json). A released-layout folder brings its own file.
     tokenizer: str = field(default="released", compare=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +97,11 @@ class QwenAudioConfig:
                 f"audio_start_id {self.audio_start_id} and audio end id {self.audio_start_id + 1} must lie inside "
                 f"the vocabulary (vocab_size {self.decoder.vocab_size})"
             )
+        if self.family not in ("qwen-audio", "qwen2-audio"):
+            raise ConfigError(f"family {self.family!r} is not one of qwen-audio, qwen2-audio")
+        if self.encoder.learned_markers != (self.family == "qwen-audio"):
+            raise ConfigError(f"encoder.learned_markers={self.encoder.learned_markers} does not fit family {self.family!r}: "
+                              "Qwen-Audio learns its audio BOS/EOS vectors, Qwen2-Audio keeps the marker tokens")
         if self.attention_backend not in ("auto", "sdpa", "varlen", "flash_attn"):
             raise ConfigError(f"attention_backend {self.attention_backend!r} is not one of auto, sdpa, varlen, flash_attn")
 
@@ -123,6 +136,10 @@ class QwenAudioConfig:
                 raise ConfigError(f"config file not found: {path}") from err
             except json.JSONDecodeError as err:
                 raise ConfigError(f"{path} is not valid JSON: {err}") from err
+        if source.get("model_type") == "qwen2_audio":
+            from qwen_audio.qwen2_audio.hf_config import config_from_hf
+
+            return config_from_hf(source, where, name)
 
         def need(block: dict[str, Any], key: str, prefix: str = "") -> Any:
             if key not in block:
@@ -148,6 +165,10 @@ class QwenAudioConfig:
 
     def to_hf_config(self) -> dict[str, Any]:
         """The released ``config.json`` layout (loads back with :meth:`from_hf_config`)."""
+        if self.family == "qwen2-audio":
+            from qwen_audio.qwen2_audio.hf_config import config_to_hf
+
+            return config_to_hf(self)
         audio = {k: getattr(self.encoder, k) for k in _HF_AUDIO_KEYS}
         audio.update(avg_pool=True, add_audio_bos_eos_token=True, audio_start_id=self.audio_start_id)
         return {
@@ -200,4 +221,40 @@ def _demo() -> QwenAudioConfig:
     )
 
 
-PRESETS = {"qwen-audio": _qwen_audio, "qwen-audio-chat": _qwen_audio_chat, "tiny": _tiny, "demo": _demo}
+def _qwen2_audio_7b(name: str = "qwen2-audio-7b") -> QwenAudioConfig:
+    # https://huggingface.co/Qwen/Qwen2-Audio-7B/blob/main/config.json: its text_config sets vocab_size 156032,
+    # intermediate_size 11008 (ours counts w1 + w2: 22016), max_position_embeddings 8192, rms_norm_eps 1e-5 and
+    # leaves the rest to transformers' Qwen2Config defaults (hidden 4096, 32 layers, 32 heads, 32 KV heads, rope_theta
+    # 10000, untied head); audio_config and audio_token_index 151646 (<|AUDIO|>) are Qwen2AudioConfig's defaults
+    # (Whisper-large-v3 encoder: 128 mel bins, d_model 1280, 20 heads, 32 layers, ffn 5120). No dynamic NTK / logN.
+    return QwenAudioConfig(
+        name=name, family="qwen2-audio",
+        encoder=AudioEncoderConfig(n_mels=128, learned_markers=False, mel_lookahead=1),
+        decoder=DecoderConfig(vocab_size=156032, layer_norm_epsilon=1e-5, seq_length=8192, use_dynamic_ntk=False,
+                              use_logn_attn=False),
+        audio_start_id=151647,  # <|audio_bos|>; <|audio_eos|> 151648 follows
+        tokenizer="checkpoint",
+    )
+
+
+def _qwen2_audio_7b_instruct() -> QwenAudioConfig:
+    # https://huggingface.co/Qwen/Qwen2-Audio-7B-Instruct/blob/main/config.json: the same architecture and ids.
+    return _qwen2_audio_7b("qwen2-audio-7b-instruct")
+
+
+def _qwen2_audio_tiny() -> QwenAudioConfig:
+    # Tests and CPU demos of the family: tiny's sizes, 128 mel bins, and the committed qwen2_demo_tokenizer.json
+    # (the demo BPE's 4096 ranks + the family's six special tokens, <|audio_bos|> 4100, 4102 ids in all).
+    tiny, family = _tiny(), _qwen2_audio_7b()
+    return dataclasses.replace(
+        family, name="qwen2-audio-tiny",
+        encoder=dataclasses.replace(tiny.encoder, n_mels=128, learned_markers=False, mel_lookahead=1),
+        decoder=dataclasses.replace(tiny.decoder, vocab_size=4102, layer_norm_epsilon=1e-5, seq_length=8192,
+                                    use_dynamic_ntk=False, use_logn_attn=False),
+        audio_start_id=4100, tokenizer="qwen2-demo",
+    )
+
+
+PRESETS = {"qwen-audio": _qwen_audio, "qwen-audio-chat": _qwen_audio_chat, "tiny": _tiny, "demo": _demo,
+           "qwen2-audio-7b": _qwen2_audio_7b, "qwen2-audio-7b-instruct": _qwen2_audio_7b_instruct,
+           "qwen2-audio-tiny": _qwen2_audio_tiny}

@@ -88,7 +88,7 @@ class GenerationConfig:
 
         Its evaluation scripts decode greedily instead: ``GenerationConfig.base(tokenizer, do_sample=False)``.
         """
-        release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.8, stop_ids=(tokenizer.eod,))
+        release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.8, stop_ids=tokenizer.stop_ids)
         return dataclasses.replace(release, **overrides)
 
     @classmethod
@@ -146,24 +146,26 @@ class PromptBatch(NamedTuple):
         return PromptBatch(*(None if t is None else t.to(device) for t in self))
 
 
-def batch_prompts(prompts: Sequence[AudioTokens | Example], pad_id: int) -> PromptBatch:
-    """Left-pad encoded prompts and compute the encoder input of every audio, in row-major order."""
+def batch_prompts(prompts: Sequence[AudioTokens | Example], pad_id: int, n_mels: int = 80) -> PromptBatch:
+    """Left-pad encoded prompts and compute the encoder input (``n_mels`` bins) of every audio, in row-major order."""
     ids, mask = left_pad([p.ids for p in prompts], pad_id)
-    features = [audio_features(w, span.source) for p in prompts for w, span in zip(p.waveforms, p.audios)]
+    features = [audio_features(w, span.source, n_mels, span.mel_frames)
+                for p in prompts for w, span in zip(p.waveforms, p.audios)]
     if not features:
         return PromptBatch(ids, mask, None, None)
     mel = torch.nn.utils.rnn.pad_sequence([m.T for m, _ in features], batch_first=True).transpose(1, 2)
     return PromptBatch(ids, mask, mel, torch.tensor([length for _, length in features]))
 
 
-def encode_prompts(tokenizer: QwenAudioTokenizer, prompts: Sequence[str], max_length: int) -> PromptBatch:
+def encode_prompts(tokenizer: QwenAudioTokenizer, prompts: Sequence[str], max_length: int,
+                   n_mels: int = 80) -> PromptBatch:
     """Raw release-style prompts (tags as text, ``<audio>PATH</audio>`` spans, several allowed) -> one batch.
 
     As in the release every special-token text is a special token. A prompt longer than ``max_length`` tokens
     (audio placeholders included) raises ValueError; a missing audio file raises FileNotFoundError naming it.
     """
     encoded = [encode_prompt(tokenizer, prompt, max_length, index) for index, prompt in enumerate(prompts)]
-    return batch_prompts(encoded, tokenizer.eod)
+    return batch_prompts(encoded, tokenizer.eod, n_mels)
 
 
 def encode_prompt(tokenizer: QwenAudioTokenizer, prompt: str, max_length: int, index: int = 0) -> AudioTokens:
@@ -264,7 +266,7 @@ def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, co
     A character split over several byte-level tokens is held back until complete (the decoded text would end in
     U+FFFD), so the pieces join to exactly ``tokenizer.decode(generated ids)``.
     """
-    batch = encode_prompts(tokenizer, [prompt], max_length).to(next(model.parameters()).device)
+    batch = encode_prompts(tokenizer, [prompt], max_length, model.config.encoder.n_mels).to(next(model.parameters()).device)
     tokens: list[int] = []
     shown = 0
     for (token,) in generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
@@ -394,7 +396,7 @@ def _generate_all(parser: argparse.ArgumentParser, model: QwenAudio, tokenizer: 
         parser.error(str(err))
     device = next(model.parameters()).device
     for first in range(0, len(prompts), batch_size):
-        batch = batch_prompts(encoded[first:first + batch_size], tokenizer.eod).to(device)
+        batch = batch_prompts(encoded[first:first + batch_size], tokenizer.eod, model.config.encoder.n_mels).to(device)
         outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
                            audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
         for prompt, ids in zip(prompts[first:first + batch_size], outputs):

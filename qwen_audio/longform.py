@@ -69,7 +69,7 @@ def decode_windows(model: QwenAudio, tokenizer: QwenAudioTokenizer, windows: lis
     examples = [encode_task(tokenizer, task, f"window{index}", audio_language=language,
                             load={f"window{index}": window})
                 for index, window in enumerate(windows)]
-    batch = batch_prompts(examples, tokenizer.eod).to(next(model.parameters()).device)
+    batch = batch_prompts(examples, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
     return generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
                     audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
 

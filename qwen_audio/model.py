@@ -95,8 +95,14 @@ class QwenAudio(nn.Module):
         self.decoder.activation_checkpointing = enabled
 
     def encode_audio(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
-        """Per clip ``[n_audio + 2, hidden]``: see :class:`AudioEncoder`."""
-        return self.encoder(mel, mel_lengths)
+        """Per clip ``[n_audio + 2, hidden]``: see :class:`AudioEncoder`. Without learned markers (Qwen2-Audio) the
+        ends are the embeddings of the marker tokens ``<|audio_bos|>``/``<|audio_eos|>``, which the prompt holds."""
+        clips = self.encoder(mel, mel_lengths)
+        if self.config.encoder.learned_markers:
+            return clips
+        markers = self.transformer.wte(torch.tensor([self.config.audio_start_id, self.config.audio_end_id],
+                                                    device=self.transformer.wte.weight.device))
+        return [torch.cat([markers[:1], clip.to(markers.dtype), markers[1:]]) for clip in clips]
 
     def forward(
         self,

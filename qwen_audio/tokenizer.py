@@ -104,6 +104,7 @@ class AudioSpan:
     num_samples: int
     start: int
     stop: int
+    mel_frames: int  # valid mel frames the encoder reads, by the family's length rule
 
     @property
     def audio_tokens(self) -> int:
@@ -158,6 +159,7 @@ class QwenAudioTokenizer:
         self.audio_pad = self.special_tokens[AUDIO_PAD]
         self.audio_start = self.special_tokens[AUDIO_START]
         self.audio_end = self.special_tokens[AUDIO_END]
+        self.stop_ids = (self.eod,)  # the release's base_generation_config.json
         self.first_timestamp = self.special_tokens["<|0.00|>"]
         self.last_timestamp = self.first_timestamp + MAX_TIMESTAMP_CS
 
@@ -193,7 +195,14 @@ class QwenAudioTokenizer:
 
     @classmethod
     def load(cls, name: str | os.PathLike) -> QwenAudioTokenizer:
-        """``"released"``, ``"demo"`` or the path of a ranks file (the values of ``QwenAudioConfig.tokenizer``)."""
+        """``"released"``, ``"demo"`` or the path of a ranks file (the values of ``QwenAudioConfig.tokenizer``);
+        Qwen2-Audio's ``"qwen2-demo"`` or a ``tokenizer.json`` path give a :class:`Qwen2AudioTokenizer`."""
+        if name == "qwen2-demo" or os.fspath(name).endswith(".json"):
+            from qwen_audio.qwen2_audio.tokenizer import Qwen2AudioTokenizer
+
+            return Qwen2AudioTokenizer.demo() if name == "qwen2-demo" else Qwen2AudioTokenizer.from_file(name)
+        if name == "checkpoint":
+            raise FileNotFoundError("this config's tokenizer comes with its checkpoint folder (tokenizer.json)")
         if name == "released":
             return cls.released()
         if name == "demo":
@@ -276,9 +285,10 @@ class QwenAudioTokenizer:
             if source not in waveforms:
                 waveforms[source] = _as_waveform(load(source), source)
             num_samples = waveforms[source].shape[-1]
-            placeholders = audio_lengths(num_samples, source=source).audio_tokens
+            lengths = audio_lengths(num_samples, source=source)
+            placeholders = lengths.audio_tokens
             out.extend(ids[position:start])
-            spans.append(AudioSpan(source, num_samples, len(out), len(out) + placeholders + 2))
+            spans.append(AudioSpan(source, num_samples, len(out), len(out) + placeholders + 2, lengths.mel_frames))
             out.extend([self.audio_start, *[self.audio_pad] * placeholders, self.audio_end])
             position = stop + 1
         out.extend(ids[position:])

@@ -11,6 +11,7 @@ import torch
 
 from qwen_audio import chat as chat_module
 from qwen_audio.chat import chat, main
+from qwen_audio.config import QwenAudioConfig
 from qwen_audio.generate import GenerationConfig, load_model
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>"
@@ -36,7 +37,8 @@ def canned(monkeypatch):
     return calls, answers
 
 
-STAND_IN = torch.nn.Linear(1, 1)  # chat() only asks the model for its device once generate is replaced
+STAND_IN = torch.nn.Linear(1, 1)  # chat() only asks the model for its device and mel bins once generate is replaced
+STAND_IN.config = QwenAudioConfig.from_name("qwen-audio")
 
 
 def test_two_turns_with_numbered_audios_give_the_released_chatml_ids(released, tmp_path, canned):

@@ -79,9 +79,9 @@ def float64_pool_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return (pairs - mean) / torch.sqrt(var + 1e-5) * weight + bias
 
 
-def check_log_mel(audio: torch.Tensor, device: str) -> float:
-    expected = _log_mel_torch(audio, 80)
-    actual = log_mel(audio.to(device), 80, backend="triton").cpu()
+def check_log_mel(audio: torch.Tensor, device: str, n_mels: int = 80) -> float:
+    expected = _log_mel_torch(audio, n_mels)
+    actual = log_mel(audio.to(device), n_mels, backend="triton").cpu()
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-3)
     return (actual - expected).abs().max().item()
 
@@ -128,6 +128,18 @@ def test_interpreter_run():
 @pytest.mark.parametrize("num_samples", [201, 20_837, 2 * 64 * 160])  # shortest legal, odd, exact frame blocks
 def test_interpreted_log_mel_matches_reference(num_samples, poisoned_allocations):
     check_log_mel(speech_like(3, num_samples, seed=num_samples), "cpu")
+
+
+@interpreted
+def test_interpreted_128_bin_log_mel_matches_reference_and_transformers(poisoned_allocations):
+    """Qwen2-Audio's front end: the kernel with 128 bins against the torch reference and WhisperFeatureExtractor."""
+    from transformers import WhisperFeatureExtractor
+
+    audio = speech_like(2, 20_837, seed=128)
+    hf = WhisperFeatureExtractor(feature_size=128)(list(audio.numpy()), sampling_rate=SAMPLE_RATE, padding="longest",
+                                                   return_tensors="pt").input_features
+    torch.testing.assert_close(_log_mel_torch(audio, 128), hf, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_mel(audio, 128, backend="triton"), hf, rtol=0, atol=1e-5)
 
 
 @interpreted

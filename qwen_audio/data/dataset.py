@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from qwen_audio.audio import SAMPLE_RATE, audio_lengths, load_audio, log_mel_spectrogram, pad_or_trim
+from qwen_audio.audio import SAMPLE_RATE, audio_lengths, conv_frames, load_audio, log_mel_spectrogram, pad_or_trim
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.prompts import QUESTION, TASKS, Example, TimedWord, encode_task, format_timestamped_words
 from qwen_audio.tokenizer import QwenAudioTokenizer
@@ -33,12 +33,15 @@ def load_segment(entry: ManifestEntry) -> torch.Tensor:
     return audio[start:stop]
 
 
-def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80) -> tuple[torch.Tensor, int]:
+def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
+                   mel_frames: int | None = None) -> tuple[torch.Tensor, int]:
     """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
-    ``2 * encoder_frames`` frames the encoder reads, and the valid mel length (``samples // 160``)."""
-    lengths = audio_lengths(waveform.numel(), source=source)
+    ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``), and the valid mel
+    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.tokenizer.AudioSpan` has it), else ``samples // 160``."""
+    if mel_frames is None:
+        mel_frames = audio_lengths(waveform.numel(), source=source).mel_frames
     mel = log_mel_spectrogram(pad_or_trim(waveform), n_mels)
-    return mel[:, : 2 * lengths.encoder_frames], lengths.mel_frames
+    return mel[:, : 2 * conv_frames(mel_frames) + 1], mel_frames
 
 
 def target_text(entry: ManifestEntry) -> str:
@@ -62,7 +65,7 @@ def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: st
 
 def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
     """Tensors of an encoded example and the encoder input of each of its audios."""
-    features = [audio_features(w, span.source, n_mels) for w, span in zip(example.waveforms, example.audios)]
+    features = [audio_features(w, span.source, n_mels, span.mel_frames) for w, span in zip(example.waveforms, example.audios)]
     return Sample(
         torch.tensor(example.ids), torch.tensor(example.labels),
         [mel for mel, _ in features], [length for _, length in features], task,

@@ -31,7 +31,7 @@ def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry
     """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt for each entry's language."""
     examples = [encode_task(tokenizer, "asr", e.audio, audio_language=e.audio_language, load={e.audio: load_segment(e)})
                 for e in entries]
-    batch = batch_prompts(examples, tokenizer.eod).to(module.device)
+    batch = batch_prompts(examples, tokenizer.eod, module.model.config.encoder.n_mels).to(module.device)
     was_training = module.model.training
     module.model.eval()
     outputs = generate(module.model, batch.input_ids, batch.attention_mask,

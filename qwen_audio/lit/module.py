@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from qwen_audio.audio import conv_frames, spec_augment
-from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_state_dict
+from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_model_state_dict
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
@@ -107,7 +107,7 @@ class QwenAudioModule(L.LightningModule):
             return
         state = {}
         if self.global_rank == 0:
-            state = read_state_dict(self.hparams.init_from)
+            state = read_model_state_dict(self.hparams.init_from, self.config)
             if self.lora is not None:
                 state = lora_state_dict(self.model, state)
             check_state_dict(expected_shapes(self.model), state, self.hparams.init_from)

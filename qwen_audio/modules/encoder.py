@@ -74,7 +74,8 @@ class AudioEncoder(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(n_state, config.n_head, config.layer_norm_eps) for _ in range(config.n_layer))
         self.ln_post = nn.LayerNorm(n_state, eps=config.layer_norm_eps)
         self.proj = nn.Linear(n_state, config.output_dim)
-        self.audio_bos_eos_token = nn.Embedding(2, config.output_dim)
+        if config.learned_markers:
+            self.audio_bos_eos_token = nn.Embedding(2, config.output_dim)
 
     def frames(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv stem + positions + blocks: ``[N, T, n_state]`` and the valid frame counts ``T_b`` ``[N]``."""
@@ -90,9 +91,10 @@ class AudioEncoder(nn.Module):
                 f"audio mel lengths {mel_lengths.tolist()} must lie in [1, {mel.shape[-1]}] (the mel width) and give at "
                 f"most n_ctx={self.config.n_ctx} encoder frames ({2 * self.config.n_ctx} mel frames)"
             )
-        mel = mel[:, :, : 2 * longest].to(self.conv1.weight.dtype)
+        read = 2 * lengths + self.config.mel_lookahead  # mel frames each clip's conv stem reads
+        mel = mel[:, :, : int(read.max())].to(self.conv1.weight.dtype)
         frame = torch.arange(mel.shape[-1], device=mel.device)
-        mel = mel.masked_fill((frame[None, :] >= 2 * lengths[:, None])[:, None, :], 0.0)
+        mel = mel.masked_fill((frame[None, :] >= read[:, None])[:, None, :], 0.0)
         x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
@@ -115,11 +117,14 @@ class AudioEncoder(nn.Module):
         return pool_layer_norm(x, self.ln_post.weight, self.ln_post.bias, self.ln_post.eps)
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
-        """One tensor per clip, ``[pooled_frames(T_b) + 2, output_dim]``: audio BOS, the audio tokens, audio EOS."""
+        """One tensor per clip, ``[pooled_frames(T_b) + 2, output_dim]``: audio BOS, the audio tokens, audio EOS;
+        without ``learned_markers`` (Qwen2-Audio) only the ``pooled_frames(T_b)`` audio tokens."""
         x, lengths = self.frames(mel, mel_lengths)
         pooled = self.pool_and_norm(x)
         n_audio = pooled_frames(lengths)
         valid = torch.arange(pooled.shape[1], device=pooled.device)[None, :] < n_audio[:, None]
         tokens = self.proj(pooled[valid]).split(n_audio.tolist())
+        if not self.config.learned_markers:
+            return list(tokens)
         bos, eos = self.audio_bos_eos_token.weight.to(tokens[0].dtype).split(1)
         return [torch.cat([bos, clip, eos]) for clip in tokens]
