@@ -27,7 +27,7 @@ from qwen_audio.generate import (
 )
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import DEFAULT_SYSTEM, Example, Message, encode_chat, from_list_format
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import AudioLoader, QwenAudioTokenizer
 
 MAX_WINDOW_SIZE = 6144  # chat_generation_config.json: history is dropped, oldest first, beyond this many tokens
 
@@ -35,13 +35,15 @@ History = list[tuple[str, str]]
 
 
 def build_context(tokenizer: QwenAudioTokenizer, query: str, history: History, system: str,
-                  max_window_size: int = MAX_WINDOW_SIZE) -> Example:
+                  max_window_size: int = MAX_WINDOW_SIZE, load: AudioLoader = load_audio) -> Example:
     """The generation prompt for ``query`` after ``history``, as the release's ``make_context`` builds it.
 
     The newest history turns are kept while the system turn plus the kept turns (audio placeholders included)
     stay under ``max_window_size`` tokens; older turns are dropped. The new query is not counted, as released.
+    ``load`` maps each ``<audio>`` source to its waveform (decoded audio given as a mapping, e.g. by the server).
     """
-    load = functools.cache(load_audio)  # each audio file is decoded once however often the context is rebuilt
+    if not isinstance(load, Mapping):
+        load = functools.cache(load)  # each audio file is decoded once however often the context is rebuilt
     system_turn = [Message("system", system)]
 
     def turns(pairs: History) -> list[Message]:

@@ -259,44 +259,98 @@ def generate(
     return generated
 
 
-def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, config: GenerationConfig,
-                max_length: int = MODEL_MAX_LENGTH) -> Iterator[str]:
-    """The continuation of one raw prompt as text pieces, yielded as they are decoded.
+def generate_prompts(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompts: Sequence[AudioTokens | Example],
+                     config: GenerationConfig) -> Iterator[list[int | None]]:
+    """:func:`generate_steps` for encoded prompts, batched on the model's device: the one step from prompts to
+    tokens that the chat, long-form, evaluation and serving paths can share."""
+    batch = batch_prompts(prompts, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
+    return generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
+                          audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+
+
+class TextStream:
+    """The text of a growing token sequence, handed out in pieces as its tokens arrive.
 
     A character split over several byte-level tokens is held back until complete (the decoded text would end in
-    U+FFFD), so the pieces join to exactly ``tokenizer.decode(generated ids)``.
+    U+FFFD). The text ends before the first of the ``stop`` strings (OpenAI's ``stop``), and text that may be the
+    start of one is held back until it is known not to be. With ``strip``, leading and trailing whitespace are held
+    back too. The pieces therefore join to exactly the final :attr:`text`.
     """
+
+    def __init__(self, tokenizer: QwenAudioTokenizer, stop: Sequence[str] = (), strip: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.strip = strip
+        self.tokens: list[int] = []
+        self.stopped = False  # a stop string was found
+        self._shown = ""
+
+    def push(self, token: int) -> str:
+        """Add one generated token; the new piece of text (maybe empty)."""
+        self.tokens.append(token)
+        full = self.tokenizer.decode(self.tokens)
+        if full.endswith("\ufffd"):
+            return ""
+        return self._show(full, final=False)
+
+    def finish(self) -> str:
+        """The rest of the text once generation has ended."""
+        return self._show(self.tokenizer.decode(self.tokens), final=True)
+
+    @property
+    def text(self) -> str:
+        return self._shown
+
+    def _show(self, full: str, final: bool) -> str:
+        if self.stopped:
+            return ""
+        cuts = [index for index in (full.find(s) for s in self.stop) if index >= 0]
+        if cuts:
+            self.stopped, visible = True, full[:min(cuts)]
+        elif final or not self.stop:
+            visible = full
+        else:
+            visible = full[:max(0, len(full) - max(len(s) for s in self.stop) + 1)]
+        if self.strip:
+            visible = visible.strip() if final or self.stopped else visible.lstrip().rstrip()
+        piece = visible[len(self._shown):]
+        self._shown = visible
+        return piece
+
+
+def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, config: GenerationConfig,
+                max_length: int = MODEL_MAX_LENGTH) -> Iterator[str]:
+    """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`);
+    the pieces join to exactly ``tokenizer.decode(generated ids)``."""
     batch = encode_prompts(tokenizer, [prompt], max_length, model.config.encoder.n_mels).to(next(model.parameters()).device)
-    tokens: list[int] = []
-    shown = 0
+    stream = TextStream(tokenizer)
     for (token,) in generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
                                    audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths):
         if token is None:
             break
-        tokens.append(token)
-        text = tokenizer.decode(tokens)
-        if len(text) > shown and not text.endswith("\ufffd"):
-            yield text[shown:]
-            shown = len(text)
-    text = tokenizer.decode(tokens)
-    if len(text) > shown:
-        yield text[shown:]
+        piece = stream.push(token)
+        if piece:
+            yield piece
+    piece = stream.finish()
+    if piece:
+        yield piece
 
 
-def load_model(checkpoint: str, *, random_init: bool = False,
-               device: torch.device | str = "cpu") -> tuple[QwenAudio, QwenAudioTokenizer]:
+def load_model(checkpoint: str, *, random_init: bool = False, device: torch.device | str = "cpu",
+               dtype: torch.dtype | None = None) -> tuple[QwenAudio, QwenAudioTokenizer]:
     """A released-layout folder (its ``qwen.tiktoken``, checked against its ``config.json``), or with
     ``random_init`` a preset name (weights drawn with seed 0, for smoke tests). The model is in eval mode;
-    on CPU in fp32, elsewhere in the checkpoint's dtype."""
+    in ``dtype`` if given, else on CPU in fp32 and elsewhere in the checkpoint's dtype."""
     if random_init:
         config = QwenAudioConfig.from_name(checkpoint)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = QwenAudio(config)
-        return model.to(device).eval(), QwenAudioTokenizer.load(config.tokenizer)
+        return model.to(device=device, dtype=dtype).eval(), QwenAudioTokenizer.load(config.tokenizer)
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"checkpoint folder not found: {checkpoint} (a preset name needs --random-init)")
-    dtype = torch.float32 if torch.device(device).type == "cpu" else None
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32
     model = load_pretrained(checkpoint, dtype=dtype, device=device).eval()
     return model, read_tokenizer(checkpoint, model.config)
 

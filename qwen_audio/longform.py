@@ -14,16 +14,17 @@ window's start, so that word times refer to the whole clip.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from qwen_audio.audio import CHUNK_LENGTH, SAMPLE_RATE, load_audio
+from qwen_audio.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate
 from qwen_audio.model import QwenAudio
-from qwen_audio.prompts import TimedWord, encode_task, parse_timestamped_words
-from qwen_audio.tokenizer import QwenAudioTokenizer, timestamp_token
+from qwen_audio.prompts import Example, TimedWord, encode_task, parse_timestamped_words
+from qwen_audio.tokenizer import LANGUAGES, START_OF_TRANSCRIPT, QwenAudioTokenizer, timestamp_token
 
 QUIET_FRAME_SECONDS = 0.1  # energy is compared over frames this long, 10 ms apart
 CUT_SEARCH_FRACTION = 1 / 6  # a window may end this fraction of its length early, at its quietest frame
@@ -32,12 +33,13 @@ UNSPACED_LANGUAGES = ("zh", "ja")  # written without spaces between words
 
 @dataclass(frozen=True)
 class LongTranscript:
-    """The whole clip's text, its words with times in the clip (empty without timestamps), and the
-    ``(start, end)`` seconds of the windows that were decoded."""
+    """The whole clip's text, its words with times in the clip (empty without timestamps), the ``(start, end)``
+    seconds of the windows that were decoded and the text of each window."""
 
     text: str
     words: tuple[TimedWord, ...]
     windows: tuple[tuple[float, float], ...]
+    window_texts: tuple[str, ...]
 
 
 def window_bounds(waveform: torch.Tensor, window_seconds: float = CHUNK_LENGTH) -> list[tuple[int, int]]:
@@ -62,16 +64,65 @@ def window_bounds(waveform: torch.Tensor, window_seconds: float = CHUNK_LENGTH) 
     return bounds
 
 
+def window_prompts(tokenizer: QwenAudioTokenizer, windows: Sequence[torch.Tensor], *, language: str,
+                   timestamps: bool) -> list[Example]:
+    """The ASR (or, with ``timestamps``, SRWT) prompt for ``language`` of each window."""
+    task = "srwt" if timestamps else "asr"
+    return [encode_task(tokenizer, task, f"window{index}", audio_language=language,
+                        load={f"window{index}": window})
+            for index, window in enumerate(windows)]
+
+
 def decode_windows(model: QwenAudio, tokenizer: QwenAudioTokenizer, windows: list[torch.Tensor], *, language: str,
                    timestamps: bool, config: GenerationConfig) -> list[list[int]]:
-    """Generated ids for each window, all windows in one batch, with the ASR (or SRWT) prompt for ``language``."""
-    task = "srwt" if timestamps else "asr"
-    examples = [encode_task(tokenizer, task, f"window{index}", audio_language=language,
-                            load={f"window{index}": window})
-                for index, window in enumerate(windows)]
+    """Generated ids for each window, all windows in one batch (:func:`window_prompts`)."""
+    examples = window_prompts(tokenizer, windows, language=language, timestamps=timestamps)
     batch = batch_prompts(examples, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
     return generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
                     audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+
+
+@torch.no_grad()
+def detect_languages(model: QwenAudio, tokenizer: QwenAudioTokenizer,
+                     waveforms: Sequence[torch.Tensor]) -> list[str]:
+    """The spoken language of each waveform (its first 30 s), as Whisper detects it: the most likely of the
+    language tags after ``<audio>…</audio><|startoftranscript|>``, where pretraining puts the audio language."""
+    prompts = [tokenizer.encode_with_audio(f"<audio>clip{index}</audio>{START_OF_TRANSCRIPT}",
+                                           {f"clip{index}": waveform[:N_SAMPLES]}, "all")
+               for index, waveform in enumerate(waveforms)]
+    batch = batch_prompts(prompts, tokenizer.eod).to(next(model.parameters()).device)
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(batch.input_ids, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths,
+                   attention_mask=batch.attention_mask, position_ids=positions).logits[:, -1]
+    language_ids = [tokenizer.special_id(f"<|{language}|>") for language in LANGUAGES]
+    return [LANGUAGES[index] for index in logits[:, language_ids].argmax(-1).tolist()]
+
+
+def stitch_windows(tokenizer: QwenAudioTokenizer, bounds: Sequence[tuple[int, int]], outputs: Sequence[list[int]], *,
+                   language: str, timestamps: bool, name: str) -> LongTranscript:
+    """One transcript from the generated ids of each window (see the module docstring); ``name`` labels warnings."""
+    separator = "" if language in UNSPACED_LANGUAGES else " "
+    texts: list[str] = []
+    words: list[TimedWord] = []
+    for (start, stop), ids in zip(bounds, outputs):
+        offset = start / SAMPLE_RATE
+        plain = tokenizer.decode([i for i in ids if i < tokenizer.n_regular]).strip()  # no tags or timestamps
+        if not timestamps:
+            texts.append(plain)
+            continue
+        try:  # the SRWT prompt ends with <|0.00|>, so the output starts after it
+            window_words = parse_timestamped_words(timestamp_token(0.0) + tokenizer.decode(ids))
+        except ValueError as err:
+            warnings.warn(f"{name}: window {offset:.2f}-{stop / SAMPLE_RATE:.2f} s has no word timestamps ({err})",
+                          stacklevel=3)
+            texts.append(plain)
+            continue
+        words += [TimedWord(w.text.strip(), round(w.start + offset, 2), round(w.end + offset, 2))
+                  for w in window_words]
+        texts.append(separator.join(w.text.strip() for w in window_words))
+    text = separator.join(t for t in texts if t)
+    windows = tuple((a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in bounds)
+    return LongTranscript(text, tuple(words), windows, tuple(texts))
 
 
 def transcribe_long(
@@ -95,25 +146,4 @@ def transcribe_long(
     bounds = window_bounds(waveform, window_seconds)
     outputs = decode_windows(model, tokenizer, [waveform[a:b] for a, b in bounds], language=language,
                              timestamps=timestamps, config=config)
-    separator = "" if language in UNSPACED_LANGUAGES else " "
-    texts: list[str] = []
-    words: list[TimedWord] = []
-    for (start, stop), ids in zip(bounds, outputs):
-        offset = start / SAMPLE_RATE
-        plain = tokenizer.decode([i for i in ids if i < tokenizer.n_regular]).strip()  # no tags or timestamps
-        if not timestamps:
-            texts.append(plain)
-            continue
-        try:  # the SRWT prompt ends with <|0.00|>, so the output starts after it
-            window_words = parse_timestamped_words(timestamp_token(0.0) + tokenizer.decode(ids))
-        except ValueError as err:
-            warnings.warn(f"{path}: window {offset:.2f}-{stop / SAMPLE_RATE:.2f} s has no word timestamps ({err})",
-                          stacklevel=2)
-            texts.append(plain)
-            continue
-        words += [TimedWord(w.text.strip(), round(w.start + offset, 2), round(w.end + offset, 2))
-                  for w in window_words]
-        texts.append(separator.join(w.text.strip() for w in window_words))
-    text = separator.join(t for t in texts if t)
-    windows = tuple((a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in bounds)
-    return LongTranscript(text, tuple(words), windows)
+    return stitch_windows(tokenizer, bounds, outputs, language=language, timestamps=timestamps, name=path)

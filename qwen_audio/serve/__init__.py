@@ -1,0 +1,3 @@
+"""An OpenAI-compatible server for Qwen-Audio on LitServe: chat completions with audio parts, transcriptions with
+word timestamps, dynamic batching whose answers never depend on batch mates. ``python -m qwen_audio.serve --help``.
+"""

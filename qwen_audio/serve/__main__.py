@@ -1,0 +1,54 @@
+"""Serve a released-layout checkpoint behind an OpenAI-compatible API (LitServe, dynamic batching).
+
+::
+
+    python -m qwen_audio.serve --checkpoint runs/pretrain-demo/pretrained --port 8000
+
+Endpoints: ``GET /health`` (ok once the model is loaded), ``GET /v1/models``, ``POST /v1/chat/completions`` (text
+and ``input_audio`` parts, ``stream``), ``POST /v1/audio/transcriptions`` (multipart; ``timestamp_granularities[]=
+word`` for word timestamps). One log line per request: id, audio seconds, tokens, latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m qwen_audio.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="released-layout folder (e.g. an export of recipes)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: cuda when available")
+    parser.add_argument("--dtype", choices=DTYPES,
+                        help="weights' dtype (default: float32 on CPU, the checkpoint's elsewhere)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together at most")
+    parser.add_argument("--batch-timeout", type=float, default=0.05,
+                        help="seconds to wait for batch mates once a request arrives")
+    args = parser.parse_args(argv)
+    if args.max_batch_size < 1:
+        parser.error(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
+    if args.batch_timeout < 0:
+        parser.error(f"--batch-timeout must be >= 0, got {args.batch_timeout}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)  # before the heavy imports, so that --help and bad arguments answer at once
+    import torch
+
+    from qwen_audio.serve.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device,
+          dtype=getattr(torch, args.dtype) if args.dtype else None, max_batch_size=args.max_batch_size,
+          batch_timeout=args.batch_timeout)
+
+
+if __name__ == "__main__":
+    main()
