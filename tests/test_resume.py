@@ -70,12 +70,12 @@ def manifests(tmp_path_factory) -> list[str]:
     return paths
 
 
-def fit(root, manifests, weights, workers, record, kill_at=None, resume=False):
+def fit(root, manifests, weights, workers, streaming, record, kill_at=None, resume=False):
     data = AudioTextDataModule(train=manifests, weights=weights, model="tiny", max_seconds=2.0, num_buckets=3,
-                               num_workers=workers, seed=4)
+                               num_workers=workers, seed=4, streaming=streaming, buffer_size=8)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
                                                       save_top_k=-1)
-    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_epochs=EPOCHS, limit_train_batches=7 if streaming else None, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                         callbacks=[checkpoints] + ([KillAtStep(kill_at)] if kill_at is not None else []))
     trainer.fit(Recorder(record), datamodule=data, ckpt_path="last" if resume else None)
@@ -83,9 +83,12 @@ def fit(root, manifests, weights, workers, record, kill_at=None, resume=False):
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("weights", [None, [1.0, 3.0]], ids=["every-example", "weighted"])
-def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(tmp_path, manifests, weights, workers):
+@pytest.mark.parametrize("streaming", [False, True], ids=["indexed", "streamed"])
+def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(tmp_path, manifests, weights, workers,
+                                                                        streaming):
+    """Streamed, an epoch is ``limit_train_batches`` batches of the endless stream."""
     straight: dict[int, tuple] = {}
-    fit(tmp_path / "straight", manifests, weights, workers, straight)
+    fit(tmp_path / "straight", manifests, weights, workers, streaming, straight)
     steps = len(straight)
     per_epoch = steps // EPOCHS
     assert steps == per_epoch * EPOCHS and sorted(straight) == list(range(steps))
@@ -99,9 +102,9 @@ def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(tmp_path,
         root = tmp_path / f"killed{kill_at}"
         first: dict[int, tuple] = {}
         with pytest.raises(Killed):
-            fit(root, manifests, weights, workers, first, kill_at=kill_at)
+            fit(root, manifests, weights, workers, streaming, first, kill_at=kill_at)
         resumed: dict[int, tuple] = {}
-        fit(root, manifests, weights, workers, resumed, resume=True)
+        fit(root, manifests, weights, workers, streaming, resumed, resume=True)
         start = kill_at - kill_at % 2  # the last checkpoint, every 2 steps
         assert sorted(resumed) == list(range(start, steps))
         for step in range(start, steps):
