@@ -300,3 +300,13 @@ def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
     # the first step's loss, independently: the untrained model's own loss on that batch
     expected = initial(first["input_ids"], attention_mask=first["attention_mask"], labels=first["labels"]).loss
     assert recorder.losses[0] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_an_empty_conversation_file_and_a_too_short_clip_are_named(tmp_path):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(ManifestError, match=f"^{empty}: no conversations: the file is empty$"):
+        read_conversations(empty)
+    soundfile.write(tmp_path / "short.wav", np.zeros(320, np.float32), 16000)  # 20 ms
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": "short.wav"}), assistant("x")]}])
+    with pytest.raises(ManifestError, match=rf"^{path}:1: messages\[0\].content\[0\].audio: .*short.wav lasts 0.0200 s"):
+        read_conversations(path)
