@@ -165,3 +165,48 @@ def test_entries_built_in_code_are_validated():
     entry = ManifestEntry("a.wav", "srwt", "x", "unknown", "en", words=[Word("x", 0.0, 0.2)])
     assert entry.words == (Word("x", 0.0, 0.2),) and hash(entry)  # lists stored as tuples: hashable
     assert entry.audio_language is None
+
+
+def _clip_manifest(tmp_path, seconds: float, **fields) -> str:
+    import json as _json
+
+    import numpy as _np
+    import soundfile as _sf
+
+    _sf.write(tmp_path / "c.wav", _np.full(int(seconds * 16000), 0.1, _np.float32), 16000)
+    line = {"audio": "c.wav", "task": "asr", "audio_language": "en", "text_language": "en", "text": "one two", **fields}
+    path = tmp_path / "m.jsonl"
+    path.write_text(_json.dumps(line) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("seconds, fields, field, reason", [
+    (0.02, {}, "audio", "0.0200 s clip, shorter than the 30 ms the front end needs"),
+    (31.0, {}, "audio", "31.00 s clip, past the encoder's 30 s window"),
+    (1.0, {"task": "srwt", "words": [{"word": "one", "start": 0.0, "end": 0.4}, {"word": "two", "start": 0.5,
+                                                                               "end": 1.6}]},
+     "words[1]", "ends at 1.6, after the clip's end at 1.000 s"),
+    (1.0, {"task": "srwt", "text": "one three.", "words": [{"word": "one", "start": 0.0, "end": 0.4},
+                                                          {"word": "two", "start": 0.5, "end": 0.9}]},
+     "words", "spell 'one two', but text reads 'one three'"),
+])
+def test_clips_and_words_are_checked_when_the_manifest_is_read(tmp_path, seconds, fields, field, reason):
+    path = _clip_manifest(tmp_path, seconds, **fields)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path, check_audio=True)
+    assert str(info.value).startswith(f"{path}:1: {field}: ") and reason in str(info.value)
+    with pytest.warns(UserWarning, match=f"skipped 1 of 1 lines in {path}"):
+        assert read_manifest(path, check_audio=True, on_error="skip") == []
+
+
+def test_words_spell_the_text_after_the_release_normalisation(tmp_path):
+    words = [{"word": "One", "start": 0.0, "end": 0.4}, {"word": "two", "start": 0.5, "end": 0.9}]
+    path = _clip_manifest(tmp_path, 1.0, task="srwt", text="one, two.", words=words)
+    assert len(read_manifest(path, check_audio=True)) == 1
+
+
+def test_an_empty_manifest_is_named(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(ManifestError, match=f"^{path}: no entries: the file is empty$"):
+        read_manifest(path)

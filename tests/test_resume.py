@@ -1,73 +1,113 @@
-"""Which checkpoint ``--ckpt_path last`` resumes from, and the refusal of one that cannot be resumed."""
+"""Kill-and-resume through a real Lightning Trainer and the real data modules: every epoch draws a new plan, and a run
+killed in any epoch and resumed with ``ckpt_path="last"`` trains on the uninterrupted run's batches with its losses.
+
+A toy module (one weight, a loss of the batch's tokens and mel) stands in for the model, so each run takes seconds;
+the sampler, the data module's state and Lightning's loops are the real ones.
+"""
 
 from __future__ import annotations
 
-import os
-
 import lightning as L
+import numpy as np
 import pytest
+import soundfile
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
-from qwen_audio.checkpoint import CheckpointError
-from qwen_audio.lit.resume import check_resumable, newest_checkpoint
+from qwen_audio.data.datamodule import AudioTextDataModule
+from qwen_audio.data.manifest import ManifestEntry, write_manifest
 
-
-def _checkpoint(path, step: int, mtime: float, model: str = "tiny") -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"state_dict": {}, "pytorch-lightning_version": L.__version__, "global_step": step,
-                "hyper_parameters": {"model": model}}, path)
-    os.utime(path, (mtime, mtime))
+EPOCHS = 3
 
 
-def test_last_is_the_newest_complete_checkpoint_not_a_stale_last_ckpt(tmp_path):
-    """A kill between the step checkpoint's write and last.ckpt's leaves last.ckpt one interval behind."""
-    _checkpoint(tmp_path / "last.ckpt", 50, 1000)
-    _checkpoint(tmp_path / "epoch=0-step=100.ckpt", 100, 2000)
-    trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path)], logger=False)
-    assert newest_checkpoint(trainer) == str(tmp_path / "epoch=0-step=100.ckpt")
-    saved = (tmp_path / "epoch=0-step=100.ckpt").read_bytes()  # a newer file cut short (killed while copied in)
-    (tmp_path / "epoch=0-step=150.ckpt").write_bytes(saved[: len(saved) // 2])
-    assert newest_checkpoint(trainer) == str(tmp_path / "epoch=0-step=100.ckpt")
+class Killed(RuntimeError):
+    pass
 
 
-def test_last_finds_the_checkpoints_of_an_earlier_logger_version(tmp_path):
-    """Without a dirpath, checkpoints go to the logger's version_N folder, and a resumed run gets version_N+1."""
-    _checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", 4, 1000)
-    _checkpoint(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", 8, 2000)
-    trainer = L.Trainer(callbacks=[ModelCheckpoint()], logger=CSVLogger(tmp_path), default_root_dir=tmp_path)
-    assert trainer.logger.version == 2
-    assert newest_checkpoint(trainer) == str(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt")
-    assert newest_checkpoint(L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "none")], logger=False)) is None
+class KillAtStep(L.Callback):
+    """Dies after ``step`` optimizer steps, before that step's checkpoint, as a preempted job does."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Killed(f"killed at step {self.step}")
 
 
-def test_sharded_checkpoint_folders_count_once_complete(tmp_path):
-    _checkpoint(tmp_path / "epoch=0-step=2.ckpt", 2, 1000)
-    sharded = tmp_path / "last.ckpt"
-    sharded.mkdir()
-    (sharded / "__0_0.distcp").write_bytes(b"x")
-    trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path)], logger=False)
-    assert newest_checkpoint(trainer) == str(tmp_path / "epoch=0-step=2.ckpt")  # killed mid-write
-    (sharded / ".metadata").write_bytes(b"x")
-    (sharded / "meta.pt").write_bytes(b"x")
-    assert newest_checkpoint(trainer) == str(sharded)
+class Recorder(L.LightningModule):
+    """Records, per global step, the epoch, what the batch holds (its tokens) and the loss."""
+
+    def __init__(self, record: dict[int, tuple]):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.record = record
+
+    def training_step(self, batch, batch_idx):
+        target = batch["input_ids"].float().mean() / 1000 + batch["audio_mel"].mean()
+        loss = (self.weight - target) ** 2
+        rows = tuple(tuple(row[row >= 0].tolist()) for row in batch["labels"])
+        self.record[self.global_step] = (self.current_epoch, rows, loss.item())
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_a_truncated_foreign_or_other_preset_checkpoint_is_named(tmp_path):
-    good = tmp_path / "good.ckpt"
-    _checkpoint(good, 2, 1000)
-    check_resumable(str(good), "tiny")
-    cut = tmp_path / "cut.ckpt"
-    cut.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match=r"--ckpt_path .*cut\.ckpt: truncated or not a checkpoint.*expected a "
-                                              r"Lightning checkpoint of QwenAudioModule"):
-        check_resumable(str(cut))
-    foreign = tmp_path / "whisper.pt"
-    torch.save({"dims": {}, "model_state_dict": {}}, foreign)
-    with pytest.raises(CheckpointError, match=r"whisper\.pt: holds \['dims', 'model_state_dict'\], no 'state_dict'"):
-        check_resumable(str(foreign))
-    with pytest.raises(CheckpointError, match=r"good\.ckpt: was trained with model 'tiny'; .*\(model 'demo'\)"):
-        check_resumable(str(good), "demo")
-    with pytest.raises(CheckpointError, match="not found"):
-        check_resumable(str(tmp_path / "gone.ckpt"))
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> list[str]:
+    """Two manifests of noise clips (0.2 to 0.8 s), each line's text naming its manifest and index."""
+    folder = tmp_path_factory.mktemp("resume")
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, count in (("alpha", 14), ("beta", 6)):
+        entries = []
+        for i in range(count):
+            seconds = round(float(rng.uniform(0.2, 0.8)), 3)
+            soundfile.write(folder / f"{name}{i}.wav", rng.normal(0, 0.1, int(seconds * 16000)).astype(np.float32), 16000)
+            entries.append(ManifestEntry(f"{name}{i}.wav", "asr", f"{name} {i}", "en", "en", duration=seconds))
+        write_manifest(folder / f"{name}.jsonl", entries)
+        paths.append(str(folder / f"{name}.jsonl"))
+    return paths
+
+
+def fit(root, manifests, weights, workers, streaming, record, kill_at=None, resume=False):
+    data = AudioTextDataModule(train=manifests, weights=weights, model="tiny", max_seconds=2.0, num_buckets=3,
+                               num_workers=workers, seed=4, streaming=streaming, buffer_size=8)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
+                                                      save_top_k=-1)
+    trainer = L.Trainer(max_epochs=EPOCHS, limit_train_batches=7 if streaming else None, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        callbacks=[checkpoints] + ([KillAtStep(kill_at)] if kill_at is not None else []))
+    trainer.fit(Recorder(record), datamodule=data, ckpt_path="last" if resume else None)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("weights", [None, [1.0, 3.0]], ids=["every-example", "weighted"])
+@pytest.mark.parametrize("streaming", [False, True], ids=["indexed", "streamed"])
+def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(tmp_path, manifests, weights, workers,
+                                                                        streaming):
+    """Streamed, an epoch is ``limit_train_batches`` batches of the endless stream."""
+    straight: dict[int, tuple] = {}
+    fit(tmp_path / "straight", manifests, weights, workers, streaming, straight)
+    steps = len(straight)
+    per_epoch = steps // EPOCHS
+    assert steps == per_epoch * EPOCHS and sorted(straight) == list(range(steps))
+    epochs = [[straight[s][1] for s in range(e * per_epoch, (e + 1) * per_epoch)] for e in range(EPOCHS)]
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]  # a new plan every epoch
+    if weights is not None:  # beta is up-sampled, alpha down-sampled: each epoch takes another subset of alpha
+        subsets = [{row for batch in epoch for row in batch} for epoch in epochs]
+        assert subsets[0] != subsets[1]
+
+    for kill_at in (3, 2 * per_epoch + 1):  # in epoch 0, and in the last epoch
+        root = tmp_path / f"killed{kill_at}"
+        first: dict[int, tuple] = {}
+        with pytest.raises(Killed):
+            fit(root, manifests, weights, workers, streaming, first, kill_at=kill_at)
+        resumed: dict[int, tuple] = {}
+        fit(root, manifests, weights, workers, streaming, resumed, resume=True)
+        start = kill_at - kill_at % 2  # the last checkpoint, every 2 steps
+        assert sorted(resumed) == list(range(start, steps))
+        for step in range(start, steps):
+            epoch, rows, loss = resumed[step]
+            assert (epoch, rows) == straight[step][:2], step
+            assert loss == pytest.approx(straight[step][2], rel=1e-6, abs=1e-9), step

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from qwen_audio.audio import SAMPLE_RATE, load_audio
 from qwen_audio.data.dataset import Sample, to_sample
-from qwen_audio.data.manifest import ManifestError
+from qwen_audio.data.manifest import MAX_SECONDS, MIN_SECONDS, TIME_TOLERANCE, ManifestError
 from qwen_audio.prompts import Example, Message, encode_chat
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, AudioLoader, QwenAudioTokenizer
 
@@ -92,9 +92,12 @@ def _audio(value: Any, field: str, folder: str, check_audio: bool) -> str:
         if not os.path.isfile(path):
             raise ManifestError(f"file not found: {path}", field=field)
         try:
-            soundfile.info(path)
+            seconds = soundfile.info(path).duration
         except (soundfile.LibsndfileError, RuntimeError) as err:
             raise ManifestError(f"cannot read {path}: {err}", field=field) from None
+        if not MIN_SECONDS <= seconds <= MAX_SECONDS + TIME_TOLERANCE:
+            raise ManifestError(f"{path} lasts {seconds:.4f} s; a clip must last {MIN_SECONDS * 1000:.0f} ms to "
+                                f"{MAX_SECONDS:.0f} s", field=field)
     return path
 
 
@@ -169,6 +172,8 @@ def read_conversations(path: str | os.PathLike, *, check_audio: bool = True) -> 
                 conversations.append(parse_conversation(_decode(raw), folder, check_audio, f"{name}:{number}"))
             except ManifestError as err:
                 raise err.at(name, number) from None
+    if not conversations:
+        raise ManifestError("no conversations: the file is empty", path=name)
     return conversations
 
 

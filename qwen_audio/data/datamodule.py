@@ -16,7 +16,7 @@ from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.flat_prompts import FlatPromptDataset
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
-from qwen_audio.data.streaming import StreamingAudioTextDataset
+from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
 from qwen_audio.prompts import TASKS
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
@@ -81,7 +81,6 @@ class AudioTextDataModule(L.LightningDataModule):
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
         self._train_sampler: DurationBucketSampler | None = None
-        self._stream: StreamingAudioTextDataset | None = None
 
     def _resolve(self, manifest: str) -> str:
         if manifest.startswith(DEMO_PREFIX):
@@ -125,16 +124,16 @@ class AudioTextDataModule(L.LightningDataModule):
         return loader
 
     def _streaming_loader(self) -> DataLoader:
-        self._stream = StreamingAudioTextDataset(
+        stream = StreamingAudioTextDataset(
             [self._resolve(m) for m in self.manifests["train"]], self.tokenizer, self.max_seconds,
             weights=self.weights, max_length=self.max_length, n_mels=self.config.encoder.n_mels,
             buffer_size=self.buffer_size, seed=self.seed, on_error=self.on_error,
         )
-        if self._sampler_state is not None:
-            self._stream.skip(self._sampler_state["batches_done"])
-            self._sampler_state = None
-        return DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return StreamLoader(stream, self._batches_trained, num_workers=self.num_workers)
+
+    def _batches_trained(self) -> int:
+        """Training batches consumed over all epochs (restored from the checkpoint of a resumed run)."""
+        return 0 if self.trainer is None else self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -143,9 +142,8 @@ class AudioTextDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def state_dict(self) -> dict:
-        """The training sampler's position in batches *consumed* (the loader may have fetched more ahead)."""
-        if self._stream is not None and self.trainer is not None:
-            return {"train_stream": {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.total.processed}}
+        """The training sampler's position in batches *consumed* (the loader may have fetched more ahead). The
+        streamed path needs none: its loader reads the position from the trainer's restored batch count."""
         if self._train_sampler is None or self.trainer is None:
             return {}
         state = self._train_sampler.state_dict()
@@ -154,15 +152,9 @@ class AudioTextDataModule(L.LightningDataModule):
         return {"train_sampler": state}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume the training loader. Strategies that set up optimizers before restoring (FSDP2's
+        """Resume the training sampler. Strategies that set up optimizers before restoring (FSDP2's
         ``ModelParallelStrategy``) have built it already, through ``estimated_stepping_batches``: resume it in place."""
-        self._sampler_state = state.get("train_stream" if self.streaming else "train_sampler")
-        if self._sampler_state is None:
-            return
-        if self._stream is not None:
-            self._stream.skip(self._sampler_state["batches_done"])
-        elif self._train_sampler is not None:
+        self._sampler_state = state.get("train_sampler")
+        if self._sampler_state is not None and self._train_sampler is not None:
             self._train_sampler.load_state_dict(self._sampler_state)
-        else:
-            return
-        self._sampler_state = None
+            self._sampler_state = None

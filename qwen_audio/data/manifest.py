@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Container, Iterable, Iterator
@@ -28,12 +29,15 @@ from typing import Any, Literal
 import soundfile
 
 from qwen_audio.errors import InputError
+from qwen_audio.metrics.text import release_normalize
 from qwen_audio.prompts import TASKS
 
 # The language tags of the released tokenizer (``<|en|>`` ... ``<|zh_tr|>``).
 LANGUAGES: frozenset[str] = frozenset({"en", "zh", "de", "es", "ko", "fr", "ja", "it", "zh_tr"})
 UNKNOWN_LANGUAGE = "unknown"  # read as ``None``
 TIME_TOLERANCE = 0.01  # seconds: word ends may pass the duration (and segments the file's end) by one timestamp step
+MIN_SECONDS = 0.03  # the shortest clip the front end takes: a centred STFT needs more than N_FFT // 2 samples
+MAX_SECONDS = 30.0  # the encoder's window; longer audio goes through long-form generation, not training
 
 
 class ManifestError(InputError):
@@ -41,7 +45,7 @@ class ManifestError(InputError):
 
     def __init__(self, reason: str, *, field: str | None = None, path: str | None = None, line: int | None = None):
         self.reason, self.field, self.path, self.line = reason, field, path, line
-        location = f"{path}:{line}: " if path is not None else ""
+        location = "" if path is None else f"{path}: " if line is None else f"{path}:{line}: "
         super().__init__(f"{location}{field + ': ' if field else ''}{reason}")
 
     def at(self, path: str, line: int) -> ManifestError:
@@ -91,6 +95,7 @@ class ManifestEntry:
             raise ManifestError(f"must be a finite number > 0, got {self.duration!r}", field="duration")
         if self.words is not None:
             self._check_words()
+            self._check_spelling()
         if self.choices is not None:
             self._check_choices()
 
@@ -118,6 +123,14 @@ class ManifestEntry:
                 raise ManifestError(f"ends at {word.end}, after the clip's duration {self.duration}", field=field)
             previous_end = word.end
 
+    def _check_spelling(self) -> None:
+        """The words must spell ``text`` after the release's normalisation, lower-cased and without punctuation
+        (words carry none); Chinese is compared by characters."""
+        language = self.text_language or "en"
+        spelled, text = (_spelling(t, language) for t in (" ".join(w.word for w in self.words), self.text))
+        if spelled != text:
+            raise ManifestError(f"spell {spelled!r}, but text reads {text!r}", field="words")
+
     def _check_choices(self) -> None:
         choices = self.choices
         if not isinstance(choices, tuple) or not choices or not all(isinstance(c, str) and c for c in choices):
@@ -140,6 +153,11 @@ class ManifestEntry:
                 value = list(value)
             line[f.name] = value
         return line
+
+
+def _spelling(text: str, language: str) -> str:
+    text = "".join(c for c in release_normalize(text, language).lower() if not unicodedata.category(c).startswith("P"))
+    return "".join(text.split()) if language == "zh" else " ".join(text.split())
 
 
 def _is_number(value: Any) -> bool:
@@ -202,6 +220,8 @@ def _parse_words(words: Any) -> tuple[Word, ...]:
 
 
 def _check_audio_file(entry: ManifestEntry) -> None:
+    """From the header only (no decoding): the file exists, holds the segment, and the segment fits the front end
+    (30 ms to 30 s) with every SRWT word inside it."""
     if not os.path.isfile(entry.audio):
         raise ManifestError(f"file not found: {entry.audio}", field="audio")
     try:
@@ -214,6 +234,16 @@ def _check_audio_file(entry: ManifestEntry) -> None:
             f"offset {entry.offset} + duration {entry.duration or 0.0} s runs past the end of {entry.audio} "
             f"({info.duration:.3f} s)", field="audio",
         )
+    seconds = entry.duration if entry.duration is not None else info.duration - entry.offset
+    if seconds < MIN_SECONDS:
+        raise ManifestError(f"{entry.audio} gives a {seconds:.4f} s clip, shorter than the {MIN_SECONDS * 1000:.0f} ms "
+                            "the front end needs", field="audio")
+    if seconds > MAX_SECONDS + TIME_TOLERANCE:
+        raise ManifestError(f"{entry.audio} gives a {seconds:.2f} s clip, past the encoder's {MAX_SECONDS:.0f} s window "
+                            "(cut it into segments with offset/duration)", field="audio")
+    for i, word in enumerate(entry.words or ()):
+        if word.end > seconds + TIME_TOLERANCE:
+            raise ManifestError(f"ends at {word.end}, after the clip's end at {seconds:.3f} s", field=f"words[{i}]")
 
 
 def iter_manifest(
@@ -254,6 +284,8 @@ def iter_manifest(
                 if on_error == "raise":
                     raise err.at(name, number) from None
                 skipped[err.field or "json"] += 1
+    if num_lines == 0 and index == 0:
+        raise ManifestError("no entries: the file is empty", path=name)
     if skipped:
         counts = ", ".join(f"{count} {field}" for field, count in sorted(skipped.items()))
         warnings.warn(f"skipped {sum(skipped.values())} of {num_lines} lines in {name} ({counts})", stacklevel=2)

@@ -9,11 +9,11 @@ a corpus would first be converted into; our corpora are JSONL lines pointing at 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import encode_entry
@@ -106,3 +106,23 @@ class StreamingAudioTextDataset(IterableDataset):
             if position >= already:
                 samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels) for e in entries]
                 yield collate(samples, self.tokenizer.eod)
+
+
+class StreamLoader(DataLoader):
+    """Loads a :class:`StreamingAudioTextDataset` and starts every iteration after the ``consumed()`` batches.
+
+    Lightning iterates the loader anew at each epoch (with ``limit_train_batches``) and after a resume; reading the
+    position from training's own batch count each time makes the stream go on across epochs instead of replaying
+    its start, and makes a resumed run continue exactly where its checkpoint was taken. Workers are started per
+    iteration (not persistent) so that they receive the new position; each replays its plan up to there without
+    decoding, which reads its manifest lines again: an endless epoch (``max_steps`` and an integer
+    ``val_check_interval``) never pays that.
+    """
+
+    def __init__(self, dataset: StreamingAudioTextDataset, consumed: Callable[[], int], num_workers: int = 0) -> None:
+        super().__init__(dataset, batch_size=None, num_workers=num_workers)
+        self.consumed = consumed
+
+    def __iter__(self):
+        self.dataset.skip(self.consumed())
+        return super().__iter__()
