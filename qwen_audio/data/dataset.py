@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from qwen_audio.audio import SAMPLE_RATE, audio_lengths, load_audio, log_mel_spectrogram, pad_or_trim
+from qwen_audio.audio import N_FFT, N_SAMPLES, SAMPLE_RATE, audio_lengths, load_audio, log_mel_spectrogram, pad_or_trim
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.prompts import QUESTION, TASKS, Example, TimedWord, encode_task, format_timestamped_words
 from qwen_audio.tokenizer import QwenAudioTokenizer
@@ -35,9 +35,14 @@ def load_segment(entry: ManifestEntry) -> torch.Tensor:
 
 def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80) -> tuple[torch.Tensor, int]:
     """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
-    ``2 * encoder_frames`` frames the encoder reads, and the valid mel length (``samples // 160``)."""
+    ``2 * encoder_frames`` frames the encoder reads, and the valid mel length (``samples // 160``).
+
+    Only ``N_FFT`` samples of the zero padding are transformed, not all 30 s: every kept frame's window ends by
+    ``samples + N_FFT // 2``, so it reads the same samples, and the frames dropped are all-zero ones at the log
+    floor, which never hold the example's maximum. A 2 s clip costs a fifteenth of the 30 s transform.
+    """
     lengths = audio_lengths(waveform.numel(), source=source)
-    mel = log_mel_spectrogram(pad_or_trim(waveform), n_mels)
+    mel = log_mel_spectrogram(pad_or_trim(waveform, min(N_SAMPLES, lengths.samples + N_FFT)), n_mels)
     return mel[:, : 2 * lengths.encoder_frames], lengths.mel_frames
 
 
