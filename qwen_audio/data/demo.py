@@ -37,6 +37,7 @@ from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
 
 DEMO_VERSION = "3"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
+CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
 SENTENCES_FILE = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
 SOUND_RATE = 16000  # sample rate of the generated (non-speech) clips
@@ -83,7 +84,7 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
         raise ValueError(f"size must be >= 1, got {size}")
     parent = Path(root).expanduser() if root is not None else default_demo_dir()
     root = parent / f"demo-{DEMO_VERSION}-seed{seed}-size{size}"
-    config = {"version": DEMO_VERSION, "seed": seed, "size": size}
+    config = corpus_record(seed, size)
     if not _is_built(root, config):
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -97,6 +98,12 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return {split: root / f"{split}.jsonl" for split in SPLITS}
+
+
+def corpus_record(seed: int, size: int) -> dict:
+    """What identifies a built corpus: written beside its manifests, and by the export of a model trained on it
+    (:data:`CORPUS_RECORD`), so that evaluation can read the same corpus back."""
+    return {"version": DEMO_VERSION, "seed": seed, "size": size}
 
 
 def _is_built(root: Path, config: dict) -> bool:

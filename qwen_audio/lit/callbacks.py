@@ -3,6 +3,10 @@ export of the trained model in the released layout."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import jiwer
 import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
@@ -11,6 +15,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from qwen_audio.chat import chat
 from qwen_audio.data.dataset import load_segment
+from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate
 from qwen_audio.lit.lora import merge_lora
@@ -136,5 +141,11 @@ class ExportPretrained(L.Callback):
         state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
             module.model.save_pretrained(self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path, state_dict=state)
+            corpus = getattr(trainer.datamodule, "demo_corpus", None)
+            if corpus is not None:  # evaluation reads the same corpus back (BenchmarkDataModule)
+                record = Path(self.dirpath) / CORPUS_RECORD
+                staged = record.with_suffix(".tmp")
+                staged.write_text(json.dumps(corpus, indent=1) + "\n")
+                os.replace(staged, record)
             print(f"exported the trained model to {self.dirpath}", flush=True)
         trainer.strategy.barrier()
