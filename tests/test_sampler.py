@@ -125,3 +125,28 @@ def test_bad_arguments():
     state = DurationBucketSampler([[1.0, 2.0]], 30, world_size=1).state_dict()
     with pytest.raises(ValueError, match="cannot resume: state has world_size=1, this sampler 2"):
         DurationBucketSampler([[1.0, 2.0]], 30, rank=0, world_size=2).load_state_dict(state)
+
+
+def test_lightning_sets_the_epoch_and_every_epoch_has_the_same_batch_count():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    durations = [random_durations(200, seed=4), random_durations(100, seed=5)]
+    for weights in (None, [1.0, 3.0]):
+        sampler = DurationBucketSampler(durations, 20.0, weights=weights, seed=2)
+        loader = DataLoader(torch.arange(300), batch_sampler=sampler)
+        plans = []
+        for epoch in range(4):
+            _set_sampler_epoch(loader, epoch)  # what Lightning's fit loop calls at the start of each epoch
+            plans.append([t.tolist() for t in loader])
+            assert sampler.epoch == epoch and len(plans[-1]) == len(plans[0]) == len(loader)
+        assert all(plans[i] != plans[j] for i in range(4) for j in range(i))
+
+
+def test_a_state_saved_at_the_end_of_an_epoch_resumes_at_the_next():
+    durations = [random_durations(60)]
+    sampler = DurationBucketSampler(durations, 12.0, seed=1)
+    sampler.set_epoch(2)
+    state = {**sampler.state_dict(), "batches_done": len(sampler)}
+    resumed = DurationBucketSampler(durations, 12.0, seed=1)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 3 and list(resumed) == epoch_batches(sampler, 3)

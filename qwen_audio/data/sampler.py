@@ -35,23 +35,37 @@ def pack_batches(indices: Sequence[int], durations: Sequence[float], max_seconds
     return batches
 
 
+def _apportion(shares: np.ndarray, total: int) -> np.ndarray:
+    """``total`` split into integers in proportion to ``shares`` by largest remainders (ties to the first)."""
+    quotas = shares / shares.sum() * total
+    counts = np.floor(quotas).astype(np.int64)
+    counts[np.argsort(counts - quotas, kind="stable")[: total - counts.sum()]] += 1
+    return counts
+
+
 class DurationBucketSampler(Sampler[list[int]]):
     """Yields lists of dataset indices; use as ``DataLoader(dataset, batch_sampler=sampler)``.
 
     ``durations``: one sequence of clip durations (seconds) per manifest. Index ``i`` of manifest ``m`` is the
     global index ``sum(len(durations[k]) for k < m) + i``, the numbering of ``torch.utils.data.ConcatDataset``.
 
-    An epoch is planned from ``(seed, epoch)`` alone, identically on every rank:
+    An epoch is planned from ``(seed, epoch)`` alone, identically on every rank, and holds the same number of
+    batches in every epoch (Lightning reads ``len()`` once, and the LR schedule counts on it):
 
-    1. Draw the epoch's examples. Without ``weights`` every example once. With ``weights`` (one per manifest) the
-       epoch keeps the total size and takes ``weight / sum(weights)`` of it from each manifest: a shuffled pass over
-       the manifest, repeated when it must be up-sampled and cut short when down-sampled.
-    2. Group the drawn examples into ``num_buckets`` buckets of similar duration (quantiles of all durations).
-    3. Shuffle each bucket and cut it into batches within ``max_seconds`` (:func:`pack_batches`).
+    1. Group all examples into ``num_buckets`` buckets of similar duration (quantiles of all durations).
+    2. Draw the epoch's examples. Without ``weights`` every example once. With ``weights`` (one per manifest) the
+       epoch keeps the total size and takes ``weight / sum(weights)`` of it from each manifest, split over the
+       manifest's buckets in proportion to their sizes: a shuffled pass over each, repeated when it must be
+       up-sampled and cut short when down-sampled.
+    3. Shuffle each bucket and cut it into batches of ``max_seconds // longest clip of the bucket`` examples, so the
+       padded length ``len(batch) * longest clip`` stays within ``max_seconds``.
     4. Shuffle the batch order; then, so that each rank gets the same number of batches, split the largest batches
        in two until the count divides by the world size (no example dropped or repeated). Only when every batch
        holds a single example and splitting is impossible are the last ``count % world_size`` batches dropped.
     5. Rank ``r`` takes batches ``r, r + world_size, ...``.
+
+    Lightning calls ``set_epoch`` at the start of every epoch on ``loader.batch_sampler.sampler`` (the index sampler
+    of a torch ``BatchSampler``); this class is both, so :attr:`sampler` is itself.
 
     ``state_dict()`` records the epoch and how many batches this rank has yielded; after ``load_state_dict`` the
     next ``iter()`` continues from there with the batches the uninterrupted run would have produced. With
@@ -101,6 +115,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         edges = np.quantile(self.durations, np.linspace(0, 1, num_buckets + 1)[1:-1])
         self.bucket_of = np.searchsorted(edges, self.durations, side="right")
+        buckets = range(int(self.bucket_of.max()) + 1)
+        longest = [self.durations[self.bucket_of == b].max(initial=0.0) for b in buckets]
+        self.bucket_batch = [max(1, int(self.max_seconds // seconds)) if seconds else 1 for seconds in longest]
         self.epoch = 0
         self._resume_at = 0  # batches to skip at the next iter(), set by load_state_dict
         self._yielded = 0  # batches of the current epoch handed out by this rank
@@ -116,6 +133,11 @@ class DurationBucketSampler(Sampler[list[int]]):
             raise ValueError(f"weights: a manifest with no examples has weight > 0: {list(weights)}")
         return w / w.sum()
 
+    @property
+    def sampler(self) -> DurationBucketSampler:
+        """Where Lightning sets the epoch (``loader.batch_sampler.sampler``): this sampler plans indices and batches."""
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch to plan; a pending resume point is kept only for the epoch it was saved in."""
         if epoch != self.epoch:
@@ -125,16 +147,17 @@ class DurationBucketSampler(Sampler[list[int]]):
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
         if self.weights is None:
             return np.arange(self.durations.size)
-        total = self.durations.size
-        quotas = self.weights * total
-        counts = np.floor(quotas).astype(np.int64)
-        counts[np.argsort(counts - quotas, kind="stable")[: total - counts.sum()]] += 1  # largest remainders
-        drawn, start = [], 0
-        for size, count in zip(self.sizes, counts):
-            if count:
-                passes = [rng.permutation(size) for _ in range(-(-count // size))]
-                drawn.append(start + np.concatenate(passes)[:count])
-            start += size
+        manifest_of = np.repeat(np.arange(len(self.sizes)), self.sizes)
+        drawn = []
+        for manifest, count in enumerate(_apportion(self.weights, self.durations.size)):
+            if not count:
+                continue
+            members = np.flatnonzero(manifest_of == manifest)
+            groups = [members[self.bucket_of[members] == b] for b in range(len(self.bucket_batch))]
+            for group, quota in zip(groups, _apportion(np.array([len(g) for g in groups], dtype=np.float64), count)):
+                if quota:
+                    passes = [rng.permutation(group) for _ in range(-(-quota // len(group)))]
+                    drawn.append(np.concatenate(passes)[:quota])
         return np.concatenate(drawn)
 
     def _batches(self, epoch: int) -> list[list[int]]:
@@ -142,11 +165,11 @@ class DurationBucketSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, epoch])
         drawn = self._draw(rng)
         batches: list[list[int]] = []
-        for bucket in range(int(self.bucket_of.max()) + 1):
+        for bucket, size in enumerate(self.bucket_batch):
             members = drawn[self.bucket_of[drawn] == bucket]
             if self.shuffle:
                 members = rng.permutation(members)
-            batches += pack_batches(members.tolist(), self.durations, self.max_seconds)
+            batches += [members[i : i + size].tolist() for i in range(0, len(members), size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return self._divisible(batches)
@@ -191,9 +214,14 @@ class DurationBucketSampler(Sampler[list[int]]):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``'s position; the sampler must be built on the same data, seed and world size."""
+        """Resume at ``state``'s position; the sampler must be built on the same data, seed and world size.
+
+        A state saved after the last batch of its epoch resumes at the start of the next epoch, as Lightning does:
+        a loader with workers fetches its first batches before Lightning's ``set_epoch`` says so."""
         for key in ("seed", "world_size", "num_examples"):
             if key in state and state[key] != self.state_dict()[key]:
                 raise ValueError(f"cannot resume: state has {key}={state[key]}, this sampler {self.state_dict()[key]}")
-        self.epoch = int(state["epoch"])
-        self._resume_at = self._yielded = int(state["batches_done"])
+        self.epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self):
+            self.epoch, done = self.epoch + 1, 0
+        self._resume_at = self._yielded = done

@@ -1,0 +1,110 @@
+"""Kill-and-resume through a real Lightning Trainer and the real data modules: every epoch draws a new plan, and a run
+killed in any epoch and resumed with ``ckpt_path="last"`` trains on the uninterrupted run's batches with its losses.
+
+A toy module (one weight, a loss of the batch's tokens and mel) stands in for the model, so each run takes seconds;
+the sampler, the data module's state and Lightning's loops are the real ones.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from qwen_audio.data.datamodule import AudioTextDataModule
+from qwen_audio.data.manifest import ManifestEntry, write_manifest
+
+EPOCHS = 3
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class KillAtStep(L.Callback):
+    """Dies after ``step`` optimizer steps, before that step's checkpoint, as a preempted job does."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Killed(f"killed at step {self.step}")
+
+
+class Recorder(L.LightningModule):
+    """Records, per global step, the epoch, what the batch holds (its tokens) and the loss."""
+
+    def __init__(self, record: dict[int, tuple]):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.record = record
+
+    def training_step(self, batch, batch_idx):
+        target = batch["input_ids"].float().mean() / 1000 + batch["audio_mel"].mean()
+        loss = (self.weight - target) ** 2
+        rows = tuple(tuple(row[row >= 0].tolist()) for row in batch["labels"])
+        self.record[self.global_step] = (self.current_epoch, rows, loss.item())
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> list[str]:
+    """Two manifests of noise clips (0.2 to 0.8 s), each line's text naming its manifest and index."""
+    folder = tmp_path_factory.mktemp("resume")
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, count in (("alpha", 14), ("beta", 6)):
+        entries = []
+        for i in range(count):
+            seconds = round(float(rng.uniform(0.2, 0.8)), 3)
+            soundfile.write(folder / f"{name}{i}.wav", rng.normal(0, 0.1, int(seconds * 16000)).astype(np.float32), 16000)
+            entries.append(ManifestEntry(f"{name}{i}.wav", "asr", f"{name} {i}", "en", "en", duration=seconds))
+        write_manifest(folder / f"{name}.jsonl", entries)
+        paths.append(str(folder / f"{name}.jsonl"))
+    return paths
+
+
+def fit(root, manifests, weights, workers, record, kill_at=None, resume=False):
+    data = AudioTextDataModule(train=manifests, weights=weights, model="tiny", max_seconds=2.0, num_buckets=3,
+                               num_workers=workers, seed=4)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
+                                                      save_top_k=-1)
+    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        callbacks=[checkpoints] + ([KillAtStep(kill_at)] if kill_at is not None else []))
+    trainer.fit(Recorder(record), datamodule=data, ckpt_path="last" if resume else None)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("weights", [None, [1.0, 3.0]], ids=["every-example", "weighted"])
+def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(tmp_path, manifests, weights, workers):
+    straight: dict[int, tuple] = {}
+    fit(tmp_path / "straight", manifests, weights, workers, straight)
+    steps = len(straight)
+    per_epoch = steps // EPOCHS
+    assert steps == per_epoch * EPOCHS and sorted(straight) == list(range(steps))
+    epochs = [[straight[s][1] for s in range(e * per_epoch, (e + 1) * per_epoch)] for e in range(EPOCHS)]
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]  # a new plan every epoch
+    if weights is not None:  # beta is up-sampled, alpha down-sampled: each epoch takes another subset of alpha
+        subsets = [{row for batch in epoch for row in batch} for epoch in epochs]
+        assert subsets[0] != subsets[1]
+
+    for kill_at in (3, 2 * per_epoch + 1):  # in epoch 0, and in the last epoch
+        root = tmp_path / f"killed{kill_at}"
+        first: dict[int, tuple] = {}
+        with pytest.raises(Killed):
+            fit(root, manifests, weights, workers, first, kill_at=kill_at)
+        resumed: dict[int, tuple] = {}
+        fit(root, manifests, weights, workers, resumed, resume=True)
+        start = kill_at - kill_at % 2  # the last checkpoint, every 2 steps
+        assert sorted(resumed) == list(range(start, steps))
+        for step in range(start, steps):
+            epoch, rows, loss = resumed[step]
+            assert (epoch, rows) == straight[step][:2], step
+            assert loss == pytest.approx(straight[step][2], rel=1e-6, abs=1e-9), step
