@@ -7,6 +7,7 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import soundfile
@@ -264,3 +265,38 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
     else:
         assert {"lm_head.weight", "transformer.wte.weight", "transformer.h.1.mlp.w2.weight"} <= changed
         assert not any(k.startswith("transformer.audio.") for k in changed)
+
+
+class LossRecorder(L.Callback):
+    def __init__(self):
+        self.losses, self.with_audio = [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+        self.with_audio.append(batch["audio_mel"] is not None)
+
+
+def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
+    """One conversation a batch (max_tokens = max_length), so audio and pure-text batches alternate, SpecAugment on."""
+    audio = [{"messages": [user({"audio": clip.name}, {"text": f"q{i}"}), assistant("a")]} for i in range(3)]
+    text = [{"messages": [user(f"t{i}"), assistant("b")]} for i in range(3)]
+    path = write_jsonl(tmp_path / "chat.jsonl", audio + text)
+    data = ChatDataModule(train=[str(path)], text_ratio=0.5, max_length=64, max_tokens=64, seed=1)
+    torch.manual_seed(0)
+    module = QwenAudioModule(model="tiny", train="decoder", spec_augment=True, warmup_steps=1)
+    module.configure_model()
+    initial = QwenAudio(module.config)
+    initial.load_state_dict(module.model.state_dict())
+    recorder = LossRecorder()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[recorder])
+    trainer.fit(module, datamodule=data)
+    assert len(recorder.losses) == 6 and 0 < sum(recorder.with_audio) < 6  # both kinds of batch were trained on
+    replay = ChatDataModule(train=[str(path)], text_ratio=0.5, max_length=64, max_tokens=64, seed=1)
+    replay.setup("fit")
+    first = next(iter(replay.train_dataloader()))  # epoch 0's first batch, pure text with this seed
+    assert first["audio_mel"] is None and not recorder.with_audio[0]
+    # the first step's loss, independently: the untrained model's own loss on that batch
+    expected = initial(first["input_ids"], attention_mask=first["attention_mask"], labels=first["labels"]).loss
+    assert recorder.losses[0] == pytest.approx(expected.item(), rel=1e-5)

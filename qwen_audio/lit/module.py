@@ -145,7 +145,7 @@ class QwenAudioModule(L.LightningModule):
         # decoder each over their own positions; attention's quadratic term is left out.
         frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
         self.flops_per_batch = 6 * (self._decoder_params * int(batch["attention_mask"].sum()) + self._encoder_params * frames)
-        if self.hparams.spec_augment:
+        if self.hparams.spec_augment and batch["audio_mel"] is not None:  # None: a batch of pure-text conversations
             # Masks drawn from (seed, step), not the global RNG: a resumed run draws the masks it would have drawn.
             generator = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
             batch = {**batch, "audio_mel": spec_augment(batch["audio_mel"], batch["audio_mel_lengths"], generator=generator)}
