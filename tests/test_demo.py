@@ -144,10 +144,11 @@ def test_manifests_are_valid_and_sized(corpus):
             assert entry.duration == pytest.approx(soundfile.info(entry.audio).duration, abs=1e-3)
             assert 0.5 <= entry.duration <= 6.0
         tasks[split] = collections.Counter(e.task for e in entries)
-    per_group = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}
+    speech = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}
+    sounds = {**speech, "train": max(1, SIZE // 4)}
     for split, counts in tasks.items():
-        n = per_group[split]
-        assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": n, "asc": n, "aqa": n}
+        n, m = speech[split], sounds[split]
+        assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": m, "asc": m, "aqa": m}
 
 
 def test_speech_is_digit_strings_held_out_from_training(corpus):

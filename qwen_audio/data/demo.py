@@ -42,6 +42,7 @@ SPLITS = ("train", "validation", "test")
 SENTENCES_FILE = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
 SOUND_RATE = 16000  # sample rate of the generated (non-speech) clips
 HELD_OUT_PERCENT = {"test": 10, "validation": 10}  # of all possible items; the rest is for training
+MAX_HELD_OUT = 100  # validation and test clips per group: enough to measure, cheap to validate on
 DIGITS = {"en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"), "zh": tuple("零一二三四五六七八九")}
 DIGITS_PER_UTTERANCE = (3, 6)  # inclusive
 VOICES = {"en": ("en", "en+f2", "en+m3", "en+f4", "en+m7"), "zh": ("cmn", "cmn+f2", "cmn+m3", "cmn+f4")}
@@ -76,8 +77,9 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
     """Build the corpus unless it is there; returns ``{split: manifest path}``.
 
     It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
-    corpora of other versions or parameters never collide. ``size``: training clips per group (English speech,
-    Mandarin speech, MNA, ASC, AQA); validation and test get ``max(1, size // 4)`` each. Each speech clip gives an
+    corpora of other versions or parameters never collide. ``size``: training clips of English and of Mandarin
+    speech; the sound tasks (MNA, ASC, AQA) get ``max(1, size // 4)`` each; validation and test get
+    ``min(100, max(1, size // 4))`` of every group. Each speech clip gives an
     ASR and an SRWT line.
     """
     if size < 1:
@@ -177,8 +179,10 @@ def _digit_strings(seed: int, language: str, counts: dict[str, int]) -> dict[str
 
 def _generate(folder: Path, seed: int, size: int) -> None:
     sentences = _sentence_splits()
-    counts = {split: size if split == "train" else max(1, size // 4) for split in SPLITS}
+    held_out = min(MAX_HELD_OUT, max(1, size // 4))
+    counts = {split: size if split == "train" else held_out for split in SPLITS}
     digits = {language: _digit_strings(seed, language, counts) for language in ("en", "zh")}
+    counts["train"] = max(1, size // 4)  # sound clips: their tasks are learned in fewer examples than speech
     # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser process.
     speech: dict[str, list[tuple[str, SpeechJob]]] = {}
     voices: dict[tuple[str, int], list[SpeechJob]] = {}
