@@ -29,18 +29,27 @@ class QwenAudioOutput:
     kv_cache: KVCache | None = None
 
 
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: the positions whose logits predict a label (position ``t`` predicts ``labels[:, t + 1]``)."""
+    return F.pad(labels[:, 1:] != -100, (0, 1))
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next-token cross-entropy per position on fp32 logits: ``labels`` shifted by one, -100 ignored.
 
+    ``logits`` is ``[B, L, vocab]``, or ``[n, vocab]`` computed at :func:`label_positions` only (in row-major
+    order), which is all the loss reads: training skips the head everywhere else.
     Returns ``(loss, correct, counted)``, each ``[B, L - 1]``: the token loss (0 where ignored), whether the argmax
     equals the label, and which positions count. Per-sample or per-task means are sums over these.
     """
     targets = labels[:, 1:].to(logits.device)
     counted = targets != -100
-    shifted = logits[:, :-1].float()
-    losses = F.cross_entropy(shifted.transpose(1, 2), targets.masked_fill(~counted, 0), reduction="none")
-    losses = losses.masked_fill(~counted, 0.0)
-    correct = (shifted.argmax(-1) == targets) & counted
+    if logits.dim() == 3:
+        logits = logits[:, :-1][counted]
+    counted_targets = targets[counted]
+    losses = torch.zeros(counted.shape, device=logits.device).masked_scatter(
+        counted, F.cross_entropy(logits.float(), counted_targets, reduction="none"))
+    correct = torch.zeros_like(counted).masked_scatter(counted, logits.argmax(-1) == counted_targets)
     return losses, correct, counted
 
 
@@ -115,12 +124,15 @@ class QwenAudio(nn.Module):
         kv_cache: KVCache | None = None,
         use_cache: bool = False,
         audio_embeds: Sequence[torch.Tensor] | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> QwenAudioOutput:
         """Logits for ``input_ids`` ``[B, L]``, and the loss when ``labels`` are given.
 
         Audio comes as mel ``[N, n_mels, T]`` + valid mel lengths ``[N]`` (samples // 160), one clip per ``<audio>``
         in row-major order, or already encoded as ``audio_embeds``. ``attention_mask`` ``[B, past + L]`` (0 = padding;
         several ids per row = packed sequences), ``position_ids`` ``[B, L]`` (rotary positions; default: the index).
+        ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order:
+        training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs.
 
         The loss is next-token cross-entropy (``labels`` shifted by one, -100 ignored, mean over counted tokens)
         computed on logits upcast to fp32: more accurate than the release, which used the working dtype (bf16).
@@ -135,7 +147,7 @@ class QwenAudio(nn.Module):
         if audio_embeds is not None:
             embeds = splice_audio(embeds, input_ids, audio_embeds, self.config.audio_start_id)
         hidden, cache = self.transformer(embeds, attention_mask, position_ids, kv_cache, use_cache)
-        logits = self.lm_head(hidden)
+        logits = self.lm_head(hidden if logits_at is None else hidden[logits_at])
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:

@@ -200,3 +200,17 @@ def test_spec_augment_masks_wide_bands_on_average():
     out = spec_augment(mel, torch.full((64,), 300), generator=torch.Generator().manual_seed(0))
     frames_masked = ((out != mel).sum(dim=1) == 80).sum(dim=1).float()
     assert 40 < frames_masked.mean() < 60  # width ~ U{0..100}: mean 50
+
+
+@pytest.mark.parametrize("samples", [201, 1000, 16123, 33333, 479700, 480000])
+def test_encoder_input_of_a_short_clip_is_whispers_30_second_log_mel(samples):
+    """audio_features transforms only the clip and N_FFT samples of padding; whisper pads every clip to 30 s."""
+    from qwen_audio.data.dataset import audio_features
+
+    audio = 0.1 * torch.randn(samples, generator=torch.Generator().manual_seed(samples))
+    audio[: samples // 3] = 0.0  # leading silence: the maximum lies in the later frames
+    mel, mel_length = audio_features(audio, "clip.wav")
+    assert mel_length == samples // 160
+    reference = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio))
+    torch.testing.assert_close(mel, reference[:, : mel.shape[1]], atol=1e-5, rtol=0)
+    assert mel.shape[1] == min(3000, 2 * ((mel_length - 1) // 2 + 1) + 1)  # the frames an encoder may read

@@ -144,10 +144,11 @@ def test_manifests_are_valid_and_sized(corpus):
             assert entry.duration == pytest.approx(soundfile.info(entry.audio).duration, abs=1e-3)
             assert 0.5 <= entry.duration <= 6.0
         tasks[split] = collections.Counter(e.task for e in entries)
-    per_group = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}
+    speech = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}
+    sounds = {**speech, "train": max(1, SIZE // 4)}
     for split, counts in tasks.items():
-        n = per_group[split]
-        assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": n, "asc": n, "aqa": n}
+        n, m = speech[split], sounds[split]
+        assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": m, "asc": m, "aqa": m}
 
 
 def test_speech_is_digit_strings_held_out_from_training(corpus):
@@ -220,3 +221,38 @@ def test_asc_labels_and_asset_labels(corpus):
     assert {*SCENES, *INSTRUMENTS, *NUMBER_WORDS, "yes", "no"} <= labels  # every target word is listed in the asset
     assert len(read_sentences()["en"]) > 100 and len(read_sentences()["zh"]) > 100
     assert json.loads((corpus["train"].parent / "corpus.json").read_text())["size"] == SIZE
+
+
+def _items_from_manifests(manifests) -> dict[str, set[str]]:
+    """Per split, the digit sequences (both languages alike) and the notes, read back from the manifest lines."""
+    items = {}
+    for split in SPLITS:
+        keys = set()
+        for entry in read_manifest(manifests[split]):
+            if entry.task == "asr":
+                words = entry.text.split() if entry.audio_language == "en" else list(entry.text)
+                keys.add("digits:" + "".join(str(DIGITS[entry.audio_language].index(w)) for w in words))
+            elif entry.task == "mna":
+                midi, instrument = re.fullmatch(r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text).groups()
+                keys.add(f"note:{instrument}:{midi}")
+        items[split] = keys
+    return items
+
+
+def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
+    """Two sizes x two seeds: no validation or test digit string, note, babble sentence or AQA layout of one corpus
+    is in the training split of any of them (split membership comes from the item, not from its position)."""
+    corpora = [build_demo_corpus(tmp_path, seed=seed, size=size) for seed in (0, 1) for size in (5, 21)]
+    recorded = [json.loads((c["train"].parent / "items.json").read_text()) for c in corpora]
+    read_back = [_items_from_manifests(c) for c in corpora]
+    kinds = {key.split(":")[0] for items in recorded for split in SPLITS for key in items[split]}
+    assert kinds == {"digits", "note", "aqa", "sentence"}
+    for record, manifest_items in zip(recorded, read_back):
+        for split in SPLITS:
+            assert manifest_items[split] <= set(record[split])
+    for held_out in recorded + read_back:
+        for training in recorded + read_back:
+            for split in ("validation", "test"):
+                assert not set(held_out[split]) & set(training["train"])
+    # the seeds draw different items, so the check above compared different corpora
+    assert set(recorded[0]["test"]) != set(recorded[2]["test"])

@@ -5,6 +5,7 @@ on a tiny random checkpoint, given as a released-layout folder or as a Lightning
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning
@@ -21,8 +22,9 @@ from qwen_audio.benchmarks import (
     read_benchmark_file,
     score_predictions,
 )
-from qwen_audio.config import QwenAudioConfig
-from qwen_audio.data.benchmark_datamodule import BenchmarkDataset, benchmark_batches
+from qwen_audio.config import ConfigError, QwenAudioConfig
+from qwen_audio.data.benchmark_datamodule import BenchmarkDataModule, BenchmarkDataset, benchmark_batches, demo_corpus
+from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
 from qwen_audio.data.manifest import ManifestError
 from qwen_audio.lit.evaluation import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
 from qwen_audio.model import QwenAudio
@@ -227,3 +229,34 @@ def test_lightning_checkpoint_gives_the_weights(demo_env, folder_run):
                 "pytorch-lightning_version": lightning.__version__}, checkpoint)
     predictions = _run_demo(root / "from-ckpt", "--ckpt_path", str(checkpoint))
     assert predictions == folder_run[1]
+
+
+def _recorded_export(root: Path, name: str, record: dict) -> Path:
+    folder = root / name
+    shutil.copytree(root / "tiny", folder)
+    (folder / CORPUS_RECORD).write_text(json.dumps(record))
+    return folder
+
+
+def test_demo_evaluation_reads_the_corpus_the_export_records(demo_env, folder_run):
+    """No --data.demo_size: the size-2 corpus the export names is read, the same items as asking for it."""
+    root, _ = demo_env
+    folder = _recorded_export(root, "recorded", corpus_record(seed=0, size=2))
+    out = root / "recorded-run"
+    main(["test", "--config", str(DEMO_CONFIG), "--model.checkpoint", str(folder), "--trainer.default_root_dir",
+          str(out), "--trainer.enable_progress_bar", "false"])
+    predictions = [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    assert [p["gt"] for p in predictions] == [p["gt"] for p in folder_run[1]]
+
+
+@pytest.mark.parametrize("asked, recorded", [
+    (dict(seed=1, demo_size=None), corpus_record(seed=0, size=2)),
+    (dict(seed=None, demo_size=48), corpus_record(seed=0, size=2)),
+    (dict(seed=None, demo_size=None), {**corpus_record(seed=0, size=2), "version": "2"}),
+])
+def test_demo_evaluation_refuses_another_corpus_than_the_recorded_one(demo_env, asked, recorded):
+    root, _ = demo_env
+    folder = _recorded_export(root, f"mismatch-{asked['seed']}-{asked['demo_size']}-{recorded['version']}", recorded)
+    with pytest.raises(ConfigError, match=f"{CORPUS_RECORD}: the model was trained on the demo corpus"):
+        BenchmarkDataModule(model="tiny", checkpoint=str(folder), **asked)
+    assert demo_corpus(None, None, None) == (0, 48)  # no record: the defaults

@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from qwen_audio.audio import audio_lengths
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.model import QwenAudio
+from qwen_audio.model import QwenAudio, label_positions, token_losses
 from qwen_audio.modules.fusion import AudioSpliceError, splice_audio
 
 S, E = 50, 51  # <audio>, </audio> in the hand-built cases
@@ -91,6 +91,15 @@ def test_forward_splices_audio_and_computes_the_shifted_fp32_loss(tiny_model):
     log_probs = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     assert_close(out.loss.double(), -(log_probs[counted]).mean(), atol=1e-5, rtol=1e-5)
     assert out.loss.dtype == torch.float32
+    # the training path: the head only where a label is predicted, the same losses
+    at = label_positions(labels)
+    assert at.sum() == counted.sum() and not at[:, -1].any()
+    with torch.no_grad():
+        lean = tiny_model(ids, audio_mel=mel, audio_mel_lengths=mel_lengths, attention_mask=mask, logits_at=at).logits
+    assert_close(lean, out.logits[at])
+    for full, selected in zip(token_losses(out.logits, labels), token_losses(lean, labels)):
+        assert_close(full, selected)
+    assert_close(token_losses(lean, labels)[0][counted].double(), -log_probs[counted], atol=1e-5, rtol=1e-5)
 
 
 def test_forward_with_cache_matches_the_full_forward(tiny_model):

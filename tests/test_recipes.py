@@ -2,6 +2,7 @@
 gloo) resume from their checkpoints to exactly the losses of an uninterrupted run."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "recipes" / "configs" / "pretrain").glob("*.yaml"))
@@ -105,7 +108,10 @@ def test_fsdp_config_is_complete(demo_dir):
 def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path, demo_dir):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
-    _run(["fit", "--config", str(DEMO), "--config", str(_overrides(straight, 6))], demo_dir)
+    export = f"    - class_path: qwen_audio.lit.ExportPretrained\n      init_args: {{dirpath: {straight / 'export'}}}"
+    _run(["fit", "--config", str(DEMO), "--config", str(_overrides(straight, 6, export))], demo_dir)
+    # the export names the corpus it was trained on, for evaluation to read back
+    assert json.loads((straight / "export" / CORPUS_RECORD).read_text()) == corpus_record(seed=0, size=2)
     (killed / "interrupt.py").write_text(INTERRUPT)
     kill = "    - class_path: interrupt.KillAtStep\n      init_args: {step: 3}"
     died = _run(["fit", "--config", str(DEMO), "--config", str(_overrides(killed, 6, kill))], demo_dir,

@@ -243,7 +243,7 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
           logger: false
           callbacks:
             - class_path: qwen_audio.lit.ChatTranscript
-              init_args: {{per_group: 1, max_new_tokens: 3}}
+              init_args: {{per_group: 1, num_questions: 4, max_new_tokens: 3}}
         model:
           model: tiny
           init_from: {initial_folder}
@@ -257,6 +257,9 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
     assert cli.trainer.global_step == 1
     printed = capsys.readouterr().out
     assert "### before SFT" in printed and "### after SFT" in printed and "| test-speech-0 |" in printed
+    # 4 held-out first questions scored per family (the round-robin order gives one of each of the first four)
+    table = printed.split("#### after SFT: answer accuracy")[1]
+    assert "| all | 4 |" in table and all(f"| {kind} | 1 |" in table for kind in ("speech", "note", "scene", "count"))
     initial = QwenAudio.from_pretrained(initial_folder)[0].state_dict()
     trained = {k.replace(".base_layer.", "."): v for k, v in cli.model.model.state_dict().items()}
     changed = {k for k, v in trained.items() if ".lora_" not in k and not torch.equal(v, initial[k])}

@@ -7,9 +7,12 @@ exactly once; Lightning's distributed sampler must stay off (``trainer.use_distr
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -17,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from qwen_audio.audio import load_audio
 from qwen_audio.benchmarks import BenchmarkItem, get_benchmark, read_benchmark_file
 from qwen_audio.checkpoint import read_tokenizer
-from qwen_audio.config import QwenAudioConfig
+from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.data.dataset import target_text
-from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.generate import batch_prompts
 from qwen_audio.prompts import Example, encode_task
@@ -34,6 +37,22 @@ def load_tokenizer(model: str, checkpoint: str | None) -> QwenAudioTokenizer:
     if checkpoint is None:
         return QwenAudioTokenizer.load(QwenAudioConfig.from_name(model).tokenizer)
     return read_tokenizer(checkpoint, QwenAudioConfig.from_hf_config(checkpoint))
+
+
+def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> tuple[int, int]:
+    """``(seed, size)`` of the demo corpus to evaluate ``checkpoint`` on: the one its export records, else the
+    given values (default 0 and 48). Refuses a corpus other than the recorded one, or one of another version."""
+    path = os.path.join(checkpoint, CORPUS_RECORD) if checkpoint else None
+    if path is None or not os.path.isfile(path):
+        return (0 if seed is None else seed), (48 if size is None else size)
+    record = json.loads(Path(path).read_text())
+    asked = corpus_record(record["seed"] if seed is None else seed, record["size"] if size is None else size)
+    if asked != record:
+        raise ConfigError(
+            f"{path}: the model was trained on the demo corpus {record}, but evaluation asks for {asked}; the test "
+            f"split of another corpus can hold training items of this one (drop --data.seed/--data.demo_size to "
+            f"evaluate on the recorded corpus)")
+    return record["seed"], record["size"]
 
 
 def demo_items(entries: Sequence[ManifestEntry]) -> list[BenchmarkItem]:
@@ -105,7 +124,9 @@ class BenchmarkDataModule(L.LightningDataModule):
         batch_size: prompts per batch on each device (default: the benchmark's, from the release).
         model, checkpoint: the model preset and released-layout folder (linked from the model by the CLI); they
             give the tokenizer.
-        seed, demo_size: of the demo corpus (:func:`qwen_audio.data.demo.build_demo_corpus`).
+        seed, demo_size: of the demo corpus (:func:`qwen_audio.data.demo.build_demo_corpus`). By default those
+            of the corpus the checkpoint was trained on (its ``demo_corpus.json``), which it must then match: any other
+            corpus's test split could hold that corpus's training items; without a record, seed 0 and size 48.
     """
 
     def __init__(
@@ -117,8 +138,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         num_workers: int = 0,
         model: str = "tiny",
         checkpoint: str | None = None,
-        seed: int = 0,
-        demo_size: int = 48,
+        seed: int | None = None,
+        demo_size: int | None = None,
     ) -> None:
         super().__init__()
         if benchmark != DEMO:
@@ -128,7 +149,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.benchmark, self.audio_root, self.batch_size = benchmark, audio_root, batch_size
         self.num_workers = num_workers
         self.path = path or (f"{DEMO_PREFIX}test" if benchmark == DEMO else get_benchmark(benchmark).data)
-        self.seed, self.demo_size = seed, demo_size
+        self.seed, self.demo_size = demo_corpus(checkpoint, seed, demo_size)
         self.tokenizer = load_tokenizer(model, checkpoint)
         self.items: list[BenchmarkItem] | None = None
 

@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import AudioTextDataset
-from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.demo import build_demo_corpus, corpus_record
 from qwen_audio.data.flat_prompts import FlatPromptDataset
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
@@ -81,6 +81,13 @@ class AudioTextDataModule(L.LightningDataModule):
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
         self._train_sampler: DurationBucketSampler | None = None
+
+    @property
+    def demo_corpus(self) -> dict | None:
+        """The :func:`~qwen_audio.data.demo.corpus_record` of the demo corpus the training split reads, if any."""
+        if any(m.startswith(DEMO_PREFIX) for m in self.manifests["train"]):
+            return corpus_record(self.seed, self.demo_size)
+        return None
 
     def _resolve(self, manifest: str) -> str:
         if manifest.startswith(DEMO_PREFIX):

@@ -11,18 +11,22 @@ The sound tasks follow the paper's formats with targets that the audio determine
 - ASC: five scenes built from shaped noise and synthetic events (rain, wind, engine, birds, babble of several voices).
 - AQA: 1 to 6 beeps or clicks; "how many ...?" answered by a number word, or "are there any ...?" by yes/no.
 
-Validation and test digit strings never occur in training (nor do the babble sentences). Everything derives from ``seed``, with no network
+Held out by construction: every item's split is a function of the item itself (:func:`split_of` hashes the digit
+sequence, the babble sentence, the note, the AQA event layout), so no validation or test item is in any training
+split, for any seed and any size, and a spoken digit string is held out in both languages. Everything derives from ``seed``, with no network
 (the same seed and size give the same bytes). The corpus is written to a temporary folder renamed into place at the
 end, so concurrent builders never see or leave a half-written corpus (the loser of the race discards its copy).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +35,14 @@ import soundfile
 from qwen_audio.data.espeak import SpeechJob, synthesize_files
 from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
 
-DEMO_VERSION = "2"  # bump when generation changes, so caches of an older corpus are not reused
+DEMO_VERSION = "3"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
+CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
 SENTENCES_FILE = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
 SOUND_RATE = 16000  # sample rate of the generated (non-speech) clips
-HELD_OUT_SENTENCES = 16  # per language, for each of validation and test
+HELD_OUT_PERCENT = {"test": 10, "validation": 10}  # of all possible items; the rest is for training
+MAX_HELD_OUT = 100  # validation and test clips per group: enough to measure, cheap to validate on
 DIGITS = {"en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"), "zh": tuple("零一二三四五六七八九")}
 DIGITS_PER_UTTERANCE = (3, 6)  # inclusive
 VOICES = {"en": ("en", "en+f2", "en+m3", "en+f4", "en+m7"), "zh": ("cmn", "cmn+f2", "cmn+m3", "cmn+f4")}
@@ -48,6 +54,7 @@ SCENES = ("rain", "wind", "engine", "birds", "babble")
 EVENT_KINDS = ("beep", "click")
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
 MIN_EVENT_GAP = 0.3  # seconds between AQA event onsets, so each event is separately audible
+AQA_SLOTS = 15  # event onsets at 0.1 s + k * MIN_EVENT_GAP, k < AQA_SLOTS: the last ends inside a 5 s clip
 
 # Harmonic amplitudes (the fundamental is always the strongest partial), attack and decay per instrument.
 _TIMBRES = {
@@ -70,15 +77,16 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
     """Build the corpus unless it is there; returns ``{split: manifest path}``.
 
     It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
-    corpora of other versions or parameters never collide. ``size``: training clips per group (English speech,
-    Mandarin speech, MNA, ASC, AQA); validation and test get ``max(1, size // 4)`` each. Each speech clip gives an
+    corpora of other versions or parameters never collide. ``size``: training clips of English and of Mandarin
+    speech; the sound tasks (MNA, ASC, AQA) get ``max(1, size // 4)`` each; validation and test get
+    ``min(100, max(1, size // 4))`` of every group. Each speech clip gives an
     ASR and an SRWT line.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     parent = Path(root).expanduser() if root is not None else default_demo_dir()
     root = parent / f"demo-{DEMO_VERSION}-seed{seed}-size{size}"
-    config = {"version": DEMO_VERSION, "seed": seed, "size": size}
+    config = corpus_record(seed, size)
     if not _is_built(root, config):
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -92,6 +100,12 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return {split: root / f"{split}.jsonl" for split in SPLITS}
+
+
+def corpus_record(seed: int, size: int) -> dict:
+    """What identifies a built corpus: written beside its manifests, and by the export of a model trained on it
+    (:data:`CORPUS_RECORD`), so that evaluation can read the same corpus back."""
+    return {"version": DEMO_VERSION, "seed": seed, "size": size}
 
 
 def _is_built(root: Path, config: dict) -> bool:
@@ -123,19 +137,33 @@ def read_sentences() -> dict[str, list[str]]:
     return sentences
 
 
-def _sentence_splits(seed: int) -> dict[str, dict[str, list[str]]]:
-    """``{language: {split: sentences}}`` with validation and test sentences held out from training."""
+def split_of(key: str) -> str:
+    """The split of the item ``key`` names (``digits:4172``, ``sentence:...``, ``aqa:beep:1,4``):
+    a stable hash of the key, so it depends on neither the seed nor the size nor the order of generation."""
+    bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 100
+    if bucket < HELD_OUT_PERCENT["test"]:
+        return "test"
+    return "validation" if bucket < HELD_OUT_PERCENT["test"] + HELD_OUT_PERCENT["validation"] else "train"
+
+
+def _sentence_splits() -> dict[str, dict[str, list[str]]]:
+    """``{language: {split: sentences}}``, each sentence in the split :func:`split_of` gives it."""
     splits = {}
     for language, sentences in read_sentences().items():
-        order = _rng(seed, "sentences", language).permutation(len(sentences))
-        shuffled = [sentences[i] for i in order]
-        n = HELD_OUT_SENTENCES
-        splits[language] = {"test": shuffled[:n], "validation": shuffled[n : 2 * n], "train": shuffled[2 * n :]}
+        splits[language] = {split: [] for split in SPLITS}
+        for sentence in sentences:
+            splits[language][split_of(f"sentence:{sentence}")].append(sentence)
     return splits
 
 
+def digit_key(text: str, language: str) -> str:
+    """The item a spoken digit string is, the same in both languages: ``"four one"`` and ``"四一"`` are ``digits:41``."""
+    words = text.split() if language == "en" else list(text)
+    return "digits:" + "".join(str(DIGITS[language].index(word)) for word in words)
+
+
 def _digit_strings(seed: int, language: str, counts: dict[str, int]) -> dict[str, list[str]]:
-    """``{split: digit strings}``, all distinct, so no held-out string is ever heard in training."""
+    """``{split: digit strings}``, distinct within the corpus, each drawn until it falls in its split."""
     rng, seen, strings = _rng(seed, "digits", language), set(), {}
     joiner = " " if language == "en" else ""
     for split in SPLITS:
@@ -143,16 +171,18 @@ def _digit_strings(seed: int, language: str, counts: dict[str, int]) -> dict[str
         while len(strings[split]) < counts[split]:
             length = int(rng.integers(DIGITS_PER_UTTERANCE[0], DIGITS_PER_UTTERANCE[1] + 1))
             text = joiner.join(DIGITS[language][d] for d in rng.integers(0, 10, size=length))
-            if text not in seen:
+            if text not in seen and split_of(digit_key(text, language)) == split:
                 seen.add(text)
                 strings[split].append(text)
     return strings
 
 
 def _generate(folder: Path, seed: int, size: int) -> None:
-    sentences = _sentence_splits(seed)
-    counts = {split: size if split == "train" else max(1, size // 4) for split in SPLITS}
+    sentences = _sentence_splits()
+    held_out = min(MAX_HELD_OUT, max(1, size // 4))
+    counts = {split: size if split == "train" else held_out for split in SPLITS}
     digits = {language: _digit_strings(seed, language, counts) for language in ("en", "zh")}
+    counts["train"] = max(1, size // 4)  # sound clips: their tasks are learned in fewer examples than speech
     # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser process.
     speech: dict[str, list[tuple[str, SpeechJob]]] = {}
     voices: dict[tuple[str, int], list[SpeechJob]] = {}
@@ -176,18 +206,22 @@ def _generate(folder: Path, seed: int, size: int) -> None:
                 ]
     all_jobs = [job for split in SPLITS for _, job in speech[split]] + [job for v in voices.values() for job in v]
     timings = iter(synthesize_files(all_jobs))
+    items: dict[str, set[str]] = {split: set() for split in SPLITS}
     for split in SPLITS:
         entries = []
         for language, job in speech[split]:
             entries += _speech_entries(folder, job, language, next(timings))
+            items[split].add(digit_key(job.text, language))
         for i in range(counts[split]):
             clip = f"{i:04d}.wav"
-            entries += [
-                _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{clip}", i),
-                _asc_clip(_rng(seed, split, "asc", str(i)), folder, f"{split}/asc_{clip}", i, voices.get((split, i))),
-                _aqa_clip(_rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}"),
-            ]
+            mna, note = _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{clip}", i, split)
+            aqa, layout = _aqa_clip(_rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}", split)
+            scene = _asc_clip(_rng(seed, split, "asc", str(i)), folder, f"{split}/asc_{clip}", i, voices.get((split, i)))
+            entries += [mna, scene, aqa]
+            items[split] |= {note, layout, *(f"sentence:{job.text}" for job in voices.get((split, i), ()))}
         write_manifest(folder / f"{split}.jsonl", entries)
+    # the record of which items each split holds, for checking that held-out items are held out
+    (folder / "items.json").write_text(json.dumps({split: sorted(keys) for split, keys in items.items()}, indent=0))
     shutil.rmtree(folder / "voices")
 
 
@@ -225,10 +259,19 @@ def _times(seconds: float) -> np.ndarray:
     return np.arange(int(seconds * SOUND_RATE)) / SOUND_RATE
 
 
-def _mna_clip(rng: np.random.Generator, folder: Path, path: str, index: int) -> ManifestEntry:
-    """A note: harmonic partials of the instrument's timbre with its attack and (piano, brass) decay."""
+def note_split(instrument: str, midi: int) -> str:
+    """The split of a note (instrument, pitch): every tenth pitch of each instrument is test, the next validation,
+    shifted by 3 semitones per instrument, so each instrument has held-out pitches that other instruments play in
+    training (a hash could leave an instrument without a test note)."""
+    bucket = (midi + 3 * INSTRUMENTS.index(instrument)) % 10
+    return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+
+
+def _mna_clip(rng: np.random.Generator, folder: Path, path: str, index: int, split: str) -> tuple[ManifestEntry, str]:
+    """A note of the split: harmonic partials of the instrument's timbre with its attack and (piano, brass) decay."""
     instrument = INSTRUMENTS[index % len(INSTRUMENTS)]
-    midi = int(rng.integers(MIDI_PITCHES[0], MIDI_PITCHES[1] + 1))
+    midis = [m for m in range(MIDI_PITCHES[0], MIDI_PITCHES[1] + 1) if note_split(instrument, m) == split]
+    midi = int(rng.choice(midis))
     timbre, f0, t = _TIMBRES[instrument], _midi_to_hz(midi), _times(rng.uniform(1.0, 2.5))
     note = sum(
         amplitude * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
@@ -239,7 +282,7 @@ def _mna_clip(rng: np.random.Generator, folder: Path, path: str, index: int) -> 
     envelope *= np.minimum(1.0, (t[-1] - t) / 0.05)  # 50 ms release, no click at the end
     duration = _write_sound(folder, path, note * envelope, rng)
     text = f"<|pitch|><|midi_pitch_{midi}|><|instrument|>{instrument}"
-    return ManifestEntry(path, "mna", text, None, "en", duration=duration)
+    return ManifestEntry(path, "mna", text, None, "en", duration=duration), f"note:{instrument}:{midi}"
 
 
 def _shaped_noise(rng: np.random.Generator, n: int, gain) -> np.ndarray:
@@ -319,12 +362,21 @@ def _asc_clip(
     return ManifestEntry(path, "asc", scene, None, "en", duration=_write_sound(folder, path, audio, rng))
 
 
-def _aqa_clip(rng: np.random.Generator, folder: Path, path: str) -> ManifestEntry:
-    """1..6 beeps or clicks at least ``MIN_EVENT_GAP`` apart; a counting or a yes/no question about them."""
-    kind, count = EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))], int(rng.integers(1, len(NUMBER_WORDS) + 1))
-    seconds = rng.uniform(MIN_EVENT_GAP * count + 1.0, 5.0)
-    slots = np.arange(0.1, seconds - 0.3, MIN_EVENT_GAP)
-    onset_s = np.sort(rng.choice(slots, count, replace=False)) + rng.uniform(0, 0.05, count)
+def aqa_layout_key(kind: str, slots: Sequence[int]) -> str:
+    """The item an AQA clip is: its kind of event and the slots (multiples of ``MIN_EVENT_GAP``) they start in."""
+    return f"aqa:{kind}:{','.join(map(str, slots))}"
+
+
+def _aqa_clip(rng: np.random.Generator, folder: Path, path: str, split: str) -> tuple[ManifestEntry, str]:
+    """1..6 beeps or clicks at least ``MIN_EVENT_GAP`` apart, in a layout of the split; a counting or a yes/no
+    question about them."""
+    while True:
+        kind, count = EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))], int(rng.integers(1, len(NUMBER_WORDS) + 1))
+        slots = np.sort(rng.choice(AQA_SLOTS, count, replace=False))
+        if split_of(aqa_layout_key(kind, slots)) == split:
+            break
+    seconds = rng.uniform(max(MIN_EVENT_GAP * count + 1.0, 0.1 + MIN_EVENT_GAP * (slots[-1] + 1) + 0.3), 5.0)
+    onset_s = 0.1 + MIN_EVENT_GAP * slots + rng.uniform(0, 0.05, count)
     if kind == "beep":
         burst = np.sin(2 * np.pi * rng.uniform(700, 2000) * _times(0.08)) * np.hanning(int(0.08 * SOUND_RATE))
     else:
@@ -339,4 +391,5 @@ def _aqa_clip(rng: np.random.Generator, folder: Path, path: str) -> ManifestEntr
         asked = EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))]
         question, answer = f"are there any {asked}s?", "yes" if asked == kind else "no"
     duration = _write_sound(folder, path, audio, rng)
-    return ManifestEntry(path, "aqa", answer, None, "en", duration=duration, question=question)
+    entry = ManifestEntry(path, "aqa", answer, None, "en", duration=duration, question=question)
+    return entry, aqa_layout_key(kind, slots)

@@ -3,6 +3,12 @@ export of the trained model in the released layout."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
 import jiwer
 import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
@@ -12,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from qwen_audio.chat import chat
 from qwen_audio.checkpoint import CheckpointError, check_writable
 from qwen_audio.data.dataset import load_segment
+from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate
 from qwen_audio.lit.lora import merge_lora
@@ -84,30 +91,65 @@ def _shown(content) -> str:
     return " ".join(f"[{item['audio'].rsplit('/', 1)[-1]}]" if "audio" in item else item["text"] for item in content)
 
 
-class ChatTranscript(L.Callback):
-    """Before and after fitting, replays the first ``per_group`` test conversations with audio and as many
-    pure-text ones turn by turn through greedy :func:`qwen_audio.chat.chat` (the model's own answers become the
-    history) and prints each question, answer and reference: the demo's proof that SFT taught the model to answer."""
+def _normalised_answer(text: str) -> str:
+    return " ".join(re.sub(r"[^\w#]+", " ", text.lower()).split())
 
-    def __init__(self, per_group: int = 5, max_new_tokens: int = 32) -> None:
-        self.per_group, self.max_new_tokens = per_group, max_new_tokens
+
+def _kind(conversation_id: str) -> str:
+    """The question family of a demo conversation id (``test-scene-3`` -> ``scene``); the id itself otherwise."""
+    parts = conversation_id.split("-")
+    return parts[1] if len(parts) == 3 else conversation_id
+
+
+class ChatTranscript(L.Callback):
+    """Before and after fitting: the answer accuracy of greedy :func:`qwen_audio.chat.chat` on the first audio
+    question of ``num_questions`` held-out test conversations, per question family, beside the majority answer's
+    accuracy (what a model that ignores the audio can score: the training split's most common answer of the family);
+    and ``per_group`` test conversations with audio and as many pure-text ones replayed turn by turn (the model's
+    own answers become the history). The demo's proof that SFT taught the model to answer what it hears."""
+
+    def __init__(self, per_group: int = 3, num_questions: int = 100, max_new_tokens: int = 32) -> None:
+        self.per_group, self.num_questions, self.max_new_tokens = per_group, num_questions, max_new_tokens
+
+    def _answer(self, module, tokenizer, conversation, config) -> list[tuple[str, str, str]]:
+        history, turns = [], []
+        for user, reference in zip(conversation.messages[::2], conversation.messages[1::2]):
+            answer, history = chat(module.model, tokenizer, user.content, history,
+                                   system=conversation.system or DEFAULT_SYSTEM, config=config)
+            turns.append((_shown(user.content), answer, reference.content))
+        return turns
 
     def _report(self, trainer: L.Trainer, module: L.LightningModule, title: str) -> None:
         datamodule = trainer.datamodule
+        datamodule.setup("fit")
         datamodule.setup("test")
         tokenizer = datamodule.tokenizer
         config = GenerationConfig.chat(tokenizer, do_sample=False, max_new_tokens=self.max_new_tokens)
-        lines = [f"\n### {title}: chat on held-out conversations", "", "| id | user | model | reference |",
-                 "|---|---|---|---|"]
         was_training = module.model.training
         module.model.eval()
-        for conversation in (c for group in datamodule.conversations["test"] for c in group[: self.per_group]):
-            history = []
-            for user, reference in zip(conversation.messages[::2], conversation.messages[1::2]):
-                answer, history = chat(module.model, tokenizer, user.content, history,
-                                       system=conversation.system or DEFAULT_SYSTEM, config=config)
-                lines.append(f"| {conversation.id} | {_shown(user.content)} | {answer} | {reference.content} |")
+        with_audio, text_only = datamodule.conversations["test"]
+        lines = [f"\n### {title}: chat on held-out conversations", "", "| id | user | model | reference |",
+                 "|---|---|---|---|"]
+        for conversation in with_audio[: self.per_group] + text_only[: self.per_group]:
+            lines += [f"| {conversation.id} | {u} | {a} | {r} |" for u, a, r in self._answer(module, tokenizer,
+                                                                                                conversation, config)]
+        majority = {}
+        for conversation in datamodule.conversations.get("train", [[]])[0]:
+            majority.setdefault(_kind(conversation.id), Counter())[_normalised_answer(conversation.messages[1].content)] += 1
+        scored: dict[str, list[tuple[bool, bool]]] = {}
+        for conversation in with_audio[: self.num_questions]:
+            user, reference = conversation.messages[0], conversation.messages[1].content
+            answer, _ = chat(module.model, tokenizer, user.content, system=conversation.system or DEFAULT_SYSTEM,
+                             config=config)
+            common = majority.get(_kind(conversation.id), Counter([""])).most_common(1)[0][0]
+            scored.setdefault(_kind(conversation.id), []).append(
+                (_normalised_answer(answer) == _normalised_answer(reference), common == _normalised_answer(reference)))
         module.model.train(was_training)
+        lines += ["", f"#### {title}: answer accuracy on the first question of held-out conversations", "",
+                  "| family | questions | accuracy | majority answer |", "|---|---|---|---|"]
+        for kind, results in sorted(scored.items()) + [("all", [r for rs in scored.values() for r in rs])]:
+            right = sum(r for r, _ in results) / len(results)
+            lines.append(f"| {kind} | {len(results)} | {right:.3f} | {sum(m for _, m in results) / len(results):.3f} |")
         print("\n".join(lines), flush=True)
 
     @rank_zero_only
@@ -152,5 +194,11 @@ class ExportPretrained(L.Callback):
         state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
             module.model.save_pretrained(self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path, state_dict=state)
+            corpus = getattr(trainer.datamodule, "demo_corpus", None)
+            if corpus is not None:  # evaluation reads the same corpus back (BenchmarkDataModule)
+                record = Path(self.dirpath) / CORPUS_RECORD
+                staged = record.with_suffix(".tmp")
+                staged.write_text(json.dumps(corpus, indent=1) + "\n")
+                os.replace(staged, record)
             print(f"exported the trained model to {self.dirpath}", flush=True)
         trainer.strategy.barrier()

@@ -22,7 +22,7 @@ from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_model_
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
-from qwen_audio.model import QwenAudio, token_losses
+from qwen_audio.model import QwenAudio, label_positions, token_losses
 
 Trainable = Literal["encoder", "decoder", "all"]
 
@@ -122,13 +122,15 @@ class QwenAudioModule(L.LightningModule):
             check_state_dict(expected, checkpoint["state_dict"], f"--ckpt_path {self.trainer.ckpt_path}")
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """Logits at the positions that predict a label only (:func:`label_positions`), ``[n, vocab]``."""
         return self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             audio_mel=batch["audio_mel"], audio_mel_lengths=batch["audio_mel_lengths"],
-        )
+            logits_at=label_positions(batch["labels"]),
+        ).logits
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch).logits
+        logits = self(batch)
         losses, correct, counted = token_losses(logits, batch["labels"])
         loss = losses.sum() / counted.sum().clamp(min=1)
         size = len(batch["task"])
