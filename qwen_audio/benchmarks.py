@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -85,14 +86,21 @@ def _translation_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -
     return {"bleu": bleu(refs, hyps, covost_languages(source)[1])}
 
 
+def _majority_accuracy(refs: Sequence[str]) -> float:
+    """The chance level printed beside an accuracy: the score of always answering the most common reference."""
+    return Counter(refs).most_common(1)[0][1] / len(refs)
+
+
 def _accuracy_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -> Scores:
-    """Exact, case-sensitive match (``sklearn.metrics.accuracy_score``), as every classification script scores."""
-    return {"accuracy": accuracy(refs, hyps)}
+    """Exact, case-sensitive match (``sklearn.metrics.accuracy_score``), as every classification script scores,
+    and the majority answer's accuracy beside it."""
+    return {"accuracy": accuracy(refs, hyps), "majority_accuracy": _majority_accuracy(refs)}
 
 
 def _question_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -> Scores:
-    """``evaluate_aqa.py``: accuracy, and for Clotho-AQA sources also on the yes/no questions alone."""
-    scores = {"accuracy": accuracy(refs, hyps)}
+    """``evaluate_aqa.py``: accuracy, and for Clotho-AQA sources also on the yes/no questions alone; the majority
+    answer's accuracy beside it."""
+    scores = {"accuracy": accuracy(refs, hyps), "majority_accuracy": _majority_accuracy(refs)}
     if source.startswith("clotho"):
         scores["binary_accuracy"] = binary_accuracy(refs, hyps)
     return scores

@@ -137,11 +137,13 @@ def test_scores_are_grouped_by_source():
         _prediction("librispeech", "librispeech_test_other", "a b", "a b"),
     ]
     scores = score_predictions(predictions)
-    assert scores["meld"] == {"meld_a": {"count": 3, "accuracy": pytest.approx(2 / 3)},
-                              "meld_b": {"count": 1, "accuracy": 1.0}}
+    # majority_accuracy: always answering the most common reference ("joy" is 2 of meld_a's 3)
+    assert scores["meld"] == {"meld_a": {"count": 3, "accuracy": pytest.approx(2 / 3), "majority_accuracy": 2 / 3},
+                              "meld_b": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
     # the yes/no column only for Clotho-AQA sources, as evaluate_aqa.py
-    assert scores["clothoaqa"] == {"clotho_aqa": {"count": 2, "accuracy": 0.5, "binary_accuracy": 0.0},
-                                   "other_aqa": {"count": 1, "accuracy": 1.0}}
+    assert scores["clothoaqa"] == {
+        "clotho_aqa": {"count": 2, "accuracy": 0.5, "binary_accuracy": 0.0, "majority_accuracy": 0.5},
+        "other_aqa": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
     assert scores["librispeech"]["librispeech_test_clean"]["wer"] == pytest.approx(25.0)  # 1 of 4 words, in %
     assert scores["librispeech"]["librispeech_test_other"]["wer"] == 0.0
 
@@ -209,7 +211,8 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
     expected = {"demo_asr_en": {"wer", "wer_whisper"}, "demo_asr_zh": {"cer"},
                 "demo_srwt_en": {"aas_ms", "aas_ms_release", "wer", "wer_whisper"},
                 "demo_srwt_zh": {"aas_ms", "aas_ms_release", "cer"},
-                "demo_mna": {"accuracy"}, "demo_asc": {"accuracy"}, "demo_aqa": {"accuracy"}}
+                "demo_mna": {"accuracy", "majority_accuracy"}, "demo_asc": {"accuracy", "majority_accuracy"},
+                "demo_aqa": {"accuracy", "majority_accuracy"}}
     for name, keys in expected.items():
         assert set(metrics[name][name]) == {"count", *keys}, name
     assert sum(metrics[name][name]["count"] for name in metrics) == len(predictions)
