@@ -19,22 +19,19 @@ from collections.abc import Mapping
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub.constants import SAFETENSORS_INDEX_FILE
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.errors import InputError
+from qwen_audio.errors import CheckpointError
 from qwen_audio.model import QwenAudio
 from qwen_audio.tokenizer import AUDIO_START, SPECIAL_TOKENS, QwenAudioTokenizer
 
-SAFE_INDEX = "model.safetensors.index.json"
+SAFE_INDEX = SAFETENSORS_INDEX_FILE
 BIN_INDEX = "pytorch_model.bin.index.json"
 TOKENIZER_FILE = "qwen.tiktoken"
 ENCODER_PREFIX = "transformer.audio."
-
-
-class CheckpointError(InputError):
-    """A checkpoint file or folder that does not hold the weights the model needs."""
 
 
 def _read_file(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:

@@ -20,6 +20,10 @@ class InputError(ValueError):
     """Input the user can fix (a file, a line, a field, a value), as opposed to a bug in this code."""
 
 
+class CheckpointError(InputError):
+    """A checkpoint file or folder that does not hold the weights the model needs."""
+
+
 @contextmanager
 def input_errors_reported(print_traceback: bool = False) -> Iterator[None]:
     """Turn an :class:`InputError` raised inside into ``error: MESSAGE`` on stderr and exit status 1."""

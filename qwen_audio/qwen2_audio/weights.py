@@ -15,7 +15,9 @@ from collections.abc import Mapping
 
 import torch
 
-from qwen_audio.checkpoint import SAFE_INDEX, CheckpointError
+from huggingface_hub.constants import SAFETENSORS_INDEX_FILE as SAFE_INDEX
+
+from qwen_audio.errors import CheckpointError
 
 # HF name -> our name; "{}" is the layer index.
 WEIGHT_MAP: dict[str, str] = {
