@@ -1,5 +1,5 @@
-"""The LightningCLI shared by the recipes: the data module follows the model's preset (tokenizer, vocab), and an
-input error (a bad manifest line, config or checkpoint) ends the run with its message alone
+"""The LightningCLI shared by the recipes: the data module is given the model's tokenizer and mel bins (``connect``),
+and an input error (a bad manifest line, config or checkpoint) ends the run with its message alone
 (:mod:`qwen_audio.errors`)."""
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ class QwenAudioCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(PRINT_TRACEBACK, action="store_true",
                             help=f"show the traceback of input errors too (or set {TRACEBACK_VARIABLE}=1)")
-        parser.link_arguments("model.model", "data.model")
+
+    def connect_datamodule(self) -> None:
+        """Give the data module the model's tokenizer (a released ``init_from`` folder's own) and mel bins."""
+        self.datamodule.connect(self.model.tokenizer, self.model.config.encoder.n_mels)
 
     def checked_ckpt_path(self) -> str | None:
         """The ``--ckpt_path`` file given on the command line, refused here if it is missing, truncated or not a
@@ -40,8 +43,9 @@ class QwenAudioCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
-        """``--ckpt_path last`` resumes from the newest complete checkpoint on disk, refused if another preset
-        wrote it."""
+        """Connect the data module; ``--ckpt_path last`` resumes from the newest complete checkpoint on disk,
+        refused if another preset wrote it."""
+        self.connect_datamodule()
         arguments = self.config_init[self.subcommand]
         if arguments.get("ckpt_path") == "last":
             arguments["ckpt_path"] = newest_checkpoint(self.trainer)
@@ -50,6 +54,15 @@ class QwenAudioCLI(LightningCLI):
                                "training starts from the beginning")
             else:
                 check_resumable(arguments["ckpt_path"], self.model.hparams.model)
+
+    def before_validate(self) -> None:
+        self.connect_datamodule()
+
+    def before_test(self) -> None:
+        self.connect_datamodule()
+
+    def before_predict(self) -> None:
+        self.connect_datamodule()
 
 
 def run(cli: type[LightningCLI], model_class: type, datamodule_class: type,

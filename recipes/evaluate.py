@@ -17,7 +17,11 @@ from recipes.cli import QwenAudioCLI, run
 class EvaluateCLI(QwenAudioCLI):
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
+        parser.link_arguments("model.model", "data.model")
         parser.link_arguments("model.checkpoint", "data.checkpoint")
+
+    def connect_datamodule(self) -> None:
+        """Nothing to give: BenchmarkDataModule builds its tokenizer from the linked ``model`` and ``checkpoint``."""
 
     def _parse_ckpt_path(self) -> None:
         """Lightning merges a ``--ckpt_path`` checkpoint's hyperparameters into the model's config. A training

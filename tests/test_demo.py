@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from qwen_audio.data.demo import (
+from qwen_audio.data.demo.corpus import (
     DEMO_VERSION,
     DIGITS,
     EVENT_KINDS,
@@ -23,7 +23,7 @@ from qwen_audio.data.demo import (
     build_demo_corpus,
     read_sentences,
 )
-from qwen_audio.data.espeak import synthesize
+from qwen_audio.data.demo.espeak import synthesize
 from qwen_audio.data.manifest import read_manifest
 
 SIZE = 20  # training clips per speech language (5 per sound task); validation and test get 5 per group

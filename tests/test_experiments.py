@@ -14,7 +14,6 @@ import torch
 
 from qwen_audio.data.dataset import encode_entry, target_text
 from qwen_audio.data.demo import build_demo_corpus
-from qwen_audio.data.flat_prompts import FlatPromptDataset, encode_flat
 from qwen_audio.data.manifest import ManifestEntry, Word, read_manifest, write_manifest
 from qwen_audio.prompts import IGNORE_INDEX, encode_task
 from recipes.experiments.common import (
@@ -25,6 +24,7 @@ from recipes.experiments.common import (
     validation_curves,
     write_manifest_without,
 )
+from recipes.experiments.flat_prompts import FlatPromptDataset, encode_flat
 
 # A Lightning CSVLogger file: training rows and validation rows interleaved, empty cells where nothing was logged.
 METRICS_CSV = """\

@@ -15,6 +15,7 @@ import torch
 
 from qwen_audio.data.datamodule import AudioTextDataModule
 from qwen_audio.data.manifest import ManifestEntry, write_manifest
+from qwen_audio.tokenizer import QwenAudioTokenizer
 
 EPOCHS = 3
 
@@ -71,8 +72,9 @@ def manifests(tmp_path_factory) -> list[str]:
 
 
 def fit(root, manifests, weights, workers, streaming, record, kill_at=None, resume=False):
-    data = AudioTextDataModule(train=manifests, weights=weights, model="tiny", max_seconds=2.0, num_buckets=3,
+    data = AudioTextDataModule(train=manifests, weights=weights, max_seconds=2.0, num_buckets=3,
                                num_workers=workers, seed=4, streaming=streaming, buffer_size=8)
+    data.connect(QwenAudioTokenizer.demo(), n_mels=80)  # the tiny preset's
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
                                                       save_top_k=-1)
     trainer = L.Trainer(max_epochs=EPOCHS, limit_train_batches=7 if streaming else None, accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -25,7 +25,7 @@ from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict, merge_lo
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.model import QwenAudio, label_positions, token_losses
 from qwen_audio.prompts import IGNORE_INDEX
-from qwen_audio.tokenizer import DEMO_RANKS_FILE
+from qwen_audio.tokenizer import DEMO_RANKS_FILE, QwenAudioTokenizer
 from recipes.sft import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +127,7 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, field, reason):
 def test_too_long_conversation_names_its_line(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [GOOD, {"messages": [user("word " * 300), assistant("ok")]}])
     module = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64)
+    module.connect(QwenAudioTokenizer.demo(), n_mels=80)
     with pytest.raises(ValueError, match=rf"^{path}:2: messages: the example is \d+ tokens"):
         module.setup("fit")
 
@@ -137,6 +138,7 @@ def test_text_ratio_sets_the_share_of_pure_text_conversations(tmp_path, clip, ra
     text = [{"messages": [user(f"t{i}"), assistant("b")]} for i in range(10)]
     path = write_jsonl(tmp_path / "chat.jsonl", [line for pair in zip(audio, text) for line in pair] + audio[10:])
     module = ChatDataModule(train=[str(path)], text_ratio=ratio, max_tokens=2048, seed=3)
+    module.connect(QwenAudioTokenizer.demo(), n_mels=80)
     module.setup("fit")
     drawn = [i for batch in module.train_dataloader().batch_sampler for i in batch]
     # an epoch keeps its 40 draws; the text group holds global indices 30..39 (ConcatDataset order)
@@ -148,7 +150,9 @@ def test_text_ratio_sets_the_share_of_pure_text_conversations(tmp_path, clip, ra
 def test_text_ratio_without_text_conversations_is_an_error(tmp_path, clip):
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": str(clip)}), assistant("a")]}])
     with pytest.raises(ValueError, match="text_ratio is 0.2 but the training files .* hold no pure-text"):
-        ChatDataModule(train=[str(path)], text_ratio=0.2).setup("fit")
+        data = ChatDataModule(train=[str(path)], text_ratio=0.2)
+        data.connect(QwenAudioTokenizer.demo(), n_mels=80)
+        data.setup("fit")
 
 
 def tiny_model(seed: int = 0) -> QwenAudio:
@@ -259,6 +263,7 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
         """))
     cli = main(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)])
     assert cli.trainer.global_step == 1
+    assert Path(cli.datamodule.tokenizer.path) == initial_folder / "qwen.tiktoken"  # connected with the folder's
     printed = capsys.readouterr().out
     assert "### before SFT" in printed and "### after SFT" in printed and "| test-speech-0 |" in printed
     # 4 held-out first questions scored per family (the round-robin order gives one of each of the first four)
@@ -272,6 +277,18 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
     else:
         assert {"lm_head.weight", "transformer.wte.weight", "transformer.h.1.mlp.w2.weight"} <= changed
         assert not any(k.startswith("transformer.audio.") for k in changed)
+
+
+def test_the_module_s_tokenizer_is_the_init_from_folder_s_else_the_preset_s(initial_folder):
+    assert Path(QwenAudioModule(model="tiny", init_from=str(initial_folder)).tokenizer.path) == \
+        initial_folder / "qwen.tiktoken"
+    assert Path(QwenAudioModule(model="tiny").tokenizer.path) == DEMO_RANKS_FILE
+
+
+def test_a_data_module_used_before_connect_says_so(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [GOOD])
+    with pytest.raises(RuntimeError, match=r"^ChatDataModule has no tokenizer yet: call connect\(tokenizer, n_mels\)"):
+        ChatDataModule(train=[str(path)]).setup("fit")
 
 
 class LossRecorder(L.Callback):
@@ -291,6 +308,7 @@ def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
     data = ChatDataModule(train=[str(path)], text_ratio=0.5, max_length=64, max_tokens=64, seed=1)
     torch.manual_seed(0)
     module = QwenAudioModule(model="tiny", train="decoder", spec_augment=True, warmup_steps=1)
+    data.connect(module.tokenizer, module.config.encoder.n_mels)
     module.configure_model()
     initial = QwenAudio(module.config)
     initial.load_state_dict(module.model.state_dict())
@@ -301,6 +319,7 @@ def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
     trainer.fit(module, datamodule=data)
     assert len(recorder.losses) == 6 and 0 < sum(recorder.with_audio) < 6  # both kinds of batch were trained on
     replay = ChatDataModule(train=[str(path)], text_ratio=0.5, max_length=64, max_tokens=64, seed=1)
+    replay.connect(module.tokenizer, module.config.encoder.n_mels)
     replay.setup("fit")
     first = next(iter(replay.train_dataloader()))  # epoch 0's first batch, pure text with this seed
     assert first["audio_mel"] is None and not recorder.with_audio[0]
@@ -323,6 +342,7 @@ def test_a_text_only_batch_runs_the_encoder_with_zero_weight(tmp_path):
     """Under FSDP every rank must run the encoder each step: a text-only batch runs it too, changing nothing."""
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user(f"t{i}"), assistant("b c")]} for i in range(2)])
     data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=128)
+    data.connect(QwenAudioTokenizer.demo(), n_mels=80)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch["audio_mel"] is None
@@ -358,6 +378,7 @@ def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_pat
                                                                assistant("a b")]} for i in range(4)]
                        + [{"messages": [user(f"t{i}"), assistant("c d")]} for i in range(4)])
     data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64, seed=3)
+    data.connect(QwenAudioTokenizer.demo(), n_mels=80)
     data.setup("fit")
     plans = [[bool(batch[0] < 4) for batch in DurationBucketSampler(data.lengths["train"], 64, seed=3, rank=rank,
                                                                     world_size=2)] for rank in (0, 1)]

@@ -10,7 +10,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from qwen_audio.data.collate import collate
 from qwen_audio.data.conversations import Conversation, ConversationDataset, read_conversations, token_length
 from qwen_audio.data.datamodule import DEMO_PREFIX, AudioTextDataModule
-from qwen_audio.data.demo_chat import build_demo_chat
+from qwen_audio.data.demo import build_demo_chat
 from qwen_audio.errors import InputError
 
 
@@ -25,10 +25,9 @@ class ChatDataModule(AudioTextDataModule):
 
     Args:
         train, val, test: conversation files; ``demo:<split>`` names the demo chat data
-            (:func:`qwen_audio.data.demo_chat.build_demo_chat`), built on first use.
+            (:func:`qwen_audio.data.demo.chat.build_demo_chat`), built on first use.
         text_ratio: the share of pure-text conversations in each training epoch, which keeps the total size
             (``None``: every conversation once per epoch).
-        model: the model preset; its ``tokenizer`` field picks the tokenizer (linked from the model by the CLI).
         max_tokens: padded tokens per batch; at least ``max_length``, so that any conversation fits in a batch.
         max_length: the longest conversation allowed, in tokens with audio placeholders; a longer one is an error
             naming its file and line.
@@ -41,7 +40,6 @@ class ChatDataModule(AudioTextDataModule):
         val: list[str] | None = None,
         test: list[str] | None = None,
         text_ratio: float | None = None,
-        model: str = "tiny",
         max_tokens: int = 8192,
         max_length: int = 2048,
         num_buckets: int = 10,
@@ -49,7 +47,7 @@ class ChatDataModule(AudioTextDataModule):
         seed: int = 0,
         demo_size: int = 48,
     ) -> None:
-        super().__init__(train, val, test, model=model, max_length=max_length, num_buckets=num_buckets,
+        super().__init__(train, val, test, max_length=max_length, num_buckets=num_buckets,
                          num_workers=num_workers, seed=seed, demo_size=demo_size)
         if text_ratio is not None and not 0.0 <= text_ratio <= 1.0:
             raise InputError(f"data.text_ratio must lie in [0, 1], got {text_ratio}")
@@ -80,7 +78,7 @@ class ChatDataModule(AudioTextDataModule):
         ratio = self.text_ratio if split == "train" else None
         sampler = self._sampler(split, self.lengths[split], self.max_tokens,
                                 None if ratio is None else [1.0 - ratio, ratio], shuffle)
-        datasets = [ConversationDataset(group, self.tokenizer, self.max_length, self.config.encoder.n_mels)
+        datasets = [ConversationDataset(group, self.tokenizer, self.max_length, self.n_mels)
                     for group in self.conversations[split]]
         return DataLoader(
             ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,

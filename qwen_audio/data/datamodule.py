@@ -1,4 +1,8 @@
-"""LightningDataModule: JSONL manifests (or the embedded demo corpus) -> duration-bucketed, resumable loaders."""
+"""LightningDataModule: JSONL manifests (or the embedded demo corpus) -> duration-bucketed, resumable loaders.
+
+The data module does not choose its tokenizer: the model's is given to it by :meth:`AudioTextDataModule.connect`
+(as in litgpt), so a model loaded from a folder trains on that folder's vocabulary, and ``data`` needs no model
+config."""
 
 from __future__ import annotations
 
@@ -9,11 +13,9 @@ import lightning as L
 import soundfile
 from torch.utils.data import ConcatDataset, DataLoader
 
-from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import AudioTextDataset
 from qwen_audio.data.demo import build_demo_corpus, corpus_record
-from qwen_audio.data.flat_prompts import FlatPromptDataset
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
@@ -38,7 +40,6 @@ class AudioTextDataModule(L.LightningDataModule):
         train, val, test: manifest paths; ``demo:<split>`` names a split of the embedded demo corpus, built on first
             use (:func:`qwen_audio.data.demo.build_demo_corpus`).
         weights: one mixing weight per training manifest (default: every example once per epoch).
-        model: the model preset; its ``tokenizer`` field picks the tokenizer (linked from the model by the CLI).
         max_seconds: padded audio seconds per batch (``batch size * longest clip``).
         max_length: the longest token sequence allowed; a longer example is an error naming it.
         on_error: ``raise`` at the first bad manifest line, or ``skip`` bad lines and warn with their count.
@@ -47,9 +48,11 @@ class AudioTextDataModule(L.LightningDataModule):
             (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, for corpora too large to hold in
             memory); the stream never ends, so set ``trainer.max_steps`` and an integer ``val_check_interval``.
         buffer_size: entries a streaming reader gathers, sorts by duration and packs into batches.
-        prompt_style: ``tags``, the paper's hierarchical task tags, or ``flat``, the dataset-ID baseline of the tag
-            ablation (:mod:`qwen_audio.data.flat_prompts`).
+
+    The loaders need the model's tokenizer and mel bins: call :meth:`connect` first (the recipes' CLI does).
     """
+
+    dataset_class: type[AudioTextDataset] = AudioTextDataset  # how an entry becomes an example
 
     def __init__(
         self,
@@ -57,7 +60,6 @@ class AudioTextDataModule(L.LightningDataModule):
         val: list[str] | None = None,
         test: list[str] | None = None,
         weights: list[float] | None = None,
-        model: str = "tiny",
         max_seconds: float = 60.0,
         max_length: int = 2048,
         num_buckets: int = 10,
@@ -67,21 +69,34 @@ class AudioTextDataModule(L.LightningDataModule):
         demo_size: int = 48,
         streaming: bool = False,
         buffer_size: int = 1000,
-        prompt_style: Literal["tags", "flat"] = "tags",
     ) -> None:
         super().__init__()
-        if streaming and prompt_style != "tags":
-            raise InputError(f"data.prompt_style {prompt_style!r} is not available with streaming: true")
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
         self.demo_size, self.streaming, self.buffer_size = demo_size, streaming, buffer_size
-        self.dataset_class = FlatPromptDataset if prompt_style == "flat" else AudioTextDataset
-        self.config = QwenAudioConfig.from_name(model)
-        self.tokenizer = QwenAudioTokenizer.load(self.config.tokenizer)
+        self._model_inputs: tuple[QwenAudioTokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
         self._train_sampler: DurationBucketSampler | None = None
+
+    def connect(self, tokenizer: QwenAudioTokenizer, n_mels: int) -> None:
+        """Take the model's tokenizer and the mel bins of its encoder, which the examples are built with."""
+        self._model_inputs = tokenizer, n_mels
+
+    @property
+    def tokenizer(self) -> QwenAudioTokenizer:
+        return self._connected()[0]
+
+    @property
+    def n_mels(self) -> int:
+        return self._connected()[1]
+
+    def _connected(self) -> tuple[QwenAudioTokenizer, int]:
+        if self._model_inputs is None:
+            raise RuntimeError(f"{type(self).__name__} has no tokenizer yet: call connect(tokenizer, n_mels) with "
+                               "the model's first (the recipes' CLI does before fit, validate, test and predict)")
+        return self._model_inputs
 
     @property
     def demo_corpus(self) -> dict | None:
@@ -123,8 +138,8 @@ class AudioTextDataModule(L.LightningDataModule):
         groups = self.entries[split]
         sampler = self._sampler(split, [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
                                 self.weights if split == "train" else None, shuffle)
-        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.config.encoder.n_mels,
-                                       self.on_error) for entries in groups]
+        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.n_mels, self.on_error)
+                    for entries in groups]
         return DataLoader(
             ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,
@@ -143,7 +158,7 @@ class AudioTextDataModule(L.LightningDataModule):
     def _streaming_loader(self) -> DataLoader:
         stream = StreamingAudioTextDataset(
             [self._resolve(m) for m in self.manifests["train"]], self.tokenizer, self.max_seconds,
-            weights=self.weights, max_length=self.max_length, n_mels=self.config.encoder.n_mels,
+            weights=self.weights, max_length=self.max_length, n_mels=self.n_mels,
             buffer_size=self.buffer_size, seed=self.seed, on_error=self.on_error,
         )
         return StreamLoader(stream, self._batches_trained, num_workers=self.num_workers)

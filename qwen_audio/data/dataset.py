@@ -118,7 +118,8 @@ def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length
 
 
 class AudioTextDataset(Dataset):
-    """Map-style dataset over manifest entries; the loss covers only the target after the task tags."""
+    """Map-style dataset over manifest entries; the loss covers only the target after the task tags. ``on_error``:
+    what audio that fails to load does (:func:`encode_entry`)."""
 
     def __init__(self, entries: Sequence[ManifestEntry], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
                  n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise") -> None:

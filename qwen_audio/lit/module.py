@@ -18,12 +18,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from qwen_audio.audio import HOP_LENGTH, MIN_SAMPLES, conv_frames, spec_augment
-from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_model_state_dict
+from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_model_state_dict, read_tokenizer
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
 from qwen_audio.model import QwenAudio, label_positions, token_losses
 from qwen_audio.prompts import IGNORE_INDEX
+from qwen_audio.tokenizer import QwenAudioTokenizer
 
 Trainable = Literal["encoder", "decoder", "all"]
 
@@ -35,7 +36,8 @@ class QwenAudioModule(L.LightningModule):
         model: a preset name of :class:`QwenAudioConfig` (``tiny``, ``qwen-audio``, ...).
         train: which part is optimised: ``encoder`` (stage 1), ``decoder`` (stage 2) or ``all`` (the demo,
             whose tiny random decoder has no language knowledge to keep).
-        init_from: a folder in the released layout whose weights initialise the model (none: random init).
+        init_from: a folder in the released layout whose weights initialise the model (none: random init), and whose
+            tokenizer is then the model's :attr:`tokenizer` (else the preset's).
         lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio: AdamW and warmup-cosine schedule (spec §8).
         layer_decay: layer-wise LR decay over the encoder blocks (block ``i`` of ``n`` gets ``lr * decay**(n-i)``).
         spec_augment: apply SpecAugment ("LibriSpeech Basic") to training mels.
@@ -69,6 +71,9 @@ class QwenAudioModule(L.LightningModule):
         # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep the dataclass
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         self.config = QwenAudioConfig.from_name(model)
+        # what the data module is given (``connect``): a released folder trains on its own vocabulary
+        self.tokenizer = (read_tokenizer(init_from, self.config) if init_from
+                          else QwenAudioTokenizer.load(self.config.tokenizer))
         self.model: QwenAudio | None = None
 
     def configure_model(self) -> None:

@@ -2,7 +2,8 @@
 held-out demo test set, and write a Markdown table and a PNG of the validation curves.
 
 Each variant is a subprocess run of ``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml
---config <override.yaml>`` in its own folder: the override changes only the data (and, for quick checks, the model
+--config <override.yaml>`` in its own folder (the flat-prompt variant runs the same recipe with its own data module,
+:mod:`recipes.experiments.flat_prompts`): the override changes only the data (and, for quick checks, the model
 preset), the step budget and what is logged and exported, so what runs is the recipe a user runs.
 """
 
@@ -23,20 +24,22 @@ from typing import Literal
 import yaml
 from matplotlib.figure import Figure
 
+from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import target_text, task_example
 from qwen_audio.data.demo import build_demo_corpus
-from qwen_audio.data.flat_prompts import encode_flat
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate, load_model
 from qwen_audio.metrics import accuracy, alignment_error_ms, error_rate, nsynth_scores
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import QwenAudioTokenizer
+from recipes.experiments.flat_prompts import encode_flat
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "recipes" / "configs" / "pretrain" / "demo.yaml"
 PromptStyle = Literal["tags", "flat"]
+RECIPES: dict[PromptStyle, str] = {"tags": "recipes.pretrain", "flat": "recipes.experiments.flat_prompts"}
 # Generation lengths: the longest demo target of each task, with room to spare (AQA's is the brief's 8).
 MAX_NEW_TOKENS = {"asr": 32, "srwt": 64, "mna": 16, "asc": 8, "aqa": 8}
 EVAL_BATCH = 16
@@ -77,8 +80,9 @@ class DemoSetup:
     def steps_per_epoch(self, train_manifest: Path) -> int:
         """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed sampler
         batches it."""
-        datamodule = AudioTextDataModule(**{**self.data, "train": [str(train_manifest)], "val": [], "test": []},
-                                         model=self.model)
+        datamodule = AudioTextDataModule(**{**self.data, "train": [str(train_manifest)], "val": [], "test": []})
+        config = QwenAudioConfig.from_name(self.model)
+        datamodule.connect(QwenAudioTokenizer.load(config.tokenizer), config.encoder.n_mels)
         datamodule.setup("fit")
         return len(datamodule.train_dataloader().batch_sampler)
 
@@ -96,7 +100,8 @@ def write_manifest_without(source: Path, path: Path, tasks: set[str]) -> Path:
 
 @dataclass(frozen=True)
 class Variant:
-    """One arm of an ablation: ``data`` overrides demo.yaml's data section; ``prompt_style`` is how it is asked."""
+    """One arm of an ablation: ``data`` overrides demo.yaml's data section; ``prompt_style`` is how it is trained
+    (:data:`RECIPES`) and asked."""
 
     name: str
     folder: str
@@ -140,7 +145,7 @@ def train(variant: Variant, out: Path, setup: DemoSetup, max_steps: int, val_eve
         "data": {"demo_size": setup.data["demo_size"], **variant.data},
     }
     (folder / "override.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
-    command = [sys.executable, "-m", "recipes.pretrain", "fit", "--config", str(DEMO_CONFIG),
+    command = [sys.executable, "-m", RECIPES[variant.prompt_style], "fit", "--config", str(DEMO_CONFIG),
                "--config", str(folder / "override.yaml")]
     print(f"[{variant.name}] training {max_steps} steps: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()

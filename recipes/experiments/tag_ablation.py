@@ -2,9 +2,9 @@
 
 ``python -m recipes.experiments.tag_ablation [--epochs N] [--out DIR]`` trains the demo recipe twice on the same
 data, seed and steps: with the release's hierarchical tags (``<|startoftranscript|><|en|><|transcribe|><|en|>
-<|notimestamps|><|wo_itn|>``...) and with the flat baseline of :mod:`qwen_audio.data.flat_prompts` (``data.
-prompt_style: flat``: one dataset-ID token per dataset, the "dataset ID" scheme the paper's §3.2 calls the way
-earlier multi-task models avoided interference). Each model is evaluated on every test task with its own prompt
+<|notimestamps|><|wo_itn|>``...) and with the flat baseline of :mod:`recipes.experiments.flat_prompts` (one
+dataset-ID token per dataset, the "dataset ID" scheme the paper's §3.2 calls the way earlier multi-task models
+avoided interference). Each model is evaluated on every test task with its own prompt
 style: ASR and SRWT WER en / CER zh, SRWT alignment shift (AAS), AQA, ASC, MNA instrument and pitch accuracy.
 """
 
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     setup = DemoSetup.from_arguments(args)
     variants = [
         Variant("hierarchical tags", "tag_ablation-tags", {}, "tags"),
-        Variant("flat dataset ID", "tag_ablation-flat", {"prompt_style": "flat"}, "flat"),
+        Variant("flat dataset ID", "tag_ablation-flat", {}, "flat"),
     ]
     note = ("Paper §3.2: conditioning on shared and specific hierarchical tags lets datasets share knowledge without "
             "interfering; the flat baseline gives each dataset (task x audio language) its own ID token instead.")

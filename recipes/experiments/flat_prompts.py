@@ -10,14 +10,21 @@ example. No prompt token is shared between datasets: English ASR and English SRW
 
 Targets are those of the tag prompts (:func:`~qwen_audio.data.dataset.target_text`), and a timestamped prompt still
 ends with the ``<|0.00|>`` its target starts from: both styles put loss on the same tokens, so losses compare.
+
+The baseline is the tag ablation's alone, so it lives here and the library does not know it: ``python -m
+recipes.experiments.flat_prompts fit ...`` is the pretraining recipe with :class:`FlatPromptDataModule` as its data.
 """
 
 from __future__ import annotations
 
+from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import AudioTextDataset, Sample, load_segment, target_text, to_sample
 from qwen_audio.data.manifest import ManifestEntry
+from qwen_audio.errors import InputError
+from qwen_audio.lit import QwenAudioModule
 from qwen_audio.prompts import IGNORE_INDEX, TASKS, Example
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, TASK_TOKENS, QwenAudioTokenizer, timestamp_token
+from recipes.cli import QwenAudioCLI, run
 
 # (task, audio language) of each dataset of the demo corpus -> its ID token
 DATASET_TOKENS: dict[tuple[str, str | None], str] = {
@@ -74,3 +81,18 @@ class FlatPromptDataset(AudioTextDataset):
     def __getitem__(self, index: int) -> Sample:
         entry = self.entries[index]
         return to_sample(encode_flat(self.tokenizer, entry, target_text(entry), self.max_length), entry.task, self.n_mels)
+
+
+class FlatPromptDataModule(AudioTextDataModule):
+    """:class:`~qwen_audio.data.AudioTextDataModule` whose examples have the flat prompts (indexed manifests only)."""
+
+    dataset_class = FlatPromptDataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.streaming:
+            raise InputError("data.streaming: the flat prompts read indexed manifests only")
+        super().setup(stage)
+
+
+if __name__ == "__main__":
+    run(QwenAudioCLI, QwenAudioModule, FlatPromptDataModule)

@@ -1,6 +1,6 @@
 """The embedded demo corpus: a few hundred short clips, generated on first use, that a small model can learn on a CPU.
 
-Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.espeak`) of spoken digit strings in English
+Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.demo.espeak`) of spoken digit strings in English
 and Mandarin ("four one seven two", "四一七二"), each clip used for ASR and for SRWT with the synthesiser's own word
 timings. Digit strings, as in TIDIGITS, because a ten-word vocabulary is what a small model can learn to transcribe
 on a CPU in minutes; the held-out strings are new combinations of seen words, so a falling test WER is real
@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from qwen_audio.data.espeak import SpeechJob, synthesize_files
+from qwen_audio.data.demo.espeak import SpeechJob, synthesize_files
 from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
 
 DEMO_VERSION = "3"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
 CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
-SENTENCES_FILE = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
+SENTENCES_FILE = Path(__file__).resolve().parents[2] / "assets" / "demo_corpus.txt"
 SOUND_RATE = 16000  # sample rate of the generated (non-speech) clips
 HELD_OUT_PERCENT = {"test": 10, "validation": 10}  # of all possible items; the rest is for training
 MAX_HELD_OUT = 100  # validation and test clips per group: enough to measure, cheap to validate on

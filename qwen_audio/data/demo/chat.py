@@ -1,6 +1,6 @@
 """Chat data for the SFT demo, generated from the demo corpus: questions and answers about its audio.
 
-Every answer is one the audio determines (:mod:`qwen_audio.data.demo`): what is said (ASR lines), which note (MNA),
+Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`): what is said (ASR lines), which note (MNA),
 which scene (ASC), how many beeps or clicks (AQA), which of two clips is speech; some conversations go on with a
 follow-up (the language, the instrument, what the speech clip says). A few pure-text conversations (greetings,
 sums) stand in for the paper's text instruction data. Each split's file is written round-robin over these kinds, so
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from qwen_audio.data.conversations import Conversation, write_conversations
-from qwen_audio.data.demo import NUMBER_WORDS, SPLITS, build_demo_corpus
+from qwen_audio.data.demo.corpus import NUMBER_WORDS, SPLITS, build_demo_corpus
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.prompts import Message
 
