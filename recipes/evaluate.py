@@ -1,23 +1,40 @@
-"""Evaluate on a benchmark of the paper: ``python -m recipes.evaluate test --config recipes/configs/evaluate/<name>.yaml
---model.checkpoint DIR`` (a released-layout folder) and/or ``--ckpt_path X.ckpt`` (a QwenAudioModule checkpoint).
-Results go to ``trainer.default_root_dir`` (``runs/evaluate/<name>`` in the shipped configs); see docs/evaluation.md.
+"""Evaluate on a benchmark of the paper: ``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml
+--data.benchmark NAME --model.checkpoint DIR`` (a released-layout folder) and/or ``--ckpt_path X.ckpt`` (a
+QwenAudioModule checkpoint); ``recipes/configs/evaluate/demo.yaml`` evaluates on the held-out demo corpus.
+Results go to ``trainer.default_root_dir``, by default ``runs/evaluate/<benchmark>``; see docs/evaluation.md.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
-from qwen_audio.data.benchmark_datamodule import BenchmarkDataModule
-from qwen_audio.lit.evaluation import BenchmarkEvaluation
-from recipes.cli import QwenAudioCLI, run
+from qwen_audio.errors import TRACEBACK_VARIABLE
+from qwen_audio.eval.datamodule import BenchmarkDataModule
+from qwen_audio.eval.module import BenchmarkEvaluation
+from recipes.cli import PRINT_TRACEBACK, QwenAudioCLI, run
+
+RESULTS_ROOT = os.path.join("runs", "evaluate")
 
 
 class EvaluateCLI(QwenAudioCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        super().add_arguments_to_parser(parser)
+        # Not the base's: its link of model.model to data.model is for the training data modules, which build their
+        # tokenizer from the preset; this one is connected to the model's tokenizer (before_test).
+        parser.add_argument(PRINT_TRACEBACK, action="store_true",
+                            help=f"show the traceback of input errors too (or set {TRACEBACK_VARIABLE}=1)")
         parser.link_arguments("model.checkpoint", "data.checkpoint")
+
+    def before_instantiate_classes(self) -> None:
+        """Results go to ``runs/evaluate/<benchmark>`` unless ``--trainer.default_root_dir`` names a folder."""
+        config = self.config[self.subcommand]
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = os.path.join(RESULTS_ROOT, config.data.benchmark)
+
+    def before_test(self) -> None:
+        self.datamodule.connect(self.model.tokenizer, self.model.config.encoder.n_mels)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning merges a ``--ckpt_path`` checkpoint's hyperparameters into the model's config. A training

@@ -29,7 +29,7 @@ from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.flat_prompts import encode_flat
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate, load_model
-from qwen_audio.metrics import accuracy, alignment_error_ms, error_rate, nsynth_scores
+from qwen_audio.eval.metrics import accuracy, alignment_error_ms, error_rate, nsynth_scores
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import QwenAudioTokenizer
