@@ -180,9 +180,9 @@ def test_every_config_prints(config, benchmark, capsys):
 
 def test_paper_config_needs_a_benchmark(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["test", "--config", str(PAPER_CONFIG), "--print_config"])
+        main(["test", "--config", str(PAPER_CONFIG)])
     assert exit_info.value.code not in (0, None)
-    assert "data.benchmark" in capsys.readouterr().err
+    assert "required: test.data.benchmark" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
