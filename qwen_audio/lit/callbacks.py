@@ -9,7 +9,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import jiwer
 import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
@@ -20,6 +19,7 @@ from qwen_audio.checkpoint import CheckpointError, check_writable
 from qwen_audio.data.dataset import load_segment
 from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
+from qwen_audio.eval.metrics import error_rate
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate
 from qwen_audio.lit.lora import merge_lora
 from qwen_audio.prompts import DEFAULT_SYSTEM, encode_task
@@ -48,15 +48,10 @@ def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry
     return [tokenizer.decode(out).strip() for out in outputs]
 
 
-def error_rate(references: list[str], hypotheses: list[str], language: str | None) -> float:
-    """WER for space-delimited languages, CER for Chinese (jiwer), on lower-cased text."""
-    score = jiwer.cer if language == "zh" else jiwer.wer
-    return score([r.lower() for r in references], [h.lower() or "<empty>" for h in hypotheses])
-
-
 class TranscriptionReport(L.Callback):
-    """Prints greedy transcriptions of held-out ASR clips next to their references, with WER/CER per language,
-    before and after fitting: the demo's visible proof that the model learned to listen."""
+    """Prints greedy transcriptions of held-out ASR clips next to their references, with WER/CER per language (the
+    release's, as evaluation scores them), before and after fitting: the demo's visible proof that the model learned
+    to listen."""
 
     def __init__(self, num_clips: int = 4, max_new_tokens: int = 64) -> None:
         self.num_clips, self.max_new_tokens = num_clips, max_new_tokens
