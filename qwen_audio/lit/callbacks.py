@@ -67,7 +67,8 @@ class TranscriptionReport(L.Callback):
             hypotheses = transcribe(module, datamodule.tokenizer, chosen, self.max_new_tokens)
             lines += [f"| {language} | {e.text} | {h} |" for e, h in zip(chosen, hypotheses)]
             name = "CER" if language == "zh" else "WER"
-            lines.append(f"| {language} | **{name}** | **{error_rate([e.text for e in chosen], hypotheses, language):.3f}** |")
+            score = error_rate([e.text for e in chosen], hypotheses, language)
+            lines.append(f"| {language} | **{name}** | **{score:.3f}** |")
         print("\n".join(lines), flush=True)
 
     @rank_zero_only
