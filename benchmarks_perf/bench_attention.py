@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from _timing import device_name, measure_ms
 
 from qwen_audio.audio import HOP_LENGTH, SAMPLE_RATE, conv_frames
-from qwen_audio.modules.attention import AttentionLayout, attention, resolve_backend
+from qwen_audio.config import ATTENTION_BACKENDS
+from qwen_audio.modules.attention import AttentionLayout, attention, resolve_attention_backend
 
-BACKENDS = ("flash_attn", "varlen", "sdpa")
+BACKENDS = tuple(name for name in reversed(ATTENTION_BACKENDS) if name != "auto")  # fused ones first, sdpa last
 BASELINE = "sdpa"
 REFERENCE = "torch reference (SDPA per sequence)"
 BACKWARD_FLOP_FACTOR = 2.5
@@ -105,7 +106,7 @@ def bench_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: in
     results = []
     for backend in BACKENDS:
         try:
-            resolve_backend(backend, device, dtype)
+            resolve_attention_backend(backend, device, dtype)
         except ValueError as err:
             results.append(Measurement(backend, f"skipped: {err}"))
             continue

@@ -21,7 +21,8 @@ import whisper
 from nnAudio.features import MelSpectrogram as NnAudioMel
 from transformers import WhisperFeatureExtractor
 
-from qwen_audio.audio import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, N_SAMPLES, SAMPLE_RATE
+from qwen_audio.audio import N_SAMPLES
+from qwen_audio.whisper_mel import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, SAMPLE_RATE
 from _timing import measure_ms
 
 from qwen_audio.kernels import log_mel
@@ -45,9 +46,9 @@ def candidates(audio: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     ).to(device)
     extractor = WhisperFeatureExtractor(feature_size=80)
     clips = list(audio.cpu().numpy())
-    runs = {"qwen_audio torch": lambda: log_mel(audio, 80, backend="torch")}
+    runs = {"qwen_audio torch": lambda: log_mel(audio, 80, kernel_backend="torch")}
     if device.type == "cuda":
-        runs["qwen_audio triton"] = lambda: log_mel(audio, 80, backend="triton")
+        runs["qwen_audio triton"] = lambda: log_mel(audio, 80, kernel_backend="triton")
     runs |= {
         "openai-whisper (per clip)": lambda: torch.stack([whisper.log_mel_spectrogram(clip) for clip in audio]),
         "transformers WhisperFeatureExtractor": lambda: extractor(
@@ -101,7 +102,7 @@ def main() -> None:
     envelope = 0.5 * (1 + torch.sin(torch.linspace(0, 240 * torch.pi, N_SAMPLES)))
     audio = (0.1 * torch.randn(batch, N_SAMPLES, generator=generator) * envelope).to(device)
 
-    reference = log_mel(audio, 80, backend="torch")
+    reference = log_mel(audio, 80, kernel_backend="torch")
     hours = batch * N_SAMPLES / SAMPLE_RATE / 3600
     results = {}
     for name, run in candidates(audio).items():

@@ -34,7 +34,7 @@ def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: i
     backends = ["torch"] + (["triton"] if device.type == "cuda" else [])
     rows = []
     for backend in backends:
-        forward = lambda: pool_layer_norm(x, weight, bias, 1e-5, backend=backend)  # noqa: E731
+        forward = lambda: pool_layer_norm(x, weight, bias, 1e-5, kernel_backend=backend)  # noqa: E731
         with torch.no_grad():
             rows.append((backend, "forward", measure_ms(forward, device, repeats)))
         backward = lambda: torch.autograd.grad(forward(), (x, weight, bias), dy)  # noqa: E731 (no .grad accumulation)

@@ -30,12 +30,12 @@ import torch
 from _timing import device_name, measure_ms
 
 from qwen_audio.audio import SAMPLE_RATE, audio_lengths, conv_frames
-from qwen_audio.config import QwenAudioConfig
+from qwen_audio.config import ATTENTION_BACKENDS, QwenAudioConfig
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.lit.optim import param_groups
-from qwen_audio.modules.attention import resolve_backend
+from qwen_audio.modules.attention import resolve_attention_backend
 
-BACKENDS = ("flash_attn", "varlen", "sdpa")
+BACKENDS = tuple(name for name in reversed(ATTENTION_BACKENDS) if name != "auto")  # fused ones first, sdpa last
 BASELINE = "sdpa"
 PROMPT_TOKENS = 8  # task tags before the audio span
 TARGET_TOKENS_PER_SECOND = 3
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, float | str] = {}
     for backend in BACKENDS:
         try:
-            resolve_backend(backend, device, torch.bfloat16 if cuda else torch.float32)
+            resolve_attention_backend(backend, device, torch.bfloat16 if cuda else torch.float32)
         except ValueError as err:
             results[backend] = f"skipped: {err}"
             continue

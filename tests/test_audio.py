@@ -15,10 +15,10 @@ from qwen_audio.audio import (
     audio_lengths,
     load_audio,
     log_mel_spectrogram,
-    mel_filters,
     pad_or_trim,
     spec_augment,
 )
+from qwen_audio.whisper_mel import mel_filters
 
 
 def _signals(rate: int, seconds: float, seed: int = 0) -> dict[str, np.ndarray]:
@@ -116,7 +116,7 @@ def test_non_finite_or_integer_audio_is_rejected():
     with pytest.raises(ValueError, match="150 samples is too short"):
         log_mel_spectrogram(torch.zeros(150))
     with pytest.raises(ValueError, match="backend"):
-        log_mel_spectrogram(torch.zeros(1600), backend="cuda-magic")
+        log_mel_spectrogram(torch.zeros(1600), kernel_backend="cuda-magic")
 
 
 @pytest.mark.parametrize(

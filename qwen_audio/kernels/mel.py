@@ -1,6 +1,8 @@
-"""Whisper's log-mel in two Triton launches: one pass over the waveform, then an exact per-example normalisation.
+"""Whisper's log-mel: the torch implementation, and two Triton launches that must match it.
 
-Reference: ``qwen_audio.audio._log_mel_torch`` (equal to openai-whisper's ``log_mel_spectrogram``).
+``log_mel_reference`` (torch, any device) equals openai-whisper's ``log_mel_spectrogram`` clip by clip.
+
+The Triton path: one pass over the waveform, then an exact per-example normalisation.
 
 Pass 1 (``_log_mel_kernel``), one program per (block of frames, example): gathers frames straight from the
 waveform with the same reflect padding as ``torch.stft(center=True)``, multiplies them by a precomputed DFT basis
@@ -25,9 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from qwen_audio.audio import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, mel_filters
+from qwen_audio.whisper_mel import (
+    DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, NUM_BINS, mel_filters, stft_window,
+)
 
-NUM_BINS = N_FFT // 2 + 1  # 201 one-sided DFT bins
 BLOCK_FRAMES = 64
 BLOCK_TAPS = 32
 BLOCK_BINS = 64
@@ -35,6 +38,18 @@ PADDED_TAPS = triton.cdiv(N_FFT, BLOCK_TAPS) * BLOCK_TAPS  # 416: basis rows pas
 PADDED_BINS = triton.cdiv(NUM_BINS, BLOCK_BINS) * BLOCK_BINS  # 256: basis / filterbank columns past 201 are zero
 DFT_PRECISION = "tf32x3"
 NORMALISE_BLOCK = 1024
+
+
+def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+    """Normalised log-mel of float32 ``audio [..., samples]`` in torch ops: ``[..., n_mels, samples // 160]``."""
+    batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
+    window = stft_window(audio.device)
+    stft = torch.stft(audio.reshape(-1, num_samples), N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    power = stft[..., :-1].abs() ** 2
+    log_spec = torch.clamp(mel_filters(n_mels, audio.device) @ power, min=LOG_MEL_FLOOR).log10()
+    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - DYNAMIC_RANGE)
+    return ((log_spec + 4.0) / 4.0).reshape(*batch_shape, n_mels, -1)
 
 
 @lru_cache(maxsize=None)
