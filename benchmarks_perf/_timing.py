@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,25 @@ def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> 
         fn()
         times.append(time.perf_counter() - start)
     return min(times) * 1e3
+
+
+def interleaved_speedup(ours: Callable[[], object], theirs: Callable[[], object], pairs: int) -> float:
+    """Median over ``pairs`` back-to-back CPU runs of theirs / ours: both see the same load from other processes,
+    which a best-of-N taken for each one at a different time does not ensure."""
+    ours(), theirs()
+    ratios = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        theirs()
+        middle = time.perf_counter()
+        ours()
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return statistics.median(ratios)
+
+
+def pass_or_miss(passed: bool) -> str:
+    """The verdict word ``gpu_check.sh`` greps for in a benchmark's target line."""
+    return "PASS" if passed else "MISS"
 
 
 def device_name(device: torch.device) -> str:

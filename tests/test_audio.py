@@ -108,6 +108,16 @@ def test_batch_normalises_each_example_by_its_own_maximum():
     assert (whisper.log_mel_spectrogram(torch.stack([quiet, loud]))[0] - _whisper_mel(quiet)).abs().max() > 0.1
 
 
+def test_batch_of_thirty_second_clips_equals_whisper_clip_by_clip():
+    """The DataLoader's case: each row within 1e-5 of openai-whisper on its clip, and bit-equal to the clip alone."""
+    clips = torch.stack([torch.from_numpy(signal).float() for signal in _signals(SAMPLE_RATE, 30.0).values()])
+    batch = log_mel_spectrogram(clips)
+    assert batch.shape == (4, 80, 3000)
+    for row, clip in zip(batch, clips):
+        torch.testing.assert_close(row, _whisper_mel(clip), atol=1e-5, rtol=0)
+        assert torch.equal(row, log_mel_spectrogram(clip))
+
+
 def test_non_finite_or_integer_audio_is_rejected():
     with pytest.raises(ValueError, match="NaN or infinite"):
         log_mel_spectrogram(torch.tensor([0.0, float("nan")] * 800))
