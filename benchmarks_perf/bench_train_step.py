@@ -31,6 +31,7 @@ from _timing import device_name, measure_ms
 
 from qwen_audio.audio import SAMPLE_RATE, audio_lengths, conv_frames
 from qwen_audio.config import ATTENTION_BACKENDS, QwenAudioConfig
+from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.lit.optim import param_groups
 from qwen_audio.modules.attention import resolve_attention_backend
@@ -40,18 +41,6 @@ BASELINE = "sdpa"
 PROMPT_TOKENS = 8  # task tags before the audio span
 TARGET_TOKENS_PER_SECOND = 3
 PAD_ID = 0
-
-# Dense bf16 tensor-core peaks (FLOP/s) by device name, first match wins. Lightning's get_available_flops lists the
-# H200 at its sparse figure (2.0e15) and finds no entry for the plain name "NVIDIA H200", hence this table.
-BF16_PEAKS = (("H200 NVL", 835e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H200", 989e12),
-              ("H100", 989e12), ("A100", 312e12))
-
-
-def bf16_peak(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAKS if key in name), None)
 
 
 def stage1_batch(config: QwenAudioConfig, clips: int, max_seconds: float, generator: torch.Generator,
@@ -158,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         use_attention_backend(module, backend)
         results[backend] = measure_ms(lambda: train_step(module, optimizer, batch), device, args.repeats)
     model_flops = module.flops_per_batch
-    peak = bf16_peak(device)
+    peak = bf16_peak_flops(device)
 
     name = device_name(device)
     precision = "encoder fp32 + bf16 autocast, frozen LLM bf16" if cuda else "fp32"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -21,17 +22,34 @@ from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.eval.metrics import error_rate
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate
+from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.lora import merge_lora
 from qwen_audio.prompts import DEFAULT_SYSTEM, encode_task
 
 
 class TokenThroughput(ThroughputMonitor):
     """Lightning's ThroughputMonitor counting samples and text tokens per batch; MFU comes from the module's
-    ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and the device's peak FLOP/s (CUDA only)."""
+    ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and the device's peak FLOP/s (CUDA only).
+
+    In 16-bit precision the peak comes from :mod:`qwen_audio.lit.flops`, which knows the H200 and H100 variants
+    that Lightning's table lacks or lists at their sparse figures; otherwise Lightning's table decides.
+    """
 
     def __init__(self, window_size: int = 20) -> None:
         super().__init__(batch_size_fn=lambda batch: len(batch["task"]),
                          length_fn=lambda batch: int(batch["attention_mask"].sum()), window_size=window_size)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        sixteen_bit = str(trainer.precision).startswith(("bf16", "16"))
+        peak = bf16_peak_flops(trainer.strategy.root_device) if sixteen_bit else None
+        with warnings.catch_warnings():
+            if peak is not None:  # Lightning's "FLOPs not found" is answered here
+                warnings.filterwarnings("ignore", message="FLOPs not found")
+            super().setup(trainer, pl_module, stage)
+        if peak is not None:
+            self.available_flops = peak
+            for throughput in self._throughputs.values():
+                throughput.available_flops = peak
 
 
 def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry], max_new_tokens: int = 64) -> list[str]:
