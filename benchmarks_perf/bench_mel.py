@@ -26,7 +26,7 @@ from transformers import WhisperFeatureExtractor
 
 from qwen_audio.audio import N_SAMPLES
 from qwen_audio.whisper_mel import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, SAMPLE_RATE
-from _timing import interleaved_speedup, measure_ms, pass_or_miss
+from _timing import copy_bandwidth, interleaved_speedup, measure_ms, pass_or_miss
 
 from qwen_audio.kernels import log_mel
 from qwen_audio.kernels import mel as mel_kernel
@@ -67,14 +67,12 @@ def device_ceilings(device: torch.device) -> tuple[float, float]:
     """Measured copy bandwidth (bytes/s) and TF32 matrix throughput (FLOP/s) of a CUDA device."""
     import triton.testing
 
-    block, copy = torch.empty(1 << 28, device=device), torch.empty(1 << 28, device=device)  # 1 GiB each
-    copy_s = triton.testing.do_bench(lambda: copy.copy_(block), return_mode="median") * 1e-3
     a, b = torch.randn(8192, 8192, device=device), torch.randn(8192, 8192, device=device)
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     matmul_s = triton.testing.do_bench(lambda: a @ b, return_mode="median") * 1e-3
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    return 2 * block.numel() * 4 / copy_s, 2 * 8192**3 / matmul_s
+    return copy_bandwidth(device), 2 * 8192**3 / matmul_s
 
 
 CPU_TARGET, TRITON_TARGET, ROOFLINE_TARGET = 1.2, 10.0, 0.5  # benchmarks_perf/README.md
