@@ -47,8 +47,9 @@ class RequeueOnSignal(L.Callback):
         self.signalled = True
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        # before Lightning registers its handlers at the start of fit: it leaves a signal that has a handler alone
-        environment = getattr(trainer.strategy, "cluster_environment", None)
+        # before Lightning registers its handlers at the start of fit: it leaves a signal that has a handler alone.
+        # The environment Lightning's own handler would follow (one-device strategies keep none of their own).
+        environment = trainer._accelerator_connector.cluster_environment
         if stage != "fit" or not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
             return
         self.signalled, self.saved = False, None
@@ -91,13 +92,14 @@ class RequeueOnSignal(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._requeue(trainer)
 
-    def _restore(self) -> None:
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if self._signum is not None:
             signal.signal(self._signum, self._previous_handler or signal.SIG_DFL)
             self._signum = None
 
-    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        self._restore()
-
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
+        # after an exception no teardown hook runs, and Lightning's signal teardown, which runs after this hook, puts
+        # back the handlers it found when fit started (this one among them): have it put back the one before
+        if self._signum is not None:
+            trainer._signal_connector._original_handlers[self._signum] = self._previous_handler or signal.SIG_DFL
+            self._signum = None
