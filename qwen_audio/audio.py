@@ -17,19 +17,16 @@ import soundfile
 import torch
 import torchaudio
 
-from qwen_audio.errors import InputError
+from qwen_audio.errors import AudioError
 from qwen_audio.kernels import log_mel
 from qwen_audio.whisper_mel import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
 CHUNK_LENGTH = 30  # seconds the encoder sees at most
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per 30 s
+MIN_SAMPLES = 480  # 30 ms, the shortest clip the encoder takes: 3 mel frames -> 2 conv frames -> 1 audio token
 
 AudioSource = Union[str, os.PathLike, BinaryIO]
-
-
-class AudioError(InputError):
-    """An audio file that exists but cannot be used (unreadable, empty or non-finite)."""
 
 
 def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -37,6 +34,8 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Ten
 
     Channels are averaged. Resampling uses ``torchaudio.functional.resample`` (windowed-sinc, band-limited):
     torchaudio is already a dependency, so this adds no library, and it runs batched on GPU tensors too.
+    A file that does not decode, holds no samples or NaN/inf ones, or lasts under 30 ms (``MIN_SAMPLES``, which
+    no encoder reads) raises :class:`~qwen_audio.errors.AudioError` naming it.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", repr(source))
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
@@ -49,6 +48,9 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Ten
         raise AudioError(f"audio file {name} has no samples")
     if not np.isfinite(data).all():
         raise AudioError(f"audio file {name} contains NaN or infinite samples")
+    if data.shape[0] * SAMPLE_RATE < MIN_SAMPLES * rate:
+        raise AudioError(f"audio file {name} lasts {data.shape[0] / rate * 1000:.1f} ms, shorter than the "
+                         f"{MIN_SAMPLES * 1000 // SAMPLE_RATE} ms the encoder needs")
     audio = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:
         audio = torchaudio.functional.resample(audio, rate, sample_rate)

@@ -20,6 +20,10 @@ class InputError(ValueError):
     """Input the user can fix (a file, a line, a field, a value), as opposed to a bug in this code."""
 
 
+class AudioError(InputError):
+    """An audio file that exists but cannot be used (unreadable, empty, too short, non-finite or silent)."""
+
+
 class CheckpointError(InputError):
     """A checkpoint file or folder that does not hold the weights the model needs."""
 

@@ -185,6 +185,17 @@ def test_bad_files_raise_audio_error_naming_the_file(tmp_path):
         assert isinstance(info.value, ValueError)
 
 
+def test_clips_under_30_ms_are_refused_naming_the_file(tmp_path):
+    """480 samples at 16 kHz (30 ms) give 3 mel frames, 2 encoder frames and 1 audio token; 479 give none."""
+    assert audio_lengths(480).audio_tokens == 1 and audio_lengths(479).audio_tokens == 0
+    for rate, samples in [(16000, 480), (8000, 240)]:
+        soundfile.write(tmp_path / "ok.wav", np.full(samples, 0.1), rate)
+        assert load_audio(tmp_path / "ok.wav").numel() == 480
+        soundfile.write(tmp_path / "short.wav", np.full(samples - 1, 0.1), rate)
+        with pytest.raises(AudioError, match=r"short.wav lasts 29.9 ms, shorter than the 30 ms the encoder needs"):
+            load_audio(tmp_path / "short.wav")
+
+
 def test_spec_augment_keeps_masks_inside_valid_frames():
     mel = torch.randn(3, 80, 400)
     lengths = torch.tensor([400, 60, 5])

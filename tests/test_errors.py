@@ -68,3 +68,21 @@ def test_recipe_names_a_truncated_ckpt_path(tmp_path):
     result = _recipe("--ckpt_path", str(cut), "--trainer.default_root_dir", str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"error: --ckpt_path {cut}: truncated or not a checkpoint" in result.stderr
+
+
+def test_recipe_names_an_empty_or_wholly_skipped_manifest(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"audio": "/nowhere/gone.wav", "task": "asr", "text": "one", "audio_language": "en", '
+                   '"text_language": "en"}\n')
+    no_eval = ("--data.val", "[]", "--data.test", "[]", "--trainer.limit_val_batches", "0",
+               "--trainer.default_root_dir", str(tmp_path))
+    for args, message in [(("--data.train", f"[{empty}]"), f"error: {empty}: no entries: the file is empty\n"),
+                          (("--data.train", f"[{bad}]", "--data.on_error", "skip"),
+                           f"error: data.train ['{bad}']: durations: no examples to sample\n"),
+                          (("--data.train", "[]"), "error: data.train: no file given, but the trainer asks for the "
+                                                   "train loader\n")]:
+        result = _recipe(*args, *no_eval)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.endswith(message)

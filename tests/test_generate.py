@@ -315,6 +315,16 @@ def test_cli_missing_audio_exits_naming_it(tmp_path, capsys):
     assert f"audio file not found: {missing}" in capsys.readouterr().err
 
 
+def test_cli_too_short_audio_exits_naming_it(tmp_path, capsys):
+    short = tmp_path / "short.wav"
+    soundfile.write(short, np.full(320, 0.1, np.float32), 16000)  # 20 ms: the encoder would get 1 frame
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "tiny", "--random-init", "--prompt", f"<audio>{short}</audio>{ASR}"])
+    err = capsys.readouterr().err
+    assert f"audio file {short} lasts 20.0 ms, shorter than the 30 ms the encoder needs" in err
+    assert "Traceback" not in err
+
+
 # ---- long form ----------------------------------------------------------------------------------------------------
 
 def test_windows_are_cut_at_the_first_silent_frame_before_each_30_s_limit(tmp_path):

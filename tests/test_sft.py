@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -17,9 +20,10 @@ from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.chat_datamodule import ChatDataModule
 from qwen_audio.data.conversations import ConversationDataset, read_conversations
 from qwen_audio.data.manifest import ManifestError
+from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict, merge_lora
 from qwen_audio.lit.module import QwenAudioModule
-from qwen_audio.model import QwenAudio
+from qwen_audio.model import QwenAudio, label_positions, token_losses
 from qwen_audio.prompts import IGNORE_INDEX
 from qwen_audio.tokenizer import DEMO_RANKS_FILE
 from recipes.sft import main
@@ -313,3 +317,59 @@ def test_an_empty_conversation_file_and_a_too_short_clip_are_named(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": "short.wav"}), assistant("x")]}])
     with pytest.raises(ManifestError, match=rf"^{path}:1: messages\[0\].content\[0\].audio: .*short.wav lasts 0.0200 s"):
         read_conversations(path)
+
+
+def test_a_text_only_batch_runs_the_encoder_with_zero_weight(tmp_path):
+    """Under FSDP every rank must run the encoder each step: a text-only batch runs it too, changing nothing."""
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user(f"t{i}"), assistant("b c")]} for i in range(2)])
+    data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=128)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["audio_mel"] is None
+    torch.manual_seed(0)
+    module = QwenAudioModule(model="tiny", train="all")
+    module.configure_model()
+    runs = []
+    module.model.encoder.register_forward_hook(lambda *args: runs.append(1))
+    # before: the model alone, which skips the encoder when there is no audio
+    before = module.model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                          logits_at=label_positions(batch["labels"])).logits
+    assert runs == []
+    logits = module(batch)
+    assert runs == [1] and logits.shape == before.shape
+    losses, _, counted = token_losses(logits, batch["labels"])
+    loss = losses.sum() / counted.sum()
+    expected, _, _ = token_losses(before, batch["labels"])
+    assert loss.item() == pytest.approx((expected.sum() / counted.sum()).item(), rel=1e-6)
+    loss.backward()
+    encoder = dict(module.model.encoder.named_parameters())
+    assert encoder and all(p.grad is not None and not p.grad.any() for p in encoder.values())
+    assert module.model.lm_head.weight.grad.any()
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_path):
+    """FSDP2 on 2 CPU processes, one conversation a batch: in steps 1 and 3 one rank has audio and the other not.
+    Without the blank clip the ranks' collectives differ and gloo aborts the run."""
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        soundfile.write(tmp_path / f"c{i}.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": f"c{i}.wav"}, {"text": f"q{i}"}),
+                                                               assistant("a b")]} for i in range(4)]
+                       + [{"messages": [user(f"t{i}"), assistant("c d")]} for i in range(4)])
+    data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64, seed=3)
+    data.setup("fit")
+    plans = [[bool(batch[0] < 4) for batch in DurationBucketSampler(data.lengths["train"], 64, seed=3, rank=rank,
+                                                                    world_size=2)] for rank in (0, 1)]
+    assert any(a != b for a, b in zip(*plans)), plans  # some step has audio on one rank only
+    strategy = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
+                '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}')
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.sft", "fit", "--model.model", "tiny", "--model.train", "all",
+         "--data.train", f"[{path}]", "--data.max_length", "64", "--data.max_tokens", "64", "--data.seed", "3",
+         "--trainer.max_steps", "4", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+         "--trainer.strategy", strategy, "--trainer.use_distributed_sampler", "false", "--trainer.logger", "false",
+         "--trainer.enable_checkpointing", "false", "--trainer.limit_val_batches", "0"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "`max_steps=4` reached" in result.stderr

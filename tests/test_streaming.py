@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from qwen_audio.data.manifest import ManifestEntry, iter_manifest, write_manifest
 from qwen_audio.data.streaming import StreamingAudioTextDataset
+from qwen_audio.errors import AudioError
 
 WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -88,3 +89,19 @@ def test_entries_without_duration_are_refused(tmp_path, demo):
     write_manifest(tmp_path / "m.jsonl", [ManifestEntry("a.wav", "asr", "hi", "en", "en")])
     with pytest.raises(ValueError, match="m.jsonl: entry .*a.wav has no duration"):
         next(iter(StreamingAudioTextDataset([str(tmp_path / "m.jsonl")], demo, max_seconds=4.0)))
+
+
+def test_unusable_audio_names_its_line_or_is_skipped(tmp_path, demo):
+    rng = np.random.default_rng(0)
+    soundfile.write(tmp_path / "good.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
+    soundfile.write(tmp_path / "silent.wav", np.zeros(8000, np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, [ManifestEntry("good.wav", "asr", "one", "en", "en", duration=0.5),
+                              ManifestEntry("silent.wav", "asr", "two", "en", "en", duration=0.5)])
+    with pytest.raises(AudioError, match=rf"^{manifest}:2: audio: audio file .*silent.wav is silent"):
+        next(iter(StreamingAudioTextDataset([str(manifest)], demo, max_seconds=4.0, buffer_size=2)))
+    skipping = StreamingAudioTextDataset([str(manifest)], demo, max_seconds=4.0, buffer_size=2, on_error="skip")
+    with pytest.warns(UserWarning, match=rf"^skipped: {manifest}:2: audio: "):
+        batch = next(iter(skipping))
+    assert sorted(batch["task"]) == ["asr", "skipped"] and batch["audio_mel"].shape[0] == 1
+    assert texts(demo, batch).count("") == 1  # the stand-in row has no label

@@ -11,7 +11,7 @@ from qwen_audio.data.collate import collate
 from qwen_audio.data.conversations import Conversation, ConversationDataset, read_conversations, token_length
 from qwen_audio.data.datamodule import DEMO_PREFIX, AudioTextDataModule
 from qwen_audio.data.demo_chat import build_demo_chat
-from qwen_audio.data.sampler import DurationBucketSampler
+from qwen_audio.errors import InputError
 
 
 class ChatDataModule(AudioTextDataModule):
@@ -52,9 +52,9 @@ class ChatDataModule(AudioTextDataModule):
         super().__init__(train, val, test, model=model, max_length=max_length, num_buckets=num_buckets,
                          num_workers=num_workers, seed=seed, demo_size=demo_size)
         if text_ratio is not None and not 0.0 <= text_ratio <= 1.0:
-            raise ValueError(f"text_ratio must lie in [0, 1], got {text_ratio}")
+            raise InputError(f"data.text_ratio must lie in [0, 1], got {text_ratio}")
         if max_tokens < max_length:
-            raise ValueError(f"max_tokens ({max_tokens}) must be at least max_length ({max_length})")
+            raise InputError(f"data.max_tokens ({max_tokens}) must be at least data.max_length ({max_length})")
         self.text_ratio, self.max_tokens = text_ratio, max_tokens
         self.conversations: dict[str, list[list[Conversation]]] = {}  # split -> [with audio, pure text]
         self.lengths: dict[str, list[list[int]]] = {}
@@ -73,15 +73,13 @@ class ChatDataModule(AudioTextDataModule):
             self.conversations[split] = groups
             self.lengths[split] = [[token_length(c, self.tokenizer, self.max_length) for c in g] for g in groups]
         if self.text_ratio and self.manifests["train"] and not self.conversations["train"][1]:
-            raise ValueError(f"text_ratio is {self.text_ratio} but the training files {self.manifests['train']} hold "
+            raise InputError(f"data.text_ratio is {self.text_ratio} but the training files {self.manifests['train']} hold "
                              "no pure-text conversation")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ratio = self.text_ratio if split == "train" else None
-        sampler = DurationBucketSampler(
-            self.lengths[split], self.max_tokens, weights=None if ratio is None else [1.0 - ratio, ratio],
-            num_buckets=self.num_buckets, shuffle=shuffle, seed=self.seed,
-        )
+        sampler = self._sampler(split, self.lengths[split], self.max_tokens,
+                                None if ratio is None else [1.0 - ratio, ratio], shuffle)
         datasets = [ConversationDataset(group, self.tokenizer, self.max_length, self.config.encoder.n_mels)
                     for group in self.conversations[split]]
         return DataLoader(

@@ -35,9 +35,10 @@ import soundfile
 import torch
 from torch.utils.data import Dataset
 
-from qwen_audio.audio import SAMPLE_RATE, load_audio
-from qwen_audio.data.dataset import Sample, to_sample
+from qwen_audio.audio import SAMPLE_RATE
+from qwen_audio.data.dataset import Sample, load_clip, to_sample
 from qwen_audio.data.manifest import MAX_SECONDS, MIN_SECONDS, TIME_TOLERANCE, ManifestError
+from qwen_audio.errors import AudioError, InputError
 from qwen_audio.prompts import Example, Message, encode_chat
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, AudioLoader, QwenAudioTokenizer
 
@@ -67,13 +68,17 @@ class Conversation:
                             for m in self.messages]
         return line
 
-    def encode(self, tokenizer: QwenAudioTokenizer, max_length: int, load: AudioLoader = load_audio) -> Example:
-        """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`); errors name the conversation."""
+    def encode(self, tokenizer: QwenAudioTokenizer, max_length: int, load: AudioLoader = load_clip) -> Example:
+        """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`); errors name the conversation. Audio that
+        only decoding shows unusable (NaN/inf, silence: the file check reads headers) is an :class:`AudioError`."""
         system = [Message("system", self.system)] if self.system is not None else []
+        where = self.source or f"conversation {self.id!r}"
         try:
             return encode_chat(tokenizer, [*system, *self.messages], load=load, max_length=max_length)
+        except AudioError as err:
+            raise AudioError(f"{where}: {err}") from None
         except (ValueError, OSError) as err:
-            raise ValueError(f"{self.source or f'conversation {self.id!r}'}: {err}") from err
+            raise InputError(f"{where}: {err}") from err
 
 
 def _text(value: Any, field: str) -> str:

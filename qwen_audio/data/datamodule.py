@@ -17,6 +17,7 @@ from qwen_audio.data.flat_prompts import FlatPromptDataset
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
+from qwen_audio.errors import InputError
 from qwen_audio.prompts import TASKS
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
@@ -70,7 +71,7 @@ class AudioTextDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if streaming and prompt_style != "tags":
-            raise ValueError(f"prompt_style {prompt_style!r} is not available with streaming: true")
+            raise InputError(f"data.prompt_style {prompt_style!r} is not available with streaming: true")
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
@@ -106,15 +107,24 @@ class AudioTextDataModule(L.LightningDataModule):
                     for m in manifests
                 ]
 
+    def _sampler(self, split: str, lengths: list[list[float]], budget: float, weights: list[float] | None,
+                 shuffle: bool) -> DurationBucketSampler:
+        """The split's batch sampler; what it refuses (no example, too few for the ranks, bad weights) is an input
+        error naming the split's files."""
+        if not self.manifests[split]:
+            raise InputError(f"data.{split}: no file given, but the trainer asks for the {split} loader")
+        try:
+            return DurationBucketSampler(lengths, budget, weights=weights, num_buckets=self.num_buckets,
+                                         shuffle=shuffle, seed=self.seed)
+        except ValueError as err:
+            raise InputError(f"data.{split} {self.manifests[split]}: {err}") from None
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         groups = self.entries[split]
-        sampler = DurationBucketSampler(
-            [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
-            weights=self.weights if split == "train" else None, num_buckets=self.num_buckets, shuffle=shuffle,
-            seed=self.seed,
-        )
-        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.config.encoder.n_mels)
-                    for entries in groups]
+        sampler = self._sampler(split, [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
+                                self.weights if split == "train" else None, shuffle)
+        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.config.encoder.n_mels,
+                                       self.on_error) for entries in groups]
         return DataLoader(
             ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,

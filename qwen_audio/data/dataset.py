@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -12,7 +14,8 @@ from qwen_audio.audio import (
     N_FFT, N_SAMPLES, SAMPLE_RATE, audio_lengths, conv_frames, load_audio, log_mel_spectrogram, pad_or_trim,
 )
 from qwen_audio.data.manifest import ManifestEntry
-from qwen_audio.prompts import QUESTION, TASKS, Example, TimedWord, encode_task, format_timestamped_words
+from qwen_audio.errors import AudioError
+from qwen_audio.prompts import IGNORE_INDEX, QUESTION, TASKS, Example, TimedWord, encode_task, format_timestamped_words
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 
@@ -27,12 +30,30 @@ class Sample:
     task: str
 
 
+SKIPPED = "skipped"  # the task of the stand-in for an example skipped at load time
+
+
+def load_clip(path: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Samples ``start:stop`` of a training clip at 16 kHz; a clip that decodes to silence (every sample 0)
+    raises :class:`AudioError` like one that does not decode or holds NaN/inf: either teaches the model nothing."""
+    clip = load_audio(path)[start:stop]
+    if not clip.any():
+        raise AudioError(f"audio file {path} is silent: every sample of the clip is 0")
+    return clip
+
+
 def load_segment(entry: ManifestEntry) -> torch.Tensor:
-    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment."""
-    audio = load_audio(entry.audio)
+    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment.
+
+    The manifest check reads headers only, which keeps a million-line manifest cheap; what only decoding shows
+    (a file that no longer decodes, NaN/inf samples, silence) is found here, as an :class:`AudioError` that names
+    the manifest line and the file."""
     start = round(entry.offset * SAMPLE_RATE)
     stop = None if entry.duration is None else start + round(entry.duration * SAMPLE_RATE)
-    return audio[start:stop]
+    try:
+        return load_clip(entry.audio, start, stop)
+    except (AudioError, OSError) as err:
+        raise AudioError(f"{entry.source or entry.audio}: audio: {err}") from None
 
 
 def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
@@ -80,20 +101,32 @@ def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
     )
 
 
-def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80) -> Sample:
-    """Decode the entry's audio and build its training example: tag prompt, target, labels and mel features."""
-    return to_sample(task_example(tokenizer, entry, target_text(entry), max_length), entry.task, n_mels)
+def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80,
+                 on_error: Literal["raise", "skip"] = "raise") -> Sample:
+    """Decode the entry's audio and build its training example: tag prompt, target, labels and mel features.
+
+    ``on_error="skip"``: audio that fails to load (:func:`load_segment`) gives a warning and a stand-in of one
+    padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
+    place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
+    try:
+        return to_sample(task_example(tokenizer, entry, target_text(entry), max_length), entry.task, n_mels)
+    except AudioError as err:
+        if on_error == "raise":
+            raise
+        warnings.warn(f"skipped: {err}", stacklevel=2)
+        return Sample(torch.tensor([tokenizer.eod]), torch.tensor([IGNORE_INDEX]), [], [], SKIPPED)
 
 
 class AudioTextDataset(Dataset):
     """Map-style dataset over manifest entries; the loss covers only the target after the task tags."""
 
     def __init__(self, entries: Sequence[ManifestEntry], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
-                 n_mels: int = 80) -> None:
+                 n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise") -> None:
         self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
+        self.on_error = on_error
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> Sample:
-        return encode_entry(self.entries[index], self.tokenizer, self.max_length, self.n_mels)
+        return encode_entry(self.entries[index], self.tokenizer, self.max_length, self.n_mels, self.on_error)

@@ -23,11 +23,12 @@ import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import soundfile
 
+from qwen_audio.audio import MIN_SAMPLES, SAMPLE_RATE
 from qwen_audio.errors import InputError
 from qwen_audio.eval.metrics.text import release_normalize
 from qwen_audio.prompts import TASKS
@@ -36,7 +37,7 @@ from qwen_audio.prompts import TASKS
 LANGUAGES: frozenset[str] = frozenset({"en", "zh", "de", "es", "ko", "fr", "ja", "it", "zh_tr"})
 UNKNOWN_LANGUAGE = "unknown"  # read as ``None``
 TIME_TOLERANCE = 0.01  # seconds: word ends may pass the duration (and segments the file's end) by one timestamp step
-MIN_SECONDS = 0.03  # the shortest clip the front end takes: a centred STFT needs more than N_FFT // 2 samples
+MIN_SECONDS = MIN_SAMPLES / SAMPLE_RATE  # 30 ms, the shortest clip the encoder reads
 MAX_SECONDS = 30.0  # the encoder's window; longer audio goes through long-form generation, not training
 
 
@@ -75,6 +76,7 @@ class ManifestEntry:
     words: tuple[Word, ...] | None = None
     question: str | None = None
     choices: tuple[str, ...] | None = None
+    source: str | None = field(default=None, compare=False, repr=False)  # ``file:line`` read from; not a field of it
 
     def __post_init__(self) -> None:
         for name in ("words", "choices"):  # lists are accepted and stored as tuples, so entries stay hashable
@@ -145,7 +147,7 @@ class ManifestEntry:
         line: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value == f.default and f.name not in _REQUIRED:
+            if f.name == "source" or value == f.default and f.name not in _REQUIRED:
                 continue
             if f.name == "words":
                 value = [{"word": w.word, "start": w.start, "end": w.end} for w in value]
@@ -172,11 +174,11 @@ def _require_str(value: Any, field: str, nonempty: bool = False) -> None:
 
 
 _REQUIRED = ("audio", "task", "text", "audio_language", "text_language")
-_KNOWN = tuple(f.name for f in fields(ManifestEntry))
+_KNOWN = tuple(f.name for f in fields(ManifestEntry) if f.name != "source")
 
 
 def _parse_line(
-    raw: str, folder: str, tasks: Container[str], languages: Container[str], check_audio: bool
+    raw: str, folder: str, tasks: Container[str], languages: Container[str], check_audio: bool, source: str
 ) -> ManifestEntry:
     try:
         line = json.loads(raw.rstrip("\r\n"))
@@ -194,7 +196,7 @@ def _parse_line(
         line["audio"] = os.path.normpath(os.path.join(folder, os.path.expanduser(line["audio"])))
     if "words" in line:
         line["words"] = _parse_words(line["words"])
-    entry = ManifestEntry(**line)
+    entry = ManifestEntry(**line, source=source)
     if entry.task not in tasks:
         raise ManifestError(f"unknown task {entry.task!r}", field="task")
     for name in ("audio_language", "text_language"):
@@ -279,7 +281,7 @@ def iter_manifest(
                 continue
             num_lines += 1
             try:
-                yield _parse_line(raw, folder, tasks, languages, check_audio)
+                yield _parse_line(raw, folder, tasks, languages, check_audio, f"{name}:{number}")
             except ManifestError as err:
                 if on_error == "raise":
                     raise err.at(name, number) from None

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import encode_entry
-from qwen_audio.data.manifest import ManifestEntry, iter_manifest
+from qwen_audio.data.manifest import ManifestEntry, ManifestError, iter_manifest
 from qwen_audio.data.sampler import pack_batches
+from qwen_audio.errors import InputError
 from qwen_audio.prompts import TASKS
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
@@ -50,10 +51,11 @@ class StreamingAudioTextDataset(IterableDataset):
         on_error: str = "raise",
     ) -> None:
         if not manifests:
-            raise ValueError("manifests: nothing to stream")
+            raise InputError("data.train: no manifest to stream")
         weights = np.ones(len(manifests)) if weights is None else np.asarray(weights, dtype=np.float64)
         if weights.shape != (len(manifests),) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"weights: expected one non-negative weight per manifest ({len(manifests)}), got {weights}")
+            raise InputError(f"data.weights: expected one non-negative weight per manifest of {list(manifests)}, "
+                             f"got {weights}")
         self.manifests, self.probabilities = list(manifests), weights / weights.sum()
         self.tokenizer, self.max_seconds, self.max_length, self.n_mels = tokenizer, max_seconds, max_length, n_mels
         self.buffer_size, self.seed, self.on_error = buffer_size, seed, on_error
@@ -77,14 +79,16 @@ class StreamingAudioTextDataset(IterableDataset):
             empty = True
             for entry in iter_manifest(path, tasks=TASKS, on_error=self.on_error, shard=(reader, readers)):
                 if entry.duration is None:
-                    raise ValueError(f"{path}: entry {entry.audio} has no duration; streaming needs one on every line")
+                    raise ManifestError(f"entry {entry.audio} has no duration; streaming needs one on every line",
+                                        path=path)
                 if entry.duration > self.max_seconds:
-                    raise ValueError(f"{path}: {entry.audio} lasts {entry.duration} s, more than max_seconds="
-                                     f"{self.max_seconds}")
+                    raise ManifestError(f"{entry.audio} lasts {entry.duration} s, more than max_seconds="
+                                        f"{self.max_seconds}", path=path)
                 empty = False
                 yield entry
             if empty:
-                raise ValueError(f"{path} has no entries for reader {reader} of {readers}; use fewer workers or ranks")
+                raise ManifestError(f"no entries for reader {reader} of {readers}; use fewer workers or ranks",
+                                    path=path)
 
     def _planned(self, reader: int, readers: int) -> Iterator[list[ManifestEntry]]:
         """The reader's batches of entries, before decoding."""
@@ -104,7 +108,8 @@ class StreamingAudioTextDataset(IterableDataset):
         already = len(range(worker, self.batches_done, workers))  # this worker's share of the consumed batches
         for position, entries in enumerate(self._planned(reader, readers)):
             if position >= already:
-                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels) for e in entries]
+                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels, self.on_error)
+                           for e in entries]
                 yield collate(samples, self.tokenizer.eod)
 
 

@@ -17,12 +17,13 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from qwen_audio.audio import conv_frames, spec_augment
+from qwen_audio.audio import HOP_LENGTH, MIN_SAMPLES, conv_frames, spec_augment
 from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_model_state_dict
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
 from qwen_audio.model import QwenAudio, label_positions, token_losses
+from qwen_audio.prompts import IGNORE_INDEX
 
 Trainable = Literal["encoder", "decoder", "all"]
 
@@ -123,11 +124,32 @@ class QwenAudioModule(L.LightningModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits at the positions that predict a label only (:func:`label_positions`), ``[n, vocab]``."""
+        inputs = batch if batch["audio_mel"] is not None else self._with_blank_clip(batch)
         return self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            audio_mel=batch["audio_mel"], audio_mel_lengths=batch["audio_mel_lengths"],
-            logits_at=label_positions(batch["labels"]),
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            audio_mel=inputs["audio_mel"], audio_mel_lengths=inputs["audio_mel_lengths"],
+            logits_at=label_positions(inputs["labels"]),
         ).logits
+
+    def _with_blank_clip(self, batch: dict) -> dict:
+        """A batch without audio plus one row that holds the shortest clip (30 ms, one audio token) of a blank mel,
+        and no label. Under FSDP every rank must run each sharded encoder block at every step, in the same order
+        (their all-gathers and gradient reduce-scatters are collectives that wait for all ranks): a batch of
+        pure-text conversations runs the encoder on this row. The row attends only to itself and has no logits, so
+        the loss stays the same and the encoder's gradients are zeros."""
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        start, frames, width = self.config.audio_start_id, MIN_SAMPLES // HOP_LENGTH, max(ids.shape[1], 3)
+        row = torch.zeros(1, width, dtype=ids.dtype, device=ids.device)
+        row[0, :3] = torch.tensor([start, 0, start + 1])  # <audio>, any id (the splice overwrites it), </audio>
+        pad = partial(torch.nn.functional.pad, pad=(0, width - ids.shape[1]))
+        mel = torch.zeros(1, self.config.encoder.n_mels, 2 * conv_frames(frames) + self.config.encoder.mel_lookahead,
+                          device=ids.device)
+        return {
+            "input_ids": torch.cat([pad(ids), row]),
+            "attention_mask": torch.cat([pad(mask), (torch.arange(width, device=ids.device) < 3)[None].to(mask.dtype)]),
+            "labels": torch.cat([pad(labels, value=IGNORE_INDEX), torch.full_like(row, IGNORE_INDEX)]),
+            "audio_mel": mel, "audio_mel_lengths": torch.tensor([frames], device=ids.device),
+        }
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         logits = self(batch)
