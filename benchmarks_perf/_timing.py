@@ -1,7 +1,9 @@
-"""Timing shared by the benchmarks."""
+"""Timing and device ceilings shared by the benchmarks; run as a script on a CUDA machine, the device line of
+gpu_check.sh."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -24,8 +26,43 @@ def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> 
     return min(times) * 1e3
 
 
+def interleaved_speedup(ours: Callable[[], object], theirs: Callable[[], object], pairs: int) -> float:
+    """Median over ``pairs`` back-to-back CPU runs of theirs / ours: both see the same load from other processes,
+    which a best-of-N taken for each one at a different time does not ensure."""
+    ours(), theirs()
+    ratios = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        theirs()
+        middle = time.perf_counter()
+        ours()
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return statistics.median(ratios)
+
+
+def pass_or_miss(passed: bool) -> str:
+    """The verdict word ``gpu_check.sh`` greps for in a benchmark's target line."""
+    return "PASS" if passed else "MISS"
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes/s (read + write) of a 1 GiB device-to-device copy, median of ``triton.testing.do_bench``: the ceiling
+    that memory-bound kernels are held against."""
+    import triton.testing
+
+    source, target = torch.empty(1 << 28, device=device), torch.empty(1 << 28, device=device)
+    seconds = triton.testing.do_bench(lambda: target.copy_(source), return_mode="median") * 1e-3
+    return 2 * source.numel() * source.element_size() / seconds
+
+
 def device_name(device: torch.device) -> str:
     """What a results table names the device by: the GPU model, or the CPU and its thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+if __name__ == "__main__":  # gpu_check.sh's device line
+    cuda = torch.device("cuda")
+    print(f"{device_name(cuda)}: copy bandwidth {copy_bandwidth(cuda) / 1e9:.0f} GB/s (1 GiB device-to-device, "
+          f"read + write), torch {torch.__version__}")

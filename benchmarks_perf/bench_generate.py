@@ -19,13 +19,14 @@ import dataclasses
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from _timing import device_name, measure_ms
+from _timing import device_name, measure_ms, pass_or_miss
 
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.generate import GenerationConfig, generate, left_pad
 from qwen_audio.model import QwenAudio
 
 PAD_ID = 0
+SPEEDUP_TARGET = 2.0  # benchmarks_perf/README.md: against transformers, at the released size on a GPU
 
 
 def qwen2_reference(model: QwenAudio, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|")
     for implementation, ms in timings.items():
         print(f"| {implementation} | {ms:.1f} | {batch * new_tokens / (ms * 1e-3):.0f} | {baseline_ms / ms:.2f}x |")
+    if device.type == "cuda":
+        speedup = baseline_ms / timings["qwen_audio generate"]
+        print(f"\ntarget: generation {speedup:.2f}x transformers ({config.name}, {batch} prompts; "
+              f">= {SPEEDUP_TARGET:g}x): {pass_or_miss(speedup >= SPEEDUP_TARGET)}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Log-mel of a batch of 30 s clips: this project's backends against openai-whisper, transformers, torchaudio, nnAudio.
 
-    python benchmarks_perf/bench_mel.py                      # CPU, small batch (~1 minute on 2 cores)
-    python benchmarks_perf/bench_mel.py --device cuda --batch 64
+    python benchmarks_perf/bench_mel.py                      # CPU: 8 x 30 s on 2 threads (~1 minute)
+    python benchmarks_perf/bench_mel.py --device cuda        # 64 x 30 s
 
 Prints one Markdown table: time per batch, audio-hours per second, speed-up against openai-whisper (its own
 ``log_mel_spectrogram``, one clip per call, as Whisper runs it) and the largest difference from this project's
 torch reference (all compute Whisper's features). On CUDA it adds, for the Triton kernel, GB/s of compulsory
 traffic (audio in, log-mel out) against the measured copy bandwidth, and the kernel's roofline: the larger of the
 memory time and the matrix-unit time of its DFT and mel products at their precisions (TF32x3 = 3 TF32 products).
+Then one PASS/MISS line per target of ``benchmarks_perf/README.md``: on CPU the torch path (the one DataLoader
+workers and ``generate`` run) >= 1.2x openai-whisper, as the median of interleaved pairs of calls; on CUDA the
+Triton kernel >= 10x openai-whisper and >= 50% of its roofline.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import whisper
 from nnAudio.features import MelSpectrogram as NnAudioMel
 from transformers import WhisperFeatureExtractor
 
-from qwen_audio.audio import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, N_SAMPLES, SAMPLE_RATE
-from _timing import measure_ms
+from _timing import copy_bandwidth, interleaved_speedup, measure_ms, pass_or_miss
 
+from qwen_audio.audio import N_SAMPLES
 from qwen_audio.kernels import log_mel
 from qwen_audio.kernels import mel as mel_kernel
+from qwen_audio.whisper_mel import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, SAMPLE_RATE
 
 
 def whisper_normalise(power_mel: torch.Tensor) -> torch.Tensor:
@@ -45,11 +49,11 @@ def candidates(audio: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     ).to(device)
     extractor = WhisperFeatureExtractor(feature_size=80)
     clips = list(audio.cpu().numpy())
-    runs = {"qwen_audio torch": lambda: log_mel(audio, 80, backend="torch")}
+    runs = {"qwen_audio torch": lambda: log_mel(audio, 80, kernel_backend="torch")}
     if device.type == "cuda":
-        runs["qwen_audio triton"] = lambda: log_mel(audio, 80, backend="triton")
+        runs["qwen_audio triton"] = lambda: log_mel(audio, 80, kernel_backend="triton")
     runs |= {
-        "openai-whisper (per clip)": lambda: torch.stack([whisper.log_mel_spectrogram(clip) for clip in audio]),
+        WHISPER: lambda: torch.stack([whisper.log_mel_spectrogram(clip) for clip in audio]),
         "transformers WhisperFeatureExtractor": lambda: extractor(
             clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=str(device)
         ).input_features,
@@ -63,17 +67,22 @@ def device_ceilings(device: torch.device) -> tuple[float, float]:
     """Measured copy bandwidth (bytes/s) and TF32 matrix throughput (FLOP/s) of a CUDA device."""
     import triton.testing
 
-    block, copy = torch.empty(1 << 28, device=device), torch.empty(1 << 28, device=device)  # 1 GiB each
-    copy_s = triton.testing.do_bench(lambda: copy.copy_(block), return_mode="median") * 1e-3
     a, b = torch.randn(8192, 8192, device=device), torch.randn(8192, 8192, device=device)
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     matmul_s = triton.testing.do_bench(lambda: a @ b, return_mode="median") * 1e-3
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    return 2 * block.numel() * 4 / copy_s, 2 * 8192**3 / matmul_s
+    return copy_bandwidth(device), 2 * 8192**3 / matmul_s
 
 
-def triton_roofline(batch: int, seconds: float, copy_bytes_per_s: float, tf32_flops_per_s: float) -> str:
+CPU_TARGET, TRITON_TARGET, ROOFLINE_TARGET = 1.2, 10.0, 0.5  # benchmarks_perf/README.md
+WHISPER = "openai-whisper (per clip)"
+
+
+def triton_roofline(
+    batch: int, seconds: float, copy_bytes_per_s: float, tf32_flops_per_s: float
+) -> tuple[str, float]:
+    """A line describing the Triton kernel's roofline, and the fraction of it the kernel reaches."""
     frames = batch * N_SAMPLES // HOP_LENGTH
     traffic = batch * N_SAMPLES * 4 + frames * 80 * 4
     dft_flops = 2 * mel_kernel.PADDED_TAPS * 2 * mel_kernel.PADDED_BINS * 3  # tf32x3: three TF32 products
@@ -81,35 +90,41 @@ def triton_roofline(batch: int, seconds: float, copy_bytes_per_s: float, tf32_fl
     flops = frames * (dft_flops + mel_flops)
     memory_s, matrix_s = traffic / copy_bytes_per_s, flops / tf32_flops_per_s
     bound = "matrix units" if matrix_s > memory_s else "memory"
+    fraction = max(memory_s, matrix_s) / seconds
     return (
-        f"\nTriton roofline: memory {memory_s * 1e3:.3f} ms ({traffic / 1e6:.1f} MB at "
+        f"Triton roofline: memory {memory_s * 1e3:.3f} ms ({traffic / 1e6:.1f} MB at "
         f"{copy_bytes_per_s / 1e9:.0f} GB/s copy), matrix {matrix_s * 1e3:.3f} ms ({flops / 1e12:.2f} TFLOP at "
         f"{tf32_flops_per_s / 1e12:.0f} TFLOP/s TF32); bound by {bound}; the kernel runs at "
-        f"{max(memory_s, matrix_s) / seconds:.0%} of that bound"
-    )
+        f"{fraction:.0%} of that bound"
+    ), fraction
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="30 s clips per batch (default: 4 CPU, 64 CUDA)")
+    parser.add_argument("--batch", type=int, default=None, help="30 s clips per batch (default: 8 CPU, 64 CUDA)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per candidate on CPU")
-    args = parser.parse_args()
+    parser.add_argument("--pairs", type=int, default=15, help="interleaved (whisper, ours) pairs for the CPU ratio")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
-    batch = args.batch or (64 if device.type == "cuda" else 4)
+    cuda = device.type == "cuda"
+    if not cuda:
+        torch.set_num_threads(args.threads)
+    batch = args.batch or (64 if cuda else 8)
     generator = torch.Generator().manual_seed(0)
     envelope = 0.5 * (1 + torch.sin(torch.linspace(0, 240 * torch.pi, N_SAMPLES)))
     audio = (0.1 * torch.randn(batch, N_SAMPLES, generator=generator) * envelope).to(device)
 
-    reference = log_mel(audio, 80, backend="torch")
+    reference = log_mel(audio, 80, kernel_backend="torch")
     hours = batch * N_SAMPLES / SAMPLE_RATE / 3600
+    runs = candidates(audio)
     results = {}
-    for name, run in candidates(audio).items():
+    for name, run in runs.items():
         difference = (run().to(device) - reference).abs().max().item()
         results[name] = (measure_ms(run, device, args.repeats), difference)
 
-    baseline_ms = results["openai-whisper (per clip)"][0]
-    cuda = device.type == "cuda"
+    baseline_ms = results[WHISPER][0]
     if cuda:
         copy_bytes_per_s, tf32_flops_per_s = device_ceilings(device)
         traffic = batch * N_SAMPLES * 4 + reference.numel() * 4
@@ -124,8 +139,21 @@ def main() -> None:
             gbps = traffic / (ms * 1e-3) / 1e9
             row += f" {gbps:.0f} | {gbps * 1e9 / copy_bytes_per_s:.0%} |"
         print(row)
+    print()
     if cuda:
-        print(triton_roofline(batch, results["qwen_audio triton"][0] * 1e-3, copy_bytes_per_s, tf32_flops_per_s))
+        line, fraction = triton_roofline(batch, results["qwen_audio triton"][0] * 1e-3, copy_bytes_per_s,
+                                         tf32_flops_per_s)
+        speedup = baseline_ms / results["qwen_audio triton"][0]
+        print(line.lstrip())
+        print(f"target: Triton log-mel {speedup:.1f}x openai-whisper at {batch} x 30 s "
+              f"(>= {TRITON_TARGET:g}x): {pass_or_miss(speedup >= TRITON_TARGET)}")
+        print(f"target: Triton log-mel at {fraction:.0%} of its roofline "
+              f"(>= {ROOFLINE_TARGET:.0%}): {pass_or_miss(fraction >= ROOFLINE_TARGET)}")
+    else:
+        speedup = interleaved_speedup(runs["qwen_audio torch"], runs[WHISPER], args.pairs)
+        print(f"target: torch log-mel {speedup:.2f}x openai-whisper (median of {args.pairs} interleaved pairs, "
+              f"{batch} x 30 s, {torch.get_num_threads()} threads; >= {CPU_TARGET:g}x): "
+              f"{pass_or_miss(speedup >= CPU_TARGET)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -19,15 +18,12 @@ import torch
 import torchaudio
 
 from qwen_audio.errors import AudioError
+from qwen_audio.kernels import log_mel
+from qwen_audio.whisper_mel import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
-SAMPLE_RATE = 16000
-N_FFT = 400  # 25 ms window
-HOP_LENGTH = 160  # 10 ms hop
 CHUNK_LENGTH = 30  # seconds the encoder sees at most
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per 30 s
-LOG_MEL_FLOOR = 1e-10
-DYNAMIC_RANGE = 8.0  # log10 units kept below each example's maximum
 MIN_SAMPLES = 480  # 30 ms, the shortest clip the encoder takes: 3 mel frames -> 2 conv frames -> 1 audio token
 
 AudioSource = Union[str, os.PathLike, BinaryIO]
@@ -72,28 +68,15 @@ def pad_or_trim(audio: torch.Tensor, length: int = N_SAMPLES, *, axis: int = -1)
     return audio
 
 
-@lru_cache(maxsize=None)
-def _mel_filters_cpu(n_mels: int) -> torch.Tensor:
-    # Computed in float64 and rounded once, as librosa (Whisper's mel_filters.npz) and transformers do: torchaudio's
-    # float32 filterbank is 1.6e-7 off, which moves the 128-bin log-mel by 1.5e-5.
-    from transformers.audio_utils import mel_filter_bank
-
-    filters = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
-                              max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney")
-    return torch.from_numpy(filters.T).float().contiguous()
-
-
-def mel_filters(n_mels: int = 80, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Slaney-scale, area-normalised mel filterbank ``[n_mels, 201]``: the matrix Whisper ships in ``mel_filters.npz``."""
-    return _mel_filters_cpu(n_mels).to(device)
-
-
-def log_mel_spectrogram(audio: torch.Tensor | np.ndarray, n_mels: int = 80, backend: str = "auto") -> torch.Tensor:
+def log_mel_spectrogram(
+    audio: torch.Tensor | np.ndarray, n_mels: int = 80, kernel_backend: str = "auto"
+) -> torch.Tensor:
     """Whisper's log-mel: ``[..., samples]`` float audio at 16 kHz -> ``[..., n_mels, samples // 160]``.
 
     Power STFT (n_fft 400, hop 160, periodic Hann, centred with reflect padding, last frame dropped), mel
     filterbank, ``log10`` clamped at 1e-10, values below each example's maximum minus 8 raised to it, then
-    ``(x + 4) / 4``. ``backend``: "torch" (reference, any device), "triton" (fused kernel, CUDA) or "auto".
+    ``(x + 4) / 4`` (constants in ``qwen_audio.whisper_mel``). ``kernel_backend``: "torch" (any device), "triton"
+    (fused kernel, CUDA) or "auto" (see ``qwen_audio.kernels``).
     """
     audio = torch.as_tensor(audio)
     if not audio.is_floating_point():
@@ -105,20 +88,7 @@ def log_mel_spectrogram(audio: torch.Tensor | np.ndarray, n_mels: int = 80, back
             f"audio of {audio.shape[-1]} samples is too short for the centred STFT (needs > {N_FFT // 2}); "
             "pad it first, e.g. with pad_or_trim"
         )
-    from qwen_audio.kernels import log_mel  # deferred: the kernels import this module's constants and reference
-
-    return log_mel(audio.float(), n_mels, backend)
-
-
-def _log_mel_torch(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
-    batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
-    window = torch.hann_window(N_FFT, device=audio.device)
-    stft = torch.stft(audio.reshape(-1, num_samples), N_FFT, HOP_LENGTH, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2
-    log_spec = torch.clamp(mel_filters(n_mels, audio.device) @ power, min=LOG_MEL_FLOOR).log10()
-    peak = log_spec.amax(dim=(-2, -1), keepdim=True)
-    log_spec = torch.maximum(log_spec, peak - DYNAMIC_RANGE)
-    return ((log_spec + 4.0) / 4.0).reshape(*batch_shape, n_mels, -1)
+    return log_mel(audio.float(), n_mels, kernel_backend)
 
 
 def conv_frames(mel_frames):

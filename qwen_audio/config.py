@@ -11,11 +11,12 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from qwen_audio.errors import InputError
 
-AttentionBackend = Literal["auto", "sdpa", "varlen", "flash_attn"]
+AttentionBackend = Literal["auto", "sdpa", "varlen", "flash_attn"]  # see qwen_audio.modules.attention
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 Family = Literal["qwen-audio", "qwen2-audio"]
 
 
@@ -102,8 +103,10 @@ class QwenAudioConfig:
         if self.encoder.learned_markers != (self.family == "qwen-audio"):
             raise ConfigError(f"encoder.learned_markers={self.encoder.learned_markers} does not fit family {self.family!r}: "
                               "Qwen-Audio learns its audio BOS/EOS vectors, Qwen2-Audio keeps the marker tokens")
-        if self.attention_backend not in ("auto", "sdpa", "varlen", "flash_attn"):
-            raise ConfigError(f"attention_backend {self.attention_backend!r} is not one of auto, sdpa, varlen, flash_attn")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(
+                f"attention_backend {self.attention_backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}"
+            )
 
     @property
     def audio_end_id(self) -> int:

@@ -1,27 +1,33 @@
-"""Evaluate on a benchmark of the paper: ``python -m recipes.evaluate test --config recipes/configs/evaluate/<name>.yaml
---model.checkpoint DIR`` (a released-layout folder) and/or ``--ckpt_path X.ckpt`` (a QwenAudioModule checkpoint).
-Results go to ``trainer.default_root_dir`` (``runs/evaluate/<name>`` in the shipped configs); see docs/evaluation.md.
+"""Evaluate on a benchmark of the paper: ``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml
+--data.benchmark NAME --model.checkpoint DIR`` (a released-layout folder) and/or ``--ckpt_path X.ckpt`` (a
+QwenAudioModule checkpoint); ``recipes/configs/evaluate/demo.yaml`` evaluates on the held-out demo corpus.
+Results go to ``trainer.default_root_dir``, by default ``runs/evaluate/<benchmark>``; see docs/evaluation.md.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
-from qwen_audio.data.benchmark_datamodule import BenchmarkDataModule
-from qwen_audio.lit.evaluation import BenchmarkEvaluation
+from qwen_audio.eval.datamodule import BenchmarkDataModule
+from qwen_audio.eval.module import BenchmarkEvaluation
 from recipes.cli import QwenAudioCLI, run
+
+RESULTS_ROOT = os.path.join("runs", "evaluate")
 
 
 class EvaluateCLI(QwenAudioCLI):
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.link_arguments("model.model", "data.model")
         parser.link_arguments("model.checkpoint", "data.checkpoint")
 
-    def connect_datamodule(self) -> None:
-        """Nothing to give: BenchmarkDataModule builds its tokenizer from the linked ``model`` and ``checkpoint``."""
+    def before_instantiate_classes(self) -> None:
+        """Results go to ``runs/evaluate/<benchmark>`` unless ``--trainer.default_root_dir`` names a folder."""
+        config = self.config[self.subcommand]
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = os.path.join(RESULTS_ROOT, config.data.benchmark)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning merges a ``--ckpt_path`` checkpoint's hyperparameters into the model's config. A training

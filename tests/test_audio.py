@@ -15,10 +15,10 @@ from qwen_audio.audio import (
     audio_lengths,
     load_audio,
     log_mel_spectrogram,
-    mel_filters,
     pad_or_trim,
     spec_augment,
 )
+from qwen_audio.whisper_mel import mel_filters
 
 
 def _signals(rate: int, seconds: float, seed: int = 0) -> dict[str, np.ndarray]:
@@ -108,6 +108,16 @@ def test_batch_normalises_each_example_by_its_own_maximum():
     assert (whisper.log_mel_spectrogram(torch.stack([quiet, loud]))[0] - _whisper_mel(quiet)).abs().max() > 0.1
 
 
+def test_batch_of_thirty_second_clips_equals_whisper_clip_by_clip():
+    """The DataLoader's case: each row within 1e-5 of openai-whisper on its clip, and bit-equal to the clip alone."""
+    clips = torch.stack([torch.from_numpy(signal).float() for signal in _signals(SAMPLE_RATE, 30.0).values()])
+    batch = log_mel_spectrogram(clips)
+    assert batch.shape == (4, 80, 3000)
+    for row, clip in zip(batch, clips):
+        torch.testing.assert_close(row, _whisper_mel(clip), atol=1e-5, rtol=0)
+        assert torch.equal(row, log_mel_spectrogram(clip))
+
+
 def test_non_finite_or_integer_audio_is_rejected():
     with pytest.raises(ValueError, match="NaN or infinite"):
         log_mel_spectrogram(torch.tensor([0.0, float("nan")] * 800))
@@ -116,7 +126,7 @@ def test_non_finite_or_integer_audio_is_rejected():
     with pytest.raises(ValueError, match="150 samples is too short"):
         log_mel_spectrogram(torch.zeros(150))
     with pytest.raises(ValueError, match="backend"):
-        log_mel_spectrogram(torch.zeros(1600), backend="cuda-magic")
+        log_mel_spectrogram(torch.zeros(1600), kernel_backend="cuda-magic")
 
 
 @pytest.mark.parametrize(

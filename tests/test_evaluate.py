@@ -1,6 +1,6 @@
 """The evaluation recipe: official prompts equal the release scripts' strings, the release-schema reader stops at a bad
-line naming it, scores are grouped by source, every evaluate YAML validates, and the demo evaluation runs end to end
-on a tiny random checkpoint, given as a released-layout folder or as a Lightning checkpoint."""
+line naming it, scores are grouped by source, the evaluate YAMLs validate for every benchmark, and the demo evaluation
+runs end to end on a tiny random checkpoint, given as a released-layout folder or as a Lightning checkpoint."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import pytest
 import soundfile
 import torch
 
-from qwen_audio.benchmarks import (
+from qwen_audio.config import ConfigError, QwenAudioConfig
+from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
+from qwen_audio.data.manifest import ManifestError
+from qwen_audio.eval.datamodule import BenchmarkDataModule, BenchmarkDataset, benchmark_batches, demo_corpus
+from qwen_audio.eval.report import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
+from qwen_audio.eval.tasks import (
     BENCHMARKS,
     BenchmarkItem,
     Prediction,
@@ -22,18 +27,15 @@ from qwen_audio.benchmarks import (
     read_benchmark_file,
     score_predictions,
 )
-from qwen_audio.config import ConfigError, QwenAudioConfig
-from qwen_audio.data.benchmark_datamodule import BenchmarkDataModule, BenchmarkDataset, benchmark_batches, demo_corpus
-from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
-from qwen_audio.data.manifest import ManifestError
-from qwen_audio.lit.evaluation import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
 from qwen_audio.model import QwenAudio
 from qwen_audio.tokenizer import DEMO_RANKS_FILE
 from recipes.evaluate import main
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "recipes" / "configs" / "evaluate").glob("*.yaml"))
 DEMO_CONFIG = REPO / "recipes" / "configs" / "evaluate" / "demo.yaml"
+PAPER_CONFIG = REPO / "recipes" / "configs" / "evaluate" / "paper.yaml"
+# The paper's benchmarks through paper.yaml and --data.benchmark, and the demo through its own YAML.
+CONFIGS = [(PAPER_CONFIG, name) for name in BENCHMARKS if not name.startswith("demo_")] + [(DEMO_CONFIG, "demo")]
 DEMO_SOURCES = {"demo_asr_en", "demo_asr_zh", "demo_srwt_en", "demo_srwt_zh", "demo_mna", "demo_asc", "demo_aqa"}
 
 # The prompt templates of QwenLM/Qwen-Audio eval_audio/evaluate_*.py, filled in by hand as each script fills them.
@@ -166,13 +168,21 @@ def test_batches_hold_one_benchmark_and_cover_every_item_once_across_ranks():
     assert benchmark_batches(items, None)[0] == [0, 1, 2, 3, 4, 8]  # meld's own batch size, 8
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_prints(config, capsys):
+@pytest.mark.parametrize("config, benchmark", CONFIGS, ids=[name for _, name in CONFIGS])
+def test_every_config_prints(config, benchmark, capsys):
+    chosen = [] if config == DEMO_CONFIG else ["--data.benchmark", benchmark]
     with pytest.raises(SystemExit) as exit_info:
-        main(["test", "--config", str(config), "--print_config"])
+        main(["test", "--config", str(config), *chosen, "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert f"benchmark: {config.stem}" in printed and "use_distributed_sampler: false" in printed
+    assert f"benchmark: {benchmark}" in printed and "use_distributed_sampler: false" in printed
+
+
+def test_paper_config_needs_a_benchmark(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(PAPER_CONFIG)])
+    assert exit_info.value.code not in (0, None)
+    assert "required: test.data.benchmark" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -241,13 +251,16 @@ def _recorded_export(root: Path, name: str, record: dict) -> Path:
     return folder
 
 
-def test_demo_evaluation_reads_the_corpus_the_export_records(demo_env, folder_run):
-    """No --data.demo_size: the size-2 corpus the export names is read, the same items as asking for it."""
+def test_demo_evaluation_reads_the_corpus_the_export_records(demo_env, folder_run, monkeypatch):
+    """No --data.demo_size: the size-2 corpus the export names is read, the same items as asking for it. No
+    --trainer.default_root_dir: the results go to runs/evaluate/<benchmark>."""
     root, _ = demo_env
     folder = _recorded_export(root, "recorded", corpus_record(seed=0, size=2))
-    out = root / "recorded-run"
-    main(["test", "--config", str(DEMO_CONFIG), "--model.checkpoint", str(folder), "--trainer.default_root_dir",
-          str(out), "--trainer.enable_progress_bar", "false"])
+    (root / "recorded-run").mkdir()
+    monkeypatch.chdir(root / "recorded-run")
+    out = root / "recorded-run" / "runs" / "evaluate" / "demo"
+    main(["test", "--config", str(DEMO_CONFIG), "--model.checkpoint", str(folder), "--trainer.enable_progress_bar",
+          "false"])
     predictions = [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
     assert [p["gt"] for p in predictions] == [p["gt"] for p in folder_run[1]]
 
@@ -261,5 +274,5 @@ def test_demo_evaluation_refuses_another_corpus_than_the_recorded_one(demo_env, 
     root, _ = demo_env
     folder = _recorded_export(root, f"mismatch-{asked['seed']}-{asked['demo_size']}-{recorded['version']}", recorded)
     with pytest.raises(ConfigError, match=f"{CORPUS_RECORD}: the model was trained on the demo corpus"):
-        BenchmarkDataModule(model="tiny", checkpoint=str(folder), **asked)
+        BenchmarkDataModule("demo", checkpoint=str(folder), **asked)
     assert demo_corpus(None, None, None) == (0, 48)  # no record: the defaults

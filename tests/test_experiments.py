@@ -17,10 +17,10 @@ from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.manifest import ManifestEntry, Word, read_manifest, write_manifest
 from qwen_audio.prompts import IGNORE_INDEX, encode_task
 from recipes.experiments.common import (
-    SCORERS,
     final_validation_loss,
     markdown_table,
     plot_validation_losses,
+    score_answers,
     validation_curves,
     write_manifest_without,
 )
@@ -126,24 +126,26 @@ def test_flat_dataset_item_differs_from_the_tag_one_only_in_the_prompt(demo, cli
 
 
 def test_scorers_on_hand_worked_answers(clip):
+    """The ablations score as ``recipes.evaluate`` scores the demo corpus: WER/CER in %, exact-match accuracy."""
     audio = str(clip)
     asr = [ManifestEntry(audio, "asr", "one two three four", "en", "en"),
            ManifestEntry(audio, "asr", "一二三四", "zh", "zh")]
     # en: one substitution in 4 words; zh: one deletion in 4 characters
-    assert SCORERS["asr"](asr, ["one two three five", "一二三"]) == {"ASR WER en": 0.25, "ASR CER zh": 0.25}
+    assert score_answers(asr, ["one two three five", "一二三"]) == {"ASR WER en": 25.0, "ASR CER zh": 25.0}
     aqa = [ManifestEntry(audio, "aqa", answer, None, "en", question="q?") for answer in ("two", "yes", "no")]
-    assert SCORERS["aqa"](aqa, ["two", "Yes", "yes"]) == {"AQA acc": pytest.approx(1 / 3)}  # exact, case-sensitive
+    assert score_answers(aqa, ["two", "Yes", "yes"]) == {"AQA acc": pytest.approx(1 / 3)}  # exact, case-sensitive
     srwt = [ManifestEntry(audio, "srwt", "one two", "en", "en", duration=1.0,
                           words=(Word("one", 0.1, 0.4), Word("two", 0.45, 0.8)))]
     # reference <|0.00|>one<|0.40|>two<|0.80|> (gaps under 0.2 s join the next word); the generation follows the
     # prompt's <|0.00|>: "on" is a substitution, "two" matches with |0.40-0.40| + |0.90-0.80| s = 100 ms shift
     assert target_text(srwt[0]) == "<|0.00|>one<|0.40|>two<|0.80|>"
-    assert SCORERS["srwt"](srwt, ["on<|0.40|>two<|0.90|>"]) == {"SRWT WER en": 0.5,
-                                                                "SRWT AAS ms": pytest.approx(100.0)}
-    mna = [ManifestEntry(audio, "mna", "<|pitch|><|midi_pitch_60|><|instrument|>piano", None, "en")] * 2
-    assert SCORERS["mna"](mna, ["<|pitch|><|midi_pitch_60|><|instrument|>organ",
-                                "<|pitch|><|midi_pitch_61|><|instrument|>piano"]) == {
-        "MNA instrument acc": 0.5, "MNA pitch acc": 0.5}
+    assert score_answers(srwt, ["on<|0.40|>two<|0.90|>"]) == {"SRWT WER en": 50.0,
+                                                              "SRWT AAS ms en": pytest.approx(100.0)}
+    # MNA as demo_mna scores it: the whole answer must match (one wrong pitch, one wrong instrument: none right)
+    mna = [ManifestEntry(audio, "mna", "<|pitch|><|midi_pitch_60|><|instrument|>piano", None, "en")] * 3
+    assert score_answers(mna, ["<|pitch|><|midi_pitch_60|><|instrument|>organ",
+                               "<|pitch|><|midi_pitch_61|><|instrument|>piano",
+                               "<|pitch|><|midi_pitch_60|><|instrument|>piano"]) == {"MNA acc": pytest.approx(1 / 3)}
 
 
 @pytest.mark.slow

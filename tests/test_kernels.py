@@ -1,4 +1,4 @@
-"""Triton kernels against their torch references (log-mel: ``_log_mel_torch``, itself equal to openai-whisper;
+"""Triton kernels against their torch references (log-mel: ``log_mel_reference``, itself equal to openai-whisper;
 pool + LayerNorm: float64 ``AvgPool1d(2, 2)`` then ``layer_norm``), plus the backend dispatch rules.
 
 ``triton.jit`` decides when a kernel is *defined* whether it is interpreted, so the CPU checks cannot switch the
@@ -19,8 +19,11 @@ import sys
 import pytest
 import torch
 
-from qwen_audio.audio import N_SAMPLES, SAMPLE_RATE, _log_mel_torch, log_mel_spectrogram
-from qwen_audio.kernels import KERNELS_ENV_VAR, KernelBackendError, log_mel, pool_layer_norm, resolve_backend
+from qwen_audio.audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from qwen_audio.kernels import (
+    KERNEL_BACKEND_ENV_VAR, KernelBackendError, log_mel, pool_layer_norm, resolve_kernel_backend,
+)
+from qwen_audio.kernels.mel import log_mel_reference
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="run by test_interpreter_run under TRITON_INTERPRET=1")
@@ -80,8 +83,8 @@ def float64_pool_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 
 def check_log_mel(audio: torch.Tensor, device: str, n_mels: int = 80) -> float:
-    expected = _log_mel_torch(audio, n_mels)
-    actual = log_mel(audio.to(device), n_mels, backend="triton").cpu()
+    expected = log_mel_reference(audio, n_mels)
+    actual = log_mel(audio.to(device), n_mels, kernel_backend="triton").cpu()
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-3)
     return (actual - expected).abs().max().item()
 
@@ -93,7 +96,7 @@ def check_pool_layer_norm(batch: int, frames: int, channels: int, dtype: torch.d
     # Rounded to dtype first, so the float64 truth sees the kernel's inputs and only the kernel's own error counts.
     x, weight, bias, dy = (t.to(dtype) for t in pool_case(batch, frames, channels, seed=frames * channels))
     leaves = [t.to(device).requires_grad_() for t in (x, weight, bias)]
-    y = pool_layer_norm(*leaves, 1e-5, backend="triton")
+    y = pool_layer_norm(*leaves, 1e-5, kernel_backend="triton")
     y.backward(dy.to(device))
     truth = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
     expected = float64_pool_layer_norm(*truth)
@@ -138,15 +141,15 @@ def test_interpreted_128_bin_log_mel_matches_reference_and_transformers(poisoned
     audio = speech_like(2, 20_837, seed=128)
     hf = WhisperFeatureExtractor(feature_size=128)(list(audio.numpy()), sampling_rate=SAMPLE_RATE, padding="longest",
                                                    return_tensors="pt").input_features
-    torch.testing.assert_close(_log_mel_torch(audio, 128), hf, rtol=0, atol=1e-5)
-    torch.testing.assert_close(log_mel(audio, 128, backend="triton"), hf, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_mel_reference(audio, 128), hf, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_mel(audio, 128, kernel_backend="triton"), hf, rtol=0, atol=1e-5)
 
 
 @interpreted
 def test_interpreted_log_mel_keeps_batch_shape_and_example_independence(poisoned_allocations):
     audio = speech_like(4, 8000, seed=1).reshape(2, 2, 8000)
-    batched = log_mel(audio, 80, backend="triton")
-    alone = log_mel(audio[1, 0], 80, backend="triton")
+    batched = log_mel(audio, 80, kernel_backend="triton")
+    alone = log_mel(audio[1, 0], 80, kernel_backend="triton")
     assert batched.shape == (2, 2, 80, 50)
     torch.testing.assert_close(batched[1, 0], alone, rtol=0, atol=1e-6)
 
@@ -154,7 +157,7 @@ def test_interpreted_log_mel_keeps_batch_shape_and_example_independence(poisoned
 @interpreted
 def test_interpreted_log_mel_spectrogram_routes_triton(poisoned_allocations):
     audio = speech_like(1, 4000, seed=2)
-    torch.testing.assert_close(log_mel_spectrogram(audio, backend="triton"), _log_mel_torch(audio, 80),
+    torch.testing.assert_close(log_mel_spectrogram(audio, kernel_backend="triton"), log_mel_reference(audio, 80),
                                rtol=0, atol=1e-3)
 
 
@@ -171,25 +174,25 @@ def test_interpreted_pool_layer_norm_matches_float64(batch, frames, channels, dt
 
 @not_interpreted
 def test_auto_picks_torch_on_cpu_and_triton_on_cpu_is_a_clear_error(monkeypatch):
-    monkeypatch.delenv(KERNELS_ENV_VAR, raising=False)
+    monkeypatch.delenv(KERNEL_BACKEND_ENV_VAR, raising=False)
     cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu) == "torch"
+    assert resolve_kernel_backend("auto", cpu) == "torch"
     with pytest.raises(KernelBackendError, match="TRITON_INTERPRET"):
-        log_mel_spectrogram(torch.zeros(1600), backend="triton")
-    monkeypatch.setenv(KERNELS_ENV_VAR, "triton")
+        log_mel_spectrogram(torch.zeros(1600), kernel_backend="triton")
+    monkeypatch.setenv(KERNEL_BACKEND_ENV_VAR, "triton")
     with pytest.raises(KernelBackendError, match="cpu"):
-        resolve_backend("auto", cpu)
-    assert resolve_backend("torch", cpu) == "torch"  # the argument beats the environment
+        resolve_kernel_backend("auto", cpu)
+    assert resolve_kernel_backend("torch", cpu) == "torch"  # the argument beats the environment
 
 
 def test_backend_names_are_checked(monkeypatch):
     with pytest.raises(KernelBackendError, match="cuda-magic"):
-        resolve_backend("cuda-magic", torch.device("cpu"))
-    monkeypatch.setenv(KERNELS_ENV_VAR, "fast")
-    with pytest.raises(KernelBackendError, match=f"{KERNELS_ENV_VAR}='fast'"):
-        resolve_backend("auto", torch.device("cpu"))
-    monkeypatch.setenv(KERNELS_ENV_VAR, "torch")
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+        resolve_kernel_backend("cuda-magic", torch.device("cpu"))
+    monkeypatch.setenv(KERNEL_BACKEND_ENV_VAR, "fast")
+    with pytest.raises(KernelBackendError, match=f"{KERNEL_BACKEND_ENV_VAR}='fast'"):
+        resolve_kernel_backend("auto", torch.device("cpu"))
+    monkeypatch.setenv(KERNEL_BACKEND_ENV_VAR, "torch")
+    assert resolve_kernel_backend("auto", torch.device("cpu")) == "torch"
 
 
 @pytest.mark.parametrize("shape,param_shape,field", [((4, 16), (16,), "x"), ((2, 1, 16), (16,), "x"),
@@ -201,7 +204,7 @@ def test_pool_layer_norm_rejects_bad_shapes(shape, param_shape, field):
 
 def test_torch_backend_matches_float64_formula():
     x, weight, bias, _ = pool_case(2, 7, 24, seed=0)
-    torch.testing.assert_close(pool_layer_norm(x, weight, bias, 1e-5, backend="torch"),
+    torch.testing.assert_close(pool_layer_norm(x, weight, bias, 1e-5, kernel_backend="torch"),
                                float64_pool_layer_norm(x, weight, bias))
 
 
@@ -223,7 +226,7 @@ def test_cuda_pool_layer_norm_matches_float64(frames, dtype, poisoned_allocation
 
 @pytest.mark.cuda
 def test_cuda_auto_picks_triton(monkeypatch):
-    monkeypatch.delenv(KERNELS_ENV_VAR, raising=False)
-    assert resolve_backend("auto", torch.device("cuda")) == "triton"
-    monkeypatch.setenv(KERNELS_ENV_VAR, "torch")
-    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    monkeypatch.delenv(KERNEL_BACKEND_ENV_VAR, raising=False)
+    assert resolve_kernel_backend("auto", torch.device("cuda")) == "triton"
+    monkeypatch.setenv(KERNEL_BACKEND_ENV_VAR, "torch")
+    assert resolve_kernel_backend("auto", torch.device("cuda")) == "torch"

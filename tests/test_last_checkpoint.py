@@ -42,6 +42,19 @@ def test_last_finds_the_checkpoints_of_an_earlier_logger_version(tmp_path):
     assert newest_checkpoint(L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "none")], logger=False)) is None
 
 
+def test_last_takes_the_requeue_checkpoint_when_it_is_the_newest(tmp_path):
+    """A SLURM requeue saves Lightning's hpc_ckpt_N.ckpt in default_root_dir (qwen_audio.lit.RequeueOnSignal)."""
+    _checkpoint(tmp_path / "hpc_ckpt_1.ckpt", 5, 1000)  # an earlier requeue
+    _checkpoint(tmp_path / "checkpoints" / "last.ckpt", 8, 2000)
+    trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints")], logger=False,
+                        default_root_dir=tmp_path)
+    assert newest_checkpoint(trainer) == str(tmp_path / "checkpoints" / "last.ckpt")
+    _checkpoint(tmp_path / "hpc_ckpt_2.ckpt", 11, 3000)
+    assert newest_checkpoint(trainer) == str(tmp_path / "hpc_ckpt_2.ckpt")
+    (tmp_path / "hpc_ckpt_3.ckpt").write_bytes((tmp_path / "hpc_ckpt_2.ckpt").read_bytes()[:100])  # killed mid-write
+    assert newest_checkpoint(trainer) == str(tmp_path / "hpc_ckpt_2.ckpt")
+
+
 def test_sharded_checkpoint_folders_count_once_complete(tmp_path):
     _checkpoint(tmp_path / "epoch=0-step=2.ckpt", 2, 1000)
     sharded = tmp_path / "last.ckpt"

@@ -11,7 +11,7 @@ import pytest
 import sacrebleu
 from sklearn.metrics import accuracy_score
 
-from qwen_audio.metrics import (
+from qwen_audio.eval.metrics import (
     accuracy,
     alignment_error_ms,
     binary_accuracy,
@@ -24,7 +24,7 @@ from qwen_audio.metrics import (
     release_normalize,
     whisper_normalize,
 )
-from qwen_audio.metrics.captioning import spice_unavailable_reason
+from qwen_audio.eval.metrics.captioning import spice_unavailable_reason
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer of captioning needs Java")
 

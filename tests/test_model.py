@@ -57,6 +57,95 @@ def test_splice_mismatch_is_a_clear_error(ids, clips, message):
         splice_audio(torch.zeros(*ids.shape, 2), ids, clips, S)
 
 
+def _loop_splice(embeds, input_ids, audio, audio_start_id):
+    """The splice as it was before it was vectorised, one Python step per clip: the reference for random spans."""
+    if embeds.shape[:2] != input_ids.shape:
+        raise ValueError(f"embeds {tuple(embeds.shape)} and input_ids {tuple(input_ids.shape)} disagree on [B, L]")
+    starts = (input_ids == audio_start_id).nonzero().tolist()
+    ends = (input_ids == audio_start_id + 1).nonzero().tolist()
+    if len(starts) != len(audio):
+        raise AudioSpliceError(f"the prompts hold {len(starts)} <audio> tokens but {len(audio)} audio clips were encoded")
+    ends_by_sample: dict[int, list[int]] = {}
+    for sample, col in ends:
+        ends_by_sample.setdefault(sample, []).append(col)
+    rows, cols, index_in_sample, previous_end = [], [], {}, {}
+    for k, ((sample, start), clip) in enumerate(zip(starts, audio)):
+        nth = index_in_sample[sample] = index_in_sample.get(sample, -1) + 1
+        sample_ends = ends_by_sample.get(sample, [])
+        end = sample_ends[nth] if nth < len(sample_ends) else None
+        if end is None or end < start or start <= previous_end.get(sample, -1):
+            raise AudioSpliceError(
+                f"sample {sample}, audio {nth} (clip {k}): <audio> at position {start} is not closed by the next </audio> "
+                f"(at {end}) before another span starts"
+            )
+        previous_end[sample] = end
+        if end - start + 1 != clip.shape[0]:
+            raise AudioSpliceError(
+                f"sample {sample}, audio {nth} (clip {k}): the prompt span <audio>...</audio> holds {end - start + 1} "
+                f"positions but the encoder gave {clip.shape[0]} vectors (audio tokens + 2)"
+            )
+        rows.append(torch.full((clip.shape[0],), sample))
+        cols.append(torch.arange(start, end + 1))
+    for sample, sample_ends in ends_by_sample.items():
+        if len(sample_ends) != index_in_sample.get(sample, -1) + 1:
+            raise AudioSpliceError(
+                f"sample {sample}: {len(sample_ends)} </audio> tokens but {index_in_sample.get(sample, -1) + 1} <audio> tokens"
+            )
+    if not audio:
+        return embeds
+    index = (torch.cat(rows).to(embeds.device), torch.cat(cols).to(embeds.device))
+    return embeds.index_put(index, torch.cat(list(audio)).to(embeds.dtype))
+
+
+def _random_prompts(generator: torch.Generator, batch: int = 3, length: int = 24):
+    """Random text ids (never a marker) with random non-overlapping spans of 2-6 positions, and one clip per span."""
+    ids = torch.randint(1, 40, (batch, length), generator=generator)
+    clips = []
+    for row in ids:
+        col = int(torch.randint(0, 4, (), generator=generator))
+        while True:
+            width = int(torch.randint(2, 7, (), generator=generator))
+            if col + width > length:
+                break
+            row[col], row[col + width - 1] = S, E
+            clips.append(torch.randn(width, 3, generator=generator))
+            col += width + int(torch.randint(0, 4, (), generator=generator))
+    return ids, clips
+
+
+def _outcome(splice, embeds, ids, clips):
+    try:
+        return splice(embeds, ids, clips, S)
+    except AudioSpliceError as err:
+        return str(err)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_splice_equals_the_per_clip_loop_on_random_spans(seed):
+    generator = torch.Generator().manual_seed(seed)
+    ids, clips = _random_prompts(generator)
+    embeds = torch.randn(*ids.shape, 3, generator=generator)
+    assert clips and torch.equal(splice_audio(embeds, ids, clips, S), _loop_splice(embeds, ids, clips, S))
+    # One random corruption: an <audio> anywhere (with a clip added, so the count holds), a </audio> anywhere, a clip
+    # dropped, a clip one vector longer; or none.
+    row, col = (int(torch.randint(0, n, (), generator=generator)) for n in ids.shape)
+    kind = seed % 5
+    if kind == 0:
+        ids[row, col] = S
+        clips.append(torch.randn(int(torch.randint(2, 7, (), generator=generator)), 3, generator=generator))
+    elif kind == 1:
+        ids[row, col] = E
+    elif kind == 2:
+        clips = clips[:-1]
+    elif kind == 3:
+        clips[col % len(clips)] = torch.cat([clips[col % len(clips)], clips[col % len(clips)][:1]])
+    ours, loop = _outcome(splice_audio, embeds, ids, clips), _outcome(_loop_splice, embeds, ids, clips)
+    if isinstance(loop, str):
+        assert ours == loop
+    else:
+        assert torch.equal(ours, loop)
+
+
 @pytest.fixture(scope="module")
 def tiny_model() -> QwenAudio:
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ import soundfile
 
 from qwen_audio.audio import MIN_SAMPLES, SAMPLE_RATE
 from qwen_audio.errors import InputError
-from qwen_audio.metrics.text import release_normalize
+from qwen_audio.eval.metrics.text import release_normalize
 from qwen_audio.prompts import TASKS
 
 # The language tags of the released tokenizer (``<|en|>`` ... ``<|zh_tr|>``).

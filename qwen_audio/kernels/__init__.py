@@ -1,10 +1,11 @@
 """Kernel dispatch: fused Triton kernels for CUDA tensors, the torch references everywhere else.
 
-Which backend runs a call: an explicit ``backend="torch"`` or ``"triton"`` argument wins; with ``"auto"`` the
-environment variable ``QWEN_AUDIO_KERNELS=torch|triton`` decides when set; otherwise Triton runs on CUDA tensors
-of a device it supports (compute capability >= 8.0, for TF32 tensor cores) and torch on the rest. Triton on CPU
-tensors is the Triton interpreter, which must be switched on (``TRITON_INTERPRET=1``) before this package is
-imported, because ``triton.jit`` reads it when the kernels are defined; it is for tests, not speed.
+Which kernel backend runs a call: an explicit ``kernel_backend="torch"`` or ``"triton"`` argument wins; with
+``"auto"`` the environment variable ``QWEN_AUDIO_KERNEL_BACKEND=torch|triton`` decides when set; otherwise Triton
+runs on CUDA tensors of a device it supports (compute capability >= 8.0, for TF32 tensor cores) and torch on the
+rest. Triton on CPU tensors is the Triton interpreter, which must be switched on (``TRITON_INTERPRET=1``) before
+this package is imported, because ``triton.jit`` reads it when the kernels are defined; it is for tests, not speed.
+Each kernel module holds its torch implementation beside the Triton one; neither imports the front end.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import os
 
 import torch
 
-from qwen_audio.audio import _log_mel_torch
 from qwen_audio.errors import InputError
-from qwen_audio.kernels.mel import log_mel_triton
+from qwen_audio.kernels.mel import log_mel_reference, log_mel_triton
 from qwen_audio.kernels.pool import PoolLayerNorm, check_pool_layer_norm_inputs, pool_layer_norm_reference
 
-__all__ = ["BACKENDS", "KERNELS_ENV_VAR", "KernelBackendError", "log_mel", "pool_layer_norm", "resolve_backend"]
+__all__ = [
+    "KERNEL_BACKENDS", "KERNEL_BACKEND_ENV_VAR", "KernelBackendError", "log_mel", "pool_layer_norm",
+    "resolve_kernel_backend",
+]
 
-BACKENDS = ("auto", "torch", "triton")
-KERNELS_ENV_VAR = "QWEN_AUDIO_KERNELS"
+KERNEL_BACKENDS = ("auto", "torch", "triton")
+KERNEL_BACKEND_ENV_VAR = "QWEN_AUDIO_KERNEL_BACKEND"
 # Read once, now: the kernels imported above were defined as interpreted functions or not by this same variable.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
@@ -36,14 +39,14 @@ def _triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and _INTERPRETED
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_kernel_backend(backend: str, device: torch.device) -> str:
     """``"torch"`` or ``"triton"`` for a call on ``device`` (see the module docstring for the rules)."""
-    if backend not in BACKENDS:
-        raise KernelBackendError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in KERNEL_BACKENDS:
+        raise KernelBackendError(f"unknown kernel backend {backend!r}; expected one of {KERNEL_BACKENDS}")
     if backend == "auto":
-        backend = os.environ.get(KERNELS_ENV_VAR, "auto")
-        if backend not in BACKENDS:
-            raise KernelBackendError(f"{KERNELS_ENV_VAR}={backend!r} is not one of {BACKENDS}")
+        backend = os.environ.get(KERNEL_BACKEND_ENV_VAR, "auto")
+        if backend not in KERNEL_BACKENDS:
+            raise KernelBackendError(f"{KERNEL_BACKEND_ENV_VAR}={backend!r} is not one of {KERNEL_BACKENDS}")
     if backend == "auto":
         return "triton" if device.type == "cuda" and _triton_runs_on(device) else "torch"
     if backend == "triton" and not _triton_runs_on(device):
@@ -54,18 +57,18 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def log_mel(audio: torch.Tensor, n_mels: int = 80, backend: str = "auto") -> torch.Tensor:
+def log_mel(audio: torch.Tensor, n_mels: int = 80, kernel_backend: str = "auto") -> torch.Tensor:
     """Whisper's normalised log-mel of float32 ``audio [..., samples]``: ``[..., n_mels, samples // 160]``."""
-    if resolve_backend(backend, audio.device) == "triton":
+    if resolve_kernel_backend(kernel_backend, audio.device) == "triton":
         return log_mel_triton(audio, n_mels)
-    return _log_mel_torch(audio, n_mels)
+    return log_mel_reference(audio, n_mels)
 
 
 def pool_layer_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, backend: str = "auto"
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, kernel_backend: str = "auto"
 ) -> torch.Tensor:
     """``LayerNorm(AvgPool1d(2, 2)(x))`` over time: ``x [B, T, C]`` -> ``[B, T // 2, C]``, odd last frame dropped."""
     check_pool_layer_norm_inputs(x, weight, bias)
-    if resolve_backend(backend, x.device) == "triton":
+    if resolve_kernel_backend(kernel_backend, x.device) == "triton":
         return PoolLayerNorm.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), eps)
     return pool_layer_norm_reference(x, weight, bias, eps)

@@ -1,6 +1,8 @@
-"""Whisper's log-mel in two Triton launches: one pass over the waveform, then an exact per-example normalisation.
+"""Whisper's log-mel: the torch implementation, and two Triton launches that must match it.
 
-Reference: ``qwen_audio.audio._log_mel_torch`` (equal to openai-whisper's ``log_mel_spectrogram``).
+``log_mel_reference`` (torch, any device) equals openai-whisper's ``log_mel_spectrogram`` clip by clip.
+
+The Triton path: one pass over the waveform, then an exact per-example normalisation.
 
 Pass 1 (``_log_mel_kernel``), one program per (block of frames, example): gathers frames straight from the
 waveform with the same reflect padding as ``torch.stft(center=True)``, multiplies them by a precomputed DFT basis
@@ -25,9 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from qwen_audio.audio import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, mel_filters
+from qwen_audio.whisper_mel import (
+    DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, NUM_BINS, mel_filters, stft_window,
+)
 
-NUM_BINS = N_FFT // 2 + 1  # 201 one-sided DFT bins
 BLOCK_FRAMES = 64
 BLOCK_TAPS = 32
 BLOCK_BINS = 64
@@ -35,6 +38,30 @@ PADDED_TAPS = triton.cdiv(N_FFT, BLOCK_TAPS) * BLOCK_TAPS  # 416: basis rows pas
 PADDED_BINS = triton.cdiv(NUM_BINS, BLOCK_BINS) * BLOCK_BINS  # 256: basis / filterbank columns past 201 are zero
 DFT_PRECISION = "tf32x3"
 NORMALISE_BLOCK = 1024
+
+
+def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+    """Normalised log-mel of float32 ``audio [..., samples]`` in torch ops: ``[..., n_mels, samples // 160]``.
+
+    Written for the CPU, where DataLoader workers run it (``benchmarks_perf/bench_mel.py`` times it against
+    openai-whisper): one ``torch.stft`` per clip, since a batched call is ~4x slower there; the power as
+    ``re * re + im * im`` on the real view of the spectrum, without the square root of ``abs()``; the mel product
+    written straight into the output, the last frame left out of it rather than sliced off the spectrum; the log
+    and the normalisation in place. Clips never mix, so a clip gives the same features alone or in any batch.
+    """
+    batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
+    num_frames = num_samples // HOP_LENGTH  # the centred STFT gives one frame more, which Whisper drops
+    window, filters = stft_window(audio.device), mel_filters(n_mels, audio.device)
+    clips = audio.reshape(-1, num_samples)
+    out = torch.empty(clips.shape[0], n_mels, num_frames, device=audio.device, dtype=torch.float32)
+    for clip, mel in zip(clips, out):
+        spectrum = torch.view_as_real(torch.stft(clip, N_FFT, HOP_LENGTH, window=window, return_complex=True))
+        power = spectrum[..., 0].square()
+        power.addcmul_(spectrum[..., 1], spectrum[..., 1])
+        torch.matmul(filters, power[:, :num_frames], out=mel)
+    log_mel = out.clamp_(min=LOG_MEL_FLOOR).log10_()
+    torch.maximum(log_mel, log_mel.amax(dim=(-2, -1), keepdim=True) - DYNAMIC_RANGE, out=log_mel)
+    return log_mel.add_(4.0).div_(4.0).reshape(*batch_shape, n_mels, num_frames)
 
 
 @lru_cache(maxsize=None)

@@ -2,5 +2,6 @@
 
 from qwen_audio.lit.callbacks import ChatTranscript, ExportPretrained, TokenThroughput, TranscriptionReport
 from qwen_audio.lit.module import QwenAudioModule
+from qwen_audio.lit.requeue import RequeueOnSignal
 
-__all__ = ["ChatTranscript", "ExportPretrained", "QwenAudioModule", "TokenThroughput", "TranscriptionReport"]
+__all__ = ["ChatTranscript", "ExportPretrained", "QwenAudioModule", "RequeueOnSignal", "TokenThroughput", "TranscriptionReport"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
-import jiwer
 import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
@@ -20,18 +20,36 @@ from qwen_audio.checkpoint import CheckpointError, check_writable
 from qwen_audio.data.dataset import load_segment
 from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
+from qwen_audio.eval.metrics import error_rate
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate
+from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.lora import merge_lora
 from qwen_audio.prompts import DEFAULT_SYSTEM, encode_task
 
 
 class TokenThroughput(ThroughputMonitor):
     """Lightning's ThroughputMonitor counting samples and text tokens per batch; MFU comes from the module's
-    ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and the device's peak FLOP/s (CUDA only)."""
+    ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and the device's peak FLOP/s (CUDA only).
+
+    In 16-bit precision the peak comes from :mod:`qwen_audio.lit.flops`, which knows the H200 and H100 variants
+    that Lightning's table lacks or lists at their sparse figures; otherwise Lightning's table decides.
+    """
 
     def __init__(self, window_size: int = 20) -> None:
         super().__init__(batch_size_fn=lambda batch: len(batch["task"]),
                          length_fn=lambda batch: int(batch["attention_mask"].sum()), window_size=window_size)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        sixteen_bit = str(trainer.precision).startswith(("bf16", "16"))
+        peak = bf16_peak_flops(trainer.strategy.root_device) if sixteen_bit else None
+        with warnings.catch_warnings():
+            if peak is not None:  # Lightning's "FLOPs not found" is answered here
+                warnings.filterwarnings("ignore", message="FLOPs not found")
+            super().setup(trainer, pl_module, stage)
+        if peak is not None:
+            self.available_flops = peak
+            for throughput in self._throughputs.values():
+                throughput.available_flops = peak
 
 
 def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry], max_new_tokens: int = 64) -> list[str]:
@@ -48,15 +66,10 @@ def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry
     return [tokenizer.decode(out).strip() for out in outputs]
 
 
-def error_rate(references: list[str], hypotheses: list[str], language: str | None) -> float:
-    """WER for space-delimited languages, CER for Chinese (jiwer), on lower-cased text."""
-    score = jiwer.cer if language == "zh" else jiwer.wer
-    return score([r.lower() for r in references], [h.lower() or "<empty>" for h in hypotheses])
-
-
 class TranscriptionReport(L.Callback):
-    """Prints greedy transcriptions of held-out ASR clips next to their references, with WER/CER per language,
-    before and after fitting: the demo's visible proof that the model learned to listen."""
+    """Prints greedy transcriptions of held-out ASR clips next to their references, with WER/CER per language (the
+    release's, as evaluation scores them), before and after fitting: the demo's visible proof that the model learned
+    to listen."""
 
     def __init__(self, num_clips: int = 4, max_new_tokens: int = 64) -> None:
         self.num_clips, self.max_new_tokens = num_clips, max_new_tokens
@@ -72,7 +85,8 @@ class TranscriptionReport(L.Callback):
             hypotheses = transcribe(module, datamodule.tokenizer, chosen, self.max_new_tokens)
             lines += [f"| {language} | {e.text} | {h} |" for e, h in zip(chosen, hypotheses)]
             name = "CER" if language == "zh" else "WER"
-            lines.append(f"| {language} | **{name}** | **{error_rate([e.text for e in chosen], hypotheses, language):.3f}** |")
+            score = error_rate([e.text for e in chosen], hypotheses, language)
+            lines.append(f"| {language} | **{name}** | **{score:.3f}** |")
         print("\n".join(lines), flush=True)
 
     @rank_zero_only

@@ -3,7 +3,9 @@
 Lightning's ``ckpt_path="last"`` takes ``last.ckpt`` of the current logger version's folder: a kill between the write
 of a step checkpoint and of ``last.ckpt`` leaves ``last.ckpt`` one interval behind, and a resumed run whose logger
 starts a new ``version_N`` finds no ``last.ckpt`` at all and silently starts over. :func:`newest_checkpoint` instead
-takes the newest complete checkpoint any :class:`~lightning.pytorch.callbacks.ModelCheckpoint` of the trainer wrote.
+takes the newest complete checkpoint any :class:`~lightning.pytorch.callbacks.ModelCheckpoint` of the trainer wrote,
+or that a SLURM requeue saved (Lightning's ``hpc_ckpt_N.ckpt`` in ``default_root_dir``,
+:class:`~qwen_audio.lit.requeue.RequeueOnSignal`), whichever was written last.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from qwen_audio.checkpoint import CheckpointError
 
 SHARDED_MARKERS = ("meta.pt", ".metadata")  # Lightning's and torch.distributed.checkpoint's, each written last
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's name for the checkpoint saved before a SLURM requeue
 
 
 def is_complete(path: str) -> bool:
@@ -48,10 +51,12 @@ def checkpoint_folders(trainer: L.Trainer) -> list[str]:
 
 
 def newest_checkpoint(trainer: L.Trainer) -> str | None:
-    """The most recently written complete ``*.ckpt`` in :func:`checkpoint_folders`, or None when there is none."""
-    candidates = [path for folder in checkpoint_folders(trainer)
-                  for path in glob.glob(os.path.join(glob.escape(folder), "*" + ModelCheckpoint.FILE_EXTENSION))
-                  if is_complete(path)]
+    """The most recently written complete ``*.ckpt`` in :func:`checkpoint_folders` or ``hpc_ckpt_N.ckpt`` in
+    ``default_root_dir``, or None when there is none."""
+    patterns = [os.path.join(glob.escape(folder), "*" + ModelCheckpoint.FILE_EXTENSION)
+                for folder in checkpoint_folders(trainer)]
+    patterns.append(os.path.join(glob.escape(os.fspath(trainer.default_root_dir)), HPC_CHECKPOINTS))
+    candidates = {path for pattern in patterns for path in glob.glob(pattern) if is_complete(path)}
     written = {path: os.path.getmtime(os.path.join(path, SHARDED_MARKERS[0]) if os.path.isdir(path) else path)
                for path in candidates}
     return max(written, key=written.get) if written else None

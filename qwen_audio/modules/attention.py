@@ -21,17 +21,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "sdpa", "varlen", "flash_attn")
+from qwen_audio.config import ATTENTION_BACKENDS
 
 
 def _flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The concrete backend for ``backend`` on this device and dtype; a forced one that cannot run is an error."""
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     fused_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if backend == "auto":
         if fused_ok and _flash_attn_available():
@@ -84,7 +84,7 @@ class AttentionLayout:
         device: torch.device,
         dtype: torch.dtype,
     ) -> AttentionLayout:
-        backend = resolve_backend(backend, device, dtype)
+        backend = resolve_attention_backend(backend, device, dtype)
         if segment_ids is not None and segment_ids.shape != (batch_size, key_length):
             raise ValueError(
                 f"attention mask has shape {tuple(segment_ids.shape)}, expected (batch, key length) = "

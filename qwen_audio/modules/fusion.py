@@ -19,40 +19,60 @@ def splice_audio(
     ``embeds`` ``[B, L, D]``, ``input_ids`` ``[B, L]``; ``audio`` holds one ``[span, D]`` tensor per ``<audio>``
     occurrence in row-major order (sample 0's audios first). ``</audio>`` is ``audio_start_id + 1``. Returns a new
     tensor; gradients flow to both the text embeddings and the audio.
+
+    Vectorised: running counts of the markers find the spans, one ``masked_scatter`` fills them (its row-major
+    order is the clips' order), and one host sync checks them, however many clips there are.
     """
     if embeds.shape[:2] != input_ids.shape:
         raise ValueError(f"embeds {tuple(embeds.shape)} and input_ids {tuple(input_ids.shape)} disagree on [B, L]")
-    starts = (input_ids == audio_start_id).nonzero().tolist()
-    ends = (input_ids == audio_start_id + 1).nonzero().tolist()
-    if len(starts) != len(audio):
-        raise AudioSpliceError(f"the prompts hold {len(starts)} <audio> tokens but {len(audio)} audio clips were encoded")
-    ends_by_sample: dict[int, list[int]] = {}
-    for sample, col in ends:
-        ends_by_sample.setdefault(sample, []).append(col)
-    rows, cols, index_in_sample, previous_end = [], [], {}, {}
-    for k, ((sample, start), clip) in enumerate(zip(starts, audio)):
-        nth = index_in_sample[sample] = index_in_sample.get(sample, -1) + 1
-        sample_ends = ends_by_sample.get(sample, [])
-        end = sample_ends[nth] if nth < len(sample_ends) else None
-        if end is None or end < start or start <= previous_end.get(sample, -1):
-            raise AudioSpliceError(
-                f"sample {sample}, audio {nth} (clip {k}): <audio> at position {start} is not closed by the next </audio> "
-                f"(at {end}) before another span starts"
-            )
-        previous_end[sample] = end
-        if end - start + 1 != clip.shape[0]:
-            raise AudioSpliceError(
-                f"sample {sample}, audio {nth} (clip {k}): the prompt span <audio>...</audio> holds {end - start + 1} "
-                f"positions but the encoder gave {clip.shape[0]} vectors (audio tokens + 2)"
-            )
-        rows.append(torch.full((clip.shape[0],), sample))
-        cols.append(torch.arange(start, end + 1))
-    for sample, sample_ends in ends_by_sample.items():
-        if len(sample_ends) != index_in_sample.get(sample, -1) + 1:
-            raise AudioSpliceError(
-                f"sample {sample}: {len(sample_ends)} </audio> tokens but {index_in_sample.get(sample, -1) + 1} <audio> tokens"
-            )
+    starts, ends = input_ids == audio_start_id, input_ids == audio_start_id + 1
+    # Spans open and close in turn in every row exactly when this is 0 or 1 everywhere and 0 at the row's end.
+    open_spans = starts.cumsum(1) - ends.cumsum(1)
+    in_span = (open_spans == 1) | ends
+    clip_of = starts.flatten().cumsum(0).view_as(starts) - 1  # the row-major clip index a span position belongs to
+    num_clips = len(audio)
+    bins = torch.where(in_span, clip_of, num_clips).clamp(0, num_clips).flatten()  # num_clips: outside any span
+    span_lengths = torch.zeros(num_clips + 1, dtype=torch.long, device=bins.device).index_add_(
+        0, bins, torch.ones_like(bins)
+    )[:num_clips]
+    clip_lengths = torch.tensor([clip.shape[0] for clip in audio], dtype=torch.long).to(bins.device)
+    matches = (
+        (starts.sum() == num_clips) & ((open_spans == 0) | (open_spans == 1)).all()
+        & (open_spans[:, -1:] == 0).all() & (span_lengths == clip_lengths).all()
+    )
+    if not bool(matches):
+        raise _first_mismatch(input_ids, clip_lengths.tolist(), audio_start_id)
     if not audio:
         return embeds
-    index = (torch.cat(rows).to(embeds.device), torch.cat(cols).to(embeds.device))
-    return embeds.index_put(index, torch.cat(list(audio)).to(embeds.dtype))
+    return embeds.masked_scatter(in_span[..., None], torch.cat(list(audio)).to(embeds.dtype))
+
+
+def _first_mismatch(input_ids: torch.Tensor, clip_lengths: list[int], audio_start_id: int) -> AudioSpliceError:
+    """Name the first thing wrong: the clip count, then clips in row-major order, then a row's spare ``</audio>``."""
+    rows = input_ids.tolist()
+    markers = [([col for col, token in enumerate(row) if token == audio_start_id],
+                [col for col, token in enumerate(row) if token == audio_start_id + 1]) for row in rows]
+    num_starts = sum(len(starts) for starts, _ in markers)
+    if num_starts != len(clip_lengths):
+        return AudioSpliceError(
+            f"the prompts hold {num_starts} <audio> tokens but {len(clip_lengths)} audio clips were encoded"
+        )
+    clip = 0
+    for sample, (starts, ends) in enumerate(markers):
+        previous_end = -1
+        for nth, start in enumerate(starts):
+            end = ends[nth] if nth < len(ends) else None
+            where = f"sample {sample}, audio {nth} (clip {clip})"
+            if end is None or end < start or start <= previous_end:
+                return AudioSpliceError(
+                    f"{where}: <audio> at position {start} is not closed by the next </audio> (at {end}) "
+                    "before another span starts"
+                )
+            if end - start + 1 != clip_lengths[clip]:
+                return AudioSpliceError(
+                    f"{where}: the prompt span <audio>...</audio> holds {end - start + 1} positions but the encoder "
+                    f"gave {clip_lengths[clip]} vectors (audio tokens + 2)"
+                )
+            previous_end, clip = end, clip + 1
+    sample, (starts, ends) = next((s, m) for s, m in enumerate(markers) if len(m[0]) != len(m[1]))
+    return AudioSpliceError(f"sample {sample}: {len(ends)} </audio> tokens but {len(starts)} <audio> tokens")

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,8 +29,9 @@ from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import target_text, task_example
 from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
+from qwen_audio.eval.datamodule import demo_items
+from qwen_audio.eval.tasks import Prediction, score_predictions
 from qwen_audio.generate import GenerationConfig, batch_prompts, generate, load_model
-from qwen_audio.metrics import accuracy, alignment_error_ms, error_rate, nsynth_scores
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import QwenAudioTokenizer
@@ -44,6 +45,14 @@ RECIPES: dict[PromptStyle, str] = {"tags": "recipes.pretrain", "flat": "recipes.
 MAX_NEW_TOKENS = {"asr": 32, "srwt": 64, "mna": 16, "asc": 8, "aqa": 8}
 EVAL_BATCH = 16
 MISSING = "n/a"
+# The columns an ablation table can show: (demo benchmark, metric) as ``recipes.evaluate`` scores them
+# (qwen_audio.eval.tasks: WER/CER in %, the release's normalisation; AAS in ms; exact-match accuracy).
+COLUMNS: dict[str, tuple[str, str]] = {
+    "ASR WER en": ("demo_asr_en", "wer"), "ASR CER zh": ("demo_asr_zh", "cer"),
+    "SRWT WER en": ("demo_srwt_en", "wer"), "SRWT CER zh": ("demo_srwt_zh", "cer"),
+    "SRWT AAS ms en": ("demo_srwt_en", "aas_ms"), "SRWT AAS ms zh": ("demo_srwt_zh", "aas_ms"),
+    "AQA acc": ("demo_aqa", "accuracy"), "ASC acc": ("demo_asc", "accuracy"), "MNA acc": ("demo_mna", "accuracy"),
+}
 
 
 def ablation_arguments(description: str) -> argparse.ArgumentParser:
@@ -231,53 +240,30 @@ def generate_answers(model: QwenAudio, tokenizer: QwenAudioTokenizer, entries: S
     return answers
 
 
-def _by_language(metric: str) -> Callable[[list[ManifestEntry], list[str]], dict[str, float | None]]:
-    """WER of English, CER of Chinese clips of an ASR-like task (timestamp tokens are removed by the release's
-    normalisation, so SRWT output scores as its words)."""
-    def score(entries: list[ManifestEntry], answers: list[str]) -> dict[str, float | None]:
-        scores = {}
-        for language, name in (("en", "WER en"), ("zh", "CER zh")):
-            pairs = [(target_text(e), a) for e, a in zip(entries, answers) if e.audio_language == language]
-            if pairs:
-                references, hypotheses = zip(*pairs)
-                scores[f"{metric} {name}"] = error_rate(references, hypotheses, language)
-        return scores
-    return score
-
-
-def _srwt(entries: list[ManifestEntry], answers: list[str]) -> dict[str, float | None]:
-    return {**_by_language("SRWT")(entries, answers),
-            "SRWT AAS ms": alignment_error_ms([target_text(e) for e in entries], answers)}
-
-
-def _accuracy(name: str) -> Callable[[list[ManifestEntry], list[str]], dict[str, float | None]]:
-    return lambda entries, answers: {name: accuracy([e.text for e in entries], answers)}
-
-
-def _mna(entries: list[ManifestEntry], answers: list[str]) -> dict[str, float | None]:
-    scores = nsynth_scores([e.text for e in entries], answers)
-    return {"MNA instrument acc": scores["instrument_accuracy"], "MNA pitch acc": scores["pitch_accuracy"]}
-
-
-SCORERS = {"asr": _by_language("ASR"), "srwt": _srwt, "aqa": _accuracy("AQA acc"),
-           "asc": _accuracy("ASC acc"), "mna": _mna}
+def score_answers(entries: Sequence[ManifestEntry], answers: Sequence[str]) -> dict[str, float | None]:
+    """The :data:`COLUMNS` that ``entries`` give scores for: each entry is scored as its ``demo_*`` benchmark, the
+    way ``recipes.evaluate`` scores the demo corpus."""
+    scores = score_predictions(Prediction(item, answer) for item, answer in zip(demo_items(entries), answers))
+    return {label: scores[name][name][metric] for label, (name, metric) in COLUMNS.items() if name in scores}
 
 
 def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptStyle,
              predictions: Path) -> dict[str, float | None]:
-    """Score the exported model on ``entries`` task by task (:data:`SCORERS` names the metrics); every generation
-    is written to ``predictions`` (JSONL: task, audio, reference, hypothesis), to be read beside the numbers."""
+    """Score the exported model on ``entries`` (:func:`score_answers`), generating task by task; every generation is
+    written to ``predictions`` (JSONL: task, audio, reference, hypothesis), to be read beside the numbers."""
     model, tokenizer = load_model(str(model_dir))
-    scores: dict[str, float | None] = {}
+    scored: list[ManifestEntry] = []
+    answers: list[str] = []
     with open(predictions, "w", encoding="utf-8") as file:
         for task in sorted({entry.task for entry in entries}):
             chosen = [entry for entry in entries if entry.task == task]
-            answers = generate_answers(model, tokenizer, chosen, style)
-            scores.update(SCORERS[task](chosen, answers))
-            for entry, answer in zip(chosen, answers):
+            generated = generate_answers(model, tokenizer, chosen, style)
+            scored += chosen
+            answers += generated
+            for entry, answer in zip(chosen, generated):
                 line = {"task": task, "audio": entry.audio, "reference": target_text(entry), "hypothesis": answer}
                 file.write(json.dumps(line, ensure_ascii=False) + "\n")
-    return scores
+    return score_answers(scored, answers)
 
 
 def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: DemoSetup, out: Path,

@@ -2,7 +2,8 @@
 
 ``python -m recipes.experiments.srwt_ablation [--epochs N] [--out DIR]`` trains the demo recipe twice from the same
 seed, once on the full demo training set and once on it without the SRWT lines (25 % of them: every speech clip is
-an ASR and an SRWT example), then scores both on the held-out ASR (WER en, CER zh) and AQA (exact match) test lines.
+an ASR and an SRWT example), then scores both on the held-out ASR (WER en, CER zh, in %) and AQA (exact match) test
+lines as ``recipes.evaluate`` scores them.
 
 Both runs take the same number of optimizer steps (``--epochs`` epochs over the full set), not the same number of
 epochs: the learning-rate schedule and the compute are then the same, and the run without SRWT sees its remaining

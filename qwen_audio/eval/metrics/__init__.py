@@ -5,13 +5,13 @@ groups by ``source``) and returns corpus-level numbers. Where the release has a 
 reported beside a corrected one, never silently replaced.
 """
 
-from qwen_audio.metrics.alignment import alignment_error_ms, release_alignment_error_ms
-from qwen_audio.metrics.captioning import caption_scores
-from qwen_audio.metrics.classification import accuracy, binary_accuracy
-from qwen_audio.metrics.error_rate import error_rate
-from qwen_audio.metrics.music import nsynth_scores, parse_note
-from qwen_audio.metrics.text import release_normalize, whisper_normalize
-from qwen_audio.metrics.translation import bleu
+from qwen_audio.eval.metrics.alignment import alignment_error_ms, release_alignment_error_ms
+from qwen_audio.eval.metrics.captioning import caption_scores
+from qwen_audio.eval.metrics.classification import accuracy, binary_accuracy
+from qwen_audio.eval.metrics.error_rate import error_rate
+from qwen_audio.eval.metrics.music import nsynth_scores, parse_note
+from qwen_audio.eval.metrics.text import release_normalize, whisper_normalize
+from qwen_audio.eval.metrics.translation import bleu
 
 __all__ = [
     "accuracy",

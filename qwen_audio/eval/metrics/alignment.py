@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import edit_distance
 
-from qwen_audio.metrics._inputs import check_pairs
+from qwen_audio.eval.metrics._inputs import check_pairs
 from qwen_audio.prompts import TimedWord, parse_timestamped_words
 
 SRWT_PROMPT_END = "<|0.00|>"  # the SRWT prompt's last token: the time the first generated unit starts at

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, average_precision_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from qwen_audio.metrics._inputs import check_pairs
+from qwen_audio.eval.metrics._inputs import check_pairs
 
 QUALITIES = frozenset({"bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
                        "percussive", "reverb", "tempo-synced"})

@@ -3,6 +3,9 @@
 Each batch holds one benchmark's items (they share a generation length), left-padded as the release pads them.
 Batches are dealt to ranks round-robin with no padding or repetition, so the gathered predictions hold every item
 exactly once; Lightning's distributed sampler must stay off (``trainer.use_distributed_sampler: false``).
+
+The module does not build a tokenizer: the model evaluated owns it, and the CLI hands it over with :meth:`connect`
+(as litgpt's data modules receive theirs), with the number of mel bins its encoder reads.
 """
 
 from __future__ import annotations
@@ -18,25 +21,17 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from qwen_audio.audio import load_audio
-from qwen_audio.benchmarks import BenchmarkItem, get_benchmark, read_benchmark_file
-from qwen_audio.checkpoint import read_tokenizer
-from qwen_audio.config import ConfigError, QwenAudioConfig
+from qwen_audio.config import ConfigError
 from qwen_audio.data.dataset import target_text
 from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
+from qwen_audio.eval.tasks import BenchmarkItem, get_benchmark, read_benchmark_file
 from qwen_audio.generate import batch_prompts
 from qwen_audio.prompts import Example, encode_task
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 DEMO = "demo"
 DEMO_PREFIX = "demo:"
-
-
-def load_tokenizer(model: str, checkpoint: str | None) -> QwenAudioTokenizer:
-    """The vocabulary of the model evaluated: a released-layout ``checkpoint`` folder's own, else the preset's."""
-    if checkpoint is None:
-        return QwenAudioTokenizer.load(QwenAudioConfig.from_name(model).tokenizer)
-    return read_tokenizer(checkpoint, QwenAudioConfig.from_hf_config(checkpoint))
 
 
 def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> tuple[int, int]:
@@ -91,9 +86,10 @@ class BenchmarkDataset(Dataset):
         return PromptSample(index, item, prompt)
 
 
-def collate_prompts(samples: Sequence[PromptSample], pad_id: int) -> dict:
-    """The left-padded :class:`~qwen_audio.generate.PromptBatch` fields, and the items with their file indices."""
-    batch = batch_prompts([s.prompt for s in samples], pad_id)
+def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -> dict:
+    """The left-padded :class:`~qwen_audio.generate.PromptBatch` fields (``n_mels`` bins of encoder input), and the
+    items with their file indices."""
+    batch = batch_prompts([s.prompt for s in samples], pad_id, n_mels)
     return {**batch._asdict(), "index": [s.index for s in samples], "items": [s.item for s in samples]}
 
 
@@ -115,15 +111,15 @@ class BenchmarkDataModule(L.LightningDataModule):
     """Test loader over one benchmark's evaluation file.
 
     Args:
-        benchmark: a name of :data:`qwen_audio.benchmarks.BENCHMARKS`, or ``demo`` for the demo corpus (every task
+        benchmark: a name of :data:`qwen_audio.eval.tasks.BENCHMARKS`, or ``demo`` for the demo corpus (every task
             in it, each scored as its ``demo_*`` benchmark).
         path: the evaluation file (default: the release's path of the benchmark, e.g.
             ``data/asr/librispeech_eval.jsonl``); for ``demo`` a demo-format manifest or ``demo:<split>``
             (default ``demo:test``, built on first use).
         audio_root: folder that relative ``audio`` paths are read against (default: the file's folder).
         batch_size: prompts per batch on each device (default: the benchmark's, from the release).
-        model, checkpoint: the model preset and released-layout folder (linked from the model by the CLI); they
-            give the tokenizer.
+        checkpoint: the released-layout folder evaluated (linked from the model by the CLI), read only for the
+            ``demo_corpus.json`` its export records.
         seed, demo_size: of the demo corpus (:func:`qwen_audio.data.demo.build_demo_corpus`). By default those
             of the corpus the checkpoint was trained on (its ``demo_corpus.json``), which it must then match: any other
             corpus's test split could hold that corpus's training items; without a record, seed 0 and size 48.
@@ -131,12 +127,11 @@ class BenchmarkDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        benchmark: str = DEMO,
+        benchmark: str,
         path: str | None = None,
         audio_root: str | None = None,
         batch_size: int | None = None,
         num_workers: int = 0,
-        model: str = "tiny",
         checkpoint: str | None = None,
         seed: int | None = None,
         demo_size: int | None = None,
@@ -150,8 +145,13 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.path = path or (f"{DEMO_PREFIX}test" if benchmark == DEMO else get_benchmark(benchmark).data)
         self.seed, self.demo_size = demo_corpus(checkpoint, seed, demo_size)
-        self.tokenizer = load_tokenizer(model, checkpoint)
+        self.tokenizer: QwenAudioTokenizer | None = None
+        self.n_mels: int | None = None
         self.items: list[BenchmarkItem] | None = None
+
+    def connect(self, tokenizer: QwenAudioTokenizer, n_mels: int) -> None:
+        """Take the evaluated model's tokenizer (prompts, padding) and its encoder's number of mel bins."""
+        self.tokenizer, self.n_mels = tokenizer, n_mels
 
     def _manifest(self) -> str:
         if self.path.startswith(DEMO_PREFIX):
@@ -170,9 +170,13 @@ class BenchmarkDataModule(L.LightningDataModule):
                 self.items = read_benchmark_file(self.path, self.benchmark, self.audio_root)
 
     def test_dataloader(self) -> DataLoader:
+        if self.tokenizer is None:
+            raise RuntimeError("BenchmarkDataModule.connect(tokenizer, n_mels) must be called before the test loader "
+                               "is built (the evaluate CLI calls it with the model's)")
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return DataLoader(
             BenchmarkDataset(self.items, self.tokenizer),
             batch_sampler=benchmark_batches(self.items, self.batch_size, rank, world_size),
-            num_workers=self.num_workers, collate_fn=partial(collate_prompts, pad_id=self.tokenizer.eod),
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_prompts, pad_id=self.tokenizer.eod, n_mels=self.n_mels),
         )

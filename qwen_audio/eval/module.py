@@ -8,30 +8,32 @@ gives the architecture and tokenizer and the Lightning checkpoint's weights repl
 Generation is greedy as in the release (``do_sample=False``, ``min_new_tokens=1``, stop at ``<|endoftext|>``) but
 batch-exact: left padding does not shift positions, so a batch gives each prompt what it gives alone (the release's
 padded RoPE does not, spec §6). Each rank keeps its predictions; at the end they are gathered and rank 0 writes, in
-``trainer.default_root_dir``, ``predictions.jsonl``, ``metrics.json`` and ``report.md`` (ours beside Table 3).
+``trainer.default_root_dir``, ``predictions.jsonl``, ``metrics.json`` and ``report.md`` (ours beside Table 3, see
+:mod:`qwen_audio.eval.report`).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
 
 import lightning as L
 import torch
 
-from qwen_audio.benchmarks import Prediction, get_benchmark, score_predictions
+from qwen_audio.checkpoint import read_tokenizer
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.data.benchmark_datamodule import load_tokenizer
+from qwen_audio.eval.report import write_results
+from qwen_audio.eval.tasks import Prediction, get_benchmark
 from qwen_audio.generate import GenerationConfig, generate
 from qwen_audio.model import QwenAudio
-
-PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE = "predictions.jsonl", "metrics.json", "report.md"
+from qwen_audio.tokenizer import QwenAudioTokenizer
 
 
 class BenchmarkEvaluation(L.LightningModule):
     """Generates answers to the official prompts in the batches of
-    :class:`~qwen_audio.data.benchmark_datamodule.BenchmarkDataModule` and scores them per benchmark and source.
+    :class:`~qwen_audio.eval.datamodule.BenchmarkDataModule` and scores them per benchmark and source.
+
+    ``config`` and ``tokenizer`` are known once constructed (the CLI connects the data module to them before the
+    test); the weights are loaded in :meth:`configure_model`.
 
     Args:
         model: preset name giving the architecture (and tokenizer) when no ``checkpoint`` folder is given.
@@ -41,7 +43,12 @@ class BenchmarkEvaluation(L.LightningModule):
     def __init__(self, model: str = "tiny", checkpoint: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.tokenizer = load_tokenizer(model, checkpoint)
+        if checkpoint is None:
+            self.config = QwenAudioConfig.from_name(model)
+            self.tokenizer = QwenAudioTokenizer.load(self.config.tokenizer)
+        else:
+            self.config = QwenAudioConfig.from_hf_config(checkpoint)
+            self.tokenizer = read_tokenizer(checkpoint, self.config)
         self.model: QwenAudio | None = None
         self.predictions: list[tuple[int, Prediction]] = []
 
@@ -51,7 +58,7 @@ class BenchmarkEvaluation(L.LightningModule):
         if self.hparams.checkpoint is not None:
             self.model, _ = QwenAudio.from_pretrained(self.hparams.checkpoint)
         else:
-            self.model = QwenAudio(QwenAudioConfig.from_name(self.hparams.model))
+            self.model = QwenAudio(self.config)
 
     def on_test_epoch_start(self) -> None:
         self.predictions = []
@@ -85,41 +92,3 @@ class BenchmarkEvaluation(L.LightningModule):
         if self.trainer.ckpt_path:
             name += f", weights from {self.trainer.ckpt_path}"
         return name
-
-
-def write_results(predictions: list[Prediction], folder: str, model_name: str) -> str:
-    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``; returns the report."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, PREDICTIONS_FILE), "w", encoding="utf-8") as file:
-        for prediction in predictions:
-            file.write(json.dumps(prediction.to_json(), ensure_ascii=False) + "\n")
-    metrics = score_predictions(predictions)
-    with open(os.path.join(folder, METRICS_FILE), "w", encoding="utf-8") as file:
-        json.dump(metrics, file, indent=2, ensure_ascii=False)
-    report = markdown_report(metrics, model_name)
-    with open(os.path.join(folder, REPORT_FILE), "w", encoding="utf-8") as file:
-        file.write(report)
-    return report
-
-
-def markdown_report(metrics: dict[str, dict[str, dict[str, float | str | None]]], model_name: str) -> str:
-    """One row per benchmark, source and metric, with the paper's Table 3 number where it reports one."""
-    lines = [f"# Evaluation of {model_name}", "",
-             "| benchmark | source | items | metric | ours | paper (Table 3) |", "|---|---|---|---|---|---|"]
-    for name, sources in metrics.items():
-        benchmark = get_benchmark(name)
-        for source, scores in sources.items():
-            paper = benchmark.paper_numbers(source)
-            for metric, value in scores.items():
-                if metric != "count":
-                    ours = _format(value)
-                    reference = f"{paper[metric]:g}" if metric in paper else "-"
-                    lines.append(f"| {name} | {source} | {scores['count']} | {metric} | {ours} | {reference} |")
-    return "\n".join(lines) + "\n"
-
-
-def _format(value: float | str | None) -> str:
-    """A number to 4 significant digits; None (undefined, e.g. no yes/no question) as n/a; text (a reason) as is."""
-    if value is None:
-        return "n/a"
-    return value if isinstance(value, str) else f"{value:.4g}"

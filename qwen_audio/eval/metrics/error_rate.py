@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import jiwer
 
-from qwen_audio.metrics._inputs import check_pairs
-from qwen_audio.metrics.text import release_normalize, whisper_normalize
+from qwen_audio.eval.metrics._inputs import check_pairs
+from qwen_audio.eval.metrics.text import release_normalize, whisper_normalize
 
 NORMALIZERS = ("release", "whisper")
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sklearn.metrics import accuracy_score
 
-from qwen_audio.metrics._inputs import check_pairs
+from qwen_audio.eval.metrics._inputs import check_pairs
 
 YES_NO = ("yes", "no")
 

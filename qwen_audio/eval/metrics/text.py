@@ -13,7 +13,7 @@ import re
 
 from whisper.normalizers import EnglishTextNormalizer
 
-from qwen_audio.metrics._inputs import check_language
+from qwen_audio.eval.metrics._inputs import check_language
 
 _SPECIAL_TOKEN = re.compile(r"<\|.*?\|>")
 _WHITESPACE = re.compile(r"\s+")

@@ -24,7 +24,7 @@ from functools import partial
 from typing import NamedTuple
 
 from qwen_audio.data.manifest import ManifestError
-from qwen_audio.metrics import (
+from qwen_audio.eval.metrics import (
     accuracy,
     alignment_error_ms,
     binary_accuracy,
@@ -68,7 +68,7 @@ def _transcription_scores(refs: Sequence[str], hyps: Sequence[str], source: str,
 
 def _timestamp_scores(refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str) -> Scores:
     """``evaluate_srwt.py``: average alignment shift in ms by the release's procedure (Table 3's) and by ours (first
-    word timed too, see :mod:`qwen_audio.metrics.alignment`), and the error rate of the text without timestamps."""
+    word timed too, see :mod:`qwen_audio.eval.metrics.alignment`), and the error rate of the text without timestamps."""
     return {"aas_ms_release": release_alignment_error_ms(refs, hyps), "aas_ms": alignment_error_ms(refs, hyps),
             **_transcription_scores(refs, hyps, source, language=language)}
 

@@ -19,7 +19,7 @@ from pycocoevalcap.spice import get_stanford_models
 from pycocoevalcap.spice.spice import Spice
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from qwen_audio.metrics._inputs import check_pairs
+from qwen_audio.eval.metrics._inputs import check_pairs
 
 SPICE_JARS = tuple(os.path.join(get_stanford_models.SPICEDIR, get_stanford_models.SPICELIB,
                                 f"{get_stanford_models.JAR}{suffix}.jar") for suffix in ("", "-models"))
