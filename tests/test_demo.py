@@ -141,7 +141,9 @@ def test_manifests_are_valid_and_sized(corpus):
     for split in SPLITS:
         entries = read_manifest(corpus[split], check_audio=True)
         for entry in entries:
-            assert entry.duration == pytest.approx(soundfile.info(entry.audio).duration, abs=1e-3)
+            info = soundfile.info(entry.audio)
+            assert entry.duration == pytest.approx(info.duration, abs=1e-3)
+            assert info.samplerate == 16000  # the model's rate: loading resamples nothing
             assert 0.5 <= entry.duration <= 6.0
         tasks[split] = collections.Counter(e.task for e in entries)
     speech = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}

@@ -35,7 +35,7 @@ import soundfile
 from qwen_audio.data.demo.espeak import SpeechJob, synthesize_files
 from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
 
-DEMO_VERSION = "3"  # bump when generation changes, so caches of an older corpus are not reused
+DEMO_VERSION = "4"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
 CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
