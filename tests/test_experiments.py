@@ -19,6 +19,7 @@ from qwen_audio.prompts import IGNORE_INDEX, encode_task
 from recipes.experiments.common import (
     final_validation_loss,
     markdown_table,
+    mean_std,
     plot_validation_losses,
     score_answers,
     validation_curves,
@@ -148,21 +149,29 @@ def test_scorers_on_hand_worked_answers(clip):
                                "<|pitch|><|midi_pitch_60|><|instrument|>piano"]) == {"MNA acc": pytest.approx(1 / 3)}
 
 
+def test_mean_std_over_seeds():
+    assert mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000"  # sample std: sqrt(((1-2)^2 + (3-2)^2) / 2)
+    assert mean_std([0.25]) == "0.250"
+    assert mean_std([1.0, None]) == "n/a"
+
+
 @pytest.mark.slow
 def test_srwt_ablation_end_to_end(tmp_path, monkeypatch):
     from recipes.experiments import srwt_ablation
 
     monkeypatch.setenv("QWEN_AUDIO_DEMO_DIR", str(tmp_path / "corpus"))
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
-    table = srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--out", str(tmp_path / "out")])
+    table = srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--seeds", "0", "1",
+                                "--out", str(tmp_path / "out")])
     lines = table.splitlines()
     assert lines[0] == "| variant | ASR WER en | ASR CER zh | AQA acc | final val loss | train s |"
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| with SRWT", "| without SRWT"]
+    assert all(" ± " in cell for line in lines[2:] for cell in line.strip("| ").split(" | ")[1:])
     assert (tmp_path / "out" / "srwt_ablation.png").stat().st_size > 0
     assert table in (tmp_path / "out" / "srwt_ablation.md").read_text()
     without = read_manifest(tmp_path / "out" / "srwt_ablation_manifests" / "train_without_srwt.jsonl")
     assert without and all(entry.task != "srwt" for entry in without)
     test = [e for e in read_manifest(build_demo_corpus(size=2)["test"]) if e.task in ("asr", "aqa")]
-    for run in ("with", "without"):
+    for run in ("with-seed0", "without-seed0", "with-seed1", "without-seed1"):
         lines = (tmp_path / "out" / f"srwt_ablation-{run}" / "predictions.jsonl").read_text().splitlines()
         assert sorted(json.loads(line)["audio"] for line in lines) == sorted(e.audio for e in test)

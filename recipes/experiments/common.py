@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -64,6 +65,9 @@ def ablation_arguments(description: str) -> argparse.ArgumentParser:
                         help="folder of the table, the plot and one sub-folder per run (default %(default)s)")
     parser.add_argument("--demo-size", type=int, default=None, help="data.demo_size (default: demo.yaml's)")
     parser.add_argument("--model", default=None, help="model preset (default: demo.yaml's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seed_everything of each run of every arm (model initialisation; the corpus and its "
+                             "batch order stay data.seed's); tables give mean ± std over them (default %(default)s)")
     return parser
 
 
@@ -121,6 +125,7 @@ class Variant:
 @dataclass
 class Run:
     variant: Variant
+    seed: int
     folder: Path
     seconds: float
     scores: dict[str, float | None] = field(default_factory=dict)
@@ -134,13 +139,14 @@ class Run:
         return self.folder / "model"
 
 
-def train(variant: Variant, out: Path, setup: DemoSetup, max_steps: int, val_every: int) -> Run:
-    """Fit one variant with the pretraining recipe for ``max_steps`` optimizer steps, validating every ``val_every``
-    steps (across epoch ends, so that runs of different epoch lengths validate at the same steps)."""
-    folder = out / variant.folder
+def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: int, val_every: int) -> Run:
+    """Fit one variant from ``seed`` with the pretraining recipe for ``max_steps`` optimizer steps, validating every
+    ``val_every`` steps (across epoch ends, so that runs of different epoch lengths validate at the same steps)."""
+    folder = out / f"{variant.folder}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     override = {
+        "seed_everything": seed,
         "trainer": {
             "max_epochs": -1, "max_steps": max_steps, "check_val_every_n_epoch": None, "val_check_interval": val_every,
             "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_checkpointing": False,
@@ -156,16 +162,17 @@ def train(variant: Variant, out: Path, setup: DemoSetup, max_steps: int, val_eve
     (folder / "override.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
     command = [sys.executable, "-m", RECIPES[variant.prompt_style], "fit", "--config", str(DEMO_CONFIG),
                "--config", str(folder / "override.yaml")]
-    print(f"[{variant.name}] training {max_steps} steps: {' '.join(command[1:])}", flush=True)
+    name = f"{variant.name}, seed {seed}"
+    print(f"[{name}] training {max_steps} steps: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     with open(folder / "train.log", "w") as log:
         result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"[{variant.name}] the recipe failed with exit code {result.returncode}; "
+        raise RuntimeError(f"[{name}] the recipe failed with exit code {result.returncode}; "
                            f"see {folder / 'train.log'}")
-    print(f"[{variant.name}] trained in {seconds:.0f} s", flush=True)
-    return Run(variant, folder, seconds)
+    print(f"[{name}] trained in {seconds:.0f} s", flush=True)
+    return Run(variant, seed, folder, seconds)
 
 
 def validation_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
@@ -207,6 +214,16 @@ def plot_validation_losses(curves: dict[str, dict[str, list[tuple[int, float]]]]
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+def mean_std(values: Sequence[float | None]) -> str:
+    """``mean ± std`` (sample standard deviation) of one arm's per-seed scores, 3 decimals; the mean alone for one
+    seed, ``n/a`` if any seed has no score."""
+    if not values or any(value is None for value in values):
+        return MISSING
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -267,27 +284,37 @@ def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptSty
 
 
 def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: DemoSetup, out: Path,
-                 columns: Sequence[str], tasks: set[str], note: str) -> str:
-    """Train every variant for the same number of optimizer steps (``setup.epochs`` over the full training set), score
-    them on the test lines of ``tasks``, and write ``out/<name>.md`` and ``out/<name>.png``; returns the table."""
+                 columns: Sequence[str], tasks: set[str], note: str, seeds: Sequence[int]) -> str:
+    """Train every variant from every seed for the same number of optimizer steps (``setup.epochs`` over the full
+    training set), score them on the test lines of ``tasks``, and write ``out/<name>.md`` (mean ± std over seeds per
+    arm, then every run) and ``out/<name>.png``; returns the arms' table."""
     epochs = setup.epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     steps_per_epoch = setup.steps_per_epoch(setup.manifests["train"])
     test = [entry for entry in read_manifest(setup.manifests["test"]) if entry.task in tasks]
-    runs = [train(variant, out, setup, epochs * steps_per_epoch, steps_per_epoch) for variant in variants]
+    runs = [train(variant, seed, out, setup, epochs * steps_per_epoch, steps_per_epoch)
+            for seed in seeds for variant in variants]
     for run in runs:
         start = time.perf_counter()
         run.scores = evaluate(run.model_dir, test, run.variant.prompt_style, run.folder / "predictions.jsonl")
-        print(f"[{run.variant.name}] evaluated in {time.perf_counter() - start:.0f} s", flush=True)
-    rows = [[run.variant.name, *(run.scores.get(column) for column in columns),
-             final_validation_loss(run.metrics_csv), f"{run.seconds:.0f}"] for run in runs]
-    table = markdown_table(["variant", *columns, "final val loss", "train s"], rows)
+        print(f"[{run.variant.name}, seed {run.seed}] evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+    headers = [*columns, "final val loss", "train s"]
+
+    def values(run: Run) -> list[float | None]:
+        return [*(run.scores.get(column) for column in columns), final_validation_loss(run.metrics_csv), run.seconds]
+
+    arms = [[variant.name, *(mean_std(scores) for scores in zip(*(values(run) for run in runs
+                                                                  if run.variant == variant)))]
+            for variant in variants]
+    table = markdown_table(["variant", *headers], arms)
+    every_run = markdown_table(["variant", "seed", *headers], [[run.variant.name, run.seed, *values(run)]
+                                                             for run in runs])
     details = (f"{epochs} epochs = {epochs * steps_per_epoch} optimizer steps per run; model preset "
-               f"`{setup.model}`, data.demo_size {setup.data['demo_size']}; test lines: "
-               f"{len(test)} ({', '.join(sorted(tasks))}).")
-    (out / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{details}\n\n{table}\n")
-    plot_validation_losses({run.variant.name: validation_curves(run.metrics_csv) for run in runs},
-                           out / f"{name}.png", title)
+               f"`{setup.model}`, data.demo_size {setup.data['demo_size']}; seeds {', '.join(map(str, seeds))} "
+               f"(mean ± sample std over them); test lines: {len(test)} ({', '.join(sorted(tasks))}).")
+    (out / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{details}\n\n{table}\n\nEvery run:\n\n{every_run}\n")
+    plot_validation_losses({f"{run.variant.name} (seed {run.seed})": validation_curves(run.metrics_csv)
+                            for run in runs}, out / f"{name}.png", title)
     print(f"\n{table}\n\nwrote {out / f'{name}.md'} and {out / f'{name}.png'}", flush=True)
     return table

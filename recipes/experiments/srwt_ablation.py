@@ -1,9 +1,9 @@
 """The paper's Tables 4-5 at toy scale: demo pretraining with and without its SRWT examples.
 
-``python -m recipes.experiments.srwt_ablation [--epochs N] [--out DIR]`` trains the demo recipe twice from the same
-seed, once on the full demo training set and once on it without the SRWT lines (25 % of them: every speech clip is
-an ASR and an SRWT example), then scores both on the held-out ASR (WER en, CER zh, in %) and AQA (exact match) test
-lines as ``recipes.evaluate`` scores them.
+``python -m recipes.experiments.srwt_ablation [--epochs N] [--seeds S ...] [--out DIR]`` trains the demo recipe
+twice from each seed, once on the full demo training set and once on it without the SRWT lines (25 % of them: every
+speech clip is an ASR and an SRWT example), then scores both on the held-out ASR (WER en, CER zh, in %) and AQA
+(exact match) test lines as ``recipes.evaluate`` scores them.
 
 Both runs take the same number of optimizer steps (``--epochs`` epochs over the full set), not the same number of
 epochs: the learning-rate schedule and the compute are then the same, and the run without SRWT sees its remaining
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     note = ("Paper (Tables 4-5, without vs with SRWT): LibriSpeech test-clean WER 2.22 vs 2.04, Aishell1 test 1.71 vs "
             "1.29, ClothoAQA acc 0.5648 vs 0.5795. Same seed, same other data, same optimizer steps.")
     return run_ablation("SRWT ablation (demo corpus)", "srwt_ablation", variants, setup, args.out,
-                        COLUMNS, {"asr", "aqa"}, note)
+                        COLUMNS, {"asr", "aqa"}, note, args.seeds)
 
 
 if __name__ == "__main__":

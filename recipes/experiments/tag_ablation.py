@@ -1,12 +1,12 @@
 """The paper's interference argument at toy scale: hierarchical task tags against a flat per-dataset prompt.
 
-``python -m recipes.experiments.tag_ablation [--epochs N] [--out DIR]`` trains the demo recipe twice on the same
-data, seed and steps: with the release's hierarchical tags (``<|startoftranscript|><|en|><|transcribe|><|en|>
-<|notimestamps|><|wo_itn|>``...) and with the flat baseline of :mod:`recipes.experiments.flat_prompts` (one
-dataset-ID token per dataset, the "dataset ID" scheme the paper's §3.2 calls the way earlier multi-task models
-avoided interference). Each model is evaluated on every test task with its own prompt style, as
-``recipes.evaluate`` scores the demo corpus: ASR and SRWT WER en / CER zh (%), SRWT alignment shift (AAS, ms) per
-language, AQA, ASC and MNA exact-match accuracy.
+``python -m recipes.experiments.tag_ablation [--epochs N] [--seeds S ...] [--out DIR]`` trains the demo recipe twice
+from each seed on the same data and steps: with the release's hierarchical tags
+(``<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>``...) and with the flat baseline of
+:mod:`recipes.experiments.flat_prompts` (one dataset-ID token per dataset, the "dataset ID" scheme the paper's §3.2
+calls the way earlier multi-task models avoided interference). Each model is evaluated on every test task with its
+own prompt style, as ``recipes.evaluate`` scores the demo corpus: ASR and SRWT WER en / CER zh (%), SRWT alignment
+shift (AAS, ms) per language, AQA, ASC and MNA exact-match accuracy.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     note = ("Paper §3.2: conditioning on shared and specific hierarchical tags lets datasets share knowledge without "
             "interfering; the flat baseline gives each dataset (task x audio language) its own ID token instead.")
     return run_ablation("Tag ablation (demo corpus)", "tag_ablation", variants, setup, args.out,
-                        COLUMNS, TASKS, note)
+                        COLUMNS, TASKS, note, args.seeds)
 
 
 if __name__ == "__main__":
