@@ -71,7 +71,8 @@ def release(tmp_path_factory):
     the demo tokenizer.json, its stop ids, two float wavs, and transformers' processor."""
     folder = tmp_path_factory.mktemp("qwen2-audio-tiny")
     config = Qwen2AudioConfig(
-        audio_config=dict(d_model=64, encoder_attention_heads=4, encoder_ffn_dim=256, encoder_layers=2, num_mel_bins=128),
+        audio_config=dict(d_model=64, encoder_attention_heads=4, encoder_ffn_dim=256, encoder_layers=2,
+                          num_mel_bins=128),
         text_config=dict(vocab_size=4102, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5, max_position_embeddings=8192),
         audio_token_index=4099,
@@ -90,7 +91,8 @@ def release(tmp_path_factory):
     waves = {}
     for name, samples in (("a.wav", 20_837), ("b.wav", 37_120)):
         t = np.arange(samples) / SAMPLE_RATE
-        waves[name] = (0.3 * np.sin(2 * np.pi * 440 * t * (1 + t)) + 0.05 * rng.standard_normal(samples)).astype(np.float32)
+        wave = 0.3 * np.sin(2 * np.pi * 440 * t * (1 + t)) + 0.05 * rng.standard_normal(samples)
+        waves[name] = wave.astype(np.float32)
         soundfile.write(clips / name, waves[name], SAMPLE_RATE, subtype="FLOAT")
     processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128),
                                     tokenizer=PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json")))
