@@ -27,7 +27,7 @@ from qwen_audio.generate import (
 )
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import DEFAULT_SYSTEM, Example, Message, encode_chat, from_list_format
-from qwen_audio.tokenizer import AudioLoader, QwenAudioTokenizer
+from qwen_audio.tokenizer import AUDIO_START, AudioLoader, QwenAudioTokenizer
 
 MAX_WINDOW_SIZE = 6144  # chat_generation_config.json: history is dropped, oldest first, beyond this many tokens
 
@@ -69,12 +69,13 @@ def chat(
     """Answer ``query`` and return ``(response, history + [(query, response)])``.
 
     ``query`` is text with ``<audio>PATH</audio>`` spans, or items ``[{"audio": path}, {"text": ...}]`` written as
-    the release's ``Audio 1:<audio>PATH</audio>\\n`` lines (:func:`from_list_format`). ``config`` defaults to the
-    release's chat settings (:meth:`GenerationConfig.chat`); the response is cut at the first ``<|im_end|>`` or
-    ``<|im_start|>`` whatever the config's stop ids, and stripped, as released.
+    the family's ``Audio 1:<audio>PATH</audio>\\n`` lines (:func:`from_list_format`; Qwen2-Audio numbers on from the
+    audios of ``history``). ``config`` defaults to the release's chat settings (:meth:`GenerationConfig.chat`); the
+    response is cut at the first ``<|im_end|>`` or ``<|im_start|>`` whatever the config's stop ids, and stripped,
+    as released.
     """
     history = list(history or [])
-    text = query if isinstance(query, str) else from_list_format(query)
+    text = query if isinstance(query, str) else from_list_format(query, tokenizer.family, _audio_count(history))
     config = config or GenerationConfig.chat(tokenizer)
     context = build_context(tokenizer, text, history, system, max_window_size)
     batch = batch_prompts([context], tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
@@ -83,6 +84,11 @@ def chat(
     ends = [index for index, token in enumerate(ids) if token in (tokenizer.im_end, tokenizer.im_start)]
     response = tokenizer.decode(ids[: ends[0]] if ends else ids).strip()
     return response, history + [(text, response)]
+
+
+def _audio_count(history: History) -> int:
+    """The audios of the earlier queries (each ``<audio>…</audio>`` span is one)."""
+    return sum(query.count(AUDIO_START) for query, _ in history)
 
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:

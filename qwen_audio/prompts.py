@@ -9,8 +9,8 @@ and no further tags, as ``evaluate_aqa.py`` does. Tasks whose label no released 
 gender, age, same speaker, singer, title) are asked with a fixed question, so that no two tasks with different
 outputs share a prompt.
 
-Supervised fine-tuning uses ChatML (spec §7) with the release's ``Audio n:<audio>PATH</audio>`` lines; the loss
-covers only what the assistant says.
+Supervised fine-tuning uses ChatML (spec §7) with the family's ``Audio n:<audio>PATH</audio>`` lines
+(:data:`AUDIO_LABELS`); the loss covers only what the assistant says.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from qwen_audio.audio import load_audio
+from qwen_audio.config import Family
 from qwen_audio.tokenizer import (
     AUDIO_END,
     AUDIO_SPECIAL_TOKENS,
@@ -376,15 +377,35 @@ class Message:
     content: str | Sequence[Mapping[str, str]]
 
 
-def from_list_format(items: Sequence[Mapping[str, str]]) -> str:
-    """The release's ``from_list_format``: each audio as ``Audio {n}:<audio>{path}</audio>\\n`` (no space after the
-    colon, numbered from 1 in each call), text items verbatim."""
+@dataclass(frozen=True)
+class AudioLabels:
+    """How a family's chat turns name their audios (the paper's "Audio id:" convention, §3.3): ``Audio {n}:``, then
+    ``separator``, then the audio and a newline; ``n`` restarts at 1 in every message (``per_message``) or counts
+    on over the whole conversation."""
+
+    separator: str
+    per_message: bool
+
+
+AUDIO_LABELS: dict[Family, AudioLabels] = {
+    # Qwen-Audio's from_list_format (tokenization_qwen.py): "Audio 1:<audio>a.wav</audio>\n", per call
+    "qwen-audio": AudioLabels(separator="", per_message=True),
+    # Qwen2AudioProcessor's chat template: "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n", one count per chat
+    "qwen2-audio": AudioLabels(separator=" ", per_message=False),
+}
+
+
+def from_list_format(items: Sequence[Mapping[str, str]], family: Family = "qwen-audio", audios_before: int = 0) -> str:
+    """A user turn's items as text: each audio labelled as ``family`` labels it (:data:`AUDIO_LABELS`), text items
+    verbatim. ``audios_before``: the audios of the conversation's earlier turns, which a family that numbers audios
+    across the conversation counts on from (Qwen-Audio's release restarts at ``Audio 1:`` in every message)."""
+    labels = AUDIO_LABELS[family]
     text = ""
-    audios = 0
+    audios = 0 if labels.per_message else audios_before
     for index, item in enumerate(items):
         if "audio" in item:
             audios += 1
-            text += f"Audio {audios}:{AUDIO_START}{item['audio']}{AUDIO_END}\n"
+            text += f"Audio {audios}:{labels.separator}{AUDIO_START}{item['audio']}{AUDIO_END}\n"
         elif "text" in item:
             text += item["text"]
         else:
@@ -405,10 +426,12 @@ def encode_chat(
     ``<|im_start|>system\\n{system}<|im_end|>`` (the default system prompt unless ``messages`` starts with one),
     then ``\\n<|im_start|>{role}\\n{content}<|im_end|>`` per turn; role and content are encoded separately and the
     content may hold the release's audio-task special tokens (e.g. timestamps). ``add_generation_prompt`` appends
-    ``\\n<|im_start|>assistant\\n`` for generation.
+    ``\\n<|im_start|>assistant\\n`` for generation. Item lists are written with the labels of the tokenizer's
+    family (:func:`from_list_format`): for Qwen2-Audio the ids are those of its processor's chat template, which
+    only adds a newline after the last turn.
     """
     has_system = bool(messages) and messages[0].role == "system"
-    system = _content_text(messages[0], 0) if has_system else DEFAULT_SYSTEM
+    system = _content_text(messages[0], 0, tokenizer.family, 0) if has_system else DEFAULT_SYSTEM
     builder = _ExampleBuilder(tokenizer, load)
     newline = tokenizer.encode("\n")
     builder.add([tokenizer.im_start, *tokenizer.encode("system"), *newline])
@@ -420,7 +443,7 @@ def encode_chat(
         if message.role != expected:
             raise ValueError(f"messages[{index}].role is {message.role!r}; expected {expected!r} (turns alternate "
                              "user/assistant after an optional leading system message)")
-        content = _content_text(message, index)
+        content = _content_text(message, index, tokenizer.family, len(builder.audios))
         builder.add([*newline, tokenizer.im_start, *tokenizer.encode(message.role), *newline])
         if message.role == "user":
             builder.add_text_with_audio(content, AUDIO_SPECIAL_TOKENS)
@@ -436,9 +459,9 @@ def encode_chat(
     return builder.build(max_length, "messages")
 
 
-def _content_text(message: Message, index: int) -> str:
+def _content_text(message: Message, index: int, family: Family, audios_before: int) -> str:
     if isinstance(message.content, str):
         return message.content
     if message.role == "assistant":
         raise ValueError(f"messages[{index}].content: assistant turns are text, not item lists")
-    return from_list_format(message.content)
+    return from_list_format(message.content, family, audios_before)

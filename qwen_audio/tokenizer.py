@@ -140,6 +140,8 @@ def check_audio_features(audios: Sequence[AudioSpan], feature_tokens: Sequence[i
 class QwenAudioTokenizer:
     """Byte-level BPE (tiktoken) with the released split pattern, NFC normalisation and special tokens."""
 
+    family = "qwen-audio"  # the model family whose prompts (task tags, chat audio labels) this vocabulary encodes
+
     def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "qwen_audio", path: str | None = None) -> None:
         """``path``: the ranks file read, kept so a saved model folder can carry its tokenizer."""
         n_regular = len(mergeable_ranks)

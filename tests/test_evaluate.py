@@ -1,6 +1,7 @@
 """The evaluation recipe: official prompts equal the release scripts' strings, the release-schema reader stops at a bad
 line naming it, scores are grouped by source, the evaluate YAMLs validate for every benchmark, and the demo evaluation
-runs end to end on a tiny random checkpoint, given as a released-layout folder or as a Lightning checkpoint."""
+runs end to end on a tiny random checkpoint, given as a released-layout folder or as a Lightning checkpoint; Qwen2-Audio
+is asked in its release's words."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from qwen_audio.eval.tasks import (
     score_predictions,
 )
 from qwen_audio.model import QwenAudio
+from qwen_audio.qwen2_audio.prompts import task_instruction
 from qwen_audio.tokenizer import DEMO_RANKS_FILE
 from recipes.evaluate import main
 
@@ -70,6 +72,34 @@ RELEASE_PROMPTS = [
 @pytest.mark.parametrize("name, source, question, expected", RELEASE_PROMPTS, ids=[p[0] for p in RELEASE_PROMPTS])
 def test_official_prompt_is_the_release_string(name, source, question, expected):
     assert get_benchmark(name).prompt(BenchmarkItem("a.flac", "x", source, name, question)) == expected
+
+
+# Qwen2-Audio's prompts after the audio: the "prompt" fields of the evaluation files named in QwenLM/Qwen2-Audio
+# eval_audio/EVALUATION.md (ASR, CoVoST2 with our language names, MELD, VocalSound) and its model card's caption.
+QWEN2_RELEASE_PROMPTS = [
+    ("librispeech", "librispeech_test_clean",
+     "<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>"),
+    ("aishell2", "aishell2_ios", "<audio>a.flac</audio>Detect the language and recognize the speech: <|zh|>"),
+    ("covost2", "covost2_en_de_test",
+     "<audio>a.flac</audio>Detect the language and translate the speech into German: <|en|>"),
+    ("meld", "meld", "<audio>a.flac</audio>Recognize the emotion with keywords in English:"),
+    ("vocalsound", "vocalsound", "<audio>a.flac</audio>Classify the human vocal sound to VocalSound in English:"),
+    ("clotho", "clotho", "<audio>a.flac</audio>Generate the caption in English:"),
+]
+
+
+@pytest.mark.parametrize("name, source, expected", QWEN2_RELEASE_PROMPTS, ids=[p[0] for p in QWEN2_RELEASE_PROMPTS])
+def test_qwen2_audio_prompt_is_the_release_string(name, source, expected):
+    assert get_benchmark(name).prompt(BenchmarkItem("a.flac", "x", source, name), "qwen2-audio") == expected
+
+
+def test_qwen2_audio_prompt_refusals_name_the_task_and_field():
+    with pytest.raises(ValueError, match="Qwen2-Audio has no prompt for task 'sv'"):
+        task_instruction("sv")
+    with pytest.raises(ValueError, match="task 'asr' needs audio_language"):
+        task_instruction("asr")
+    with pytest.raises(ValueError, match="text_language 'xx' is not one of"):
+        task_instruction("s2tt", audio_language="en", text_language="xx")
 
 
 def test_release_generation_lengths_and_batch_sizes():

@@ -12,11 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -36,7 +31,6 @@ from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import TimedWord, encode_task, format_timestamped_words
 from qwen_audio.tokenizer import DEMO_RANKS_FILE, LANGUAGES, QwenAudioTokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 16000
 WORDS = [TimedWord("three", 0.1, 0.4), TimedWord("four", 0.5, 0.9)]  # the SRWT target joins the 0.1 s gaps
 
@@ -80,12 +74,6 @@ def tune(tokenizer: QwenAudioTokenizer, clip: str) -> QwenAudio:
     return model.eval()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Served:
     def __init__(self, url: str, folder: str, log: str, clips: dict[str, str]) -> None:
         self.url, self.folder, self.log, self.clips = url, folder, log, clips
@@ -99,7 +87,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, serve_checkpoint):
     folder = tmp_path_factory.mktemp("serve")
     clips = {"one": write_wav(folder / "one.wav", 1.0, 0),
              "stereo": write_wav(folder / "stereo.flac", 0.8, 1, rate=44100, channels=2),
@@ -108,34 +96,10 @@ def served(tmp_path_factory):
     tokenizer = QwenAudioTokenizer.demo()
     checkpoint = str(folder / "tiny-served")
     save_pretrained(tune(tokenizer, clips["one"]), checkpoint, tokenizer_file=DEMO_RANKS_FILE)
-    port = free_port()
     log = str(folder / "server.log")
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "qwen_audio.serve", "--checkpoint", checkpoint, "--port", str(port),
-             "--device", "cpu", "--dtype", "float64", "--max-batch-size", "16", "--batch-timeout", "0.3"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(folder), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, f"the server exited: {open(log).read()}"
-            assert time.monotonic() < deadline, f"the server did not become healthy: {open(log).read()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=5).text == "ok":
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+    with serve_checkpoint(checkpoint, log, "--dtype", "float64", "--max-batch-size", "16",
+                          "--batch-timeout", "0.3") as url:
         yield Served(url, checkpoint, log, clips)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and the inference worker it started
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def audio_part(path: str) -> dict:

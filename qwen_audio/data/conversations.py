@@ -12,8 +12,9 @@ A line looks like::
 
 Fields: ``messages`` (required) alternate ``user`` and ``assistant``, start with the user and end with the assistant's
 reply. A user turn is text, or a list of ``{"audio": path}`` / ``{"text": ...}`` items, written as the release's
-``from_list_format`` does (``Audio 1:<audio>PATH</audio>\\n``, numbered from 1 in each turn); an assistant turn is
-text. ``system`` (optional) replaces the default system prompt; ``id`` (optional) defaults to ``file:line``. A
+``from_list_format`` does (``Audio 1:<audio>PATH</audio>\\n``, numbered from 1 in each turn; with a Qwen2-Audio
+tokenizer, its chat template's ``Audio 1: <audio>PATH</audio>\\n`` numbered across the conversation); an assistant
+turn is text. ``system`` (optional) replaces the default system prompt; ``id`` (optional) defaults to ``file:line``. A
 pure-text conversation is the same schema without audio items. Audio paths are read against the file's folder, so a
 corpus folder can be moved. Text may not hold ``<audio>`` tags (audio comes only as items) and unknown fields are
 errors, so a misspelt field cannot be silently ignored.

@@ -27,8 +27,7 @@ from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.eval.tasks import BenchmarkItem, get_benchmark, read_benchmark_file
 from qwen_audio.generate import batch_prompts
-from qwen_audio.prompts import Example, encode_task
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import AudioTokens, QwenAudioTokenizer
 
 DEMO = "demo"
 DEMO_PREFIX = "demo:"
@@ -66,11 +65,12 @@ class PromptSample:
 
     index: int
     item: BenchmarkItem
-    prompt: Example
+    prompt: AudioTokens
 
 
 class BenchmarkDataset(Dataset):
-    """Decodes each item's audio and builds the official prompt of its benchmark (no target)."""
+    """Decodes each item's audio and builds the official prompt of its benchmark for the tokenizer's family (no
+    target), tokenized as the release scripts tokenize the prompt text: every special-token text is the token."""
 
     def __init__(self, items: Sequence[BenchmarkItem], tokenizer: QwenAudioTokenizer) -> None:
         self.items, self.tokenizer = items, tokenizer
@@ -80,9 +80,8 @@ class BenchmarkDataset(Dataset):
 
     def __getitem__(self, index: int) -> PromptSample:
         item = self.items[index]
-        benchmark = get_benchmark(item.benchmark)
-        prompt = encode_task(self.tokenizer, benchmark.task, item.audio, load={item.audio: load_audio(item.audio)},
-                             **benchmark.prompt_options(item.source, item.question))
+        text = get_benchmark(item.benchmark).prompt(item, self.tokenizer.family)
+        prompt = self.tokenizer.encode_with_audio(text, {item.audio: load_audio(item.audio)}, "all")
         return PromptSample(index, item, prompt)
 
 

@@ -5,7 +5,8 @@ architecture of a ``model`` preset, from the Lightning checkpoint that ``trainer
 :class:`~qwen_audio.lit.QwenAudioModule` checkpoint: its ``model.*`` keys are this module's). Given both, the folder
 gives the architecture and tokenizer and the Lightning checkpoint's weights replace the folder's.
 
-Generation is greedy as in the release (``do_sample=False``, ``min_new_tokens=1``, stop at ``<|endoftext|>``) but
+Generation is greedy as in the release (``do_sample=False``, ``min_new_tokens=1``, stop at the tokenizer's stop ids:
+``<|endoftext|>``, or a Qwen2-Audio folder's ``generation_config.json`` ``eos_token_id``, as its scripts stop) but
 batch-exact: left padding does not shift positions, so a batch gives each prompt what it gives alone (the release's
 padded RoPE does not, spec §6). Each rank keeps its predictions; at the end they are gathered and rank 0 writes, in
 ``trainer.default_root_dir``, ``predictions.jsonl``, ``metrics.json`` and ``report.md`` (ours beside Table 3, see
@@ -69,7 +70,7 @@ class BenchmarkEvaluation(L.LightningModule):
             raise ValueError(f"a batch must hold one benchmark's items, got {sorted(names)}")
         benchmark = get_benchmark(names.pop())
         config = GenerationConfig(max_new_tokens=benchmark.max_new_tokens, min_new_tokens=1, do_sample=False,
-                                  stop_ids=(self.tokenizer.eod,))
+                                  stop_ids=self.tokenizer.stop_ids)
         outputs = generate(self.model, batch["input_ids"], batch["attention_mask"], config,
                            vocab_size=self.tokenizer.n_vocab, audio_mel=batch["audio_mel"],
                            audio_mel_lengths=batch["audio_mel_lengths"])

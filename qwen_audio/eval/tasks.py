@@ -2,7 +2,8 @@
 
 Each :class:`Benchmark` holds what its script fixes: the task tags of the official prompt, the generation length,
 the per-GPU batch size of ``EVALUATION.md``, the metrics, and the Qwen-Audio numbers of the paper's Table 3, so a
-report can put ours beside them. The ``demo_*`` entries score the embedded demo corpus the same way.
+report can put ours beside them. The ``demo_*`` entries score the embedded demo corpus the same way. A Qwen2-Audio
+checkpoint is asked the same task in its family's words (:mod:`qwen_audio.qwen2_audio.prompts`).
 
 Evaluation files use the release's JSON-lines schema, one item a line::
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
 
+from qwen_audio.config import Family
 from qwen_audio.data.manifest import ManifestError
 from qwen_audio.eval.metrics import (
     accuracy,
@@ -35,6 +37,7 @@ from qwen_audio.eval.metrics import (
     release_alignment_error_ms,
 )
 from qwen_audio.prompts import QUESTION, TASKS, task_prompt
+from qwen_audio.qwen2_audio.prompts import task_instruction
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START
 
 Reference = str | tuple[str, ...]
@@ -154,10 +157,17 @@ class Benchmark:
             return {"audio_language": self.language, "question": question}
         return {"audio_language": self.language, "instruction": self.instruction}
 
-    def prompt(self, item: BenchmarkItem) -> str:
-        """The release's prompt text for ``item``, e.g. ``<audio>a.flac</audio><|startoftranscript|><|en|>...``."""
-        tags = task_prompt(self.task, **self.prompt_options(item.source, item.question))
-        return f"{AUDIO_START}{item.audio}{AUDIO_END}{tags}"
+    def prompt(self, item: BenchmarkItem, family: Family = "qwen-audio") -> str:
+        """The release's prompt text of ``family`` for ``item``: the audio, then Qwen-Audio's task tags
+        (``<audio>a.flac</audio><|startoftranscript|><|en|>...``) or Qwen2-Audio's instruction
+        (``<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>``)."""
+        options = self.prompt_options(item.source, item.question)
+        if family == "qwen2-audio":
+            options.pop("instruction", None)  # Qwen-Audio's output-instruction tag; the instruction text replaces it
+            text = task_instruction(self.task, **options)
+        else:
+            text = task_prompt(self.task, **options)
+        return f"{AUDIO_START}{item.audio}{AUDIO_END}{text}"
 
     def score(self, refs: Sequence[Reference], hyps: Sequence[str], source: str) -> Scores:
         return self.scorer(refs, hyps, source)

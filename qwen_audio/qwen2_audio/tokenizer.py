@@ -43,6 +43,8 @@ def feature_lengths(num_samples: int, source: str | None = None) -> AudioLengths
 class Qwen2AudioTokenizer:
     """A ``tokenizers.Tokenizer`` with the family's six special tokens, and the stop ids of its checkpoint."""
 
+    family = "qwen2-audio"  # picks the family's task prompts and chat audio labels
+
     def __init__(self, tokenizer: Tokenizer, path: str, stop_ids: Sequence[int] | None = None) -> None:
         self.tokenizer, self.path, self.name = tokenizer, path, os.path.basename(path)
         self.tokenizer.encode_special_tokens = True  # specials are split out by encode(), never found in text pieces

@@ -22,6 +22,7 @@ from whisper.utils import WriteSRT, WriteVTT
 
 from qwen_audio.audio import SAMPLE_RATE, load_audio
 from qwen_audio.chat import MAX_WINDOW_SIZE, build_context
+from qwen_audio.config import Family
 from qwen_audio.generate import GenerationConfig
 from qwen_audio.prompts import DEFAULT_SYSTEM, from_list_format
 from qwen_audio.serve.engine import ChatJob, TranscriptionJob
@@ -101,9 +102,10 @@ def decode_audio(data: bytes, param: str) -> torch.Tensor:
         raise RequestError(param, f"{param}: {err}") from None
 
 
-def _user_text(message: ChatMessage, index: int, audios: dict) -> str:
-    """The release's query for one user message: each audio as ``Audio N:<audio>…</audio>\\n`` (numbered from 1
-    in each message, as :func:`from_list_format` numbers them), text parts as written."""
+def _user_text(message: ChatMessage, index: int, audios: dict, family: Family) -> str:
+    """The query of one user message: each audio as the family's ``Audio N:<audio>…</audio>\\n`` line
+    (:func:`from_list_format`, ``audios`` holding those of the earlier messages), text parts as written."""
+    audios_before = len(audios)
     if isinstance(message.content, str):
         parts = [ContentPart(type="text", text=message.content)]
     else:
@@ -131,7 +133,7 @@ def _user_text(message: ChatMessage, index: int, audios: dict) -> str:
         else:
             raise RequestError(f"{param}.type", f"{param}.type: expected a 'text' part with text or an "
                                f"'input_audio' part with input_audio, got {part.type!r}")
-    return from_list_format(items)
+    return from_list_format(items, family, audios_before)
 
 
 def _plain_text(message: ChatMessage, index: int) -> str:
@@ -169,7 +171,8 @@ def chat_job(tokenizer: QwenAudioTokenizer, request: ChatRequest) -> tuple[ChatJ
             raise RequestError(f"messages[{index}].role", f"messages[{index}].role is {message.role!r}; expected "
                                f"{expected!r} (user and assistant alternate after an optional system message, and "
                                "the last message is the user's)")
-        texts.append(_user_text(message, index, audios) if expected == "user" else _plain_text(message, index))
+        texts.append(_user_text(message, index, audios, tokenizer.family) if expected == "user"
+                     else _plain_text(message, index))
     if len(texts) % 2 == 0:
         raise RequestError("messages", "messages: the last message must be the user's")
     history = list(zip(texts[:-1:2], texts[1::2]))
@@ -216,6 +219,9 @@ def transcription_job(tokenizer: QwenAudioTokenizer, form, served: str) -> tuple
     """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes.
     ``prompt`` is accepted for compatibility and not used: the release's transcription prompt has no place for it."""
     check_model(str(form.get("model", "")), served)
+    if tokenizer.family != "qwen-audio":
+        raise RequestError("model", f"model {served!r} is a {tokenizer.family} checkpoint; transcriptions are asked "
+                           "with Qwen-Audio's task tags: use /v1/chat/completions")
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise RequestError("file", "file: an audio file upload is needed")
