@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from _timing import device_name, measure_ms, pass_or_miss
-
 from qwen_audio.audio import HOP_LENGTH, SAMPLE_RATE, conv_frames
 from qwen_audio.config import ATTENTION_BACKENDS
 from qwen_audio.modules.attention import AttentionLayout, attention, resolve_attention_backend
+
+from _timing import device_name, measure_ms, pass_or_miss
 
 BACKENDS = tuple(name for name in reversed(ATTENTION_BACKENDS) if name != "auto")  # fused ones first, sdpa last
 BASELINE = "sdpa"
@@ -77,7 +77,9 @@ def small_cases(generator: torch.Generator) -> list[Case]:
     return [encoder_case(4, 6.0, 4, 32, generator), decoder_case(4, 8, 256, 4, 32, generator)]
 
 
-def per_sequence_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], causal: bool) -> torch.Tensor:
+def per_sequence_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], causal: bool
+) -> torch.Tensor:
     """The torch reference: SDPA on each sequence alone, unpadded; padded rows of the output are zeros."""
     rows = [
         F.scaled_dot_product_attention(q[b, :n].transpose(0, 1), k[b, :n].transpose(0, 1), v[b, :n].transpose(0, 1),

@@ -11,12 +11,13 @@ speed-up over torch. The shape is the encoder's: x [batch, 1500 frames, 1280 cha
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 
-from _timing import device_name, measure_ms, pass_or_miss
-
 from qwen_audio.kernels import pool_layer_norm
+
+from _timing import device_name, measure_ms, pass_or_miss
 
 FRAMES, CHANNELS = 1500, 1280
 COPY_BANDWIDTH_TARGET = 0.7  # benchmarks_perf/README.md, for batches of 16 or more
@@ -35,10 +36,11 @@ def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: i
     backends = ["torch"] + (["triton"] if device.type == "cuda" else [])
     rows = []
     for backend in backends:
-        forward = lambda: pool_layer_norm(x, weight, bias, 1e-5, kernel_backend=backend)  # noqa: E731
+        forward = functools.partial(pool_layer_norm, x, weight, bias, 1e-5, kernel_backend=backend)
         with torch.no_grad():
             rows.append((backend, "forward", measure_ms(forward, device, repeats)))
-        backward = lambda: torch.autograd.grad(forward(), (x, weight, bias), dy)  # noqa: E731 (no .grad accumulation)
+        # autograd.grad returns the gradients, so repeats do not accumulate into .grad
+        backward = lambda forward=forward: torch.autograd.grad(forward(), (x, weight, bias), dy)  # noqa: E731
         rows.append((backend, "forward + backward", measure_ms(backward, device, repeats)))
     torch_ms = {pass_: ms for backend, pass_, ms in rows if backend == "torch"}
 

@@ -27,14 +27,14 @@ import warnings
 
 import torch
 
-from _timing import device_name, measure_ms, pass_or_miss
-
 from qwen_audio.audio import SAMPLE_RATE, audio_lengths, conv_frames
 from qwen_audio.config import ATTENTION_BACKENDS, QwenAudioConfig
 from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.lit.optim import param_groups
 from qwen_audio.modules.attention import resolve_attention_backend
+
+from _timing import device_name, measure_ms, pass_or_miss
 
 BACKENDS = tuple(name for name in reversed(ATTENTION_BACKENDS) if name != "auto")  # fused ones first, sdpa last
 BASELINE = "sdpa"
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
     encoder_params = sum(p.numel() for p in module.model.encoder.parameters())
     llm_params = sum(p.numel() for p in module.model.parameters()) - encoder_params
-    executed_flops = 6 * encoder_params * frames + 4 * (llm_params - module.model.transformer.wte.weight.numel()) * tokens
+    embedding_params = module.model.transformer.wte.weight.numel()
+    executed_flops = 6 * encoder_params * frames + 4 * (llm_params - embedding_params) * tokens
 
     results: dict[str, float | str] = {}
     for backend in BACKENDS:

@@ -103,7 +103,8 @@ def test_bench_train_step_updates_the_encoder_only(bench):
 def test_bench_train_step_main_on_cpu(bench, capsys):
     bench("bench_train_step").main(["--device", "cpu", "--repeats", "1", "--clips", "2", "--max-seconds", "2"])
     output = capsys.readouterr().out
-    rows = table_rows(output, "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |")
+    header = "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |"
+    rows = table_rows(output, header)
     assert [row[0] for row in rows] == ["flash_attn", "varlen", "sdpa"]
     assert all(row[1].startswith("skipped") and "needs CUDA" in row[1] for row in rows[:2])
     sdpa = rows[2]

@@ -62,7 +62,7 @@ def test_word_starts_match_the_pauses_in_the_audio():
     runs = zip(edges[::2], edges[1::2])
     pauses = [(a / rate, b / rate) for a, b in runs if (b - a) / rate > 0.08 and b < len(samples)]
     assert len(pauses) == 3
-    for (pause_start, pause_end), (_, end, _), (_, next_start, _) in zip(pauses, words, words[1:]):
+    for (_, pause_end), (_, next_start, _) in zip(pauses, words[1:]):
         assert abs(next_start - pause_end) < 0.02  # the next word starts when the sound resumes
     for (pause_start, _), (_, _, end) in zip(pauses, words):
         assert abs(end - pause_start) < 0.02  # the word's end excludes the pause
@@ -119,7 +119,8 @@ def test_corpus_is_deterministic_and_cached(corpus, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
     other = build_demo_corpus(tmp_path, seed=1, size=SIZE)
     assert fingerprint(other)["train.jsonl"] != fingerprint(again)["train.jsonl"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"demo-{DEMO_VERSION}-seed{s}-size{SIZE}" for s in (0, 1)]  # no staging
+    # no staging folder is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"demo-{DEMO_VERSION}-seed{s}-size{SIZE}" for s in (0, 1)]
 
 
 def test_refuses_a_folder_that_is_not_a_corpus(tmp_path):
@@ -235,7 +236,8 @@ def _items_from_manifests(manifests) -> dict[str, set[str]]:
                 words = entry.text.split() if entry.audio_language == "en" else list(entry.text)
                 keys.add("digits:" + "".join(str(DIGITS[entry.audio_language].index(w)) for w in words))
             elif entry.task == "mna":
-                midi, instrument = re.fullmatch(r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text).groups()
+                note = re.fullmatch(r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text)
+                midi, instrument = note.groups()
                 keys.add(f"note:{instrument}:{midi}")
         items[split] = keys
     return items

@@ -21,7 +21,11 @@ import torch
 
 from qwen_audio.audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from qwen_audio.kernels import (
-    KERNEL_BACKEND_ENV_VAR, KernelBackendError, log_mel, pool_layer_norm, resolve_kernel_backend,
+    KERNEL_BACKEND_ENV_VAR,
+    KernelBackendError,
+    log_mel,
+    pool_layer_norm,
+    resolve_kernel_backend,
 )
 from qwen_audio.kernels.mel import log_mel_reference
 

@@ -104,8 +104,8 @@ def test_fused_backends_match_sdpa_on_cuda(backend, causal, case):
                                        backend=name, device=q.device, dtype=q.dtype)
         outs[name] = attention(q, k, v, layout).float()
     assert_close(outs[backend], outs["sdpa"], atol=2e-2, rtol=2e-2)
-    assert_close(outs["sdpa"].double().cpu(), _reference_attention(q.cpu(), k.cpu(), v.cpu(), segment_ids.cpu(), causal),
-                 atol=3e-2, rtol=3e-2)
+    reference = _reference_attention(q.cpu(), k.cpu(), v.cpu(), segment_ids.cpu(), causal)
+    assert_close(outs["sdpa"].double().cpu(), reference, atol=3e-2, rtol=3e-2)
 
 
 # ---------------------------------------------------------------- encoder vs transformers
@@ -253,11 +253,16 @@ def _qwen2_reference(decoder: QwenDecoder, head: torch.nn.Linear, rope_theta: fl
         q, k, v = block.attn.c_attn.weight.chunk(3)
         qb, kb, vb = block.attn.c_attn.bias.chunk(3)
         weights.update({
-            prefix + "input_layernorm.weight": block.ln_1.weight, prefix + "post_attention_layernorm.weight": block.ln_2.weight,
-            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k, prefix + "self_attn.v_proj.weight": v,
-            prefix + "self_attn.q_proj.bias": qb, prefix + "self_attn.k_proj.bias": kb, prefix + "self_attn.v_proj.bias": vb,
-            prefix + "self_attn.o_proj.weight": block.attn.c_proj.weight, prefix + "mlp.gate_proj.weight": block.mlp.w2.weight,
-            prefix + "mlp.up_proj.weight": block.mlp.w1.weight, prefix + "mlp.down_proj.weight": block.mlp.c_proj.weight,
+            prefix + "input_layernorm.weight": block.ln_1.weight,
+            prefix + "post_attention_layernorm.weight": block.ln_2.weight,
+            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k,
+            prefix + "self_attn.v_proj.weight": v,
+            prefix + "self_attn.q_proj.bias": qb, prefix + "self_attn.k_proj.bias": kb,
+            prefix + "self_attn.v_proj.bias": vb,
+            prefix + "self_attn.o_proj.weight": block.attn.c_proj.weight,
+            prefix + "mlp.gate_proj.weight": block.mlp.w2.weight,
+            prefix + "mlp.up_proj.weight": block.mlp.w1.weight,
+            prefix + "mlp.down_proj.weight": block.mlp.c_proj.weight,
         })
     model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True)
     return model
@@ -302,8 +307,9 @@ def test_left_padded_batch_with_positions_from_mask_matches_reference_and_unpadd
         short, _ = decoder(decoder.wte(ids[1:, 4:]))
         expected = reference(ids, attention_mask=mask, position_ids=positions).logits
         next_ids = torch.randint(0, DEC.vocab_size, (2, 1), generator=torch.Generator().manual_seed(3))
-        step, _ = decoder(decoder.wte(next_ids), attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
-                          position_ids=positions[:, -1:] + 1, kv_cache=cache)
+        step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        step, _ = decoder(decoder.wte(next_ids), attention_mask=step_mask, position_ids=positions[:, -1:] + 1,
+                          kv_cache=cache)
         short_step, _ = decoder(decoder.wte(torch.cat([ids[1:, 4:], next_ids[1:]], 1)))
     assert_close(head(hidden)[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
     assert_close(hidden[1, 4:], short[0], atol=1e-5, rtol=1e-5)

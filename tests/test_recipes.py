@@ -72,7 +72,8 @@ INTERRUPT = textwrap.dedent("""\
                 os.kill(os.getpid(), signal.SIGKILL)
 
     class StopAtStep(L.Callback):
-        \"\"\"Stop every rank after ``step`` (a SIGKILL of one rank would leave the others hanging in a collective).\"\"\"
+        \"\"\"Stop every rank after ``step`` (a SIGKILL of one rank would leave the others hanging in a
+        collective).\"\"\"
         def __init__(self, step: int):
             self.step = step
 
@@ -144,7 +145,8 @@ def fsdp_runs(tmp_path_factory, demo_dir) -> tuple[dict[int, float], dict[int, f
          extra_path=resumed)
     last = resumed / "checkpoints" / "last.ckpt"
     assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {p.name for p in last.iterdir()}, "expected DCP shards"
-    _run(["fit", "--config", str(DEMO), "--config", str(_overrides(resumed, 4)), *fsdp, "--ckpt_path", "last"], demo_dir)
+    _run(["fit", "--config", str(DEMO), "--config", str(_overrides(resumed, 4)), *fsdp, "--ckpt_path", "last"],
+         demo_dir)
     return _losses(straight), _losses(resumed), last
 
 
@@ -161,8 +163,8 @@ def test_fsdp_refuses_an_unsharded_tensor_parallel_layout(tmp_path, demo_dir):
     """Lightning's default ``data_parallel_size: auto`` on one node makes 2 tensor-parallel ranks with no gradient
     sync between them; the module must say so instead of training two diverging copies."""
     strategy = '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}'
-    result = _run(["fit", "--config", str(DEMO), "--config", str(_overrides(tmp_path, 1)), "--trainer.strategy", strategy,
-                   "--trainer.devices", "2"], demo_dir, check=False)
+    result = _run(["fit", "--config", str(DEMO), "--config", str(_overrides(tmp_path, 1)),
+                   "--trainer.strategy", strategy, "--trainer.devices", "2"], demo_dir, check=False)
     assert result.returncode != 0
     assert "tensor_parallel_size: 1" in result.stderr
 
@@ -171,8 +173,10 @@ BAD_LINES = {
     "malformed": ('{"audio": "x.wav", "task": "asr", ', r"bad\.jsonl:3: .*JSON"),
     "missing audio": ('{"audio": "/nowhere/gone.wav", "task": "asr", "text": "one", "audio_language": "en", '
                       '"text_language": "en"}', r"bad\.jsonl:3: audio: file not found: /nowhere/gone\.wav"),
-    "unknown task": ('{"audio": "AUDIO", "task": "dance", "text": "one", "audio_language": "en", "text_language": "en"}',
-                     r"bad\.jsonl:3: task: .*'dance'"),
+    "unknown task": (
+        '{"audio": "AUDIO", "task": "dance", "text": "one", "audio_language": "en", "text_language": "en"}',
+        r"bad\.jsonl:3: task: .*'dance'",
+    ),
 }
 
 

@@ -64,7 +64,8 @@ def manifests(tmp_path_factory) -> list[str]:
         entries = []
         for i in range(count):
             seconds = round(float(rng.uniform(0.2, 0.8)), 3)
-            soundfile.write(folder / f"{name}{i}.wav", rng.normal(0, 0.1, int(seconds * 16000)).astype(np.float32), 16000)
+            samples = rng.normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
+            soundfile.write(folder / f"{name}{i}.wav", samples, 16000)
             entries.append(ManifestEntry(f"{name}{i}.wav", "asr", f"{name} {i}", "en", "en", duration=seconds))
         write_manifest(folder / f"{name}.jsonl", entries)
         paths.append(str(folder / f"{name}.jsonl"))
@@ -77,8 +78,9 @@ def fit(root, manifests, weights, workers, streaming, record, kill_at=None, resu
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)  # the tiny preset's
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
                                                       save_top_k=-1)
-    trainer = L.Trainer(max_epochs=EPOCHS, limit_train_batches=7 if streaming else None, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    trainer = L.Trainer(max_epochs=EPOCHS, limit_train_batches=7 if streaming else None, accelerator="cpu",
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0,
                         callbacks=[checkpoints] + ([KillAtStep(kill_at)] if kill_at is not None else []))
     trainer.fit(Recorder(record), datamodule=data, ckpt_path="last" if resume else None)
 

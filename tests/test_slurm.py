@@ -64,7 +64,8 @@ class Cluster:
 
     @staticmethod
     def queued(job: str) -> bool:
-        return bool(subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip())
+        squeue = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+        return bool(squeue.stdout.strip())
 
     def wait(self, job: str, root: Path) -> dict[str, str]:
         """The job's ``scontrol show job`` fields once it has left the queue (requeues included)."""

@@ -71,8 +71,8 @@ class ChatDataModule(AudioTextDataModule):
             self.conversations[split] = groups
             self.lengths[split] = [[token_length(c, self.tokenizer, self.max_length) for c in g] for g in groups]
         if self.text_ratio and self.manifests["train"] and not self.conversations["train"][1]:
-            raise InputError(f"data.text_ratio is {self.text_ratio} but the training files {self.manifests['train']} hold "
-                             "no pure-text conversation")
+            raise InputError(f"data.text_ratio is {self.text_ratio} but the training files {self.manifests['train']} "
+                             "hold no pure-text conversation")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ratio = self.text_ratio if split == "train" else None

@@ -30,8 +30,8 @@ import soundfile
 
 from qwen_audio.audio import MIN_SAMPLES, SAMPLE_RATE
 from qwen_audio.errors import InputError
-from qwen_audio.eval.metrics.text import release_normalize
 from qwen_audio.prompts import TASKS
+from qwen_audio.text_normalize import release_normalize
 
 # The language tags of the released tokenizer (``<|en|>`` ... ``<|zh_tr|>``).
 LANGUAGES: frozenset[str] = frozenset({"en", "zh", "de", "es", "ko", "fr", "ja", "it", "zh_tr"})
@@ -241,8 +241,8 @@ def _check_audio_file(entry: ManifestEntry) -> None:
         raise ManifestError(f"{entry.audio} gives a {seconds:.4f} s clip, shorter than the {MIN_SECONDS * 1000:.0f} ms "
                             "the front end needs", field="audio")
     if seconds > MAX_SECONDS + TIME_TOLERANCE:
-        raise ManifestError(f"{entry.audio} gives a {seconds:.2f} s clip, past the encoder's {MAX_SECONDS:.0f} s window "
-                            "(cut it into segments with offset/duration)", field="audio")
+        raise ManifestError(f"{entry.audio} gives a {seconds:.2f} s clip, past the encoder's {MAX_SECONDS:.0f} s "
+                            "window (cut it into segments with offset/duration)", field="audio")
     for i, word in enumerate(entry.words or ()):
         if word.end > seconds + TIME_TOLERANCE:
             raise ManifestError(f"ends at {word.end}, after the clip's end at {seconds:.3f} s", field=f"words[{i}]")

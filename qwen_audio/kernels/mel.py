@@ -21,14 +21,20 @@ dense product per tile keeps the kernel short; the benchmark prints the matrix-u
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 import triton
 import triton.language as tl
 
 from qwen_audio.whisper_mel import (
-    DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, NUM_BINS, mel_filters, stft_window,
+    DYNAMIC_RANGE,
+    HOP_LENGTH,
+    LOG_MEL_FLOOR,
+    N_FFT,
+    NUM_BINS,
+    mel_filters,
+    stft_window,
 )
 
 BLOCK_FRAMES = 64
@@ -64,7 +70,7 @@ def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     return log_mel.add_(4.0).div_(4.0).reshape(*batch_shape, n_mels, num_frames)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _windowed_dft_basis(device: torch.device) -> torch.Tensor:
     """``[PADDED_TAPS, 2 * PADDED_BINS]`` float32: column ``2f`` is ``hann[k] cos(2 pi k f / 400)``, ``2f + 1`` its sin.
 
@@ -79,7 +85,7 @@ def _windowed_dft_basis(device: torch.device) -> torch.Tensor:
     return basis.reshape(PADDED_TAPS, 2 * PADDED_BINS).to(device=device, dtype=torch.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _padded_filterbank(n_mels: int, device: torch.device) -> torch.Tensor:
     """Mel filterbank transposed to ``[PADDED_BINS, next_power_of_2(n_mels)]`` with zero padding."""
     filters = torch.zeros(PADDED_BINS, triton.next_power_of_2(n_mels), dtype=torch.float32)

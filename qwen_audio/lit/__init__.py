@@ -4,4 +4,11 @@ from qwen_audio.lit.callbacks import ChatTranscript, ExportPretrained, TokenThro
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.lit.requeue import RequeueOnSignal
 
-__all__ = ["ChatTranscript", "ExportPretrained", "QwenAudioModule", "RequeueOnSignal", "TokenThroughput", "TranscriptionReport"]
+__all__ = [
+    "ChatTranscript",
+    "ExportPretrained",
+    "QwenAudioModule",
+    "RequeueOnSignal",
+    "TokenThroughput",
+    "TranscriptionReport",
+]

@@ -44,7 +44,8 @@ def param_groups(
         depth = layer_depth(name, num_encoder_layers)
         decayed = param.dim() >= 2
         group = groups.setdefault((depth, decayed), {
-            "params": [], "param_names": [], "lr": lr * layer_decay**depth, "weight_decay": weight_decay if decayed else 0.0,
+            "params": [], "param_names": [], "lr": lr * layer_decay**depth,
+            "weight_decay": weight_decay if decayed else 0.0,
         })
         group["params"].append(param)
         group["param_names"].append(name)
@@ -52,7 +53,8 @@ def param_groups(
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear from 0 to 1 over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
+    """LR multiplier: linear from 0 to 1 over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at
+    ``total_steps``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))

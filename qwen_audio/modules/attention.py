@@ -39,7 +39,9 @@ def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.d
         return "varlen" if fused_ok else "sdpa"
     if backend in ("varlen", "flash_attn"):
         if not fused_ok:
-            raise ValueError(f"attention backend {backend!r} needs CUDA tensors in fp16/bf16, got {device.type} {dtype}")
+            raise ValueError(
+                f"attention backend {backend!r} needs CUDA tensors in fp16/bf16, got {device.type} {dtype}"
+            )
         if backend == "flash_attn" and not _flash_attn_available():
             raise ValueError("attention backend 'flash_attn' needs the flash-attn package (pip install flash-attn)")
     return backend
@@ -153,12 +155,15 @@ def attention(
     return out
 
 
-def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, scale: float | None) -> torch.Tensor:
+def _varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, scale: float | None
+) -> torch.Tensor:
     batch, query_length, heads, dim = q.shape
     packed_q = q.reshape(-1, heads, dim)[layout.query_index]
     packed_k = k.reshape(-1, heads, dim)[layout.key_index]
     packed_v = v.reshape(-1, heads, dim)[layout.key_index]
-    args = (packed_q, packed_k, packed_v, layout.cu_seqlens_q, layout.cu_seqlens_k, layout.max_seqlen_q, layout.max_seqlen_k)
+    args = (packed_q, packed_k, packed_v, layout.cu_seqlens_q, layout.cu_seqlens_k, layout.max_seqlen_q,
+            layout.max_seqlen_k)
     if layout.backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func
 

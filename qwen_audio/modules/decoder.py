@@ -109,7 +109,8 @@ class QwenDecoder(nn.Module):
         batch, length = inputs_embeds.shape[:2]
         past_length = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device).expand(batch, -1)
+            positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+            position_ids = positions.expand(batch, -1)
         elif position_ids.shape != (batch, length):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected {(batch, length)}")
         alpha = self._ntk_alpha(batch, length, attention_mask, kv_cache, inputs_embeds.device)

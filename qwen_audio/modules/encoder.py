@@ -71,7 +71,9 @@ class AudioEncoder(nn.Module):
         self.conv2 = nn.Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
         # Persistent, as released: the checkpoint stores it (bf16-rounded), and parity needs that copy.
         self.register_buffer("positional_embedding", sinusoids(config.n_ctx, n_state))
-        self.blocks = nn.ModuleList(EncoderBlock(n_state, config.n_head, config.layer_norm_eps) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(
+            EncoderBlock(n_state, config.n_head, config.layer_norm_eps) for _ in range(config.n_layer)
+        )
         self.ln_post = nn.LayerNorm(n_state, eps=config.layer_norm_eps)
         self.proj = nn.Linear(n_state, config.output_dim)
         if config.learned_markers:
@@ -88,8 +90,8 @@ class AudioEncoder(nn.Module):
         longest = int(lengths.max())
         if longest > self.config.n_ctx or int(mel_lengths.min()) < 1 or int(mel_lengths.max()) > mel.shape[-1]:
             raise ValueError(
-                f"audio mel lengths {mel_lengths.tolist()} must lie in [1, {mel.shape[-1]}] (the mel width) and give at "
-                f"most n_ctx={self.config.n_ctx} encoder frames ({2 * self.config.n_ctx} mel frames)"
+                f"audio mel lengths {mel_lengths.tolist()} must lie in [1, {mel.shape[-1]}] (the mel width) and give "
+                f"at most n_ctx={self.config.n_ctx} encoder frames ({2 * self.config.n_ctx} mel frames)"
             )
         read = 2 * lengths + self.config.mel_lookahead  # mel frames each clip's conv stem reads
         mel = mel[:, :, : int(read.max())].to(self.conv1.weight.dtype)

@@ -80,7 +80,8 @@ class FlatPromptDataset(AudioTextDataset):
 
     def __getitem__(self, index: int) -> Sample:
         entry = self.entries[index]
-        return to_sample(encode_flat(self.tokenizer, entry, target_text(entry), self.max_length), entry.task, self.n_mels)
+        example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
+        return to_sample(example, entry.task, self.n_mels)
 
 
 class FlatPromptDataModule(AudioTextDataModule):

@@ -1,7 +1,7 @@
 """Chat data for the SFT demo, generated from the demo corpus: questions and answers about its audio.
 
-Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`): what is said (ASR lines), which note (MNA),
-which scene (ASC), how many beeps or clicks (AQA), which of two clips is speech; some conversations go on with a
+Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`): what is said (ASR lines), which note
+(MNA), which scene (ASC), how many beeps or clicks (AQA), which of two clips is speech; some conversations go on with a
 follow-up (the language, the instrument, what the speech clip says). A few pure-text conversations (greetings,
 sums) stand in for the paper's text instruction data. Each split's file is written round-robin over these kinds, so
 the first conversations of a file show one of each.
@@ -84,7 +84,8 @@ def _text(index: int, rng: random.Random) -> tuple[Message, ...]:
     if index % 2 == 0:
         return _turns(GREETINGS[(index // 2) % len(GREETINGS)])
     a, b = rng.randint(1, 3), rng.randint(1, 3)
-    return _turns((f"What is {NUMBER_WORDS[a - 1]} plus {NUMBER_WORDS[b - 1]}?", f"{NUMBER_WORDS[a + b - 1].capitalize()}."))
+    question = f"What is {NUMBER_WORDS[a - 1]} plus {NUMBER_WORDS[b - 1]}?"
+    return _turns((question, f"{NUMBER_WORDS[a + b - 1].capitalize()}."))
 
 
 def demo_conversations(entries: list[ManifestEntry], root: Path, split: str, seed: int) -> list[Conversation]:

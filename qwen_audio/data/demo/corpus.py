@@ -13,9 +13,10 @@ The sound tasks follow the paper's formats with targets that the audio determine
 
 Held out by construction: every item's split is a function of the item itself (:func:`split_of` hashes the digit
 sequence, the babble sentence, the note, the AQA event layout), so no validation or test item is in any training
-split, for any seed and any size, and a spoken digit string is held out in both languages. Everything derives from ``seed``, with no network
-(the same seed and size give the same bytes). The corpus is written to a temporary folder renamed into place at the
-end, so concurrent builders never see or leave a half-written corpus (the loser of the race discards its copy).
+split, for any seed and any size, and a spoken digit string is held out in both languages. Everything derives from
+``seed``, with no network (the same seed and size give the same bytes). The corpus is written to a temporary folder
+renamed into place at the end, so concurrent builders never see or leave a half-written corpus (the loser of the race
+discards its copy).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ SENTENCES_FILE = Path(__file__).resolve().parents[2] / "assets" / "demo_corpus.t
 SOUND_RATE = 16000  # sample rate of the generated (non-speech) clips
 HELD_OUT_PERCENT = {"test": 10, "validation": 10}  # of all possible items; the rest is for training
 MAX_HELD_OUT = 100  # validation and test clips per group: enough to measure, cheap to validate on
-DIGITS = {"en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"), "zh": tuple("零一二三四五六七八九")}
+DIGITS = {
+    "en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    "zh": tuple("零一二三四五六七八九"),
+}
 DIGITS_PER_UTTERANCE = (3, 6)  # inclusive
 VOICES = {"en": ("en", "en+f2", "en+m3", "en+f4", "en+m7"), "zh": ("cmn", "cmn+f2", "cmn+m3", "cmn+f4")}
 RATES = (130, 210)  # words per minute, drawn per utterance
@@ -157,7 +161,8 @@ def _sentence_splits() -> dict[str, dict[str, list[str]]]:
 
 
 def digit_key(text: str, language: str) -> str:
-    """The item a spoken digit string is, the same in both languages: ``"four one"`` and ``"四一"`` are ``digits:41``."""
+    """The item a spoken digit string is, the same in both languages: ``"four one"`` and ``"四一"`` are
+    ``digits:41``."""
     words = text.split() if language == "en" else list(text)
     return "digits:" + "".join(str(DIGITS[language].index(word)) for word in words)
 
@@ -216,7 +221,9 @@ def _generate(folder: Path, seed: int, size: int) -> None:
             clip = f"{i:04d}.wav"
             mna, note = _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{clip}", i, split)
             aqa, layout = _aqa_clip(_rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}", split)
-            scene = _asc_clip(_rng(seed, split, "asc", str(i)), folder, f"{split}/asc_{clip}", i, voices.get((split, i)))
+            scene = _asc_clip(
+                _rng(seed, split, "asc", str(i)), folder, f"{split}/asc_{clip}", i, voices.get((split, i))
+            )
             entries += [mna, scene, aqa]
             items[split] |= {note, layout, *(f"sentence:{job.text}" for job in voices.get((split, i), ()))}
         write_manifest(folder / f"{split}.jsonl", entries)

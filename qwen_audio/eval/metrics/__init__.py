@@ -10,8 +10,9 @@ from qwen_audio.eval.metrics.captioning import caption_scores
 from qwen_audio.eval.metrics.classification import accuracy, binary_accuracy
 from qwen_audio.eval.metrics.error_rate import error_rate
 from qwen_audio.eval.metrics.music import nsynth_scores, parse_note
-from qwen_audio.eval.metrics.text import release_normalize, whisper_normalize
+from qwen_audio.eval.metrics.text import whisper_normalize
 from qwen_audio.eval.metrics.translation import bleu
+from qwen_audio.text_normalize import release_normalize
 
 __all__ = [
     "accuracy",

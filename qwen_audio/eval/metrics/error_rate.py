@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import jiwer
 
 from qwen_audio.eval.metrics._inputs import check_pairs
-from qwen_audio.eval.metrics.text import release_normalize, whisper_normalize
+from qwen_audio.eval.metrics.text import whisper_normalize
+from qwen_audio.text_normalize import release_normalize
 
 NORMALIZERS = ("release", "whisper")
 

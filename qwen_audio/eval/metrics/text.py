@@ -1,4 +1,4 @@
-"""Text normalisation before scoring: the release's own, and Whisper's English normaliser reported beside it.
+"""Whisper's English normaliser, reported beside the release's own (``qwen_audio.text_normalize``).
 
 The release (``remove_sp`` in ``evaluate_asr.py``) only removes special tokens and the spaces before punctuation:
 no spelling, number or punctuation normalisation, so its WER counts "Mr." against "mister". Most English ASR results
@@ -9,24 +9,8 @@ reporting both makes our numbers comparable with either.
 from __future__ import annotations
 
 import functools
-import re
 
 from whisper.normalizers import EnglishTextNormalizer
-
-from qwen_audio.eval.metrics._inputs import check_language
-
-_SPECIAL_TOKEN = re.compile(r"<\|.*?\|>")
-_WHITESPACE = re.compile(r"\s+")
-_SPACE_BEFORE_PUNCTUATION = re.compile(r" ?([!,.?;:])")
-
-
-def release_normalize(text: str, language: str) -> str:
-    """The release's ``remove_sp``: every ``<|...|>`` becomes a space, runs of whitespace one space, the space before
-    ``!,.?;:`` goes and leading spaces go; for Chinese all whitespace goes (it is scored by characters)."""
-    check_language(language)
-    text = _WHITESPACE.sub(" ", _SPECIAL_TOKEN.sub(" ", text))
-    text = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", text).lstrip(" ")
-    return _WHITESPACE.sub("", text) if language == "zh" else text
 
 
 @functools.cache

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import sacrebleu
 
-from qwen_audio.eval.metrics._inputs import check_language, check_pairs
+from qwen_audio.eval.metrics._inputs import check_pairs
+from qwen_audio.text_normalize import check_language
 
 _TOKENIZERS = {"zh": "zh", "ja": "ja-mecab"}  # every other target language: sacrebleu's default "13a"
 
