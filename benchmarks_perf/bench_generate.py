@@ -17,12 +17,12 @@ import argparse
 import dataclasses
 
 import torch
+from _timing import device_name, measure_ms, pass_or_miss
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from _timing import device_name, measure_ms, pass_or_miss
-
+from qwen_audio.batching import left_pad
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.generate import GenerationConfig, generate, left_pad
+from qwen_audio.generate import GenerationConfig, generate
 from qwen_audio.model import QwenAudio
 
 PAD_ID = 0
