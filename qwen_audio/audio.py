@@ -149,6 +149,23 @@ def audio_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
     return AudioLengths(samples, mel, encoder, pooled_frames(encoder))
 
 
+def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
+                   mel_frames: int | None = None) -> tuple[torch.Tensor, int]:
+    """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
+    ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``), and the valid mel
+    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.tokenizer.AudioSpan` has it), else ``samples // 160``.
+
+    Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s: every kept frame's window ends
+    before that, so it reads the same samples, and the frames dropped are all-zero ones at the log floor, which
+    never hold the example's maximum. A 2 s clip costs a fifteenth of the 30 s transform.
+    """
+    lengths = audio_lengths(waveform.numel(), source=source)
+    if mel_frames is None:
+        mel_frames = lengths.mel_frames
+    mel = log_mel_spectrogram(pad_or_trim(waveform, min(N_SAMPLES, lengths.samples + 2 * N_FFT)), n_mels)
+    return mel[:, : 2 * conv_frames(mel_frames) + 1], mel_frames
+
+
 def _random_bands(extent: torch.Tensor, max_width: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
     """One band per example inside ``[0, extent)``: width ~ U{0..max_width}, start ~ U{0..extent - width}; [B, size]."""
     limit = torch.minimum(max_width, extent)

@@ -17,16 +17,21 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from qwen_audio.audio import load_audio
-from qwen_audio.generate import (
-    GenerationConfig,
+from qwen_audio.cli import (
+    add_generation_arguments,
     add_model_arguments,
-    batch_prompts,
-    config_from_arguments,
-    generate,
+    generation_config,
     load_model_from_arguments,
 )
+from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.model import QwenAudio
-from qwen_audio.prompts import DEFAULT_SYSTEM, Example, Message, encode_chat, from_list_format
+from qwen_audio.prompts import (
+    DEFAULT_SYSTEM,
+    Example,
+    Message,
+    encode_chat,
+    from_list_format,
+)
 from qwen_audio.tokenizer import AUDIO_START, AudioLoader, QwenAudioTokenizer
 
 MAX_WINDOW_SIZE = 6144  # chat_generation_config.json: history is dropped, oldest first, beyond this many tokens
@@ -78,9 +83,7 @@ def chat(
     text = query if isinstance(query, str) else from_list_format(query, tokenizer.family, _audio_count(history))
     config = config or GenerationConfig.chat(tokenizer)
     context = build_context(tokenizer, text, history, system, max_window_size)
-    batch = batch_prompts([context], tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
-    (ids,) = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                      audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+    ids = answer_prompts(model, tokenizer, [context], config)[0].ids
     ends = [index for index, token in enumerate(ids) if token in (tokenizer.im_end, tokenizer.im_start)]
     response = tokenizer.decode(ids[: ends[0]] if ends else ids).strip()
     return response, history + [(text, response)]
@@ -97,10 +100,11 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     parser = argparse.ArgumentParser(prog="python -m qwen_audio.chat", description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
+    add_generation_arguments(parser)
     parser.add_argument("--system", default=DEFAULT_SYSTEM)
     args = parser.parse_args(argv)
     model, tokenizer = load_model_from_arguments(parser, args)
-    config = config_from_arguments(parser, args, GenerationConfig.chat(tokenizer))
+    config = generation_config(parser, args, GenerationConfig.chat(tokenizer))
     history: History = []
     print("Chat with Qwen-Audio: <audio>PATH</audio> inserts audio, /reset forgets, /quit leaves.", file=stdout)
     for line in stdin:

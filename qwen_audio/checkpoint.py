@@ -1,4 +1,9 @@
-"""Weights in and out: the released folder layout, and the stage-1 initialisation from Whisper + Qwen-7B.
+"""Weights in and out: the one loader (:func:`load_model`), the released folder layout, and the stage-1
+initialisation from Whisper + Qwen-7B.
+
+:func:`load_model` is the only way from a folder or a preset to ``(model, tokenizer)``; the model itself never reads
+files, as in whisper and litgpt. Which family a folder holds (its ``config.json`` ``model_type``) is decided here too
+(:func:`read_config`, :func:`load_tokenizer`), so the config and tokenizer modules know only Qwen-Audio.
 
 Released layout (Qwen/Qwen-Audio, Qwen/Qwen-Audio-Chat): ``config.json``, ``qwen.tiktoken``, and
 ``model.safetensors`` or shards ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``.
@@ -23,15 +28,75 @@ from huggingface_hub.constants import SAFETENSORS_INDEX_FILE
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from qwen_audio.config import QwenAudioConfig
+from qwen_audio.config import QwenAudioConfig, read_config_file
 from qwen_audio.errors import CheckpointError
 from qwen_audio.model import QwenAudio
+from qwen_audio.qwen2_audio.folder import check_preprocessor_config, write_side_files
+from qwen_audio.qwen2_audio.hf_config import config_from_hf, config_to_hf
+from qwen_audio.qwen2_audio.tokenizer import TOKENIZER_JSON, Qwen2AudioTokenizer
+from qwen_audio.qwen2_audio.weights import to_hf, to_ours
 from qwen_audio.tokenizer import AUDIO_START, SPECIAL_TOKENS, QwenAudioTokenizer
+
+Tokenizer = QwenAudioTokenizer | Qwen2AudioTokenizer
 
 SAFE_INDEX = SAFETENSORS_INDEX_FILE
 BIN_INDEX = "pytorch_model.bin.index.json"
 TOKENIZER_FILE = "qwen.tiktoken"
 ENCODER_PREFIX = "transformer.audio."
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, *, preset: str | None = None,
+               device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+               allow_pickle: bool = False) -> tuple[QwenAudio, Tokenizer]:
+    """``(model, tokenizer)`` in eval mode from a ``checkpoint`` folder (either family's layout) or a ``preset`` name
+    (weights drawn with seed 0, the preset's tokenizer: for smoke tests); exactly one of the two.
+
+    A folder's tokenizer file must be there and fit its ``config.json`` (:func:`read_tokenizer`). The weights are
+    in ``dtype`` if given, else in fp32 on CPU and in the checkpoint's dtype elsewhere.
+    """
+    if (checkpoint is None) == (preset is None):
+        raise ValueError("load_model takes a checkpoint folder or a preset name, exactly one of them")
+    if preset is not None:
+        config = QwenAudioConfig.from_name(preset)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = QwenAudio(config)
+        return model.to(device=device, dtype=dtype).eval(), load_tokenizer(preset=preset)
+    if not os.path.isdir(checkpoint):
+        raise CheckpointError(f"checkpoint folder not found: {os.fspath(checkpoint)}")
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32
+    config = read_config(checkpoint)
+    model = load_pretrained(checkpoint, dtype=dtype, device=device, allow_pickle=allow_pickle, config=config)
+    return model.eval(), read_tokenizer(checkpoint, config)
+
+
+def load_tokenizer(checkpoint: str | os.PathLike | None = None, *, preset: str | None = None) -> Tokenizer:
+    """The tokenizer :func:`load_model` would give, without building the model."""
+    if (checkpoint is None) == (preset is None):
+        raise ValueError("load_tokenizer takes a checkpoint folder or a preset name, exactly one of them")
+    if checkpoint is not None:
+        return read_tokenizer(checkpoint, read_config(checkpoint))
+    name = QwenAudioConfig.from_name(preset).tokenizer
+    if name == "qwen2-demo":
+        return Qwen2AudioTokenizer.demo()
+    if name == "checkpoint":
+        raise CheckpointError(f"preset {preset!r} has no tokenizer of its own: it comes with a checkpoint folder "
+                              f"({TOKENIZER_JSON}); pass the folder instead")
+    return QwenAudioTokenizer.load(name)
+
+
+def read_config(source: str | os.PathLike | dict, name: str | None = None) -> QwenAudioConfig:
+    """The config of either family's ``config.json`` (a dict, the file, or the folder holding it)."""
+    data, where = read_config_file(source)
+    if data.get("model_type") == "qwen2_audio":
+        return config_from_hf(data, where, name)
+    return QwenAudioConfig.from_hf_config(source, name)
+
+
+def hf_config(config: QwenAudioConfig) -> dict:
+    """The ``config.json`` of ``config``'s family (loads back with :func:`read_config`)."""
+    return config_to_hf(config) if config.family == "qwen2-audio" else config.to_hf_config()
 
 
 def _read_file(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
@@ -103,7 +168,7 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
 
     The tensors keep the checkpoint's dtype (bf16 for the release) unless ``dtype`` is given.
     """
-    config = config or QwenAudioConfig.from_hf_config(folder)
+    config = config or read_config(folder)
     with torch.device("meta"):
         model = QwenAudio(config)
     state = read_model_state_dict(folder, config, allow_pickle)
@@ -117,15 +182,12 @@ def read_model_state_dict(folder: str | os.PathLike, config: QwenAudioConfig,
     """The folder's tensors under our state-dict keys (a Qwen2-Audio folder's names go through its weight map)."""
     state = read_state_dict(folder, allow_pickle)
     if config.family == "qwen2-audio":
-        from qwen_audio.qwen2_audio.folder import check_preprocessor_config
-        from qwen_audio.qwen2_audio.weights import to_ours
-
         check_preprocessor_config(folder, config)
         state = to_ours(state, folder)
     return state
 
 
-def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> QwenAudioTokenizer:
+def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> Tokenizer:
     """The folder's tokenizer (Qwen2-Audio: its ``tokenizer.json``); a ``qwen.tiktoken`` is refused unless it is complete and fits ``config`` (its ``config.json``).
 
     The special tokens follow the ranks, so a file with one rank too few or too many shifts every special id: the
@@ -134,8 +196,6 @@ def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> QwenAu
     inside ``vocab_size`` by the config's own check).
     """
     if config.family == "qwen2-audio":
-        from qwen_audio.qwen2_audio.tokenizer import TOKENIZER_JSON, Qwen2AudioTokenizer
-
         path = os.path.join(os.fspath(folder), TOKENIZER_JSON)
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} is missing: a Qwen2-Audio folder carries its tokenizer.json")
@@ -188,9 +248,6 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
     state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     dtype = state["lm_head.weight"].dtype
     if model.config.family == "qwen2-audio":
-        from qwen_audio.qwen2_audio.folder import write_side_files
-        from qwen_audio.qwen2_audio.weights import to_hf
-
         state = to_hf(state)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.staging-", dir=os.path.dirname(folder))
@@ -202,10 +259,9 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
         if split.is_sharded:
             with open(os.path.join(staging, SAFE_INDEX), "w", encoding="utf-8") as f:
                 json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
-        hf_config = model.config.to_hf_config()
-        hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+        written = {**hf_config(model.config), "torch_dtype": str(dtype).removeprefix("torch.")}
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config, f, indent=2)
+            json.dump(written, f, indent=2)
         if model.config.family == "qwen2-audio":
             write_side_files(staging, model.config, tokenizer_file)
         elif tokenizer_file is not None:

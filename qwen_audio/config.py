@@ -126,23 +126,10 @@ class QwenAudioConfig:
         The architecture switches the release exposes but never varies (``no_bias``, ``rotary_pct``,
         ``avg_pool``, ``add_audio_bos_eos_token``, ``tie_word_embeddings``) are checked, not stored.
         """
-        where = "config dict"
-        if not isinstance(source, dict):
-            path = os.fspath(source)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
-            where = path
-            try:
-                with open(path, encoding="utf-8") as f:
-                    source = json.load(f)
-            except FileNotFoundError as err:
-                raise ConfigError(f"config file not found: {path}") from err
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path} is not valid JSON: {err}") from err
+        source, where = read_config_file(source)
         if source.get("model_type") == "qwen2_audio":
-            from qwen_audio.qwen2_audio.hf_config import config_from_hf
-
-            return config_from_hf(source, where, name)
+            raise ConfigError(f"{where} is a Qwen2-Audio config.json: qwen_audio.checkpoint.read_config reads both "
+                              "families")
 
         def need(block: dict[str, Any], key: str, prefix: str = "") -> Any:
             if key not in block:
@@ -167,11 +154,10 @@ class QwenAudioConfig:
         )
 
     def to_hf_config(self) -> dict[str, Any]:
-        """The released ``config.json`` layout (loads back with :meth:`from_hf_config`)."""
-        if self.family == "qwen2-audio":
-            from qwen_audio.qwen2_audio.hf_config import config_to_hf
-
-            return config_to_hf(self)
+        """The released ``config.json`` layout (loads back with :meth:`from_hf_config`); Qwen-Audio's only, both
+        families' through ``qwen_audio.checkpoint.hf_config``."""
+        if self.family != "qwen-audio":
+            raise ConfigError(f"{self.name} is a {self.family} config: qwen_audio.checkpoint.hf_config writes it")
         audio = {k: getattr(self.encoder, k) for k in _HF_AUDIO_KEYS}
         audio.update(avg_pool=True, add_audio_bos_eos_token=True, audio_start_id=self.audio_start_id)
         return {
@@ -182,6 +168,22 @@ class QwenAudioConfig:
             "max_position_embeddings": self.decoder.seq_length,
             "audio": audio,
         }
+
+
+def read_config_file(source: dict[str, Any] | str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """A ``config.json`` (the file, or the folder holding it; a dict is passed through) and the name errors give it."""
+    if isinstance(source, dict):
+        return source, "config dict"
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), path
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from err
 
 
 _HF_AUDIO_KEYS = ("n_mels", "n_ctx", "n_state", "n_head", "n_layer", "output_dim")

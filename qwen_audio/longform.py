@@ -21,10 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from qwen_audio.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio
-from qwen_audio.generate import GenerationConfig, batch_prompts, generate
+from qwen_audio.batching import batch_prompts
+from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example, TimedWord, encode_task, parse_timestamped_words
-from qwen_audio.tokenizer import LANGUAGES, START_OF_TRANSCRIPT, QwenAudioTokenizer, timestamp_token
+from qwen_audio.tokenizer import (
+    LANGUAGES,
+    START_OF_TRANSCRIPT,
+    QwenAudioTokenizer,
+    timestamp_token,
+)
 
 QUIET_FRAME_SECONDS = 0.1  # energy is compared over frames this long, 10 ms apart
 CUT_SEARCH_FRACTION = 1 / 6  # a window may end this fraction of its length early, at its quietest frame
@@ -77,9 +83,7 @@ def decode_windows(model: QwenAudio, tokenizer: QwenAudioTokenizer, windows: lis
                    timestamps: bool, config: GenerationConfig) -> list[list[int]]:
     """Generated ids for each window, all windows in one batch (:func:`window_prompts`)."""
     examples = window_prompts(tokenizer, windows, language=language, timestamps=timestamps)
-    batch = batch_prompts(examples, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
-    return generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                    audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+    return [answer.ids for answer in answer_prompts(model, tokenizer, examples, config)]
 
 
 @torch.no_grad()

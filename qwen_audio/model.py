@@ -8,7 +8,6 @@ does this module, so a released folder loads with a plain ``load_state_dict``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,19 +154,3 @@ class QwenAudio(nn.Module):
             losses, _, counted = token_losses(logits, labels)
             loss = losses.sum() / counted.sum().clamp(min=1)
         return QwenAudioOutput(logits, loss, cache)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, *, dtype: torch.dtype | None = None,
-                        device: torch.device | str = "cpu", allow_pickle: bool = False):
-        """Load a folder in the released layout; returns ``(model, tokenizer)``. See :mod:`qwen_audio.checkpoint`."""
-        from qwen_audio.checkpoint import load_pretrained, read_tokenizer
-
-        model = load_pretrained(folder, dtype=dtype, device=device, allow_pickle=allow_pickle)
-        return model, read_tokenizer(folder, model.config)
-
-    def save_pretrained(self, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
-                        max_shard_size: int | str = "5GB", state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the released layout: sharded safetensors + index, ``config.json``, and the tokenizer file."""
-        from qwen_audio.checkpoint import save_pretrained
-
-        save_pretrained(self, folder, tokenizer_file=tokenizer_file, max_shard_size=max_shard_size, state_dict=state_dict)

@@ -197,14 +197,8 @@ class QwenAudioTokenizer:
 
     @classmethod
     def load(cls, name: str | os.PathLike) -> QwenAudioTokenizer:
-        """``"released"``, ``"demo"`` or the path of a ranks file (the values of ``QwenAudioConfig.tokenizer``);
-        Qwen2-Audio's ``"qwen2-demo"`` or a ``tokenizer.json`` path give a :class:`Qwen2AudioTokenizer`."""
-        if name == "qwen2-demo" or os.fspath(name).endswith(".json"):
-            from qwen_audio.qwen2_audio.tokenizer import Qwen2AudioTokenizer
-
-            return Qwen2AudioTokenizer.demo() if name == "qwen2-demo" else Qwen2AudioTokenizer.from_file(name)
-        if name == "checkpoint":
-            raise FileNotFoundError("this config's tokenizer comes with its checkpoint folder (tokenizer.json)")
+        """``"released"``, ``"demo"`` or the path of a ranks file (Qwen-Audio's values of ``QwenAudioConfig.tokenizer``;
+        ``qwen_audio.checkpoint.load_tokenizer`` knows both families')."""
         if name == "released":
             return cls.released()
         if name == "demo":

@@ -226,7 +226,7 @@ def test_spec_augment_masks_wide_bands_on_average():
 @pytest.mark.parametrize("samples", [201, 1000, 16123, 33333, 479700, 480000])
 def test_encoder_input_of_a_short_clip_is_whispers_30_second_log_mel(samples):
     """audio_features transforms only the clip and N_FFT samples of padding; whisper pads every clip to 30 s."""
-    from qwen_audio.data.dataset import audio_features
+    from qwen_audio.audio import audio_features
 
     audio = 0.1 * torch.randn(samples, generator=torch.Generator().manual_seed(samples))
     audio[: samples // 3] = 0.0  # leading silence: the maximum lies in the later frames

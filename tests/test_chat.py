@@ -10,9 +10,11 @@ import soundfile
 import torch
 
 from qwen_audio import chat as chat_module
+from qwen_audio import generate as generation
 from qwen_audio.chat import chat, main
+from qwen_audio.checkpoint import load_model
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.generate import GenerationConfig, load_model
+from qwen_audio.generate import GenerationConfig
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>"
 CHATML = {"<|im_start|>", "<|im_end|>"}
@@ -33,7 +35,7 @@ def canned(monkeypatch):
         calls.append({"ids": input_ids[0].tolist(), "mask": attention_mask, "config": config, **kwargs})
         return [answers.pop(0)]
 
-    monkeypatch.setattr(chat_module, "generate", fake_generate)
+    monkeypatch.setattr(generation, "generate", fake_generate)  # what answer_prompts decodes with
     return calls, answers
 
 
@@ -87,7 +89,7 @@ def test_oldest_turns_are_dropped_beyond_the_window(released, canned):
 
 
 def test_chat_runs_on_a_tiny_model_with_audio(tmp_path):
-    model, tokenizer = load_model("tiny", random_init=True)
+    model, tokenizer = load_model(preset="tiny")
     clip = write_wav(tmp_path / "clip.wav", 0.6, 2)
     config = GenerationConfig.chat(tokenizer, max_new_tokens=4, seed=0)
     first, history = chat(model, tokenizer, f"<audio>{clip}</audio>What is this?", config=config)
@@ -105,7 +107,7 @@ def test_terminal_resets_and_quits(monkeypatch):
 
     monkeypatch.setattr(chat_module, "chat", fake_chat)
     out = io.StringIO()
-    main(["--checkpoint", "tiny", "--random-init"], io.StringIO("hello\n\nagain\n/reset\nthird\n/quit\nnever\n"), out)
+    main(["--preset", "tiny"], io.StringIO("hello\n\nagain\n/reset\nthird\n/quit\nnever\n"), out)
     assert seen == [("hello", []), ("again", [("hello", "answer 1")]), ("third", [])]
     lines = out.getvalue().splitlines()
     assert lines[1:] == ["answer 1", "answer 2", "(history cleared)", "answer 3"]
@@ -114,7 +116,7 @@ def test_terminal_resets_and_quits(monkeypatch):
 def test_terminal_reports_a_missing_audio_and_goes_on_until_end_of_input(tmp_path):
     missing = tmp_path / "gone.wav"
     out = io.StringIO()
-    main(["--checkpoint", "tiny", "--random-init", "--greedy", "--max-new-tokens", "2"],
+    main(["--preset", "tiny", "--greedy", "--max-new-tokens", "2"],
          io.StringIO(f"<audio>{missing}</audio>hi\nhello\n"), out)
     lines = out.getvalue().splitlines()
     assert lines[1] == f"error: audio file not found: {missing}"

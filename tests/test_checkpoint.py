@@ -12,7 +12,15 @@ import whisper.model
 from safetensors.torch import save_file
 from torch.testing import assert_close
 
-from qwen_audio.checkpoint import CheckpointError, init_stage1, load_pretrained, read_state_dict
+from qwen_audio.checkpoint import (
+    CheckpointError,
+    init_stage1,
+    load_model,
+    load_pretrained,
+    load_tokenizer,
+    read_state_dict,
+    save_pretrained,
+)
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.convert.__main__ import main as convert_main
 from qwen_audio.model import QwenAudio
@@ -68,7 +76,7 @@ def _logits(model: QwenAudio) -> torch.Tensor:
 def test_save_and_load_round_trip_in_the_released_layout(tiny_model, tmp_path):
     tokenizer = tmp_path / "qwen.tiktoken"
     tokenizer.write_bytes(b"IQ== 0\n")
-    tiny_model.save_pretrained(tmp_path / "out", tokenizer_file=tokenizer, max_shard_size="1MB")
+    save_pretrained(tiny_model, tmp_path / "out", tokenizer_file=tokenizer, max_shard_size="1MB")
     files = sorted(os.listdir(tmp_path / "out"))
     assert "model.safetensors.index.json" in files and "config.json" in files and "qwen.tiktoken" in files
     shards = [f for f in files if f.endswith(".safetensors")]
@@ -84,11 +92,11 @@ def test_save_and_load_round_trip_in_the_released_layout(tiny_model, tmp_path):
     assert_close(_logits(loaded.eval()), _logits(tiny_model))
 
 
-def test_from_pretrained_returns_model_and_tokenizer(tiny_model, tmp_path):
+def test_load_model_returns_model_and_tokenizer(tiny_model, tmp_path):
     from qwen_audio.tokenizer import DEMO_RANKS_FILE, QwenAudioTokenizer
 
-    tiny_model.save_pretrained(tmp_path, tokenizer_file=DEMO_RANKS_FILE)
-    model, tokenizer = QwenAudio.from_pretrained(tmp_path)
+    save_pretrained(tiny_model, tmp_path, tokenizer_file=DEMO_RANKS_FILE)
+    model, tokenizer = load_model(tmp_path)
     assert isinstance(tokenizer, QwenAudioTokenizer)
     assert tokenizer.audio_start == model.config.audio_start_id  # the tiny preset fits the demo tokenizer
     assert model.config.decoder == tiny_model.config.decoder
@@ -206,12 +214,12 @@ def test_export_keeps_foreign_files_replaces_its_own_and_follows_the_umask(tiny_
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    tiny_model.save_pretrained(out, tokenizer_file=DEMO_RANKS_FILE, max_shard_size="1MB")
+    save_pretrained(tiny_model, out, tokenizer_file=DEMO_RANKS_FILE, max_shard_size="1MB")
     assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors.index.json").is_file()
     previous = os.umask(0o027)
     try:
-        tiny_model.save_pretrained(out, tokenizer_file=DEMO_RANKS_FILE)  # one file now: the shards are stale
-        tiny_model.save_pretrained(tmp_path / "fresh")
+        save_pretrained(tiny_model, out, tokenizer_file=DEMO_RANKS_FILE)  # one file now: the shards are stale
+        save_pretrained(tiny_model, tmp_path / "fresh")
     finally:
         os.umask(previous)
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "notes.txt", "qwen.tiktoken"]
@@ -229,7 +237,7 @@ def test_export_to_an_unwritable_place_is_refused_up_front(tiny_model, tmp_path)
     with pytest.raises(CheckpointError, match=r"cannot export to .*file/out"):
         check_writable(tmp_path / "file" / "out")
     with pytest.raises(CheckpointError, match=r"cannot export to .*file: .*is a file"):
-        tiny_model.save_pretrained(tmp_path / "file")
+        save_pretrained(tiny_model, tmp_path / "file")
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
@@ -248,7 +256,7 @@ def test_convert_keeps_foreign_files_in_out(tiny_model, tmp_path):
 
 
 def _folder_with_tokenizer(model: QwenAudio, folder, ranks: bytes | None) -> None:
-    model.save_pretrained(folder)
+    save_pretrained(model, folder)
     if ranks is not None:
         (folder / "qwen.tiktoken").write_bytes(ranks)
 
@@ -260,13 +268,12 @@ def _folder_with_tokenizer(model: QwenAudio, folder, ranks: bytes | None) -> Non
     (-1, r"not a complete ranks file \(truncated\?\)"),  # cut inside the last line
 ])
 def test_a_missing_empty_or_truncated_tokenizer_is_named(tiny_model, tmp_path, cut, message):
-    from qwen_audio.generate import load_model
     from qwen_audio.tokenizer import DEMO_RANKS_FILE
 
     lines = DEMO_RANKS_FILE.read_bytes().splitlines(keepends=True)
     ranks = {None: None, 0: b"", 2048: b"".join(lines[:2048]), -1: b"".join(lines)[:-5]}[cut]
     _folder_with_tokenizer(tiny_model, tmp_path, ranks)
-    for load in (QwenAudio.from_pretrained, load_model):
+    for load in (load_model, load_tokenizer):
         with pytest.raises(CheckpointError, match=message):
             load(str(tmp_path))
 
@@ -275,7 +282,7 @@ def test_the_complete_tokenizer_fits_its_config(tiny_model, tmp_path):
     from qwen_audio.tokenizer import DEMO_RANKS_FILE
 
     _folder_with_tokenizer(tiny_model, tmp_path, DEMO_RANKS_FILE.read_bytes())
-    _, tokenizer = QwenAudio.from_pretrained(tmp_path)
+    _, tokenizer = load_model(tmp_path)
     assert (tokenizer.audio_start, tokenizer.n_vocab) == (7616, 7618)  # the tiny preset's ids (config.py)
 
 
@@ -297,4 +304,4 @@ def test_export_callback_checks_the_folder_when_fit_starts_and_keeps_foreign_fil
     callback.setup(trainer, None, "fit")
     callback.on_fit_end(trainer, SimpleNamespace(model=tiny_model, lora=None))
     assert (out / "notes.txt").read_text() == "mine"
-    assert QwenAudio.from_pretrained(out)[1].n_vocab == 7618
+    assert load_model(out)[1].n_vocab == 7618

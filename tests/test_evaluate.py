@@ -15,10 +15,16 @@ import pytest
 import soundfile
 import torch
 
+from qwen_audio.checkpoint import save_pretrained
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
 from qwen_audio.data.manifest import ManifestError
-from qwen_audio.eval.datamodule import BenchmarkDataModule, BenchmarkDataset, benchmark_batches, demo_corpus
+from qwen_audio.eval.datamodule import (
+    BenchmarkDataModule,
+    BenchmarkDataset,
+    benchmark_batches,
+    demo_corpus,
+)
 from qwen_audio.eval.report import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
 from qwen_audio.eval.tasks import (
     BENCHMARKS,
@@ -223,7 +229,7 @@ def demo_env(tmp_path_factory):
         patch.setenv("QWEN_AUDIO_DEMO_DIR", str(root / "demo-corpus"))
         torch.manual_seed(1234)  # not the run's seed: a model initialised by the run would differ from this one
         model = QwenAudio(QwenAudioConfig.from_name("tiny"))
-        model.save_pretrained(root / "tiny", tokenizer_file=DEMO_RANKS_FILE)
+        save_pretrained(model, root / "tiny", tokenizer_file=DEMO_RANKS_FILE)
         yield root, model
 
 

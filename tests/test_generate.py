@@ -17,9 +17,11 @@ from torch.testing import assert_close
 
 from qwen_audio import generate as generation
 from qwen_audio import longform
-from qwen_audio.checkpoint import save_pretrained
+from qwen_audio.batching import encode_prompts
+from qwen_audio.checkpoint import load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.generate import GenerationConfig, encode_prompts, generate, load_model, main, stream_text
+from qwen_audio.generate import GenerationConfig, generate, stream_text
+from qwen_audio.generate.__main__ import main
 from qwen_audio.longform import transcribe_long, window_bounds
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import TimedWord
@@ -286,20 +288,20 @@ def test_json_output_parses_and_matches_generate(checkpoint, demo, clips, capsys
 
 
 def test_random_init_preset_and_batch_size(demo, capsys):
-    main(["--checkpoint", "tiny", "--random-init", "--greedy", "--json", "--max-new-tokens", "3", "--batch-size", "1",
+    main(["--preset", "tiny", "--greedy", "--json", "--max-new-tokens", "3", "--batch-size", "1",
           "--prompt", "one", "--prompt", "two prompts"])
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    model, tokenizer = load_model("tiny", random_init=True)
+    model, tokenizer = load_model(preset="tiny")
     assert [r["ids"] for r in results] == run(model, tokenizer, ["one", "two prompts"],
                                               GenerationConfig(max_new_tokens=3, stop_ids=(tokenizer.eod,)))
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--checkpoint", "{tmp}/no_such_folder"], "checkpoint folder not found: .*no_such_folder"),
-    (["--checkpoint", "huge", "--random-init"], "unknown model preset 'huge'"),
+    (["--preset", "huge"], "unknown model preset 'huge'"),
     (["--checkpoint", "{tmp}"], "config file not found: .*config.json"),
-    (["--checkpoint", "tiny", "--random-init", "--greedy", "--top-p", "0.5"], "--greedy takes no sampling options"),
-    (["--checkpoint", "tiny", "--random-init", "--top-p", "2"], "top_p must lie in"),
+    (["--preset", "tiny", "--greedy", "--top-p", "0.5"], "--greedy takes no sampling options"),
+    (["--preset", "tiny", "--top-p", "2"], "top_p must lie in"),
 ])
 def test_cli_bad_input_exits_with_a_message(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -311,7 +313,7 @@ def test_cli_bad_input_exits_with_a_message(args, message, tmp_path, capsys):
 def test_cli_missing_audio_exits_naming_it(tmp_path, capsys):
     missing = str(tmp_path / "gone.wav")
     with pytest.raises(SystemExit):
-        main(["--checkpoint", "tiny", "--random-init", "--prompt", f"<audio>{missing}</audio>{ASR}"])
+        main(["--preset", "tiny", "--prompt", f"<audio>{missing}</audio>{ASR}"])
     assert f"audio file not found: {missing}" in capsys.readouterr().err
 
 
@@ -319,7 +321,7 @@ def test_cli_too_short_audio_exits_naming_it(tmp_path, capsys):
     short = tmp_path / "short.wav"
     soundfile.write(short, np.full(320, 0.1, np.float32), 16000)  # 20 ms: the encoder would get 1 frame
     with pytest.raises(SystemExit):
-        main(["--checkpoint", "tiny", "--random-init", "--prompt", f"<audio>{short}</audio>{ASR}"])
+        main(["--preset", "tiny", "--prompt", f"<audio>{short}</audio>{ASR}"])
     err = capsys.readouterr().err
     assert f"audio file {short} lasts 20.0 ms, shorter than the 30 ms the encoder needs" in err
     assert "Traceback" not in err
@@ -387,7 +389,7 @@ def test_a_window_without_parsable_timestamps_keeps_its_text_and_warns(demo, tmp
 
 def test_cli_warns_when_truncating_and_long_form_decodes_all_windows_in_one_batch(tmp_path, capsys, monkeypatch):
     path = write_wav(tmp_path / "long.wav", 31.0, 2)
-    common = ["--checkpoint", "tiny", "--random-init", "--greedy", "--json", "--max-new-tokens", "2",
+    common = ["--preset", "tiny", "--greedy", "--json", "--max-new-tokens", "2",
               "--prompt", f"<audio>{path}</audio>{ASR}"]
     with pytest.warns(UserWarning, match=r"long.wav lasts 31.00 s; the model reads only its first 30 s"):
         main(common)
@@ -397,7 +399,7 @@ def test_cli_warns_when_truncating_and_long_form_decodes_all_windows_in_one_batc
         batch_sizes.append(input_ids.shape[0])
         return generate(model, input_ids, *args, **kwargs)
 
-    monkeypatch.setattr(longform, "generate", spy)
+    monkeypatch.setattr(generation, "generate", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no truncation: every window lasts at most 30 s
         main(common + ["--long-form"])
@@ -408,5 +410,5 @@ def test_cli_warns_when_truncating_and_long_form_decodes_all_windows_in_one_batc
 
 def test_cli_long_form_needs_a_transcription_prompt(capsys):
     with pytest.raises(SystemExit):
-        main(["--checkpoint", "tiny", "--random-init", "--long-form", "--prompt", "no audio"])
+        main(["--preset", "tiny", "--long-form", "--prompt", "no audio"])
     assert "--long-form needs a transcription prompt" in capsys.readouterr().err

@@ -24,13 +24,19 @@ from transformers import (
 )
 
 from qwen_audio.audio import SAMPLE_RATE, log_mel_spectrogram, pad_or_trim
+from qwen_audio.batching import encode_prompts
 from qwen_audio.chat import build_context, chat
-from qwen_audio.checkpoint import CheckpointError
+from qwen_audio.checkpoint import CheckpointError, load_model, save_pretrained
 from qwen_audio.config import ConfigError, QwenAudioConfig
-from qwen_audio.generate import GenerationConfig, encode_prompts, generate, load_model, main
+from qwen_audio.generate import GenerationConfig, generate
+from qwen_audio.generate.__main__ import main
 from qwen_audio.prompts import DEFAULT_SYSTEM
 from qwen_audio.qwen2_audio.hf_config import config_from_hf
-from qwen_audio.qwen2_audio.tokenizer import DEMO_TOKENIZER_FILE, Qwen2AudioTokenizer, feature_lengths
+from qwen_audio.qwen2_audio.tokenizer import (
+    DEMO_TOKENIZER_FILE,
+    Qwen2AudioTokenizer,
+    feature_lengths,
+)
 
 STOPS = [4098, 4096]  # <|im_end|>, <|endoftext|> of the demo tokenizer.json
 CAPTION = "<audio>{a}</audio>Generate the caption in English:"
@@ -175,7 +181,7 @@ def test_left_padded_batch_of_mixed_length_audios_gives_batch_one_tokens(release
 def test_save_pretrained_round_trips_through_transformers(release, tmp_path):
     model, tokenizer = load_model(release["folder"])
     out = tmp_path / "saved"
-    model.save_pretrained(out, tokenizer_file=tokenizer.path, max_shard_size="100KB")
+    save_pretrained(model, out, tokenizer_file=tokenizer.path, max_shard_size="100KB")
     assert {"config.json", "model.safetensors.index.json", "tokenizer.json", "generation_config.json",
             "preprocessor_config.json"} <= set(os.listdir(out))
     reloaded = Qwen2AudioForConditionalGeneration.from_pretrained(out).eval()

@@ -35,14 +35,15 @@ from transformers import (
 )
 
 from qwen_audio.audio import SAMPLE_RATE, load_audio
+from qwen_audio.batching import batch_prompts
 from qwen_audio.chat import chat
+from qwen_audio.checkpoint import load_model, read_config
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.conversations import Conversation, read_conversations
 from qwen_audio.data.demo import build_demo_chat
 from qwen_audio.eval.report import METRICS_FILE, PREDICTIONS_FILE
 from qwen_audio.eval.tasks import BENCHMARKS
-from qwen_audio.generate import GenerationConfig, batch_prompts, load_model
-from qwen_audio.model import QwenAudio
+from qwen_audio.generate import GenerationConfig
 from qwen_audio.prompts import IGNORE_INDEX, Message, encode_chat, from_list_format
 from qwen_audio.qwen2_audio.tokenizer import DEMO_TOKENIZER_FILE
 from recipes.evaluate import main as evaluate
@@ -123,7 +124,7 @@ def _hf_answer(release, text: str, audios: list[np.ndarray], max_new_tokens: int
 
 def test_the_folder_is_the_qwen2_audio_tiny_preset(release):
     """So that ``--model.model qwen2-audio-tiny --model.init_from FOLDER`` builds the architecture of the folder."""
-    ours, preset = QwenAudioConfig.from_hf_config(release.folder), QwenAudioConfig.from_name("qwen2-audio-tiny")
+    ours, preset = read_config(release.folder), QwenAudioConfig.from_name("qwen2-audio-tiny")
     assert (ours.family, ours.encoder, ours.decoder, ours.audio_start_id) == \
         (preset.family, preset.encoder, preset.decoder, preset.audio_start_id)
 
@@ -186,7 +187,7 @@ def test_chat_template_numbers_audios_across_the_conversation_as_transformers(re
 
 def _training_loss(folder: Path, conversations: list[Conversation]) -> float:
     """Mean loss per conversation of the model in ``folder`` on ``conversations`` (assistant tokens only)."""
-    model, tokenizer = QwenAudio.from_pretrained(folder)
+    model, tokenizer = load_model(folder)
     losses = []
     for conversation in conversations:
         example = conversation.encode(tokenizer, 2048)
@@ -232,8 +233,8 @@ def test_sft_fine_tunes_a_folder_transformers_wrote(release, demo_dir, tmp_path,
     before, after = _training_loss(release.folder, training), _training_loss(export, training)
     assert after < 0.99 * before, (before, after)  # 4 steps: 8.41 -> 7.92 (decoder), 8.27 (LoRA)
     # The export (LoRA merged) is a Qwen2-Audio folder again: transformers reads the trained weights under its names.
-    initial = QwenAudio.from_pretrained(release.folder)[0].state_dict()
-    trained = QwenAudio.from_pretrained(export)[0].state_dict()
+    initial = load_model(release.folder)[0].state_dict()
+    trained = load_model(export)[0].state_dict()
     changed = {k for k, v in trained.items() if not torch.equal(v, initial[k])}
     assert "transformer.h.1.mlp.w2.weight" in changed and not any(k.startswith("transformer.audio.") for k in changed)
     assert ("lm_head.weight" in changed) != lora  # LoRA adapts the blocks' linear layers only

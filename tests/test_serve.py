@@ -22,10 +22,11 @@ import soundfile
 import torch
 
 from qwen_audio.audio import load_audio
+from qwen_audio.batching import batch_prompts
 from qwen_audio.chat import build_context, chat
-from qwen_audio.checkpoint import save_pretrained
+from qwen_audio.checkpoint import load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.generate import GenerationConfig, batch_prompts, load_model
+from qwen_audio.generate import GenerationConfig
 from qwen_audio.longform import detect_languages
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import TimedWord, encode_task, format_timestamped_words

@@ -16,6 +16,7 @@ import pytest
 import soundfile
 import torch
 
+from qwen_audio.checkpoint import load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.chat_datamodule import ChatDataModule
 from qwen_audio.data.conversations import ConversationDataset, read_conversations
@@ -226,7 +227,7 @@ def test_every_sft_config_prints(config, capsys):
 @pytest.fixture(scope="module")
 def initial_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pretrained")
-    tiny_model(5).save_pretrained(folder, tokenizer_file=DEMO_RANKS_FILE)
+    save_pretrained(tiny_model(5), folder, tokenizer_file=DEMO_RANKS_FILE)
     return folder
 
 
@@ -269,7 +270,7 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
     # 4 held-out first questions scored per family (the round-robin order gives one of each of the first four)
     table = printed.split("#### after SFT: answer accuracy")[1]
     assert "| all | 4 |" in table and all(f"| {kind} | 1 |" in table for kind in ("speech", "note", "scene", "count"))
-    initial = QwenAudio.from_pretrained(initial_folder)[0].state_dict()
+    initial = load_model(initial_folder)[0].state_dict()
     trained = {k.replace(".base_layer.", "."): v for k, v in cli.model.model.state_dict().items()}
     changed = {k for k, v in trained.items() if ".lora_" not in k and not torch.equal(v, initial[k])}
     if lora:

@@ -10,12 +10,18 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-from qwen_audio.audio import (
-    N_FFT, N_SAMPLES, SAMPLE_RATE, audio_lengths, conv_frames, load_audio, log_mel_spectrogram, pad_or_trim,
-)
+from qwen_audio.audio import SAMPLE_RATE, audio_features, load_audio
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import AudioError
-from qwen_audio.prompts import IGNORE_INDEX, QUESTION, TASKS, Example, TimedWord, encode_task, format_timestamped_words
+from qwen_audio.prompts import (
+    IGNORE_INDEX,
+    QUESTION,
+    TASKS,
+    Example,
+    TimedWord,
+    encode_task,
+    format_timestamped_words,
+)
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 
@@ -54,23 +60,6 @@ def load_segment(entry: ManifestEntry) -> torch.Tensor:
         return load_clip(entry.audio, start, stop)
     except (AudioError, OSError) as err:
         raise AudioError(f"{entry.source or entry.audio}: audio: {err}") from None
-
-
-def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
-                   mel_frames: int | None = None) -> tuple[torch.Tensor, int]:
-    """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
-    ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``), and the valid mel
-    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.tokenizer.AudioSpan` has it), else ``samples // 160``.
-
-    Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s: every kept frame's window ends
-    before that, so it reads the same samples, and the frames dropped are all-zero ones at the log floor, which
-    never hold the example's maximum. A 2 s clip costs a fifteenth of the 30 s transform.
-    """
-    lengths = audio_lengths(waveform.numel(), source=source)
-    if mel_frames is None:
-        mel_frames = lengths.mel_frames
-    mel = log_mel_spectrogram(pad_or_trim(waveform, min(N_SAMPLES, lengths.samples + 2 * N_FFT)), n_mels)
-    return mel[:, : 2 * conv_frames(mel_frames) + 1], mel_frames
 
 
 def target_text(entry: ManifestEntry) -> str:

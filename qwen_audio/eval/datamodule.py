@@ -21,12 +21,12 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from qwen_audio.audio import load_audio
+from qwen_audio.batching import batch_prompts
 from qwen_audio.config import ConfigError
 from qwen_audio.data.dataset import target_text
 from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.eval.tasks import BenchmarkItem, get_benchmark, read_benchmark_file
-from qwen_audio.generate import batch_prompts
 from qwen_audio.tokenizer import AudioTokens, QwenAudioTokenizer
 
 DEMO = "demo"
@@ -86,7 +86,7 @@ class BenchmarkDataset(Dataset):
 
 
 def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -> dict:
-    """The left-padded :class:`~qwen_audio.generate.PromptBatch` fields (``n_mels`` bins of encoder input), and the
+    """The left-padded :class:`~qwen_audio.batching.PromptBatch` fields (``n_mels`` bins of encoder input), and the
     items with their file indices."""
     batch = batch_prompts([s.prompt for s in samples], pad_id, n_mels)
     return {**batch._asdict(), "index": [s.index for s in samples], "items": [s.item for s in samples]}

@@ -20,13 +20,13 @@ import itertools
 import lightning as L
 import torch
 
-from qwen_audio.checkpoint import read_tokenizer
+from qwen_audio.batching import PromptBatch
+from qwen_audio.checkpoint import load_pretrained, load_tokenizer, read_config
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.eval.report import write_results
 from qwen_audio.eval.tasks import Prediction, get_benchmark
-from qwen_audio.generate import GenerationConfig, generate
+from qwen_audio.generate import GenerationConfig, answer_batch
 from qwen_audio.model import QwenAudio
-from qwen_audio.tokenizer import QwenAudioTokenizer
 
 
 class BenchmarkEvaluation(L.LightningModule):
@@ -38,18 +38,16 @@ class BenchmarkEvaluation(L.LightningModule):
 
     Args:
         model: preset name giving the architecture (and tokenizer) when no ``checkpoint`` folder is given.
-        checkpoint: a released-layout folder (``QwenAudio.from_pretrained``).
+        checkpoint: a Qwen-Audio released-layout or Qwen2-Audio folder (in its own dtype).
     """
 
     def __init__(self, model: str = "tiny", checkpoint: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         if checkpoint is None:
-            self.config = QwenAudioConfig.from_name(model)
-            self.tokenizer = QwenAudioTokenizer.load(self.config.tokenizer)
+            self.config, self.tokenizer = QwenAudioConfig.from_name(model), load_tokenizer(preset=model)
         else:
-            self.config = QwenAudioConfig.from_hf_config(checkpoint)
-            self.tokenizer = read_tokenizer(checkpoint, self.config)
+            self.config, self.tokenizer = read_config(checkpoint), load_tokenizer(checkpoint)
         self.model: QwenAudio | None = None
         self.predictions: list[tuple[int, Prediction]] = []
 
@@ -57,7 +55,7 @@ class BenchmarkEvaluation(L.LightningModule):
         if self.model is not None:
             return
         if self.hparams.checkpoint is not None:
-            self.model, _ = QwenAudio.from_pretrained(self.hparams.checkpoint)
+            self.model = load_pretrained(self.hparams.checkpoint, config=self.config)
         else:
             self.model = QwenAudio(self.config)
 
@@ -71,11 +69,10 @@ class BenchmarkEvaluation(L.LightningModule):
         benchmark = get_benchmark(names.pop())
         config = GenerationConfig(max_new_tokens=benchmark.max_new_tokens, min_new_tokens=1, do_sample=False,
                                   stop_ids=self.tokenizer.stop_ids)
-        outputs = generate(self.model, batch["input_ids"], batch["attention_mask"], config,
-                           vocab_size=self.tokenizer.n_vocab, audio_mel=batch["audio_mel"],
-                           audio_mel_lengths=batch["audio_mel_lengths"])
-        for index, item, ids in zip(batch["index"], batch["items"], outputs):
-            self.predictions.append((index, Prediction(item, self.tokenizer.decode(ids).strip())))
+        prompts = PromptBatch(*(batch[key] for key in PromptBatch._fields))
+        for index, item, answer in zip(batch["index"], batch["items"], answer_batch(self.model, self.tokenizer,
+                                                                                      prompts, config)):
+            self.predictions.append((index, Prediction(item, answer.text)))
 
     def on_test_epoch_end(self) -> None:
         predictions = self.predictions

@@ -13,15 +13,18 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+)
 
 from qwen_audio.chat import chat
-from qwen_audio.checkpoint import CheckpointError, check_writable
+from qwen_audio.checkpoint import CheckpointError, check_writable, save_pretrained
 from qwen_audio.data.dataset import load_segment
 from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.eval.metrics import error_rate
-from qwen_audio.generate import GenerationConfig, batch_prompts, generate
+from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.lora import merge_lora
 from qwen_audio.prompts import DEFAULT_SYSTEM, encode_task
@@ -56,14 +59,12 @@ def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry
     """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt for each entry's language."""
     examples = [encode_task(tokenizer, "asr", e.audio, audio_language=e.audio_language, load={e.audio: load_segment(e)})
                 for e in entries]
-    batch = batch_prompts(examples, tokenizer.eod, module.model.config.encoder.n_mels).to(module.device)
     was_training = module.model.training
     module.model.eval()
-    outputs = generate(module.model, batch.input_ids, batch.attention_mask,
-                       GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eod,)),
-                       vocab_size=tokenizer.n_vocab, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+    answers = answer_prompts(module.model, tokenizer, examples,
+                             GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eod,)))
     module.model.train(was_training)
-    return [tokenizer.decode(out).strip() for out in outputs]
+    return [answer.text for answer in answers]
 
 
 class TranscriptionReport(L.Callback):
@@ -207,7 +208,7 @@ class ExportPretrained(L.Callback):
             merge_lora(module.model)  # fold the adapters in: the released layout has no LoRA tensors
         state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
-            module.model.save_pretrained(self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path, state_dict=state)
+            save_pretrained(module.model, self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path, state_dict=state)
             corpus = getattr(trainer.datamodule, "demo_corpus", None)
             if corpus is not None:  # evaluation reads the same corpus back (BenchmarkDataModule)
                 record = Path(self.dirpath) / CORPUS_RECORD

@@ -14,17 +14,25 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    set_model_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from qwen_audio.audio import HOP_LENGTH, MIN_SAMPLES, conv_frames, spec_augment
-from qwen_audio.checkpoint import check_state_dict, expected_shapes, read_model_state_dict, read_tokenizer
+from qwen_audio.checkpoint import (
+    check_state_dict,
+    expected_shapes,
+    load_tokenizer,
+    read_model_state_dict,
+    read_tokenizer,
+)
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
 from qwen_audio.model import QwenAudio, label_positions, token_losses
 from qwen_audio.prompts import IGNORE_INDEX
-from qwen_audio.tokenizer import QwenAudioTokenizer
 
 Trainable = Literal["encoder", "decoder", "all"]
 
@@ -72,8 +80,7 @@ class QwenAudioModule(L.LightningModule):
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         self.config = QwenAudioConfig.from_name(model)
         # what the data module is given (``connect``): a released folder trains on its own vocabulary
-        self.tokenizer = (read_tokenizer(init_from, self.config) if init_from
-                          else QwenAudioTokenizer.load(self.config.tokenizer))
+        self.tokenizer = read_tokenizer(init_from, self.config) if init_from else load_tokenizer(preset=model)
         self.model: QwenAudio | None = None
 
     def configure_model(self) -> None:

@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping
 
 import torch
-
 from huggingface_hub.constants import SAFETENSORS_INDEX_FILE as SAFE_INDEX
 
 from qwen_audio.errors import CheckpointError

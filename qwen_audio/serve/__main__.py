@@ -1,4 +1,4 @@
-"""Serve a released-layout checkpoint behind an OpenAI-compatible API (LitServe, dynamic batching).
+"""Serve a checkpoint folder (either family) behind an OpenAI-compatible API (LitServe, dynamic batching).
 
 ::
 
@@ -20,7 +20,9 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m qwen_audio.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="released-layout folder (e.g. an export of recipes)")
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="a Qwen-Audio released-layout folder (e.g. an export of the recipes) or a Qwen2-Audio "
+                             "Hugging Face folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

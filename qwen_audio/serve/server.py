@@ -22,14 +22,17 @@ from collections.abc import AsyncIterator
 import litserve as ls
 import torch
 from fastapi import Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 from starlette.concurrency import run_in_threadpool
 
-from qwen_audio.checkpoint import read_tokenizer
-from qwen_audio.config import QwenAudioConfig
-from qwen_audio.generate import load_model
+from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.serve import openai_api
 from qwen_audio.serve.engine import Job, run_batch
 from qwen_audio.serve.openai_api import RequestError
@@ -61,7 +64,7 @@ class OpenAIAudioSpec(LitSpec):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = read_tokenizer(self.checkpoint, QwenAudioConfig.from_hf_config(self.checkpoint))
+            self._tokenizer = load_tokenizer(self.checkpoint)
         return self._tokenizer
 
     def pre_setup(self, lit_api: ls.LitAPI) -> None:

@@ -25,6 +25,7 @@ from typing import Literal
 import yaml
 from matplotlib.figure import Figure
 
+from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import target_text, task_example
@@ -32,7 +33,7 @@ from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
 from qwen_audio.eval.datamodule import demo_items
 from qwen_audio.eval.tasks import Prediction, score_predictions
-from qwen_audio.generate import GenerationConfig, batch_prompts, generate, load_model
+from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import QwenAudioTokenizer
@@ -95,7 +96,7 @@ class DemoSetup:
         batches it."""
         datamodule = AudioTextDataModule(**{**self.data, "train": [str(train_manifest)], "val": [], "test": []})
         config = QwenAudioConfig.from_name(self.model)
-        datamodule.connect(QwenAudioTokenizer.load(config.tokenizer), config.encoder.n_mels)
+        datamodule.connect(load_tokenizer(preset=self.model), config.encoder.n_mels)
         datamodule.setup("fit")
         return len(datamodule.train_dataloader().batch_sampler)
 
@@ -247,14 +248,8 @@ def generate_answers(model: QwenAudio, tokenizer: QwenAudioTokenizer, entries: S
                      style: PromptStyle) -> list[str]:
     """Greedy generations for entries of one task, decoded and stripped (stop token excluded)."""
     config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS[entries[0].task], stop_ids=(tokenizer.eod,))
-    answers = []
-    for start in range(0, len(entries), EVAL_BATCH):
-        examples = [prompt_example(tokenizer, entry, style) for entry in entries[start:start + EVAL_BATCH]]
-        batch = batch_prompts(examples, tokenizer.eod)
-        outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                           audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
-        answers += [tokenizer.decode(output).strip() for output in outputs]
-    return answers
+    examples = [prompt_example(tokenizer, entry, style) for entry in entries]
+    return [answer.text for answer in answer_prompts(model, tokenizer, examples, config, EVAL_BATCH)]
 
 
 def score_answers(entries: Sequence[ManifestEntry], answers: Sequence[str]) -> dict[str, float | None]:
@@ -268,7 +263,7 @@ def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptSty
              predictions: Path) -> dict[str, float | None]:
     """Score the exported model on ``entries`` (:func:`score_answers`), generating task by task; every generation is
     written to ``predictions`` (JSONL: task, audio, reference, hypothesis), to be read beside the numbers."""
-    model, tokenizer = load_model(str(model_dir))
+    model, tokenizer = load_model(model_dir)
     scored: list[ManifestEntry] = []
     answers: list[str] = []
     with open(predictions, "w", encoding="utf-8") as file:

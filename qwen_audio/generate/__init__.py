@@ -1,24 +1,16 @@
-"""Batched generation with the KV cache: greedy or sampled, stop tokens, streaming, and the command line.
+"""Batched generation with the KV cache: greedy or sampled, stop tokens, streaming, and answers as text.
 
 Prompts of different lengths are left-padded and their rotary positions are taken from the attention mask, so a
 batch gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
 encoded and spliced once, at prefill; decoding steps feed only the new token. Logits are shaped by transformers'
 logits processors in the order its ``generate`` applies them (repetition penalty, minimum length, temperature,
-top-k, top-p), on fp32 scores as it does.
-
-Command line (one JSON object per prompt and line with ``--json``)::
-
-    python -m qwen_audio.generate --checkpoint DIR --greedy --json \\
-        --prompt "<audio>clip.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"
+top-k, top-p), on fp32 scores as it does. :func:`answer_prompts` is the one way from prompts to answers that
+the command line (:mod:`qwen_audio.generate.__main__`), chat, long-form, evaluation and the experiments share.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -33,10 +25,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from qwen_audio.checkpoint import load_pretrained, read_tokenizer
-from qwen_audio.config import QwenAudioConfig
-from qwen_audio.data.dataset import audio_features
-from qwen_audio.errors import TRACEBACK_VARIABLE, input_errors_reported
+from qwen_audio.batching import PromptBatch, batch_prompts, encode_prompts
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import MODEL_MAX_LENGTH, AudioTokens, QwenAudioTokenizer
@@ -122,63 +111,6 @@ class GenerationConfig:
         return processors
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, L]`` ids left-padded with ``pad_id`` and the matching 0/1 attention mask."""
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        if sequence:
-            ids[row, length - len(sequence):] = torch.as_tensor(sequence)
-            mask[row, length - len(sequence):] = 1
-    return ids, mask
-
-
-class PromptBatch(NamedTuple):
-    """Left-padded prompt ids and mask, and the mel ``[N, n_mels, T]`` + valid lengths of their N audios."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    audio_mel: torch.Tensor | None
-    audio_mel_lengths: torch.Tensor | None
-
-    def to(self, device: torch.device | str) -> PromptBatch:
-        return PromptBatch(*(None if t is None else t.to(device) for t in self))
-
-
-def batch_prompts(prompts: Sequence[AudioTokens | Example], pad_id: int, n_mels: int = 80) -> PromptBatch:
-    """Left-pad encoded prompts and compute the encoder input (``n_mels`` bins) of every audio, in row-major order."""
-    ids, mask = left_pad([p.ids for p in prompts], pad_id)
-    features = [audio_features(w, span.source, n_mels, span.mel_frames)
-                for p in prompts for w, span in zip(p.waveforms, p.audios)]
-    if not features:
-        return PromptBatch(ids, mask, None, None)
-    mel = torch.nn.utils.rnn.pad_sequence([m.T for m, _ in features], batch_first=True).transpose(1, 2)
-    return PromptBatch(ids, mask, mel, torch.tensor([length for _, length in features]))
-
-
-def encode_prompts(tokenizer: QwenAudioTokenizer, prompts: Sequence[str], max_length: int,
-                   n_mels: int = 80) -> PromptBatch:
-    """Raw release-style prompts (tags as text, ``<audio>PATH</audio>`` spans, several allowed) -> one batch.
-
-    As in the release every special-token text is a special token. A prompt longer than ``max_length`` tokens
-    (audio placeholders included) raises ValueError; a missing audio file raises FileNotFoundError naming it.
-    """
-    encoded = [encode_prompt(tokenizer, prompt, max_length, index) for index, prompt in enumerate(prompts)]
-    return batch_prompts(encoded, tokenizer.eod, n_mels)
-
-
-def encode_prompt(tokenizer: QwenAudioTokenizer, prompt: str, max_length: int, index: int = 0) -> AudioTokens:
-    """One raw prompt (see :func:`encode_prompts`); ``index`` names it in errors."""
-    if not prompt:
-        raise ValueError(f"prompt {index} is empty")
-    tokens = tokenizer.encode_with_audio(prompt, allowed_special="all")
-    if len(tokens.ids) > max_length:
-        raise ValueError(f"prompt {index} is {len(tokens.ids)} tokens long (audio placeholders included), "
-                         f"more than max_length {max_length}")
-    return tokens
-
-
 @torch.no_grad()
 def generate_steps(
     model: QwenAudio,
@@ -261,11 +193,38 @@ def generate(
 
 def generate_prompts(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompts: Sequence[AudioTokens | Example],
                      config: GenerationConfig) -> Iterator[list[int | None]]:
-    """:func:`generate_steps` for encoded prompts, batched on the model's device: the one step from prompts to
-    tokens that the chat, long-form, evaluation and serving paths can share."""
+    """:func:`generate_steps` for encoded prompts, batched on the model's device (the server streams these)."""
     batch = batch_prompts(prompts, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
     return generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
                           audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+
+
+class Answer(NamedTuple):
+    """What a prompt got: the generated ids (stop token excluded) and their text, decoded and stripped."""
+
+    ids: list[int]
+    text: str
+
+
+def answer_batch(model: QwenAudio, tokenizer: QwenAudioTokenizer, batch: PromptBatch,
+                 config: GenerationConfig) -> list[Answer]:
+    """The :class:`Answer` of each row of an already batched (and placed) prompt batch."""
+    outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
+                       audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+    return [Answer(ids, tokenizer.decode(ids).strip()) for ids in outputs]
+
+
+def answer_prompts(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompts: Sequence[AudioTokens | Example],
+                   config: GenerationConfig, batch_size: int | None = None) -> list[Answer]:
+    """The :class:`Answer` of each encoded prompt, ``batch_size`` prompts at a time (default: all at once) on the
+    model's device; a batch gives each prompt the tokens it gets alone."""
+    size = batch_size or max(1, len(prompts))
+    device = next(model.parameters()).device
+    answers: list[Answer] = []
+    for first in range(0, len(prompts), size):
+        batch = batch_prompts(prompts[first:first + size], tokenizer.eod, model.config.encoder.n_mels).to(device)
+        answers += answer_batch(model, tokenizer, batch, config)
+    return answers
 
 
 class TextStream:
@@ -336,126 +295,3 @@ def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, co
         yield piece
 
 
-def load_model(checkpoint: str, *, random_init: bool = False, device: torch.device | str = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[QwenAudio, QwenAudioTokenizer]:
-    """A released-layout folder (its ``qwen.tiktoken``, checked against its ``config.json``), or with
-    ``random_init`` a preset name (weights drawn with seed 0, for smoke tests). The model is in eval mode;
-    in ``dtype`` if given, else on CPU in fp32 and elsewhere in the checkpoint's dtype."""
-    if random_init:
-        config = QwenAudioConfig.from_name(checkpoint)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = QwenAudio(config)
-        return model.to(device=device, dtype=dtype).eval(), QwenAudioTokenizer.load(config.tokenizer)
-    if not os.path.isdir(checkpoint):
-        raise FileNotFoundError(f"checkpoint folder not found: {checkpoint} (a preset name needs --random-init)")
-    if dtype is None and torch.device(device).type == "cpu":
-        dtype = torch.float32
-    model = load_pretrained(checkpoint, dtype=dtype, device=device).eval()
-    return model, read_tokenizer(checkpoint, model.config)
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint``, ``--random-init`` and the decoding options shared by the generate and chat CLIs."""
-    parser.add_argument("--checkpoint", required=True, help="released-layout folder, or a preset with --random-init")
-    parser.add_argument("--random-init", action="store_true", help="build the preset named by --checkpoint, seed 0")
-    parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--min-new-tokens", type=int, default=0)
-    parser.add_argument("--greedy", action="store_true", help="argmax decoding (the release's evaluation)")
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--top-k", type=int)
-    parser.add_argument("--top-p", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-
-
-def config_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                          release: GenerationConfig) -> GenerationConfig:
-    """``release`` (the base or chat settings) with the command line's options; bad values exit via the parser."""
-    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed") if getattr(args, k) is not None}
-    if args.greedy and sampling:
-        options = ", ".join("--" + name.replace("_", "-") for name in sampling)
-        parser.error(f"--greedy takes no sampling options, got {options}")
-    try:
-        return dataclasses.replace(release, do_sample=not args.greedy, max_new_tokens=args.max_new_tokens,
-                                   min_new_tokens=args.min_new_tokens,
-                                   repetition_penalty=args.repetition_penalty, **sampling)
-    except ValueError as err:
-        parser.error(str(err))
-
-
-def load_model_from_arguments(parser: argparse.ArgumentParser,
-                              args: argparse.Namespace) -> tuple[QwenAudio, QwenAudioTokenizer]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return load_model(args.checkpoint, random_init=args.random_init, device=device)
-    except (FileNotFoundError, ValueError) as err:  # ConfigError and CheckpointError are ValueErrors
-        parser.error(str(err))
-
-
-_TRANSCRIPTION = re.compile(r"^<audio>(?P<path>[^<]+)</audio><\|startoftranscript\|><\|(?P<language>\w+)\|>"
-                            r"<\|transcribe\|>")
-
-
-def _long_form(parser: argparse.ArgumentParser, model: QwenAudio, tokenizer: QwenAudioTokenizer,
-               prompt: str, config: GenerationConfig) -> dict:
-    from qwen_audio.longform import transcribe_long  # longform builds on this module
-
-    match = _TRANSCRIPTION.match(prompt)
-    if match is None:
-        parser.error(f"--long-form needs a transcription prompt '<audio>PATH</audio><|startoftranscript|><|LANG|>"
-                     f"<|transcribe|>...', got {prompt!r}")
-    try:
-        result = transcribe_long(model, tokenizer, match["path"], language=match["language"],
-                                 timestamps="<|timestamps|>" in prompt, config=config)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    return {"prompt": prompt, "text": result.text,
-            "words": [[w.text, w.start, w.end] for w in result.words],
-            "windows": [list(window) for window in result.windows]}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m qwen_audio.generate", description=__doc__.split("\n\n")[0])
-    add_model_arguments(parser)
-    parser.add_argument("--prompt", action="append", required=True,
-                        help="raw prompt with <audio>PATH</audio> spans and tags; repeat for several")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--json", action="store_true", help="one {prompt, ids, text} object per prompt and line")
-    parser.add_argument("--long-form", action="store_true",
-                        help="transcribe audio over 30 s in consecutive windows (qwen_audio.longform) instead of "
-                             "truncating it as the release does")
-    parser.add_argument("--print-traceback", action="store_true",
-                        help=f"show the traceback of input errors too (or set {TRACEBACK_VARIABLE}=1)")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    with input_errors_reported(args.print_traceback):
-        model, tokenizer = load_model_from_arguments(parser, args)
-        config = config_from_arguments(parser, args, GenerationConfig.base(tokenizer))
-        if args.long_form:
-            results = [_long_form(parser, model, tokenizer, prompt, config) for prompt in args.prompt]
-        else:
-            results = _generate_all(parser, model, tokenizer, args.prompt, config, args.batch_size)
-        for result in results:
-            print(json.dumps(result, ensure_ascii=False) if args.json else result["text"], flush=True)
-
-
-def _generate_all(parser: argparse.ArgumentParser, model: QwenAudio, tokenizer: QwenAudioTokenizer,
-                  prompts: list[str], config: GenerationConfig, batch_size: int) -> Iterator[dict]:
-    """Encode every prompt first (bad input fails before any decoding), then generate ``batch_size`` at a time."""
-    try:
-        encoded = [encode_prompt(tokenizer, p, MODEL_MAX_LENGTH, index) for index, p in enumerate(prompts)]
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    device = next(model.parameters()).device
-    for first in range(0, len(prompts), batch_size):
-        batch = batch_prompts(encoded[first:first + batch_size], tokenizer.eod, model.config.encoder.n_mels).to(device)
-        outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                           audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
-        for prompt, ids in zip(prompts[first:first + batch_size], outputs):
-            yield {"prompt": prompt, "ids": ids, "text": tokenizer.decode(ids).strip()}
-
-
-if __name__ == "__main__":
-    main()
