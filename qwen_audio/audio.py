@@ -11,7 +11,7 @@ import functools
 import os
 import warnings
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -27,7 +27,7 @@ N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per 30 s
 MIN_SAMPLES = 480  # 30 ms, the shortest clip the encoder takes: 3 mel frames -> 2 conv frames -> 1 audio token
 
-AudioSource = Union[str, os.PathLike, BinaryIO]
+AudioSource = str | os.PathLike | BinaryIO
 
 
 def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -166,7 +166,8 @@ def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
     return mel[:, : 2 * conv_frames(mel_frames) + 1], mel_frames
 
 
-def _random_bands(extent: torch.Tensor, max_width: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+def _random_bands(extent: torch.Tensor, max_width: torch.Tensor, size: int,
+                  generator: torch.Generator | None) -> torch.Tensor:
     """One band per example inside ``[0, extent)``: width ~ U{0..max_width}, start ~ U{0..extent - width}; [B, size]."""
     limit = torch.minimum(max_width, extent)
     width = (torch.rand(extent.shape, generator=generator) * (limit + 1)).long().clamp(max=limit)
@@ -195,7 +196,8 @@ def spec_augment(
     inside ``[0, length)``; frequency masks also stop at ``length``, so padding stays padding. Returns a new tensor.
     """
     if mel.dim() != 3 or lengths.shape != (mel.shape[0],):
-        raise ValueError(f"expected mel [B, n_mels, T] and lengths [B], got {tuple(mel.shape)} and {tuple(lengths.shape)}")
+        raise ValueError(f"expected mel [B, n_mels, T] and lengths [B], got {tuple(mel.shape)} and "
+                         f"{tuple(lengths.shape)}")
     batch, n_mels, frames = mel.shape
     lengths = lengths.detach().long().cpu().clamp(max=frames)
     masked = torch.zeros(batch, n_mels, frames, dtype=torch.bool)

@@ -134,8 +134,9 @@ def read_state_dict(folder: str | os.PathLike, allow_pickle: bool = False) -> di
                 tensors = _read_file(os.path.join(folder, shard), allow_pickle)
                 listed = {k for k, v in weight_map.items() if v == shard}
                 if set(tensors) != listed:
-                    raise CheckpointError(f"{os.path.join(folder, shard)} holds keys that differ from {index_path}: "
-                                          f"missing {sorted(listed - set(tensors))}, extra {sorted(set(tensors) - listed)}")
+                    raise CheckpointError(
+                        f"{os.path.join(folder, shard)} holds keys that differ from {index_path}: "
+                        f"missing {sorted(listed - set(tensors))}, extra {sorted(set(tensors) - listed)}")
                 state.update(tensors)
             return state
         if os.path.isfile(os.path.join(folder, single_name)):
@@ -188,7 +189,8 @@ def read_model_state_dict(folder: str | os.PathLike, config: QwenAudioConfig,
 
 
 def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> Tokenizer:
-    """The folder's tokenizer (Qwen2-Audio: its ``tokenizer.json``); a ``qwen.tiktoken`` is refused unless it is complete and fits ``config`` (its ``config.json``).
+    """The folder's tokenizer (Qwen2-Audio: its ``tokenizer.json``); a ``qwen.tiktoken`` is refused unless it is
+    complete and fits ``config`` (its ``config.json``).
 
     The special tokens follow the ranks, so a file with one rank too few or too many shifts every special id: the
     prompts' ``<audio>`` would no longer be the id the model splices audio at. ``<audio>`` landing on
@@ -321,7 +323,8 @@ def init_stage1(whisper_path: str | os.PathLike, qwen_folder: str | os.PathLike,
     expected = expected_shapes(model)
     generator = torch.Generator().manual_seed(seed)
     fresh = {
-        ENCODER_PREFIX + "proj.weight": 0.02 * torch.randn(expected[ENCODER_PREFIX + "proj.weight"], generator=generator),
+        ENCODER_PREFIX + "proj.weight":
+            0.02 * torch.randn(expected[ENCODER_PREFIX + "proj.weight"], generator=generator),
         ENCODER_PREFIX + "proj.bias": torch.zeros(expected[ENCODER_PREFIX + "proj.bias"]),
         ENCODER_PREFIX + "audio_bos_eos_token.weight":
             0.02 * torch.randn(expected[ENCODER_PREFIX + "audio_bos_eos_token.weight"], generator=generator),

@@ -69,7 +69,8 @@ class DecoderConfig:
                 f"must equal hidden_size {self.hidden_size}"
             )
         if self.intermediate_size % 2:
-            raise ConfigError(f"decoder intermediate_size {self.intermediate_size} must be even (w1, w2 take half each)")
+            raise ConfigError(f"decoder intermediate_size {self.intermediate_size} must be even "
+                              "(w1, w2 take half each)")
 
 
 @dataclass
@@ -101,8 +102,9 @@ class QwenAudioConfig:
         if self.family not in ("qwen-audio", "qwen2-audio"):
             raise ConfigError(f"family {self.family!r} is not one of qwen-audio, qwen2-audio")
         if self.encoder.learned_markers != (self.family == "qwen-audio"):
-            raise ConfigError(f"encoder.learned_markers={self.encoder.learned_markers} does not fit family {self.family!r}: "
-                              "Qwen-Audio learns its audio BOS/EOS vectors, Qwen2-Audio keeps the marker tokens")
+            raise ConfigError(f"encoder.learned_markers={self.encoder.learned_markers} does not fit family "
+                              f"{self.family!r}: Qwen-Audio learns its audio BOS/EOS vectors, Qwen2-Audio keeps the "
+                              "marker tokens")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ConfigError(
                 f"attention_backend {self.attention_backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}"

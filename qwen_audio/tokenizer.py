@@ -21,16 +21,17 @@ import re
 import unicodedata
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Literal, Union
+from typing import Literal
 
 import tiktoken
 import torch
 
 from qwen_audio.audio import audio_lengths, load_audio
 
-PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501 (the release's pattern, verbatim)
 RELEASED_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 MODEL_MAX_LENGTH = 8192  # tokenizer_config.json of the release
 DEMO_RANKS_FILE = Path(__file__).with_name("assets") / "demo.tiktoken"
@@ -89,8 +90,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 # Specials a task's output text may contain (timestamps, entity marks, MIDI notes ...): no audio markup.
 TASK_TOKENS: frozenset[str] = frozenset(AUDIO_SPECIAL_TOKENS) - {AUDIO_PAD, AUDIO_START, AUDIO_END}
 
-AudioLoader = Union[Mapping[str, torch.Tensor], Callable[[str], torch.Tensor]]
-AllowedSpecial = Union[AbstractSet[str], Literal["all"]]
+AudioLoader = Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]
+AllowedSpecial = AbstractSet[str] | Literal["all"]
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,8 @@ def test_lengths_of_hand_worked_clips(seconds, mel, encoder, tokens):
 def test_audio_over_thirty_seconds_is_truncated_with_a_warning():
     with pytest.warns(UserWarning, match=r"long\.wav lasts 45\.00 s"):
         lengths = audio_lengths(45 * SAMPLE_RATE, source="long.wav")
-    assert (lengths.samples, lengths.mel_frames, lengths.encoder_frames, lengths.audio_tokens) == (N_SAMPLES, 3000, 1500, 750)
+    counts = (lengths.samples, lengths.mel_frames, lengths.encoder_frames, lengths.audio_tokens)
+    assert counts == (N_SAMPLES, 3000, 1500, 750)
 
 
 def test_lengths_agree_with_torch_conv_and_pool_arithmetic():

@@ -45,7 +45,8 @@ def test_splice_passes_gradients_to_text_and_audio():
     ("ids", "clips", "message"),
     [
         ([[1, S, 9, E], [S, 9, 9, E]], [_clip(3, 0)], "2 <audio> tokens but 1 audio clips"),
-        ([[1, S, 9, E], [S, 9, 9, E]], [_clip(3, 0), _clip(3, 0)], r"sample 1, audio 0 \(clip 1\).*4 positions.*gave 3"),
+        ([[1, S, 9, E], [S, 9, 9, E]], [_clip(3, 0), _clip(3, 0)],
+         r"sample 1, audio 0 \(clip 1\).*4 positions.*gave 3"),
         ([[S, 9, E, 1], [S, 9, 9, 9]], [_clip(3, 0), _clip(5, 0)], "sample 1, audio 0.*not closed"),
         ([[S, S, E, E]], [_clip(3, 0), _clip(2, 0)], "sample 0, audio 1.*not closed"),
         ([[1, 2, E, 3]], [], "sample 0: 1 </audio> tokens but 0 <audio>"),
@@ -64,7 +65,8 @@ def _loop_splice(embeds, input_ids, audio, audio_start_id):
     starts = (input_ids == audio_start_id).nonzero().tolist()
     ends = (input_ids == audio_start_id + 1).nonzero().tolist()
     if len(starts) != len(audio):
-        raise AudioSpliceError(f"the prompts hold {len(starts)} <audio> tokens but {len(audio)} audio clips were encoded")
+        raise AudioSpliceError(f"the prompts hold {len(starts)} <audio> tokens but {len(audio)} audio clips were "
+                               "encoded")
     ends_by_sample: dict[int, list[int]] = {}
     for sample, col in ends:
         ends_by_sample.setdefault(sample, []).append(col)
@@ -75,8 +77,8 @@ def _loop_splice(embeds, input_ids, audio, audio_start_id):
         end = sample_ends[nth] if nth < len(sample_ends) else None
         if end is None or end < start or start <= previous_end.get(sample, -1):
             raise AudioSpliceError(
-                f"sample {sample}, audio {nth} (clip {k}): <audio> at position {start} is not closed by the next </audio> "
-                f"(at {end}) before another span starts"
+                f"sample {sample}, audio {nth} (clip {k}): <audio> at position {start} is not closed by the next "
+                f"</audio> (at {end}) before another span starts"
             )
         previous_end[sample] = end
         if end - start + 1 != clip.shape[0]:
@@ -89,7 +91,8 @@ def _loop_splice(embeds, input_ids, audio, audio_start_id):
     for sample, sample_ends in ends_by_sample.items():
         if len(sample_ends) != index_in_sample.get(sample, -1) + 1:
             raise AudioSpliceError(
-                f"sample {sample}: {len(sample_ends)} </audio> tokens but {index_in_sample.get(sample, -1) + 1} <audio> tokens"
+                f"sample {sample}: {len(sample_ends)} </audio> tokens but {index_in_sample.get(sample, -1) + 1} "
+                "<audio> tokens"
             )
     if not audio:
         return embeds

@@ -51,7 +51,8 @@ def release(tmp_path_factory):
     """A tiny random Qwen2-Audio folder written by transformers, two float wavs, and the HF model and processor."""
     folder = tmp_path_factory.mktemp("qwen2_audio")
     config = Qwen2AudioConfig(
-        audio_config=dict(d_model=64, encoder_attention_heads=4, encoder_ffn_dim=256, encoder_layers=2, num_mel_bins=128),
+        audio_config=dict(d_model=64, encoder_attention_heads=4, encoder_ffn_dim=256, encoder_layers=2,
+                          num_mel_bins=128),
         text_config=dict(vocab_size=4102, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5, max_position_embeddings=8192,
                          rope_theta=50000.0),
@@ -69,7 +70,8 @@ def release(tmp_path_factory):
     waves = {}
     for name, samples in (("a.wav", 20_837), ("b.wav", 37_120)):  # odd length: the ceil(samples / 160) rule counts
         t = np.arange(samples) / SAMPLE_RATE
-        waves[name] = (0.3 * np.sin(2 * np.pi * 440 * t * (1 + t)) + 0.05 * rng.standard_normal(samples)).astype(np.float32)
+        chirp = 0.3 * np.sin(2 * np.pi * 440 * t * (1 + t))
+        waves[name] = (chirp + 0.05 * rng.standard_normal(samples)).astype(np.float32)
         soundfile.write(folder / name, waves[name], SAMPLE_RATE, subtype="FLOAT")
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
@@ -115,7 +117,8 @@ def test_presets_are_the_public_configs_through_transformers_defaults():
 def test_tokenizer_encodes_like_transformers_fast_tokenizer():
     hf = PreTrainedTokenizerFast(tokenizer_file=str(DEMO_TOKENIZER_FILE))
     ours = Qwen2AudioTokenizer.demo()
-    for text in (TEXT_ONLY, "héllo 你好<|endoftext|>  two  spaces\n\n<|im_end|>", "<|audio_bos|><|AUDIO|><|audio_eos|>x"):
+    texts = (TEXT_ONLY, "héllo 你好<|endoftext|>  two  spaces\n\n<|im_end|>", "<|audio_bos|><|AUDIO|><|audio_eos|>x")
+    for text in texts:
         assert ours.encode(text, allowed_special="all") == hf(text)["input_ids"]
         assert ours.decode(ours.encode(text, allowed_special="all")) == text
     # Not allowed: the special-token text stays text.
@@ -230,9 +233,11 @@ def test_chat_follows_the_release_chat_template(release):
     second = f"Audio 2: <audio>{release['b']}</audio>\nAnd this one?"
     context = build_context(tokenizer, second, history, DEFAULT_SYSTEM)
     messages = [
-        {"role": "user", "content": [{"type": "audio", "audio_url": release["a"]}, {"type": "text", "text": "What's that sound?"}]},
+        {"role": "user", "content": [{"type": "audio", "audio_url": release["a"]},
+                                     {"type": "text", "text": "What's that sound?"}]},
         {"role": "assistant", "content": response},
-        {"role": "user", "content": [{"type": "audio", "audio_url": release["b"]}, {"type": "text", "text": "And this one?"}]},
+        {"role": "user", "content": [{"type": "audio", "audio_url": release["b"]},
+                                     {"type": "text", "text": "And this one?"}]},
     ]
     text = release["processor"].apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = release["processor"](text=text, audio=[release["waves"]["a.wav"], release["waves"]["b.wav"]],
@@ -241,4 +246,5 @@ def test_chat_follows_the_release_chat_template(release):
     hf = release["model"].generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=STOPS, pad_token_id=4096)
     new = hf[0, inputs["input_ids"].shape[1]:].tolist()
     ends = [i for i, t in enumerate(new) if t in (tokenizer.im_end, tokenizer.im_start, tokenizer.eod)]
-    assert chat(model, tokenizer, second, history, config=config)[0] == tokenizer.decode(new[:ends[0]] if ends else new).strip()
+    expected = tokenizer.decode(new[:ends[0]] if ends else new).strip()
+    assert chat(model, tokenizer, second, history, config=config)[0] == expected

@@ -39,7 +39,8 @@ def write_jsonl(path: Path, lines: list) -> Path:
 
 
 def user(*content) -> dict:
-    return {"role": "user", "content": content[0] if len(content) == 1 and isinstance(content[0], str) else list(content)}
+    text = len(content) == 1 and isinstance(content[0], str)
+    return {"role": "user", "content": content[0] if text else list(content)}
 
 
 def assistant(text: str) -> dict:
@@ -145,7 +146,8 @@ def test_text_ratio_sets_the_share_of_pure_text_conversations(tmp_path, clip, ra
     # an epoch keeps its 40 draws; the text group holds global indices 30..39 (ConcatDataset order)
     drawn_text = Counter(i for i in drawn if i >= 30)
     assert len(drawn) == 40 and sum(drawn_text.values()) == texts
-    assert set(drawn_text.values()) == {passes}  # up-sampled in whole passes over the group, down-sampled without repeats
+    # up-sampled in whole passes over the group, down-sampled without repeats
+    assert set(drawn_text.values()) == {passes}
 
 
 def test_text_ratio_without_text_conversations_is_an_error(tmp_path, clip):
@@ -335,7 +337,8 @@ def test_an_empty_conversation_file_and_a_too_short_clip_are_named(tmp_path):
         read_conversations(empty)
     soundfile.write(tmp_path / "short.wav", np.zeros(320, np.float32), 16000)  # 20 ms
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": "short.wav"}), assistant("x")]}])
-    with pytest.raises(ManifestError, match=rf"^{path}:1: messages\[0\].content\[0\].audio: .*short.wav lasts 0.0200 s"):
+    message = rf"^{path}:1: messages\[0\].content\[0\].audio: .*short.wav lasts 0.0200 s"
+    with pytest.raises(ManifestError, match=message):
         read_conversations(path)
 
 

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage1.add_argument("--whisper", required=True, help="openai-whisper checkpoint, e.g. large-v2.pt")
     stage1.add_argument("--qwen", required=True, help="Hugging Face Qwen-7B folder (safetensors shards + index)")
     stage1.add_argument("--out", required=True, help="output folder (released Qwen-Audio layout)")
-    stage1.add_argument("--preset", default="qwen-audio", choices=sorted(PRESETS), help="model preset (default qwen-audio)")
+    stage1.add_argument("--preset", default="qwen-audio", choices=sorted(PRESETS),
+                        help="model preset (default qwen-audio)")
     stage1.add_argument("--tokenizer", help=f"tokenizer file to copy (default: --qwen/{TOKENIZER_FILE} if present)")
     stage1.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="dtype of the saved weights")
     stage1.add_argument("--seed", type=int, default=0, help="seed for the newly initialised weights")

@@ -83,7 +83,8 @@ def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: st
 
 def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
     """Tensors of an encoded example and the encoder input of each of its audios."""
-    features = [audio_features(w, span.source, n_mels, span.mel_frames) for w, span in zip(example.waveforms, example.audios)]
+    features = [audio_features(w, span.source, n_mels, span.mel_frames)
+                for w, span in zip(example.waveforms, example.audios)]
     return Sample(
         torch.tensor(example.ids), torch.tensor(example.labels),
         [mel for mel, _ in features], [length for _, length in features], task,

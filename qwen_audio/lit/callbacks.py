@@ -55,7 +55,8 @@ class TokenThroughput(ThroughputMonitor):
                 throughput.available_flops = peak
 
 
-def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry], max_new_tokens: int = 64) -> list[str]:
+def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry],
+               max_new_tokens: int = 64) -> list[str]:
     """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt for each entry's language."""
     examples = [encode_task(tokenizer, "asr", e.audio, audio_language=e.audio_language, load={e.audio: load_segment(e)})
                 for e in entries]
@@ -150,7 +151,8 @@ class ChatTranscript(L.Callback):
                                                                                                 conversation, config)]
         majority = {}
         for conversation in datamodule.conversations.get("train", [[]])[0]:
-            majority.setdefault(_kind(conversation.id), Counter())[_normalised_answer(conversation.messages[1].content)] += 1
+            answer = _normalised_answer(conversation.messages[1].content)
+            majority.setdefault(_kind(conversation.id), Counter())[answer] += 1
         scored: dict[str, list[tuple[bool, bool]]] = {}
         for conversation in with_audio[: self.num_questions]:
             user, reference = conversation.messages[0], conversation.messages[1].content
@@ -208,7 +210,8 @@ class ExportPretrained(L.Callback):
             merge_lora(module.model)  # fold the adapters in: the released layout has no LoRA tensors
         state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if trainer.is_global_zero:
-            save_pretrained(module.model, self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path, state_dict=state)
+            save_pretrained(module.model, self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path,
+                            state_dict=state)
             corpus = getattr(trainer.datamodule, "demo_corpus", None)
             if corpus is not None:  # evaluation reads the same corpus back (BenchmarkDataModule)
                 record = Path(self.dirpath) / CORPUS_RECORD

@@ -97,8 +97,9 @@ class QwenAudioModule(L.LightningModule):
         if self.device_mesh is not None:
             if self.device_mesh["tensor_parallel"].size() > 1:
                 raise ConfigError(
-                    f"ModelParallelStrategy gave a tensor-parallel group of {self.device_mesh['tensor_parallel'].size()}"
-                    " devices, but this model is sharded with FSDP2 only: set the strategy's tensor_parallel_size: 1"
+                    "ModelParallelStrategy gave a tensor-parallel group of "
+                    f"{self.device_mesh['tensor_parallel'].size()} devices, but this model is sharded with FSDP2 "
+                    "only: set the strategy's tensor_parallel_size: 1"
                     " and data_parallel_size: num_nodes x devices (its 'auto' means 1 per node)")
             shard = partial(fully_shard, mesh=self.device_mesh["data_parallel"],
                             mp_policy=MixedPrecisionPolicy(param_dtype=self._compute_dtype()))
@@ -176,7 +177,8 @@ class QwenAudioModule(L.LightningModule):
             per_task[task].append(row)
         for task, rows in per_task.items():
             tokens = counted[rows].sum().clamp(min=1)
-            self.log(f"{stage}/loss_{task}", losses[rows].sum() / tokens, batch_size=len(rows), sync_dist=stage != "train")
+            self.log(f"{stage}/loss_{task}", losses[rows].sum() / tokens, batch_size=len(rows),
+                     sync_dist=stage != "train")
             self.log(f"{stage}/token_acc_{task}", correct[rows].sum() / tokens, batch_size=len(rows),
                      sync_dist=stage != "train")
         return loss
@@ -185,11 +187,13 @@ class QwenAudioModule(L.LightningModule):
         # Read by TokenThroughput for MFU: the usual 6 * params * positions (forward + backward), encoder and
         # decoder each over their own positions; attention's quadratic term is left out.
         frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
-        self.flops_per_batch = 6 * (self._decoder_params * int(batch["attention_mask"].sum()) + self._encoder_params * frames)
+        positions = int(batch["attention_mask"].sum())
+        self.flops_per_batch = 6 * (self._decoder_params * positions + self._encoder_params * frames)
         if self.hparams.spec_augment and batch["audio_mel"] is not None:  # None: a batch of pure-text conversations
             # Masks drawn from (seed, step), not the global RNG: a resumed run draws the masks it would have drawn.
             generator = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
-            batch = {**batch, "audio_mel": spec_augment(batch["audio_mel"], batch["audio_mel_lengths"], generator=generator)}
+            masked = spec_augment(batch["audio_mel"], batch["audio_mel_lengths"], generator=generator)
+            batch = {**batch, "audio_mel": masked}
         return self._step(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -37,7 +37,8 @@ def config_from_hf(source: dict[str, Any], where: str, name: str | None = None) 
     for block, fixed, prefix in ((text, _FIXED_TEXT, "text_config."), (audio, _FIXED_AUDIO, "audio_config.")):
         for key, expected in fixed.items():
             if block.get(key, expected) != expected:
-                raise ConfigError(f"{where}: {prefix}{key}={block[key]!r} is not supported (the release uses {expected!r})")
+                raise ConfigError(f"{where}: {prefix}{key}={block[key]!r} is not supported "
+                                  f"(the release uses {expected!r})")
     if source.get("tie_word_embeddings", False):
         raise ConfigError(f"{where}: tie_word_embeddings=true is not supported (the release unties lm_head)")
     if rope.get("rope_type", "default") != "default":

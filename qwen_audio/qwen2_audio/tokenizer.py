@@ -80,7 +80,8 @@ class Qwen2AudioTokenizer:
 
     @classmethod
     def demo(cls) -> Qwen2AudioTokenizer:
-        """The demo BPE's 4096 ranks + the six special tokens (4102 ids), committed for the ``qwen2-audio-tiny`` preset."""
+        """The demo BPE's 4096 ranks + the six special tokens (4102 ids), committed for the ``qwen2-audio-tiny``
+        preset."""
         return cls.from_file(DEMO_TOKENIZER_FILE)
 
     @property
@@ -119,7 +120,8 @@ class Qwen2AudioTokenizer:
         for start, stop in self._spans(ids):
             if not sources:
                 raise ValueError(f"ids hold more audio spans than the {len(audio_sources)} audio_sources given")
-            pieces += [self.tokenizer.decode(ids[position:start], skip_special_tokens=False), f"<audio>{sources.pop(0)}</audio>"]
+            pieces += [self.tokenizer.decode(ids[position:start], skip_special_tokens=False),
+                       f"<audio>{sources.pop(0)}</audio>"]
             position = stop
         if sources:
             raise ValueError(f"ids hold fewer audio spans than the {len(audio_sources)} audio_sources given")

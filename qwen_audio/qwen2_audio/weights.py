@@ -97,8 +97,9 @@ def to_ours(state: Mapping[str, torch.Tensor], folder: str | os.PathLike) -> dic
             continue
         target = _rename(key, _TO_OURS)
         if target is None:
-            raise CheckpointError(f"{key_file(folder, key)}: key {key!r} is not part of Qwen2AudioForConditionalGeneration "
-                                  "as this library maps it (qwen_audio.qwen2_audio.weights.WEIGHT_MAP)")
+            raise CheckpointError(f"{key_file(folder, key)}: key {key!r} is not part of "
+                                  "Qwen2AudioForConditionalGeneration as this library maps it "
+                                  "(qwen_audio.qwen2_audio.weights.WEIGHT_MAP)")
         ours[target] = tensor
     for (layer, kind), parts in qkv.items():
         missing = [QKV.format(layer, p, kind) for p in "qkv" if p not in parts]
