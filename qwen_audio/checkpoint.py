@@ -15,6 +15,7 @@ through the same functions, their names translated by :mod:`qwen_audio.qwen2_aud
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -92,6 +93,21 @@ def read_config(source: str | os.PathLike | dict, name: str | None = None) -> Qw
     if data.get("model_type") == "qwen2_audio":
         return config_from_hf(data, where, name)
     return QwenAudioConfig.from_hf_config(source, name)
+
+
+def check_architecture(folder: str | os.PathLike, config: QwenAudioConfig) -> None:
+    """Raise :class:`CheckpointError` unless ``folder``'s ``config.json`` describes ``config``'s architecture: a
+    value that changes no tensor shape (``rope_theta``, ``rms_norm_eps``, ...) would otherwise load silently into a
+    model that computes something else."""
+    found = read_config(folder)
+    fields = {"family": (found.family, config.family), "audio_start_id": (found.audio_start_id, config.audio_start_id)}
+    for part in ("encoder", "decoder"):
+        ours, theirs = dataclasses.asdict(getattr(config, part)), dataclasses.asdict(getattr(found, part))
+        fields.update({f"{part}.{key}": (theirs[key], ours[key]) for key in ours})
+    differ = [f"{key}: folder {a!r}, preset {b!r}" for key, (a, b) in fields.items() if a != b]
+    if differ:
+        raise CheckpointError(f"{os.path.join(os.fspath(folder), 'config.json')} does not describe the preset "
+                              f"{config.name!r}: " + "; ".join(differ))
 
 
 def hf_config(config: QwenAudioConfig) -> dict:

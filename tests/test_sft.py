@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ import pytest
 import soundfile
 import torch
 
-from qwen_audio.checkpoint import load_model, save_pretrained
+from qwen_audio.checkpoint import CheckpointError, load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.chat_datamodule import ChatDataModule
 from qwen_audio.data.conversations import ConversationDataset, read_conversations
@@ -398,3 +399,14 @@ def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_pat
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "`max_steps=4` reached" in result.stderr
+
+
+def test_an_init_from_folder_of_another_architecture_is_refused_naming_the_field(initial_folder, tmp_path):
+    # rope_theta changes no tensor shape, so only the config check can see it
+    folder = tmp_path / "other"
+    shutil.copytree(initial_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rotary_emb_base": 500000}))
+    message = r"does not describe the preset 'tiny': decoder.rotary_emb_base: folder 500000, preset 10000\.0"
+    with pytest.raises(CheckpointError, match=message):
+        QwenAudioModule(model="tiny", init_from=str(folder))

@@ -22,6 +22,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from qwen_audio.audio import HOP_LENGTH, MIN_SAMPLES, conv_frames, spec_augment
 from qwen_audio.checkpoint import (
+    check_architecture,
     check_state_dict,
     expected_shapes,
     load_tokenizer,
@@ -79,6 +80,8 @@ class QwenAudioModule(L.LightningModule):
         # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep the dataclass
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         self.config = QwenAudioConfig.from_name(model)
+        if init_from:
+            check_architecture(init_from, self.config)
         # what the data module is given (``connect``): a released folder trains on its own vocabulary
         self.tokenizer = read_tokenizer(init_from, self.config) if init_from else load_tokenizer(preset=model)
         self.model: QwenAudio | None = None
