@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import re
-
-from whisper.normalizers import EnglishTextNormalizer
+from typing import TYPE_CHECKING
 
 from qwen_audio.eval.metrics._inputs import check_language
+
+if TYPE_CHECKING:
+    from whisper.normalizers import EnglishTextNormalizer
 
 _SPECIAL_TOKEN = re.compile(r"<\|.*?\|>")
 _WHITESPACE = re.compile(r"\s+")
@@ -31,6 +33,8 @@ def release_normalize(text: str, language: str) -> str:
 
 @functools.cache
 def _english_normalizer() -> EnglishTextNormalizer:
+    from whisper.normalizers import EnglishTextNormalizer  # openai-whisper loads torch and numba: only when scoring
+
     return EnglishTextNormalizer()  # reads openai-whisper's spelling table once
 
 
