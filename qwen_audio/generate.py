@@ -21,25 +21,20 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from qwen_audio.checkpoint import load_pretrained, read_tokenizer
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.dataset import audio_features
 from qwen_audio.errors import TRACEBACK_VARIABLE, input_errors_reported
-from qwen_audio.model import QwenAudio
+from qwen_audio.model import QwenAudio, last_tokens
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import MODEL_MAX_LENGTH, AudioTokens, QwenAudioTokenizer
+
+if TYPE_CHECKING:
+    from transformers.generation.logits_process import LogitsProcessorList
 
 Streamer = Callable[[list[int | None]], None]
 
@@ -106,6 +101,15 @@ class GenerationConfig:
         As in the release (transformers' ``generate``), the repetition penalty counts every prompt token as seen,
         audio placeholders included; only left padding (given as id ``vocab``) is left out.
         """
+        from transformers.generation.logits_process import (  # transformers takes seconds to import: not for --help
+            LogitsProcessorList,
+            MinNewTokensLengthLogitsProcessor,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
         processors = LogitsProcessorList()
         if self.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
@@ -214,12 +218,14 @@ def generate_steps(
     history = input_ids.masked_fill(attention_mask == 0, vocab_size)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     output = model(input_ids, audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths,
-                   attention_mask=attention_mask, position_ids=positions, use_cache=True)
+                   attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                   logits_at=last_tokens(attention_mask))
     stops = torch.tensor(config.stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     next_position = positions[:, -1:] + 1
     for step in range(config.max_new_tokens):
-        scores = processor(history, output.logits[:, -1, :vocab_size].float())
+        logits = output.logits.flatten(0, -2)  # [B, vocab]: one position per row, at prefill and at each step
+        scores = processor(history, logits[:, :vocab_size].float())
         if config.do_sample:
             token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:
