@@ -65,7 +65,8 @@ def qwen2_reference(model: QwenAudio, device: torch.device, dtype: torch.dtype) 
     return reference
 
 
-def random_prompts(count: int, min_tokens: int, max_tokens: int, vocab: int, generator: torch.Generator) -> list[list[int]]:
+def random_prompts(count: int, min_tokens: int, max_tokens: int, vocab: int,
+                   generator: torch.Generator) -> list[list[int]]:
     lengths = torch.randint(min_tokens, max_tokens + 1, (count,), generator=generator)
     return [torch.randint(1, vocab, (int(n),), generator=generator).tolist() for n in lengths]
 

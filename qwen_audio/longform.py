@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from qwen_audio.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio
 from qwen_audio.batching import batch_prompts
 from qwen_audio.generate import GenerationConfig, answer_prompts
-from qwen_audio.model import QwenAudio
+from qwen_audio.model import QwenAudio, last_tokens
 from qwen_audio.prompts import Example, TimedWord, encode_task, parse_timestamped_words
 from qwen_audio.tokenizer import (
     LANGUAGES,
@@ -97,7 +97,8 @@ def detect_languages(model: QwenAudio, tokenizer: QwenAudioTokenizer,
     batch = batch_prompts(prompts, tokenizer.eod).to(next(model.parameters()).device)
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(batch.input_ids, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths,
-                   attention_mask=batch.attention_mask, position_ids=positions).logits[:, -1]
+                   attention_mask=batch.attention_mask, position_ids=positions,
+                   logits_at=last_tokens(batch.attention_mask)).logits
     language_ids = [tokenizer.special_id(f"<|{language}|>") for language in LANGUAGES]
     return [LANGUAGES[index] for index in logits[:, language_ids].argmax(-1).tolist()]
 

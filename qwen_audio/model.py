@@ -33,6 +33,14 @@ def label_positions(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:] != -100, (0, 1))
 
 
+def last_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` bool: each row's last real token (``attention_mask`` != 0), the one position whose logits
+    generation reads at prefill; with left padding it is the last column."""
+    length = attention_mask.shape[1]
+    last = length - 1 - (attention_mask != 0).flip(-1).int().argmax(-1)  # argmax: the first maximum
+    return F.one_hot(last, length).bool()
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next-token cross-entropy per position on fp32 logits: ``labels`` shifted by one, -100 ignored.
 
@@ -131,7 +139,8 @@ class QwenAudio(nn.Module):
         in row-major order, or already encoded as ``audio_embeds``. ``attention_mask`` ``[B, past + L]`` (0 = padding;
         several ids per row = packed sequences), ``position_ids`` ``[B, L]`` (rotary positions; default: the index).
         ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order:
-        training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs.
+        training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs; generation's
+        prefill needs the :func:`last_tokens` alone (at full size the head's logits are 155,947 per position).
 
         The loss is next-token cross-entropy (``labels`` shifted by one, -100 ignored, mean over counted tokens)
         computed on logits upcast to fp32: more accurate than the release, which used the working dtype (bf16).
@@ -150,7 +159,8 @@ class QwenAudio(nn.Module):
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids "
+                                 f"{tuple(input_ids.shape)}")
             losses, _, counted = token_losses(logits, labels)
             loss = losses.sum() / counted.sum().clamp(min=1)
         return QwenAudioOutput(logits, loss, cache)

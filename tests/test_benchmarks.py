@@ -128,6 +128,29 @@ def test_bench_generate_rejects_lengths_beyond_the_trained_context(bench):
         bench("bench_generate").main(["--device", "cpu", "--prompt-tokens", "4", "2048", "--new-tokens", "8"])
 
 
+def test_bench_prefill_main_shows_the_last_position_logits_only(bench, capsys):
+    bench("bench_prefill").main(["--audio-seconds", "1"])  # 25 audio tokens + the tags: 27 positions
+    output = capsys.readouterr().out
+    assert "(27 positions)" in output and "in both arms" in output
+    rows = table_rows(output, "| prefill logits at | logits shape | logits MiB | peak MiB | peak vs every position |")
+    assert [row[:3] for row in rows] == [["every position", "1 x 27 x 155947", f"{27 * 155947 * 4 / 2**20:.1f}"],
+                                         ["last position", "1 x 155947", f"{155947 * 4 / 2**20:.1f}"]]
+    every, last = (float(row[3]) for row in rows)
+    assert every >= 27 * 155947 * 4 / 2**20 > last  # the full logits are resident at the peak; the lean arm's are not
+
+
+def test_bench_startup_report_holds_each_command_against_import_torch(bench):
+    startup = bench("bench_startup")
+    medians = {startup.BASELINE: 2.0, "python -m qwen_audio.generate --help": 3.0,
+               "python -m qwen_audio.chat --help": 3.2, "python -m qwen_audio.serve --help": 0.1}
+    assert list(medians) == list(startup.COMMANDS)
+    lines = startup.report(medians)
+    assert lines[2] == "| `python -c 'import torch'` | 2.00 | 1.00x |  |"
+    assert lines[3] == "| `python -m qwen_audio.generate --help` | 3.00 | 1.50x | PASS |"  # the bound passes
+    assert lines[4] == "| `python -m qwen_audio.chat --help` | 3.20 | 1.60x | MISS |"
+    assert lines[-1] == "target: `python -m qwen_audio.serve --help` 0.05x import torch (<= 1.5x): PASS"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the whole check")
 def test_gpu_check_without_cuda_says_so_and_writes_nothing():
     script = BENCHMARKS / "gpu_check.sh"

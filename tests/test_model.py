@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from qwen_audio.audio import audio_lengths
 from qwen_audio.config import QwenAudioConfig
-from qwen_audio.model import QwenAudio, label_positions, token_losses
+from qwen_audio.model import QwenAudio, label_positions, last_tokens, token_losses
 from qwen_audio.modules.fusion import AudioSpliceError, splice_audio
 
 S, E = 50, 51  # <audio>, </audio> in the hand-built cases
@@ -192,6 +192,28 @@ def test_forward_splices_audio_and_computes_the_shifted_fp32_loss(tiny_model):
     for full, selected in zip(token_losses(out.logits, labels), token_losses(lean, labels)):
         assert_close(full, selected)
     assert_close(token_losses(lean, labels)[0][counted].double(), -log_probs[counted], atol=1e-5, rtol=1e-5)
+
+
+def test_last_tokens_marks_each_rows_last_real_token():
+    mask = torch.tensor([[0, 0, 1, 1],   # left padding: the last column
+                         [1, 1, 1, 1],
+                         [1, 1, 0, 0],   # right padding: column 1
+                         [1, 1, 2, 0]])  # packed sequences (ids 1, 2): column 2
+    assert last_tokens(mask).tolist() == [[False, False, False, True],
+                                          [False, False, False, True],
+                                          [False, True, False, False],
+                                          [False, False, True, False]]
+
+
+def test_prefill_logits_at_last_tokens_are_the_full_forwards(tiny_model):
+    ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = tiny_model(ids, attention_mask=mask, position_ids=positions).logits
+        lean = tiny_model(ids, attention_mask=mask, position_ids=positions, logits_at=last_tokens(mask)).logits
+    assert lean.shape == (2, tiny_model.config.decoder.vocab_size)
+    assert_close(lean, full[:, -1])
 
 
 def test_forward_with_cache_matches_the_full_forward(tiny_model):

@@ -1,6 +1,16 @@
-"""Data pipeline: manifests, the embedded demo corpus, datasets, duration-bucketed batching."""
+"""Data pipeline: manifests, the embedded demo corpus, datasets, duration-bucketed batching.
 
-from qwen_audio.data.datamodule import AudioTextDataModule
-from qwen_audio.data.manifest import ManifestEntry, ManifestError, read_manifest
+The names below are imported on first use (:mod:`qwen_audio.lazy`): ``qwen_audio.data.dataset`` loads without
+Lightning, which only ``AudioTextDataModule`` needs.
+"""
 
-__all__ = ["AudioTextDataModule", "ManifestEntry", "ManifestError", "read_manifest"]
+from qwen_audio.lazy import lazy_exports
+
+_MODULES = {
+    "AudioTextDataModule": "qwen_audio.data.datamodule",
+    "ManifestEntry": "qwen_audio.data.manifest",
+    "ManifestError": "qwen_audio.data.manifest",
+    "read_manifest": "qwen_audio.data.manifest",
+}
+__all__ = sorted(_MODULES)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -2,9 +2,9 @@
 
 Prompts of different lengths are left-padded and their rotary positions are taken from the attention mask, so a
 batch gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
-encoded and spliced once, at prefill; decoding steps feed only the new token. Logits are shaped by transformers'
-logits processors in the order its ``generate`` applies them (repetition penalty, minimum length, temperature,
-top-k, top-p), on fp32 scores as it does. :func:`answer_prompts` is the one way from prompts to answers that
+encoded and spliced once, at prefill, which computes the head at each row's last token only; decoding steps feed
+only the new token. Logits are shaped by transformers' logits processors in the order its ``generate`` applies them
+(repetition penalty, minimum length, temperature, top-k, top-p), on fp32 scores as it does. :func:`answer_prompts` is the one way from prompts to answers that
 the command line (:mod:`qwen_audio.generate.__main__`), chat, long-form, evaluation and the experiments share.
 """
 
@@ -13,22 +13,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from qwen_audio.batching import PromptBatch, batch_prompts, encode_prompts
-from qwen_audio.model import QwenAudio
+from qwen_audio.model import QwenAudio, last_tokens
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import MODEL_MAX_LENGTH, AudioTokens, QwenAudioTokenizer
+
+if TYPE_CHECKING:
+    from transformers.generation.logits_process import LogitsProcessorList
 
 Streamer = Callable[[list[int | None]], None]
 
@@ -95,6 +90,15 @@ class GenerationConfig:
         As in the release (transformers' ``generate``), the repetition penalty counts every prompt token as seen,
         audio placeholders included; only left padding (given as id ``vocab``) is left out.
         """
+        from transformers.generation.logits_process import (  # transformers takes seconds to import: not for --help
+            LogitsProcessorList,
+            MinNewTokensLengthLogitsProcessor,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
         processors = LogitsProcessorList()
         if self.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
@@ -146,12 +150,14 @@ def generate_steps(
     history = input_ids.masked_fill(attention_mask == 0, vocab_size)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     output = model(input_ids, audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths,
-                   attention_mask=attention_mask, position_ids=positions, use_cache=True)
+                   attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                   logits_at=last_tokens(attention_mask))
     stops = torch.tensor(config.stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     next_position = positions[:, -1:] + 1
     for step in range(config.max_new_tokens):
-        scores = processor(history, output.logits[:, -1, :vocab_size].float())
+        logits = output.logits.flatten(0, -2)  # [B, vocab]: one position per row, at prefill and at each step
+        scores = processor(history, logits[:, :vocab_size].float())
         if config.do_sample:
             token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:
@@ -281,7 +287,8 @@ def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, co
                 max_length: int = MODEL_MAX_LENGTH) -> Iterator[str]:
     """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`);
     the pieces join to exactly ``tokenizer.decode(generated ids)``."""
-    batch = encode_prompts(tokenizer, [prompt], max_length, model.config.encoder.n_mels).to(next(model.parameters()).device)
+    batch = encode_prompts(tokenizer, [prompt], max_length, model.config.encoder.n_mels)
+    batch = batch.to(next(model.parameters()).device)
     stream = TextStream(tokenizer)
     for (token,) in generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
                                    audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths):

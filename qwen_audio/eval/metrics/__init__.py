@@ -3,27 +3,25 @@
 Pure functions of text: each takes the references and the decoded hypotheses of one group of results (the release
 groups by ``source``) and returns corpus-level numbers. Where the release has a quirk, the release's number is
 reported beside a corrected one, never silently replaced.
+
+The names are imported on first use (:mod:`qwen_audio.lazy`): the data pipeline reads ``text`` without loading
+the scorers' libraries (jiwer, sacrebleu, scikit-learn, pycocoevalcap).
 """
 
-from qwen_audio.eval.metrics.alignment import alignment_error_ms, release_alignment_error_ms
-from qwen_audio.eval.metrics.captioning import caption_scores
-from qwen_audio.eval.metrics.classification import accuracy, binary_accuracy
-from qwen_audio.eval.metrics.error_rate import error_rate
-from qwen_audio.eval.metrics.music import nsynth_scores, parse_note
-from qwen_audio.eval.metrics.text import whisper_normalize
-from qwen_audio.eval.metrics.translation import bleu
-from qwen_audio.text_normalize import release_normalize
+from qwen_audio.lazy import lazy_exports
 
-__all__ = [
-    "accuracy",
-    "alignment_error_ms",
-    "binary_accuracy",
-    "bleu",
-    "caption_scores",
-    "error_rate",
-    "nsynth_scores",
-    "parse_note",
-    "release_alignment_error_ms",
-    "release_normalize",
-    "whisper_normalize",
-]
+_MODULES = {
+    "accuracy": "qwen_audio.eval.metrics.classification",
+    "alignment_error_ms": "qwen_audio.eval.metrics.alignment",
+    "binary_accuracy": "qwen_audio.eval.metrics.classification",
+    "bleu": "qwen_audio.eval.metrics.translation",
+    "caption_scores": "qwen_audio.eval.metrics.captioning",
+    "error_rate": "qwen_audio.eval.metrics.error_rate",
+    "nsynth_scores": "qwen_audio.eval.metrics.music",
+    "parse_note": "qwen_audio.eval.metrics.music",
+    "release_alignment_error_ms": "qwen_audio.eval.metrics.alignment",
+    "release_normalize": "qwen_audio.text_normalize",
+    "whisper_normalize": "qwen_audio.eval.metrics.text",
+}
+__all__ = sorted(_MODULES)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -9,12 +9,16 @@ reporting both makes our numbers comparable with either.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-from whisper.normalizers import EnglishTextNormalizer
+if TYPE_CHECKING:
+    from whisper.normalizers import EnglishTextNormalizer
 
 
 @functools.cache
 def _english_normalizer() -> EnglishTextNormalizer:
+    from whisper.normalizers import EnglishTextNormalizer  # openai-whisper loads torch and numba: only when scoring
+
     return EnglishTextNormalizer()  # reads openai-whisper's spelling table once
 
 
