@@ -4,8 +4,9 @@ Prompts of different lengths are left-padded and their rotary positions are take
 batch gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
 encoded and spliced once, at prefill, which computes the head at each row's last token only; decoding steps feed
 only the new token. Logits are shaped by transformers' logits processors in the order its ``generate`` applies them
-(repetition penalty, minimum length, temperature, top-k, top-p), on fp32 scores as it does. :func:`answer_prompts` is the one way from prompts to answers that
-the command line (:mod:`qwen_audio.generate.__main__`), chat, long-form, evaluation and the experiments share.
+(repetition penalty, minimum length, temperature, top-k, top-p), on fp32 scores as it does. :func:`answer_prompts`
+is the one way from prompts to answers that the command line (:mod:`qwen_audio.generate.__main__`), chat, long-form,
+evaluation and the experiments share.
 """
 
 from __future__ import annotations
