@@ -10,6 +10,7 @@ import pytest
 import soundfile
 import torch
 
+from qwen_audio.audio import load_audio
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import SKIPPED, AudioTextDataset
@@ -74,3 +75,20 @@ def test_skip_replaces_the_example_by_a_stand_in_that_adds_nothing_to_the_loss(t
 
     with torch.no_grad():
         assert loss([dataset[0], stand_in]).item() == pytest.approx(loss([dataset[0]]).item(), rel=1e-5)
+
+
+def test_cache_serves_the_first_load_and_decodes_each_file_once(tmp_path, demo, monkeypatch):
+    """A cached dataset gives the samples an uncached one gives, and decodes each entry once over two epochs."""
+    path, _, entries = manifest_with(tmp_path, "loud")
+    fresh = [AudioTextDataset(entries, demo)[i] for i in range(2)]
+    decoded = []
+    monkeypatch.setattr("qwen_audio.data.dataset.load_audio", lambda p: decoded.append(p) or load_audio(p))
+    cached = AudioTextDataset(entries, demo, cache=True)
+    for _ in range(2):  # two epochs
+        for index, expected in enumerate(fresh):
+            sample = cached[index]
+            assert torch.equal(sample.input_ids, expected.input_ids) and torch.equal(sample.labels, expected.labels)
+            assert torch.equal(sample.mels[0], expected.mels[0]) and sample.mel_lengths == expected.mel_lengths
+    assert sorted(decoded) == sorted(e.audio for e in entries)
+    AudioTextDataset(entries, demo)[0]
+    assert len(decoded) == 3  # without the cache every access decodes again

@@ -48,6 +48,9 @@ class AudioTextDataModule(L.LightningDataModule):
             (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, for corpora too large to hold in
             memory); the stream never ends, so set ``trainer.max_steps`` and an integer ``val_check_interval``.
         buffer_size: entries a streaming reader gathers, sorts by duration and packs into batches.
+        cache: keep every encoded example of the indexed splits in memory after its first load, so that epochs
+            after the first skip decoding and the log-mel (:class:`~qwen_audio.data.dataset.AudioTextDataset`):
+            for corpora that fit in memory.
 
     The loaders need the model's tokenizer and mel bins: call :meth:`connect` first (the recipes' CLI does).
     """
@@ -69,12 +72,13 @@ class AudioTextDataModule(L.LightningDataModule):
         demo_size: int = 48,
         streaming: bool = False,
         buffer_size: int = 1000,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
-        self.demo_size, self.streaming, self.buffer_size = demo_size, streaming, buffer_size
+        self.demo_size, self.streaming, self.buffer_size, self.cache = demo_size, streaming, buffer_size, cache
         self._model_inputs: tuple[QwenAudioTokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
@@ -138,8 +142,8 @@ class AudioTextDataModule(L.LightningDataModule):
         groups = self.entries[split]
         sampler = self._sampler(split, [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
                                 self.weights if split == "train" else None, shuffle)
-        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.n_mels, self.on_error)
-                    for entries in groups]
+        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.n_mels, self.on_error,
+                                       self.cache) for entries in groups]
         return DataLoader(
             ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,

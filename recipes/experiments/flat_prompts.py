@@ -78,8 +78,7 @@ def encode_flat(
 class FlatPromptDataset(AudioTextDataset):
     """:class:`AudioTextDataset` with the flat prompts of :func:`encode_flat` in place of the hierarchical tags."""
 
-    def __getitem__(self, index: int) -> Sample:
-        entry = self.entries[index]
+    def encode(self, entry: ManifestEntry) -> Sample:
         example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
         return to_sample(example, entry.task, self.n_mels)
 
