@@ -1,4 +1,4 @@
-"""Prompt formats of Qwen-Audio as token ids: hierarchical task tags, SRWT timestamps, and ChatML conversations.
+"""Prompt formats as token ids: Qwen-Audio's hierarchical task tags, SRWT timestamps, and ChatML conversations.
 
 Pretraining (paper §3.2) conditions the decoder on tags in a fixed order: transcription tag, audio language, task
 tag, text language, timestamps tag, output instruction; the target text follows and only it (plus the closing
@@ -7,7 +7,8 @@ entries the evaluation scripts of the release use reproduce those prompts token 
 released tokens we chose. Question-answer tasks follow the audio language with ``<|question|>QUESTION<|answer|>``
 and no further tags, as ``evaluate_aqa.py`` does. Tasks whose label no released token names (language, dialect,
 gender, age, same speaker, singer, title) are asked with a fixed question, so that no two tasks with different
-outputs share a prompt.
+outputs share a prompt. A Qwen2-Audio tokenizer (its ``family``) gets the same tasks as that family's
+natural-language instructions instead (:func:`family_prompt`), in training as in evaluation.
 
 Supervised fine-tuning uses ChatML (spec §7) with the family's ``Audio n:<audio>PATH</audio>`` lines
 (:data:`AUDIO_LABELS`); the loss covers only what the assistant says.
@@ -25,6 +26,7 @@ import torch
 
 from qwen_audio.audio import load_audio
 from qwen_audio.config import Family
+from qwen_audio.qwen2_audio.prompts import task_instruction
 from qwen_audio.tokenizer import (
     AUDIO_END,
     AUDIO_SPECIAL_TOKENS,
@@ -53,6 +55,8 @@ QUESTION, ANSWER = "<|question|>", "<|answer|>"
 MIN_SILENCE = 0.2  # seconds; our choice (the release's SRWT threshold is not published)
 
 _OURS = "ours: the release shows no tag for this task; "
+_TIMESTAMP = re.compile(r"<\|(\d+\.\d\d)\|>")
+_FINAL_TIMESTAMP = re.compile(_TIMESTAMP.pattern + r"\Z")  # where an SRWT prompt ends
 
 
 @dataclass(frozen=True)
@@ -173,26 +177,29 @@ def _check_language(field: str, language: str | None, allowed: tuple[str, ...], 
     return language
 
 
-def _tag_segments(
+def task_prompt(
     task: str,
+    *,
     audio_language: str | None = None,
     text_language: str | None = None,
     instruction: str | None = None,
     question: str | None = None,
-) -> list[tuple[str, bool]]:
-    """The prompt after ``</audio>`` as (text, is_special_token) pieces, validated against the registry."""
+) -> str:
+    """The tag text that follows ``</audio>``, validated against the registry, e.g.
+    ``task_prompt("asr", audio_language="en")`` ==
+    ``"<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"`` (evaluate_asr.py)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
     spec = TASKS[task]
     audio_language = _check_language("audio_language", audio_language or spec.audio_language, AUDIO_LANGUAGES, task)
-    segments = [(spec.start, True), (f"<|{audio_language}|>", True), (spec.tag, True)]
+    tags = f"{spec.start}<|{audio_language}|>{spec.tag}"
     if spec.tag == QUESTION:
         if instruction is not None or text_language is not None:
             raise ValueError(f"task {task!r} is asked as a question and takes no instruction or text_language")
         question = question or spec.question
         if not question:
             raise ValueError(f"task {task!r} needs question (the text between <|question|> and <|answer|>)")
-        return [*segments, (question, False), (ANSWER, True)]
+        return f"{tags}{question}{ANSWER}"
     if question is not None:
         raise ValueError(f"task {task!r} takes no question")
     if text_language is None and spec.tag == "<|translate|>":
@@ -203,10 +210,11 @@ def _tag_segments(
     if instruction not in spec.instructions:
         raise ValueError(f"instruction {instruction!r} is not one of task {task!r}'s: {', '.join(spec.instructions)}")
     timestamps = TIMESTAMPS if spec.timestamps else NO_TIMESTAMPS
-    return [*segments, (f"<|{text_language}|>", True), (timestamps, True), (instruction, True)]
+    return f"{tags}<|{text_language}|>{timestamps}{instruction}"
 
 
-def task_prompt(
+def family_prompt(
+    family: Family,
     task: str,
     *,
     audio_language: str | None = None,
@@ -214,9 +222,15 @@ def task_prompt(
     instruction: str | None = None,
     question: str | None = None,
 ) -> str:
-    """The tag text that follows ``</audio>``, e.g. ``task_prompt("asr", audio_language="en")`` ==
-    ``"<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"`` (evaluate_asr.py)."""
-    return "".join(text for text, _ in _tag_segments(task, audio_language, text_language, instruction, question))
+    """The text after the audio that asks ``task`` in the words ``family`` was pretrained on, the one place where
+    the families differ: Qwen-Audio's tags (:func:`task_prompt`), or Qwen2-Audio's natural-language instruction
+    (:func:`~qwen_audio.qwen2_audio.prompts.task_instruction`). The instruction text stands for Qwen-Audio's
+    output-instruction tag too, so Qwen2-Audio reads no ``instruction``. Training (:func:`encode_task`) and
+    evaluation (``Benchmark.prompt``) both ask through here, so a model is evaluated on the prompts it learned."""
+    if family == "qwen2-audio":
+        return task_instruction(task, audio_language=audio_language, text_language=text_language, question=question)
+    return task_prompt(task, audio_language=audio_language, text_language=text_language, instruction=instruction,
+                       question=question)
 
 
 @dataclass(frozen=True)
@@ -274,25 +288,29 @@ def encode_task(
     load: AudioLoader = load_audio,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Example:
-    """``<audio>PATH</audio>`` (one per source) + the task's tags [+ target + ``<|endoftext|>``].
+    """``<audio>PATH</audio>`` (one per source) + the task's prompt in the tokenizer's family's words
+    (:func:`family_prompt`) [+ target + the end-of-text token].
 
-    Without ``target`` this is the prompt for generation. With it, only the target and the closing
-    ``<|endoftext|>`` carry loss. When the prompt ends with a timestamp (SRWT) the target must start with the same
-    timestamp, which the sequence holds once. Target text may contain the task tokens (timestamps, entity marks,
-    MIDI notes...) but no audio.
+    Without ``target`` this is the prompt for generation, the ids evaluation gives the same item (the text of
+    ``Benchmark.prompt`` with its task-token texts encoded as the tokens). With it,
+    only the target and the closing end-of-text token carry loss. When the prompt ends with a timestamp (SRWT: a
+    Qwen-Audio timestamp token, or the same text in Qwen2-Audio's instruction, whose tokenizer has no timestamp
+    tokens) the target must start with that timestamp, which the sequence holds once, in the prompt, where
+    generation finds it. Target text may contain the task tokens (timestamps, entity marks, MIDI notes...) but no
+    audio.
     """
     sources = [audio] if isinstance(audio, str) else list(audio)
-    segments = _tag_segments(task, audio_language, text_language, instruction, question)
+    prompt = family_prompt(tokenizer.family, task, audio_language=audio_language, text_language=text_language,
+                           instruction=instruction, question=question)
     builder = _ExampleBuilder(tokenizer, load)
-    builder.add_text_with_audio("".join(f"{AUDIO_START}{source}{AUDIO_END}" for source in sources), frozenset())
-    for text, special in segments:
-        builder.add([tokenizer.special_id(text)] if special else tokenizer.encode(text))
+    builder.add_text_with_audio("".join(f"{AUDIO_START}{source}{AUDIO_END}" for source in sources) + prompt,
+                                TASK_TOKENS)
     if target is not None:
-        last_tag = segments[-1][0]
-        if tokenizer.timestamp_seconds(tokenizer.special_id(last_tag)) is not None:
-            if not target.startswith(last_tag):
-                raise ValueError(f"target of task {task!r} must start with {last_tag}, the prompt's last timestamp")
-            target = target[len(last_tag):]
+        held = _FINAL_TIMESTAMP.search(prompt)
+        if held:
+            if not target.startswith(held.group()):
+                raise ValueError(f"target of task {task!r} must start with {held.group()}, the prompt's last timestamp")
+            target = target[len(held.group()):]
         builder.add([*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod], learn=True)
     return builder.build(max_length, "target")
 
@@ -304,9 +322,6 @@ class TimedWord:
     text: str
     start: float
     end: float
-
-
-_TIMESTAMP = re.compile(r"<\|(\d+\.\d\d)\|>")
 
 
 def format_timestamped_words(

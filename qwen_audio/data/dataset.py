@@ -1,4 +1,4 @@
-"""Manifest entries -> model examples: decode, resample, log-mel, tag prompt with audio placeholders, labels."""
+"""Manifest entries -> model examples: decode, resample, log-mel, task prompt with audio placeholders, labels."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def target_text(entry: ManifestEntry) -> str:
 
 def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
                  max_length: int = 2048) -> Example:
-    """The entry's hierarchical-tag prompt (+ ``target``, learned, when given) with its audio segment decoded."""
+    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
+    :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with its audio segment decoded."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
         tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
@@ -93,7 +94,7 @@ def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
 
 def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80,
                  on_error: Literal["raise", "skip"] = "raise") -> Sample:
-    """Decode the entry's audio and build its training example: tag prompt, target, labels and mel features.
+    """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
 
     ``on_error="skip"``: audio that fails to load (:func:`load_segment`) gives a warning and a stand-in of one
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
@@ -108,7 +109,7 @@ def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length
 
 
 class AudioTextDataset(Dataset):
-    """Map-style dataset over manifest entries; the loss covers only the target after the task tags. ``on_error``:
+    """Map-style dataset over manifest entries; the loss covers only the target after the task prompt. ``on_error``:
     what audio that fails to load does (:func:`encode_entry`).
 
     ``cache``: keep each encoded sample after its first load, so that later epochs skip decoding and the log-mel.

@@ -36,8 +36,7 @@ from qwen_audio.eval.metrics import (
     nsynth_scores,
     release_alignment_error_ms,
 )
-from qwen_audio.prompts import QUESTION, TASKS, task_prompt
-from qwen_audio.qwen2_audio.prompts import task_instruction
+from qwen_audio.prompts import QUESTION, TASKS, family_prompt, task_prompt
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START
 
 Reference = str | tuple[str, ...]
@@ -148,7 +147,7 @@ class Benchmark:
         return self.task == "aac"
 
     def prompt_options(self, source: str, question: str | None = None) -> dict[str, str | None]:
-        """Keyword arguments of :func:`qwen_audio.prompts.task_prompt` / ``encode_task`` for one item."""
+        """Keyword arguments of :func:`qwen_audio.prompts.family_prompt` / ``encode_task`` for one item."""
         if self.task == "s2tt":
             audio_language, text_language = covost_languages(source)
             return {"audio_language": audio_language, "text_language": text_language,
@@ -160,13 +159,9 @@ class Benchmark:
     def prompt(self, item: BenchmarkItem, family: Family = "qwen-audio") -> str:
         """The release's prompt text of ``family`` for ``item``: the audio, then Qwen-Audio's task tags
         (``<audio>a.flac</audio><|startoftranscript|><|en|>...``) or Qwen2-Audio's instruction
-        (``<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>``)."""
-        options = self.prompt_options(item.source, item.question)
-        if family == "qwen2-audio":
-            options.pop("instruction", None)  # Qwen-Audio's output-instruction tag; the instruction text replaces it
-            text = task_instruction(self.task, **options)
-        else:
-            text = task_prompt(self.task, **options)
+        (``<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>``), as training asks it
+        (:func:`qwen_audio.prompts.family_prompt`)."""
+        text = family_prompt(family, self.task, **self.prompt_options(item.source, item.question))
         return f"{AUDIO_START}{item.audio}{AUDIO_END}{text}"
 
     def score(self, refs: Sequence[Reference], hyps: Sequence[str], source: str) -> Scores:
