@@ -4,6 +4,7 @@ gloo) resume from their checkpoints to exactly the losses of an uninterrupted ru
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
+from qwen_audio.lit.callbacks import _cell
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "recipes" / "configs" / "pretrain").glob("*.yaml"))
@@ -201,3 +203,11 @@ def test_bad_manifest_lines_stop_the_run_naming_them_and_keep_the_checkpoint(tmp
         assert result.returncode != 0, case
         assert re.search(pattern, result.stderr), (case, result.stderr[-2000:])
         assert last.read_bytes() == saved, case
+
+
+def test_transcription_report_keeps_a_random_models_output_in_one_table_row():
+    """A random model emits newlines and pipes; each report row must stay one line of exactly three cells."""
+    row = f"| en | one two | {_cell('a|b' + chr(10) + 'c' + chr(92))} |"
+    assert chr(10) not in row
+    assert len(re.findall(r"(?<!\\)\|", row)) == 4  # the row's own separators only
+    assert _cell("a|b" + chr(10) + "c" + chr(92)) == r"a\|b\nc\\"

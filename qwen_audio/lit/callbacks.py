@@ -68,6 +68,11 @@ def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry
     return [answer.text for answer in answers]
 
 
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a random model's output may hold newlines and pipes."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "\\n")
+
+
 class TranscriptionReport(L.Callback):
     """Prints greedy transcriptions of held-out ASR clips next to their references, with WER/CER per language (the
     release's, as evaluation scores them), before and after fitting: the demo's visible proof that the model learned
@@ -85,7 +90,7 @@ class TranscriptionReport(L.Callback):
         for language in sorted({e.audio_language for e in clips}):
             chosen = [e for e in clips if e.audio_language == language][: self.num_clips]
             hypotheses = transcribe(module, datamodule.tokenizer, chosen, self.max_new_tokens)
-            lines += [f"| {language} | {e.text} | {h} |" for e, h in zip(chosen, hypotheses)]
+            lines += [f"| {language} | {e.text} | {_cell(h)} |" for e, h in zip(chosen, hypotheses)]
             name = "CER" if language == "zh" else "WER"
             score = error_rate([e.text for e in chosen], hypotheses, language)
             lines.append(f"| {language} | **{name}** | **{score:.3f}** |")
