@@ -26,7 +26,7 @@ import torch
 
 from qwen_audio.audio import load_audio
 from qwen_audio.config import Family
-from qwen_audio.qwen2_audio.prompts import task_instruction
+from qwen_audio.qwen2_audio.prompts import INSTRUCTIONS, task_instruction
 from qwen_audio.tokenizer import (
     AUDIO_END,
     AUDIO_SPECIAL_TOKENS,
@@ -231,6 +231,12 @@ def family_prompt(
         return task_instruction(task, audio_language=audio_language, text_language=text_language, question=question)
     return task_prompt(task, audio_language=audio_language, text_language=text_language, instruction=instruction,
                        question=question)
+
+
+def family_tasks(family: Family) -> Mapping[str, object]:
+    """The tasks :func:`family_prompt` can ask ``family``: the manifest readers refuse any other task at its line,
+    before training starts, not when its example is first built."""
+    return INSTRUCTIONS if family == "qwen2-audio" else TASKS
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 from transformers import Qwen2AudioForConditionalGeneration
 
 from qwen_audio.checkpoint import load_model, load_tokenizer
+from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import target_text, task_example
 from qwen_audio.data.demo import build_demo_corpus
-from qwen_audio.data.manifest import read_manifest
+from qwen_audio.data.manifest import ManifestError, read_manifest
 from qwen_audio.eval.datamodule import BenchmarkDataset, demo_items
 from qwen_audio.eval.report import METRICS_FILE, PREDICTIONS_FILE
 from qwen_audio.prompts import IGNORE_INDEX, encode_task
@@ -83,6 +87,24 @@ def test_a_task_qwen2_audio_has_no_instruction_for_is_refused_by_name():
     tokenizer = load_tokenizer(preset="qwen2-audio-tiny")
     with pytest.raises(ValueError, match="Qwen2-Audio has no prompt for task 'lid'"):
         encode_task(tokenizer, "lid", "a.wav", "English", audio_language="unknown", load={"a.wav": torch.ones(1600)})
+
+
+def test_the_data_module_refuses_such_a_task_at_its_manifest_line(tmp_path):
+    """The same manifest reads for Qwen-Audio, whose tags ask ``lid``; for Qwen2-Audio its line 2 is refused when
+    the data is set up, before any step."""
+    soundfile.write(tmp_path / "a.wav", np.full(8000, 0.1, np.float32), 16000)
+    line = '{{"audio": "a.wav", "task": "{}", "text": "{}", "audio_language": "en", "text_language": "en"}}\n'
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(line.format("asr", "one") + line.format("lid", "English"))
+    for preset, refused in (("tiny", False), ("qwen2-audio-tiny", True)):
+        data = AudioTextDataModule(train=[str(manifest)])
+        data.connect(load_tokenizer(preset=preset), n_mels=80)
+        if refused:
+            with pytest.raises(ManifestError, match=rf"^{re.escape(str(manifest))}:2: task: unknown task 'lid'"):
+                data.setup("fit")
+        else:
+            data.setup("fit")
+            assert [e.task for e in data.entries["train"][0]] == ["asr", "lid"]
 
 
 def _losses(root: Path) -> dict[str, list[float]]:

@@ -20,7 +20,7 @@ from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
 from qwen_audio.errors import InputError
-from qwen_audio.prompts import TASKS
+from qwen_audio.prompts import family_tasks
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 DEMO_PREFIX = "demo:"
@@ -119,10 +119,11 @@ class AudioTextDataModule(L.LightningDataModule):
             self._resolve(manifest)  # builds the demo corpus once, on the main process
 
     def setup(self, stage: str | None = None) -> None:
+        tasks = family_tasks(self.tokenizer.family)  # a task the model's family has no prompt for fails at its line
         for split, manifests in self.manifests.items():
             if split not in self.entries and not (split == "train" and self.streaming):
                 self.entries[split] = [
-                    read_manifest(self._resolve(m), tasks=TASKS, check_audio=True, on_error=self.on_error)
+                    read_manifest(self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error)
                     for m in manifests
                 ]
 

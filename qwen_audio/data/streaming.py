@@ -20,7 +20,7 @@ from qwen_audio.data.dataset import encode_entry
 from qwen_audio.data.manifest import ManifestEntry, ManifestError, iter_manifest
 from qwen_audio.data.sampler import pack_batches
 from qwen_audio.errors import InputError
-from qwen_audio.prompts import TASKS
+from qwen_audio.prompts import family_tasks
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 
@@ -77,7 +77,8 @@ class StreamingAudioTextDataset(IterableDataset):
         """This reader's lines of ``path``, pass after pass."""
         while True:
             empty = True
-            for entry in iter_manifest(path, tasks=TASKS, on_error=self.on_error, shard=(reader, readers)):
+            tasks = family_tasks(self.tokenizer.family)
+            for entry in iter_manifest(path, tasks=tasks, on_error=self.on_error, shard=(reader, readers)):
                 if entry.duration is None:
                     raise ManifestError(f"entry {entry.audio} has no duration; streaming needs one on every line",
                                         path=path)
