@@ -3,9 +3,10 @@
 Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.demo.espeak`) of spoken digit strings in English
 and Mandarin ("four one seven two", "四一七二"), each clip used for ASR and for SRWT with the synthesiser's own word
 timings. Digit strings, as in TIDIGITS, because a ten-word vocabulary is what a small model can learn to transcribe
-on a CPU in minutes; the held-out strings are new combinations of seen words, so a falling test WER is real
-generalisation. Babble scenes mix voices reading the sentences of ``qwen_audio/assets/demo_corpus.txt``.
-The sound tasks follow the paper's formats with targets that the audio determines:
+on a CPU in minutes; the held-out strings (3 to 6 digits) are new combinations of seen words, so a falling test WER is
+real generalisation. Training strings have 1 to 6 digits, and every utterance has a little silence before and after
+it, as recorded speech does (espeak-ng starts and stops with the voice). Babble scenes mix voices reading the
+sentences of ``qwen_audio/assets/demo_corpus.txt``. The sound tasks follow the paper's formats with targets that the audio determines:
 
 - MNA: harmonic notes of five timbres; target ``<|pitch|><|midi_pitch_N|><|instrument|>NAME``.
 - ASC: five scenes built from shaped noise and synthetic events (rain, wind, engine, birds, babble of several voices).
@@ -36,7 +37,7 @@ import soundfile
 from qwen_audio.data.demo.espeak import SpeechJob, synthesize_files
 from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
 
-DEMO_VERSION = "4"  # bump when generation changes, so caches of an older corpus are not reused
+DEMO_VERSION = "5"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
 CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
@@ -48,7 +49,10 @@ DIGITS = {
     "en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
     "zh": tuple("零一二三四五六七八九"),
 }
-DIGITS_PER_UTTERANCE = (3, 6)  # inclusive
+DIGITS_PER_UTTERANCE = (3, 6)  # inclusive, held-out strings; test scores stay comparable across corpus versions
+TRAIN_DIGITS_PER_UTTERANCE = (1, 6)  # training also has one- and two-digit strings: short clips align easily
+SILENCE_BEFORE = (0.05, 0.2)  # seconds of silence around each utterance, drawn per clip: espeak-ng leaves none,
+SILENCE_AFTER = (0.1, 0.3)  # and without it the last word ends with the clip, where the model dropped it most
 VOICES = {"en": ("en", "en+f2", "en+m3", "en+f4", "en+m7"), "zh": ("cmn", "cmn+f2", "cmn+m3", "cmn+f4")}
 RATES = (130, 210)  # words per minute, drawn per utterance
 PITCHES = (30, 70)
@@ -59,6 +63,7 @@ EVENT_KINDS = ("beep", "click")
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
 MIN_EVENT_GAP = 0.3  # seconds between AQA event onsets, so each event is separately audible
 AQA_SLOTS = 15  # event onsets at 0.1 s + k * MIN_EVENT_GAP, k < AQA_SLOTS: the last ends inside a 5 s clip
+ASC_SECONDS = (1.0, 2.5)  # a scene is recognisable in a second; longer clips take steps from speech
 
 # Harmonic amplitudes (the fundamental is always the strongest partial), attack and decay per instrument.
 _TIMBRES = {
@@ -168,13 +173,15 @@ def digit_key(text: str, language: str) -> str:
 
 
 def _digit_strings(seed: int, language: str, counts: dict[str, int]) -> dict[str, list[str]]:
-    """``{split: digit strings}``, distinct within the corpus, each drawn until it falls in its split."""
+    """``{split: digit strings}``, distinct within the corpus, each drawn until it falls in its split (training
+    strings of :data:`TRAIN_DIGITS_PER_UTTERANCE` digits, held-out ones of :data:`DIGITS_PER_UTTERANCE`)."""
     rng, seen, strings = _rng(seed, "digits", language), set(), {}
     joiner = " " if language == "en" else ""
     for split in SPLITS:
         strings[split] = []
+        shortest, longest = TRAIN_DIGITS_PER_UTTERANCE if split == "train" else DIGITS_PER_UTTERANCE
         while len(strings[split]) < counts[split]:
-            length = int(rng.integers(DIGITS_PER_UTTERANCE[0], DIGITS_PER_UTTERANCE[1] + 1))
+            length = int(rng.integers(shortest, longest + 1))
             text = joiner.join(DIGITS[language][d] for d in rng.integers(0, 10, size=length))
             if text not in seen and split_of(digit_key(text, language)) == split:
                 seen.add(text)
@@ -187,7 +194,8 @@ def _generate(folder: Path, seed: int, size: int) -> None:
     held_out = min(MAX_HELD_OUT, max(1, size // 4))
     counts = {split: size if split == "train" else held_out for split in SPLITS}
     digits = {language: _digit_strings(seed, language, counts) for language in ("en", "zh")}
-    counts["train"] = max(1, size // 4)  # sound clips: their tasks are learned in fewer examples than speech
+    # clips per sound task: their tasks are learned in fewer examples than speech
+    sounds = {split: max(1, size // 4) if split == "train" else held_out for split in SPLITS}
     # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser process.
     speech: dict[str, list[tuple[str, SpeechJob]]] = {}
     voices: dict[tuple[str, int], list[SpeechJob]] = {}
@@ -200,7 +208,7 @@ def _generate(folder: Path, seed: int, size: int) -> None:
             for i, text in enumerate(digits[language][split]):
                 path = folder / split / f"speech_{language}_{i:04d}.wav"
                 speech[split].append((language, _speech_job(rng, text, language, path)))
-        for i in range(counts[split]):
+        for i in range(sounds[split]):
             if SCENES[i % len(SCENES)] == "babble":
                 rng = _rng(seed, split, "babble", str(i))
                 languages = [("en", "zh")[k % 2] for k in range(int(rng.integers(4, 7)))]
@@ -217,7 +225,7 @@ def _generate(folder: Path, seed: int, size: int) -> None:
         for language, job in speech[split]:
             entries += _speech_entries(folder, job, language, next(timings))
             items[split].add(digit_key(job.text, language))
-        for i in range(counts[split]):
+        for i in range(sounds[split]):
             clip = f"{i:04d}.wav"
             mna, note = _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{clip}", i, split)
             aqa, layout = _aqa_clip(_rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}", split)
@@ -235,7 +243,9 @@ def _generate(folder: Path, seed: int, size: int) -> None:
 def _speech_job(rng: np.random.Generator, text: str, language: str, path: Path) -> SpeechJob:
     voice = str(rng.choice(VOICES[language]))
     rate, pitch = int(rng.integers(RATES[0], RATES[1] + 1)), int(rng.integers(PITCHES[0], PITCHES[1] + 1))
-    return SpeechJob(text=text, path=str(path), voice=voice, rate=rate, pitch=pitch)
+    before, after = round(float(rng.uniform(*SILENCE_BEFORE)), 3), round(float(rng.uniform(*SILENCE_AFTER)), 3)
+    return SpeechJob(text=text, path=str(path), voice=voice, rate=rate, pitch=pitch, silence_before=before,
+                     silence_after=after)
 
 
 def _speech_entries(
@@ -364,7 +374,7 @@ _SOUNDS = {"rain": _rain, "wind": _wind, "engine": _engine, "birds": _birds}
 def _asc_clip(
     rng: np.random.Generator, folder: Path, path: str, index: int, voices: list[SpeechJob] | None
 ) -> ManifestEntry:
-    scene, seconds = SCENES[index % len(SCENES)], rng.uniform(2.0, 5.0)
+    scene, seconds = SCENES[index % len(SCENES)], rng.uniform(*ASC_SECONDS)
     audio = _babble(rng, seconds, voices) if scene == "babble" else _SOUNDS[scene](rng, seconds)
     return ManifestEntry(path, "asc", scene, None, "en", duration=_write_sound(folder, path, audio, rng))
 

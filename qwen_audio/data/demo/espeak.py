@@ -195,13 +195,16 @@ def synthesize(
 
 @dataclass(frozen=True)
 class SpeechJob:
-    """One utterance for :func:`synthesize_files`: written as a 16-bit wav at ``path``."""
+    """One utterance for :func:`synthesize_files`: written as a 16-bit wav at ``path``, with ``silence_before`` and
+    ``silence_after`` seconds of silence around the speech (espeak-ng itself leaves almost none)."""
 
     text: str
     path: str
     voice: str = "en"
     rate: int = DEFAULT_RATE
     pitch: int = DEFAULT_PITCH
+    silence_before: float = 0.0
+    silence_after: float = 0.0
 
 
 def synthesize_files(jobs: Sequence[SpeechJob]) -> list[list[tuple[str, float, float]]]:
@@ -227,9 +230,11 @@ def _serve() -> None:
     timings = []
     for job in json.load(sys.stdin):
         samples, sample_rate, words = synthesize(job["text"], job["voice"], job["rate"], job["pitch"])
-        audio = resampler(sample_rate, SAMPLE_RATE)(torch.from_numpy(samples.astype(np.float32) / 32768))
-        soundfile.write(job["path"], audio.numpy(), SAMPLE_RATE, subtype="PCM_16")
-        timings.append(words)
+        audio = resampler(sample_rate, SAMPLE_RATE)(torch.from_numpy(samples.astype(np.float32) / 32768)).numpy()
+        before, after = (round(job[side] * SAMPLE_RATE) for side in ("silence_before", "silence_after"))
+        soundfile.write(job["path"], np.pad(audio, (before, after)), SAMPLE_RATE, subtype="PCM_16")
+        shift = before / SAMPLE_RATE
+        timings.append([(word, start + shift, end + shift) for word, start, end in words])
     json.dump(timings, sys.stdout)
 
 
