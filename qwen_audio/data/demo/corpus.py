@@ -6,7 +6,8 @@ timings. Digit strings, as in TIDIGITS, because a ten-word vocabulary is what a 
 on a CPU in minutes; the held-out strings (3 to 6 digits) are new combinations of seen words, so a falling test WER is
 real generalisation. Training strings have 1 to 6 digits, and every utterance has a little silence before and after
 it, as recorded speech does (espeak-ng starts and stops with the voice). Babble scenes mix voices reading the
-sentences of ``qwen_audio/assets/demo_corpus.txt``. The sound tasks follow the paper's formats with targets that the audio determines:
+sentences of ``qwen_audio/assets/demo_corpus.txt``. The sound tasks follow the paper's formats with targets that
+the audio determines:
 
 - MNA: harmonic notes of five timbres; target ``<|pitch|><|midi_pitch_N|><|instrument|>NAME``.
 - ASC: five scenes built from shaped noise and synthetic events (rain, wind, engine, birds, babble of several voices).
