@@ -72,6 +72,25 @@ def test_deterministic_per_seed_and_epoch():
     assert epoch_batches(a, 4) != epoch_batches(DurationBucketSampler(durations, 16.0, seed=8), 4)
 
 
+def test_sortagrad_epochs_go_shortest_bucket_first_then_shuffle():
+    durations = random_durations(500)
+    edges = np.quantile(durations, np.linspace(0, 1, 11)[1:-1])  # the 10 buckets' bounds, as documented
+    sampler = DurationBucketSampler([durations], 24.0, sortagrad_epochs=2, seed=1)
+
+    def buckets(batch):
+        return set(np.searchsorted(edges, durations[batch], side="right").tolist())
+
+    for epoch in (0, 1):
+        batches = epoch_batches(sampler, epoch)
+        order = [buckets(b) for b in batches]
+        assert all(len(b) == 1 for b in order)
+        assert [min(b) for b in order] == sorted(min(b) for b in order)  # shortest bucket first
+        assert sorted(i for b in batches for i in b) == list(range(500))  # still every example once
+    assert epoch_batches(sampler, 0) != epoch_batches(sampler, 1)  # the clips inside a bucket are reshuffled
+    order = [min(buckets(b)) for b in epoch_batches(sampler, 2)]
+    assert order != sorted(order)  # from epoch 2 on the batch order is shuffled as without the option
+
+
 @pytest.mark.parametrize("rank", [0, 1, 2])
 def test_exact_resume_mid_epoch(rank):
     durations = [random_durations(250, seed=1), random_durations(90, seed=2)]
@@ -120,6 +139,8 @@ def test_bad_arguments():
         DurationBucketSampler([[1.0, 0.0]], 30)
     with pytest.raises(ValueError, match=r"weights: expected one per manifest \(2\), got \[1.0\]"):
         DurationBucketSampler([[1.0], [2.0]], 30, weights=[1.0])
+    with pytest.raises(ValueError, match="sortagrad_epochs must be >= 0, got -1"):
+        DurationBucketSampler([[1.0]], 30, sortagrad_epochs=-1)
     with pytest.raises(ValueError, match="rank must be in"):
         DurationBucketSampler([[1.0, 2.0]], 30, rank=2, world_size=2)
     state = DurationBucketSampler([[1.0, 2.0]], 30, world_size=1).state_dict()

@@ -42,6 +42,8 @@ class AudioTextDataModule(L.LightningDataModule):
         weights: one mixing weight per training manifest (default: every example once per epoch).
         max_seconds: padded audio seconds per batch (``batch size * longest clip``).
         max_length: the longest token sequence allowed; a longer example is an error naming it.
+        sortagrad_epochs: training epochs at the start that take their batches shortest clips first instead of
+            shuffled (SortaGrad): short clips align quickly, and what the model learns on them carries to long ones.
         on_error: ``raise`` at the first bad manifest line, or ``skip`` bad lines and warn with their count.
         demo_size: training clips per group of the demo corpus.
         streaming: read the training manifests line by line instead of indexing them
@@ -66,6 +68,7 @@ class AudioTextDataModule(L.LightningDataModule):
         max_seconds: float = 60.0,
         max_length: int = 2048,
         num_buckets: int = 10,
+        sortagrad_epochs: int = 0,
         num_workers: int = 0,
         seed: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
@@ -78,6 +81,7 @@ class AudioTextDataModule(L.LightningDataModule):
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
+        self.sortagrad_epochs = sortagrad_epochs
         self.demo_size, self.streaming, self.buffer_size, self.cache = demo_size, streaming, buffer_size, cache
         self._model_inputs: tuple[QwenAudioTokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
@@ -135,7 +139,7 @@ class AudioTextDataModule(L.LightningDataModule):
             raise InputError(f"data.{split}: no file given, but the trainer asks for the {split} loader")
         try:
             return DurationBucketSampler(lengths, budget, weights=weights, num_buckets=self.num_buckets,
-                                         shuffle=shuffle, seed=self.seed)
+                                         shuffle=shuffle, sortagrad_epochs=self.sortagrad_epochs, seed=self.seed)
         except ValueError as err:
             raise InputError(f"data.{split} {self.manifests[split]}: {err}") from None
 

@@ -59,9 +59,11 @@ class DurationBucketSampler(Sampler[list[int]]):
        up-sampled and cut short when down-sampled.
     3. Shuffle each bucket and cut it into batches of ``max_seconds // longest clip of the bucket`` examples, so the
        padded length ``len(batch) * longest clip`` stays within ``max_seconds``.
-    4. Shuffle the batch order; then, so that each rank gets the same number of batches, split the largest batches
-       in two until the count divides by the world size (no example dropped or repeated). Only when every batch
-       holds a single example and splitting is impossible are the last ``count % world_size`` batches dropped.
+    4. Shuffle the batch order (in the first ``sortagrad_epochs`` epochs keep it: shortest bucket first, the
+       SortaGrad curriculum of Deep Speech 2, §3.1); then, so that each rank gets the same number of batches,
+       split the largest batches in two until the count divides by the world size (no example dropped or
+       repeated). Only when every batch holds a single example and splitting is impossible are the last
+       ``count % world_size`` batches dropped.
     5. Rank ``r`` takes batches ``r, r + world_size, ...``.
 
     Lightning calls ``set_epoch`` at the start of every epoch on ``loader.batch_sampler.sampler`` (the index sampler
@@ -81,6 +83,7 @@ class DurationBucketSampler(Sampler[list[int]]):
         weights: Sequence[float] | None = None,
         num_buckets: int = 10,
         shuffle: bool = True,
+        sortagrad_epochs: int = 0,
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
@@ -95,6 +98,8 @@ class DurationBucketSampler(Sampler[list[int]]):
             raise ValueError(f"max_seconds must be a positive number, got {max_seconds!r}")
         if num_buckets < 1:
             raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+        if sortagrad_epochs < 0:
+            raise ValueError(f"sortagrad_epochs must be >= 0, got {sortagrad_epochs}")
         self.sizes = [len(d) for d in durations]
         self.durations = np.concatenate([np.asarray(d, dtype=np.float64).reshape(-1) for d in durations] or [[]])
         if self.durations.size == 0:
@@ -113,6 +118,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             raise ValueError(f"{self.durations.size} examples cannot give each of {world_size} ranks a batch")
         self.max_seconds = float(max_seconds)
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.sortagrad_epochs = sortagrad_epochs
         edges = np.quantile(self.durations, np.linspace(0, 1, num_buckets + 1)[1:-1])
         self.bucket_of = np.searchsorted(edges, self.durations, side="right")
         buckets = range(int(self.bucket_of.max()) + 1)
@@ -170,7 +176,7 @@ class DurationBucketSampler(Sampler[list[int]]):
             if self.shuffle:
                 members = rng.permutation(members)
             batches += [members[i : i + size].tolist() for i in range(0, len(members), size)]
-        if self.shuffle:
+        if self.shuffle and epoch >= self.sortagrad_epochs:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return self._divisible(batches)
 
