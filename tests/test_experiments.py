@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,7 @@ def test_srwt_ablation_end_to_end(tmp_path, monkeypatch):
     table = srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--seeds", "0", "1",
                                 "--out", str(tmp_path / "out")])
     lines = table.splitlines()
-    assert lines[0] == "| variant | ASR WER en | ASR CER zh | AQA acc | final val loss | train s |"
+    assert lines[0] == "| variant | ASR WER en | ASR CER zh | AQA acc | final val/loss_asr | train s |"
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| with SRWT", "| without SRWT"]
     assert all(" ± " in cell for line in lines[2:] for cell in line.strip("| ").split(" | ")[1:])
     assert (tmp_path / "out" / "srwt_ablation.png").stat().st_size > 0
@@ -172,6 +173,19 @@ def test_srwt_ablation_end_to_end(tmp_path, monkeypatch):
     without = read_manifest(tmp_path / "out" / "srwt_ablation_manifests" / "train_without_srwt.jsonl")
     assert without and all(entry.task != "srwt" for entry in without)
     test = [e for e in read_manifest(build_demo_corpus(size=2)["test"]) if e.task in ("asr", "aqa")]
-    for run in ("with-seed0", "without-seed0", "with-seed1", "without-seed1"):
-        lines = (tmp_path / "out" / f"srwt_ablation-{run}" / "predictions.jsonl").read_text().splitlines()
+    for run in ("demo-all-tasks-seed0", "srwt_ablation-without-seed0", "demo-all-tasks-seed1",
+                "srwt_ablation-without-seed1"):
+        lines = (tmp_path / "out" / run / "predictions.jsonl").read_text().splitlines()
         assert sorted(json.loads(line)["audio"] for line in lines) == sorted(e.audio for e in test)
+
+    # Run again with the same --out: every run is finished, so nothing trains and the table is the same.
+    def no_training(*args, **kwargs):
+        raise AssertionError(f"a finished run was retrained: {args}")
+    monkeypatch.setattr(subprocess, "run", no_training)
+    assert srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--seeds", "0", "1",
+                               "--out", str(tmp_path / "out")]) == table
+    # A run without its run.json (killed before the end) trains again.
+    (tmp_path / "out" / "demo-all-tasks-seed1" / "run.json").unlink()
+    with pytest.raises(AssertionError, match="a finished run was retrained"):
+        srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--seeds", "1",
+                            "--out", str(tmp_path / "out")])

@@ -123,6 +123,12 @@ class Variant:
     prompt_style: PromptStyle = "tags"
 
 
+def all_tasks(name: str) -> Variant:
+    """demo.yaml's data unchanged (every task, hierarchical tags): the SRWT ablation's "with" arm and the tag
+    ablation's "tags" arm are this one run per seed, kept in one folder."""
+    return Variant(name, "demo-all-tasks", {})
+
+
 @dataclass
 class Run:
     variant: Variant
@@ -142,10 +148,11 @@ class Run:
 
 def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: int, val_every: int) -> Run:
     """Fit one variant from ``seed`` with the pretraining recipe for ``max_steps`` optimizer steps, validating every
-    ``val_every`` steps (across epoch ends, so that runs of different epoch lengths validate at the same steps)."""
+    ``val_every`` steps (across epoch ends, so that runs of different epoch lengths validate at the same steps).
+
+    A folder that already holds a finished run of the same override is reused, not retrained: a killed ablation
+    resumes at its first unfinished run, and the arm both ablations share (:func:`all_tasks`) trains once."""
     folder = out / f"{variant.folder}-seed{seed}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
     override = {
         "seed_everything": seed,
         "trainer": {
@@ -160,10 +167,20 @@ def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: i
         "model": {"model": setup.model},
         "data": {"demo_size": setup.data["demo_size"], **variant.data},
     }
-    (folder / "override.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
+    override_text = yaml.safe_dump(override, sort_keys=False)
+    name = f"{variant.name}, seed {seed}"
+    finished, corpus = folder / "run.json", str(setup.manifests["train"].parent)  # the corpus folder names its version
+    if finished.exists() and (folder / "override.yaml").read_text() == override_text:
+        record = json.loads(finished.read_text())
+        if record["corpus"] == corpus:
+            print(f"[{name}] reusing the finished run in {folder} (same override and corpus, trained in "
+                  f"{record['train_seconds']:.0f} s)", flush=True)
+            return Run(variant, seed, folder, record["train_seconds"])
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "override.yaml").write_text(override_text)
     command = [sys.executable, "-m", RECIPES[variant.prompt_style], "fit", "--config", str(DEMO_CONFIG),
                "--config", str(folder / "override.yaml")]
-    name = f"{variant.name}, seed {seed}"
     print(f"[{name}] training {max_steps} steps: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     with open(folder / "train.log", "w") as log:
@@ -173,6 +190,7 @@ def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: i
         raise RuntimeError(f"[{name}] the recipe failed with exit code {result.returncode}; "
                            f"see {folder / 'train.log'}")
     print(f"[{name}] trained in {seconds:.0f} s", flush=True)
+    finished.write_text(json.dumps({"train_seconds": seconds, "corpus": corpus}))  # last: without it, retrain
     return Run(variant, seed, folder, seconds)
 
 
@@ -187,10 +205,10 @@ def validation_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
     return {key: sorted(points) for key, points in curves.items()}
 
 
-def final_validation_loss(metrics_csv: Path) -> float:
-    points = validation_curves(metrics_csv).get("val/loss")
+def final_validation_loss(metrics_csv: Path, key: str = "val/loss") -> float:
+    points = validation_curves(metrics_csv).get(key)
     if not points:
-        raise ValueError(f"{metrics_csv} holds no val/loss")
+        raise ValueError(f"{metrics_csv} holds no {key}")
     return points[-1][1]
 
 
@@ -279,10 +297,12 @@ def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptSty
 
 
 def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: DemoSetup, out: Path,
-                 columns: Sequence[str], tasks: set[str], note: str, seeds: Sequence[int]) -> str:
+                 columns: Sequence[str], tasks: set[str], note: str, seeds: Sequence[int],
+                 loss: str = "val/loss") -> str:
     """Train every variant from every seed for the same number of optimizer steps (``setup.epochs`` over the full
     training set), score them on the test lines of ``tasks``, and write ``out/<name>.md`` (mean ± std over seeds per
-    arm, then every run) and ``out/<name>.png``; returns the arms' table."""
+    arm, then every run, with the last value of the validation column ``loss``) and ``out/<name>.png``; returns the
+    arms' table."""
     epochs = setup.epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -294,10 +314,11 @@ def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: Demo
         start = time.perf_counter()
         run.scores = evaluate(run.model_dir, test, run.variant.prompt_style, run.folder / "predictions.jsonl")
         print(f"[{run.variant.name}, seed {run.seed}] evaluated in {time.perf_counter() - start:.0f} s", flush=True)
-    headers = [*columns, "final val loss", "train s"]
+    headers = [*columns, f"final {loss}", "train s"]
 
     def values(run: Run) -> list[float | None]:
-        return [*(run.scores.get(column) for column in columns), final_validation_loss(run.metrics_csv), run.seconds]
+        return [*(run.scores.get(column) for column in columns), final_validation_loss(run.metrics_csv, loss),
+                run.seconds]
 
     arms = [[variant.name, *(mean_std(scores) for scores in zip(*(values(run) for run in runs
                                                                   if run.variant == variant)))]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from recipes.experiments.common import DemoSetup, Variant, ablation_arguments, run_ablation
+from recipes.experiments.common import DemoSetup, Variant, ablation_arguments, all_tasks, run_ablation
 
 COLUMNS = ("ASR WER en", "ASR CER zh", "SRWT WER en", "SRWT CER zh", "SRWT AAS ms en", "SRWT AAS ms zh", "AQA acc",
            "ASC acc", "MNA acc")
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = ablation_arguments(__doc__.splitlines()[0]).parse_args(argv)
     setup = DemoSetup.from_arguments(args)
     variants = [
-        Variant("hierarchical tags", "tag_ablation-tags", {}, "tags"),
+        all_tasks("hierarchical tags"),
         Variant("flat dataset ID", "tag_ablation-flat", {}, "flat"),
     ]
     note = ("Paper §3.2: conditioning on shared and specific hierarchical tags lets datasets share knowledge without "
