@@ -9,14 +9,32 @@ from collections.abc import Callable
 
 import torch
 
+LONG_CALL_S = 1.0  # a CUDA call this slow (a whole generation) is timed by the wall clock, not do_bench
+
 
 def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Milliseconds per call: ``triton.testing.do_bench`` median on CUDA; on CPU the best wall clock of ``repeats``
-    calls after two warm-ups (the minimum, because other processes on a shared CPU only ever add time)."""
+    calls after two warm-ups (the minimum, because other processes on a shared CPU only ever add time).
+
+    A CUDA call of ``LONG_CALL_S`` or more is the median of ``repeats`` synchronised wall clocks after one warm-up:
+    do_bench's five estimating calls and its warm-up would take minutes there (gpu_check.sh, 2026-12-04: a
+    5 s generation ran past its step's 120 s), and launch jitter is negligible at that length.
+    """
     if device.type == "cuda":
         import triton.testing
 
-        return triton.testing.do_bench(fn, return_mode="median")
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        if time.perf_counter() - start < LONG_CALL_S:
+            return triton.testing.do_bench(fn, return_mode="median")
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
     fn(), fn()
     times = []
     for _ in range(repeats):

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: 30, 4 with --small)")
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute blocks in backward (default: on for CUDA, as in the recipe; off on CPU)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per backend on CPU")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per backend (CPU, and CUDA "
+                        "steps of a second or more)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -16,6 +16,7 @@ from qwen_audio.data.demo.corpus import (
     DIGITS,
     EVENT_KINDS,
     INSTRUMENTS,
+    MNA_CLIPS_PER_SOUND,
     NUMBER_WORDS,
     SCENES,
     SENTENCES_FILE,
@@ -28,7 +29,7 @@ from qwen_audio.data.demo.corpus import (
 from qwen_audio.data.demo.espeak import synthesize
 from qwen_audio.data.manifest import read_manifest
 
-SIZE = 20  # training clips per speech language (5 per sound task); validation and test get 5 per group
+SIZE = 20  # training clips per speech language (5 for ASC and AQA, 15 notes); validation and test get 5 per group
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +152,10 @@ def test_manifests_are_valid_and_sized(corpus):
         tasks[split] = collections.Counter(e.task for e in entries)
     speech = {"train": SIZE, "validation": max(1, SIZE // 4), "test": max(1, SIZE // 4)}
     sounds = {**speech, "train": max(1, SIZE // 4)}
+    notes = {**speech, "train": MNA_CLIPS_PER_SOUND * max(1, SIZE // 4)}
     for split, counts in tasks.items():
         n, m = speech[split], sounds[split]
-        assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": m, "asc": m, "aqa": m}
+        assert counts == {"asr": 2 * n, "srwt": 2 * n, "mna": notes[split], "asc": m, "aqa": m}
 
 
 def test_speech_is_digit_strings_held_out_from_training(corpus):
@@ -210,7 +212,7 @@ def test_mna_pitch_matches_the_midi_formula(corpus):
             expected = 440.0 * 2 ** ((int(midi) - 69) / 12)
             assert peak_hz == pytest.approx(expected, rel=0.01)  # a semitone is 6 %
             checked += 1
-    assert checked == max(1, SIZE // 4) + 2 * max(1, SIZE // 4)
+    assert checked == MNA_CLIPS_PER_SOUND * max(1, SIZE // 4) + 2 * max(1, SIZE // 4)
 
 
 def test_aqa_answers_match_the_counted_events(corpus):

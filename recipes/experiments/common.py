@@ -61,7 +61,7 @@ def ablation_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--epochs", type=int, default=None,
                         help="training length, in epochs over the full demo training set (default: demo.yaml's "
-                             "trainer.max_epochs, the main job's length: about 10 minutes a script on 2 free cores)")
+                             "trainer.max_epochs, the main job's length: about 9 minutes a run on 2 free cores)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "experiments",
                         help="folder of the table, the plot and one sub-folder per run (default %(default)s)")
     parser.add_argument("--demo-size", type=int, default=None, help="data.demo_size (default: demo.yaml's)")

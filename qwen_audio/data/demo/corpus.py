@@ -9,7 +9,8 @@ it, as recorded speech does (espeak-ng starts and stops with the voice). Babble 
 sentences of ``qwen_audio/assets/demo_corpus.txt``. The sound tasks follow the paper's formats with targets that
 the audio determines:
 
-- MNA: harmonic notes of five timbres; target ``<|pitch|><|midi_pitch_N|><|instrument|>NAME``.
+- MNA: harmonic notes of five timbres, overtones and envelope varied per clip; target
+  ``<|pitch|><|midi_pitch_N|><|instrument|>NAME``.
 - ASC: five scenes built from shaped noise and synthetic events (rain, wind, engine, birds, babble of several voices).
 - AQA: 1 to 6 beeps or clicks; "how many ...?" answered by a number word, or "are there any ...?" by yes/no.
 
@@ -38,7 +39,7 @@ import soundfile
 from qwen_audio.data.demo.espeak import SpeechJob, synthesize_files
 from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
 
-DEMO_VERSION = "5"  # bump when generation changes, so caches of an older corpus are not reused
+DEMO_VERSION = "6"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
 CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
@@ -59,6 +60,9 @@ RATES = (130, 210)  # words per minute, drawn per utterance
 PITCHES = (30, 70)
 INSTRUMENTS = ("piano", "organ", "flute", "string", "brass")
 MIDI_PITCHES = (48, 72)  # C3..C5, inclusive
+TIMBRE_JITTER = (0.6, 1.4)  # factors drawn per clip for each overtone's amplitude and for attack and decay
+MNA_SECONDS = (0.5, 1.0)  # a pitch is heard in half a second: many short notes rather than a few long ones
+MNA_CLIPS_PER_SOUND = 3  # training notes per training clip of ASC and of AQA
 SCENES = ("rain", "wind", "engine", "birds", "babble")
 EVENT_KINDS = ("beep", "click")
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
@@ -88,7 +92,7 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
 
     It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
     corpora of other versions or parameters never collide. ``size``: training clips of English and of Mandarin
-    speech; the sound tasks (MNA, ASC, AQA) get ``max(1, size // 4)`` each; validation and test get
+    speech; ASC and AQA get ``max(1, size // 4)`` each, MNA three times as many; validation and test get
     ``min(100, max(1, size // 4))`` of every group. Each speech clip gives an
     ASR and an SRWT line.
     """
@@ -197,6 +201,7 @@ def _generate(folder: Path, seed: int, size: int) -> None:
     digits = {language: _digit_strings(seed, language, counts) for language in ("en", "zh")}
     # clips per sound task: their tasks are learned in fewer examples than speech
     sounds = {split: max(1, size // 4) if split == "train" else held_out for split in SPLITS}
+    notes = {split: MNA_CLIPS_PER_SOUND * sounds[split] if split == "train" else held_out for split in SPLITS}
     # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser process.
     speech: dict[str, list[tuple[str, SpeechJob]]] = {}
     voices: dict[tuple[str, int], list[SpeechJob]] = {}
@@ -226,15 +231,18 @@ def _generate(folder: Path, seed: int, size: int) -> None:
         for language, job in speech[split]:
             entries += _speech_entries(folder, job, language, next(timings))
             items[split].add(digit_key(job.text, language))
+        for i in range(notes[split]):
+            mna, note = _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{i:04d}.wav", i, split)
+            entries.append(mna)
+            items[split].add(note)
         for i in range(sounds[split]):
             clip = f"{i:04d}.wav"
-            mna, note = _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{clip}", i, split)
             aqa, layout = _aqa_clip(_rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}", split)
             scene = _asc_clip(
                 _rng(seed, split, "asc", str(i)), folder, f"{split}/asc_{clip}", i, voices.get((split, i))
             )
-            entries += [mna, scene, aqa]
-            items[split] |= {note, layout, *(f"sentence:{job.text}" for job in voices.get((split, i), ()))}
+            entries += [scene, aqa]
+            items[split] |= {layout, *(f"sentence:{job.text}" for job in voices.get((split, i), ()))}
         write_manifest(folder / f"{split}.jsonl", entries)
     # the record of which items each split holds, for checking that held-out items are held out
     (folder / "items.json").write_text(json.dumps({split: sorted(keys) for split, keys in items.items()}, indent=0))
@@ -290,13 +298,17 @@ def _mna_clip(rng: np.random.Generator, folder: Path, path: str, index: int, spl
     instrument = INSTRUMENTS[index % len(INSTRUMENTS)]
     midis = [m for m in range(MIDI_PITCHES[0], MIDI_PITCHES[1] + 1) if note_split(instrument, m) == split]
     midi = int(rng.choice(midis))
-    timbre, f0, t = _TIMBRES[instrument], _midi_to_hz(midi), _times(rng.uniform(1.0, 2.5))
+    timbre, f0, t = _TIMBRES[instrument], _midi_to_hz(midi), _times(rng.uniform(*MNA_SECONDS))
+    partials = np.array(timbre["partials"])
+    # Each clip's overtones and envelope vary around its instrument's: a note is not one fixed spectrum to memorise.
+    partials[1:] = np.minimum(0.95, partials[1:] * rng.uniform(*TIMBRE_JITTER, size=len(partials) - 1))
+    attack, decay = (timbre[key] * rng.uniform(*TIMBRE_JITTER) for key in ("attack", "decay"))
     note = sum(
         amplitude * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
-        for k, amplitude in enumerate(timbre["partials"], start=1)
+        for k, amplitude in enumerate(partials, start=1)
         if k * f0 < 0.45 * SOUND_RATE
     )
-    envelope = np.minimum(1.0, t / timbre["attack"]) * np.exp(-timbre["decay"] * t)
+    envelope = np.minimum(1.0, t / attack) * np.exp(-decay * t)
     envelope *= np.minimum(1.0, (t[-1] - t) / 0.05)  # 50 ms release, no click at the end
     duration = _write_sound(folder, path, note * envelope, rng)
     text = f"<|pitch|><|midi_pitch_{midi}|><|instrument|>{instrument}"
