@@ -4,6 +4,7 @@ import collections
 import hashlib
 import json
 import re
+import shutil
 import time
 import unicodedata
 
@@ -24,6 +25,7 @@ from qwen_audio.data.demo.corpus import (
     SILENCE_BEFORE,
     SPLITS,
     build_demo_corpus,
+    corpus_fingerprint,
     read_sentences,
 )
 from qwen_audio.data.demo.espeak import synthesize
@@ -195,6 +197,16 @@ def test_srwt_words_are_the_transcript_and_sound(corpus):
         for word in entry.words:
             piece = samples[int(word.start * rate) : int(word.end * rate)]
             assert np.sqrt(np.mean(piece**2)) > 0.2 * overall  # each word's span holds speech
+
+
+def test_fingerprint_is_the_hash_of_the_manifests_and_items(corpus, tmp_path):
+    folder = corpus["train"].parent
+    files = b"".join((folder / name).read_bytes() for name in (*(f"{s}.jsonl" for s in SPLITS), "items.json"))
+    assert corpus_fingerprint(corpus) == hashlib.sha256(files).hexdigest()[:16]
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    test = copy / "test.jsonl"
+    test.write_text(test.read_text().replace("midi_pitch_", "midi_pitch_1", 1))  # one target changed, as by other code
+    assert corpus_fingerprint({split: copy / f"{split}.jsonl" for split in SPLITS}) != corpus_fingerprint(corpus)
 
 
 def test_mna_pitch_matches_the_midi_formula(corpus):

@@ -17,7 +17,7 @@ import torch
 
 from qwen_audio.checkpoint import save_pretrained
 from qwen_audio.config import ConfigError, QwenAudioConfig
-from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
+from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_fingerprint, corpus_record
 from qwen_audio.data.manifest import ManifestError
 from qwen_audio.eval.datamodule import (
     BenchmarkDataModule,
@@ -311,4 +311,18 @@ def test_demo_evaluation_refuses_another_corpus_than_the_recorded_one(demo_env, 
     folder = _recorded_export(root, f"mismatch-{asked['seed']}-{asked['demo_size']}-{recorded['version']}", recorded)
     with pytest.raises(ConfigError, match=f"{CORPUS_RECORD}: the model was trained on the demo corpus"):
         BenchmarkDataModule("demo", checkpoint=str(folder), **asked)
-    assert demo_corpus(None, None, None) == (0, 48)  # no record: the defaults
+    assert demo_corpus(None, None, None) == (0, 48, None)  # no record: the defaults
+
+
+def test_demo_evaluation_refuses_a_corpus_that_other_code_built(demo_env):
+    """Same version, seed and size, other manifests: what a generator changed without a DEMO_VERSION bump leaves in
+    the cache (session 11: notes an octave higher were scored on a cached corpus of the old notes)."""
+    root, _ = demo_env
+    record = corpus_record(seed=0, size=2)
+    same = _recorded_export(root, "fingerprint-same",
+                            {**record, "fingerprint": corpus_fingerprint(build_demo_corpus(seed=0, size=2))})
+    BenchmarkDataModule("demo", checkpoint=str(same)).prepare_data()
+    other = _recorded_export(root, "fingerprint-other", {**record, "fingerprint": "0" * 16})
+    with pytest.raises(ConfigError, match="has fingerprint [0-9a-f]{16}, but the model was trained on one of "
+                                          "fingerprint 0{16}"):
+        BenchmarkDataModule("demo", checkpoint=str(other)).prepare_data()

@@ -15,7 +15,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import AudioTextDataset
-from qwen_audio.data.demo import build_demo_corpus, corpus_record
+from qwen_audio.data.demo import build_demo_corpus, corpus_fingerprint, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
@@ -108,9 +108,11 @@ class AudioTextDataModule(L.LightningDataModule):
 
     @property
     def demo_corpus(self) -> dict | None:
-        """The :func:`~qwen_audio.data.demo.corpus_record` of the demo corpus the training split reads, if any."""
+        """The :func:`~qwen_audio.data.demo.corpus_record` of the demo corpus the training split reads, if any, with
+        its :func:`~qwen_audio.data.demo.corpus_fingerprint`."""
         if any(m.startswith(DEMO_PREFIX) for m in self.manifests["train"]):
-            return corpus_record(self.seed, self.demo_size)
+            manifests = build_demo_corpus(seed=self.seed, size=self.demo_size)
+            return {**corpus_record(self.seed, self.demo_size), "fingerprint": corpus_fingerprint(manifests)}
         return None
 
     def _resolve(self, manifest: str) -> str:

@@ -24,7 +24,7 @@ from qwen_audio.audio import load_audio
 from qwen_audio.batching import batch_prompts
 from qwen_audio.config import ConfigError
 from qwen_audio.data.dataset import target_text
-from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_record
+from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_fingerprint, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.eval.tasks import BenchmarkItem, get_benchmark, read_benchmark_file
 from qwen_audio.tokenizer import AudioTokens, QwenAudioTokenizer
@@ -33,20 +33,22 @@ DEMO = "demo"
 DEMO_PREFIX = "demo:"
 
 
-def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> tuple[int, int]:
-    """``(seed, size)`` of the demo corpus to evaluate ``checkpoint`` on: the one its export records, else the
-    given values (default 0 and 48). Refuses a corpus other than the recorded one, or one of another version."""
+def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> tuple[int, int, str | None]:
+    """``(seed, size, fingerprint)`` of the demo corpus to evaluate ``checkpoint`` on: the one its export records,
+    else the given values (default 0 and 48) and no fingerprint. Refuses a corpus other than the recorded one, or
+    one of another version."""
     path = os.path.join(checkpoint, CORPUS_RECORD) if checkpoint else None
     if path is None or not os.path.isfile(path):
-        return (0 if seed is None else seed), (48 if size is None else size)
+        return (0 if seed is None else seed), (48 if size is None else size), None
     record = json.loads(Path(path).read_text())
+    fingerprint = record.pop("fingerprint", None)  # exports before session 11 have none
     asked = corpus_record(record["seed"] if seed is None else seed, record["size"] if size is None else size)
     if asked != record:
         raise ConfigError(
             f"{path}: the model was trained on the demo corpus {record}, but evaluation asks for {asked}; the test "
             f"split of another corpus can hold training items of this one (drop --data.seed/--data.demo_size to "
             f"evaluate on the recorded corpus)")
-    return record["seed"], record["size"]
+    return record["seed"], record["size"], fingerprint
 
 
 def demo_items(entries: Sequence[ManifestEntry]) -> list[BenchmarkItem]:
@@ -143,7 +145,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.benchmark, self.audio_root, self.batch_size = benchmark, audio_root, batch_size
         self.num_workers = num_workers
         self.path = path or (f"{DEMO_PREFIX}test" if benchmark == DEMO else get_benchmark(benchmark).data)
-        self.seed, self.demo_size = demo_corpus(checkpoint, seed, demo_size)
+        self.seed, self.demo_size, self.fingerprint = demo_corpus(checkpoint, seed, demo_size)
         self.tokenizer: QwenAudioTokenizer | None = None
         self.n_mels: int | None = None
         self.items: list[BenchmarkItem] | None = None
@@ -153,9 +155,17 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.tokenizer, self.n_mels = tokenizer, n_mels
 
     def _manifest(self) -> str:
-        if self.path.startswith(DEMO_PREFIX):
-            return str(build_demo_corpus(seed=self.seed, size=self.demo_size)[self.path[len(DEMO_PREFIX):]])
-        return self.path
+        if not self.path.startswith(DEMO_PREFIX):
+            return self.path
+        manifests = build_demo_corpus(seed=self.seed, size=self.demo_size)
+        built = corpus_fingerprint(manifests) if self.fingerprint is not None else None
+        if built != self.fingerprint:
+            raise ConfigError(
+                f"{manifests['train'].parent}: this demo corpus has fingerprint {built}, but the model was trained "
+                f"on one of fingerprint {self.fingerprint}, with the same version, seed and size: other generation "
+                "code built one of them. Remove the folder to rebuild it with this code, and bump DEMO_VERSION "
+                "whenever the generation changes")
+        return str(manifests[self.path[len(DEMO_PREFIX):]])
 
     def prepare_data(self) -> None:
         if self.benchmark == DEMO:

@@ -2,6 +2,6 @@
 it (:mod:`.chat`), generated on first use, that a small model learns from on a CPU."""
 
 from qwen_audio.data.demo.chat import build_demo_chat
-from qwen_audio.data.demo.corpus import CORPUS_RECORD, build_demo_corpus, corpus_record
+from qwen_audio.data.demo.corpus import CORPUS_RECORD, build_demo_corpus, corpus_fingerprint, corpus_record
 
-__all__ = ["CORPUS_RECORD", "build_demo_chat", "build_demo_corpus", "corpus_record"]
+__all__ = ["CORPUS_RECORD", "build_demo_chat", "build_demo_corpus", "corpus_fingerprint", "corpus_record"]

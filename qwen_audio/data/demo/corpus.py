@@ -122,6 +122,17 @@ def corpus_record(seed: int, size: int) -> dict:
     return {"version": DEMO_VERSION, "seed": seed, "size": size}
 
 
+def corpus_fingerprint(manifests: dict[str, Path]) -> str:
+    """A hash of a built corpus's manifests and item list. Two corpora of one record (version, seed, size) built by
+    different generation code (a changed note range without a version bump) differ here, which the record cannot
+    tell. The audio is left out: its float rounding may differ between CPUs, the text and durations do not."""
+    root = manifests["train"].parent
+    digest = hashlib.sha256()
+    for name in [*(f"{split}.jsonl" for split in SPLITS), "items.json"]:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _is_built(root: Path, config: dict) -> bool:
     if not root.exists() or not any(root.iterdir()):
         return False
