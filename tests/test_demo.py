@@ -31,7 +31,7 @@ from qwen_audio.data.demo.corpus import (
 from qwen_audio.data.demo.espeak import synthesize
 from qwen_audio.data.manifest import read_manifest
 
-SIZE = 20  # training clips per speech language (5 for ASC and AQA, 15 notes); validation and test get 5 per group
+SIZE = 20  # training clips per speech language (5 for ASC and AQA, 30 notes); validation and test get 5 per group
 
 
 @pytest.fixture(scope="module")

@@ -144,11 +144,11 @@ def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir
           num_buckets: 1
         """))
     cli = pretrain(["fit", "--config", str(REPO / "recipes/configs/pretrain/demo.yaml"), "--config", str(override)])
-    # one bucket, one batch an epoch (the 9 training examples): the loss falls by learning, not by another batch
+    # one bucket, one batch an epoch (the 12 training examples): the loss falls by learning, not by another batch
     assert cli.trainer.global_step == 8 and cli.trainer.num_training_batches == 1
     losses = _losses(tmp_path)
     assert set(losses) == {"train/loss", *(f"train/loss_{task}" for task in ("asr", "srwt", "mna", "asc", "aqa"))}
-    for name, values in losses.items():  # 8 steps: 8.30 -> 5.88 (train/loss)
+    for name, values in losses.items():
         assert len(values) == 8 and values[-1] < 0.85 * values[0], (name, values)
 
     # The export is a Qwen2-Audio folder: transformers reads the trained weights under its names.

@@ -39,7 +39,7 @@ import soundfile
 from qwen_audio.data.demo.espeak import SpeechJob, synthesize_files
 from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
 
-DEMO_VERSION = "6"  # bump when generation changes, so caches of an older corpus are not reused
+DEMO_VERSION = "7"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
 CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
@@ -61,8 +61,8 @@ PITCHES = (30, 70)
 INSTRUMENTS = ("piano", "organ", "flute", "string", "brass")
 MIDI_PITCHES = (48, 72)  # C3..C5, inclusive
 TIMBRE_JITTER = (0.6, 1.4)  # factors drawn per clip for each overtone's amplitude and for attack and decay
-MNA_SECONDS = (0.5, 1.0)  # a pitch is heard in half a second: many short notes rather than a few long ones
-MNA_CLIPS_PER_SOUND = 3  # training notes per training clip of ASC and of AQA
+MNA_SECONDS = (0.4, 0.8)  # a pitch is heard in half a second: many short notes rather than a few long ones
+MNA_CLIPS_PER_SOUND = 6  # training notes per training clip of ASC and of AQA
 SCENES = ("rain", "wind", "engine", "birds", "babble")
 EVENT_KINDS = ("beep", "click")
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
@@ -92,7 +92,7 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
 
     It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
     corpora of other versions or parameters never collide. ``size``: training clips of English and of Mandarin
-    speech; ASC and AQA get ``max(1, size // 4)`` each, MNA three times as many; validation and test get
+    speech; ASC and AQA get ``max(1, size // 4)`` each, MNA six times as many; validation and test get
     ``min(100, max(1, size // 4))`` of every group. Each speech clip gives an
     ASR and an SRWT line.
     """
