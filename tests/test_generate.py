@@ -22,6 +22,7 @@ from qwen_audio.checkpoint import load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.generate import GenerationConfig, generate, stream_text
 from qwen_audio.generate.__main__ import main
+from qwen_audio.generate.sampling import SlotSampler
 from qwen_audio.longform import transcribe_long, window_bounds
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import TimedWord
@@ -181,7 +182,54 @@ def test_cuda_batch_equals_cpu_alone_and_seeded_sampling_repeats(model64, demo, 
 
 
 def _apply(config: GenerationConfig, history: list[int], scores: list[float], prompt_length: int = 0) -> torch.Tensor:
-    return config.logits_processor(prompt_length)(torch.tensor([history]), torch.tensor([scores]))[0]
+    """The device sampler's scores for one slot whose first ``prompt_length`` ``history`` ids are its prompt."""
+    sampler = SlotSampler(1, len(scores), torch.device("cpu"))
+    sampler.set(0, config, torch.tensor(history))  # every id so far counts as seen
+    sampler.made[0] = len(history) - prompt_length
+    out = sampler.scores(torch.tensor([scores]), [0], slice(0, 1))
+    return (sampler.warp(out, slice(0, 1)) if config.do_sample else out)[0]
+
+
+def _transformers_scores(config: GenerationConfig, history: torch.Tensor, scores: torch.Tensor,
+                         prompt_length: int) -> torch.Tensor:
+    """The same transforms by transformers' logits processors, in the order its ``generate`` applies them."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if config.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+    if config.min_new_tokens:
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens,
+                                                            list(config.stop_ids)))
+    if config.do_sample:
+        processors += [TemperatureLogitsWarper(config.temperature)]
+        if config.top_k:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1:
+            processors.append(TopPLogitsWarper(config.top_p))
+    return processors(history, scores)
+
+
+@pytest.mark.parametrize("config", [
+    GenerationConfig(repetition_penalty=1.3, min_new_tokens=3, stop_ids=(5, 9)),
+    GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.1),
+    GenerationConfig(do_sample=True, top_p=0.5, min_new_tokens=1, stop_ids=(3,)),
+    GenerationConfig(do_sample=True, top_k=1),
+])
+def test_device_sampler_equals_transformers_logits_processors(config):
+    generator = torch.Generator().manual_seed(0)
+    for made in (0, 2, 5):
+        history = torch.randint(0, 64, (1, 7 + made), generator=generator)
+        scores = torch.randn(1, 64, generator=generator) * 3
+        expected = _transformers_scores(config, history, scores.clone(), prompt_length=7)
+        assert torch.equal(_apply(config, history[0].tolist(), scores[0].tolist(), prompt_length=7), expected[0])
 
 
 def test_temperature_divides_the_logits():
