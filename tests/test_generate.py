@@ -460,3 +460,61 @@ def test_cli_long_form_needs_a_transcription_prompt(capsys):
     with pytest.raises(SystemExit):
         main(["--preset", "tiny", "--long-form", "--prompt", "no audio"])
     assert "--long-form needs a transcription prompt" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def looping(model64) -> QwenAudio:
+    """A hand-built looping model: a zero head gives every token the same logit, so greedy repeats id 0."""
+    model = copy.deepcopy(model64)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    return model
+
+
+def test_hallucination_guard_stops_a_repeating_row_and_flags_it(looping, demo, clips):
+    batch = encode_prompts(demo, prompts(clips)[2:], 8192)
+    (free,) = generation.answer_batch(looping, demo, batch, replace(GREEDY, max_new_tokens=20))
+    assert free.ids == [0] * 20 and free.flag is None  # off by default
+    (guarded,) = generation.answer_batch(looping, demo, batch, replace(GREEDY, max_new_tokens=20, max_repeats=3))
+    assert guarded.ids == [0] * 4 and guarded.flag == "repetition"  # the unigram seen a 4th time
+
+
+def test_hallucination_guard_stops_a_row_longer_than_its_audio(looping, demo, clips):
+    batch = encode_prompts(demo, prompts(clips)[:1], 8192)  # clip a: 1.0 s
+    config = replace(GREEDY, max_new_tokens=20, max_tokens_per_audio_second=3.0)
+    (answer,) = generation.answer_batch(looping, demo, batch, config)
+    assert answer.ids == [0] * 3 and answer.flag == "longer than its audio can hold"
+
+
+def test_rows_joining_and_leaving_the_engine_get_their_solo_tokens(model64, demo, clips):
+    """Continuous batching: prompts join free slots mid-decode and a row leaves early; every row still gets the
+    tokens (greedy) or the seeded sample it gets alone."""
+    texts = prompts(clips)
+    sample = replace(GREEDY, max_new_tokens=8, do_sample=True, temperature=1.5, seed=11)
+    greedy = replace(GREEDY, max_new_tokens=8)
+    solo = {name: run(model64, demo, [texts[i]], config)[0]
+            for name, i, config in (("g0", 0, greedy), ("s1", 1, sample), ("g2", 2, greedy), ("s0", 0, sample))}
+    engine = generation.DecodeEngine(model64, slots=3, max_length=256, vocab_size=demo.n_vocab)
+    engine.admit([0], encode_prompts(demo, [texts[0]], 8192), [greedy])
+    engine.step()
+    engine.step()
+    engine.admit([2, 1], encode_prompts(demo, [texts[1], texts[2]], 8192), [sample, greedy])
+    names = {0: "g0", 2: "s1", 1: "g2"}
+    got: dict[str, list[int]] = {}
+    steps = 0
+    while any(engine.sequences):
+        engine.step()
+        engine.fetch()
+        steps += 1
+        for slot, sequence in enumerate(engine.sequences):
+            if sequence is not None and sequence.finish:
+                got[names[slot]] = sequence.tokens
+                engine.release(slot)
+                if names[slot] == "g0":  # slot 0 frees: a seeded sample joins it
+                    engine.admit([0], encode_prompts(demo, [texts[0]], 8192), [sample])
+                    names[0] = "s0"
+        if steps == 3:  # the greedy row in slot 1 leaves early (a client that disconnected)
+            got["g2"] = engine.sequences[1].tokens
+            engine.release(1)
+    assert got["g2"] == solo["g2"][:len(got["g2"])]
+    assert {name: got[name] for name in ("g0", "s1", "s0")} == {name: solo[name] for name in ("g0", "s1", "s0")}
