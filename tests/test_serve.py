@@ -98,8 +98,8 @@ def served(tmp_path_factory, serve_checkpoint):
     checkpoint = str(folder / "tiny-served")
     save_pretrained(tune(tokenizer, clips["one"]), checkpoint, tokenizer_file=DEMO_RANKS_FILE)
     log = str(folder / "server.log")
-    with serve_checkpoint(checkpoint, log, "--dtype", "float64", "--max-batch-size", "16",
-                          "--batch-timeout", "0.3") as url:
+    with serve_checkpoint(checkpoint, log, "--dtype", "float64", "--max-slots", "16",
+                          "--max-model-len", "1024") as url:
         yield Served(url, checkpoint, log, clips)
 
 

@@ -193,12 +193,14 @@ class QwenDecoder(nn.Module):
         if position_ids is None:
             position_ids = where.clamp(min=0)
         # The release fixes the NTK factor at prefill from the true length; a continued slot keeps its own.
-        fresh = self._ntk_alpha(batch, length, valid.long(), device)
-        alpha = torch.where(past == 0, fresh, cache.ntk_alpha[rows])
-        cache.ntk_alpha[rows] = alpha
+        alpha = cache.ntk_alpha[:batch] if slots is None else cache.ntk_alpha[rows]
+        if length > 1 or attention_mask is not None:  # a prefill, or a continuation
+            alpha = torch.where(past == 0, self._ntk_alpha(batch, length, valid.long(), device), alpha)
+            cache.ntk_alpha[rows] = alpha
         rotary = rotary_cos_sin(position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha)
-        query_scale = self._logn_scale(position_ids) if self.config.use_logn_attn else None
         key_length = cache.max_length if key_length is None else key_length
+        # logN changes nothing within seq_length: skipped when no position can pass it
+        query_scale = self._logn_scale(position_ids) if key_length > self.config.seq_length else None
         scratch = torch.full_like(where, cache.max_length)
         # Padding, and the tokens of a free slot that a batch-wide step still feeds, go to the scratch index.
         index = (rows[:, None].expand(batch, length), torch.where(valid, where, scratch).clamp(max=cache.max_length))
