@@ -518,3 +518,38 @@ def test_rows_joining_and_leaving_the_engine_get_their_solo_tokens(model64, demo
             engine.release(1)
     assert got["g2"] == solo["g2"][:len(got["g2"])]
     assert {name: got[name] for name in ("g0", "s1", "s0")} == {name: solo[name] for name in ("g0", "s1", "s0")}
+
+
+def _engine_tokens(engine, demo, texts, configs) -> list[list[int]]:
+    """Every prompt admitted at once into slots 0..n-1 and decoded to its end."""
+    engine.admit(range(len(texts)), encode_prompts(demo, texts, 8192), configs)
+    while engine.running():
+        engine.step()
+    engine.fetch()
+    tokens = [sequence.tokens for sequence in engine.sequences]
+    for slot in range(len(texts)):
+        engine.release(slot)
+    return tokens
+
+
+def test_eager_decoding_step_over_the_static_cache_equals_generate_and_graphs_need_cuda(model64, demo, clips,
+                                                                                        alone):
+    """The CPU twin of the CUDA-graph test: the same engine and cache, stepped eagerly."""
+    engine = generation.DecodeEngine(model64, slots=4, max_length=256, vocab_size=demo.n_vocab)
+    assert _engine_tokens(engine, demo, prompts(clips), [GREEDY] * 3) == alone
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA model"):
+        engine.capture()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decoding_equals_eager_decoding(model64, demo, clips):
+    model = copy.deepcopy(model64).cuda()
+    texts = prompts(clips)
+    configs = [GREEDY, replace(GREEDY, do_sample=True, seed=4), replace(GREEDY, do_sample=True, top_p=0.8, seed=5)]
+    eager = generation.DecodeEngine(model, slots=8, max_length=256, vocab_size=demo.n_vocab)
+    graphed = generation.DecodeEngine(model, slots=8, max_length=256, vocab_size=demo.n_vocab)
+    graphed.capture(buckets=(1, 4, 8))
+    assert _engine_tokens(graphed, demo, texts, configs) == _engine_tokens(eager, demo, texts, configs)
+    assert _engine_tokens(graphed, demo, texts[:1], configs[:1]) == _engine_tokens(eager, demo, texts[:1],
+                                                                                   configs[:1])

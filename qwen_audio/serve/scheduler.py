@@ -11,6 +11,7 @@ transcription rows decode side by side, each with its own settings, and each get
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
+logger = logging.getLogger("qwen_audio.serve")
 
 @dataclass(frozen=True)
 class ChatJob:
@@ -123,6 +125,8 @@ class Scheduler:
         active = self.jobs.pop(uid, None)
         if active is None:
             return
+        logger.info("request %s cancelled after %d tokens, %d slots freed", uid,
+                    sum(len(row.ids) for row in active.rows), sum(row.slot is not None for row in active.rows))
         for row in active.rows:
             if row.slot is not None:
                 self.engine.release(row.slot)

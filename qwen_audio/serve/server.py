@@ -248,6 +248,7 @@ class QwenAudioAPI(ls.LitAPI):
         self.max_slots, self.max_model_len = max_slots, max_model_len
 
     def setup(self, device: str) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # a spawned process
         model, tokenizer = load_model(self.checkpoint, device=device, dtype=self.dtype)
         self.scheduler = Scheduler(model, tokenizer, max_slots=self.max_slots, max_model_len=self.max_model_len)
         if self.scheduler.engine.device.type == "cuda":
