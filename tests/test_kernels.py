@@ -107,7 +107,7 @@ def check_pool_layer_norm(batch: int, frames: int, channels: int, dtype: torch.d
     expected.backward(dy.double())
     assert y.dtype == dtype and leaves[0].grad.dtype == dtype
     torch.testing.assert_close(y.double().cpu(), expected.detach(), **TOLERANCE[dtype])
-    for name, leaf, reference in zip(("dx", "dweight", "dbias"), leaves, truth):
+    for name, leaf, reference in zip(("dx", "dweight", "dbias"), leaves, truth, strict=True):
         # weight/bias gradients sum over all rows: compare them relative to their size.
         scale = reference.grad.abs().max().item() if name != "dx" else 1.0
         torch.testing.assert_close(leaf.grad.double().cpu() / scale, reference.grad / scale, **TOLERANCE[dtype],
