@@ -62,8 +62,8 @@ def demo_items(entries: Sequence[ManifestEntry]) -> list[BenchmarkItem]:
 
 
 def demo_answers(entries: Sequence[ManifestEntry]) -> dict[str, list[str]]:
-    """The answers of demo-corpus entries per ``demo_*`` benchmark: of the training split, what the majority
-    baseline (:func:`qwen_audio.eval.metrics.majority_accuracy`) is taken from."""
+    """The answers of demo-corpus entries per ``demo_*`` benchmark: those of the training split give
+    the majority baseline (:func:`qwen_audio.eval.metrics.majority_accuracy`)."""
     answers: dict[str, list[str]] = {}
     for item in demo_items(entries):
         answers.setdefault(item.benchmark, []).append(item.gt)

@@ -14,8 +14,8 @@ PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE = "predictions.jsonl", "metrics.json
 
 def write_results(predictions: list[Prediction], folder: str, model_name: str,
                   train_answers: Mapping[str, Sequence[str]] | None = None) -> str:
-    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``; returns the report.
-    ``train_answers`` (per benchmark, of its training split) give the majority baseline beside accuracies."""
+    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``; returns the
+    report. ``train_answers`` (per benchmark, of its training split) give the majority baseline."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, PREDICTIONS_FILE), "w", encoding="utf-8") as file:
         for prediction in predictions:

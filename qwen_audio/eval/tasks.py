@@ -89,12 +89,14 @@ def _translation_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -
 
 
 def _accuracy_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -> Scores:
-    """Exact, case-sensitive match (``sklearn.metrics.accuracy_score``), as every classification script scores."""
+    """Exact, case-sensitive match (``sklearn.metrics.accuracy_score``), as every classification
+    script scores."""
     return {"accuracy": accuracy(refs, hyps)}
 
 
 def _question_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -> Scores:
-    """``evaluate_aqa.py``: accuracy, and for Clotho-AQA sources also on the yes/no questions alone."""
+    """``evaluate_aqa.py``: accuracy, and for Clotho-AQA sources also on the yes/no questions
+    alone."""
     scores = {"accuracy": accuracy(refs, hyps)}
     if source.startswith("clotho"):
         scores["binary_accuracy"] = binary_accuracy(refs, hyps)
@@ -309,13 +311,16 @@ class Prediction:
         return line
 
 
-def score_predictions(predictions: Iterable[Prediction], train_answers: Mapping[str, Sequence[str]] | None = None
+def score_predictions(predictions: Iterable[Prediction],
+                      train_answers: Mapping[str, Sequence[str]] | None = None
                       ) -> dict[str, dict[str, Scores]]:
-    """``{benchmark: {source: {"count": n, metric: value, ...}}}``, each source scored on its own items.
+    """``{benchmark: {source: {"count": n, metric: value, ...}}}``, each source scored on its own
+    items.
 
-    ``train_answers`` maps a benchmark to the answers of its training split (the demo corpus has them). Beside the
-    accuracy of such a benchmark goes ``majority_accuracy``, the score of always giving the training split's most
-    common answer (:func:`qwen_audio.eval.metrics.majority_accuracy`); without training answers there is none.
+    ``train_answers`` maps a benchmark to the answers of its training split (the demo corpus has
+    them). Beside the accuracy of such a benchmark goes ``majority_accuracy``, the score of always
+    giving the training split's most common answer
+    (:func:`qwen_audio.eval.metrics.majority_accuracy`); without training answers there is none.
     """
     train_answers = train_answers or {}
     groups: dict[str, dict[str, list[Prediction]]] = {}
@@ -327,7 +332,8 @@ def score_predictions(predictions: Iterable[Prediction], train_answers: Mapping[
         results[name] = {}
         for source, group in sources.items():
             refs = [p.item.gt for p in group]
-            scores: Scores = {"count": len(group), **benchmark.score(refs, [p.response for p in group], source)}
+            hyps = [p.response for p in group]
+            scores: Scores = {"count": len(group), **benchmark.score(refs, hyps, source)}
             if "accuracy" in scores and name in train_answers:
                 scores["majority_accuracy"] = majority_accuracy(train_answers[name], refs)
             results[name][source] = scores

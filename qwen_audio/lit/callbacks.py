@@ -161,21 +161,24 @@ class ChatTranscript(L.Callback):
         references: dict[str, list[str]] = {}
         right: Counter[str] = Counter()
         for conversation in with_audio[: self.num_questions]:
-            user, reference = conversation.messages[0], _normalised_answer(conversation.messages[1].content)
+            user = conversation.messages[0]
+            reference = _normalised_answer(conversation.messages[1].content)
             answer, _ = chat(module.model, tokenizer, user.content, system=conversation.system or DEFAULT_SYSTEM,
                              config=config)
             references.setdefault(_kind(conversation.id), []).append(reference)
             right[_kind(conversation.id)] += _normalised_answer(answer) == reference
         module.model.train(was_training)
         lines += ["", f"#### {title}: answer accuracy on the first question of held-out conversations", "",
-                  "| family | questions | accuracy | majority answer (training split's) |", "|---|---|---|---|"]
+                  "| family | questions | accuracy | majority answer (training split's) |",
+                  "|---|---|---|---|"]
         # the majority answer is each family's most common answer in the training conversations
         majority_right = {kind: majority_accuracy(train_answers.get(kind, []), refs) * len(refs)
                           for kind, refs in references.items()}
         total = sum(len(refs) for refs in references.values())
         for kind in sorted(references):
             count = len(references[kind])
-            lines.append(f"| {kind} | {count} | {right[kind] / count:.3f} | {majority_right[kind] / count:.3f} |")
+            lines.append(f"| {kind} | {count} | {right[kind] / count:.3f} | "
+                         f"{majority_right[kind] / count:.3f} |")
         if total:
             lines.append(f"| all | {total} | {sum(right.values()) / total:.3f} | "
                          f"{sum(majority_right.values()) / total:.3f} |")
