@@ -3,11 +3,13 @@
     python scripts/check_docs.py   # README.md, docs/*.md, benchmarks_perf/*.md; exit 1 on a problem
 
 The convention (docs/experiments.md, "How configurations are chosen"): each Markdown table has, as
-the nearest non-blank line above or below it, a line starting ``Source:`` that names either
+the nearest paragraph above or below it, one starting ``Source:`` that names either
 
 - a link to the entry that records the run (``[...](experiments.md#...)``,
   ``[...](benchmarks_perf/RESULTS.md)``), or
-- the command in backquotes, the date (``YYYY-MM-DD``) and the commit (7 to 40 hex digits).
+- the command in backquotes, the date (``YYYY-MM-DD``) and the commit (7 to 40 hex digits); where a
+  past run's command was never recorded, the words "command not recorded" stand in its place, so the
+  gap is stated, not hidden.
 
 A table that holds no measured figure (a list of files, of options) says so with
 ``<!-- not results -->`` as the nearest non-blank line above it. Tables inside fenced code blocks
@@ -27,7 +29,7 @@ SOURCE = "Source:"
 EXEMPT = "<!-- not results -->"
 SEPARATOR = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 LINK = re.compile(r"\]\([^)]*\.md(#[^)]*)?\)")
-COMMAND = re.compile(r"`[^`]+`")
+COMMAND = re.compile(r"`[^`]+`|command not recorded")
 DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 COMMIT = re.compile(r"\b[0-9a-f]{7,40}\b")
 
@@ -50,13 +52,16 @@ def tables(lines: Sequence[str]) -> Iterator[tuple[int, int]]:
         index += 1
 
 
-def _neighbour(lines: Sequence[str], start: int, step: int) -> str:
-    """The nearest non-blank line from ``start`` in direction ``step`` (empty at either end)."""
-    while 0 <= start < len(lines):
-        if lines[start].strip():
-            return lines[start].strip()
+def _paragraph(lines: Sequence[str], start: int, step: int) -> str:
+    """The nearest paragraph (non-blank lines, joined by spaces) from ``start`` in direction
+    ``step``; empty at either end of the text."""
+    while 0 <= start < len(lines) and not lines[start].strip():
         start += step
-    return ""
+    found = []
+    while 0 <= start < len(lines) and lines[start].strip():
+        found.append(lines[start].strip())
+        start += step
+    return " ".join(found[::step])
 
 
 def source_problem(line: str) -> str | None:
@@ -76,13 +81,13 @@ def check(text: str) -> list[tuple[int, str]]:
     lines = text.splitlines()
     problems = []
     for first, last in tables(lines):
-        above, below = _neighbour(lines, first - 1, -1), _neighbour(lines, last + 1, 1)
-        if above == EXEMPT:
+        above, below = _paragraph(lines, first - 1, -1), _paragraph(lines, last + 1, 1)
+        if above.endswith(EXEMPT):
             continue
         sources = [line for line in (above, below) if line.startswith(SOURCE)]
         if not sources:
-            problems.append((first + 1, f"table without a '{SOURCE}' line right above or below it "
-                                        f"(or '{EXEMPT}' above it if it holds no measured figure)"))
+            problems.append((first + 1, f"table without a '{SOURCE}' paragraph right above or below "
+                                        f"it (or '{EXEMPT}' above it if it holds no measured figure)"))
         elif all(source_problem(line) for line in sources):
             problems.append((first + 1, f"table whose {source_problem(sources[0])}"))
     return problems

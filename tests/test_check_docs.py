@@ -14,7 +14,7 @@ TABLE = "| run | WER % |\n|---|---|\n| a | 3.1 |\n| b | 4.2 |\n"
 FULL = "Source: `python -m recipes.evaluate test --config demo.yaml`, 2026-12-04, commit b455f8a, demo.yaml.\n"
 
 
-def test_a_source_line_above_or_below_with_command_date_and_commit_passes():
+def test_a_source_above_or_below_with_command_date_and_commit_passes():
     assert check_docs.check("Intro.\n\n" + FULL + "\n" + TABLE) == []
     assert check_docs.check(TABLE + "\n" + FULL + "\nMore text.\n") == []
 
@@ -27,11 +27,13 @@ def test_a_link_to_the_recording_entry_is_a_source():
 def test_a_table_without_a_source_fails_at_its_first_line():
     text = "# Results\n\nSome words.\n\n" + TABLE + "\nNo source here.\n"
     problems = check_docs.check(text)
-    assert [number for number, _ in problems] == [5] and "without a 'Source:' line" in problems[0][1]
+    assert [number for number, _ in problems] == [5] and "without a 'Source:' paragraph" in problems[0][1]
 
 
-def test_a_source_line_further_away_does_not_count():
-    assert len(check_docs.check(FULL + "A paragraph between.\n\n" + TABLE)) == 1
+def test_a_source_paragraph_may_span_lines_but_must_be_the_nearest():
+    assert check_docs.check("Source: `python -m recipes.sft fit`,\n2026-12-04, commit b455f8a.\n" + TABLE) == []
+    assert len(check_docs.check(FULL + "\nA paragraph between.\n\n" + TABLE)) == 1
+    assert len(check_docs.check("Text first.\n" + FULL + TABLE)) == 1  # the paragraph starts with "Text"
 
 
 def test_a_source_line_lacking_the_date_or_commit_names_what_is_missing():
@@ -39,6 +41,8 @@ def test_a_source_line_lacking_the_date_or_commit_names_what_is_missing():
     assert "a date YYYY-MM-DD" in problem and "commit" not in problem.split("lacks")[1]
     [(_, problem)] = check_docs.check("Source: measured last week.\n" + TABLE)
     assert "a `command`, a date YYYY-MM-DD, a commit" in problem
+    # an unrecorded command is stated as such
+    assert check_docs.check("Source: command not recorded, 2026-12-02, commit 794b6ba.\n" + TABLE) == []
 
 
 def test_exempt_tables_and_fenced_code_are_not_checked():
