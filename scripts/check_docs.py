@@ -6,7 +6,7 @@ The convention (docs/experiments.md, "How configurations are chosen"): each Mark
 the nearest paragraph above or below it, one starting ``Source:`` that names either
 
 - a link to the entry that records the run (``[...](experiments.md#...)``,
-  ``[...](benchmarks_perf/RESULTS.md)``), or
+  ``[...](benchmarks_perf/RESULTS.md)``) or to the publication quoted, or
 - the command in backquotes, the date (``YYYY-MM-DD``) and the commit (7 to 40 hex digits); where a
   past run's command was never recorded, the words "command not recorded" stand in its place, so the
   gap is stated, not hidden.
@@ -28,7 +28,7 @@ PATTERNS = ("README.md", "docs/*.md", "benchmarks_perf/*.md")
 SOURCE = "Source:"
 EXEMPT = "<!-- not results -->"
 SEPARATOR = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-LINK = re.compile(r"\]\([^)]*\.md(#[^)]*)?\)")
+LINK = re.compile(r"\]\([^)\s]+\)")
 COMMAND = re.compile(r"`[^`]+`|command not recorded")
 DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 COMMIT = re.compile(r"\b[0-9a-f]{7,40}\b")
