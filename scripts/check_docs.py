@@ -86,8 +86,9 @@ def check(text: str) -> list[tuple[int, str]]:
             continue
         sources = [line for line in (above, below) if line.startswith(SOURCE)]
         if not sources:
-            problems.append((first + 1, f"table without a '{SOURCE}' paragraph right above or below "
-                                        f"it (or '{EXEMPT}' above it if it holds no measured figure)"))
+            problems.append((first + 1, f"table without a '{SOURCE}' paragraph right above or "
+                                        f"below it (or '{EXEMPT}' above it if it holds no "
+                                        "measured figure)"))
         elif all(source_problem(line) for line in sources):
             problems.append((first + 1, f"table whose {source_problem(sources[0])}"))
     return problems

@@ -176,14 +176,17 @@ def test_scores_are_grouped_by_source():
         _prediction("librispeech", "librispeech_test_clean", "a b c d", "a x c d"),
         _prediction("librispeech", "librispeech_test_other", "a b", "a b"),
     ]
-    # majority_accuracy: always giving the training split's most common answer, "sadness": none of meld_a's 3 and
-    # meld_b's 1, though "joy" is meld_a's most common reference; none where no training answers are given
+    # majority_accuracy: always giving the training split's most common answer, "sadness": none
+    # of meld_a's 3 and meld_b's 1, though "joy" is meld_a's most common reference; none where no
+    # training answers are given
     scores = score_predictions(predictions, {"meld": ["sadness", "joy", "sadness", "anger"]})
-    assert scores["meld"] == {"meld_a": {"count": 3, "accuracy": pytest.approx(2 / 3), "majority_accuracy": 0.0},
-                              "meld_b": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
+    assert scores["meld"] == {
+        "meld_a": {"count": 3, "accuracy": pytest.approx(2 / 3), "majority_accuracy": 0.0},
+        "meld_b": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
     # the yes/no column only for Clotho-AQA sources, as evaluate_aqa.py
-    assert scores["clothoaqa"] == {"clotho_aqa": {"count": 2, "accuracy": 0.5, "binary_accuracy": 0.0},
-                                   "other_aqa": {"count": 1, "accuracy": 1.0}}
+    assert scores["clothoaqa"] == {
+        "clotho_aqa": {"count": 2, "accuracy": 0.5, "binary_accuracy": 0.0},
+        "other_aqa": {"count": 1, "accuracy": 1.0}}
     assert scores["librispeech"]["librispeech_test_clean"]["wer"] == pytest.approx(25.0)  # 1 of 4 words, in %
     assert scores["librispeech"]["librispeech_test_other"]["wer"] == 0.0
 
@@ -264,12 +267,14 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
     for name, keys in expected.items():
         assert set(metrics[name][name]) == {"count", *keys}, name
     assert sum(metrics[name][name]["count"] for name in metrics) == len(predictions)
-    # the majority baseline is the training split's most common answer, counted here from the train manifest
+    # the majority baseline is the training split's most common answer, counted from the manifest
     train = read_manifest(build_demo_corpus(seed=0, size=2)["train"])
     for name, task in (("demo_mna", "mna"), ("demo_asc", "asc"), ("demo_aqa", "aqa")):
-        common = Counter(target_text(entry) for entry in train if entry.task == task).most_common(1)[0][0]
+        answers = Counter(target_text(entry) for entry in train if entry.task == task)
+        common = answers.most_common(1)[0][0]
         references = [p["gt"] for p in predictions if p["benchmark"] == name]
-        assert metrics[name][name]["majority_accuracy"] == sum(r == common for r in references) / len(references)
+        expected = sum(r == common for r in references) / len(references)
+        assert metrics[name][name]["majority_accuracy"] == expected
     report = (out / REPORT_FILE).read_text(encoding="utf-8")
     assert report.startswith(f"# Evaluation of {out.parent / 'tiny'}")
     assert "| demo_asr_zh | demo_asr_zh | 1 | cer |" in report

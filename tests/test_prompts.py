@@ -319,7 +319,8 @@ def test_chatml_multi_turn_multi_audio(released):
     assert example.ids[-4:] == [198, 151644, 77091, 198]
     answer = released.encode("The second is <|0.50|> s long.", TASK_TOKENS) + [151645]
     assert 151871 + 50 in answer
-    assert [t for t, label in zip(example.ids, example.labels, strict=True) if label != IGNORE_INDEX] == answer
+    pairs = zip(example.ids, example.labels, strict=True)
+    assert [t for t, label in pairs if label != IGNORE_INDEX] == answer
     text = released.decode(example.ids, [span.source for span in example.audios])
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nAudio 1:<audio>x.flac</audio>\n")
     assert text.endswith("<|im_start|>user\nAudio 1:<audio>x.flac</audio>\nagain?<|im_end|>\n<|im_start|>assistant\n")
