@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                          num_hidden_layers=args.decoder_layers))
     if args.hidden:
         config = dataclasses.replace(config, decoder=dataclasses.replace(
-            config.decoder, hidden_size=args.hidden, num_attention_heads=args.hidden // 128,
+            config.decoder, hidden_size=args.hidden, num_attention_heads=args.hidden // 128, kv_channels=128,
             intermediate_size=2 * (8 * args.hidden // 3 // 64 * 64)))
     batch = args.batch or (4 if small else 32)
     min_tokens, max_tokens = args.prompt_tokens or ((4, 24) if small else (16, 512))

@@ -20,7 +20,6 @@ import base64
 import io
 import random
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -95,20 +94,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     base = None
     for concurrency in args.levels:
-        results, lock = [], threading.Lock()
         gaps = random.Random(args.seed)
-
-        def send(index: int) -> None:
-            result = one(index)
-            with lock:
-                results.append(result)
-
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
+            futures = []
             for index in range(args.requests):
-                pool.submit(send, index)
+                futures.append(pool.submit(one, index))
                 if args.request_rate != float("inf"):
                     time.sleep(gaps.expovariate(args.request_rate))
+            results = [future.result() for future in futures]
         elapsed = time.perf_counter() - start
         rps = len(results) / elapsed
         base = base or rps

@@ -526,7 +526,7 @@ def _engine_tokens(engine, demo, texts, configs) -> list[list[int]]:
     while engine.running():
         engine.step()
     engine.fetch()
-    tokens = [sequence.tokens for sequence in engine.sequences]
+    tokens = [sequence.tokens for sequence in engine.sequences[:len(texts)]]
     for slot in range(len(texts)):
         engine.release(slot)
     return tokens

@@ -31,6 +31,7 @@ class SlotSampler:
         self.generators: list[torch.Generator | None] = [None] * slots
         self._sampled: set[int] = set()  # host-side: which slots sample (known when they are set)
         self._penalised: set[int] = set()
+        self._lower_bounded: set[int] = set()  # slots with a min_new_tokens
 
     def set(self, slot: int, config: GenerationConfig, prompt_ids: torch.Tensor) -> None:
         """Give ``slot`` the settings of ``config``; ``prompt_ids`` (padding as id ``vocab``) count as seen, as in
@@ -51,11 +52,13 @@ class SlotSampler:
             self.generators[slot] = torch.Generator(self.device).manual_seed(config.seed)
         (self._sampled.add if config.do_sample else self._sampled.discard)(slot)
         (self._penalised.add if config.repetition_penalty != 1.0 else self._penalised.discard)(slot)
+        (self._lower_bounded.add if config.min_new_tokens else self._lower_bounded.discard)(slot)
 
     def clear(self, slot: int) -> None:
         """Forget ``slot``'s settings (it is free)."""
         self._sampled.discard(slot)
         self._penalised.discard(slot)
+        self._lower_bounded.discard(slot)
         self.generators[slot] = None
 
     def _index(self, slots: list[int]) -> slice | torch.Tensor:
@@ -83,6 +86,8 @@ class SlotSampler:
             penalty = self.penalty[index][:, None]
             penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
             scores = torch.where(self.seen[index][:, :self.vocab] & (penalty != 1), penalised, scores)
+        if not any(slot in self._lower_bounded for slot in slots):
+            return scores
         too_short = (self.made[index] < self.min_new[index])[:, None] & self.stops[index][:, :self.vocab]
         return scores.masked_fill(too_short, -float("inf"))
 
@@ -105,5 +110,6 @@ class SlotSampler:
         if isinstance(index, slice):
             index = torch.arange(len(slots), device=self.device)
         self.made[index] += 1
-        self.seen[index, tokens] = True
+        if any(slot in self._penalised for slot in slots):  # others' seen ids are set afresh when they join
+            self.seen[index, tokens] = True
         return self.stops[index, tokens]

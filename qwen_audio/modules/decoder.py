@@ -185,28 +185,34 @@ class QwenDecoder(nn.Module):
         batch, length = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         rows = torch.arange(batch, device=device) if slots is None else slots
-        valid = (torch.ones(batch, length, dtype=torch.bool, device=device) if attention_mask is None
-                 else attention_mask.to(device) != 0)
         past = cache.lengths[rows]
-        new = valid.sum(-1)
-        where = past[:, None] + valid.long().cumsum(-1) - 1  # each new token's slot position
+        if attention_mask is None:  # every new token is real (a decoding step)
+            valid, new = None, length
+            where = past[:, None] + torch.arange(length, device=device)  # each new token's slot position
+        else:
+            valid = attention_mask.to(device) != 0
+            new = valid.sum(-1)
+            where = past[:, None] + valid.long().cumsum(-1) - 1
         if position_ids is None:
             position_ids = where.clamp(min=0)
         # The release fixes the NTK factor at prefill from the true length; a continued slot keeps its own.
         alpha = cache.ntk_alpha[:batch] if slots is None else cache.ntk_alpha[rows]
         if length > 1 or attention_mask is not None:  # a prefill, or a continuation
-            alpha = torch.where(past == 0, self._ntk_alpha(batch, length, valid.long(), device), alpha)
+            lengths_mask = None if valid is None else valid.long()
+            alpha = torch.where(past == 0, self._ntk_alpha(batch, length, lengths_mask, device), alpha)
             cache.ntk_alpha[rows] = alpha
         rotary = rotary_cos_sin(position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha)
         key_length = cache.max_length if key_length is None else key_length
         # logN changes nothing within seq_length: skipped when no position can pass it
         query_scale = self._logn_scale(position_ids) if key_length > self.config.seq_length else None
-        scratch = torch.full_like(where, cache.max_length)
         # Padding, and the tokens of a free slot that a batch-wide step still feeds, go to the scratch index.
-        index = (rows[:, None].expand(batch, length), torch.where(valid, where, scratch).clamp(max=cache.max_length))
+        if valid is not None:
+            where = torch.where(valid, where, torch.full_like(where, cache.max_length))
+        index = (rows[:, None].expand(batch, length), where.clamp(max=cache.max_length))
         keys = torch.arange(key_length, device=device)
         allowed = keys[None, None, :] <= where[:, :, None]
-        allowed |= (keys == 0)[None, None, :] & ~valid[:, :, None]  # a padded query sees key 0, not nothing
+        if valid is not None:
+            allowed |= (keys == 0)[None, None, :] & ~valid[:, :, None]  # a padded query sees key 0, not nothing
         layout = AttentionLayout("sdpa", causal=False, query_length=length, key_length=key_length,
                                  query_valid=valid, sdpa_mask=allowed[:, None])
         write = CacheWrite(cache, slots, index, key_length)
