@@ -1,7 +1,7 @@
 """Batched greedy generation: ``qwen_audio.generate`` against transformers' ``Qwen2ForCausalLM.generate``, and
 against the decoding loop it replaced (issue 32).
 
-    python benchmarks_perf/bench_generate.py                   # CPU: the tiny preset, fp32
+    python benchmarks_perf/bench_generate.py                   # CPU: the tiny preset, fp32 (PYTHONPATH=. in a checkout)
     python benchmarks_perf/bench_generate.py --model demo --batch 16 --new-tokens 64   # the demo model
     python benchmarks_perf/bench_generate.py --model demo --hidden 1024 --decoder-layers 8 --batch 16
     python benchmarks_perf/bench_generate.py --device cuda     # the released size (Qwen-7B decoder), bf16
@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder,
                                                                          num_hidden_layers=args.decoder_layers))
     if args.hidden:
-        config = dataclasses.replace(config, decoder=dataclasses.replace(
-            config.decoder, hidden_size=args.hidden, num_attention_heads=args.hidden // 128, kv_channels=128,
-            intermediate_size=2 * (8 * args.hidden // 3 // 64 * 64)))
+        config = dataclasses.replace(
+            config, encoder=dataclasses.replace(config.encoder, output_dim=args.hidden),
+            decoder=dataclasses.replace(config.decoder, hidden_size=args.hidden, num_attention_heads=args.hidden // 128,
+                                        kv_channels=128, intermediate_size=2 * (8 * args.hidden // 3 // 64 * 64)))
     batch = args.batch or (4 if small else 32)
     min_tokens, max_tokens = args.prompt_tokens or ((4, 24) if small else (16, 512))
     new_tokens = args.new_tokens or (16 if small else 128)
