@@ -435,7 +435,8 @@ def test_chat_transcript_majority_is_the_training_splits_most_common_answer(monk
     tokenizer = SimpleNamespace(im_end=1, im_start=2, eod=3)
     datamodule = SimpleNamespace(setup=lambda stage: None, tokenizer=tokenizer,
                                  conversations={"train": (train, []), "test": (test, [])})
-    trainer, module = SimpleNamespace(datamodule=datamodule), SimpleNamespace(model=torch.nn.Linear(1, 1))
+    trainer = SimpleNamespace(datamodule=datamodule)
+    module = SimpleNamespace(model=torch.nn.Linear(1, 1))
     callbacks.ChatTranscript(per_group=0)._report(trainer, module, "SFT")
     out = capsys.readouterr().out
     # right: scene 2 of 3 (wind, rain), count 1 of 2 (three). Majority from training: scene "rain"
