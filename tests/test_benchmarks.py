@@ -103,7 +103,7 @@ def test_bench_train_step_updates_the_encoder_only(bench):
 def test_bench_train_step_main_on_cpu(bench, capsys):
     bench("bench_train_step").main(["--device", "cpu", "--repeats", "1", "--clips", "2", "--max-seconds", "2"])
     output = capsys.readouterr().out
-    header = "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |"
+    header = "| configuration | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |"
     rows = table_rows(output, header)
     assert [row[0] for row in rows] == ["flash_attn", "varlen", "sdpa"]
     assert all(row[1].startswith("skipped") and "needs CUDA" in row[1] for row in rows[:2])
@@ -111,6 +111,54 @@ def test_bench_train_step_main_on_cpu(bench, capsys):
     assert float(sdpa[1]) > 0 and float(sdpa[2]) > 0 and float(sdpa[3]) > 0
     assert sdpa[5:] == ["-", "-", "1.00x"]  # no peak FLOP/s known for a CPU
     assert "peak unknown" in output
+
+
+def test_bench_train_step_profile_splits_the_step_into_categories_that_sum_to_the_total(bench):
+    train = bench("bench_train_step")
+    config = QwenAudioConfig.from_name("tiny")
+    torch.manual_seed(0)
+    module, optimizer = train.build_stage1(config, torch.device("cpu"), activation_checkpointing=False)
+    batch = train.stage1_batch(config, 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    times = train.profiled_times(lambda: train.train_step(module, optimizer, batch, mel_in_step=True),
+                                 torch.device("cpu"))
+    breakdown = train.time_breakdown(times)
+    assert tuple(breakdown) == train.CATEGORIES
+    assert sum(breakdown.values()) == pytest.approx(sum(us for _, us in times), rel=1e-9)
+    names = {name for name, _ in times}
+    assert "aten::stft" in names  # the log-mel ran inside the profiled step
+    # SDPA and the Linear layers ran, each in its own category; on CPU no Triton kernel runs.
+    assert breakdown["attention"] > 0 and breakdown["matrix products"] > 0 and breakdown["the rest"] > 0
+    assert breakdown["our Triton kernels"] == 0
+
+
+@pytest.mark.parametrize(("name", "category"), [
+    ("_pool_layer_norm_backward_kernel", "our Triton kernels"),
+    ("_mel_epilogue_kernel", "our Triton kernels"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("kernel_cutlass_FlashAttentionForwardSm90_0", "attention"),  # FA4's CuTe kernels are also CUTLASS
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matrix products"),
+    ("aten::addmm", "matrix products"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", "the rest"),
+    ("aten::add_", "the rest"),
+])
+def test_bench_train_step_categorises_kernel_names(bench, name, category):
+    assert bench("bench_train_step").categorise(name) == category
+
+
+def test_mel_in_step_gives_the_dataloaders_features(bench):
+    """The waveforms the step turns into log-mel give, clip by clip, what ``audio_features`` gives a worker."""
+    from qwen_audio.audio import audio_features
+
+    train = bench("bench_train_step")
+    config = QwenAudioConfig.from_name("tiny")
+    batch = train.stage1_batch(config, 3, 2.0, torch.Generator().manual_seed(1), torch.device("cpu"))
+    mel = train.with_mel_from_waveforms(batch)["audio_mel"]
+    for row, waveform in zip(mel, batch["waveforms"], strict=True):
+        samples = int(waveform.nonzero().max()) + 1  # noise up to the clip's end, zeros after
+        expected, _ = audio_features(waveform[:samples], "test", config.encoder.n_mels)
+        width = min(row.shape[-1], expected.shape[-1])  # the batch is as wide as its longest clip's mel
+        assert width >= samples // 160
+        torch.testing.assert_close(row[:, :width], expected[:, :width], rtol=0, atol=1e-5)
 
 
 def test_bench_generate_main_agrees_with_transformers(bench, capsys):

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from qwen_audio.config import ATTENTION_BACKENDS
 
-
 FLASH_ATTN_MIN_CAPABILITY = (9, 0)  # FlashAttention-4 has kernels for SM90 (Hopper) and SM100+ (Blackwell)
 
 
