@@ -171,6 +171,20 @@ def test_bench_generate_main_agrees_with_transformers(bench, capsys):
     assert rows[1][3] == "1.00x"
 
 
+def test_bf16_generation_agrees_with_the_float64_reference_on_the_first_token(bench):
+    """Issue 36: our bf16 path (weights, activations and KV cache in bf16) picks the float64 reference's first
+    token on every well-conditioned prompt, and its logits err no more than transformers' bf16 path does."""
+    agreement = bench("bench_bf16_agreement")
+    config = QwenAudioConfig.from_name("tiny")
+    prompts = agreement.random_prompts(12, 8, 32, config.decoder.vocab_size, torch.Generator().manual_seed(3))
+    conditioned, results = agreement.compare(config, torch.device("cpu"), prompts, new_tokens=4, seed=3)
+    ours, theirs = results["qwen_audio bf16"], results["transformers bf16"]
+    assert ours.conditioned_prompts == int(conditioned[:, 0].sum()) >= 8  # most prompts are well-conditioned
+    assert ours.first_token_conditioned == 1.0 and ours.teacher_forced_conditioned == 1.0
+    assert theirs.first_token_conditioned == 1.0  # the yardstick itself agrees where it says it should
+    assert 0 < ours.median_logit_error <= 2 * theirs.median_logit_error
+
+
 def test_bench_generate_rejects_lengths_beyond_the_trained_context(bench):
     with pytest.raises(SystemExit):
         bench("bench_generate").main(["--device", "cpu", "--prompt-tokens", "4", "2048", "--new-tokens", "8"])
