@@ -185,6 +185,39 @@ def test_bf16_generation_agrees_with_the_float64_reference_on_the_first_token(be
     assert 0 < ours.median_logit_error <= 2 * theirs.median_logit_error
 
 
+def _gpu_check_dry_run(tmp_path: Path, budget_s: int) -> tuple[subprocess.CompletedProcess, str]:
+    """``gpu_check.sh --dry-run`` with PYTHON a stub that prints one target line per benchmark, so the script's own
+    logic (steps, budget, summary, the appended tables) runs in a second; returns the run and the tables."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\necho "target: stub of $*: PASS"\n')
+    stub.chmod(0o755)
+    run = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "GPU_CHECK_BUDGET_S": str(budget_s)},
+                         timeout=60)
+    tables = Path(re.search(r"tables go to (\S+)", run.stdout).group(1))
+    return run, tables.read_text()
+
+
+def test_gpu_check_dry_run_runs_every_step_and_appends_its_summary(tmp_path):
+    run, tables = _gpu_check_dry_run(tmp_path, budget_s=480)
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = ["device", "cuda_tests", "bench_attention", "bench_mel", "bench_pool", "bench_train_step",
+             "bench_bf16_agreement", "bench_generate"]
+    summary = run.stdout.split("=== summary")[1]
+    assert [line.split(":")[0] for line in summary.splitlines()[1:] if not line.startswith(" ")] == steps
+    for step in steps[2:]:  # each benchmark ran as --help, and its target line reached the summary
+        assert re.search(rf"  target: stub of .*benchmarks_perf/{step}\.py .*--help: PASS", summary), step
+    assert "--collect-only" in run.stdout  # the cuda tests are collected, not run
+    assert tables.startswith("\n## gpu_check.sh on dry run, no GPU, ") and "Summary:" in tables
+    assert "bench_train_step.py --device cuda --compile --mel-in-step" in run.stdout
+
+
+def test_gpu_check_skips_steps_past_its_budget(tmp_path):
+    run, tables = _gpu_check_dry_run(tmp_path, budget_s=0)
+    assert run.returncode == 1
+    assert tables.count("SKIPPED, budget spent") == 8
+
+
 def test_bench_generate_rejects_lengths_beyond_the_trained_context(bench):
     with pytest.raises(SystemExit):
         bench("bench_generate").main(["--device", "cpu", "--prompt-tokens", "4", "2048", "--new-tokens", "8"])
