@@ -12,12 +12,13 @@ it once per forward for all layers), forward and forward + backward, for every b
 batch with a boolean mask. A backend that cannot run here is a row saying why. The torch reference runs SDPA on
 each sequence alone, unpadded, one call per sequence.
 
-TFLOP/s counts only real (unpadded) query-key pairs: ``4 * pairs * heads * head_dim`` forward (QK^T and PV; a
-causal sequence of L tokens has L (L + 1) / 2 pairs), backward 2.5x forward (FlashAttention's convention), so
-padded SDPA is charged nothing for the padding it computes. "max abs diff" is against the torch reference
-(output forward, gradients of q, k, v forward + backward). On CUDA each case ends with FlashAttention-4's parity
-line: its max abs diff from the reference at most ``PARITY_FACTOR`` times padded SDPA's, forward and backward
-(both bf16, so the bar is what torch's own fused kernel reaches on the same inputs).
+TFLOP/s counts only real (unpadded) query-key pairs: ``4 * pairs * heads * head_dim`` forward (QK^T
+and PV; a causal sequence of L tokens has L (L + 1) / 2 pairs), backward 2.5x forward
+(FlashAttention's convention), so padded SDPA is charged nothing for the padding it computes. "max
+abs diff" is against the torch reference (output forward, gradients of q, k, v forward + backward).
+On CUDA each case ends with FlashAttention-4's parity line: its max abs diff from the reference at
+most ``PARITY_FACTOR`` times padded SDPA's, forward and backward (both bf16, so the bar is what
+torch's own fused kernel reaches on the same inputs).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ BASELINE = "sdpa"
 REFERENCE = "torch reference (SDPA per sequence)"
 BACKWARD_FLOP_FACTOR = 2.5
 VARLEN_ENCODER_TARGET = 2.0  # benchmarks_perf/README.md: varlen encoder attention against padded SDPA
-PARITY_FACTOR = 2.0  # issue 33: FlashAttention-4 errs at most twice as much as torch's own SDPA kernel
+# issue 33: FlashAttention-4 errs at most twice as much as torch's own SDPA kernel
+PARITY_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ def print_encoder_target(results: list[Measurement]) -> None:
 
 
 def print_flash_attn_parity(case: Case, results: list[Measurement]) -> None:
-    """FlashAttention-4 against the torch reference, relative to padded SDPA's error; a MISS where it did not run."""
+    """FlashAttention-4 against the torch reference, relative to padded SDPA's error; a MISS where
+    it did not run."""
     diffs = {(m.implementation, m.pass_): m.max_abs_diff for m in results if m.ms is not None}
     kind = "decoder (causal)" if case.causal else "encoder"
     passes = ("forward", "forward + backward")
@@ -196,9 +199,12 @@ def print_flash_attn_parity(case: Case, results: list[Measurement]) -> None:
         return
     ours = [diffs["flash_attn", pass_] for pass_ in passes]
     bars = [PARITY_FACTOR * diffs[BASELINE, pass_] for pass_ in passes]
-    print(f"\ntarget: FlashAttention-4 parity, {kind}: max abs diff {ours[0]:.1e} / {ours[1]:.1e} vs the torch "
-          f"reference (forward / forward + backward; <= {PARITY_FACTOR:g}x padded {BASELINE}'s, {bars[0]:.1e} / "
-          f"{bars[1]:.1e}): {pass_or_miss(all(d <= bar for d, bar in zip(ours, bars, strict=True)))}")
+    print(
+        f"\ntarget: FlashAttention-4 parity, {kind}: max abs diff {ours[0]:.1e} / {ours[1]:.1e} "
+        f"vs the torch reference (forward / forward + backward; <= {PARITY_FACTOR:g}x padded "
+        f"{BASELINE}'s, {bars[0]:.1e} / {bars[1]:.1e}): "
+        f"{pass_or_miss(all(d <= bar for d, bar in zip(ours, bars, strict=True)))}"
+    )
 
 
 if __name__ == "__main__":

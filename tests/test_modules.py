@@ -25,7 +25,8 @@ from qwen_audio.modules.encoder import AudioEncoder
 from qwen_audio.modules.layers import ntk_alpha
 
 ENC = AudioEncoderConfig(n_mels=80, n_ctx=16, n_state=32, n_head=4, n_layer=2, output_dim=48)
-attention_module = importlib.import_module("qwen_audio.modules.attention")  # the package exports a same-named function
+# Imported by path: qwen_audio.modules exports a function named ``attention``.
+attention_module = importlib.import_module("qwen_audio.modules.attention")
 DEC = DecoderConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, kv_channels=16,
                     intermediate_size=192, seq_length=64)
 
@@ -96,7 +97,9 @@ def test_forced_fused_backend_on_cpu_is_a_clear_error():
         (True, (9, 0), torch.float32, "sdpa"),  # fp32: no fused kernel
     ],
 )
-def test_auto_backend_picks_flash_attn_4_only_where_it_runs(monkeypatch, installed, capability, dtype, expected):
+def test_auto_backend_picks_flash_attn_4_only_where_it_runs(
+    monkeypatch, installed, capability, dtype, expected
+):
     monkeypatch.setattr(attention_module, "_flash_attn_available", lambda: installed)
     monkeypatch.setattr(attention_module, "_cuda_capability", lambda device: capability)
     assert resolve_attention_backend("auto", torch.device("cuda"), dtype) == expected
@@ -105,9 +108,14 @@ def test_auto_backend_picks_flash_attn_4_only_where_it_runs(monkeypatch, install
 
 @pytest.mark.parametrize(
     ("installed", "capability", "message"),
-    [(False, (9, 0), "needs FlashAttention-4"), (True, (8, 6), "compute capability >= 9.0, cuda has 8.6")],
+    [
+        (False, (9, 0), "needs FlashAttention-4"),
+        (True, (8, 6), "compute capability >= 9.0, cuda has 8.6"),
+    ],
 )
-def test_forced_flash_attn_where_it_cannot_run_is_a_clear_error(monkeypatch, installed, capability, message):
+def test_forced_flash_attn_where_it_cannot_run_is_a_clear_error(
+    monkeypatch, installed, capability, message
+):
     monkeypatch.setattr(attention_module, "_flash_attn_available", lambda: installed)
     monkeypatch.setattr(attention_module, "_cuda_capability", lambda device: capability)
     with pytest.raises(ValueError, match=message):
@@ -115,7 +123,8 @@ def test_forced_flash_attn_where_it_cannot_run_is_a_clear_error(monkeypatch, ins
 
 
 def test_flash_attn_4_detection_ignores_flash_attn_2(monkeypatch):
-    """Only ``flash_attn.cute`` (the flash-attn-4 wheel) counts; a bare ``flash_attn`` package is flash-attn 2."""
+    """Only ``flash_attn.cute`` (the flash-attn-4 wheel) counts; a bare ``flash_attn`` package is
+    flash-attn 2."""
     found = {"flash_attn": object()}
 
     def find_spec(name):
@@ -165,16 +174,31 @@ def test_fused_backends_match_sdpa_on_cuda(backend, causal, case):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128])  # the encoder's heads, the LLM's
 def test_flash_attn_4_matches_torch_reference_forward_and_backward(causal, head_dim):
-    """FlashAttention-4 against the float64 per-sequence reference on a packed batch, output and q/k/v gradients:
-    the encoder (bidirectional) and decoder (causal, training and prefill) calls."""
+    """FlashAttention-4 against the float64 per-sequence reference on a packed batch, output and
+    q/k/v gradients: the encoder (bidirectional) and decoder (causal, training and prefill)
+    calls."""
     _skip_unless_backend_runs("flash_attn")
     segment_ids = torch.tensor([[1] * 90 + [2] * 70 + [0] * 40, [1] * 200], device="cuda")
     generator = torch.Generator(device="cuda").manual_seed(2)
-    q, k, v = (torch.randn(2, 200, 4, head_dim, generator=generator, device="cuda", dtype=torch.bfloat16)
-               .requires_grad_() for _ in range(3))
-    grad_out = torch.randn(2, 200, 4, head_dim, generator=generator, device="cuda", dtype=torch.bfloat16)
-    layout = AttentionLayout.build(segment_ids, batch_size=2, query_length=200, key_length=200, causal=causal,
-                                   backend="flash_attn", device=q.device, dtype=q.dtype)
+    q, k, v = (
+        torch.randn(
+            2, 200, 4, head_dim, generator=generator, device="cuda", dtype=torch.bfloat16
+        ).requires_grad_()
+        for _ in range(3)
+    )
+    grad_out = torch.randn(
+        2, 200, 4, head_dim, generator=generator, device="cuda", dtype=torch.bfloat16
+    )
+    layout = AttentionLayout.build(
+        segment_ids,
+        batch_size=2,
+        query_length=200,
+        key_length=200,
+        causal=causal,
+        backend="flash_attn",
+        device=q.device,
+        dtype=q.dtype,
+    )
     out = attention(q, k, v, layout)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]

@@ -1,16 +1,18 @@
-"""Whisper's log-mel: the torch implementation, and the cuFFT + fused Triton epilogue path that must match it.
+"""Whisper's log-mel: the torch implementation, and the cuFFT + fused Triton path matching it.
 
 ``log_mel_reference`` (torch, any device) equals openai-whisper's ``log_mel_spectrogram`` clip by clip.
 
-``log_mel_triton``: the FFT runs on cuFFT (one batched ``torch.stft``, Whisper's centred, reflect-padded periodic
-Hann frames), then one Triton kernel reads the complex spectrum once and does the rest in registers: power
-(``re^2 + im^2``), the mel product (TF32 tensor cores; the product sums non-negative terms, so TF32 keeps the 1e-3
-parity), the clamp and ``log10``, storing the log-mel and folding each block's maximum into its clip's peak with
-an atomic max. A clip's peak is known only once all its blocks have run, so the per-clip ``max(x, peak - 8)`` and
-``(x + 4) / 4`` are a second, elementwise launch over the log-mel (a fifth of the spectrum's bytes).
+``log_mel_triton``: the FFT runs on cuFFT (one batched ``torch.stft``, Whisper's centred,
+reflect-padded periodic Hann frames), then one Triton kernel reads the complex spectrum once and
+does the rest in registers: power (``re^2 + im^2``), the mel product (TF32 tensor cores; the product
+sums non-negative terms, so TF32 keeps the 1e-3 parity), the clamp and ``log10``, storing the
+log-mel and folding each block's maximum into its clip's peak with an atomic max. A clip's peak is
+known only once all its blocks have run, so the per-clip ``max(x, peak - 8)`` and ``(x + 4) / 4``
+are a second, elementwise launch over the log-mel (a fifth of the spectrum's bytes).
 
-The FFT does O(n log n) work where the former kernel multiplied each frame by a dense 400 x 201 DFT basis in
-TF32x3 (5.3 ms for 64 x 30 s on an H200, 3.3x slower than torchaudio; ``benchmarks_perf/RESULTS.md``, 2026-12-04).
+The FFT does O(n log n) work where the former kernel multiplied each frame by a dense 400 x 201 DFT
+basis in TF32x3 (5.3 ms for 64 x 30 s on an H200, 3.3x slower than torchaudio;
+``benchmarks_perf/RESULTS.md``, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from qwen_audio.whisper_mel import (
 
 BLOCK_FRAMES = 64
 BLOCK_BINS = 32
-PADDED_BINS = triton.cdiv(NUM_BINS, BLOCK_BINS) * BLOCK_BINS  # 224: filterbank columns past 201 are zero
+# 224: filterbank columns past 201 are zero
+PADDED_BINS = triton.cdiv(NUM_BINS, BLOCK_BINS) * BLOCK_BINS
 NORMALISE_BLOCK = 1024
 
 
@@ -63,7 +66,8 @@ def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
 
 @cache
 def _padded_filterbank(n_mels: int, device: torch.device) -> torch.Tensor:
-    """Mel filterbank ``[next_power_of_2(n_mels), PADDED_BINS]``, zero-padded, so tiles load without masks."""
+    """Mel filterbank ``[next_power_of_2(n_mels), PADDED_BINS]``, zero-padded, so tiles load without
+    masks."""
     filters = torch.zeros(triton.next_power_of_2(n_mels), PADDED_BINS, dtype=torch.float32)
     filters[:n_mels, :NUM_BINS] = mel_filters(n_mels)
     return filters.to(device)
@@ -71,13 +75,25 @@ def _padded_filterbank(n_mels: int, device: torch.device) -> torch.Tensor:
 
 @triton.jit
 def _mel_epilogue_kernel(
-    spectrum_ptr, filters_ptr, out_ptr, peak_ptr,
-    num_frames, n_mels, clip_stride, bin_stride, frame_stride,
-    FLOOR: tl.constexpr, NUM_BINS: tl.constexpr, PADDED_BINS: tl.constexpr, PADDED_MELS: tl.constexpr,
-    BLOCK_FRAMES: tl.constexpr, BLOCK_BINS: tl.constexpr,
+    spectrum_ptr,
+    filters_ptr,
+    out_ptr,
+    peak_ptr,
+    num_frames,
+    n_mels,
+    clip_stride,
+    bin_stride,
+    frame_stride,
+    FLOOR: tl.constexpr,
+    NUM_BINS: tl.constexpr,
+    PADDED_BINS: tl.constexpr,
+    PADDED_MELS: tl.constexpr,
+    BLOCK_FRAMES: tl.constexpr,
+    BLOCK_BINS: tl.constexpr,
 ):
-    """One (block of frames, clip): power, mel product, clamp, log10 of the real view of a ``[clip, bin, frame]``
-    complex spectrum (strides in floats; re, im adjacent); stores the log-mel and atomically maxes the clip's peak."""
+    """One (block of frames, clip): power, mel product, clamp, log10 of the real view of a
+    ``[clip, bin, frame]`` complex spectrum (strides in floats; re, im adjacent); stores the log-mel
+    and atomically maxes the clip's peak."""
     frame_block = tl.program_id(0)
     clip = tl.program_id(1).to(tl.int64)
     frames = frame_block * BLOCK_FRAMES + tl.arange(0, BLOCK_FRAMES)
@@ -88,8 +104,12 @@ def _mel_epilogue_kernel(
     mel = tl.zeros([PADDED_MELS, BLOCK_FRAMES], dtype=tl.float32)
     for bin0 in range(0, PADDED_BINS, BLOCK_BINS):
         bins = bin0 + tl.arange(0, BLOCK_BINS)
-        offsets = (clip * clip_stride + bins[:, None, None] * bin_stride + frames[None, :, None] * frame_stride
-                   + parts[None, None, :])
+        offsets = (
+            clip * clip_stride
+            + bins[:, None, None] * bin_stride
+            + frames[None, :, None] * frame_stride
+            + parts[None, None, :]
+        )
         mask = (bins[:, None, None] < NUM_BINS) & frame_ok[None, :, None]
         spectrum = tl.load(spectrum_ptr + offsets, mask=mask, other=0.0)
         power = tl.sum(spectrum * spectrum, axis=2)  # [BLOCK_BINS, BLOCK_FRAMES]
@@ -100,7 +120,9 @@ def _mel_epilogue_kernel(
     valid = (mels[:, None] < n_mels) & frame_ok[None, :]
     out = out_ptr + clip * n_mels * num_frames + mels[:, None] * num_frames + frames[None, :]
     tl.store(out, log_mel, mask=valid)
-    tl.atomic_max(peak_ptr + clip, tl.max(tl.max(tl.where(valid, log_mel, float("-inf")), axis=1), axis=0))
+    tl.atomic_max(
+        peak_ptr + clip, tl.max(tl.max(tl.where(valid, log_mel, float("-inf")), axis=1), axis=0)
+    )
 
 
 @triton.jit
@@ -118,7 +140,8 @@ def _normalise_kernel(
 
 
 def log_mel_triton(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """cuFFT + fused epilogue log-mel of float32 ``audio [..., samples]`` -> ``[..., n_mels, samples // 160]``."""
+    """cuFFT + fused epilogue log-mel of float32 ``audio [..., samples]``:
+    ``[..., n_mels, samples // 160]``, like the reference."""
     if audio.dtype != torch.float32:
         raise ValueError(f"log_mel_triton expects float32 audio, got dtype {audio.dtype}")
     batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
@@ -132,14 +155,28 @@ def log_mel_triton(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
         return out.reshape(*batch_shape, n_mels, num_frames)
     # [clip, bin, frame + 1] complex: the epilogue never reads the last frame, which Whisper drops.
     spectrum = torch.view_as_real(
-        torch.stft(waveforms, N_FFT, HOP_LENGTH, window=stft_window(audio.device), return_complex=True)
+        torch.stft(
+            waveforms, N_FFT, HOP_LENGTH, window=stft_window(audio.device), return_complex=True
+        )
     )
     peak = torch.full((num_clips,), float("-inf"), device=audio.device, dtype=torch.float32)
     _mel_epilogue_kernel[(triton.cdiv(num_frames, BLOCK_FRAMES), num_clips)](
-        spectrum, _padded_filterbank(n_mels, audio.device), out, peak,
-        num_frames, n_mels, spectrum.stride(0), spectrum.stride(1), spectrum.stride(2),
-        FLOOR=LOG_MEL_FLOOR, NUM_BINS=NUM_BINS, PADDED_BINS=PADDED_BINS,
-        PADDED_MELS=triton.next_power_of_2(n_mels), BLOCK_FRAMES=BLOCK_FRAMES, BLOCK_BINS=BLOCK_BINS, num_warps=4,
+        spectrum,
+        _padded_filterbank(n_mels, audio.device),
+        out,
+        peak,
+        num_frames,
+        n_mels,
+        spectrum.stride(0),
+        spectrum.stride(1),
+        spectrum.stride(2),
+        FLOOR=LOG_MEL_FLOOR,
+        NUM_BINS=NUM_BINS,
+        PADDED_BINS=PADDED_BINS,
+        PADDED_MELS=triton.next_power_of_2(n_mels),
+        BLOCK_FRAMES=BLOCK_FRAMES,
+        BLOCK_BINS=BLOCK_BINS,
+        num_warps=4,
     )
     values_per_clip = n_mels * num_frames
     _normalise_kernel[(triton.cdiv(values_per_clip, NORMALISE_BLOCK), num_clips)](

@@ -1,12 +1,13 @@
 """The encoder's stride-2 average pool over time fused with the LayerNorm after it (``ln_post``), with backward.
 
-Unfused, the pool writes a ``[B, T/2, C]`` tensor that the LayerNorm reads straight back; fused, each program
-reads a tile of frame pairs, averages and normalises them in fp32 registers, and writes the normalised rows once.
-The backward is one pass that reads ``x`` and ``dy`` once each and writes ``dx`` once: it recomputes the pooled
-rows from ``x`` (cheaper than keeping them) with the saved mean and 1/std, and sums dweight and dbias per program
-in registers, leaving a few partial rows for the caller to add. Both kernels work on 2-D tiles of several rows, so
-a program keeps several rows' loads in flight instead of walking its rows one vector at a time (the cause of the
-38 % / 21 % of copy bandwidth measured for forward + backward in fp32 / bf16 before, RESULTS.md 2026-12-04).
+Unfused, the pool writes a ``[B, T/2, C]`` tensor that the LayerNorm reads straight back; fused,
+each program reads a tile of frame pairs, averages and normalises them in fp32 registers, and writes
+the normalised rows once. The backward is one pass that reads ``x`` and ``dy`` once each and writes
+``dx`` once: it recomputes the pooled rows from ``x`` (cheaper than keeping them) with the saved
+mean and 1/std, and sums dweight and dbias per program in registers, leaving a few partial rows for
+the caller to add. Both kernels work on 2-D tiles of several rows, so a program keeps several rows'
+loads in flight instead of walking its rows one vector at a time (the cause of the 38 % / 21 % of
+copy bandwidth measured for forward + backward in fp32 / bf16 before, RESULTS.md 2026-12-04).
 ``pool_layer_norm_reference`` is the torch definition the kernels must match.
 """
 
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-TILES_PER_BACKWARD_PROGRAM = 8  # its partial dweight/dbias add ~1/(8 * rows per tile) of a row of traffic per row
+# its partial dweight/dbias add ~1/(8 * rows per tile) of a row of traffic per row
+TILES_PER_BACKWARD_PROGRAM = 8
 
 
 def pool_layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
@@ -28,10 +30,12 @@ def pool_layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch
 
 @triton.jit
 def _load_pooled_rows(x_ptr, rows, frames, pooled_frames, channels, cols, mask):
-    """Pooled rows ``b * pooled_frames + t`` (means of frames 2t, 2t + 1 of example b), ``[ROWS, BLOCK_C]`` fp32,
-    and frame 2t's offsets."""
+    """Pooled rows ``b * pooled_frames + t`` (means of frames 2t, 2t + 1 of example b),
+    ``[ROWS, BLOCK_C]`` fp32, and frame 2t's offsets."""
     example = rows // pooled_frames
-    offsets = ((example * frames + 2 * (rows % pooled_frames)).to(tl.int64) * channels)[:, None] + cols[None, :]
+    offsets = ((example * frames + 2 * (rows % pooled_frames)).to(tl.int64) * channels)[
+        :, None
+    ] + cols[None, :]
     even = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     odd = tl.load(x_ptr + offsets + channels, mask=mask, other=0.0).to(tl.float32)
     return (even + odd) * 0.5, offsets
@@ -77,7 +81,9 @@ def _pool_layer_norm_backward_kernel(
         rows = (program * TILES + tile) * ROWS + tl.arange(0, ROWS)
         row_ok = rows < rows_total  # the last program's tail
         mask = row_ok[:, None] & col_ok[None, :]
-        pooled, offsets = _load_pooled_rows(x_ptr, rows, frames, pooled_frames, channels, cols, mask)
+        pooled, offsets = _load_pooled_rows(
+            x_ptr, rows, frames, pooled_frames, channels, cols, mask
+        )
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
         normalised = tl.where(mask, (pooled - mean[:, None]) * rstd[:, None], 0.0)
@@ -85,8 +91,10 @@ def _pool_layer_norm_backward_kernel(
         dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(tl.float32)
         dnormalised = dy * weight[None, :]
         projection = tl.sum(dnormalised * normalised, axis=1)[:, None]
-        dpooled = rstd[:, None] * (dnormalised - (normalised * projection
-                                                  + tl.sum(dnormalised, axis=1)[:, None]) / channels)
+        dpooled = rstd[:, None] * (
+            dnormalised
+            - (normalised * projection + tl.sum(dnormalised, axis=1)[:, None]) / channels
+        )
         dframe = (0.5 * dpooled).to(dx_ptr.dtype.element_ty)
         tl.store(dx_ptr + offsets, dframe, mask=mask)
         tl.store(dx_ptr + offsets + channels, dframe, mask=mask)
@@ -97,8 +105,8 @@ def _pool_layer_norm_backward_kernel(
 
 
 def _tiling(channels: int, element_size: int) -> tuple[int, int, int]:
-    """Whole rows in one tile: ``(rows per tile, padded channels, warps)``, ~16 KiB of input per tile
-    (``ROWS`` frame pairs of ``C`` values) so each thread keeps ~16 values in flight."""
+    """Whole rows in one tile: ``(rows per tile, padded channels, warps)``, ~16 KiB of input per
+    tile (``ROWS`` frame pairs of ``C`` values) so each thread keeps ~16 values in flight."""
     block = triton.next_power_of_2(channels)
     rows = max(1, min(16, 8192 // (block * element_size)))
     return rows, block, min(max(rows * block // 512, 1), 16)
