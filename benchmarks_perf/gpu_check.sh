@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# Every GPU claim of benchmarks_perf/README.md checked by one command on a CUDA machine, within 8 minutes:
+# Every GPU claim of benchmarks_perf/README.md checked by one command on a CUDA machine in 8 min:
 #   bash benchmarks_perf/gpu_check.sh            # on the GPU machine
-#   bash benchmarks_perf/gpu_check.sh --dry-run  # anywhere: the same steps, each run as `--help` (pytest: collect)
-# 0. what the steps import, installed from wheels first if any is missing (pip install --prefer-binary -e
-#    '.[cuda,dev]': FlashAttention-4 among them), so the device minutes go to measuring;
+#   bash benchmarks_perf/gpu_check.sh --dry-run  # anywhere: each step as `--help` (pytest: collect)
+# 0. what the steps import, installed from wheels first if any is missing
+#    (pip install --prefer-binary -e '.[cuda,dev]', FlashAttention-4 among them), so the device
+#    minutes go to measuring;
 # 1. the device (nvidia-smi name and memory) and its measured copy bandwidth;
 # 2. every `cuda`-marked test;
-# 3. each benchmark at its target size, each printing one PASS/MISS line per target: FlashAttention-4 parity
-#    (bench_attention), log-mel >= 1.5x torchaudio and >= 10x openai-whisper (bench_mel), pool + LayerNorm
-#    >= 70 % of copy bandwidth forward + backward in fp32 and bf16 and >= 80 % bf16 forward (bench_pool), stage-1
-#    MFU >= 40 % on executed FLOPs (bench_train_step), bf16 first-token agreement with an fp32 reference
-#    (bench_bf16_agreement), generation >= 2x transformers (bench_generate);
+# 3. each benchmark at its target size, each printing one PASS/MISS line per target:
+#    FlashAttention-4 parity (bench_attention); log-mel >= 1.5x torchaudio and >= 10x openai-whisper
+#    (bench_mel); pool + LayerNorm >= 70 % of copy bandwidth forward + backward in fp32 and bf16 and
+#    >= 80 % bf16 forward (bench_pool); stage-1 MFU >= 40 % on executed FLOPs (bench_train_step);
+#    bf16 first-token agreement with an fp32 reference (bench_bf16_agreement); generation >= 2x
+#    transformers (bench_generate);
 # 4. the benchmarks' tables appended to benchmarks_perf/RESULTS.md under the device, date and commit.
-# Each step has its own timeout, cut to what is left of the 8-minute budget (GPU_CHECK_BUDGET_S), and a failing or
-# hung step does not stop the next; a summary ends the run, and the exit status is 1 if any step failed. Without
-# CUDA it says so and exits 0, having written nothing. PYTHON picks the interpreter (default: python3).
-# --dry-run exercises this script's logic without a GPU: nothing is installed, every step runs its command with
-# `--help` (pytest collects the cuda tests instead), and the tables go to a temporary file, not RESULTS.md.
+# Each step has its own timeout, cut to what is left of the 8-minute budget (GPU_CHECK_BUDGET_S);
+# a failing or hung step does not stop the next; a summary ends the run; the exit status is 1
+# if any step failed. Without CUDA it says so and exits 0, having written nothing. PYTHON picks the
+# interpreter (default: python3).
+# --dry-run exercises this script's logic without a GPU: nothing is installed, every step runs its
+# command with `--help` (pytest collects the cuda tests instead), and the tables go to a temporary
+# file, not RESULTS.md.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -43,8 +47,8 @@ summary=()
 failed=0
 
 # step NAME SECONDS COMMAND...: run COMMAND under its own timeout, at most what is left of the budget; its stdout
-# goes to the screen and $logs/NAME.log, its stderr to $logs/NAME.err (the last lines shown if it fails). In a
-# dry run the command gets `--help`, or `--collect-only` for pytest.
+# goes to the screen and $logs/NAME.log, its stderr to $logs/NAME.err (the last lines shown if it fails).
+# In a dry run the command gets `--help`, or `--collect-only` for pytest.
 step() {
   local name=$1 limit=$2 left rc started
   shift 2
@@ -72,9 +76,14 @@ step() {
   while IFS= read -r line; do summary+=("  $line"); done < <(grep -E '^target: .*: (PASS|MISS)$' "$logs/$name.log")
 }
 
-gpu=$( ((dry_run)) && echo "dry run, no GPU" || nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)
+if ((dry_run)); then
+  gpu="dry run, no GPU"
+else
+  gpu=$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)
+fi
 echo "gpu_check on $gpu"
-# What the steps import: on a bare GPU machine a missing package is the likeliest failure, so install first.
+# What the steps import: on a bare GPU machine a missing package is the likeliest failure, so
+# install first.
 missing=$("$PYTHON" -c "
 import importlib.util
 modules = ['torchaudio', 'triton', 'lightning', 'transformers', 'soundfile', 'tiktoken', 'jiwer', 'whisper', 'nnAudio',
@@ -96,7 +105,8 @@ step cuda_tests 100 "$PYTHON" -m pytest -p no:cacheprovider -p no:benchmark -q -
 step bench_attention 50 "$PYTHON" benchmarks_perf/bench_attention.py --device cuda
 step bench_mel 45 "$PYTHON" benchmarks_perf/bench_mel.py --device cuda --batch 64
 step bench_pool 35 "$PYTHON" benchmarks_perf/bench_pool.py --device cuda --batch 32
-step bench_train_step 150 "$PYTHON" benchmarks_perf/bench_train_step.py --device cuda --compile --mel-in-step --repeats 2
+step bench_train_step 150 "$PYTHON" benchmarks_perf/bench_train_step.py --device cuda \
+  --compile --mel-in-step --repeats 2
 step bench_bf16_agreement 60 "$PYTHON" benchmarks_perf/bench_bf16_agreement.py --device cuda
 step bench_generate 75 "$PYTHON" benchmarks_perf/bench_generate.py --device cuda
 
@@ -106,9 +116,12 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit + uncommitted changes"
   echo
   echo "## gpu_check.sh on $gpu, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
   echo
-  echo "Command: \`bash benchmarks_perf/gpu_check.sh$( ((dry_run)) && echo ' --dry-run')\` ($(tail -1 "$logs/device.log" 2>/dev/null))."
-  echo "Tests: \`python -m pytest -m cuda tests\`: $(grep -E '(passed|failed|error|skipped|no tests ran|collected)' "$logs/cuda_tests.log" 2>/dev/null | tail -1)."
-  for name in bench_attention bench_mel bench_pool bench_train_step bench_bf16_agreement bench_generate; do
+  command="bash benchmarks_perf/gpu_check.sh$( ((dry_run)) && echo ' --dry-run')"
+  echo "Command: \`$command\` ($(tail -1 "$logs/device.log" 2>/dev/null))."
+  tests=$(grep -E '(passed|failed|error|skipped|no tests ran|collected)' "$logs/cuda_tests.log")
+  echo "Tests: \`python -m pytest -m cuda tests\`: $(tail -1 <<<"$tests")."
+  for name in bench_attention bench_mel bench_pool bench_train_step bench_bf16_agreement \
+      bench_generate; do
     [[ -s $logs/$name.log ]] || continue
     echo
     echo "### $name"
