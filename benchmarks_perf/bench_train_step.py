@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             compile_encoder_blocks(module)
         step = functools.partial(train_step, module, optimizer, batch, mel_in_step)
         results[label] = measure_ms(step, device, args.repeats)
+        print(f"measured {label}: {results[label]:.1f} ms / step", flush=True)  # kept if cut short
     model_flops = module.flops_per_batch
     peak = bf16_peak_flops(device)
 
