@@ -37,17 +37,23 @@ class GenerationConfig:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens={self.max_new_tokens}], "
-                             f"got {self.min_new_tokens}")
+            raise ValueError(
+                f"min_new_tokens must lie in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_new_tokens}"
+            )
         if not 0 < self.temperature < float("inf"):
-            raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
+            raise ValueError(
+                f"temperature must be a positive finite number, got {self.temperature}"
+            )
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {self.top_p}")
         if not 0 < self.repetition_penalty < float("inf"):
-            raise ValueError(f"repetition_penalty must be a positive finite number (1 = off), got "
-                             f"{self.repetition_penalty}")
+            raise ValueError(
+                f"repetition_penalty must be a positive finite number (1 = off), got "
+                f"{self.repetition_penalty}"
+            )
         if any(not isinstance(i, int) or i < 0 for i in self.stop_ids):
             raise ValueError(f"stop_ids must be non-negative token ids, got {self.stop_ids!r}")
         if self.seed is not None and self.seed < 0:
@@ -55,8 +61,10 @@ class GenerationConfig:
         if self.max_repeats < 0:
             raise ValueError(f"max_repeats must be >= 0 (0 = off), got {self.max_repeats}")
         if not 0 <= self.max_tokens_per_audio_second < float("inf"):
-            raise ValueError(f"max_tokens_per_audio_second must be >= 0 (0 = off), got "
-                             f"{self.max_tokens_per_audio_second}")
+            raise ValueError(
+                f"max_tokens_per_audio_second must be >= 0 (0 = off), got "
+                f"{self.max_tokens_per_audio_second}"
+            )
 
     @classmethod
     def base(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
@@ -64,7 +72,9 @@ class GenerationConfig:
 
         Its evaluation scripts decode greedily instead: ``GenerationConfig.base(tokenizer, do_sample=False)``.
         """
-        release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.8, stop_ids=tokenizer.stop_ids)
+        release = cls(
+            max_new_tokens=512, do_sample=True, top_k=0, top_p=0.8, stop_ids=tokenizer.stop_ids
+        )
         return dataclasses.replace(release, **overrides)
 
     @classmethod

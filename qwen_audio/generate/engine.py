@@ -1,15 +1,18 @@
-"""The decode engine: sequences in the slots of one static KV cache, decoded together, joining and leaving freely.
+"""The decode engine: sequences in the slots of one static KV cache, decoded together, joining and
+leaving freely.
 
-:meth:`DecodeEngine.admit` prefills new prompts into free slots; :meth:`DecodeEngine.step` feeds every running
-slot its last token and picks the next one, all on the device: the cache is written in place
-(:class:`~qwen_audio.modules.decoder.KVCache`), tokens are picked by :class:`SlotSampler`, and stop tokens are
-detected there too. The host learns the tokens when it asks (:meth:`DecodeEngine.fetch`), every step when it
-streams, every few steps otherwise. A row's tokens depend only on its own prompt, settings and seed: slots never
-see each other, so a row gets the tokens it gets alone, whatever joins or leaves the batch.
+:meth:`DecodeEngine.admit` prefills new prompts into free slots; :meth:`DecodeEngine.step` feeds
+every running slot its last token and picks the next one, all on the device: the cache is written in
+place (:class:`~qwen_audio.modules.decoder.KVCache`), tokens are picked by :class:`SlotSampler`, and
+stop tokens are detected there too. The host learns the tokens when it asks
+(:meth:`DecodeEngine.fetch`), every step when it streams, every few steps otherwise. A row's tokens
+depend only on its own prompt, settings and seed: slots never see each other, so a row gets the
+tokens it gets alone, whatever joins or leaves the batch.
 
-On CUDA, :meth:`DecodeEngine.capture` records the decoding step's forward as one CUDA graph per batch-size bucket
-(reading the whole cache), so a step costs one graph launch instead of hundreds of kernel launches; elsewhere the
-same step runs eagerly, reading only the cache positions that are in use.
+On CUDA, :meth:`DecodeEngine.capture` records the decoding step's forward as one CUDA graph per
+batch-size bucket (reading the whole cache), so a step costs one graph launch instead of hundreds of
+kernel launches; elsewhere the same step runs eagerly, reading only the cache positions that are in
+use.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def _repeats(tokens: list[int], max_repeats: int) -> bool:
     """Whether ``tokens`` end with one n-gram (n <= 8) repeated more than ``max_repeats`` times."""
     times = max_repeats + 1
     for n in range(1, LONGEST_REPEATED_NGRAM + 1):
-        if len(tokens) >= n * times and tokens[-n * times:] == tokens[-n:] * times:
+        if len(tokens) >= n * times and tokens[-n * times :] == tokens[-n:] * times:
             return True
     return False
 
@@ -77,12 +80,15 @@ class DecodeEngine:
 
     def __init__(self, model: QwenAudio, *, slots: int, max_length: int, vocab_size: int) -> None:
         if not 0 < vocab_size <= model.config.decoder.vocab_size:
-            raise ValueError(f"vocab_size {vocab_size} must lie in [1, {model.config.decoder.vocab_size}] "
-                             "(the model's embedding rows)")
+            raise ValueError(
+                f"vocab_size {vocab_size} must lie in [1, {model.config.decoder.vocab_size}] "
+                "(the model's embedding rows)"
+            )
         weight = next(model.parameters())
         self.model, self.vocab_size, self.device = model, vocab_size, weight.device
-        self.cache = KVCache.allocate(model.config.decoder, slots, max_length, device=weight.device,
-                                      dtype=weight.dtype)
+        self.cache = KVCache.allocate(
+            model.config.decoder, slots, max_length, device=weight.device, dtype=weight.dtype
+        )
         self.sampler = SlotSampler(slots, vocab_size, weight.device)
         self.next_tokens = torch.zeros(slots, dtype=torch.long, device=weight.device)
         self.sequences: list[SlotSequence | None] = [None] * slots
@@ -101,15 +107,19 @@ class DecodeEngine:
         return [slot for slot, sequence in enumerate(self.sequences) if sequence is None]
 
     @torch.no_grad()
-    def admit(self, slots: Sequence[int], batch: PromptBatch, configs: Sequence[GenerationConfig]) -> None:
+    def admit(
+        self, slots: Sequence[int], batch: PromptBatch, configs: Sequence[GenerationConfig]
+    ) -> None:
         """Prefill the left-padded ``batch`` into free ``slots`` (one row each) and pick each row's first token."""
         lengths = batch.attention_mask.sum(-1).tolist()
         for row, (length, config) in enumerate(zip(lengths, configs)):
             if length == 0:
                 raise ValueError(f"prompt rows [{row}] hold no tokens (attention_mask all 0)")
             if length + config.max_new_tokens > self.max_length:
-                raise ValueError(f"prompt row {row}: {length} prompt tokens + max_new_tokens "
-                                 f"{config.max_new_tokens} exceed the engine's max_length {self.max_length}")
+                raise ValueError(
+                    f"prompt row {row}: {length} prompt tokens + max_new_tokens "
+                    f"{config.max_new_tokens} exceed the engine's max_length {self.max_length}"
+                )
         busy = [slot for slot in slots if self.sequences[slot] is not None]
         if busy:
             raise ValueError(f"slots {busy} are in use")
@@ -117,10 +127,17 @@ class DecodeEngine:
         rows = torch.tensor(list(slots), device=self.device)
         self.cache.reset(rows)
         positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        output = self.model(batch.input_ids, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths,
-                            attention_mask=batch.attention_mask, position_ids=positions, kv_cache=self.cache,
-                            cache_slots=rows, key_length=batch.input_ids.shape[1],
-                            logits_at=last_tokens(batch.attention_mask))
+        output = self.model(
+            batch.input_ids,
+            audio_mel=batch.audio_mel,
+            audio_mel_lengths=batch.audio_mel_lengths,
+            attention_mask=batch.attention_mask,
+            position_ids=positions,
+            kv_cache=self.cache,
+            cache_slots=rows,
+            key_length=batch.input_ids.shape[1],
+            logits_at=last_tokens(batch.attention_mask),
+        )
         seen = batch.input_ids.masked_fill(batch.attention_mask == 0, self.vocab_size)
         seconds = self._audio_seconds(batch)
         for row, (slot, config) in enumerate(zip(slots, configs)):
@@ -128,8 +145,10 @@ class DecodeEngine:
             audio_limit = None
             if config.max_tokens_per_audio_second and seconds[row]:
                 audio_limit = math.ceil(config.max_tokens_per_audio_second * seconds[row])
-            self.sequences[slot] = SlotSequence(config.max_new_tokens, lengths[row], config.max_repeats, audio_limit)
-        tokens = self.sampler.pick(output.logits[:, :self.vocab_size].float(), list(slots))
+            self.sequences[slot] = SlotSequence(
+                config.max_new_tokens, lengths[row], config.max_repeats, audio_limit
+            )
+        tokens = self.sampler.pick(output.logits[:, : self.vocab_size].float(), list(slots))
         stopped = self.sampler.advance(tokens, list(slots))
         self.next_tokens[rows] = tokens
         self._pending.append(([self.sequences[slot] for slot in slots], tokens, stopped))
@@ -143,14 +162,17 @@ class DecodeEngine:
         frames = batch.audio_mel_lengths.tolist()
         seconds, first = [], 0
         for count in clips:
-            seconds.append(sum(frames[first:first + count]) / MEL_FRAMES_PER_SECOND)
+            seconds.append(sum(frames[first : first + count]) / MEL_FRAMES_PER_SECOND)
             first += count
         return seconds
 
     def running(self) -> list[int]:
         """The slots that still decode: not known to have finished and below their token limit."""
-        return [slot for slot, sequence in enumerate(self.sequences)
-                if sequence is not None and sequence.finish is None and sequence.picked < sequence.limit]
+        return [
+            slot
+            for slot, sequence in enumerate(self.sequences)
+            if sequence is not None and sequence.finish is None and sequence.picked < sequence.limit
+        ]
 
     @torch.no_grad()
     def step(self) -> None:
@@ -166,8 +188,13 @@ class DecodeEngine:
         for slot in running:
             self.sequences[slot].length += 1
             self.sequences[slot].picked += 1
-        self._pending.append(([self.sequences[slot] if slot in running else None for slot in range(rows)],
-                              tokens, stopped))
+        self._pending.append(
+            (
+                [self.sequences[slot] if slot in running else None for slot in range(rows)],
+                tokens,
+                stopped,
+            )
+        )
 
     def _forward(self, rows: int, key_length: int) -> torch.Tensor:
         """fp32 logits ``[rows, vocab]`` of slots ``0..rows-1`` fed their next token."""
@@ -176,8 +203,10 @@ class DecodeEngine:
             graph, logits = self._graphs[bucket]
             graph.replay()
             return logits[:rows]
-        output = self.model(self.next_tokens[:rows, None], kv_cache=self.cache, key_length=key_length)
-        return output.logits[:, 0, :self.vocab_size].float()
+        output = self.model(
+            self.next_tokens[:rows, None], kv_cache=self.cache, key_length=key_length
+        )
+        return output.logits[:, 0, : self.vocab_size].float()
 
     def fetch(self) -> None:
         """Bring the tokens picked since the last fetch to the host (one sync) and record which rows ended."""
@@ -202,9 +231,10 @@ class DecodeEngine:
         lengths, alpha = self.cache.lengths.clone(), self.cache.ntk_alpha.clone()
         pool = None
         for size in sizes:
+
             def forward(size: int = size) -> torch.Tensor:
                 output = self.model(self.next_tokens[:size, None], kv_cache=self.cache)
-                return output.logits[:, 0, :self.vocab_size].float()
+                return output.logits[:, 0, : self.vocab_size].float()
 
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())

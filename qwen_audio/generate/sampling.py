@@ -1,10 +1,11 @@
-"""Picking each slot's next token on the device: repetition penalty, minimum length, temperature, top-k, top-p.
+"""Picking each slot's next token on the device: repetition penalty, minimum length, temperature,
+top-k, top-p.
 
-Every decoding setting is a per-slot tensor, so rows that decode differently (greedy, sampled, transcriptions)
-share one batch, and nothing reaches the host. The transforms are transformers' logits processors rewritten on
-those tensors, applied in the order its ``generate`` applies them on fp32 scores (tests compare them with
-transformers). A sampled slot draws from its own ``torch.Generator``: seeded, it gives the sample it gives alone,
-whatever else is in the batch.
+Every decoding setting is a per-slot tensor, so rows that decode differently (greedy, sampled,
+transcriptions) share one batch, and nothing reaches the host. The transforms are transformers'
+logits processors rewritten on those tensors, applied in the order its ``generate`` applies them on
+fp32 scores (tests compare them with transformers). A sampled slot draws from its own
+``torch.Generator``: seeded, it gives the sample it gives alone, whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class SlotSampler:
         self.penalty = torch.ones(slots, device=device)
         self.min_new = torch.zeros(slots, dtype=torch.long, device=device)
         self.made = torch.zeros(slots, dtype=torch.long, device=device)  # tokens picked so far
-        self.stops = torch.zeros(slots, vocab + 1, dtype=torch.bool, device=device)  # id vocab: padding
+        self.stops = torch.zeros(
+            slots, vocab + 1, dtype=torch.bool, device=device
+        )  # id vocab: padding
         self.seen = torch.zeros(slots, vocab + 1, dtype=torch.bool, device=device)
         self.generators: list[torch.Generator | None] = [None] * slots
         self._sampled: set[int] = set()  # host-side: which slots sample (known when they are set)
@@ -76,19 +79,27 @@ class SlotSampler:
         if sampled:
             probs = self.warp(scores, index).softmax(-1)
             for row in sampled:
-                tokens[row] = torch.multinomial(probs[row], 1, generator=self.generators[slots[row]])[0]
+                tokens[row] = torch.multinomial(
+                    probs[row], 1, generator=self.generators[slots[row]]
+                )[0]
         return tokens
 
-    def scores(self, logits: torch.Tensor, slots: list[int], index: slice | torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, logits: torch.Tensor, slots: list[int], index: slice | torch.Tensor
+    ) -> torch.Tensor:
         """Repetition penalty and minimum length: the processors greedy decoding applies too."""
         scores = logits
         if any(slot in self._penalised for slot in slots):
             penalty = self.penalty[index][:, None]
             penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-            scores = torch.where(self.seen[index][:, :self.vocab] & (penalty != 1), penalised, scores)
+            scores = torch.where(
+                self.seen[index][:, : self.vocab] & (penalty != 1), penalised, scores
+            )
         if not any(slot in self._lower_bounded for slot in slots):
             return scores
-        too_short = (self.made[index] < self.min_new[index])[:, None] & self.stops[index][:, :self.vocab]
+        too_short = (self.made[index] < self.min_new[index])[:, None] & self.stops[index][
+            :, : self.vocab
+        ]
         return scores.masked_fill(too_short, -float("inf"))
 
     def warp(self, scores: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
@@ -110,6 +121,8 @@ class SlotSampler:
         if isinstance(index, slice):
             index = torch.arange(len(slots), device=self.device)
         self.made[index] += 1
-        if any(slot in self._penalised for slot in slots):  # others' seen ids are set afresh when they join
+        if any(
+            slot in self._penalised for slot in slots
+        ):  # others' seen ids are set afresh when they join
             self.seen[index, tokens] = True
         return self.stops[index, tokens]

@@ -1,10 +1,12 @@
-"""The inference worker's loop: requests in between decoding steps, events out after each (continuous batching).
+"""The inference worker's loop: requests in between decoding steps, events out after each
+(continuous batching).
 
-LitServe 0.2.19's ``ContinuousBatchingLoop`` is not used: it calls ``add_request`` from a background thread while
-``step`` runs in another (so a prefill would race a decoding step over the same KV cache), spins without sleeping
-when idle, fails every running request when one raises, and has no way to cancel a request whose client left.
-This loop runs everything on one thread: it takes the requests that arrived (blocking only when idle), hands them
-to the :class:`~qwen_audio.serve.scheduler.Scheduler`, runs one step and sends each job's events.
+LitServe 0.2.19's ``ContinuousBatchingLoop`` is not used: it calls ``add_request`` from a background
+thread while ``step`` runs in another (so a prefill would race a decoding step over the same KV
+cache), spins without sleeping when idle, fails every running request when one raises, and has no
+way to cancel a request whose client left. This loop runs everything on one thread: it takes the
+requests that arrived (blocking only when idle), hands them to the
+:class:`~qwen_audio.serve.scheduler.Scheduler`, runs one step and sends each job's events.
 """
 
 from __future__ import annotations
@@ -30,12 +32,23 @@ class Cancel:
 class SchedulerLoop(LitLoop):
     """Feeds the LitAPI's ``scheduler`` (made in its ``setup``) from LitServe's request queue."""
 
-    def run(self, lit_api, device, worker_id, request_queue, transport, workers_setup_status, callback_runner):
+    def run(
+        self,
+        lit_api,
+        device,
+        worker_id,
+        request_queue,
+        transport,
+        workers_setup_status,
+        callback_runner,
+    ):
         scheduler = lit_api.scheduler
         queues: dict[str, int] = {}  # uid -> the response queue of its API server
         while True:
             block = not scheduler.has_work()
-            while (item := self.get_request(request_queue, block=block, timeout=1.0 if block else None)) is not None:
+            while (
+                item := self.get_request(request_queue, block=block, timeout=1.0 if block else None)
+            ) is not None:
                 block = False
                 response_queue_id, uid, _, job = item
                 if isinstance(job, Cancel):
@@ -61,8 +74,16 @@ class SchedulerLoop(LitLoop):
                 continue
             for uid, event in events:
                 response_queue_id = queues[uid]
-                self.put_response(transport, response_queue_id, uid, json.dumps(event), LitAPIStatus.OK, STREAMING)
+                self.put_response(
+                    transport, response_queue_id, uid, json.dumps(event), LitAPIStatus.OK, STREAMING
+                )
                 if event.get("done"):
-                    self.put_response(transport, response_queue_id, uid, "", LitAPIStatus.FINISH_STREAMING,
-                                      STREAMING)
+                    self.put_response(
+                        transport,
+                        response_queue_id,
+                        uid,
+                        "",
+                        LitAPIStatus.FINISH_STREAMING,
+                        STREAMING,
+                    )
                     del queues[uid]
