@@ -1,22 +1,26 @@
-"""Read throughput into the training step: JSONL manifest + one audio file per clip against litdata shards.
+"""Read throughput into the training step: JSONL manifest + one audio file per clip against litdata
+shards.
 
-    python benchmarks_perf/bench_data.py                         # 10,000 demo clips, 0/1/2 workers (~15 min on 2 cores)
+    python benchmarks_perf/bench_data.py        # 10,000 demo clips, 0/1/2 workers (~30 min, 2 cores)
     python benchmarks_perf/bench_data.py --clips 2000 --step_clips 200   # a quicker look
 
-Builds the embedded demo corpus (size 48), copies its training clips into ``--clips`` distinct files with one
-manifest line each, and writes that manifest as shards (``python -m qwen_audio.data.shard``). Then, for 0, 1 and 2
-DataLoader workers and both sources in the same run, it streams the batches training would get
-(:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, ``max_seconds`` of padded audio a batch) and prints
-clips/s and MB/s (of encoded audio) at two points:
+Builds the embedded demo corpus (size 48), copies its training clips into ``--clips`` distinct files
+with one manifest line each, and writes that manifest as shards (``python -m
+qwen_audio.data.shard``). Then, for 0, 1 and 2 DataLoader workers and both sources in the same run,
+it streams the batches training would get
+(:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, ``max_seconds`` of padded audio a
+batch) and prints clips/s and MB/s (of encoded audio) at two points:
 
-* ``decoded``: every clip's audio decoded and resampled to 16 kHz, over all ``--clips`` clips: what the storage
+* ``decoded``: every clip's audio decoded and resampled to 16 kHz, over all ``--clips`` clips: what
+  the storage
   format changes (opening files vs. reading chunks);
-* ``step``: the collated batches themselves (decoding, log-mel and the task prompt), over the first ``--step_clips``
+* ``step``: the collated batches themselves (decoding, log-mel and the task prompt), over the first
+  ``--step_clips``
   clips: what the training step receives.
 
-Each row checks that the shards gave the batches of the manifest (a digest of every batch, in order). The speed-up
-column is shards over manifest with the same workers; the target (issue 35) is >= 3x at 2 workers. Worker start-up
-is inside the time, the same for both sources.
+Each row checks that the shards gave the batches of the manifest (a digest of every batch, in
+order). The speed-up column is shards over manifest with the same workers; the target (issue 35) is
+>= 3x at 2 workers. Worker start-up is inside the time, the same for both sources.
 """
 
 from __future__ import annotations
@@ -46,13 +50,17 @@ TARGET = 3.0
 
 
 class DecodedStream(StreamingAudioTextDataset):
-    """The same plan as training's stream, but yields each batch's decoded clips and their encoded bytes."""
+    """The same plan as training's stream, but yields each batch's decoded clips and their encoded
+    bytes."""
 
     def __iter__(self) -> Iterator[tuple[list[np.ndarray], int]]:
         reader, readers, _ = self._reader()
         for entries in self._planned(reader, readers):
             clips = [load_segment(entry, data).numpy() for entry, data in entries]
-            size = sum(len(data) if data is not None else os.path.getsize(entry.audio) for entry, data in entries)
+            size = sum(
+                len(data) if data is not None else os.path.getsize(entry.audio)
+                for entry, data in entries
+            )
             yield clips, size
 
 
@@ -88,7 +96,8 @@ def digest(batch) -> str:
 
 
 def run(stream, workers: int, clips: int, mb_per_clip: float) -> tuple[float, float, list[str]]:
-    """Clips/s and MB/s of the loader until ``clips`` clips have come, and the digests of its batches."""
+    """Clips/s and MB/s of the loader until ``clips`` clips have come, and the digests of its
+    batches."""
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
     start, count, size, digests = time.perf_counter(), 0, 0, []
     for batch in loader:
@@ -106,7 +115,9 @@ def run(stream, workers: int, clips: int, mb_per_clip: float) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=10_000)
-    parser.add_argument("--step_clips", type=int, default=1000, help="clips timed into the training step")
+    parser.add_argument(
+        "--step_clips", type=int, default=1000, help="clips timed into the training step"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max_seconds", type=float, default=20.0)
     parser.add_argument("--workdir", default="runs/bench_data")
@@ -122,27 +133,41 @@ def main() -> None:
     files = [json.loads(line)["audio"] for line in manifest.read_text().splitlines()]
     mb_per_clip = sum(os.path.getsize(f) for f in files) / len(files) / 1e6
     tokenizer = QwenAudioTokenizer.demo()
-    print(f"{len(files)} clips, {mb_per_clip * len(files):.0f} MB of audio; sharding took {shard_seconds:.1f} s; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
-    print("\n| stage | workers | manifest + files clips/s | MB/s | shards clips/s | MB/s | shards / manifest | "
-          "same batches |")
+    print(
+        f"{len(files)} clips, {mb_per_clip * len(files):.0f} MB of audio; "
+        f"sharding took {shard_seconds:.1f} s; load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores at the start"
+    )
+    print(
+        "\n| stage | workers | manifest + files clips/s | MB/s | shards clips/s | MB/s "
+        "| shards / manifest | same batches |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     ratios = {}
-    for stage, kind, clips in (("decoded", DecodedStream, args.clips),
-                               ("step", StreamingAudioTextDataset, args.step_clips)):
+    for stage, kind, clips in (
+        ("decoded", DecodedStream, args.clips),
+        ("step", StreamingAudioTextDataset, args.step_clips),
+    ):
         for workers in args.workers:
-            results = [run(kind([str(source)], tokenizer, args.max_seconds), workers, clips, mb_per_clip)
-                       for source in (manifest, shards)]
+            results = [
+                run(kind([str(source)], tokenizer, args.max_seconds), workers, clips, mb_per_clip)
+                for source in (manifest, shards)
+            ]
             (files_rate, files_mb, files_batches), (shard_rate, shard_mb, shard_batches) = results
             same = len(files_batches) == len(shard_batches) and files_batches == shard_batches
             ratios[stage, workers] = shard_rate / files_rate
-            print(f"| {stage} | {workers} | {files_rate:.0f} | {files_mb:.1f} | {shard_rate:.0f} | {shard_mb:.1f} | "
-                  f"{shard_rate / files_rate:.2f}x | {'yes' if same else 'NO'} |", flush=True)
+            print(
+                f"| {stage} | {workers} | {files_rate:.0f} | {files_mb:.1f} | {shard_rate:.0f} "
+                f"| {shard_mb:.1f} | {shard_rate / files_rate:.2f}x | {'yes' if same else 'NO'} |",
+                flush=True,
+            )
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     if ("step", 2) in ratios:
         ratio = ratios["step", 2]
-        print(f"target shards >= {TARGET:.0f}x manifest + files into the step at 2 workers: {ratio:.2f}x "
-              f"{pass_or_miss(ratio >= TARGET)}")
+        print(
+            f"target shards >= {TARGET:.0f}x manifest + files into the step at 2 workers: "
+            f"{ratio:.2f}x {pass_or_miss(ratio >= TARGET)}"
+        )
 
 
 if __name__ == "__main__":

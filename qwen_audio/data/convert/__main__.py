@@ -9,27 +9,45 @@ from qwen_audio.data.convert.fields import Fields
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m qwen_audio.data.convert",
-                                     description="Convert a Hugging Face dataset or a lhotse CutSet to manifests.")
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen_audio.data.convert",
+        description="Convert a Hugging Face dataset or a lhotse CutSet to manifests.",
+    )
     commands = parser.add_subparsers(dest="kind", required=True)
-    for kind, help in (("hf", "a save_to_disk folder, a parquet file, or a folder of parquet files"),
-                       ("lhotse", "a CutSet manifest (.jsonl or .jsonl.gz)")):
+    for kind, help in (
+        ("hf", "a save_to_disk folder, a parquet file, or a folder of parquet files"),
+        ("lhotse", "a CutSet manifest (.jsonl or .jsonl.gz)"),
+    ):
         command = commands.add_parser(kind, help=help)
         command.add_argument("src", help=help)
-        command.add_argument("out", help="folder for the manifests (and the audio files written out)")
+        command.add_argument(
+            "out", help="folder for the manifests (and the audio files written out)"
+        )
         command.add_argument("--fields", help="YAML file of the mapping below (flags override it)")
         if kind == "hf":
             for name in ("audio", "text", "language", "text_language", "task", "words"):
                 command.add_argument(f"--{name}", help=f"column of the {name.replace('_', ' ')}")
-            command.add_argument("--split", action="append", help="convert only this split (repeatable)")
+            command.add_argument(
+                "--split", action="append", help="convert only this split (repeatable)"
+            )
         else:
-            command.add_argument("--words", help="alignment kind of the word timings (default: word)")
-        command.add_argument("--default_language", help="language of rows that name none (default: en)")
+            command.add_argument(
+                "--words", help="alignment kind of the word timings (default: word)"
+            )
+        command.add_argument(
+            "--default_language", help="language of rows that name none (default: en)"
+        )
         command.add_argument("--default_task", help="task of rows that name none (default: asr)")
-        command.add_argument("--on_error", choices=("raise", "skip"), default="raise",
-                             help="stop at the first bad row, or skip bad rows and warn with their count")
+        command.add_argument(
+            "--on_error",
+            choices=("raise", "skip"),
+            default="raise",
+            help="stop at the first bad row, or skip bad rows and warn with their count",
+        )
     args = vars(parser.parse_args(argv))
-    kind, src, out, on_error, path = (args.pop(k) for k in ("kind", "src", "out", "on_error", "fields"))
+    kind, src, out, on_error, path = (
+        args.pop(k) for k in ("kind", "src", "out", "on_error", "fields")
+    )
     splits = args.pop("split", None)
     overrides = {k: v for k, v in args.items() if v is not None}
     fields = Fields.from_yaml(path, **overrides) if path else Fields(**overrides)

@@ -1,4 +1,5 @@
-"""Which column (or supervision field) holds each manifest field, set by flags or a YAML file of the same keys."""
+"""Which column (or supervision field) holds each manifest field, set by flags or a YAML file of the
+same keys."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from qwen_audio.prompts import TASKS
 class Fields:
     """Where the manifest fields come from.
 
-    ``audio``/``text``: the columns of the audio and the transcript. ``language``/``text_language``/``task``/``words``:
-    columns that hold them, or ``None`` for none: then every row takes ``default_language`` (and the text language
-    the audio's) and ``default_task``. ``words``: a column of word timings, a list of ``{word, start, end}`` (seconds
-    from the clip's start); a row with them gives an SRWT line beside its ASR line. For lhotse, ``words`` names the
-    alignment kind (``word``). ``languages``: renames of the data's language values, e.g. ``{English: en}``.
+    ``audio``/``text``: the columns of the audio and the transcript.
+    ``language``/``text_language``/``task``/``words``: columns that hold them, or ``None`` for none:
+    then every row takes ``default_language`` (and the text language the audio's) and
+    ``default_task``. ``words``: a column of word timings, a list of ``{word, start, end}`` (seconds
+    from the clip's start); a row with them gives an SRWT line beside its ASR line. For lhotse,
+    ``words`` names the alignment kind (``word``). ``languages``: renames of the data's language
+    values, e.g. ``{English: en}``.
     """
 
     audio: str = "audio"
@@ -34,12 +37,15 @@ class Fields:
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> Fields:
-        """The mapping in a YAML file (keys as the fields above); ``overrides`` that are not ``None`` win."""
+        """The mapping in a YAML file (keys as the fields above); ``overrides`` that are not
+        ``None`` win."""
         with open(path, encoding="utf-8") as file:
             mapping = yaml.safe_load(file) or {}
         known = {f.name for f in fields(cls)}
         if not isinstance(mapping, dict) or set(mapping) - known:
-            raise ValueError(f"{path}: expected a mapping with keys among {sorted(known)}, got {mapping!r}")
+            raise ValueError(
+                f"{path}: expected a mapping with keys among {sorted(known)}, got {mapping!r}"
+            )
         return cls(**{**mapping, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:
@@ -53,6 +59,9 @@ class Fields:
         if code is None or code == "unknown":
             return None
         if code not in LANGUAGES:
-            raise ManifestError(f"unknown language {value!r} (known: {sorted(LANGUAGES)}; rename it with languages: "
-                                f"{{{value}: <code>}})", field=name)
+            raise ManifestError(
+                f"unknown language {value!r} (known: {sorted(LANGUAGES)}; "
+                f"rename it with languages: {{{value}: <code>}})",
+                field=name,
+            )
         return code

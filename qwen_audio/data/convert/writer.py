@@ -1,4 +1,5 @@
-"""One converted split: its manifest, its audio files, and bad rows raised or skipped as bad manifest lines are."""
+"""One converted split: its manifest, its audio files, and bad rows raised or skipped as bad
+manifest lines are."""
 
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ from qwen_audio.data.manifest import ManifestEntry, ManifestError, _check_audio_
 
 
 class SplitWriter:
-    """Writes ``OUT/<name>.jsonl`` (and audio files under ``OUT/audio/<name>/``), atomically on :meth:`close`.
+    """Writes ``OUT/<name>.jsonl`` (and audio files under ``OUT/audio/<name>/``), atomically on
+    :meth:`close`.
 
-    :meth:`add` builds a row's entries; a :class:`ManifestError` is raised naming ``path:line`` (``on_error="raise"``)
-    or counted and the row skipped (``"skip"``, with one warning at the end, as
-    :func:`~qwen_audio.data.manifest.iter_manifest` does). Every entry is checked as training checks it, its audio
-    file's header included.
+    :meth:`add` builds a row's entries; a :class:`ManifestError` is raised naming ``path:line``
+    (``on_error="raise"``) or counted and the row skipped (``"skip"``, with one warning at the end,
+    as :func:`~qwen_audio.data.manifest.iter_manifest` does). Every entry is checked as training
+    checks it, its audio file's header included.
     """
 
-    def __init__(self, out: str | os.PathLike, name: str, on_error: Literal["raise", "skip"] = "raise") -> None:
+    def __init__(
+        self, out: str | os.PathLike, name: str, on_error: Literal["raise", "skip"] = "raise"
+    ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.folder, self.name, self.on_error = Path(out), name, on_error
@@ -46,7 +50,9 @@ class SplitWriter:
         try:
             built = entries()
             for entry in built:
-                _check_audio_file(entry if os.path.isabs(entry.audio) else _absolute(entry, self.folder))
+                _check_audio_file(
+                    entry if os.path.isabs(entry.audio) else _absolute(entry, self.folder)
+                )
         except ManifestError as err:
             if self.on_error == "raise":
                 raise err.at(path, line) from None
@@ -60,12 +66,18 @@ class SplitWriter:
         """Finish the manifest and return its path; warn with the count of skipped rows."""
         self._file.close()
         if self.lines == 0:
-            raise ManifestError(f"no usable row of {self.rows}; skipped {dict(self.skipped)}", path=str(self.manifest))
+            raise ManifestError(
+                f"no usable row of {self.rows}; skipped {dict(self.skipped)}",
+                path=str(self.manifest),
+            )
         os.replace(self._partial, self.manifest)
         if self.skipped:
             counts = ", ".join(f"{n} {field}" for field, n in sorted(self.skipped.items()))
-            warnings.warn(f"skipped {sum(self.skipped.values())} of {self.rows} rows for {self.manifest} ({counts})",
-                          stacklevel=2)
+            warnings.warn(
+                f"skipped {sum(self.skipped.values())} of {self.rows} rows "
+                f"for {self.manifest} ({counts})",
+                stacklevel=2,
+            )
         return self.manifest
 
     def __enter__(self) -> SplitWriter:
