@@ -39,8 +39,8 @@ class AudioTextDataModule(L.LightningDataModule):
 
     Args:
         train, val, test: manifest paths; ``demo:<split>`` names a split of the embedded demo corpus, built on first
-            use (:func:`qwen_audio.data.demo.build_demo_corpus`). With ``streaming``, ``train`` may also name shard
-            folders (``python -m qwen_audio.data.shard``, :mod:`qwen_audio.data.shard`).
+            use (:func:`qwen_audio.data.demo.build_demo_corpus`). With ``streaming``, ``train``
+            may also name shard folders (``python -m qwen_audio.data.shard``).
         weights: one mixing weight per training manifest (default: every example once per epoch).
         max_seconds: padded audio seconds per batch (``batch size * longest clip``).
         max_length: the longest token sequence allowed; a longer example is an error naming it.
@@ -131,8 +131,9 @@ class AudioTextDataModule(L.LightningDataModule):
         for split, manifests in self.manifests.items():
             if split not in self.entries and not (split == "train" and self.streaming):
                 if shards := [m for m in manifests if is_shard_folder(m)]:
-                    raise InputError(f"data.{split}: {shards} are shard folders, which only a streamed training "
-                                     "split reads (data.streaming: true); give the manifests they came from")
+                    raise InputError(f"data.{split}: {shards} are shard folders, which only a "
+                                     "streamed training split reads (data.streaming: true); "
+                                     "give the manifests they came from")
                 self.entries[split] = [
                     read_manifest(self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error)
                     for m in manifests

@@ -50,8 +50,8 @@ def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> tor
 
 
 def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tensor:
-    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment; ``data``: the bytes of its audio file
-    when they come from a shard (:mod:`qwen_audio.data.shards`) instead of the file system.
+    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment; ``data``: the bytes
+    of its audio file when they come from a shard (:mod:`qwen_audio.data.shard`), not from disk.
 
     The manifest check reads headers only, which keeps a million-line manifest cheap; what only decoding shows
     (a file that no longer decodes, NaN/inf samples, silence) is found here, as an :class:`AudioError` that names
@@ -80,7 +80,7 @@ def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: st
                  max_length: int = 2048, data: bytes | None = None) -> Example:
     """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
     :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with its audio segment decoded
-    (from ``data``, its file's bytes, when given)."""
+    (from ``data``, its file's bytes, if given)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
         tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
@@ -107,7 +107,8 @@ def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
     place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
     try:
-        return to_sample(task_example(tokenizer, entry, target_text(entry), max_length, data), entry.task, n_mels)
+        example = task_example(tokenizer, entry, target_text(entry), max_length, data)
+        return to_sample(example, entry.task, n_mels)
     except AudioError as err:
         if on_error == "raise":
             raise

@@ -1,4 +1,4 @@
-"""Training batches streamed from JSONL manifests or from litdata shards, for corpora too large to index in memory.
+"""Training batches streamed from JSONL manifests or litdata shards, for corpora too large to index.
 
 The map-style path (:class:`~qwen_audio.data.sampler.DurationBucketSampler`) holds every entry's duration to plan an
 epoch. Here nothing is indexed up front: each reader (one per rank and DataLoader worker) parses only its own lines
@@ -6,13 +6,15 @@ of each manifest (:func:`~qwen_audio.data.manifest.iter_manifest` with ``shard``
 between them.
 
 A source may also be a shard folder written by ``python -m qwen_audio.data.shard``
-(:func:`~qwen_audio.data.shard.read_shards`): litdata chunks that hold the lines and their audio files' bytes, read
-through ``litdata.StreamingDataset`` from a local folder or an object store. At the scale of the paper's stage 1
-(some 30 corpora, millions of clips) opening one file per clip on network storage is what limits the loader; a few
-chunks per reader is not. A shard folder keeps its manifest's order, so a reader takes the same entries from it as
-from the manifest, and the plan below (weighted draws, duration-packed batches, resume by replay) gives the same
-batches from either. litdata's own loader (``StreamingDataLoader``) is not used: it batches a fixed number of items
-and resumes by items, while a batch here is a duration-packed group within ``max_seconds`` and resumes by batches.
+(:func:`~qwen_audio.data.shard.read_shards`): litdata chunks that hold the lines and their audio
+files' bytes, read through ``litdata.StreamingDataset`` from a local folder or an object store. At
+the scale of the paper's stage 1 (some 30 corpora, millions of clips) opening one file per clip on
+network storage is what limits the loader; a few chunks per reader is not. A shard folder keeps its
+manifest's order, so a reader takes the same entries from it as from the manifest, and the plan
+below (weighted draws, duration-packed batches, resume by replay) gives the same batches from
+either. litdata's own loader (``StreamingDataLoader``) is not used: it batches a fixed number of
+items and resumes by items, while a batch here is a duration-packed group within ``max_seconds``
+and resumes by batches.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from qwen_audio.data.shard import is_shard_folder, read_shards
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
 from qwen_audio.tokenizer import QwenAudioTokenizer
+
+Item = tuple[ManifestEntry, bytes | None]  # an entry, with its audio file's bytes when read from a shard
 
 
 class StreamingAudioTextDataset(IterableDataset):
@@ -82,9 +86,9 @@ class StreamingAudioTextDataset(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         return rank * workers + worker_id, world * workers, workers
 
-    def _entries(self, path: str, reader: int, readers: int) -> Iterator[tuple[ManifestEntry, bytes | None]]:
-        """This reader's entries of ``path`` pass after pass, each with its audio file's bytes when ``path`` is a
-        shard folder (``None``: the file is read when the batch is built)."""
+    def _entries(self, path: str, reader: int, readers: int) -> Iterator[Item]:
+        """This reader's entries of ``path`` pass after pass, each with its audio file's bytes when
+        ``path`` is a shard folder (``None``: the file is read when the batch is built)."""
         tasks = family_tasks(self.tokenizer.family)
         while True:
             empty = True
@@ -106,7 +110,7 @@ class StreamingAudioTextDataset(IterableDataset):
                 raise ManifestError(f"no entries for reader {reader} of {readers}; use fewer workers or ranks",
                                     path=path)
 
-    def _planned(self, reader: int, readers: int) -> Iterator[list[tuple[ManifestEntry, bytes | None]]]:
+    def _planned(self, reader: int, readers: int) -> Iterator[list[Item]]:
         """The reader's batches of entries, before decoding."""
         rng = np.random.default_rng([self.seed, reader])
         streams = [self._entries(path, reader, readers) for path in self.manifests]
@@ -124,8 +128,8 @@ class StreamingAudioTextDataset(IterableDataset):
         already = len(range(worker, self.batches_done, workers))  # this worker's share of the consumed batches
         for position, entries in enumerate(self._planned(reader, readers)):
             if position >= already:
-                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels, self.on_error, data)
-                           for e, data in entries]
+                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels,
+                                        self.on_error, data) for e, data in entries]
                 yield collate(samples, self.tokenizer.eod)
 
 
