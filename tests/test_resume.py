@@ -108,7 +108,7 @@ def fit(root, manifests, weights, workers, streaming, record, kill_at=None, resu
 def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(
         tmp_path, manifests, shards, weights, workers, source):
     """Streamed, an epoch is ``limit_train_batches`` batches of the endless stream; sharded, the
-    same stream read from the shards, which must give the batches of the manifests they came from."""
+    same stream read from the shards, which must give the manifests' batches."""
     streaming = source != "indexed"
     if source == "sharded":
         from_manifests: dict[int, tuple] = {}

@@ -80,7 +80,7 @@ def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: st
                  max_length: int = 2048, data: bytes | None = None) -> Example:
     """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
     :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with its audio segment decoded
-    (from ``data``, its file's bytes, if given)."""
+    (``data``: its file's bytes, if given)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
         tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,

@@ -34,7 +34,7 @@ from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
-Item = tuple[ManifestEntry, bytes | None]  # an entry, with its audio file's bytes when read from a shard
+Item = tuple[ManifestEntry, bytes | None]  # an entry, and its audio file's bytes if from a shard
 
 
 class StreamingAudioTextDataset(IterableDataset):
