@@ -27,9 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import litdata
 import soundfile
-from litdata.streaming import Cache
 
 from qwen_audio.data.manifest import (
     LANGUAGES,
@@ -73,6 +71,8 @@ def write_shards(
     """Write one shard folder per manifest under ``out`` and return them. Every line is checked as
     training checks it, audio file included (``on_error`` as in
     :func:`~qwen_audio.data.manifest.iter_manifest`)."""
+    from litdata.streaming import Cache  # litdata takes seconds to import: only where it is used
+
     stems = [Path(m).name.removesuffix(".jsonl") for m in manifests]
     if len(set(stems)) != len(stems):
         raise ValueError(f"manifests must have distinct names, one shard folder each: {stems}")
@@ -98,15 +98,15 @@ def read_shards(
     """The entries of a shard folder with their audio file's bytes, items ``index, index + count,
     ...`` of ``shard = (index, count)``, in order; an entry's ``source`` is the manifest line it was
     sharded from."""
+    from litdata import StreamingDataset
+
     index, count = shard
-    dataset = litdata.StreamingDataset(os.fspath(folder))
+    dataset = StreamingDataset(os.fspath(folder))
     for position in range(index, len(dataset), count):
         item = dataset[position]
         try:
             entry = _parse_line(item["line"], "/", tasks, languages, False, item["source"])
-        except (
-            ManifestError
-        ) as err:  # a task or language the model does not know: name the line it came from
+        except ManifestError as err:  # a task or language the model lacks: name the line
             path, _, line = item["source"].rpartition(":")
             raise err.at(path, int(line)) from None
         yield entry, item["audio"]
@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         help="stop at the first bad line, or skip bad lines and warn with their count",
     )
     args = parser.parse_args(argv)
-    for folder in write_shards(
+    for manifest, folder in zip(args.manifests, write_shards(
         args.manifests, args.out, chunk_bytes=args.chunk_bytes, on_error=args.on_error
-    ):
-        print(f"{folder}: {len(litdata.StreamingDataset(str(folder)))} items")
+    )):
+        print(f"{manifest} -> {folder}")
 
 
 if __name__ == "__main__":
