@@ -21,6 +21,7 @@ import soundfile
 from qwen_audio.data.convert.fields import Fields
 from qwen_audio.data.convert.writer import SplitWriter
 from qwen_audio.data.manifest import ManifestEntry, ManifestError, Word
+from qwen_audio.prompts import TASKS
 
 
 def load(src: str | os.PathLike) -> datasets.DatasetDict:
@@ -95,6 +96,8 @@ def _entries(
         else language
     )
     task = row[fields.task] if fields.task else fields.default_task
+    if task not in TASKS:
+        raise ManifestError(f"unknown task {task!r}", field=fields.task)
     duration = _duration(audio, writer.folder, fields.audio)
     entry = _entry(
         fields.text,
