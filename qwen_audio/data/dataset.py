@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import bisect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from qwen_audio.audio import SAMPLE_RATE, audio_features, load_audio
+from qwen_audio.data.augment import Augmenter, example_generator
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import AudioError
 from qwen_audio.prompts import (
@@ -37,6 +40,7 @@ class Sample:
 
 
 SKIPPED = "skipped"  # the task of the stand-in for an example skipped at load time
+Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.Tensor]]  # of an entry and its audio
 
 
 def load_clip(path: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -71,14 +75,15 @@ def target_text(entry: ManifestEntry) -> str:
 
 
 def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
-                 max_length: int = 2048) -> Example:
+                 max_length: int = 2048, audio: torch.Tensor | None = None) -> Example:
     """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
-    :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with its audio segment decoded."""
+    :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with ``audio`` (by default its
+    audio segment, decoded)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
         tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
         text_language=None if asked else entry.text_language, question=entry.question,
-        load={entry.audio: load_segment(entry)}, max_length=max_length,
+        load={entry.audio: load_segment(entry) if audio is None else audio}, max_length=max_length,
     )
 
 
@@ -93,14 +98,18 @@ def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
 
 
 def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80,
-                 on_error: Literal["raise", "skip"] = "raise") -> Sample:
+                 on_error: Literal["raise", "skip"] = "raise", transform: Transform | None = None) -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
+    ``transform`` (augmentation) changes the decoded audio and the entry (its times) before the rest.
 
     ``on_error="skip"``: audio that fails to load (:func:`load_segment`) gives a warning and a stand-in of one
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
     place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
     try:
-        return to_sample(task_example(tokenizer, entry, target_text(entry), max_length), entry.task, n_mels)
+        audio = load_segment(entry)
+        if transform is not None:
+            entry, audio = transform(entry, audio)
+        return to_sample(task_example(tokenizer, entry, target_text(entry), max_length, audio), entry.task, n_mels)
     except AudioError as err:
         if on_error == "raise":
             raise
@@ -119,17 +128,27 @@ class AudioTextDataset(Dataset):
     workers."""
 
     def __init__(self, entries: Sequence[ManifestEntry], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
-                 n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise", cache: bool = False) -> None:
+                 n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise", cache: bool = False,
+                 augmenter: Augmenter | None = None) -> None:
         self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
-        self.on_error = on_error
+        self.on_error, self.augmenter = on_error, augmenter
         self._cache: dict[int, Sample] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def encode(self, entry: ManifestEntry) -> Sample:
+    def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
         """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently overrides it."""
-        return encode_entry(entry, self.tokenizer, self.max_length, self.n_mels, self.on_error)
+        return encode_entry(entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform)
+
+    def augmented(self, index: int, generator: torch.Generator) -> Sample:
+        """Example ``index`` with the augmentation ``generator`` draws: one that no transform changes is served like
+        ``self[index]`` (from the cache), an augmented one is encoded afresh and not cached."""
+        entry = self.entries[index]
+        draw = None if self.augmenter is None else self.augmenter.draw(entry.task, generator)
+        if draw is None:
+            return self[index]
+        return self.encode(entry, partial(self.augmenter.apply, draw))
 
     def __getitem__(self, index: int) -> Sample:
         if self._cache is not None and index in self._cache:
@@ -138,3 +157,20 @@ class AudioTextDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = sample
         return sample
+
+
+class AugmentedConcatDataset(ConcatDataset):
+    """The training datasets of a data module with augmentation: indexed by ``(epoch, index)`` (what
+    :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields), each example augmented by the generator of
+    ``(seed, epoch, index)`` (:func:`~qwen_audio.data.augment.example_generator`), so the audio does not depend on
+    the worker that loads it, and a resumed run sees the audio of the uninterrupted one."""
+
+    def __init__(self, datasets: Sequence[AudioTextDataset], seed: int) -> None:
+        super().__init__(datasets)
+        self.seed = seed
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        epoch, index = key
+        which = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[which - 1] if which else 0)
+        return self.datasets[which].augmented(local, example_generator(self.seed, epoch, index))
