@@ -6,13 +6,12 @@ config."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Literal
 
 import lightning as L
 import soundfile
-from dataclasses import replace
-
 from torch.utils.data import ConcatDataset, DataLoader
 
 from qwen_audio.data.augment import Augment, Augmenter
