@@ -55,9 +55,10 @@ class AudioTextDataModule(L.LightningDataModule):
         cache: keep every encoded example of the indexed splits in memory after its first load, so that epochs
             after the first skip decoding and the log-mel (:class:`~qwen_audio.data.dataset.AudioTextDataset`):
             for corpora that fit in memory.
-        augment: on-the-fly augmentation of the training examples (:class:`~qwen_audio.data.augment.Augment`:
-            speed, reverberation, noise, gain), seeded by ``(seed, epoch, example index)``; its noise and
-            impulse-response manifests may name demo-corpus files (``demo:noise``). Indexed manifests only.
+        augment: on-the-fly augmentation of the training examples
+            (:class:`~qwen_audio.data.augment.Augment`: speed, reverberation, noise, gain), seeded by
+            ``(seed, epoch, example index)``; its noise and impulse-response manifests may name
+            demo-corpus files (``demo:noise``). Indexed manifests only.
 
     The loaders need the model's tokenizer and mel bins: call :meth:`connect` first (the recipes' CLI does).
     """
@@ -91,7 +92,9 @@ class AudioTextDataModule(L.LightningDataModule):
         self.demo_size, self.streaming, self.buffer_size, self.cache = demo_size, streaming, buffer_size, cache
         self.augment = augment if augment is not None and augment.enabled else None
         if self.augment is not None and streaming:
-            raise InputError("data.augment: augmentation reads indexed manifests; turn data.streaming off")
+            raise InputError(
+                "data.augment: augmentation reads indexed manifests; turn data.streaming off"
+            )
         self._model_inputs: tuple[QwenAudioTokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
@@ -155,21 +158,31 @@ class AudioTextDataModule(L.LightningDataModule):
             raise InputError(f"data.{split} {self.manifests[split]}: {err}") from None
 
     def _augmenter(self) -> Augmenter:
-        """The augmentation of the training split, its manifests resolved (``demo:noise`` ...) and read."""
+        """The training split's augmentation, its manifests (``demo:noise`` ...) resolved and read."""
         config = self.augment
-        return Augmenter.from_config(replace(config, **{name: self._resolve(getattr(config, name))
-                                                         for name in ("noise", "rir") if getattr(config, name)}))
+        manifests = {
+            name: self._resolve(getattr(config, name))
+            for name in ("noise", "rir")
+            if getattr(config, name)
+        }
+        return Augmenter.from_config(replace(config, **manifests))
 
     def _loader(self, split: str, shuffle: bool) -> tuple[DataLoader, DurationBucketSampler]:
         groups = self.entries[split]
         sampler = self._sampler(split, [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
                                 self.weights if split == "train" else None, shuffle)
         augmenter = self._augmenter() if split == "train" and self.augment is not None else None
-        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.n_mels, self.on_error,
-                                       self.cache, augmenter) for entries in groups]
+        datasets = [
+            self.dataset_class(
+                entries, self.tokenizer, self.max_length, self.n_mels, self.on_error, self.cache,
+                augmenter,
+            )
+            for entries in groups
+        ]
         dataset, batches = ConcatDataset(datasets), sampler
         if augmenter is not None:
-            dataset, batches = AugmentedConcatDataset(datasets, self.seed), EpochTaggedBatches(sampler)
+            dataset = AugmentedConcatDataset(datasets, self.seed)
+            batches = EpochTaggedBatches(sampler)
         loader = DataLoader(
             dataset, batch_sampler=batches, num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,

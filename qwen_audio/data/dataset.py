@@ -40,7 +40,8 @@ class Sample:
 
 
 SKIPPED = "skipped"  # the task of the stand-in for an example skipped at load time
-Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.Tensor]]  # of an entry and its audio
+# augmentation: an entry and its audio -> the changed entry (its times) and audio
+Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.Tensor]]
 
 
 def load_clip(path: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -76,9 +77,9 @@ def target_text(entry: ManifestEntry) -> str:
 
 def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
                  max_length: int = 2048, audio: torch.Tensor | None = None) -> Example:
-    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
-    :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with ``audio`` (by default its
-    audio segment, decoded)."""
+    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's
+    instruction; see :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given,
+    with ``audio`` (by default its audio segment, decoded)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
         tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
@@ -97,10 +98,16 @@ def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
     )
 
 
-def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80,
-                 on_error: Literal["raise", "skip"] = "raise", transform: Transform | None = None) -> Sample:
+def encode_entry(
+    entry: ManifestEntry,
+    tokenizer: QwenAudioTokenizer,
+    max_length: int = 2048,
+    n_mels: int = 80,
+    on_error: Literal["raise", "skip"] = "raise",
+    transform: Transform | None = None,
+) -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
-    ``transform`` (augmentation) changes the decoded audio and the entry (its times) before the rest.
+    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first.
 
     ``on_error="skip"``: audio that fails to load (:func:`load_segment`) gives a warning and a stand-in of one
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
@@ -109,7 +116,8 @@ def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length
         audio = load_segment(entry)
         if transform is not None:
             entry, audio = transform(entry, audio)
-        return to_sample(task_example(tokenizer, entry, target_text(entry), max_length, audio), entry.task, n_mels)
+        example = task_example(tokenizer, entry, target_text(entry), max_length, audio)
+        return to_sample(example, entry.task, n_mels)
     except AudioError as err:
         if on_error == "raise":
             raise
@@ -127,9 +135,16 @@ class AudioTextDataset(Dataset):
     audio at 80 mel bins); each loader worker keeps its own cache, so use it with ``num_workers`` 0 or persistent
     workers."""
 
-    def __init__(self, entries: Sequence[ManifestEntry], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
-                 n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise", cache: bool = False,
-                 augmenter: Augmenter | None = None) -> None:
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        tokenizer: QwenAudioTokenizer,
+        max_length: int = 2048,
+        n_mels: int = 80,
+        on_error: Literal["raise", "skip"] = "raise",
+        cache: bool = False,
+        augmenter: Augmenter | None = None,
+    ) -> None:
         self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
         self.on_error, self.augmenter = on_error, augmenter
         self._cache: dict[int, Sample] | None = {} if cache else None
@@ -138,12 +153,16 @@ class AudioTextDataset(Dataset):
         return len(self.entries)
 
     def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
-        """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently overrides it."""
-        return encode_entry(entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform)
+        """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently
+        overrides it."""
+        return encode_entry(
+            entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform
+        )
 
     def augmented(self, index: int, generator: torch.Generator) -> Sample:
-        """Example ``index`` with the augmentation ``generator`` draws: one that no transform changes is served like
-        ``self[index]`` (from the cache), an augmented one is encoded afresh and not cached."""
+        """Example ``index`` with the augmentation ``generator`` draws: one that no transform changes
+        is served like ``self[index]`` (from the cache), an augmented one is encoded afresh and not
+        cached."""
         entry = self.entries[index]
         draw = None if self.augmenter is None else self.augmenter.draw(entry.task, generator)
         if draw is None:
@@ -160,10 +179,11 @@ class AudioTextDataset(Dataset):
 
 
 class AugmentedConcatDataset(ConcatDataset):
-    """The training datasets of a data module with augmentation: indexed by ``(epoch, index)`` (what
-    :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields), each example augmented by the generator of
-    ``(seed, epoch, index)`` (:func:`~qwen_audio.data.augment.example_generator`), so the audio does not depend on
-    the worker that loads it, and a resumed run sees the audio of the uninterrupted one."""
+    """The training datasets of a data module with augmentation: indexed by ``(epoch, index)``
+    (what :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields), each example augmented by
+    the generator of ``(seed, epoch, index)`` (:func:`~qwen_audio.data.augment.example_generator`),
+    so the audio does not depend on the worker that loads it, and a resumed run sees the audio of
+    the uninterrupted one."""
 
     def __init__(self, datasets: Sequence[AudioTextDataset], seed: int) -> None:
         super().__init__(datasets)

@@ -234,10 +234,11 @@ class DurationBucketSampler(Sampler[list[int]]):
 
 
 class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
-    """The batches of a :class:`DurationBucketSampler` with each index tagged by the epoch it was planned in,
-    ``(epoch, index)``: the epoch travels with the index to the worker that loads it (a worker's copy of the dataset
-    cannot know the epoch, and a loader fetches ahead into the next one), which seeds augmentation
-    (:class:`~qwen_audio.data.dataset.AugmentedConcatDataset`). Lightning sets the epoch on :attr:`sampler`."""
+    """The batches of a :class:`DurationBucketSampler` with each index tagged by the epoch it was
+    planned in, ``(epoch, index)``: the epoch travels with the index to the worker that loads it (a
+    worker's copy of the dataset cannot know the epoch, and a loader fetches ahead into the next
+    one), which seeds augmentation (:class:`~qwen_audio.data.dataset.AugmentedConcatDataset`).
+    Lightning sets the epoch on :attr:`sampler`."""
 
     def __init__(self, sampler: DurationBucketSampler) -> None:
         self.sampler = sampler

@@ -18,15 +18,16 @@ Held out by construction: every item's split is a function of the item itself (:
 sequence, the babble sentence, the note, the AQA event layout), so no validation or test item is in any training
 split, for any seed and any size, and a spoken digit string is held out in both languages.
 
-Robustness rows, held out by construction too: validation and test each have, besides their clean speech,
-``<split>_noisy`` (the split's clean ASR clips mixed with a noise type of that split alone, at 5 to 20 dB SNR) and
-``<split>_unseen`` (the split's digit strings read by espeak-ng voice variants of that split alone). Training speech
-uses :data:`VOICE_VARIANTS` ``["train"]`` and the training noise clips (``noise.jsonl``, for
-:mod:`qwen_audio.data.augment`) :data:`NOISE_KINDS` ``["train"]``; ``items.json`` records the voices and noise types
-each split used. Everything derives from
-``seed``, with no network (the same seed and size give the same bytes). The corpus is written to a temporary folder
-renamed into place at the end, so concurrent builders never see or leave a half-written corpus (the loser of the race
-discards its copy).
+Robustness rows, held out by construction too: validation and test each have, besides their
+clean speech, ``<split>_noisy`` (the split's clean ASR clips mixed with a noise type of that split
+alone, at 5 to 20 dB SNR) and ``<split>_unseen`` (the split's digit strings read by espeak-ng voice
+variants of that split alone). Training speech uses :data:`VOICE_VARIANTS` ``["train"]`` and the
+training noise clips (``noise.jsonl``, for :mod:`qwen_audio.data.augment`) :data:`NOISE_KINDS`
+``["train"]``; ``items.json`` records the voices and noise types each split used.
+
+Everything derives from ``seed``, with no network (the same seed and size give the same bytes). The
+corpus is written to a temporary folder renamed into place at the end, so concurrent builders never
+see or leave a half-written corpus (the loser of the race discards its copy).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ DEMO_VERSION = "8"  # bump when generation changes, so caches of an older corpus
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
 CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
-CONDITIONS = ("noisy", "unseen")  # the robustness rows of each held-out split, manifests <split>_<condition>.jsonl
+CONDITIONS = ("noisy", "unseen")  # robustness rows of a held-out split: <split>_<condition>.jsonl
 HELD_OUT_ROWS = tuple(f"{split}_{condition}" for split in SPLITS[1:] for condition in CONDITIONS)
 NOISE_MANIFEST = "noise"  # noise.jsonl: the training noise clips
 MANIFESTS = (*SPLITS, *HELD_OUT_ROWS, NOISE_MANIFEST)
@@ -68,13 +69,15 @@ DIGITS_PER_UTTERANCE = (3, 6)  # inclusive, held-out strings; test scores stay c
 TRAIN_DIGITS_PER_UTTERANCE = (1, 6)  # training also has one- and two-digit strings: short clips align easily
 SILENCE_BEFORE = (0.05, 0.2)  # seconds of silence around each utterance, drawn per clip: espeak-ng leaves none,
 SILENCE_AFTER = (0.1, 0.3)  # and without it the last word ends with the clip, where the model dropped it most
-LANGUAGE_VOICES = {"en": "en", "zh": "cmn"}  # espeak-ng voice of each language, read with a variant below
-VOICE_VARIANTS = {  # training voices read all clean speech; the held-out ones only their split's unseen-voice row
+LANGUAGE_VOICES = {"en": "en", "zh": "cmn"}  # espeak-ng voice of a language, with a variant below
+# training variants read all clean speech; the held-out ones only their split's unseen-voice row
+VOICE_VARIANTS = {
     "train": ("", "f1", "f2", "f4", "m1", "m3", "m5", "m7", "klatt", "klatt4"),
     "validation": ("f3", "m2", "m6", "klatt2"),
     "test": ("f5", "m4", "m8", "klatt3"),
 }
-NOISE_KINDS = {  # training noise is for augmentation; each held-out split mixes its own kinds into its noisy row
+# training noise is for augmentation; each held-out split mixes its own kinds into its noisy row
+NOISE_KINDS = {
     "train": ("white", "pink", "rain", "wind", "engine", "birds"),
     "validation": ("brown", "siren"),
     "test": ("blue", "buzz"),
@@ -114,14 +117,15 @@ def default_demo_dir() -> Path:
 
 
 def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size: int = 48) -> dict[str, Path]:
-    """Build the corpus unless it is there; returns ``{name: manifest path}`` for the :data:`SPLITS`, the
-    :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the training noise (``noise``).
+    """Build the corpus unless it is there; returns ``{name: manifest path}`` for the
+    :data:`SPLITS`, the :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the training noise
+    (``noise``).
 
     It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
     corpora of other versions or parameters never collide. ``size``: training clips of English and of Mandarin
     speech; ASC and AQA get ``max(1, size // 4)`` each, MNA six times as many; validation and test get
-    ``min(100, max(1, size // 4))`` of every group, and as many ASR lines per language in each robustness row. Each
-    speech clip gives an ASR and an SRWT line.
+    ``min(100, max(1, size // 4))`` of every group, and as many ASR lines per language in each
+    robustness row. Each speech clip gives an ASR and an SRWT line.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
@@ -272,7 +276,8 @@ def _generate(folder: Path, seed: int, size: int) -> None:
                 unseen[split].append((language, _speech_job(rng, text, language, path, split)))
     speech_jobs = [job for split in SPLITS for _, job in speech[split]]
     babble_jobs = [job for v in voices.values() for job in v]
-    rendered = synthesize_files(speech_jobs + babble_jobs + [job for split in unseen for _, job in unseen[split]])
+    unseen_jobs = [job for split in unseen for _, job in unseen[split]]
+    rendered = synthesize_files(speech_jobs + babble_jobs + unseen_jobs)
     timings = iter(rendered[: len(speech_jobs)])
     items: dict[str, set[str]] = {split: set() for split in SPLITS}
     for split in SPLITS:
@@ -302,7 +307,7 @@ def _generate(folder: Path, seed: int, size: int) -> None:
             for language, job in unseen[split]])
         used_voices[split] = {job.voice for _, job in unseen[split]}
         used_noises[split] = _write_noisy_row(folder, seed, split, speech[split])
-    # the record of which items, voices and noise types each split holds, for checking that held-out ones are
+    # which items, voices and noise types each split holds, to check that held-out ones are held out
     record = {split: sorted(keys) for split, keys in items.items()}
     record |= {"voices": {s: sorted(v) for s, v in used_voices.items()},
                "noises": {s: sorted(n) for s, n in used_noises.items()}}
@@ -310,7 +315,9 @@ def _generate(folder: Path, seed: int, size: int) -> None:
     shutil.rmtree(folder / "voices")
 
 
-def _speech_job(rng: np.random.Generator, text: str, language: str, path: Path, split: str = "train") -> SpeechJob:
+def _speech_job(
+    rng: np.random.Generator, text: str, language: str, path: Path, split: str = "train"
+) -> SpeechJob:
     """An utterance in a voice of ``split`` (:data:`VOICE_VARIANTS`) at a random rate and pitch."""
     variant = str(rng.choice(VOICE_VARIANTS[split]))
     voice = LANGUAGE_VOICES[language] + (f"+{variant}" if variant else "")
@@ -334,22 +341,25 @@ def _speech_entries(
 
 
 def _write_noise_clips(folder: Path, seed: int) -> list[str]:
-    """``noise.jsonl``: :data:`NOISE_CLIPS_PER_KIND` clips of each training noise kind; returns the kinds."""
+    """``noise.jsonl``: :data:`NOISE_CLIPS_PER_KIND` clips of each training noise kind."""
     (folder / "noise").mkdir()
     lines = []
     for kind in NOISE_KINDS["train"]:
         for k in range(NOISE_CLIPS_PER_KIND):
             path = f"noise/{kind}_{k}.wav"
-            _write_sound(folder, path, _NOISES[kind](_rng(seed, "noise", kind, str(k)), NOISE_SECONDS),
-                         _rng(seed, "noise level", kind, str(k)))
+            audio = _NOISES[kind](_rng(seed, "noise", kind, str(k)), NOISE_SECONDS)
+            _write_sound(folder, path, audio, _rng(seed, "noise level", kind, str(k)))
             lines.append(json.dumps({"audio": path, "kind": kind}) + "\n")
     (folder / f"{NOISE_MANIFEST}.jsonl").write_text("".join(lines))
     return list(NOISE_KINDS["train"])
 
 
-def _write_noisy_row(folder: Path, seed: int, split: str, speech: list[tuple[str, SpeechJob]]) -> set[str]:
-    """``<split>_noisy.jsonl``: the split's clean ASR clips, each mixed with a noise kind of the split (in turn)
-    at an SNR drawn from :data:`SNR_DB` (``torchaudio.functional.add_noise``); returns the kinds used."""
+def _write_noisy_row(
+    folder: Path, seed: int, split: str, speech: list[tuple[str, SpeechJob]]
+) -> set[str]:
+    """``<split>_noisy.jsonl``: the split's clean ASR clips, each mixed with a noise kind of the
+    split (in turn) at an SNR drawn from :data:`SNR_DB` (``torchaudio.functional.add_noise``);
+    returns the kinds used."""
     rng, kinds, entries = _rng(seed, split, "noisy"), NOISE_KINDS[split], []
     (folder / f"{split}_noisy").mkdir()
     for i, (language, job) in enumerate(speech):
@@ -357,11 +367,13 @@ def _write_noisy_row(folder: Path, seed: int, split: str, speech: list[tuple[str
         kind = kinds[i % len(kinds)]
         noise = _NOISES[kind](rng, (len(clean) + 1) / rate)[: len(clean)]
         snr = torch.tensor([rng.uniform(*SNR_DB)])
-        mixed = add_noise(torch.from_numpy(clean)[None], torch.from_numpy(noise).float()[None], snr)[0].numpy()
-        mixed /= max(1.0, np.abs(mixed).max() / 0.99)  # no clipping; a scale leaves the SNR as it is
+        noise = torch.from_numpy(noise).float()
+        mixed = add_noise(torch.from_numpy(clean)[None], noise[None], snr)[0].numpy()
+        mixed /= max(1.0, np.abs(mixed).max() / 0.99)  # no clipping; a scale keeps the SNR
         path = f"{split}_noisy/{Path(job.path).name}"
         soundfile.write(folder / path, mixed, rate, subtype="PCM_16")
-        entries.append(ManifestEntry(path, "asr", job.text, language, language, duration=round(len(mixed) / rate, 4)))
+        duration = round(len(mixed) / rate, 4)
+        entries.append(ManifestEntry(path, "asr", job.text, language, language, duration=duration))
     write_manifest(folder / f"{split}_noisy.jsonl", entries)
     return {kinds[i % len(kinds)] for i in range(len(speech))}
 
@@ -478,9 +490,10 @@ def _babble(rng: np.random.Generator, seconds: float, voices: list[SpeechJob]) -
 
 
 def _coloured(exponent: float):
-    """Noise whose power falls as ``frequency ** exponent`` (white 0, pink -1, brown -2, blue +1)."""
+    """Noise of power ``frequency ** exponent`` (white 0, pink -1, brown -2, blue +1)."""
     def noise(rng: np.random.Generator, seconds: float) -> np.ndarray:
-        return _shaped_noise(rng, int(seconds * SOUND_RATE), lambda f: np.maximum(f, 20.0) ** (exponent / 2))
+        n = int(seconds * SOUND_RATE)
+        return _shaped_noise(rng, n, lambda f: np.maximum(f, 20.0) ** (exponent / 2))
     return noise
 
 
@@ -493,7 +506,7 @@ def _siren(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 def _buzz(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """Mains buzz: 50 or 60 Hz with its harmonics up to 4 kHz, a sawtooth-like spectrum, over faint hiss."""
+    """Mains buzz: 50 or 60 Hz and its harmonics up to 4 kHz (a sawtooth's spectrum), faint hiss."""
     t, f0 = _times(seconds), float(rng.choice([50.0, 60.0]))
     harmonics = range(1, int(4000 / f0) + 1)
     buzz = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k for k in harmonics)
@@ -501,8 +514,13 @@ def _buzz(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 _SOUNDS = {"rain": _rain, "wind": _wind, "engine": _engine, "birds": _birds}
-_NOISES = {**_SOUNDS, "white": _coloured(0), "pink": _coloured(-1), "brown": _coloured(-2), "blue": _coloured(1),
-           "siren": _siren, "buzz": _buzz}
+_NOISES = {
+    **_SOUNDS,
+    **{name: _coloured(exponent) for name, exponent in (("white", 0), ("pink", -1), ("brown", -2),
+                                                        ("blue", 1))},
+    "siren": _siren,
+    "buzz": _buzz,
+}
 
 
 def _asc_clip(
