@@ -78,15 +78,17 @@ def manifests(tmp_path_factory) -> list[str]:
 
 
 def augmentation(manifests: list[str]) -> Augment:
-    """Every transform but reverberation, each at half the examples (the noise clip beside the manifests)."""
+    """Every transform but reverberation, each at half the examples (noise beside the manifests)."""
     noise = str(Path(manifests[0]).parent / "noise.jsonl")
     return Augment(speed_prob=0.5, noise=noise, noise_prob=0.5, gain_prob=0.5)
 
 
-def fit(root, manifests, weights, workers, streaming, record, kill_at=None, resume=False, augment=None):
+def fit(
+    root, manifests, weights, workers, streaming, record, kill_at=None, resume=False, augment=None
+):
     data = AudioTextDataModule(train=manifests, weights=weights, max_seconds=2.0, num_buckets=3,
-                               num_workers=workers, seed=4, streaming=streaming, buffer_size=8, augment=augment,
-                               cache=augment is not None)
+                               num_workers=workers, seed=4, streaming=streaming, buffer_size=8,
+                               augment=augment, cache=augment is not None)
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)  # the tiny preset's
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
                                                       save_top_k=-1)
@@ -131,17 +133,19 @@ def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(tmp_path,
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_augmented_run_killed_in_any_epoch_resumes_on_the_same_audio(tmp_path, manifests, workers):
-    """With augmentation (and the cache, which serves the examples no transform changes) the losses, which
-    depend on the mel, of a resumed run are those of the uninterrupted run; and they differ from an unaugmented
-    run's, so the augmentation is live."""
+    """With augmentation (and the cache, which serves the examples no transform changes) the
+    losses, which depend on the mel, of a resumed run are those of the uninterrupted run; and they
+    differ from an unaugmented run's, so the augmentation is live."""
     augment = augmentation(manifests)
     plain: dict[int, tuple] = {}
     fit(tmp_path / "plain", manifests, None, workers, False, plain)
     straight: dict[int, tuple] = {}
     fit(tmp_path / "straight", manifests, None, workers, False, straight, augment=augment)
     steps = len(straight)
-    assert [straight[s][:2] for s in range(steps)] == [plain[s][:2] for s in range(steps)]  # the same plan
-    assert sum(straight[s][2] != pytest.approx(plain[s][2], rel=1e-6) for s in range(steps)) > steps // 2
+    same_plan = [straight[s][:2] for s in range(steps)] == [plain[s][:2] for s in range(steps)]
+    assert same_plan
+    changed = sum(straight[s][2] != pytest.approx(plain[s][2], rel=1e-6) for s in range(steps))
+    assert changed > steps // 2
     for kill_at in (3, 2 * (steps // EPOCHS) + 1):  # in epoch 0, and in the last epoch
         root = tmp_path / f"killed{kill_at}"
         with pytest.raises(Killed):

@@ -53,9 +53,11 @@ def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> t
     return record["seed"], record["size"], fingerprint
 
 
-def demo_items(entries: Sequence[ManifestEntry], condition: str | None = None) -> list[BenchmarkItem]:
-    """Demo-corpus entries as evaluation items: one benchmark per task and speech language, and one source per
-    benchmark and ``condition`` (``demo_asr_en``, ``demo_asr_en_noisy``, ...)."""
+def demo_items(
+    entries: Sequence[ManifestEntry], condition: str | None = None
+) -> list[BenchmarkItem]:
+    """Demo-corpus entries as evaluation items: one benchmark per task and speech language, and one
+    source per benchmark and ``condition`` (``demo_asr_en``, ``demo_asr_en_noisy``, ...)."""
     items = []
     for entry in entries:
         name = f"demo_{entry.task}" + (f"_{entry.audio_language}" if entry.task in ("asr", "srwt") else "")
@@ -128,11 +130,11 @@ class BenchmarkDataModule(L.LightningDataModule):
         benchmark: a name of :data:`qwen_audio.eval.tasks.BENCHMARKS`, or ``demo`` for the demo corpus (every task
             in it, each scored as its ``demo_*`` benchmark).
         path: the evaluation file (default: the release's path of the benchmark, e.g.
-            ``data/asr/librispeech_eval.jsonl``); for ``demo`` a demo-format manifest or ``demo:<name>`` of the
-            demo corpus (default ``demo:<split>``, built on first use).
-        split: for ``demo``, the held-out split read: ``validation`` (to compare configurations on) or ``test``
-            (read once per shipped configuration). Each gives its clean items and its noisy and unseen-voice ASR
-            rows (sources ``demo_asr_en_noisy``, ``demo_asr_en_unseen``, ...).
+            ``data/asr/librispeech_eval.jsonl``); for ``demo`` a demo-format manifest or
+            ``demo:<name>`` of the demo corpus (default ``demo:<split>``, built on first use).
+        split: for ``demo``, the held-out split read: ``validation`` (to compare configurations
+            on) or ``test`` (read once per shipped configuration). Each gives its clean items and
+            its noisy and unseen-voice ASR rows (sources ``demo_asr_en_noisy``, ...).
         audio_root: folder that relative ``audio`` paths are read against (default: the file's folder).
         batch_size: prompts per batch on each device (default: the benchmark's, from the release).
         checkpoint: the released-layout folder evaluated (linked from the model by the CLI), read only for the
@@ -161,7 +163,8 @@ class BenchmarkDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.benchmark, self.audio_root, self.batch_size = benchmark, audio_root, batch_size
         self.num_workers = num_workers
-        self.path = path or (f"{DEMO_PREFIX}{split}" if benchmark == DEMO else get_benchmark(benchmark).data)
+        default = f"{DEMO_PREFIX}{split}" if benchmark == DEMO else get_benchmark(benchmark).data
+        self.path = path or default
         self.seed, self.demo_size, self.fingerprint = demo_corpus(checkpoint, seed, demo_size)
         self.tokenizer: QwenAudioTokenizer | None = None
         self.n_mels: int | None = None
@@ -186,9 +189,10 @@ class BenchmarkDataModule(L.LightningDataModule):
         return str(manifests[path[len(DEMO_PREFIX):]])
 
     def _demo_rows(self) -> list[tuple[str, str | None]]:
-        """``(manifest, condition)`` read: a held-out split of the demo corpus with its robustness rows."""
+        """``(manifest, condition)`` read: a held-out demo split with its robustness rows."""
         if self.path in (f"{DEMO_PREFIX}validation", f"{DEMO_PREFIX}test"):
-            return [(self.path, None), *((f"{self.path}_{condition}", condition) for condition in CONDITIONS)]
+            rows = [(f"{self.path}_{condition}", condition) for condition in CONDITIONS]
+            return [(self.path, None), *rows]
         return [(self.path, None)]
 
     def prepare_data(self) -> None:
@@ -198,9 +202,13 @@ class BenchmarkDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.items is None:
             if self.benchmark == DEMO:
-                self.items = [item for path, condition in self._demo_rows()
-                              for item in demo_items(read_manifest(self._manifest(path), check_audio=True),
-                                                     condition)]
+                self.items = [
+                    item
+                    for path, condition in self._demo_rows()
+                    for item in demo_items(
+                        read_manifest(self._manifest(path), check_audio=True), condition
+                    )
+                ]
                 if self.path.startswith(DEMO_PREFIX):
                     train = build_demo_corpus(seed=self.seed, size=self.demo_size)["train"]
                     self.train_answers = demo_answers(read_manifest(train))

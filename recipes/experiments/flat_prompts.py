@@ -18,7 +18,14 @@ recipes.experiments.flat_prompts fit ...`` is the pretraining recipe with :class
 from __future__ import annotations
 
 from qwen_audio.data import AudioTextDataModule
-from qwen_audio.data.dataset import AudioTextDataset, Sample, Transform, load_segment, target_text, to_sample
+from qwen_audio.data.dataset import (
+    AudioTextDataset,
+    Sample,
+    Transform,
+    load_segment,
+    target_text,
+    to_sample,
+)
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import InputError
 from qwen_audio.lit import QwenAudioModule
