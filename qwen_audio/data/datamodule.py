@@ -20,6 +20,7 @@ from qwen_audio.data.dataset import AudioTextDataset, AugmentedConcatDataset
 from qwen_audio.data.demo import build_demo_corpus, corpus_fingerprint, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler, EpochTaggedBatches
+from qwen_audio.data.shard import is_shard_folder
 from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
@@ -40,7 +41,8 @@ class AudioTextDataModule(L.LightningDataModule):
 
     Args:
         train, val, test: manifest paths; ``demo:<split>`` names a split of the embedded demo corpus, built on first
-            use (:func:`qwen_audio.data.demo.build_demo_corpus`).
+            use (:func:`qwen_audio.data.demo.build_demo_corpus`). With ``streaming``, ``train``
+            may also name shard folders (``python -m qwen_audio.data.shard``).
         weights: one mixing weight per training manifest (default: every example once per epoch).
         max_seconds: padded audio seconds per batch (``batch size * longest clip``).
         max_length: the longest token sequence allowed; a longer example is an error naming it.
@@ -140,6 +142,10 @@ class AudioTextDataModule(L.LightningDataModule):
         tasks = family_tasks(self.tokenizer.family)  # a task the model's family has no prompt for fails at its line
         for split, manifests in self.manifests.items():
             if split not in self.entries and not (split == "train" and self.streaming):
+                if shards := [m for m in manifests if is_shard_folder(m)]:
+                    raise InputError(f"data.{split}: {shards} are shard folders, which only a "
+                                     "streamed training split reads (data.streaming: true); "
+                                     "give the manifests they came from")
                 self.entries[split] = [
                     read_manifest(self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error)
                     for m in manifests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import io
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Literal
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from qwen_audio.audio import SAMPLE_RATE, audio_features, load_audio
+from qwen_audio.audio import SAMPLE_RATE, AudioSource, audio_features, load_audio
 from qwen_audio.data.augment import Augmenter, example_generator
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import AudioError
@@ -44,7 +45,7 @@ SKIPPED = "skipped"  # the task of the stand-in for an example skipped at load t
 Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.Tensor]]
 
 
-def load_clip(path: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """Samples ``start:stop`` of a training clip at 16 kHz; a clip that decodes to silence (every sample 0)
     raises :class:`AudioError` like one that does not decode or holds NaN/inf: either teaches the model nothing."""
     clip = load_audio(path)[start:stop]
@@ -53,16 +54,21 @@ def load_clip(path: str, start: int = 0, stop: int | None = None) -> torch.Tenso
     return clip
 
 
-def load_segment(entry: ManifestEntry) -> torch.Tensor:
-    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment.
+def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tensor:
+    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment; ``data``: the bytes
+    of its audio file when they come from a shard (:mod:`qwen_audio.data.shard`), not from disk.
 
     The manifest check reads headers only, which keeps a million-line manifest cheap; what only decoding shows
     (a file that no longer decodes, NaN/inf samples, silence) is found here, as an :class:`AudioError` that names
     the manifest line and the file."""
     start = round(entry.offset * SAMPLE_RATE)
     stop = None if entry.duration is None else start + round(entry.duration * SAMPLE_RATE)
+    source = entry.audio
+    if data is not None:
+        source = io.BytesIO(data)
+        source.name = entry.audio  # what an error names
     try:
-        return load_clip(entry.audio, start, stop)
+        return load_clip(source, start, stop)
     except (AudioError, OSError) as err:
         raise AudioError(f"{entry.source or entry.audio}: audio: {err}") from None
 
@@ -76,15 +82,17 @@ def target_text(entry: ManifestEntry) -> str:
 
 
 def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
-                 max_length: int = 2048, audio: torch.Tensor | None = None) -> Example:
+                 max_length: int = 2048, data: bytes | None = None,
+                 audio: torch.Tensor | None = None) -> Example:
     """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's
     instruction; see :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given,
-    with ``audio`` (by default its audio segment, decoded)."""
+    with ``audio`` (by default its audio segment decoded; ``data``: its file's bytes, if given)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
         tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
         text_language=None if asked else entry.text_language, question=entry.question,
-        load={entry.audio: load_segment(entry) if audio is None else audio}, max_length=max_length,
+        load={entry.audio: load_segment(entry, data) if audio is None else audio},
+        max_length=max_length,
     )
 
 
@@ -104,6 +112,7 @@ def encode_entry(
     max_length: int = 2048,
     n_mels: int = 80,
     on_error: Literal["raise", "skip"] = "raise",
+    data: bytes | None = None,
     transform: Transform | None = None,
 ) -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
@@ -113,10 +122,10 @@ def encode_entry(
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
     place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
     try:
-        audio = load_segment(entry)
+        audio = load_segment(entry, data)
         if transform is not None:
             entry, audio = transform(entry, audio)
-        example = task_example(tokenizer, entry, target_text(entry), max_length, audio)
+        example = task_example(tokenizer, entry, target_text(entry), max_length, audio=audio)
         return to_sample(example, entry.task, n_mels)
     except AudioError as err:
         if on_error == "raise":
@@ -156,7 +165,7 @@ class AudioTextDataset(Dataset):
         """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently
         overrides it."""
         return encode_entry(
-            entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform
+            entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform=transform
         )
 
     def augmented(self, index: int, generator: torch.Generator) -> Sample:
