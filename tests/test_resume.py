@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -23,6 +24,7 @@ import pytest
 import soundfile
 import torch
 
+from qwen_audio.data.augment import Augment
 from qwen_audio.data.datamodule import AudioTextDataModule
 from qwen_audio.data.manifest import ManifestEntry, write_manifest
 from qwen_audio.data.shard import write_shards
@@ -80,7 +82,15 @@ def manifests(tmp_path_factory) -> list[str]:
             entries.append(ManifestEntry(f"{name}{i}.wav", "asr", f"{name} {i}", "en", "en", duration=seconds))
         write_manifest(folder / f"{name}.jsonl", entries)
         paths.append(str(folder / f"{name}.jsonl"))
+    soundfile.write(folder / "noise.wav", rng.normal(0, 0.1, 16000).astype(np.float32), 16000)
+    (folder / "noise.jsonl").write_text('{"audio": "noise.wav"}\n')
     return paths
+
+
+def augmentation(manifests: list[str]) -> Augment:
+    """Every transform but reverberation, each at half the examples (noise beside the manifests)."""
+    noise = str(Path(manifests[0]).parent / "noise.jsonl")
+    return Augment(speed_prob=0.5, noise=noise, noise_prob=0.5, gain_prob=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +99,12 @@ def shards(manifests, tmp_path_factory) -> list[str]:
     return [str(folder) for folder in write_shards(manifests, tmp_path_factory.mktemp("shards"))]
 
 
-def fit(root, manifests, weights, workers, streaming, record, kill_at=None, resume=False):
+def fit(
+    root, manifests, weights, workers, streaming, record, kill_at=None, resume=False, augment=None
+):
     data = AudioTextDataModule(train=manifests, weights=weights, max_seconds=2.0, num_buckets=3,
-                               num_workers=workers, seed=4, streaming=streaming, buffer_size=8)
+                               num_workers=workers, seed=4, streaming=streaming, buffer_size=8,
+                               augment=augment, cache=augment is not None)
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)  # the tiny preset's
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
                                                       save_top_k=-1)
@@ -228,3 +241,31 @@ def test_two_ranks_under_fsdp_resume_exactly_from_shards(tmp_path, shards):
             assert resumed[rank][step][0] == straight[rank][step][0], (rank, step)
             expected = straight[rank][step][1]
             assert resumed[rank][step][1] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmented_run_killed_in_any_epoch_resumes_on_the_same_audio(tmp_path, manifests, workers):
+    """With augmentation (and the cache, which serves the examples no transform changes) the
+    losses, which depend on the mel, of a resumed run are those of the uninterrupted run; and they
+    differ from an unaugmented run's, so the augmentation is live."""
+    augment = augmentation(manifests)
+    plain: dict[int, tuple] = {}
+    fit(tmp_path / "plain", manifests, None, workers, False, plain)
+    straight: dict[int, tuple] = {}
+    fit(tmp_path / "straight", manifests, None, workers, False, straight, augment=augment)
+    steps = len(straight)
+    same_plan = [straight[s][:2] for s in range(steps)] == [plain[s][:2] for s in range(steps)]
+    assert same_plan
+    changed = sum(straight[s][2] != pytest.approx(plain[s][2], rel=1e-6) for s in range(steps))
+    assert changed > steps // 2
+    for kill_at in (3, 2 * (steps // EPOCHS) + 1):  # in epoch 0, and in the last epoch
+        root = tmp_path / f"killed{kill_at}"
+        with pytest.raises(Killed):
+            fit(root, manifests, None, workers, False, {}, kill_at=kill_at, augment=augment)
+        resumed: dict[int, tuple] = {}
+        fit(root, manifests, None, workers, False, resumed, resume=True, augment=augment)
+        start = kill_at - kill_at % 2
+        assert sorted(resumed) == list(range(start, steps))
+        for step in range(start, steps):
+            assert resumed[step][:2] == straight[step][:2], step
+            assert resumed[step][2] == pytest.approx(straight[step][2], rel=1e-6, abs=1e-9), step

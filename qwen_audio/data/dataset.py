@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from qwen_audio.audio import SAMPLE_RATE, AudioSource, audio_features, load_audio
+from qwen_audio.data.augment import Augmenter, example_generator
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import AudioError
 from qwen_audio.prompts import (
@@ -38,6 +41,8 @@ class Sample:
 
 
 SKIPPED = "skipped"  # the task of the stand-in for an example skipped at load time
+# augmentation: an entry and its audio -> the changed entry (its times) and audio
+Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.Tensor]]
 
 
 def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -77,15 +82,17 @@ def target_text(entry: ManifestEntry) -> str:
 
 
 def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
-                 max_length: int = 2048, data: bytes | None = None) -> Example:
-    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
-    :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with its audio segment decoded
-    (``data``: its file's bytes, if given)."""
+                 max_length: int = 2048, data: bytes | None = None,
+                 audio: torch.Tensor | None = None) -> Example:
+    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's
+    instruction; see :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given,
+    with ``audio`` (by default its audio segment decoded; ``data``: its file's bytes, if given)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
         tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
         text_language=None if asked else entry.text_language, question=entry.question,
-        load={entry.audio: load_segment(entry, data)}, max_length=max_length,
+        load={entry.audio: load_segment(entry, data) if audio is None else audio},
+        max_length=max_length,
     )
 
 
@@ -99,15 +106,26 @@ def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
     )
 
 
-def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80,
-                 on_error: Literal["raise", "skip"] = "raise", data: bytes | None = None) -> Sample:
+def encode_entry(
+    entry: ManifestEntry,
+    tokenizer: QwenAudioTokenizer,
+    max_length: int = 2048,
+    n_mels: int = 80,
+    on_error: Literal["raise", "skip"] = "raise",
+    data: bytes | None = None,
+    transform: Transform | None = None,
+) -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
+    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first.
 
     ``on_error="skip"``: audio that fails to load (:func:`load_segment`) gives a warning and a stand-in of one
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
     place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
     try:
-        example = task_example(tokenizer, entry, target_text(entry), max_length, data)
+        audio = load_segment(entry, data)
+        if transform is not None:
+            entry, audio = transform(entry, audio)
+        example = task_example(tokenizer, entry, target_text(entry), max_length, audio=audio)
         return to_sample(example, entry.task, n_mels)
     except AudioError as err:
         if on_error == "raise":
@@ -126,18 +144,39 @@ class AudioTextDataset(Dataset):
     audio at 80 mel bins); each loader worker keeps its own cache, so use it with ``num_workers`` 0 or persistent
     workers."""
 
-    def __init__(self, entries: Sequence[ManifestEntry], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
-                 n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise", cache: bool = False) -> None:
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        tokenizer: QwenAudioTokenizer,
+        max_length: int = 2048,
+        n_mels: int = 80,
+        on_error: Literal["raise", "skip"] = "raise",
+        cache: bool = False,
+        augmenter: Augmenter | None = None,
+    ) -> None:
         self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
-        self.on_error = on_error
+        self.on_error, self.augmenter = on_error, augmenter
         self._cache: dict[int, Sample] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def encode(self, entry: ManifestEntry) -> Sample:
-        """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently overrides it."""
-        return encode_entry(entry, self.tokenizer, self.max_length, self.n_mels, self.on_error)
+    def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
+        """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently
+        overrides it."""
+        return encode_entry(
+            entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform=transform
+        )
+
+    def augmented(self, index: int, generator: torch.Generator) -> Sample:
+        """Example ``index`` with the augmentation ``generator`` draws: one that no transform changes
+        is served like ``self[index]`` (from the cache), an augmented one is encoded afresh and not
+        cached."""
+        entry = self.entries[index]
+        draw = None if self.augmenter is None else self.augmenter.draw(entry.task, generator)
+        if draw is None:
+            return self[index]
+        return self.encode(entry, partial(self.augmenter.apply, draw))
 
     def __getitem__(self, index: int) -> Sample:
         if self._cache is not None and index in self._cache:
@@ -146,3 +185,21 @@ class AudioTextDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = sample
         return sample
+
+
+class AugmentedConcatDataset(ConcatDataset):
+    """The training datasets of a data module with augmentation: indexed by ``(epoch, index)``
+    (what :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields), each example augmented by
+    the generator of ``(seed, epoch, index)`` (:func:`~qwen_audio.data.augment.example_generator`),
+    so the audio does not depend on the worker that loads it, and a resumed run sees the audio of
+    the uninterrupted one."""
+
+    def __init__(self, datasets: Sequence[AudioTextDataset], seed: int) -> None:
+        super().__init__(datasets)
+        self.seed = seed
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        epoch, index = key
+        which = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[which - 1] if which else 0)
+        return self.datasets[which].augmented(local, example_generator(self.seed, epoch, index))
