@@ -13,6 +13,7 @@ import lightning as L
 import soundfile
 from torch.utils.data import ConcatDataset, DataLoader
 
+from qwen_audio.data.check import decode_problems
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import AudioTextDataset
 from qwen_audio.data.demo import build_demo_corpus, corpus_fingerprint, corpus_record
@@ -53,6 +54,9 @@ class AudioTextDataModule(L.LightningDataModule):
         cache: keep every encoded example of the indexed splits in memory after its first load, so that epochs
             after the first skip decoding and the log-mel (:class:`~qwen_audio.data.dataset.AudioTextDataset`):
             for corpora that fit in memory.
+        validate: before step 0, ``header`` reads each audio file's header (a missing or unreadable file, a segment
+            past its end); ``decode`` also decodes every clip of the indexed splits and stops with each one that
+            does not decode, holds NaN/inf or is silent (``python -m qwen_audio.data.check --decode``).
 
     The loaders need the model's tokenizer and mel bins: call :meth:`connect` first (the recipes' CLI does).
     """
@@ -76,6 +80,7 @@ class AudioTextDataModule(L.LightningDataModule):
         streaming: bool = False,
         buffer_size: int = 1000,
         cache: bool = False,
+        validate: Literal["header", "decode"] = "header",
     ) -> None:
         super().__init__()
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
@@ -83,6 +88,7 @@ class AudioTextDataModule(L.LightningDataModule):
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
         self.sortagrad_epochs = sortagrad_epochs
         self.demo_size, self.streaming, self.buffer_size, self.cache = demo_size, streaming, buffer_size, cache
+        self.validate = validate
         self._model_inputs: tuple[QwenAudioTokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
@@ -132,6 +138,10 @@ class AudioTextDataModule(L.LightningDataModule):
                     read_manifest(self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error)
                     for m in manifests
                 ]
+                if self.validate == "decode":
+                    problems = decode_problems([e for entries in self.entries[split] for e in entries])
+                    if problems:
+                        raise InputError(f"{len(problems)} bad clip(s):\n" + "\n".join(problems))
 
     def _sampler(self, split: str, lengths: list[list[float]], budget: float, weights: list[float] | None,
                  shuffle: bool) -> DurationBucketSampler:
