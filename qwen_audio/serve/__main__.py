@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
+
+from qwen_audio.serve.guards import API_KEY_VARIABLE, Limits
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -32,7 +35,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together at most")
     parser.add_argument("--batch-timeout", type=float, default=0.05,
                         help="seconds to wait for batch mates once a request arrives")
+    guards = parser.add_argument_group("limits")
+    guards.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+                        help=f"require 'Authorization: Bearer KEY' on every route but /health (default: "
+                             f"${API_KEY_VARIABLE}; unset: no key)")
+    guards.add_argument("--max-request-mb", type=float, default=Limits.max_request_mb,
+                        help="larger request bodies get a 413 before they are read")
+    guards.add_argument("--max-audio-seconds", type=float, default=Limits.max_audio_seconds,
+                        help="longest audio part of a chat request (400 naming the part)")
+    guards.add_argument("--max-transcription-seconds", type=float, default=Limits.max_transcription_seconds,
+                        help="longest file /v1/audio/transcriptions takes (read in 30 s windows)")
+    guards.add_argument("--shutdown-timeout", type=float, default=Limits.shutdown_timeout,
+                        help="seconds SIGTERM waits for the requests in flight before the server exits")
     args = parser.parse_args(argv)
+    for name in ("max_request_mb", "max_audio_seconds", "max_transcription_seconds", "shutdown_timeout"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.max_batch_size < 1:
         parser.error(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
     if args.batch_timeout < 0:
@@ -47,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from qwen_audio.serve.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    limits = Limits(args.api_key, args.max_request_mb, args.max_audio_seconds, args.max_transcription_seconds,
+                    args.shutdown_timeout)
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device,
           dtype=getattr(torch, args.dtype) if args.dtype else None, max_batch_size=args.max_batch_size,
-          batch_timeout=args.batch_timeout)
+          batch_timeout=args.batch_timeout, limits=limits)
 
 
 if __name__ == "__main__":

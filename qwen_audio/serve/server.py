@@ -35,6 +35,14 @@ from starlette.concurrency import run_in_threadpool
 from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.serve import openai_api
 from qwen_audio.serve.engine import Job, run_batch
+from qwen_audio.serve.guards import (
+    Drain,
+    GuardMiddleware,
+    Limits,
+    die_with_parent,
+    forked_children_die_with_this_process,
+    stop_on_sigterm,
+)
 from qwen_audio.serve.openai_api import RequestError
 
 logger = logging.getLogger("qwen_audio.serve")
@@ -48,10 +56,10 @@ class OpenAIAudioSpec(LitSpec):
     """``/v1/chat/completions`` (text and ``input_audio`` parts, streaming), ``/v1/audio/transcriptions``
     (multipart) and ``/v1/models``, on the queue of the LitAPI this spec belongs to."""
 
-    def __init__(self, checkpoint: str, model_name: str) -> None:
+    def __init__(self, checkpoint: str, model_name: str, limits: Limits) -> None:
         super().__init__()
         self.api_path = "/v1/chat/completions"
-        self.checkpoint, self.model_name = checkpoint, model_name
+        self.checkpoint, self.model_name, self.limits = checkpoint, model_name, limits
         self._tokenizer = None  # loaded in the API process on first use, never pickled to the worker
 
     @property
@@ -86,7 +94,8 @@ class OpenAIAudioSpec(LitSpec):
         try:
             chat = openai_api.parse_chat_request(await _json(request))
             openai_api.check_model(chat.model, self.model_name)
-            job, seconds = await run_in_threadpool(openai_api.chat_job, self.tokenizer, chat)
+            job, seconds = await run_in_threadpool(openai_api.chat_job, self.tokenizer, chat,
+                                                   self.limits.max_audio_seconds)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
         request_id = openai_api.completion_id()
@@ -106,7 +115,8 @@ class OpenAIAudioSpec(LitSpec):
         try:
             form = await request.form()
             job, response_format, _ = await run_in_threadpool(openai_api.transcription_job, self.tokenizer, form,
-                                                              self.model_name)
+                                                              self.model_name,
+                                                              self.limits.max_transcription_seconds)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
         request_id = f"transcription-{uuid.uuid4().hex[:24]}"
@@ -190,13 +200,15 @@ class QwenAudioAPI(ls.LitAPI):
     """The inference worker: loads the model once, then decodes each dynamic batch with :func:`run_batch`."""
 
     def __init__(self, checkpoint: str, *, dtype: torch.dtype | None, max_batch_size: int,
-                 batch_timeout: float) -> None:
+                 batch_timeout: float, limits: Limits) -> None:
         model_name = os.path.basename(os.path.normpath(checkpoint))
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout,
-                         spec=OpenAIAudioSpec(checkpoint, model_name))
+                         spec=OpenAIAudioSpec(checkpoint, model_name, limits))
         self.checkpoint, self.dtype = checkpoint, dtype
+        self.server_pid = os.getpid()
 
     def setup(self, device: str) -> None:
+        die_with_parent(self.server_pid)  # this worker is a spawned process of the server's
         self.model, self.tokenizer = load_model(self.checkpoint, device=device, dtype=self.dtype)
 
     def predict(self, jobs):
@@ -206,9 +218,26 @@ class QwenAudioAPI(ls.LitAPI):
 
 
 def serve(checkpoint: str, *, host: str, port: int, device: str, dtype: torch.dtype | None, max_batch_size: int,
-          batch_timeout: float) -> None:
-    """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port`` until stopped."""
-    api = QwenAudioAPI(checkpoint, dtype=dtype, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-    server = ls.LitServer(api, accelerator=device, devices=1, workers_per_device=1, timeout=False)
-    server.run(host=host, port=port, generate_client_file=False, api_server_worker_type="thread",
-               log_level="warning")
+          batch_timeout: float, limits: Limits | None = None) -> None:
+    """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port`` until SIGTERM (or
+    Ctrl-C) stops it (:mod:`.guards`); then exit, 0 unless LitServe failed, with no process of it left."""
+    limits = limits or Limits()
+    api = QwenAudioAPI(checkpoint, dtype=dtype, max_batch_size=max_batch_size, batch_timeout=batch_timeout,
+                       limits=limits)
+    drain = Drain()
+    max_bytes = None if limits.max_request_mb is None else round(limits.max_request_mb * 2**20)
+    guard = {"api_key": limits.api_key, "max_request_bytes": max_bytes, "drain": drain}
+    server = ls.LitServer(api, accelerator=device, devices=1, workers_per_device=1, timeout=False,
+                          middlewares=[(GuardMiddleware, guard)])
+    forked_children_die_with_this_process()
+    stop_on_sigterm(drain, limits.shutdown_timeout)
+    code = 0
+    try:
+        server.run(host=host, port=port, generate_client_file=False, api_server_worker_type="thread",
+                   log_level="warning")
+    except Exception:
+        logger.exception("the server stopped on an error")
+        code = 1
+    # LitServe has stopped its worker and manager; its API server thread would keep the process alive
+    logging.shutdown()
+    os._exit(code)
