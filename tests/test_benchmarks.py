@@ -94,7 +94,8 @@ def test_bench_train_step_updates_the_encoder_only(bench):
         changed = not torch.equal(param, before[name])
         assert changed == name.startswith("transformer.audio."), name
     # labels: the tokens after </audio> (the target), labelled with themselves; prompt, audio and padding ignored
-    for ids, labels, length in zip(batch["input_ids"], batch["labels"], batch["attention_mask"].sum(1)):
+    lengths = batch["attention_mask"].sum(1)
+    for ids, labels, length in zip(batch["input_ids"], batch["labels"], lengths, strict=True):
         end = int((ids == config.audio_end_id).nonzero())
         assert (labels[: end + 1] == -100).all() and (labels[length:] == -100).all()
         assert end + 1 < length and torch.equal(labels[end + 1: length], ids[end + 1: length])

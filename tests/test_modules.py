@@ -183,7 +183,7 @@ def test_encoder_matches_qwen2_audio_encoder_full_input():
     with torch.no_grad():
         clips = encoder(mel, torch.full((2,), 2 * ENC.n_ctx))
     bos, eos = encoder.audio_bos_eos_token.weight
-    for clip, reference in zip(clips, expected):
+    for clip, reference in zip(clips, expected, strict=True):
         assert clip.shape == (ENC.n_ctx // 2 + 2, ENC.output_dim)
         assert_close(clip[1:-1], reference, atol=1e-5, rtol=1e-5)
         assert_close(clip[0], bos)

@@ -387,7 +387,8 @@ def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_pat
     data.setup("fit")
     plans = [[bool(batch[0] < 4) for batch in DurationBucketSampler(data.lengths["train"], 64, seed=3, rank=rank,
                                                                     world_size=2)] for rank in (0, 1)]
-    assert any(a != b for a, b in zip(*plans)), plans  # some step has audio on one rank only
+    # some step has audio on one rank only
+    assert any(a != b for a, b in zip(*plans, strict=True)), plans
     strategy = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
                 '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}')
     result = subprocess.run(
