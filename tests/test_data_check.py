@@ -13,6 +13,7 @@ import pytest
 import soundfile
 
 from qwen_audio.data import AudioTextDataModule
+from qwen_audio.data.chat_datamodule import ChatDataModule
 from qwen_audio.data.check import main
 from qwen_audio.errors import InputError
 from qwen_audio.tokenizer import QwenAudioTokenizer
@@ -97,4 +98,18 @@ def test_the_data_module_validates_before_step_0(tmp_path, validate):
         data.setup("fit")
         return
     with pytest.raises(InputError, match=rf"^1 bad clip\(s\):\n{manifest}:2: audio: .*silent.wav is silent"):
+        data.setup("fit")
+
+
+def test_the_chat_data_module_decodes_conversation_clips_before_step_0(tmp_path):
+    soundfile.write(tmp_path / "silent.wav", np.zeros(8000, np.float32), 16000)
+    path = tmp_path / "chat.jsonl"
+    conversation = {"messages": [{"role": "user", "content": [{"audio": "silent.wav"}, {"text": "what?"}]},
+                                 {"role": "assistant", "content": "nothing"}]}
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n"
+                    + json.dumps(conversation) + "\n")
+    data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64, validate="decode")
+    data.connect(QwenAudioTokenizer.demo(), n_mels=80)
+    with pytest.raises(InputError, match=rf"^1 bad clip\(s\):\n{path}:2: audio: .*silent.wav is silent"):
         data.setup("fit")

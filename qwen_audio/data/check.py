@@ -10,7 +10,7 @@ manifest (a bad field, a missing or unreadable file, a segment past the file's e
 every line instead of the first. ``--decode`` also decodes every clip, in parallel threads, with a progress bar:
 what only decoding shows (a file that no longer decodes, NaN/inf samples, a silent clip) is found before training,
 not when its batch is first built. Exit status 1 when anything is bad. The data module runs the same check before
-step 0 (``data.validate: header|decode``).
+step 0 (``data.validate: header|decode``), on conversation files too.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from tqdm import tqdm
 
-from qwen_audio.data.dataset import load_segment
+from qwen_audio.data.conversations import Conversation
+from qwen_audio.data.dataset import load_clip, load_segment
 from qwen_audio.data.manifest import LANGUAGES, ManifestEntry, ManifestError, _parse_line
-from qwen_audio.errors import AudioError
+from qwen_audio.errors import AudioError, InputError
 from qwen_audio.prompts import TASKS
 
 
@@ -47,25 +49,46 @@ def header_problems(path: str, tasks: Container[str] = TASKS) -> tuple[list[Mani
     return entries, problems
 
 
-def decode_problem(entry: ManifestEntry) -> str | None:
-    """``file:line: audio: reason`` when the entry's segment does not decode, holds NaN/inf or is silent."""
+Clip = tuple[str, Callable[[], object]]  # where it is named (``file:line``), and how it is decoded
+
+
+def entry_clips(entries: Iterable[ManifestEntry]) -> list[Clip]:
+    """The segment of each manifest entry (:func:`~qwen_audio.data.dataset.load_segment`)."""
+    return [(entry.source or entry.audio, partial(load_segment, entry)) for entry in entries]
+
+
+def conversation_clips(conversations: Iterable[Conversation]) -> list[Clip]:
+    """Every clip of each conversation (:func:`~qwen_audio.data.dataset.load_clip`)."""
+    return [(conversation.source or conversation.id, partial(load_clip, path))
+            for conversation in conversations for path in conversation.audios]
+
+
+def decode_problem(clip: Clip) -> str | None:
+    """``file:line: audio: reason`` when the clip does not decode, holds NaN/inf or is silent."""
+    where, load = clip
     try:
-        load_segment(entry)
-    except AudioError as err:  # names the manifest line and the field already
-        return str(err)
-    except OSError as err:  # gone since its header was read
-        return f"{entry.source}: audio: {err}"
+        load()
+    except (AudioError, OSError) as err:  # OSError: the file is gone since its header was read
+        text = str(err)
+        return text if text.startswith(f"{where}: ") else f"{where}: audio: {text}"
     return None
 
 
-def decode_problems(entries: Sequence[ManifestEntry], workers: int | None = None,
-                    progress: bool = True) -> list[str]:
-    """:func:`decode_problem` of every entry, ``workers`` threads at a time (soundfile and torch release the GIL
-    while they decode and resample), in manifest order."""
+def decode_problems(clips: Sequence[Clip], workers: int | None = None, progress: bool = True) -> list[str]:
+    """:func:`decode_problem` of every clip, ``workers`` threads at a time (soundfile and torch release the GIL
+    while they decode and resample), in order."""
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        found = tqdm(pool.map(decode_problem, entries), total=len(entries), desc="decoding", unit="clip",
+        found = tqdm(pool.map(decode_problem, clips), total=len(clips), desc="decoding", unit="clip",
                      disable=not progress, file=sys.stderr)
         return [problem for problem in found if problem is not None]
+
+
+def require_decodable(clips: Sequence[Clip]) -> None:
+    """Raise an :class:`~qwen_audio.errors.InputError` listing every clip that :func:`decode_problem` refuses (the
+    data modules' ``validate: decode``, before step 0)."""
+    problems = decode_problems(clips)
+    if problems:
+        raise InputError(f"{len(problems)} bad clip(s):\n" + "\n".join(problems))
 
 
 def check_manifests(paths: Iterable[str], decode: bool = False, workers: int | None = None,
@@ -80,7 +103,7 @@ def check_manifests(paths: Iterable[str], decode: bool = False, workers: int | N
         entries += good
         problems += bad
     if decode:
-        problems += decode_problems(entries, workers, progress)
+        problems += decode_problems(entry_clips(entries), workers, progress)
     return problems
 
 

@@ -13,7 +13,7 @@ import lightning as L
 import soundfile
 from torch.utils.data import ConcatDataset, DataLoader
 
-from qwen_audio.data.check import decode_problems
+from qwen_audio.data.check import entry_clips, require_decodable
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import AudioTextDataset
 from qwen_audio.data.demo import build_demo_corpus, corpus_fingerprint, corpus_record
@@ -139,9 +139,7 @@ class AudioTextDataModule(L.LightningDataModule):
                     for m in manifests
                 ]
                 if self.validate == "decode":
-                    problems = decode_problems([e for entries in self.entries[split] for e in entries])
-                    if problems:
-                        raise InputError(f"{len(problems)} bad clip(s):\n" + "\n".join(problems))
+                    require_decodable(entry_clips(e for entries in self.entries[split] for e in entries))
 
     def _sampler(self, split: str, lengths: list[list[float]], budget: float, weights: list[float] | None,
                  shuffle: bool) -> DurationBucketSampler:
