@@ -169,8 +169,10 @@ def test_interpreted_log_mel_spectrogram_routes_triton(poisoned_allocations):
 
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-# Odd T and a non-power-of-2 C; 130 pooled rows span five backward programs, the last one partial.
-@pytest.mark.parametrize("batch,frames,channels", [(3, 9, 48), (2, 130, 80)])
+# Odd T and a non-power-of-2 C; 130 pooled rows span two backward programs of 8 tiles of 16 rows,
+# the last partial.
+# 300 channels: tiles of 4 (fp32) or 8 (bf16) rows, padded to 512 columns.
+@pytest.mark.parametrize("batch,frames,channels", [(3, 9, 48), (2, 130, 80), (2, 41, 300)])
 def test_interpreted_pool_layer_norm_matches_float64(batch, frames, channels, dtype, poisoned_allocations):
     check_pool_layer_norm(batch, frames, channels, dtype, "cpu")
 
