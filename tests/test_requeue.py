@@ -12,8 +12,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from qwen_audio.checkpoint import CheckpointError
 from qwen_audio.lit import RequeueOnSignal
-from qwen_audio.lit.requeue import Requeued
+from qwen_audio.lit.requeue import Requeued, read_record
 from qwen_audio.lit.resume import newest_checkpoint
 
 STEPS_PER_EPOCH = 6
@@ -78,7 +79,8 @@ def fit(root, record, callbacks, ckpt_path=None):
     return trainer
 
 
-def test_the_signal_saves_at_a_batch_boundary_requeues_and_the_requeued_run_continues_exactly(tmp_path, slurm):
+def test_the_signal_saves_at_a_batch_boundary_requeues_and_the_requeued_run_continues_exactly(tmp_path, slurm,
+                                                                                               monkeypatch):
     straight: dict[int, float] = {}
     fit(tmp_path / "straight", straight, [])
     before = signal.getsignal(signal.SIGUSR1)
@@ -95,11 +97,23 @@ def test_the_signal_saves_at_a_batch_boundary_requeues_and_the_requeued_run_cont
     # mid-epoch: no epoch-end checkpoint that would record the interrupted epoch as finished
     assert not (root / "checkpoints").exists()
 
+    assert read_record(str(root)) == [{"job": "4242", "restart": 0, "saved": str(hpc), "step": 3}]
+
+    # the requeued job (SLURM_RESTART_COUNT 1) that does not find its checkpoint stops before its first step
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    hpc.rename(root / "elsewhere")
+    fresh: dict[int, float] = {}
+    with pytest.raises(CheckpointError, match=rf"restored step 0 \(ckpt_path None\), but it saved {hpc} at step 3"):
+        fit(root, fresh, [RequeueOnSignal()])
+    assert fresh == {}
+    (root / "elsewhere").rename(hpc)
+
     resumed: dict[int, float] = {}
     probe = L.Trainer(default_root_dir=root, callbacks=[ModelCheckpoint(dirpath=root / "checkpoints")], logger=False)
     assert newest_checkpoint(probe) == str(hpc)
     fit(root, resumed, [RequeueOnSignal()], ckpt_path=str(hpc))
     assert sorted(resumed) == list(range(3, 2 * STEPS_PER_EPOCH))
+    assert read_record(str(root))[-1] == {"job": "4242", "restart": 1, "resumed": str(hpc), "step": 3}
     for step, loss in {**first, **resumed}.items():
         assert loss == pytest.approx(straight[step], rel=1e-6), step
 

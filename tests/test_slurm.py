@@ -25,6 +25,7 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 
 from qwen_audio.config import QwenAudioConfig
+from qwen_audio.lit.requeue import read_record
 from qwen_audio.model import QwenAudio
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs SLURM's sbatch")]
@@ -35,6 +36,7 @@ CONFIG = "recipes/configs/pretrain/demo_fsdp_cpu.yaml"
 STEPS = 16  # demo_fsdp_cpu.yaml's max_steps
 SHARDS = {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"}  # one file per rank, then DCP's and Lightning's
 JOB_TIMEOUT = 420  # seconds; a job takes under a minute on 2 cores
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 def readme_sbatch_line() -> list[str]:
@@ -63,19 +65,28 @@ class Cluster:
         return job
 
     @staticmethod
-    def queued(job: str) -> bool:
-        squeue = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
-        return bool(squeue.stdout.strip())
+    def show(job: str) -> dict[str, str]:
+        """The job's ``scontrol show job`` fields. A failed query (slurmctld busy on a loaded machine) is asked
+        again, never read as "the job is gone": that once ended a wait between the requeue and the resume."""
+        for _ in range(30):
+            shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
+            if shown.returncode == 0 and "JobState=" in shown.stdout:
+                return dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+            time.sleep(1)
+        raise AssertionError(f"scontrol show job {job} failed 30 times: {shown.stderr}")
+
+    def finished(self, job: str) -> bool:
+        return self.show(job)["JobState"] in FINAL_STATES
 
     def wait(self, job: str, root: Path) -> dict[str, str]:
-        """The job's ``scontrol show job`` fields once it has left the queue (requeues included)."""
+        """The job's ``scontrol show job`` fields once it has reached a final state (requeues included: a
+        requeued job goes back to PENDING)."""
         deadline = time.monotonic() + JOB_TIMEOUT
-        while self.queued(job):
+        while not self.finished(job):
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job} still queued after {JOB_TIMEOUT} s:\n{log(root, job)[-3000:]}")
+                raise AssertionError(f"job {job} not finished after {JOB_TIMEOUT} s:\n{log(root, job)[-3000:]}")
             time.sleep(1)
-        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, check=True).stdout
-        return dict(re.findall(r"(\w+)=(\S*)", shown))
+        return self.show(job)
 
     def cancel_all(self) -> None:
         for job in self.jobs:
@@ -144,12 +155,14 @@ def test_both_ranks_train_one_data_parallel_model_and_write_a_dcp_checkpoint(str
 
 
 def test_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_losses(cluster, straight, tmp_path):
+    """What the runs wrote to disk, not what they printed: the requeue checkpoint and its step, the record of the
+    save and of the resume (:data:`qwen_audio.lit.requeue.RECORD`), and the steps and losses each run logged."""
     root = tmp_path / "preempted"
     root.mkdir()
     job = cluster.submit(root)
     deadline = time.monotonic() + JOB_TIMEOUT
     while len(losses(root, version=0)) < 3:  # it trains
-        assert time.monotonic() < deadline and cluster.queued(job), log(root, job)[-3000:]
+        assert time.monotonic() < deadline and not cluster.finished(job), log(root, job)[-3000:]
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)
     shown = cluster.wait(job, root)
@@ -159,12 +172,14 @@ def test_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_losses(cl
     hpc = root / "hpc_ckpt_1.ckpt"
     step = saved_step(hpc)
     assert SHARDS <= {p.name for p in hpc.iterdir()} and 3 <= step < STEPS
-    assert f"requeue signal: saved {hpc} at step {step}" in printed
+    saved, resumed = read_record(str(root))  # no other line: one save, one resume
+    assert saved == {"job": job, "restart": 0, "saved": str(hpc), "step": step}, printed[-3000:]
+    # the resume restored the saved step (from hpc_ckpt_1, or from a ModelCheckpoint written at the same step)
+    assert (resumed["job"], resumed["restart"], resumed["step"]) == (job, 1, step), resumed
+    assert saved_step(Path(resumed["resumed"])) == step
     assert "Handling auto-requeue signal" not in printed  # Lightning's handler, which saves inside the signal handler
-    assert f"requeued SLURM job {job}" in printed and "DUE TO JOB REQUEUE" in printed
-    assert f"Restoring states from the checkpoint path at {hpc}" in printed  # --ckpt_path last took it
     assert sorted(losses(root, version=0)) == list(range(step))
-    assert sorted(losses(root, version=1)) == list(range(step, STEPS))  # resumed from the saved step
+    assert sorted(losses(root, version=1)) == list(range(step, STEPS))  # its first logged step is the saved one
 
     expected, got = losses(straight[0]), losses(root)
     print(f"\nstep | uninterrupted | preempted at step {step}, requeued",

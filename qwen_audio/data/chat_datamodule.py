@@ -4,9 +4,11 @@ mix conversations with audio and pure-text conversations at a set ratio."""
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 from torch.utils.data import ConcatDataset, DataLoader
 
+from qwen_audio.data.check import conversation_clips, require_decodable
 from qwen_audio.data.collate import collate
 from qwen_audio.data.conversations import Conversation, ConversationDataset, read_conversations, token_length
 from qwen_audio.data.datamodule import DEMO_PREFIX, AudioTextDataModule
@@ -32,6 +34,7 @@ class ChatDataModule(AudioTextDataModule):
         max_length: the longest conversation allowed, in tokens with audio placeholders; a longer one is an error
             naming its file and line.
         demo_size: training clips per group of the demo corpus.
+        validate: ``decode`` also decodes every clip before step 0 (see :class:`AudioTextDataModule`).
     """
 
     def __init__(
@@ -46,9 +49,10 @@ class ChatDataModule(AudioTextDataModule):
         num_workers: int = 0,
         seed: int = 0,
         demo_size: int = 48,
+        validate: Literal["header", "decode"] = "header",
     ) -> None:
         super().__init__(train, val, test, max_length=max_length, num_buckets=num_buckets,
-                         num_workers=num_workers, seed=seed, demo_size=demo_size)
+                         num_workers=num_workers, seed=seed, demo_size=demo_size, validate=validate)
         if text_ratio is not None and not 0.0 <= text_ratio <= 1.0:
             raise InputError(f"data.text_ratio must lie in [0, 1], got {text_ratio}")
         if max_tokens < max_length:
@@ -67,6 +71,8 @@ class ChatDataModule(AudioTextDataModule):
             if split in self.conversations:
                 continue
             conversations = [c for file in files for c in read_conversations(self._resolve(file))]
+            if self.validate == "decode":
+                require_decodable(conversation_clips(conversations))
             groups = [[c for c in conversations if c.audios], [c for c in conversations if not c.audios]]
             self.conversations[split] = groups
             self.lengths[split] = [[token_length(c, self.tokenizer, self.max_length) for c in g] for g in groups]

@@ -15,6 +15,7 @@ import soundfile
 from torch.utils.data import ConcatDataset, DataLoader
 
 from qwen_audio.data.augment import Augment, Augmenter
+from qwen_audio.data.check import entry_clips, require_decodable
 from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import AudioTextDataset, AugmentedConcatDataset
 from qwen_audio.data.demo import build_demo_corpus, corpus_fingerprint, corpus_record
@@ -61,6 +62,9 @@ class AudioTextDataModule(L.LightningDataModule):
             (:class:`~qwen_audio.data.augment.Augment`: speed, reverberation, noise, gain), seeded by
             ``(seed, epoch, example index)``; its noise and impulse-response manifests may name
             demo-corpus files (``demo:noise``). Indexed manifests only.
+        validate: before step 0, ``header`` reads each audio file's header (a missing or unreadable file, a segment
+            past its end); ``decode`` also decodes every clip of the indexed splits and stops with each one that
+            does not decode, holds NaN/inf or is silent (``python -m qwen_audio.data.check --decode``).
 
     The loaders need the model's tokenizer and mel bins: call :meth:`connect` first (the recipes' CLI does).
     """
@@ -85,6 +89,7 @@ class AudioTextDataModule(L.LightningDataModule):
         buffer_size: int = 1000,
         cache: bool = False,
         augment: Augment | None = None,
+        validate: Literal["header", "decode"] = "header",
     ) -> None:
         super().__init__()
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
@@ -97,6 +102,7 @@ class AudioTextDataModule(L.LightningDataModule):
             raise InputError(
                 "data.augment: augmentation reads indexed manifests; turn data.streaming off"
             )
+        self.validate = validate
         self._model_inputs: tuple[QwenAudioTokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
@@ -150,6 +156,8 @@ class AudioTextDataModule(L.LightningDataModule):
                     read_manifest(self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error)
                     for m in manifests
                 ]
+                if self.validate == "decode":
+                    require_decodable(entry_clips(e for entries in self.entries[split] for e in entries))
 
     def _sampler(self, split: str, lengths: list[list[float]], budget: float, weights: list[float] | None,
                  shuffle: bool) -> DurationBucketSampler:

@@ -9,10 +9,18 @@ got it; if so, all of them save Lightning's ``hpc_ckpt_N.ckpt`` in ``default_roo
 next hook, once the loop has logged that batch, rank 0 flushes the loggers and runs ``scontrol requeue``, and every
 rank ends fit with :class:`Requeued`. The requeued job resumes from that checkpoint with ``--ckpt_path last``
 (:func:`qwen_audio.lit.resume.newest_checkpoint`).
+
+Progress is never lost quietly. Rank 0 appends each save and each resume to ``requeue.jsonl`` in
+``default_root_dir`` (job id, restart count, checkpoint, step), and a requeued job that restored less than its job
+saved (no ``--ckpt_path``, or an older checkpoint) stops with a :class:`~qwen_audio.checkpoint.CheckpointError`
+before its first step instead of training from the start. Once the checkpoint is saved, the SIGTERM with which
+SLURM ends the job is only recorded: Lightning's own SIGTERM handler runs a collective inside the handler, which
+can hang the ranks in the middle of the requeue.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +28,10 @@ import subprocess
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
+
+from qwen_audio.checkpoint import CheckpointError
+
+RECORD = "requeue.jsonl"  # in default_root_dir: one JSON line per requeue save and per resume
 
 
 class Requeued(SystemExit):
@@ -31,6 +43,23 @@ def slurm_job_id() -> str:
     """The id ``scontrol`` knows this job by (``ARRAYJOB_TASK`` for an array task)."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+
+
+def read_record(root: str) -> list[dict]:
+    """The lines of ``root``'s :data:`RECORD`, oldest first (none when there is no file)."""
+    path = os.path.join(root, RECORD)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def _append_record(root: str, **event) -> None:
+    event = {"job": slurm_job_id(), "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)), **event}
+    with open(os.path.join(root, RECORD), "a") as file:
+        file.write(json.dumps(event) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 class RequeueOnSignal(L.Callback):
@@ -45,6 +74,10 @@ class RequeueOnSignal(L.Callback):
 
     def _record(self, signum, frame) -> None:
         self.signalled = True
+
+    @staticmethod
+    def _ending(signum, frame) -> None:
+        rank_zero_info("SIGTERM after the requeue save: ending with the requeue")
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         # before Lightning registers its handlers at the start of fit: it leaves a signal that has a handler alone.
@@ -61,8 +94,27 @@ class RequeueOnSignal(L.Callback):
             return
         path = trainer.strategy.broadcast(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
         trainer.save_checkpoint(path)  # on every rank: a collective under FSDP
+        if trainer.is_global_zero:
+            _append_record(trainer.default_root_dir, saved=path, step=trainer.global_step)
         rank_zero_info(f"requeue signal: saved {path} at step {trainer.global_step}")
         self.saved = path
+        signal.signal(signal.SIGTERM, self._ending)  # Lightning's teardown puts back the handler it found
+        trainer.strategy.barrier("requeue-saved")  # every rank past this before rank 0 asks for the requeue
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """In a requeued job: stop unless the restored step is at least the one this job saved before its
+        requeue; record the resume."""
+        if self._signum is None:
+            return
+        job, root = slurm_job_id(), trainer.default_root_dir
+        saves = [event for event in read_record(root) if event["job"] == job and "saved" in event]
+        if saves and trainer.global_step < saves[-1]["step"]:
+            raise CheckpointError(
+                f"requeued SLURM job {job} restored step {trainer.global_step} (ckpt_path {trainer.ckpt_path}), "
+                f"but it saved {saves[-1]['saved']} at step {saves[-1]['step']} before its requeue: it would "
+                f"start over. Resume with --ckpt_path last, or remove {os.path.join(root, RECORD)} to start over")
+        if saves and trainer.is_global_zero:
+            _append_record(root, resumed=trainer.ckpt_path, step=trainer.global_step)
 
     def _requeue(self, trainer: L.Trainer) -> None:
         if self.saved is None:

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Literal
 
+import soundfile
 import torch
 from pydantic import BaseModel, ValidationError
 from whisper.utils import WriteSRT, WriteVTT
@@ -102,7 +103,24 @@ def decode_audio(data: bytes, param: str) -> torch.Tensor:
         raise RequestError(param, f"{param}: {err}") from None
 
 
-def _user_text(message: ChatMessage, index: int, audios: dict, family: Family) -> str:
+def audio_seconds(data: bytes) -> float | None:
+    """The duration an encoded file's header gives, without decoding it (None when the header does not read:
+    :func:`decode_audio` then names the problem)."""
+    try:
+        return soundfile.info(io.BytesIO(data)).duration
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        return None
+
+
+def check_seconds(data: bytes, param: str, limit: float | None, option: str, advice: str = "") -> None:
+    seconds = audio_seconds(data)
+    if limit is not None and seconds is not None and seconds > limit:
+        raise RequestError(param, f"{param}: the audio lasts {seconds:.1f} s, longer than this server's limit of "
+                           f"{limit:g} s ({option}){advice}")
+
+
+def _user_text(message: ChatMessage, index: int, audios: dict, family: Family,
+               max_seconds: float | None = None) -> str:
     """The query of one user message: each audio as the family's ``Audio N:<audio>…</audio>\\n`` line
     (:func:`from_list_format`, ``audios`` holding those of the earlier messages), text parts as written."""
     audios_before = len(audios)
@@ -128,6 +146,8 @@ def _user_text(message: ChatMessage, index: int, audios: dict, family: Family) -
                 raise RequestError(f"{param}.input_audio.data",
                                    f"{param}.input_audio.data: not valid base64") from None
             name = f"audio{len(audios)}"
+            check_seconds(data, f"{param}.input_audio.data", max_seconds, "--max-audio-seconds",
+                          "; transcribe longer audio with /v1/audio/transcriptions")
             audios[name] = decode_audio(data, f"{param}.input_audio.data")
             items.append({"audio": name})
         else:
@@ -145,8 +165,10 @@ def _plain_text(message: ChatMessage, index: int) -> str:
     return "".join(part.text for part in message.content)
 
 
-def chat_job(tokenizer: QwenAudioTokenizer, request: ChatRequest) -> tuple[ChatJob, float]:
-    """The job for a chat request and the seconds of audio it holds.
+def chat_job(tokenizer: QwenAudioTokenizer, request: ChatRequest,
+             max_audio_seconds: float | None = None) -> tuple[ChatJob, float]:
+    """The job for a chat request and the seconds of audio it holds; an audio part longer than
+    ``max_audio_seconds`` (read from its header, before decoding) is refused.
 
     The leading system message (else the release's default) is the system prompt, then user/assistant turns in
     order; the last message is the query. The prompt is built by :func:`qwen_audio.chat.build_context`, so it is
@@ -171,7 +193,7 @@ def chat_job(tokenizer: QwenAudioTokenizer, request: ChatRequest) -> tuple[ChatJ
             raise RequestError(f"messages[{index}].role", f"messages[{index}].role is {message.role!r}; expected "
                                f"{expected!r} (user and assistant alternate after an optional system message, and "
                                "the last message is the user's)")
-        texts.append(_user_text(message, index, audios, tokenizer.family) if expected == "user"
+        texts.append(_user_text(message, index, audios, tokenizer.family, max_audio_seconds) if expected == "user"
                      else _plain_text(message, index))
     if len(texts) % 2 == 0:
         raise RequestError("messages", "messages: the last message must be the user's")
@@ -215,8 +237,10 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return stops
 
 
-def transcription_job(tokenizer: QwenAudioTokenizer, form, served: str) -> tuple[TranscriptionJob, str, bytes]:
-    """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes.
+def transcription_job(tokenizer: QwenAudioTokenizer, form, served: str,
+                      max_seconds: float | None = None) -> tuple[TranscriptionJob, str, bytes]:
+    """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes; a file
+    longer than ``max_seconds`` is refused (long-form transcription reads the rest window by window).
     ``prompt`` is accepted for compatibility and not used: the release's transcription prompt has no place for it."""
     check_model(str(form.get("model", "")), served)
     if tokenizer.family != "qwen-audio":
@@ -250,6 +274,7 @@ def transcription_job(tokenizer: QwenAudioTokenizer, form, served: str) -> tuple
         raise RequestError("temperature", f"temperature must be >= 0 (0 = greedy), got {temperature}")
     config = GenerationConfig.base(tokenizer, do_sample=temperature > 0, temperature=temperature or 1.0)
     data = upload.file.read()
+    check_seconds(data, "file", max_seconds, "--max-transcription-seconds")
     job = TranscriptionJob(decode_audio(data, "file"), language, "word" in granularities, config)
     return job, response_format, data
 

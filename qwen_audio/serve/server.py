@@ -38,6 +38,14 @@ from qwen_audio.audio import SAMPLE_RATE
 from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.longform import window_bounds, window_prompts
 from qwen_audio.serve import openai_api
+from qwen_audio.serve.guards import (
+    Drain,
+    GuardMiddleware,
+    Limits,
+    die_with_parent,
+    forked_children_die_with_this_process,
+    stop_on_sigterm,
+)
 from qwen_audio.serve.loop import Cancel, SchedulerLoop
 from qwen_audio.serve.openai_api import RequestError
 from qwen_audio.serve.scheduler import ChatJob, Job, Scheduler, TranscriptionJob
@@ -53,10 +61,11 @@ class OpenAIAudioSpec(LitSpec):
     """``/v1/chat/completions`` (text and ``input_audio`` parts, streaming), ``/v1/audio/transcriptions``
     (multipart) and ``/v1/models``, on the queue of the LitAPI this spec belongs to."""
 
-    def __init__(self, checkpoint: str, model_name: str, max_model_len: int, max_in_flight: int) -> None:
+    def __init__(self, checkpoint: str, model_name: str, max_model_len: int, max_in_flight: int,
+                 limits: Limits) -> None:
         super().__init__()
         self.api_path = "/v1/chat/completions"
-        self.checkpoint, self.model_name = checkpoint, model_name
+        self.checkpoint, self.model_name, self.limits = checkpoint, model_name, limits
         self.max_model_len, self.max_in_flight = max_model_len, max_in_flight
         self.in_flight = 0
         self._tokenizer = None  # loaded in the API process on first use, never pickled to the worker
@@ -93,7 +102,8 @@ class OpenAIAudioSpec(LitSpec):
         try:
             chat = openai_api.parse_chat_request(await _json(request))
             openai_api.check_model(chat.model, self.model_name)
-            job, seconds = await run_in_threadpool(openai_api.chat_job, self.tokenizer, chat)
+            job, seconds = await run_in_threadpool(openai_api.chat_job, self.tokenizer, chat,
+                                                   self.limits.max_audio_seconds)
             self._check_length(job)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
@@ -118,7 +128,8 @@ class OpenAIAudioSpec(LitSpec):
         try:
             form = await request.form()
             job, response_format, _ = await run_in_threadpool(openai_api.transcription_job, self.tokenizer, form,
-                                                              self.model_name)
+                                                              self.model_name,
+                                                              self.limits.max_transcription_seconds)
             await run_in_threadpool(self._check_windows, job)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
@@ -271,14 +282,16 @@ class QwenAudioAPI(ls.LitAPI):
     captured at load."""
 
     def __init__(self, checkpoint: str, *, dtype: torch.dtype | None, max_slots: int, max_model_len: int,
-                 max_queue: int) -> None:
+                 max_queue: int, limits: Limits) -> None:
         model_name = os.path.basename(os.path.normpath(checkpoint))
-        spec = OpenAIAudioSpec(checkpoint, model_name, max_model_len, max_slots + max_queue)
+        spec = OpenAIAudioSpec(checkpoint, model_name, max_model_len, max_slots + max_queue, limits)
         super().__init__(spec=spec, loop=SchedulerLoop())
         self.checkpoint, self.dtype = checkpoint, dtype
         self.max_slots, self.max_model_len = max_slots, max_model_len
+        self.server_pid = os.getpid()
 
     def setup(self, device: str) -> None:
+        die_with_parent(self.server_pid)  # this worker is a spawned process of the server's
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # a spawned process
         model, tokenizer = load_model(self.checkpoint, device=device, dtype=self.dtype)
         self.scheduler = Scheduler(model, tokenizer, max_slots=self.max_slots, max_model_len=self.max_model_len)
@@ -290,10 +303,26 @@ class QwenAudioAPI(ls.LitAPI):
 
 
 def serve(checkpoint: str, *, host: str, port: int, device: str, dtype: torch.dtype | None, max_slots: int,
-          max_model_len: int, max_queue: int) -> None:
-    """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port`` until stopped."""
+          max_model_len: int, max_queue: int, limits: Limits | None = None) -> None:
+    """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port`` until SIGTERM (or
+    Ctrl-C) stops it (:mod:`.guards`); then exit, 0 unless LitServe failed, with no process of it left."""
+    limits = limits or Limits()
     api = QwenAudioAPI(checkpoint, dtype=dtype, max_slots=max_slots, max_model_len=max_model_len,
-                       max_queue=max_queue)
-    server = ls.LitServer(api, accelerator=device, devices=1, workers_per_device=1, timeout=False)
-    server.run(host=host, port=port, generate_client_file=False, api_server_worker_type="thread",
-               log_level="warning")
+                       max_queue=max_queue, limits=limits)
+    drain = Drain()
+    max_bytes = None if limits.max_request_mb is None else round(limits.max_request_mb * 2**20)
+    guard = {"api_key": limits.api_key, "max_request_bytes": max_bytes, "drain": drain}
+    server = ls.LitServer(api, accelerator=device, devices=1, workers_per_device=1, timeout=False,
+                          middlewares=[(GuardMiddleware, guard)])
+    forked_children_die_with_this_process()
+    stop_on_sigterm(drain, limits.shutdown_timeout)
+    code = 0
+    try:
+        server.run(host=host, port=port, generate_client_file=False, api_server_worker_type="thread",
+                   log_level="warning")
+    except Exception:
+        logger.exception("the server stopped on an error")
+        code = 1
+    # LitServe has stopped its worker and manager; its API server thread would keep the process alive
+    logging.shutdown()
+    os._exit(code)
