@@ -27,8 +27,9 @@ import warnings
 
 import torch
 
-from qwen_audio.audio import SAMPLE_RATE, audio_lengths, conv_frames
+from qwen_audio.audio import SAMPLE_RATE
 from qwen_audio.config import ATTENTION_BACKENDS, QwenAudioConfig
+from qwen_audio.lengths import audio_lengths, conv_frames
 from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.lit.optim import param_groups

@@ -10,7 +10,8 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
-from qwen_audio.audio import SAMPLE_RATE, audio_features, load_audio
+from qwen_audio.audio import SAMPLE_RATE, load_audio
+from qwen_audio.clips import Recording, featurize
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import AudioError
 from qwen_audio.prompts import (
@@ -22,7 +23,7 @@ from qwen_audio.prompts import (
     encode_task,
     format_timestamped_words,
 )
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import Tokenizer
 
 
 @dataclass
@@ -70,29 +71,25 @@ def target_text(entry: ManifestEntry) -> str:
     return entry.text
 
 
-def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
+def task_example(tokenizer: Tokenizer, entry: ManifestEntry, target: str | None = None,
                  max_length: int = 2048) -> Example:
     """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
     :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with its audio segment decoded."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
     return encode_task(
-        tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
-        text_language=None if asked else entry.text_language, question=entry.question,
-        load={entry.audio: load_segment(entry)}, max_length=max_length,
+        tokenizer, entry.task, Recording(load_segment(entry), entry.audio), target,
+        audio_language=entry.audio_language, text_language=None if asked else entry.text_language,
+        question=entry.question, max_length=max_length,
     )
 
 
 def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
     """Tensors of an encoded example and the encoder input of each of its audios."""
-    features = [audio_features(w, span.source, n_mels, span.mel_frames)
-                for w, span in zip(example.waveforms, example.audios)]
-    return Sample(
-        torch.tensor(example.ids), torch.tensor(example.labels),
-        [mel for mel, _ in features], [length for _, length in features], task,
-    )
+    mels, lengths = featurize(example.clips, n_mels)
+    return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, lengths, task)
 
 
-def encode_entry(entry: ManifestEntry, tokenizer: QwenAudioTokenizer, max_length: int = 2048, n_mels: int = 80,
+def encode_entry(entry: ManifestEntry, tokenizer: Tokenizer, max_length: int = 2048, n_mels: int = 80,
                  on_error: Literal["raise", "skip"] = "raise") -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
 
@@ -118,7 +115,7 @@ class AudioTextDataset(Dataset):
     audio at 80 mel bins); each loader worker keeps its own cache, so use it with ``num_workers`` 0 or persistent
     workers."""
 
-    def __init__(self, entries: Sequence[ManifestEntry], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
+    def __init__(self, entries: Sequence[ManifestEntry], tokenizer: Tokenizer, max_length: int = 2048,
                  n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise", cache: bool = False) -> None:
         self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
         self.on_error = on_error

@@ -28,8 +28,9 @@ from typing import Any, Literal
 
 import soundfile
 
-from qwen_audio.audio import MIN_SAMPLES, SAMPLE_RATE
+from qwen_audio.audio import SAMPLE_RATE
 from qwen_audio.errors import InputError
+from qwen_audio.lengths import MIN_SAMPLES
 from qwen_audio.prompts import TASKS
 from qwen_audio.text_normalize import release_normalize
 

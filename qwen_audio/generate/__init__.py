@@ -21,7 +21,7 @@ import torch
 from qwen_audio.batching import PromptBatch, batch_prompts, encode_prompts
 from qwen_audio.model import QwenAudio, last_tokens
 from qwen_audio.prompts import Example
-from qwen_audio.tokenizer import MODEL_MAX_LENGTH, AudioTokens, QwenAudioTokenizer
+from qwen_audio.tokenizer import MODEL_MAX_LENGTH, Tokenizer
 
 if TYPE_CHECKING:
     from transformers.generation.logits_process import LogitsProcessorList
@@ -68,7 +68,7 @@ class GenerationConfig:
             raise ValueError(f"seed must be >= 0 or None, got {self.seed}")
 
     @classmethod
-    def base(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
+    def base(cls, tokenizer: Tokenizer, **overrides) -> GenerationConfig:
         """The release's ``base_generation_config.json`` (Qwen-Audio): sampling with top-p 0.8, stop at eod.
 
         Its evaluation scripts decode greedily instead: ``GenerationConfig.base(tokenizer, do_sample=False)``.
@@ -77,7 +77,7 @@ class GenerationConfig:
         return dataclasses.replace(release, **overrides)
 
     @classmethod
-    def chat(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
+    def chat(cls, tokenizer: Tokenizer, **overrides) -> GenerationConfig:
         """The release's ``chat_generation_config.json`` (Qwen-Audio-Chat): sampling with top-p 0.5, stop at
         ``<|im_end|>`` or ``<|im_start|>`` (its stop words) or eod (its eos)."""
         stops = (tokenizer.im_end, tokenizer.im_start, tokenizer.eod)
@@ -198,7 +198,7 @@ def generate(
     return generated
 
 
-def generate_prompts(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompts: Sequence[AudioTokens | Example],
+def generate_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example],
                      config: GenerationConfig) -> Iterator[list[int | None]]:
     """:func:`generate_steps` for encoded prompts, batched on the model's device (the server streams these)."""
     batch = batch_prompts(prompts, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
@@ -213,7 +213,7 @@ class Answer(NamedTuple):
     text: str
 
 
-def answer_batch(model: QwenAudio, tokenizer: QwenAudioTokenizer, batch: PromptBatch,
+def answer_batch(model: QwenAudio, tokenizer: Tokenizer, batch: PromptBatch,
                  config: GenerationConfig) -> list[Answer]:
     """The :class:`Answer` of each row of an already batched (and placed) prompt batch."""
     outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
@@ -221,7 +221,7 @@ def answer_batch(model: QwenAudio, tokenizer: QwenAudioTokenizer, batch: PromptB
     return [Answer(ids, tokenizer.decode(ids).strip()) for ids in outputs]
 
 
-def answer_prompts(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompts: Sequence[AudioTokens | Example],
+def answer_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example],
                    config: GenerationConfig, batch_size: int | None = None) -> list[Answer]:
     """The :class:`Answer` of each encoded prompt, ``batch_size`` prompts at a time (default: all at once) on the
     model's device; a batch gives each prompt the tokens it gets alone."""
@@ -243,7 +243,7 @@ class TextStream:
     back too. The pieces therefore join to exactly the final :attr:`text`.
     """
 
-    def __init__(self, tokenizer: QwenAudioTokenizer, stop: Sequence[str] = (), strip: bool = False) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), strip: bool = False) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
         self.strip = strip
@@ -284,7 +284,7 @@ class TextStream:
         return piece
 
 
-def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, config: GenerationConfig,
+def stream_text(model: QwenAudio, tokenizer: Tokenizer, prompt: str, config: GenerationConfig,
                 max_length: int = MODEL_MAX_LENGTH) -> Iterator[str]:
     """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`);
     the pieces join to exactly ``tokenizer.decode(generated ids)``."""
