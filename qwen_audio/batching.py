@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from qwen_audio.clips import featurize, stack_mels
+from qwen_audio.clips import featurize
 from qwen_audio.prompts import Example, encode_text
 from qwen_audio.tokenizer import Tokenizer
 
@@ -46,7 +46,8 @@ def batch_prompts(prompts: Sequence[Example], pad_id: int, n_mels: int = 80) -> 
     mels, lengths = featurize([clip for prompt in prompts for clip in prompt.clips], n_mels)
     if not mels:
         return PromptBatch(ids, mask, None, None)
-    return PromptBatch(ids, mask, stack_mels(mels), torch.tensor(lengths))
+    mel = torch.nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
+    return PromptBatch(ids, mask, mel, torch.tensor(lengths))
 
 
 def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int,

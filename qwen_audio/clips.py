@@ -50,14 +50,6 @@ class Clip:
         return self.stop - self.start - 2
 
 
-def as_waveform(waveform: torch.Tensor, source: str) -> torch.Tensor:
-    """``waveform`` as a tensor. A waveform that is not 1-D raises ValueError naming ``source``."""
-    waveform = torch.as_tensor(waveform)
-    if waveform.dim() != 1:
-        raise ValueError(f"audio {source}: expected a 1-D mono waveform, got shape {tuple(waveform.shape)}")
-    return waveform
-
-
 def check_audio_features(clips: Sequence[Clip], feature_tokens: Sequence[int]) -> None:
     """Raise ValueError unless each clip's placeholder count equals the frames of its encoder output.
 
@@ -79,9 +71,3 @@ def featurize(clips: Sequence[Clip], n_mels: int = 80) -> tuple[list[torch.Tenso
     features = [audio_features(clip.waveform, clip.source, n_mels, clip.mel_frames) for clip in clips]
     return [mel for mel, _ in features], [length for _, length in features]
 
-
-def stack_mels(mels: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """Mels ``[n_mels, frames]`` as one ``[N, n_mels, T]`` tensor, zero-padded in time; None when there are none."""
-    if not mels:
-        return None
-    return torch.nn.utils.rnn.pad_sequence([mel.T for mel in mels], batch_first=True).transpose(1, 2)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from qwen_audio.audio import load_audio
-from qwen_audio.clips import AudioLoader, Clip, Recording, as_waveform
+from qwen_audio.clips import AudioLoader, Clip, Recording
 from qwen_audio.config import Family
 from qwen_audio.qwen2_audio.prompts import INSTRUCTIONS, task_instruction
 from qwen_audio.tokenizer import (
@@ -275,30 +275,29 @@ AudioItem = str | Recording  # a path that the builder's loader decodes, or a wa
 
 
 class ExampleBuilder:
-    """Appends token pieces and clips, so that labels and clip spans stay aligned with the ids.
+    """Collects the pieces of an example in order: token ids, text and clips; :meth:`build` tokenizes them.
 
-    ``load`` decodes the paths that raw text names; each path is decoded once per example.
+    Tokenizing in one place keeps labels and clip spans aligned with the ids. ``load`` decodes the paths that
+    raw text names; each path is decoded once per example.
     """
 
     def __init__(self, tokenizer: Tokenizer, load: AudioLoader = load_audio) -> None:
         self.tokenizer = tokenizer
         self.load = load.__getitem__ if isinstance(load, Mapping) else functools.cache(load)
-        self.ids: list[int] = []
-        self.labels: list[int] = []
-        self.clips: list[Clip] = []
+        self.pieces: list[tuple[Sequence[int] | str | Recording, AllowedSpecial | None, bool]] = []
+        self.audios = 0
 
     def add(self, ids: Sequence[int], *, learn: bool = False) -> None:
-        self.ids.extend(ids)
-        self.labels.extend(ids if learn else [IGNORE_INDEX] * len(ids))
+        """Add token ids, learned (labelled) or not."""
+        self.pieces.append((list(ids), None, learn))
 
     def add_audio(self, waveform: torch.Tensor, source: str) -> None:
-        """Add a clip as the family's markers around the placeholders its length rule counts."""
-        waveform = as_waveform(waveform, source)
-        lengths = self.tokenizer.audio_lengths(waveform.shape[-1], source)
-        start = len(self.ids)
-        self.add([self.tokenizer.audio_start, *[self.tokenizer.audio_pad] * lengths.audio_tokens,
-                  self.tokenizer.audio_end])
-        self.clips.append(Clip(source, start, len(self.ids), lengths.mel_frames, waveform))
+        """Add a clip. It becomes the family's markers around the placeholders its length rule counts."""
+        waveform = torch.as_tensor(waveform)
+        if waveform.dim() != 1:
+            raise ValueError(f"audio {source}: expected a 1-D mono waveform, got shape {tuple(waveform.shape)}")
+        self.pieces.append((Recording(waveform, source), None, False))
+        self.audios += 1
 
     def add_item(self, audio: AudioItem) -> None:
         """Add a recording, or the audio ``load`` decodes from a path."""
@@ -307,7 +306,11 @@ class ExampleBuilder:
         else:
             self.add_audio(self.load(audio), audio)
 
-    def add_text(self, text: str, allowed_special: AllowedSpecial) -> None:
+    def add_text(self, text: str, allowed_special: AllowedSpecial, *, learn: bool = False) -> None:
+        """Add text, encoded with the special tokens ``allowed_special`` names; audio tags in it stay text."""
+        self.pieces.append((text, allowed_special, learn))
+
+    def add_raw_text(self, text: str, allowed_special: AllowedSpecial) -> None:
         """Add raw text; each ``<audio>PATH</audio>`` in it becomes the clip ``load`` decodes from ``PATH``.
 
         The text between tags is encoded piece by piece. The markers are special tokens, which end a piece of
@@ -317,12 +320,27 @@ class ExampleBuilder:
             if index % 2:
                 self.add_item(piece)
             else:
-                self.add(self.tokenizer.encode(piece, allowed_special))
+                self.add_text(piece, allowed_special)
 
     def build(self, max_length: int, field: str) -> Example:
-        if len(self.ids) > max_length:
-            raise ValueError(f"{field}: the example is {len(self.ids)} tokens long, more than max_length {max_length}")
-        return Example(self.ids, self.labels, tuple(self.clips))
+        """The example; more than ``max_length`` ids raise ValueError naming ``field``."""
+        tokenizer = self.tokenizer
+        ids: list[int] = []
+        labels: list[int] = []
+        clips: list[Clip] = []
+        for piece, allowed_special, learn in self.pieces:
+            if isinstance(piece, Recording):
+                lengths = tokenizer.audio_lengths(piece.waveform.shape[-1], piece.source)
+                clips.append(Clip(piece.source, len(ids), len(ids) + lengths.span_tokens, lengths.mel_frames,
+                                  piece.waveform))
+                piece = [tokenizer.audio_start, *[tokenizer.audio_pad] * lengths.audio_tokens, tokenizer.audio_end]
+            elif isinstance(piece, str):
+                piece = tokenizer.encode(piece, allowed_special)
+            ids.extend(piece)
+            labels.extend(piece if learn else [IGNORE_INDEX] * len(piece))
+        if len(ids) > max_length:
+            raise ValueError(f"{field}: the example is {len(ids)} tokens long, more than max_length {max_length}")
+        return Example(ids, labels, tuple(clips))
 
 
 def encode_text(tokenizer: Tokenizer, text: str, *, allowed_special: AllowedSpecial = "all",
@@ -332,7 +350,7 @@ def encode_text(tokenizer: Tokenizer, text: str, *, allowed_special: AllowedSpec
     By default every special-token text is the token, as in the release.
     """
     builder = ExampleBuilder(tokenizer, load)
-    builder.add_text(text, allowed_special)
+    builder.add_raw_text(text, allowed_special)
     return builder.build(max_length, "prompt")
 
 
@@ -366,14 +384,15 @@ def encode_task(
     builder = ExampleBuilder(tokenizer, load)
     for item in items:
         builder.add_item(item)
-    builder.add(tokenizer.encode(prompt, TASK_TOKENS))
+    builder.add_text(prompt, TASK_TOKENS)
     if target is not None:
         held = _FINAL_TIMESTAMP.search(prompt)
         if held:
             if not target.startswith(held.group()):
                 raise ValueError(f"target of task {task!r} must start with {held.group()}, the prompt's last timestamp")
             target = target[len(held.group()):]
-        builder.add([*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod], learn=True)
+        builder.add_text(target, TASK_TOKENS, learn=True)
+        builder.add([tokenizer.eod], learn=True)
     return builder.build(max_length, "target")
 
 
@@ -526,7 +545,7 @@ def encode_chat(
     if has_system:
         _add_content(builder, messages[0])
     else:
-        builder.add_text(DEFAULT_SYSTEM, AUDIO_SPECIAL_TOKENS)
+        builder.add_raw_text(DEFAULT_SYSTEM, AUDIO_SPECIAL_TOKENS)
     builder.add([tokenizer.im_end])
     for index in range(int(has_system), len(messages)):
         message = messages[index]
@@ -543,7 +562,8 @@ def encode_chat(
         else:
             if AUDIO_START in message.content:
                 raise ValueError(f"messages[{index}].content: assistant turns cannot hold audio")
-            builder.add([*tokenizer.encode(message.content, AUDIO_SPECIAL_TOKENS), tokenizer.im_end], learn=True)
+            builder.add_text(message.content, AUDIO_SPECIAL_TOKENS, learn=True)
+            builder.add([tokenizer.im_end], learn=True)
     if add_generation_prompt:
         if len(messages) == has_system or messages[-1].role != "user":
             raise ValueError("add_generation_prompt needs the last message to be the user's")
@@ -554,11 +574,11 @@ def encode_chat(
 def _add_content(builder: ExampleBuilder, message: Message) -> None:
     """Add a system or user turn's content: raw text, or items written with the family's audio labels."""
     if isinstance(message.content, str):
-        builder.add_text(message.content, AUDIO_SPECIAL_TOKENS)
+        builder.add_raw_text(message.content, AUDIO_SPECIAL_TOKENS)
         return
-    pieces = list_pieces(message.content, builder.tokenizer.family, len(builder.clips))
+    pieces = list_pieces(message.content, builder.tokenizer.family, builder.audios)
     for number, piece in enumerate(pieces):
         if number % 2:
             builder.add_item(piece)
         else:
-            builder.add_text(piece, AUDIO_SPECIAL_TOKENS)
+            builder.add_raw_text(piece, AUDIO_SPECIAL_TOKENS)

@@ -243,9 +243,7 @@ class QwenAudioTokenizer:
             ids = self._restore_audio_sources(ids, audio_sources)
         return self.encoding.decode(ids, errors="replace")
 
-    def audio_lengths(self, num_samples: int, source: str | None = None) -> AudioLengths:
-        """The release's length rule (:func:`qwen_audio.lengths.audio_lengths`): ``samples // 160`` mel frames."""
-        return audio_lengths(num_samples, source)
+    audio_lengths = staticmethod(audio_lengths)  # the release's length rule: samples // 160 mel frames
 
     def _audio_tag_pairs(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """(index of ``<audio>``, index of its ``</audio>``) for each audio; unmatched tags raise ValueError."""

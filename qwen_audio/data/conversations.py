@@ -37,8 +37,8 @@ import torch
 from torch.utils.data import Dataset
 
 from qwen_audio.audio import SAMPLE_RATE
-from qwen_audio.clips import AudioLoader
-from qwen_audio.data.dataset import Sample, load_clip, to_sample
+from qwen_audio.clips import AudioLoader, featurize
+from qwen_audio.data.dataset import Sample, load_clip
 from qwen_audio.data.manifest import MAX_SECONDS, MIN_SECONDS, TIME_TOLERANCE, ManifestError
 from qwen_audio.errors import AudioError, InputError
 from qwen_audio.prompts import Example, Message, encode_chat
@@ -215,4 +215,6 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         example = self.conversations[index].encode(self.tokenizer, self.max_length)
-        return to_sample(example, "chat" if example.clips else "text", self.n_mels)
+        mels, mel_lengths = featurize(example.clips, self.n_mels)
+        task = "chat" if example.clips else "text"
+        return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, mel_lengths, task)

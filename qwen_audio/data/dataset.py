@@ -83,12 +83,6 @@ def task_example(tokenizer: Tokenizer, entry: ManifestEntry, target: str | None 
     )
 
 
-def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
-    """Tensors of an encoded example and the encoder input of each of its audios."""
-    mels, lengths = featurize(example.clips, n_mels)
-    return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, lengths, task)
-
-
 def encode_entry(entry: ManifestEntry, tokenizer: Tokenizer, max_length: int = 2048, n_mels: int = 80,
                  on_error: Literal["raise", "skip"] = "raise") -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
@@ -97,12 +91,14 @@ def encode_entry(entry: ManifestEntry, tokenizer: Tokenizer, max_length: int = 2
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
     place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
     try:
-        return to_sample(task_example(tokenizer, entry, target_text(entry), max_length), entry.task, n_mels)
+        example = task_example(tokenizer, entry, target_text(entry), max_length)
     except AudioError as err:
         if on_error == "raise":
             raise
         warnings.warn(f"skipped: {err}", stacklevel=2)
         return Sample(torch.tensor([tokenizer.eod]), torch.tensor([IGNORE_INDEX]), [], [], SKIPPED)
+    mels, mel_lengths = featurize(example.clips, n_mels)
+    return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, mel_lengths, entry.task)
 
 
 class AudioTextDataset(Dataset):

@@ -129,9 +129,7 @@ class Qwen2AudioTokenizer:
         starts = [i for i, t in enumerate(ids) if t == self.audio_start]
         return [(start, ids.index(self.audio_end, start) + 1) for start in starts]
 
-    def audio_lengths(self, num_samples: int, source: str | None = None) -> AudioLengths:
-        """The family's length rule, :func:`feature_lengths`."""
-        return feature_lengths(num_samples, source)
+    audio_lengths = staticmethod(feature_lengths)  # the family's length rule
 
     def __repr__(self) -> str:
         return f"Qwen2AudioTokenizer({self.name!r}, n_vocab={self.n_vocab})"

@@ -17,8 +17,11 @@ recipes.experiments.flat_prompts fit ...`` is the pretraining recipe with :class
 
 from __future__ import annotations
 
+import torch
+
+from qwen_audio.clips import featurize
 from qwen_audio.data import AudioTextDataModule
-from qwen_audio.data.dataset import AudioTextDataset, Sample, load_segment, target_text, to_sample
+from qwen_audio.data.dataset import AudioTextDataset, Sample, load_segment, target_text
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import InputError
 from qwen_audio.lit import QwenAudioModule
@@ -77,7 +80,8 @@ class FlatPromptDataset(AudioTextDataset):
 
     def encode(self, entry: ManifestEntry) -> Sample:
         example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
-        return to_sample(example, entry.task, self.n_mels)
+        mels, mel_lengths = featurize(example.clips, self.n_mels)
+        return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, mel_lengths, entry.task)
 
 
 class FlatPromptDataModule(AudioTextDataModule):
