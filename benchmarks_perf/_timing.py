@@ -81,6 +81,11 @@ def device_name(device: torch.device) -> str:
 
 
 if __name__ == "__main__":  # gpu_check.sh's device line
+    import argparse
+
+    argparse.ArgumentParser(
+        description="Print the CUDA device, its copy bandwidth and torch's version."
+    ).parse_args()
     cuda = torch.device("cuda")
     print(f"{device_name(cuda)}: copy bandwidth {copy_bandwidth(cuda) / 1e9:.0f} GB/s (1 GiB device-to-device, "
           f"read + write), torch {torch.__version__}")

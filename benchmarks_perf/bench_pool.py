@@ -21,6 +21,8 @@ from _timing import device_name, measure_ms, pass_or_miss
 
 FRAMES, CHANNELS = 1500, 1280
 COPY_BANDWIDTH_TARGET = 0.7  # benchmarks_perf/README.md, for batches of 16 or more
+# issue 33: the bf16 forward reads half the bytes, so launch overheads weigh more
+BF16_FORWARD_TARGET = 0.8
 
 
 def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: int) -> None:
@@ -55,8 +57,10 @@ def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: i
     for backend, pass_, ms in rows:
         if backend == "triton":
             fraction = traffic[pass_] / (ms * 1e-3) / copy_bytes_per_s
+            bf16_forward = (dtype, pass_) == (torch.bfloat16, "forward")
+            target = BF16_FORWARD_TARGET if bf16_forward else COPY_BANDWIDTH_TARGET
             print(f"target: triton pool + LayerNorm, {dtype}, {pass_}, batch {batch}, at {fraction:.0%} of copy "
-                  f"bandwidth (>= {COPY_BANDWIDTH_TARGET:.0%}): {pass_or_miss(fraction >= COPY_BANDWIDTH_TARGET)}")
+                  f"bandwidth (>= {target:.0%}): {pass_or_miss(fraction >= target)}")
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def test_batch_normalises_each_example_by_its_own_maximum():
     quiet = torch.from_numpy(0.001 * _signals(SAMPLE_RATE, 2.0)["speech_like"]).float()
     loud = torch.from_numpy(_signals(SAMPLE_RATE, 2.0)["chirp"]).float()
     batch = log_mel_spectrogram(torch.stack([quiet, loud]))
-    for row, clip in zip(batch, (quiet, loud)):
+    for row, clip in zip(batch, (quiet, loud), strict=True):
         torch.testing.assert_close(row, _whisper_mel(clip), atol=1e-4, rtol=0)
     # Whisper on the stacked batch uses one maximum: the quiet clip then differs from running it alone.
     assert (whisper.log_mel_spectrogram(torch.stack([quiet, loud]))[0] - _whisper_mel(quiet)).abs().max() > 0.1
@@ -105,7 +105,7 @@ def test_batch_of_thirty_second_clips_equals_whisper_clip_by_clip():
     clips = torch.stack([torch.from_numpy(signal).float() for signal in _signals(SAMPLE_RATE, 30.0).values()])
     batch = log_mel_spectrogram(clips)
     assert batch.shape == (4, 80, 3000)
-    for row, clip in zip(batch, clips):
+    for row, clip in zip(batch, clips, strict=True):
         torch.testing.assert_close(row, _whisper_mel(clip), atol=1e-5, rtol=0)
         assert torch.equal(row, log_mel_spectrogram(clip))
 

@@ -94,7 +94,8 @@ def test_bench_train_step_updates_the_encoder_only(bench):
         changed = not torch.equal(param, before[name])
         assert changed == name.startswith("transformer.audio."), name
     # labels: the tokens after </audio> (the target), labelled with themselves; prompt, audio and padding ignored
-    for ids, labels, length in zip(batch["input_ids"], batch["labels"], batch["attention_mask"].sum(1)):
+    lengths = batch["attention_mask"].sum(1)
+    for ids, labels, length in zip(batch["input_ids"], batch["labels"], lengths, strict=True):
         end = int((ids == config.audio_end_id).nonzero())
         assert (labels[: end + 1] == -100).all() and (labels[length:] == -100).all()
         assert end + 1 < length and torch.equal(labels[end + 1: length], ids[end + 1: length])
@@ -103,7 +104,8 @@ def test_bench_train_step_updates_the_encoder_only(bench):
 def test_bench_train_step_main_on_cpu(bench, capsys):
     bench("bench_train_step").main(["--device", "cpu", "--repeats", "1", "--clips", "2", "--max-seconds", "2"])
     output = capsys.readouterr().out
-    header = "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |"
+    header = ("| configuration | ms / step | tokens / s | frames / s | TFLOP/s | MFU | "
+              "MFU (executed) | vs sdpa |")
     rows = table_rows(output, header)
     assert [row[0] for row in rows] == ["flash_attn", "varlen", "sdpa"]
     assert all(row[1].startswith("skipped") and "needs CUDA" in row[1] for row in rows[:2])
@@ -111,6 +113,74 @@ def test_bench_train_step_main_on_cpu(bench, capsys):
     assert float(sdpa[1]) > 0 and float(sdpa[2]) > 0 and float(sdpa[3]) > 0
     assert sdpa[5:] == ["-", "-", "1.00x"]  # no peak FLOP/s known for a CPU
     assert "peak unknown" in output
+
+
+def test_bench_train_step_profile_splits_the_step_into_categories_that_sum_to_the_total(bench):
+    train = bench("bench_train_step")
+    config = QwenAudioConfig.from_name("tiny")
+    torch.manual_seed(0)
+    module, optimizer = train.build_stage1(
+        config, torch.device("cpu"), activation_checkpointing=False
+    )
+    batch = train.stage1_batch(
+        config, 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    times = train.profiled_times(
+        lambda: train.train_step(module, optimizer, batch, mel_in_step=True), torch.device("cpu")
+    )
+    breakdown = train.time_breakdown(times)
+    assert tuple(breakdown) == train.CATEGORIES
+    assert sum(breakdown.values()) == pytest.approx(sum(us for _, us in times), rel=1e-9)
+    names = {name for name, _ in times}
+    assert "aten::stft" in names  # the log-mel ran inside the profiled step
+    # SDPA and the Linear layers ran, each in its own category; on CPU no Triton kernel runs.
+    assert (
+        breakdown["attention"] > 0
+        and breakdown["matrix products"] > 0
+        and breakdown["the rest"] > 0
+    )
+    assert breakdown["our Triton kernels"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "category"),
+    [
+        ("_pool_layer_norm_backward_kernel", "our Triton kernels"),
+        ("_mel_epilogue_kernel", "our Triton kernels"),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+        # FA4's CuTe kernels are also CUTLASS
+        ("kernel_cutlass_FlashAttentionForwardSm90_0", "attention"),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matrix products"),
+        ("aten::addmm", "matrix products"),
+        (
+            "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>",
+            "the rest",
+        ),
+        ("aten::add_", "the rest"),
+    ],
+)
+def test_bench_train_step_categorises_kernel_names(bench, name, category):
+    assert bench("bench_train_step").categorise(name) == category
+
+
+def test_mel_in_step_gives_the_dataloaders_features(bench):
+    """The waveforms the step turns into log-mel give, clip by clip, what ``audio_features`` gives a
+    worker."""
+    from qwen_audio.audio import audio_features
+
+    train = bench("bench_train_step")
+    config = QwenAudioConfig.from_name("tiny")
+    batch = train.stage1_batch(
+        config, 3, 2.0, torch.Generator().manual_seed(1), torch.device("cpu")
+    )
+    mel = train.with_mel_from_waveforms(batch)["audio_mel"]
+    for row, waveform in zip(mel, batch["waveforms"], strict=True):
+        samples = int(waveform.nonzero().max()) + 1  # noise up to the clip's end, zeros after
+        expected, _ = audio_features(waveform[:samples], "test", config.encoder.n_mels)
+        # the batch is as wide as its longest clip's mel
+        width = min(row.shape[-1], expected.shape[-1])
+        assert width >= samples // 160
+        torch.testing.assert_close(row[:, :width], expected[:, :width], rtol=0, atol=1e-5)
 
 
 def test_bench_generate_main_agrees_with_transformers(bench, capsys):
@@ -121,6 +191,79 @@ def test_bench_generate_main_agrees_with_transformers(bench, capsys):
     assert [row[0] for row in rows] == ["qwen_audio generate", "transformers Qwen2ForCausalLM.generate"]
     assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
     assert rows[1][3] == "1.00x"
+
+
+def test_bf16_generation_agrees_with_the_float64_reference_on_the_first_token(bench):
+    """Issue 36: our bf16 path (weights, activations and KV cache in bf16) picks the float64
+    reference's first token on every well-conditioned prompt, and its logits err no more than
+    transformers' bf16 path does."""
+    agreement = bench("bench_bf16_agreement")
+    config = QwenAudioConfig.from_name("tiny")
+    prompts = agreement.random_prompts(
+        12, 8, 32, config.decoder.vocab_size, torch.Generator().manual_seed(3)
+    )
+    conditioned, results = agreement.compare(
+        config, torch.device("cpu"), prompts, new_tokens=4, seed=3
+    )
+    ours, theirs = results["qwen_audio bf16"], results["transformers bf16"]
+    # most prompts are well-conditioned
+    assert ours.conditioned_prompts == int(conditioned[:, 0].sum()) >= 8
+    assert ours.first_token_conditioned == 1.0 and ours.teacher_forced_conditioned == 1.0
+    # the yardstick itself agrees where it says it should
+    assert theirs.first_token_conditioned == 1.0
+    assert 0 < ours.median_logit_error <= 2 * theirs.median_logit_error
+
+
+def _gpu_check_dry_run(tmp_path: Path, budget_s: int) -> tuple[subprocess.CompletedProcess, str]:
+    """``gpu_check.sh --dry-run`` with PYTHON a stub that prints one target line per benchmark, so
+    the script's own logic (steps, budget, summary, the appended tables) runs in a second; returns
+    the run and the tables."""
+    stub = tmp_path / "python"
+    stub.write_text(
+        '#!/usr/bin/env bash\n[[ $1 == -c ]] && exit 0\necho "target: stub of $*: PASS"\n'
+    )
+    stub.chmod(0o755)
+    run = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "GPU_CHECK_BUDGET_S": str(budget_s)},
+        timeout=60,
+    )
+    tables = Path(re.search(r"tables go to (\S+)", run.stdout).group(1))
+    return run, tables.read_text()
+
+
+def test_gpu_check_dry_run_runs_every_step_and_appends_its_summary(tmp_path):
+    run, tables = _gpu_check_dry_run(tmp_path, budget_s=480)
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = [
+        "device",
+        "cuda_tests",
+        "bench_attention",
+        "bench_mel",
+        "bench_pool",
+        "bench_train_step",
+        "bench_bf16_agreement",
+        "bench_generate",
+    ]
+    summary = run.stdout.split("=== summary")[1]
+    assert [
+        line.split(":")[0] for line in summary.splitlines()[1:] if not line.startswith(" ")
+    ] == steps
+    for step in steps[2:]:  # each benchmark ran as --help, and its target line reached the summary
+        assert re.search(
+            rf"  target: stub of .*benchmarks_perf/{step}\.py .*--help: PASS", summary
+        ), step
+    assert "--collect-only" in run.stdout  # the cuda tests are collected, not run
+    assert tables.startswith("\n## gpu_check.sh on dry run, no GPU, ") and "Summary:" in tables
+    assert "bench_train_step.py --device cuda --compile --mel-in-step" in run.stdout
+
+
+def test_gpu_check_skips_steps_past_its_budget(tmp_path):
+    run, tables = _gpu_check_dry_run(tmp_path, budget_s=0)
+    assert run.returncode == 1
+    assert tables.count("SKIPPED, budget spent") == 8
 
 
 def test_bench_generate_rejects_lengths_beyond_the_trained_context(bench):

@@ -55,7 +55,7 @@ def test_english_words_and_timings():
     assert [w for w, _, _ in words] == text.rstrip(".").split()  # "on the" is two words, not espeak's one
     starts = [s for _, s, _ in words]
     assert starts[0] == 0.0 and all(a < b for a, b in zip(starts, starts[1:]))
-    for (_, start, end), next_start in zip(words, starts[1:] + [len(samples) / rate]):
+    for (_, start, end), next_start in zip(words, starts[1:] + [len(samples) / rate], strict=True):
         assert start < end <= next_start
 
 
@@ -64,12 +64,12 @@ def test_word_starts_match_the_pauses_in_the_audio():
     samples, rate, words = synthesize("one, nine, seven, eleven.", "en")
     quiet = np.abs(samples.astype(float)) < 1e-3 * np.abs(samples).max()
     edges = np.flatnonzero(np.diff(np.r_[0, quiet.astype(int), 0]))
-    runs = zip(edges[::2], edges[1::2])
+    runs = zip(edges[::2], edges[1::2], strict=True)
     pauses = [(a / rate, b / rate) for a, b in runs if (b - a) / rate > 0.08 and b < len(samples)]
     assert len(pauses) == 3
-    for (_, pause_end), (_, next_start, _) in zip(pauses, words[1:]):
+    for (_, pause_end), (_, next_start, _) in zip(pauses, words[1:], strict=True):
         assert abs(next_start - pause_end) < 0.02  # the next word starts when the sound resumes
-    for (pause_start, _), (_, _, end) in zip(pauses, words):
+    for (pause_start, _), (_, _, end) in zip(pauses, words[:-1], strict=True):
         assert abs(end - pause_start) < 0.02  # the word's end excludes the pause
 
 
@@ -283,7 +283,7 @@ def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
     read_back = [_items_from_manifests(c) for c in corpora]
     kinds = {key.split(":")[0] for items in recorded for split in SPLITS for key in items[split]}
     assert kinds == {"digits", "note", "aqa", "sentence"}
-    for record, manifest_items in zip(recorded, read_back):
+    for record, manifest_items in zip(recorded, read_back, strict=True):
         for split in SPLITS:
             assert manifest_items[split] <= set(record[split])
     for held_out in recorded + read_back:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import lightning
@@ -17,8 +18,9 @@ import torch
 
 from qwen_audio.checkpoint import save_pretrained
 from qwen_audio.config import ConfigError, QwenAudioConfig
+from qwen_audio.data.dataset import target_text
 from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_fingerprint, corpus_record
-from qwen_audio.data.manifest import ManifestError
+from qwen_audio.data.manifest import ManifestError, read_manifest
 from qwen_audio.eval.datamodule import (
     BenchmarkDataModule,
     BenchmarkDataset,
@@ -175,14 +177,17 @@ def test_scores_are_grouped_by_source():
         _prediction("librispeech", "librispeech_test_clean", "a b c d", "a x c d"),
         _prediction("librispeech", "librispeech_test_other", "a b", "a b"),
     ]
-    scores = score_predictions(predictions)
-    # majority_accuracy: always answering the most common reference ("joy" is 2 of meld_a's 3)
-    assert scores["meld"] == {"meld_a": {"count": 3, "accuracy": pytest.approx(2 / 3), "majority_accuracy": 2 / 3},
-                              "meld_b": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
+    # majority_accuracy: always giving the training split's most common answer, "sadness": none
+    # of meld_a's 3 and meld_b's 1, though "joy" is meld_a's most common reference; none where no
+    # training answers are given
+    scores = score_predictions(predictions, {"meld": ["sadness", "joy", "sadness", "anger"]})
+    assert scores["meld"] == {
+        "meld_a": {"count": 3, "accuracy": pytest.approx(2 / 3), "majority_accuracy": 0.0},
+        "meld_b": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
     # the yes/no column only for Clotho-AQA sources, as evaluate_aqa.py
     assert scores["clothoaqa"] == {
-        "clotho_aqa": {"count": 2, "accuracy": 0.5, "binary_accuracy": 0.0, "majority_accuracy": 0.5},
-        "other_aqa": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
+        "clotho_aqa": {"count": 2, "accuracy": 0.5, "binary_accuracy": 0.0},
+        "other_aqa": {"count": 1, "accuracy": 1.0}}
     assert scores["librispeech"]["librispeech_test_clean"]["wer"] == pytest.approx(25.0)  # 1 of 4 words, in %
     assert scores["librispeech"]["librispeech_test_other"]["wer"] == 0.0
 
@@ -263,6 +268,14 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
     for name, keys in expected.items():
         assert set(metrics[name][name]) == {"count", *keys}, name
     assert sum(metrics[name][name]["count"] for name in metrics) == len(predictions)
+    # the majority baseline is the training split's most common answer, counted from the manifest
+    train = read_manifest(build_demo_corpus(seed=0, size=2)["train"])
+    for name, task in (("demo_mna", "mna"), ("demo_asc", "asc"), ("demo_aqa", "aqa")):
+        answers = Counter(target_text(entry) for entry in train if entry.task == task)
+        common = answers.most_common(1)[0][0]
+        references = [p["gt"] for p in predictions if p["benchmark"] == name]
+        expected = sum(r == common for r in references) / len(references)
+        assert metrics[name][name]["majority_accuracy"] == expected
     report = (out / REPORT_FILE).read_text(encoding="utf-8")
     assert report.startswith(f"# Evaluation of {out.parent / 'tiny'}")
     assert "| demo_asr_zh | demo_asr_zh | 1 | cer |" in report

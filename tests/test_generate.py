@@ -154,7 +154,8 @@ def test_sampling_from_only_the_best_token_is_greedy(model64, demo, clips, alone
 def test_repetition_penalty_matches_a_hand_applied_penalty_on_full_logits(model64, demo, clips):
     texts, penalty = [prompts(clips)[0], prompts(clips)[2]], 1.3
     outputs = run(model64, demo, texts, GenerationConfig(max_new_tokens=4, repetition_penalty=penalty))
-    for text, out in zip(texts, outputs):
+    assert all(outputs), outputs  # every prompt generated tokens: the loop below checks something
+    for text, out in zip(texts, outputs, strict=True):
         prompt_ids = encode_prompts(demo, [text], 8192).input_ids[0].tolist()
         for step, token in enumerate(out):
             logits = full_logits(model64, demo, text, out[:step])

@@ -71,7 +71,7 @@ def _loop_splice(embeds, input_ids, audio, audio_start_id):
     for sample, col in ends:
         ends_by_sample.setdefault(sample, []).append(col)
     rows, cols, index_in_sample, previous_end = [], [], {}, {}
-    for k, ((sample, start), clip) in enumerate(zip(starts, audio)):
+    for k, ((sample, start), clip) in enumerate(zip(starts, audio, strict=True)):
         nth = index_in_sample[sample] = index_in_sample.get(sample, -1) + 1
         sample_ends = ends_by_sample.get(sample, [])
         end = sample_ends[nth] if nth < len(sample_ends) else None
@@ -189,7 +189,8 @@ def test_forward_splices_audio_and_computes_the_shifted_fp32_loss(tiny_model):
     with torch.no_grad():
         lean = tiny_model(ids, audio_mel=mel, audio_mel_lengths=mel_lengths, attention_mask=mask, logits_at=at).logits
     assert_close(lean, out.logits[at])
-    for full, selected in zip(token_losses(out.logits, labels), token_losses(lean, labels)):
+    for full, selected in zip(token_losses(out.logits, labels), token_losses(lean, labels),
+                              strict=True):
         assert_close(full, selected)
     assert_close(token_losses(lean, labels)[0][counted].double(), -log_probs[counted], atol=1e-5, rtol=1e-5)
 

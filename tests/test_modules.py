@@ -6,6 +6,7 @@ and an explicit float64 softmax(QK^T)V for the attention backends.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -18,12 +19,14 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from qwen_audio.config import AudioEncoderConfig, DecoderConfig
 from qwen_audio.lengths import conv_frames, pooled_frames
-from qwen_audio.modules.attention import AttentionLayout, attention
+from qwen_audio.modules.attention import AttentionLayout, attention, resolve_attention_backend
 from qwen_audio.modules.decoder import QwenDecoder
 from qwen_audio.modules.encoder import AudioEncoder
 from qwen_audio.modules.layers import ntk_alpha
 
 ENC = AudioEncoderConfig(n_mels=80, n_ctx=16, n_state=32, n_head=4, n_layer=2, output_dim=48)
+# Imported by path: qwen_audio.modules exports a function named ``attention``.
+attention_module = importlib.import_module("qwen_audio.modules.attention")
 DEC = DecoderConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, kv_channels=16,
                     intermediate_size=192, seq_length=64)
 
@@ -84,13 +87,72 @@ def test_forced_fused_backend_on_cpu_is_a_clear_error():
                               device=torch.device("cpu"), dtype=torch.float32)
 
 
+@pytest.mark.parametrize(
+    ("installed", "capability", "dtype", "expected"),
+    [
+        (True, (9, 0), torch.bfloat16, "flash_attn"),  # H100 / H200
+        (True, (10, 0), torch.float16, "flash_attn"),  # B200
+        (True, (8, 0), torch.bfloat16, "varlen"),  # A100: FlashAttention-4 has no SM80 kernels
+        (False, (9, 0), torch.bfloat16, "varlen"),  # not installed
+        (True, (9, 0), torch.float32, "sdpa"),  # fp32: no fused kernel
+    ],
+)
+def test_auto_backend_picks_flash_attn_4_only_where_it_runs(
+    monkeypatch, installed, capability, dtype, expected
+):
+    monkeypatch.setattr(attention_module, "_flash_attn_available", lambda: installed)
+    monkeypatch.setattr(attention_module, "_cuda_capability", lambda device: capability)
+    assert resolve_attention_backend("auto", torch.device("cuda"), dtype) == expected
+    assert resolve_attention_backend("auto", torch.device("cpu"), dtype) == "sdpa"
+
+
+@pytest.mark.parametrize(
+    ("installed", "capability", "message"),
+    [
+        (False, (9, 0), "needs FlashAttention-4"),
+        (True, (8, 6), "compute capability >= 9.0, cuda has 8.6"),
+    ],
+)
+def test_forced_flash_attn_where_it_cannot_run_is_a_clear_error(
+    monkeypatch, installed, capability, message
+):
+    monkeypatch.setattr(attention_module, "_flash_attn_available", lambda: installed)
+    monkeypatch.setattr(attention_module, "_cuda_capability", lambda device: capability)
+    with pytest.raises(ValueError, match=message):
+        resolve_attention_backend("flash_attn", torch.device("cuda"), torch.bfloat16)
+
+
+def test_flash_attn_4_detection_ignores_flash_attn_2(monkeypatch):
+    """Only ``flash_attn.cute`` (the flash-attn-4 wheel) counts; a bare ``flash_attn`` package is
+    flash-attn 2."""
+    found = {"flash_attn": object()}
+
+    def find_spec(name):
+        if name.startswith("flash_attn.") and "flash_attn" not in found:
+            raise ModuleNotFoundError(name)
+        return found.get(name)
+
+    monkeypatch.setattr(attention_module.importlib.util, "find_spec", find_spec)
+    assert not attention_module._flash_attn_available()
+    found.clear()
+    assert not attention_module._flash_attn_available()
+    found.update({"flash_attn": object(), "flash_attn.cute": object()})
+    assert attention_module._flash_attn_available()
+
+
+def _skip_unless_backend_runs(backend: str) -> None:
+    try:
+        resolve_attention_backend(backend, torch.device("cuda"), torch.bfloat16)
+    except ValueError as err:
+        pytest.skip(str(err))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["varlen", "flash_attn"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("case", list(MASK_CASES))
 def test_fused_backends_match_sdpa_on_cuda(backend, causal, case):
-    if backend == "flash_attn":
-        pytest.importorskip("flash_attn")
+    _skip_unless_backend_runs(backend)
     segments, lq = MASK_CASES[case]
     if not causal and lq != len(segments[0]):
         pytest.skip("cached decoding is causal")
@@ -106,6 +168,45 @@ def test_fused_backends_match_sdpa_on_cuda(backend, causal, case):
     assert_close(outs[backend], outs["sdpa"], atol=2e-2, rtol=2e-2)
     reference = _reference_attention(q.cpu(), k.cpu(), v.cpu(), segment_ids.cpu(), causal)
     assert_close(outs["sdpa"].double().cpu(), reference, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128])  # the encoder's heads, the LLM's
+def test_flash_attn_4_matches_torch_reference_forward_and_backward(causal, head_dim):
+    """FlashAttention-4 against the float64 per-sequence reference on a packed batch, output and
+    q/k/v gradients: the encoder (bidirectional) and decoder (causal, training and prefill)
+    calls."""
+    _skip_unless_backend_runs("flash_attn")
+    segment_ids = torch.tensor([[1] * 90 + [2] * 70 + [0] * 40, [1] * 200], device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(2)
+    q, k, v = (
+        torch.randn(
+            2, 200, 4, head_dim, generator=generator, device="cuda", dtype=torch.bfloat16
+        ).requires_grad_()
+        for _ in range(3)
+    )
+    grad_out = torch.randn(
+        2, 200, 4, head_dim, generator=generator, device="cuda", dtype=torch.bfloat16
+    )
+    layout = AttentionLayout.build(
+        segment_ids,
+        batch_size=2,
+        query_length=200,
+        key_length=200,
+        causal=causal,
+        backend="flash_attn",
+        device=q.device,
+        dtype=q.dtype,
+    )
+    out = attention(q, k, v, layout)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    reference = _reference_attention(*leaves, segment_ids.cpu(), causal)
+    reference_grads = torch.autograd.grad(reference, leaves, grad_out.cpu().double())
+    assert_close(out.cpu().double(), reference, atol=2e-2, rtol=2e-2)
+    for grad, expected in zip(grads, reference_grads, strict=True):
+        assert_close(grad.cpu().double(), expected, atol=5e-2, rtol=5e-2)
 
 
 # ---------------------------------------------------------------- encoder vs transformers
@@ -183,7 +284,7 @@ def test_encoder_matches_qwen2_audio_encoder_full_input():
     with torch.no_grad():
         clips = encoder(mel, torch.full((2,), 2 * ENC.n_ctx))
     bos, eos = encoder.audio_bos_eos_token.weight
-    for clip, reference in zip(clips, expected):
+    for clip, reference in zip(clips, expected, strict=True):
         assert clip.shape == (ENC.n_ctx // 2 + 2, ENC.output_dim)
         assert_close(clip[1:-1], reference, atol=1e-5, rtol=1e-5)
         assert_close(clip[0], bos)

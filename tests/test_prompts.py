@@ -249,7 +249,7 @@ def test_srwt_any_times_stay_close(times):
     words = [word for word in words if round(word.start * 100) < 3000]
     parsed = parse_timestamped_words(format_timestamped_words(words))
     assert [word.text for word in parsed] == [word.text for word in words]
-    for original, got in zip(words, parsed):
+    for original, got in zip(words, parsed, strict=True):
         assert original.start - MIN_SILENCE - 0.0051 <= got.start <= original.start + 0.0051
         assert abs(got.end - min(original.end, 30.0)) <= 0.0051
 
@@ -320,7 +320,8 @@ def test_chatml_multi_turn_multi_audio(released):
     assert example.ids[-4:] == [198, 151644, 77091, 198]
     answer = released.encode("The second is <|0.50|> s long.", TASK_TOKENS) + [151645]
     assert 151871 + 50 in answer
-    assert [t for t, label in zip(example.ids, example.labels) if label != IGNORE_INDEX] == answer
+    pairs = zip(example.ids, example.labels, strict=True)
+    assert [t for t, label in pairs if label != IGNORE_INDEX] == answer
     text = released.decode(example.ids, [span.source for span in example.clips])
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nAudio 1:<audio>x.flac</audio>\n")
     assert text.endswith("<|im_start|>user\nAudio 1:<audio>x.flac</audio>\nagain?<|im_end|>\n<|im_start|>assistant\n")

@@ -173,7 +173,8 @@ def test_chat_template_numbers_audios_across_the_conversation_as_transformers(re
     hf_ids = list(release.processor(text=text, audio=waves, sampling_rate=SAMPLE_RATE)["input_ids"][0])
     example = Conversation("two-audios", tuple(messages)).encode(tokenizer, 2048)
     assert example.ids == hf_ids[:-1] and tokenizer.decode(hf_ids[-1:]) == "\n"
-    learned = [tokenizer.decode([t for t, label in zip(example.ids, example.labels) if label != IGNORE_INDEX])]
+    learned = [tokenizer.decode([t for t, label in zip(example.ids, example.labels, strict=True)
+                                 if label != IGNORE_INDEX])]
     assert learned == ["A tone.<|im_end|>A sweep.<|im_end|>"]
 
     config = GenerationConfig.chat(tokenizer, do_sample=False, max_new_tokens=6)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -20,9 +21,15 @@ import torch
 from qwen_audio.checkpoint import CheckpointError, load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.chat_datamodule import ChatDataModule
-from qwen_audio.data.conversations import ConversationDataset, read_conversations
+from qwen_audio.data.conversations import (
+    Conversation,
+    ConversationDataset,
+    Message,
+    read_conversations,
+)
 from qwen_audio.data.manifest import ManifestError
 from qwen_audio.data.sampler import DurationBucketSampler
+from qwen_audio.lit import callbacks
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict, merge_lora
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.model import QwenAudio, label_positions, token_losses
@@ -387,7 +394,8 @@ def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_pat
     data.setup("fit")
     plans = [[bool(batch[0] < 4) for batch in DurationBucketSampler(data.lengths["train"], 64, seed=3, rank=rank,
                                                                     world_size=2)] for rank in (0, 1)]
-    assert any(a != b for a, b in zip(*plans)), plans  # some step has audio on one rank only
+    # some step has audio on one rank only
+    assert any(a != b for a, b in zip(*plans, strict=True)), plans
     strategy = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
                 '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}')
     result = subprocess.run(
@@ -410,3 +418,28 @@ def test_an_init_from_folder_of_another_architecture_is_refused_naming_the_field
     message = r"does not describe the preset 'tiny': decoder.rotary_emb_base: folder 500000, preset 10000\.0"
     with pytest.raises(CheckpointError, match=message):
         QwenAudioModule(model="tiny", init_from=str(folder))
+
+
+def test_chat_transcript_majority_is_the_training_splits_most_common_answer(monkeypatch, capsys):
+    """The SFT demo's answer table on a hand-worked case: canned replies stand in for the model, and
+    the majority answer of each family comes from the training conversations, not the test ones."""
+    def conversation(conversation_id: str, answer: str) -> Conversation:
+        return Conversation(conversation_id, (Message("user", "q"), Message("assistant", answer)))
+
+    train = [conversation(f"train-scene-{i}", a) for i, a in enumerate(["Rain.", "rain", "wind"])]
+    train += [conversation(f"train-count-{i}", a) for i, a in enumerate(["two", "two", "three"])]
+    test = [conversation(f"test-scene-{i}", a) for i, a in enumerate(["wind", "wind", "rain"])]
+    test += [conversation(f"test-count-{i}", a) for i, a in enumerate(["three", "three"])]
+    replies = iter(["wind", "rain", "rain", "three", "two"])
+    monkeypatch.setattr(callbacks, "chat", lambda *args, **kwargs: (next(replies), []))
+    tokenizer = SimpleNamespace(im_end=1, im_start=2, eod=3)
+    datamodule = SimpleNamespace(setup=lambda stage: None, tokenizer=tokenizer,
+                                 conversations={"train": (train, []), "test": (test, [])})
+    trainer = SimpleNamespace(datamodule=datamodule)
+    module = SimpleNamespace(model=torch.nn.Linear(1, 1))
+    callbacks.ChatTranscript(per_group=0)._report(trainer, module, "SFT")
+    out = capsys.readouterr().out
+    # right: scene 2 of 3 (wind, rain), count 1 of 2 (three). Majority from training: scene "rain"
+    # (1 of the 3 test answers), count "two" (0 of 2); the test split's own would be "wind", "three"
+    assert "| scene | 3 | 0.667 | 0.333 |" in out and "| count | 2 | 0.500 | 0.000 |" in out
+    assert "| all | 5 | 0.600 | 0.200 |" in out

@@ -79,7 +79,8 @@ def test_skip_resumes_with_the_batches_of_the_uninterrupted_stream(corpus, demo,
 
     uninterrupted = list(itertools.islice(iter(loader(0)), 9))
     resumed = list(itertools.islice(iter(loader(4)), 5))
-    for expected, got in zip(uninterrupted[4:], resumed):
+    assert len(uninterrupted) == 9 and len(resumed) == 5  # long enough to compare 5 batches
+    for expected, got in zip(uninterrupted[4:], resumed, strict=True):
         assert torch.equal(expected["input_ids"], got["input_ids"])
         assert torch.equal(expected["audio_mel"], got["audio_mel"])
 

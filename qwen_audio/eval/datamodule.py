@@ -61,6 +61,15 @@ def demo_items(entries: Sequence[ManifestEntry]) -> list[BenchmarkItem]:
     return items
 
 
+def demo_answers(entries: Sequence[ManifestEntry]) -> dict[str, list[str]]:
+    """The answers of demo-corpus entries per ``demo_*`` benchmark: those of the training split give
+    the majority baseline (:func:`qwen_audio.eval.metrics.majority_accuracy`)."""
+    answers: dict[str, list[str]] = {}
+    for item in demo_items(entries):
+        answers.setdefault(item.benchmark, []).append(item.gt)
+    return answers
+
+
 @dataclass(frozen=True)
 class PromptSample:
     """An item, its index in the file, and its official prompt with the decoded audio."""
@@ -149,6 +158,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.n_mels: int | None = None
         self.items: list[BenchmarkItem] | None = None
+        self.train_answers: dict[str, list[str]] = {}
 
     def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
         """Take the evaluated model's tokenizer (prompts, padding) and its encoder's number of mel bins."""
@@ -175,6 +185,9 @@ class BenchmarkDataModule(L.LightningDataModule):
         if self.items is None:
             if self.benchmark == DEMO:
                 self.items = demo_items(read_manifest(self._manifest(), check_audio=True))
+                if self.path.startswith(DEMO_PREFIX):
+                    train = build_demo_corpus(seed=self.seed, size=self.demo_size)["train"]
+                    self.train_answers = demo_answers(read_manifest(train))
             else:
                 self.items = read_benchmark_file(self.path, self.benchmark, self.audio_root)
 

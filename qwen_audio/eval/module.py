@@ -82,7 +82,9 @@ class BenchmarkEvaluation(L.LightningModule):
             predictions = list(itertools.chain.from_iterable(gathered))
         if self.trainer.is_global_zero:
             ordered = [prediction for _, prediction in sorted(predictions, key=lambda pair: pair[0])]
-            report = write_results(ordered, self.trainer.default_root_dir, self._model_name())
+            datamodule = self.trainer.datamodule
+            report = write_results(ordered, self.trainer.default_root_dir, self._model_name(),
+                                   datamodule.train_answers if datamodule is not None else None)
             print(report, flush=True)
 
     def _model_name(self) -> str:

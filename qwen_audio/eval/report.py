@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 
 from qwen_audio.eval.tasks import Prediction, get_benchmark, score_predictions
 
 PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE = "predictions.jsonl", "metrics.json", "report.md"
 
 
-def write_results(predictions: list[Prediction], folder: str, model_name: str) -> str:
-    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``; returns the report."""
+def write_results(predictions: list[Prediction], folder: str, model_name: str,
+                  train_answers: Mapping[str, Sequence[str]] | None = None) -> str:
+    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``; returns the
+    report. ``train_answers`` (per benchmark, of its training split) give the majority baseline."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, PREDICTIONS_FILE), "w", encoding="utf-8") as file:
         for prediction in predictions:
             file.write(json.dumps(prediction.to_json(), ensure_ascii=False) + "\n")
-    metrics = score_predictions(predictions)
+    metrics = score_predictions(predictions, train_answers)
     with open(os.path.join(folder, METRICS_FILE), "w", encoding="utf-8") as file:
         json.dump(metrics, file, indent=2, ensure_ascii=False)
     report = markdown_report(metrics, model_name)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,6 +32,7 @@ from qwen_audio.eval.metrics import (
     bleu,
     caption_scores,
     error_rate,
+    majority_accuracy,
     nsynth_scores,
     release_alignment_error_ms,
 )
@@ -88,21 +88,16 @@ def _translation_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -
     return {"bleu": bleu(refs, hyps, covost_languages(source)[1])}
 
 
-def _majority_accuracy(refs: Sequence[str]) -> float:
-    """The chance level printed beside an accuracy: the score of always answering the most common reference."""
-    return Counter(refs).most_common(1)[0][1] / len(refs)
-
-
 def _accuracy_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -> Scores:
-    """Exact, case-sensitive match (``sklearn.metrics.accuracy_score``), as every classification script scores,
-    and the majority answer's accuracy beside it."""
-    return {"accuracy": accuracy(refs, hyps), "majority_accuracy": _majority_accuracy(refs)}
+    """Exact, case-sensitive match (``sklearn.metrics.accuracy_score``), as every classification
+    script scores."""
+    return {"accuracy": accuracy(refs, hyps)}
 
 
 def _question_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -> Scores:
-    """``evaluate_aqa.py``: accuracy, and for Clotho-AQA sources also on the yes/no questions alone; the majority
-    answer's accuracy beside it."""
-    scores = {"accuracy": accuracy(refs, hyps), "majority_accuracy": _majority_accuracy(refs)}
+    """``evaluate_aqa.py``: accuracy, and for Clotho-AQA sources also on the yes/no questions
+    alone."""
+    scores = {"accuracy": accuracy(refs, hyps)}
     if source.startswith("clotho"):
         scores["binary_accuracy"] = binary_accuracy(refs, hyps)
     return scores
@@ -316,17 +311,30 @@ class Prediction:
         return line
 
 
-def score_predictions(predictions: Iterable[Prediction]) -> dict[str, dict[str, Scores]]:
-    """``{benchmark: {source: {"count": n, metric: value, ...}}}``, each source scored on its own items."""
+def score_predictions(predictions: Iterable[Prediction],
+                      train_answers: Mapping[str, Sequence[str]] | None = None
+                      ) -> dict[str, dict[str, Scores]]:
+    """``{benchmark: {source: {"count": n, metric: value, ...}}}``, each source scored on its own
+    items.
+
+    ``train_answers`` maps a benchmark to the answers of its training split (the demo corpus has
+    them). Beside the accuracy of such a benchmark goes ``majority_accuracy``, the score of always
+    giving the training split's most common answer
+    (:func:`qwen_audio.eval.metrics.majority_accuracy`); without training answers there is none.
+    """
+    train_answers = train_answers or {}
     groups: dict[str, dict[str, list[Prediction]]] = {}
     for prediction in predictions:
         groups.setdefault(prediction.item.benchmark, {}).setdefault(prediction.item.source, []).append(prediction)
     results: dict[str, dict[str, Scores]] = {}
     for name, sources in groups.items():
         benchmark = get_benchmark(name)
-        results[name] = {
-            source: {"count": len(group), **benchmark.score([p.item.gt for p in group], [p.response for p in group],
-                                                            source)}
-            for source, group in sources.items()
-        }
+        results[name] = {}
+        for source, group in sources.items():
+            refs = [p.item.gt for p in group]
+            hyps = [p.response for p in group]
+            scores: Scores = {"count": len(group), **benchmark.score(refs, hyps, source)}
+            if "accuracy" in scores and name in train_answers:
+                scores["majority_accuracy"] = majority_accuracy(train_answers[name], refs)
+            results[name][source] = scores
     return results

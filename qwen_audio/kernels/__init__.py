@@ -15,16 +15,28 @@ import os
 import torch
 
 from qwen_audio.errors import InputError
+from qwen_audio.kernels import mel, pool
 from qwen_audio.kernels.mel import log_mel_reference, log_mel_triton
 from qwen_audio.kernels.pool import PoolLayerNorm, check_pool_layer_norm_inputs, pool_layer_norm_reference
 
 __all__ = [
-    "KERNEL_BACKENDS", "KERNEL_BACKEND_ENV_VAR", "KernelBackendError", "log_mel", "pool_layer_norm",
-    "resolve_kernel_backend",
+    "KERNEL_BACKENDS", "KERNEL_BACKEND_ENV_VAR", "KernelBackendError", "TRITON_KERNEL_NAMES",
+    "log_mel", "pool_layer_norm", "resolve_kernel_backend",
 ]
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
 KERNEL_BACKEND_ENV_VAR = "QWEN_AUDIO_KERNEL_BACKEND"
+# What profilers name this package's kernels (benchmarks_perf/bench_train_step.py sorts step time
+# by them).
+TRITON_KERNEL_NAMES = tuple(
+    kernel.fn.__name__
+    for kernel in (
+        mel._mel_epilogue_kernel,
+        mel._normalise_kernel,
+        pool._pool_layer_norm_forward_kernel,
+        pool._pool_layer_norm_backward_kernel,
+    )
+)
 # Read once, now: the kernels imported above were defined as interpreted functions or not by this same variable.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 

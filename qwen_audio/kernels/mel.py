@@ -1,26 +1,22 @@
-"""Whisper's log-mel: the torch implementation, and two Triton launches that must match it.
+"""Whisper's log-mel: the torch implementation, and the cuFFT + fused Triton path matching it.
 
 ``log_mel_reference`` (torch, any device) equals openai-whisper's ``log_mel_spectrogram`` clip by clip.
 
-The Triton path: one pass over the waveform, then an exact per-example normalisation.
+``log_mel_triton``: the FFT runs on cuFFT (one batched ``torch.stft``, Whisper's centred,
+reflect-padded periodic Hann frames), then one Triton kernel reads the complex spectrum once and
+does the rest in registers: power (``re^2 + im^2``), the mel product (TF32 tensor cores; the product
+sums non-negative terms, so TF32 keeps the 1e-3 parity), the clamp and ``log10``, storing the
+log-mel and folding each block's maximum into its clip's peak with an atomic max. A clip's peak is
+known only once all its blocks have run, so the per-clip ``max(x, peak - 8)`` and ``(x + 4) / 4``
+are a second, elementwise launch over the log-mel (a fifth of the spectrum's bytes).
 
-Pass 1 (``_log_mel_kernel``), one program per (block of frames, example): gathers frames straight from the
-waveform with the same reflect padding as ``torch.stft(center=True)``, multiplies them by a precomputed DFT basis
-with the periodic Hann window folded in (cos and sin columns interleaved, so one matrix product gives real and
-imaginary parts), squares to power, multiplies by the mel filterbank, takes ``log10`` of the clamped result,
-stores it, and writes the block's maximum. Pass 2 (``_normalise_kernel``) reduces those block maxima per example
-(exact: a maximum does not depend on order) and applies ``max(x, peak - 8)`` and ``(x + 4) / 4`` in place.
-
-Precision: the DFT cancels across 400 taps over ~8 decades of power, so a single TF32 / fp16 / bf16 tensor-core
-product misses the 1e-3 target by ~70x on speech; the DFT product runs as TF32x3 (three TF32 products that
-recover fp32 accuracy at tensor-core speed). The mel product sums non-negative terms, so plain TF32 suffices.
-The DFT is direct (400 taps x 201 bins), not a factorised 20 x 20 Cooley-Tukey: ~4x more FLOPs, but a single
-dense product per tile keeps the kernel short; the benchmark prints the matrix-unit time it implies.
+The FFT does O(n log n) work where the former kernel multiplied each frame by a dense 400 x 201 DFT
+basis in TF32x3 (5.3 ms for 64 x 30 s on an H200, 3.3x slower than torchaudio;
+``benchmarks_perf/RESULTS.md``, 2026-12-04).
 """
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 import torch
@@ -38,11 +34,9 @@ from qwen_audio.whisper_mel import (
 )
 
 BLOCK_FRAMES = 64
-BLOCK_TAPS = 32
-BLOCK_BINS = 64
-PADDED_TAPS = triton.cdiv(N_FFT, BLOCK_TAPS) * BLOCK_TAPS  # 416: basis rows past 400 are zero
-PADDED_BINS = triton.cdiv(NUM_BINS, BLOCK_BINS) * BLOCK_BINS  # 256: basis / filterbank columns past 201 are zero
-DFT_PRECISION = "tf32x3"
+BLOCK_BINS = 32
+# 224: filterbank columns past 201 are zero
+PADDED_BINS = triton.cdiv(NUM_BINS, BLOCK_BINS) * BLOCK_BINS
 NORMALISE_BLOCK = 1024
 
 
@@ -71,112 +65,121 @@ def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
 
 
 @cache
-def _windowed_dft_basis(device: torch.device) -> torch.Tensor:
-    """``[PADDED_TAPS, 2 * PADDED_BINS]`` float32: column ``2f`` is ``hann[k] cos(2 pi k f / 400)``, ``2f + 1`` its sin.
-
-    Built in float64 so the only rounding is the final cast; the sign of the sin column is irrelevant to power.
-    """
-    taps = torch.arange(N_FFT, dtype=torch.float64)
-    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64)
-    angle = 2 * math.pi * torch.outer(taps, torch.arange(NUM_BINS, dtype=torch.float64)) / N_FFT
-    basis = torch.zeros(PADDED_TAPS, PADDED_BINS, 2, dtype=torch.float64)
-    basis[:N_FFT, :NUM_BINS, 0] = window[:, None] * torch.cos(angle)
-    basis[:N_FFT, :NUM_BINS, 1] = window[:, None] * torch.sin(angle)
-    return basis.reshape(PADDED_TAPS, 2 * PADDED_BINS).to(device=device, dtype=torch.float32)
-
-
-@cache
 def _padded_filterbank(n_mels: int, device: torch.device) -> torch.Tensor:
-    """Mel filterbank transposed to ``[PADDED_BINS, next_power_of_2(n_mels)]`` with zero padding."""
-    filters = torch.zeros(PADDED_BINS, triton.next_power_of_2(n_mels), dtype=torch.float32)
-    filters[:NUM_BINS, :n_mels] = mel_filters(n_mels).T
+    """Mel filterbank ``[next_power_of_2(n_mels), PADDED_BINS]``, zero-padded, so tiles load without
+    masks."""
+    filters = torch.zeros(triton.next_power_of_2(n_mels), PADDED_BINS, dtype=torch.float32)
+    filters[:n_mels, :NUM_BINS] = mel_filters(n_mels)
     return filters.to(device)
 
 
 @triton.jit
-def _log_mel_kernel(
-    audio_ptr, basis_ptr, filters_ptr, out_ptr, block_max_ptr,
-    num_samples, num_frames, n_mels,
-    N_FFT: tl.constexpr, HOP: tl.constexpr, FLOOR: tl.constexpr,
-    PADDED_TAPS: tl.constexpr, PADDED_BINS: tl.constexpr, PADDED_MELS: tl.constexpr,
-    BLOCK_FRAMES: tl.constexpr, BLOCK_TAPS: tl.constexpr, BLOCK_BINS: tl.constexpr,
-    DFT_PRECISION: tl.constexpr,
+def _mel_epilogue_kernel(
+    spectrum_ptr,
+    filters_ptr,
+    out_ptr,
+    peak_ptr,
+    num_frames,
+    n_mels,
+    clip_stride,
+    bin_stride,
+    frame_stride,
+    FLOOR: tl.constexpr,
+    NUM_BINS: tl.constexpr,
+    PADDED_BINS: tl.constexpr,
+    PADDED_MELS: tl.constexpr,
+    BLOCK_FRAMES: tl.constexpr,
+    BLOCK_BINS: tl.constexpr,
 ):
+    """One (block of frames, clip): power, mel product, clamp, log10 of the real view of a
+    ``[clip, bin, frame]`` complex spectrum (strides in floats; re, im adjacent); stores the log-mel
+    and atomically maxes the clip's peak."""
     frame_block = tl.program_id(0)
-    example = tl.program_id(1).to(tl.int64)
-    audio_ptr += example * num_samples
+    clip = tl.program_id(1).to(tl.int64)
     frames = frame_block * BLOCK_FRAMES + tl.arange(0, BLOCK_FRAMES)
     frame_ok = frames < num_frames
     mels = tl.arange(0, PADDED_MELS)
+    parts = tl.arange(0, 2)  # re, im
 
-    mel = tl.zeros([BLOCK_FRAMES, PADDED_MELS], dtype=tl.float32)
+    mel = tl.zeros([PADDED_MELS, BLOCK_FRAMES], dtype=tl.float32)
     for bin0 in range(0, PADDED_BINS, BLOCK_BINS):
-        columns = 2 * bin0 + tl.arange(0, 2 * BLOCK_BINS)
-        spectrum = tl.zeros([BLOCK_FRAMES, 2 * BLOCK_BINS], dtype=tl.float32)  # (re, im) interleaved
-        for tap0 in range(0, PADDED_TAPS, BLOCK_TAPS):
-            taps = tap0 + tl.arange(0, BLOCK_TAPS)
-            # Sample index in the unpadded waveform of tap k of centred frame t, reflected at both ends.
-            index = tl.abs(frames[:, None] * HOP - N_FFT // 2 + taps[None, :])
-            index = tl.where(index >= num_samples, 2 * (num_samples - 1) - index, index)
-            samples = tl.load(audio_ptr + index, mask=frame_ok[:, None] & (taps[None, :] < N_FFT), other=0.0)
-            basis = tl.load(basis_ptr + taps[:, None] * (2 * PADDED_BINS) + columns[None, :])
-            spectrum = tl.dot(samples, basis, spectrum, input_precision=DFT_PRECISION)
-        power = tl.sum(tl.reshape(spectrum * spectrum, [BLOCK_FRAMES, BLOCK_BINS, 2]), axis=2)
         bins = bin0 + tl.arange(0, BLOCK_BINS)
-        filters = tl.load(filters_ptr + bins[:, None] * PADDED_MELS + mels[None, :])
-        mel = tl.dot(power, filters, mel, input_precision="tf32")
+        offsets = (
+            clip * clip_stride
+            + bins[:, None, None] * bin_stride
+            + frames[None, :, None] * frame_stride
+            + parts[None, None, :]
+        )
+        mask = (bins[:, None, None] < NUM_BINS) & frame_ok[None, :, None]
+        spectrum = tl.load(spectrum_ptr + offsets, mask=mask, other=0.0)
+        power = tl.sum(spectrum * spectrum, axis=2)  # [BLOCK_BINS, BLOCK_FRAMES]
+        filters = tl.load(filters_ptr + mels[:, None] * PADDED_BINS + bins[None, :])
+        mel = tl.dot(filters, power, mel, input_precision="tf32")
 
     log_mel = tl.log2(tl.maximum(mel, FLOOR)) * 0.30102999566398120  # log10(x) = log2(x) * log10(2)
-    valid = frame_ok[:, None] & (mels[None, :] < n_mels)
-    out = out_ptr + example * n_mels * num_frames + mels[None, :] * num_frames + frames[:, None]
+    valid = (mels[:, None] < n_mels) & frame_ok[None, :]
+    out = out_ptr + clip * n_mels * num_frames + mels[:, None] * num_frames + frames[None, :]
     tl.store(out, log_mel, mask=valid)
-    block_max = tl.max(tl.max(tl.where(valid, log_mel, float("-inf")), axis=1), axis=0)
-    tl.store(block_max_ptr + example * tl.num_programs(0) + frame_block, block_max)
+    tl.atomic_max(
+        peak_ptr + clip, tl.max(tl.max(tl.where(valid, log_mel, float("-inf")), axis=1), axis=0)
+    )
 
 
 @triton.jit
 def _normalise_kernel(
-    out_ptr, block_max_ptr, values_per_example, num_blocks,
-    DYNAMIC_RANGE: tl.constexpr, PADDED_NUM_BLOCKS: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr, peak_ptr, values_per_clip,
+    DYNAMIC_RANGE: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    example = tl.program_id(1).to(tl.int64)
-    block_ids = tl.arange(0, PADDED_NUM_BLOCKS)
-    block_max = tl.load(block_max_ptr + example * num_blocks + block_ids, mask=block_ids < num_blocks,
-                        other=float("-inf"))
-    floor = tl.max(block_max, axis=0) - DYNAMIC_RANGE
+    clip = tl.program_id(1).to(tl.int64)
+    floor = tl.load(peak_ptr + clip) - DYNAMIC_RANGE
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < values_per_example
-    pointers = out_ptr + example * values_per_example + offsets
+    mask = offsets < values_per_clip
+    pointers = out_ptr + clip * values_per_clip + offsets
     log_mel = tl.load(pointers, mask=mask)
     tl.store(pointers, (tl.maximum(log_mel, floor) + 4.0) / 4.0, mask=mask)
 
 
 def log_mel_triton(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """Fused log-mel of float32 ``audio [..., samples]`` -> ``[..., n_mels, samples // 160]``, like the reference."""
+    """cuFFT + fused epilogue log-mel of float32 ``audio [..., samples]``:
+    ``[..., n_mels, samples // 160]``, like the reference."""
     if audio.dtype != torch.float32:
         raise ValueError(f"log_mel_triton expects float32 audio, got dtype {audio.dtype}")
     batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
     if num_samples <= N_FFT // 2:
         raise ValueError(f"audio needs more than {N_FFT // 2} samples for Whisper's reflect padding, "
                          f"got {num_samples}")
-    waveforms = audio.reshape(-1, num_samples).contiguous()
-    num_examples, num_frames = waveforms.shape[0], num_samples // HOP_LENGTH
-    out = torch.empty(num_examples, n_mels, num_frames, device=audio.device, dtype=torch.float32)
-    if num_examples == 0:
+    waveforms = audio.reshape(-1, num_samples)
+    num_clips, num_frames = waveforms.shape[0], num_samples // HOP_LENGTH
+    out = torch.empty(num_clips, n_mels, num_frames, device=audio.device, dtype=torch.float32)
+    if num_clips == 0:
         return out.reshape(*batch_shape, n_mels, num_frames)
-    num_blocks = triton.cdiv(num_frames, BLOCK_FRAMES)
-    block_max = torch.empty(num_examples, num_blocks, device=audio.device, dtype=torch.float32)
-    _log_mel_kernel[(num_blocks, num_examples)](
-        waveforms, _windowed_dft_basis(audio.device), _padded_filterbank(n_mels, audio.device), out, block_max,
-        num_samples, num_frames, n_mels,
-        N_FFT=N_FFT, HOP=HOP_LENGTH, FLOOR=LOG_MEL_FLOOR,
-        PADDED_TAPS=PADDED_TAPS, PADDED_BINS=PADDED_BINS, PADDED_MELS=triton.next_power_of_2(n_mels),
-        BLOCK_FRAMES=BLOCK_FRAMES, BLOCK_TAPS=BLOCK_TAPS, BLOCK_BINS=BLOCK_BINS,
-        DFT_PRECISION=DFT_PRECISION, num_warps=4,
+    # [clip, bin, frame + 1] complex: the epilogue never reads the last frame, which Whisper drops.
+    spectrum = torch.view_as_real(
+        torch.stft(
+            waveforms, N_FFT, HOP_LENGTH, window=stft_window(audio.device), return_complex=True
+        )
     )
-    values_per_example = n_mels * num_frames
-    _normalise_kernel[(triton.cdiv(values_per_example, NORMALISE_BLOCK), num_examples)](
-        out, block_max, values_per_example, num_blocks,
-        DYNAMIC_RANGE=DYNAMIC_RANGE, PADDED_NUM_BLOCKS=triton.next_power_of_2(num_blocks), BLOCK=NORMALISE_BLOCK,
+    peak = torch.full((num_clips,), float("-inf"), device=audio.device, dtype=torch.float32)
+    _mel_epilogue_kernel[(triton.cdiv(num_frames, BLOCK_FRAMES), num_clips)](
+        spectrum,
+        _padded_filterbank(n_mels, audio.device),
+        out,
+        peak,
+        num_frames,
+        n_mels,
+        spectrum.stride(0),
+        spectrum.stride(1),
+        spectrum.stride(2),
+        FLOOR=LOG_MEL_FLOOR,
+        NUM_BINS=NUM_BINS,
+        PADDED_BINS=PADDED_BINS,
+        PADDED_MELS=triton.next_power_of_2(n_mels),
+        BLOCK_FRAMES=BLOCK_FRAMES,
+        BLOCK_BINS=BLOCK_BINS,
+        num_warps=4,
+    )
+    values_per_clip = n_mels * num_frames
+    _normalise_kernel[(triton.cdiv(values_per_clip, NORMALISE_BLOCK), num_clips)](
+        out, peak, values_per_clip, DYNAMIC_RANGE=DYNAMIC_RANGE, BLOCK=NORMALISE_BLOCK,
     )
     return out.reshape(*batch_shape, n_mels, num_frames)

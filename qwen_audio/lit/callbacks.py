@@ -24,7 +24,7 @@ from qwen_audio.clips import Recording
 from qwen_audio.data.dataset import load_segment
 from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
-from qwen_audio.eval.metrics import error_rate
+from qwen_audio.eval.metrics import error_rate, majority_accuracy
 from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.lora import merge_lora
@@ -155,24 +155,34 @@ class ChatTranscript(L.Callback):
         for conversation in with_audio[: self.per_group] + text_only[: self.per_group]:
             lines += [f"| {conversation.id} | {u} | {a} | {r} |" for u, a, r in self._answer(module, tokenizer,
                                                                                                 conversation, config)]
-        majority = {}
+        train_answers: dict[str, list[str]] = {}
         for conversation in datamodule.conversations.get("train", [[]])[0]:
-            answer = _normalised_answer(conversation.messages[1].content)
-            majority.setdefault(_kind(conversation.id), Counter())[answer] += 1
-        scored: dict[str, list[tuple[bool, bool]]] = {}
+            train_answers.setdefault(_kind(conversation.id), []).append(
+                _normalised_answer(conversation.messages[1].content))
+        references: dict[str, list[str]] = {}
+        right: Counter[str] = Counter()
         for conversation in with_audio[: self.num_questions]:
-            user, reference = conversation.messages[0], conversation.messages[1].content
+            user = conversation.messages[0]
+            reference = _normalised_answer(conversation.messages[1].content)
             answer, _ = chat(module.model, tokenizer, user.content, system=conversation.system or DEFAULT_SYSTEM,
                              config=config)
-            common = majority.get(_kind(conversation.id), Counter([""])).most_common(1)[0][0]
-            scored.setdefault(_kind(conversation.id), []).append(
-                (_normalised_answer(answer) == _normalised_answer(reference), common == _normalised_answer(reference)))
+            references.setdefault(_kind(conversation.id), []).append(reference)
+            right[_kind(conversation.id)] += _normalised_answer(answer) == reference
         module.model.train(was_training)
         lines += ["", f"#### {title}: answer accuracy on the first question of held-out conversations", "",
-                  "| family | questions | accuracy | majority answer |", "|---|---|---|---|"]
-        for kind, results in sorted(scored.items()) + [("all", [r for rs in scored.values() for r in rs])]:
-            right = sum(r for r, _ in results) / len(results)
-            lines.append(f"| {kind} | {len(results)} | {right:.3f} | {sum(m for _, m in results) / len(results):.3f} |")
+                  "| family | questions | accuracy | majority answer (training split's) |",
+                  "|---|---|---|---|"]
+        # the majority answer is each family's most common answer in the training conversations
+        majority_right = {kind: majority_accuracy(train_answers.get(kind, []), refs) * len(refs)
+                          for kind, refs in references.items()}
+        total = sum(len(refs) for refs in references.values())
+        for kind in sorted(references):
+            count = len(references[kind])
+            lines.append(f"| {kind} | {count} | {right[kind] / count:.3f} | "
+                         f"{majority_right[kind] / count:.3f} |")
+        if total:
+            lines.append(f"| all | {total} | {sum(right.values()) / total:.3f} | "
+                         f"{sum(majority_right.values()) / total:.3f} |")
         print("\n".join(lines), flush=True)
 
     @rank_zero_only

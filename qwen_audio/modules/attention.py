@@ -8,9 +8,12 @@ cache), and a causal mask is aligned bottom-right, as in FlashAttention.
 Backends (same result up to kernel rounding):
 - ``sdpa``: ``F.scaled_dot_product_attention`` with a boolean mask; any device and dtype.
 - ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` on the packed valid tokens (CUDA, fp16/bf16).
-- ``flash_attn``: ``flash_attn.flash_attn_varlen_func`` from the FlashAttention package (CUDA, fp16/bf16).
+- ``flash_attn``: FlashAttention-4's ``flash_attn.cute.flash_attn_varlen_func`` (the
+``flash-attn-4`` wheel, the
+  ``cuda`` extra; CUDA of compute capability >= 9.0, Hopper and Blackwell, fp16/bf16).
 The varlen backends never touch padded positions, so padding and packing cost no attention compute.
-``auto`` picks flash_attn, then varlen, where they apply, else sdpa. Padded query rows come out as zeros.
+``auto`` picks flash_attn where FlashAttention-4 is installed and the device is SM90+, then varlen
+on other CUDA devices (fp16/bf16), else sdpa. Padded query rows come out as zeros.
 """
 
 from __future__ import annotations
@@ -23,9 +26,21 @@ import torch.nn.functional as F
 
 from qwen_audio.config import ATTENTION_BACKENDS
 
+# FlashAttention-4 has kernels for SM90 (Hopper) and SM100+ (Blackwell)
+FLASH_ATTN_MIN_CAPABILITY = (9, 0)
+
 
 def _flash_attn_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    """Whether FlashAttention-4's ``flash_attn.cute`` is installed (flash-attn 2 alone does not
+    count)."""
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ModuleNotFoundError:  # no flash_attn package at all
+        return False
+
+
+def _cuda_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -34,7 +49,11 @@ def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.d
         raise ValueError(f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
     fused_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if backend == "auto":
-        if fused_ok and _flash_attn_available():
+        if (
+            fused_ok
+            and _flash_attn_available()
+            and _cuda_capability(device) >= FLASH_ATTN_MIN_CAPABILITY
+        ):
             return "flash_attn"
         return "varlen" if fused_ok else "sdpa"
     if backend in ("varlen", "flash_attn"):
@@ -42,8 +61,19 @@ def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.d
             raise ValueError(
                 f"attention backend {backend!r} needs CUDA tensors in fp16/bf16, got {device.type} {dtype}"
             )
-        if backend == "flash_attn" and not _flash_attn_available():
-            raise ValueError("attention backend 'flash_attn' needs the flash-attn package (pip install flash-attn)")
+    if backend == "flash_attn":
+        if not _flash_attn_available():
+            raise ValueError(
+                "attention backend 'flash_attn' needs FlashAttention-4 "
+                "(pip install 'qwen-audio[cuda]', which installs flash-attn-4)"
+            )
+        capability = _cuda_capability(device)
+        if capability < FLASH_ATTN_MIN_CAPABILITY:
+            raise ValueError(
+                "attention backend 'flash_attn' (FlashAttention-4) needs compute capability "
+                ">= 9.0, "
+                f"{device} has {capability[0]}.{capability[1]}; use 'varlen'"
+            )
     return backend
 
 
@@ -165,9 +195,10 @@ def _varlen(
     args = (packed_q, packed_k, packed_v, layout.cu_seqlens_q, layout.cu_seqlens_k, layout.max_seqlen_q,
             layout.max_seqlen_k)
     if layout.backend == "flash_attn":
-        from flash_attn import flash_attn_varlen_func
+        from flash_attn.cute import flash_attn_varlen_func
 
-        packed = flash_attn_varlen_func(*args, softmax_scale=scale, causal=layout.causal)
+        # (out, lse)
+        packed, _ = flash_attn_varlen_func(*args, softmax_scale=scale, causal=layout.causal)
     else:
         from torch.nn.attention.varlen import varlen_attn
 

@@ -17,6 +17,8 @@ _MODULES = {
     "bleu": "qwen_audio.eval.metrics.translation",
     "caption_scores": "qwen_audio.eval.metrics.captioning",
     "error_rate": "qwen_audio.eval.metrics.error_rate",
+    "majority_accuracy": "qwen_audio.eval.metrics.majority",
+    "majority_answer": "qwen_audio.eval.metrics.majority",
     "nsynth_scores": "qwen_audio.eval.metrics.music",
     "parse_note": "qwen_audio.eval.metrics.music",
     "release_alignment_error_ms": "qwen_audio.eval.metrics.alignment",
