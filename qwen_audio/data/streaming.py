@@ -21,7 +21,7 @@ from qwen_audio.data.manifest import ManifestEntry, ManifestError, iter_manifest
 from qwen_audio.data.sampler import pack_batches
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import Tokenizer
 
 
 class StreamingAudioTextDataset(IterableDataset):
@@ -40,7 +40,7 @@ class StreamingAudioTextDataset(IterableDataset):
     def __init__(
         self,
         manifests: Sequence[str],
-        tokenizer: QwenAudioTokenizer,
+        tokenizer: Tokenizer,
         max_seconds: float,
         *,
         weights: Sequence[float] | None = None,
