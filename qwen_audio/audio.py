@@ -97,7 +97,8 @@ def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
                    mel_frames: int | None = None) -> tuple[torch.Tensor, int]:
     """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
     ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``), and the valid mel
-    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.clips.Clip` has it), else ``samples // 160``.
+    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.clips.Clip` has it), else
+    ``samples // 160``.
 
     Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s: every kept frame's window ends
     before that, so it reads the same samples, and the frames dropped are all-zero ones at the log floor, which

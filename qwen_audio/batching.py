@@ -41,7 +41,7 @@ class PromptBatch(NamedTuple):
 
 
 def batch_prompts(prompts: Sequence[Example], pad_id: int, n_mels: int = 80) -> PromptBatch:
-    """Left-pad encoded prompts and compute the encoder input (``n_mels`` bins) of every clip, in row-major order."""
+    """Left-pad encoded prompts; compute the encoder input (``n_mels`` bins) of each clip."""
     ids, mask = left_pad([p.ids for p in prompts], pad_id)
     mels, lengths = featurize([clip for prompt in prompts for clip in prompt.clips], n_mels)
     if not mels:

@@ -48,7 +48,7 @@ def build_context(tokenizer: Tokenizer, query: Query, history: History, system: 
 
     The newest history turns are kept while the system turn plus the kept turns (audio placeholders included)
     stay under ``max_window_size`` tokens; older turns are dropped. The new query is not counted, as released.
-    ``load`` decodes each ``<audio>PATH</audio>`` of raw text; item lists may hold recordings instead.
+    ``load`` decodes each ``<audio>PATH</audio>`` of raw text. Item lists may hold recordings.
     """
     if not isinstance(load, Mapping):
         load = functools.cache(load)  # each audio file is decoded once however often the context is rebuilt

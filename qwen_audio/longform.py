@@ -1,6 +1,7 @@
 """Transcription of clips longer than the 30 s the encoder hears, in consecutive windows decoded as one batch.
 
-The release truncates such audio to its first 30 s (with our warning, see :func:`qwen_audio.lengths.audio_lengths`).
+The release truncates such audio to its first 30 s (with our warning, see
+:func:`qwen_audio.lengths.audio_lengths`).
 Here the clip is cut into consecutive, non-overlapping windows of at most ``window_seconds``; each cut is placed at
 the quietest 0.1 s of the last sixth of its window (the last 5 s of a 30 s window), so that cuts fall in pauses
 between words rather than through them. Non-overlapping windows need no de-duplication: every stretch of audio is
@@ -77,8 +78,10 @@ def window_prompts(tokenizer: Tokenizer, windows: Sequence[torch.Tensor], *, lan
                    timestamps: bool) -> list[Example]:
     """The ASR (or, with ``timestamps``, SRWT) prompt for ``language`` of each window."""
     task = "srwt" if timestamps else "asr"
-    return [encode_task(tokenizer, task, Recording(window, f"window {index}"), audio_language=language)
-            for index, window in enumerate(windows)]
+    return [
+        encode_task(tokenizer, task, Recording(window, f"window {index}"), audio_language=language)
+        for index, window in enumerate(windows)
+    ]
 
 
 def decode_windows(model: QwenAudio, tokenizer: Tokenizer, windows: list[torch.Tensor], *, language: str,

@@ -241,7 +241,7 @@ def family_tasks(family: Family) -> Mapping[str, object]:
 
 @dataclass(frozen=True)
 class Example:
-    """One token sequence, its labels (``IGNORE_INDEX`` where no loss) and the clips its audio spans hold."""
+    """Token ids, their labels (``IGNORE_INDEX`` where no loss) and the clips of the audio spans."""
 
     ids: list[int]
     labels: list[int]
@@ -259,8 +259,9 @@ class Example:
 def split_audio_tags(text: str) -> list[str]:
     """Raw text cut at its ``<audio>PATH</audio>`` tags: ``[text, path, text, ..., path, text]``.
 
-    Even items are text and odd items the paths between the tags, as the release's regex finds them. A tag
-    without its partner raises ValueError. Only raw text is parsed: the CLI, chat, eval prompts and SFT files.
+    Even items are text and odd items the paths between the tags, as the release's regex finds
+    them. A tag without its partner raises ValueError. Only raw text is parsed: the CLI, chat, eval
+    prompts and SFT files.
     """
     pieces = _AUDIO_TAG.split(text)
     for piece in pieces[::2]:
@@ -271,14 +272,14 @@ def split_audio_tags(text: str) -> list[str]:
     return pieces
 
 
-AudioItem = str | Recording  # a path that the builder's loader decodes, or a waveform already in hand
+AudioItem = str | Recording  # a path for the builder's loader, or a waveform already in hand
 
 
 class ExampleBuilder:
-    """Collects the pieces of an example in order: token ids, text and clips; :meth:`build` tokenizes them.
+    """Collects the pieces of an example in order (ids, text, clips); :meth:`build` tokenizes them.
 
-    Tokenizing in one place keeps labels and clip spans aligned with the ids. ``load`` decodes the paths that
-    raw text names; each path is decoded once per example.
+    Tokenizing in one place keeps labels and clip spans aligned with the ids. ``load`` decodes the
+    paths that raw text names; each path is decoded once per example.
     """
 
     def __init__(self, tokenizer: Tokenizer, load: AudioLoader = load_audio) -> None:
@@ -292,10 +293,12 @@ class ExampleBuilder:
         self.pieces.append((list(ids), None, learn))
 
     def add_audio(self, waveform: torch.Tensor, source: str) -> None:
-        """Add a clip. It becomes the family's markers around the placeholders its length rule counts."""
+        """Add a clip: the family's markers around the placeholders its length rule counts."""
         waveform = torch.as_tensor(waveform)
         if waveform.dim() != 1:
-            raise ValueError(f"audio {source}: expected a 1-D mono waveform, got shape {tuple(waveform.shape)}")
+            raise ValueError(
+                f"audio {source}: expected a 1-D mono waveform, got shape {tuple(waveform.shape)}"
+            )
         self.pieces.append((Recording(waveform, source), None, False))
         self.audios += 1
 
@@ -307,14 +310,14 @@ class ExampleBuilder:
             self.add_audio(self.load(audio), audio)
 
     def add_text(self, text: str, allowed_special: AllowedSpecial, *, learn: bool = False) -> None:
-        """Add text, encoded with the special tokens ``allowed_special`` names; audio tags in it stay text."""
+        """Add text, with the special tokens ``allowed_special`` names; audio tags stay text."""
         self.pieces.append((text, allowed_special, learn))
 
     def add_raw_text(self, text: str, allowed_special: AllowedSpecial) -> None:
-        """Add raw text; each ``<audio>PATH</audio>`` in it becomes the clip ``load`` decodes from ``PATH``.
+        """Add raw text: each ``<audio>PATH</audio>`` becomes the clip ``load`` decodes.
 
-        The text between tags is encoded piece by piece. The markers are special tokens, which end a piece of
-        encoding anyway, so the ids equal those of the whole text with its tags.
+        The text between tags is encoded piece by piece. The markers are special tokens, which end
+        a piece of encoding anyway, so the ids equal those of the whole text with its tags.
         """
         for index, piece in enumerate(split_audio_tags(text)):
             if index % 2:
@@ -331,21 +334,24 @@ class ExampleBuilder:
         for piece, allowed_special, learn in self.pieces:
             if isinstance(piece, Recording):
                 lengths = tokenizer.audio_lengths(piece.waveform.shape[-1], piece.source)
-                clips.append(Clip(piece.source, len(ids), len(ids) + lengths.span_tokens, lengths.mel_frames,
-                                  piece.waveform))
-                piece = [tokenizer.audio_start, *[tokenizer.audio_pad] * lengths.audio_tokens, tokenizer.audio_end]
+                stop = len(ids) + lengths.span_tokens
+                clips.append(Clip(piece.source, len(ids), stop, lengths.mel_frames, piece.waveform))
+                pads = [tokenizer.audio_pad] * lengths.audio_tokens
+                piece = [tokenizer.audio_start, *pads, tokenizer.audio_end]
             elif isinstance(piece, str):
                 piece = tokenizer.encode(piece, allowed_special)
             ids.extend(piece)
             labels.extend(piece if learn else [IGNORE_INDEX] * len(piece))
         if len(ids) > max_length:
-            raise ValueError(f"{field}: the example is {len(ids)} tokens long, more than max_length {max_length}")
+            raise ValueError(
+                f"{field}: the example is {len(ids)} tokens long, more than max_length {max_length}"
+            )
         return Example(ids, labels, tuple(clips))
 
 
 def encode_text(tokenizer: Tokenizer, text: str, *, allowed_special: AllowedSpecial = "all",
                 load: AudioLoader = load_audio, max_length: int = MODEL_MAX_LENGTH) -> Example:
-    """A raw release-style prompt, tags as text and ``<audio>PATH</audio>`` spans, as one :class:`Example`.
+    """A raw release-style prompt (tags as text, ``<audio>PATH</audio>`` spans) as an Example.
 
     By default every special-token text is the token, as in the release.
     """
@@ -367,8 +373,8 @@ def encode_task(
     load: AudioLoader = load_audio,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Example:
-    """One clip per ``audio`` item + the task's prompt in the tokenizer's family's words (:func:`family_prompt`)
-    [+ target + the end-of-text token]. A path item is decoded by ``load``; a :class:`Recording` is used as is.
+    """One clip per ``audio`` item + the task's prompt in the family's words (:func:`family_prompt`)
+    [+ target + the end-of-text token]. ``load`` decodes a path item; a :class:`Recording` is kept.
 
     Without ``target`` this is the prompt for generation, the ids evaluation gives the same item (the text of
     ``Benchmark.prompt`` with its task-token texts encoded as the tokens). With it,
@@ -468,7 +474,7 @@ def parse_timestamped_words(text: str) -> list[TimedWord]:
 
 @dataclass(frozen=True)
 class Message:
-    """One ChatML turn: text, or items ``{"audio": path or Recording}`` and ``{"text": ...}`` (:func:`list_pieces`)."""
+    """One ChatML turn: text, or items ``{"audio": path or Recording}`` and ``{"text": ...}``."""
 
     role: str
     content: str | Sequence[Mapping[str, AudioItem]]
@@ -494,11 +500,11 @@ AUDIO_LABELS: dict[Family, AudioLabels] = {
 
 def list_pieces(items: Sequence[Mapping[str, AudioItem]], family: Family = "qwen-audio",
                 audios_before: int = 0) -> list[str | AudioItem]:
-    """A user turn's items as ``[text, audio, text, ..., audio, text]``: each audio labelled as ``family`` labels
-    it (:data:`AUDIO_LABELS`), text items verbatim.
+    """A user turn's items as ``[text, audio, text, ..., audio, text]``.
 
-    ``audios_before`` counts the audios of earlier turns. A family that numbers audios across the conversation
-    counts on from it; Qwen-Audio's release restarts at ``Audio 1:`` in every message.
+    Each audio is labelled as ``family`` labels it (:data:`AUDIO_LABELS`); text items stay as they
+    are. ``audios_before`` counts the audios of earlier turns. A family that numbers audios across
+    the conversation counts on from it; Qwen-Audio's release restarts at ``Audio 1:`` each message.
     """
     labels = AUDIO_LABELS[family]
     pieces: list[str | AudioItem] = [""]
@@ -515,10 +521,14 @@ def list_pieces(items: Sequence[Mapping[str, AudioItem]], family: Family = "qwen
     return pieces
 
 
-def from_list_format(items: Sequence[Mapping[str, str]], family: Family = "qwen-audio", audios_before: int = 0) -> str:
-    """A user turn's items as text (:func:`list_pieces`), each audio path written as ``<audio>PATH</audio>``."""
+def from_list_format(
+    items: Sequence[Mapping[str, str]], family: Family = "qwen-audio", audios_before: int = 0
+) -> str:
+    """A user turn's items as text (:func:`list_pieces`), each audio as ``<audio>PATH</audio>``."""
     pieces = list_pieces(items, family, audios_before)
-    return "".join(f"{AUDIO_START}{piece}{AUDIO_END}" if index % 2 else piece for index, piece in enumerate(pieces))
+    return "".join(
+        f"{AUDIO_START}{piece}{AUDIO_END}" if index % 2 else piece for index, piece in enumerate(pieces)
+    )
 
 
 def encode_chat(
@@ -535,7 +545,7 @@ def encode_chat(
     then ``\\n<|im_start|>{role}\\n{content}<|im_end|>`` per turn; role and content are encoded separately and the
     content may hold the release's audio-task special tokens (e.g. timestamps). ``add_generation_prompt`` appends
     ``\\n<|im_start|>assistant\\n`` for generation. Item lists are written with the labels of the tokenizer's
-    family (:func:`list_pieces`): for Qwen2-Audio the ids are those of its processor's chat template, which
+    family (:func:`list_pieces`): for Qwen2-Audio the ids are its processor's chat template's, which
     only adds a newline after the last turn.
     """
     has_system = bool(messages) and messages[0].role == "system"
@@ -572,7 +582,7 @@ def encode_chat(
 
 
 def _add_content(builder: ExampleBuilder, message: Message) -> None:
-    """Add a system or user turn's content: raw text, or items written with the family's audio labels."""
+    """Add a system or user turn: raw text, or items written with the family's audio labels."""
     if isinstance(message.content, str):
         builder.add_raw_text(message.content, AUDIO_SPECIAL_TOKENS)
         return

@@ -1,4 +1,4 @@
-"""The released Qwen-Audio tokenizer on tiktoken, and the :class:`Tokenizer` protocol both families implement.
+"""The released Qwen-Audio tokenizer on tiktoken, and the :class:`Tokenizer` protocol.
 
 Token ids are the model's input contract: a checkpoint only works with the ids it was trained on. The regular
 tokens come from a ``base64(token) rank`` file (the released ``qwen.tiktoken``, or the small demo file built by
@@ -95,8 +95,9 @@ class Tokenizer(Protocol):
     """What prompts, generation and serving need from a family's tokenizer.
 
     Both families implement it: :class:`QwenAudioTokenizer` and
-    :class:`~qwen_audio.qwen2_audio.tokenizer.Qwen2AudioTokenizer`. ``family`` picks the task prompts and chat
-    audio labels. ``audio_lengths`` is the family's length rule, which counts an audio's placeholders.
+    :class:`~qwen_audio.qwen2_audio.tokenizer.Qwen2AudioTokenizer`. ``family`` picks the task
+    prompts and chat audio labels. ``audio_lengths`` is the family's length rule: it counts an
+    audio's placeholders.
     """
 
     family: str
@@ -243,7 +244,7 @@ class QwenAudioTokenizer:
             ids = self._restore_audio_sources(ids, audio_sources)
         return self.encoding.decode(ids, errors="replace")
 
-    audio_lengths = staticmethod(audio_lengths)  # the release's length rule: samples // 160 mel frames
+    audio_lengths = staticmethod(audio_lengths)  # the release's rule: samples // 160 mel frames
 
     def _audio_tag_pairs(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """(index of ``<audio>``, index of its ``</audio>``) for each audio; unmatched tags raise ValueError."""

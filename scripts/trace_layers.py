@@ -1,10 +1,11 @@
-"""Count how often one manifest line returns to a layer it already left, from ``encode_entry`` to the loss.
+"""Count how often one manifest line returns to a layer it already left, on its way to the loss.
 
-The line runs through :func:`~qwen_audio.data.dataset.encode_entry`, :func:`~qwen_audio.data.collate.collate` and
-the model's loss, on a tiny model and a 1 s clip made here. ``sys.setprofile`` records the project's functions in
-the order they are first called: the order a reader meets them who follows the line through the code. Each
-function's module is mapped to its layer in the import-linter contracts of ``pyproject.toml``. Runs of one layer
-are merged, and each step into a layer that appeared earlier counts as one return.
+The line runs through :func:`~qwen_audio.data.dataset.encode_entry`,
+:func:`~qwen_audio.data.collate.collate` and the model's loss, on a tiny model and a 1 s clip made
+here. ``sys.setprofile`` records the project's functions in the order of their first call: the
+order in which a reader who follows the line meets them. Each function's module is mapped to its
+layer in the import-linter contracts of ``pyproject.toml``. Runs of one layer are merged, and each
+step into a layer that appeared earlier counts as one return.
 
     python scripts/trace_layers.py            # the count, and the layer sequence
     python scripts/trace_layers.py --calls    # also each function, in order, with its layer
@@ -29,8 +30,10 @@ FAMILY_MODULES = {"qwen_audio.qwen2_audio.tokenizer": "qwen_audio.tokenizer",
 
 
 def layer_names() -> dict[str, str]:
-    """Module prefix -> layer, from the ``layers`` contracts: modules joined by ``|`` are layers of their own,
-    modules joined by ``:`` share one."""
+    """Module prefix -> layer, from the ``layers`` contracts.
+
+    Modules joined by ``|`` are layers of their own; modules joined by ``:`` share one.
+    """
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     layers: dict[str, str] = {}
     for contract in config["tool"]["importlinter"]["contracts"]:
@@ -38,7 +41,8 @@ def layer_names() -> dict[str, str]:
             for independent in entry.split("|"):
                 modules = [m.strip() for m in independent.split(":")]
                 for module in modules:
-                    layers.setdefault(module, " : ".join(m.removeprefix("qwen_audio.") for m in modules))
+                    name = " : ".join(m.removeprefix("qwen_audio.") for m in modules)
+                    layers.setdefault(module, name)
     return layers
 
 
@@ -52,10 +56,10 @@ def layer_of(module: str, layers: dict[str, str]) -> str | None:
 
 
 def first_calls(run: Callable[[], None]) -> list[tuple[str, str]]:
-    """(module, qualified name) of each project function, in the order of its first call during ``run()``.
+    """(module, qualified name) of each project function, in the order of its first call in ``run``.
 
-    Comprehensions and generated dataclass methods are left out: a reader does not follow them. Calls made inside
-    the model count as the model: its own layers (modules, kernels) are the network's, not the line's.
+    Comprehensions and generated dataclass methods are left out: a reader does not follow them.
+    Calls made inside the model count as the model: its layers are the network's, not the line's.
     """
     seen: dict[tuple[str, str], None] = {}
     model_depth = [0]
@@ -82,7 +86,7 @@ def first_calls(run: Callable[[], None]) -> list[tuple[str, str]]:
 
 
 def manifest_line_to_loss(folder: Path) -> Callable[[], None]:
-    """One ASR manifest line -> sample -> batch -> the model's loss, on the demo tokenizer and a tiny model."""
+    """One ASR manifest line -> sample -> batch -> loss, on the demo tokenizer and a tiny model."""
     from qwen_audio.config import QwenAudioConfig
     from qwen_audio.data.collate import collate
     from qwen_audio.data.dataset import encode_entry
@@ -91,15 +95,20 @@ def manifest_line_to_loss(folder: Path) -> Callable[[], None]:
     from qwen_audio.tokenizer import QwenAudioTokenizer
 
     clip = folder / "clip.wav"
-    soundfile.write(clip, 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0)).numpy(), 16000)
+    noise = 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(0))
+    soundfile.write(clip, noise.numpy(), 16000)
     tokenizer = QwenAudioTokenizer.demo()
     model = QwenAudio(QwenAudioConfig.from_name("tiny"))
-    entry = ManifestEntry(audio=str(clip), task="asr", text="hello world", audio_language="en", text_language="en")
+    entry = ManifestEntry(
+        audio=str(clip), task="asr", text="hello world", audio_language="en", text_language="en"
+    )
 
     def run() -> None:
         batch = collate([encode_entry(entry, tokenizer)], tokenizer.eod)
-        loss = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                     audio_mel=batch["audio_mel"], audio_mel_lengths=batch["audio_mel_lengths"]).loss
+        mel, mel_lengths = batch["audio_mel"], batch["audio_mel_lengths"]
+        output = model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                       labels=batch["labels"], audio_mel=mel, audio_mel_lengths=mel_lengths)
+        loss = output.loss
         assert torch.isfinite(loss)
 
     return run
@@ -120,7 +129,8 @@ def main() -> None:
         if not sequence or sequence[-1] != layer:
             sequence.append(layer)
     returns = [index for index, layer in enumerate(sequence) if layer in sequence[:index]]
-    print(" -> ".join(f"[{layer}]" if index in returns else layer for index, layer in enumerate(sequence)))
+    marked = [f"[{layer}]" if index in returns else layer for index, layer in enumerate(sequence)]
+    print(" -> ".join(marked))
     print(f"returns to a layer already left: {len(returns)}")
 
 

@@ -1,4 +1,4 @@
-"""The private APIs listed in docs/dependencies.md still exist: an upgrade that removes one fails here, by name."""
+"""The private APIs in docs/dependencies.md still exist: an upgrade that drops one fails here."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import pytest
 
 PRIVATE_APIS = [
     ("lightning.pytorch.cli", "LightningCLI._parse_ckpt_path"),
-    ("lightning.pytorch.trainer.connectors.checkpoint_connector", "_CheckpointConnector.hpc_save_path"),
+    (
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+        "_CheckpointConnector.hpc_save_path",
+    ),
     ("litserve.utils", "LitAPIStatus.ERROR"),
     ("litserve.utils", "ResponseBufferItem"),
     ("litserve.specs.base", "LitSpec"),

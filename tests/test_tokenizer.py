@@ -211,7 +211,7 @@ def test_audio_files_decoded_once(released, tmp_path):
     assert calls == [path]
     assert [span.audio_tokens for span in encoded.clips] == [6, 6]  # 4000 // 160 = 25 -> 13 -> 6
     assert encoded.waveforms[0] is encoded.waveforms[1]
-    default = encode_text(released, f"<audio>{path}</audio>", allowed_special=set())  # default loader: load_audio
+    default = encode_text(released, f"<audio>{path}</audio>", allowed_special=set())  # load_audio
     assert default.ids == encoded.ids[: encoded.clips[0].stop]
 
 

@@ -217,4 +217,5 @@ class ConversationDataset(Dataset):
         example = self.conversations[index].encode(self.tokenizer, self.max_length)
         mels, mel_lengths = featurize(example.clips, self.n_mels)
         task = "chat" if example.clips else "text"
-        return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, mel_lengths, task)
+        ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+        return Sample(ids, labels, mels, mel_lengths, task)

@@ -98,7 +98,8 @@ def encode_entry(entry: ManifestEntry, tokenizer: Tokenizer, max_length: int = 2
         warnings.warn(f"skipped: {err}", stacklevel=2)
         return Sample(torch.tensor([tokenizer.eod]), torch.tensor([IGNORE_INDEX]), [], [], SKIPPED)
     mels, mel_lengths = featurize(example.clips, n_mels)
-    return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, mel_lengths, entry.task)
+    ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+    return Sample(ids, labels, mels, mel_lengths, entry.task)
 
 
 class AudioTextDataset(Dataset):

@@ -1,8 +1,9 @@
-"""Qwen2-Audio's tokenizer (``tokenizer.json`` through the ``tokenizers`` library) as a :class:`Tokenizer`.
+"""Qwen2-Audio's tokenizer (``tokenizer.json``, read by ``tokenizers``) as a :class:`Tokenizer`.
 
 An audio is ``<|audio_bos|>`` + N x ``<|AUDIO|>`` + ``<|audio_eos|>``. N follows transformers'
-``Qwen2AudioProcessor`` (:func:`feature_lengths`). Text between special tokens is encoded piece by piece, as the
-HF tokenizer does around its added tokens, so a raw prompt encodes to the ids transformers gives it.
+``Qwen2AudioProcessor`` (:func:`feature_lengths`). Text between special tokens is encoded piece by
+piece, as the HF tokenizer does around its added tokens. A raw prompt therefore encodes to the ids
+transformers gives it.
 """
 
 from __future__ import annotations

@@ -102,10 +102,12 @@ def decode_audio(data: bytes, param: str) -> torch.Tensor:
         raise RequestError(param, f"{param}: {err}") from None
 
 
-def _user_items(message: ChatMessage, index: int, recordings: list[Recording]) -> list[dict[str, AudioItem]]:
-    """The items of one user message: text parts as written, each audio part as its decoded :class:`Recording`.
+def _user_items(
+    message: ChatMessage, index: int, recordings: list[Recording]
+) -> list[dict[str, AudioItem]]:
+    """The items of one user message: text parts as written, audio parts as :class:`Recording`.
 
-    The recording is named by its request field, and appended to ``recordings``.
+    Each recording is named by its request field, and appended to ``recordings``.
     """
     if isinstance(message.content, str):
         parts = [ContentPart(type="text", text=message.content)]
@@ -128,7 +130,8 @@ def _user_items(message: ChatMessage, index: int, recordings: list[Recording]) -
             except (binascii.Error, ValueError):
                 raise RequestError(f"{param}.input_audio.data",
                                    f"{param}.input_audio.data: not valid base64") from None
-            recording = Recording(decode_audio(data, f"{param}.input_audio.data"), f"{param}.input_audio")
+            waveform = decode_audio(data, f"{param}.input_audio.data")
+            recording = Recording(waveform, f"{param}.input_audio")
             recordings.append(recording)
             items.append({"audio": recording})
         else:

@@ -81,7 +81,8 @@ class FlatPromptDataset(AudioTextDataset):
     def encode(self, entry: ManifestEntry) -> Sample:
         example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
         mels, mel_lengths = featurize(example.clips, self.n_mels)
-        return Sample(torch.tensor(example.ids), torch.tensor(example.labels), mels, mel_lengths, entry.task)
+        ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+        return Sample(ids, labels, mels, mel_lengths, entry.task)
 
 
 class FlatPromptDataModule(AudioTextDataModule):
