@@ -19,7 +19,6 @@ from qwen_audio.prompts import (
     QUESTION,
     TASKS,
     Example,
-    TimedWord,
     encode_task,
     format_timestamped_words,
 )
@@ -66,8 +65,7 @@ def load_segment(entry: ManifestEntry) -> torch.Tensor:
 def target_text(entry: ManifestEntry) -> str:
     """What the model learns to emit: SRWT tasks get words between timestamps, other tasks the entry's text."""
     if TASKS[entry.task].timestamps and entry.words is not None:
-        words = [TimedWord(w.word, w.start, w.end) for w in entry.words]
-        return format_timestamped_words(words, duration=entry.duration)
+        return format_timestamped_words(entry.words, duration=entry.duration)
     return entry.text
 
 

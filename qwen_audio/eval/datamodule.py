@@ -41,7 +41,7 @@ def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> t
     if path is None or not os.path.isfile(path):
         return (0 if seed is None else seed), (48 if size is None else size), None
     record = json.loads(Path(path).read_text())
-    fingerprint = record.pop("fingerprint", None)  # exports before session 11 have none
+    fingerprint = record.pop("fingerprint", None)  # optional: records of corpus 6 may lack it
     asked = corpus_record(record["seed"] if seed is None else seed, record["size"] if size is None else size)
     if asked != record:
         raise ConfigError(
