@@ -68,7 +68,7 @@ def run_arm(arm: str, seconds: float) -> dict:
         clear_refs.write("5")  # VmHWM := VmRSS
     before = _kib("VmRSS")
     with torch.no_grad():
-        logits = model(**inputs, use_cache=True, logits_at=logits_at).logits
+        logits = model(**inputs, logits_at=logits_at).logits
     peak = _kib("VmHWM") - before
     return {"positions": inputs["input_ids"].shape[1], "peak_bytes": peak * 1024,
             "logits_bytes": logits.numel() * logits.element_size(), "logits_shape": list(logits.shape),

@@ -1,11 +1,18 @@
-"""Requests per second and latency of a running ``python -m qwen_audio.serve`` at concurrency 1, 4 and 16.
+"""Throughput and latency of a running ``python -m qwen_audio.serve`` at 1, 4, 16 and 64 concurrent
+users.
 
-Each request is a greedy chat completion with one audio clip (noise and a tone, ``--seconds`` long) and a question,
-sent through the ``openai`` client from as many threads as the concurrency; the speed-up is the requests per second
-against concurrency 1, measured in the same run, so it shows what dynamic batching gives::
+Each user sends a request, waits for its answer, and sends the next; with ``--request-rate`` the
+requests arrive instead as a Poisson process at that rate (exponential gaps, seeded), at most
+``concurrency`` in flight, as vLLM's serving benchmark does. Chat requests are greedy completions
+with one audio clip (noise and a tone, ``--seconds`` long) and a question, streamed, so that the
+time to the first token (TTFT) and between tokens (ITL: between text chunks, each holding the tokens
+of one decoding step) are seen; transcription requests (``--workload transcription``) send the clip
+as a file, and their TTFT is their latency. Speed-ups are requests/s against concurrency 1, measured
+in the same run::
 
     python -m qwen_audio.serve --checkpoint runs/pretrain-demo/pretrained --port 8000 &
-    python benchmarks_perf/bench_serve.py --url http://127.0.0.1:8000 [--requests 32 --max-tokens 16]
+    python benchmarks_perf/bench_serve.py --url http://127.0.0.1:8000 [--workload transcription] \\
+        [--requests 64 --max-tokens 16 --request-rate 8]
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import random
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,48 +29,123 @@ import numpy as np
 import openai
 import soundfile
 
+LEVELS = (1, 4, 16, 64)
 
-def clip(seconds: float) -> str:
+
+def clip(seconds: float) -> bytes:
     rng = np.random.default_rng(0)
     n = round(seconds * 16000)
     audio = 0.1 * rng.standard_normal(n) + 0.2 * np.sin(2 * np.pi * 300 * np.arange(n) / 16000)
     out = io.BytesIO()
     soundfile.write(out, audio.astype(np.float32), 16000, format="WAV")
-    return base64.b64encode(out.getvalue()).decode()
+    return out.getvalue()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return (
+        ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+        if ordered
+        else float("nan")
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
-    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--workload", choices=("chat", "transcription"), default="chat")
+    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per chat request")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the audio clip")
+    parser.add_argument(
+        "--request-rate",
+        type=float,
+        default=float("inf"),
+        help="Poisson arrivals per second (default: inf, every user sends back to back)",
+    )
+    parser.add_argument(
+        "--levels", type=int, nargs="+", default=list(LEVELS), help="concurrency levels"
+    )
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     client = openai.OpenAI(base_url=f"{args.url}/v1", api_key="none", max_retries=0, timeout=600)
     model = client.models.list().data[0].id
-    audio = clip(args.seconds)
+    wav = clip(args.seconds)
+    audio = base64.b64encode(wav).decode()
 
-    def one(index: int) -> float:
+    def chat(index: int) -> tuple[float, list[float], int]:
+        """Latency, the chunk arrival times (from the start) and the output tokens of one streamed request."""
         start = time.perf_counter()
-        client.chat.completions.create(model=model, temperature=0, max_tokens=args.max_tokens, messages=[
-            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
-                                         {"type": "text", "text": f"What do you hear? ({index})"}]}])
-        return time.perf_counter() - start
+        arrivals, tokens = [], 0
+        stream = client.chat.completions.create(
+            model=model,
+            temperature=0,
+            max_tokens=args.max_tokens,
+            stream=True,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+                        {"type": "text", "text": f"What do you hear? ({index})"},
+                    ],
+                }
+            ],
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.perf_counter() - start)
+            if chunk.usage:
+                tokens = chunk.usage.completion_tokens
+        return time.perf_counter() - start, arrivals, tokens
 
+    def transcription(index: int) -> tuple[float, list[float], int]:
+        start = time.perf_counter()
+        client.audio.transcriptions.create(
+            model=model, file=(f"clip{index}.wav", wav), language="en"
+        )
+        latency = time.perf_counter() - start
+        return latency, [latency], 0
+
+    one = chat if args.workload == "chat" else transcription
     one(-1)  # warm-up
-    print(f"model {model}, {args.requests} requests per level, {args.seconds:g} s audio, {args.max_tokens} new "
-          "tokens (greedy)\n")
-    print("| concurrency | requests/s | p50 latency (s) | p95 latency (s) | speed-up vs 1 |")
-    print("|---|---|---|---|---|")
+    rate = (
+        "back to back"
+        if args.request_rate == float("inf")
+        else f"Poisson arrivals at {args.request_rate:g}/s"
+    )
+    print(
+        f"model {model}, {args.workload}, {args.requests} requests per level, {args.seconds:g} s audio"
+        + (f", {args.max_tokens} new tokens (greedy, streamed)" if args.workload == "chat" else "")
+        + f", {rate}\n"
+    )
+    print(
+        "| concurrency | requests/s | output tokens/s | TTFT p50 (s) | TTFT p95 (s) | ITL p50 (ms) | ITL p95 (ms) "
+        "| speed-up vs 1 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     base = None
-    for concurrency in (1, 4, 16):
+    for concurrency in args.levels:
+        gaps = random.Random(args.seed)
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            latencies = sorted(pool.map(one, range(args.requests)))
-        rps = args.requests / (time.perf_counter() - start)
+            futures = []
+            for index in range(args.requests):
+                futures.append(pool.submit(one, index))
+                if args.request_rate != float("inf"):
+                    time.sleep(gaps.expovariate(args.request_rate))
+            results = [future.result() for future in futures]
+        elapsed = time.perf_counter() - start
+        rps = len(results) / elapsed
         base = base or rps
-        p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-        print(f"| {concurrency} | {rps:.2f} | {statistics.median(latencies):.3f} | {p95:.3f} | {rps / base:.2f}x |")
+        ttft = [arrivals[0] if arrivals else latency for latency, arrivals, _ in results]
+        itl = [(b - a) * 1e3 for _, arrivals, _ in results for a, b in zip(arrivals, arrivals[1:])]
+        tokens = sum(count for *_, count in results) / elapsed
+        print(
+            f"| {concurrency} | {rps:.2f} | {tokens:.1f} | {statistics.median(ttft):.3f} | "
+            f"{percentile(ttft, 0.95):.3f} | {percentile(itl, 0.5):.1f} | {percentile(itl, 0.95):.1f} | "
+            f"{rps / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

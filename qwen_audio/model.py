@@ -25,7 +25,6 @@ from qwen_audio.modules.fusion import splice_audio
 class QwenAudioOutput:
     logits: torch.Tensor  # [B, L, vocab], in the model's dtype
     loss: torch.Tensor | None = None
-    kv_cache: KVCache | None = None
 
 
 def label_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -129,15 +128,17 @@ class QwenAudio(nn.Module):
         position_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-        use_cache: bool = False,
+        cache_slots: torch.Tensor | None = None,
+        key_length: int | None = None,
         audio_embeds: Sequence[torch.Tensor] | None = None,
         logits_at: torch.Tensor | None = None,
     ) -> QwenAudioOutput:
         """Logits for ``input_ids`` ``[B, L]``, and the loss when ``labels`` are given.
 
         Audio comes as mel ``[N, n_mels, T]`` + valid mel lengths ``[N]`` (samples // 160), one clip per ``<audio>``
-        in row-major order, or already encoded as ``audio_embeds``. ``attention_mask`` ``[B, past + L]`` (0 = padding;
+        in row-major order, or already encoded as ``audio_embeds``. ``attention_mask`` ``[B, L]`` (0 = padding;
         several ids per row = packed sequences), ``position_ids`` ``[B, L]`` (rotary positions; default: the index).
+        With ``kv_cache`` the rows continue the sequences of its slots, written in place (see :class:`QwenDecoder`).
         ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order:
         training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs; generation's
         prefill needs the :func:`last_tokens` alone (at full size the head's logits are 155,947 per position).
@@ -154,7 +155,7 @@ class QwenAudio(nn.Module):
             audio_embeds = self.encode_audio(audio_mel, audio_mel_lengths)
         if audio_embeds is not None:
             embeds = splice_audio(embeds, input_ids, audio_embeds, self.config.audio_start_id)
-        hidden, cache = self.transformer(embeds, attention_mask, position_ids, kv_cache, use_cache)
+        hidden, _ = self.transformer(embeds, attention_mask, position_ids, kv_cache, cache_slots, key_length)
         logits = self.lm_head(hidden if logits_at is None else hidden[logits_at])
         loss = None
         if labels is not None:
@@ -163,4 +164,4 @@ class QwenAudio(nn.Module):
                                  f"{tuple(input_ids.shape)}")
             losses, _, counted = token_losses(logits, labels)
             loss = losses.sum() / counted.sum().clamp(min=1)
-        return QwenAudioOutput(logits, loss, cache)
+        return QwenAudioOutput(logits, loss)

@@ -183,14 +183,18 @@ def test_mel_in_step_gives_the_dataloaders_features(bench):
         torch.testing.assert_close(row[:, :width], expected[:, :width], rtol=0, atol=1e-5)
 
 
-def test_bench_generate_main_agrees_with_transformers(bench, capsys):
+def test_bench_generate_main_agrees_with_transformers_and_the_growing_cache(bench, capsys):
     bench("bench_generate").main(["--device", "cpu", "--repeats", "1", "--new-tokens", "8"])
     output = capsys.readouterr().out
-    assert re.search(r"token agreement 100\.0%, rows identical 4/4", output), output
-    rows = table_rows(output, "| implementation | ms / batch | new tokens / s | vs transformers |")
-    assert [row[0] for row in rows] == ["qwen_audio generate", "transformers Qwen2ForCausalLM.generate"]
-    assert all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
-    assert rows[1][3] == "1.00x"
+    assert re.search(r"token agreement 100\.0%, rows identical 4/4; growing-cache tokens equal ours: True", output)
+    rows = table_rows(output, "| implementation | batch | ms / call | ms / token (per row) | new tokens / s "
+                              "| vs growing cache |")
+    static, growing = "qwen_audio generate (static cache)", "growing cache (torch.cat, sync per step; before issue 32)"
+    assert [(row[0], row[1]) for row in rows] == [(static, "4"), (growing, "4"),
+                                                  ("transformers Qwen2ForCausalLM.generate", "4"), (static, "1"),
+                                                  (growing, "1")]
+    assert all(float(row[2]) > 0 and float(row[4]) > 0 for row in rows)
+    assert rows[1][5] == rows[4][5] == "1.00x"
 
 
 def test_bf16_generation_agrees_with_the_float64_reference_on_the_first_token(bench):

@@ -13,7 +13,11 @@ PRIVATE_APIS = [
         "lightning.pytorch.trainer.connectors.checkpoint_connector",
         "_CheckpointConnector.hpc_save_path",
     ),
-    ("litserve.utils", "LitAPIStatus.ERROR"),
+    ("litserve.loops.base", "LitLoop.get_request"),
+    ("litserve.loops.base", "LitLoop.put_response"),
+    ("litserve.loops.base", "LitLoop.put_error_response"),
+    ("litserve.utils", "LitAPIStatus"),
+    ("litserve.utils", "LoopResponseType"),
     ("litserve.utils", "ResponseBufferItem"),
     ("litserve.specs.base", "LitSpec"),
 ]

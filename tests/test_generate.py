@@ -22,6 +22,7 @@ from qwen_audio.checkpoint import load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.generate import GenerationConfig, generate, stream_text
 from qwen_audio.generate.__main__ import main
+from qwen_audio.generate.sampling import SlotSampler
 from qwen_audio.longform import transcribe_long, window_bounds
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import TimedWord
@@ -182,7 +183,54 @@ def test_cuda_batch_equals_cpu_alone_and_seeded_sampling_repeats(model64, demo, 
 
 
 def _apply(config: GenerationConfig, history: list[int], scores: list[float], prompt_length: int = 0) -> torch.Tensor:
-    return config.logits_processor(prompt_length)(torch.tensor([history]), torch.tensor([scores]))[0]
+    """The device sampler's scores for one slot whose first ``prompt_length`` ``history`` ids are its prompt."""
+    sampler = SlotSampler(1, len(scores), torch.device("cpu"))
+    sampler.set(0, config, torch.tensor(history))  # every id so far counts as seen
+    sampler.made[0] = len(history) - prompt_length
+    out = sampler.scores(torch.tensor([scores]), [0], slice(0, 1))
+    return (sampler.warp(out, slice(0, 1)) if config.do_sample else out)[0]
+
+
+def _transformers_scores(config: GenerationConfig, history: torch.Tensor, scores: torch.Tensor,
+                         prompt_length: int) -> torch.Tensor:
+    """The same transforms by transformers' logits processors, in the order its ``generate`` applies them."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if config.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+    if config.min_new_tokens:
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens,
+                                                            list(config.stop_ids)))
+    if config.do_sample:
+        processors += [TemperatureLogitsWarper(config.temperature)]
+        if config.top_k:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p < 1:
+            processors.append(TopPLogitsWarper(config.top_p))
+    return processors(history, scores)
+
+
+@pytest.mark.parametrize("config", [
+    GenerationConfig(repetition_penalty=1.3, min_new_tokens=3, stop_ids=(5, 9)),
+    GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.1),
+    GenerationConfig(do_sample=True, top_p=0.5, min_new_tokens=1, stop_ids=(3,)),
+    GenerationConfig(do_sample=True, top_k=1),
+])
+def test_device_sampler_equals_transformers_logits_processors(config):
+    generator = torch.Generator().manual_seed(0)
+    for made in (0, 2, 5):
+        history = torch.randint(0, 64, (1, 7 + made), generator=generator)
+        scores = torch.randn(1, 64, generator=generator) * 3
+        expected = _transformers_scores(config, history, scores.clone(), prompt_length=7)
+        assert torch.equal(_apply(config, history[0].tolist(), scores[0].tolist(), prompt_length=7), expected[0])
 
 
 def test_temperature_divides_the_logits():
@@ -413,3 +461,96 @@ def test_cli_long_form_needs_a_transcription_prompt(capsys):
     with pytest.raises(SystemExit):
         main(["--preset", "tiny", "--long-form", "--prompt", "no audio"])
     assert "--long-form needs a transcription prompt" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def looping(model64) -> QwenAudio:
+    """A hand-built looping model: a zero head gives every token the same logit, so greedy repeats id 0."""
+    model = copy.deepcopy(model64)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    return model
+
+
+def test_hallucination_guard_stops_a_repeating_row_and_flags_it(looping, demo, clips):
+    batch = encode_prompts(demo, prompts(clips)[2:], 8192)
+    (free,) = generation.answer_batch(looping, demo, batch, replace(GREEDY, max_new_tokens=20))
+    assert free.ids == [0] * 20 and free.flag is None  # off by default
+    (guarded,) = generation.answer_batch(looping, demo, batch, replace(GREEDY, max_new_tokens=20, max_repeats=3))
+    assert guarded.ids == [0] * 4 and guarded.flag == "repetition"  # the unigram seen a 4th time
+
+
+def test_hallucination_guard_stops_a_row_longer_than_its_audio(looping, demo, clips):
+    batch = encode_prompts(demo, prompts(clips)[:1], 8192)  # clip a: 1.0 s
+    config = replace(GREEDY, max_new_tokens=20, max_tokens_per_audio_second=3.0)
+    (answer,) = generation.answer_batch(looping, demo, batch, config)
+    assert answer.ids == [0] * 3 and answer.flag == "longer than its audio can hold"
+
+
+def test_rows_joining_and_leaving_the_engine_get_their_solo_tokens(model64, demo, clips):
+    """Continuous batching: prompts join free slots mid-decode and a row leaves early; every row still gets the
+    tokens (greedy) or the seeded sample it gets alone."""
+    texts = prompts(clips)
+    sample = replace(GREEDY, max_new_tokens=8, do_sample=True, temperature=1.5, seed=11)
+    greedy = replace(GREEDY, max_new_tokens=8)
+    solo = {name: run(model64, demo, [texts[i]], config)[0]
+            for name, i, config in (("g0", 0, greedy), ("s1", 1, sample), ("g2", 2, greedy), ("s0", 0, sample))}
+    engine = generation.DecodeEngine(model64, slots=3, max_length=256, vocab_size=demo.n_vocab)
+    engine.admit([0], encode_prompts(demo, [texts[0]], 8192), [greedy])
+    engine.step()
+    engine.step()
+    engine.admit([2, 1], encode_prompts(demo, [texts[1], texts[2]], 8192), [sample, greedy])
+    names = {0: "g0", 2: "s1", 1: "g2"}
+    got: dict[str, list[int]] = {}
+    steps = 0
+    while any(engine.sequences):
+        engine.step()
+        engine.fetch()
+        steps += 1
+        for slot, sequence in enumerate(engine.sequences):
+            if sequence is not None and sequence.finish:
+                got[names[slot]] = sequence.tokens
+                engine.release(slot)
+                if names[slot] == "g0":  # slot 0 frees: a seeded sample joins it
+                    engine.admit([0], encode_prompts(demo, [texts[0]], 8192), [sample])
+                    names[0] = "s0"
+        if steps == 3:  # the greedy row in slot 1 leaves early (a client that disconnected)
+            got["g2"] = engine.sequences[1].tokens
+            engine.release(1)
+    assert got["g2"] == solo["g2"][:len(got["g2"])]
+    assert {name: got[name] for name in ("g0", "s1", "s0")} == {name: solo[name] for name in ("g0", "s1", "s0")}
+
+
+def _engine_tokens(engine, demo, texts, configs) -> list[list[int]]:
+    """Every prompt admitted at once into slots 0..n-1 and decoded to its end."""
+    engine.admit(range(len(texts)), encode_prompts(demo, texts, 8192), configs)
+    while engine.running():
+        engine.step()
+    engine.fetch()
+    tokens = [sequence.tokens for sequence in engine.sequences[:len(texts)]]
+    for slot in range(len(texts)):
+        engine.release(slot)
+    return tokens
+
+
+def test_eager_decoding_step_over_the_static_cache_equals_generate_and_graphs_need_cuda(model64, demo, clips,
+                                                                                        alone):
+    """The CPU twin of the CUDA-graph test: the same engine and cache, stepped eagerly."""
+    engine = generation.DecodeEngine(model64, slots=4, max_length=256, vocab_size=demo.n_vocab)
+    assert _engine_tokens(engine, demo, prompts(clips), [GREEDY] * 3) == alone
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA model"):
+        engine.capture()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decoding_equals_eager_decoding(model64, demo, clips):
+    model = copy.deepcopy(model64).cuda()
+    texts = prompts(clips)
+    configs = [GREEDY, replace(GREEDY, do_sample=True, seed=4), replace(GREEDY, do_sample=True, top_p=0.8, seed=5)]
+    eager = generation.DecodeEngine(model, slots=8, max_length=256, vocab_size=demo.n_vocab)
+    graphed = generation.DecodeEngine(model, slots=8, max_length=256, vocab_size=demo.n_vocab)
+    graphed.capture(buckets=(1, 4, 8))
+    assert _engine_tokens(graphed, demo, texts, configs) == _engine_tokens(eager, demo, texts, configs)
+    assert _engine_tokens(graphed, demo, texts[:1], configs[:1]) == _engine_tokens(eager, demo, texts[:1],
+                                                                                   configs[:1])

@@ -9,6 +9,7 @@ from torch.testing import assert_close
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.lengths import audio_lengths
 from qwen_audio.model import QwenAudio, label_positions, last_tokens, token_losses
+from qwen_audio.modules.decoder import KVCache
 from qwen_audio.modules.fusion import AudioSpliceError, splice_audio
 
 S, E = 50, 51  # <audio>, </audio> in the hand-built cases
@@ -222,8 +223,9 @@ def test_forward_with_cache_matches_the_full_forward(tiny_model):
     mel, mel_lengths = torch.randn(1, 80, 100), torch.tensor([100])
     with torch.no_grad():
         full = tiny_model(ids, audio_mel=mel, audio_mel_lengths=mel_lengths).logits
-        first = tiny_model(ids[:, :-2], audio_mel=mel, audio_mel_lengths=mel_lengths, use_cache=True)
-        second = tiny_model(ids[:, -2:], kv_cache=first.kv_cache)
+        cache = KVCache.allocate(tiny_model.config.decoder, 1, ids.shape[1], device="cpu", dtype=torch.float32)
+        first = tiny_model(ids[:, :-2], audio_mel=mel, audio_mel_lengths=mel_lengths, kv_cache=cache)
+        second = tiny_model(ids[:, -2:], kv_cache=cache)
     assert_close(torch.cat([first.logits, second.logits], 1), full, atol=1e-5, rtol=1e-5)
 
 

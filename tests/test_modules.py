@@ -20,7 +20,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from qwen_audio.config import AudioEncoderConfig, DecoderConfig
 from qwen_audio.lengths import conv_frames, pooled_frames
 from qwen_audio.modules.attention import AttentionLayout, attention, resolve_attention_backend
-from qwen_audio.modules.decoder import QwenDecoder
+from qwen_audio.modules.decoder import KVCache, QwenDecoder
 from qwen_audio.modules.encoder import AudioEncoder
 from qwen_audio.modules.layers import ntk_alpha
 
@@ -385,13 +385,14 @@ def test_kv_cache_decoding_equals_full_forward_and_reference():
     ids = torch.randint(0, DEC.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full, _ = decoder(decoder.wte(ids))
-        hidden, cache = decoder(decoder.wte(ids[:, :6]), use_cache=True)
+        cache = KVCache.allocate(DEC, 2, 12, device="cpu", dtype=torch.float32)
+        hidden, _ = decoder(decoder.wte(ids[:, :6]), kv_cache=cache)
         steps = [hidden]
         for t in range(6, 10):
-            hidden, cache = decoder(decoder.wte(ids[:, t:t + 1]), kv_cache=cache, use_cache=True)
+            hidden, _ = decoder(decoder.wte(ids[:, t:t + 1]), kv_cache=cache, key_length=t + 1)
             steps.append(hidden)
         expected = reference(ids).logits
-    assert cache.length == 10
+    assert cache.lengths.tolist() == [10, 10]
     assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert_close(head(torch.cat(steps, dim=1)), expected, atol=1e-4, rtol=1e-4)
 
@@ -404,13 +405,14 @@ def test_left_padded_batch_with_positions_from_mask_matches_reference_and_unpadd
     mask[1, :4] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        hidden, cache = decoder(decoder.wte(ids), attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = KVCache.allocate(DEC, 3, 12, device="cpu", dtype=torch.float32)
+        hidden, _ = decoder(decoder.wte(ids), attention_mask=mask, position_ids=positions, kv_cache=cache,
+                            cache_slots=torch.tensor([2, 0]))  # any slots: the cache holds no padding
+        assert cache.lengths.tolist() == [5, 0, 9]
         short, _ = decoder(decoder.wte(ids[1:, 4:]))
         expected = reference(ids, attention_mask=mask, position_ids=positions).logits
         next_ids = torch.randint(0, DEC.vocab_size, (2, 1), generator=torch.Generator().manual_seed(3))
-        step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
-        step, _ = decoder(decoder.wte(next_ids), attention_mask=step_mask, position_ids=positions[:, -1:] + 1,
-                          kv_cache=cache)
+        step, _ = decoder(decoder.wte(next_ids), kv_cache=cache, cache_slots=torch.tensor([2, 0]))
         short_step, _ = decoder(decoder.wte(torch.cat([ids[1:, 4:], next_ids[1:]], 1)))
     assert_close(head(hidden)[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
     assert_close(hidden[1, 4:], short[0], atol=1e-5, rtol=1e-5)
@@ -444,4 +446,4 @@ def test_ntk_alpha_and_logn_follow_the_release_formulas():
     scale = decoder._logn_scale(torch.arange(8)[None])
     expected = [math.log(i, 4) if i > 4 else 1 for i in range(1, 9)]  # the release's logn_list
     assert_close(scale[0].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
-    assert decoder._logn_scale(torch.arange(4)[None]) is None
+    assert torch.equal(decoder._logn_scale(torch.arange(4)[None]), torch.ones(1, 4))  # exactly 1 before

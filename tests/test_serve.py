@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -98,8 +99,8 @@ def served(tmp_path_factory, serve_checkpoint):
     checkpoint = str(folder / "tiny-served")
     save_pretrained(tune(tokenizer, clips["one"]), checkpoint, tokenizer_file=DEMO_RANKS_FILE)
     log = str(folder / "server.log")
-    with serve_checkpoint(checkpoint, log, "--dtype", "float64", "--max-batch-size", "16",
-                          "--batch-timeout", "0.3") as url:
+    with serve_checkpoint(checkpoint, log, "--dtype", "float64", "--max-slots", "16",
+                          "--max-model-len", "1024") as url:
         yield Served(url, checkpoint, log, clips)
 
 
@@ -220,7 +221,8 @@ def test_transcription_detects_the_language_and_reads_long_audio_in_windows(serv
 
 
 def _chat_error(served: Served, messages, model=None, **options):
-    return served.client.chat.completions.create(model=model or served.name, messages=messages, max_tokens=2,
+    options = {"max_tokens": 2, **options}
+    return served.client.chat.completions.create(model=model or served.name, messages=messages,
                                                  temperature=0, **options)
 
 
@@ -234,6 +236,7 @@ AAC = {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"\x00" *
     ("unsupported format", "messages[0].content[0].input_audio.format"),
     ("empty messages", "messages"),
     ("over the context", "messages"),
+    ("past --max-model-len", "max_tokens"),
     ("unknown model", "model"),
     ("streamed unknown model", "model"),
     ("corrupt file", "file"),
@@ -250,6 +253,7 @@ def test_bad_requests_get_an_openai_400_naming_the_field_and_the_server_goes_on(
         "unsupported format": lambda: _chat_error(served, [{"role": "user", "content": [AAC]}]),
         "empty messages": lambda: _chat_error(served, []),
         "over the context": lambda: _chat_error(served, [{"role": "user", "content": "word " * 9000}]),
+        "past --max-model-len": lambda: _chat_error(served, [{"role": "user", "content": "hi"}], max_tokens=1020),
         "unknown model": lambda: _chat_error(served, [{"role": "user", "content": "hi"}], model="gpt-4o"),
         "streamed unknown model": lambda: _chat_error(served, [{"role": "user", "content": "hi"}], model="x",
                                                       stream=True),
@@ -266,3 +270,63 @@ def test_bad_requests_get_an_openai_400_naming_the_field_and_the_server_goes_on(
     assert (error.value.param, error.value.type) == (param, "invalid_request_error")
     assert param.split("[")[0] in error.value.message
     assert transcribe(served, "one", language="en").text == "one two"  # still serving
+
+
+def _mixed_requests(served: Served) -> list[tuple[str, dict]]:
+    """16 different requests, four of each kind: chat greedy, chat seeded-sampled (streamed), transcription with
+    word timestamps, chat greedy streamed; different audios, texts and token limits."""
+    requests = []
+    for i in range(16):
+        kind = ("greedy", "sampled", "transcription", "streamed")[i % 4]
+        if kind == "transcription":
+            requests.append((kind, {"clip": ("one", "stereo", "clip3", "clip5")[i // 4]}))
+            continue
+        content = [{"type": "text", "text": f"Say something, {i}."}]
+        if i % 8 < 4:
+            content.insert(0, audio_part(served.clips[f"clip{i // 2}"]))
+        options = {"messages": [{"role": "user", "content": content}], "max_tokens": 4 + i % 5}
+        if kind == "sampled":
+            options |= {"temperature": 1.0, "top_p": 0.9, "seed": 100 + i, "stream": True}
+        if kind == "streamed":
+            options["stream"] = True
+        requests.append((kind, options))
+    return requests
+
+
+def _answer(served: Served, kind: str, options: dict):
+    if kind == "transcription":
+        answer = transcribe(served, options["clip"], language="en", response_format="verbose_json",
+                            timestamp_granularities=["word"])
+        return answer.text, [(w.word, w.start, w.end) for w in answer.words or []]
+    if options.get("stream"):
+        chunks = list(ask(served, **options))
+        return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].finish_reason
+    answer = ask(served, **options)
+    return answer.choices[0].message.content, answer.choices[0].finish_reason
+
+
+def test_64_concurrent_mixed_requests_each_equal_their_solo_answer(served):
+    """Continuous batching: greedy, seeded-sampled, transcription and streamed rows join and leave one running
+    batch; each answer equals the same request sent alone."""
+    requests = _mixed_requests(served)
+    alone = [_answer(served, kind, options) for kind, options in requests]
+    sizes_before = len(served.batch_sizes())
+    with ThreadPoolExecutor(64) as pool:
+        together = list(pool.map(lambda i: _answer(served, *requests[i % 16]), range(64)))
+    assert together == alone * 4
+    assert max(served.batch_sizes()[sizes_before:]) > 4  # they decoded together
+
+
+def test_an_abandoned_stream_stops_decoding_and_frees_its_slot(served):
+    body = {"model": served.name, "stream": True, "max_tokens": 900, "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell me a long story."}]}
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")  # generation has begun; the client leaves
+    deadline = time.monotonic() + 60
+    while not (cancelled := re.findall(r"cancelled after (\d+) tokens, (\d+) slots freed", open(served.log).read())):
+        assert time.monotonic() < deadline, "the abandoned request was never cancelled"
+        time.sleep(0.2)
+    tokens, slots = map(int, cancelled[-1])
+    assert tokens < 900 and slots == 1  # it stopped consuming decoding steps long before its 900 tokens
+    assert transcribe(served, "one", language="en").text == "one two"  # and the server goes on

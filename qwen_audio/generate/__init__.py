@@ -3,120 +3,35 @@
 Prompts of different lengths are left-padded and their rotary positions are taken from the attention mask, so a
 batch gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
 encoded and spliced once, at prefill, which computes the head at each row's last token only; decoding steps feed
-only the new token. Logits are shaped by transformers' logits processors in the order its ``generate`` applies them
-(repetition penalty, minimum length, temperature, top-k, top-p), on fp32 scores as it does. :func:`answer_prompts`
-is the one way from prompts to answers that the command line (:mod:`qwen_audio.generate.__main__`), chat, long-form,
-evaluation and the experiments share.
+only the new token into a static KV cache (:mod:`.engine`), and each token is picked on the device
+(:mod:`.sampling`: transformers' logits processors in the order its ``generate`` applies them, on fp32 scores).
+:func:`answer_prompts` is the one way from prompts to answers that the command line
+(:mod:`qwen_audio.generate.__main__`), chat, long-form, evaluation and the experiments share.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from qwen_audio.batching import PromptBatch, batch_prompts, encode_prompts
-from qwen_audio.model import QwenAudio, last_tokens
+from qwen_audio.generate.config import GenerationConfig
+from qwen_audio.generate.engine import DecodeEngine
+from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import MODEL_MAX_LENGTH, Tokenizer
 
-if TYPE_CHECKING:
-    from transformers.generation.logits_process import LogitsProcessorList
+__all__ = ["Answer", "DecodeEngine", "GenerationConfig", "TextStream", "answer_batch", "answer_prompts", "generate",
+           "generate_prompts", "generate_steps", "stream_text"]
 
 Streamer = Callable[[list[int | None]], None]
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    """How to pick each new token. ``stop_ids`` end a row's generation and are not returned.
-
-    Sampling options apply only with ``do_sample``; 0 / 1.0 switch top-k / top-p off. ``seed`` makes sampling
-    reproducible (a ``torch.Generator`` of its own, the global RNG is left alone).
-    """
-
-    max_new_tokens: int = 512
-    min_new_tokens: int = 0
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop_ids: tuple[int, ...] = ()
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"min_new_tokens must lie in [0, max_new_tokens={self.max_new_tokens}], "
-                             f"got {self.min_new_tokens}")
-        if not 0 < self.temperature < float("inf"):
-            raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {self.top_p}")
-        if not 0 < self.repetition_penalty < float("inf"):
-            raise ValueError(f"repetition_penalty must be a positive finite number (1 = off), got "
-                             f"{self.repetition_penalty}")
-        if any(not isinstance(i, int) or i < 0 for i in self.stop_ids):
-            raise ValueError(f"stop_ids must be non-negative token ids, got {self.stop_ids!r}")
-        if self.seed is not None and self.seed < 0:
-            raise ValueError(f"seed must be >= 0 or None, got {self.seed}")
-
-    @classmethod
-    def base(cls, tokenizer: Tokenizer, **overrides) -> GenerationConfig:
-        """The release's ``base_generation_config.json`` (Qwen-Audio): sampling with top-p 0.8, stop at eod.
-
-        Its evaluation scripts decode greedily instead: ``GenerationConfig.base(tokenizer, do_sample=False)``.
-        """
-        release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.8, stop_ids=tokenizer.stop_ids)
-        return dataclasses.replace(release, **overrides)
-
-    @classmethod
-    def chat(cls, tokenizer: Tokenizer, **overrides) -> GenerationConfig:
-        """The release's ``chat_generation_config.json`` (Qwen-Audio-Chat): sampling with top-p 0.5, stop at
-        ``<|im_end|>`` or ``<|im_start|>`` (its stop words) or eod (its eos)."""
-        stops = (tokenizer.im_end, tokenizer.im_start, tokenizer.eod)
-        release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.5, stop_ids=stops)
-        return dataclasses.replace(release, **overrides)
-
-    def logits_processor(self, prompt_length: int) -> LogitsProcessorList:
-        """Score transforms for ``(ids so far [B, prompt_length + step], fp32 scores [B, vocab])``, as
-        transformers applies them; greedy decoding uses the repetition penalty and the minimum length only.
-
-        As in the release (transformers' ``generate``), the repetition penalty counts every prompt token as seen,
-        audio placeholders included; only left padding (given as id ``vocab``) is left out.
-        """
-        from transformers.generation.logits_process import (  # transformers takes seconds to import: not for --help
-            LogitsProcessorList,
-            MinNewTokensLengthLogitsProcessor,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        processors = LogitsProcessorList()
-        if self.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
-        if self.min_new_tokens > 0 and self.stop_ids:
-            processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, self.min_new_tokens,
-                                                                list(self.stop_ids)))
-        if self.do_sample:
-            if self.temperature != 1.0:
-                processors.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_k > 0:
-                processors.append(TopKLogitsWarper(self.top_k))
-            if self.top_p < 1.0:
-                processors.append(TopPLogitsWarper(self.top_p))
-        return processors
+SYNC_EVERY = 8  # decoding steps between two host syncs when nothing streams
 
 
-@torch.no_grad()
 def generate_steps(
     model: QwenAudio,
     input_ids: torch.Tensor,
@@ -126,9 +41,13 @@ def generate_steps(
     vocab_size: int,
     audio_mel: torch.Tensor | None = None,
     audio_mel_lengths: torch.Tensor | None = None,
+    sync_every: int = 1,
+    flags: list[str | None] | None = None,
 ) -> Iterator[list[int | None]]:
     """Yield, at each decoding step, every row's new token, or None for a row that has stopped (a stop token is
-    never yielded). Stops after ``max_new_tokens`` steps or when every row has stopped.
+    never yielded). Stops after ``max_new_tokens`` steps or when every row has stopped. The host waits for the
+    device every ``sync_every`` steps (then yields those steps at once). ``flags``, when given, receives each
+    row's hallucination-guard flag (None: not stopped by the guard).
 
     Only the tokenizer's ``vocab_size`` ids are candidates: the embedding is padded beyond them (155947 rows for
     155165 tokens in the release) and those rows are no tokens.
@@ -139,39 +58,27 @@ def generate_steps(
     empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"prompt rows {empty} hold no tokens (attention_mask all 0)")
-    if not 0 < vocab_size <= model.config.decoder.vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} must lie in [1, {model.config.decoder.vocab_size}] "
-                         "(the model's embedding rows)")
-    device = input_ids.device
-    processor = config.logits_processor(input_ids.shape[1])
-    generator = None
-    if config.do_sample and config.seed is not None:
-        generator = torch.Generator(device).manual_seed(config.seed)
-    # What the repetition penalty sees: padding becomes vocab_size, an id transformers' processor ignores.
-    history = input_ids.masked_fill(attention_mask == 0, vocab_size)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    output = model(input_ids, audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths,
-                   attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                   logits_at=last_tokens(attention_mask))
-    stops = torch.tensor(config.stop_ids, dtype=torch.long, device=device)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
-    next_position = positions[:, -1:] + 1
-    for step in range(config.max_new_tokens):
-        logits = output.logits.flatten(0, -2)  # [B, vocab]: one position per row, at prefill and at each step
-        scores = processor(history, logits[:, :vocab_size].float())
-        if config.do_sample:
-            token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
-        else:
-            token = scores.argmax(-1)
-        finished |= torch.isin(token, stops)
-        yield [None if done else t for t, done in zip(token.tolist(), finished.tolist())]
-        if finished.all() or step + 1 == config.max_new_tokens:
+    rows = input_ids.shape[0]
+    engine = DecodeEngine(model, slots=rows, max_length=input_ids.shape[1] + config.max_new_tokens,
+                          vocab_size=vocab_size)
+    engine.admit(range(rows), PromptBatch(input_ids, attention_mask, audio_mel, audio_mel_lengths), [config] * rows)
+    sequences = list(engine.sequences)
+    yielded = 0
+    while True:
+        engine.fetch()
+        for slot, sequence in enumerate(engine.sequences):
+            if sequence is not None and sequence.finish:
+                engine.release(slot)
+        known = max(len(seq.tokens) + (seq.finish == "stop") for seq in sequences)
+        for step in range(yielded, known):
+            yield [seq.tokens[step] if step < len(seq.tokens) else None for seq in sequences]
+        yielded = known
+        if all(seq.finish for seq in sequences):
+            if flags is not None:
+                flags[:] = [seq.flag for seq in sequences]
             return
-        history = torch.cat([history, token[:, None]], dim=1)
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        output = model(token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                       kv_cache=output.kv_cache, use_cache=True)
-        next_position = next_position + 1
+        for _ in range(sync_every):
+            engine.step()
 
 
 def generate(
@@ -184,12 +91,15 @@ def generate(
     audio_mel: torch.Tensor | None = None,
     audio_mel_lengths: torch.Tensor | None = None,
     streamer: Streamer | None = None,
+    flags: list[str | None] | None = None,
 ) -> list[list[int]]:
     """The new tokens of each left-padded prompt, stop token excluded; ``streamer`` sees every step's tokens
-    (None for rows that have stopped). See :func:`generate_steps`."""
+    (None for rows that have stopped). See :func:`generate_steps` (without a streamer the host waits for the
+    device every :data:`SYNC_EVERY` steps only)."""
     generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     for step in generate_steps(model, input_ids, attention_mask, config, vocab_size=vocab_size,
-                               audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths):
+                               audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths,
+                               sync_every=1 if streamer else SYNC_EVERY, flags=flags):
         for row, token in enumerate(step):
             if token is not None:
                 generated[row].append(token)
@@ -207,18 +117,21 @@ def generate_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[E
 
 
 class Answer(NamedTuple):
-    """What a prompt got: the generated ids (stop token excluded) and their text, decoded and stripped."""
+    """What a prompt got: the generated ids (stop token excluded), their text, decoded and stripped, and the
+    hallucination guard's flag when it stopped the row (see :class:`GenerationConfig`)."""
 
     ids: list[int]
     text: str
+    flag: str | None = None
 
 
 def answer_batch(model: QwenAudio, tokenizer: Tokenizer, batch: PromptBatch,
                  config: GenerationConfig) -> list[Answer]:
     """The :class:`Answer` of each row of an already batched (and placed) prompt batch."""
+    flags: list[str | None] = []
     outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                       audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
-    return [Answer(ids, tokenizer.decode(ids).strip()) for ids in outputs]
+                       audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths, flags=flags)
+    return [Answer(ids, tokenizer.decode(ids).strip(), flag) for ids, flag in zip(outputs, flags)]
 
 
 def answer_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example],

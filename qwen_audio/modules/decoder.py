@@ -1,7 +1,8 @@
 """The Qwen-7B decoder (Qwen(1) code): token embedding ``wte``, blocks ``h``, final ``ln_f``; names as released.
 
 Positions: rotary angles follow ``position_ids`` when given (a left-padded batch passes ``cumsum(mask) - 1``);
-otherwise the absolute index in the sequence, which is what the release always uses. Beyond ``seq_length`` tokens
+otherwise the absolute index in the sequence, which is what the release always uses. Generation decodes over a
+:class:`KVCache` preallocated once and written in place, one slot per sequence. Beyond ``seq_length`` tokens
 at inference the release stretches the rotary base (dynamic NTK, factor fixed at prefill and reused while
 decoding) and scales queries by ``log(p + 1) / log(seq_length)`` (logN); both are off in training, as released.
 """
@@ -22,15 +23,56 @@ from qwen_audio.modules.layers import RMSNorm, SwiGLU, apply_rotary, ntk_alpha, 
 
 @dataclass
 class KVCache:
-    """Rotated keys and values ``[B, L, H, D]`` per layer, and the dynamic-NTK factor ``[B]`` chosen at prefill."""
+    """Rotated keys and values ``[slots, max_length + 1, H, D]`` per layer, preallocated and written in place.
+
+    A slot holds one sequence from index 0 without padding: ``lengths`` ``[slots]`` tokens, and the dynamic-NTK
+    factor ``ntk_alpha`` ``[slots]`` chosen at its prefill (as the release keeps it while decoding). The extra last
+    index is scratch: left padding is written there, so a padded prefill needs no host-side indexing.
+    """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    lengths: torch.Tensor
     ntk_alpha: torch.Tensor
 
+    @classmethod
+    def allocate(cls, config: DecoderConfig, slots: int, max_length: int, *, device: torch.device | str,
+                 dtype: torch.dtype) -> KVCache:
+        """An empty cache of ``slots`` sequences of at most ``max_length`` tokens each."""
+        shape = (slots, max_length + 1, config.num_attention_heads, config.kv_channels)
+        layers = config.num_hidden_layers
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+                   torch.zeros(slots, dtype=torch.long, device=device),
+                   torch.ones(slots, dtype=torch.float64, device=device))
+
     @property
-    def length(self) -> int:
-        return self.keys[0].shape[1]
+    def max_length(self) -> int:
+        return self.keys[0].shape[1] - 1
+
+    def reset(self, slots: torch.Tensor) -> None:
+        """Empty ``slots`` (their old entries are overwritten by the next prefill)."""
+        self.lengths[slots] = 0
+
+
+@dataclass
+class CacheWrite:
+    """Where one forward's new tokens go in a :class:`KVCache`, prepared once and shared by all layers."""
+
+    cache: KVCache
+    slots: torch.Tensor | None  # [B] slot of each row; None: slots 0..B-1 (views, no gather)
+    index: tuple[torch.Tensor, torch.Tensor]  # (slot, position) of each new token, [B, L] each
+    key_length: int  # keys attended: the first key_length positions of each slot
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new ``k, v`` ``[B, L, H, D]`` of ``layer``; the keys and values its rows attend to."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys.index_put_(self.index, k)
+        values.index_put_(self.index, v)
+        if self.slots is None:
+            batch = k.shape[0]
+            return keys[:batch, :self.key_length], values[:batch, :self.key_length]
+        return keys[self.slots, :self.key_length], values[self.slots, :self.key_length]
 
 
 class QwenAttention(nn.Module):
@@ -48,15 +90,15 @@ class QwenAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         layout: AttentionLayout,
         query_scale: torch.Tensor | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        cache: tuple[CacheWrite, int] | None,
+    ) -> torch.Tensor:
         q, k, v = self.c_attn(x).view(*x.shape[:2], 3, self.n_head, -1).unbind(2)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+        if cache is not None:
+            k, v = cache[0].write(cache[1], k, v)
         if query_scale is not None:
             q = q * query_scale[:, :, None, None].to(q.dtype)
-        return self.c_proj(attention(q, k, v, layout).flatten(2)), (k, v)
+        return self.c_proj(attention(q, k, v, layout).flatten(2))
 
 
 class QwenBlock(nn.Module):
@@ -75,11 +117,10 @@ class QwenBlock(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         layout: AttentionLayout,
         query_scale: torch.Tensor | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        attn_out, present = self.attn(self.ln_1(x), rotary, layout, query_scale, past)
-        x = x + attn_out
-        return x + self.mlp(self.ln_2(x)), present
+        cache: tuple[CacheWrite, int] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rotary, layout, query_scale, cache)
+        return x + self.mlp(self.ln_2(x))
 
 
 class QwenDecoder(nn.Module):
@@ -100,52 +141,101 @@ class QwenDecoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-        use_cache: bool = False,
+        cache_slots: torch.Tensor | None = None,
+        key_length: int | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
-        """``inputs_embeds`` ``[B, L, D]`` -> hidden states ``[B, L, D]`` and, with ``use_cache``, the new cache.
+        """``inputs_embeds`` ``[B, L, D]`` -> hidden states ``[B, L, D]``, and ``kv_cache`` (updated in place).
 
-        ``attention_mask`` ``[B, past + L]``: 0 = padding, equal non-zero ids = one sequence (packing).
+        Without ``kv_cache``: ``attention_mask`` ``[B, L]``, 0 = padding, equal non-zero ids = one sequence
+        (packing). With it, row ``b`` continues the sequence in slot ``cache_slots[b]`` (default: slot ``b``): its
+        new tokens (``attention_mask`` ``[B, L]`` marks them, 0 = left padding) are written in place after the
+        slot's ``lengths`` tokens and attend to them; ``key_length`` (default: all) bounds the slot positions read,
+        so it must cover every row's length after this forward.
         """
+        if kv_cache is not None:
+            hidden = self._forward_cached(inputs_embeds, attention_mask, position_ids, kv_cache, cache_slots,
+                                          key_length)
+            return hidden, kv_cache
         batch, length = inputs_embeds.shape[:2]
-        past_length = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
-            positions = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
-            position_ids = positions.expand(batch, -1)
+            position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, -1)
         elif position_ids.shape != (batch, length):
             raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected {(batch, length)}")
-        alpha = self._ntk_alpha(batch, length, attention_mask, kv_cache, inputs_embeds.device)
+        alpha = self._ntk_alpha(batch, length, attention_mask, inputs_embeds.device)
         rotary = rotary_cos_sin(position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha)
-        query_scale = self._logn_scale(position_ids)
+        query_scale = None
+        if not self.training and int(position_ids.max()) + 1 > self.config.seq_length:
+            query_scale = self._logn_scale(position_ids)
         layout = AttentionLayout.build(
-            attention_mask, batch_size=batch, query_length=length, key_length=past_length + length, causal=True,
+            attention_mask, batch_size=batch, query_length=length, key_length=length, causal=True,
             backend=self.attention_backend, device=inputs_embeds.device, dtype=inputs_embeds.dtype,
         )
-        x, keys, values = inputs_embeds, [], []
-        for i, block in enumerate(self.h):
-            past = (kv_cache.keys[i], kv_cache.values[i]) if kv_cache is not None else None
+        x = inputs_embeds
+        for block in self.h:
             if self.activation_checkpointing and self.training:
-                x, (k, v) = checkpoint(block, x, rotary, layout, query_scale, past, use_reentrant=False)
+                x = checkpoint(block, x, rotary, layout, query_scale, use_reentrant=False)
             else:
-                x, (k, v) = block(x, rotary, layout, query_scale, past)
-            keys.append(k)
-            values.append(v)
-        cache = KVCache(keys, values, alpha) if use_cache else None
-        return self.ln_f(x), cache
+                x = block(x, rotary, layout, query_scale)
+        return self.ln_f(x), None
 
-    def _ntk_alpha(self, batch: int, length: int, attention_mask: torch.Tensor | None, kv_cache: KVCache | None,
+    def _forward_cached(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                        position_ids: torch.Tensor | None, cache: KVCache, slots: torch.Tensor | None,
+                        key_length: int | None) -> torch.Tensor:
+        """The forward over a static cache; every index is computed on the device (no host sync)."""
+        batch, length = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        rows = torch.arange(batch, device=device) if slots is None else slots
+        past = cache.lengths[rows]
+        if attention_mask is None:  # every new token is real (a decoding step)
+            valid, new = None, length
+            where = past[:, None] + torch.arange(length, device=device)  # each new token's slot position
+        else:
+            valid = attention_mask.to(device) != 0
+            new = valid.sum(-1)
+            where = past[:, None] + valid.long().cumsum(-1) - 1
+        if position_ids is None:
+            position_ids = where.clamp(min=0)
+        # The release fixes the NTK factor at prefill from the true length; a continued slot keeps its own.
+        alpha = cache.ntk_alpha[:batch] if slots is None else cache.ntk_alpha[rows]
+        if length > 1 or attention_mask is not None:  # a prefill, or a continuation
+            lengths_mask = None if valid is None else valid.long()
+            alpha = torch.where(past == 0, self._ntk_alpha(batch, length, lengths_mask, device), alpha)
+            cache.ntk_alpha[rows] = alpha
+        rotary = rotary_cos_sin(position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha)
+        key_length = cache.max_length if key_length is None else key_length
+        # logN changes nothing within seq_length: skipped when no position can pass it
+        query_scale = self._logn_scale(position_ids) if key_length > self.config.seq_length else None
+        # Padding, and the tokens of a free slot that a batch-wide step still feeds, go to the scratch index.
+        if valid is not None:
+            where = torch.where(valid, where, torch.full_like(where, cache.max_length))
+        index = (rows[:, None].expand(batch, length), where.clamp(max=cache.max_length))
+        keys = torch.arange(key_length, device=device)
+        allowed = keys[None, None, :] <= where[:, :, None]
+        if valid is not None:
+            allowed |= (keys == 0)[None, None, :] & ~valid[:, :, None]  # a padded query sees key 0, not nothing
+        layout = AttentionLayout("sdpa", causal=False, query_length=length, key_length=key_length,
+                                 query_valid=valid, sdpa_mask=allowed[:, None])
+        write = CacheWrite(cache, slots, index, key_length)
+        x = inputs_embeds
+        for i, block in enumerate(self.h):
+            x = block(x, rotary, layout, query_scale, (write, i))
+        cache.lengths[rows] = (past + new).clamp(max=cache.max_length)
+        return self.ln_f(x)
+
+    def _ntk_alpha(self, batch: int, length: int, attention_mask: torch.Tensor | None,
                    device: torch.device) -> torch.Tensor:
         if self.training or not self.config.use_dynamic_ntk:
             return torch.ones(batch, dtype=torch.float64, device=device)
-        if kv_cache is not None:
-            return kv_cache.ntk_alpha
         lengths = torch.full((batch,), length, device=device)
-        if attention_mask is not None and length > self.config.seq_length:
-            lengths = (attention_mask > 0).sum(-1)  # the release: per-sample true lengths beyond seq_length
+        if attention_mask is not None:
+            # The release: per-sample true lengths beyond seq_length; at or below it the factor is 1 either way.
+            lengths = (attention_mask > 0).sum(-1)
         return ntk_alpha(lengths, self.config.seq_length)
 
     def _logn_scale(self, position_ids: torch.Tensor) -> torch.Tensor | None:
-        seq_length = self.config.seq_length
-        if self.training or not self.config.use_logn_attn or int(position_ids.max()) + 1 <= seq_length:
+        """``log(p + 1) / log(seq_length)`` beyond ``seq_length`` and exactly 1 before (inference only)."""
+        if self.training or not self.config.use_logn_attn:
             return None
+        seq_length = self.config.seq_length
         count = position_ids.float() + 1
         return torch.where(count > seq_length, torch.log(count) / math.log(seq_length), torch.ones_like(count))

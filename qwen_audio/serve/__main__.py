@@ -1,4 +1,4 @@
-"""Serve a checkpoint folder (either family) behind an OpenAI-compatible API (LitServe, dynamic batching).
+"""Serve a checkpoint folder (either family) behind an OpenAI-compatible API (LitServe, continuous batching).
 
 ::
 
@@ -29,14 +29,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="auto: cuda when available")
     parser.add_argument("--dtype", choices=DTYPES,
                         help="weights' dtype (default: float32 on CPU, the checkpoint's elsewhere)")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="requests decoded together at most")
-    parser.add_argument("--batch-timeout", type=float, default=0.05,
-                        help="seconds to wait for batch mates once a request arrives")
+    parser.add_argument("--max-slots", type=int, default=16,
+                        help="sequences decoded together at most (a transcription takes one per 30 s window)")
+    parser.add_argument("--max-model-len", type=int, default=2048,
+                        help="tokens per sequence at most, prompt included (longer chat requests get a 400)")
+    parser.add_argument("--max-queue", type=int, default=256,
+                        help="requests waiting for a slot at most; past it a request gets a 503 with Retry-After")
     args = parser.parse_args(argv)
-    if args.max_batch_size < 1:
-        parser.error(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
-    if args.batch_timeout < 0:
-        parser.error(f"--batch-timeout must be >= 0, got {args.batch_timeout}")
+    if args.max_slots < 1:
+        parser.error(f"--max-slots must be >= 1, got {args.max_slots}")
+    if args.max_model_len < 1:
+        parser.error(f"--max-model-len must be >= 1, got {args.max_model_len}")
+    if args.max_queue < 0:
+        parser.error(f"--max-queue must be >= 0, got {args.max_queue}")
     return args
 
 
@@ -48,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(args.checkpoint, host=args.host, port=args.port, device=args.device,
-          dtype=getattr(torch, args.dtype) if args.dtype else None, max_batch_size=args.max_batch_size,
-          batch_timeout=args.batch_timeout)
+          dtype=getattr(torch, args.dtype) if args.dtype else None, max_slots=args.max_slots,
+          max_model_len=args.max_model_len, max_queue=args.max_queue)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from qwen_audio.chat import MAX_WINDOW_SIZE, build_context
 from qwen_audio.clips import Recording
 from qwen_audio.generate import GenerationConfig
 from qwen_audio.prompts import DEFAULT_SYSTEM, AudioItem
-from qwen_audio.serve.engine import ChatJob, TranscriptionJob
+from qwen_audio.serve.scheduler import ChatJob, TranscriptionJob
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, LANGUAGES, Tokenizer
 
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")  # what soundfile (libsndfile) decodes

@@ -1,6 +1,8 @@
-"""The LitServe server: one inference worker batching chat and transcription jobs (:mod:`.engine`), and the
-OpenAI endpoints that validate each request before it is queued (:mod:`.openai_api`), so that a bad request gets
-its HTTP 400, streamed or not, and never reaches the model.
+"""The LitServe server: one inference worker decoding chat and transcription jobs with continuous batching
+(:mod:`.scheduler`, run by :mod:`.loop`), and the OpenAI endpoints that validate each request before it is queued
+(:mod:`.openai_api`), so that a bad request gets its HTTP 400, streamed or not, and never reaches the model. Past
+``max_slots + max_queue`` requests in flight a request gets a 503 with ``Retry-After``; a client that leaves
+cancels its generation, which frees its slots at once.
 
 The endpoints live in a LitServe spec (as LitServe's own ``OpenAISpec`` does) rather than in ``OpenAISpec``
 itself: its request model admits only wav and mp3 ``input_audio``, has no ``seed``, always reports
@@ -34,8 +36,9 @@ from starlette.concurrency import run_in_threadpool
 
 from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.serve import openai_api
-from qwen_audio.serve.engine import Job, run_batch
+from qwen_audio.serve.loop import Cancel, SchedulerLoop
 from qwen_audio.serve.openai_api import RequestError
+from qwen_audio.serve.scheduler import ChatJob, Job, Scheduler
 
 logger = logging.getLogger("qwen_audio.serve")
 
@@ -48,10 +51,12 @@ class OpenAIAudioSpec(LitSpec):
     """``/v1/chat/completions`` (text and ``input_audio`` parts, streaming), ``/v1/audio/transcriptions``
     (multipart) and ``/v1/models``, on the queue of the LitAPI this spec belongs to."""
 
-    def __init__(self, checkpoint: str, model_name: str) -> None:
+    def __init__(self, checkpoint: str, model_name: str, max_model_len: int, max_in_flight: int) -> None:
         super().__init__()
         self.api_path = "/v1/chat/completions"
         self.checkpoint, self.model_name = checkpoint, model_name
+        self.max_model_len, self.max_in_flight = max_model_len, max_in_flight
+        self.in_flight = 0
         self._tokenizer = None  # loaded in the API process on first use, never pickled to the worker
 
     @property
@@ -87,17 +92,22 @@ class OpenAIAudioSpec(LitSpec):
             chat = openai_api.parse_chat_request(await _json(request))
             openai_api.check_model(chat.model, self.model_name)
             job, seconds = await run_in_threadpool(openai_api.chat_job, self.tokenizer, chat)
+            self._check_length(job)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
+        if self.in_flight >= self.max_in_flight:
+            return _busy()
         request_id = openai_api.completion_id()
         events = self._events(job)
         if chat.stream:
             return StreamingResponse(self._stream(request_id, events, seconds, started),
                                      media_type="text/event-stream")
         try:
-            text, result = await _collect(events)
+            text, result = await _collect(events, request)
         except WorkerError as err:
             return _server_error(err)
+        if result is None:  # the client left
+            return Response(status_code=499)
         self._log(request_id, seconds, result, started)
         return JSONResponse(openai_api.chat_completion(request_id, self.model_name, text, result))
 
@@ -109,32 +119,52 @@ class OpenAIAudioSpec(LitSpec):
                                                               self.model_name)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
+        if self.in_flight >= self.max_in_flight:
+            return _busy()
         request_id = f"transcription-{uuid.uuid4().hex[:24]}"
         try:
-            _, result = await _collect(self._events(job))
+            _, result = await _collect(self._events(job), request)
         except WorkerError as err:
             return _server_error(err)
+        if result is None:
+            return Response(status_code=499)
         self._log(request_id, result["duration"], result, started)
         body, media_type = openai_api.transcription_body(result, response_format, job.timestamps)
         if isinstance(body, dict):
             return JSONResponse(body)
         return PlainTextResponse(body, media_type=media_type)
 
+    def _check_length(self, job: ChatJob) -> None:
+        """A 400 naming ``messages`` or ``max_tokens`` when the prompt and its new tokens overflow the context."""
+        prompt, new = len(job.prompt.ids), job.config.max_new_tokens
+        if prompt + new > self.max_model_len:
+            param = "messages" if prompt >= self.max_model_len else "max_tokens"
+            raise RequestError(param, f"{param}: this model's context holds {self.max_model_len} tokens; the "
+                               f"request asks for {prompt + new} ({prompt} in the messages, {new} to generate)")
+
     async def _events(self, job: Job) -> AsyncIterator[dict]:
-        """Queue ``job`` for the worker and yield its events (see :func:`.engine.run_batch`)."""
+        """Queue ``job`` for the worker and yield its events (see :meth:`.scheduler.Scheduler.step`); leaving
+        before the last one (the client left) cancels the job in the worker."""
         uid = uuid.uuid4()
         queue, available = deque(), asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(response_queue=queue, event=available)
         self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
+        self.in_flight += 1
+        finished = False
         try:
             async for data, status in self.data_streamer(queue, available, send_status=True):
                 if status == LitAPIStatus.ERROR:
+                    finished = True
                     raise WorkerError(f"the inference worker failed: {data!r}")
                 event = json.loads(data) if data else {}
+                finished = bool(event.get("done"))
                 if event:
                     yield event
         finally:
+            self.in_flight -= 1
             self.response_buffer.pop(uid, None)
+            if not finished:
+                self.request_queue.put((self.response_queue_id, uuid.uuid4(), time.monotonic(), Cancel(uid)))
 
     async def _stream(self, request_id: str, events: AsyncIterator[dict], seconds: float,
                       started: float) -> AsyncIterator[str]:
@@ -167,18 +197,36 @@ async def _json(request: Request) -> object:
         raise RequestError(None, f"the request body is not valid JSON: {err}") from None
 
 
-async def _collect(events: AsyncIterator[dict]) -> tuple[str, dict]:
-    """The joined text of a job's events and its last event."""
-    pieces, result = [], {}
-    async for event in events:
-        pieces.append(event.get("text", ""))
-        if event.get("done"):
-            result = event
-    return "".join(pieces), result
+async def _collect(events: AsyncIterator[dict], request: Request) -> tuple[str, dict | None]:
+    """The joined text of a job's events and its last event; None if the client left first (which cancels
+    the job)."""
+
+    async def collect() -> tuple[str, dict]:
+        pieces, result = [], {}
+        async for event in events:
+            pieces.append(event.get("text", ""))
+            if event.get("done"):
+                result = event
+        return "".join(pieces), result
+
+    task = asyncio.ensure_future(collect())
+    while not (await asyncio.wait({task}, timeout=0.5))[0]:
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await events.aclose()
+            return "", None
+    return task.result()
 
 
 def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _busy() -> JSONResponse:
+    body = {"error": {"message": "the server is at capacity; retry shortly", "type": "server_busy", "param": None,
+                      "code": None}}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 def _server_error(err: Exception) -> JSONResponse:
@@ -187,28 +235,34 @@ def _server_error(err: Exception) -> JSONResponse:
 
 
 class QwenAudioAPI(ls.LitAPI):
-    """The inference worker: loads the model once, then decodes each dynamic batch with :func:`run_batch`."""
+    """The inference worker: loads the model once, then decodes every job in one continuous batch
+    (:class:`.scheduler.Scheduler`, fed by :class:`.loop.SchedulerLoop`); on CUDA the decoding step's graphs are
+    captured at load."""
 
-    def __init__(self, checkpoint: str, *, dtype: torch.dtype | None, max_batch_size: int,
-                 batch_timeout: float) -> None:
+    def __init__(self, checkpoint: str, *, dtype: torch.dtype | None, max_slots: int, max_model_len: int,
+                 max_queue: int) -> None:
         model_name = os.path.basename(os.path.normpath(checkpoint))
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout,
-                         spec=OpenAIAudioSpec(checkpoint, model_name))
+        spec = OpenAIAudioSpec(checkpoint, model_name, max_model_len, max_slots + max_queue)
+        super().__init__(spec=spec, loop=SchedulerLoop())
         self.checkpoint, self.dtype = checkpoint, dtype
+        self.max_slots, self.max_model_len = max_slots, max_model_len
 
     def setup(self, device: str) -> None:
-        self.model, self.tokenizer = load_model(self.checkpoint, device=device, dtype=self.dtype)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # a spawned process
+        model, tokenizer = load_model(self.checkpoint, device=device, dtype=self.dtype)
+        self.scheduler = Scheduler(model, tokenizer, max_slots=self.max_slots, max_model_len=self.max_model_len)
+        if self.scheduler.engine.device.type == "cuda":
+            self.scheduler.engine.capture()
 
     def predict(self, jobs):
-        batched = self.max_batch_size > 1  # LitServe hands a list only when batching
-        for events in run_batch(self.model, self.tokenizer, jobs if batched else [jobs]):
-            yield events if batched else events[0]
+        raise NotImplementedError("jobs are decoded by the scheduler loop, never one predict call at a time")
 
 
-def serve(checkpoint: str, *, host: str, port: int, device: str, dtype: torch.dtype | None, max_batch_size: int,
-          batch_timeout: float) -> None:
+def serve(checkpoint: str, *, host: str, port: int, device: str, dtype: torch.dtype | None, max_slots: int,
+          max_model_len: int, max_queue: int) -> None:
     """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port`` until stopped."""
-    api = QwenAudioAPI(checkpoint, dtype=dtype, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    api = QwenAudioAPI(checkpoint, dtype=dtype, max_slots=max_slots, max_model_len=max_model_len,
+                       max_queue=max_queue)
     server = ls.LitServer(api, accelerator=device, devices=1, workers_per_device=1, timeout=False)
     server.run(host=host, port=port, generate_client_file=False, api_server_worker_type="thread",
                log_level="warning")
