@@ -33,8 +33,10 @@ def canned(monkeypatch):
     """Replace the model: record each prompt batch given to ``generate`` and answer with the queued ids."""
     calls, answers = [], []
 
-    def fake_generate(model, input_ids, attention_mask, config, **kwargs):
+    def fake_generate(model, input_ids, attention_mask, config, flags=None, **kwargs):
         calls.append({"ids": input_ids[0].tolist(), "mask": attention_mask, "config": config, **kwargs})
+        if flags is not None:
+            flags.append(None)  # the hallucination guard stops no row
         return [answers.pop(0)]
 
     monkeypatch.setattr(generation, "generate", fake_generate)  # what answer_prompts decodes with
