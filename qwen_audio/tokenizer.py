@@ -236,10 +236,11 @@ class QwenAudioTokenizer:
     def decode(self, ids: Sequence[int], audio_sources: Sequence[str] | None = None) -> str:
         """Text of ``ids``. With ``audio_sources``, each expanded audio span (``<audio>``, placeholders,
         ``</audio>``) is written back as ``<audio>SOURCE</audio>``, as the release's decoder does."""
-        ids = [int(token_id) for token_id in ids]
-        for token_id in ids:
-            if not 0 <= token_id < self.n_vocab:
-                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})")
+        ids = list(map(int, ids))
+        n_vocab = self.n_vocab
+        if ids and not (min(ids) >= 0 and max(ids) < n_vocab):  # one C pass: streams decode every token
+            token_id = next(token_id for token_id in ids if not 0 <= token_id < n_vocab)
+            raise ValueError(f"token id {token_id} is outside the vocabulary [0, {n_vocab})")
         if audio_sources is not None:
             ids = self._restore_audio_sources(ids, audio_sources)
         return self.encoding.decode(ids, errors="replace")

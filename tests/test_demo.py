@@ -17,13 +17,17 @@ from qwen_audio.data.demo.corpus import (
     DIGITS,
     EVENT_KINDS,
     INSTRUMENTS,
+    MANIFESTS,
     MNA_CLIPS_PER_SOUND,
+    NOISE_KINDS,
     NUMBER_WORDS,
     SCENES,
     SENTENCES_FILE,
     SILENCE_AFTER,
     SILENCE_BEFORE,
+    SNR_DB,
     SPLITS,
+    VOICE_VARIANTS,
     build_demo_corpus,
     corpus_fingerprint,
     read_sentences,
@@ -201,7 +205,8 @@ def test_srwt_words_are_the_transcript_and_sound(corpus):
 
 def test_fingerprint_is_the_hash_of_the_manifests_and_items(corpus, tmp_path):
     folder = corpus["train"].parent
-    files = b"".join((folder / name).read_bytes() for name in (*(f"{s}.jsonl" for s in SPLITS), "items.json"))
+    names = (*(f"{m}.jsonl" for m in MANIFESTS), "items.json")
+    files = b"".join((folder / name).read_bytes() for name in names)
     assert corpus_fingerprint(corpus) == hashlib.sha256(files).hexdigest()[:16]
     copy = shutil.copytree(folder, tmp_path / "copy")
     test = copy / "test.jsonl"
@@ -258,6 +263,32 @@ def test_asc_labels_and_asset_labels(corpus):
     assert json.loads((corpus["train"].parent / "corpus.json").read_text())["size"] == SIZE
 
 
+def test_noisy_and_unseen_rows_read_the_held_out_strings(corpus):
+    """Each held-out split's noisy row is its clean ASR clips plus noise at 5 to 20 dB SNR (measured:
+    the clean clip's least-squares share of the mixture against the rest), its unseen row the same
+    strings in other voices."""
+    for split in SPLITS[1:]:
+        clean = [e for e in read_manifest(corpus[split]) if e.task == "asr"]
+        noisy, unseen = (
+            read_manifest(corpus[f"{split}_{row}"], check_audio=True) for row in ("noisy", "unseen")
+        )
+        for row in (noisy, unseen):
+            expected = [("asr", e.text, e.audio_language) for e in clean]
+            assert [(e.task, e.text, e.audio_language) for e in row] == expected
+        for reference, mixture, other_voice in zip(clean, noisy, unseen):
+            speech, mixed = (soundfile.read(e.audio)[0] for e in (reference, mixture))
+            assert len(speech) == len(mixed) and np.abs(mixed).max() < 1.0
+            scale = speech @ mixed / (speech @ speech)
+            rest = mixed - scale * speech
+            snr = 10 * np.log10(np.sum((scale * speech) ** 2) / np.sum(rest**2))
+            assert SNR_DB[0] - 0.5 <= snr <= SNR_DB[1] + 0.5, (mixture.audio, snr)
+            other_duration = soundfile.info(other_voice.audio).duration
+            assert other_duration != pytest.approx(reference.duration, abs=1e-4)
+    noise = [json.loads(line) for line in corpus["noise"].read_text().splitlines()]
+    assert {line["kind"] for line in noise} == set(NOISE_KINDS["train"])
+    assert all(soundfile.info(corpus["noise"].parent / line["audio"]).frames > 0 for line in noise)
+
+
 def _items_from_manifests(manifests) -> dict[str, set[str]]:
     """Per split, the digit sequences (both languages alike) and the notes, read back from the manifest lines."""
     items = {}
@@ -292,3 +323,17 @@ def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
                 assert not set(held_out[split]) & set(training["train"])
     # the seeds draw different items, so the check above compared different corpora
     assert set(recorded[0]["test"]) != set(recorded[2]["test"])
+    # voices and noise types: a held-out split's unseen voices and noisy-row noise kinds are in no
+    # corpus's training speech, babble, ASC scenes or training noise, nor in the other held-out split
+    for kind in ("voices", "noises"):
+        for held_out in recorded:
+            for training in recorded:
+                for split in ("validation", "test"):
+                    assert held_out[kind][split]
+                    assert not set(held_out[kind][split]) & set(training[kind]["train"])
+                assert not set(held_out[kind]["validation"]) & set(training[kind]["test"])
+    for record in recorded:
+        for split in SPLITS:
+            variants = {v.partition("+")[2] for v in record["voices"][split]}
+            assert variants <= set(VOICE_VARIANTS[split])
+        assert set(record["noises"]["train"]) == {*NOISE_KINDS["train"], *SCENES}

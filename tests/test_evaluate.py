@@ -48,6 +48,9 @@ PAPER_CONFIG = REPO / "recipes" / "configs" / "evaluate" / "paper.yaml"
 # The paper's benchmarks through paper.yaml and --data.benchmark, and the demo through its own YAML.
 CONFIGS = [(PAPER_CONFIG, name) for name in BENCHMARKS if not name.startswith("demo_")] + [(DEMO_CONFIG, "demo")]
 DEMO_SOURCES = {"demo_asr_en", "demo_asr_zh", "demo_srwt_en", "demo_srwt_zh", "demo_mna", "demo_asc", "demo_aqa"}
+ROBUSTNESS_SOURCES = {
+    f"demo_asr_{lang}_{row}" for lang in ("en", "zh") for row in ("noisy", "unseen")
+}
 
 # The prompt templates of QwenLM/Qwen-Audio eval_audio/evaluate_*.py, filled in by hand as each script fills them.
 RELEASE_PROMPTS = [
@@ -254,12 +257,19 @@ def folder_run(demo_env) -> tuple[Path, list[dict]]:
 
 def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
     out, predictions = folder_run
-    assert {p["source"] for p in predictions} == DEMO_SOURCES
-    assert all(p["benchmark"] == p["source"] and isinstance(p["response"], str) for p in predictions)
+    assert {p["source"] for p in predictions} == DEMO_SOURCES | ROBUSTNESS_SOURCES
+    assert all(p["source"].startswith(p["benchmark"]) for p in predictions)
+    assert all(isinstance(p["response"], str) for p in predictions)
+    assert all(p["audio"].split("/")[-2] == "test_" + p["source"].split("_")[-1]
+               for p in predictions if p["source"] in ROBUSTNESS_SOURCES)
     assert all(p["gt"].startswith("<|0.00|>") for p in predictions if p["benchmark"].startswith("demo_srwt"))
     assert all(p["question"] for p in predictions if p["benchmark"] == "demo_aqa")
     metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
-    assert set(metrics) == DEMO_SOURCES and all(set(metrics[name]) == {name} for name in metrics)
+    assert set(metrics) == DEMO_SOURCES
+    for name in metrics:
+        asr = name.startswith("demo_asr")
+        rows = {f"{name}_{row}" for row in ("noisy", "unseen")} if asr else set()
+        assert set(metrics[name]) == {name} | rows, name
     expected = {"demo_asr_en": {"wer", "wer_whisper"}, "demo_asr_zh": {"cer"},
                 "demo_srwt_en": {"aas_ms", "aas_ms_release", "wer", "wer_whisper"},
                 "demo_srwt_zh": {"aas_ms", "aas_ms_release", "cer"},
@@ -267,7 +277,8 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
                 "demo_aqa": {"accuracy", "majority_accuracy"}}
     for name, keys in expected.items():
         assert set(metrics[name][name]) == {"count", *keys}, name
-    assert sum(metrics[name][name]["count"] for name in metrics) == len(predictions)
+    counts = [scores["count"] for name in metrics for scores in metrics[name].values()]
+    assert sum(counts) == len(predictions)
     # the majority baseline is the training split's most common answer, counted from the manifest
     train = read_manifest(build_demo_corpus(seed=0, size=2)["train"])
     for name, task in (("demo_mna", "mna"), ("demo_asc", "asc"), ("demo_aqa", "aqa")):
@@ -279,6 +290,19 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
     report = (out / REPORT_FILE).read_text(encoding="utf-8")
     assert report.startswith(f"# Evaluation of {out.parent / 'tiny'}")
     assert "| demo_asr_zh | demo_asr_zh | 1 | cer |" in report
+    assert "| demo_asr_zh | demo_asr_zh_unseen | 1 | cer |" in report
+
+
+def test_demo_validation_split_has_the_same_rows_of_other_items(demo_env, folder_run):
+    """--data.split validation: the same sources, none of the test split's audio."""
+    root, _ = demo_env
+    tiny = str(root / "tiny")
+    predictions = _run_demo(
+        root / "validation", "--model.checkpoint", tiny, "--data.split", "validation"
+    )
+    assert {p["source"] for p in predictions} == DEMO_SOURCES | ROBUSTNESS_SOURCES
+    assert all("/validation" in p["audio"] for p in predictions)
+    assert not {p["audio"] for p in predictions} & {p["audio"] for p in folder_run[1]}
 
 
 def test_lightning_checkpoint_gives_the_weights(demo_env, folder_run):

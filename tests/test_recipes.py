@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from qwen_audio.data.demo import CORPUS_RECORD, corpus_record
-from qwen_audio.data.demo.corpus import DEMO_VERSION, SPLITS
+from qwen_audio.data.demo.corpus import DEMO_VERSION, MANIFESTS
 from qwen_audio.lit.callbacks import _cell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,8 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path, demo_dir):
     _run(["fit", "--config", str(DEMO), "--config", str(_overrides(straight, 6, export))], demo_dir)
     # the export names the corpus it was trained on, for evaluation to read back
     corpus = demo_dir / f"demo-{DEMO_VERSION}-seed0-size2"
-    manifests = b"".join((corpus / name).read_bytes() for name in (*(f"{s}.jsonl" for s in SPLITS), "items.json"))
+    names = (*(f"{m}.jsonl" for m in MANIFESTS), "items.json")
+    manifests = b"".join((corpus / name).read_bytes() for name in names)
     assert json.loads((straight / "export" / CORPUS_RECORD).read_text()) == {
         **corpus_record(seed=0, size=2), "fingerprint": hashlib.sha256(manifests).hexdigest()[:16]}
     (killed / "interrupt.py").write_text(INTERRUPT)

@@ -330,3 +330,45 @@ def test_an_abandoned_stream_stops_decoding_and_frees_its_slot(served):
     tokens, slots = map(int, cancelled[-1])
     assert tokens < 900 and slots == 1  # it stopped consuming decoding steps long before its 900 tokens
     assert transcribe(served, "one", language="en").text == "one two"  # and the server goes on
+
+
+@pytest.fixture(scope="module")
+def cramped(served, tmp_path_factory, serve_checkpoint):
+    """The same checkpoint served with one slot, no queue and a context shorter than the prompt of
+    a 30 s window."""
+    folder = tmp_path_factory.mktemp("cramped")
+    options = ("--dtype", "float64", "--max-slots", "1", "--max-queue", "0",
+               "--max-model-len", "700")
+    with serve_checkpoint(served.folder, str(folder / "server.log"), *options) as url:
+        yield url, write_wav(folder / "thirty.wav", 30.0, 4)
+
+
+def test_past_max_slots_plus_max_queue_a_request_gets_a_503_with_retry_after(cramped):
+    url, _ = cramped
+    body = {"model": "tiny-served", "stream": True, "max_tokens": 600, "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell me a long story."}]}
+    short = {**body, "stream": False, "max_tokens": 2}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()  # kept: a dropped iterator closes the stream
+        assert next(lines).startswith("data: ")  # it holds the only slot; the queue holds none
+        busy = httpx.post(f"{url}/v1/chat/completions", json=short, timeout=60)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert busy.json()["error"]["type"] == "server_busy"
+    deadline = time.monotonic() + 60  # the stream's client left: the server takes the next request
+    post = lambda: httpx.post(f"{url}/v1/chat/completions", json=short, timeout=60)  # noqa: E731
+    while (answer := post()).status_code == 503:
+        assert time.monotonic() < deadline, "the server stayed busy after the stream's client left"
+        time.sleep(0.2)
+    assert answer.status_code == 200
+
+
+def test_a_transcription_whose_window_overflows_the_context_gets_a_400_naming_the_file(cramped):
+    url, thirty = cramped
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+    with pytest.raises(openai.BadRequestError) as error, open(thirty, "rb") as f:
+        client.audio.transcriptions.create(model="tiny-served", file=f, language="en")
+    assert (error.value.param, error.value.type) == ("file", "invalid_request_error")
+    assert "700" in error.value.message and "--max-model-len" in error.value.message
+    answer = client.chat.completions.create(model="tiny-served", temperature=0, max_tokens=2,
+                                            messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].finish_reason in ("length", "stop")  # still serving

@@ -234,8 +234,10 @@ def test_check_audio_features(released):
 
 
 def test_decode_rejects_unknown_ids(demo):
-    with pytest.raises(ValueError, match="token id 7618"):
-        demo.decode([1, 7618])
+    with pytest.raises(ValueError, match=r"token id 7618 is outside the vocabulary \[0, 7618\)"):
+        demo.decode([1, 7618, 9000])  # the first id out of range is named
+    with pytest.raises(ValueError, match="token id -1 "):
+        demo.decode([5, -1])
 
 
 def test_unknown_tag_in_a_prompt_warns_and_stays_text(demo):

@@ -6,6 +6,7 @@ config."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Literal
 
@@ -13,11 +14,13 @@ import lightning as L
 import soundfile
 from torch.utils.data import ConcatDataset, DataLoader
 
+from qwen_audio.data.augment import Augment, Augmenter
 from qwen_audio.data.collate import collate
-from qwen_audio.data.dataset import AudioTextDataset
+from qwen_audio.data.dataset import AudioTextDataset, AugmentedConcatDataset
 from qwen_audio.data.demo import build_demo_corpus, corpus_fingerprint, corpus_record
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
-from qwen_audio.data.sampler import DurationBucketSampler
+from qwen_audio.data.sampler import DurationBucketSampler, EpochTaggedBatches
+from qwen_audio.data.shard import is_shard_folder
 from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
@@ -38,7 +41,8 @@ class AudioTextDataModule(L.LightningDataModule):
 
     Args:
         train, val, test: manifest paths; ``demo:<split>`` names a split of the embedded demo corpus, built on first
-            use (:func:`qwen_audio.data.demo.build_demo_corpus`).
+            use (:func:`qwen_audio.data.demo.build_demo_corpus`). With ``streaming``, ``train``
+            may also name shard folders (``python -m qwen_audio.data.shard``).
         weights: one mixing weight per training manifest (default: every example once per epoch).
         max_seconds: padded audio seconds per batch (``batch size * longest clip``).
         max_length: the longest token sequence allowed; a longer example is an error naming it.
@@ -53,6 +57,10 @@ class AudioTextDataModule(L.LightningDataModule):
         cache: keep every encoded example of the indexed splits in memory after its first load, so that epochs
             after the first skip decoding and the log-mel (:class:`~qwen_audio.data.dataset.AudioTextDataset`):
             for corpora that fit in memory.
+        augment: on-the-fly augmentation of the training examples
+            (:class:`~qwen_audio.data.augment.Augment`: speed, reverberation, noise, gain), seeded by
+            ``(seed, epoch, example index)``; its noise and impulse-response manifests may name
+            demo-corpus files (``demo:noise``). Indexed manifests only.
 
     The loaders need the model's tokenizer and mel bins: call :meth:`connect` first (the recipes' CLI does).
     """
@@ -76,6 +84,7 @@ class AudioTextDataModule(L.LightningDataModule):
         streaming: bool = False,
         buffer_size: int = 1000,
         cache: bool = False,
+        augment: Augment | None = None,
     ) -> None:
         super().__init__()
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
@@ -83,6 +92,11 @@ class AudioTextDataModule(L.LightningDataModule):
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
         self.sortagrad_epochs = sortagrad_epochs
         self.demo_size, self.streaming, self.buffer_size, self.cache = demo_size, streaming, buffer_size, cache
+        self.augment = augment if augment is not None and augment.enabled else None
+        if self.augment is not None and streaming:
+            raise InputError(
+                "data.augment: augmentation reads indexed manifests; turn data.streaming off"
+            )
         self._model_inputs: tuple[Tokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
@@ -128,6 +142,10 @@ class AudioTextDataModule(L.LightningDataModule):
         tasks = family_tasks(self.tokenizer.family)  # a task the model's family has no prompt for fails at its line
         for split, manifests in self.manifests.items():
             if split not in self.entries and not (split == "train" and self.streaming):
+                if shards := [m for m in manifests if is_shard_folder(m)]:
+                    raise InputError(f"data.{split}: {shards} are shard folders, which only a "
+                                     "streamed training split reads (data.streaming: true); "
+                                     "give the manifests they came from")
                 self.entries[split] = [
                     read_manifest(self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error)
                     for m in manifests
@@ -145,22 +163,42 @@ class AudioTextDataModule(L.LightningDataModule):
         except ValueError as err:
             raise InputError(f"data.{split} {self.manifests[split]}: {err}") from None
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _augmenter(self) -> Augmenter:
+        """The training split's augmentation, its manifests (``demo:noise`` ...) resolved and read."""
+        config = self.augment
+        manifests = {
+            name: self._resolve(getattr(config, name))
+            for name in ("noise", "rir")
+            if getattr(config, name)
+        }
+        return Augmenter.from_config(replace(config, **manifests))
+
+    def _loader(self, split: str, shuffle: bool) -> tuple[DataLoader, DurationBucketSampler]:
         groups = self.entries[split]
         sampler = self._sampler(split, [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
                                 self.weights if split == "train" else None, shuffle)
-        datasets = [self.dataset_class(entries, self.tokenizer, self.max_length, self.n_mels, self.on_error,
-                                       self.cache) for entries in groups]
-        return DataLoader(
-            ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,
+        augmenter = self._augmenter() if split == "train" and self.augment is not None else None
+        datasets = [
+            self.dataset_class(
+                entries, self.tokenizer, self.max_length, self.n_mels, self.on_error, self.cache,
+                augmenter,
+            )
+            for entries in groups
+        ]
+        dataset, batches = ConcatDataset(datasets), sampler
+        if augmenter is not None:
+            dataset = AugmentedConcatDataset(datasets, self.seed)
+            batches = EpochTaggedBatches(sampler)
+        loader = DataLoader(
+            dataset, batch_sampler=batches, num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,
         )
+        return loader, sampler
 
     def train_dataloader(self) -> DataLoader:
         if self.streaming:
             return self._streaming_loader()
-        loader = self._loader("train", shuffle=True)
-        self._train_sampler = loader.batch_sampler
+        loader, self._train_sampler = self._loader("train", shuffle=True)
         if self._sampler_state is not None:
             self._train_sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None
@@ -179,10 +217,10 @@ class AudioTextDataModule(L.LightningDataModule):
         return 0 if self.trainer is None else self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", shuffle=False)[0]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", shuffle=False)[0]
 
     def state_dict(self) -> dict:
         """The training sampler's position in batches *consumed* (the loader may have fetched more ahead). The

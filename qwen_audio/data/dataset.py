@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import bisect
+import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
-from qwen_audio.audio import SAMPLE_RATE, load_audio
+from qwen_audio.audio import SAMPLE_RATE, AudioSource, load_audio
 from qwen_audio.clips import Recording, featurize
+from qwen_audio.data.augment import Augmenter, example_generator
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import AudioError
 from qwen_audio.prompts import (
@@ -37,9 +41,11 @@ class Sample:
 
 
 SKIPPED = "skipped"  # the task of the stand-in for an example skipped at load time
+# augmentation: an entry and its audio -> the changed entry (its times) and audio
+Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.Tensor]]
 
 
-def load_clip(path: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """Samples ``start:stop`` of a training clip at 16 kHz; a clip that decodes to silence (every sample 0)
     raises :class:`AudioError` like one that does not decode or holds NaN/inf: either teaches the model nothing."""
     clip = load_audio(path)[start:stop]
@@ -48,16 +54,21 @@ def load_clip(path: str, start: int = 0, stop: int | None = None) -> torch.Tenso
     return clip
 
 
-def load_segment(entry: ManifestEntry) -> torch.Tensor:
-    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment.
+def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tensor:
+    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment; ``data``: the bytes
+    of its audio file when they come from a shard (:mod:`qwen_audio.data.shard`), not from disk.
 
     The manifest check reads headers only, which keeps a million-line manifest cheap; what only decoding shows
     (a file that no longer decodes, NaN/inf samples, silence) is found here, as an :class:`AudioError` that names
     the manifest line and the file."""
     start = round(entry.offset * SAMPLE_RATE)
     stop = None if entry.duration is None else start + round(entry.duration * SAMPLE_RATE)
+    source = entry.audio
+    if data is not None:
+        source = io.BytesIO(data)
+        source.name = entry.audio  # what an error names
     try:
-        return load_clip(entry.audio, start, stop)
+        return load_clip(source, start, stop)
     except (AudioError, OSError) as err:
         raise AudioError(f"{entry.source or entry.audio}: audio: {err}") from None
 
@@ -70,34 +81,53 @@ def target_text(entry: ManifestEntry) -> str:
 
 
 def task_example(tokenizer: Tokenizer, entry: ManifestEntry, target: str | None = None,
-                 max_length: int = 2048) -> Example:
-    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's instruction; see
-    :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given, with its audio segment decoded."""
+                 max_length: int = 2048, data: bytes | None = None,
+                 audio: torch.Tensor | None = None) -> Example:
+    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's
+    instruction; see :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given,
+    with ``audio`` (by default its audio segment decoded; ``data``: its file's bytes, if given)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
+    waveform = load_segment(entry, data) if audio is None else audio
     return encode_task(
-        tokenizer, entry.task, Recording(load_segment(entry), entry.audio), target,
+        tokenizer, entry.task, Recording(waveform, entry.audio), target,
         audio_language=entry.audio_language, text_language=None if asked else entry.text_language,
         question=entry.question, max_length=max_length,
     )
 
 
-def encode_entry(entry: ManifestEntry, tokenizer: Tokenizer, max_length: int = 2048, n_mels: int = 80,
-                 on_error: Literal["raise", "skip"] = "raise") -> Sample:
+def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
+    """Tensors of an encoded example and the encoder input of each of its clips."""
+    mels, mel_lengths = featurize(example.clips, n_mels)
+    ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+    return Sample(ids, labels, mels, mel_lengths, task)
+
+
+def encode_entry(
+    entry: ManifestEntry,
+    tokenizer: Tokenizer,
+    max_length: int = 2048,
+    n_mels: int = 80,
+    on_error: Literal["raise", "skip"] = "raise",
+    data: bytes | None = None,
+    transform: Transform | None = None,
+) -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
+    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first.
 
     ``on_error="skip"``: audio that fails to load (:func:`load_segment`) gives a warning and a stand-in of one
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
     place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
     try:
-        example = task_example(tokenizer, entry, target_text(entry), max_length)
+        audio = load_segment(entry, data)
+        if transform is not None:
+            entry, audio = transform(entry, audio)
+        example = task_example(tokenizer, entry, target_text(entry), max_length, audio=audio)
+        return to_sample(example, entry.task, n_mels)
     except AudioError as err:
         if on_error == "raise":
             raise
         warnings.warn(f"skipped: {err}", stacklevel=2)
         return Sample(torch.tensor([tokenizer.eod]), torch.tensor([IGNORE_INDEX]), [], [], SKIPPED)
-    mels, mel_lengths = featurize(example.clips, n_mels)
-    ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
-    return Sample(ids, labels, mels, mel_lengths, entry.task)
 
 
 class AudioTextDataset(Dataset):
@@ -110,18 +140,39 @@ class AudioTextDataset(Dataset):
     audio at 80 mel bins); each loader worker keeps its own cache, so use it with ``num_workers`` 0 or persistent
     workers."""
 
-    def __init__(self, entries: Sequence[ManifestEntry], tokenizer: Tokenizer, max_length: int = 2048,
-                 n_mels: int = 80, on_error: Literal["raise", "skip"] = "raise", cache: bool = False) -> None:
+    def __init__(
+        self,
+        entries: Sequence[ManifestEntry],
+        tokenizer: Tokenizer,
+        max_length: int = 2048,
+        n_mels: int = 80,
+        on_error: Literal["raise", "skip"] = "raise",
+        cache: bool = False,
+        augmenter: Augmenter | None = None,
+    ) -> None:
         self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
-        self.on_error = on_error
+        self.on_error, self.augmenter = on_error, augmenter
         self._cache: dict[int, Sample] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def encode(self, entry: ManifestEntry) -> Sample:
-        """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently overrides it."""
-        return encode_entry(entry, self.tokenizer, self.max_length, self.n_mels, self.on_error)
+    def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
+        """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently
+        overrides it."""
+        return encode_entry(
+            entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform=transform
+        )
+
+    def augmented(self, index: int, generator: torch.Generator) -> Sample:
+        """Example ``index`` with the augmentation ``generator`` draws: one that no transform changes
+        is served like ``self[index]`` (from the cache), an augmented one is encoded afresh and not
+        cached."""
+        entry = self.entries[index]
+        draw = None if self.augmenter is None else self.augmenter.draw(entry.task, generator)
+        if draw is None:
+            return self[index]
+        return self.encode(entry, partial(self.augmenter.apply, draw))
 
     def __getitem__(self, index: int) -> Sample:
         if self._cache is not None and index in self._cache:
@@ -130,3 +181,21 @@ class AudioTextDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = sample
         return sample
+
+
+class AugmentedConcatDataset(ConcatDataset):
+    """The training datasets of a data module with augmentation: indexed by ``(epoch, index)``
+    (what :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields), each example augmented by
+    the generator of ``(seed, epoch, index)`` (:func:`~qwen_audio.data.augment.example_generator`),
+    so the audio does not depend on the worker that loads it, and a resumed run sees the audio of
+    the uninterrupted one."""
+
+    def __init__(self, datasets: Sequence[AudioTextDataset], seed: int) -> None:
+        super().__init__(datasets)
+        self.seed = seed
+
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
+        epoch, index = key
+        which = bisect.bisect_right(self.cumulative_sizes, index)
+        local = index - (self.cumulative_sizes[which - 1] if which else 0)
+        return self.datasets[which].augmented(local, example_generator(self.seed, epoch, index))

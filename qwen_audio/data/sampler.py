@@ -231,3 +231,22 @@ class DurationBucketSampler(Sampler[list[int]]):
         if done >= len(self):
             self.epoch, done = self.epoch + 1, 0
         self._resume_at = self._yielded = done
+
+
+class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of a :class:`DurationBucketSampler` with each index tagged by the epoch it was
+    planned in, ``(epoch, index)``: the epoch travels with the index to the worker that loads it (a
+    worker's copy of the dataset cannot know the epoch, and a loader fetches ahead into the next
+    one), which seeds augmentation (:class:`~qwen_audio.data.dataset.AugmentedConcatDataset`).
+    Lightning sets the epoch on :attr:`sampler`."""
+
+    def __init__(self, sampler: DurationBucketSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(epoch, index) for index in batch]

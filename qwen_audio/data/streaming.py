@@ -1,10 +1,20 @@
-"""Training batches streamed from JSONL manifests, for corpora too large to index in memory.
+"""Training batches streamed from JSONL manifests or litdata shards, for corpora too large to index.
 
 The map-style path (:class:`~qwen_audio.data.sampler.DurationBucketSampler`) holds every entry's duration to plan an
 epoch. Here nothing is indexed up front: each reader (one per rank and DataLoader worker) parses only its own lines
 of each manifest (:func:`~qwen_audio.data.manifest.iter_manifest` with ``shard``), so N readers read a file once
-between them. Why not webdataset or litdata: both stream their own shard formats (tar files, optimised chunks) that
-a corpus would first be converted into; our corpora are JSONL lines pointing at audio files, which split by line.
+between them.
+
+A source may also be a shard folder written by ``python -m qwen_audio.data.shard``
+(:func:`~qwen_audio.data.shard.read_shards`): litdata chunks that hold the lines and their audio
+files' bytes, read through ``litdata.StreamingDataset`` from a local folder or an object store. At
+the scale of the paper's stage 1 (some 30 corpora, millions of clips) opening one file per clip on
+network storage is what limits the loader; a few chunks per reader is not. A shard folder keeps its
+manifest's order, so a reader takes the same entries from it as from the manifest, and the plan
+below (weighted draws, duration-packed batches, resume by replay) gives the same batches from
+either. litdata's own loader (``StreamingDataLoader``) is not used: it batches a fixed number of
+items and resumes by items, while a batch here is a duration-packed group within ``max_seconds``
+and resumes by batches.
 """
 
 from __future__ import annotations
@@ -19,9 +29,12 @@ from qwen_audio.data.collate import collate
 from qwen_audio.data.dataset import encode_entry
 from qwen_audio.data.manifest import ManifestEntry, ManifestError, iter_manifest
 from qwen_audio.data.sampler import pack_batches
+from qwen_audio.data.shard import is_shard_folder, read_shards
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
 from qwen_audio.tokenizer import Tokenizer
+
+Item = tuple[ManifestEntry, bytes | None]  # an entry, and its audio file's bytes if from a shard
 
 
 class StreamingAudioTextDataset(IterableDataset):
@@ -39,7 +52,7 @@ class StreamingAudioTextDataset(IterableDataset):
 
     def __init__(
         self,
-        manifests: Sequence[str],
+        manifests: Sequence[str],  # JSONL manifests or shard folders
         tokenizer: Tokenizer,
         max_seconds: float,
         *,
@@ -73,12 +86,18 @@ class StreamingAudioTextDataset(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         return rank * workers + worker_id, world * workers, workers
 
-    def _entries(self, path: str, reader: int, readers: int) -> Iterator[ManifestEntry]:
-        """This reader's lines of ``path``, pass after pass."""
+    def _entries(self, path: str, reader: int, readers: int) -> Iterator[Item]:
+        """This reader's entries of ``path`` pass after pass, each with its audio file's bytes when
+        ``path`` is a shard folder (``None``: the file is read when the batch is built)."""
+        tasks = family_tasks(self.tokenizer.family)
         while True:
             empty = True
-            tasks = family_tasks(self.tokenizer.family)
-            for entry in iter_manifest(path, tasks=tasks, on_error=self.on_error, shard=(reader, readers)):
+            if is_shard_folder(path):
+                items = read_shards(path, tasks=tasks, shard=(reader, readers))
+            else:
+                items = ((e, None) for e in iter_manifest(path, tasks=tasks, on_error=self.on_error,
+                                                          shard=(reader, readers)))
+            for entry, data in items:
                 if entry.duration is None:
                     raise ManifestError(f"entry {entry.audio} has no duration; streaming needs one on every line",
                                         path=path)
@@ -86,20 +105,20 @@ class StreamingAudioTextDataset(IterableDataset):
                     raise ManifestError(f"{entry.audio} lasts {entry.duration} s, more than max_seconds="
                                         f"{self.max_seconds}", path=path)
                 empty = False
-                yield entry
+                yield entry, data
             if empty:
                 raise ManifestError(f"no entries for reader {reader} of {readers}; use fewer workers or ranks",
                                     path=path)
 
-    def _planned(self, reader: int, readers: int) -> Iterator[list[ManifestEntry]]:
+    def _planned(self, reader: int, readers: int) -> Iterator[list[Item]]:
         """The reader's batches of entries, before decoding."""
         rng = np.random.default_rng([self.seed, reader])
         streams = [self._entries(path, reader, readers) for path in self.manifests]
         while True:
             choices = rng.choice(len(streams), size=self.buffer_size, p=self.probabilities)
             buffer = [next(streams[c]) for c in choices]
-            order = sorted(range(len(buffer)), key=lambda i: buffer[i].duration)
-            batches = pack_batches(order, [e.duration for e in buffer], self.max_seconds)
+            order = sorted(range(len(buffer)), key=lambda i: buffer[i][0].duration)
+            batches = pack_batches(order, [entry.duration for entry, _ in buffer], self.max_seconds)
             for b in rng.permutation(len(batches)):
                 yield [buffer[i] for i in batches[b]]
 
@@ -109,8 +128,8 @@ class StreamingAudioTextDataset(IterableDataset):
         already = len(range(worker, self.batches_done, workers))  # this worker's share of the consumed batches
         for position, entries in enumerate(self._planned(reader, readers)):
             if position >= already:
-                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels, self.on_error)
-                           for e in entries]
+                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels,
+                                        self.on_error, data) for e, data in entries]
                 yield collate(samples, self.tokenizer.eod)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -24,6 +25,7 @@ from qwen_audio.batching import batch_prompts
 from qwen_audio.config import ConfigError
 from qwen_audio.data.dataset import target_text
 from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_fingerprint, corpus_record
+from qwen_audio.data.demo.corpus import CONDITIONS
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.eval.tasks import BenchmarkItem, get_benchmark, read_benchmark_file
 from qwen_audio.prompts import Example, encode_text
@@ -51,13 +53,17 @@ def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> t
     return record["seed"], record["size"], fingerprint
 
 
-def demo_items(entries: Sequence[ManifestEntry]) -> list[BenchmarkItem]:
-    """Demo-corpus entries as evaluation items: one benchmark (and source) per task and speech language."""
+def demo_items(
+    entries: Sequence[ManifestEntry], condition: str | None = None
+) -> list[BenchmarkItem]:
+    """Demo-corpus entries as evaluation items: one benchmark per task and speech language, and one
+    source per benchmark and ``condition`` (``demo_asr_en``, ``demo_asr_en_noisy``, ...)."""
     items = []
     for entry in entries:
         name = f"demo_{entry.task}" + (f"_{entry.audio_language}" if entry.task in ("asr", "srwt") else "")
         get_benchmark(name)  # a task without a demo benchmark is an error here, not a silent skip
-        items.append(BenchmarkItem(entry.audio, target_text(entry), name, name, entry.question))
+        source = name + (f"_{condition}" if condition else "")
+        items.append(BenchmarkItem(entry.audio, target_text(entry), source, name, entry.question))
     return items
 
 
@@ -124,8 +130,11 @@ class BenchmarkDataModule(L.LightningDataModule):
         benchmark: a name of :data:`qwen_audio.eval.tasks.BENCHMARKS`, or ``demo`` for the demo corpus (every task
             in it, each scored as its ``demo_*`` benchmark).
         path: the evaluation file (default: the release's path of the benchmark, e.g.
-            ``data/asr/librispeech_eval.jsonl``); for ``demo`` a demo-format manifest or ``demo:<split>``
-            (default ``demo:test``, built on first use).
+            ``data/asr/librispeech_eval.jsonl``); for ``demo`` a demo-format manifest or
+            ``demo:<name>`` of the demo corpus (default ``demo:<split>``, built on first use).
+        split: for ``demo``, the held-out split read: ``validation`` (to compare configurations
+            on) or ``test`` (read once per shipped configuration). Each gives its clean items and
+            its noisy and unseen-voice ASR rows (sources ``demo_asr_en_noisy``, ...).
         audio_root: folder that relative ``audio`` paths are read against (default: the file's folder).
         batch_size: prompts per batch on each device (default: the benchmark's, from the release).
         checkpoint: the released-layout folder evaluated (linked from the model by the CLI), read only for the
@@ -145,6 +154,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         checkpoint: str | None = None,
         seed: int | None = None,
         demo_size: int | None = None,
+        split: Literal["validation", "test"] = "test",
     ) -> None:
         super().__init__()
         if benchmark != DEMO:
@@ -153,7 +163,8 @@ class BenchmarkDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.benchmark, self.audio_root, self.batch_size = benchmark, audio_root, batch_size
         self.num_workers = num_workers
-        self.path = path or (f"{DEMO_PREFIX}test" if benchmark == DEMO else get_benchmark(benchmark).data)
+        default = f"{DEMO_PREFIX}{split}" if benchmark == DEMO else get_benchmark(benchmark).data
+        self.path = path or default
         self.seed, self.demo_size, self.fingerprint = demo_corpus(checkpoint, seed, demo_size)
         self.tokenizer: Tokenizer | None = None
         self.n_mels: int | None = None
@@ -164,9 +175,9 @@ class BenchmarkDataModule(L.LightningDataModule):
         """Take the evaluated model's tokenizer (prompts, padding) and its encoder's number of mel bins."""
         self.tokenizer, self.n_mels = tokenizer, n_mels
 
-    def _manifest(self) -> str:
-        if not self.path.startswith(DEMO_PREFIX):
-            return self.path
+    def _manifest(self, path: str) -> str:
+        if not path.startswith(DEMO_PREFIX):
+            return path
         manifests = build_demo_corpus(seed=self.seed, size=self.demo_size)
         built = corpus_fingerprint(manifests) if self.fingerprint is not None else None
         if built != self.fingerprint:
@@ -175,16 +186,29 @@ class BenchmarkDataModule(L.LightningDataModule):
                 f"on one of fingerprint {self.fingerprint}, with the same version, seed and size: other generation "
                 "code built one of them. Remove the folder to rebuild it with this code, and bump DEMO_VERSION "
                 "whenever the generation changes")
-        return str(manifests[self.path[len(DEMO_PREFIX):]])
+        return str(manifests[path[len(DEMO_PREFIX):]])
+
+    def _demo_rows(self) -> list[tuple[str, str | None]]:
+        """``(manifest, condition)`` read: a held-out demo split with its robustness rows."""
+        if self.path in (f"{DEMO_PREFIX}validation", f"{DEMO_PREFIX}test"):
+            rows = [(f"{self.path}_{condition}", condition) for condition in CONDITIONS]
+            return [(self.path, None), *rows]
+        return [(self.path, None)]
 
     def prepare_data(self) -> None:
         if self.benchmark == DEMO:
-            self._manifest()  # builds the demo corpus once, on the main process
+            self._manifest(self.path)  # builds the demo corpus once, on the main process
 
     def setup(self, stage: str | None = None) -> None:
         if self.items is None:
             if self.benchmark == DEMO:
-                self.items = demo_items(read_manifest(self._manifest(), check_audio=True))
+                self.items = [
+                    item
+                    for path, condition in self._demo_rows()
+                    for item in demo_items(
+                        read_manifest(self._manifest(path), check_audio=True), condition
+                    )
+                ]
                 if self.path.startswith(DEMO_PREFIX):
                     train = build_demo_corpus(seed=self.seed, size=self.demo_size)["train"]
                     self.train_answers = demo_answers(read_manifest(train))

@@ -34,11 +34,13 @@ from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 from starlette.concurrency import run_in_threadpool
 
+from qwen_audio.audio import SAMPLE_RATE
 from qwen_audio.checkpoint import load_model, load_tokenizer
+from qwen_audio.longform import window_bounds, window_prompts
 from qwen_audio.serve import openai_api
 from qwen_audio.serve.loop import Cancel, SchedulerLoop
 from qwen_audio.serve.openai_api import RequestError
-from qwen_audio.serve.scheduler import ChatJob, Job, Scheduler
+from qwen_audio.serve.scheduler import ChatJob, Job, Scheduler, TranscriptionJob
 
 logger = logging.getLogger("qwen_audio.serve")
 
@@ -95,10 +97,10 @@ class OpenAIAudioSpec(LitSpec):
             self._check_length(job)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
-        if self.in_flight >= self.max_in_flight:
+        events = await self._submit(job)
+        if events is None:
             return _busy()
         request_id = openai_api.completion_id()
-        events = self._events(job)
         if chat.stream:
             return StreamingResponse(self._stream(request_id, events, seconds, started),
                                      media_type="text/event-stream")
@@ -117,13 +119,15 @@ class OpenAIAudioSpec(LitSpec):
             form = await request.form()
             job, response_format, _ = await run_in_threadpool(openai_api.transcription_job, self.tokenizer, form,
                                                               self.model_name)
+            await run_in_threadpool(self._check_windows, job)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
-        if self.in_flight >= self.max_in_flight:
+        events = await self._submit(job)
+        if events is None:
             return _busy()
         request_id = f"transcription-{uuid.uuid4().hex[:24]}"
         try:
-            _, result = await _collect(self._events(job), request)
+            _, result = await _collect(events, request)
         except WorkerError as err:
             return _server_error(err)
         if result is None:
@@ -142,9 +146,32 @@ class OpenAIAudioSpec(LitSpec):
             raise RequestError(param, f"{param}: this model's context holds {self.max_model_len} tokens; the "
                                f"request asks for {prompt + new} ({prompt} in the messages, {new} to generate)")
 
+    def _check_windows(self, job: TranscriptionJob) -> None:
+        """A 400 naming ``file`` when the prompt of the audio's longest window leaves no room in the
+        context for its transcript. (A transcript that outgrows the room ends with the context.)"""
+        start, stop = max(window_bounds(job.waveform), key=lambda bounds: bounds[1] - bounds[0])
+        (prompt,) = window_prompts(self.tokenizer, [job.waveform[start:stop]],
+                                   language=job.language or "en", timestamps=job.timestamps)
+        if len(prompt.ids) >= self.max_model_len:
+            raise RequestError(
+                "file", f"file: a {(stop - start) / SAMPLE_RATE:.1f} s window of this audio takes "
+                f"{len(prompt.ids)} prompt tokens; the model's context holds {self.max_model_len}, "
+                "which leaves no room for its transcript (start the server with a larger "
+                "--max-model-len)")
+
+    async def _submit(self, job: Job) -> AsyncIterator[dict] | None:
+        """Queue ``job`` and return its events (:meth:`_events`), or None when ``max_in_flight``
+        requests are in flight already. Check and count are one step: none slips in between."""
+        if self.in_flight >= self.max_in_flight:
+            return None
+        events = self._events(job)
+        await anext(events)  # runs it up to the queueing: no await between the check and the count
+        return events
+
     async def _events(self, job: Job) -> AsyncIterator[dict]:
-        """Queue ``job`` for the worker and yield its events (see :meth:`.scheduler.Scheduler.step`); leaving
-        before the last one (the client left) cancels the job in the worker."""
+        """Queue ``job`` for the worker, yield None once queued, then yield its events (see
+        :meth:`.scheduler.Scheduler.step`); leaving before the last one (the client left) cancels
+        the job in the worker."""
         uid = uuid.uuid4()
         queue, available = deque(), asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(response_queue=queue, event=available)
@@ -152,6 +179,7 @@ class OpenAIAudioSpec(LitSpec):
         self.in_flight += 1
         finished = False
         try:
+            yield None
             async for data, status in self.data_streamer(queue, available, send_status=True):
                 if status == LitAPIStatus.ERROR:
                     finished = True
@@ -171,8 +199,9 @@ class OpenAIAudioSpec(LitSpec):
         """Server-sent events in OpenAI's chunk format: the role, the text pieces, the finish reason with the
         usage, then ``[DONE]``."""
         name = self.model_name
-        yield _sse(openai_api.chat_chunk(request_id, name, {"role": "assistant", "content": ""}))
         try:
+            role = {"role": "assistant", "content": ""}
+            yield _sse(openai_api.chat_chunk(request_id, name, role))
             async for event in events:
                 if event.get("text"):
                     yield _sse(openai_api.chat_chunk(request_id, name, {"content": event["text"]}))
@@ -181,6 +210,8 @@ class OpenAIAudioSpec(LitSpec):
                     yield _sse(openai_api.chat_chunk(request_id, name, {}, event["finish_reason"], event))
         except WorkerError as err:
             yield _sse({"error": {"message": str(err), "type": "server_error", "param": None, "code": None}})
+        finally:
+            await events.aclose()  # a client that left cancels its job now, not when collected
         yield "data: [DONE]\n\n"
 
     @staticmethod

@@ -21,7 +21,13 @@ import torch
 
 from qwen_audio.clips import featurize
 from qwen_audio.data import AudioTextDataModule
-from qwen_audio.data.dataset import AudioTextDataset, Sample, load_segment, target_text
+from qwen_audio.data.dataset import (
+    AudioTextDataset,
+    Sample,
+    Transform,
+    load_segment,
+    target_text,
+)
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import InputError
 from qwen_audio.lit import QwenAudioModule
@@ -78,7 +84,9 @@ def encode_flat(
 class FlatPromptDataset(AudioTextDataset):
     """:class:`AudioTextDataset` with the flat prompts of :func:`encode_flat` in place of the hierarchical tags."""
 
-    def encode(self, entry: ManifestEntry) -> Sample:
+    def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
+        if transform is not None:
+            raise InputError("data.augment: the flat-prompt experiment takes no augmentation")
         example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
         mels, mel_lengths = featurize(example.clips, self.n_mels)
         ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)

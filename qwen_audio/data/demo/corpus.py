@@ -16,10 +16,18 @@ the audio determines:
 
 Held out by construction: every item's split is a function of the item itself (:func:`split_of` hashes the digit
 sequence, the babble sentence, the note, the AQA event layout), so no validation or test item is in any training
-split, for any seed and any size, and a spoken digit string is held out in both languages. Everything derives from
-``seed``, with no network (the same seed and size give the same bytes). The corpus is written to a temporary folder
-renamed into place at the end, so concurrent builders never see or leave a half-written corpus (the loser of the race
-discards its copy).
+split, for any seed and any size, and a spoken digit string is held out in both languages.
+
+Robustness rows, held out by construction too: validation and test each have, besides their
+clean speech, ``<split>_noisy`` (the split's clean ASR clips mixed with a noise type of that split
+alone, at 5 to 20 dB SNR) and ``<split>_unseen`` (the split's digit strings read by espeak-ng voice
+variants of that split alone). Training speech uses :data:`VOICE_VARIANTS` ``["train"]`` and the
+training noise clips (``noise.jsonl``, for :mod:`qwen_audio.data.augment`) :data:`NOISE_KINDS`
+``["train"]``; ``items.json`` records the voices and noise types each split used.
+
+Everything derives from ``seed``, with no network (the same seed and size give the same bytes). The
+corpus is written to a temporary folder renamed into place at the end, so concurrent builders never
+see or leave a half-written corpus (the loser of the race discards its copy).
 """
 
 from __future__ import annotations
@@ -35,15 +43,21 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+import torch
+from torchaudio.functional import add_noise
 
 from qwen_audio.data.demo.espeak import SpeechJob, synthesize_files
 from qwen_audio.data.manifest import ManifestEntry, write_manifest
 from qwen_audio.prompts import TimedWord
 
-DEMO_VERSION = "7"  # bump when generation changes, so caches of an older corpus are not reused
+DEMO_VERSION = "8"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
 CORPUS_RECORD = "demo_corpus.json"  # in an exported model folder: the corpus_record() of the corpus it trained on
 SPLITS = ("train", "validation", "test")
+CONDITIONS = ("noisy", "unseen")  # robustness rows of a held-out split: <split>_<condition>.jsonl
+HELD_OUT_ROWS = tuple(f"{split}_{condition}" for split in SPLITS[1:] for condition in CONDITIONS)
+NOISE_MANIFEST = "noise"  # noise.jsonl: the training noise clips
+MANIFESTS = (*SPLITS, *HELD_OUT_ROWS, NOISE_MANIFEST)
 SENTENCES_FILE = Path(__file__).resolve().parents[2] / "assets" / "demo_corpus.txt"
 SOUND_RATE = 16000  # sample rate of the generated (non-speech) clips
 HELD_OUT_PERCENT = {"test": 10, "validation": 10}  # of all possible items; the rest is for training
@@ -56,7 +70,22 @@ DIGITS_PER_UTTERANCE = (3, 6)  # inclusive, held-out strings; test scores stay c
 TRAIN_DIGITS_PER_UTTERANCE = (1, 6)  # training also has one- and two-digit strings: short clips align easily
 SILENCE_BEFORE = (0.05, 0.2)  # seconds of silence around each utterance, drawn per clip: espeak-ng leaves none,
 SILENCE_AFTER = (0.1, 0.3)  # and without it the last word ends with the clip, where the model dropped it most
-VOICES = {"en": ("en", "en+f2", "en+m3", "en+f4", "en+m7"), "zh": ("cmn", "cmn+f2", "cmn+m3", "cmn+f4")}
+LANGUAGE_VOICES = {"en": "en", "zh": "cmn"}  # espeak-ng voice of a language, with a variant below
+# training variants read all clean speech; the held-out ones only their split's unseen-voice row
+VOICE_VARIANTS = {
+    "train": ("", "f1", "f2", "f4", "m1", "m3", "m5", "m7", "klatt", "klatt4"),
+    "validation": ("f3", "m2", "m6", "klatt2"),
+    "test": ("f5", "m4", "m8", "klatt3"),
+}
+# training noise is for augmentation; each held-out split mixes its own kinds into its noisy row
+NOISE_KINDS = {
+    "train": ("white", "pink", "rain", "wind", "engine", "birds"),
+    "validation": ("brown", "siren"),
+    "test": ("blue", "buzz"),
+}
+NOISE_CLIPS_PER_KIND = 8  # training noise clips of each kind
+NOISE_SECONDS = 4.0
+SNR_DB = (5.0, 20.0)  # of the noisy rows
 RATES = (130, 210)  # words per minute, drawn per utterance
 PITCHES = (30, 70)
 INSTRUMENTS = ("piano", "organ", "flute", "string", "brass")
@@ -89,13 +118,15 @@ def default_demo_dir() -> Path:
 
 
 def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size: int = 48) -> dict[str, Path]:
-    """Build the corpus unless it is there; returns ``{split: manifest path}``.
+    """Build the corpus unless it is there; returns ``{name: manifest path}`` for the
+    :data:`SPLITS`, the :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the training noise
+    (``noise``).
 
     It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
     corpora of other versions or parameters never collide. ``size``: training clips of English and of Mandarin
     speech; ASC and AQA get ``max(1, size // 4)`` each, MNA six times as many; validation and test get
-    ``min(100, max(1, size // 4))`` of every group. Each speech clip gives an
-    ASR and an SRWT line.
+    ``min(100, max(1, size // 4))`` of every group, and as many ASR lines per language in each
+    robustness row. Each speech clip gives an ASR and an SRWT line.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
@@ -114,7 +145,7 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return {split: root / f"{split}.jsonl" for split in SPLITS}
+    return {name: root / f"{name}.jsonl" for name in MANIFESTS}
 
 
 def corpus_record(seed: int, size: int) -> dict:
@@ -129,7 +160,7 @@ def corpus_fingerprint(manifests: dict[str, Path]) -> str:
     tell. The audio is left out: its float rounding may differ between CPUs, the text and durations do not."""
     root = manifests["train"].parent
     digest = hashlib.sha256()
-    for name in [*(f"{split}.jsonl" for split in SPLITS), "items.json"]:
+    for name in [*(f"{name}.jsonl" for name in MANIFESTS), "items.json"]:
         digest.update((root / name).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -235,8 +266,20 @@ def _generate(folder: Path, seed: int, size: int) -> None:
                                 folder / "voices" / f"{split}_{i:04d}_{k}.wav")
                     for k, language in enumerate(languages)
                 ]
-    all_jobs = [job for split in SPLITS for _, job in speech[split]] + [job for v in voices.values() for job in v]
-    timings = iter(synthesize_files(all_jobs))
+    unseen: dict[str, list[tuple[str, SpeechJob]]] = {}
+    for split in SPLITS[1:]:
+        (folder / f"{split}_unseen").mkdir()
+        unseen[split] = []
+        for language in ("en", "zh"):
+            rng = _rng(seed, split, "unseen", language)
+            for i, text in enumerate(digits[language][split]):
+                path = folder / f"{split}_unseen" / f"speech_{language}_{i:04d}.wav"
+                unseen[split].append((language, _speech_job(rng, text, language, path, split)))
+    speech_jobs = [job for split in SPLITS for _, job in speech[split]]
+    babble_jobs = [job for v in voices.values() for job in v]
+    unseen_jobs = [job for split in unseen for _, job in unseen[split]]
+    rendered = synthesize_files(speech_jobs + babble_jobs + unseen_jobs)
+    timings = iter(rendered[: len(speech_jobs)])
     items: dict[str, set[str]] = {split: set() for split in SPLITS}
     for split in SPLITS:
         entries = []
@@ -256,13 +299,29 @@ def _generate(folder: Path, seed: int, size: int) -> None:
             entries += [scene, aqa]
             items[split] |= {layout, *(f"sentence:{job.text}" for job in voices.get((split, i), ()))}
         write_manifest(folder / f"{split}.jsonl", entries)
-    # the record of which items each split holds, for checking that held-out items are held out
-    (folder / "items.json").write_text(json.dumps({split: sorted(keys) for split, keys in items.items()}, indent=0))
+    used_voices = {"train": {job.voice for job in speech_jobs + babble_jobs}}
+    used_noises = {"train": set(_write_noise_clips(folder, seed)) | set(SCENES)}
+    for split in SPLITS[1:]:
+        write_manifest(folder / f"{split}_unseen.jsonl", [
+            ManifestEntry(os.path.relpath(job.path, folder), "asr", job.text, language, language,
+                          duration=round(soundfile.info(job.path).duration, 4))
+            for language, job in unseen[split]])
+        used_voices[split] = {job.voice for _, job in unseen[split]}
+        used_noises[split] = _write_noisy_row(folder, seed, split, speech[split])
+    # which items, voices and noise types each split holds, to check that held-out ones are held out
+    record = {split: sorted(keys) for split, keys in items.items()}
+    record |= {"voices": {s: sorted(v) for s, v in used_voices.items()},
+               "noises": {s: sorted(n) for s, n in used_noises.items()}}
+    (folder / "items.json").write_text(json.dumps(record, indent=0))
     shutil.rmtree(folder / "voices")
 
 
-def _speech_job(rng: np.random.Generator, text: str, language: str, path: Path) -> SpeechJob:
-    voice = str(rng.choice(VOICES[language]))
+def _speech_job(
+    rng: np.random.Generator, text: str, language: str, path: Path, split: str = "train"
+) -> SpeechJob:
+    """An utterance in a voice of ``split`` (:data:`VOICE_VARIANTS`) at a random rate and pitch."""
+    variant = str(rng.choice(VOICE_VARIANTS[split]))
+    voice = LANGUAGE_VOICES[language] + (f"+{variant}" if variant else "")
     rate, pitch = int(rng.integers(RATES[0], RATES[1] + 1)), int(rng.integers(PITCHES[0], PITCHES[1] + 1))
     before, after = round(float(rng.uniform(*SILENCE_BEFORE)), 3), round(float(rng.uniform(*SILENCE_AFTER)), 3)
     return SpeechJob(text=text, path=str(path), voice=voice, rate=rate, pitch=pitch, silence_before=before,
@@ -280,6 +339,44 @@ def _speech_entries(
         ManifestEntry(audio, "asr", job.text, language, language, duration=duration),
         ManifestEntry(audio, "srwt", job.text, language, language, duration=duration, words=words),
     ]
+
+
+def _write_noise_clips(folder: Path, seed: int) -> list[str]:
+    """``noise.jsonl``: :data:`NOISE_CLIPS_PER_KIND` clips of each training noise kind."""
+    (folder / "noise").mkdir()
+    lines = []
+    for kind in NOISE_KINDS["train"]:
+        for k in range(NOISE_CLIPS_PER_KIND):
+            path = f"noise/{kind}_{k}.wav"
+            audio = _NOISES[kind](_rng(seed, "noise", kind, str(k)), NOISE_SECONDS)
+            _write_sound(folder, path, audio, _rng(seed, "noise level", kind, str(k)))
+            lines.append(json.dumps({"audio": path, "kind": kind}) + "\n")
+    (folder / f"{NOISE_MANIFEST}.jsonl").write_text("".join(lines))
+    return list(NOISE_KINDS["train"])
+
+
+def _write_noisy_row(
+    folder: Path, seed: int, split: str, speech: list[tuple[str, SpeechJob]]
+) -> set[str]:
+    """``<split>_noisy.jsonl``: the split's clean ASR clips, each mixed with a noise kind of the
+    split (in turn) at an SNR drawn from :data:`SNR_DB` (``torchaudio.functional.add_noise``);
+    returns the kinds used."""
+    rng, kinds, entries = _rng(seed, split, "noisy"), NOISE_KINDS[split], []
+    (folder / f"{split}_noisy").mkdir()
+    for i, (language, job) in enumerate(speech):
+        clean, rate = soundfile.read(job.path, dtype="float32")
+        kind = kinds[i % len(kinds)]
+        noise = _NOISES[kind](rng, (len(clean) + 1) / rate)[: len(clean)]
+        snr = torch.tensor([rng.uniform(*SNR_DB)])
+        noise = torch.from_numpy(noise).float()
+        mixed = add_noise(torch.from_numpy(clean)[None], noise[None], snr)[0].numpy()
+        mixed /= max(1.0, np.abs(mixed).max() / 0.99)  # no clipping; a scale keeps the SNR
+        path = f"{split}_noisy/{Path(job.path).name}"
+        soundfile.write(folder / path, mixed, rate, subtype="PCM_16")
+        duration = round(len(mixed) / rate, 4)
+        entries.append(ManifestEntry(path, "asr", job.text, language, language, duration=duration))
+    write_manifest(folder / f"{split}_noisy.jsonl", entries)
+    return {kinds[i % len(kinds)] for i in range(len(speech))}
 
 
 def _write_sound(folder: Path, path: str, audio: np.ndarray, rng: np.random.Generator) -> float:
@@ -393,7 +490,38 @@ def _babble(rng: np.random.Generator, seconds: float, voices: list[SpeechJob]) -
     return out
 
 
+def _coloured(exponent: float):
+    """Noise of power ``frequency ** exponent`` (white 0, pink -1, brown -2, blue +1)."""
+    def noise(rng: np.random.Generator, seconds: float) -> np.ndarray:
+        n = int(seconds * SOUND_RATE)
+        return _shaped_noise(rng, n, lambda f: np.maximum(f, 20.0) ** (exponent / 2))
+    return noise
+
+
+def _siren(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A tone with one overtone, its pitch swinging slowly around 600 to 1200 Hz."""
+    t = _times(seconds)
+    centre, depth, rate = rng.uniform(600, 1200), rng.uniform(200, 500), rng.uniform(0.3, 1.5)
+    phase = 2 * np.pi * np.cumsum(centre + depth * np.sin(2 * np.pi * rate * t)) / SOUND_RATE
+    return np.sin(phase) + 0.3 * np.sin(2 * phase) + 0.05 * rng.standard_normal(len(t))
+
+
+def _buzz(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Mains buzz: 50 or 60 Hz and its harmonics up to 4 kHz (a sawtooth's spectrum), faint hiss."""
+    t, f0 = _times(seconds), float(rng.choice([50.0, 60.0]))
+    harmonics = range(1, int(4000 / f0) + 1)
+    buzz = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k for k in harmonics)
+    return buzz + 0.05 * rng.standard_normal(len(t))
+
+
 _SOUNDS = {"rain": _rain, "wind": _wind, "engine": _engine, "birds": _birds}
+_NOISES = {
+    **_SOUNDS,
+    **{name: _coloured(exponent) for name, exponent in (("white", 0), ("pink", -1), ("brown", -2),
+                                                        ("blue", 1))},
+    "siren": _siren,
+    "buzz": _buzz,
+}
 
 
 def _asc_clip(
