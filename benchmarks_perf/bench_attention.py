@@ -30,9 +30,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from qwen_audio.audio import HOP_LENGTH, SAMPLE_RATE, conv_frames
+from qwen_audio.audio import SAMPLE_RATE
 from qwen_audio.config import ATTENTION_BACKENDS
+from qwen_audio.lengths import conv_frames
 from qwen_audio.modules.attention import AttentionLayout, attention, resolve_attention_backend
+from qwen_audio.whisper_mel import HOP_LENGTH
 
 from _timing import device_name, measure_ms, pass_or_miss
 

@@ -24,8 +24,8 @@ import whisper
 from nnAudio.features import MelSpectrogram as NnAudioMel
 from transformers import WhisperFeatureExtractor
 
-from qwen_audio.audio import N_SAMPLES
 from qwen_audio.kernels import log_mel
+from qwen_audio.lengths import N_SAMPLES
 from qwen_audio.whisper_mel import DYNAMIC_RANGE, HOP_LENGTH, LOG_MEL_FLOOR, N_FFT, SAMPLE_RATE
 
 from _timing import copy_bandwidth, interleaved_speedup, measure_ms, pass_or_miss

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 import qwen_audio
-from qwen_audio.audio import SAMPLE_RATE, audio_lengths
+from qwen_audio.audio import SAMPLE_RATE
 from qwen_audio.config import QwenAudioConfig
+from qwen_audio.lengths import audio_lengths
 from qwen_audio.model import QwenAudio, last_tokens
 
 RELEASED_VOCAB = 155947

@@ -41,9 +41,10 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from qwen_audio.audio import N_SAMPLES, SAMPLE_RATE, audio_lengths, conv_frames, log_mel_spectrogram
+from qwen_audio.audio import SAMPLE_RATE, log_mel_spectrogram
 from qwen_audio.config import ATTENTION_BACKENDS, QwenAudioConfig
 from qwen_audio.kernels import TRITON_KERNEL_NAMES
+from qwen_audio.lengths import N_SAMPLES, audio_lengths, conv_frames
 from qwen_audio.lit.flops import bf16_peak_flops
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.lit.optim import param_groups

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -20,12 +18,8 @@ import torchaudio
 
 from qwen_audio.errors import AudioError
 from qwen_audio.kernels import log_mel
-from qwen_audio.whisper_mel import HOP_LENGTH, N_FFT, SAMPLE_RATE
-
-CHUNK_LENGTH = 30  # seconds the encoder sees at most
-N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000
-N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per 30 s
-MIN_SAMPLES = 480  # 30 ms, the shortest clip the encoder takes: 3 mel frames -> 2 conv frames -> 1 audio token
+from qwen_audio.lengths import MIN_SAMPLES, N_SAMPLES, audio_lengths, conv_frames
+from qwen_audio.whisper_mel import N_FFT, SAMPLE_RATE
 
 AudioSource = str | os.PathLike | BinaryIO
 
@@ -99,61 +93,12 @@ def log_mel_spectrogram(
     return log_mel(audio.float(), n_mels, kernel_backend)
 
 
-def conv_frames(mel_frames):
-    """Encoder frames after the conv stem (conv2 has stride 2): ``(mel_frames - 1) // 2 + 1``. Ints or tensors."""
-    return (mel_frames - 1) // 2 + 1
-
-
-def pooled_frames(encoder_frames):
-    """Audio tokens after the stride-2 average pool: ``(encoder_frames - 2) // 2 + 1`` (0 for 0 or 1 frame)."""
-    return (encoder_frames - 2) // 2 + 1
-
-
-@dataclass(frozen=True)
-class AudioLengths:
-    """Lengths of one clip at each stage of the released model; ``span_tokens`` adds ``<audio>`` and ``</audio>``."""
-
-    samples: int
-    mel_frames: int
-    encoder_frames: int
-    audio_tokens: int
-
-    @property
-    def span_tokens(self) -> int:
-        return self.audio_tokens + 2
-
-
-def audio_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
-    """Length bookkeeping of the release for a clip of ``num_samples`` samples at 16 kHz.
-
-    Audio longer than 30 s is truncated to its first 30 s, as the release does (with a warning naming
-    ``source``). Worked example, a 1 s clip::
-
-        >>> audio_lengths(16000)
-        AudioLengths(samples=16000, mel_frames=100, encoder_frames=50, audio_tokens=25)
-
-    16000 samples // 160 = 100 mel frames; the stride-2 conv gives (100 - 1) // 2 + 1 = 50 frames; the pool
-    gives (50 - 2) // 2 + 1 = 25 audio tokens, so the prompt holds 25 + 2 = 27 positions (~40 ms per token).
-    """
-    if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    if num_samples > N_SAMPLES:
-        warnings.warn(
-            f"audio {source or '<tensor>'} lasts {num_samples / SAMPLE_RATE:.2f} s; the model reads only its "
-            f"first {CHUNK_LENGTH} s (truncated, as in the release)",
-            stacklevel=2,
-        )
-    samples = min(num_samples, N_SAMPLES)
-    mel = samples // HOP_LENGTH
-    encoder = conv_frames(mel)
-    return AudioLengths(samples, mel, encoder, pooled_frames(encoder))
-
-
 def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
                    mel_frames: int | None = None) -> tuple[torch.Tensor, int]:
     """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
     ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``), and the valid mel
-    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.tokenizer.AudioSpan` has it), else ``samples // 160``.
+    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.clips.Clip` has it), else
+    ``samples // 160``.
 
     Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s: every kept frame's window ends
     before that, so it reads the same samples, and the frames dropped are all-zero ones at the log floor, which

@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import torch
 
-from qwen_audio.audio import audio_features
-from qwen_audio.prompts import Example
-from qwen_audio.tokenizer import AudioTokens, QwenAudioTokenizer
+from qwen_audio.clips import featurize
+from qwen_audio.prompts import Example, encode_text
+from qwen_audio.tokenizer import Tokenizer
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,18 +40,17 @@ class PromptBatch(NamedTuple):
         return PromptBatch(*(None if t is None else t.to(device) for t in self))
 
 
-def batch_prompts(prompts: Sequence[AudioTokens | Example], pad_id: int, n_mels: int = 80) -> PromptBatch:
-    """Left-pad encoded prompts and compute the encoder input (``n_mels`` bins) of every audio, in row-major order."""
+def batch_prompts(prompts: Sequence[Example], pad_id: int, n_mels: int = 80) -> PromptBatch:
+    """Left-pad encoded prompts; compute the encoder input (``n_mels`` bins) of each clip."""
     ids, mask = left_pad([p.ids for p in prompts], pad_id)
-    features = [audio_features(w, span.source, n_mels, span.mel_frames)
-                for p in prompts for w, span in zip(p.waveforms, p.audios)]
-    if not features:
+    mels, lengths = featurize([clip for prompt in prompts for clip in prompt.clips], n_mels)
+    if not mels:
         return PromptBatch(ids, mask, None, None)
-    mel = torch.nn.utils.rnn.pad_sequence([m.T for m, _ in features], batch_first=True).transpose(1, 2)
-    return PromptBatch(ids, mask, mel, torch.tensor([length for _, length in features]))
+    mel = torch.nn.utils.rnn.pad_sequence([m.T for m in mels], batch_first=True).transpose(1, 2)
+    return PromptBatch(ids, mask, mel, torch.tensor(lengths))
 
 
-def encode_prompts(tokenizer: QwenAudioTokenizer, prompts: Sequence[str], max_length: int,
+def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int,
                    n_mels: int = 80) -> PromptBatch:
     """Raw release-style prompts (tags as text, ``<audio>PATH</audio>`` spans, several allowed) -> one batch.
 
@@ -62,11 +61,11 @@ def encode_prompts(tokenizer: QwenAudioTokenizer, prompts: Sequence[str], max_le
     return batch_prompts(encoded, tokenizer.eod, n_mels)
 
 
-def encode_prompt(tokenizer: QwenAudioTokenizer, prompt: str, max_length: int, index: int = 0) -> AudioTokens:
+def encode_prompt(tokenizer: Tokenizer, prompt: str, max_length: int, index: int = 0) -> Example:
     """One raw prompt (see :func:`encode_prompts`); ``index`` names it in errors."""
     if not prompt:
         raise ValueError(f"prompt {index} is empty")
-    tokens = tokenizer.encode_with_audio(prompt, allowed_special="all")
+    tokens = encode_text(tokenizer, prompt)
     if len(tokens.ids) > max_length:
         raise ValueError(f"prompt {index} is {len(tokens.ids)} tokens long (audio placeholders included), "
                          f"more than max_length {max_length}")

@@ -23,29 +23,32 @@ from qwen_audio.cli import (
     generation_config,
     load_model_from_arguments,
 )
+from qwen_audio.clips import AudioLoader
 from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import (
     DEFAULT_SYSTEM,
+    AudioItem,
     Example,
     Message,
     encode_chat,
     from_list_format,
 )
-from qwen_audio.tokenizer import AUDIO_START, AudioLoader, QwenAudioTokenizer
+from qwen_audio.tokenizer import AUDIO_START, Tokenizer
 
 MAX_WINDOW_SIZE = 6144  # chat_generation_config.json: history is dropped, oldest first, beyond this many tokens
 
-History = list[tuple[str, str]]
+Query = str | Sequence[Mapping[str, AudioItem]]  # raw text, or the items of a user turn
+History = list[tuple[Query, str]]
 
 
-def build_context(tokenizer: QwenAudioTokenizer, query: str, history: History, system: str,
+def build_context(tokenizer: Tokenizer, query: Query, history: History, system: str,
                   max_window_size: int = MAX_WINDOW_SIZE, load: AudioLoader = load_audio) -> Example:
     """The generation prompt for ``query`` after ``history``, as the release's ``make_context`` builds it.
 
     The newest history turns are kept while the system turn plus the kept turns (audio placeholders included)
     stay under ``max_window_size`` tokens; older turns are dropped. The new query is not counted, as released.
-    ``load`` maps each ``<audio>`` source to its waveform (decoded audio given as a mapping, e.g. by the server).
+    ``load`` decodes each ``<audio>PATH</audio>`` of raw text. Item lists may hold recordings.
     """
     if not isinstance(load, Mapping):
         load = functools.cache(load)  # each audio file is decoded once however often the context is rebuilt
@@ -63,7 +66,7 @@ def build_context(tokenizer: QwenAudioTokenizer, query: str, history: History, s
 
 def chat(
     model: QwenAudio,
-    tokenizer: QwenAudioTokenizer,
+    tokenizer: Tokenizer,
     query: str | Sequence[Mapping[str, str]],
     history: History | None = None,
     system: str = DEFAULT_SYSTEM,
@@ -91,7 +94,7 @@ def chat(
 
 def _audio_count(history: History) -> int:
     """The audios of the earlier queries (each ``<audio>…</audio>`` span is one)."""
-    return sum(query.count(AUDIO_START) for query, _ in history)
+    return sum(query.count(AUDIO_START) for query, _ in history if isinstance(query, str))
 
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:

@@ -36,9 +36,7 @@ from qwen_audio.qwen2_audio.folder import check_preprocessor_config, write_side_
 from qwen_audio.qwen2_audio.hf_config import config_from_hf, config_to_hf
 from qwen_audio.qwen2_audio.tokenizer import TOKENIZER_JSON, Qwen2AudioTokenizer
 from qwen_audio.qwen2_audio.weights import to_hf, to_ours
-from qwen_audio.tokenizer import AUDIO_START, SPECIAL_TOKENS, QwenAudioTokenizer
-
-Tokenizer = QwenAudioTokenizer | Qwen2AudioTokenizer
+from qwen_audio.tokenizer import AUDIO_START, SPECIAL_TOKENS, QwenAudioTokenizer, Tokenizer
 
 SAFE_INDEX = SAFETENSORS_INDEX_FILE
 BIN_INDEX = "pytorch_model.bin.index.json"

@@ -1,6 +1,7 @@
 """Transcription of clips longer than the 30 s the encoder hears, in consecutive windows decoded as one batch.
 
-The release truncates such audio to its first 30 s (with our warning, see :func:`qwen_audio.audio.audio_lengths`).
+The release truncates such audio to its first 30 s (with our warning, see
+:func:`qwen_audio.lengths.audio_lengths`).
 Here the clip is cut into consecutive, non-overlapping windows of at most ``window_seconds``; each cut is placed at
 the quietest 0.1 s of the last sixth of its window (the last 5 s of a 30 s window), so that cuts fall in pauses
 between words rather than through them. Non-overlapping windows need no de-duplication: every stretch of audio is
@@ -20,15 +21,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from qwen_audio.audio import CHUNK_LENGTH, N_SAMPLES, SAMPLE_RATE, load_audio
+from qwen_audio.audio import SAMPLE_RATE, load_audio
 from qwen_audio.batching import batch_prompts
+from qwen_audio.clips import Recording
 from qwen_audio.generate import GenerationConfig, answer_prompts
+from qwen_audio.lengths import CHUNK_LENGTH, N_SAMPLES
 from qwen_audio.model import QwenAudio, last_tokens
-from qwen_audio.prompts import Example, TimedWord, encode_task, parse_timestamped_words
+from qwen_audio.prompts import Example, ExampleBuilder, TimedWord, encode_task, parse_timestamped_words
 from qwen_audio.tokenizer import (
     LANGUAGES,
+    MODEL_MAX_LENGTH,
     START_OF_TRANSCRIPT,
-    QwenAudioTokenizer,
+    Tokenizer,
     timestamp_token,
 )
 
@@ -70,16 +74,17 @@ def window_bounds(waveform: torch.Tensor, window_seconds: float = CHUNK_LENGTH) 
     return bounds
 
 
-def window_prompts(tokenizer: QwenAudioTokenizer, windows: Sequence[torch.Tensor], *, language: str,
+def window_prompts(tokenizer: Tokenizer, windows: Sequence[torch.Tensor], *, language: str,
                    timestamps: bool) -> list[Example]:
     """The ASR (or, with ``timestamps``, SRWT) prompt for ``language`` of each window."""
     task = "srwt" if timestamps else "asr"
-    return [encode_task(tokenizer, task, f"window{index}", audio_language=language,
-                        load={f"window{index}": window})
-            for index, window in enumerate(windows)]
+    return [
+        encode_task(tokenizer, task, Recording(window, f"window {index}"), audio_language=language)
+        for index, window in enumerate(windows)
+    ]
 
 
-def decode_windows(model: QwenAudio, tokenizer: QwenAudioTokenizer, windows: list[torch.Tensor], *, language: str,
+def decode_windows(model: QwenAudio, tokenizer: Tokenizer, windows: list[torch.Tensor], *, language: str,
                    timestamps: bool, config: GenerationConfig) -> list[list[int]]:
     """Generated ids for each window, all windows in one batch (:func:`window_prompts`)."""
     examples = window_prompts(tokenizer, windows, language=language, timestamps=timestamps)
@@ -87,13 +92,16 @@ def decode_windows(model: QwenAudio, tokenizer: QwenAudioTokenizer, windows: lis
 
 
 @torch.no_grad()
-def detect_languages(model: QwenAudio, tokenizer: QwenAudioTokenizer,
+def detect_languages(model: QwenAudio, tokenizer: Tokenizer,
                      waveforms: Sequence[torch.Tensor]) -> list[str]:
     """The spoken language of each waveform (its first 30 s), as Whisper detects it: the most likely of the
     language tags after ``<audio>…</audio><|startoftranscript|>``, where pretraining puts the audio language."""
-    prompts = [tokenizer.encode_with_audio(f"<audio>clip{index}</audio>{START_OF_TRANSCRIPT}",
-                                           {f"clip{index}": waveform[:N_SAMPLES]}, "all")
-               for index, waveform in enumerate(waveforms)]
+    prompts = []
+    for index, waveform in enumerate(waveforms):
+        builder = ExampleBuilder(tokenizer)
+        builder.add_audio(waveform[:N_SAMPLES], f"clip {index}")
+        builder.add(tokenizer.encode(START_OF_TRANSCRIPT, "all"))
+        prompts.append(builder.build(MODEL_MAX_LENGTH, "prompt"))
     batch = batch_prompts(prompts, tokenizer.eod).to(next(model.parameters()).device)
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(batch.input_ids, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths,
@@ -103,7 +111,7 @@ def detect_languages(model: QwenAudio, tokenizer: QwenAudioTokenizer,
     return [LANGUAGES[index] for index in logits[:, language_ids].argmax(-1).tolist()]
 
 
-def stitch_windows(tokenizer: QwenAudioTokenizer, bounds: Sequence[tuple[int, int]], outputs: Sequence[list[int]], *,
+def stitch_windows(tokenizer: Tokenizer, bounds: Sequence[tuple[int, int]], outputs: Sequence[list[int]], *,
                    language: str, timestamps: bool, name: str) -> LongTranscript:
     """One transcript from the generated ids of each window (see the module docstring); ``name`` labels warnings."""
     separator = "" if language in UNSPACED_LANGUAGES else " "
@@ -132,7 +140,7 @@ def stitch_windows(tokenizer: QwenAudioTokenizer, bounds: Sequence[tuple[int, in
 
 def transcribe_long(
     model: QwenAudio,
-    tokenizer: QwenAudioTokenizer,
+    tokenizer: Tokenizer,
     path: str,
     *,
     language: str,

@@ -20,11 +20,12 @@ import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from qwen_audio.audio import load_audio
+from qwen_audio.clips import AudioLoader, Clip, Recording
 from qwen_audio.config import Family
 from qwen_audio.qwen2_audio.prompts import INSTRUCTIONS, task_instruction
 from qwen_audio.tokenizer import (
@@ -41,9 +42,7 @@ from qwen_audio.tokenizer import (
     TASK_TOKENS,
     TIMESTAMPS,
     AllowedSpecial,
-    AudioLoader,
-    AudioSpan,
-    QwenAudioTokenizer,
+    Tokenizer,
     timestamp_token,
 )
 
@@ -57,6 +56,7 @@ MIN_SILENCE = 0.2  # seconds; our choice (the release's SRWT threshold is not pu
 _OURS = "ours: the release shows no tag for this task; "
 _TIMESTAMP = re.compile(r"<\|(\d+\.\d\d)\|>")
 _FINAL_TIMESTAMP = re.compile(_TIMESTAMP.pattern + r"\Z")  # where an SRWT prompt ends
+_AUDIO_TAG = re.compile(r"<audio>(.*?)</audio>", re.DOTALL)  # what the release's regex finds
 
 
 @dataclass(frozen=True)
@@ -241,50 +241,129 @@ def family_tasks(family: Family) -> Mapping[str, object]:
 
 @dataclass(frozen=True)
 class Example:
-    """One token sequence with its labels (``IGNORE_INDEX`` where no loss), audio spans and waveforms."""
+    """Token ids, their labels (``IGNORE_INDEX`` where no loss) and the clips of the audio spans."""
 
     ids: list[int]
     labels: list[int]
-    audios: tuple[AudioSpan, ...]
-    waveforms: tuple[torch.Tensor, ...]
+    clips: tuple[Clip, ...]
+
+    @property
+    def waveforms(self) -> tuple[torch.Tensor, ...]:
+        return tuple(clip.waveform for clip in self.clips)
 
     @property
     def loss_mask(self) -> list[bool]:
         return [label != IGNORE_INDEX for label in self.labels]
 
 
-class _ExampleBuilder:
-    """Appends token pieces, expanding audio as it goes, so that labels and spans stay aligned with the ids."""
+def split_audio_tags(text: str) -> list[str]:
+    """Raw text cut at its ``<audio>PATH</audio>`` tags: ``[text, path, text, ..., path, text]``.
 
-    def __init__(self, tokenizer: QwenAudioTokenizer, audio: AudioLoader) -> None:
+    Even items are text and odd items the paths between the tags, as the release's regex finds
+    them. A tag without its partner raises ValueError. Only raw text is parsed: the CLI, chat, eval
+    prompts and SFT files.
+    """
+    pieces = _AUDIO_TAG.split(text)
+    for piece in pieces[::2]:
+        if AUDIO_END in piece:
+            raise ValueError(f"{AUDIO_END} in {piece[:80]!r} has no opening {AUDIO_START}")
+        if AUDIO_START in piece:
+            raise ValueError(f"{AUDIO_START} in {piece[:80]!r} is never closed by {AUDIO_END}")
+    return pieces
+
+
+AudioItem = str | Recording  # a path for the builder's loader, or a waveform already in hand
+
+
+class ExampleBuilder:
+    """Collects the pieces of an example in order (ids, text, clips); :meth:`build` tokenizes them.
+
+    Tokenizing in one place keeps labels and clip spans aligned with the ids. ``load`` decodes the
+    paths that raw text names; each path is decoded once per example.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, load: AudioLoader = load_audio) -> None:
         self.tokenizer = tokenizer
-        self.audio = audio if isinstance(audio, Mapping) else functools.cache(audio)  # decode each file once
-        self.ids: list[int] = []
-        self.labels: list[int] = []
-        self.audios: list[AudioSpan] = []
-        self.waveforms: list[torch.Tensor] = []
+        self.load = load.__getitem__ if isinstance(load, Mapping) else functools.cache(load)
+        self.pieces: list[tuple[Sequence[int] | str | Recording, AllowedSpecial | None, bool]] = []
+        self.audios = 0
 
     def add(self, ids: Sequence[int], *, learn: bool = False) -> None:
-        self.ids.extend(ids)
-        self.labels.extend(ids if learn else [IGNORE_INDEX] * len(ids))
+        """Add token ids, learned (labelled) or not."""
+        self.pieces.append((list(ids), None, learn))
 
-    def add_text_with_audio(self, text: str, allowed_special: AllowedSpecial) -> None:
-        encoded = self.tokenizer.encode_with_audio(text, self.audio, allowed_special)
-        offset = len(self.ids)
-        self.audios.extend(replace(span, start=span.start + offset, stop=span.stop + offset) for span in encoded.audios)
-        self.waveforms.extend(encoded.waveforms)
-        self.add(encoded.ids)
+    def add_audio(self, waveform: torch.Tensor, source: str) -> None:
+        """Add a clip: the family's markers around the placeholders its length rule counts."""
+        waveform = torch.as_tensor(waveform)
+        if waveform.dim() != 1:
+            raise ValueError(
+                f"audio {source}: expected a 1-D mono waveform, got shape {tuple(waveform.shape)}"
+            )
+        self.pieces.append((Recording(waveform, source), None, False))
+        self.audios += 1
+
+    def add_item(self, audio: AudioItem) -> None:
+        """Add a recording, or the audio ``load`` decodes from a path."""
+        if isinstance(audio, Recording):
+            self.add_audio(audio.waveform, audio.source)
+        else:
+            self.add_audio(self.load(audio), audio)
+
+    def add_text(self, text: str, allowed_special: AllowedSpecial, *, learn: bool = False) -> None:
+        """Add text, with the special tokens ``allowed_special`` names; audio tags stay text."""
+        self.pieces.append((text, allowed_special, learn))
+
+    def add_raw_text(self, text: str, allowed_special: AllowedSpecial) -> None:
+        """Add raw text: each ``<audio>PATH</audio>`` becomes the clip ``load`` decodes.
+
+        The text between tags is encoded piece by piece. The markers are special tokens, which end
+        a piece of encoding anyway, so the ids equal those of the whole text with its tags.
+        """
+        for index, piece in enumerate(split_audio_tags(text)):
+            if index % 2:
+                self.add_item(piece)
+            else:
+                self.add_text(piece, allowed_special)
 
     def build(self, max_length: int, field: str) -> Example:
-        if len(self.ids) > max_length:
-            raise ValueError(f"{field}: the example is {len(self.ids)} tokens long, more than max_length {max_length}")
-        return Example(self.ids, self.labels, tuple(self.audios), tuple(self.waveforms))
+        """The example; more than ``max_length`` ids raise ValueError naming ``field``."""
+        tokenizer = self.tokenizer
+        ids: list[int] = []
+        labels: list[int] = []
+        clips: list[Clip] = []
+        for piece, allowed_special, learn in self.pieces:
+            if isinstance(piece, Recording):
+                lengths = tokenizer.audio_lengths(piece.waveform.shape[-1], piece.source)
+                stop = len(ids) + lengths.span_tokens
+                clips.append(Clip(piece.source, len(ids), stop, lengths.mel_frames, piece.waveform))
+                pads = [tokenizer.audio_pad] * lengths.audio_tokens
+                piece = [tokenizer.audio_start, *pads, tokenizer.audio_end]
+            elif isinstance(piece, str):
+                piece = tokenizer.encode(piece, allowed_special)
+            ids.extend(piece)
+            labels.extend(piece if learn else [IGNORE_INDEX] * len(piece))
+        if len(ids) > max_length:
+            raise ValueError(
+                f"{field}: the example is {len(ids)} tokens long, more than max_length {max_length}"
+            )
+        return Example(ids, labels, tuple(clips))
+
+
+def encode_text(tokenizer: Tokenizer, text: str, *, allowed_special: AllowedSpecial = "all",
+                load: AudioLoader = load_audio, max_length: int = MODEL_MAX_LENGTH) -> Example:
+    """A raw release-style prompt (tags as text, ``<audio>PATH</audio>`` spans) as an Example.
+
+    By default every special-token text is the token, as in the release.
+    """
+    builder = ExampleBuilder(tokenizer, load)
+    builder.add_raw_text(text, allowed_special)
+    return builder.build(max_length, "prompt")
 
 
 def encode_task(
-    tokenizer: QwenAudioTokenizer,
+    tokenizer: Tokenizer,
     task: str,
-    audio: str | Sequence[str],
+    audio: AudioItem | Sequence[AudioItem],
     target: str | None = None,
     *,
     audio_language: str | None = None,
@@ -294,8 +373,8 @@ def encode_task(
     load: AudioLoader = load_audio,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Example:
-    """``<audio>PATH</audio>`` (one per source) + the task's prompt in the tokenizer's family's words
-    (:func:`family_prompt`) [+ target + the end-of-text token].
+    """One clip per ``audio`` item + the task's prompt in the family's words (:func:`family_prompt`)
+    [+ target + the end-of-text token]. ``load`` decodes a path item; a :class:`Recording` is kept.
 
     Without ``target`` this is the prompt for generation, the ids evaluation gives the same item (the text of
     ``Benchmark.prompt`` with its task-token texts encoded as the tokens). With it,
@@ -305,19 +384,21 @@ def encode_task(
     generation finds it. Target text may contain the task tokens (timestamps, entity marks, MIDI notes...) but no
     audio.
     """
-    sources = [audio] if isinstance(audio, str) else list(audio)
+    items = [audio] if isinstance(audio, (str, Recording)) else list(audio)
     prompt = family_prompt(tokenizer.family, task, audio_language=audio_language, text_language=text_language,
                            instruction=instruction, question=question)
-    builder = _ExampleBuilder(tokenizer, load)
-    builder.add_text_with_audio("".join(f"{AUDIO_START}{source}{AUDIO_END}" for source in sources) + prompt,
-                                TASK_TOKENS)
+    builder = ExampleBuilder(tokenizer, load)
+    for item in items:
+        builder.add_item(item)
+    builder.add_text(prompt, TASK_TOKENS)
     if target is not None:
         held = _FINAL_TIMESTAMP.search(prompt)
         if held:
             if not target.startswith(held.group()):
                 raise ValueError(f"target of task {task!r} must start with {held.group()}, the prompt's last timestamp")
             target = target[len(held.group()):]
-        builder.add([*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod], learn=True)
+        builder.add_text(target, TASK_TOKENS, learn=True)
+        builder.add([tokenizer.eod], learn=True)
     return builder.build(max_length, "target")
 
 
@@ -393,10 +474,10 @@ def parse_timestamped_words(text: str) -> list[TimedWord]:
 
 @dataclass(frozen=True)
 class Message:
-    """One ChatML turn. ``content`` is text, or items ``{"audio": path}`` / ``{"text": ...}`` (from_list_format)."""
+    """One ChatML turn: text, or items ``{"audio": path or Recording}`` and ``{"text": ...}``."""
 
     role: str
-    content: str | Sequence[Mapping[str, str]]
+    content: str | Sequence[Mapping[str, AudioItem]]
 
 
 @dataclass(frozen=True)
@@ -417,26 +498,41 @@ AUDIO_LABELS: dict[Family, AudioLabels] = {
 }
 
 
-def from_list_format(items: Sequence[Mapping[str, str]], family: Family = "qwen-audio", audios_before: int = 0) -> str:
-    """A user turn's items as text: each audio labelled as ``family`` labels it (:data:`AUDIO_LABELS`), text items
-    verbatim. ``audios_before``: the audios of the conversation's earlier turns, which a family that numbers audios
-    across the conversation counts on from (Qwen-Audio's release restarts at ``Audio 1:`` in every message)."""
+def list_pieces(items: Sequence[Mapping[str, AudioItem]], family: Family = "qwen-audio",
+                audios_before: int = 0) -> list[str | AudioItem]:
+    """A user turn's items as ``[text, audio, text, ..., audio, text]``.
+
+    Each audio is labelled as ``family`` labels it (:data:`AUDIO_LABELS`); text items stay as they
+    are. ``audios_before`` counts the audios of earlier turns. A family that numbers audios across
+    the conversation counts on from it; Qwen-Audio's release restarts at ``Audio 1:`` each message.
+    """
     labels = AUDIO_LABELS[family]
-    text = ""
+    pieces: list[str | AudioItem] = [""]
     audios = 0 if labels.per_message else audios_before
     for index, item in enumerate(items):
         if "audio" in item:
             audios += 1
-            text += f"Audio {audios}:{labels.separator}{AUDIO_START}{item['audio']}{AUDIO_END}\n"
+            pieces[-1] += f"Audio {audios}:{labels.separator}"
+            pieces += [item["audio"], "\n"]
         elif "text" in item:
-            text += item["text"]
+            pieces[-1] += item["text"]
         else:
             raise ValueError(f"items[{index}] must have an 'audio' or a 'text' key, got {sorted(item)}")
-    return text
+    return pieces
+
+
+def from_list_format(
+    items: Sequence[Mapping[str, str]], family: Family = "qwen-audio", audios_before: int = 0
+) -> str:
+    """A user turn's items as text (:func:`list_pieces`), each audio as ``<audio>PATH</audio>``."""
+    pieces = list_pieces(items, family, audios_before)
+    return "".join(
+        f"{AUDIO_START}{piece}{AUDIO_END}" if index % 2 else piece for index, piece in enumerate(pieces)
+    )
 
 
 def encode_chat(
-    tokenizer: QwenAudioTokenizer,
+    tokenizer: Tokenizer,
     messages: Sequence[Message],
     *,
     add_generation_prompt: bool = False,
@@ -449,15 +545,17 @@ def encode_chat(
     then ``\\n<|im_start|>{role}\\n{content}<|im_end|>`` per turn; role and content are encoded separately and the
     content may hold the release's audio-task special tokens (e.g. timestamps). ``add_generation_prompt`` appends
     ``\\n<|im_start|>assistant\\n`` for generation. Item lists are written with the labels of the tokenizer's
-    family (:func:`from_list_format`): for Qwen2-Audio the ids are those of its processor's chat template, which
+    family (:func:`list_pieces`): for Qwen2-Audio the ids are its processor's chat template's, which
     only adds a newline after the last turn.
     """
     has_system = bool(messages) and messages[0].role == "system"
-    system = _content_text(messages[0], 0, tokenizer.family, 0) if has_system else DEFAULT_SYSTEM
-    builder = _ExampleBuilder(tokenizer, load)
+    builder = ExampleBuilder(tokenizer, load)
     newline = tokenizer.encode("\n")
     builder.add([tokenizer.im_start, *tokenizer.encode("system"), *newline])
-    builder.add_text_with_audio(system, AUDIO_SPECIAL_TOKENS)
+    if has_system:
+        _add_content(builder, messages[0])
+    else:
+        builder.add_raw_text(DEFAULT_SYSTEM, AUDIO_SPECIAL_TOKENS)
     builder.add([tokenizer.im_end])
     for index in range(int(has_system), len(messages)):
         message = messages[index]
@@ -465,15 +563,17 @@ def encode_chat(
         if message.role != expected:
             raise ValueError(f"messages[{index}].role is {message.role!r}; expected {expected!r} (turns alternate "
                              "user/assistant after an optional leading system message)")
-        content = _content_text(message, index, tokenizer.family, len(builder.audios))
+        if message.role == "assistant" and not isinstance(message.content, str):
+            raise ValueError(f"messages[{index}].content: assistant turns are text, not item lists")
         builder.add([*newline, tokenizer.im_start, *tokenizer.encode(message.role), *newline])
         if message.role == "user":
-            builder.add_text_with_audio(content, AUDIO_SPECIAL_TOKENS)
+            _add_content(builder, message)
             builder.add([tokenizer.im_end])
         else:
-            if AUDIO_START in content:
+            if AUDIO_START in message.content:
                 raise ValueError(f"messages[{index}].content: assistant turns cannot hold audio")
-            builder.add([*tokenizer.encode(content, AUDIO_SPECIAL_TOKENS), tokenizer.im_end], learn=True)
+            builder.add_text(message.content, AUDIO_SPECIAL_TOKENS, learn=True)
+            builder.add([tokenizer.im_end], learn=True)
     if add_generation_prompt:
         if len(messages) == has_system or messages[-1].role != "user":
             raise ValueError("add_generation_prompt needs the last message to be the user's")
@@ -481,9 +581,14 @@ def encode_chat(
     return builder.build(max_length, "messages")
 
 
-def _content_text(message: Message, index: int, family: Family, audios_before: int) -> str:
+def _add_content(builder: ExampleBuilder, message: Message) -> None:
+    """Add a system or user turn: raw text, or items written with the family's audio labels."""
     if isinstance(message.content, str):
-        return message.content
-    if message.role == "assistant":
-        raise ValueError(f"messages[{index}].content: assistant turns are text, not item lists")
-    return from_list_format(message.content, family, audios_before)
+        builder.add_raw_text(message.content, AUDIO_SPECIAL_TOKENS)
+        return
+    pieces = list_pieces(message.content, builder.tokenizer.family, builder.audios)
+    for number, piece in enumerate(pieces):
+        if number % 2:
+            builder.add_item(piece)
+        else:
+            builder.add_raw_text(piece, AUDIO_SPECIAL_TOKENS)

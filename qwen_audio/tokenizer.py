@@ -1,4 +1,4 @@
-"""The released Qwen-Audio tokenizer on tiktoken, and the expansion of ``<audio>PATH</audio>`` into placeholders.
+"""The released Qwen-Audio tokenizer on tiktoken, and the :class:`Tokenizer` protocol.
 
 Token ids are the model's input contract: a checkpoint only works with the ids it was trained on. The regular
 tokens come from a ``base64(token) rank`` file (the released ``qwen.tiktoken``, or the small demo file built by
@@ -20,16 +20,14 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import tiktoken
-import torch
 
-from qwen_audio.audio import audio_lengths, load_audio
+from qwen_audio.lengths import AudioLengths, audio_lengths
 
 PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501 (the release's pattern, verbatim)
 RELEASED_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
@@ -90,52 +88,41 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 # Specials a task's output text may contain (timestamps, entity marks, MIDI notes ...): no audio markup.
 TASK_TOKENS: frozenset[str] = frozenset(AUDIO_SPECIAL_TOKENS) - {AUDIO_PAD, AUDIO_START, AUDIO_END}
 
-AudioLoader = Mapping[str, torch.Tensor] | Callable[[str], torch.Tensor]
 AllowedSpecial = AbstractSet[str] | Literal["all"]
 
 
-@dataclass(frozen=True)
-class AudioSpan:
-    """Where one audio sits in a token sequence: ``ids[start]`` is ``<audio>``, ``ids[stop - 1]`` is ``</audio>``.
+class Tokenizer(Protocol):
+    """What prompts, generation and serving need from a family's tokenizer.
 
-    The model overwrites the embeddings of ``ids[start:stop]`` with the encoder's ``[bos, frames..., eos]``.
+    Both families implement it: :class:`QwenAudioTokenizer` and
+    :class:`~qwen_audio.qwen2_audio.tokenizer.Qwen2AudioTokenizer`. ``family`` picks the task
+    prompts and chat audio labels. ``audio_lengths`` is the family's length rule: it counts an
+    audio's placeholders.
     """
 
-    source: str
-    num_samples: int
-    start: int
-    stop: int
-    mel_frames: int  # valid mel frames the encoder reads, by the family's length rule
+    family: str
+    name: str
+    path: str | None
+    special_tokens: dict[str, int]
+    n_regular: int
+    eod: int
+    im_start: int
+    im_end: int
+    audio_pad: int
+    audio_start: int
+    audio_end: int
+    stop_ids: tuple[int, ...]
 
     @property
-    def audio_tokens(self) -> int:
-        """Number of ``[[[AUDIO:modality]]]`` placeholders (encoder frames) between the two tags."""
-        return self.stop - self.start - 2
+    def n_vocab(self) -> int: ...
 
+    def special_id(self, token: str) -> int: ...
 
-@dataclass(frozen=True)
-class AudioTokens:
-    """Token ids with every audio expanded to placeholders, the spans, and the decoded waveforms (one per span)."""
+    def encode(self, text: str, allowed_special: AllowedSpecial = frozenset()) -> list[int]: ...
 
-    ids: list[int]
-    audios: tuple[AudioSpan, ...]
-    waveforms: tuple[torch.Tensor, ...]
+    def decode(self, ids: Sequence[int], audio_sources: Sequence[str] | None = None) -> str: ...
 
-
-def check_audio_features(audios: Sequence[AudioSpan], feature_tokens: Sequence[int]) -> None:
-    """Raise ValueError unless each audio's placeholder count equals the frames its encoder output holds.
-
-    A mismatch means the features were computed from other audio, or with other length rules, than the prompt:
-    splicing would then shift every later token.
-    """
-    if len(audios) != len(feature_tokens):
-        raise ValueError(f"the prompt holds {len(audios)} audios but features were given for {len(feature_tokens)}")
-    for index, (span, frames) in enumerate(zip(audios, feature_tokens)):
-        if span.audio_tokens != int(frames):
-            raise ValueError(
-                f"audio {index} ({span.source}): the prompt holds {span.audio_tokens} placeholder tokens but its "
-                f"encoder features have {int(frames)} frames"
-            )
+    def audio_lengths(self, num_samples: int, source: str | None = None) -> AudioLengths: ...
 
 
 class QwenAudioTokenizer:
@@ -258,39 +245,7 @@ class QwenAudioTokenizer:
             ids = self._restore_audio_sources(ids, audio_sources)
         return self.encoding.decode(ids, errors="replace")
 
-    def encode_with_audio(
-        self, text: str, audio: AudioLoader = load_audio, allowed_special: AllowedSpecial = frozenset()
-    ) -> AudioTokens:
-        """Encode text holding ``<audio>PATH</audio>`` tags (always recognised) and expand each audio."""
-        if allowed_special != "all":
-            allowed_special = set(allowed_special) | {AUDIO_START, AUDIO_END}
-        return self.expand_audio(self.encode(text, allowed_special), audio)
-
-    def expand_audio(self, ids: Sequence[int], audio: AudioLoader = load_audio) -> AudioTokens:
-        """Replace the path tokens of every ``<audio> PATH </audio>`` by as many placeholders as the encoder
-        yields for that audio (``audio_lengths(...).audio_tokens``).
-
-        ``audio`` maps a path to its 16 kHz mono waveform: a mapping, or a loader called once per distinct path.
-        The path is the text between the tags, i.e. what the release's regex ``<audio>(.*?)</audio>`` finds.
-        """
-        load = audio.__getitem__ if isinstance(audio, Mapping) else audio
-        waveforms: dict[str, torch.Tensor] = {}
-        out: list[int] = []
-        spans: list[AudioSpan] = []
-        position = 0
-        for start, stop in self._audio_tag_pairs(ids):
-            source = self.encoding.decode(list(ids[start + 1 : stop]), errors="strict")
-            if source not in waveforms:
-                waveforms[source] = _as_waveform(load(source), source)
-            num_samples = waveforms[source].shape[-1]
-            lengths = audio_lengths(num_samples, source=source)
-            placeholders = lengths.audio_tokens
-            out.extend(ids[position:start])
-            spans.append(AudioSpan(source, num_samples, len(out), len(out) + placeholders + 2, lengths.mel_frames))
-            out.extend([self.audio_start, *[self.audio_pad] * placeholders, self.audio_end])
-            position = stop + 1
-        out.extend(ids[position:])
-        return AudioTokens(out, tuple(spans), tuple(waveforms[span.source] for span in spans))
+    audio_lengths = staticmethod(audio_lengths)  # the release's rule: samples // 160 mel frames
 
     def _audio_tag_pairs(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """(index of ``<audio>``, index of its ``</audio>``) for each audio; unmatched tags raise ValueError."""
@@ -337,9 +292,3 @@ def _parse_ranks(data: bytes, name: str) -> dict[bytes, int]:
             raise ValueError(f"{name}:{number}: expected 'base64(token) rank', got {line[:80]!r} ({err})") from err
     return ranks
 
-
-def _as_waveform(waveform: torch.Tensor, source: str) -> torch.Tensor:
-    waveform = torch.as_tensor(waveform)
-    if waveform.dim() != 1:
-        raise ValueError(f"audio {source}: expected a 1-D mono waveform, got shape {tuple(waveform.shape)}")
-    return waveform

@@ -8,16 +8,8 @@ import torch
 import whisper
 from transformers import WhisperFeatureExtractor
 
-from qwen_audio.audio import (
-    N_SAMPLES,
-    SAMPLE_RATE,
-    AudioError,
-    audio_lengths,
-    load_audio,
-    log_mel_spectrogram,
-    pad_or_trim,
-    spec_augment,
-)
+from qwen_audio.audio import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, pad_or_trim, spec_augment
+from qwen_audio.lengths import N_SAMPLES, audio_lengths
 from qwen_audio.whisper_mel import mel_filters
 
 

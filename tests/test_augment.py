@@ -19,7 +19,8 @@ from qwen_audio.data.augment import (
     rescale_times,
 )
 from qwen_audio.data.dataset import AudioTextDataset, AugmentedConcatDataset
-from qwen_audio.data.manifest import ManifestEntry, ManifestError, Word
+from qwen_audio.data.manifest import ManifestEntry, ManifestError
+from qwen_audio.prompts import TimedWord
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
 RATE = 16000
@@ -74,22 +75,22 @@ def test_noise_stretch_repeats_a_short_clip_from_its_start_fraction():
 
 def test_speed_shortens_the_audio_raises_its_pitch_and_scales_the_word_times():
     """Factor 1.1 on 1.1 s: 1.0 s, a 440 Hz tone at 484 Hz, a word at 0.55-0.88 s at 0.5-0.8 s."""
-    entry = _entry(1.1, (Word("one", 0.0, 0.33), Word("two", 0.55, 0.88)))
+    entry = _entry(1.1, (TimedWord("one", 0.0, 0.33), TimedWord("two", 0.55, 0.88)))
     augmenter = Augmenter(Augment(speed_prob=1.0))
     faster, audio = augmenter.apply(Draw(speed=1.1), entry, _tone(440, 1.1))
     assert len(audio) == RATE
     spectrum = np.abs(np.fft.rfft(audio.numpy() * np.hanning(len(audio))))
     assert np.argmax(spectrum) * RATE / len(audio) == pytest.approx(484, abs=1.0)
     assert faster.duration == pytest.approx(1.0)
-    assert faster.words == (Word("one", 0.0, 0.3), Word("two", 0.5, 0.8))
-    entry = _entry(0.9, (Word("one", 0.0, 0.33), Word("two", 0.45, 0.72)))
+    assert faster.words == (TimedWord("one", 0.0, 0.3), TimedWord("two", 0.5, 0.8))
+    entry = _entry(0.9, (TimedWord("one", 0.0, 0.33), TimedWord("two", 0.45, 0.72)))
     slower, audio = augmenter.apply(Draw(speed=0.9), entry, _tone(440, 0.9))
-    assert len(audio) == RATE and slower.words == (Word("one", 0.0, 0.367), Word("two", 0.5, 0.8))
+    assert len(audio) == RATE and slower.words == (TimedWord("one", 0.0, 0.367), TimedWord("two", 0.5, 0.8))
 
 
 def test_rescale_keeps_word_ends_inside_the_new_duration_and_drops_the_offset():
     entry = ManifestEntry(
-        "a.wav", "srwt", "one", "en", "en", offset=2.0, duration=1.0, words=(Word("one", 0.4, 1.0),)
+        "a.wav", "srwt", "one", "en", "en", offset=2.0, duration=1.0, words=(TimedWord("one", 0.4, 1.0),)
     )
     scaled = rescale_times(
         entry, 1.0, 0.9999
@@ -97,7 +98,7 @@ def test_rescale_keeps_word_ends_inside_the_new_duration_and_drops_the_offset():
     assert (
         scaled.offset == 0.0
         and scaled.duration == 0.9999
-        and scaled.words == (Word("one", 0.4, 0.9999),)
+        and scaled.words == (TimedWord("one", 0.4, 0.9999),)
     )
 
 

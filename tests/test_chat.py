@@ -16,6 +16,7 @@ from qwen_audio.chat import chat, main
 from qwen_audio.checkpoint import load_model
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.generate import GenerationConfig
+from qwen_audio.prompts import encode_text
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>"
 CHATML = {"<|im_start|>", "<|im_end|>"}
@@ -32,8 +33,10 @@ def canned(monkeypatch):
     """Replace the model: record each prompt batch given to ``generate`` and answer with the queued ids."""
     calls, answers = [], []
 
-    def fake_generate(model, input_ids, attention_mask, config, **kwargs):
+    def fake_generate(model, input_ids, attention_mask, config, flags=None, **kwargs):
         calls.append({"ids": input_ids[0].tolist(), "mask": attention_mask, "config": config, **kwargs})
+        if flags is not None:
+            flags.append(None)  # the hallucination guard stops no row
         return [answers.pop(0)]
 
     monkeypatch.setattr(generation, "generate", fake_generate)  # what answer_prompts decodes with
@@ -63,7 +66,7 @@ def test_two_turns_with_numbered_audios_give_the_released_chatml_ids(released, t
                 f"<|im_start|>assistant\nIt is a dog.<|im_end|>\n"
                 f"<|im_start|>user\nAudio 1:<audio>{dog}</audio>\nAudio 2:<audio>{cat}</audio>\nWhich is louder?"
                 f"<|im_end|>\n<|im_start|>assistant\n")
-    expected_ids = released.encode_with_audio(expected, allowed_special=CHATML).ids
+    expected_ids = encode_text(released, expected, allowed_special=CHATML).ids
     assert calls[1]["ids"] == expected_ids
     assert expected_ids[:3] == [151644, 8948, 198]  # <|im_start|> "system" "\n"
     assert expected_ids.count(155163) == 3 and expected_ids.count(151851) == 25 + 25 + 12  # 1 s, 1 s, 0.5 s

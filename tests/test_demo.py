@@ -193,9 +193,9 @@ def test_srwt_words_are_the_transcript_and_sound(corpus):
         if entry.task != "srwt":
             continue
         if entry.audio_language == "en":
-            assert [w.word for w in entry.words] == re.sub(r"[^\w' ]", "", entry.text).split()
+            assert [w.text for w in entry.words] == re.sub(r"[^\w' ]", "", entry.text).split()
         else:
-            assert "".join(w.word for w in entry.words) == re.sub(r"\W", "", entry.text)
+            assert "".join(w.text for w in entry.words) == re.sub(r"\W", "", entry.text)
         samples, rate = soundfile.read(entry.audio)
         overall = np.sqrt(np.mean(samples**2))
         for word in entry.words:

@@ -37,6 +37,7 @@ from qwen_audio.eval.tasks import (
     score_predictions,
 )
 from qwen_audio.model import QwenAudio
+from qwen_audio.prompts import encode_text
 from qwen_audio.qwen2_audio.prompts import task_instruction
 from qwen_audio.tokenizer import DEMO_RANKS_FILE
 from recipes.evaluate import main
@@ -136,7 +137,7 @@ def test_dataset_tokenizes_the_official_prompt(released, clip, name, source, que
     item = BenchmarkItem(str(clip), "x", source, name, question)
     sample = BenchmarkDataset([item], released)[0]
     waveform = sample.prompt.waveforms[0]
-    expected = released.encode_with_audio(get_benchmark(name).prompt(item), {str(clip): waveform}, "all").ids
+    expected = encode_text(released, get_benchmark(name).prompt(item), load={str(clip): waveform}).ids
     assert sample.prompt.ids == expected
 
 

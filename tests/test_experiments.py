@@ -15,8 +15,8 @@ import torch
 
 from qwen_audio.data.dataset import encode_entry, target_text
 from qwen_audio.data.demo import build_demo_corpus
-from qwen_audio.data.manifest import ManifestEntry, Word, read_manifest, write_manifest
-from qwen_audio.prompts import IGNORE_INDEX, encode_task
+from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
+from qwen_audio.prompts import IGNORE_INDEX, TimedWord, encode_task
 from recipes.experiments.common import (
     final_validation_loss,
     markdown_table,
@@ -74,7 +74,7 @@ def test_final_validation_loss_needs_a_validation_row(tmp_path):
 
 def test_manifest_without_a_task(tmp_path, clip):
     entries = [ManifestEntry(clip.name, "asr", "one", "en", "en", duration=1.0),
-               ManifestEntry(clip.name, "srwt", "one", "en", "en", duration=1.0, words=(Word("one", 0.1, 0.5),)),
+               ManifestEntry(clip.name, "srwt", "one", "en", "en", duration=1.0, words=(TimedWord("one", 0.1, 0.5),)),
                ManifestEntry(clip.name, "aqa", "yes", None, "en", duration=1.0, question="are there any beeps?")]
     write_manifest(tmp_path / "train.jsonl", entries)
     kept = read_manifest(write_manifest_without(tmp_path / "train.jsonl", tmp_path / "out" / "kept.jsonl", {"srwt"}))
@@ -103,7 +103,7 @@ def test_flat_prompt_keeps_the_question_and_the_tag_styles_targets(demo, clip):
     assert flat.ids[27:28 + len(demo.encode(aqa.question))] == [demo.special_id("<|extra_6|>"),
                                                                   *demo.encode(aqa.question)]
     srwt = ManifestEntry(str(clip), "srwt", "one two", "en", "en", duration=1.0,
-                         words=(Word("one", 0.1, 0.4), Word("two", 0.45, 0.8)))
+                         words=(TimedWord("one", 0.1, 0.4), TimedWord("two", 0.45, 0.8)))
     for entry in (aqa, srwt):  # loss on exactly the tokens the hierarchical tags put it on
         assert _labels(encode_flat(demo, entry, target_text(entry))) == _labels(encode_entry(entry, demo))
     prompt = encode_flat(demo, srwt)
@@ -137,7 +137,7 @@ def test_scorers_on_hand_worked_answers(clip):
     aqa = [ManifestEntry(audio, "aqa", answer, None, "en", question="q?") for answer in ("two", "yes", "no")]
     assert score_answers(aqa, ["two", "Yes", "yes"]) == {"AQA acc": pytest.approx(1 / 3)}  # exact, case-sensitive
     srwt = [ManifestEntry(audio, "srwt", "one two", "en", "en", duration=1.0,
-                          words=(Word("one", 0.1, 0.4), Word("two", 0.45, 0.8)))]
+                          words=(TimedWord("one", 0.1, 0.4), TimedWord("two", 0.45, 0.8)))]
     # reference <|0.00|>one<|0.40|>two<|0.80|> (gaps under 0.2 s join the next word); the generation follows the
     # prompt's <|0.00|>: "on" is a substitution, "two" matches with |0.40-0.40| + |0.90-0.80| s = 100 ms shift
     assert target_text(srwt[0]) == "<|0.00|>one<|0.40|>two<|0.80|>"

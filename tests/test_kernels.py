@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from qwen_audio.audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from qwen_audio.audio import SAMPLE_RATE, log_mel_spectrogram
 from qwen_audio.kernels import (
     KERNEL_BACKEND_ENV_VAR,
     KernelBackendError,
@@ -28,6 +28,7 @@ from qwen_audio.kernels import (
     resolve_kernel_backend,
 )
 from qwen_audio.kernels.mel import log_mel_reference
+from qwen_audio.lengths import N_SAMPLES
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="run by test_interpreter_run under TRITON_INTERPRET=1")

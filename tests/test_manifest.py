@@ -10,11 +10,11 @@ import soundfile
 from qwen_audio.data.manifest import (
     ManifestEntry,
     ManifestError,
-    Word,
     iter_manifest,
     read_manifest,
     write_manifest,
 )
+from qwen_audio.prompts import TimedWord
 
 GOOD = {"audio": "a.wav", "task": "asr", "text": "hello world", "audio_language": "en", "text_language": "en"}
 KNOWN_FIELDS = "audio, task, text, audio_language, text_language, offset, duration, words, question, choices"
@@ -43,7 +43,7 @@ def test_reads_hand_written_lines(tmp_path):
     first, second, third = read_manifest(path)
     assert first == ManifestEntry(str(tmp_path / "sub" / "a.wav"), "asr", "hello world", "en", "en", duration=1.5)
     assert second.audio == "/data/b.flac" and second.offset == 2.0 and second.duration == 1.0
-    assert second.words == (Word("hello", 0.1, 0.5), Word("world", 0.5, 0.9))
+    assert second.words == (TimedWord("hello", 0.1, 0.5), TimedWord("world", 0.5, 0.9))
     assert third.audio == str(tmp_path / "c.wav")
     assert third.audio_language is None and third.question == "how many?" and third.choices == ("one", "two")
     assert third.offset == 0.0 and third.duration is None and third.words is None
@@ -146,7 +146,7 @@ def test_iter_manifest_streams_and_fails_at_the_bad_line(tmp_path):
 def test_write_then_read_round_trip(tmp_path):
     entries = [
         ManifestEntry("clips/a.wav", "srwt", "hi you", "en", "en", duration=1.0,
-                      words=(Word("hi", 0.0, 0.4), Word("you", 0.45, 0.9))),
+                      words=(TimedWord("hi", 0.0, 0.4), TimedWord("you", 0.45, 0.9))),
         ManifestEntry("clips/b.wav", "aqa", "yes", None, "en", offset=0.25, question="any beeps?",
                       choices=("yes", "no")),
         ManifestEntry("clips/c.wav", "asr", "你好", "zh", "zh"),
@@ -162,8 +162,8 @@ def test_entries_built_in_code_are_validated():
     with pytest.raises(ManifestError) as caught:
         ManifestEntry("a.wav", "asr", "x", "en", "en", duration=0.0)
     assert str(caught.value) == "duration: must be a finite number > 0, got 0.0"
-    entry = ManifestEntry("a.wav", "srwt", "x", "unknown", "en", words=[Word("x", 0.0, 0.2)])
-    assert entry.words == (Word("x", 0.0, 0.2),) and hash(entry)  # lists stored as tuples: hashable
+    entry = ManifestEntry("a.wav", "srwt", "x", "unknown", "en", words=[TimedWord("x", 0.0, 0.2)])
+    assert entry.words == (TimedWord("x", 0.0, 0.2),) and hash(entry)  # lists stored as tuples: hashable
     assert entry.audio_language is None
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from qwen_audio.audio import audio_lengths
 from qwen_audio.config import QwenAudioConfig
+from qwen_audio.lengths import audio_lengths
 from qwen_audio.model import QwenAudio, label_positions, last_tokens, token_losses
 from qwen_audio.modules.decoder import KVCache
 from qwen_audio.modules.fusion import AudioSpliceError, splice_audio

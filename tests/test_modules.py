@@ -17,8 +17,8 @@ from transformers.models.qwen2_audio import Qwen2AudioEncoderConfig
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from qwen_audio.audio import conv_frames, pooled_frames
 from qwen_audio.config import AudioEncoderConfig, DecoderConfig
+from qwen_audio.lengths import conv_frames, pooled_frames
 from qwen_audio.modules.attention import AttentionLayout, attention, resolve_attention_backend
 from qwen_audio.modules.decoder import KVCache, QwenDecoder
 from qwen_audio.modules.encoder import AudioEncoder

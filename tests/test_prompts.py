@@ -18,6 +18,7 @@ from qwen_audio.prompts import (
     TimedWord,
     encode_chat,
     encode_task,
+    encode_text,
     format_timestamped_words,
     from_list_format,
     parse_timestamped_words,
@@ -63,18 +64,18 @@ OFFICIAL_PROMPTS = [
 def test_official_evaluation_prompts_token_for_token(released, task, tags, expected):
     assert task_prompt(task, **tags) == expected
     # The release tokenises the whole prompt string with every special token allowed.
-    reference = released.encode_with_audio("<audio>x.flac</audio>" + expected, ONE_SECOND, allowed_special="all")
+    reference = encode_text(released, "<audio>x.flac</audio>" + expected, load=ONE_SECOND)
     example = encode_task(released, task, "x.flac", load=ONE_SECOND, **tags)
     assert example.ids == reference.ids
     assert example.labels == [IGNORE_INDEX] * len(example.ids)
-    assert example.audios == reference.audios
+    assert example.clips == reference.clips
 
 
 def test_spec_example_ids_after_expansion(released):
     example = encode_task(released, "asr", "x.flac", audio_language="en", load=ONE_SECOND)
     # spec §4: [155163, 87, 8103, 580, 155164, ...] with the path tokens replaced by 25 placeholders.
     assert example.ids == [155163, *[151851] * 25, 155164, 151852, 151859, 151855, 151859, 151868, 154877]
-    assert (example.audios[0].start, example.audios[0].stop) == (0, 27)
+    assert (example.clips[0].start, example.clips[0].stop) == (0, 27)
 
 
 TABLE_1 = {
@@ -151,7 +152,7 @@ def test_two_audio_task(released, tmp_path):
         soundfile.write(tmp_path / name, np.zeros(samples, dtype=np.float32), 16000)
         paths.append(str(tmp_path / name))
     example = encode_task(released, "sv", paths, "yes", audio_language="en")
-    assert [(span.start, span.stop, span.num_samples) for span in example.audios] == [(0, 27, 16000), (27, 41, 8000)]
+    assert [(span.start, span.stop, span.num_samples) for span in example.clips] == [(0, 27, 16000), (27, 41, 8000)]
     assert example.ids[:41] == expanded(released, 25) + expanded(released, 12)
     assert released.decode(example.ids, [str(p) for p in paths]).startswith(f"<audio>{paths[0]}</audio><audio>")
 
@@ -311,9 +312,9 @@ def test_chatml_multi_turn_multi_audio(released):
         Message("user", [{"audio": "x.flac"}, {"text": "again?"}]),
     ]
     example = encode_chat(released, messages, add_generation_prompt=True, load=ONE_SECOND)
-    assert [span.source for span in example.audios] == ["x.flac", "y.flac", "x.flac"]
-    assert [span.audio_tokens for span in example.audios] == [25, 12, 25]
-    for span in example.audios:
+    assert [span.source for span in example.clips] == ["x.flac", "y.flac", "x.flac"]
+    assert [span.audio_tokens for span in example.clips] == [25, 12, 25]
+    for span in example.clips:
         assert example.ids[span.start:span.stop] == expanded(released, span.audio_tokens)
     assert example.waveforms[0] is example.waveforms[2]
     assert example.ids[-4:] == [198, 151644, 77091, 198]
@@ -321,7 +322,7 @@ def test_chatml_multi_turn_multi_audio(released):
     assert 151871 + 50 in answer
     pairs = zip(example.ids, example.labels, strict=True)
     assert [t for t, label in pairs if label != IGNORE_INDEX] == answer
-    text = released.decode(example.ids, [span.source for span in example.audios])
+    text = released.decode(example.ids, [span.source for span in example.clips])
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nAudio 1:<audio>x.flac</audio>\n")
     assert text.endswith("<|im_start|>user\nAudio 1:<audio>x.flac</audio>\nagain?<|im_end|>\n<|im_start|>assistant\n")
 

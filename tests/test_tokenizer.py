@@ -15,7 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qwen_audio.tokenizer as tokenizer_module
-from qwen_audio.tokenizer import DEMO_RANKS_FILE, QwenAudioTokenizer, check_audio_features
+from qwen_audio.audio import load_audio
+from qwen_audio.clips import check_audio_features
+from qwen_audio.prompts import encode_text
+from qwen_audio.tokenizer import DEMO_RANKS_FILE, QwenAudioTokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_demo_tokenizer.py"
 
@@ -183,10 +186,10 @@ def test_released_file_missing_or_altered(monkeypatch):
 def test_audio_expansion_hand_worked(released):
     # 1 s -> 25 placeholders (spec §1 worked example); 0.5 s -> mel 50 -> conv 25 -> pool 12.
     waves = {"x.flac": torch.zeros(16000), "y.wav": torch.zeros(8000)}
-    encoded = released.encode_with_audio("<audio>x.flac</audio>hi<audio>y.wav</audio>", waves)
+    encoded = encode_text(released, "<audio>x.flac</audio>hi<audio>y.wav</audio>", allowed_special=set(), load=waves)
     hi = released.encode("hi")
     assert encoded.ids == [155163, *[151851] * 25, 155164, *hi, 155163, *[151851] * 12, 155164]
-    first, second = encoded.audios
+    first, second = encoded.clips
     assert (first.source, first.num_samples, first.start, first.stop) == ("x.flac", 16000, 0, 27)
     assert first.audio_tokens == 25
     assert (second.start, second.stop, second.audio_tokens) == (27 + len(hi), 27 + len(hi) + 14, 12)
@@ -201,14 +204,15 @@ def test_audio_files_decoded_once(released, tmp_path):
 
     def load(source):
         calls.append(source)
-        return tokenizer_module.load_audio(source)
+        return load_audio(source)
 
-    encoded = released.encode_with_audio(f"<audio>{path}</audio> and <audio>{path}</audio>", load)
+    encoded = encode_text(released, f"<audio>{path}</audio> and <audio>{path}</audio>", allowed_special=set(),
+                          load=load)
     assert calls == [path]
-    assert [span.audio_tokens for span in encoded.audios] == [6, 6]  # 4000 // 160 = 25 -> 13 -> 6
+    assert [span.audio_tokens for span in encoded.clips] == [6, 6]  # 4000 // 160 = 25 -> 13 -> 6
     assert encoded.waveforms[0] is encoded.waveforms[1]
-    default = released.encode_with_audio(f"<audio>{path}</audio>")  # default loader: qwen_audio.audio.load_audio
-    assert default.ids == encoded.ids[: encoded.audios[0].stop]
+    default = encode_text(released, f"<audio>{path}</audio>", allowed_special=set())  # load_audio
+    assert default.ids == encoded.ids[: encoded.clips[0].stop]
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -217,16 +221,16 @@ def test_audio_files_decoded_once(released, tmp_path):
 ])
 def test_unmatched_audio_tags_raise(released, text, message):
     with pytest.raises(ValueError, match=message):
-        released.encode_with_audio(text, {"a.wav": torch.zeros(10)})
+        encode_text(released, text, allowed_special=set(), load={"a.wav": torch.zeros(10)})
 
 
 def test_check_audio_features(released):
-    encoded = released.encode_with_audio("<audio>x.flac</audio>", {"x.flac": torch.zeros(16000)})
-    check_audio_features(encoded.audios, [25])
+    encoded = encode_text(released, "<audio>x.flac</audio>", allowed_special=set(), load={"x.flac": torch.zeros(16000)})
+    check_audio_features(encoded.clips, [25])
     with pytest.raises(ValueError, match=r"audio 0 \(x\.flac\).*25 placeholder.*24 frames"):
-        check_audio_features(encoded.audios, [24])
+        check_audio_features(encoded.clips, [24])
     with pytest.raises(ValueError, match="1 audios but features were given for 2"):
-        check_audio_features(encoded.audios, [25, 25])
+        check_audio_features(encoded.clips, [25, 25])
 
 
 def test_decode_rejects_unknown_ids(demo):

@@ -24,7 +24,8 @@ import torch
 import torchaudio.functional as F
 
 from qwen_audio.audio import SAMPLE_RATE, load_audio
-from qwen_audio.data.manifest import ManifestEntry, ManifestError, Word
+from qwen_audio.data.manifest import ManifestEntry, ManifestError
+from qwen_audio.prompts import TimedWord
 
 
 @dataclass
@@ -208,7 +209,7 @@ def rescale_times(entry: ManifestEntry, before: float, duration: float) -> Manif
     scaled by ``duration / before``, the offset 0 (the segment was cut before the change)."""
     scale = duration / before
     words = entry.words and tuple(
-        Word(w.word, round(w.start * scale, 3), min(round(w.end * scale, 3), duration))
+        TimedWord(w.text, round(w.start * scale, 3), min(round(w.end * scale, 3), duration))
         for w in entry.words
     )
     return replace(entry, offset=0.0, duration=duration, words=words)

@@ -37,11 +37,12 @@ import torch
 from torch.utils.data import Dataset
 
 from qwen_audio.audio import SAMPLE_RATE
-from qwen_audio.data.dataset import Sample, load_clip, to_sample
+from qwen_audio.clips import AudioLoader, featurize
+from qwen_audio.data.dataset import Sample, load_clip
 from qwen_audio.data.manifest import MAX_SECONDS, MIN_SECONDS, TIME_TOLERANCE, ManifestError
 from qwen_audio.errors import AudioError, InputError
 from qwen_audio.prompts import Example, Message, encode_chat
-from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, AudioLoader, QwenAudioTokenizer
+from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, Tokenizer
 
 ROLES = ("user", "assistant")
 _FIELDS = ("id", "system", "messages")
@@ -69,7 +70,7 @@ class Conversation:
                             for m in self.messages]
         return line
 
-    def encode(self, tokenizer: QwenAudioTokenizer, max_length: int, load: AudioLoader = load_clip) -> Example:
+    def encode(self, tokenizer: Tokenizer, max_length: int, load: AudioLoader = load_clip) -> Example:
         """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`); errors name the conversation. Audio that
         only decoding shows unusable (NaN/inf, silence: the file check reads headers) is an :class:`AudioError`."""
         system = [Message("system", self.system)] if self.system is not None else []
@@ -196,7 +197,7 @@ def _header_length(path: str) -> torch.Tensor:
     return torch.zeros(round(info.frames * SAMPLE_RATE / info.samplerate))
 
 
-def token_length(conversation: Conversation, tokenizer: QwenAudioTokenizer, max_length: int) -> int:
+def token_length(conversation: Conversation, tokenizer: Tokenizer, max_length: int) -> int:
     """The conversation's length in tokens, audio placeholders included, without decoding any audio."""
     return len(conversation.encode(tokenizer, max_length, load=_header_length).ids)
 
@@ -205,7 +206,7 @@ class ConversationDataset(Dataset):
     """Map-style dataset of conversations -> :class:`Sample` (``task`` is ``chat`` with audio, ``text`` without),
     so the pretraining collate function batches them."""
 
-    def __init__(self, conversations: Sequence[Conversation], tokenizer: QwenAudioTokenizer, max_length: int = 2048,
+    def __init__(self, conversations: Sequence[Conversation], tokenizer: Tokenizer, max_length: int = 2048,
                  n_mels: int = 80) -> None:
         self.conversations, self.tokenizer, self.max_length, self.n_mels = conversations, tokenizer, max_length, n_mels
 
@@ -214,4 +215,7 @@ class ConversationDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         example = self.conversations[index].encode(self.tokenizer, self.max_length)
-        return to_sample(example, "chat" if example.audios else "text", self.n_mels)
+        mels, mel_lengths = featurize(example.clips, self.n_mels)
+        task = "chat" if example.clips else "text"
+        ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+        return Sample(ids, labels, mels, mel_lengths, task)

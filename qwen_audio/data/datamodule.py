@@ -25,7 +25,7 @@ from qwen_audio.data.shard import is_shard_folder
 from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import Tokenizer
 
 DEMO_PREFIX = "demo:"
 
@@ -103,24 +103,24 @@ class AudioTextDataModule(L.LightningDataModule):
                 "data.augment: augmentation reads indexed manifests; turn data.streaming off"
             )
         self.validate = validate
-        self._model_inputs: tuple[QwenAudioTokenizer, int] | None = None
+        self._model_inputs: tuple[Tokenizer, int] | None = None
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
         self._sampler_state: dict | None = None
         self._train_sampler: DurationBucketSampler | None = None
 
-    def connect(self, tokenizer: QwenAudioTokenizer, n_mels: int) -> None:
+    def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
         """Take the model's tokenizer and the mel bins of its encoder, which the examples are built with."""
         self._model_inputs = tokenizer, n_mels
 
     @property
-    def tokenizer(self) -> QwenAudioTokenizer:
+    def tokenizer(self) -> Tokenizer:
         return self._connected()[0]
 
     @property
     def n_mels(self) -> int:
         return self._connected()[1]
 
-    def _connected(self) -> tuple[QwenAudioTokenizer, int]:
+    def _connected(self) -> tuple[Tokenizer, int]:
         if self._model_inputs is None:
             raise RuntimeError(f"{type(self).__name__} has no tokenizer yet: call connect(tokenizer, n_mels) with "
                                "the model's first (the recipes' CLI does before fit, validate, test and predict)")

@@ -13,7 +13,8 @@ from typing import Literal
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from qwen_audio.audio import SAMPLE_RATE, AudioSource, audio_features, load_audio
+from qwen_audio.audio import SAMPLE_RATE, AudioSource, load_audio
+from qwen_audio.clips import Recording, featurize
 from qwen_audio.data.augment import Augmenter, example_generator
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import AudioError
@@ -22,11 +23,10 @@ from qwen_audio.prompts import (
     QUESTION,
     TASKS,
     Example,
-    TimedWord,
     encode_task,
     format_timestamped_words,
 )
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import Tokenizer
 
 
 @dataclass
@@ -76,39 +76,35 @@ def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tenso
 def target_text(entry: ManifestEntry) -> str:
     """What the model learns to emit: SRWT tasks get words between timestamps, other tasks the entry's text."""
     if TASKS[entry.task].timestamps and entry.words is not None:
-        words = [TimedWord(w.word, w.start, w.end) for w in entry.words]
-        return format_timestamped_words(words, duration=entry.duration)
+        return format_timestamped_words(entry.words, duration=entry.duration)
     return entry.text
 
 
-def task_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None,
+def task_example(tokenizer: Tokenizer, entry: ManifestEntry, target: str | None = None,
                  max_length: int = 2048, data: bytes | None = None,
                  audio: torch.Tensor | None = None) -> Example:
     """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's
     instruction; see :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given,
     with ``audio`` (by default its audio segment decoded; ``data``: its file's bytes, if given)."""
     asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
+    waveform = load_segment(entry, data) if audio is None else audio
     return encode_task(
-        tokenizer, entry.task, entry.audio, target, audio_language=entry.audio_language,
-        text_language=None if asked else entry.text_language, question=entry.question,
-        load={entry.audio: load_segment(entry, data) if audio is None else audio},
-        max_length=max_length,
+        tokenizer, entry.task, Recording(waveform, entry.audio), target,
+        audio_language=entry.audio_language, text_language=None if asked else entry.text_language,
+        question=entry.question, max_length=max_length,
     )
 
 
 def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
-    """Tensors of an encoded example and the encoder input of each of its audios."""
-    features = [audio_features(w, span.source, n_mels, span.mel_frames)
-                for w, span in zip(example.waveforms, example.audios)]
-    return Sample(
-        torch.tensor(example.ids), torch.tensor(example.labels),
-        [mel for mel, _ in features], [length for _, length in features], task,
-    )
+    """Tensors of an encoded example and the encoder input of each of its clips."""
+    mels, mel_lengths = featurize(example.clips, n_mels)
+    ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+    return Sample(ids, labels, mels, mel_lengths, task)
 
 
 def encode_entry(
     entry: ManifestEntry,
-    tokenizer: QwenAudioTokenizer,
+    tokenizer: Tokenizer,
     max_length: int = 2048,
     n_mels: int = 80,
     on_error: Literal["raise", "skip"] = "raise",
@@ -147,7 +143,7 @@ class AudioTextDataset(Dataset):
     def __init__(
         self,
         entries: Sequence[ManifestEntry],
-        tokenizer: QwenAudioTokenizer,
+        tokenizer: Tokenizer,
         max_length: int = 2048,
         n_mels: int = 80,
         on_error: Literal["raise", "skip"] = "raise",

@@ -28,14 +28,15 @@ from typing import Any, Literal
 
 import soundfile
 
-from qwen_audio.audio import MIN_SAMPLES, SAMPLE_RATE
+from qwen_audio.audio import SAMPLE_RATE
 from qwen_audio.errors import InputError
-from qwen_audio.prompts import TASKS
+from qwen_audio.lengths import MIN_SAMPLES
+from qwen_audio.prompts import TASKS, TimedWord
 from qwen_audio.text_normalize import release_normalize
 
 # The language tags of the released tokenizer (``<|en|>`` ... ``<|zh_tr|>``).
 LANGUAGES: frozenset[str] = frozenset({"en", "zh", "de", "es", "ko", "fr", "ja", "it", "zh_tr"})
-UNKNOWN_LANGUAGE = "unknown"  # read as ``None``
+NO_LANGUAGE = "unknown"  # a language field read as ``None``
 TIME_TOLERANCE = 0.01  # seconds: word ends may pass the duration (and segments the file's end) by one timestamp step
 MIN_SECONDS = MIN_SAMPLES / SAMPLE_RATE  # 30 ms, the shortest clip the encoder reads
 MAX_SECONDS = 30.0  # the encoder's window; longer audio goes through long-form generation, not training
@@ -54,15 +55,6 @@ class ManifestError(InputError):
 
 
 @dataclass(frozen=True)
-class Word:
-    """A word of an SRWT example, timed in seconds from the clip's start."""
-
-    word: str
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
 class ManifestEntry:
     """One example. Constructing it validates every field, so entries built in code obey the file format too."""
 
@@ -73,7 +65,7 @@ class ManifestEntry:
     text_language: str | None
     offset: float = 0.0
     duration: float | None = None
-    words: tuple[Word, ...] | None = None
+    words: tuple[TimedWord, ...] | None = None
     question: str | None = None
     choices: tuple[str, ...] | None = None
     source: str | None = field(default=None, compare=False, repr=False)  # ``file:line`` read from; not a field of it
@@ -83,7 +75,7 @@ class ManifestEntry:
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("audio_language", "text_language"):
-            if getattr(self, name) == UNKNOWN_LANGUAGE:
+            if getattr(self, name) == NO_LANGUAGE:
                 object.__setattr__(self, name, None)
         _require_str(self.audio, "audio", nonempty=True)
         _require_str(self.task, "task", nonempty=True)
@@ -107,9 +99,9 @@ class ManifestEntry:
         previous_end = 0.0
         for i, word in enumerate(self.words):
             field = f"words[{i}]"
-            if not isinstance(word, Word):
-                raise ManifestError(f"must be a Word, got {word!r}", field=field)
-            _require_str(word.word, f"{field}.word", nonempty=True)
+            if not isinstance(word, TimedWord):
+                raise ManifestError(f"must be a TimedWord, got {word!r}", field=field)
+            _require_str(word.text, f"{field}.word", nonempty=True)
             for name in ("start", "end"):
                 value = getattr(word, name)
                 if not _is_number(value) or value < 0:
@@ -129,7 +121,7 @@ class ManifestEntry:
         """The words must spell ``text`` after the release's normalisation, lower-cased and without punctuation
         (words carry none); Chinese is compared by characters."""
         language = self.text_language or "en"
-        spelled, text = (_spelling(t, language) for t in (" ".join(w.word for w in self.words), self.text))
+        spelled, text = (_spelling(t, language) for t in (" ".join(w.text for w in self.words), self.text))
         if spelled != text:
             raise ManifestError(f"spell {spelled!r}, but text reads {text!r}", field="words")
 
@@ -150,7 +142,7 @@ class ManifestEntry:
             if f.name == "source" or value == f.default and f.name not in _REQUIRED:
                 continue
             if f.name == "words":
-                value = [{"word": w.word, "start": w.start, "end": w.end} for w in value]
+                value = [{"word": w.text, "start": w.start, "end": w.end} for w in value]
             elif f.name == "choices":
                 value = list(value)
             line[f.name] = value
@@ -208,7 +200,7 @@ def _parse_line(
     return entry
 
 
-def _parse_words(words: Any) -> tuple[Word, ...]:
+def _parse_words(words: Any) -> tuple[TimedWord, ...]:
     if not isinstance(words, list):
         raise ManifestError(
             f"must be a list of {{word, start, end}} objects, got {type(words).__name__}", field="words"
@@ -217,7 +209,7 @@ def _parse_words(words: Any) -> tuple[Word, ...]:
     for i, word in enumerate(words):
         if not isinstance(word, dict) or set(word) != {"word", "start", "end"}:
             raise ManifestError(f"must be an object with exactly word, start, end; got {word!r}", field=f"words[{i}]")
-        parsed.append(Word(word["word"], word["start"], word["end"]))
+        parsed.append(TimedWord(word["word"], word["start"], word["end"]))
     return tuple(parsed)
 
 

@@ -32,7 +32,7 @@ from qwen_audio.data.sampler import pack_batches
 from qwen_audio.data.shard import is_shard_folder, read_shards
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import Tokenizer
 
 Item = tuple[ManifestEntry, bytes | None]  # an entry, and its audio file's bytes if from a shard
 
@@ -53,7 +53,7 @@ class StreamingAudioTextDataset(IterableDataset):
     def __init__(
         self,
         manifests: Sequence[str],  # JSONL manifests or shard folders
-        tokenizer: QwenAudioTokenizer,
+        tokenizer: Tokenizer,
         max_seconds: float,
         *,
         weights: Sequence[float] | None = None,

@@ -21,7 +21,6 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from qwen_audio.audio import load_audio
 from qwen_audio.batching import batch_prompts
 from qwen_audio.config import ConfigError
 from qwen_audio.data.dataset import target_text
@@ -29,7 +28,8 @@ from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_finger
 from qwen_audio.data.demo.corpus import CONDITIONS
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.eval.tasks import BenchmarkItem, get_benchmark, read_benchmark_file
-from qwen_audio.tokenizer import AudioTokens, QwenAudioTokenizer
+from qwen_audio.prompts import Example, encode_text
+from qwen_audio.tokenizer import Tokenizer
 
 DEMO = "demo"
 DEMO_PREFIX = "demo:"
@@ -43,7 +43,7 @@ def demo_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> t
     if path is None or not os.path.isfile(path):
         return (0 if seed is None else seed), (48 if size is None else size), None
     record = json.loads(Path(path).read_text())
-    fingerprint = record.pop("fingerprint", None)  # exports before session 11 have none
+    fingerprint = record.pop("fingerprint", None)  # optional: records of corpus 6 may lack it
     asked = corpus_record(record["seed"] if seed is None else seed, record["size"] if size is None else size)
     if asked != record:
         raise ConfigError(
@@ -82,14 +82,14 @@ class PromptSample:
 
     index: int
     item: BenchmarkItem
-    prompt: AudioTokens
+    prompt: Example
 
 
 class BenchmarkDataset(Dataset):
     """Decodes each item's audio and builds the official prompt of its benchmark for the tokenizer's family (no
     target), tokenized as the release scripts tokenize the prompt text: every special-token text is the token."""
 
-    def __init__(self, items: Sequence[BenchmarkItem], tokenizer: QwenAudioTokenizer) -> None:
+    def __init__(self, items: Sequence[BenchmarkItem], tokenizer: Tokenizer) -> None:
         self.items, self.tokenizer = items, tokenizer
 
     def __len__(self) -> int:
@@ -98,7 +98,7 @@ class BenchmarkDataset(Dataset):
     def __getitem__(self, index: int) -> PromptSample:
         item = self.items[index]
         text = get_benchmark(item.benchmark).prompt(item, self.tokenizer.family)
-        prompt = self.tokenizer.encode_with_audio(text, {item.audio: load_audio(item.audio)}, "all")
+        prompt = encode_text(self.tokenizer, text)
         return PromptSample(index, item, prompt)
 
 
@@ -166,12 +166,12 @@ class BenchmarkDataModule(L.LightningDataModule):
         default = f"{DEMO_PREFIX}{split}" if benchmark == DEMO else get_benchmark(benchmark).data
         self.path = path or default
         self.seed, self.demo_size, self.fingerprint = demo_corpus(checkpoint, seed, demo_size)
-        self.tokenizer: QwenAudioTokenizer | None = None
+        self.tokenizer: Tokenizer | None = None
         self.n_mels: int | None = None
         self.items: list[BenchmarkItem] | None = None
         self.train_answers: dict[str, list[str]] = {}
 
-    def connect(self, tokenizer: QwenAudioTokenizer, n_mels: int) -> None:
+    def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
         """Take the evaluated model's tokenizer (prompts, padding) and its encoder's number of mel bins."""
         self.tokenizer, self.n_mels = tokenizer, n_mels
 

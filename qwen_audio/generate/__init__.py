@@ -21,7 +21,7 @@ from qwen_audio.generate.config import GenerationConfig
 from qwen_audio.generate.engine import DecodeEngine
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
-from qwen_audio.tokenizer import MODEL_MAX_LENGTH, AudioTokens, QwenAudioTokenizer
+from qwen_audio.tokenizer import MODEL_MAX_LENGTH, Tokenizer
 
 __all__ = ["Answer", "DecodeEngine", "GenerationConfig", "TextStream", "answer_batch", "answer_prompts", "generate",
            "generate_prompts", "generate_steps", "stream_text"]
@@ -108,7 +108,7 @@ def generate(
     return generated
 
 
-def generate_prompts(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompts: Sequence[AudioTokens | Example],
+def generate_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example],
                      config: GenerationConfig) -> Iterator[list[int | None]]:
     """:func:`generate_steps` for encoded prompts, batched on the model's device (the server streams these)."""
     batch = batch_prompts(prompts, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
@@ -125,7 +125,7 @@ class Answer(NamedTuple):
     flag: str | None = None
 
 
-def answer_batch(model: QwenAudio, tokenizer: QwenAudioTokenizer, batch: PromptBatch,
+def answer_batch(model: QwenAudio, tokenizer: Tokenizer, batch: PromptBatch,
                  config: GenerationConfig) -> list[Answer]:
     """The :class:`Answer` of each row of an already batched (and placed) prompt batch."""
     flags: list[str | None] = []
@@ -134,7 +134,7 @@ def answer_batch(model: QwenAudio, tokenizer: QwenAudioTokenizer, batch: PromptB
     return [Answer(ids, tokenizer.decode(ids).strip(), flag) for ids, flag in zip(outputs, flags)]
 
 
-def answer_prompts(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompts: Sequence[AudioTokens | Example],
+def answer_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example],
                    config: GenerationConfig, batch_size: int | None = None) -> list[Answer]:
     """The :class:`Answer` of each encoded prompt, ``batch_size`` prompts at a time (default: all at once) on the
     model's device; a batch gives each prompt the tokens it gets alone."""
@@ -156,7 +156,7 @@ class TextStream:
     back too. The pieces therefore join to exactly the final :attr:`text`.
     """
 
-    def __init__(self, tokenizer: QwenAudioTokenizer, stop: Sequence[str] = (), strip: bool = False) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), strip: bool = False) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
         self.strip = strip
@@ -197,7 +197,7 @@ class TextStream:
         return piece
 
 
-def stream_text(model: QwenAudio, tokenizer: QwenAudioTokenizer, prompt: str, config: GenerationConfig,
+def stream_text(model: QwenAudio, tokenizer: Tokenizer, prompt: str, config: GenerationConfig,
                 max_length: int = MODEL_MAX_LENGTH) -> Iterator[str]:
     """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`);
     the pieces join to exactly ``tokenizer.decode(generated ids)``."""

@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from qwen_audio.chat import chat
 from qwen_audio.checkpoint import CheckpointError, check_writable, save_pretrained
+from qwen_audio.clips import Recording
 from qwen_audio.data.dataset import load_segment
 from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
@@ -58,8 +59,10 @@ class TokenThroughput(ThroughputMonitor):
 def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry],
                max_new_tokens: int = 64) -> list[str]:
     """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt for each entry's language."""
-    examples = [encode_task(tokenizer, "asr", e.audio, audio_language=e.audio_language, load={e.audio: load_segment(e)})
-                for e in entries]
+    examples = [
+        encode_task(tokenizer, "asr", Recording(load_segment(e), e.audio), audio_language=e.audio_language)
+        for e in entries
+    ]
     was_training = module.model.training
     module.model.eval()
     answers = answer_prompts(module.model, tokenizer, examples,

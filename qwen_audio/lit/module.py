@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from qwen_audio.audio import HOP_LENGTH, MIN_SAMPLES, conv_frames, spec_augment
+from qwen_audio.audio import spec_augment
 from qwen_audio.checkpoint import (
     check_architecture,
     check_state_dict,
@@ -30,10 +30,12 @@ from qwen_audio.checkpoint import (
     read_tokenizer,
 )
 from qwen_audio.config import ConfigError, QwenAudioConfig
+from qwen_audio.lengths import MIN_SAMPLES, conv_frames
 from qwen_audio.lit.lora import LoraOptions, add_lora, lora_state_dict
 from qwen_audio.lit.optim import param_groups, warmup_cosine
 from qwen_audio.model import QwenAudio, label_positions, token_losses
 from qwen_audio.prompts import IGNORE_INDEX
+from qwen_audio.whisper_mel import HOP_LENGTH
 
 Trainable = Literal["encoder", "decoder", "all"]
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from qwen_audio.audio import conv_frames, pooled_frames
 from qwen_audio.config import AudioEncoderConfig
 from qwen_audio.kernels import pool_layer_norm
+from qwen_audio.lengths import conv_frames, pooled_frames
 from qwen_audio.modules.attention import AttentionLayout, attention
 from qwen_audio.modules.layers import sinusoids
 

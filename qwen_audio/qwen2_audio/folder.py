@@ -11,9 +11,11 @@ import json
 import os
 import shutil
 
-from qwen_audio.audio import CHUNK_LENGTH, HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from qwen_audio.audio import N_FFT, SAMPLE_RATE
 from qwen_audio.config import QwenAudioConfig
+from qwen_audio.lengths import CHUNK_LENGTH, N_FRAMES, N_SAMPLES
 from qwen_audio.qwen2_audio.tokenizer import DEMO_TOKENIZER_FILE, GENERATION_CONFIG, TOKENIZER_JSON, Qwen2AudioTokenizer
+from qwen_audio.whisper_mel import HOP_LENGTH
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 COMPANIONS = ("tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.json",

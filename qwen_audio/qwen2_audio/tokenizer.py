@@ -1,9 +1,9 @@
-"""Qwen2-Audio's tokenizer (``tokenizer.json`` through the ``tokenizers`` library) behind our tokenizer interface.
+"""Qwen2-Audio's tokenizer (``tokenizer.json``, read by ``tokenizers``) as a :class:`Tokenizer`.
 
-The prompt syntax is the one of Qwen-Audio: ``<audio>PATH</audio>`` anywhere in a prompt becomes
-``<|audio_bos|>`` + N x ``<|AUDIO|>`` + ``<|audio_eos|>``, with N from transformers' ``Qwen2AudioProcessor``
-(:func:`feature_lengths`). Text between special tokens is encoded piece by piece, which is what the HF tokenizer
-does around its added tokens, so a raw prompt encodes to the ids transformers gives it.
+An audio is ``<|audio_bos|>`` + N x ``<|AUDIO|>`` + ``<|audio_eos|>``. N follows transformers'
+``Qwen2AudioProcessor`` (:func:`feature_lengths`). Text between special tokens is encoded piece by
+piece, as the HF tokenizer does around its added tokens. A raw prompt therefore encodes to the ids
+transformers gives it.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
 
-from qwen_audio.audio import HOP_LENGTH, AudioLengths, audio_lengths, conv_frames, load_audio, pooled_frames
-from qwen_audio.tokenizer import AllowedSpecial, AudioLoader, AudioSpan, AudioTokens, _as_waveform
+from qwen_audio.lengths import AudioLengths, audio_lengths, conv_frames, pooled_frames
+from qwen_audio.tokenizer import AllowedSpecial
+from qwen_audio.whisper_mel import HOP_LENGTH
 
 TOKENIZER_JSON = "tokenizer.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -26,13 +26,12 @@ DEMO_TOKENIZER_FILE = Path(__file__).resolve().parent.parent / "assets" / "qwen2
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 AUDIO_PAD, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, AUDIO_PAD, AUDIO_BOS, AUDIO_EOS)  # the release's order from 151643
-_AUDIO_TAG = re.compile(r"<audio>(.*?)</audio>", re.DOTALL)  # what the release's regex finds
 
 
 def feature_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
     """Qwen2AudioProcessor's lengths: WhisperFeatureExtractor pads the clip to 30 s (longer clips lose the rest,
     warned about) and marks ``ceil(samples / 160)`` mel frames valid (Qwen-Audio: ``samples // 160``); then the
-    conv stem and the pool as in :func:`qwen_audio.audio.audio_lengths`. A 1 s clip + 1 sample: 101 mel frames,
+    conv stem and the pool as in :func:`qwen_audio.lengths.audio_lengths`. A 1 s clip + 1 sample: 101 mel frames,
     51 encoder frames, 25 audio tokens."""
     samples = audio_lengths(num_samples, source).samples  # the truncation and its warning
     mel = -(-samples // HOP_LENGTH)
@@ -131,29 +130,7 @@ class Qwen2AudioTokenizer:
         starts = [i for i, t in enumerate(ids) if t == self.audio_start]
         return [(start, ids.index(self.audio_end, start) + 1) for start in starts]
 
-    def encode_with_audio(self, text: str, audio: AudioLoader = load_audio,
-                          allowed_special: AllowedSpecial = frozenset()) -> AudioTokens:
-        """Encode ``text`` with every ``<audio>PATH</audio>`` expanded to its markers and placeholders."""
-        load = audio.__getitem__ if isinstance(audio, Mapping) else audio
-        waveforms: dict[str, torch.Tensor] = {}
-        ids: list[int] = []
-        spans: list[AudioSpan] = []
-        position = 0
-        for match in _AUDIO_TAG.finditer(text):
-            source = match.group(1)
-            if source not in waveforms:
-                waveforms[source] = _as_waveform(load(source), source)
-            lengths = feature_lengths(waveforms[source].shape[-1], source)
-            ids.extend(self.encode(text[position:match.start()], allowed_special))
-            spans.append(AudioSpan(source, waveforms[source].shape[-1], len(ids), len(ids) + lengths.span_tokens,
-                                   lengths.mel_frames))
-            ids.extend([self.audio_start, *[self.audio_pad] * lengths.audio_tokens, self.audio_end])
-            position = match.end()
-        rest = text[position:]
-        if "<audio>" in rest or "</audio>" in rest:
-            raise ValueError(f"unmatched <audio> or </audio> in {rest[:80]!r}")
-        ids.extend(self.encode(rest, allowed_special))
-        return AudioTokens(ids, tuple(spans), tuple(waveforms[span.source] for span in spans))
+    audio_lengths = staticmethod(feature_lengths)  # the family's length rule
 
     def __repr__(self) -> str:
         return f"Qwen2AudioTokenizer({self.name!r}, n_vocab={self.n_vocab})"

@@ -23,11 +23,11 @@ from whisper.utils import WriteSRT, WriteVTT
 
 from qwen_audio.audio import SAMPLE_RATE, load_audio
 from qwen_audio.chat import MAX_WINDOW_SIZE, build_context
-from qwen_audio.config import Family
+from qwen_audio.clips import Recording
 from qwen_audio.generate import GenerationConfig
-from qwen_audio.prompts import DEFAULT_SYSTEM, from_list_format
+from qwen_audio.prompts import DEFAULT_SYSTEM, AudioItem
 from qwen_audio.serve.scheduler import ChatJob, TranscriptionJob
-from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, LANGUAGES, QwenAudioTokenizer
+from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, LANGUAGES, Tokenizer
 
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")  # what soundfile (libsndfile) decodes
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -119,11 +119,14 @@ def check_seconds(data: bytes, param: str, limit: float | None, option: str, adv
                            f"{limit:g} s ({option}){advice}")
 
 
-def _user_text(message: ChatMessage, index: int, audios: dict, family: Family,
-               max_seconds: float | None = None) -> str:
-    """The query of one user message: each audio as the family's ``Audio N:<audio>…</audio>\\n`` line
-    (:func:`from_list_format`, ``audios`` holding those of the earlier messages), text parts as written."""
-    audios_before = len(audios)
+def _user_items(
+    message: ChatMessage, index: int, recordings: list[Recording], max_seconds: float | None = None
+) -> list[dict[str, AudioItem]]:
+    """The items of one user message: text parts as written, audio parts as :class:`Recording`.
+
+    Each recording is named by its request field, and appended to ``recordings``; an audio part longer
+    than ``max_seconds`` (read from its header, before decoding) is refused.
+    """
     if isinstance(message.content, str):
         parts = [ContentPart(type="text", text=message.content)]
     else:
@@ -145,15 +148,16 @@ def _user_text(message: ChatMessage, index: int, audios: dict, family: Family,
             except (binascii.Error, ValueError):
                 raise RequestError(f"{param}.input_audio.data",
                                    f"{param}.input_audio.data: not valid base64") from None
-            name = f"audio{len(audios)}"
             check_seconds(data, f"{param}.input_audio.data", max_seconds, "--max-audio-seconds",
                           "; transcribe longer audio with /v1/audio/transcriptions")
-            audios[name] = decode_audio(data, f"{param}.input_audio.data")
-            items.append({"audio": name})
+            waveform = decode_audio(data, f"{param}.input_audio.data")
+            recording = Recording(waveform, f"{param}.input_audio")
+            recordings.append(recording)
+            items.append({"audio": recording})
         else:
             raise RequestError(f"{param}.type", f"{param}.type: expected a 'text' part with text or an "
                                f"'input_audio' part with input_audio, got {part.type!r}")
-    return from_list_format(items, family, audios_before)
+    return items
 
 
 def _plain_text(message: ChatMessage, index: int) -> str:
@@ -165,7 +169,7 @@ def _plain_text(message: ChatMessage, index: int) -> str:
     return "".join(part.text for part in message.content)
 
 
-def chat_job(tokenizer: QwenAudioTokenizer, request: ChatRequest,
+def chat_job(tokenizer: Tokenizer, request: ChatRequest,
              max_audio_seconds: float | None = None) -> tuple[ChatJob, float]:
     """The job for a chat request and the seconds of audio it holds; an audio part longer than
     ``max_audio_seconds`` (read from its header, before decoding) is refused.
@@ -184,8 +188,8 @@ def chat_job(tokenizer: QwenAudioTokenizer, request: ChatRequest,
         system = _plain_text(messages[0], 0)
     first = int(request.messages[0].role == "system")
     turns = messages[first:]
-    audios: dict = {}
-    texts = []
+    recordings: list[Recording] = []
+    contents: list = []
     for offset, message in enumerate(turns):
         index = first + offset
         expected = ("user", "assistant")[offset % 2]
@@ -193,23 +197,23 @@ def chat_job(tokenizer: QwenAudioTokenizer, request: ChatRequest,
             raise RequestError(f"messages[{index}].role", f"messages[{index}].role is {message.role!r}; expected "
                                f"{expected!r} (user and assistant alternate after an optional system message, and "
                                "the last message is the user's)")
-        texts.append(_user_text(message, index, audios, tokenizer.family, max_audio_seconds) if expected == "user"
-                     else _plain_text(message, index))
-    if len(texts) % 2 == 0:
+        contents.append(_user_items(message, index, recordings, max_audio_seconds) if expected == "user"
+                        else _plain_text(message, index))
+    if len(contents) % 2 == 0:
         raise RequestError("messages", "messages: the last message must be the user's")
-    history = list(zip(texts[:-1:2], texts[1::2]))
+    history = list(zip(contents[:-1:2], contents[1::2]))
     try:
-        prompt = build_context(tokenizer, texts[-1], history, system, MAX_WINDOW_SIZE, load=audios)
+        prompt = build_context(tokenizer, contents[-1], history, system, MAX_WINDOW_SIZE)
     except ValueError as err:  # over the context window
         raise RequestError("messages", f"{err} (the context window)") from None
     return ChatJob(prompt, _chat_config(tokenizer, request), _stop_strings(request.stop)), \
-        sum(w.numel() for w in audios.values()) / SAMPLE_RATE
+        sum(r.waveform.numel() for r in recordings) / SAMPLE_RATE
 
 
 _CONFIG_PARAMS = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed"}
 
 
-def _chat_config(tokenizer: QwenAudioTokenizer, request: ChatRequest) -> GenerationConfig:
+def _chat_config(tokenizer: Tokenizer, request: ChatRequest) -> GenerationConfig:
     options: dict = {}
     max_tokens = request.max_completion_tokens or request.max_tokens
     if max_tokens is not None:
@@ -237,7 +241,7 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return stops
 
 
-def transcription_job(tokenizer: QwenAudioTokenizer, form, served: str,
+def transcription_job(tokenizer: Tokenizer, form, served: str,
                       max_seconds: float | None = None) -> tuple[TranscriptionJob, str, bytes]:
     """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes; a file
     longer than ``max_seconds`` is refused (long-form transcription reads the rest window by window).

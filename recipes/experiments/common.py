@@ -36,7 +36,7 @@ from qwen_audio.eval.tasks import Prediction, score_predictions
 from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
-from qwen_audio.tokenizer import QwenAudioTokenizer
+from qwen_audio.tokenizer import Tokenizer
 from recipes.experiments.flat_prompts import encode_flat
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,13 +256,13 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-def prompt_example(tokenizer: QwenAudioTokenizer, entry: ManifestEntry, style: PromptStyle) -> Example:
+def prompt_example(tokenizer: Tokenizer, entry: ManifestEntry, style: PromptStyle) -> Example:
     """The generation prompt of ``entry`` in the style its model was trained with (as the training examples are
     built, without the target)."""
     return encode_flat(tokenizer, entry) if style == "flat" else task_example(tokenizer, entry)
 
 
-def generate_answers(model: QwenAudio, tokenizer: QwenAudioTokenizer, entries: Sequence[ManifestEntry],
+def generate_answers(model: QwenAudio, tokenizer: Tokenizer, entries: Sequence[ManifestEntry],
                      style: PromptStyle) -> list[str]:
     """Greedy generations for entries of one task, decoded and stripped (stop token excluded)."""
     config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS[entries[0].task], stop_ids=(tokenizer.eod,))

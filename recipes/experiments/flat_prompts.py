@@ -17,6 +17,9 @@ recipes.experiments.flat_prompts fit ...`` is the pretraining recipe with :class
 
 from __future__ import annotations
 
+import torch
+
+from qwen_audio.clips import featurize
 from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import (
     AudioTextDataset,
@@ -24,13 +27,12 @@ from qwen_audio.data.dataset import (
     Transform,
     load_segment,
     target_text,
-    to_sample,
 )
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import InputError
 from qwen_audio.lit import QwenAudioModule
-from qwen_audio.prompts import IGNORE_INDEX, TASKS, Example
-from qwen_audio.tokenizer import AUDIO_END, AUDIO_START, TASK_TOKENS, QwenAudioTokenizer, timestamp_token
+from qwen_audio.prompts import TASKS, Example, ExampleBuilder
+from qwen_audio.tokenizer import TASK_TOKENS, Tokenizer, timestamp_token
 from recipes.cli import QwenAudioCLI, run
 
 # (task, audio language) of each dataset of the demo corpus -> its ID token
@@ -57,29 +59,26 @@ def dataset_token(task: str, audio_language: str | None) -> str:
 
 
 def encode_flat(
-    tokenizer: QwenAudioTokenizer, entry: ManifestEntry, target: str | None = None, max_length: int = 2048
+    tokenizer: Tokenizer, entry: ManifestEntry, target: str | None = None, max_length: int = 2048
 ) -> Example:
     """``<audio>PATH</audio><|extra_k|>`` [question] [``<|0.00|>``] [+ target + ``<|endoftext|>``] for the entry's
     audio segment, the flat counterpart of :func:`qwen_audio.prompts.encode_task`: without ``target`` it is the
     prompt for generation."""
-    audio = tokenizer.encode_with_audio(f"{AUDIO_START}{entry.audio}{AUDIO_END}", {entry.audio: load_segment(entry)})
-    ids = [*audio.ids, tokenizer.special_id(dataset_token(entry.task, entry.audio_language))]
+    builder = ExampleBuilder(tokenizer)
+    builder.add_audio(load_segment(entry), entry.audio)
+    builder.add([tokenizer.special_id(dataset_token(entry.task, entry.audio_language))])
     if entry.question is not None:
-        ids += tokenizer.encode(entry.question)
+        builder.add(tokenizer.encode(entry.question))
     timestamped = TASKS[entry.task].timestamps
     if timestamped:
-        ids.append(tokenizer.special_id(TIMESTAMPED_START))
-    labels = [IGNORE_INDEX] * len(ids)
+        builder.add([tokenizer.special_id(TIMESTAMPED_START)])
     if target is not None:
         if timestamped:
             if not target.startswith(TIMESTAMPED_START):
                 raise ValueError(f"{entry.audio}: target of task {entry.task!r} must start with {TIMESTAMPED_START}")
             target = target[len(TIMESTAMPED_START):]
-        learned = [*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod]
-        ids, labels = ids + learned, labels + learned
-    if len(ids) > max_length:
-        raise ValueError(f"{entry.audio}: the example is {len(ids)} tokens long, more than max_length {max_length}")
-    return Example(ids, labels, audio.audios, audio.waveforms)
+        builder.add([*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod], learn=True)
+    return builder.build(max_length, entry.audio)
 
 
 class FlatPromptDataset(AudioTextDataset):
@@ -89,7 +88,9 @@ class FlatPromptDataset(AudioTextDataset):
         if transform is not None:
             raise InputError("data.augment: the flat-prompt experiment takes no augmentation")
         example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
-        return to_sample(example, entry.task, self.n_mels)
+        mels, mel_lengths = featurize(example.clips, self.n_mels)
+        ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+        return Sample(ids, labels, mels, mel_lengths, entry.task)
 
 
 class FlatPromptDataModule(AudioTextDataModule):

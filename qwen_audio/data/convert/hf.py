@@ -20,8 +20,8 @@ import soundfile
 
 from qwen_audio.data.convert.fields import Fields
 from qwen_audio.data.convert.writer import SplitWriter
-from qwen_audio.data.manifest import ManifestEntry, ManifestError, Word
-from qwen_audio.prompts import TASKS
+from qwen_audio.data.manifest import ManifestEntry, ManifestError
+from qwen_audio.prompts import TASKS, TimedWord
 
 
 def load(src: str | os.PathLike) -> datasets.DatasetDict:
@@ -160,7 +160,7 @@ def _duration(audio: str, folder: Path, column: str) -> float:
         raise ManifestError(f"cannot read {audio}: {err}", field=column) from None
 
 
-def _words(value: Any, column: str) -> list[Word]:
+def _words(value: Any, column: str) -> list[TimedWord]:
     """Word timings as a list of ``{word, start, end}``, or as ``datasets``' columns of a list of
     structs (``{word: [...], start: [...], end: [...]}``)."""
     if isinstance(value, dict) and set(value) == {"word", "start", "end"}:
@@ -171,4 +171,4 @@ def _words(value: Any, column: str) -> list[Word]:
         raise ManifestError(
             f"must be a list of {{word, start, end}}, got {value!r:.80}", field=column
         )
-    return [Word(w["word"], w["start"], w["end"]) for w in value]
+    return [TimedWord(w["word"], w["start"], w["end"]) for w in value]

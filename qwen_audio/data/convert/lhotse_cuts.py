@@ -17,7 +17,8 @@ from lhotse import CutSet
 
 from qwen_audio.data.convert.fields import Fields
 from qwen_audio.data.convert.writer import SplitWriter
-from qwen_audio.data.manifest import ManifestEntry, ManifestError, Word
+from qwen_audio.data.manifest import ManifestEntry, ManifestError
+from qwen_audio.prompts import TimedWord
 
 
 def convert(
@@ -71,7 +72,7 @@ def _entries(cut, fields: Fields, writer: SplitWriter) -> list[ManifestEntry]:
             alignment = (supervision.alignment or {}).get(fields.words or "word")
             if alignment:
                 words = [
-                    Word(
+                    TimedWord(
                         a.symbol,
                         round(max(a.start - supervision.start, 0.0), 3),
                         round(a.end - supervision.start, 3),

@@ -47,7 +47,8 @@ import torch
 from torchaudio.functional import add_noise
 
 from qwen_audio.data.demo.espeak import SpeechJob, synthesize_files
-from qwen_audio.data.manifest import ManifestEntry, Word, write_manifest
+from qwen_audio.data.manifest import ManifestEntry, write_manifest
+from qwen_audio.prompts import TimedWord
 
 DEMO_VERSION = "8"  # bump when generation changes, so caches of an older corpus are not reused
 DEMO_DIR_ENV = "QWEN_AUDIO_DEMO_DIR"
@@ -333,7 +334,7 @@ def _speech_entries(
     """The ASR and SRWT lines of one utterance (times rounded to the millisecond)."""
     audio = os.path.relpath(job.path, folder)
     duration = round(soundfile.info(job.path).duration, 4)
-    words = tuple(Word(word, round(start, 3), round(end, 3)) for word, start, end in timings)
+    words = tuple(TimedWord(word, round(start, 3), round(end, 3)) for word, start, end in timings)
     return [
         ManifestEntry(audio, "asr", job.text, language, language, duration=duration),
         ManifestEntry(audio, "srwt", job.text, language, language, duration=duration, words=words),
