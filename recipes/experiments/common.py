@@ -85,6 +85,7 @@ class DemoSetup:
     def from_arguments(cls, args: argparse.Namespace) -> DemoSetup:
         config = yaml.safe_load(DEMO_CONFIG.read_text())
         data = dict(config["data"])
+        data.pop("augment", None)  # the ablations compare prompts on clean audio, as docs/experiments.md records
         if args.demo_size is not None:
             data["demo_size"] = args.demo_size
         manifests = build_demo_corpus(seed=data.get("seed", 0), size=data["demo_size"])
