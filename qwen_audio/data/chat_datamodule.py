@@ -13,6 +13,7 @@ from qwen_audio.data.collate import collate
 from qwen_audio.data.conversations import Conversation, ConversationDataset, read_conversations, token_length
 from qwen_audio.data.datamodule import DEMO_PREFIX, AudioTextDataModule
 from qwen_audio.data.demo import build_demo_chat
+from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.errors import InputError
 
 
@@ -80,13 +81,14 @@ class ChatDataModule(AudioTextDataModule):
             raise InputError(f"data.text_ratio is {self.text_ratio} but the training files {self.manifests['train']} "
                              "hold no pure-text conversation")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> tuple[DataLoader, DurationBucketSampler]:
         ratio = self.text_ratio if split == "train" else None
         sampler = self._sampler(split, self.lengths[split], self.max_tokens,
                                 None if ratio is None else [1.0 - ratio, ratio], shuffle)
         datasets = [ConversationDataset(group, self.tokenizer, self.max_length, self.n_mels)
                     for group in self.conversations[split]]
-        return DataLoader(
+        loader = DataLoader(
             ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,
         )
+        return loader, sampler
