@@ -321,8 +321,9 @@ def test_an_abandoned_stream_stops_decoding_and_frees_its_slot(served):
     body = {"model": served.name, "stream": True, "max_tokens": 900, "temperature": 0,
             "messages": [{"role": "user", "content": "Tell me a long story."}]}
     with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        assert next(lines).startswith("data: ")  # generation has begun; the client leaves
+        chunks = (line for line in response.iter_lines() if line.startswith("data: "))
+        next(chunks)  # the role chunk, sent before the job has a slot
+        next(chunks)  # the first token: generation has begun; the client leaves
     deadline = time.monotonic() + 60
     while not (cancelled := re.findall(r"cancelled after (\d+) tokens, (\d+) slots freed", open(served.log).read())):
         assert time.monotonic() < deadline, "the abandoned request was never cancelled"
