@@ -142,6 +142,7 @@ def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir
         data:
           demo_size: 1
           num_buckets: 1
+          max_seconds: 80.0
         """))
     cli = pretrain(["fit", "--config", str(REPO / "recipes/configs/pretrain/demo.yaml"), "--config", str(override)])
     # one bucket, one batch an epoch (the 12 training examples): the loss falls by learning, not by another batch
