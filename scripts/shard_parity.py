@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ data: {{val: null, test: null, streaming: true, cache: false, augment: null, max
 def train(source: Path, root: Path, config: Path) -> tuple[dict[int, float], float]:
     """Train from ``source`` (a manifest or a shard folder) into ``root``: its loss by step, and the
     seconds it took."""
+    shutil.rmtree(root, ignore_errors=True)  # a log left by an earlier run would be read instead
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "recipes.pretrain", "fit", "--config", str(DEMO), "--config", str(config),
