@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).resolve()  # manifest lines name their clips by absolute path
     workdir.mkdir(parents=True, exist_ok=True)
     manifest = build_corpus(workdir, args.clips)
     start = time.perf_counter()
