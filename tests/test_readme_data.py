@@ -1,6 +1,7 @@
 """The README's "Your own data" section, run as a user runs it: its shell blocks, in a fresh folder,
-with only the trainings cut to two steps. It makes the example data, converts a ``datasets`` folder
-and a lhotse CutSet, pretrains from their manifests, shards them, and pretrains from the shards."""
+with only the trainings cut short (two steps of short batches, no validation or callbacks). It makes
+the example data, converts a ``datasets`` folder and a lhotse CutSet, pretrains from their
+manifests, shards them, and pretrains from the shards."""
 
 from __future__ import annotations
 
