@@ -22,13 +22,13 @@ import torch
 from qwen_audio.checkpoint import CheckpointError, load_model, save_pretrained
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data.chat_datamodule import ChatDataModule
-from qwen_audio.data.datamodule import AudioTextDataModule
 from qwen_audio.data.conversations import (
     Conversation,
     ConversationDataset,
     Message,
     read_conversations,
 )
+from qwen_audio.data.datamodule import AudioTextDataModule
 from qwen_audio.data.demo import DemoChat
 from qwen_audio.data.manifest import ManifestError
 from qwen_audio.data.sampler import DurationBucketSampler
