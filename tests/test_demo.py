@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from qwen_audio.data.corpus import corpus_read
+from qwen_audio.data.demo import DemoChat, DemoCorpus, build_demo_chat
 from qwen_audio.data.demo.corpus import (
     DEMO_VERSION,
     DIGITS,
@@ -337,3 +339,14 @@ def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
             variants = {v.partition("+")[2] for v in record["voices"][split]}
             assert variants <= set(VOICE_VARIANTS[split])
         assert set(record["noises"]["train"]) == {*NOISE_KINDS["train"], *SCENES}
+
+
+def test_demo_names_resolve_to_the_files_the_builders_return():
+    """``demo:<manifest>`` is the corpus's manifest, or for :class:`DemoChat` the chat file; other paths pass."""
+    corpus = DemoCorpus(size=1)
+    assert corpus.resolve("demo:train") == str(build_demo_corpus(size=1)["train"])
+    assert corpus.resolve("demo:noise") == str(build_demo_corpus(size=1)["noise"])
+    assert corpus.resolve("data/train.jsonl") == "data/train.jsonl"
+    assert DemoChat(size=1).resolve("demo:test") == str(build_demo_chat(size=1)["test"])
+    assert corpus_read(corpus, ["data/train.jsonl", "demo:train"]) is corpus
+    assert corpus_read(corpus, ["data/train.jsonl"]) is None and corpus_read(None, ["demo:train"]) is None

@@ -19,13 +19,13 @@ import torch
 from qwen_audio.checkpoint import save_pretrained
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.data.dataset import target_text
-from qwen_audio.data.demo import CORPUS_RECORD, build_demo_corpus, corpus_fingerprint, corpus_record
+from qwen_audio.data.demo import CORPUS_RECORD, DemoCorpus, build_demo_corpus, corpus_fingerprint, corpus_record
+from qwen_audio.data.demo.corpora import recorded_corpus
 from qwen_audio.data.manifest import ManifestError, read_manifest
 from qwen_audio.eval.datamodule import (
     BenchmarkDataModule,
     BenchmarkDataset,
     benchmark_batches,
-    demo_corpus,
 )
 from qwen_audio.eval.report import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
 from qwen_audio.eval.tasks import (
@@ -243,7 +243,7 @@ def demo_env(tmp_path_factory):
 
 
 def _run_demo(out: Path, *args: str) -> list[dict]:
-    main(["test", "--config", str(DEMO_CONFIG), "--data.demo_size", "2", "--trainer.default_root_dir", str(out),
+    main(["test", "--config", str(DEMO_CONFIG), "--data.corpus.size", "2", "--trainer.default_root_dir", str(out),
           "--trainer.enable_progress_bar", "false", *args])
     return [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
 
@@ -326,7 +326,7 @@ def _recorded_export(root: Path, name: str, record: dict) -> Path:
 
 
 def test_demo_evaluation_reads_the_corpus_the_export_records(demo_env, folder_run, monkeypatch):
-    """No --data.demo_size: the size-2 corpus the export names is read, the same items as asking for it. No
+    """No --data.corpus.size: the size-2 corpus the export names is read, the same items as asking for it. No
     --trainer.default_root_dir: the results go to runs/evaluate/<benchmark>."""
     root, _ = demo_env
     folder = _recorded_export(root, "recorded", corpus_record(seed=0, size=2))
@@ -348,8 +348,8 @@ def test_demo_evaluation_refuses_another_corpus_than_the_recorded_one(demo_env, 
     root, _ = demo_env
     folder = _recorded_export(root, f"mismatch-{asked['seed']}-{asked['demo_size']}-{recorded['version']}", recorded)
     with pytest.raises(ConfigError, match=f"{CORPUS_RECORD}: the model was trained on the demo corpus"):
-        BenchmarkDataModule("demo", checkpoint=str(folder), **asked)
-    assert demo_corpus(None, None, None) == (0, 48, None)  # no record: the defaults
+        BenchmarkDataModule("demo", checkpoint=str(folder), corpus=DemoCorpus(asked["seed"], asked["demo_size"]))
+    assert recorded_corpus(None, None, None) == (0, 48, None)  # no record: the defaults
 
 
 def test_demo_evaluation_refuses_a_corpus_that_other_code_built(demo_env):
@@ -359,8 +359,8 @@ def test_demo_evaluation_refuses_a_corpus_that_other_code_built(demo_env):
     record = corpus_record(seed=0, size=2)
     same = _recorded_export(root, "fingerprint-same",
                             {**record, "fingerprint": corpus_fingerprint(build_demo_corpus(seed=0, size=2))})
-    BenchmarkDataModule("demo", checkpoint=str(same)).prepare_data()
+    BenchmarkDataModule("demo", checkpoint=str(same), corpus=DemoCorpus()).prepare_data()
     other = _recorded_export(root, "fingerprint-other", {**record, "fingerprint": "0" * 16})
     with pytest.raises(ConfigError, match="has fingerprint [0-9a-f]{16}, but the model was trained on one of "
                                           "fingerprint 0{16}"):
-        BenchmarkDataModule("demo", checkpoint=str(other)).prepare_data()
+        BenchmarkDataModule("demo", checkpoint=str(other), corpus=DemoCorpus()).prepare_data()

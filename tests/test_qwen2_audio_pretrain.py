@@ -25,9 +25,9 @@ from transformers import Qwen2AudioForConditionalGeneration
 from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import target_text, task_example
-from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.demo import DemoCorpus, build_demo_corpus
 from qwen_audio.data.manifest import ManifestError, read_manifest
-from qwen_audio.eval.datamodule import BenchmarkDataset, demo_items
+from qwen_audio.eval.datamodule import BenchmarkDataset, corpus_items
 from qwen_audio.eval.report import METRICS_FILE, PREDICTIONS_FILE
 from qwen_audio.prompts import IGNORE_INDEX, encode_task
 from recipes.evaluate import main as evaluate
@@ -71,7 +71,7 @@ def test_a_training_example_starts_with_the_prompt_evaluation_gives_its_item(fam
     entry = next(e for e in test_entries if e.task == task and e.audio_language in ("en", None))
     target = target_text(entry)
     example = task_example(tokenizer, entry, target)
-    prompt = BenchmarkDataset(demo_items([entry]), tokenizer)[0].prompt.ids
+    prompt = BenchmarkDataset(corpus_items(DemoCorpus(), [entry]), tokenizer)[0].prompt.ids
     n = len(prompt)
     expected = PROMPTS[family][task].format(question=entry.question)
     assert tokenizer.decode(prompt, [entry.audio]) == f"<audio>{entry.audio}</audio>{expected}"
@@ -140,7 +140,9 @@ def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir
           lr: 1.0e-2
           warmup_steps: 1
         data:
-          demo_size: 1
+          corpus:
+            init_args:
+              size: 1
           num_buckets: 1
           max_seconds: 80.0
         """))

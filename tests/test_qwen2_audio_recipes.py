@@ -131,7 +131,7 @@ def test_the_folder_is_the_qwen2_audio_tiny_preset(release):
 
 def test_demo_evaluation_gives_transformers_greedy_answers_to_qwen2_audio_instructions(release, demo_dir, tmp_path):
     out = tmp_path / "evaluate"
-    evaluate(["test", "--config", str(REPO / "recipes/configs/evaluate/demo.yaml"), "--data.demo_size", "1",
+    evaluate(["test", "--config", str(REPO / "recipes/configs/evaluate/demo.yaml"), "--data.corpus.size", "1",
               "--model.checkpoint", str(release.folder), "--trainer.default_root_dir", str(out),
               "--trainer.enable_progress_bar", "false"])
     predictions = [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
@@ -224,7 +224,9 @@ def test_sft_fine_tunes_a_folder_transformers_wrote(release, demo_dir, tmp_path,
           warmup_steps: 1
           lora: {"{rank: 4, alpha: 8}" if lora else "null"}
         data:
-          demo_size: 1
+          corpus:
+            init_args:
+              size: 1
         """))
     cli = sft(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)])
     assert cli.trainer.global_step == 4

@@ -56,7 +56,9 @@ def _overrides(root: Path, max_steps: int, extra_callbacks: str = "") -> Path:
               init_args: {{dirpath: {root / 'checkpoints'}, save_last: true, every_n_train_steps: 2, save_top_k: -1}}
         EXTRA
         data:
-          demo_size: 2
+          corpus:
+            init_args:
+              size: 2
           max_seconds: 8
         """).replace("EXTRA\n", extra_callbacks + "\n" if extra_callbacks else ""))
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from qwen_audio.data.conversations import (
     Message,
     read_conversations,
 )
+from qwen_audio.data.datamodule import AudioTextDataModule
+from qwen_audio.data.demo import DemoChat
 from qwen_audio.data.manifest import ManifestError
 from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.lit import callbacks
@@ -270,7 +273,9 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
           warmup_steps: 1
           lora: {"{rank: 4, alpha: 8}" if lora else "null"}
         data:
-          demo_size: 1
+          corpus:
+            init_args:
+              size: 1
         """))
     cli = main(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)])
     assert cli.trainer.global_step == 1
@@ -300,6 +305,25 @@ def test_a_data_module_used_before_connect_says_so(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [GOOD])
     with pytest.raises(RuntimeError, match=r"^ChatDataModule has no tokenizer yet: call connect\(tokenizer, n_mels\)"):
         ChatDataModule(train=[str(path)]).setup("fit")
+
+
+PRETRAINING_ONLY = sorted(set(inspect.signature(AudioTextDataModule).parameters)
+                          - set(inspect.signature(ChatDataModule).parameters))
+
+
+@pytest.mark.parametrize("option", PRETRAINING_ONLY)
+def test_options_of_pretraining_that_sft_does_not_use_are_refused(option):
+    assert {"max_seconds", "weights", "streaming", "augment", "cache", "on_error"} <= set(PRETRAINING_ONLY)
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{option}'"):
+        ChatDataModule(**{option: None})
+
+
+def test_the_sft_recipe_refuses_a_pretraining_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--data.max_seconds", "8",
+              "--print_config"])
+    assert exit_info.value.code not in (0, None)
+    assert "unrecognized arguments: --data.max_seconds 8" in capsys.readouterr().err
 
 
 class LossRecorder(L.Callback):
@@ -434,7 +458,8 @@ def test_chat_transcript_majority_is_the_training_splits_most_common_answer(monk
     monkeypatch.setattr(callbacks, "chat", lambda *args, **kwargs: (next(replies), []))
     tokenizer = SimpleNamespace(im_end=1, im_start=2, eod=3)
     datamodule = SimpleNamespace(setup=lambda stage: None, tokenizer=tokenizer,
-                                 conversations={"train": (train, []), "test": (test, [])})
+                                 conversations={"train": (train, []), "test": (test, [])},
+                                 question_family=DemoChat().question_family)
     trainer = SimpleNamespace(datamodule=datamodule)
     module = SimpleNamespace(model=torch.nn.Linear(1, 1))
     callbacks.ChatTranscript(per_group=0)._report(trainer, module, "SFT")

@@ -1,4 +1,4 @@
-"""Data pipeline: manifests, the embedded demo corpus, datasets, duration-bucketed batching.
+"""Data pipeline: manifests, generated corpora (:mod:`.corpus`), datasets, duration-bucketed batching.
 
 The names below are imported on first use (:mod:`qwen_audio.lazy`): ``qwen_audio.data.dataset`` loads without
 Lightning, which only ``AudioTextDataModule`` needs.

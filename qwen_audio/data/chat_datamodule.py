@@ -1,41 +1,42 @@
-"""LightningDataModule for SFT: conversation JSONL (or the demo chat data) -> token-bucketed, resumable loaders that
+"""LightningDataModule for SFT: conversation JSONL (or a generated corpus's) -> token-bucketed, resumable loaders that
 mix conversations with audio and pure-text conversations at a set ratio."""
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Literal
 
+import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader
 
 from qwen_audio.data.check import conversation_clips, require_decodable
-from qwen_audio.data.collate import collate
 from qwen_audio.data.conversations import Conversation, ConversationDataset, read_conversations, token_length
-from qwen_audio.data.datamodule import DEMO_PREFIX, AudioTextDataModule
-from qwen_audio.data.demo import build_demo_chat
+from qwen_audio.data.corpus import Corpus, corpus_read, resolve
+from qwen_audio.data.loaders import ModelInputs, TrainingPosition, batch_loader, bucket_sampler
 from qwen_audio.data.sampler import DurationBucketSampler
 from qwen_audio.errors import InputError
+from qwen_audio.tokenizer import Tokenizer
 
 
-class ChatDataModule(AudioTextDataModule):
+class ChatDataModule(L.LightningDataModule):
     """Train/validation/test loaders over conversation JSONL files (:mod:`qwen_audio.data.conversations`).
 
-    Batching reuses :class:`DurationBucketSampler` with each conversation's *token count* as its length and
-    ``max_tokens`` as the budget: in stage 2 the encoder is frozen and small beside the LLM, whose memory grows with
+    Batching uses :class:`DurationBucketSampler` with each conversation's *token count* as its length and
+    ``max_tokens`` as the budget. In stage 2 the encoder is frozen and small beside the LLM, whose memory grows with
     the padded tokens (``batch size * longest conversation``), so SFT buckets by tokens rather than audio seconds.
-    Conversations with audio and pure-text ones are the sampler's two groups and ``text_ratio`` sets their weights;
-    resuming mid-epoch works as in :class:`AudioTextDataModule`, whose loaders and state this class inherits.
+    Conversations with audio and pure-text ones are the sampler's two groups, and ``text_ratio`` sets their weights.
+    Resuming mid-epoch works as in :class:`~qwen_audio.data.datamodule.AudioTextDataModule`: both compose the parts
+    of :mod:`qwen_audio.data.loaders`. An option of that module which this one does not use is refused, not ignored.
 
     Args:
-        train, val, test: conversation files; ``demo:<split>`` names the demo chat data
-            (:func:`qwen_audio.data.demo.chat.build_demo_chat`), built on first use.
+        train, val, test: conversation files; ``<name>:<split>`` names a file of ``corpus``, built on first use.
         text_ratio: the share of pure-text conversations in each training epoch, which keeps the total size
             (``None``: every conversation once per epoch).
         max_tokens: padded tokens per batch; at least ``max_length``, so that any conversation fits in a batch.
         max_length: the longest conversation allowed, in tokens with audio placeholders; a longer one is an error
             naming its file and line.
-        demo_size: training clips per group of the demo corpus.
-        validate: ``decode`` also decodes every clip before step 0 (see :class:`AudioTextDataModule`).
+        corpus: the generated corpus that ``<name>:<split>`` paths name (:class:`~qwen_audio.data.corpus.Corpus`);
+            its conversation ids give the question families that reports group answers by.
+        validate: ``decode`` also decodes every clip before step 0 (see ``AudioTextDataModule``).
     """
 
     def __init__(
@@ -49,29 +50,53 @@ class ChatDataModule(AudioTextDataModule):
         num_buckets: int = 10,
         num_workers: int = 0,
         seed: int = 0,
-        demo_size: int = 48,
+        corpus: Corpus | None = None,
         validate: Literal["header", "decode"] = "header",
     ) -> None:
-        super().__init__(train, val, test, max_length=max_length, num_buckets=num_buckets,
-                         num_workers=num_workers, seed=seed, demo_size=demo_size, validate=validate)
+        super().__init__()
         if text_ratio is not None and not 0.0 <= text_ratio <= 1.0:
             raise InputError(f"data.text_ratio must lie in [0, 1], got {text_ratio}")
         if max_tokens < max_length:
             raise InputError(f"data.max_tokens ({max_tokens}) must be at least data.max_length ({max_length})")
-        self.text_ratio, self.max_tokens = text_ratio, max_tokens
+        self.manifests = {"train": train or [], "val": val or [], "test": test or []}
+        self.text_ratio, self.max_tokens, self.max_length = text_ratio, max_tokens, max_length
+        self.num_buckets, self.num_workers, self.seed = num_buckets, num_workers, seed
+        self.corpus, self.validate = corpus, validate
+        self.inputs = ModelInputs(type(self).__name__)
+        self.position = TrainingPosition()
         self.conversations: dict[str, list[list[Conversation]]] = {}  # split -> [with audio, pure text]
         self.lengths: dict[str, list[list[int]]] = {}
 
-    def _resolve(self, manifest: str) -> str:
-        if manifest.startswith(DEMO_PREFIX):
-            return str(build_demo_chat(seed=self.seed, size=self.demo_size)[manifest[len(DEMO_PREFIX):]])
-        return manifest
+    def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
+        """Take the model's tokenizer and the mel bins of its encoder, which the examples are built with."""
+        self.inputs.connect(tokenizer, n_mels)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.inputs.tokenizer
+
+    @property
+    def n_mels(self) -> int:
+        return self.inputs.n_mels
+
+    @property
+    def training_corpus(self) -> Corpus | None:
+        """The corpus the training split reads, if any: an export records it for evaluation."""
+        return corpus_read(self.corpus, self.manifests["train"])
+
+    def question_family(self, conversation_id: str) -> str:
+        """The question family of a conversation, as ``corpus`` reads its ids; without one, the id itself."""
+        return conversation_id if self.corpus is None else self.corpus.question_family(conversation_id)
+
+    def prepare_data(self) -> None:
+        for file in (f for files in self.manifests.values() for f in files):
+            resolve(self.corpus, file)  # builds a generated corpus once, on the main process
 
     def setup(self, stage: str | None = None) -> None:
         for split, files in self.manifests.items():
             if split in self.conversations:
                 continue
-            conversations = [c for file in files for c in read_conversations(self._resolve(file))]
+            conversations = [c for file in files for c in read_conversations(resolve(self.corpus, file))]
             if self.validate == "decode":
                 require_decodable(conversation_clips(conversations))
             groups = [[c for c in conversations if c.audios], [c for c in conversations if not c.audios]]
@@ -83,12 +108,29 @@ class ChatDataModule(AudioTextDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> tuple[DataLoader, DurationBucketSampler]:
         ratio = self.text_ratio if split == "train" else None
-        sampler = self._sampler(split, self.lengths[split], self.max_tokens,
-                                None if ratio is None else [1.0 - ratio, ratio], shuffle)
+        sampler = bucket_sampler(
+            split, self.manifests[split], self.lengths[split], self.max_tokens,
+            weights=None if ratio is None else [1.0 - ratio, ratio], num_buckets=self.num_buckets, seed=self.seed,
+            shuffle=shuffle,
+        )
         datasets = [ConversationDataset(group, self.tokenizer, self.max_length, self.n_mels)
                     for group in self.conversations[split]]
-        loader = DataLoader(
-            ConcatDataset(datasets), batch_sampler=sampler, num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,
-        )
-        return loader, sampler
+        return batch_loader(ConcatDataset(datasets), sampler, self.tokenizer.eod, self.num_workers), sampler
+
+    def train_dataloader(self) -> DataLoader:
+        loader, sampler = self._loader("train", shuffle=True)
+        self.position.follow(sampler)
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)[0]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)[0]
+
+    def state_dict(self) -> dict:
+        """The training sampler's position (:class:`~qwen_audio.data.loaders.TrainingPosition`)."""
+        return self.position.state_dict(self.trainer)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position.load_state_dict(state)

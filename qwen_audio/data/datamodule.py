@@ -1,4 +1,4 @@
-"""LightningDataModule: JSONL manifests (or the embedded demo corpus) -> duration-bucketed, resumable loaders.
+"""LightningDataModule: JSONL manifests (or a generated corpus's) -> duration-bucketed, resumable loaders.
 
 The data module does not choose its tokenizer: the model's is given to it by :meth:`AudioTextDataModule.connect`
 (as in litgpt), so a model loaded from a folder trains on that folder's vocabulary, and ``data`` needs no model
@@ -7,7 +7,6 @@ config."""
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 from typing import Literal
 
 import lightning as L
@@ -16,9 +15,9 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from qwen_audio.data.augment import Augment, Augmenter
 from qwen_audio.data.check import entry_clips, require_decodable
-from qwen_audio.data.collate import collate
+from qwen_audio.data.corpus import Corpus, corpus_read, resolve
 from qwen_audio.data.dataset import AudioTextDataset, AugmentedConcatDataset
-from qwen_audio.data.demo import build_demo_corpus, corpus_fingerprint, corpus_record
+from qwen_audio.data.loaders import ModelInputs, TrainingPosition, batch_loader, bucket_sampler
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.data.sampler import DurationBucketSampler, EpochTaggedBatches
 from qwen_audio.data.shard import is_shard_folder
@@ -26,8 +25,6 @@ from qwen_audio.data.streaming import StreamingAudioTextDataset, StreamLoader
 from qwen_audio.errors import InputError
 from qwen_audio.prompts import family_tasks
 from qwen_audio.tokenizer import Tokenizer
-
-DEMO_PREFIX = "demo:"
 
 
 def entry_seconds(entry: ManifestEntry) -> float:
@@ -41,16 +38,16 @@ class AudioTextDataModule(L.LightningDataModule):
     """Train/validation/test loaders over JSONL manifests.
 
     Args:
-        train, val, test: manifest paths; ``demo:<split>`` names a split of the embedded demo corpus, built on first
-            use (:func:`qwen_audio.data.demo.build_demo_corpus`). With ``streaming``, ``train``
-            may also name shard folders (``python -m qwen_audio.data.shard``).
+        train, val, test: manifest paths; ``<name>:<manifest>`` names a file of ``corpus``, built on first use.
+            With ``streaming``, ``train`` may also name shard folders (``python -m qwen_audio.data.shard``).
         weights: one mixing weight per training manifest (default: every example once per epoch).
         max_seconds: padded audio seconds per batch (``batch size * longest clip``).
         max_length: the longest token sequence allowed; a longer example is an error naming it.
         sortagrad_epochs: training epochs at the start that take their batches shortest clips first instead of
             shuffled (SortaGrad): short clips align quickly, and what the model learns on them carries to long ones.
         on_error: ``raise`` at the first bad manifest line, or ``skip`` bad lines and warn with their count.
-        demo_size: training clips per group of the demo corpus.
+        corpus: the generated corpus that ``<name>:<manifest>`` paths name
+            (:class:`~qwen_audio.data.corpus.Corpus`; a config gives it as a ``class_path``).
         streaming: read the training manifests line by line instead of indexing them
             (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, for corpora too large to hold in
             memory); the stream never ends, so set ``trainer.max_steps`` and an integer ``val_check_interval``.
@@ -61,7 +58,7 @@ class AudioTextDataModule(L.LightningDataModule):
         augment: on-the-fly augmentation of the training examples
             (:class:`~qwen_audio.data.augment.Augment`: speed, reverberation, noise, gain), seeded by
             ``(seed, epoch, example index)``; its noise and impulse-response manifests may name
-            demo-corpus files (``demo:noise``). Indexed manifests only.
+            files of ``corpus``. Indexed manifests only.
         validate: before step 0, ``header`` reads each audio file's header (a missing or unreadable file, a segment
             past its end); ``decode`` also decodes every clip of the indexed splits and stops with each one that
             does not decode, holds NaN/inf or is silent (``python -m qwen_audio.data.check --decode``).
@@ -84,7 +81,7 @@ class AudioTextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         on_error: Literal["raise", "skip"] = "raise",
-        demo_size: int = 48,
+        corpus: Corpus | None = None,
         streaming: bool = False,
         buffer_size: int = 1000,
         cache: bool = False,
@@ -96,53 +93,40 @@ class AudioTextDataModule(L.LightningDataModule):
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
         self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
         self.sortagrad_epochs = sortagrad_epochs
-        self.demo_size, self.streaming, self.buffer_size, self.cache = demo_size, streaming, buffer_size, cache
+        self.corpus, self.streaming, self.buffer_size, self.cache = corpus, streaming, buffer_size, cache
         self.augment = augment if augment is not None and augment.enabled else None
         if self.augment is not None and streaming:
             raise InputError(
                 "data.augment: augmentation reads indexed manifests; turn data.streaming off"
             )
         self.validate = validate
-        self._model_inputs: tuple[Tokenizer, int] | None = None
+        self.inputs = ModelInputs(type(self).__name__)
         self.entries: dict[str, list[list[ManifestEntry]]] = {}
-        self._sampler_state: dict | None = None
-        self._train_sampler: DurationBucketSampler | None = None
+        self.position = TrainingPosition()
 
     def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
         """Take the model's tokenizer and the mel bins of its encoder, which the examples are built with."""
-        self._model_inputs = tokenizer, n_mels
+        self.inputs.connect(tokenizer, n_mels)
 
     @property
     def tokenizer(self) -> Tokenizer:
-        return self._connected()[0]
+        return self.inputs.tokenizer
 
     @property
     def n_mels(self) -> int:
-        return self._connected()[1]
-
-    def _connected(self) -> tuple[Tokenizer, int]:
-        if self._model_inputs is None:
-            raise RuntimeError(f"{type(self).__name__} has no tokenizer yet: call connect(tokenizer, n_mels) with "
-                               "the model's first (the recipes' CLI does before fit, validate, test and predict)")
-        return self._model_inputs
+        return self.inputs.n_mels
 
     @property
-    def demo_corpus(self) -> dict | None:
-        """The :func:`~qwen_audio.data.demo.corpus_record` of the demo corpus the training split reads, if any, with
-        its :func:`~qwen_audio.data.demo.corpus_fingerprint`."""
-        if any(m.startswith(DEMO_PREFIX) for m in self.manifests["train"]):
-            manifests = build_demo_corpus(seed=self.seed, size=self.demo_size)
-            return {**corpus_record(self.seed, self.demo_size), "fingerprint": corpus_fingerprint(manifests)}
-        return None
+    def training_corpus(self) -> Corpus | None:
+        """The corpus the training split reads, if any: an export records it for evaluation."""
+        return corpus_read(self.corpus, self.manifests["train"])
 
     def _resolve(self, manifest: str) -> str:
-        if manifest.startswith(DEMO_PREFIX):
-            return str(build_demo_corpus(seed=self.seed, size=self.demo_size)[manifest[len(DEMO_PREFIX):]])
-        return manifest
+        return resolve(self.corpus, manifest)
 
     def prepare_data(self) -> None:
         for manifest in (m for ms in self.manifests.values() for m in ms):
-            self._resolve(manifest)  # builds the demo corpus once, on the main process
+            self._resolve(manifest)  # builds a generated corpus once, on the main process
 
     def setup(self, stage: str | None = None) -> None:
         tasks = family_tasks(self.tokenizer.family)  # a task the model's family has no prompt for fails at its line
@@ -159,20 +143,8 @@ class AudioTextDataModule(L.LightningDataModule):
                 if self.validate == "decode":
                     require_decodable(entry_clips(e for entries in self.entries[split] for e in entries))
 
-    def _sampler(self, split: str, lengths: list[list[float]], budget: float, weights: list[float] | None,
-                 shuffle: bool) -> DurationBucketSampler:
-        """The split's batch sampler; what it refuses (no example, too few for the ranks, bad weights) is an input
-        error naming the split's files."""
-        if not self.manifests[split]:
-            raise InputError(f"data.{split}: no file given, but the trainer asks for the {split} loader")
-        try:
-            return DurationBucketSampler(lengths, budget, weights=weights, num_buckets=self.num_buckets,
-                                         shuffle=shuffle, sortagrad_epochs=self.sortagrad_epochs, seed=self.seed)
-        except ValueError as err:
-            raise InputError(f"data.{split} {self.manifests[split]}: {err}") from None
-
     def _augmenter(self) -> Augmenter:
-        """The training split's augmentation, its manifests (``demo:noise`` ...) resolved and read."""
+        """The training split's augmentation, its manifests resolved through ``corpus`` and read."""
         config = self.augment
         manifests = {
             name: self._resolve(getattr(config, name))
@@ -183,8 +155,11 @@ class AudioTextDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> tuple[DataLoader, DurationBucketSampler]:
         groups = self.entries[split]
-        sampler = self._sampler(split, [[entry_seconds(e) for e in entries] for entries in groups], self.max_seconds,
-                                self.weights if split == "train" else None, shuffle)
+        sampler = bucket_sampler(
+            split, self.manifests[split], [[entry_seconds(e) for e in entries] for entries in groups],
+            self.max_seconds, weights=self.weights if split == "train" else None, num_buckets=self.num_buckets,
+            seed=self.seed, shuffle=shuffle, sortagrad_epochs=self.sortagrad_epochs,
+        )
         augmenter = self._augmenter() if split == "train" and self.augment is not None else None
         datasets = [
             self.dataset_class(
@@ -197,19 +172,13 @@ class AudioTextDataModule(L.LightningDataModule):
         if augmenter is not None:
             dataset = AugmentedConcatDataset(datasets, self.seed)
             batches = EpochTaggedBatches(sampler)
-        loader = DataLoader(
-            dataset, batch_sampler=batches, num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=self.tokenizer.eod), persistent_workers=self.num_workers > 0,
-        )
-        return loader, sampler
+        return batch_loader(dataset, batches, self.tokenizer.eod, self.num_workers), sampler
 
     def train_dataloader(self) -> DataLoader:
         if self.streaming:
             return self._streaming_loader()
-        loader, self._train_sampler = self._loader("train", shuffle=True)
-        if self._sampler_state is not None:
-            self._train_sampler.load_state_dict(self._sampler_state)
-            self._sampler_state = None
+        loader, sampler = self._loader("train", shuffle=True)
+        self.position.follow(sampler)
         return loader
 
     def _streaming_loader(self) -> DataLoader:
@@ -231,19 +200,9 @@ class AudioTextDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)[0]
 
     def state_dict(self) -> dict:
-        """The training sampler's position in batches *consumed* (the loader may have fetched more ahead). The
-        streamed path needs none: its loader reads the position from the trainer's restored batch count."""
-        if self._train_sampler is None or self.trainer is None:
-            return {}
-        state = self._train_sampler.state_dict()
-        state["epoch"] = self.trainer.current_epoch
-        state["batches_done"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train_sampler": state}
+        """The training sampler's position (:class:`~qwen_audio.data.loaders.TrainingPosition`). The streamed path
+        needs none: its loader reads the position from the trainer's restored batch count."""
+        return self.position.state_dict(self.trainer)
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume the training sampler. Strategies that set up optimizers before restoring (FSDP2's
-        ``ModelParallelStrategy``) have built it already, through ``estimated_stepping_batches``: resume it in place."""
-        self._sampler_state = state.get("train_sampler")
-        if self._sampler_state is not None and self._train_sampler is not None:
-            self._train_sampler.load_state_dict(self._sampler_state)
-            self._sampler_state = None
+        self.position.load_state_dict(state)

@@ -3,8 +3,6 @@ export of the trained model in the released layout."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import warnings
 from collections import Counter
@@ -22,7 +20,6 @@ from qwen_audio.chat import chat
 from qwen_audio.checkpoint import CheckpointError, check_writable, save_pretrained
 from qwen_audio.clips import Recording
 from qwen_audio.data.dataset import load_segment
-from qwen_audio.data.demo import CORPUS_RECORD
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.eval.metrics import error_rate, majority_accuracy
 from qwen_audio.generate import GenerationConfig, answer_prompts
@@ -78,8 +75,8 @@ def _cell(text: str) -> str:
 
 class TranscriptionReport(L.Callback):
     """Prints greedy transcriptions of held-out ASR clips next to their references, with WER/CER per language (the
-    release's, as evaluation scores them), before and after fitting: the demo's visible proof that the model learned
-    to listen."""
+    release's, as evaluation scores them), before and after fitting: visible proof that the model learned to
+    listen."""
 
     def __init__(self, num_clips: int = 4, max_new_tokens: int = 64) -> None:
         self.num_clips, self.max_new_tokens = num_clips, max_new_tokens
@@ -119,18 +116,13 @@ def _normalised_answer(text: str) -> str:
     return " ".join(re.sub(r"[^\w#]+", " ", text.lower()).split())
 
 
-def _kind(conversation_id: str) -> str:
-    """The question family of a demo conversation id (``test-scene-3`` -> ``scene``); the id itself otherwise."""
-    parts = conversation_id.split("-")
-    return parts[1] if len(parts) == 3 else conversation_id
-
-
 class ChatTranscript(L.Callback):
     """Before and after fitting: the answer accuracy of greedy :func:`qwen_audio.chat.chat` on the first audio
     question of ``num_questions`` held-out test conversations, per question family, beside the majority answer's
     accuracy (what a model that ignores the audio can score: the training split's most common answer of the family);
     and ``per_group`` test conversations with audio and as many pure-text ones replayed turn by turn (the model's
-    own answers become the history). The demo's proof that SFT taught the model to answer what it hears."""
+    own answers become the history). Proof that SFT taught the model to answer what it hears. The question families
+    are the data module's (:meth:`~qwen_audio.data.chat_datamodule.ChatDataModule.question_family`)."""
 
     def __init__(self, per_group: int = 3, num_questions: int = 100, max_new_tokens: int = 32) -> None:
         self.per_group, self.num_questions, self.max_new_tokens = per_group, num_questions, max_new_tokens
@@ -159,7 +151,7 @@ class ChatTranscript(L.Callback):
                                                                                                 conversation, config)]
         train_answers: dict[str, list[str]] = {}
         for conversation in datamodule.conversations.get("train", [[]])[0]:
-            train_answers.setdefault(_kind(conversation.id), []).append(
+            train_answers.setdefault(datamodule.question_family(conversation.id), []).append(
                 _normalised_answer(conversation.messages[1].content))
         references: dict[str, list[str]] = {}
         right: Counter[str] = Counter()
@@ -168,8 +160,9 @@ class ChatTranscript(L.Callback):
             reference = _normalised_answer(conversation.messages[1].content)
             answer, _ = chat(module.model, tokenizer, user.content, system=conversation.system or DEFAULT_SYSTEM,
                              config=config)
-            references.setdefault(_kind(conversation.id), []).append(reference)
-            right[_kind(conversation.id)] += _normalised_answer(answer) == reference
+            family = datamodule.question_family(conversation.id)
+            references.setdefault(family, []).append(reference)
+            right[family] += _normalised_answer(answer) == reference
         module.model.train(was_training)
         lines += ["", f"#### {title}: answer accuracy on the first question of held-out conversations", "",
                   "| family | questions | accuracy | majority answer (training split's) |",
@@ -230,11 +223,8 @@ class ExportPretrained(L.Callback):
         if trainer.is_global_zero:
             save_pretrained(module.model, self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path,
                             state_dict=state)
-            corpus = getattr(trainer.datamodule, "demo_corpus", None)
+            corpus = getattr(trainer.datamodule, "training_corpus", None)
             if corpus is not None:  # evaluation reads the same corpus back (BenchmarkDataModule)
-                record = Path(self.dirpath) / CORPUS_RECORD
-                staged = record.with_suffix(".tmp")
-                staged.write_text(json.dumps(corpus, indent=1) + "\n")
-                os.replace(staged, record)
+                corpus.save_record(Path(self.dirpath))
             print(f"exported the trained model to {self.dirpath}", flush=True)
         trainer.strategy.barrier()

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m qwen_audio.serve --checkpoint runs/pretrain-demo/pretrained --port 8000
+    python -m qwen_audio.serve --checkpoint MODEL_DIR --port 8000  # a folder in the released layout
 
 Endpoints: ``GET /health`` (ok once the model is loaded), ``GET /v1/models``, ``POST /v1/chat/completions`` (text
 and ``input_audio`` parts, ``stream``), ``POST /v1/audio/transcriptions`` (multipart; ``timestamp_granularities[]=

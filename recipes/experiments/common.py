@@ -29,9 +29,9 @@ from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data import AudioTextDataModule
 from qwen_audio.data.dataset import target_text, task_example
-from qwen_audio.data.demo import build_demo_corpus
+from qwen_audio.data.demo import DemoCorpus
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
-from qwen_audio.eval.datamodule import demo_items
+from qwen_audio.eval.datamodule import corpus_items
 from qwen_audio.eval.tasks import Prediction, score_predictions
 from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.model import QwenAudio
@@ -64,11 +64,11 @@ def ablation_arguments(description: str) -> argparse.ArgumentParser:
                              "trainer.max_epochs, the main job's length: about 9 minutes a run on 2 free cores)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "experiments",
                         help="folder of the table, the plot and one sub-folder per run (default %(default)s)")
-    parser.add_argument("--demo-size", type=int, default=None, help="data.demo_size (default: demo.yaml's)")
+    parser.add_argument("--demo-size", type=int, default=None, help="data.corpus.size (default: demo.yaml's)")
     parser.add_argument("--model", default=None, help="model preset (default: demo.yaml's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="seed_everything of each run of every arm (model initialisation; the corpus and its "
-                             "batch order stay data.seed's); tables give mean ± std over them (default %(default)s)")
+                        help="seed_everything of each run of every arm (model initialisation; the corpus and the "
+                             "batch order stay demo.yaml's); tables give mean ± std over them (default %(default)s)")
     return parser
 
 
@@ -76,7 +76,8 @@ def ablation_arguments(description: str) -> argparse.ArgumentParser:
 class DemoSetup:
     """demo.yaml's data settings and model preset, with the command line's overrides, and the corpus they name."""
 
-    data: dict
+    data: dict  # without the corpus, which size and manifests give
+    size: int
     model: str
     epochs: int
     manifests: dict[str, Path]
@@ -86,11 +87,11 @@ class DemoSetup:
         config = yaml.safe_load(DEMO_CONFIG.read_text())
         data = dict(config["data"])
         data.pop("augment", None)  # the ablations compare prompts on clean audio, as docs/experiments.md records
+        corpus = DemoCorpus(**data.pop("corpus")["init_args"])
         if args.demo_size is not None:
-            data["demo_size"] = args.demo_size
-        manifests = build_demo_corpus(seed=data.get("seed", 0), size=data["demo_size"])
+            corpus.size = args.demo_size
         epochs = args.epochs or config["trainer"]["max_epochs"]
-        return cls(data, args.model or config["model"]["model"], epochs, manifests)
+        return cls(data, corpus.size, args.model or config["model"]["model"], epochs, corpus.files())
 
     def steps_per_epoch(self, train_manifest: Path) -> int:
         """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed sampler
@@ -166,7 +167,7 @@ def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: i
                            "init_args": {"dirpath": str(folder / "model")}}],
         },
         "model": {"model": setup.model},
-        "data": {"demo_size": setup.data["demo_size"], **variant.data},
+        "data": {"corpus": {"init_args": {"size": setup.size}}, **variant.data},
     }
     override_text = yaml.safe_dump(override, sort_keys=False)
     name = f"{variant.name}, seed {seed}"
@@ -274,7 +275,8 @@ def generate_answers(model: QwenAudio, tokenizer: Tokenizer, entries: Sequence[M
 def score_answers(entries: Sequence[ManifestEntry], answers: Sequence[str]) -> dict[str, float | None]:
     """The :data:`COLUMNS` that ``entries`` give scores for: each entry is scored as its ``demo_*`` benchmark, the
     way ``recipes.evaluate`` scores the demo corpus."""
-    scores = score_predictions(Prediction(item, answer) for item, answer in zip(demo_items(entries), answers))
+    items = corpus_items(DemoCorpus(), entries)
+    scores = score_predictions(Prediction(item, answer) for item, answer in zip(items, answers))
     return {label: scores[name][name][metric] for label, (name, metric) in COLUMNS.items() if name in scores}
 
 
@@ -328,7 +330,7 @@ def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: Demo
     every_run = markdown_table(["variant", "seed", *headers], [[run.variant.name, run.seed, *values(run)]
                                                              for run in runs])
     details = (f"{epochs} epochs = {epochs * steps_per_epoch} optimizer steps per run; model preset "
-               f"`{setup.model}`, data.demo_size {setup.data['demo_size']}; seeds {', '.join(map(str, seeds))} "
+               f"`{setup.model}`, data.corpus.size {setup.size}; seeds {', '.join(map(str, seeds))} "
                f"(mean ± sample std over them); test lines: {len(test)} ({', '.join(sorted(tasks))}).")
     (out / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{details}\n\n{table}\n\nEvery run:\n\n{every_run}\n")
     plot_validation_losses({f"{run.variant.name} (seed {run.seed})": validation_curves(run.metrics_csv)
