@@ -57,8 +57,7 @@ def module(mesh=None) -> QwenAudioModule:
 
 
 def loss_of(lit: QwenAudioModule, batch: dict) -> torch.Tensor:
-    losses, _, counted = token_losses(lit(batch), batch["labels"])  # as QwenAudioModule._step
-    return losses.sum() / counted.sum().clamp(min=1)
+    return token_losses(lit(batch), batch["labels"]).mean_loss()  # as QwenAudioModule._step
 
 
 def rank_step(rank: int, init_file: str, data: list[dict], out: str) -> None:

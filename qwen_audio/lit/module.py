@@ -170,21 +170,18 @@ class QwenAudioModule(L.LightningModule):
         }
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch)
-        losses, correct, counted = token_losses(logits, batch["labels"])
-        loss = losses.sum() / counted.sum().clamp(min=1)
+        scores = token_losses(self(batch), batch["labels"])
+        loss = scores.mean_loss()
         size = len(batch["task"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
-        self.log(f"{stage}/token_acc", correct.sum() / counted.sum().clamp(min=1), batch_size=size,
-                 sync_dist=stage != "train")
+        self.log(f"{stage}/token_acc", scores.accuracy(), batch_size=size, sync_dist=stage != "train")
         per_task: dict[str, list[int]] = defaultdict(list)
         for row, task in enumerate(batch["task"]):
             per_task[task].append(row)
         for task, rows in per_task.items():
-            tokens = counted[rows].sum().clamp(min=1)
-            self.log(f"{stage}/loss_{task}", losses[rows].sum() / tokens, batch_size=len(rows),
+            self.log(f"{stage}/loss_{task}", scores.mean_loss(rows), batch_size=len(rows),
                      sync_dist=stage != "train")
-            self.log(f"{stage}/token_acc_{task}", correct[rows].sum() / tokens, batch_size=len(rows),
+            self.log(f"{stage}/token_acc_{task}", scores.accuracy(rows), batch_size=len(rows),
                      sync_dist=stage != "train")
         return loss
 
