@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from qwen_audio.batching import batch_prompts
+from qwen_audio.batching import PromptBatch, batch_prompts
 from qwen_audio.data.corpus import Corpus
 from qwen_audio.data.dataset import target_text
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
@@ -78,11 +78,21 @@ class BenchmarkDataset(Dataset):
         return PromptSample(index, item, prompt)
 
 
-def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -> dict:
-    """The left-padded :class:`~qwen_audio.batching.PromptBatch` fields (``n_mels`` bins of encoder input), and the
-    items with their file indices."""
-    batch = batch_prompts([s.prompt for s in samples], pad_id, n_mels)
-    return {**batch._asdict(), "index": [s.index for s in samples], "items": [s.item for s in samples]}
+class BenchmarkBatch(NamedTuple):
+    """One benchmark's prompts, left-padded, with their items and the items' indices in the file.
+
+    A named tuple, so Lightning's device transfer moves the prompts' tensors and keeps the rest as it is.
+    """
+
+    prompts: PromptBatch
+    items: list[BenchmarkItem]
+    indices: list[int]
+
+
+def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -> BenchmarkBatch:
+    """Batch the samples' prompts (``n_mels`` bins of encoder input) beside their items and file indices."""
+    prompts = batch_prompts([s.prompt for s in samples], pad_id, n_mels)
+    return BenchmarkBatch(prompts, [s.item for s in samples], [s.index for s in samples])
 
 
 def benchmark_batches(items: Sequence[BenchmarkItem], batch_size: int | None, rank: int = 0, world_size: int = 1

@@ -20,9 +20,9 @@ import itertools
 import lightning as L
 import torch
 
-from qwen_audio.batching import PromptBatch
 from qwen_audio.checkpoint import load_pretrained, load_tokenizer, read_config
 from qwen_audio.config import QwenAudioConfig
+from qwen_audio.eval.datamodule import BenchmarkBatch
 from qwen_audio.eval.report import write_results
 from qwen_audio.eval.tasks import Prediction, get_benchmark
 from qwen_audio.generate import GenerationConfig, answer_batch
@@ -62,16 +62,15 @@ class BenchmarkEvaluation(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.predictions = []
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        names = {item.benchmark for item in batch["items"]}
+    def test_step(self, batch: BenchmarkBatch, batch_idx: int) -> None:
+        names = {item.benchmark for item in batch.items}
         if len(names) != 1:
             raise ValueError(f"a batch must hold one benchmark's items, got {sorted(names)}")
         benchmark = get_benchmark(names.pop())
         config = GenerationConfig(max_new_tokens=benchmark.max_new_tokens, min_new_tokens=1, do_sample=False,
                                   stop_ids=self.tokenizer.stop_ids)
-        prompts = PromptBatch(*(batch[key] for key in PromptBatch._fields))
-        for index, item, answer in zip(batch["index"], batch["items"], answer_batch(self.model, self.tokenizer,
-                                                                                      prompts, config)):
+        answers = answer_batch(self.model, self.tokenizer, batch.prompts, config)
+        for index, item, answer in zip(batch.indices, batch.items, answers):
             self.predictions.append((index, Prediction(item, answer.text)))
 
     def on_test_epoch_end(self) -> None:
