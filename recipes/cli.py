@@ -53,7 +53,7 @@ class QwenAudioCLI(LightningCLI):
                 rank_zero_warn(f"--ckpt_path last: no checkpoint in {checkpoint_folders(self.trainer)}; "
                                "training starts from the beginning")
             else:
-                check_resumable(arguments["ckpt_path"], self.model.hparams.model)
+                check_resumable(arguments["ckpt_path"], self.model.hparams.preset)
 
     def before_validate(self) -> None:
         self.connect_datamodule()

@@ -49,7 +49,7 @@ def batches(tmp_path: Path) -> list[dict]:
 def module(mesh=None) -> QwenAudioModule:
     """The tiny model, seeded: sharded over ``mesh`` (as ModelParallelStrategy has it) when given."""
     torch.manual_seed(0)
-    lit = QwenAudioModule(model="tiny", train="all")
+    lit = QwenAudioModule(preset="tiny", train="all")
     lit._device_mesh = mesh  # what ModelParallelStrategy hands the module before configure_model
     lit.trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False)  # read for the dtype
     lit.configure_model()
