@@ -154,16 +154,18 @@ class QwenAudio(nn.Module):
     ) -> QwenAudioOutput:
         """Logits for ``input_ids`` ``[B, L]``, and the loss when ``labels`` are given.
 
-        Audio comes as mel ``[N, n_mels, T]`` + valid mel lengths ``[N]`` (samples // 160), one clip per ``<audio>``
-        in row-major order, or already encoded as ``audio_embeds``. ``attention_mask`` ``[B, L]`` (0 = padding;
-        several ids per row = packed sequences), ``position_ids`` ``[B, L]`` (rotary positions; default: the index).
+        Audio comes as mel ``[N, n_mels, T]`` with valid mel lengths ``[N]`` (samples // 160), one clip per
+        ``<audio>`` in row-major order. Or it comes already encoded, as ``audio_embeds``.
+        ``attention_mask`` ``[B, L]`` is 0 at padding; several ids in a row mark packed sequences.
+        ``position_ids`` ``[B, L]`` are the rotary positions, by default the index.
         With ``kv_cache`` the rows continue the sequences of its slots, written in place (see :class:`QwenDecoder`).
-        ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order:
-        training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs; generation's
-        prefill needs the :func:`last_tokens` alone (at full size the head's logits are 155,947 per position).
 
-        The loss is next-token cross-entropy (``labels`` shifted by one, -100 ignored, mean over counted tokens)
-        computed on logits upcast to fp32: more accurate than the release, which used the working dtype (bf16).
+        ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order.
+        Training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs. Generation's
+        prefill needs the :func:`last_tokens` alone; at full size the head gives 155,947 logits per position.
+
+        The loss is the mean of :func:`token_losses`, on logits upcast to fp32. That is more accurate than the
+        release, which used the working dtype (bf16).
         """
         embeds = self.transformer.wte(input_ids)
         if audio_mel is not None:

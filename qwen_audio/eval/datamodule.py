@@ -62,8 +62,10 @@ class PromptSample:
 
 
 class BenchmarkDataset(Dataset):
-    """Decodes each item's audio and builds the official prompt of its benchmark for the tokenizer's family (no
-    target), tokenized as the release scripts tokenize the prompt text: every special-token text is the token."""
+    """Builds each item's official prompt, without target, for the tokenizer's family, with its decoded audio.
+
+    The prompt text is tokenized as the release scripts tokenize it: every special-token text is the token.
+    """
 
     def __init__(self, items: Sequence[BenchmarkItem], tokenizer: Tokenizer) -> None:
         self.items, self.tokenizer = items, tokenizer
@@ -97,8 +99,11 @@ def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -
 
 def benchmark_batches(items: Sequence[BenchmarkItem], batch_size: int | None, rank: int = 0, world_size: int = 1
                       ) -> list[list[int]]:
-    """This rank's batches of item indices: each benchmark's items in file order, in batches of ``batch_size``
-    (default: the benchmark's own, from the release's EVALUATION.md), dealt to ranks round-robin."""
+    """This rank's batches of item indices, dealt to ranks round-robin.
+
+    Each benchmark's items stay in file order, in batches of ``batch_size``. By default that is the benchmark's own,
+    from the release's EVALUATION.md.
+    """
     by_benchmark: dict[str, list[int]] = {}
     for index, item in enumerate(items):
         by_benchmark.setdefault(item.benchmark, []).append(index)
