@@ -122,7 +122,7 @@ def with_mel_from_waveforms(batch: dict) -> dict:
 def build_stage1(config: QwenAudioConfig, device: torch.device, activation_checkpointing: bool
                  ) -> tuple[QwenAudioModule, torch.optim.Optimizer]:
     """The recipe's module for ``config`` on ``device``, the frozen LLM in bf16 on CUDA, and its AdamW."""
-    module = QwenAudioModule(model=config.name, train="encoder", activation_checkpointing=activation_checkpointing)
+    module = QwenAudioModule(preset=config.name, train="encoder", activation_checkpointing=activation_checkpointing)
     module.config = config  # the preset with this run's overrides (--decoder-layers)
     with torch.device(device):
         module.configure_model()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +41,31 @@ def last_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
     return F.one_hot(last, length).bool()
 
 
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class TokenLosses(NamedTuple):
+    """Per-position scores of next-token prediction, each ``[B, L - 1]``.
+
+    ``losses`` is the token loss (0 where ignored), ``correct`` whether the argmax equals the label, and ``counted``
+    which positions hold a label. Means over rows serve the total loss and the per-task metrics alike.
+    """
+
+    losses: torch.Tensor
+    correct: torch.Tensor
+    counted: torch.Tensor
+
+    def mean_loss(self, rows: Sequence[int] | slice = slice(None)) -> torch.Tensor:
+        """The mean loss over the counted positions of ``rows`` (all by default)."""
+        return self.losses[rows].sum() / self.counted[rows].sum().clamp(min=1)
+
+    def accuracy(self, rows: Sequence[int] | slice = slice(None)) -> torch.Tensor:
+        """The share of counted positions of ``rows`` whose argmax is the label."""
+        return self.correct[rows].sum() / self.counted[rows].sum().clamp(min=1)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> TokenLosses:
     """Next-token cross-entropy per position on fp32 logits: ``labels`` shifted by one, -100 ignored.
 
     ``logits`` is ``[B, L, vocab]``, or ``[n, vocab]`` computed at :func:`label_positions` only (in row-major
-    order), which is all the loss reads: training skips the head everywhere else.
-    Returns ``(loss, correct, counted)``, each ``[B, L - 1]``: the token loss (0 where ignored), whether the argmax
-    equals the label, and which positions count. Per-sample or per-task means are sums over these.
+    order). The loss reads nothing else, so training skips the head everywhere else.
     """
     targets = labels[:, 1:].to(logits.device)
     counted = targets != -100
@@ -56,7 +75,7 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     losses = torch.zeros(counted.shape, device=logits.device).masked_scatter(
         counted, F.cross_entropy(logits.float(), counted_targets, reduction="none"))
     correct = torch.zeros_like(counted).masked_scatter(counted, logits.argmax(-1) == counted_targets)
-    return losses, correct, counted
+    return TokenLosses(losses, correct, counted)
 
 
 class QwenAudio(nn.Module):
@@ -135,16 +154,18 @@ class QwenAudio(nn.Module):
     ) -> QwenAudioOutput:
         """Logits for ``input_ids`` ``[B, L]``, and the loss when ``labels`` are given.
 
-        Audio comes as mel ``[N, n_mels, T]`` + valid mel lengths ``[N]`` (samples // 160), one clip per ``<audio>``
-        in row-major order, or already encoded as ``audio_embeds``. ``attention_mask`` ``[B, L]`` (0 = padding;
-        several ids per row = packed sequences), ``position_ids`` ``[B, L]`` (rotary positions; default: the index).
+        Audio comes as mel ``[N, n_mels, T]`` with valid mel lengths ``[N]`` (samples // 160), one clip per
+        ``<audio>`` in row-major order. Or it comes already encoded, as ``audio_embeds``.
+        ``attention_mask`` ``[B, L]`` is 0 at padding; several ids in a row mark packed sequences.
+        ``position_ids`` ``[B, L]`` are the rotary positions, by default the index.
         With ``kv_cache`` the rows continue the sequences of its slots, written in place (see :class:`QwenDecoder`).
-        ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order:
-        training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs; generation's
-        prefill needs the :func:`last_tokens` alone (at full size the head's logits are 155,947 per position).
 
-        The loss is next-token cross-entropy (``labels`` shifted by one, -100 ignored, mean over counted tokens)
-        computed on logits upcast to fp32: more accurate than the release, which used the working dtype (bf16).
+        ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order.
+        Training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs. Generation's
+        prefill needs the :func:`last_tokens` alone; at full size the head gives 155,947 logits per position.
+
+        The loss is the mean of :func:`token_losses`, on logits upcast to fp32. That is more accurate than the
+        release, which used the working dtype (bf16).
         """
         embeds = self.transformer.wte(input_ids)
         if audio_mel is not None:
@@ -162,6 +183,5 @@ class QwenAudio(nn.Module):
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids "
                                  f"{tuple(input_ids.shape)}")
-            losses, _, counted = token_losses(logits, labels)
-            loss = losses.sum() / counted.sum().clamp(min=1)
+            loss = token_losses(logits, labels).mean_loss()
         return QwenAudioOutput(logits, loss)

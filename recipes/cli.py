@@ -29,9 +29,11 @@ class QwenAudioCLI(LightningCLI):
         self.datamodule.connect(self.model.tokenizer, self.model.config.encoder.n_mels)
 
     def checked_ckpt_path(self) -> str | None:
-        """The ``--ckpt_path`` file given on the command line, refused here if it is missing, truncated or not a
-        QwenAudioModule checkpoint (Lightning would fail inside ``torch.load`` without naming it); None for none
-        or one of Lightning's special values (``last`` is resolved in :meth:`before_fit`)."""
+        """The ``--ckpt_path`` file given on the command line, or None for none or one of Lightning's special values.
+
+        A file that is missing, truncated or not a QwenAudioModule checkpoint is refused here, by name. Lightning
+        would fail inside ``torch.load`` without naming it. ``last`` is resolved in :meth:`before_fit`.
+        """
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
         if ckpt_path is None or ckpt_path in LIGHTNING_CKPT_VALUES or str(ckpt_path).startswith("registry"):
             return None
@@ -43,8 +45,10 @@ class QwenAudioCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
-        """Connect the data module; ``--ckpt_path last`` resumes from the newest complete checkpoint on disk,
-        refused if another preset wrote it."""
+        """Connect the data module, and resolve ``--ckpt_path last``.
+
+        ``last`` resumes from the newest complete checkpoint on disk, refused if another preset wrote it.
+        """
         self.connect_datamodule()
         arguments = self.config_init[self.subcommand]
         if arguments.get("ckpt_path") == "last":
@@ -53,7 +57,7 @@ class QwenAudioCLI(LightningCLI):
                 rank_zero_warn(f"--ckpt_path last: no checkpoint in {checkpoint_folders(self.trainer)}; "
                                "training starts from the beginning")
             else:
-                check_resumable(arguments["ckpt_path"], self.model.hparams.model)
+                check_resumable(arguments["ckpt_path"], self.model.hparams.preset)
 
     def before_validate(self) -> None:
         self.connect_datamodule()

@@ -30,15 +30,17 @@ class EvaluateCLI(QwenAudioCLI):
             config.trainer.default_root_dir = os.path.join(RESULTS_ROOT, config.data.benchmark)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning merges a ``--ckpt_path`` checkpoint's hyperparameters into the model's config. A training
-        checkpoint's describe training (stage, learning rate, ...); only its ``model`` preset, the architecture its
-        weights fit, applies to evaluation, so only that is taken."""
+        """Take only the ``preset`` of a ``--ckpt_path`` checkpoint's hyperparameters into the model's config.
+
+        Lightning would merge them all. A training checkpoint's describe training (stage, learning rate, ...), and
+        only the preset, the architecture its weights fit, applies to evaluation.
+        """
         ckpt_path = self.checked_ckpt_path()
         if ckpt_path and Path(ckpt_path).is_file():
             hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-            if "model" in hparams:
+            if "preset" in hparams:
                 self.config = self.parser.parse_object(
-                    {self.config.subcommand: {"model": {"model": hparams["model"]}}}, self.config)
+                    {self.config.subcommand: {"model": {"preset": hparams["preset"]}}}, self.config)
 
 
 def main(args: list[str] | None = None) -> EvaluateCLI:

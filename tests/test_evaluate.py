@@ -312,7 +312,7 @@ def test_lightning_checkpoint_gives_the_weights(demo_env, folder_run):
     root, model = demo_env
     checkpoint = root / "tiny.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"model": "tiny", "train": "all", "lr": 2e-3},
+                "hyper_parameters": {"preset": "tiny", "train": "all", "lr": 2e-3},
                 "pytorch-lightning_version": lightning.__version__}, checkpoint)
     predictions = _run_demo(root / "from-ckpt", "--ckpt_path", str(checkpoint))
     assert predictions == folder_run[1]

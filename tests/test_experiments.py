@@ -162,7 +162,7 @@ def test_srwt_ablation_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setenv("QWEN_AUDIO_DEMO_DIR", str(tmp_path / "corpus"))
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
-    table = srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--seeds", "0", "1",
+    table = srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--preset", "tiny", "--seeds", "0", "1",
                                 "--out", str(tmp_path / "out")])
     lines = table.splitlines()
     assert lines[0] == "| variant | ASR WER en | ASR CER zh | AQA acc | final val/loss_asr | train s |"
@@ -182,10 +182,10 @@ def test_srwt_ablation_end_to_end(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError(f"a finished run was retrained: {args}")
     monkeypatch.setattr(subprocess, "run", no_training)
-    assert srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--seeds", "0", "1",
+    assert srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--preset", "tiny", "--seeds", "0", "1",
                                "--out", str(tmp_path / "out")]) == table
     # A run without its run.json (killed before the end) trains again.
     (tmp_path / "out" / "demo-all-tasks-seed1" / "run.json").unlink()
     with pytest.raises(AssertionError, match="a finished run was retrained"):
-        srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--model", "tiny", "--seeds", "1",
+        srwt_ablation.main(["--epochs", "1", "--demo-size", "2", "--preset", "tiny", "--seeds", "1",
                             "--out", str(tmp_path / "out")])

@@ -49,7 +49,7 @@ def batches(tmp_path: Path) -> list[dict]:
 def module(mesh=None) -> QwenAudioModule:
     """The tiny model, seeded: sharded over ``mesh`` (as ModelParallelStrategy has it) when given."""
     torch.manual_seed(0)
-    lit = QwenAudioModule(model="tiny", train="all")
+    lit = QwenAudioModule(preset="tiny", train="all")
     lit._device_mesh = mesh  # what ModelParallelStrategy hands the module before configure_model
     lit.trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False)  # read for the dtype
     lit.configure_model()
@@ -57,8 +57,7 @@ def module(mesh=None) -> QwenAudioModule:
 
 
 def loss_of(lit: QwenAudioModule, batch: dict) -> torch.Tensor:
-    losses, _, counted = token_losses(lit(batch), batch["labels"])  # as QwenAudioModule._step
-    return losses.sum() / counted.sum().clamp(min=1)
+    return token_losses(lit(batch), batch["labels"]).mean_loss()  # as QwenAudioModule._step
 
 
 def rank_step(rank: int, init_file: str, data: list[dict], out: str) -> None:

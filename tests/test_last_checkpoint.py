@@ -14,10 +14,10 @@ from qwen_audio.checkpoint import CheckpointError
 from qwen_audio.lit.resume import check_resumable, newest_checkpoint
 
 
-def _checkpoint(path, step: int, mtime: float, model: str = "tiny") -> None:
+def _checkpoint(path, step: int, mtime: float, preset: str = "tiny") -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save({"state_dict": {}, "pytorch-lightning_version": L.__version__, "global_step": step,
-                "hyper_parameters": {"model": model}}, path)
+                "hyper_parameters": {"preset": preset}}, path)
     os.utime(path, (mtime, mtime))
 
 
@@ -80,7 +80,7 @@ def test_a_truncated_foreign_or_other_preset_checkpoint_is_named(tmp_path):
     torch.save({"dims": {}, "model_state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match=r"whisper\.pt: holds \['dims', 'model_state_dict'\], no 'state_dict'"):
         check_resumable(str(foreign))
-    with pytest.raises(CheckpointError, match=r"good\.ckpt: was trained with model 'tiny'; .*\(model 'demo'\)"):
+    with pytest.raises(CheckpointError, match=r"good\.ckpt: was trained with preset 'tiny'; .*\(preset 'demo'\)"):
         check_resumable(str(good), "demo")
     with pytest.raises(CheckpointError, match="not found"):
         check_resumable(str(tmp_path / "gone.ckpt"))

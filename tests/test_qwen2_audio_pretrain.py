@@ -136,7 +136,7 @@ def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir
             - class_path: qwen_audio.lit.ExportPretrained
               init_args: {{dirpath: {export}}}
         model:
-          model: qwen2-audio-tiny
+          preset: qwen2-audio-tiny
           lr: 1.0e-2
           warmup_steps: 1
         data:

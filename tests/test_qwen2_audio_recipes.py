@@ -123,7 +123,7 @@ def _hf_answer(release, text: str, audios: list[np.ndarray], max_new_tokens: int
 
 
 def test_the_folder_is_the_qwen2_audio_tiny_preset(release):
-    """So that ``--model.model qwen2-audio-tiny --model.init_from FOLDER`` builds the architecture of the folder."""
+    """So that ``--model.preset qwen2-audio-tiny --model.init_from FOLDER`` builds the architecture of the folder."""
     ours, preset = read_config(release.folder), QwenAudioConfig.from_name("qwen2-audio-tiny")
     assert (ours.family, ours.encoder, ours.decoder, ours.audio_start_id) == \
         (preset.family, preset.encoder, preset.decoder, preset.audio_start_id)
@@ -218,7 +218,7 @@ def test_sft_fine_tunes_a_folder_transformers_wrote(release, demo_dir, tmp_path,
             - class_path: qwen_audio.lit.ExportPretrained
               init_args: {{dirpath: {export}}}
         model:
-          model: qwen2-audio-tiny
+          preset: qwen2-audio-tiny
           init_from: {release.folder}
           lr: 1.0e-2
           warmup_steps: 1

@@ -107,7 +107,7 @@ def test_every_config_prints(config, demo_dir):
 def test_fsdp_config_is_complete(demo_dir):
     printed = _run(["fit", "--config", "recipes/configs/pretrain/qwen_audio.yaml", "--print_config"], demo_dir).stdout
     for expected in ("ModelParallelStrategy", "save_distributed_checkpoint: true", "precision: bf16-mixed",
-                     "activation_checkpointing: true", "train: encoder", "model: qwen-audio"):
+                     "activation_checkpointing: true", "train: encoder", "preset: qwen-audio"):
         assert expected in printed
 
 

@@ -267,7 +267,7 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
             - class_path: qwen_audio.lit.ChatTranscript
               init_args: {{per_group: 1, num_questions: 4, max_new_tokens: 3}}
         model:
-          model: tiny
+          preset: tiny
           init_from: {initial_folder}
           lr: 1.0e-2
           warmup_steps: 1
@@ -296,9 +296,9 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
 
 
 def test_the_module_s_tokenizer_is_the_init_from_folder_s_else_the_preset_s(initial_folder):
-    assert Path(QwenAudioModule(model="tiny", init_from=str(initial_folder)).tokenizer.path) == \
+    assert Path(QwenAudioModule(preset="tiny", init_from=str(initial_folder)).tokenizer.path) == \
         initial_folder / "qwen.tiktoken"
-    assert Path(QwenAudioModule(model="tiny").tokenizer.path) == DEMO_RANKS_FILE
+    assert Path(QwenAudioModule(preset="tiny").tokenizer.path) == DEMO_RANKS_FILE
 
 
 def test_a_data_module_used_before_connect_says_so(tmp_path):
@@ -342,7 +342,7 @@ def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
     path = write_jsonl(tmp_path / "chat.jsonl", audio + text)
     data = ChatDataModule(train=[str(path)], text_ratio=0.5, max_length=64, max_tokens=64, seed=1)
     torch.manual_seed(0)
-    module = QwenAudioModule(model="tiny", train="decoder", spec_augment=True, warmup_steps=1)
+    module = QwenAudioModule(preset="tiny", train="decoder", spec_augment=True, warmup_steps=1)
     data.connect(module.tokenizer, module.config.encoder.n_mels)
     module.configure_model()
     initial = QwenAudio(module.config)
@@ -383,7 +383,7 @@ def test_a_text_only_batch_runs_the_encoder_with_zero_weight(tmp_path):
     batch = next(iter(data.train_dataloader()))
     assert batch["audio_mel"] is None
     torch.manual_seed(0)
-    module = QwenAudioModule(model="tiny", train="all")
+    module = QwenAudioModule(preset="tiny", train="all")
     module.configure_model()
     runs = []
     module.model.encoder.register_forward_hook(lambda *args: runs.append(1))
@@ -423,7 +423,7 @@ def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_pat
     strategy = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
                 '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}')
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.sft", "fit", "--model.model", "tiny", "--model.train", "all",
+        [sys.executable, "-m", "recipes.sft", "fit", "--model.preset", "tiny", "--model.train", "all",
          "--data.train", f"[{path}]", "--data.max_length", "64", "--data.max_tokens", "64", "--data.seed", "3",
          "--trainer.max_steps", "4", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
          "--trainer.strategy", strategy, "--trainer.use_distributed_sampler", "false", "--trainer.logger", "false",
@@ -441,7 +441,7 @@ def test_an_init_from_folder_of_another_architecture_is_refused_naming_the_field
     (folder / "config.json").write_text(json.dumps({**config, "rotary_emb_base": 500000}))
     message = r"does not describe the preset 'tiny': decoder.rotary_emb_base: folder 500000, preset 10000\.0"
     with pytest.raises(CheckpointError, match=message):
-        QwenAudioModule(model="tiny", init_from=str(folder))
+        QwenAudioModule(preset="tiny", init_from=str(folder))
 
 
 def test_chat_transcript_majority_is_the_training_splits_most_common_answer(monkeypatch, capsys):

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from qwen_audio.batching import batch_prompts
+from qwen_audio.batching import PromptBatch, batch_prompts
 from qwen_audio.data.corpus import Corpus
 from qwen_audio.data.dataset import target_text
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
@@ -62,8 +62,10 @@ class PromptSample:
 
 
 class BenchmarkDataset(Dataset):
-    """Decodes each item's audio and builds the official prompt of its benchmark for the tokenizer's family (no
-    target), tokenized as the release scripts tokenize the prompt text: every special-token text is the token."""
+    """Builds each item's official prompt, without target, for the tokenizer's family, with its decoded audio.
+
+    The prompt text is tokenized as the release scripts tokenize it: every special-token text is the token.
+    """
 
     def __init__(self, items: Sequence[BenchmarkItem], tokenizer: Tokenizer) -> None:
         self.items, self.tokenizer = items, tokenizer
@@ -78,17 +80,30 @@ class BenchmarkDataset(Dataset):
         return PromptSample(index, item, prompt)
 
 
-def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -> dict:
-    """The left-padded :class:`~qwen_audio.batching.PromptBatch` fields (``n_mels`` bins of encoder input), and the
-    items with their file indices."""
-    batch = batch_prompts([s.prompt for s in samples], pad_id, n_mels)
-    return {**batch._asdict(), "index": [s.index for s in samples], "items": [s.item for s in samples]}
+class BenchmarkBatch(NamedTuple):
+    """One benchmark's prompts, left-padded, with their items and the items' indices in the file.
+
+    A named tuple, so Lightning's device transfer moves the prompts' tensors and keeps the rest as it is.
+    """
+
+    prompts: PromptBatch
+    items: list[BenchmarkItem]
+    indices: list[int]
+
+
+def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -> BenchmarkBatch:
+    """Batch the samples' prompts (``n_mels`` bins of encoder input) beside their items and file indices."""
+    prompts = batch_prompts([s.prompt for s in samples], pad_id, n_mels)
+    return BenchmarkBatch(prompts, [s.item for s in samples], [s.index for s in samples])
 
 
 def benchmark_batches(items: Sequence[BenchmarkItem], batch_size: int | None, rank: int = 0, world_size: int = 1
                       ) -> list[list[int]]:
-    """This rank's batches of item indices: each benchmark's items in file order, in batches of ``batch_size``
-    (default: the benchmark's own, from the release's EVALUATION.md), dealt to ranks round-robin."""
+    """This rank's batches of item indices, dealt to ranks round-robin.
+
+    Each benchmark's items stay in file order, in batches of ``batch_size``. By default that is the benchmark's own,
+    from the release's EVALUATION.md.
+    """
     by_benchmark: dict[str, list[int]] = {}
     for index, item in enumerate(items):
         by_benchmark.setdefault(item.benchmark, []).append(index)

@@ -44,7 +44,7 @@ class QwenAudioModule(L.LightningModule):
     """Trains a :class:`QwenAudio` on batches from :class:`qwen_audio.data.AudioTextDataModule`.
 
     Args:
-        model: a preset name of :class:`QwenAudioConfig` (``tiny``, ``qwen-audio``, ...).
+        preset: a preset name of :class:`QwenAudioConfig` (``tiny``, ``qwen-audio``, ...).
         train: which part is optimised: ``encoder`` (stage 1), ``decoder`` (stage 2) or ``all`` (the demo,
             whose tiny random decoder has no language knowledge to keep).
         init_from: a folder in the released layout whose weights initialise the model (none: random init), and whose
@@ -60,7 +60,7 @@ class QwenAudioModule(L.LightningModule):
 
     def __init__(
         self,
-        model: str = "tiny",
+        preset: str = "tiny",
         train: Trainable = "encoder",
         init_from: str | None = None,
         lr: float = 2e-4,
@@ -81,11 +81,11 @@ class QwenAudioModule(L.LightningModule):
         self.save_hyperparameters()
         # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep the dataclass
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
-        self.config = QwenAudioConfig.from_name(model)
+        self.config = QwenAudioConfig.from_name(preset)
         if init_from:
             check_architecture(init_from, self.config)
         # what the data module is given (``connect``): a released folder trains on its own vocabulary
-        self.tokenizer = read_tokenizer(init_from, self.config) if init_from else load_tokenizer(preset=model)
+        self.tokenizer = read_tokenizer(init_from, self.config) if init_from else load_tokenizer(preset=preset)
         self.model: QwenAudio | None = None
 
     def configure_model(self) -> None:
@@ -134,8 +134,10 @@ class QwenAudioModule(L.LightningModule):
             full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized()))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a resumed checkpoint whose weights do not fit this model, naming the file and every mismatched key
-        (sharded checkpoints hold no ``state_dict`` here; torch.distributed.checkpoint checks their shards)."""
+        """Refuse a resumed checkpoint whose weights do not fit this model, naming the file and every mismatched key.
+
+        A sharded checkpoint holds no ``state_dict`` here: torch.distributed.checkpoint checks its shards.
+        """
         if "state_dict" in checkpoint:
             expected = {f"model.{k}": shape for k, shape in expected_shapes(self.model).items()}
             check_state_dict(expected, checkpoint["state_dict"], f"--ckpt_path {self.trainer.ckpt_path}")
@@ -150,11 +152,13 @@ class QwenAudioModule(L.LightningModule):
         ).logits
 
     def _with_blank_clip(self, batch: dict) -> dict:
-        """A batch without audio plus one row that holds the shortest clip (30 ms, one audio token) of a blank mel,
-        and no label. Under FSDP every rank must run each sharded encoder block at every step, in the same order
-        (their all-gathers and gradient reduce-scatters are collectives that wait for all ranks): a batch of
-        pure-text conversations runs the encoder on this row. The row attends only to itself and has no logits, so
-        the loss stays the same and the encoder's gradients are zeros."""
+        """A batch without audio, plus one row holding the shortest clip (30 ms, one audio token) of a blank mel.
+
+        Under FSDP every rank must run each sharded encoder block at every step, in the same order: the blocks'
+        all-gathers and gradient reduce-scatters wait for all ranks. This row makes a batch of pure-text
+        conversations run the encoder. It attends only to itself and has no label, so the loss is unchanged and the
+        encoder's gradients are zeros.
+        """
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         start, frames, width = self.config.audio_start_id, MIN_SAMPLES // HOP_LENGTH, max(ids.shape[1], 3)
         row = torch.zeros(1, width, dtype=ids.dtype, device=ids.device)
@@ -170,21 +174,18 @@ class QwenAudioModule(L.LightningModule):
         }
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch)
-        losses, correct, counted = token_losses(logits, batch["labels"])
-        loss = losses.sum() / counted.sum().clamp(min=1)
+        scores = token_losses(self(batch), batch["labels"])
+        loss = scores.mean_loss()
         size = len(batch["task"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
-        self.log(f"{stage}/token_acc", correct.sum() / counted.sum().clamp(min=1), batch_size=size,
-                 sync_dist=stage != "train")
+        self.log(f"{stage}/token_acc", scores.accuracy(), batch_size=size, sync_dist=stage != "train")
         per_task: dict[str, list[int]] = defaultdict(list)
         for row, task in enumerate(batch["task"]):
             per_task[task].append(row)
         for task, rows in per_task.items():
-            tokens = counted[rows].sum().clamp(min=1)
-            self.log(f"{stage}/loss_{task}", losses[rows].sum() / tokens, batch_size=len(rows),
+            self.log(f"{stage}/loss_{task}", scores.mean_loss(rows), batch_size=len(rows),
                      sync_dist=stage != "train")
-            self.log(f"{stage}/token_acc_{task}", correct[rows].sum() / tokens, batch_size=len(rows),
+            self.log(f"{stage}/token_acc_{task}", scores.accuracy(rows), batch_size=len(rows),
                      sync_dist=stage != "train")
         return loss
 

@@ -62,12 +62,14 @@ def newest_checkpoint(trainer: L.Trainer) -> str | None:
     return max(written, key=written.get) if written else None
 
 
-def check_resumable(path: str, model: str | None = None) -> None:
+def check_resumable(path: str, preset: str | None = None) -> None:
     """Raise :class:`CheckpointError` unless ``path`` is a complete Lightning checkpoint of a
-    :class:`~qwen_audio.lit.QwenAudioModule` (built from the ``model`` preset, when given). Tensors are
-    memory-mapped, not read."""
-    preset = f" (model {model!r})" if model else ""
-    expected = f"expected a Lightning checkpoint of QwenAudioModule{preset} written by ModelCheckpoint"
+    :class:`~qwen_audio.lit.QwenAudioModule`, built from ``preset`` when one is given.
+
+    Tensors are memory-mapped, not read.
+    """
+    named = f" (preset {preset!r})" if preset else ""
+    expected = f"expected a Lightning checkpoint of QwenAudioModule{named} written by ModelCheckpoint"
     if not os.path.exists(path):
         raise CheckpointError(f"--ckpt_path {path}: not found; {expected}")
     if not is_complete(path):
@@ -83,6 +85,6 @@ def check_resumable(path: str, model: str | None = None) -> None:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"--ckpt_path {path}: holds {keys}, no 'state_dict' and 'pytorch-lightning_version'; "
                               f"{expected}")
-    trained = checkpoint.get("hyper_parameters", {}).get("model")
-    if trained is None or (model is not None and trained != model):
-        raise CheckpointError(f"--ckpt_path {path}: was trained with model {trained!r}; {expected}")
+    trained = checkpoint.get("hyper_parameters", {}).get("preset")
+    if trained is None or (preset is not None and trained != preset):
+        raise CheckpointError(f"--ckpt_path {path}: was trained with preset {trained!r}; {expected}")

@@ -2,7 +2,7 @@
 task tags (:data:`qwen_audio.prompts.TASKS`). Qwen2-Audio's pretraining replaced the tags with such instructions
 (arXiv 2407.10759, §2 and Figure 2), and its evaluation scripts (QwenLM/Qwen2-Audio ``eval_audio/evaluate_*.py``)
 prefix the ``prompt`` field of each evaluation file with ``<|audio_bos|><|AUDIO|><|audio_eos|>``. Our pretraining of
-the family (``recipes.pretrain --model.model qwen2-audio-tiny``) uses the same instructions, with the target after
+the family (``recipes.pretrain --model.preset qwen2-audio-tiny``) uses the same instructions, with the target after
 them (:func:`qwen_audio.prompts.family_prompt` picks them for both), so a model is evaluated on the prompts it
 learned.
 

@@ -65,7 +65,7 @@ def ablation_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "experiments",
                         help="folder of the table, the plot and one sub-folder per run (default %(default)s)")
     parser.add_argument("--demo-size", type=int, default=None, help="data.corpus.size (default: demo.yaml's)")
-    parser.add_argument("--model", default=None, help="model preset (default: demo.yaml's)")
+    parser.add_argument("--preset", default=None, help="model preset (default: demo.yaml's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seed_everything of each run of every arm (model initialisation; the corpus and the "
                              "batch order stay demo.yaml's); tables give mean ± std over them (default %(default)s)")
@@ -78,7 +78,7 @@ class DemoSetup:
 
     data: dict  # without the corpus, which size and manifests give
     size: int
-    model: str
+    preset: str
     epochs: int
     manifests: dict[str, Path]
 
@@ -91,14 +91,14 @@ class DemoSetup:
         if args.demo_size is not None:
             corpus.size = args.demo_size
         epochs = args.epochs or config["trainer"]["max_epochs"]
-        return cls(data, corpus.size, args.model or config["model"]["model"], epochs, corpus.files())
+        return cls(data, corpus.size, args.preset or config["model"]["preset"], epochs, corpus.files())
 
     def steps_per_epoch(self, train_manifest: Path) -> int:
         """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed sampler
         batches it."""
         datamodule = AudioTextDataModule(**{**self.data, "train": [str(train_manifest)], "val": [], "test": []})
-        config = QwenAudioConfig.from_name(self.model)
-        datamodule.connect(load_tokenizer(preset=self.model), config.encoder.n_mels)
+        config = QwenAudioConfig.from_name(self.preset)
+        datamodule.connect(load_tokenizer(preset=self.preset), config.encoder.n_mels)
         datamodule.setup("fit")
         return len(datamodule.train_dataloader().batch_sampler)
 
@@ -166,7 +166,7 @@ def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: i
             "callbacks": [{"class_path": "qwen_audio.lit.ExportPretrained",
                            "init_args": {"dirpath": str(folder / "model")}}],
         },
-        "model": {"model": setup.model},
+        "model": {"preset": setup.preset},
         "data": {"corpus": {"init_args": {"size": setup.size}}, **variant.data},
     }
     override_text = yaml.safe_dump(override, sort_keys=False)
@@ -330,7 +330,7 @@ def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: Demo
     every_run = markdown_table(["variant", "seed", *headers], [[run.variant.name, run.seed, *values(run)]
                                                              for run in runs])
     details = (f"{epochs} epochs = {epochs * steps_per_epoch} optimizer steps per run; model preset "
-               f"`{setup.model}`, data.corpus.size {setup.size}; seeds {', '.join(map(str, seeds))} "
+               f"`{setup.preset}`, data.corpus.size {setup.size}; seeds {', '.join(map(str, seeds))} "
                f"(mean ± sample std over them); test lines: {len(test)} ({', '.join(sorted(tasks))}).")
     (out / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{details}\n\n{table}\n\nEvery run:\n\n{every_run}\n")
     plot_validation_losses({f"{run.variant.name} (seed {run.seed})": validation_curves(run.metrics_csv)
