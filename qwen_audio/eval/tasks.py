@@ -317,8 +317,8 @@ def score_predictions(predictions: Iterable[Prediction],
     """``{benchmark: {source: {"count": n, metric: value, ...}}}``, each source scored on its own
     items.
 
-    ``train_answers`` maps a benchmark to the answers of its training split (the demo corpus has
-    them). Beside the accuracy of such a benchmark goes ``majority_accuracy``, the score of always
+    ``train_answers`` maps a benchmark to the answers of its training split (a corpus with a
+    training split has them). Beside the accuracy of such a benchmark goes ``majority_accuracy``, the score of always
     giving the training split's most common answer
     (:func:`qwen_audio.eval.metrics.majority_accuracy`); without training answers there is none.
     """

@@ -45,8 +45,8 @@ class QwenAudioModule(L.LightningModule):
 
     Args:
         preset: a preset name of :class:`QwenAudioConfig` (``tiny``, ``qwen-audio``, ...).
-        train: which part is optimised: ``encoder`` (stage 1), ``decoder`` (stage 2) or ``all`` (the demo,
-            whose tiny random decoder has no language knowledge to keep).
+        train: which part is optimised: ``encoder`` (stage 1), ``decoder`` (stage 2) or ``all`` (a small
+            random decoder, which has no language knowledge to keep).
         init_from: a folder in the released layout whose weights initialise the model (none: random init), and whose
             tokenizer is then the model's :attr:`tokenizer` (else the preset's).
         lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio: AdamW and warmup-cosine schedule (spec §8).
