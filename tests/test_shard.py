@@ -1,5 +1,6 @@
 """``python -m qwen_audio.data.shard``: litdata chunks that give back each manifest line (with its
-duration filled in) and its audio file's bytes, in order, split between readers as the manifest is."""
+duration filled in) and its audio file's bytes, in order, split between readers as the manifest is;
+with ``--conversations``, SFT conversations that train as their files do."""
 
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ import sys
 import numpy as np
 import pytest
 import soundfile
+import torch
 
+from qwen_audio.data.chat_datamodule import ChatDataModule
 from qwen_audio.data.datamodule import AudioTextDataModule
+from qwen_audio.data.demo.chat import build_demo_chat
 from qwen_audio.data.manifest import ManifestEntry, ManifestError, read_manifest, write_manifest
-from qwen_audio.data.shard import is_shard_folder, read_shards, write_shards
+from qwen_audio.data.shard import (
+    is_shard_folder,
+    main,
+    read_shards,
+    write_conversation_shards,
+    write_shards,
+)
 from qwen_audio.errors import InputError
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
@@ -70,3 +80,36 @@ def test_only_a_streamed_training_split_reads_shards(tmp_path, manifest):
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)
     with pytest.raises(InputError, match=r"data\.val: .* are shard folders, which only a streamed"):
         data.setup("fit")
+
+
+def chat_batches(train: str, **options) -> list[dict]:
+    """An epoch of the SFT data module's training batches, pure-text conversations mixed in."""
+    data = ChatDataModule(train=[train], text_ratio=0.2, max_tokens=2048, seed=3, **options)
+    data.connect(QwenAudioTokenizer.demo(), n_mels=80)
+    data.setup("fit")
+    return list(data.train_dataloader())
+
+
+def test_sft_trains_on_conversation_shards_as_on_their_files(tmp_path):
+    file = build_demo_chat(tmp_path / "demo", size=1)["train"]
+    main(["--conversations", str(file), str(tmp_path / "shards")])
+    expected = chat_batches(str(file))
+    os.rename(tmp_path / "demo", tmp_path / "gone")  # the shards alone hold the audio now
+    got = chat_batches(str(tmp_path / "shards" / file.stem), validate="decode")
+    assert len(got) == len(expected) > 1
+    assert any(len(batch["audio_mel_lengths"]) for batch in got)
+    for batch, want in zip(got, expected):
+        assert batch.keys() == want.keys()
+        for key, value in want.items():
+            assert torch.equal(batch[key], value) if torch.is_tensor(value) else batch[key] == value, key
+
+
+def test_a_bad_conversation_line_is_named_before_anything_is_written(tmp_path):
+    file = tmp_path / "chat.jsonl"
+    file.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+                    '{"messages": [{"role": "user", "content": [{"audio": "missing.wav"}]}, '
+                    '{"role": "assistant", "content": "x"}]}\n')
+    with pytest.raises(ManifestError) as info:
+        write_conversation_shards([file], tmp_path / "shards")
+    assert str(info.value) == f"{file}:2: messages[0].content[0].audio: file not found: {tmp_path}/missing.wav"
+    assert not (tmp_path / "shards").exists()

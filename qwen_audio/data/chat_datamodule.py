@@ -1,5 +1,5 @@
-"""LightningDataModule for SFT: conversation JSONL (or a generated corpus's) -> token-bucketed, resumable loaders that
-mix conversations with audio and pure-text conversations at a set ratio."""
+"""LightningDataModule for SFT: conversation JSONL (a generated corpus's, or shards of either) -> token-bucketed,
+resumable loaders that mix conversations with audio and pure-text conversations at a set ratio."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from qwen_audio.data.conversations import Conversation, ConversationDataset, rea
 from qwen_audio.data.corpus import Corpus, corpus_read, resolve
 from qwen_audio.data.loaders import ModelInputs, TrainingPosition, batch_loader, bucket_sampler
 from qwen_audio.data.sampler import DurationBucketSampler
+from qwen_audio.data.shard import is_shard_folder, read_conversation_shard
 from qwen_audio.errors import InputError
 from qwen_audio.tokenizer import Tokenizer
 
 
 class ChatDataModule(L.LightningDataModule):
-    """Train/validation/test loaders over conversation JSONL files (:mod:`qwen_audio.data.conversations`).
+    """Train/validation/test loaders over conversation JSONL files (:mod:`qwen_audio.data.conversations`) or their
+    shards (:mod:`qwen_audio.data.shard`).
 
     Batching uses :class:`DurationBucketSampler` with each conversation's *token count* as its length and
     ``max_tokens`` as the budget. In stage 2 the encoder is frozen and small beside the LLM, whose memory grows with
@@ -28,7 +30,8 @@ class ChatDataModule(L.LightningDataModule):
     of :mod:`qwen_audio.data.loaders`. An option of that module which this one does not use is refused, not ignored.
 
     Args:
-        train, val, test: conversation files; ``<name>:<split>`` names a file of ``corpus``, built on first use.
+        train, val, test: conversation files, or shard folders written from them (``python -m qwen_audio.data.shard
+            --conversations``); ``<name>:<split>`` names a file of ``corpus``, built on first use.
         text_ratio: the share of pure-text conversations in each training epoch, which keeps the total size
             (``None``: every conversation once per epoch).
         max_tokens: padded tokens per batch; at least ``max_length``, so that any conversation fits in a batch.
@@ -96,7 +99,7 @@ class ChatDataModule(L.LightningDataModule):
         for split, files in self.manifests.items():
             if split in self.conversations:
                 continue
-            conversations = [c for file in files for c in read_conversations(resolve(self.corpus, file))]
+            conversations = [c for file in files for c in _read(resolve(self.corpus, file))]
             if self.validate == "decode":
                 require_decodable(conversation_clips(conversations))
             groups = [[c for c in conversations if c.audios], [c for c in conversations if not c.audios]]
@@ -134,3 +137,9 @@ class ChatDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.position.load_state_dict(state)
+
+
+def _read(path: str) -> list[Conversation]:
+    """The conversations of a file or of a shard folder (:func:`~qwen_audio.data.shard.read_conversation_shard`),
+    which give the same batches: a sampler picks either by index."""
+    return read_conversation_shard(path) if is_shard_folder(path) else read_conversations(path)

@@ -59,7 +59,7 @@ def entry_clips(entries: Iterable[ManifestEntry]) -> list[Clip]:
 
 def conversation_clips(conversations: Iterable[Conversation]) -> list[Clip]:
     """Every clip of each conversation (:func:`~qwen_audio.data.dataset.load_clip`)."""
-    return [(conversation.source or conversation.id, partial(load_clip, path))
+    return [(conversation.source or conversation.id, partial(conversation.loader(load_clip), path))
             for conversation in conversations for path in conversation.audios]
 
 

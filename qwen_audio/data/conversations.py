@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import soundfile
 import torch
 from torch.utils.data import Dataset
 
-from qwen_audio.audio import SAMPLE_RATE
+from qwen_audio.audio import SAMPLE_RATE, AudioSource
 from qwen_audio.clips import AudioLoader, featurize
-from qwen_audio.data.dataset import Sample, load_clip
+from qwen_audio.data.dataset import Sample, load_clip, stored_file
 from qwen_audio.data.manifest import MAX_SECONDS, MIN_SECONDS, TIME_TOLERANCE, ManifestError
 from qwen_audio.errors import AudioError, InputError
 from qwen_audio.prompts import Example, Message, encode_chat
@@ -50,12 +50,16 @@ _FIELDS = ("id", "system", "messages")
 
 @dataclass(frozen=True)
 class Conversation:
-    """One dialogue; ``source`` (``file:line``) names it in errors raised while it is encoded."""
+    """One dialogue; ``source`` (``file:line``) names it in errors raised while it is encoded.
+
+    ``stored``: for a conversation read from a shard (:mod:`qwen_audio.data.shard`), returns the bytes of its audio
+    files by path. It is called when the conversation is encoded, so that memory holds no corpus's audio."""
 
     id: str
     messages: tuple[Message, ...]
     system: str | None = None
     source: str | None = None
+    stored: Callable[[], Mapping[str, bytes]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def audios(self) -> list[str]:
@@ -70,12 +74,20 @@ class Conversation:
                             for m in self.messages]
         return line
 
-    def encode(self, tokenizer: Tokenizer, max_length: int, load: AudioLoader = load_clip) -> Example:
+    def loader(self, load: Callable[[AudioSource], Any]) -> Callable[[str], Any]:
+        """``load`` of an audio path: of its file, or of its stored bytes when the conversation comes from a shard."""
+        if self.stored is None:
+            return load
+        return lambda path: load(stored_file(self.stored()[path], path))
+
+    def encode(self, tokenizer: Tokenizer, max_length: int, load: AudioLoader | None = None) -> Example:
         """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`); errors name the conversation. Audio that
-        only decoding shows unusable (NaN/inf, silence: the file check reads headers) is an :class:`AudioError`."""
+        only decoding shows unusable (NaN/inf, silence: the file check reads headers) is an :class:`AudioError`.
+        ``load``: how audio paths become waveforms (by default :func:`load_clip`, through :meth:`loader`)."""
         system = [Message("system", self.system)] if self.system is not None else []
         where = self.source or f"conversation {self.id!r}"
         try:
+            load = self.loader(load_clip) if load is None else load
             return encode_chat(tokenizer, [*system, *self.messages], load=load, max_length=max_length)
         except AudioError as err:
             raise AudioError(f"{where}: {err}") from None
@@ -191,7 +203,7 @@ def write_conversations(path: str | os.PathLike, conversations: Iterable[Convers
             file.write(json.dumps(conversation.to_json(), ensure_ascii=False) + "\n")
 
 
-def _header_length(path: str) -> torch.Tensor:
+def _header_length(path: AudioSource) -> torch.Tensor:
     """Zeros as long as the file's audio at 16 kHz, from its header: enough to count its placeholders."""
     info = soundfile.info(path)
     return torch.zeros(round(info.frames * SAMPLE_RATE / info.samplerate))
@@ -199,7 +211,7 @@ def _header_length(path: str) -> torch.Tensor:
 
 def token_length(conversation: Conversation, tokenizer: Tokenizer, max_length: int) -> int:
     """The conversation's length in tokens, audio placeholders included, without decoding any audio."""
-    return len(conversation.encode(tokenizer, max_length, load=_header_length).ids)
+    return len(conversation.encode(tokenizer, max_length, load=conversation.loader(_header_length)).ids)
 
 
 class ConversationDataset(Dataset):

@@ -54,6 +54,14 @@ def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> tor
     return clip
 
 
+def stored_file(data: bytes, name: str) -> io.BytesIO:
+    """An audio file's bytes, from a shard (:mod:`qwen_audio.data.shard`), as a file that
+    :func:`~qwen_audio.audio.load_audio` decodes; errors name it ``name``, the path it was read from."""
+    file = io.BytesIO(data)
+    file.name = name
+    return file
+
+
 def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tensor:
     """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment; ``data``: the bytes
     of its audio file when they come from a shard (:mod:`qwen_audio.data.shard`), not from disk.
@@ -63,10 +71,7 @@ def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tenso
     the manifest line and the file."""
     start = round(entry.offset * SAMPLE_RATE)
     stop = None if entry.duration is None else start + round(entry.duration * SAMPLE_RATE)
-    source = entry.audio
-    if data is not None:
-        source = io.BytesIO(data)
-        source.name = entry.audio  # what an error names
+    source = entry.audio if data is None else stored_file(data, entry.audio)
     try:
         return load_clip(source, start, stop)
     except (AudioError, OSError) as err:

@@ -15,20 +15,28 @@ bytes of the whole audio file: the segment is cut after decoding and resampling,
 so that a clip is the same sample for sample. Items keep the manifest's order (one writer per
 folder): reader ``r`` of ``n`` takes items ``r, r + n, ...`` in order, as it takes a manifest's
 lines.
+
+``--conversations`` shards SFT conversation files instead (:mod:`qwen_audio.data.conversations`):
+an item holds the conversation line (audio paths absolute), its ``file:line`` and the bytes of each
+audio file it names. :class:`~qwen_audio.data.chat_datamodule.ChatDataModule` reads them by index
+wherever it reads a conversation file, so its token-count buckets and resume are those of the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import soundfile
 
+from qwen_audio.data.conversations import Conversation, parse_conversation, read_conversations
 from qwen_audio.data.manifest import (
     LANGUAGES,
     ManifestEntry,
@@ -71,25 +79,58 @@ def write_shards(
     """Write one shard folder per manifest under ``out`` and return them. Every line is checked as
     training checks it, audio file included (``on_error`` as in
     :func:`~qwen_audio.data.manifest.iter_manifest`)."""
+    folders = _folders(manifests, out)
+    for manifest, folder in zip(manifests, folders):
+        entries = list(iter_manifest(manifest, check_audio=True, on_error=on_error))
+        _write(folder, (_item(entry) for entry in entries), chunk_bytes)
+    return folders
+
+
+def write_conversation_shards(
+    files: list[str | os.PathLike], out: str | os.PathLike, *, chunk_bytes: str = CHUNK_BYTES
+) -> list[Path]:
+    """Write one shard folder per conversation file under ``out`` and return them. Every line is
+    checked as training checks it (:func:`~qwen_audio.data.conversations.read_conversations`), so a
+    bad line stops before anything is written."""
+    folders = _folders(files, out)
+    for file, folder in zip(files, folders):
+        conversations = read_conversations(file)
+        _write(folder, (_conversation_item(c) for c in conversations), chunk_bytes)
+    return folders
+
+
+def _folders(files: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
+    """``OUT/<file name>`` of each file; names must differ, as each file gets its own folder."""
+    stems = [Path(f).name.removesuffix(".jsonl") for f in files]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"files must have distinct names, one shard folder each: {stems}")
+    return [Path(out) / stem for stem in stems]
+
+
+def _write(folder: Path, items: Iterable[dict], chunk_bytes: str) -> None:
+    """Write ``items`` in order as the litdata chunks of ``folder``, replacing what was there."""
     from litdata.streaming import Cache  # litdata takes seconds to import: only where it is used
 
-    stems = [Path(m).name.removesuffix(".jsonl") for m in manifests]
-    if len(set(stems)) != len(stems):
-        raise ValueError(f"manifests must have distinct names, one shard folder each: {stems}")
-    folders = []
-    for manifest, stem in zip(manifests, stems):
-        entries = list(iter_manifest(manifest, check_audio=True, on_error=on_error))
-        folder = Path(out) / stem
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        writer = Cache(input_dir=str(folder), chunk_bytes=chunk_bytes)
-        for index, entry in enumerate(entries):
-            writer[index] = _item(entry)
-        writer.done()
-        writer.merge()
-        folders.append(folder)
-    return folders
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    writer = Cache(input_dir=str(folder), chunk_bytes=chunk_bytes)
+    for index, item in enumerate(items):
+        writer[index] = item
+    writer.done()
+    writer.merge()
+
+
+def _conversation_item(conversation: Conversation) -> dict:
+    """The shard item of a validated conversation: its line (audio paths absolute), where it came
+    from, and its audio files' bytes, one after the other, with ``audios`` naming each file's path
+    and size (every item then has the same fields, which litdata's chunks need)."""
+    paths = list(dict.fromkeys(conversation.audios))
+    audio = [Path(path).read_bytes() for path in paths]
+    return {"line": json.dumps(conversation.to_json(), ensure_ascii=False),
+            "source": conversation.source,
+            "audios": json.dumps([[path, len(data)] for path, data in zip(paths, audio)]),
+            "audio": b"".join(audio)}
 
 
 def read_shards(
@@ -112,12 +153,53 @@ def read_shards(
         yield entry, item["audio"]
 
 
+def read_conversation_shard(folder: str | os.PathLike) -> list[Conversation]:
+    """The conversations of a shard folder, in order. Each reads its audio bytes from the shard when
+    it is encoded (:attr:`~qwen_audio.data.conversations.Conversation.stored`), by index, so that
+    a data module's sampler picks conversations from shards as from a file."""
+    folder = os.fspath(folder)
+    dataset = _open(folder, os.getpid())
+    conversations = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        conversation = parse_conversation(json.loads(item["line"]), "/", False, item["source"])
+        conversations.append(replace(conversation, stored=StoredAudio(folder, index)))
+    return conversations
+
+
+@dataclass(frozen=True)
+class StoredAudio:
+    """The audio bytes of item ``index`` of shard ``folder`` by path; called, it reads them."""
+
+    folder: str
+    index: int
+
+    def __call__(self) -> dict[str, bytes]:
+        item = _open(self.folder, os.getpid())[self.index]
+        audio, start = {}, 0
+        for path, size in json.loads(item["audios"]):
+            audio[path] = item["audio"][start:start + size]
+            start += size
+        return audio
+
+
+@functools.cache
+def _open(folder: str, process: int):
+    """The ``StreamingDataset`` of ``folder``, opened once per process (a loader worker opens its own)."""
+    from litdata import StreamingDataset
+
+    return StreamingDataset(folder)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m qwen_audio.data.shard", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "manifests", nargs="+", metavar="MANIFEST", help="JSONL manifests, one shard folder each"
+        "manifests",
+        nargs="+",
+        metavar="MANIFEST",
+        help="JSONL manifests (conversation files with --conversations), one shard folder each",
     )
     parser.add_argument("out", help="folder that receives OUT/<manifest name>/")
     parser.add_argument(
@@ -127,12 +209,23 @@ def main(argv: list[str] | None = None) -> None:
         "--on_error",
         choices=("raise", "skip"),
         default="raise",
-        help="stop at the first bad line, or skip bad lines and warn with their count",
+        help="stop at the first bad line, or skip bad lines and warn with their count (manifests)",
+    )
+    parser.add_argument(
+        "--conversations",
+        action="store_true",
+        help="the files are SFT conversation JSONL (qwen_audio.data.conversations), not manifests",
     )
     args = parser.parse_args(argv)
-    for manifest, folder in zip(args.manifests, write_shards(
-        args.manifests, args.out, chunk_bytes=args.chunk_bytes, on_error=args.on_error
-    )):
+    if args.conversations:
+        if args.on_error != "raise":
+            parser.error("--on_error skip applies to manifests; a conversation file must be valid")
+        folders = write_conversation_shards(args.manifests, args.out, chunk_bytes=args.chunk_bytes)
+    else:
+        folders = write_shards(
+            args.manifests, args.out, chunk_bytes=args.chunk_bytes, on_error=args.on_error
+        )
+    for manifest, folder in zip(args.manifests, folders):
         print(f"{manifest} -> {folder}")
 
 
