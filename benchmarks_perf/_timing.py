@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-LONG_CALL_S = 1.0  # a CUDA call this slow (a whole generation) is timed by the wall clock, not do_bench
+LONG_CALL_S = (
+    1.0  # a CUDA call this slow (a whole generation) is timed by the wall clock, not do_bench
+)
 
 
 def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -44,7 +46,9 @@ def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> 
     return min(times) * 1e3
 
 
-def interleaved_speedup(ours: Callable[[], object], theirs: Callable[[], object], pairs: int) -> float:
+def interleaved_speedup(
+    ours: Callable[[], object], theirs: Callable[[], object], pairs: int
+) -> float:
     """Median over ``pairs`` back-to-back CPU runs of theirs / ours: both see the same load from other processes,
     which a best-of-N taken for each one at a different time does not ensure."""
     ours(), theirs()
@@ -87,5 +91,7 @@ if __name__ == "__main__":  # gpu_check.sh's device line
         description="Print the CUDA device, its copy bandwidth and torch's version."
     ).parse_args()
     cuda = torch.device("cuda")
-    print(f"{device_name(cuda)}: copy bandwidth {copy_bandwidth(cuda) / 1e9:.0f} GB/s (1 GiB device-to-device, "
-          f"read + write), torch {torch.__version__}")
+    print(
+        f"{device_name(cuda)}: copy bandwidth {copy_bandwidth(cuda) / 1e9:.0f} GB/s (1 GiB device-to-device, "
+        f"read + write), torch {torch.__version__}"
+    )

@@ -38,11 +38,15 @@ from qwen_audio.whisper_mel import HOP_LENGTH
 
 from _timing import device_name, measure_ms, pass_or_miss
 
-BACKENDS = tuple(name for name in reversed(ATTENTION_BACKENDS) if name != "auto")  # fused ones first, sdpa last
+BACKENDS = tuple(
+    name for name in reversed(ATTENTION_BACKENDS) if name != "auto"
+)  # fused ones first, sdpa last
 BASELINE = "sdpa"
 REFERENCE = "torch reference (SDPA per sequence)"
 BACKWARD_FLOP_FACTOR = 2.5
-VARLEN_ENCODER_TARGET = 2.0  # benchmarks_perf/README.md: varlen encoder attention against padded SDPA
+VARLEN_ENCODER_TARGET = (
+    2.0  # benchmarks_perf/README.md: varlen encoder attention against padded SDPA
+)
 # issue 33: FlashAttention-4 errs at most twice as much as torch's own SDPA kernel
 PARITY_FACTOR = 2.0
 
@@ -62,22 +66,41 @@ class Case:
         return forward * (1 + BACKWARD_FLOP_FACTOR) if with_backward else forward
 
 
-def encoder_case(clips: int, max_seconds: float, heads: int, head_dim: int, generator: torch.Generator) -> Case:
+def encoder_case(
+    clips: int, max_seconds: float, heads: int, head_dim: int, generator: torch.Generator
+) -> Case:
     """Clip durations uniform in [1 s, max_seconds]; encoder frames as the conv stem gives them (50 per second)."""
-    samples = torch.empty(clips, dtype=torch.float64).uniform_(1.0, max_seconds, generator=generator) * SAMPLE_RATE
+    samples = (
+        torch.empty(clips, dtype=torch.float64).uniform_(1.0, max_seconds, generator=generator)
+        * SAMPLE_RATE
+    )
     lengths = conv_frames(samples.long() // HOP_LENGTH)
     return Case(f"encoder, {clips} clips of 1-{max_seconds:g} s", False, lengths, heads, head_dim)
 
 
-def decoder_case(sequences: int, min_tokens: int, max_tokens: int, heads: int, head_dim: int,
-                 generator: torch.Generator) -> Case:
+def decoder_case(
+    sequences: int,
+    min_tokens: int,
+    max_tokens: int,
+    heads: int,
+    head_dim: int,
+    generator: torch.Generator,
+) -> Case:
     lengths = torch.randint(min_tokens, max_tokens + 1, (sequences,), generator=generator)
-    return Case(f"decoder (causal), {sequences} sequences of {min_tokens}-{max_tokens} tokens", True, lengths, heads,
-                head_dim)
+    return Case(
+        f"decoder (causal), {sequences} sequences of {min_tokens}-{max_tokens} tokens",
+        True,
+        lengths,
+        heads,
+        head_dim,
+    )
 
 
 def full_cases(generator: torch.Generator) -> list[Case]:
-    return [encoder_case(32, 30.0, 20, 64, generator), decoder_case(32, 16, 2048, 32, 128, generator)]
+    return [
+        encoder_case(32, 30.0, 20, 64, generator),
+        decoder_case(32, 16, 2048, 32, 128, generator),
+    ]
 
 
 def small_cases(generator: torch.Generator) -> list[Case]:
@@ -89,8 +112,12 @@ def per_sequence_sdpa(
 ) -> torch.Tensor:
     """The torch reference: SDPA on each sequence alone, unpadded; padded rows of the output are zeros."""
     rows = [
-        F.scaled_dot_product_attention(q[b, :n].transpose(0, 1), k[b, :n].transpose(0, 1), v[b, :n].transpose(0, 1),
-                                       is_causal=causal).transpose(0, 1)
+        F.scaled_dot_product_attention(
+            q[b, :n].transpose(0, 1),
+            k[b, :n].transpose(0, 1),
+            v[b, :n].transpose(0, 1),
+            is_causal=causal,
+        ).transpose(0, 1)
         for b, n in enumerate(lengths)
     ]
     return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
@@ -104,7 +131,9 @@ class Measurement:
     max_abs_diff: float | None = None
 
 
-def bench_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: int) -> list[Measurement]:
+def bench_case(
+    case: Case, device: torch.device, dtype: torch.dtype, repeats: int
+) -> list[Measurement]:
     batch, length = len(case.lengths), int(case.lengths.max())
     shape = (batch, length, case.heads, case.head_dim)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -120,8 +149,16 @@ def bench_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: in
         except ValueError as err:
             results.append(Measurement(backend, f"skipped: {err}"))
             continue
-        layout = AttentionLayout.build(segment_ids, batch_size=batch, query_length=length, key_length=length,
-                                       causal=case.causal, backend=backend, device=device, dtype=dtype)
+        layout = AttentionLayout.build(
+            segment_ids,
+            batch_size=batch,
+            query_length=length,
+            key_length=length,
+            causal=case.causal,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
         runs[backend] = lambda layout=layout: attention(q, k, v, layout)
     runs[REFERENCE] = lambda: per_sequence_sdpa(q, k, v, lengths, case.causal)
 
@@ -133,21 +170,27 @@ def bench_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: in
             results.append(Measurement(name, "forward", measure_ms(run, device, repeats), diff))
         backward = lambda run=run: torch.autograd.grad(run(), (q, k, v), grad_out)  # noqa: E731
         diff = max((g - r).abs().max().item() for g, r in zip(backward(), reference_grads))
-        results.append(Measurement(name, "forward + backward", measure_ms(backward, device, repeats), diff))
+        results.append(
+            Measurement(name, "forward + backward", measure_ms(backward, device, repeats), diff)
+        )
     return results
 
 
 def print_table(case: Case, results: list[Measurement]) -> None:
     baseline = {m.pass_: m.ms for m in results if m.implementation == BASELINE}
-    print(f"| implementation | pass | ms | TFLOP/s (real tokens) | vs padded {BASELINE} | max abs diff |")
+    print(
+        f"| implementation | pass | ms | TFLOP/s (real tokens) | vs padded {BASELINE} | max abs diff |"
+    )
     print("|---|---|---|---|---|---|")
     for m in results:
         if m.ms is None:
             print(f"| {m.implementation} | {m.pass_} | - | - | - | - |")
             continue
         tflops = case.flops(m.pass_ != "forward") / (m.ms * 1e-3) / 1e12
-        print(f"| {m.implementation} | {m.pass_} | {m.ms:.3f} | {tflops:.3g} | {baseline[m.pass_] / m.ms:.2f}x | "
-              f"{m.max_abs_diff:.1e} |")
+        print(
+            f"| {m.implementation} | {m.pass_} | {m.ms:.3f} | {tflops:.3g} | {baseline[m.pass_] / m.ms:.2f}x | "
+            f"{m.max_abs_diff:.1e} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"attention on mixed-length batches, {name}, {dtype}, torch {torch.__version__}")
     for case in cases:
         padded = len(case.lengths) * int(case.lengths.max())
-        print(f"\n{case.name}, {case.heads} heads x {case.head_dim}: {int(case.lengths.sum())} real tokens of {padded} "
-              f"padded ({int(case.lengths.sum()) / padded:.0%}); lengths {case.lengths.tolist()}\n")
+        print(
+            f"\n{case.name}, {case.heads} heads x {case.head_dim}: {int(case.lengths.sum())} real tokens of {padded} "
+            f"padded ({int(case.lengths.sum()) / padded:.0%}); lengths {case.lengths.tolist()}\n"
+        )
         results = bench_case(case, device, dtype, args.repeats)
         print_table(case, results)
         if not case.causal:
@@ -184,9 +229,11 @@ def print_encoder_target(results: list[Measurement]) -> None:
     if not all(("varlen", pass_) in ms for pass_ in passes):
         return
     speedups = [ms[BASELINE, pass_] / ms["varlen", pass_] for pass_ in passes]
-    print(f"\ntarget: varlen encoder attention {speedups[0]:.2f}x / {speedups[1]:.2f}x padded {BASELINE} "
-          f"(forward / forward + backward; >= {VARLEN_ENCODER_TARGET:g}x): "
-          f"{pass_or_miss(min(speedups) >= VARLEN_ENCODER_TARGET)}")
+    print(
+        f"\ntarget: varlen encoder attention {speedups[0]:.2f}x / {speedups[1]:.2f}x padded {BASELINE} "
+        f"(forward / forward + backward; >= {VARLEN_ENCODER_TARGET:g}x): "
+        f"{pass_or_miss(min(speedups) >= VARLEN_ENCODER_TARGET)}"
+    )
 
 
 def print_flash_attn_parity(case: Case, results: list[Measurement]) -> None:

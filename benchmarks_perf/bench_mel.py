@@ -41,10 +41,21 @@ def whisper_normalise(power_mel: torch.Tensor) -> torch.Tensor:
 def candidates(audio: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
     device = audio.device
     torchaudio_mel = torchaudio.transforms.MelSpectrogram(
-        SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=80, norm="slaney", mel_scale="slaney"
+        SAMPLE_RATE,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        n_mels=80,
+        norm="slaney",
+        mel_scale="slaney",
     ).to(device)
     nnaudio_mel = NnAudioMel(
-        sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, n_mels=80, fmin=0.0, fmax=SAMPLE_RATE / 2, verbose=False
+        sr=SAMPLE_RATE,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        n_mels=80,
+        fmin=0.0,
+        fmax=SAMPLE_RATE / 2,
+        verbose=False,
     ).to(device)
     extractor = WhisperFeatureExtractor(feature_size=80)
     clips = list(audio.cpu().numpy())
@@ -53,9 +64,11 @@ def candidates(audio: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
         runs["qwen_audio triton"] = lambda: log_mel(audio, 80, kernel_backend="triton")
     runs |= {
         WHISPER: lambda: torch.stack([whisper.log_mel_spectrogram(clip) for clip in audio]),
-        "transformers WhisperFeatureExtractor": lambda: extractor(
-            clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=str(device)
-        ).input_features,
+        "transformers WhisperFeatureExtractor": lambda: (
+            extractor(
+                clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=str(device)
+            ).input_features
+        ),
         TORCHAUDIO: lambda: whisper_normalise(torchaudio_mel(audio)[..., :-1]),
         "nnAudio MelSpectrogram + log": lambda: whisper_normalise(nnaudio_mel(audio)[..., :-1]),
     }
@@ -70,10 +83,16 @@ TORCHAUDIO = "torchaudio MelSpectrogram + log"
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="30 s clips per batch (default: 8 CPU, 64 CUDA)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="30 s clips per batch (default: 8 CPU, 64 CUDA)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per candidate on CPU")
-    parser.add_argument("--pairs", type=int, default=15, help="interleaved (whisper, ours) pairs for the CPU ratio")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument(
+        "--pairs", type=int, default=15, help="interleaved (whisper, ours) pairs for the CPU ratio"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -96,9 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         copy_bytes_per_s = copy_bandwidth(device)
         traffic = batch * N_SAMPLES * 4 + reference.numel() * 4
-    print(f"log-mel, {batch} x 30 s clips, {torch.cuda.get_device_name(device) if cuda else 'CPU'} "
-          f"({torch.get_num_threads()} threads), torch {torch.__version__}\n")
-    header = "| implementation | ms / batch | audio h / s | vs openai-whisper | max abs diff vs ours |"
+    print(
+        f"log-mel, {batch} x 30 s clips, {torch.cuda.get_device_name(device) if cuda else 'CPU'} "
+        f"({torch.get_num_threads()} threads), torch {torch.__version__}\n"
+    )
+    header = (
+        "| implementation | ms / batch | audio h / s | vs openai-whisper | max abs diff vs ours |"
+    )
     print(header + (" GB/s | of copy BW |" if cuda else ""))
     print("|---" * (header.count("|") - 1 + (2 if cuda else 0)) + "|")
     for name, (ms, difference) in results.items():
@@ -112,13 +135,17 @@ def main(argv: list[str] | None = None) -> None:
         ours_ms = results["qwen_audio triton"][0]
         for name, target in ((TORCHAUDIO, TORCHAUDIO_TARGET), (WHISPER, WHISPER_TARGET)):
             speedup = results[name][0] / ours_ms
-            print(f"target: cuFFT + Triton log-mel {speedup:.2f}x {name} at {batch} x 30 s "
-                  f"(>= {target:g}x): {pass_or_miss(speedup >= target)}")
+            print(
+                f"target: cuFFT + Triton log-mel {speedup:.2f}x {name} at {batch} x 30 s "
+                f"(>= {target:g}x): {pass_or_miss(speedup >= target)}"
+            )
     else:
         speedup = interleaved_speedup(runs["qwen_audio torch"], runs[WHISPER], args.pairs)
-        print(f"target: torch log-mel {speedup:.2f}x openai-whisper (median of {args.pairs} interleaved pairs, "
-              f"{batch} x 30 s, {torch.get_num_threads()} threads; >= {CPU_TARGET:g}x): "
-              f"{pass_or_miss(speedup >= CPU_TARGET)}")
+        print(
+            f"target: torch log-mel {speedup:.2f}x openai-whisper (median of {args.pairs} interleaved pairs, "
+            f"{batch} x 30 s, {torch.get_num_threads()} threads; >= {CPU_TARGET:g}x): "
+            f"{pass_or_miss(speedup >= CPU_TARGET)}"
+        )
 
 
 if __name__ == "__main__":

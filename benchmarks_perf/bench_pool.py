@@ -32,8 +32,13 @@ def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: i
     dy = torch.randn(batch, FRAMES // 2, CHANNELS, device=device, dtype=dtype)
     x_bytes = x.numel() * x.element_size()
     copy = torch.empty_like(x, requires_grad=False)
-    copy_bytes_per_s = 2 * x_bytes / (measure_ms(lambda: copy.copy_(x.detach()), device, repeats) * 1e-3)
-    traffic = {"forward": 1.5 * x_bytes, "forward + backward": 4 * x_bytes}  # y and dy are half of x
+    copy_bytes_per_s = (
+        2 * x_bytes / (measure_ms(lambda: copy.copy_(x.detach()), device, repeats) * 1e-3)
+    )
+    traffic = {
+        "forward": 1.5 * x_bytes,
+        "forward + backward": 4 * x_bytes,
+    }  # y and dy are half of x
 
     backends = ["torch"] + (["triton"] if device.type == "cuda" else [])
     rows = []
@@ -46,27 +51,35 @@ def bench_dtype(batch: int, dtype: torch.dtype, device: torch.device, repeats: i
         rows.append((backend, "forward + backward", measure_ms(backward, device, repeats)))
     torch_ms = {pass_: ms for backend, pass_, ms in rows if backend == "torch"}
 
-    print(f"\n{dtype}, x [{batch}, {FRAMES}, {CHANNELS}], copy bandwidth {copy_bytes_per_s / 1e9:.0f} GB/s\n")
+    print(
+        f"\n{dtype}, x [{batch}, {FRAMES}, {CHANNELS}], copy bandwidth {copy_bytes_per_s / 1e9:.0f} GB/s\n"
+    )
     print("| backend | pass | ms | GB/s | of copy BW | vs torch |")
     print("|---|---|---|---|---|---|")
     for backend, pass_, ms in rows:
         gbps = traffic[pass_] / (ms * 1e-3)
-        print(f"| {backend} | {pass_} | {ms:.3f} | {gbps / 1e9:.0f} | {gbps / copy_bytes_per_s:.0%} | "
-              f"{torch_ms[pass_] / ms:.2f}x |")
+        print(
+            f"| {backend} | {pass_} | {ms:.3f} | {gbps / 1e9:.0f} | {gbps / copy_bytes_per_s:.0%} | "
+            f"{torch_ms[pass_] / ms:.2f}x |"
+        )
     print()
     for backend, pass_, ms in rows:
         if backend == "triton":
             fraction = traffic[pass_] / (ms * 1e-3) / copy_bytes_per_s
             bf16_forward = (dtype, pass_) == (torch.bfloat16, "forward")
             target = BF16_FORWARD_TARGET if bf16_forward else COPY_BANDWIDTH_TARGET
-            print(f"target: triton pool + LayerNorm, {dtype}, {pass_}, batch {batch}, at {fraction:.0%} of copy "
-                  f"bandwidth (>= {target:.0%}): {pass_or_miss(fraction >= target)}")
+            print(
+                f"target: triton pool + LayerNorm, {dtype}, {pass_}, batch {batch}, at {fraction:.0%} of copy "
+                f"bandwidth (>= {target:.0%}): {pass_or_miss(fraction >= target)}"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="clips per batch (default: 2 CPU, 32 CUDA)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="clips per batch (default: 2 CPU, 32 CUDA)"
+    )
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per case on CPU")
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -38,8 +38,11 @@ MIB = 1 << 20
 def prefill_model() -> QwenAudio:
     """The tiny preset with the released vocabulary and ``<audio>`` id, seeded weights, fp32, eval mode."""
     tiny = QwenAudioConfig.from_name("tiny")
-    config = dataclasses.replace(tiny, audio_start_id=155163,
-                                 decoder=dataclasses.replace(tiny.decoder, vocab_size=RELEASED_VOCAB))
+    config = dataclasses.replace(
+        tiny,
+        audio_start_id=155163,
+        decoder=dataclasses.replace(tiny.decoder, vocab_size=RELEASED_VOCAB),
+    )
     torch.manual_seed(0)
     return QwenAudio(config).eval()
 
@@ -49,9 +52,18 @@ def audio_prompt(model: QwenAudio, seconds: float) -> dict[str, torch.Tensor]:
     lengths = audio_lengths(int(seconds * SAMPLE_RATE))
     start = model.config.audio_start_id
     ids = torch.tensor([[start] + [0] * lengths.audio_tokens + [start + 1]])
-    mel = torch.randn(1, model.config.encoder.n_mels, lengths.mel_frames, generator=torch.Generator().manual_seed(0))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "audio_mel": mel,
-            "audio_mel_lengths": torch.tensor([lengths.mel_frames])}
+    mel = torch.randn(
+        1,
+        model.config.encoder.n_mels,
+        lengths.mel_frames,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "audio_mel": mel,
+        "audio_mel_lengths": torch.tensor([lengths.mel_frames]),
+    }
 
 
 def _kib(field: str) -> int:
@@ -70,18 +82,29 @@ def run_arm(arm: str, seconds: float) -> dict:
     with torch.no_grad():
         logits = model(**inputs, logits_at=logits_at).logits
     peak = _kib("VmHWM") - before
-    return {"positions": inputs["input_ids"].shape[1], "peak_bytes": peak * 1024,
-            "logits_bytes": logits.numel() * logits.element_size(), "logits_shape": list(logits.shape),
-            "next_token": int(logits.flatten(0, -2)[-1].argmax())}
+    return {
+        "positions": inputs["input_ids"].shape[1],
+        "peak_bytes": peak * 1024,
+        "logits_bytes": logits.numel() * logits.element_size(),
+        "logits_shape": list(logits.shape),
+        "next_token": int(logits.flatten(0, -2)[-1].argmax()),
+    }
 
 
 def measure(arm: str, seconds: float) -> dict:
     """:func:`run_arm` in a fresh interpreter (importing this process's ``qwen_audio``), so that neither arm sees
     the other's freed pages."""
     package_root = str(Path(next(iter(qwen_audio.__path__))).resolve().parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, __file__, "--arm", arm, "--audio-seconds", str(seconds)],
-                          capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, "--arm", arm, "--audio-seconds", str(seconds)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the {arm!r} arm exited with {done.returncode}:\n{done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -90,19 +113,27 @@ def measure(arm: str, seconds: float) -> dict:
 def report(results: dict[str, dict]) -> list[str]:
     """The Markdown table of each arm's peak and logits, in MiB, with the ratio to the first arm."""
     first = next(iter(results.values()))["peak_bytes"]
-    lines = ["| prefill logits at | logits shape | logits MiB | peak MiB | peak vs every position |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| prefill logits at | logits shape | logits MiB | peak MiB | peak vs every position |",
+        "|---|---|---|---|---|",
+    ]
     for name, result in results.items():
-        lines.append(f"| {name} | {' x '.join(map(str, result['logits_shape']))} | "
-                     f"{result['logits_bytes'] / MIB:.1f} | {result['peak_bytes'] / MIB:.1f} | "
-                     f"{result['peak_bytes'] / first:.3f}x |")
+        lines.append(
+            f"| {name} | {' x '.join(map(str, result['logits_shape']))} | "
+            f"{result['logits_bytes'] / MIB:.1f} | {result['peak_bytes'] / MIB:.1f} | "
+            f"{result['peak_bytes'] / first:.3f}x |"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--audio-seconds", type=float, default=30.0, help="the clip's length (30 s: 752 positions)")
-    parser.add_argument("--arm", choices=sorted(ARMS.values()), help=argparse.SUPPRESS)  # one arm's child process
+    parser.add_argument(
+        "--audio-seconds", type=float, default=30.0, help="the clip's length (30 s: 752 positions)"
+    )
+    parser.add_argument(
+        "--arm", choices=sorted(ARMS.values()), help=argparse.SUPPRESS
+    )  # one arm's child process
     args = parser.parse_args(argv)
     if not 0 < args.audio_seconds <= 30:
         parser.error(f"--audio-seconds must lie in (0, 30], got {args.audio_seconds}")
@@ -116,9 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(tokens) != 1:
         raise RuntimeError(f"the arms picked different next tokens: {tokens}")
     positions = results["every position"]["positions"]
-    print(f"prefill of one {args.audio_seconds:g} s audio prompt ({positions} positions), tiny preset with the "
-          f"released {RELEASED_VOCAB}-row head, fp32, CPU, torch {torch.__version__}; next token {tokens.pop()} "
-          "in both arms\n")
+    print(
+        f"prefill of one {args.audio_seconds:g} s audio prompt ({positions} positions), tiny preset with the "
+        f"released {RELEASED_VOCAB}-row head, fp32, CPU, torch {torch.__version__}; next token {tokens.pop()} "
+        "in both arms\n"
+    )
     print("\n".join(report(results)))
 
 

@@ -33,10 +33,14 @@ RATIO_TARGET = 1.5  # benchmarks_perf/README.md: --help within 1.5x import torch
 def wall_seconds(arguments: list[str]) -> float:
     """Seconds from starting the interpreter on ``arguments`` to its exit; a failing command raises with its stderr."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, *arguments], cwd=REPOSITORY, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, *arguments], cwd=REPOSITORY, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"python {' '.join(arguments)} exited with {done.returncode}:\n{done.stderr}")
+        raise RuntimeError(
+            f"python {' '.join(arguments)} exited with {done.returncode}:\n{done.stderr}"
+        )
     return seconds
 
 
@@ -57,15 +61,21 @@ def report(medians: dict[str, float]) -> list[str]:
     for name, seconds in medians.items():
         ratio = seconds / baseline
         verdict = pass_or_miss(ratio <= RATIO_TARGET)
-        lines.append(f"| `{name}` | {seconds:.2f} | {ratio:.2f}x | {'' if name == BASELINE else verdict} |")
+        lines.append(
+            f"| `{name}` | {seconds:.2f} | {ratio:.2f}x | {'' if name == BASELINE else verdict} |"
+        )
         if name != BASELINE:
-            targets.append(f"target: `{name}` {ratio:.2f}x import torch (<= {RATIO_TARGET:g}x): {verdict}")
+            targets.append(
+                f"target: `{name}` {ratio:.2f}x import torch (<= {RATIO_TARGET:g}x): {verdict}"
+            )
     return lines + [""] + targets
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each command (the median is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="runs of each command (the median is reported)"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")

@@ -53,7 +53,9 @@ from qwen_audio.whisper_mel import N_FFT
 
 from _timing import device_name, measure_ms, pass_or_miss
 
-BACKENDS = tuple(name for name in reversed(ATTENTION_BACKENDS) if name != "auto")  # fused ones first, sdpa last
+BACKENDS = tuple(
+    name for name in reversed(ATTENTION_BACKENDS) if name != "auto"
+)  # fused ones first, sdpa last
 BASELINE = "sdpa"
 PROMPT_TOKENS = 8  # task tags before the audio span
 TARGET_TOKENS_PER_SECOND = 3
@@ -77,15 +79,24 @@ MATMUL_NAMES = (
 )
 
 
-def stage1_batch(config: QwenAudioConfig, clips: int, max_seconds: float, generator: torch.Generator,
-                 device: torch.device) -> dict:
+def stage1_batch(
+    config: QwenAudioConfig,
+    clips: int,
+    max_seconds: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict:
     """One clip per sample: ``PROMPT_TOKENS`` prompt ids, ``<audio>`` span, target ids (the only labels)."""
-    durations = torch.empty(clips, dtype=torch.float64).uniform_(1.0, max_seconds, generator=generator)
+    durations = torch.empty(clips, dtype=torch.float64).uniform_(
+        1.0, max_seconds, generator=generator
+    )
     lengths = [audio_lengths(int(seconds * SAMPLE_RATE)) for seconds in durations]
     samples, labels = [], []
     for clip in lengths:
         prompt = torch.randint(1, config.audio_start_id, (PROMPT_TOKENS,), generator=generator)
-        span = torch.tensor([config.audio_start_id] + [PAD_ID] * clip.audio_tokens + [config.audio_end_id])
+        span = torch.tensor(
+            [config.audio_start_id] + [PAD_ID] * clip.audio_tokens + [config.audio_end_id]
+        )
         target_length = max(1, TARGET_TOKENS_PER_SECOND * clip.samples // SAMPLE_RATE)
         target = torch.randint(1, config.audio_start_id, (target_length,), generator=generator)
         samples.append(torch.cat([prompt, span, target]))
@@ -119,35 +130,56 @@ def with_mel_from_waveforms(batch: dict) -> dict:
     return batch | {"audio_mel": mel}
 
 
-def build_stage1(config: QwenAudioConfig, device: torch.device, activation_checkpointing: bool
-                 ) -> tuple[QwenAudioModule, torch.optim.Optimizer]:
+def build_stage1(
+    config: QwenAudioConfig, device: torch.device, activation_checkpointing: bool
+) -> tuple[QwenAudioModule, torch.optim.Optimizer]:
     """The recipe's module for ``config`` on ``device``, the frozen LLM in bf16 on CUDA, and its AdamW."""
-    module = QwenAudioModule(preset=config.name, train="encoder", activation_checkpointing=activation_checkpointing)
+    module = QwenAudioModule(
+        preset=config.name, train="encoder", activation_checkpointing=activation_checkpointing
+    )
     module.config = config  # the preset with this run's overrides (--decoder-layers)
     with torch.device(device):
         module.configure_model()
     model = module.model
     if device.type == "cuda":
-        for frozen in (model.transformer.wte, model.transformer.h, model.transformer.ln_f, model.lm_head):
+        for frozen in (
+            model.transformer.wte,
+            model.transformer.h,
+            model.transformer.ln_f,
+            model.lm_head,
+        ):
             frozen.to(torch.bfloat16)
     hp = module.hparams
-    groups = param_groups(model.named_parameters(), hp.lr, hp.weight_decay, hp.layer_decay, config.encoder.n_layer)
+    groups = param_groups(
+        model.named_parameters(), hp.lr, hp.weight_decay, hp.layer_decay, config.encoder.n_layer
+    )
     return module, torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, eps=hp.eps)
 
 
-def train_step(module: QwenAudioModule, optimizer: torch.optim.Optimizer, batch: dict,
-               mel_in_step: bool = False) -> torch.Tensor:
+def train_step(
+    module: QwenAudioModule,
+    optimizer: torch.optim.Optimizer,
+    batch: dict,
+    mel_in_step: bool = False,
+) -> torch.Tensor:
     """Forward (bf16 autocast on CUDA), backward, clip at 1.0, AdamW step; returns the loss.
     ``mel_in_step``: the log-mel is computed first, from the batch's waveforms."""
     optimizer.zero_grad(set_to_none=True)
     device = batch["input_ids"].device
     if mel_in_step:
         batch = with_mel_from_waveforms(batch)
-    with warnings.catch_warnings(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-        warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)`")  # no Trainer attached
+    with (
+        warnings.catch_warnings(),
+        torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"),
+    ):
+        warnings.filterwarnings(
+            "ignore", message=r"You are trying to `self.log\(\)`"
+        )  # no Trainer attached
         loss = module.training_step(batch, 0)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
+    torch.nn.utils.clip_grad_norm_(
+        [p for group in optimizer.param_groups for p in group["params"]], 1.0
+    )
     optimizer.step()
     return loss
 
@@ -187,8 +219,11 @@ def profiled_times(step: Callable[[], object], device: torch.device) -> list[tup
         if cuda:
             torch.cuda.synchronize(device)
     if cuda:
-        return [(event.name, event.device_time_total) for event in prof.events()
-                if event.device_type == torch.autograd.DeviceType.CUDA]
+        return [
+            (event.name, event.device_time_total)
+            for event in prof.events()
+            if event.device_type == torch.autograd.DeviceType.CUDA
+        ]
     return [(event.key, event.self_cpu_time_total) for event in prof.key_averages()]
 
 
@@ -219,16 +254,36 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="the CPU sizes (the default on CPU)")
-    parser.add_argument("--model", default=None, help="config preset (default: qwen-audio, tiny with --small)")
-    parser.add_argument("--decoder-layers", type=int, default=None, help="fewer LLM blocks than the preset")
-    parser.add_argument("--clips", type=int, default=None, help="samples (one clip each) per batch (default: 16, "
-                        "4 with --small)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="clip durations are uniform in [1, this] "
-                        "(default: 30, 4 with --small)")
-    parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                        help="recompute blocks in backward (default: on for CUDA, as in the recipe; off on CPU)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per backend (CPU, and CUDA "
-                        "steps of a second or more)")
+    parser.add_argument(
+        "--model", default=None, help="config preset (default: qwen-audio, tiny with --small)"
+    )
+    parser.add_argument(
+        "--decoder-layers", type=int, default=None, help="fewer LLM blocks than the preset"
+    )
+    parser.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="samples (one clip each) per batch (default: 16, 4 with --small)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="clip durations are uniform in [1, this] (default: 30, 4 with --small)",
+    )
+    parser.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute blocks in backward (default: on for CUDA, as in the recipe; off on CPU)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed steps per backend (CPU, and CUDA steps of a second or more)",
+    )
     parser.add_argument(
         "--compile", action="store_true", help="add a row with torch.compile'd encoder blocks"
     )
@@ -245,13 +300,20 @@ def main(argv: list[str] | None = None) -> None:
     small = args.small or not cuda
     config = QwenAudioConfig.from_name(args.model or ("tiny" if small else "qwen-audio"))
     if args.decoder_layers:
-        config = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder,
-                                                                         num_hidden_layers=args.decoder_layers))
+        config = dataclasses.replace(
+            config,
+            decoder=dataclasses.replace(config.decoder, num_hidden_layers=args.decoder_layers),
+        )
     checkpointing = cuda if args.activation_checkpointing is None else args.activation_checkpointing
     torch.manual_seed(args.seed)
     module, optimizer = build_stage1(config, device, checkpointing)
-    batch = stage1_batch(config, args.clips or (4 if small else 16), args.max_seconds or (4.0 if small else 30.0),
-                         torch.Generator().manual_seed(args.seed), device)
+    batch = stage1_batch(
+        config,
+        args.clips or (4 if small else 16),
+        args.max_seconds or (4.0 if small else 30.0),
+        torch.Generator().manual_seed(args.seed),
+        device,
+    )
     tokens = int(batch["attention_mask"].sum())
     frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
     encoder_params = sum(p.numel() for p in module.model.encoder.parameters())
@@ -286,12 +348,14 @@ def main(argv: list[str] | None = None) -> None:
     name = device_name(device)
     precision = "encoder fp32 + bf16 autocast, frozen LLM bf16" if cuda else "fp32"
     print(f"stage-1 training step, {name}, {precision}, torch {torch.__version__}\n")
-    print(f"{config.name}: encoder {config.encoder.n_layer} x {config.encoder.n_state} ({encoder_params / 1e6:.1f} M "
-          f"trained), LLM {config.decoder.num_hidden_layers} x {config.decoder.hidden_size} ({llm_params / 1e6:.1f} M "
-          f"frozen); activation checkpointing {'on' if checkpointing else 'off'}; {len(batch['task'])} clips "
-          f"(mel frames {batch['audio_mel_lengths'].tolist()}): {frames} encoder frames, {tokens} decoder tokens of "
-          f"{batch['input_ids'].numel()} padded; flops_per_batch {model_flops / 1e12:.3g} TFLOP, executed "
-          f"{executed_flops / 1e12:.3g} TFLOP; peak {f'{peak / 1e12:.0f} TFLOP/s bf16' if peak else 'unknown'}\n")
+    print(
+        f"{config.name}: encoder {config.encoder.n_layer} x {config.encoder.n_state} ({encoder_params / 1e6:.1f} M "
+        f"trained), LLM {config.decoder.num_hidden_layers} x {config.decoder.hidden_size} ({llm_params / 1e6:.1f} M "
+        f"frozen); activation checkpointing {'on' if checkpointing else 'off'}; {len(batch['task'])} clips "
+        f"(mel frames {batch['audio_mel_lengths'].tolist()}): {frames} encoder frames, {tokens} decoder tokens of "
+        f"{batch['input_ids'].numel()} padded; flops_per_batch {model_flops / 1e12:.3g} TFLOP, executed "
+        f"{executed_flops / 1e12:.3g} TFLOP; peak {f'{peak / 1e12:.0f} TFLOP/s bf16' if peak else 'unknown'}\n"
+    )
     print(
         "| configuration | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | "
         f"vs {BASELINE} |"
@@ -304,8 +368,10 @@ def main(argv: list[str] | None = None) -> None:
         seconds = ms * 1e-3
         mfu = f"{model_flops / seconds / peak:.1%}" if peak else "-"
         executed_mfu = f"{executed_flops / seconds / peak:.1%}" if peak else "-"
-        print(f"| {backend} | {ms:.1f} | {tokens / seconds:.0f} | {frames / seconds:.0f} | "
-              f"{model_flops / seconds / 1e12:.3g} | {mfu} | {executed_mfu} | {results[BASELINE] / ms:.2f}x |")
+        print(
+            f"| {backend} | {ms:.1f} | {tokens / seconds:.0f} | {frames / seconds:.0f} | "
+            f"{model_flops / seconds / 1e12:.3g} | {mfu} | {executed_mfu} | {results[BASELINE] / ms:.2f}x |"
+        )
     label, backend, mel_in_step = arms[-1]
     print_breakdown(
         label,

@@ -32,7 +32,11 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Ten
     A file that does not decode, holds no samples or NaN/inf ones, or lasts under 30 ms (``MIN_SAMPLES``, which
     no encoder reads) raises :class:`~qwen_audio.errors.AudioError` naming it.
     """
-    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", repr(source))
+    name = (
+        os.fspath(source)
+        if isinstance(source, (str, os.PathLike))
+        else getattr(source, "name", repr(source))
+    )
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
         raise FileNotFoundError(f"audio file not found: {name}")
     try:
@@ -44,8 +48,10 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Ten
     if not np.isfinite(data).all():
         raise AudioError(f"audio file {name} contains NaN or infinite samples")
     if data.shape[0] * SAMPLE_RATE < MIN_SAMPLES * rate:
-        raise AudioError(f"audio file {name} lasts {data.shape[0] / rate * 1000:.1f} ms, shorter than the "
-                         f"{MIN_SAMPLES * 1000 // SAMPLE_RATE} ms the encoder needs")
+        raise AudioError(
+            f"audio file {name} lasts {data.shape[0] / rate * 1000:.1f} ms, shorter than the "
+            f"{MIN_SAMPLES * 1000 // SAMPLE_RATE} ms the encoder needs"
+        )
     audio = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:
         audio = resampler(rate, sample_rate)(audio)
@@ -93,8 +99,9 @@ def log_mel_spectrogram(
     return log_mel(audio.float(), n_mels, kernel_backend)
 
 
-def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
-                   mel_frames: int | None = None) -> tuple[torch.Tensor, int]:
+def audio_features(
+    waveform: torch.Tensor, source: str, n_mels: int = 80, mel_frames: int | None = None
+) -> tuple[torch.Tensor, int]:
     """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
     ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``), and the valid mel
     length: ``mel_frames`` (the prompt's :class:`~qwen_audio.clips.Clip` has it), else
@@ -107,12 +114,15 @@ def audio_features(waveform: torch.Tensor, source: str, n_mels: int = 80,
     lengths = audio_lengths(waveform.numel(), source=source)
     if mel_frames is None:
         mel_frames = lengths.mel_frames
-    mel = log_mel_spectrogram(pad_or_trim(waveform, min(N_SAMPLES, lengths.samples + 2 * N_FFT)), n_mels)
+    mel = log_mel_spectrogram(
+        pad_or_trim(waveform, min(N_SAMPLES, lengths.samples + 2 * N_FFT)), n_mels
+    )
     return mel[:, : 2 * conv_frames(mel_frames) + 1], mel_frames
 
 
-def _random_bands(extent: torch.Tensor, max_width: torch.Tensor, size: int,
-                  generator: torch.Generator | None) -> torch.Tensor:
+def _random_bands(
+    extent: torch.Tensor, max_width: torch.Tensor, size: int, generator: torch.Generator | None
+) -> torch.Tensor:
     """One band per example inside ``[0, extent)``: width ~ U{0..max_width}, start ~ U{0..extent - width}; [B, size]."""
     limit = torch.minimum(max_width, extent)
     width = (torch.rand(extent.shape, generator=generator) * (limit + 1)).long().clamp(max=limit)
@@ -141,15 +151,21 @@ def spec_augment(
     inside ``[0, length)``; frequency masks also stop at ``length``, so padding stays padding. Returns a new tensor.
     """
     if mel.dim() != 3 or lengths.shape != (mel.shape[0],):
-        raise ValueError(f"expected mel [B, n_mels, T] and lengths [B], got {tuple(mel.shape)} and "
-                         f"{tuple(lengths.shape)}")
+        raise ValueError(
+            f"expected mel [B, n_mels, T] and lengths [B], got {tuple(mel.shape)} and "
+            f"{tuple(lengths.shape)}"
+        )
     batch, n_mels, frames = mel.shape
     lengths = lengths.detach().long().cpu().clamp(max=frames)
     masked = torch.zeros(batch, n_mels, frames, dtype=torch.bool)
     full_mels = torch.full((batch,), n_mels)
     for _ in range(num_freq_masks):
-        masked |= _random_bands(full_mels, torch.full((batch,), freq_mask_param), n_mels, generator)[:, :, None]
-    time_width = torch.minimum(torch.full((batch,), time_mask_param), (lengths * max_time_fraction).long())
+        masked |= _random_bands(
+            full_mels, torch.full((batch,), freq_mask_param), n_mels, generator
+        )[:, :, None]
+    time_width = torch.minimum(
+        torch.full((batch,), time_mask_param), (lengths * max_time_fraction).long()
+    )
     for _ in range(num_time_masks):
         masked |= _random_bands(lengths, time_width, frames, generator)[:, None, :]
     masked &= (torch.arange(frames) < lengths[:, None])[:, None, :]

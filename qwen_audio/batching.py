@@ -23,8 +23,8 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for row, sequence in enumerate(sequences):
         if sequence:
-            ids[row, length - len(sequence):] = torch.as_tensor(sequence)
-            mask[row, length - len(sequence):] = 1
+            ids[row, length - len(sequence) :] = torch.as_tensor(sequence)
+            mask[row, length - len(sequence) :] = 1
     return ids, mask
 
 
@@ -50,14 +50,17 @@ def batch_prompts(prompts: Sequence[Example], pad_id: int, n_mels: int = 80) -> 
     return PromptBatch(ids, mask, mel, torch.tensor(lengths))
 
 
-def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int,
-                   n_mels: int = 80) -> PromptBatch:
+def encode_prompts(
+    tokenizer: Tokenizer, prompts: Sequence[str], max_length: int, n_mels: int = 80
+) -> PromptBatch:
     """Raw release-style prompts (tags as text, ``<audio>PATH</audio>`` spans, several allowed) -> one batch.
 
     As in the release every special-token text is a special token. A prompt longer than ``max_length`` tokens
     (audio placeholders included) raises ValueError; a missing audio file raises FileNotFoundError naming it.
     """
-    encoded = [encode_prompt(tokenizer, prompt, max_length, index) for index, prompt in enumerate(prompts)]
+    encoded = [
+        encode_prompt(tokenizer, prompt, max_length, index) for index, prompt in enumerate(prompts)
+    ]
     return batch_prompts(encoded, tokenizer.eod, n_mels)
 
 
@@ -67,6 +70,8 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str, max_length: int, index: int
         raise ValueError(f"prompt {index} is empty")
     tokens = encode_text(tokenizer, prompt)
     if len(tokens.ids) > max_length:
-        raise ValueError(f"prompt {index} is {len(tokens.ids)} tokens long (audio placeholders included), "
-                         f"more than max_length {max_length}")
+        raise ValueError(
+            f"prompt {index} is {len(tokens.ids)} tokens long (audio placeholders included), "
+            f"more than max_length {max_length}"
+        )
     return tokens

@@ -36,14 +36,22 @@ from qwen_audio.prompts import (
 )
 from qwen_audio.tokenizer import AUDIO_START, Tokenizer
 
-MAX_WINDOW_SIZE = 6144  # chat_generation_config.json: history is dropped, oldest first, beyond this many tokens
+MAX_WINDOW_SIZE = (
+    6144  # chat_generation_config.json: history is dropped, oldest first, beyond this many tokens
+)
 
 Query = str | Sequence[Mapping[str, AudioItem]]  # raw text, or the items of a user turn
 History = list[tuple[Query, str]]
 
 
-def build_context(tokenizer: Tokenizer, query: Query, history: History, system: str,
-                  max_window_size: int = MAX_WINDOW_SIZE, load: AudioLoader = load_audio) -> Example:
+def build_context(
+    tokenizer: Tokenizer,
+    query: Query,
+    history: History,
+    system: str,
+    max_window_size: int = MAX_WINDOW_SIZE,
+    load: AudioLoader = load_audio,
+) -> Example:
     """The generation prompt for ``query`` after ``history``, as the release's ``make_context`` builds it.
 
     The newest history turns are kept while the system turn plus the kept turns (audio placeholders included)
@@ -51,16 +59,24 @@ def build_context(tokenizer: Tokenizer, query: Query, history: History, system: 
     ``load`` decodes each ``<audio>PATH</audio>`` of raw text. Item lists may hold recordings.
     """
     if not isinstance(load, Mapping):
-        load = functools.cache(load)  # each audio file is decoded once however often the context is rebuilt
+        load = functools.cache(
+            load
+        )  # each audio file is decoded once however often the context is rebuilt
     system_turn = [Message("system", system)]
 
     def turns(pairs: History) -> list[Message]:
-        return [message for q, r in pairs for message in (Message("user", q), Message("assistant", r))]
+        return [
+            message for q, r in pairs for message in (Message("user", q), Message("assistant", r))
+        ]
 
     kept = len(history)
-    while kept and len(encode_chat(tokenizer, system_turn + turns(history[-kept:]), load=load).ids) >= max_window_size:
+    while (
+        kept
+        and len(encode_chat(tokenizer, system_turn + turns(history[-kept:]), load=load).ids)
+        >= max_window_size
+    ):
         kept -= 1
-    messages = system_turn + turns(history[len(history) - kept:]) + [Message("user", query)]
+    messages = system_turn + turns(history[len(history) - kept :]) + [Message("user", query)]
     return encode_chat(tokenizer, messages, add_generation_prompt=True, load=load)
 
 
@@ -83,11 +99,17 @@ def chat(
     as released.
     """
     history = list(history or [])
-    text = query if isinstance(query, str) else from_list_format(query, tokenizer.family, _audio_count(history))
+    text = (
+        query
+        if isinstance(query, str)
+        else from_list_format(query, tokenizer.family, _audio_count(history))
+    )
     config = config or GenerationConfig.chat(tokenizer)
     context = build_context(tokenizer, text, history, system, max_window_size)
     ids = answer_prompts(model, tokenizer, [context], config)[0].ids
-    ends = [index for index, token in enumerate(ids) if token in (tokenizer.im_end, tokenizer.im_start)]
+    ends = [
+        index for index, token in enumerate(ids) if token in (tokenizer.im_end, tokenizer.im_start)
+    ]
     response = tokenizer.decode(ids[: ends[0]] if ends else ids).strip()
     return response, history + [(text, response)]
 
@@ -97,11 +119,15 @@ def _audio_count(history: History) -> int:
     return sum(query.count(AUDIO_START) for query, _ in history if isinstance(query, str))
 
 
-def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+def main(
+    argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> None:
     """Read one query per line from ``stdin``; print each answer to ``stdout`` (default: the terminal). Errors in a
     query (a missing audio file, a query over the context) are printed and the conversation goes on."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    parser = argparse.ArgumentParser(prog="python -m qwen_audio.chat", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen_audio.chat", description=__doc__.split("\n\n")[0]
+    )
     add_model_arguments(parser)
     add_generation_arguments(parser)
     parser.add_argument("--system", default=DEFAULT_SYSTEM)
@@ -109,7 +135,10 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
     model, tokenizer = load_model_from_arguments(parser, args)
     config = generation_config(parser, args, GenerationConfig.chat(tokenizer))
     history: History = []
-    print("Chat with Qwen-Audio: <audio>PATH</audio> inserts audio, /reset forgets, /quit leaves.", file=stdout)
+    print(
+        "Chat with Qwen-Audio: <audio>PATH</audio> inserts audio, /reset forgets, /quit leaves.",
+        file=stdout,
+    )
     for line in stdin:
         query = line.strip()
         if query == "/quit":

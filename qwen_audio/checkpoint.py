@@ -44,9 +44,14 @@ TOKENIZER_FILE = "qwen.tiktoken"
 ENCODER_PREFIX = "transformer.audio."
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, *, preset: str | None = None,
-               device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-               allow_pickle: bool = False) -> tuple[QwenAudio, Tokenizer]:
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    preset: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    allow_pickle: bool = False,
+) -> tuple[QwenAudio, Tokenizer]:
     """``(model, tokenizer)`` in eval mode from a ``checkpoint`` folder (either family's layout) or a ``preset`` name
     (weights drawn with seed 0, the preset's tokenizer: for smoke tests); exactly one of the two.
 
@@ -54,7 +59,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, preset: str | Non
     in ``dtype`` if given, else in fp32 on CPU and in the checkpoint's dtype elsewhere.
     """
     if (checkpoint is None) == (preset is None):
-        raise ValueError("load_model takes a checkpoint folder or a preset name, exactly one of them")
+        raise ValueError(
+            "load_model takes a checkpoint folder or a preset name, exactly one of them"
+        )
     if preset is not None:
         config = QwenAudioConfig.from_name(preset)
         with torch.random.fork_rng(devices=[]):
@@ -66,22 +73,30 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, preset: str | Non
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32
     config = read_config(checkpoint)
-    model = load_pretrained(checkpoint, dtype=dtype, device=device, allow_pickle=allow_pickle, config=config)
+    model = load_pretrained(
+        checkpoint, dtype=dtype, device=device, allow_pickle=allow_pickle, config=config
+    )
     return model.eval(), read_tokenizer(checkpoint, config)
 
 
-def load_tokenizer(checkpoint: str | os.PathLike | None = None, *, preset: str | None = None) -> Tokenizer:
+def load_tokenizer(
+    checkpoint: str | os.PathLike | None = None, *, preset: str | None = None
+) -> Tokenizer:
     """The tokenizer :func:`load_model` would give, without building the model."""
     if (checkpoint is None) == (preset is None):
-        raise ValueError("load_tokenizer takes a checkpoint folder or a preset name, exactly one of them")
+        raise ValueError(
+            "load_tokenizer takes a checkpoint folder or a preset name, exactly one of them"
+        )
     if checkpoint is not None:
         return read_tokenizer(checkpoint, read_config(checkpoint))
     name = QwenAudioConfig.from_name(preset).tokenizer
     if name == "qwen2-demo":
         return Qwen2AudioTokenizer.demo()
     if name == "checkpoint":
-        raise CheckpointError(f"preset {preset!r} has no tokenizer of its own: it comes with a checkpoint folder "
-                              f"({TOKENIZER_JSON}); pass the folder instead")
+        raise CheckpointError(
+            f"preset {preset!r} has no tokenizer of its own: it comes with a checkpoint folder "
+            f"({TOKENIZER_JSON}); pass the folder instead"
+        )
     return QwenAudioTokenizer.load(name)
 
 
@@ -98,14 +113,22 @@ def check_architecture(folder: str | os.PathLike, config: QwenAudioConfig) -> No
     value that changes no tensor shape (``rope_theta``, ``rms_norm_eps``, ...) would otherwise load silently into a
     model that computes something else."""
     found = read_config(folder)
-    fields = {"family": (found.family, config.family), "audio_start_id": (found.audio_start_id, config.audio_start_id)}
+    fields = {
+        "family": (found.family, config.family),
+        "audio_start_id": (found.audio_start_id, config.audio_start_id),
+    }
     for part in ("encoder", "decoder"):
-        ours, theirs = dataclasses.asdict(getattr(config, part)), dataclasses.asdict(getattr(found, part))
+        ours, theirs = (
+            dataclasses.asdict(getattr(config, part)),
+            dataclasses.asdict(getattr(found, part)),
+        )
         fields.update({f"{part}.{key}": (theirs[key], ours[key]) for key in ours})
     differ = [f"{key}: folder {a!r}, preset {b!r}" for key, (a, b) in fields.items() if a != b]
     if differ:
-        raise CheckpointError(f"{os.path.join(os.fspath(folder), 'config.json')} does not describe the preset "
-                              f"{config.name!r}: " + "; ".join(differ))
+        raise CheckpointError(
+            f"{os.path.join(os.fspath(folder), 'config.json')} does not describe the preset "
+            f"{config.name!r}: " + "; ".join(differ)
+        )
 
 
 def hf_config(config: QwenAudioConfig) -> dict:
@@ -120,21 +143,29 @@ def _read_file(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
         try:
             return load_file(path)
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read {path} (truncated or corrupt safetensors file?): {err}") from err
+            raise CheckpointError(
+                f"cannot read {path} (truncated or corrupt safetensors file?): {err}"
+            ) from err
     if not allow_pickle:
-        raise CheckpointError(f"{path} is a pickle; pass allow_pickle=True (--allow-pickle) to read it")
+        raise CheckpointError(
+            f"{path} is a pickle; pass allow_pickle=True (--allow-pickle) to read it"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for a bad pickle
         raise CheckpointError(f"cannot read {path}: {err}") from err
 
 
-def read_state_dict(folder: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    folder: str | os.PathLike, allow_pickle: bool = False
+) -> dict[str, torch.Tensor]:
     """All tensors of a Hugging Face-layout folder (single file or index + shards)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint folder not found: {folder}")
-    candidates = [(SAFE_INDEX, "model.safetensors")] + ([(BIN_INDEX, "pytorch_model.bin")] if allow_pickle else [])
+    candidates = [(SAFE_INDEX, "model.safetensors")] + (
+        [(BIN_INDEX, "pytorch_model.bin")] if allow_pickle else []
+    )
     for index_name, single_name in candidates:
         index_path = os.path.join(folder, index_name)
         if os.path.isfile(index_path):
@@ -142,7 +173,9 @@ def read_state_dict(folder: str | os.PathLike, allow_pickle: bool = False) -> di
                 with open(index_path, encoding="utf-8") as f:
                     weight_map = json.load(f)["weight_map"]
             except (json.JSONDecodeError, KeyError) as err:
-                raise CheckpointError(f"{index_path} is not a valid index (needs a 'weight_map'): {err}") from err
+                raise CheckpointError(
+                    f"{index_path} is not a valid index (needs a 'weight_map'): {err}"
+                ) from err
             state: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
                 tensors = _read_file(os.path.join(folder, shard), allow_pickle)
@@ -150,7 +183,8 @@ def read_state_dict(folder: str | os.PathLike, allow_pickle: bool = False) -> di
                 if set(tensors) != listed:
                     raise CheckpointError(
                         f"{os.path.join(folder, shard)} holds keys that differ from {index_path}: "
-                        f"missing {sorted(listed - set(tensors))}, extra {sorted(set(tensors) - listed)}")
+                        f"missing {sorted(listed - set(tensors))}, extra {sorted(set(tensors) - listed)}"
+                    )
                 state.update(tensors)
             return state
         if os.path.isfile(os.path.join(folder, single_name)):
@@ -159,14 +193,26 @@ def read_state_dict(folder: str | os.PathLike, allow_pickle: bool = False) -> di
     raise CheckpointError(f"{folder} holds neither {SAFE_INDEX} nor model.safetensors{hint}")
 
 
-def check_state_dict(expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor], source: str) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Size], state: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Raise :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    misshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
-                 for k in sorted(set(expected) & set(state)) if state[k].shape != expected[k]]
-    problems = [f"{label} ({len(keys)}): {', '.join(keys)}" for label, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped)) if keys]
+    misshaped = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k]
+    ]
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped keys", misshaped),
+        )
+        if keys
+    ]
     if problems:
         raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
 
@@ -176,9 +222,14 @@ def expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = None,
-                    device: torch.device | str = "cpu", allow_pickle: bool = False,
-                    config: QwenAudioConfig | None = None) -> QwenAudio:
+def load_pretrained(
+    folder: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    allow_pickle: bool = False,
+    config: QwenAudioConfig | None = None,
+) -> QwenAudio:
     """Build the model from ``folder/config.json`` on the meta device and assign the checkpoint's tensors to it.
 
     The tensors keep the checkpoint's dtype (bf16 for the release) unless ``dtype`` is given.
@@ -192,8 +243,9 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: torch.dtype | None = No
     return model.to(device=device, dtype=dtype)
 
 
-def read_model_state_dict(folder: str | os.PathLike, config: QwenAudioConfig,
-                          allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_model_state_dict(
+    folder: str | os.PathLike, config: QwenAudioConfig, allow_pickle: bool = False
+) -> dict[str, torch.Tensor]:
     """The folder's tensors under our state-dict keys (a Qwen2-Audio folder's names go through its weight map)."""
     state = read_state_dict(folder, allow_pickle)
     if config.family == "qwen2-audio":
@@ -214,12 +266,16 @@ def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> Tokeni
     if config.family == "qwen2-audio":
         path = os.path.join(os.fspath(folder), TOKENIZER_JSON)
         if not os.path.isfile(path):
-            raise CheckpointError(f"{path} is missing: a Qwen2-Audio folder carries its tokenizer.json")
+            raise CheckpointError(
+                f"{path} is missing: a Qwen2-Audio folder carries its tokenizer.json"
+            )
         return Qwen2AudioTokenizer.from_file(path)
     path = os.path.join(os.fspath(folder), TOKENIZER_FILE)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path} is missing: a checkpoint folder carries its tokenizer (the release's "
-                              f"{TOKENIZER_FILE}, or the file the model was trained with)")
+        raise CheckpointError(
+            f"{path} is missing: a checkpoint folder carries its tokenizer (the release's "
+            f"{TOKENIZER_FILE}, or the file the model was trained with)"
+        )
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path} is empty")
     try:
@@ -231,7 +287,8 @@ def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> Tokeni
         raise CheckpointError(
             f"{path} holds {tokenizer.n_regular} ranks, so <audio> would get id {tokenizer.audio_start}; the "
             f"config's audio_start_id {config.audio_start_id} (vocab_size {config.decoder.vocab_size}) needs "
-            f"{needed} ranks: the file is truncated or belongs to another model")
+            f"{needed} ranks: the file is truncated or belongs to another model"
+        )
     return tokenizer
 
 
@@ -243,15 +300,24 @@ def check_writable(folder: str | os.PathLike) -> None:
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise NotADirectoryError(f"{folder} is a file")
         os.makedirs(folder, exist_ok=True)
-        for where in (folder, os.path.dirname(folder)):  # the staging folder is made beside ``folder``
+        for where in (
+            folder,
+            os.path.dirname(folder),
+        ):  # the staging folder is made beside ``folder``
             with tempfile.TemporaryDirectory(prefix=".write-check-", dir=where):
                 pass
     except OSError as err:
         raise CheckpointError(f"cannot export to {folder}: {err}") from err
 
 
-def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
-                    max_shard_size: int | str = "5GB", state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+def save_pretrained(
+    model: QwenAudio,
+    folder: str | os.PathLike,
+    *,
+    tokenizer_file: str | os.PathLike | None = None,
+    max_shard_size: int | str = "5GB",
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> None:
     """Write ``model`` in the released layout (safetensors shards + index when more than one, ``config.json``).
 
     ``state_dict``: the full weights when ``model`` itself is sharded (FSDP gathers them first). The files are
@@ -261,20 +327,33 @@ def save_pretrained(model: QwenAudio, folder: str | os.PathLike, *, tokenizer_fi
     """
     folder = os.path.abspath(folder)
     check_writable(folder)
-    state = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
+    state = {
+        k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()
+    }
     dtype = state["lm_head.weight"].dtype
     if model.config.family == "qwen2-audio":
         state = to_hf(state)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.staging-", dir=os.path.dirname(folder))
+    staging = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(folder)}.staging-", dir=os.path.dirname(folder)
+    )
     try:
-        split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
-                                                   max_shard_size=max_shard_size)
+        split = split_torch_state_dict_into_shards(
+            state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
+        )
         for filename, keys in split.filename_to_tensors.items():
-            save_file({k: state[k] for k in keys}, os.path.join(staging, filename), metadata={"format": "pt"})
+            save_file(
+                {k: state[k] for k in keys},
+                os.path.join(staging, filename),
+                metadata={"format": "pt"},
+            )
         if split.is_sharded:
             with open(os.path.join(staging, SAFE_INDEX), "w", encoding="utf-8") as f:
-                json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
+                json.dump(
+                    {"metadata": split.metadata, "weight_map": split.tensor_to_filename},
+                    f,
+                    indent=2,
+                )
         written = {**hf_config(model.config), "torch_dtype": str(dtype).removeprefix("torch.")}
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
             json.dump(written, f, indent=2)
@@ -296,7 +375,9 @@ def _move_into(staging: str, folder: str) -> None:
     shard would be read in place of the new weights). Nothing else in ``folder`` is touched."""
     umask = os.umask(0)
     os.umask(umask)
-    written = sorted(os.listdir(staging), key=lambda name: (name == "config.json", name == SAFE_INDEX, name))
+    written = sorted(
+        os.listdir(staging), key=lambda name: (name == "config.json", name == SAFE_INDEX, name)
+    )
     for name in written:
         os.chmod(os.path.join(staging, name), 0o666 & ~umask)  # safetensors creates its files 0600
         os.replace(os.path.join(staging, name), os.path.join(folder, name))
@@ -317,13 +398,26 @@ def read_whisper_encoder(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         weights = checkpoint["model_state_dict"]
     except Exception as err:  # torch raises several unrelated types for a bad file
-        raise CheckpointError(f"cannot read Whisper checkpoint {path} (expects openai-whisper's "
-                              f"{{'dims', 'model_state_dict'}} file): {err}") from err
-    return {ENCODER_PREFIX + k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+        raise CheckpointError(
+            f"cannot read Whisper checkpoint {path} (expects openai-whisper's "
+            f"{{'dims', 'model_state_dict'}} file): {err}"
+        ) from err
+    return {
+        ENCODER_PREFIX + k.removeprefix("encoder."): v
+        for k, v in weights.items()
+        if k.startswith("encoder.")
+    }
 
 
-def init_stage1(whisper_path: str | os.PathLike, qwen_folder: str | os.PathLike, config: QwenAudioConfig,
-                *, dtype: torch.dtype = torch.bfloat16, allow_pickle: bool = False, seed: int = 0) -> QwenAudio:
+def init_stage1(
+    whisper_path: str | os.PathLike,
+    qwen_folder: str | os.PathLike,
+    config: QwenAudioConfig,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    allow_pickle: bool = False,
+    seed: int = 0,
+) -> QwenAudio:
     """Stage-1 starting point: Whisper-large-v2's encoder + Qwen-7B's decoder; ``proj`` and audio BOS/EOS are new.
 
     Qwen-7B has 151,936 embedding rows, the model 155,947 (audio, task and timestamp tokens). The new rows of
@@ -337,15 +431,18 @@ def init_stage1(whisper_path: str | os.PathLike, qwen_folder: str | os.PathLike,
     expected = expected_shapes(model)
     generator = torch.Generator().manual_seed(seed)
     fresh = {
-        ENCODER_PREFIX + "proj.weight":
-            0.02 * torch.randn(expected[ENCODER_PREFIX + "proj.weight"], generator=generator),
+        ENCODER_PREFIX + "proj.weight": 0.02
+        * torch.randn(expected[ENCODER_PREFIX + "proj.weight"], generator=generator),
         ENCODER_PREFIX + "proj.bias": torch.zeros(expected[ENCODER_PREFIX + "proj.bias"]),
-        ENCODER_PREFIX + "audio_bos_eos_token.weight":
-            0.02 * torch.randn(expected[ENCODER_PREFIX + "audio_bos_eos_token.weight"], generator=generator),
+        ENCODER_PREFIX + "audio_bos_eos_token.weight": 0.02
+        * torch.randn(expected[ENCODER_PREFIX + "audio_bos_eos_token.weight"], generator=generator),
     }
     encoder_state = read_whisper_encoder(whisper_path)
-    check_state_dict({k: s for k, s in expected.items() if k.startswith(ENCODER_PREFIX) and k not in fresh},
-                     encoder_state, os.fspath(whisper_path))
+    check_state_dict(
+        {k: s for k, s in expected.items() if k.startswith(ENCODER_PREFIX) and k not in fresh},
+        encoder_state,
+        os.fspath(whisper_path),
+    )
     decoder_state = read_state_dict(qwen_folder, allow_pickle)
     vocab_keys = ("transformer.wte.weight", "lm_head.weight")
     decoder_expected = {k: s for k, s in expected.items() if not k.startswith(ENCODER_PREFIX)}

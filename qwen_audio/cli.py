@@ -18,16 +18,25 @@ from qwen_audio.generate import GenerationConfig
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint DIR`` or ``--preset NAME``, one of them required."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="DIR",
-                        help="a Qwen-Audio released-layout folder or a Qwen2-Audio Hugging Face folder")
-    source.add_argument("--preset", metavar="NAME", help="a model preset with random weights (seed 0), for smoke tests")
+    source.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="a Qwen-Audio released-layout folder or a Qwen2-Audio Hugging Face folder",
+    )
+    source.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="a model preset with random weights (seed 0), for smoke tests",
+    )
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """The decoding options; :func:`generation_config` reads them."""
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--min-new-tokens", type=int, default=0)
-    parser.add_argument("--greedy", action="store_true", help="argmax decoding (the release's evaluation)")
+    parser.add_argument(
+        "--greedy", action="store_true", help="argmax decoding (the release's evaluation)"
+    )
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
@@ -35,17 +44,27 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
 
 
-def generation_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                      release: GenerationConfig) -> GenerationConfig:
+def generation_config(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, release: GenerationConfig
+) -> GenerationConfig:
     """``release`` (the base or chat settings) with the command line's options; bad values exit via the parser."""
-    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "seed") if getattr(args, k) is not None}
+    sampling = {
+        k: getattr(args, k)
+        for k in ("temperature", "top_k", "top_p", "seed")
+        if getattr(args, k) is not None
+    }
     if args.greedy and sampling:
         options = ", ".join("--" + name.replace("_", "-") for name in sampling)
         parser.error(f"--greedy takes no sampling options, got {options}")
     try:
-        return dataclasses.replace(release, do_sample=not args.greedy, max_new_tokens=args.max_new_tokens,
-                                   min_new_tokens=args.min_new_tokens,
-                                   repetition_penalty=args.repetition_penalty, **sampling)
+        return dataclasses.replace(
+            release,
+            do_sample=not args.greedy,
+            max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.min_new_tokens,
+            repetition_penalty=args.repetition_penalty,
+            **sampling,
+        )
     except ValueError as err:
         parser.error(str(err))
 
@@ -58,5 +77,8 @@ def load_model_from_arguments(parser: argparse.ArgumentParser, args: argparse.Na
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         return load_model(args.checkpoint, preset=args.preset, device=device)
-    except (FileNotFoundError, ValueError) as err:  # ConfigError and CheckpointError are ValueErrors
+    except (
+        FileNotFoundError,
+        ValueError,
+    ) as err:  # ConfigError and CheckpointError are ValueErrors
         parser.error(str(err))

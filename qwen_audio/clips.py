@@ -75,4 +75,3 @@ def featurize(clips: Sequence[Clip], n_mels: int = 80) -> tuple[list[torch.Tenso
         audio_features(clip.waveform, clip.source, n_mels, clip.mel_frames) for clip in clips
     ]
     return [mel for mel, _ in features], [length for _, length in features]
-

@@ -15,7 +15,9 @@ from typing import Any, Literal, get_args
 
 from qwen_audio.errors import InputError
 
-AttentionBackend = Literal["auto", "sdpa", "varlen", "flash_attn"]  # see qwen_audio.modules.attention
+AttentionBackend = Literal[
+    "auto", "sdpa", "varlen", "flash_attn"
+]  # see qwen_audio.modules.attention
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 Family = Literal["qwen-audio", "qwen2-audio"]
 
@@ -43,7 +45,9 @@ class AudioEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.n_state % self.n_head:
-            raise ConfigError(f"encoder n_state {self.n_state} is not divisible by n_head {self.n_head}")
+            raise ConfigError(
+                f"encoder n_state {self.n_state} is not divisible by n_head {self.n_head}"
+            )
 
 
 @dataclass
@@ -55,7 +59,9 @@ class DecoderConfig:
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
     kv_channels: int = 128  # head dimension
-    intermediate_size: int = 22016  # the release halves it: w1 and w2 are each intermediate_size // 2 wide
+    intermediate_size: int = (
+        22016  # the release halves it: w1 and w2 are each intermediate_size // 2 wide
+    )
     layer_norm_epsilon: float = 1e-6
     rotary_emb_base: float = 10000.0
     seq_length: int = 2048  # the trained context; dynamic NTK and logN scaling start beyond it
@@ -69,8 +75,10 @@ class DecoderConfig:
                 f"must equal hidden_size {self.hidden_size}"
             )
         if self.intermediate_size % 2:
-            raise ConfigError(f"decoder intermediate_size {self.intermediate_size} must be even "
-                              "(w1, w2 take half each)")
+            raise ConfigError(
+                f"decoder intermediate_size {self.intermediate_size} must be even "
+                "(w1, w2 take half each)"
+            )
 
 
 @dataclass
@@ -102,9 +110,11 @@ class QwenAudioConfig:
         if self.family not in ("qwen-audio", "qwen2-audio"):
             raise ConfigError(f"family {self.family!r} is not one of qwen-audio, qwen2-audio")
         if self.encoder.learned_markers != (self.family == "qwen-audio"):
-            raise ConfigError(f"encoder.learned_markers={self.encoder.learned_markers} does not fit family "
-                              f"{self.family!r}: Qwen-Audio learns its audio BOS/EOS vectors, Qwen2-Audio keeps the "
-                              "marker tokens")
+            raise ConfigError(
+                f"encoder.learned_markers={self.encoder.learned_markers} does not fit family "
+                f"{self.family!r}: Qwen-Audio learns its audio BOS/EOS vectors, Qwen2-Audio keeps the "
+                "marker tokens"
+            )
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ConfigError(
                 f"attention_backend {self.attention_backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}"
@@ -118,11 +128,15 @@ class QwenAudioConfig:
     def from_name(cls, name: str, **overrides: Any) -> QwenAudioConfig:
         """A preset by name (``qwen-audio``, ``qwen-audio-chat``, ``tiny``), with top-level fields overridden."""
         if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+            raise ConfigError(
+                f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
+            )
         return dataclasses.replace(PRESETS[name](), **overrides)
 
     @classmethod
-    def from_hf_config(cls, source: dict[str, Any] | str | os.PathLike, name: str | None = None) -> QwenAudioConfig:
+    def from_hf_config(
+        cls, source: dict[str, Any] | str | os.PathLike, name: str | None = None
+    ) -> QwenAudioConfig:
         """Read the released ``config.json`` (a dict, the file, or the folder holding it).
 
         The architecture switches the release exposes but never varies (``no_bias``, ``rotary_pct``,
@@ -130,8 +144,10 @@ class QwenAudioConfig:
         """
         source, where = read_config_file(source)
         if source.get("model_type") == "qwen2_audio":
-            raise ConfigError(f"{where} is a Qwen2-Audio config.json: qwen_audio.checkpoint.read_config reads both "
-                              "families")
+            raise ConfigError(
+                f"{where} is a Qwen2-Audio config.json: qwen_audio.checkpoint.read_config reads both "
+                "families"
+            )
 
         def need(block: dict[str, Any], key: str, prefix: str = "") -> Any:
             if key not in block:
@@ -141,13 +157,23 @@ class QwenAudioConfig:
         audio = need(source, "audio")
         for key, expected in _FIXED_HF_KEYS.items():
             if source.get(key, expected) != expected:
-                raise ConfigError(f"{where}: {key}={source[key]!r} is not supported (the release uses {expected!r})")
+                raise ConfigError(
+                    f"{where}: {key}={source[key]!r} is not supported (the release uses {expected!r})"
+                )
         for key in ("avg_pool", "add_audio_bos_eos_token"):
             if audio.get(key, True) is not True:
-                raise ConfigError(f"{where}: audio.{key}={audio[key]!r} is not supported (the release uses true)")
+                raise ConfigError(
+                    f"{where}: audio.{key}={audio[key]!r} is not supported (the release uses true)"
+                )
         encoder = AudioEncoderConfig(**{k: need(audio, k, "audio.") for k in _HF_AUDIO_KEYS})
-        decoder = DecoderConfig(**{f.name: need(source, f.name) for f in dataclasses.fields(DecoderConfig)})
-        folder_name = os.path.basename(os.path.dirname(os.path.abspath(where))) if where != "config dict" else None
+        decoder = DecoderConfig(
+            **{f.name: need(source, f.name) for f in dataclasses.fields(DecoderConfig)}
+        )
+        folder_name = (
+            os.path.basename(os.path.dirname(os.path.abspath(where)))
+            if where != "config dict"
+            else None
+        )
         return cls(
             name=name or folder_name or "qwen-audio",
             encoder=encoder,
@@ -159,9 +185,13 @@ class QwenAudioConfig:
         """The released ``config.json`` layout (loads back with :meth:`from_hf_config`); Qwen-Audio's only, both
         families' through ``qwen_audio.checkpoint.hf_config``."""
         if self.family != "qwen-audio":
-            raise ConfigError(f"{self.name} is a {self.family} config: qwen_audio.checkpoint.hf_config writes it")
+            raise ConfigError(
+                f"{self.name} is a {self.family} config: qwen_audio.checkpoint.hf_config writes it"
+            )
         audio = {k: getattr(self.encoder, k) for k in _HF_AUDIO_KEYS}
-        audio.update(avg_pool=True, add_audio_bos_eos_token=True, audio_start_id=self.audio_start_id)
+        audio.update(
+            avg_pool=True, add_audio_bos_eos_token=True, audio_start_id=self.audio_start_id
+        )
         return {
             "architectures": ["QWenLMHeadModel"],
             "model_type": "qwen",
@@ -207,9 +237,15 @@ def _tiny() -> QwenAudioConfig:
     # n_ctx stays 1500 so any clip up to 30 s fits, as in the release.
     return QwenAudioConfig(
         name="tiny",
-        encoder=AudioEncoderConfig(n_mels=80, n_ctx=1500, n_state=64, n_head=4, n_layer=2, output_dim=64),
+        encoder=AudioEncoderConfig(
+            n_mels=80, n_ctx=1500, n_state=64, n_head=4, n_layer=2, output_dim=64
+        ),
         decoder=DecoderConfig(
-            vocab_size=7680, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, kv_channels=16,
+            vocab_size=7680,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            kv_channels=16,
             intermediate_size=256,
         ),
         audio_start_id=7616,
@@ -223,10 +259,16 @@ def _demo() -> QwenAudioConfig:
     # blocks and 0.60 with two (docs/experiments.md).
     tiny = _tiny()
     return dataclasses.replace(
-        tiny, name="demo",
+        tiny,
+        name="demo",
         encoder=dataclasses.replace(tiny.encoder, n_state=128, n_layer=3, output_dim=128),
-        decoder=dataclasses.replace(tiny.decoder, hidden_size=128, num_hidden_layers=4, kv_channels=32,
-                                    intermediate_size=512),
+        decoder=dataclasses.replace(
+            tiny.decoder,
+            hidden_size=128,
+            num_hidden_layers=4,
+            kv_channels=32,
+            intermediate_size=512,
+        ),
     )
 
 
@@ -237,10 +279,16 @@ def _qwen2_audio_7b(name: str = "qwen2-audio-7b") -> QwenAudioConfig:
     # 10000, untied head); audio_config and audio_token_index 151646 (<|AUDIO|>) are Qwen2AudioConfig's defaults
     # (Whisper-large-v3 encoder: 128 mel bins, d_model 1280, 20 heads, 32 layers, ffn 5120). No dynamic NTK / logN.
     return QwenAudioConfig(
-        name=name, family="qwen2-audio",
+        name=name,
+        family="qwen2-audio",
         encoder=AudioEncoderConfig(n_mels=128, learned_markers=False, mel_lookahead=1),
-        decoder=DecoderConfig(vocab_size=156032, layer_norm_epsilon=1e-5, seq_length=8192, use_dynamic_ntk=False,
-                              use_logn_attn=False),
+        decoder=DecoderConfig(
+            vocab_size=156032,
+            layer_norm_epsilon=1e-5,
+            seq_length=8192,
+            use_dynamic_ntk=False,
+            use_logn_attn=False,
+        ),
         audio_start_id=151647,  # <|audio_bos|>; <|audio_eos|> 151648 follows
         tokenizer="checkpoint",
     )
@@ -256,14 +304,30 @@ def _qwen2_audio_tiny() -> QwenAudioConfig:
     # (the demo BPE's 4096 ranks + the family's six special tokens, <|audio_bos|> 4100, 4102 ids in all).
     tiny, family = _tiny(), _qwen2_audio_7b()
     return dataclasses.replace(
-        family, name="qwen2-audio-tiny",
-        encoder=dataclasses.replace(tiny.encoder, n_mels=128, learned_markers=False, mel_lookahead=1),
-        decoder=dataclasses.replace(tiny.decoder, vocab_size=4102, layer_norm_epsilon=1e-5, seq_length=8192,
-                                    use_dynamic_ntk=False, use_logn_attn=False),
-        audio_start_id=4100, tokenizer="qwen2-demo",
+        family,
+        name="qwen2-audio-tiny",
+        encoder=dataclasses.replace(
+            tiny.encoder, n_mels=128, learned_markers=False, mel_lookahead=1
+        ),
+        decoder=dataclasses.replace(
+            tiny.decoder,
+            vocab_size=4102,
+            layer_norm_epsilon=1e-5,
+            seq_length=8192,
+            use_dynamic_ntk=False,
+            use_logn_attn=False,
+        ),
+        audio_start_id=4100,
+        tokenizer="qwen2-demo",
     )
 
 
-PRESETS = {"qwen-audio": _qwen_audio, "qwen-audio-chat": _qwen_audio_chat, "tiny": _tiny, "demo": _demo,
-           "qwen2-audio-7b": _qwen2_audio_7b, "qwen2-audio-7b-instruct": _qwen2_audio_7b_instruct,
-           "qwen2-audio-tiny": _qwen2_audio_tiny}
+PRESETS = {
+    "qwen-audio": _qwen_audio,
+    "qwen-audio-chat": _qwen_audio_chat,
+    "tiny": _tiny,
+    "demo": _demo,
+    "qwen2-audio-7b": _qwen2_audio_7b,
+    "qwen2-audio-7b-instruct": _qwen2_audio_7b_instruct,
+    "qwen2-audio-tiny": _qwen2_audio_tiny,
+}

@@ -73,8 +73,11 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> TokenLosses:
         logits = logits[:, :-1][counted]
     counted_targets = targets[counted]
     losses = torch.zeros(counted.shape, device=logits.device).masked_scatter(
-        counted, F.cross_entropy(logits.float(), counted_targets, reduction="none"))
-    correct = torch.zeros_like(counted).masked_scatter(counted, logits.argmax(-1) == counted_targets)
+        counted, F.cross_entropy(logits.float(), counted_targets, reduction="none")
+    )
+    correct = torch.zeros_like(counted).masked_scatter(
+        counted, logits.argmax(-1) == counted_targets
+    )
     return TokenLosses(losses, correct, counted)
 
 
@@ -110,7 +113,11 @@ class QwenAudio(nn.Module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.Linear, nn.Embedding)):
-                scale = math.sqrt(2 * self.config.decoder.num_hidden_layers) if name.endswith("c_proj") else 1.0
+                scale = (
+                    math.sqrt(2 * self.config.decoder.num_hidden_layers)
+                    if name.endswith("c_proj")
+                    else 1.0
+                )
                 nn.init.normal_(module.weight, mean=0.0, std=std / scale)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
@@ -134,8 +141,12 @@ class QwenAudio(nn.Module):
         clips = self.encoder(mel, mel_lengths)
         if self.config.encoder.learned_markers:
             return clips
-        markers = self.transformer.wte(torch.tensor([self.config.audio_start_id, self.config.audio_end_id],
-                                                    device=self.transformer.wte.weight.device))
+        markers = self.transformer.wte(
+            torch.tensor(
+                [self.config.audio_start_id, self.config.audio_end_id],
+                device=self.transformer.wte.weight.device,
+            )
+        )
         return [torch.cat([markers[:1], clip.to(markers.dtype), markers[1:]]) for clip in clips]
 
     def forward(
@@ -172,16 +183,22 @@ class QwenAudio(nn.Module):
             if audio_embeds is not None:
                 raise ValueError("pass either audio_mel or audio_embeds, not both")
             if audio_mel_lengths is None:
-                raise ValueError("audio_mel needs audio_mel_lengths (valid mel frames per clip, samples // 160)")
+                raise ValueError(
+                    "audio_mel needs audio_mel_lengths (valid mel frames per clip, samples // 160)"
+                )
             audio_embeds = self.encode_audio(audio_mel, audio_mel_lengths)
         if audio_embeds is not None:
             embeds = splice_audio(embeds, input_ids, audio_embeds, self.config.audio_start_id)
-        hidden, _ = self.transformer(embeds, attention_mask, position_ids, kv_cache, cache_slots, key_length)
+        hidden, _ = self.transformer(
+            embeds, attention_mask, position_ids, kv_cache, cache_slots, key_length
+        )
         logits = self.lm_head(hidden if logits_at is None else hidden[logits_at])
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids "
-                                 f"{tuple(input_ids.shape)}")
+                raise ValueError(
+                    f"labels {tuple(labels.shape)} must have the shape of input_ids "
+                    f"{tuple(input_ids.shape)}"
+                )
             loss = token_losses(logits, labels).mean_loss()
         return QwenAudioOutput(logits, loss)

@@ -46,7 +46,9 @@ from qwen_audio.tokenizer import (
     timestamp_token,
 )
 
-IGNORE_INDEX = -100  # label of positions without loss (torch.nn.CrossEntropyLoss's default ignore_index)
+IGNORE_INDEX = (
+    -100
+)  # label of positions without loss (torch.nn.CrossEntropyLoss's default ignore_index)
 DEFAULT_SYSTEM = "You are a helpful assistant."
 AUDIO_LANGUAGES = (*LANGUAGES, "unknown")
 TEXT_LANGUAGES = (*LANGUAGES, "zh_tr")
@@ -78,94 +80,248 @@ class Task:
 
 def _keyword(title: str, instruction: str, output: str, source: str, **languages: str) -> Task:
     """A label-output task of the ``<|keyword|>`` family, text in English."""
-    return Task(title, START_OF_ANALYSIS, "<|keyword|>", output, source, text_language="en",
-                instructions=(instruction,), **languages)
+    return Task(
+        title,
+        START_OF_ANALYSIS,
+        "<|keyword|>",
+        output,
+        source,
+        text_language="en",
+        instructions=(instruction,),
+        **languages,
+    )
 
 
 def _asked(title: str, question: str, output: str, **languages: str) -> Task:
-    return Task(title, START_OF_ANALYSIS, QUESTION, output,
-                _OURS + "released <|question|> ... <|answer|> tags with a fixed question", question=question,
-                **languages)
+    return Task(
+        title,
+        START_OF_ANALYSIS,
+        QUESTION,
+        output,
+        _OURS + "released <|question|> ... <|answer|> tags with a fixed question",
+        question=question,
+        **languages,
+    )
 
 
 TASKS: dict[str, Task] = {
     # speech
-    "asr": Task("automatic speech recognition (multilingual)", START_OF_TRANSCRIPT, "<|transcribe|>",
-                "transcript in the audio language; <|wo_itn|> spoken form, <|itn|> written form",
-                "eval_audio/evaluate_asr.py (<|wo_itn|>); <|itn|> from the released token list",
-                instructions=("<|wo_itn|>", "<|itn|>")),
-    "s2tt": Task("speech-to-text translation", START_OF_TRANSCRIPT, "<|translate|>",
-                 "translation into the text language", "eval_audio/evaluate_st.py", instructions=("<|itn|>",)),
-    "osr": Task("overlapped speech recognition", START_OF_TRANSCRIPT, "<|transcribe|>",
-                "one transcript per speaker in order of onset, joined by <|delim|>",
-                _OURS + "ASR tags with the released <|delim|> as output instruction", instructions=("<|delim|>",)),
-    "dialect_asr": Task("dialect speech recognition (Chinese dialects)", START_OF_TRANSCRIPT, "<|transcribe|>",
-                        "transcript in standard written Chinese",
-                        _OURS + "the Mandarin ASR tags, since the output format is the same (no dialect token exists)",
-                        audio_language="zh", instructions=("<|wo_itn|>",)),
-    "srwt": Task("speech recognition with word-level timestamps (en, zh)", START_OF_TRANSCRIPT, "<|transcribe|>",
-                 "words between timestamps (format_timestamped_words); the prompt ends with the first, <|0.00|>",
-                 "eval_audio/evaluate_srwt.py", timestamps=True, instructions=("<|0.00|>",)),
-    "did": _asked("dialect identification", "Which dialect is spoken?", "dialect name in English",
-                  audio_language="zh"),
-    "lid": _asked("spoken language identification", "Which language is spoken?", "language name in English",
-                  audio_language="unknown"),
-    "sgc": _asked("speaker gender classification", "What is the gender of the speaker?", "male | female"),
-    "er": _keyword("speech emotion recognition", "<|emotion_recognition|>", "emotion label, e.g. neutral, joy",
-                   "eval_audio/evaluate_emotion.py"),
-    "sv": _asked("speaker verification (two audios)", "Are the two recordings spoken by the same speaker?",
-                 "yes | no"),
-    "sd": Task("speaker diarization", START_OF_ANALYSIS, "<|keyword|>",
-               "speaker labels between timestamps (format_timestamped_words), from <|0.00|>",
-               _OURS + "released <|keyword|>, <|timestamps|> and <|speaker_meta|>", text_language="en",
-               timestamps=True, instructions=("<|speaker_meta|>",)),
-    "ser": Task("speech entity recognition", START_OF_TRANSCRIPT, "<|transcribe|>",
-                "transcript with each entity as <|startofentityvalue|>value<|endofentityvalue|>"
-                "<|startofentitytype|>type<|endofentitytype|>",
-                _OURS + "ASR tags with the released <|named_entity_recognition|>",
-                instructions=("<|named_entity_recognition|>",)),
-    "ks": Task("keyword spotting", START_OF_TRANSCRIPT, "<|keyword|>", "the spoken keyword",
-               _OURS + "released <|keyword|> task tag with <|wo_itn|>", instructions=("<|wo_itn|>",)),
-    "ic": _keyword("intent classification", "<|speech_understanding|>", "<|scenario|>scenario<|action|>action",
-                   _OURS + "released spoken-language-understanding tokens"),
-    "sf": _keyword("slot filling", "<|entities|>",
-                   "per slot <|startofentitytype|>type<|endofentitytype|><|startofentityvalue|>value"
-                   "<|endofentityvalue|>", _OURS + "released spoken-language-understanding tokens"),
-    "sap": _asked("speaker age prediction", "How old is the speaker?", "age group in English, e.g. twenties"),
-    "vsc": _keyword("vocal sound classification", "<|vocal_classification|>",
-                    "vocal sound label, e.g. laughter, cough", "eval_audio/evaluate_vocal_sound.py",
-                    audio_language="en"),
+    "asr": Task(
+        "automatic speech recognition (multilingual)",
+        START_OF_TRANSCRIPT,
+        "<|transcribe|>",
+        "transcript in the audio language; <|wo_itn|> spoken form, <|itn|> written form",
+        "eval_audio/evaluate_asr.py (<|wo_itn|>); <|itn|> from the released token list",
+        instructions=("<|wo_itn|>", "<|itn|>"),
+    ),
+    "s2tt": Task(
+        "speech-to-text translation",
+        START_OF_TRANSCRIPT,
+        "<|translate|>",
+        "translation into the text language",
+        "eval_audio/evaluate_st.py",
+        instructions=("<|itn|>",),
+    ),
+    "osr": Task(
+        "overlapped speech recognition",
+        START_OF_TRANSCRIPT,
+        "<|transcribe|>",
+        "one transcript per speaker in order of onset, joined by <|delim|>",
+        _OURS + "ASR tags with the released <|delim|> as output instruction",
+        instructions=("<|delim|>",),
+    ),
+    "dialect_asr": Task(
+        "dialect speech recognition (Chinese dialects)",
+        START_OF_TRANSCRIPT,
+        "<|transcribe|>",
+        "transcript in standard written Chinese",
+        _OURS
+        + "the Mandarin ASR tags, since the output format is the same (no dialect token exists)",
+        audio_language="zh",
+        instructions=("<|wo_itn|>",),
+    ),
+    "srwt": Task(
+        "speech recognition with word-level timestamps (en, zh)",
+        START_OF_TRANSCRIPT,
+        "<|transcribe|>",
+        "words between timestamps (format_timestamped_words); the prompt ends with the first, <|0.00|>",
+        "eval_audio/evaluate_srwt.py",
+        timestamps=True,
+        instructions=("<|0.00|>",),
+    ),
+    "did": _asked(
+        "dialect identification",
+        "Which dialect is spoken?",
+        "dialect name in English",
+        audio_language="zh",
+    ),
+    "lid": _asked(
+        "spoken language identification",
+        "Which language is spoken?",
+        "language name in English",
+        audio_language="unknown",
+    ),
+    "sgc": _asked(
+        "speaker gender classification", "What is the gender of the speaker?", "male | female"
+    ),
+    "er": _keyword(
+        "speech emotion recognition",
+        "<|emotion_recognition|>",
+        "emotion label, e.g. neutral, joy",
+        "eval_audio/evaluate_emotion.py",
+    ),
+    "sv": _asked(
+        "speaker verification (two audios)",
+        "Are the two recordings spoken by the same speaker?",
+        "yes | no",
+    ),
+    "sd": Task(
+        "speaker diarization",
+        START_OF_ANALYSIS,
+        "<|keyword|>",
+        "speaker labels between timestamps (format_timestamped_words), from <|0.00|>",
+        _OURS + "released <|keyword|>, <|timestamps|> and <|speaker_meta|>",
+        text_language="en",
+        timestamps=True,
+        instructions=("<|speaker_meta|>",),
+    ),
+    "ser": Task(
+        "speech entity recognition",
+        START_OF_TRANSCRIPT,
+        "<|transcribe|>",
+        "transcript with each entity as <|startofentityvalue|>value<|endofentityvalue|>"
+        "<|startofentitytype|>type<|endofentitytype|>",
+        _OURS + "ASR tags with the released <|named_entity_recognition|>",
+        instructions=("<|named_entity_recognition|>",),
+    ),
+    "ks": Task(
+        "keyword spotting",
+        START_OF_TRANSCRIPT,
+        "<|keyword|>",
+        "the spoken keyword",
+        _OURS + "released <|keyword|> task tag with <|wo_itn|>",
+        instructions=("<|wo_itn|>",),
+    ),
+    "ic": _keyword(
+        "intent classification",
+        "<|speech_understanding|>",
+        "<|scenario|>scenario<|action|>action",
+        _OURS + "released spoken-language-understanding tokens",
+    ),
+    "sf": _keyword(
+        "slot filling",
+        "<|entities|>",
+        "per slot <|startofentitytype|>type<|endofentitytype|><|startofentityvalue|>value"
+        "<|endofentityvalue|>",
+        _OURS + "released spoken-language-understanding tokens",
+    ),
+    "sap": _asked(
+        "speaker age prediction", "How old is the speaker?", "age group in English, e.g. twenties"
+    ),
+    "vsc": _keyword(
+        "vocal sound classification",
+        "<|vocal_classification|>",
+        "vocal sound label, e.g. laughter, cough",
+        "eval_audio/evaluate_vocal_sound.py",
+        audio_language="en",
+    ),
     # sound
-    "aac": Task("automatic audio captioning", START_OF_ANALYSIS, "<|caption|>", "one caption in the named style",
-                "eval_audio/evaluate_caption.py", audio_language="unknown", text_language="en",
-                instructions=("<|caption_clotho|>", "<|caption_audiocaps|>", "<|caption_plain|>")),
-    "sec": _keyword("sound event classification", "<|event|>", "event labels joined by ', '",
-                    _OURS + "released <|event|>", audio_language="unknown"),
-    "asc": _keyword("acoustic scene classification", "<|scene|>", "scene label", "eval_audio/evaluate_scene.py",
-                    audio_language="unknown"),
-    "sed": Task("sound event detection with timestamps", START_OF_ANALYSIS, "<|keyword|>",
-                "per event, in order of onset: <|onset|><|offset|>label (timestamp tokens)",
-                _OURS + "released <|event|> with <|timestamps|>",
-                audio_language="unknown", text_language="en", timestamps=True, instructions=("<|event|>",)),
-    "aqa": Task("audio question answering", START_OF_ANALYSIS, QUESTION, "short answer",
-                "eval_audio/evaluate_aqa.py", audio_language="en"),
+    "aac": Task(
+        "automatic audio captioning",
+        START_OF_ANALYSIS,
+        "<|caption|>",
+        "one caption in the named style",
+        "eval_audio/evaluate_caption.py",
+        audio_language="unknown",
+        text_language="en",
+        instructions=("<|caption_clotho|>", "<|caption_audiocaps|>", "<|caption_plain|>"),
+    ),
+    "sec": _keyword(
+        "sound event classification",
+        "<|event|>",
+        "event labels joined by ', '",
+        _OURS + "released <|event|>",
+        audio_language="unknown",
+    ),
+    "asc": _keyword(
+        "acoustic scene classification",
+        "<|scene|>",
+        "scene label",
+        "eval_audio/evaluate_scene.py",
+        audio_language="unknown",
+    ),
+    "sed": Task(
+        "sound event detection with timestamps",
+        START_OF_ANALYSIS,
+        "<|keyword|>",
+        "per event, in order of onset: <|onset|><|offset|>label (timestamp tokens)",
+        _OURS + "released <|event|> with <|timestamps|>",
+        audio_language="unknown",
+        text_language="en",
+        timestamps=True,
+        instructions=("<|event|>",),
+    ),
+    "aqa": Task(
+        "audio question answering",
+        START_OF_ANALYSIS,
+        QUESTION,
+        "short answer",
+        "eval_audio/evaluate_aqa.py",
+        audio_language="en",
+    ),
     # music and song
-    "sid": _asked("singer identification", "Who is the singer?", "singer name", audio_language="unknown"),
-    "smer": _keyword("singer and music emotion recognition", "<|emotion_recognition|>", "emotion label",
-                     _OURS + "released <|emotion_recognition|> on non-speech audio", audio_language="unknown"),
-    "mc": Task("music captioning", START_OF_ANALYSIS, "<|caption|>", "free-text description of the music",
-               _OURS + "released <|caption|> with <|music_description|>", audio_language="unknown",
-               text_language="en", instructions=("<|music_description|>",)),
-    "mic": _keyword("musical instrument classification", "<|instrument|>", "instrument name",
-                    _OURS + "released <|instrument|>", audio_language="unknown"),
-    "mna": _keyword("music note analysis", "<|note_analysis|>",
-                    "<|pitch|><|midi_pitch_N|><|velocity|><|midi_velocity_N|><|instrument|>name<|sonic|>q1, q2",
-                    "eval_audio/evaluate_note_analysis.py", audio_language="unknown"),
-    "mgr": _keyword("music genre recognition", "<|song_meta|>", "genre name",
-                    _OURS + "released <|song_meta|>", audio_language="unknown"),
-    "mr": _asked("music recognition", "What is the title of this music?", "title", audio_language="unknown"),
-    "mqa": Task("music question answering", START_OF_ANALYSIS, QUESTION, "short answer",
-                _OURS + "the AQA tags of evaluate_aqa.py", audio_language="en"),
+    "sid": _asked(
+        "singer identification", "Who is the singer?", "singer name", audio_language="unknown"
+    ),
+    "smer": _keyword(
+        "singer and music emotion recognition",
+        "<|emotion_recognition|>",
+        "emotion label",
+        _OURS + "released <|emotion_recognition|> on non-speech audio",
+        audio_language="unknown",
+    ),
+    "mc": Task(
+        "music captioning",
+        START_OF_ANALYSIS,
+        "<|caption|>",
+        "free-text description of the music",
+        _OURS + "released <|caption|> with <|music_description|>",
+        audio_language="unknown",
+        text_language="en",
+        instructions=("<|music_description|>",),
+    ),
+    "mic": _keyword(
+        "musical instrument classification",
+        "<|instrument|>",
+        "instrument name",
+        _OURS + "released <|instrument|>",
+        audio_language="unknown",
+    ),
+    "mna": _keyword(
+        "music note analysis",
+        "<|note_analysis|>",
+        "<|pitch|><|midi_pitch_N|><|velocity|><|midi_velocity_N|><|instrument|>name<|sonic|>q1, q2",
+        "eval_audio/evaluate_note_analysis.py",
+        audio_language="unknown",
+    ),
+    "mgr": _keyword(
+        "music genre recognition",
+        "<|song_meta|>",
+        "genre name",
+        _OURS + "released <|song_meta|>",
+        audio_language="unknown",
+    ),
+    "mr": _asked(
+        "music recognition", "What is the title of this music?", "title", audio_language="unknown"
+    ),
+    "mqa": Task(
+        "music question answering",
+        START_OF_ANALYSIS,
+        QUESTION,
+        "short answer",
+        _OURS + "the AQA tags of evaluate_aqa.py",
+        audio_language="en",
+    ),
 }
 
 
@@ -191,14 +347,20 @@ def task_prompt(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
     spec = TASKS[task]
-    audio_language = _check_language("audio_language", audio_language or spec.audio_language, AUDIO_LANGUAGES, task)
+    audio_language = _check_language(
+        "audio_language", audio_language or spec.audio_language, AUDIO_LANGUAGES, task
+    )
     tags = f"{spec.start}<|{audio_language}|>{spec.tag}"
     if spec.tag == QUESTION:
         if instruction is not None or text_language is not None:
-            raise ValueError(f"task {task!r} is asked as a question and takes no instruction or text_language")
+            raise ValueError(
+                f"task {task!r} is asked as a question and takes no instruction or text_language"
+            )
         question = question or spec.question
         if not question:
-            raise ValueError(f"task {task!r} needs question (the text between <|question|> and <|answer|>)")
+            raise ValueError(
+                f"task {task!r} needs question (the text between <|question|> and <|answer|>)"
+            )
         return f"{tags}{question}{ANSWER}"
     if question is not None:
         raise ValueError(f"task {task!r} takes no question")
@@ -208,7 +370,9 @@ def task_prompt(
     text_language = _check_language("text_language", text_language, TEXT_LANGUAGES, task)
     instruction = instruction or spec.instructions[0]
     if instruction not in spec.instructions:
-        raise ValueError(f"instruction {instruction!r} is not one of task {task!r}'s: {', '.join(spec.instructions)}")
+        raise ValueError(
+            f"instruction {instruction!r} is not one of task {task!r}'s: {', '.join(spec.instructions)}"
+        )
     timestamps = TIMESTAMPS if spec.timestamps else NO_TIMESTAMPS
     return f"{tags}<|{text_language}|>{timestamps}{instruction}"
 
@@ -228,9 +392,16 @@ def family_prompt(
     output-instruction tag too, so Qwen2-Audio reads no ``instruction``. Training (:func:`encode_task`) and
     evaluation (``Benchmark.prompt``) both ask through here, so a model is evaluated on the prompts it learned."""
     if family == "qwen2-audio":
-        return task_instruction(task, audio_language=audio_language, text_language=text_language, question=question)
-    return task_prompt(task, audio_language=audio_language, text_language=text_language, instruction=instruction,
-                       question=question)
+        return task_instruction(
+            task, audio_language=audio_language, text_language=text_language, question=question
+        )
+    return task_prompt(
+        task,
+        audio_language=audio_language,
+        text_language=text_language,
+        instruction=instruction,
+        question=question,
+    )
 
 
 def family_tasks(family: Family) -> Mapping[str, object]:
@@ -349,8 +520,14 @@ class ExampleBuilder:
         return Example(ids, labels, tuple(clips))
 
 
-def encode_text(tokenizer: Tokenizer, text: str, *, allowed_special: AllowedSpecial = "all",
-                load: AudioLoader = load_audio, max_length: int = MODEL_MAX_LENGTH) -> Example:
+def encode_text(
+    tokenizer: Tokenizer,
+    text: str,
+    *,
+    allowed_special: AllowedSpecial = "all",
+    load: AudioLoader = load_audio,
+    max_length: int = MODEL_MAX_LENGTH,
+) -> Example:
     """A raw release-style prompt (tags as text, ``<audio>PATH</audio>`` spans) as an Example.
 
     By default every special-token text is the token, as in the release.
@@ -385,8 +562,14 @@ def encode_task(
     audio.
     """
     items = [audio] if isinstance(audio, (str, Recording)) else list(audio)
-    prompt = family_prompt(tokenizer.family, task, audio_language=audio_language, text_language=text_language,
-                           instruction=instruction, question=question)
+    prompt = family_prompt(
+        tokenizer.family,
+        task,
+        audio_language=audio_language,
+        text_language=text_language,
+        instruction=instruction,
+        question=question,
+    )
     builder = ExampleBuilder(tokenizer, load)
     for item in items:
         builder.add_item(item)
@@ -395,8 +578,10 @@ def encode_task(
         held = _FINAL_TIMESTAMP.search(prompt)
         if held:
             if not target.startswith(held.group()):
-                raise ValueError(f"target of task {task!r} must start with {held.group()}, the prompt's last timestamp")
-            target = target[len(held.group()):]
+                raise ValueError(
+                    f"target of task {task!r} must start with {held.group()}, the prompt's last timestamp"
+                )
+            target = target[len(held.group()) :]
         builder.add_text(target, TASK_TOKENS, learn=True)
         builder.add([tokenizer.eod], learn=True)
     return builder.build(max_length, "target")
@@ -431,24 +616,34 @@ def format_timestamped_words(
 
     for index, word in enumerate(words):
         if not word.text or "<|" in word.text or "|>" in word.text:
-            raise ValueError(f"words[{index}].text {word.text!r} must be non-empty text without '<|' or '|>'")
+            raise ValueError(
+                f"words[{index}].text {word.text!r} must be non-empty text without '<|' or '|>'"
+            )
         if not (math.isfinite(word.start) and math.isfinite(word.end)) or word.start < 0:
-            raise ValueError(f"words[{index}] times ({word.start}, {word.end}) must be finite and >= 0")
+            raise ValueError(
+                f"words[{index}] times ({word.start}, {word.end}) must be finite and >= 0"
+            )
         if word.end < word.start:
             raise ValueError(f"words[{index}].end {word.end} is before its start {word.start}")
         if index and word.start < words[index - 1].end:
-            raise ValueError(f"words[{index}].start {word.start} is before words[{index - 1}].end "
-                             f"{words[index - 1].end}: words must be ordered and must not overlap")
+            raise ValueError(
+                f"words[{index}].start {word.start} is before words[{index - 1}].end "
+                f"{words[index - 1].end}: words must be ordered and must not overlap"
+            )
         start = round(word.start * 100)
         if start >= MAX_TIMESTAMP_CS:
-            raise ValueError(f"words[{index}].start {word.start} s lies beyond the 30 s the model hears")
+            raise ValueError(
+                f"words[{index}].start {word.start} s lies beyond the 30 s the model hears"
+            )
         end = min(round(word.end * 100), MAX_TIMESTAMP_CS)
         add_unit(word.text, start, end)
         previous_end = end
     if duration is not None:
         end = min(round(duration * 100), MAX_TIMESTAMP_CS)
         if end < previous_end:
-            raise ValueError(f"duration {duration} s ends before the last word ({previous_end / 100:.2f} s)")
+            raise ValueError(
+                f"duration {duration} s ends before the last word ({previous_end / 100:.2f} s)"
+            )
         if end - previous_end > silence:
             tokens.extend([SILENCE, timestamp_token(end / 100)])
     return "".join(tokens)
@@ -458,11 +653,15 @@ def parse_timestamped_words(text: str) -> list[TimedWord]:
     """Inverse of :func:`format_timestamped_words`: the words (``<|sil|>`` units dropped) with their times."""
     pieces = _TIMESTAMP.split(text.strip())  # [before, t0, unit, t1, unit, ..., tn, after]
     if len(pieces) < 3 or pieces[0] or pieces[-1]:
-        raise ValueError(f"timestamped text must start and end with a timestamp like <|0.00|>: {text!r}")
+        raise ValueError(
+            f"timestamped text must start and end with a timestamp like <|0.00|>: {text!r}"
+        )
     times = [float(t) for t in pieces[1::2]]
     for index, time in enumerate(times):
         if time > MAX_TIMESTAMP_CS / 100 or (index and time < times[index - 1]):
-            raise ValueError(f"timestamp <|{time:.2f}|> (number {index}) is beyond 30 s or before the one before it")
+            raise ValueError(
+                f"timestamp <|{time:.2f}|> (number {index}) is beyond 30 s or before the one before it"
+            )
     words = []
     for index, unit in enumerate(pieces[2:-1:2]):
         if not unit:
@@ -498,8 +697,9 @@ AUDIO_LABELS: dict[Family, AudioLabels] = {
 }
 
 
-def list_pieces(items: Sequence[Mapping[str, AudioItem]], family: Family = "qwen-audio",
-                audios_before: int = 0) -> list[str | AudioItem]:
+def list_pieces(
+    items: Sequence[Mapping[str, AudioItem]], family: Family = "qwen-audio", audios_before: int = 0
+) -> list[str | AudioItem]:
     """A user turn's items as ``[text, audio, text, ..., audio, text]``.
 
     Each audio is labelled as ``family`` labels it (:data:`AUDIO_LABELS`); text items stay as they
@@ -517,7 +717,9 @@ def list_pieces(items: Sequence[Mapping[str, AudioItem]], family: Family = "qwen
         elif "text" in item:
             pieces[-1] += item["text"]
         else:
-            raise ValueError(f"items[{index}] must have an 'audio' or a 'text' key, got {sorted(item)}")
+            raise ValueError(
+                f"items[{index}] must have an 'audio' or a 'text' key, got {sorted(item)}"
+            )
     return pieces
 
 
@@ -527,7 +729,8 @@ def from_list_format(
     """A user turn's items as text (:func:`list_pieces`), each audio as ``<audio>PATH</audio>``."""
     pieces = list_pieces(items, family, audios_before)
     return "".join(
-        f"{AUDIO_START}{piece}{AUDIO_END}" if index % 2 else piece for index, piece in enumerate(pieces)
+        f"{AUDIO_START}{piece}{AUDIO_END}" if index % 2 else piece
+        for index, piece in enumerate(pieces)
     )
 
 
@@ -561,8 +764,10 @@ def encode_chat(
         message = messages[index]
         expected = ("user", "assistant")[(index - has_system) % 2]
         if message.role != expected:
-            raise ValueError(f"messages[{index}].role is {message.role!r}; expected {expected!r} (turns alternate "
-                             "user/assistant after an optional leading system message)")
+            raise ValueError(
+                f"messages[{index}].role is {message.role!r}; expected {expected!r} (turns alternate "
+                "user/assistant after an optional leading system message)"
+            )
         if message.role == "assistant" and not isinstance(message.content, str):
             raise ValueError(f"messages[{index}].content: assistant turns are text, not item lists")
         builder.add([*newline, tokenizer.im_start, *tokenizer.encode(message.role), *newline])

@@ -17,7 +17,9 @@ _SPACE_BEFORE_PUNCTUATION = re.compile(r" ?([!,.?;:])")
 
 def check_language(language: str, field: str = "language") -> None:
     if language not in LANGUAGES:
-        raise ValueError(f"{field} {language!r} is not one of the released languages {', '.join(LANGUAGES)}")
+        raise ValueError(
+            f"{field} {language!r} is not one of the released languages {', '.join(LANGUAGES)}"
+        )
 
 
 def release_normalize(text: str, language: str) -> str:

@@ -63,27 +63,65 @@ def timestamp_token(seconds: float) -> str:
 # <|im_end|> and <|extra_0..204|>, and are the specials the release lets text in chat turns turn into.
 AUDIO_SPECIAL_TOKENS: tuple[str, ...] = (
     AUDIO_PAD,
-    START_OF_TRANSCRIPT, START_OF_ANALYSIS,
-    "<|translate|>", "<|transcribe|>", "<|caption|>", "<|keyword|>",
-    UNKNOWN_LANGUAGE, *(f"<|{language}|>" for language in LANGUAGES), "<|zh_tr|>",
-    NO_TIMESTAMPS, SILENCE, TIMESTAMPS,
+    START_OF_TRANSCRIPT,
+    START_OF_ANALYSIS,
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|caption|>",
+    "<|keyword|>",
+    UNKNOWN_LANGUAGE,
+    *(f"<|{language}|>" for language in LANGUAGES),
+    "<|zh_tr|>",
+    NO_TIMESTAMPS,
+    SILENCE,
+    TIMESTAMPS,
     *(f"<|{centiseconds / 100:.2f}|>" for centiseconds in range(MAX_TIMESTAMP_CS + 1)),
-    "<|caption_audiocaps|>", "<|caption_clotho|>", "<|audioset_ontology|>", "<|caption_plain|>",
-    "<|itn|>", "<|wo_itn|>",
-    "<|startofentityvalue|>", "<|endofentityvalue|>", "<|startofentitytype|>", "<|endofentitytype|>",
+    "<|caption_audiocaps|>",
+    "<|caption_clotho|>",
+    "<|audioset_ontology|>",
+    "<|caption_plain|>",
+    "<|itn|>",
+    "<|wo_itn|>",
+    "<|startofentityvalue|>",
+    "<|endofentityvalue|>",
+    "<|startofentitytype|>",
+    "<|endofentitytype|>",
     "<|named_entity_recognition|>",
-    "<|audio_grounding|>", "<|startofword|>", "<|endofword|>", "<|delim|>",
-    "<|emotion_recognition|>", "<|music_description|>", "<|note_analysis|>",
-    "<|pitch|>", *(f"<|midi_pitch_{i}|>" for i in range(128)),
-    "<|velocity|>", *(f"<|midi_velocity_{i}|>" for i in range(128)),
-    "<|sonic|>", "<|instrument|>", "<|speaker_meta|>", "<|song_meta|>",
-    "<|question|>", "<|answer|>", "<|choice|>", "<|scene|>", "<|event|>",
-    "<|vocal_classification|>", "<|speech_understanding|>", "<|scenario|>", "<|action|>", "<|entities|>",
+    "<|audio_grounding|>",
+    "<|startofword|>",
+    "<|endofword|>",
+    "<|delim|>",
+    "<|emotion_recognition|>",
+    "<|music_description|>",
+    "<|note_analysis|>",
+    "<|pitch|>",
+    *(f"<|midi_pitch_{i}|>" for i in range(128)),
+    "<|velocity|>",
+    *(f"<|midi_velocity_{i}|>" for i in range(128)),
+    "<|sonic|>",
+    "<|instrument|>",
+    "<|speaker_meta|>",
+    "<|song_meta|>",
+    "<|question|>",
+    "<|answer|>",
+    "<|choice|>",
+    "<|scene|>",
+    "<|event|>",
+    "<|vocal_classification|>",
+    "<|speech_understanding|>",
+    "<|scenario|>",
+    "<|action|>",
+    "<|entities|>",
     "<|speech_edit|>",
-    AUDIO_START, AUDIO_END,
+    AUDIO_START,
+    AUDIO_END,
 )
 SPECIAL_TOKENS: tuple[str, ...] = (
-    ENDOFTEXT, IM_START, IM_END, *(f"<|extra_{i}|>" for i in range(205)), *AUDIO_SPECIAL_TOKENS,
+    ENDOFTEXT,
+    IM_START,
+    IM_END,
+    *(f"<|extra_{i}|>" for i in range(205)),
+    *AUDIO_SPECIAL_TOKENS,
 )
 # Specials a task's output text may contain (timestamps, entity marks, MIDI notes ...): no audio markup.
 TASK_TOKENS: frozenset[str] = frozenset(AUDIO_SPECIAL_TOKENS) - {AUDIO_PAD, AUDIO_START, AUDIO_END}
@@ -130,7 +168,9 @@ class QwenAudioTokenizer:
 
     family = "qwen-audio"  # the model family whose prompts (task tags, chat audio labels) this vocabulary encodes
 
-    def __init__(self, mergeable_ranks: dict[bytes, int], name: str = "qwen_audio", path: str | None = None) -> None:
+    def __init__(
+        self, mergeable_ranks: dict[bytes, int], name: str = "qwen_audio", path: str | None = None
+    ) -> None:
         """``path``: the ranks file read, kept so a saved model folder can carry its tokenizer."""
         n_regular = len(mergeable_ranks)
         if not n_regular:
@@ -138,9 +178,14 @@ class QwenAudioTokenizer:
         if sorted(mergeable_ranks.values()) != list(range(n_regular)):
             raise ValueError(f"ranks of {name} must be exactly 0 ... {n_regular - 1}, each once")
         self.name, self.path = name, path
-        self.special_tokens = {token: n_regular + index for index, token in enumerate(SPECIAL_TOKENS)}
+        self.special_tokens = {
+            token: n_regular + index for index, token in enumerate(SPECIAL_TOKENS)
+        }
         self.encoding = tiktoken.Encoding(
-            name, pat_str=PAT_STR, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
+            name,
+            pat_str=PAT_STR,
+            mergeable_ranks=mergeable_ranks,
+            special_tokens=self.special_tokens,
         )
         self.n_regular = n_regular
         self.eod = self.special_tokens[ENDOFTEXT]
@@ -172,10 +217,14 @@ class QwenAudioTokenizer:
             resource = importlib.resources.files("dashscope") / "resources" / "qwen.tiktoken"
             data = resource.read_bytes()
         except (ModuleNotFoundError, FileNotFoundError) as err:
-            raise FileNotFoundError(f"the released qwen.tiktoken was not found ({err}); {hint}") from err
+            raise FileNotFoundError(
+                f"the released qwen.tiktoken was not found ({err}); {hint}"
+            ) from err
         digest = hashlib.sha256(data).hexdigest()
         if digest != RELEASED_SHA256:
-            raise ValueError(f"{resource} has sha256 {digest}, not the released {RELEASED_SHA256}; {hint}")
+            raise ValueError(
+                f"{resource} has sha256 {digest}, not the released {RELEASED_SHA256}; {hint}"
+            )
         return cls(_parse_ranks(data, str(resource)), name="qwen.tiktoken", path=str(resource))
 
     @classmethod
@@ -192,7 +241,9 @@ class QwenAudioTokenizer:
         if name == "demo":
             return cls.demo()
         if not os.path.isfile(name):
-            raise FileNotFoundError(f"tokenizer {os.fspath(name)!r} is neither 'released', 'demo' nor a ranks file")
+            raise FileNotFoundError(
+                f"tokenizer {os.fspath(name)!r} is neither 'released', 'demo' nor a ranks file"
+            )
         return cls.from_file(name)
 
     @property
@@ -204,7 +255,9 @@ class QwenAudioTokenizer:
         try:
             return self.special_tokens[token]
         except KeyError:
-            raise ValueError(f"{token!r} is not a special token of the Qwen-Audio vocabulary") from None
+            raise ValueError(
+                f"{token!r} is not a special token of the Qwen-Audio vocabulary"
+            ) from None
 
     def timestamp_id(self, seconds: float) -> int:
         """Id of the timestamp token nearest to ``seconds`` (0.01 s grid, 0.00 ... 30.00)."""
@@ -230,15 +283,20 @@ class QwenAudioTokenizer:
         """Tag-like text that is no special token (a typo such as ``<|xx|>``) stays text, as in the release, so
         parity holds; but where the caller reads tags from text, it most likely meant a tag: say so."""
         for tag in sorted(set(TAG_LIKE.findall(text)) - self.special_tokens.keys()):
-            warnings.warn(f"{tag} in the prompt is not a special token of the Qwen-Audio vocabulary; it is encoded "
-                          f"as plain text", stacklevel=3)
+            warnings.warn(
+                f"{tag} in the prompt is not a special token of the Qwen-Audio vocabulary; it is encoded "
+                f"as plain text",
+                stacklevel=3,
+            )
 
     def decode(self, ids: Sequence[int], audio_sources: Sequence[str] | None = None) -> str:
         """Text of ``ids``. With ``audio_sources``, each expanded audio span (``<audio>``, placeholders,
         ``</audio>``) is written back as ``<audio>SOURCE</audio>``, as the release's decoder does."""
         ids = list(map(int, ids))
         n_vocab = self.n_vocab
-        if ids and not (min(ids) >= 0 and max(ids) < n_vocab):  # one C pass: streams decode every token
+        if ids and not (
+            min(ids) >= 0 and max(ids) < n_vocab
+        ):  # one C pass: streams decode every token
             token_id = next(token_id for token_id in ids if not 0 <= token_id < n_vocab)
             raise ValueError(f"token id {token_id} is outside the vocabulary [0, {n_vocab})")
         if audio_sources is not None:
@@ -266,7 +324,9 @@ class QwenAudioTokenizer:
     def _restore_audio_sources(self, ids: list[int], sources: Sequence[str]) -> list[int]:
         pairs = self._audio_tag_pairs(ids)
         if len(pairs) != len(sources):
-            raise ValueError(f"ids hold {len(pairs)} audio spans but {len(sources)} audio_sources were given")
+            raise ValueError(
+                f"ids hold {len(pairs)} audio spans but {len(sources)} audio_sources were given"
+            )
         out: list[int] = []
         position = 0
         for (start, stop), source in zip(pairs, sources):
@@ -289,6 +349,7 @@ def _parse_ranks(data: bytes, name: str) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except (ValueError, binascii.Error) as err:
-            raise ValueError(f"{name}:{number}: expected 'base64(token) rank', got {line[:80]!r} ({err})") from err
+            raise ValueError(
+                f"{name}:{number}: expected 'base64(token) rank', got {line[:80]!r} ({err})"
+            ) from err
     return ranks
-

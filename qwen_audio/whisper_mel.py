@@ -30,9 +30,15 @@ def _mel_filters_cpu(n_mels: int) -> torch.Tensor:
     # float32 filterbank is 1.6e-7 off, which moves the 128-bin log-mel by 1.5e-5.
     from transformers.audio_utils import mel_filter_bank
 
-    filters = mel_filter_bank(num_frequency_bins=NUM_BINS, num_mel_filters=n_mels, min_frequency=0.0,
-                              max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney",
-                              mel_scale="slaney")
+    filters = mel_filter_bank(
+        num_frequency_bins=NUM_BINS,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=SAMPLE_RATE / 2,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     return torch.from_numpy(filters.T).float().contiguous()
 
 

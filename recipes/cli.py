@@ -21,8 +21,11 @@ LIGHTNING_CKPT_VALUES = ("last", "best", "hpc")
 
 class QwenAudioCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(PRINT_TRACEBACK, action="store_true",
-                            help=f"show the traceback of input errors too (or set {TRACEBACK_VARIABLE}=1)")
+        parser.add_argument(
+            PRINT_TRACEBACK,
+            action="store_true",
+            help=f"show the traceback of input errors too (or set {TRACEBACK_VARIABLE}=1)",
+        )
 
     def connect_datamodule(self) -> None:
         """Give the data module the model's tokenizer (a released ``init_from`` folder's own) and mel bins."""
@@ -34,8 +37,16 @@ class QwenAudioCLI(LightningCLI):
         A file that is missing, truncated or not a QwenAudioModule checkpoint is refused here, by name. Lightning
         would fail inside ``torch.load`` without naming it. ``last`` is resolved in :meth:`before_fit`.
         """
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if ckpt_path is None or ckpt_path in LIGHTNING_CKPT_VALUES or str(ckpt_path).startswith("registry"):
+        ckpt_path = (
+            self.config[self.config.subcommand].get("ckpt_path")
+            if self.config.get("subcommand")
+            else None
+        )
+        if (
+            ckpt_path is None
+            or ckpt_path in LIGHTNING_CKPT_VALUES
+            or str(ckpt_path).startswith("registry")
+        ):
             return None
         check_resumable(str(ckpt_path))
         return str(ckpt_path)
@@ -54,8 +65,10 @@ class QwenAudioCLI(LightningCLI):
         if arguments.get("ckpt_path") == "last":
             arguments["ckpt_path"] = newest_checkpoint(self.trainer)
             if arguments["ckpt_path"] is None:
-                rank_zero_warn(f"--ckpt_path last: no checkpoint in {checkpoint_folders(self.trainer)}; "
-                               "training starts from the beginning")
+                rank_zero_warn(
+                    f"--ckpt_path last: no checkpoint in {checkpoint_folders(self.trainer)}; "
+                    "training starts from the beginning"
+                )
             else:
                 check_resumable(arguments["ckpt_path"], self.model.hparams.preset)
 
@@ -69,8 +82,12 @@ class QwenAudioCLI(LightningCLI):
         self.connect_datamodule()
 
 
-def run(cli: type[LightningCLI], model_class: type, datamodule_class: type,
-        args: Sequence[str] | None = None) -> LightningCLI:
+def run(
+    cli: type[LightningCLI],
+    model_class: type,
+    datamodule_class: type,
+    args: Sequence[str] | None = None,
+) -> LightningCLI:
     """``cli(model_class, datamodule_class)`` on ``args`` (default: the command line), input errors reported."""
     argv = sys.argv[1:] if args is None else list(args)
     with input_errors_reported(print_traceback=PRINT_TRACEBACK in argv):

@@ -37,10 +37,13 @@ class EvaluateCLI(QwenAudioCLI):
         """
         ckpt_path = self.checked_ckpt_path()
         if ckpt_path and Path(ckpt_path).is_file():
-            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get(
+                "hyper_parameters", {}
+            )
             if "preset" in hparams:
                 self.config = self.parser.parse_object(
-                    {self.config.subcommand: {"model": {"preset": hparams["preset"]}}}, self.config)
+                    {self.config.subcommand: {"model": {"preset": hparams["preset"]}}}, self.config
+                )
 
 
 def main(args: list[str] | None = None) -> EvaluateCLI:

@@ -33,14 +33,18 @@ def read_corpus(path: Path) -> str:
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         tag, _, sentence = line.partition("\t")
         if tag not in CORPUS_TAGS or not sentence.strip():
-            raise ValueError(f"{path}:{number}: expected '<{'|'.join(CORPUS_TAGS)}><TAB><text>', got {line!r}")
+            raise ValueError(
+                f"{path}:{number}: expected '<{'|'.join(CORPUS_TAGS)}><TAB><text>', got {line!r}"
+            )
         sentences.append(sentence)
     return unicodedata.normalize("NFC", "\n".join(sentences) + "\n")
 
 
 def train_bpe(text: str, vocab_size: int) -> dict[bytes, int]:
     """Byte-level BPE ranks: the 256 bytes, then each new token in the order its merge was learned."""
-    words = collections.Counter(tuple(bytes([b]) for b in piece.encode()) for piece in regex.findall(PAT_STR, text))
+    words = collections.Counter(
+        tuple(bytes([b]) for b in piece.encode()) for piece in regex.findall(PAT_STR, text)
+    )
     ranks = {bytes([b]): b for b in range(256)}
     while len(ranks) < vocab_size:
         pairs: collections.Counter[tuple[bytes, bytes]] = collections.Counter()
@@ -48,7 +52,9 @@ def train_bpe(text: str, vocab_size: int) -> dict[bytes, int]:
             for pair in zip(word, word[1:]):
                 pairs[pair] += count
         if not pairs:
-            raise ValueError(f"the corpus supports only {len(ranks)} tokens, fewer than vocab_size {vocab_size}")
+            raise ValueError(
+                f"the corpus supports only {len(ranks)} tokens, fewer than vocab_size {vocab_size}"
+            )
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         ranks.setdefault(best[0] + best[1], len(ranks))
         words = collections.Counter({_merge(word, best): count for word, count in words.items()})
@@ -68,15 +74,19 @@ def _merge(word: tuple[bytes, ...], pair: tuple[bytes, bytes]) -> tuple[bytes, .
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--corpus", type=Path, default=ASSETS / "demo_corpus.txt")
     parser.add_argument("--output", type=Path, default=ASSETS / "demo.tiktoken")
     parser.add_argument("--vocab-size", type=int, default=4096)
     args = parser.parse_args()
     ranks = train_bpe(read_corpus(args.corpus), args.vocab_size)
     by_rank = sorted(ranks, key=ranks.__getitem__)
-    args.output.write_text("".join(f"{base64.b64encode(token).decode()} {ranks[token]}\n" for token in by_rank),
-                           encoding="ascii")
+    args.output.write_text(
+        "".join(f"{base64.b64encode(token).decode()} {ranks[token]}\n" for token in by_rank),
+        encoding="ascii",
+    )
     print(f"wrote {len(ranks)} ranks to {args.output} ({args.output.stat().st_size} bytes)")
 
 

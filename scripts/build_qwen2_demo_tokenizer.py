@@ -11,8 +11,9 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 from qwen_audio.qwen2_audio.tokenizer import DEMO_TOKENIZER_FILE, SPECIAL_TOKENS
 from qwen_audio.tokenizer import DEMO_RANKS_FILE, PAT_STR
 
-tokenizer = TikTokenConverter(vocab_file=str(DEMO_RANKS_FILE), pattern=PAT_STR,
-                              extra_special_tokens=list(SPECIAL_TOKENS)).converted()
+tokenizer = TikTokenConverter(
+    vocab_file=str(DEMO_RANKS_FILE), pattern=PAT_STR, extra_special_tokens=list(SPECIAL_TOKENS)
+).converted()
 tokenizer.normalizer = normalizers.NFC()
 tokenizer.save(str(DEMO_TOKENIZER_FILE))
 print(f"wrote {DEMO_TOKENIZER_FILE}: {tokenizer.get_vocab_size()} ids")

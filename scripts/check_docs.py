@@ -42,8 +42,12 @@ def tables(lines: Sequence[str]) -> Iterator[tuple[int, int]]:
         line = lines[index].strip()
         if line.startswith("```"):
             fenced = not fenced
-        elif (not fenced and line.startswith("|") and index + 1 < len(lines)
-              and SEPARATOR.match(lines[index + 1].strip())):
+        elif (
+            not fenced
+            and line.startswith("|")
+            and index + 1 < len(lines)
+            and SEPARATOR.match(lines[index + 1].strip())
+        ):
             last = index + 1
             while last + 1 < len(lines) and lines[last + 1].strip().startswith("|"):
                 last += 1
@@ -69,8 +73,15 @@ def source_problem(line: str) -> str | None:
     a commit."""
     if LINK.search(line):
         return None
-    missing = [name for name, pattern in (("a `command`", COMMAND), ("a date YYYY-MM-DD", DATE),
-                                          ("a commit", COMMIT)) if not pattern.search(line)]
+    missing = [
+        name
+        for name, pattern in (
+            ("a `command`", COMMAND),
+            ("a date YYYY-MM-DD", DATE),
+            ("a commit", COMMIT),
+        )
+        if not pattern.search(line)
+    ]
     if not missing:
         return None
     return f"its Source: line lacks {', '.join(missing)} (or a link to the entry that has them)"
@@ -86,9 +97,14 @@ def check(text: str) -> list[tuple[int, str]]:
             continue
         sources = [line for line in (above, below) if line.startswith(SOURCE)]
         if not sources:
-            problems.append((first + 1, f"table without a '{SOURCE}' paragraph right above or "
-                                        f"below it (or '{EXEMPT}' above it if it holds no "
-                                        "measured figure)"))
+            problems.append(
+                (
+                    first + 1,
+                    f"table without a '{SOURCE}' paragraph right above or "
+                    f"below it (or '{EXEMPT}' above it if it holds no "
+                    "measured figure)",
+                )
+            )
         elif all(source_problem(line) for line in sources):
             problems.append((first + 1, f"table whose {source_problem(sources[0])}"))
     return problems
@@ -96,8 +112,11 @@ def check(text: str) -> list[tuple[int, str]]:
 
 def main(root: Path = ROOT) -> int:
     paths = sorted(path for pattern in PATTERNS for path in root.glob(pattern))
-    problems = [f"{path.relative_to(root)}:{number}: {problem}"
-                for path in paths for number, problem in check(path.read_text(encoding="utf-8"))]
+    problems = [
+        f"{path.relative_to(root)}:{number}: {problem}"
+        for path in paths
+        for number, problem in check(path.read_text(encoding="utf-8"))
+    ]
     for problem in problems:
         print(problem, file=sys.stderr)
     print(f"check_docs: {len(paths)} files, {len(problems)} problems", file=sys.stderr)

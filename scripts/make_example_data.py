@@ -32,14 +32,18 @@ AUDIO_FOLDER = "example_audio"  # the wav files the cuts' recordings point at
 SILENCE = 0.1  # seconds before and after each utterance
 
 
-def speak(out: Path, name: str, count: int, rng: np.random.Generator) -> list[tuple[Path, str, list]]:
+def speak(
+    out: Path, name: str, count: int, rng: np.random.Generator
+) -> list[tuple[Path, str, list]]:
     """``count`` spoken digit strings as ``out/name-<i>.wav``: ``(path, text, word timings)`` each."""
     texts = [
         " ".join(DIGITS["en"][d] for d in rng.integers(0, 10, rng.integers(1, 5)))
         for _ in range(count)
     ]
     jobs = [
-        SpeechJob(text, str(out / f"{name}-{i:03d}.wav"), silence_before=SILENCE, silence_after=SILENCE)
+        SpeechJob(
+            text, str(out / f"{name}-{i:03d}.wav"), silence_before=SILENCE, silence_after=SILENCE
+        )
         for i, text in enumerate(texts)
     ]
     return [(Path(job.path), job.text, words) for job, words in zip(jobs, synthesize_files(jobs))]
@@ -50,11 +54,13 @@ def write_hf_dataset(folder: Path, splits: dict[str, list[tuple[Path, str, list]
     import datasets
 
     tables = {
-        split: datasets.Dataset.from_dict({
-            "audio": [{"bytes": path.read_bytes(), "path": path.name} for path, _, _ in clips],
-            "sentence": [text for _, text, _ in clips],
-            "locale": ["en"] * len(clips),
-        }).cast_column("audio", datasets.Audio())
+        split: datasets.Dataset.from_dict(
+            {
+                "audio": [{"bytes": path.read_bytes(), "path": path.name} for path, _, _ in clips],
+                "sentence": [text for _, text, _ in clips],
+                "locale": ["en"] * len(clips),
+            }
+        ).cast_column("audio", datasets.Audio())
         for split, clips in splits.items()
     }
     datasets.DatasetDict(tables).save_to_disk(str(folder))
@@ -65,12 +71,22 @@ def write_cuts(path: Path, clips: list[tuple[Path, str, list]]) -> None:
     from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
     from lhotse.supervision import AlignmentItem
 
-    recordings = [Recording.from_file(str(clip.resolve()), recording_id=clip.stem) for clip, _, _ in clips]
+    recordings = [
+        Recording.from_file(str(clip.resolve()), recording_id=clip.stem) for clip, _, _ in clips
+    ]
     supervisions = [
         SupervisionSegment(
-            f"{recording.id}-0", recording.id, start=0.0, duration=recording.duration, text=text,
+            f"{recording.id}-0",
+            recording.id,
+            start=0.0,
+            duration=recording.duration,
+            text=text,
             language="English",
-            alignment={"word": [AlignmentItem(word, start, round(end - start, 3)) for word, start, end in words]},
+            alignment={
+                "word": [
+                    AlignmentItem(word, start, round(end - start, 3)) for word, start, end in words
+                ]
+            },
         )
         for recording, (_, text, words) in zip(recordings, clips)
     ]
@@ -83,7 +99,9 @@ def write_cuts(path: Path, clips: list[tuple[Path, str, list]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="folder that receives the dataset, the cuts and their audio")
+    parser.add_argument(
+        "out", type=Path, help="folder that receives the dataset, the cuts and their audio"
+    )
     parser.add_argument("--train", type=int, default=24, help="training clips of each source")
     parser.add_argument("--test", type=int, default=8, help="test clips of the datasets folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -92,8 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     audio = args.out / AUDIO_FOLDER
     shutil.rmtree(audio, ignore_errors=True)
     audio.mkdir(parents=True)
-    hf_splits = {split: speak(audio, f"hf-{split}", count, rng)
-                 for split, count in (("train", args.train), ("test", args.test))}
+    hf_splits = {
+        split: speak(audio, f"hf-{split}", count, rng)
+        for split, count in (("train", args.train), ("test", args.test))
+    }
     write_hf_dataset(args.out / HF_FOLDER, hf_splits)
     for clips in hf_splits.values():  # their bytes are inside the dataset
         for path, _, _ in clips:

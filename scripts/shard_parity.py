@@ -42,21 +42,42 @@ def train(source: Path, root: Path, config: Path) -> tuple[dict[int, float], flo
     shutil.rmtree(root, ignore_errors=True)  # a log left by an earlier run would be read instead
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "recipes.pretrain", "fit", "--config", str(DEMO), "--config", str(config),
-         "--data.train", f"[{source}]", "--trainer.default_root_dir", str(root),
-         "--trainer.logger.init_args.save_dir", str(root)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True,
+        [
+            sys.executable,
+            "-m",
+            "recipes.pretrain",
+            "fit",
+            "--config",
+            str(DEMO),
+            "--config",
+            str(config),
+            "--data.train",
+            f"[{source}]",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.logger.init_args.save_dir",
+            str(root),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
     )
     seconds = time.perf_counter() - start
     log = root / "lightning_logs" / "version_0" / "metrics.csv"
-    losses = {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(log.open()) if row["train/loss"]}
+    losses = {
+        int(row["step"]): float(row["train/loss"])
+        for row in csv.DictReader(log.open())
+        if row["train/loss"]
+    }
     return losses, seconds
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--max_seconds", type=float, default=8.0, help="padded audio seconds per batch")
+    parser.add_argument(
+        "--max_seconds", type=float, default=8.0, help="padded audio seconds per batch"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("runs/shard_parity"))
     parser.add_argument("--every", type=int, default=50, help="steps between the rows printed")
     args = parser.parse_args(argv)
@@ -66,16 +87,21 @@ def main(argv: list[str] | None = None) -> None:
     config = workdir / "run.yaml"
     config.write_text(RUN_CONFIG.format(steps=args.steps, max_seconds=args.max_seconds))
     (manifest_losses, manifest_seconds), (shard_losses, shard_seconds) = (
-        train(source, workdir / f"from_{name}", config) for source, name in ((manifest, "manifest"), (shards, "shards"))
+        train(source, workdir / f"from_{name}", config)
+        for source, name in ((manifest, "manifest"), (shards, "shards"))
     )
     shared = sorted(manifest_losses.keys() & shard_losses.keys())
     gap = max(abs(manifest_losses[s] - shard_losses[s]) for s in shared)
-    print(f"\nmanifest {manifest}: {len(manifest_losses)} steps logged in {manifest_seconds:.0f} s; "
-          f"shards {shards}: {len(shard_losses)} steps in {shard_seconds:.0f} s")
+    print(
+        f"\nmanifest {manifest}: {len(manifest_losses)} steps logged in {manifest_seconds:.0f} s; "
+        f"shards {shards}: {len(shard_losses)} steps in {shard_seconds:.0f} s"
+    )
     print("\n| step | loss, manifest | loss, shards |\n|---|---|---|")
     for step in [s for s in shared if s % args.every == 0 or s == shared[-1]]:
         print(f"| {step} | {manifest_losses[step]:.6f} | {shard_losses[step]:.6f} |")
-    print(f"\nmaximum absolute difference over steps {shared[0]}-{shared[-1]} ({len(shared)} steps): {gap:.3g}")
+    print(
+        f"\nmaximum absolute difference over steps {shared[0]}-{shared[-1]} ({len(shared)} steps): {gap:.3g}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # trace the checkout this script lives in
-FAMILY_MODULES = {"qwen_audio.qwen2_audio.tokenizer": "qwen_audio.tokenizer",
-                  "qwen_audio.qwen2_audio.prompts": "qwen_audio.prompts"}
+FAMILY_MODULES = {
+    "qwen_audio.qwen2_audio.tokenizer": "qwen_audio.tokenizer",
+    "qwen_audio.qwen2_audio.prompts": "qwen_audio.prompts",
+}
 
 
 def layer_names() -> dict[str, str]:
@@ -106,8 +108,13 @@ def manifest_line_to_loss(folder: Path) -> Callable[[], None]:
     def run() -> None:
         batch = collate([encode_entry(entry, tokenizer)], tokenizer.eod)
         mel, mel_lengths = batch["audio_mel"], batch["audio_mel_lengths"]
-        output = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                       labels=batch["labels"], audio_mel=mel, audio_mel_lengths=mel_lengths)
+        output = model(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            audio_mel=mel,
+            audio_mel_lengths=mel_lengths,
+        )
         loss = output.loss
         assert torch.isfinite(loss)
 

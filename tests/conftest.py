@@ -20,8 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(config, items):
-    if "slurm" not in config.getoption("markexpr"):  # minutes of cluster jobs: only when asked for, with -m slurm
-        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("slurm")])
+    if "slurm" not in config.getoption(
+        "markexpr"
+    ):  # minutes of cluster jobs: only when asked for, with -m slurm
+        config.hook.pytest_deselected(
+            items=[item for item in items if item.get_closest_marker("slurm")]
+        )
         items[:] = [item for item in items if not item.get_closest_marker("slurm")]
     if torch.cuda.is_available():
         return
@@ -57,15 +61,32 @@ def _server(checkpoint: str, log: str, *options: str) -> Iterator[str]:
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "qwen_audio.serve", "--checkpoint", checkpoint, "--port", str(port),
-             "--device", "cpu", *options],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=os.path.dirname(log), start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "qwen_audio.serve",
+                "--checkpoint",
+                checkpoint,
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                *options,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=os.path.dirname(log),
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
         while True:
             assert process.poll() is None, f"the server exited: {open(log).read()}"
-            assert time.monotonic() < deadline, f"the server did not become healthy: {open(log).read()}"
+            assert time.monotonic() < deadline, (
+                f"the server did not become healthy: {open(log).read()}"
+            )
             try:
                 if httpx.get(f"{url}/health", timeout=5).text == "ok":
                     break

@@ -8,7 +8,14 @@ import torch
 import whisper
 from transformers import WhisperFeatureExtractor
 
-from qwen_audio.audio import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, pad_or_trim, spec_augment
+from qwen_audio.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    load_audio,
+    log_mel_spectrogram,
+    pad_or_trim,
+    spec_augment,
+)
 from qwen_audio.lengths import N_SAMPLES, audio_lengths
 from qwen_audio.whisper_mel import mel_filters
 
@@ -60,7 +67,9 @@ def test_stereo_is_averaged(tmp_path):
     t = np.arange(rate) / rate
     left, right = 0.5 * np.sin(2 * np.pi * 300 * t), 0.25 * np.sin(2 * np.pi * 1000 * t)
     soundfile.write(tmp_path / "s.wav", np.stack([left, right], axis=1), rate, subtype="FLOAT")
-    np.testing.assert_allclose(load_audio(tmp_path / "s.wav").numpy(), (left + right) / 2, atol=1e-6)
+    np.testing.assert_allclose(
+        load_audio(tmp_path / "s.wav").numpy(), (left + right) / 2, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("fmt,ext", [("OGG", "ogg"), ("MP3", "mp3")])
@@ -76,7 +85,9 @@ def test_lossy_formats_decode_to_the_tone(tmp_path, fmt, ext):
 
 def test_mel_filters_equal_whispers_shipped_filters():
     for n_mels in (80, 128):
-        torch.testing.assert_close(mel_filters(n_mels), whisper.audio.mel_filters("cpu", n_mels), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            mel_filters(n_mels), whisper.audio.mel_filters("cpu", n_mels), atol=1e-6, rtol=1e-5
+        )
 
 
 def test_thirty_second_clips_match_whisper_and_transformers():
@@ -86,7 +97,9 @@ def test_thirty_second_clips_match_whisper_and_transformers():
         ours = log_mel_spectrogram(audio)
         assert ours.shape == (80, 3000)
         torch.testing.assert_close(ours, _whisper_mel(audio), atol=1e-4, rtol=0)
-        hf = extractor(signal.astype(np.float32), sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+        hf = extractor(
+            signal.astype(np.float32), sampling_rate=SAMPLE_RATE, return_tensors="np"
+        ).input_features[0]
         torch.testing.assert_close(ours, torch.from_numpy(hf), atol=1e-4, rtol=0, msg=name)
 
 
@@ -97,12 +110,16 @@ def test_batch_normalises_each_example_by_its_own_maximum():
     for row, clip in zip(batch, (quiet, loud), strict=True):
         torch.testing.assert_close(row, _whisper_mel(clip), atol=1e-4, rtol=0)
     # Whisper on the stacked batch uses one maximum: the quiet clip then differs from running it alone.
-    assert (whisper.log_mel_spectrogram(torch.stack([quiet, loud]))[0] - _whisper_mel(quiet)).abs().max() > 0.1
+    assert (
+        whisper.log_mel_spectrogram(torch.stack([quiet, loud]))[0] - _whisper_mel(quiet)
+    ).abs().max() > 0.1
 
 
 def test_batch_of_thirty_second_clips_equals_whisper_clip_by_clip():
     """The DataLoader's case: each row within 1e-5 of openai-whisper on its clip, and bit-equal to the clip alone."""
-    clips = torch.stack([torch.from_numpy(signal).float() for signal in _signals(SAMPLE_RATE, 30.0).values()])
+    clips = torch.stack(
+        [torch.from_numpy(signal).float() for signal in _signals(SAMPLE_RATE, 30.0).values()]
+    )
     batch = log_mel_spectrogram(clips)
     assert batch.shape == (4, 80, 3000)
     for row, clip in zip(batch, clips, strict=True):
@@ -127,7 +144,11 @@ def test_non_finite_or_integer_audio_is_rejected():
 )
 def test_lengths_of_hand_worked_clips(seconds, mel, encoder, tokens):
     lengths = audio_lengths(round(seconds * SAMPLE_RATE))
-    assert (lengths.mel_frames, lengths.encoder_frames, lengths.audio_tokens) == (mel, encoder, tokens)
+    assert (lengths.mel_frames, lengths.encoder_frames, lengths.audio_tokens) == (
+        mel,
+        encoder,
+        tokens,
+    )
     assert lengths.span_tokens == tokens + 2
 
 
@@ -143,7 +164,9 @@ def test_lengths_agree_with_torch_conv_and_pool_arithmetic():
     pool = torch.nn.AvgPool1d(2, 2)
     for samples in [160, 320, 479, 480, 481, 12345, 16000, 99999, 479840, 480000]:
         lengths = audio_lengths(samples)
-        if samples > 200:  # shorter clips are too short for the centred STFT (whisper fails on them too)
+        if (
+            samples > 200
+        ):  # shorter clips are too short for the centred STFT (whisper fails on them too)
             assert log_mel_spectrogram(torch.zeros(samples) + 1e-3).shape[-1] == lengths.mel_frames
         frames = conv(torch.zeros(1, 1, lengths.mel_frames)).shape[-1]
         assert frames == lengths.encoder_frames
@@ -169,9 +192,15 @@ def test_bad_files_raise_audio_error_naming_the_file(tmp_path):
     (tmp_path / "garbage.wav").write_bytes(b"this is not audio at all" * 10)
     (tmp_path / "empty.flac").write_bytes(b"")
     soundfile.write(tmp_path / "zero.wav", np.zeros(0), 16000)
-    soundfile.write(tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2] * 100), 16000, subtype="FLOAT")
-    for name, message in [("garbage.wav", "cannot decode"), ("empty.flac", "cannot decode"),
-                          ("zero.wav", "no samples"), ("nan.wav", "NaN")]:
+    soundfile.write(
+        tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2] * 100), 16000, subtype="FLOAT"
+    )
+    for name, message in [
+        ("garbage.wav", "cannot decode"),
+        ("empty.flac", "cannot decode"),
+        ("zero.wav", "no samples"),
+        ("nan.wav", "NaN"),
+    ]:
         with pytest.raises(AudioError, match=message) as info:
             load_audio(tmp_path / name)
         assert name in str(info.value)
@@ -185,7 +214,9 @@ def test_clips_under_30_ms_are_refused_naming_the_file(tmp_path):
         soundfile.write(tmp_path / "ok.wav", np.full(samples, 0.1), rate)
         assert load_audio(tmp_path / "ok.wav").numel() == 480
         soundfile.write(tmp_path / "short.wav", np.full(samples - 1, 0.1), rate)
-        with pytest.raises(AudioError, match=r"short.wav lasts 29.9 ms, shorter than the 30 ms the encoder needs"):
+        with pytest.raises(
+            AudioError, match=r"short.wav lasts 29.9 ms, shorter than the 30 ms the encoder needs"
+        ):
             load_audio(tmp_path / "short.wav")
 
 
@@ -227,4 +258,6 @@ def test_encoder_input_of_a_short_clip_is_whispers_30_second_log_mel(samples):
     assert mel_length == samples // 160
     reference = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio))
     torch.testing.assert_close(mel, reference[:, : mel.shape[1]], atol=1e-5, rtol=0)
-    assert mel.shape[1] == min(3000, 2 * ((mel_length - 1) // 2 + 1) + 1)  # the frames an encoder may read
+    assert mel.shape[1] == min(
+        3000, 2 * ((mel_length - 1) // 2 + 1) + 1
+    )  # the frames an encoder may read

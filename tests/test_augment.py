@@ -85,12 +85,22 @@ def test_speed_shortens_the_audio_raises_its_pitch_and_scales_the_word_times():
     assert faster.words == (TimedWord("one", 0.0, 0.3), TimedWord("two", 0.5, 0.8))
     entry = _entry(0.9, (TimedWord("one", 0.0, 0.33), TimedWord("two", 0.45, 0.72)))
     slower, audio = augmenter.apply(Draw(speed=0.9), entry, _tone(440, 0.9))
-    assert len(audio) == RATE and slower.words == (TimedWord("one", 0.0, 0.367), TimedWord("two", 0.5, 0.8))
+    assert len(audio) == RATE and slower.words == (
+        TimedWord("one", 0.0, 0.367),
+        TimedWord("two", 0.5, 0.8),
+    )
 
 
 def test_rescale_keeps_word_ends_inside_the_new_duration_and_drops_the_offset():
     entry = ManifestEntry(
-        "a.wav", "srwt", "one", "en", "en", offset=2.0, duration=1.0, words=(TimedWord("one", 0.4, 1.0),)
+        "a.wav",
+        "srwt",
+        "one",
+        "en",
+        "en",
+        offset=2.0,
+        duration=1.0,
+        words=(TimedWord("one", 0.4, 1.0),),
     )
     scaled = rescale_times(
         entry, 1.0, 0.9999

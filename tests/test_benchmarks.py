@@ -59,17 +59,28 @@ def test_attention_full_cases_follow_the_model_shapes(bench):
     attention = bench("bench_attention")
     encoder, decoder = attention.full_cases(torch.Generator().manual_seed(0))
     # 1 s -> 100 mel frames -> 50 encoder frames; 30 s -> 1500 (the encoder's n_ctx); d = 20 x 64 = 1280
-    assert 50 <= int(encoder.lengths.min()) and int(encoder.lengths.max()) <= 1500 and not encoder.causal
+    assert (
+        50 <= int(encoder.lengths.min())
+        and int(encoder.lengths.max()) <= 1500
+        and not encoder.causal
+    )
     assert (encoder.heads, encoder.head_dim) == (20, 64)
-    assert 16 <= int(decoder.lengths.min()) and int(decoder.lengths.max()) <= 2048 and decoder.causal
+    assert (
+        16 <= int(decoder.lengths.min()) and int(decoder.lengths.max()) <= 2048 and decoder.causal
+    )
     assert (decoder.heads, decoder.head_dim) == (32, 128)
 
 
 def test_bench_attention_main_on_cpu(bench, capsys):
     bench("bench_attention").main(["--device", "cpu", "--repeats", "1"])
     output = capsys.readouterr().out
-    rows = table_rows(output, "| implementation | pass | ms | TFLOP/s (real tokens) | vs padded sdpa | max abs diff |")
-    assert len(rows) == 2 * (2 + 2 * 2)  # two cases: two skipped backends, sdpa and the reference x two passes
+    rows = table_rows(
+        output,
+        "| implementation | pass | ms | TFLOP/s (real tokens) | vs padded sdpa | max abs diff |",
+    )
+    assert len(rows) == 2 * (
+        2 + 2 * 2
+    )  # two cases: two skipped backends, sdpa and the reference x two passes
     skipped = {row[0] for row in rows if row[1].startswith("skipped")}
     assert skipped == {"varlen", "flash_attn"}
     assert all("needs CUDA" in row[1] for row in rows if row[1].startswith("skipped"))
@@ -85,8 +96,12 @@ def test_bench_train_step_updates_the_encoder_only(bench):
     train = bench("bench_train_step")
     config = QwenAudioConfig.from_name("tiny")
     torch.manual_seed(0)
-    module, optimizer = train.build_stage1(config, torch.device("cpu"), activation_checkpointing=False)
-    batch = train.stage1_batch(config, 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    module, optimizer = train.build_stage1(
+        config, torch.device("cpu"), activation_checkpointing=False
+    )
+    batch = train.stage1_batch(
+        config, 2, 2.0, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
     before = {name: p.detach().clone() for name, p in module.model.named_parameters()}
     loss = train.train_step(module, optimizer, batch)
     assert torch.isfinite(loss)
@@ -98,14 +113,18 @@ def test_bench_train_step_updates_the_encoder_only(bench):
     for ids, labels, length in zip(batch["input_ids"], batch["labels"], lengths, strict=True):
         end = int((ids == config.audio_end_id).nonzero())
         assert (labels[: end + 1] == -100).all() and (labels[length:] == -100).all()
-        assert end + 1 < length and torch.equal(labels[end + 1: length], ids[end + 1: length])
+        assert end + 1 < length and torch.equal(labels[end + 1 : length], ids[end + 1 : length])
 
 
 def test_bench_train_step_main_on_cpu(bench, capsys):
-    bench("bench_train_step").main(["--device", "cpu", "--repeats", "1", "--clips", "2", "--max-seconds", "2"])
+    bench("bench_train_step").main(
+        ["--device", "cpu", "--repeats", "1", "--clips", "2", "--max-seconds", "2"]
+    )
     output = capsys.readouterr().out
-    header = ("| configuration | ms / step | tokens / s | frames / s | TFLOP/s | MFU | "
-              "MFU (executed) | vs sdpa |")
+    header = (
+        "| configuration | ms / step | tokens / s | frames / s | TFLOP/s | MFU | "
+        "MFU (executed) | vs sdpa |"
+    )
     rows = table_rows(output, header)
     assert [row[0] for row in rows] == ["flash_attn", "varlen", "sdpa"]
     assert all(row[1].startswith("skipped") and "needs CUDA" in row[1] for row in rows[:2])
@@ -186,13 +205,26 @@ def test_mel_in_step_gives_the_dataloaders_features(bench):
 def test_bench_generate_main_agrees_with_transformers_and_the_growing_cache(bench, capsys):
     bench("bench_generate").main(["--device", "cpu", "--repeats", "1", "--new-tokens", "8"])
     output = capsys.readouterr().out
-    assert re.search(r"token agreement 100\.0%, rows identical 4/4; growing-cache tokens equal ours: True", output)
-    rows = table_rows(output, "| implementation | batch | ms / call | ms / token (per row) | new tokens / s "
-                              "| vs growing cache |")
-    static, growing = "qwen_audio generate (static cache)", "growing cache (torch.cat, sync per step; before issue 32)"
-    assert [(row[0], row[1]) for row in rows] == [(static, "4"), (growing, "4"),
-                                                  ("transformers Qwen2ForCausalLM.generate", "4"), (static, "1"),
-                                                  (growing, "1")]
+    assert re.search(
+        r"token agreement 100\.0%, rows identical 4/4; growing-cache tokens equal ours: True",
+        output,
+    )
+    rows = table_rows(
+        output,
+        "| implementation | batch | ms / call | ms / token (per row) | new tokens / s "
+        "| vs growing cache |",
+    )
+    static, growing = (
+        "qwen_audio generate (static cache)",
+        "growing cache (torch.cat, sync per step; before issue 32)",
+    )
+    assert [(row[0], row[1]) for row in rows] == [
+        (static, "4"),
+        (growing, "4"),
+        ("transformers Qwen2ForCausalLM.generate", "4"),
+        (static, "1"),
+        (growing, "1"),
+    ]
     assert all(float(row[2]) > 0 and float(row[4]) > 0 for row in rows)
     assert rows[1][5] == rows[4][5] == "1.00x"
 
@@ -272,37 +304,61 @@ def test_gpu_check_skips_steps_past_its_budget(tmp_path):
 
 def test_bench_generate_rejects_lengths_beyond_the_trained_context(bench):
     with pytest.raises(SystemExit):
-        bench("bench_generate").main(["--device", "cpu", "--prompt-tokens", "4", "2048", "--new-tokens", "8"])
+        bench("bench_generate").main(
+            ["--device", "cpu", "--prompt-tokens", "4", "2048", "--new-tokens", "8"]
+        )
 
 
 def test_bench_prefill_main_shows_the_last_position_logits_only(bench, capsys):
-    bench("bench_prefill").main(["--audio-seconds", "10"])  # 250 audio tokens + the tags: 252 positions
+    bench("bench_prefill").main(
+        ["--audio-seconds", "10"]
+    )  # 250 audio tokens + the tags: 252 positions
     output = capsys.readouterr().out
     assert "(252 positions)" in output and "in both arms" in output
-    rows = table_rows(output, "| prefill logits at | logits shape | logits MiB | peak MiB | peak vs every position |")
-    full = 252 * 155947 * 4 / 2**20  # 150 MiB, well above what the rest of a prefill holds (about 35 MiB)
-    assert [row[:3] for row in rows] == [["every position", "1 x 252 x 155947", f"{full:.1f}"],
-                                         ["last position", "1 x 155947", f"{155947 * 4 / 2**20:.1f}"]]
+    rows = table_rows(
+        output,
+        "| prefill logits at | logits shape | logits MiB | peak MiB | peak vs every position |",
+    )
+    full = (
+        252 * 155947 * 4 / 2**20
+    )  # 150 MiB, well above what the rest of a prefill holds (about 35 MiB)
+    assert [row[:3] for row in rows] == [
+        ["every position", "1 x 252 x 155947", f"{full:.1f}"],
+        ["last position", "1 x 155947", f"{155947 * 4 / 2**20:.1f}"],
+    ]
     every, last = (float(row[3]) for row in rows)
-    assert every >= full and last < every  # the full logits are resident at the peak; the lean arm's are not
+    assert (
+        every >= full and last < every
+    )  # the full logits are resident at the peak; the lean arm's are not
 
 
 def test_bench_startup_report_holds_each_command_against_import_torch(bench):
     startup = bench("bench_startup")
-    medians = {startup.BASELINE: 2.0, "python -m qwen_audio.generate --help": 3.0,
-               "python -m qwen_audio.chat --help": 3.2, "python -m qwen_audio.serve --help": 0.1}
+    medians = {
+        startup.BASELINE: 2.0,
+        "python -m qwen_audio.generate --help": 3.0,
+        "python -m qwen_audio.chat --help": 3.2,
+        "python -m qwen_audio.serve --help": 0.1,
+    }
     assert list(medians) == list(startup.COMMANDS)
     lines = startup.report(medians)
     assert lines[2] == "| `python -c 'import torch'` | 2.00 | 1.00x |  |"
-    assert lines[3] == "| `python -m qwen_audio.generate --help` | 3.00 | 1.50x | PASS |"  # the bound passes
+    assert (
+        lines[3] == "| `python -m qwen_audio.generate --help` | 3.00 | 1.50x | PASS |"
+    )  # the bound passes
     assert lines[4] == "| `python -m qwen_audio.chat --help` | 3.20 | 1.60x | MISS |"
-    assert lines[-1] == "target: `python -m qwen_audio.serve --help` 0.05x import torch (<= 1.5x): PASS"
+    assert (
+        lines[-1]
+        == "target: `python -m qwen_audio.serve --help` 0.05x import torch (<= 1.5x): PASS"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs the whole check")
 def test_gpu_check_without_cuda_says_so_and_writes_nothing():
     script = BENCHMARKS / "gpu_check.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # the whole script parses, not just its start
+    assert (
+        subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    )  # the whole script parses, not just its start
     results = (BENCHMARKS / "RESULTS.md").read_text()
     run = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
@@ -313,8 +369,10 @@ def test_gpu_check_without_cuda_says_so_and_writes_nothing():
 @pytest.mark.cuda
 def test_bench_attention_times_the_varlen_backend_on_cuda(bench, capsys):
     bench("bench_attention").main(["--device", "cuda", "--small", "--seed", "1"])
-    rows = table_rows(capsys.readouterr().out,
-                      "| implementation | pass | ms | TFLOP/s (real tokens) | vs padded sdpa | max abs diff |")
+    rows = table_rows(
+        capsys.readouterr().out,
+        "| implementation | pass | ms | TFLOP/s (real tokens) | vs padded sdpa | max abs diff |",
+    )
     varlen_forward = [row for row in rows if row[0] == "varlen" and row[1] == "forward"]
     assert len(varlen_forward) == 2  # encoder and decoder
     assert all(float(row[5]) < 3e-2 for row in varlen_forward)  # bf16 against SDPA per sequence
@@ -322,8 +380,12 @@ def test_bench_attention_times_the_varlen_backend_on_cuda(bench, capsys):
 
 @pytest.mark.cuda
 def test_bench_train_step_times_the_varlen_backend_on_cuda(bench, capsys):
-    bench("bench_train_step").main(["--device", "cuda", "--small", "--clips", "2", "--max-seconds", "2"])
-    rows = table_rows(capsys.readouterr().out,
-                      "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |")
+    bench("bench_train_step").main(
+        ["--device", "cuda", "--small", "--clips", "2", "--max-seconds", "2"]
+    )
+    rows = table_rows(
+        capsys.readouterr().out,
+        "| attention | ms / step | tokens / s | frames / s | TFLOP/s | MFU | MFU (executed) | vs sdpa |",
+    )
     varlen = next(row for row in rows if row[0] == "varlen")
     assert float(varlen[1]) > 0 and float(varlen[2]) > 0

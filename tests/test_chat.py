@@ -34,7 +34,9 @@ def canned(monkeypatch):
     calls, answers = [], []
 
     def fake_generate(model, input_ids, attention_mask, config, flags=None, **kwargs):
-        calls.append({"ids": input_ids[0].tolist(), "mask": attention_mask, "config": config, **kwargs})
+        calls.append(
+            {"ids": input_ids[0].tolist(), "mask": attention_mask, "config": config, **kwargs}
+        )
         if flags is not None:
             flags.append(None)  # the hallucination guard stops no row
         return [answers.pop(0)]
@@ -43,33 +45,48 @@ def canned(monkeypatch):
     return calls, answers
 
 
-STAND_IN = torch.nn.Linear(1, 1)  # chat() only asks the model for its device and mel bins once generate is replaced
+STAND_IN = torch.nn.Linear(
+    1, 1
+)  # chat() only asks the model for its device and mel bins once generate is replaced
 STAND_IN.config = QwenAudioConfig.from_name("qwen-audio")
 
 
 def test_two_turns_with_numbered_audios_give_the_released_chatml_ids(released, tmp_path, canned):
     calls, answers = canned
     dog, cat = write_wav(tmp_path / "dog.wav", 1.0, 0), write_wav(tmp_path / "cat.wav", 0.5, 1)
-    answers += [released.encode("It is a dog.") + [released.im_end, released.eod],
-                released.encode(" The first one. ") + [released.im_start, *released.encode("user")]]
+    answers += [
+        released.encode("It is a dog.") + [released.im_end, released.eod],
+        released.encode(" The first one. ") + [released.im_start, *released.encode("user")],
+    ]
 
     response, history = chat(STAND_IN, released, [{"audio": dog}, {"text": "What is it?"}])
     assert response == "It is a dog."
     assert history == [(f"Audio 1:<audio>{dog}</audio>\nWhat is it?", "It is a dog.")]
 
-    response, history = chat(STAND_IN, released, [{"audio": dog}, {"audio": cat}, {"text": "Which is louder?"}],
-                             history, config=GenerationConfig(max_new_tokens=8))
-    assert response == "The first one."  # cut at <|im_start|> although the config has no stop ids, stripped
+    response, history = chat(
+        STAND_IN,
+        released,
+        [{"audio": dog}, {"audio": cat}, {"text": "Which is louder?"}],
+        history,
+        config=GenerationConfig(max_new_tokens=8),
+    )
+    assert (
+        response == "The first one."
+    )  # cut at <|im_start|> although the config has no stop ids, stripped
     assert len(history) == 2 and history[1][1] == "The first one."
 
-    expected = (f"{SYSTEM}\n<|im_start|>user\nAudio 1:<audio>{dog}</audio>\nWhat is it?<|im_end|>\n"
-                f"<|im_start|>assistant\nIt is a dog.<|im_end|>\n"
-                f"<|im_start|>user\nAudio 1:<audio>{dog}</audio>\nAudio 2:<audio>{cat}</audio>\nWhich is louder?"
-                f"<|im_end|>\n<|im_start|>assistant\n")
+    expected = (
+        f"{SYSTEM}\n<|im_start|>user\nAudio 1:<audio>{dog}</audio>\nWhat is it?<|im_end|>\n"
+        f"<|im_start|>assistant\nIt is a dog.<|im_end|>\n"
+        f"<|im_start|>user\nAudio 1:<audio>{dog}</audio>\nAudio 2:<audio>{cat}</audio>\nWhich is louder?"
+        f"<|im_end|>\n<|im_start|>assistant\n"
+    )
     expected_ids = encode_text(released, expected, allowed_special=CHATML).ids
     assert calls[1]["ids"] == expected_ids
     assert expected_ids[:3] == [151644, 8948, 198]  # <|im_start|> "system" "\n"
-    assert expected_ids.count(155163) == 3 and expected_ids.count(151851) == 25 + 25 + 12  # 1 s, 1 s, 0.5 s
+    assert (
+        expected_ids.count(155163) == 3 and expected_ids.count(151851) == 25 + 25 + 12
+    )  # 1 s, 1 s, 0.5 s
     assert calls[1]["audio_mel_lengths"].tolist() == [100, 100, 50]
     assert calls[0]["config"] == GenerationConfig.chat(released)
     assert calls[0]["vocab_size"] == 155165
@@ -84,8 +101,12 @@ def test_oldest_turns_are_dropped_beyond_the_window(released, canned):
 
     answers += [[released.im_end]] * 3
     chat(STAND_IN, released, "third question", history, max_window_size=kept + 1)
-    assert calls[-1]["ids"] == released.encode(SYSTEM + turn.format(*history[1]) + query, allowed_special=CHATML)
-    chat(STAND_IN, released, "third question", history, max_window_size=kept)  # strictly under: nothing kept
+    assert calls[-1]["ids"] == released.encode(
+        SYSTEM + turn.format(*history[1]) + query, allowed_special=CHATML
+    )
+    chat(
+        STAND_IN, released, "third question", history, max_window_size=kept
+    )  # strictly under: nothing kept
     assert calls[-1]["ids"] == released.encode(SYSTEM + query, allowed_special=CHATML)
     chat(STAND_IN, released, "third question", history)  # the released 6144 keeps everything
     everything = SYSTEM + "".join(turn.format(*pair) for pair in history) + query
@@ -101,9 +122,10 @@ def reference_answer(model, tokenizer, query: str, max_new_tokens: int) -> str:
     while len(generated) < max_new_tokens:
         ids = torch.cat([batch.input_ids, torch.tensor([generated], dtype=torch.long)], dim=1)
         with torch.no_grad():
-            logits = model(ids, audio_mel=batch.audio_mel,
-                           audio_mel_lengths=batch.audio_mel_lengths).logits
-        token = int(logits[0, -1, :tokenizer.n_vocab].argmax())
+            logits = model(
+                ids, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths
+            ).logits
+        token = int(logits[0, -1, : tokenizer.n_vocab].argmax())
         if token in (tokenizer.im_end, tokenizer.im_start, tokenizer.eod):
             break
         generated.append(token)
@@ -142,8 +164,11 @@ def test_terminal_resets_and_quits(monkeypatch):
 def test_terminal_reports_a_missing_audio_and_goes_on_until_end_of_input(tmp_path):
     missing = tmp_path / "gone.wav"
     out = io.StringIO()
-    main(["--preset", "tiny", "--greedy", "--max-new-tokens", "2"],
-         io.StringIO(f"<audio>{missing}</audio>hi\nhello\n"), out)
+    main(
+        ["--preset", "tiny", "--greedy", "--max-new-tokens", "2"],
+        io.StringIO(f"<audio>{missing}</audio>hi\nhello\n"),
+        out,
+    )
     lines = out.getvalue().splitlines()
     # the next query was still answered, as if it were the first (the failed one is not in history)
     model, tokenizer = load_model(preset="tiny")

@@ -12,8 +12,10 @@ spec.loader.exec_module(check_docs)
 check = check_docs.check
 
 TABLE = "| run | WER % |\n|---|---|\n| a | 3.1 |\n| b | 4.2 |\n"
-FULL = ("Source: `python -m recipes.evaluate test --config demo.yaml`, 2026-12-04, commit b455f8a, "
-        "demo.yaml.\n")
+FULL = (
+    "Source: `python -m recipes.evaluate test --config demo.yaml`, 2026-12-04, commit b455f8a, "
+    "demo.yaml.\n"
+)
 SFT = "Source: `python -m recipes.sft fit`,"
 
 

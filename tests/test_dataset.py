@@ -21,8 +21,10 @@ from qwen_audio.prompts import IGNORE_INDEX
 
 BAD_AUDIO = {  # what the file holds -> what the error says (the header of each reads fine)
     "nan": (np.full(8000, np.nan, np.float32), "contains NaN or infinite samples"),
-    "inf": (np.concatenate([np.zeros(7999, np.float32), [np.inf]]).astype(np.float32),
-            "contains NaN or infinite samples"),
+    "inf": (
+        np.concatenate([np.zeros(7999, np.float32), [np.inf]]).astype(np.float32),
+        "contains NaN or infinite samples",
+    ),
     "silent": (np.zeros(8000, np.float32), "is silent: every sample of the clip is 0"),
 }
 
@@ -32,8 +34,12 @@ def manifest_with(tmp_path, kind: str):
     rng = np.random.default_rng(0)
     soundfile.write(tmp_path / "good.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
     bad = tmp_path / f"{kind}.wav"
-    soundfile.write(bad, BAD_AUDIO[kind][0] if kind in BAD_AUDIO else np.ones(8000, np.float32) * 0.1, 16000,
-                    subtype="FLOAT")
+    soundfile.write(
+        bad,
+        BAD_AUDIO[kind][0] if kind in BAD_AUDIO else np.ones(8000, np.float32) * 0.1,
+        16000,
+        subtype="FLOAT",
+    )
     path = tmp_path / "m.jsonl"
     line = '{{"audio": "{}", "task": "asr", "text": "one", "audio_language": "en", "text_language": "en"}}\n'
     path.write_text(line.format("good.wav") + line.format(bad.name))
@@ -43,8 +49,10 @@ def manifest_with(tmp_path, kind: str):
     return path, bad, entries
 
 
-@pytest.mark.parametrize("kind, reason", [(k, r) for k, (_, r) in BAD_AUDIO.items()]
-                         + [("garbled", "cannot decode audio file")])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [(k, r) for k, (_, r) in BAD_AUDIO.items()] + [("garbled", "cannot decode audio file")],
+)
 def test_unusable_audio_names_the_manifest_line_and_the_file(tmp_path, demo, kind, reason):
     path, bad, entries = manifest_with(tmp_path, kind)
     dataset = AudioTextDataset(entries, demo)
@@ -60,21 +68,32 @@ def test_skip_replaces_the_example_by_a_stand_in_that_adds_nothing_to_the_loss(t
     dataset = AudioTextDataset(entries, demo, on_error="skip")
     with pytest.warns(UserWarning, match=rf"^skipped: {path}:2: audio: .*nan.wav contains NaN"):
         stand_in = dataset[1]
-    assert stand_in.task == SKIPPED and stand_in.mels == [] and (stand_in.labels == IGNORE_INDEX).all()
+    assert (
+        stand_in.task == SKIPPED and stand_in.mels == [] and (stand_in.labels == IGNORE_INDEX).all()
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         again = dataset[1]
-    assert torch.equal(again.input_ids, stand_in.input_ids)  # the same stand-in every time: resume replays it
+    assert torch.equal(
+        again.input_ids, stand_in.input_ids
+    )  # the same stand-in every time: resume replays it
     torch.manual_seed(0)
     model = QwenAudio(QwenAudioConfig.from_name("tiny")).eval()
 
     def loss(samples):
         batch = collate(samples, demo.eod)
-        return model(batch["input_ids"], batch["audio_mel"], batch["audio_mel_lengths"],
-                     attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        return model(
+            batch["input_ids"],
+            batch["audio_mel"],
+            batch["audio_mel_lengths"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        ).loss
 
     with torch.no_grad():
-        assert loss([dataset[0], stand_in]).item() == pytest.approx(loss([dataset[0]]).item(), rel=1e-5)
+        assert loss([dataset[0], stand_in]).item() == pytest.approx(
+            loss([dataset[0]]).item(), rel=1e-5
+        )
 
 
 def test_cache_serves_the_first_load_and_decodes_each_file_once(tmp_path, demo, monkeypatch):
@@ -82,13 +101,20 @@ def test_cache_serves_the_first_load_and_decodes_each_file_once(tmp_path, demo, 
     path, _, entries = manifest_with(tmp_path, "loud")
     fresh = [AudioTextDataset(entries, demo)[i] for i in range(2)]
     decoded = []
-    monkeypatch.setattr("qwen_audio.data.dataset.load_audio", lambda p: decoded.append(p) or load_audio(p))
+    monkeypatch.setattr(
+        "qwen_audio.data.dataset.load_audio", lambda p: decoded.append(p) or load_audio(p)
+    )
     cached = AudioTextDataset(entries, demo, cache=True)
     for _ in range(2):  # two epochs
         for index, expected in enumerate(fresh):
             sample = cached[index]
-            assert torch.equal(sample.input_ids, expected.input_ids) and torch.equal(sample.labels, expected.labels)
-            assert torch.equal(sample.mels[0], expected.mels[0]) and sample.mel_lengths == expected.mel_lengths
+            assert torch.equal(sample.input_ids, expected.input_ids) and torch.equal(
+                sample.labels, expected.labels
+            )
+            assert (
+                torch.equal(sample.mels[0], expected.mels[0])
+                and sample.mel_lengths == expected.mel_lengths
+            )
     assert sorted(decoded) == sorted(e.audio for e in entries)
     AudioTextDataset(entries, demo)[0]
     assert len(decoded) == 3  # without the cache every access decodes again

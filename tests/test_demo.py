@@ -48,17 +48,23 @@ def corpus(tmp_path_factory):
 def fingerprint(manifests) -> dict[str, str]:
     """sha256 of every manifest and every audio file, by path relative to the corpus folder."""
     root = manifests["train"].parent
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---- the espeak-ng binding ------------------------------------------------------------------------------------------
+
 
 def test_english_words_and_timings():
     text = "the quick brown fox sleeps on the warm mat."
     samples, rate, words = synthesize(text, "en")
     assert samples.dtype == np.int16 and rate == 22050
-    assert [w for w, _, _ in words] == text.rstrip(".").split()  # "on the" is two words, not espeak's one
+    assert [w for w, _, _ in words] == text.rstrip(
+        "."
+    ).split()  # "on the" is two words, not espeak's one
     starts = [s for _, s, _ in words]
     assert starts[0] == 0.0 and all(a < b for a, b in zip(starts, starts[1:]))
     for (_, start, end), next_start in zip(words, starts[1:] + [len(samples) / rate], strict=True):
@@ -102,9 +108,13 @@ def test_rate_and_pitch_reach_the_synthesiser():
 def test_mandarin_words_cover_the_sentence():
     text = "今天天气很好，我们去公园散步吧。"
     samples, rate, words = synthesize(text, "cmn")
-    assert "".join(w for w, _, _ in words) == "".join(c for c in text if unicodedata.category(c)[0] != "P")
+    assert "".join(w for w, _, _ in words) == "".join(
+        c for c in text if unicodedata.category(c)[0] != "P"
+    )
     assert "很好" in [w for w, _, _ in words]  # one dictionary word, one event
-    assert all(a[1] < b[1] for a, b in zip(words, words[1:])) and words[-1][2] <= len(samples) / rate
+    assert (
+        all(a[1] < b[1] for a, b in zip(words, words[1:])) and words[-1][2] <= len(samples) / rate
+    )
 
 
 def test_synthesize_rejects_bad_arguments():
@@ -117,6 +127,7 @@ def test_synthesize_rejects_bad_arguments():
 
 
 # ---- the corpus -----------------------------------------------------------------------------------------------------
+
 
 def test_corpus_is_deterministic_and_cached(corpus, tmp_path):
     # built again after this process has synthesised other speech, and on another second of the clock (which
@@ -131,13 +142,18 @@ def test_corpus_is_deterministic_and_cached(corpus, tmp_path):
     other = build_demo_corpus(tmp_path, seed=1, size=SIZE)
     assert fingerprint(other)["train.jsonl"] != fingerprint(again)["train.jsonl"]
     # no staging folder is left
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"demo-{DEMO_VERSION}-seed{s}-size{SIZE}" for s in (0, 1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"demo-{DEMO_VERSION}-seed{s}-size{SIZE}" for s in (0, 1)
+    ]
 
 
 def test_refuses_a_folder_that_is_not_a_corpus(tmp_path):
     (tmp_path / f"demo-{DEMO_VERSION}-seed0-size1").mkdir()
     (tmp_path / f"demo-{DEMO_VERSION}-seed0-size1" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match=f"demo-{DEMO_VERSION}-seed0-size1 exists but holds no demo corpus built with"):
+    with pytest.raises(
+        ValueError,
+        match=f"demo-{DEMO_VERSION}-seed0-size1 exists but holds no demo corpus built with",
+    ):
         build_demo_corpus(tmp_path, seed=0, size=1)
 
 
@@ -168,10 +184,16 @@ def test_manifests_are_valid_and_sized(corpus):
 
 def test_speech_is_digit_strings_held_out_from_training(corpus):
     texts = {s: {e.text for e in read_manifest(corpus[s]) if e.task == "asr"} for s in SPLITS}
-    assert texts["test"] and not texts["test"] & texts["train"] and not texts["validation"] & texts["train"]
+    assert (
+        texts["test"]
+        and not texts["test"] & texts["train"]
+        and not texts["validation"] & texts["train"]
+    )
     for split, split_texts in texts.items():
         for text in split_texts:
-            words = text.split() if text.isascii() else list(text)  # English words, Mandarin characters
+            words = (
+                text.split() if text.isascii() else list(text)
+            )  # English words, Mandarin characters
             assert set(words) <= set(DIGITS["en"]) or set(words) <= set(DIGITS["zh"]), text
             # training has short strings too; the held-out ones stay 3 to 6 digits, as in earlier corpus versions
             assert (1 if split == "train" else 3) <= len(words) <= 6, (split, text)
@@ -184,9 +206,18 @@ def test_speech_has_silence_before_and_after(corpus):
             continue
         samples, rate = soundfile.read(entry.audio)
         assert SILENCE_BEFORE[0] - 1e-3 <= entry.words[0].start <= SILENCE_BEFORE[1] + 0.02
-        assert SILENCE_AFTER[0] - 1e-3 <= entry.duration - entry.words[-1].end <= SILENCE_AFTER[1] + 0.02
-        assert not samples[: int(SILENCE_BEFORE[0] * rate)].any() and not samples[-int(SILENCE_AFTER[0] * rate) :].any()
-        onset = np.flatnonzero(samples)[0] / rate  # espeak-ng may time a word a little before its first sound
+        assert (
+            SILENCE_AFTER[0] - 1e-3
+            <= entry.duration - entry.words[-1].end
+            <= SILENCE_AFTER[1] + 0.02
+        )
+        assert (
+            not samples[: int(SILENCE_BEFORE[0] * rate)].any()
+            and not samples[-int(SILENCE_AFTER[0] * rate) :].any()
+        )
+        onset = (
+            np.flatnonzero(samples)[0] / rate
+        )  # espeak-ng may time a word a little before its first sound
         assert entry.words[0].start - 1e-3 <= onset < entry.words[0].end
 
 
@@ -212,8 +243,12 @@ def test_fingerprint_is_the_hash_of_the_manifests_and_items(corpus, tmp_path):
     assert corpus_fingerprint(corpus) == hashlib.sha256(files).hexdigest()[:16]
     copy = shutil.copytree(folder, tmp_path / "copy")
     test = copy / "test.jsonl"
-    test.write_text(test.read_text().replace("midi_pitch_", "midi_pitch_1", 1))  # one target changed, as by other code
-    assert corpus_fingerprint({split: copy / f"{split}.jsonl" for split in SPLITS}) != corpus_fingerprint(corpus)
+    test.write_text(
+        test.read_text().replace("midi_pitch_", "midi_pitch_1", 1)
+    )  # one target changed, as by other code
+    assert corpus_fingerprint(
+        {split: copy / f"{split}.jsonl" for split in SPLITS}
+    ) != corpus_fingerprint(corpus)
 
 
 def test_mna_pitch_matches_the_midi_formula(corpus):
@@ -222,7 +257,9 @@ def test_mna_pitch_matches_the_midi_formula(corpus):
         for entry in read_manifest(corpus[split]):
             if entry.task != "mna":
                 continue
-            target = re.fullmatch(r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text)
+            target = re.fullmatch(
+                r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text
+            )
             midi, instrument = target.groups()
             assert instrument in INSTRUMENTS
             samples, rate = soundfile.read(entry.audio)
@@ -242,7 +279,9 @@ def test_aqa_answers_match_the_counted_events(corpus):
                 continue
             samples, rate = soundfile.read(entry.audio)
             frame = rate // 200  # 5 ms
-            envelope = np.abs(samples[: len(samples) // frame * frame]).reshape(-1, frame).max(axis=1)
+            envelope = (
+                np.abs(samples[: len(samples) // frame * frame]).reshape(-1, frame).max(axis=1)
+            )
             loud = envelope > 0.2 * envelope.max()
             onsets = np.flatnonzero(loud[1:] & ~loud[:-1]) + 1
             events = 1 + int(np.sum(np.diff(onsets) > 0.1 * 200)) if onsets.size else int(loud[0])
@@ -252,15 +291,28 @@ def test_aqa_answers_match_the_counted_events(corpus):
                 assert entry.text == NUMBER_WORDS[events - 1]
                 checked += 1
             else:
-                assert re.fullmatch(r"are there any (\w+)s\?", entry.question) and entry.text in ("yes", "no")
+                assert re.fullmatch(r"are there any (\w+)s\?", entry.question) and entry.text in (
+                    "yes",
+                    "no",
+                )
     assert checked >= 1
 
 
 def test_asc_labels_and_asset_labels(corpus):
     scenes = [e.text for s in SPLITS for e in read_manifest(corpus[s]) if e.task == "asc"]
     assert set(scenes) <= set(SCENES) and "babble" in scenes
-    labels = {line.split("\t", 1)[1] for line in SENTENCES_FILE.read_text().splitlines() if line.startswith("label\t")}
-    assert {*SCENES, *INSTRUMENTS, *NUMBER_WORDS, "yes", "no"} <= labels  # every target word is listed in the asset
+    labels = {
+        line.split("\t", 1)[1]
+        for line in SENTENCES_FILE.read_text().splitlines()
+        if line.startswith("label\t")
+    }
+    assert {
+        *SCENES,
+        *INSTRUMENTS,
+        *NUMBER_WORDS,
+        "yes",
+        "no",
+    } <= labels  # every target word is listed in the asset
     assert len(read_sentences()["en"]) > 100 and len(read_sentences()["zh"]) > 100
     assert json.loads((corpus["train"].parent / "corpus.json").read_text())["size"] == SIZE
 
@@ -299,9 +351,13 @@ def _items_from_manifests(manifests) -> dict[str, set[str]]:
         for entry in read_manifest(manifests[split]):
             if entry.task == "asr":
                 words = entry.text.split() if entry.audio_language == "en" else list(entry.text)
-                keys.add("digits:" + "".join(str(DIGITS[entry.audio_language].index(w)) for w in words))
+                keys.add(
+                    "digits:" + "".join(str(DIGITS[entry.audio_language].index(w)) for w in words)
+                )
             elif entry.task == "mna":
-                note = re.fullmatch(r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text)
+                note = re.fullmatch(
+                    r"<\|pitch\|><\|midi_pitch_(\d+)\|><\|instrument\|>(\w+)", entry.text
+                )
                 midi, instrument = note.groups()
                 keys.add(f"note:{instrument}:{midi}")
         items[split] = keys
@@ -311,7 +367,9 @@ def _items_from_manifests(manifests) -> dict[str, set[str]]:
 def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
     """Two sizes x two seeds: no validation or test digit string, note, babble sentence or AQA layout of one corpus
     is in the training split of any of them (split membership comes from the item, not from its position)."""
-    corpora = [build_demo_corpus(tmp_path, seed=seed, size=size) for seed in (0, 1) for size in (5, 21)]
+    corpora = [
+        build_demo_corpus(tmp_path, seed=seed, size=size) for seed in (0, 1) for size in (5, 21)
+    ]
     recorded = [json.loads((c["train"].parent / "items.json").read_text()) for c in corpora]
     read_back = [_items_from_manifests(c) for c in corpora]
     kinds = {key.split(":")[0] for items in recorded for split in SPLITS for key in items[split]}
@@ -349,4 +407,7 @@ def test_demo_names_resolve_to_the_files_the_builders_return():
     assert corpus.resolve("data/train.jsonl") == "data/train.jsonl"
     assert DemoChat(size=1).resolve("demo:test") == str(build_demo_chat(size=1)["test"])
     assert corpus_read(corpus, ["data/train.jsonl", "demo:train"]) is corpus
-    assert corpus_read(corpus, ["data/train.jsonl"]) is None and corpus_read(None, ["demo:train"]) is None
+    assert (
+        corpus_read(corpus, ["data/train.jsonl"]) is None
+        and corpus_read(None, ["demo:train"]) is None
+    )

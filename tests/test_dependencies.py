@@ -32,7 +32,11 @@ def test_private_api_exists(module, name):
 
 
 def test_trainer_counts_batches_where_the_data_module_reads_them():
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     assert trainer.fit_loop.epoch_loop.batch_progress.total.processed == 0
     assert type(trainer._checkpoint_connector).__name__ == "_CheckpointConnector"

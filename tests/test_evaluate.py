@@ -19,7 +19,13 @@ import torch
 from qwen_audio.checkpoint import save_pretrained
 from qwen_audio.config import ConfigError, QwenAudioConfig
 from qwen_audio.data.dataset import target_text
-from qwen_audio.data.demo import CORPUS_RECORD, DemoCorpus, build_demo_corpus, corpus_fingerprint, corpus_record
+from qwen_audio.data.demo import (
+    CORPUS_RECORD,
+    DemoCorpus,
+    build_demo_corpus,
+    corpus_fingerprint,
+    corpus_record,
+)
 from qwen_audio.data.demo.corpora import recorded_corpus
 from qwen_audio.data.manifest import ManifestError, read_manifest
 from qwen_audio.eval.datamodule import (
@@ -46,63 +52,144 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "recipes" / "configs" / "evaluate" / "demo.yaml"
 PAPER_CONFIG = REPO / "recipes" / "configs" / "evaluate" / "paper.yaml"
 # The paper's benchmarks through paper.yaml and --data.benchmark, and the demo through its own YAML.
-CONFIGS = [(PAPER_CONFIG, name) for name in BENCHMARKS if not name.startswith("demo_")] + [(DEMO_CONFIG, "demo")]
-DEMO_SOURCES = {"demo_asr_en", "demo_asr_zh", "demo_srwt_en", "demo_srwt_zh", "demo_mna", "demo_asc", "demo_aqa"}
+CONFIGS = [(PAPER_CONFIG, name) for name in BENCHMARKS if not name.startswith("demo_")] + [
+    (DEMO_CONFIG, "demo")
+]
+DEMO_SOURCES = {
+    "demo_asr_en",
+    "demo_asr_zh",
+    "demo_srwt_en",
+    "demo_srwt_zh",
+    "demo_mna",
+    "demo_asc",
+    "demo_aqa",
+}
 ROBUSTNESS_SOURCES = {
     f"demo_asr_{lang}_{row}" for lang in ("en", "zh") for row in ("noisy", "unseen")
 }
 
 # The prompt templates of QwenLM/Qwen-Audio eval_audio/evaluate_*.py, filled in by hand as each script fills them.
 RELEASE_PROMPTS = [
-    ("librispeech", "librispeech_test_clean", None,
-     "<audio>a.flac</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"),
-    ("aishell1", "aishell1_test", None,
-     "<audio>a.flac</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|notimestamps|><|wo_itn|>"),
-    ("aishell2", "aishell2_ios", None,
-     "<audio>a.flac</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|notimestamps|><|wo_itn|>"),
-    ("covost2", "covost2_fr_en_test", None,
-     "<audio>a.flac</audio><|startoftranscript|><|fr|><|translate|><|en|><|notimestamps|><|itn|>"),
-    ("clotho", "clotho", None,
-     "<audio>a.flac</audio><|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|><|caption_clotho|>"),
-    ("srwt", "aishell2", None,
-     "<audio>a.flac</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|timestamps|><|0.00|>"),
-    ("cochlscene", "cochlscene", None,
-     "<audio>a.flac</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>"),
-    ("tut2017", "tut2017", None,
-     "<audio>a.flac</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>"),
-    ("meld", "meld", None,
-     "<audio>a.flac</audio><|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|emotion_recognition|>"),
-    ("clothoaqa", "clothoaqa", "is it raining?",
-     "<audio>a.flac</audio><|startofanalysis|><|en|><|question|>is it raining?<|answer|>"),
-    ("vocalsound", "vocalsound", None,
-     "<audio>a.flac</audio><|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|vocal_classification|>"),
-    ("nsynth", "nsynth", None,
-     "<audio>a.flac</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|note_analysis|>"),
+    (
+        "librispeech",
+        "librispeech_test_clean",
+        None,
+        "<audio>a.flac</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>",
+    ),
+    (
+        "aishell1",
+        "aishell1_test",
+        None,
+        "<audio>a.flac</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|notimestamps|><|wo_itn|>",
+    ),
+    (
+        "aishell2",
+        "aishell2_ios",
+        None,
+        "<audio>a.flac</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|notimestamps|><|wo_itn|>",
+    ),
+    (
+        "covost2",
+        "covost2_fr_en_test",
+        None,
+        "<audio>a.flac</audio><|startoftranscript|><|fr|><|translate|><|en|><|notimestamps|><|itn|>",
+    ),
+    (
+        "clotho",
+        "clotho",
+        None,
+        "<audio>a.flac</audio><|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|><|caption_clotho|>",
+    ),
+    (
+        "srwt",
+        "aishell2",
+        None,
+        "<audio>a.flac</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|timestamps|><|0.00|>",
+    ),
+    (
+        "cochlscene",
+        "cochlscene",
+        None,
+        "<audio>a.flac</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>",
+    ),
+    (
+        "tut2017",
+        "tut2017",
+        None,
+        "<audio>a.flac</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>",
+    ),
+    (
+        "meld",
+        "meld",
+        None,
+        "<audio>a.flac</audio><|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|emotion_recognition|>",
+    ),
+    (
+        "clothoaqa",
+        "clothoaqa",
+        "is it raining?",
+        "<audio>a.flac</audio><|startofanalysis|><|en|><|question|>is it raining?<|answer|>",
+    ),
+    (
+        "vocalsound",
+        "vocalsound",
+        None,
+        "<audio>a.flac</audio><|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|><|vocal_classification|>",
+    ),
+    (
+        "nsynth",
+        "nsynth",
+        None,
+        "<audio>a.flac</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|note_analysis|>",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, source, question, expected", RELEASE_PROMPTS, ids=[p[0] for p in RELEASE_PROMPTS])
+@pytest.mark.parametrize(
+    "name, source, question, expected", RELEASE_PROMPTS, ids=[p[0] for p in RELEASE_PROMPTS]
+)
 def test_official_prompt_is_the_release_string(name, source, question, expected):
-    assert get_benchmark(name).prompt(BenchmarkItem("a.flac", "x", source, name, question)) == expected
+    assert (
+        get_benchmark(name).prompt(BenchmarkItem("a.flac", "x", source, name, question)) == expected
+    )
 
 
 # Qwen2-Audio's prompts after the audio: the "prompt" fields of the evaluation files named in QwenLM/Qwen2-Audio
 # eval_audio/EVALUATION.md (ASR, CoVoST2 with our language names, MELD, VocalSound) and its model card's caption.
 QWEN2_RELEASE_PROMPTS = [
-    ("librispeech", "librispeech_test_clean",
-     "<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>"),
-    ("aishell2", "aishell2_ios", "<audio>a.flac</audio>Detect the language and recognize the speech: <|zh|>"),
-    ("covost2", "covost2_en_de_test",
-     "<audio>a.flac</audio>Detect the language and translate the speech into German: <|en|>"),
+    (
+        "librispeech",
+        "librispeech_test_clean",
+        "<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>",
+    ),
+    (
+        "aishell2",
+        "aishell2_ios",
+        "<audio>a.flac</audio>Detect the language and recognize the speech: <|zh|>",
+    ),
+    (
+        "covost2",
+        "covost2_en_de_test",
+        "<audio>a.flac</audio>Detect the language and translate the speech into German: <|en|>",
+    ),
     ("meld", "meld", "<audio>a.flac</audio>Recognize the emotion with keywords in English:"),
-    ("vocalsound", "vocalsound", "<audio>a.flac</audio>Classify the human vocal sound to VocalSound in English:"),
+    (
+        "vocalsound",
+        "vocalsound",
+        "<audio>a.flac</audio>Classify the human vocal sound to VocalSound in English:",
+    ),
     ("clotho", "clotho", "<audio>a.flac</audio>Generate the caption in English:"),
 ]
 
 
-@pytest.mark.parametrize("name, source, expected", QWEN2_RELEASE_PROMPTS, ids=[p[0] for p in QWEN2_RELEASE_PROMPTS])
+@pytest.mark.parametrize(
+    "name, source, expected", QWEN2_RELEASE_PROMPTS, ids=[p[0] for p in QWEN2_RELEASE_PROMPTS]
+)
 def test_qwen2_audio_prompt_is_the_release_string(name, source, expected):
-    assert get_benchmark(name).prompt(BenchmarkItem("a.flac", "x", source, name), "qwen2-audio") == expected
+    assert (
+        get_benchmark(name).prompt(BenchmarkItem("a.flac", "x", source, name), "qwen2-audio")
+        == expected
+    )
 
 
 def test_qwen2_audio_prompt_refusals_name_the_task_and_field():
@@ -116,11 +203,27 @@ def test_qwen2_audio_prompt_refusals_name_the_task_and_field():
 
 def test_release_generation_lengths_and_batch_sizes():
     lengths = {name: BENCHMARKS[name].max_new_tokens for name, *_ in RELEASE_PROMPTS}
-    assert lengths == {"librispeech": 256, "aishell1": 256, "aishell2": 256, "covost2": 256, "clotho": 30,
-                       "srwt": 256, "cochlscene": 10, "tut2017": 10, "meld": 4, "clothoaqa": 4, "vocalsound": 4,
-                       "nsynth": 30}
+    assert lengths == {
+        "librispeech": 256,
+        "aishell1": 256,
+        "aishell2": 256,
+        "covost2": 256,
+        "clotho": 30,
+        "srwt": 256,
+        "cochlscene": 10,
+        "tut2017": 10,
+        "meld": 4,
+        "clothoaqa": 4,
+        "vocalsound": 4,
+        "nsynth": 30,
+    }
     assert {name for name, b in BENCHMARKS.items() if b.batch_size == 20} == {
-        "librispeech", "aishell1", "aishell2", "cochlscene", "tut2017"}  # EVALUATION.md; the others use 8
+        "librispeech",
+        "aishell1",
+        "aishell2",
+        "cochlscene",
+        "tut2017",
+    }  # EVALUATION.md; the others use 8
 
 
 @pytest.fixture
@@ -130,38 +233,74 @@ def clip(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, source, question", [("covost2", "covost2_fr_en_test", None),
-                                                    ("clothoaqa", "clothoaqa", "is it raining?")])
+@pytest.mark.parametrize(
+    "name, source, question",
+    [("covost2", "covost2_fr_en_test", None), ("clothoaqa", "clothoaqa", "is it raining?")],
+)
 def test_dataset_tokenizes_the_official_prompt(released, clip, name, source, question):
     """The ids fed to the model are the release's tokenization of the prompt text (special-token text = tokens)."""
     item = BenchmarkItem(str(clip), "x", source, name, question)
     sample = BenchmarkDataset([item], released)[0]
     waveform = sample.prompt.waveforms[0]
-    expected = encode_text(released, get_benchmark(name).prompt(item), load={str(clip): waveform}).ids
+    expected = encode_text(
+        released, get_benchmark(name).prompt(item), load={str(clip): waveform}
+    ).ids
     assert sample.prompt.ids == expected
 
 
 def _write_lines(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8"
+    )
     return path
 
 
 def test_reader_resolves_audio_against_the_file_folder(tmp_path, clip):
-    path = _write_lines(tmp_path / "eval.jsonl", [{"audio": "a.flac", "gt": "hello", "source": "librispeech_dev"}])
+    path = _write_lines(
+        tmp_path / "eval.jsonl", [{"audio": "a.flac", "gt": "hello", "source": "librispeech_dev"}]
+    )
     assert read_benchmark_file(path, "librispeech") == [
-        BenchmarkItem(str(clip), "hello", "librispeech_dev", "librispeech")]
+        BenchmarkItem(str(clip), "hello", "librispeech_dev", "librispeech")
+    ]
 
 
-@pytest.mark.parametrize("benchmark, bad_line, message", [
-    ("librispeech", {"audio": "a.flac", "source": "s"}, r"eval\.jsonl:2: gt: missing required field"),
-    ("librispeech", {"audio": "gone.flac", "gt": "x", "source": "s"}, r"eval\.jsonl:2: audio: file not found: .*gone"),
-    ("clothoaqa", {"audio": "a.flac", "gt": "yes", "source": "s"}, r"eval\.jsonl:2: question: missing required"),
-    ("clotho", {"audio": "a.flac", "gt": "one caption", "source": "s"}, r"eval\.jsonl:2: gt: must be a non-empty list"),
-    ("covost2", {"audio": "a.flac", "gt": "x", "source": "covost2_xx_en_test"}, r"eval\.jsonl:2: source: .*'xx'"),
-])
+@pytest.mark.parametrize(
+    "benchmark, bad_line, message",
+    [
+        (
+            "librispeech",
+            {"audio": "a.flac", "source": "s"},
+            r"eval\.jsonl:2: gt: missing required field",
+        ),
+        (
+            "librispeech",
+            {"audio": "gone.flac", "gt": "x", "source": "s"},
+            r"eval\.jsonl:2: audio: file not found: .*gone",
+        ),
+        (
+            "clothoaqa",
+            {"audio": "a.flac", "gt": "yes", "source": "s"},
+            r"eval\.jsonl:2: question: missing required",
+        ),
+        (
+            "clotho",
+            {"audio": "a.flac", "gt": "one caption", "source": "s"},
+            r"eval\.jsonl:2: gt: must be a non-empty list",
+        ),
+        (
+            "covost2",
+            {"audio": "a.flac", "gt": "x", "source": "covost2_xx_en_test"},
+            r"eval\.jsonl:2: source: .*'xx'",
+        ),
+    ],
+)
 def test_reader_stops_at_a_bad_line_naming_it(tmp_path, clip, benchmark, bad_line, message):
-    good = {"audio": "a.flac", "gt": ["a", "b"] if benchmark == "clotho" else "x", "source": "covost2_en_de_test",
-            "question": "is it raining?"}
+    good = {
+        "audio": "a.flac",
+        "gt": ["a", "b"] if benchmark == "clotho" else "x",
+        "source": "covost2_en_de_test",
+        "question": "is it raining?",
+    }
     path = _write_lines(tmp_path / "eval.jsonl", [good, bad_line])
     with pytest.raises(ManifestError, match=message):
         read_benchmark_file(path, benchmark)
@@ -173,9 +312,12 @@ def _prediction(benchmark: str, source: str, gt: str, response: str) -> Predicti
 
 def test_scores_are_grouped_by_source():
     predictions = [
-        _prediction("meld", "meld_a", "joy", "joy"), _prediction("meld", "meld_b", "sadness", "sadness"),
-        _prediction("meld", "meld_a", "anger", "joy"), _prediction("meld", "meld_a", "joy", "joy"),
-        _prediction("clothoaqa", "clotho_aqa", "yes", "no"), _prediction("clothoaqa", "clotho_aqa", "three", "three"),
+        _prediction("meld", "meld_a", "joy", "joy"),
+        _prediction("meld", "meld_b", "sadness", "sadness"),
+        _prediction("meld", "meld_a", "anger", "joy"),
+        _prediction("meld", "meld_a", "joy", "joy"),
+        _prediction("clothoaqa", "clotho_aqa", "yes", "no"),
+        _prediction("clothoaqa", "clotho_aqa", "three", "three"),
         _prediction("clothoaqa", "other_aqa", "yes", "yes"),
         _prediction("librispeech", "librispeech_test_clean", "a b c d", "a x c d"),
         _prediction("librispeech", "librispeech_test_other", "a b", "a b"),
@@ -186,12 +328,16 @@ def test_scores_are_grouped_by_source():
     scores = score_predictions(predictions, {"meld": ["sadness", "joy", "sadness", "anger"]})
     assert scores["meld"] == {
         "meld_a": {"count": 3, "accuracy": pytest.approx(2 / 3), "majority_accuracy": 0.0},
-        "meld_b": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0}}
+        "meld_b": {"count": 1, "accuracy": 1.0, "majority_accuracy": 1.0},
+    }
     # the yes/no column only for Clotho-AQA sources, as evaluate_aqa.py
     assert scores["clothoaqa"] == {
         "clotho_aqa": {"count": 2, "accuracy": 0.5, "binary_accuracy": 0.0},
-        "other_aqa": {"count": 1, "accuracy": 1.0}}
-    assert scores["librispeech"]["librispeech_test_clean"]["wer"] == pytest.approx(25.0)  # 1 of 4 words, in %
+        "other_aqa": {"count": 1, "accuracy": 1.0},
+    }
+    assert scores["librispeech"]["librispeech_test_clean"]["wer"] == pytest.approx(
+        25.0
+    )  # 1 of 4 words, in %
     assert scores["librispeech"]["librispeech_test_other"]["wer"] == 0.0
 
 
@@ -205,11 +351,15 @@ def test_paper_numbers_follow_the_source_split():
 
 
 def test_batches_hold_one_benchmark_and_cover_every_item_once_across_ranks():
-    items = [BenchmarkItem("a", "x", "s", name) for name in ["meld"] * 5 + ["nsynth"] * 3 + ["meld"]]
+    items = [
+        BenchmarkItem("a", "x", "s", name) for name in ["meld"] * 5 + ["nsynth"] * 3 + ["meld"]
+    ]
     ranks = [benchmark_batches(items, 2, rank, 3) for rank in range(3)]
     batches = [batch for rank in ranks for batch in rank]
     assert sorted(i for batch in batches for i in batch) == list(range(len(items)))
-    assert all(len({items[i].benchmark for i in batch}) == 1 and len(batch) <= 2 for batch in batches)
+    assert all(
+        len({items[i].benchmark for i in batch}) == 1 and len(batch) <= 2 for batch in batches
+    )
     assert benchmark_batches(items, None)[0] == [0, 1, 2, 3, 4, 8]  # meld's own batch size, 8
 
 
@@ -236,16 +386,33 @@ def demo_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QWEN_AUDIO_DEMO_DIR", str(root / "demo-corpus"))
-        torch.manual_seed(1234)  # not the run's seed: a model initialised by the run would differ from this one
+        torch.manual_seed(
+            1234
+        )  # not the run's seed: a model initialised by the run would differ from this one
         model = QwenAudio(QwenAudioConfig.from_name("tiny"))
         save_pretrained(model, root / "tiny", tokenizer_file=DEMO_RANKS_FILE)
         yield root, model
 
 
 def _run_demo(out: Path, *args: str) -> list[dict]:
-    main(["test", "--config", str(DEMO_CONFIG), "--data.corpus.size", "2", "--trainer.default_root_dir", str(out),
-          "--trainer.enable_progress_bar", "false", *args])
-    return [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    main(
+        [
+            "test",
+            "--config",
+            str(DEMO_CONFIG),
+            "--data.corpus.size",
+            "2",
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+            *args,
+        ]
+    )
+    return [
+        json.loads(line)
+        for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +427,16 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
     assert {p["source"] for p in predictions} == DEMO_SOURCES | ROBUSTNESS_SOURCES
     assert all(p["source"].startswith(p["benchmark"]) for p in predictions)
     assert all(isinstance(p["response"], str) for p in predictions)
-    assert all(p["audio"].split("/")[-2] == "test_" + p["source"].split("_")[-1]
-               for p in predictions if p["source"] in ROBUSTNESS_SOURCES)
-    assert all(p["gt"].startswith("<|0.00|>") for p in predictions if p["benchmark"].startswith("demo_srwt"))
+    assert all(
+        p["audio"].split("/")[-2] == "test_" + p["source"].split("_")[-1]
+        for p in predictions
+        if p["source"] in ROBUSTNESS_SOURCES
+    )
+    assert all(
+        p["gt"].startswith("<|0.00|>")
+        for p in predictions
+        if p["benchmark"].startswith("demo_srwt")
+    )
     assert all(p["question"] for p in predictions if p["benchmark"] == "demo_aqa")
     metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
     assert set(metrics) == DEMO_SOURCES
@@ -270,11 +444,15 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
         asr = name.startswith("demo_asr")
         rows = {f"{name}_{row}" for row in ("noisy", "unseen")} if asr else set()
         assert set(metrics[name]) == {name} | rows, name
-    expected = {"demo_asr_en": {"wer", "wer_whisper"}, "demo_asr_zh": {"cer"},
-                "demo_srwt_en": {"aas_ms", "aas_ms_release", "wer", "wer_whisper"},
-                "demo_srwt_zh": {"aas_ms", "aas_ms_release", "cer"},
-                "demo_mna": {"accuracy", "majority_accuracy"}, "demo_asc": {"accuracy", "majority_accuracy"},
-                "demo_aqa": {"accuracy", "majority_accuracy"}}
+    expected = {
+        "demo_asr_en": {"wer", "wer_whisper"},
+        "demo_asr_zh": {"cer"},
+        "demo_srwt_en": {"aas_ms", "aas_ms_release", "wer", "wer_whisper"},
+        "demo_srwt_zh": {"aas_ms", "aas_ms_release", "cer"},
+        "demo_mna": {"accuracy", "majority_accuracy"},
+        "demo_asc": {"accuracy", "majority_accuracy"},
+        "demo_aqa": {"accuracy", "majority_accuracy"},
+    }
     for name, keys in expected.items():
         assert set(metrics[name][name]) == {"count", *keys}, name
     counts = [scores["count"] for name in metrics for scores in metrics[name].values()]
@@ -311,9 +489,14 @@ def test_lightning_checkpoint_gives_the_weights(demo_env, folder_run):
     came from the checkpoint."""
     root, model = demo_env
     checkpoint = root / "tiny.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"preset": "tiny", "train": "all", "lr": 2e-3},
-                "pytorch-lightning_version": lightning.__version__}, checkpoint)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"preset": "tiny", "train": "all", "lr": 2e-3},
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        checkpoint,
+    )
     predictions = _run_demo(root / "from-ckpt", "--ckpt_path", str(checkpoint))
     assert predictions == folder_run[1]
 
@@ -333,22 +516,43 @@ def test_demo_evaluation_reads_the_corpus_the_export_records(demo_env, folder_ru
     (root / "recorded-run").mkdir()
     monkeypatch.chdir(root / "recorded-run")
     out = root / "recorded-run" / "runs" / "evaluate" / "demo"
-    main(["test", "--config", str(DEMO_CONFIG), "--model.checkpoint", str(folder), "--trainer.enable_progress_bar",
-          "false"])
-    predictions = [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    main(
+        [
+            "test",
+            "--config",
+            str(DEMO_CONFIG),
+            "--model.checkpoint",
+            str(folder),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    predictions = [
+        json.loads(line)
+        for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    ]
     assert [p["gt"] for p in predictions] == [p["gt"] for p in folder_run[1]]
 
 
-@pytest.mark.parametrize("asked, recorded", [
-    (dict(seed=1, demo_size=None), corpus_record(seed=0, size=2)),
-    (dict(seed=None, demo_size=48), corpus_record(seed=0, size=2)),
-    (dict(seed=None, demo_size=None), {**corpus_record(seed=0, size=2), "version": "2"}),
-])
+@pytest.mark.parametrize(
+    "asked, recorded",
+    [
+        (dict(seed=1, demo_size=None), corpus_record(seed=0, size=2)),
+        (dict(seed=None, demo_size=48), corpus_record(seed=0, size=2)),
+        (dict(seed=None, demo_size=None), {**corpus_record(seed=0, size=2), "version": "2"}),
+    ],
+)
 def test_demo_evaluation_refuses_another_corpus_than_the_recorded_one(demo_env, asked, recorded):
     root, _ = demo_env
-    folder = _recorded_export(root, f"mismatch-{asked['seed']}-{asked['demo_size']}-{recorded['version']}", recorded)
-    with pytest.raises(ConfigError, match=f"{CORPUS_RECORD}: the model was trained on the demo corpus"):
-        BenchmarkDataModule("demo", checkpoint=str(folder), corpus=DemoCorpus(asked["seed"], asked["demo_size"]))
+    folder = _recorded_export(
+        root, f"mismatch-{asked['seed']}-{asked['demo_size']}-{recorded['version']}", recorded
+    )
+    with pytest.raises(
+        ConfigError, match=f"{CORPUS_RECORD}: the model was trained on the demo corpus"
+    ):
+        BenchmarkDataModule(
+            "demo", checkpoint=str(folder), corpus=DemoCorpus(asked["seed"], asked["demo_size"])
+        )
     assert recorded_corpus(None, None, None) == (0, 48, None)  # no record: the defaults
 
 
@@ -357,10 +561,15 @@ def test_demo_evaluation_refuses_a_corpus_that_other_code_built(demo_env):
     the cache (session 11: notes an octave higher were scored on a cached corpus of the old notes)."""
     root, _ = demo_env
     record = corpus_record(seed=0, size=2)
-    same = _recorded_export(root, "fingerprint-same",
-                            {**record, "fingerprint": corpus_fingerprint(build_demo_corpus(seed=0, size=2))})
+    same = _recorded_export(
+        root,
+        "fingerprint-same",
+        {**record, "fingerprint": corpus_fingerprint(build_demo_corpus(seed=0, size=2))},
+    )
     BenchmarkDataModule("demo", checkpoint=str(same), corpus=DemoCorpus()).prepare_data()
     other = _recorded_export(root, "fingerprint-other", {**record, "fingerprint": "0" * 16})
-    with pytest.raises(ConfigError, match="has fingerprint [0-9a-f]{16}, but the model was trained on one of "
-                                          "fingerprint 0{16}"):
+    with pytest.raises(
+        ConfigError,
+        match="has fingerprint [0-9a-f]{16}, but the model was trained on one of fingerprint 0{16}",
+    ):
         BenchmarkDataModule("demo", checkpoint=str(other), corpus=DemoCorpus()).prepare_data()

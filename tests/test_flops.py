@@ -22,18 +22,22 @@ CUDA = torch.device("cuda")
 def gpu_named(monkeypatch):
     def name(value: str) -> None:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: value)
+
     return name
 
 
-@pytest.mark.parametrize(("name", "peak"), [
-    ("NVIDIA H200", 1979e12 / 2),
-    ("NVIDIA H200 NVL", 1671e12 / 2),
-    ("NVIDIA H100 80GB HBM3", 1979e12 / 2),
-    ("NVIDIA H100 PCIe", 1513e12 / 2),
-    ("NVIDIA H100 NVL", 1671e12 / 2),
-    ("NVIDIA A100-SXM4-80GB", 624e12 / 2),
-    ("Tesla T4", None),
-])
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H200", 1979e12 / 2),
+        ("NVIDIA H200 NVL", 1671e12 / 2),
+        ("NVIDIA H100 80GB HBM3", 1979e12 / 2),
+        ("NVIDIA H100 PCIe", 1513e12 / 2),
+        ("NVIDIA H100 NVL", 1671e12 / 2),
+        ("NVIDIA A100-SXM4-80GB", 624e12 / 2),
+        ("Tesla T4", None),
+    ],
+)
 def test_peak_of_a_mocked_device_name(gpu_named, name, peak):
     gpu_named(name)
     found = bf16_peak_flops(CUDA)
@@ -45,8 +49,14 @@ def test_no_peak_on_cpu():
 
 
 def _trainer(precision: str, plugin: Precision) -> SimpleNamespace:
-    return SimpleNamespace(precision=precision, precision_plugin=plugin, strategy=SimpleNamespace(root_device=CUDA),
-                           enable_validation=False, world_size=1, state=SimpleNamespace(stage=RunningStage.TRAINING))
+    return SimpleNamespace(
+        precision=precision,
+        precision_plugin=plugin,
+        strategy=SimpleNamespace(root_device=CUDA),
+        enable_validation=False,
+        world_size=1,
+        state=SimpleNamespace(stage=RunningStage.TRAINING),
+    )
 
 
 def test_token_throughput_logs_mfu_on_an_h200(gpu_named):

@@ -32,12 +32,26 @@ TIMEOUT = 600
 
 def batches(tmp_path: Path) -> list[dict]:
     """One batch of a text-only conversation and one of a conversation with a clip."""
-    soundfile.write(tmp_path / "c.wav", np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32), 16000)
+    soundfile.write(
+        tmp_path / "c.wav", np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32), 16000
+    )
     found = []
-    for name, content in (("text", [{"text": "q0"}]), ("audio", [{"audio": "c.wav"}, {"text": "q1"}])):
+    for name, content in (
+        ("text", [{"text": "q0"}]),
+        ("audio", [{"audio": "c.wav"}, {"text": "q1"}]),
+    ):
         path = tmp_path / f"{name}.jsonl"
-        path.write_text(json.dumps({"messages": [{"role": "user", "content": content},
-                                                 {"role": "assistant", "content": "a b"}]}) + "\n")
+        path.write_text(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": content},
+                        {"role": "assistant", "content": "a b"},
+                    ]
+                }
+            )
+            + "\n"
+        )
         data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64)
         data.connect(QwenAudioTokenizer.demo(), n_mels=80)
         data.setup("fit")
@@ -51,7 +65,9 @@ def module(mesh=None) -> QwenAudioModule:
     torch.manual_seed(0)
     lit = QwenAudioModule(preset="tiny", train="all")
     lit._device_mesh = mesh  # what ModelParallelStrategy hands the module before configure_model
-    lit.trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False)  # read for the dtype
+    lit.trainer = L.Trainer(
+        accelerator="cpu", devices=1, precision="32-true", logger=False
+    )  # read for the dtype
     lit.configure_model()
     return lit
 
@@ -61,26 +77,44 @@ def loss_of(lit: QwenAudioModule, batch: dict) -> torch.Tensor:
 
 
 def rank_step(rank: int, init_file: str, data: list[dict], out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=2,
+        timeout=timedelta(seconds=60),
+    )
     torch.set_num_threads(1)
-    lit = module(init_device_mesh("cpu", (2, 1), mesh_dim_names=("data_parallel", "tensor_parallel")))
+    lit = module(
+        init_device_mesh("cpu", (2, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
+    )
     loss = loss_of(lit, data[rank])
     loss.backward()
-    grads = {name: p.grad.full_tensor() for name, p in lit.model.named_parameters() if p.grad is not None}
+    grads = {
+        name: p.grad.full_tensor() for name, p in lit.model.named_parameters() if p.grad is not None
+    }
     torch.save({"loss": loss.detach(), "grads": grads}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
 def test_a_text_only_rank_and_an_audio_rank_step_together_as_one_process_would(tmp_path):
     data = batches(tmp_path)
-    context = mp.start_processes(rank_step, args=(str(tmp_path / "init"), data, str(tmp_path)), nprocs=2,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(
+        rank_step,
+        args=(str(tmp_path / "init"), data, str(tmp_path)),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
     deadline = time.monotonic() + TIMEOUT
     try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):  # True once both have ended
+        while not context.join(
+            timeout=max(deadline - time.monotonic(), 0.1)
+        ):  # True once both have ended
             if time.monotonic() > deadline:
-                pytest.fail(f"the two ranks did not finish their step in {TIMEOUT} s (a collective out of step)")
+                pytest.fail(
+                    f"the two ranks did not finish their step in {TIMEOUT} s (a collective out of step)"
+                )
     finally:
         for process in context.processes:
             if process.is_alive():

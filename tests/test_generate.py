@@ -32,13 +32,17 @@ ASR = "<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>
 SR = 16000
 
 
-def write_wav(path, seconds: float, seed: int, silences: tuple[tuple[float, float], ...] = ()) -> str:
+def write_wav(
+    path, seconds: float, seed: int, silences: tuple[tuple[float, float], ...] = ()
+) -> str:
     """Noise plus a tone; ``silences`` are (start, end) seconds set to exact zeros."""
     rng = np.random.default_rng(seed)
     n = round(seconds * SR)
-    audio = 0.1 * rng.standard_normal(n) + 0.2 * np.sin(2 * np.pi * (200 + 50 * seed) * np.arange(n) / SR)
+    audio = 0.1 * rng.standard_normal(n) + 0.2 * np.sin(
+        2 * np.pi * (200 + 50 * seed) * np.arange(n) / SR
+    )
     for start, end in silences:
-        audio[round(start * SR):round(end * SR)] = 0.0
+        audio[round(start * SR) : round(end * SR)] = 0.0
     soundfile.write(path, audio.astype(np.float32), SR)
     return str(path)
 
@@ -46,8 +50,10 @@ def write_wav(path, seconds: float, seed: int, silences: tuple[tuple[float, floa
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("clips")
-    return {name: write_wav(folder / f"{name}.wav", seconds, seed)
-            for seed, (name, seconds) in enumerate({"a": 1.0, "b": 0.7, "c": 2.3}.items())}
+    return {
+        name: write_wav(folder / f"{name}.wav", seconds, seed)
+        for seed, (name, seconds) in enumerate({"a": 1.0, "b": 0.7, "c": 2.3}.items())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +73,16 @@ def prompts(clips: dict[str, str]) -> list[str]:
 
 def run(model, tokenizer, texts, config, **kwargs) -> list[list[int]]:
     batch = encode_prompts(tokenizer, texts, 8192)
-    return generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                    audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths, **kwargs)
+    return generate(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        config,
+        vocab_size=tokenizer.n_vocab,
+        audio_mel=batch.audio_mel,
+        audio_mel_lengths=batch.audio_mel_lengths,
+        **kwargs,
+    )
 
 
 def full_logits(model, tokenizer, prompt: str, generated: list[int]) -> torch.Tensor:
@@ -77,7 +91,7 @@ def full_logits(model, tokenizer, prompt: str, generated: list[int]) -> torch.Te
     ids = torch.cat([batch.input_ids, torch.tensor([generated], dtype=torch.long)], dim=1)
     with torch.no_grad():
         out = model(ids, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
-    return out.logits[0, -1, :tokenizer.n_vocab]
+    return out.logits[0, -1, : tokenizer.n_vocab]
 
 
 GREEDY = GenerationConfig(max_new_tokens=6)
@@ -113,8 +127,13 @@ def test_stop_ids_end_generation_and_are_not_returned(model64, demo, clips, alon
     free = alone[0]
     stop_at = _first_new_token_index(free)
     steps = []
-    (stopped,) = run(model64, demo, prompts(clips)[:1], replace(GREEDY, stop_ids=(free[stop_at],)),
-                     streamer=steps.append)
+    (stopped,) = run(
+        model64,
+        demo,
+        prompts(clips)[:1],
+        replace(GREEDY, stop_ids=(free[stop_at],)),
+        streamer=steps.append,
+    )
     assert stopped == free[:stop_at]
     assert steps == [[t] for t in free[:stop_at]] + [[None]]
 
@@ -131,8 +150,10 @@ def test_min_new_tokens_suppresses_the_stop_until_reached(model64, demo, clips, 
     prompt, free = prompts(clips)[0], alone[0]
     stop_at = _first_new_token_index(free)
     stop = free[stop_at]
-    (out,) = run(model64, demo, [prompt], replace(GREEDY, min_new_tokens=stop_at + 2, stop_ids=(stop,)))
-    assert len(out) >= stop_at + 2 and stop not in out[:stop_at + 2]
+    (out,) = run(
+        model64, demo, [prompt], replace(GREEDY, min_new_tokens=stop_at + 2, stop_ids=(stop,))
+    )
+    assert len(out) >= stop_at + 2 and stop not in out[: stop_at + 2]
     assert out[:stop_at] == free[:stop_at]
     logits = full_logits(model64, demo, prompt, out[:stop_at])
     logits[stop] = -math.inf  # at the step where the stop was the argmax, the runner-up follows
@@ -149,12 +170,17 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ(model64, demo, clips):
 
 @pytest.mark.parametrize("narrow", [{"top_k": 1}, {"top_p": 1e-9}])
 def test_sampling_from_only_the_best_token_is_greedy(model64, demo, clips, alone, narrow):
-    assert run(model64, demo, prompts(clips), replace(GREEDY, do_sample=True, seed=3, **narrow)) == alone
+    assert (
+        run(model64, demo, prompts(clips), replace(GREEDY, do_sample=True, seed=3, **narrow))
+        == alone
+    )
 
 
 def test_repetition_penalty_matches_a_hand_applied_penalty_on_full_logits(model64, demo, clips):
     texts, penalty = [prompts(clips)[0], prompts(clips)[2]], 1.3
-    outputs = run(model64, demo, texts, GenerationConfig(max_new_tokens=4, repetition_penalty=penalty))
+    outputs = run(
+        model64, demo, texts, GenerationConfig(max_new_tokens=4, repetition_penalty=penalty)
+    )
     assert all(outputs), outputs  # every prompt generated tokens: the loop below checks something
     for text, out in zip(texts, outputs, strict=True):
         prompt_ids = encode_prompts(demo, [text], 8192).input_ids[0].tolist()
@@ -162,7 +188,9 @@ def test_repetition_penalty_matches_a_hand_applied_penalty_on_full_logits(model6
             logits = full_logits(model64, demo, text, out[:step])
             seen = torch.zeros_like(logits, dtype=torch.bool)
             seen[prompt_ids + out[:step]] = True
-            penalised = torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+            penalised = torch.where(
+                seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits
+            )
             assert int(penalised.argmax()) == token
 
 
@@ -174,15 +202,24 @@ def test_cuda_batch_equals_cpu_alone_and_seeded_sampling_repeats(model64, demo, 
 
     def run_cuda(config: GenerationConfig) -> list[list[int]]:
         batch = encode_prompts(demo, texts, 8192).to("cuda")
-        return generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=demo.n_vocab,
-                        audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+        return generate(
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            config,
+            vocab_size=demo.n_vocab,
+            audio_mel=batch.audio_mel,
+            audio_mel_lengths=batch.audio_mel_lengths,
+        )
 
     assert run_cuda(GREEDY) == alone
     sample = replace(GREEDY, do_sample=True, seed=5)
     assert run_cuda(sample) == run_cuda(sample)
 
 
-def _apply(config: GenerationConfig, history: list[int], scores: list[float], prompt_length: int = 0) -> torch.Tensor:
+def _apply(
+    config: GenerationConfig, history: list[int], scores: list[float], prompt_length: int = 0
+) -> torch.Tensor:
     """The device sampler's scores for one slot whose first ``prompt_length`` ``history`` ids are its prompt."""
     sampler = SlotSampler(1, len(scores), torch.device("cpu"))
     sampler.set(0, config, torch.tensor(history))  # every id so far counts as seen
@@ -191,8 +228,9 @@ def _apply(config: GenerationConfig, history: list[int], scores: list[float], pr
     return (sampler.warp(out, slice(0, 1)) if config.do_sample else out)[0]
 
 
-def _transformers_scores(config: GenerationConfig, history: torch.Tensor, scores: torch.Tensor,
-                         prompt_length: int) -> torch.Tensor:
+def _transformers_scores(
+    config: GenerationConfig, history: torch.Tensor, scores: torch.Tensor, prompt_length: int
+) -> torch.Tensor:
     """The same transforms by transformers' logits processors, in the order its ``generate`` applies them."""
     from transformers.generation.logits_process import (
         LogitsProcessorList,
@@ -207,8 +245,11 @@ def _transformers_scores(config: GenerationConfig, history: torch.Tensor, scores
     if config.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
     if config.min_new_tokens:
-        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens,
-                                                            list(config.stop_ids)))
+        processors.append(
+            MinNewTokensLengthLogitsProcessor(
+                prompt_length, config.min_new_tokens, list(config.stop_ids)
+            )
+        )
     if config.do_sample:
         processors += [TemperatureLogitsWarper(config.temperature)]
         if config.top_k:
@@ -218,19 +259,26 @@ def _transformers_scores(config: GenerationConfig, history: torch.Tensor, scores
     return processors(history, scores)
 
 
-@pytest.mark.parametrize("config", [
-    GenerationConfig(repetition_penalty=1.3, min_new_tokens=3, stop_ids=(5, 9)),
-    GenerationConfig(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.1),
-    GenerationConfig(do_sample=True, top_p=0.5, min_new_tokens=1, stop_ids=(3,)),
-    GenerationConfig(do_sample=True, top_k=1),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        GenerationConfig(repetition_penalty=1.3, min_new_tokens=3, stop_ids=(5, 9)),
+        GenerationConfig(
+            do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.1
+        ),
+        GenerationConfig(do_sample=True, top_p=0.5, min_new_tokens=1, stop_ids=(3,)),
+        GenerationConfig(do_sample=True, top_k=1),
+    ],
+)
 def test_device_sampler_equals_transformers_logits_processors(config):
     generator = torch.Generator().manual_seed(0)
     for made in (0, 2, 5):
         history = torch.randint(0, 64, (1, 7 + made), generator=generator)
         scores = torch.randn(1, 64, generator=generator) * 3
         expected = _transformers_scores(config, history, scores.clone(), prompt_length=7)
-        assert torch.equal(_apply(config, history[0].tolist(), scores[0].tolist(), prompt_length=7), expected[0])
+        assert torch.equal(
+            _apply(config, history[0].tolist(), scores[0].tolist(), prompt_length=7), expected[0]
+        )
 
 
 def test_temperature_divides_the_logits():
@@ -259,14 +307,32 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits
 
 def test_min_new_tokens_masks_stops_only_before_the_minimum():
     config = GenerationConfig(min_new_tokens=1, stop_ids=(2,))
-    assert _apply(config, [5, 6, 7], [1.0, 1.0, 1.0], prompt_length=3).tolist() == [1.0, 1.0, -math.inf]
-    assert _apply(config, [5, 6, 7, 0], [1.0, 1.0, 1.0], prompt_length=3).tolist() == [1.0, 1.0, 1.0]
+    assert _apply(config, [5, 6, 7], [1.0, 1.0, 1.0], prompt_length=3).tolist() == [
+        1.0,
+        1.0,
+        -math.inf,
+    ]
+    assert _apply(config, [5, 6, 7, 0], [1.0, 1.0, 1.0], prompt_length=3).tolist() == [
+        1.0,
+        1.0,
+        1.0,
+    ]
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_new_tokens", 0), ("min_new_tokens", 600), ("temperature", 0.0), ("top_k", -1), ("top_p", 0.0),
-    ("top_p", 1.5), ("repetition_penalty", 0.0), ("stop_ids", (-1,)), ("seed", -3),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_new_tokens", 0),
+        ("min_new_tokens", 600),
+        ("temperature", 0.0),
+        ("top_k", -1),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("repetition_penalty", 0.0),
+        ("stop_ids", (-1,)),
+        ("seed", -3),
+    ],
+)
 def test_bad_config_values_name_their_field(field, value):
     with pytest.raises(ValueError, match=field):
         GenerationConfig(**{field: value})
@@ -282,7 +348,9 @@ def test_release_settings(released):
 def test_stream_text_holds_back_split_characters(model64, demo, monkeypatch):
     h, c3, a9, x = (demo.encoding.encode_single_token(b) for b in (b"h", b"\xc3", b"\xa9", b"x"))
     assert demo.decode([c3, a9]) == "\u00e9"
-    monkeypatch.setattr(generation, "generate_steps", lambda *a, **k: iter([[h], [c3], [a9], [x], [None]]))
+    monkeypatch.setattr(
+        generation, "generate_steps", lambda *a, **k: iter([[h], [c3], [a9], [x], [None]])
+    )
     assert list(stream_text(model64, demo, "hi", GREEDY)) == ["h", "\u00e9", "x"]
 
 
@@ -292,6 +360,7 @@ def test_stream_text_joins_to_the_decoded_generation(model64, demo, clips, alone
 
 
 # ---- errors ------------------------------------------------------------------------------------------------------
+
 
 def test_missing_audio_names_the_path(demo, tmp_path):
     missing = str(tmp_path / "nowhere.wav")
@@ -313,6 +382,7 @@ def test_empty_prompt_is_an_error(demo):
 
 # ---- command line -------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A released-layout folder of a tiny fp32 model with the demo tokenizer file."""
@@ -326,8 +396,17 @@ def checkpoint(tmp_path_factory):
 def test_json_output_parses_and_matches_generate(checkpoint, demo, clips, capsys):
     folder, model = checkpoint
     texts = [prompts(clips)[0], prompts(clips)[2]]
-    main(["--checkpoint", str(folder), "--greedy", "--json", "--max-new-tokens", "5",
-          *[arg for text in texts for arg in ("--prompt", text)]])
+    main(
+        [
+            "--checkpoint",
+            str(folder),
+            "--greedy",
+            "--json",
+            "--max-new-tokens",
+            "5",
+            *[arg for text in texts for arg in ("--prompt", text)],
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     results = [json.loads(line) for line in lines]
     expected = run(model, demo, texts, GenerationConfig(max_new_tokens=5, stop_ids=(demo.eod,)))
@@ -337,21 +416,42 @@ def test_json_output_parses_and_matches_generate(checkpoint, demo, clips, capsys
 
 
 def test_random_init_preset_and_batch_size(demo, capsys):
-    main(["--preset", "tiny", "--greedy", "--json", "--max-new-tokens", "3", "--batch-size", "1",
-          "--prompt", "one", "--prompt", "two prompts"])
+    main(
+        [
+            "--preset",
+            "tiny",
+            "--greedy",
+            "--json",
+            "--max-new-tokens",
+            "3",
+            "--batch-size",
+            "1",
+            "--prompt",
+            "one",
+            "--prompt",
+            "two prompts",
+        ]
+    )
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     model, tokenizer = load_model(preset="tiny")
-    assert [r["ids"] for r in results] == run(model, tokenizer, ["one", "two prompts"],
-                                              GenerationConfig(max_new_tokens=3, stop_ids=(tokenizer.eod,)))
+    assert [r["ids"] for r in results] == run(
+        model,
+        tokenizer,
+        ["one", "two prompts"],
+        GenerationConfig(max_new_tokens=3, stop_ids=(tokenizer.eod,)),
+    )
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--checkpoint", "{tmp}/no_such_folder"], "checkpoint folder not found: .*no_such_folder"),
-    (["--preset", "huge"], "unknown model preset 'huge'"),
-    (["--checkpoint", "{tmp}"], "config file not found: .*config.json"),
-    (["--preset", "tiny", "--greedy", "--top-p", "0.5"], "--greedy takes no sampling options"),
-    (["--preset", "tiny", "--top-p", "2"], "top_p must lie in"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "{tmp}/no_such_folder"], "checkpoint folder not found: .*no_such_folder"),
+        (["--preset", "huge"], "unknown model preset 'huge'"),
+        (["--checkpoint", "{tmp}"], "config file not found: .*config.json"),
+        (["--preset", "tiny", "--greedy", "--top-p", "0.5"], "--greedy takes no sampling options"),
+        (["--preset", "tiny", "--top-p", "2"], "top_p must lie in"),
+    ],
+)
 def test_cli_bad_input_exits_with_a_message(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(tmp=tmp_path) for a in args] + ["--prompt", "hello"])
@@ -368,7 +468,9 @@ def test_cli_missing_audio_exits_naming_it(tmp_path, capsys):
 
 def test_cli_too_short_audio_exits_naming_it(tmp_path, capsys):
     short = tmp_path / "short.wav"
-    soundfile.write(short, np.full(320, 0.1, np.float32), 16000)  # 20 ms: the encoder would get 1 frame
+    soundfile.write(
+        short, np.full(320, 0.1, np.float32), 16000
+    )  # 20 ms: the encoder would get 1 frame
     with pytest.raises(SystemExit):
         main(["--preset", "tiny", "--prompt", f"<audio>{short}</audio>{ASR}"])
     err = capsys.readouterr().err
@@ -378,9 +480,11 @@ def test_cli_too_short_audio_exits_naming_it(tmp_path, capsys):
 
 # ---- long form ----------------------------------------------------------------------------------------------------
 
+
 def test_windows_are_cut_at_the_first_silent_frame_before_each_30_s_limit(tmp_path):
-    waveform = torch.from_numpy(soundfile.read(write_wav(tmp_path / "long.wav", 70.0, 0,
-                                                         ((27.0, 27.3), (55.5, 55.8))))[0])
+    waveform = torch.from_numpy(
+        soundfile.read(write_wav(tmp_path / "long.wav", 70.0, 0, ((27.0, 27.3), (55.5, 55.8))))[0]
+    )
     # window 1: search 25-30 s; the first 0.1 s frame (10 ms hop) that is all zeros starts at 27.00 s -> cut at
     # its centre 27.05 s = 432800. Window 2 searches 52.05-57.05 s; zeros from 55.50 s -> cut at 888800.
     assert window_bounds(waveform) == [(0, 432800), (432800, 888800), (888800, 1120000)]
@@ -409,12 +513,21 @@ def _canned_windows(monkeypatch, tokenizer, outputs: list[str]) -> list[dict]:
 
 def test_timestamped_words_are_offset_by_their_window_start(demo, tmp_path, monkeypatch):
     path = write_wav(tmp_path / "two.wav", 35.0, 1, ((26.0, 26.2),))  # cut at 26.05 s (as above)
-    calls = _canned_windows(monkeypatch, demo, ["hello<|0.50|>world<|1.20|>", "<|sil|><|0.30|>again<|0.90|>"])
+    calls = _canned_windows(
+        monkeypatch, demo, ["hello<|0.50|>world<|1.20|>", "<|sil|><|0.30|>again<|0.90|>"]
+    )
     result = transcribe_long(None, demo, path, language="en", timestamps=True)
-    assert calls[0]["lengths"] == [416800, 560000 - 416800] and calls[0]["timestamps"] and calls[0]["language"] == "en"
+    assert (
+        calls[0]["lengths"] == [416800, 560000 - 416800]
+        and calls[0]["timestamps"]
+        and calls[0]["language"] == "en"
+    )
     assert result.windows == ((0.0, 26.05), (26.05, 35.0))
-    assert result.words == (TimedWord("hello", 0.0, 0.5), TimedWord("world", 0.5, 1.2),
-                            TimedWord("again", 26.35, 26.95))
+    assert result.words == (
+        TimedWord("hello", 0.0, 0.5),
+        TimedWord("world", 0.5, 1.2),
+        TimedWord("again", 26.35, 26.95),
+    )
     assert result.text == "hello world again"
 
 
@@ -430,17 +543,31 @@ def test_plain_windows_join_with_spaces_or_none_for_chinese(demo, tmp_path, monk
 def test_a_window_without_parsable_timestamps_keeps_its_text_and_warns(demo, tmp_path, monkeypatch):
     path = write_wav(tmp_path / "two.wav", 35.0, 1)
     _canned_windows(monkeypatch, demo, ["hello<|0.50|>", "no timestamps here"])
-    with pytest.warns(UserWarning, match=r"two.wav: window 2\d\.\d\d-35.00 s has no word timestamps"):
+    with pytest.warns(
+        UserWarning, match=r"two.wav: window 2\d\.\d\d-35.00 s has no word timestamps"
+    ):
         result = transcribe_long(None, demo, path, language="en", timestamps=True)
     assert result.words == (TimedWord("hello", 0.0, 0.5),)
     assert result.text == "hello no timestamps here"
 
 
-def test_cli_warns_when_truncating_and_long_form_decodes_all_windows_in_one_batch(tmp_path, capsys, monkeypatch):
+def test_cli_warns_when_truncating_and_long_form_decodes_all_windows_in_one_batch(
+    tmp_path, capsys, monkeypatch
+):
     path = write_wav(tmp_path / "long.wav", 31.0, 2)
-    common = ["--preset", "tiny", "--greedy", "--json", "--max-new-tokens", "2",
-              "--prompt", f"<audio>{path}</audio>{ASR}"]
-    with pytest.warns(UserWarning, match=r"long.wav lasts 31.00 s; the model reads only its first 30 s"):
+    common = [
+        "--preset",
+        "tiny",
+        "--greedy",
+        "--json",
+        "--max-new-tokens",
+        "2",
+        "--prompt",
+        f"<audio>{path}</audio>{ASR}",
+    ]
+    with pytest.warns(
+        UserWarning, match=r"long.wav lasts 31.00 s; the model reads only its first 30 s"
+    ):
         main(common)
     batch_sizes = []
 
@@ -454,7 +581,11 @@ def test_cli_warns_when_truncating_and_long_form_decodes_all_windows_in_one_batc
         main(common + ["--long-form"])
     short, long_form = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert len(short["ids"]) == 2 and batch_sizes == [2]
-    assert len(long_form["windows"]) == 2 and long_form["windows"][-1][1] == 31.0 and long_form["words"] == []
+    assert (
+        len(long_form["windows"]) == 2
+        and long_form["windows"][-1][1] == 31.0
+        and long_form["words"] == []
+    )
 
 
 def test_cli_long_form_needs_a_transcription_prompt(capsys):
@@ -476,7 +607,9 @@ def test_hallucination_guard_stops_a_repeating_row_and_flags_it(looping, demo, c
     batch = encode_prompts(demo, prompts(clips)[2:], 8192)
     (free,) = generation.answer_batch(looping, demo, batch, replace(GREEDY, max_new_tokens=20))
     assert free.ids == [0] * 20 and free.flag is None  # off by default
-    (guarded,) = generation.answer_batch(looping, demo, batch, replace(GREEDY, max_new_tokens=20, max_repeats=3))
+    (guarded,) = generation.answer_batch(
+        looping, demo, batch, replace(GREEDY, max_new_tokens=20, max_repeats=3)
+    )
     assert guarded.ids == [0] * 4 and guarded.flag == "repetition"  # the unigram seen a 4th time
 
 
@@ -493,8 +626,15 @@ def test_rows_joining_and_leaving_the_engine_get_their_solo_tokens(model64, demo
     texts = prompts(clips)
     sample = replace(GREEDY, max_new_tokens=8, do_sample=True, temperature=1.5, seed=11)
     greedy = replace(GREEDY, max_new_tokens=8)
-    solo = {name: run(model64, demo, [texts[i]], config)[0]
-            for name, i, config in (("g0", 0, greedy), ("s1", 1, sample), ("g2", 2, greedy), ("s0", 0, sample))}
+    solo = {
+        name: run(model64, demo, [texts[i]], config)[0]
+        for name, i, config in (
+            ("g0", 0, greedy),
+            ("s1", 1, sample),
+            ("g2", 2, greedy),
+            ("s0", 0, sample),
+        )
+    }
     engine = generation.DecodeEngine(model64, slots=3, max_length=256, vocab_size=demo.n_vocab)
     engine.admit([0], encode_prompts(demo, [texts[0]], 8192), [greedy])
     engine.step()
@@ -517,8 +657,10 @@ def test_rows_joining_and_leaving_the_engine_get_their_solo_tokens(model64, demo
         if steps == 3:  # the greedy row in slot 1 leaves early (a client that disconnected)
             got["g2"] = engine.sequences[1].tokens
             engine.release(1)
-    assert got["g2"] == solo["g2"][:len(got["g2"])]
-    assert {name: got[name] for name in ("g0", "s1", "s0")} == {name: solo[name] for name in ("g0", "s1", "s0")}
+    assert got["g2"] == solo["g2"][: len(got["g2"])]
+    assert {name: got[name] for name in ("g0", "s1", "s0")} == {
+        name: solo[name] for name in ("g0", "s1", "s0")
+    }
 
 
 def _engine_tokens(engine, demo, texts, configs) -> list[list[int]]:
@@ -527,14 +669,15 @@ def _engine_tokens(engine, demo, texts, configs) -> list[list[int]]:
     while engine.running():
         engine.step()
     engine.fetch()
-    tokens = [sequence.tokens for sequence in engine.sequences[:len(texts)]]
+    tokens = [sequence.tokens for sequence in engine.sequences[: len(texts)]]
     for slot in range(len(texts)):
         engine.release(slot)
     return tokens
 
 
-def test_eager_decoding_step_over_the_static_cache_equals_generate_and_graphs_need_cuda(model64, demo, clips,
-                                                                                        alone):
+def test_eager_decoding_step_over_the_static_cache_equals_generate_and_graphs_need_cuda(
+    model64, demo, clips, alone
+):
     """The CPU twin of the CUDA-graph test: the same engine and cache, stepped eagerly."""
     engine = generation.DecodeEngine(model64, slots=4, max_length=256, vocab_size=demo.n_vocab)
     assert _engine_tokens(engine, demo, prompts(clips), [GREEDY] * 3) == alone
@@ -547,10 +690,17 @@ def test_eager_decoding_step_over_the_static_cache_equals_generate_and_graphs_ne
 def test_cuda_graph_decoding_equals_eager_decoding(model64, demo, clips):
     model = copy.deepcopy(model64).cuda()
     texts = prompts(clips)
-    configs = [GREEDY, replace(GREEDY, do_sample=True, seed=4), replace(GREEDY, do_sample=True, top_p=0.8, seed=5)]
+    configs = [
+        GREEDY,
+        replace(GREEDY, do_sample=True, seed=4),
+        replace(GREEDY, do_sample=True, top_p=0.8, seed=5),
+    ]
     eager = generation.DecodeEngine(model, slots=8, max_length=256, vocab_size=demo.n_vocab)
     graphed = generation.DecodeEngine(model, slots=8, max_length=256, vocab_size=demo.n_vocab)
     graphed.capture(buckets=(1, 4, 8))
-    assert _engine_tokens(graphed, demo, texts, configs) == _engine_tokens(eager, demo, texts, configs)
-    assert _engine_tokens(graphed, demo, texts[:1], configs[:1]) == _engine_tokens(eager, demo, texts[:1],
-                                                                                   configs[:1])
+    assert _engine_tokens(graphed, demo, texts, configs) == _engine_tokens(
+        eager, demo, texts, configs
+    )
+    assert _engine_tokens(graphed, demo, texts[:1], configs[:1]) == _engine_tokens(
+        eager, demo, texts[:1], configs[:1]
+    )

@@ -31,17 +31,23 @@ from qwen_audio.kernels.mel import log_mel_reference
 from qwen_audio.lengths import N_SAMPLES
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="run by test_interpreter_run under TRITON_INTERPRET=1")
-not_interpreted = pytest.mark.skipif(INTERPRETED, reason="assumes kernels compiled for a GPU, not interpreted")
+interpreted = pytest.mark.skipif(
+    not INTERPRETED, reason="run by test_interpreter_run under TRITON_INTERPRET=1"
+)
+not_interpreted = pytest.mark.skipif(
+    INTERPRETED, reason="assumes kernels compiled for a GPU, not interpreted"
+)
 
 
 @pytest.fixture
 def poisoned_allocations(monkeypatch):
     """Make ``torch.empty`` / ``torch.empty_like`` return NaN-filled tensors while a kernel wrapper runs."""
+
     def poisoned(allocate):
         def allocate_nan(*args, **kwargs):
             tensor = allocate(*args, **kwargs)
             return tensor.fill_(math.nan) if tensor.is_floating_point() else tensor
+
         return allocate_nan
 
     monkeypatch.setattr(torch, "empty", poisoned(torch.empty))
@@ -62,7 +68,9 @@ def speech_like(batch: int, num_samples: int, seed: int) -> torch.Tensor:
         noise = torch.randn(num_samples, generator=generator, dtype=torch.float64)
         envelope = 0.5 * (1 + torch.sin(2 * math.pi * 4 * t + index)) * (t % 0.7 < 0.5)
         chirp = torch.sin(2 * math.pi * (80 * t + 2000 * t**2))
-        clip = envelope * (0.05 * voice + 0.02 * noise) + 0.01 * chirp * (t % 1.1 > 0.8) + 1e-5 * noise
+        clip = (
+            envelope * (0.05 * voice + 0.02 * noise) + 0.01 * chirp * (t % 1.1 > 0.8) + 1e-5 * noise
+        )
         clips.append(clip * 10.0 ** -(2 * index % 5))
     return torch.stack(clips).float()
 
@@ -79,7 +87,9 @@ def pool_case(batch: int, frames: int, channels: int, seed: int) -> tuple[torch.
     return x, weight, bias, dy
 
 
-def float64_pool_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def float64_pool_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """Independent formula: mean of frame pairs (odd last frame dropped), then LayerNorm with eps 1e-5."""
     pairs = x[:, : x.shape[1] // 2 * 2].reshape(x.shape[0], -1, 2, x.shape[2]).mean(dim=2)
     mean = pairs.mean(-1, keepdim=True)
@@ -97,9 +107,13 @@ def check_log_mel(audio: torch.Tensor, device: str, n_mels: int = 80) -> float:
 TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=2e-2, atol=3e-2)}
 
 
-def check_pool_layer_norm(batch: int, frames: int, channels: int, dtype: torch.dtype, device: str) -> None:
+def check_pool_layer_norm(
+    batch: int, frames: int, channels: int, dtype: torch.dtype, device: str
+) -> None:
     # Rounded to dtype first, so the float64 truth sees the kernel's inputs and only the kernel's own error counts.
-    x, weight, bias, dy = (t.to(dtype) for t in pool_case(batch, frames, channels, seed=frames * channels))
+    x, weight, bias, dy = (
+        t.to(dtype) for t in pool_case(batch, frames, channels, seed=frames * channels)
+    )
     leaves = [t.to(device).requires_grad_() for t in (x, weight, bias)]
     y = pool_layer_norm(*leaves, 1e-5, kernel_backend="triton")
     y.backward(dy.to(device))
@@ -111,8 +125,12 @@ def check_pool_layer_norm(batch: int, frames: int, channels: int, dtype: torch.d
     for name, leaf, reference in zip(("dx", "dweight", "dbias"), leaves, truth, strict=True):
         # weight/bias gradients sum over all rows: compare them relative to their size.
         scale = reference.grad.abs().max().item() if name != "dx" else 1.0
-        torch.testing.assert_close(leaf.grad.double().cpu() / scale, reference.grad / scale, **TOLERANCE[dtype],
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            leaf.grad.double().cpu() / scale,
+            reference.grad / scale,
+            **TOLERANCE[dtype],
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
 
 
 # ---- run on CPU through the Triton interpreter -------------------------------------------------------------
@@ -122,9 +140,23 @@ def test_interpreter_run():
     if INTERPRETED:
         pytest.skip("this is the interpreted run")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "interpreted",
-         "-m", "not cuda"],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "interpreted",
+            "-m",
+            "not cuda",
+        ],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
@@ -135,7 +167,9 @@ def test_interpreter_run():
 
 
 @interpreted
-@pytest.mark.parametrize("num_samples", [201, 20_837, 2 * 64 * 160])  # shortest legal, odd, exact frame blocks
+@pytest.mark.parametrize(
+    "num_samples", [201, 20_837, 2 * 64 * 160]
+)  # shortest legal, odd, exact frame blocks
 def test_interpreted_log_mel_matches_reference(num_samples, poisoned_allocations):
     check_log_mel(speech_like(3, num_samples, seed=num_samples), "cpu")
 
@@ -146,8 +180,9 @@ def test_interpreted_128_bin_log_mel_matches_reference_and_transformers(poisoned
     from transformers import WhisperFeatureExtractor
 
     audio = speech_like(2, 20_837, seed=128)
-    hf = WhisperFeatureExtractor(feature_size=128)(list(audio.numpy()), sampling_rate=SAMPLE_RATE, padding="longest",
-                                                   return_tensors="pt").input_features
+    hf = WhisperFeatureExtractor(feature_size=128)(
+        list(audio.numpy()), sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="pt"
+    ).input_features
     torch.testing.assert_close(log_mel_reference(audio, 128), hf, rtol=0, atol=1e-5)
     torch.testing.assert_close(log_mel(audio, 128, kernel_backend="triton"), hf, rtol=0, atol=1e-5)
 
@@ -164,8 +199,12 @@ def test_interpreted_log_mel_keeps_batch_shape_and_example_independence(poisoned
 @interpreted
 def test_interpreted_log_mel_spectrogram_routes_triton(poisoned_allocations):
     audio = speech_like(1, 4000, seed=2)
-    torch.testing.assert_close(log_mel_spectrogram(audio, kernel_backend="triton"), log_mel_reference(audio, 80),
-                               rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        log_mel_spectrogram(audio, kernel_backend="triton"),
+        log_mel_reference(audio, 80),
+        rtol=0,
+        atol=1e-3,
+    )
 
 
 @interpreted
@@ -174,7 +213,9 @@ def test_interpreted_log_mel_spectrogram_routes_triton(poisoned_allocations):
 # the last partial.
 # 300 channels: tiles of 4 (fp32) or 8 (bf16) rows, padded to 512 columns.
 @pytest.mark.parametrize("batch,frames,channels", [(3, 9, 48), (2, 130, 80), (2, 41, 300)])
-def test_interpreted_pool_layer_norm_matches_float64(batch, frames, channels, dtype, poisoned_allocations):
+def test_interpreted_pool_layer_norm_matches_float64(
+    batch, frames, channels, dtype, poisoned_allocations
+):
     check_pool_layer_norm(batch, frames, channels, dtype, "cpu")
 
 
@@ -204,8 +245,10 @@ def test_backend_names_are_checked(monkeypatch):
     assert resolve_kernel_backend("auto", torch.device("cpu")) == "torch"
 
 
-@pytest.mark.parametrize("shape,param_shape,field", [((4, 16), (16,), "x"), ((2, 1, 16), (16,), "x"),
-                                                       ((2, 4, 16), (8,), "weight")])
+@pytest.mark.parametrize(
+    "shape,param_shape,field",
+    [((4, 16), (16,), "x"), ((2, 1, 16), (16,), "x"), ((2, 4, 16), (8,), "weight")],
+)
 def test_pool_layer_norm_rejects_bad_shapes(shape, param_shape, field):
     with pytest.raises(ValueError, match=field):
         pool_layer_norm(torch.zeros(shape), torch.ones(param_shape), torch.zeros(16))
@@ -213,8 +256,10 @@ def test_pool_layer_norm_rejects_bad_shapes(shape, param_shape, field):
 
 def test_torch_backend_matches_float64_formula():
     x, weight, bias, _ = pool_case(2, 7, 24, seed=0)
-    torch.testing.assert_close(pool_layer_norm(x, weight, bias, 1e-5, kernel_backend="torch"),
-                               float64_pool_layer_norm(x, weight, bias))
+    torch.testing.assert_close(
+        pool_layer_norm(x, weight, bias, 1e-5, kernel_backend="torch"),
+        float64_pool_layer_norm(x, weight, bias),
+    )
 
 
 # ---- CUDA, realistic shapes ----------------------------------------------------------------------------------

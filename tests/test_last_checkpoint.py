@@ -16,8 +16,15 @@ from qwen_audio.lit.resume import check_resumable, newest_checkpoint
 
 def _checkpoint(path, step: int, mtime: float, preset: str = "tiny") -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({"state_dict": {}, "pytorch-lightning_version": L.__version__, "global_step": step,
-                "hyper_parameters": {"preset": preset}}, path)
+    torch.save(
+        {
+            "state_dict": {},
+            "pytorch-lightning_version": L.__version__,
+            "global_step": step,
+            "hyper_parameters": {"preset": preset},
+        },
+        path,
+    )
     os.utime(path, (mtime, mtime))
 
 
@@ -27,7 +34,9 @@ def test_last_is_the_newest_complete_checkpoint_not_a_stale_last_ckpt(tmp_path):
     _checkpoint(tmp_path / "epoch=0-step=100.ckpt", 100, 2000)
     trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path)], logger=False)
     assert newest_checkpoint(trainer) == str(tmp_path / "epoch=0-step=100.ckpt")
-    saved = (tmp_path / "epoch=0-step=100.ckpt").read_bytes()  # a newer file cut short (killed while copied in)
+    saved = (
+        tmp_path / "epoch=0-step=100.ckpt"
+    ).read_bytes()  # a newer file cut short (killed while copied in)
     (tmp_path / "epoch=0-step=150.ckpt").write_bytes(saved[: len(saved) // 2])
     assert newest_checkpoint(trainer) == str(tmp_path / "epoch=0-step=100.ckpt")
 
@@ -36,22 +45,36 @@ def test_last_finds_the_checkpoints_of_an_earlier_logger_version(tmp_path):
     """Without a dirpath, checkpoints go to the logger's version_N folder, and a resumed run gets version_N+1."""
     _checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", 4, 1000)
     _checkpoint(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", 8, 2000)
-    trainer = L.Trainer(callbacks=[ModelCheckpoint()], logger=CSVLogger(tmp_path), default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        callbacks=[ModelCheckpoint()], logger=CSVLogger(tmp_path), default_root_dir=tmp_path
+    )
     assert trainer.logger.version == 2
-    assert newest_checkpoint(trainer) == str(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt")
-    assert newest_checkpoint(L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "none")], logger=False)) is None
+    assert newest_checkpoint(trainer) == str(
+        tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    )
+    assert (
+        newest_checkpoint(
+            L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "none")], logger=False)
+        )
+        is None
+    )
 
 
 def test_last_takes_the_requeue_checkpoint_when_it_is_the_newest(tmp_path):
     """A SLURM requeue saves Lightning's hpc_ckpt_N.ckpt in default_root_dir (qwen_audio.lit.RequeueOnSignal)."""
     _checkpoint(tmp_path / "hpc_ckpt_1.ckpt", 5, 1000)  # an earlier requeue
     _checkpoint(tmp_path / "checkpoints" / "last.ckpt", 8, 2000)
-    trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints")], logger=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints")],
+        logger=False,
+        default_root_dir=tmp_path,
+    )
     assert newest_checkpoint(trainer) == str(tmp_path / "checkpoints" / "last.ckpt")
     _checkpoint(tmp_path / "hpc_ckpt_2.ckpt", 11, 3000)
     assert newest_checkpoint(trainer) == str(tmp_path / "hpc_ckpt_2.ckpt")
-    (tmp_path / "hpc_ckpt_3.ckpt").write_bytes((tmp_path / "hpc_ckpt_2.ckpt").read_bytes()[:100])  # killed mid-write
+    (tmp_path / "hpc_ckpt_3.ckpt").write_bytes(
+        (tmp_path / "hpc_ckpt_2.ckpt").read_bytes()[:100]
+    )  # killed mid-write
     assert newest_checkpoint(trainer) == str(tmp_path / "hpc_ckpt_2.ckpt")
 
 
@@ -73,14 +96,21 @@ def test_a_truncated_foreign_or_other_preset_checkpoint_is_named(tmp_path):
     check_resumable(str(good), "tiny")
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match=r"--ckpt_path .*cut\.ckpt: truncated or not a checkpoint.*expected a "
-                                              r"Lightning checkpoint of QwenAudioModule"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"--ckpt_path .*cut\.ckpt: truncated or not a checkpoint.*expected a "
+        r"Lightning checkpoint of QwenAudioModule",
+    ):
         check_resumable(str(cut))
     foreign = tmp_path / "whisper.pt"
     torch.save({"dims": {}, "model_state_dict": {}}, foreign)
-    with pytest.raises(CheckpointError, match=r"whisper\.pt: holds \['dims', 'model_state_dict'\], no 'state_dict'"):
+    with pytest.raises(
+        CheckpointError, match=r"whisper\.pt: holds \['dims', 'model_state_dict'\], no 'state_dict'"
+    ):
         check_resumable(str(foreign))
-    with pytest.raises(CheckpointError, match=r"good\.ckpt: was trained with preset 'tiny'; .*\(preset 'demo'\)"):
+    with pytest.raises(
+        CheckpointError, match=r"good\.ckpt: was trained with preset 'tiny'; .*\(preset 'demo'\)"
+    ):
         check_resumable(str(good), "demo")
     with pytest.raises(CheckpointError, match="not found"):
         check_resumable(str(tmp_path / "gone.ckpt"))

@@ -27,7 +27,9 @@ from qwen_audio.eval.metrics import (
 )
 from qwen_audio.eval.metrics.captioning import spice_unavailable_reason
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer of captioning needs Java")
+needs_java = pytest.mark.skipif(
+    shutil.which("java") is None, reason="the PTB tokenizer of captioning needs Java"
+)
 
 
 def levenshtein(reference: list[str], hypothesis: list[str]) -> int:
@@ -36,22 +38,32 @@ def levenshtein(reference: list[str], hypothesis: list[str]) -> int:
     for i, ref_unit in enumerate(reference, 1):
         previous, row[0] = row[0], i
         for j, hyp_unit in enumerate(hypothesis, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ref_unit != hyp_unit))
+            previous, row[j] = (
+                row[j],
+                min(row[j] + 1, row[j - 1] + 1, previous + (ref_unit != hyp_unit)),
+            )
     return row[-1]
 
 
 # --- normalisation -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "language", "expected"), [
-    # special tokens become spaces, spaces collapse, the space before punctuation goes, only the left is stripped
-    ("<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>Hello , world !", "en",
-     "Hello, world!"),
-    ("<|en|>good   morning<|endoftext|>", "en", "good morning "),
-    ("one ; two : three ?", "en", "one; two: three?"),
-    # Chinese: every whitespace goes, punctuation stays
-    ("<|zh|>今天 天气 , 很好 。", "zh", "今天天气,很好。"),
-    ("<|0.00|>面<|0.86|>条<|1.17|>", "zh", "面条"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "language", "expected"),
+    [
+        # special tokens become spaces, spaces collapse, the space before punctuation goes, only the left is stripped
+        (
+            "<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>Hello , world !",
+            "en",
+            "Hello, world!",
+        ),
+        ("<|en|>good   morning<|endoftext|>", "en", "good morning "),
+        ("one ; two : three ?", "en", "one; two: three?"),
+        # Chinese: every whitespace goes, punctuation stays
+        ("<|zh|>今天 天气 , 很好 。", "zh", "今天天气,很好。"),
+        ("<|0.00|>面<|0.86|>条<|1.17|>", "zh", "面条"),
+    ],
+)
 def test_release_normalize_on_release_examples(text, language, expected):
     assert release_normalize(text, language) == expected
 
@@ -67,6 +79,7 @@ def test_unknown_language_is_named():
 
 
 # --- WER / CER ---------------------------------------------------------------------------------------------------
+
 
 def test_error_rate_hand_worked_release_keeps_punctuation():
     references = ["The cat sat on the mat.", "hello world"]
@@ -104,14 +117,20 @@ def test_error_rate_is_corpus_levenshtein():
     assert distance / length == pytest.approx(11 / 16)  # 0 + 3 + 4 + 2 + 2 over 4 + 5 + 5 + 0 + 2
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(references=["a"], hypotheses=["a", "b"]), "1 references but 2 hypotheses"),
-    (dict(references=[], hypotheses=[]), "no references"),
-    (dict(references="a b", hypotheses="a b"), "one string"),
-    (dict(references=["<|en|>"], hypotheses=["a"]), "no word"),
-    (dict(references=["a"], hypotheses=["a"], normalizer="basic"), "'basic'"),
-    (dict(references=["你好"], hypotheses=["你好"], language="zh", normalizer="whisper"), "English"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(references=["a"], hypotheses=["a", "b"]), "1 references but 2 hypotheses"),
+        (dict(references=[], hypotheses=[]), "no references"),
+        (dict(references="a b", hypotheses="a b"), "one string"),
+        (dict(references=["<|en|>"], hypotheses=["a"]), "no word"),
+        (dict(references=["a"], hypotheses=["a"], normalizer="basic"), "'basic'"),
+        (
+            dict(references=["你好"], hypotheses=["你好"], language="zh", normalizer="whisper"),
+            "English",
+        ),
+    ],
+)
 def test_error_rate_bad_input(kwargs, message):
     kwargs.setdefault("language", "en")
     with pytest.raises(ValueError, match=message):
@@ -120,10 +139,11 @@ def test_error_rate_bad_input(kwargs, message):
 
 # --- BLEU --------------------------------------------------------------------------------------------------------
 
+
 def test_bleu_chinese_tokenizes_characters_unlike_13a():
     references, hypotheses = ["我很喜欢这只小猫"], ["我很喜欢这只小狗"]
     # by character: n-gram precisions 7/8, 6/7, 5/6, 4/5, equal lengths -> 100 * (1/2) ** (1/4)
-    assert bleu(references, hypotheses, "zh") == pytest.approx(100 * 0.5 ** 0.25)
+    assert bleu(references, hypotheses, "zh") == pytest.approx(100 * 0.5**0.25)
     # 13a keeps the sentence as one token, which differs
     assert bleu(references, hypotheses, "en") == 0.0
 
@@ -136,7 +156,7 @@ def test_bleu_13a_hand_worked():
     #   "on the", "the mat"), 3-grams 2 + 1 of 4 + 4, 4-grams 1 + 0 of 3 + 3; hypotheses 12 words
     #   against references 13: brevity penalty exp(1 - 13/12)
     precisions = (11 / 12) * (6 / 10) * (3 / 8) * (1 / 6)
-    expected = 100 * math.exp(1 - 13 / 12) * precisions ** 0.25
+    expected = 100 * math.exp(1 - 13 / 12) * precisions**0.25
     assert bleu(references, hypotheses, "de") == pytest.approx(expected)
     assert bleu(references, references, "de") == pytest.approx(100.0)
 
@@ -153,10 +173,13 @@ def test_bleu_japanese_uses_mecab():
     # MeCab words: 私 / は / 猫 / が / 好き / です against 私 / は / 猫 / が / 好き: every n-gram
     # of the hypothesis matches, 5 words against 6 -> 100 * exp(1 - 6/5). By character (8 against
     # 6) it would be 100 * exp(1 - 8/6), and 13a keeps each sentence as one token (0).
-    assert bleu(["私は猫が好きです"], ["私は猫が好き"], "ja") == pytest.approx(100 * math.exp(1 - 6 / 5))
+    assert bleu(["私は猫が好きです"], ["私は猫が好き"], "ja") == pytest.approx(
+        100 * math.exp(1 - 6 / 5)
+    )
 
 
 # --- accuracy ----------------------------------------------------------------------------------------------------
+
 
 def test_accuracy_is_exact_and_case_sensitive():
     references = ["dog", "Cat", "yes", "no", "Yes", "rain"]
@@ -190,9 +213,17 @@ NOTE_HYPOTHESES = [
 
 def test_parse_note_as_the_release():
     note = parse_note(NOTE_REFERENCES[1])
-    assert (note.pitch, note.velocity, note.instrument, note.qualities) == (62, 75, "guitar_electronic", ("dark",))
+    assert (note.pitch, note.velocity, note.instrument, note.qualities) == (
+        62,
+        75,
+        "guitar_electronic",
+        ("dark",),
+    )
     missing = parse_note(NOTE_HYPOTHESES[2])
-    assert (missing.pitch, missing.qualities) == (128, ("fast_decay",))  # unknown quality "loud" dropped
+    assert (missing.pitch, missing.qualities) == (
+        128,
+        ("fast_decay",),
+    )  # unknown quality "loud" dropped
     assert parse_note("<|pitch|><|midi_pitch_x|>").pitch == 128
 
 
@@ -211,7 +242,12 @@ def test_nsynth_scores_hand_worked():
 
 
 def test_nsynth_without_any_quality_has_no_map():
-    assert nsynth_scores(["<|pitch|><|midi_pitch_60|>"], ["<|pitch|><|midi_pitch_60|>"])["qualities_map"] is None
+    assert (
+        nsynth_scores(["<|pitch|><|midi_pitch_60|>"], ["<|pitch|><|midi_pitch_60|>"])[
+            "qualities_map"
+        ]
+        is None
+    )
 
 
 # --- AAS ---------------------------------------------------------------------------------------------------------
@@ -236,7 +272,9 @@ def test_alignment_uses_edit_distance_not_difflib():
 def test_alignment_skips_a_cut_off_hypothesis_and_names_a_bad_reference():
     cut_off = "<|sil|><|0.52|>the<|0.78|>big"
     assert alignment_error_ms([AAS_REFERENCE], [cut_off]) is None
-    assert alignment_error_ms([AAS_REFERENCE] * 2, [cut_off, AAS_HYPOTHESIS]) == pytest.approx(440 / 3)
+    assert alignment_error_ms([AAS_REFERENCE] * 2, [cut_off, AAS_HYPOTHESIS]) == pytest.approx(
+        440 / 3
+    )
     with pytest.raises(ValueError, match=r"references\[0\]"):
         alignment_error_ms(["the<|0.80|>"], [AAS_HYPOTHESIS])
 
@@ -252,10 +290,13 @@ def test_release_alignment_drops_the_first_generated_unit_and_times_silence():
     # cut-off generation loses its last unit (the first pair alone scores 125 ms)
     tagged = "<|startoftranscript|><|zh|><|transcribe|><|zh|><|timestamps|>" + reference
     hypotheses = [hypothesis, "the cat", "<|sil|><|0.40|>the"]
-    assert release_alignment_error_ms([tagged, reference, reference], hypotheses) == pytest.approx(125)
+    assert release_alignment_error_ms([tagged, reference, reference], hypotheses) == pytest.approx(
+        125
+    )
 
 
 # --- majority baseline ------------------------------------------------------------------------
+
 
 def test_majority_baseline_is_the_training_splits_most_common_answer():
     train = ["rain", "wind", "rain", "birds", "wind", "rain"]  # rain 3, wind 2, birds 1

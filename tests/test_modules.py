@@ -27,11 +27,19 @@ from qwen_audio.modules.layers import ntk_alpha
 ENC = AudioEncoderConfig(n_mels=80, n_ctx=16, n_state=32, n_head=4, n_layer=2, output_dim=48)
 # Imported by path: qwen_audio.modules exports a function named ``attention``.
 attention_module = importlib.import_module("qwen_audio.modules.attention")
-DEC = DecoderConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, kv_channels=16,
-                    intermediate_size=192, seq_length=64)
+DEC = DecoderConfig(
+    vocab_size=101,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    kv_channels=16,
+    intermediate_size=192,
+    seq_length=64,
+)
 
 
 # ---------------------------------------------------------------- attention backends
+
 
 def _reference_attention(q, k, v, segment_ids, causal):
     """float64 softmax(QK^T / sqrt(d))V over allowed (same run, causal bottom-right) keys; padded queries -> 0."""
@@ -51,7 +59,9 @@ def _reference_attention(q, k, v, segment_ids, causal):
             if run_of[p] is None:
                 continue
             keys = [j for j in range(lk) if run_of[j] == run_of[p] and (not causal or j <= p)]
-            scores = torch.einsum("hd,jhd->hj", q[b, i].double(), k[b, keys].double()) / math.sqrt(dim)
+            scores = torch.einsum("hd,jhd->hj", q[b, i].double(), k[b, keys].double()) / math.sqrt(
+                dim
+            )
             out[b, i] = torch.einsum("hj,jhd->hd", scores.softmax(-1), v[b, keys].double())
     return out
 
@@ -75,16 +85,36 @@ def test_sdpa_backend_matches_float64_reference(case, causal):
     generator = torch.Generator().manual_seed(1)
     q = torch.randn(2, lq, 3, 8, generator=generator)
     k, v = (torch.randn(2, 7, 3, 8, generator=generator) for _ in range(2))
-    layout = AttentionLayout.build(segment_ids, batch_size=2, query_length=lq, key_length=7, causal=causal,
-                                   backend="sdpa", device=q.device, dtype=q.dtype)
-    assert_close(attention(q, k, v, layout).double(), _reference_attention(q, k, v, segment_ids, causal),
-                 atol=1e-6, rtol=1e-5)
+    layout = AttentionLayout.build(
+        segment_ids,
+        batch_size=2,
+        query_length=lq,
+        key_length=7,
+        causal=causal,
+        backend="sdpa",
+        device=q.device,
+        dtype=q.dtype,
+    )
+    assert_close(
+        attention(q, k, v, layout).double(),
+        _reference_attention(q, k, v, segment_ids, causal),
+        atol=1e-6,
+        rtol=1e-5,
+    )
 
 
 def test_forced_fused_backend_on_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="needs CUDA"):
-        AttentionLayout.build(None, batch_size=1, query_length=4, key_length=4, causal=True, backend="varlen",
-                              device=torch.device("cpu"), dtype=torch.float32)
+        AttentionLayout.build(
+            None,
+            batch_size=1,
+            query_length=4,
+            key_length=4,
+            causal=True,
+            backend="varlen",
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )
 
 
 @pytest.mark.parametrize(
@@ -159,11 +189,22 @@ def test_fused_backends_match_sdpa_on_cuda(backend, causal, case):
     segment_ids = torch.tensor(segments, device="cuda")
     generator = torch.Generator(device="cuda").manual_seed(1)
     q = torch.randn(2, lq, 4, 64, generator=generator, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(2, 7, 4, 64, generator=generator, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    k, v = (
+        torch.randn(2, 7, 4, 64, generator=generator, device="cuda", dtype=torch.bfloat16)
+        for _ in range(2)
+    )
     outs = {}
     for name in ("sdpa", backend):
-        layout = AttentionLayout.build(segment_ids, batch_size=2, query_length=lq, key_length=7, causal=causal,
-                                       backend=name, device=q.device, dtype=q.dtype)
+        layout = AttentionLayout.build(
+            segment_ids,
+            batch_size=2,
+            query_length=lq,
+            key_length=7,
+            causal=causal,
+            backend=name,
+            device=q.device,
+            dtype=q.dtype,
+        )
         outs[name] = attention(q, k, v, layout).float()
     assert_close(outs[backend], outs["sdpa"], atol=2e-2, rtol=2e-2)
     reference = _reference_attention(q.cpu(), k.cpu(), v.cpu(), segment_ids.cpu(), causal)
@@ -211,6 +252,7 @@ def test_flash_attn_4_matches_torch_reference_forward_and_backward(causal, head_
 
 # ---------------------------------------------------------------- encoder vs transformers
 
+
 def _tiny_encoder(seed: int = 0) -> AudioEncoder:
     torch.manual_seed(seed)
     encoder = AudioEncoder(ENC, attention_backend="sdpa").eval()
@@ -224,9 +266,16 @@ def _tiny_encoder(seed: int = 0) -> AudioEncoder:
 
 
 def _hf_encoder_weights(encoder: AudioEncoder) -> dict[str, torch.Tensor]:
-    renames = {"attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj", "attn.value": "self_attn.v_proj",
-               "attn.out": "self_attn.out_proj", "attn_ln": "self_attn_layer_norm", "mlp_ln": "final_layer_norm",
-               "mlp.0": "fc1", "mlp.2": "fc2"}
+    renames = {
+        "attn.query": "self_attn.q_proj",
+        "attn.key": "self_attn.k_proj",
+        "attn.value": "self_attn.v_proj",
+        "attn.out": "self_attn.out_proj",
+        "attn_ln": "self_attn_layer_norm",
+        "mlp_ln": "final_layer_norm",
+        "mlp.0": "fc1",
+        "mlp.2": "fc2",
+    }
     out = {}
     for name, tensor in encoder.state_dict().items():
         if name == "positional_embedding":
@@ -237,7 +286,7 @@ def _hf_encoder_weights(encoder: AudioEncoder) -> dict[str, torch.Tensor]:
             _, index, rest = name.split(".", 2)
             for ours, theirs in renames.items():
                 if rest.startswith(ours + "."):
-                    rest = theirs + rest[len(ours):]
+                    rest = theirs + rest[len(ours) :]
                     break
             out[f"layers.{index}.{rest}"] = tensor
         elif name.startswith(("conv1.", "conv2.")):
@@ -246,14 +295,25 @@ def _hf_encoder_weights(encoder: AudioEncoder) -> dict[str, torch.Tensor]:
 
 
 def _hf_kwargs():
-    return dict(num_mel_bins=ENC.n_mels, encoder_layers=ENC.n_layer, encoder_attention_heads=ENC.n_head,
-                encoder_ffn_dim=4 * ENC.n_state, d_model=ENC.n_state, max_source_positions=ENC.n_ctx, dropout=0.0,
-                attention_dropout=0.0, activation_dropout=0.0, activation_function="gelu")
+    return dict(
+        num_mel_bins=ENC.n_mels,
+        encoder_layers=ENC.n_layer,
+        encoder_attention_heads=ENC.n_head,
+        encoder_ffn_dim=4 * ENC.n_state,
+        d_model=ENC.n_state,
+        max_source_positions=ENC.n_ctx,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        activation_function="gelu",
+    )
 
 
 def _key_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     valid = torch.arange(size)[None, :] < lengths[:, None]
-    return torch.zeros(len(lengths), 1, size, size).masked_fill(~valid[:, None, None, :], float("-inf"))
+    return torch.zeros(len(lengths), 1, size, size).masked_fill(
+        ~valid[:, None, None, :], float("-inf")
+    )
 
 
 def test_encoder_blocks_match_whisper_encoder_full_input():
@@ -269,8 +329,12 @@ def test_encoder_blocks_match_whisper_encoder_full_input():
     assert_close(encoder.ln_post(frames), expected, atol=1e-5, rtol=1e-5)
 
 
-def _qwen2_audio_reference(encoder: AudioEncoder, mel: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    hf = Qwen2AudioEncoder(Qwen2AudioEncoderConfig(**_hf_kwargs(), attn_implementation="eager")).eval()
+def _qwen2_audio_reference(
+    encoder: AudioEncoder, mel: torch.Tensor, frames: torch.Tensor
+) -> torch.Tensor:
+    hf = Qwen2AudioEncoder(
+        Qwen2AudioEncoderConfig(**_hf_kwargs(), attn_implementation="eager")
+    ).eval()
     hf.load_state_dict(_hf_encoder_weights(encoder), strict=True)
     with torch.no_grad():
         pooled = hf(mel, attention_mask=_key_mask(frames, ENC.n_ctx)).last_hidden_state
@@ -301,16 +365,22 @@ def test_encoder_is_batch_invariant_and_matches_the_clip_encoded_alone(short_mel
     mel_lengths = torch.tensor([2 * ENC.n_ctx, short_mel])
     with torch.no_grad():
         batched = encoder(mel, mel_lengths)
-        alone = encoder(mel[1:, :, :short_mel + 1], mel_lengths[1:])
+        alone = encoder(mel[1:, :, : short_mel + 1], mel_lengths[1:])
     t_cnn = conv_frames(short_mel)
     release_alone_input = mel[1:].clone()
-    release_alone_input[:, :, 2 * t_cnn:] = 0
-    expected = _qwen2_audio_reference(encoder, release_alone_input, torch.tensor([t_cnn]))[0, : pooled_frames(t_cnn)]
+    release_alone_input[:, :, 2 * t_cnn :] = 0
+    expected = _qwen2_audio_reference(encoder, release_alone_input, torch.tensor([t_cnn]))[
+        0, : pooled_frames(t_cnn)
+    ]
     assert batched[1].shape[0] == pooled_frames(t_cnn) + 2
     assert_close(batched[1][1:-1], expected, atol=1e-5, rtol=1e-5)
     assert_close(alone[0], batched[1], atol=1e-5, rtol=1e-5)
-    assert_close(batched[0][1:-1], _qwen2_audio_reference(encoder, mel[:1], torch.tensor([ENC.n_ctx]))[0],
-                 atol=1e-5, rtol=1e-5)
+    assert_close(
+        batched[0][1:-1],
+        _qwen2_audio_reference(encoder, mel[:1], torch.tensor([ENC.n_ctx]))[0],
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_encoder_rejects_bad_lengths():
@@ -323,7 +393,10 @@ def test_encoder_rejects_bad_lengths():
 
 # ---------------------------------------------------------------- decoder vs Qwen2ForCausalLM
 
-def _tiny_decoder(config: DecoderConfig = DEC, seed: int = 0) -> tuple[QwenDecoder, torch.nn.Linear]:
+
+def _tiny_decoder(
+    config: DecoderConfig = DEC, seed: int = 0
+) -> tuple[QwenDecoder, torch.nn.Linear]:
     torch.manual_seed(seed)
     decoder = QwenDecoder(config, attention_backend="sdpa").eval()
     head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -336,35 +409,50 @@ def _tiny_decoder(config: DecoderConfig = DEC, seed: int = 0) -> tuple[QwenDecod
     return decoder, head
 
 
-def _qwen2_reference(decoder: QwenDecoder, head: torch.nn.Linear, rope_theta: float) -> Qwen2ForCausalLM:
+def _qwen2_reference(
+    decoder: QwenDecoder, head: torch.nn.Linear, rope_theta: float
+) -> Qwen2ForCausalLM:
     """Spec §9 (b): c_attn split into q/k/v (with biases), gate = w2, up = w1, down = mlp.c_proj."""
     config = decoder.config
     hf_config = Qwen2Config(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size // 2,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_attention_heads, rms_norm_eps=config.layer_norm_epsilon,
-        max_position_embeddings=4096, tie_word_embeddings=False, attn_implementation="eager",
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size // 2,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_attention_heads,
+        rms_norm_eps=config.layer_norm_epsilon,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
     )
     model = Qwen2ForCausalLM(hf_config).eval()
-    weights = {"model.embed_tokens.weight": decoder.wte.weight, "model.norm.weight": decoder.ln_f.weight,
-               "lm_head.weight": head.weight}
+    weights = {
+        "model.embed_tokens.weight": decoder.wte.weight,
+        "model.norm.weight": decoder.ln_f.weight,
+        "lm_head.weight": head.weight,
+    }
     for i, block in enumerate(decoder.h):
         prefix = f"model.layers.{i}."
         q, k, v = block.attn.c_attn.weight.chunk(3)
         qb, kb, vb = block.attn.c_attn.bias.chunk(3)
-        weights.update({
-            prefix + "input_layernorm.weight": block.ln_1.weight,
-            prefix + "post_attention_layernorm.weight": block.ln_2.weight,
-            prefix + "self_attn.q_proj.weight": q, prefix + "self_attn.k_proj.weight": k,
-            prefix + "self_attn.v_proj.weight": v,
-            prefix + "self_attn.q_proj.bias": qb, prefix + "self_attn.k_proj.bias": kb,
-            prefix + "self_attn.v_proj.bias": vb,
-            prefix + "self_attn.o_proj.weight": block.attn.c_proj.weight,
-            prefix + "mlp.gate_proj.weight": block.mlp.w2.weight,
-            prefix + "mlp.up_proj.weight": block.mlp.w1.weight,
-            prefix + "mlp.down_proj.weight": block.mlp.c_proj.weight,
-        })
+        weights.update(
+            {
+                prefix + "input_layernorm.weight": block.ln_1.weight,
+                prefix + "post_attention_layernorm.weight": block.ln_2.weight,
+                prefix + "self_attn.q_proj.weight": q,
+                prefix + "self_attn.k_proj.weight": k,
+                prefix + "self_attn.v_proj.weight": v,
+                prefix + "self_attn.q_proj.bias": qb,
+                prefix + "self_attn.k_proj.bias": kb,
+                prefix + "self_attn.v_proj.bias": vb,
+                prefix + "self_attn.o_proj.weight": block.attn.c_proj.weight,
+                prefix + "mlp.gate_proj.weight": block.mlp.w2.weight,
+                prefix + "mlp.up_proj.weight": block.mlp.w1.weight,
+                prefix + "mlp.down_proj.weight": block.mlp.c_proj.weight,
+            }
+        )
     model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True)
     return model
 
@@ -389,7 +477,7 @@ def test_kv_cache_decoding_equals_full_forward_and_reference():
         hidden, _ = decoder(decoder.wte(ids[:, :6]), kv_cache=cache)
         steps = [hidden]
         for t in range(6, 10):
-            hidden, _ = decoder(decoder.wte(ids[:, t:t + 1]), kv_cache=cache, key_length=t + 1)
+            hidden, _ = decoder(decoder.wte(ids[:, t : t + 1]), kv_cache=cache, key_length=t + 1)
             steps.append(hidden)
         expected = reference(ids).logits
     assert cache.lengths.tolist() == [10, 10]
@@ -406,12 +494,19 @@ def test_left_padded_batch_with_positions_from_mask_matches_reference_and_unpadd
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         cache = KVCache.allocate(DEC, 3, 12, device="cpu", dtype=torch.float32)
-        hidden, _ = decoder(decoder.wte(ids), attention_mask=mask, position_ids=positions, kv_cache=cache,
-                            cache_slots=torch.tensor([2, 0]))  # any slots: the cache holds no padding
+        hidden, _ = decoder(
+            decoder.wte(ids),
+            attention_mask=mask,
+            position_ids=positions,
+            kv_cache=cache,
+            cache_slots=torch.tensor([2, 0]),
+        )  # any slots: the cache holds no padding
         assert cache.lengths.tolist() == [5, 0, 9]
         short, _ = decoder(decoder.wte(ids[1:, 4:]))
         expected = reference(ids, attention_mask=mask, position_ids=positions).logits
-        next_ids = torch.randint(0, DEC.vocab_size, (2, 1), generator=torch.Generator().manual_seed(3))
+        next_ids = torch.randint(
+            0, DEC.vocab_size, (2, 1), generator=torch.Generator().manual_seed(3)
+        )
         step, _ = decoder(decoder.wte(next_ids), kv_cache=cache, cache_slots=torch.tensor([2, 0]))
         short_step, _ = decoder(decoder.wte(torch.cat([ids[1:, 4:], next_ids[1:]], 1)))
     assert_close(head(hidden)[mask.bool()], expected[mask.bool()], atol=1e-4, rtol=1e-4)
@@ -445,5 +540,9 @@ def test_ntk_alpha_and_logn_follow_the_release_formulas():
     decoder, _ = _tiny_decoder(config)
     scale = decoder._logn_scale(torch.arange(8)[None])
     expected = [math.log(i, 4) if i > 4 else 1 for i in range(1, 9)]  # the release's logn_list
-    assert_close(scale[0].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
-    assert torch.equal(decoder._logn_scale(torch.arange(4)[None]), torch.ones(1, 4))  # exactly 1 before
+    assert_close(
+        scale[0].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6
+    )
+    assert torch.equal(
+        decoder._logn_scale(torch.arange(4)[None]), torch.ones(1, 4)
+    )  # exactly 1 before

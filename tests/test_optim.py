@@ -17,8 +17,12 @@ def test_layer_depth_counts_blocks_above_each_parameter():
     assert layer_depth("transformer.audio.blocks.31.mlp.0.bias", n) == 1
     assert layer_depth("transformer.audio.ln_post.weight", n) == 0
     assert layer_depth("transformer.audio.proj.weight", n) == 0
-    assert layer_depth("transformer.h.3.attn.c_attn.weight", n) == 0  # LLM blocks are not encoder blocks
-    assert layer_depth("_forward_module.transformer.audio.blocks.2.attn.key.weight", 4) == 2  # wrapped names
+    assert (
+        layer_depth("transformer.h.3.attn.c_attn.weight", n) == 0
+    )  # LLM blocks are not encoder blocks
+    assert (
+        layer_depth("_forward_module.transformer.audio.blocks.2.attn.key.weight", 4) == 2
+    )  # wrapped names
 
 
 def test_param_groups_scale_lr_and_skip_decay_on_vectors():
@@ -30,7 +34,10 @@ def test_param_groups_scale_lr_and_skip_decay_on_vectors():
         ("transformer.audio.proj.weight", nn.Parameter(torch.zeros(4, 4))),
         ("transformer.wte.weight", nn.Parameter(torch.zeros(4, 4), requires_grad=False)),
     ]
-    groups = {tuple(g["param_names"]): (g["lr"], g["weight_decay"]) for g in param_groups(named, 1.0, 0.05, 0.5, 2)}
+    groups = {
+        tuple(g["param_names"]): (g["lr"], g["weight_decay"])
+        for g in param_groups(named, 1.0, 0.05, 0.5, 2)
+    }
     assert groups == {
         ("transformer.audio.proj.weight",): (1.0, 0.05),
         ("transformer.audio.blocks.1.mlp.0.weight",): (0.5, 0.05),
@@ -43,7 +50,16 @@ def test_param_groups_scale_lr_and_skip_decay_on_vectors():
 
 @pytest.mark.parametrize(
     "step,expected",
-    [(0, 0.1), (9, 1.0), (10, 1.0), (60, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))), (110, 0.1), (500, 0.1)],
+    [
+        (0, 0.1),
+        (9, 1.0),
+        (10, 1.0),
+        (60, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))),
+        (110, 0.1),
+        (500, 0.1),
+    ],
 )
 def test_warmup_cosine_hand_worked(step, expected):
-    assert warmup_cosine(step, warmup_steps=10, total_steps=110, min_ratio=0.1) == pytest.approx(expected)
+    assert warmup_cosine(step, warmup_steps=10, total_steps=110, min_ratio=0.1) == pytest.approx(
+        expected
+    )

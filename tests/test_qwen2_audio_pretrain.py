@@ -65,7 +65,9 @@ def test_entries(demo_dir):
 
 @pytest.mark.parametrize("task", ["asr", "srwt", "aqa"])
 @pytest.mark.parametrize("family", ["qwen-audio", "qwen2-audio"])
-def test_a_training_example_starts_with_the_prompt_evaluation_gives_its_item(family, task, test_entries):
+def test_a_training_example_starts_with_the_prompt_evaluation_gives_its_item(
+    family, task, test_entries
+):
     tokenizer = load_tokenizer(preset=PRESETS[family])
     assert tokenizer.family == family
     entry = next(e for e in test_entries if e.task == task and e.audio_language in ("en", None))
@@ -76,17 +78,28 @@ def test_a_training_example_starts_with_the_prompt_evaluation_gives_its_item(fam
     expected = PROMPTS[family][task].format(question=entry.question)
     assert tokenizer.decode(prompt, [entry.audio]) == f"<audio>{entry.audio}</audio>{expected}"
     assert example.ids[:n] == prompt
-    assert set(example.labels[:n]) == {IGNORE_INDEX} and example.labels[n:] == example.ids[n:]  # loss on the target
-    if task == "srwt":  # the target's first timestamp is the prompt's last: held once, where generation finds it
+    assert (
+        set(example.labels[:n]) == {IGNORE_INDEX} and example.labels[n:] == example.ids[n:]
+    )  # loss on the target
+    if (
+        task == "srwt"
+    ):  # the target's first timestamp is the prompt's last: held once, where generation finds it
         assert target.startswith("<|0.00|>")
-        target = target[len("<|0.00|>"):]
+        target = target[len("<|0.00|>") :]
     assert tokenizer.decode(example.ids[n:]) == target + "<|endoftext|>"
 
 
 def test_a_task_qwen2_audio_has_no_instruction_for_is_refused_by_name():
     tokenizer = load_tokenizer(preset="qwen2-audio-tiny")
     with pytest.raises(ValueError, match="Qwen2-Audio has no prompt for task 'lid'"):
-        encode_task(tokenizer, "lid", "a.wav", "English", audio_language="unknown", load={"a.wav": torch.ones(1600)})
+        encode_task(
+            tokenizer,
+            "lid",
+            "a.wav",
+            "English",
+            audio_language="unknown",
+            load={"a.wav": torch.ones(1600)},
+        )
 
 
 def test_the_data_module_refuses_such_a_task_at_its_manifest_line(tmp_path):
@@ -100,7 +113,9 @@ def test_the_data_module_refuses_such_a_task_at_its_manifest_line(tmp_path):
         data = AudioTextDataModule(train=[str(manifest)])
         data.connect(load_tokenizer(preset=preset), n_mels=80)
         if refused:
-            with pytest.raises(ManifestError, match=rf"^{re.escape(str(manifest))}:2: task: unknown task 'lid'"):
+            with pytest.raises(
+                ManifestError, match=rf"^{re.escape(str(manifest))}:2: task: unknown task 'lid'"
+            ):
                 data.setup("fit")
         else:
             data.setup("fit")
@@ -120,7 +135,8 @@ def _losses(root: Path) -> dict[str, list[float]]:
 def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir, tmp_path):
     export = tmp_path / "pretrained"
     override = tmp_path / "override.yaml"
-    override.write_text(textwrap.dedent(f"""\
+    override.write_text(
+        textwrap.dedent(f"""\
         trainer:
           max_steps: 8
           log_every_n_steps: 1
@@ -145,27 +161,65 @@ def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir
               size: 1
           num_buckets: 1
           max_seconds: 80.0
-        """))
-    cli = pretrain(["fit", "--config", str(REPO / "recipes/configs/pretrain/demo.yaml"), "--config", str(override)])
+        """)
+    )
+    cli = pretrain(
+        [
+            "fit",
+            "--config",
+            str(REPO / "recipes/configs/pretrain/demo.yaml"),
+            "--config",
+            str(override),
+        ]
+    )
     # one bucket, one batch an epoch (the 12 training examples): the loss falls by learning, not by another batch
     assert cli.trainer.global_step == 8 and cli.trainer.num_training_batches == 1
     losses = _losses(tmp_path)
-    assert set(losses) == {"train/loss", *(f"train/loss_{task}" for task in ("asr", "srwt", "mna", "asc", "aqa"))}
+    assert set(losses) == {
+        "train/loss",
+        *(f"train/loss_{task}" for task in ("asr", "srwt", "mna", "asc", "aqa")),
+    }
     for name, values in losses.items():
         assert len(values) == 8 and values[-1] < 0.85 * values[0], (name, values)
 
     # The export is a Qwen2-Audio folder: transformers reads the trained weights under its names.
     trained = load_model(export)[0].state_dict()
-    assert torch.equal(trained["transformer.h.1.mlp.w2.weight"], cli.model.model.transformer.h[1].mlp.w2.weight)
+    assert torch.equal(
+        trained["transformer.h.1.mlp.w2.weight"], cli.model.model.transformer.h[1].mlp.w2.weight
+    )
     exported = Qwen2AudioForConditionalGeneration.from_pretrained(export).state_dict()
-    assert torch.equal(exported["model.language_model.layers.1.mlp.gate_proj.weight"],
-                       trained["transformer.h.1.mlp.w2.weight"])
+    assert torch.equal(
+        exported["model.language_model.layers.1.mlp.gate_proj.weight"],
+        trained["transformer.h.1.mlp.w2.weight"],
+    )
 
     # Evaluation reads the corpus back from the export and asks each demo benchmark with the family's instruction.
     out = tmp_path / "evaluate"
-    evaluate(["test", "--config", str(REPO / "recipes/configs/evaluate/demo.yaml"), "--model.checkpoint",
-              str(export), "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false"])
-    predictions = [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
-    benchmarks = {"demo_asr_en", "demo_asr_zh", "demo_srwt_en", "demo_srwt_zh", "demo_mna", "demo_asc", "demo_aqa"}
+    evaluate(
+        [
+            "test",
+            "--config",
+            str(REPO / "recipes/configs/evaluate/demo.yaml"),
+            "--model.checkpoint",
+            str(export),
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    predictions = [
+        json.loads(line)
+        for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    ]
+    benchmarks = {
+        "demo_asr_en",
+        "demo_asr_zh",
+        "demo_srwt_en",
+        "demo_srwt_zh",
+        "demo_mna",
+        "demo_asc",
+        "demo_aqa",
+    }
     assert {p["benchmark"] for p in predictions} == benchmarks
     assert set(json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))) == benchmarks

@@ -72,20 +72,37 @@ def release(tmp_path_factory):
     the demo tokenizer.json, its stop ids, two float wavs, and transformers' processor."""
     folder = tmp_path_factory.mktemp("qwen2-audio-tiny")
     config = Qwen2AudioConfig(
-        audio_config=dict(d_model=64, encoder_attention_heads=4, encoder_ffn_dim=256, encoder_layers=2,
-                          num_mel_bins=128),
-        text_config=dict(vocab_size=4102, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5, max_position_embeddings=8192),
+        audio_config=dict(
+            d_model=64,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=256,
+            encoder_layers=2,
+            num_mel_bins=128,
+        ),
+        text_config=dict(
+            vocab_size=4102,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            rms_norm_eps=1e-5,
+            max_position_embeddings=8192,
+        ),
         audio_token_index=4099,
     )
     torch.manual_seed(0)
     model = Qwen2AudioForConditionalGeneration(config).eval()
     with torch.no_grad():
-        for parameter in model.parameters():  # well away from the 0.02 init, so that greedy tokens discriminate
+        for (
+            parameter
+        ) in model.parameters():  # well away from the 0.02 init, so that greedy tokens discriminate
             parameter.normal_(0.0, 0.2)
     model.save_pretrained(folder)
     shutil.copyfile(DEMO_TOKENIZER_FILE, folder / "tokenizer.json")
-    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": STOPS, "pad_token_id": 4096}))
+    (folder / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": STOPS, "pad_token_id": 4096})
+    )
     rng = np.random.default_rng(0)
     clips = folder.parent / f"{folder.name}-clips"
     clips.mkdir()
@@ -95,10 +112,18 @@ def release(tmp_path_factory):
         wave = 0.3 * np.sin(2 * np.pi * 440 * t * (1 + t)) + 0.05 * rng.standard_normal(samples)
         waves[name] = wave.astype(np.float32)
         soundfile.write(clips / name, waves[name], SAMPLE_RATE, subtype="FLOAT")
-    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128),
-                                    tokenizer=PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json")))
-    return SimpleNamespace(folder=folder, model=model, processor=processor, waves=waves,
-                           a=str(clips / "a.wav"), b=str(clips / "b.wav"))
+    processor = Qwen2AudioProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128),
+        tokenizer=PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json")),
+    )
+    return SimpleNamespace(
+        folder=folder,
+        model=model,
+        processor=processor,
+        waves=waves,
+        a=str(clips / "a.wav"),
+        b=str(clips / "b.wav"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +134,25 @@ def demo_dir(tmp_path_factory):
         yield
 
 
-def _hf_answer(release, text: str, audios: list[np.ndarray], max_new_tokens: int, model=None) -> str:
+def _hf_answer(
+    release, text: str, audios: list[np.ndarray], max_new_tokens: int, model=None
+) -> str:
     """transformers' greedy continuation of ``text`` (the processor expands its audio markers), cut where ours
     stops (a stop id, or ``<|im_start|>``), decoded by the HF tokenizer."""
-    inputs = release.processor(text=text, audio=audios or None, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    inputs = release.processor(
+        text=text, audio=audios or None, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    )
     model = model or release.model
     if model.dtype == torch.float64:
         inputs["input_features"] = inputs["input_features"].double()
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False,
-                         eos_token_id=STOPS, pad_token_id=4096)[0, inputs["input_ids"].shape[1]:].tolist()
+    out = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=1,
+        do_sample=False,
+        eos_token_id=STOPS,
+        pad_token_id=4096,
+    )[0, inputs["input_ids"].shape[1] :].tolist()
     end = next((i for i, t in enumerate(out) if t in (*STOPS, IM_START)), len(out))
     return release.processor.tokenizer.decode(out[:end], clean_up_tokenization_spaces=False).strip()
 
@@ -125,26 +160,60 @@ def _hf_answer(release, text: str, audios: list[np.ndarray], max_new_tokens: int
 def test_the_folder_is_the_qwen2_audio_tiny_preset(release):
     """So that ``--model.preset qwen2-audio-tiny --model.init_from FOLDER`` builds the architecture of the folder."""
     ours, preset = read_config(release.folder), QwenAudioConfig.from_name("qwen2-audio-tiny")
-    assert (ours.family, ours.encoder, ours.decoder, ours.audio_start_id) == \
-        (preset.family, preset.encoder, preset.decoder, preset.audio_start_id)
+    assert (ours.family, ours.encoder, ours.decoder, ours.audio_start_id) == (
+        preset.family,
+        preset.encoder,
+        preset.decoder,
+        preset.audio_start_id,
+    )
 
 
-def test_demo_evaluation_gives_transformers_greedy_answers_to_qwen2_audio_instructions(release, demo_dir, tmp_path):
+def test_demo_evaluation_gives_transformers_greedy_answers_to_qwen2_audio_instructions(
+    release, demo_dir, tmp_path
+):
     out = tmp_path / "evaluate"
-    evaluate(["test", "--config", str(REPO / "recipes/configs/evaluate/demo.yaml"), "--data.corpus.size", "1",
-              "--model.checkpoint", str(release.folder), "--trainer.default_root_dir", str(out),
-              "--trainer.enable_progress_bar", "false"])
-    predictions = [json.loads(line) for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()]
+    evaluate(
+        [
+            "test",
+            "--config",
+            str(REPO / "recipes/configs/evaluate/demo.yaml"),
+            "--data.corpus.size",
+            "1",
+            "--model.checkpoint",
+            str(release.folder),
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    predictions = [
+        json.loads(line)
+        for line in (out / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines()
+    ]
     assert {p["benchmark"] for p in predictions} == set(DEMO_INSTRUCTIONS)
     for p in predictions:
         instruction = DEMO_INSTRUCTIONS[p["benchmark"]].format(question=p.get("question"))
-        expected = _hf_answer(release, HF_AUDIO + instruction, [load_audio(p["audio"]).numpy()],
-                              BENCHMARKS[p["benchmark"]].max_new_tokens)
+        expected = _hf_answer(
+            release,
+            HF_AUDIO + instruction,
+            [load_audio(p["audio"]).numpy()],
+            BENCHMARKS[p["benchmark"]].max_new_tokens,
+        )
         assert p["response"] == expected, p["benchmark"]
-    assert len({p["response"] for p in predictions}) > 3  # a random model answers each prompt differently
+    assert (
+        len({p["response"] for p in predictions}) > 3
+    )  # a random model answers each prompt differently
     metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
-    scored = {"demo_asr_en": "wer", "demo_asr_zh": "cer", "demo_srwt_en": "aas_ms", "demo_srwt_zh": "aas_ms",
-              "demo_mna": "accuracy", "demo_asc": "accuracy", "demo_aqa": "accuracy"}
+    scored = {
+        "demo_asr_en": "wer",
+        "demo_asr_zh": "cer",
+        "demo_srwt_en": "aas_ms",
+        "demo_srwt_zh": "aas_ms",
+        "demo_mna": "accuracy",
+        "demo_asc": "accuracy",
+        "demo_aqa": "accuracy",
+    }
     for name, metric in scored.items():
         assert metrics[name][name]["count"] >= 1 and metric in metrics[name][name], name
 
@@ -152,29 +221,64 @@ def test_demo_evaluation_gives_transformers_greedy_answers_to_qwen2_audio_instru
 def test_chat_template_numbers_audios_across_the_conversation_as_transformers(release):
     """Two turns with one audio each: ``Audio 1: `` then ``Audio 2: `` (Qwen-Audio's release restarts at
     ``Audio 1:``, with no space), in the ids of ``encode_chat`` (SFT data) and ``chat``."""
-    assert from_list_format([{"audio": "b.wav"}], "qwen-audio", audios_before=1) == "Audio 1:<audio>b.wav</audio>\n"
-    assert from_list_format([{"audio": "b.wav"}], "qwen2-audio", audios_before=1) == "Audio 2: <audio>b.wav</audio>\n"
+    assert (
+        from_list_format([{"audio": "b.wav"}], "qwen-audio", audios_before=1)
+        == "Audio 1:<audio>b.wav</audio>\n"
+    )
+    assert (
+        from_list_format([{"audio": "b.wav"}], "qwen2-audio", audios_before=1)
+        == "Audio 2: <audio>b.wav</audio>\n"
+    )
     model, tokenizer = load_model(str(release.folder))
-    turns = [([{"audio": release.a}, {"text": "What's that sound?"}], "A tone."),
-             ([{"audio": release.b}, {"text": "And this one?"}], "A sweep.")]
-    hf_messages = [message for items, reply in turns for message in (
-        {"role": "user", "content": [{"type": "audio", "audio_url": i["audio"]} if "audio" in i else
-                                     {"type": "text", "text": i["text"]} for i in items]},
-        {"role": "assistant", "content": reply})]
+    turns = [
+        ([{"audio": release.a}, {"text": "What's that sound?"}], "A tone."),
+        ([{"audio": release.b}, {"text": "And this one?"}], "A sweep."),
+    ]
+    hf_messages = [
+        message
+        for items, reply in turns
+        for message in (
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio", "audio_url": i["audio"]}
+                    if "audio" in i
+                    else {"type": "text", "text": i["text"]}
+                    for i in items
+                ],
+            },
+            {"role": "assistant", "content": reply},
+        )
+    ]
     waves = [release.waves["a.wav"], release.waves["b.wav"]]
-    text = release.processor.apply_chat_template(hf_messages[:3], add_generation_prompt=True, tokenize=False)
+    text = release.processor.apply_chat_template(
+        hf_messages[:3], add_generation_prompt=True, tokenize=False
+    )
     assert "user\nAudio 1: <|audio_bos|>" in text and "user\nAudio 2: <|audio_bos|>" in text
     hf_ids = release.processor(text=text, audio=waves, sampling_rate=SAMPLE_RATE)["input_ids"][0]
-    messages = [message for items, reply in turns for message in (Message("user", items), Message("assistant", reply))]
+    messages = [
+        message
+        for items, reply in turns
+        for message in (Message("user", items), Message("assistant", reply))
+    ]
     assert encode_chat(tokenizer, messages[:3], add_generation_prompt=True).ids == list(hf_ids)
 
     # SFT data: the whole conversation; the template's newline after the last turn is the one token more
     text = release.processor.apply_chat_template(hf_messages, tokenize=False)
-    hf_ids = list(release.processor(text=text, audio=waves, sampling_rate=SAMPLE_RATE)["input_ids"][0])
+    hf_ids = list(
+        release.processor(text=text, audio=waves, sampling_rate=SAMPLE_RATE)["input_ids"][0]
+    )
     example = Conversation("two-audios", tuple(messages)).encode(tokenizer, 2048)
     assert example.ids == hf_ids[:-1] and tokenizer.decode(hf_ids[-1:]) == "\n"
-    learned = [tokenizer.decode([t for t, label in zip(example.ids, example.labels, strict=True)
-                                 if label != IGNORE_INDEX])]
+    learned = [
+        tokenizer.decode(
+            [
+                t
+                for t, label in zip(example.ids, example.labels, strict=True)
+                if label != IGNORE_INDEX
+            ]
+        )
+    ]
     assert learned == ["A tone.<|im_end|>A sweep.<|im_end|>"]
 
     config = GenerationConfig.chat(tokenizer, do_sample=False, max_new_tokens=6)
@@ -182,7 +286,9 @@ def test_chat_template_numbers_audios_across_the_conversation_as_transformers(re
     answer, history = chat(model, tokenizer, turns[1][0], history, config=config)
     assert history[1][0].startswith(f"Audio 2: <audio>{release.b}</audio>\n")
     hf_messages[1]["content"] = response
-    text = release.processor.apply_chat_template(hf_messages[:3], add_generation_prompt=True, tokenize=False)
+    text = release.processor.apply_chat_template(
+        hf_messages[:3], add_generation_prompt=True, tokenize=False
+    )
     assert answer == _hf_answer(release, text, waves, 6)
 
 
@@ -194,8 +300,14 @@ def _training_loss(folder: Path, conversations: list[Conversation]) -> float:
         example = conversation.encode(tokenizer, 2048)
         batch = batch_prompts([example], tokenizer.eod, model.config.encoder.n_mels)
         with torch.no_grad():
-            losses.append(model(batch.input_ids, audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths,
-                                labels=torch.tensor([example.labels])).loss.item())
+            losses.append(
+                model(
+                    batch.input_ids,
+                    audio_mel=batch.audio_mel,
+                    audio_mel_lengths=batch.audio_mel_lengths,
+                    labels=torch.tensor([example.labels]),
+                ).loss.item()
+            )
     return sum(losses) / len(losses)
 
 
@@ -203,7 +315,8 @@ def _training_loss(folder: Path, conversations: list[Conversation]) -> float:
 def test_sft_fine_tunes_a_folder_transformers_wrote(release, demo_dir, tmp_path, capsys, lora):
     export = tmp_path / "exported"
     override = tmp_path / "override.yaml"
-    override.write_text(textwrap.dedent(f"""\
+    override.write_text(
+        textwrap.dedent(f"""\
         trainer:
           max_steps: 4
           limit_val_batches: 0
@@ -227,8 +340,11 @@ def test_sft_fine_tunes_a_folder_transformers_wrote(release, demo_dir, tmp_path,
           corpus:
             init_args:
               size: 1
-        """))
-    cli = sft(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)])
+        """)
+    )
+    cli = sft(
+        ["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)]
+    )
     assert cli.trainer.global_step == 4
     printed = capsys.readouterr().out
     assert "### before SFT" in printed and "### after SFT" in printed
@@ -239,37 +355,72 @@ def test_sft_fine_tunes_a_folder_transformers_wrote(release, demo_dir, tmp_path,
     initial = load_model(release.folder)[0].state_dict()
     trained = load_model(export)[0].state_dict()
     changed = {k for k, v in trained.items() if not torch.equal(v, initial[k])}
-    assert "transformer.h.1.mlp.w2.weight" in changed and not any(k.startswith("transformer.audio.") for k in changed)
+    assert "transformer.h.1.mlp.w2.weight" in changed and not any(
+        k.startswith("transformer.audio.") for k in changed
+    )
     assert ("lm_head.weight" in changed) != lora  # LoRA adapts the blocks' linear layers only
     exported = Qwen2AudioForConditionalGeneration.from_pretrained(export).state_dict()
-    assert torch.equal(exported["model.language_model.layers.1.mlp.gate_proj.weight"],
-                       trained["transformer.h.1.mlp.w2.weight"])
+    assert torch.equal(
+        exported["model.language_model.layers.1.mlp.gate_proj.weight"],
+        trained["transformer.h.1.mlp.w2.weight"],
+    )
 
 
 def _audio_part(path: str) -> dict:
     with open(path, "rb") as f:
-        return {"type": "input_audio", "input_audio": {"data": base64.b64encode(f.read()).decode(), "format": "wav"}}
+        return {
+            "type": "input_audio",
+            "input_audio": {"data": base64.b64encode(f.read()).decode(), "format": "wav"},
+        }
 
 
 def test_server_answers_as_transformers_greedy(release, serve_checkpoint, tmp_path):
     """A two-turn conversation with an audio in each turn through the openai client, greedy, in float64 on both
     sides (no argmax near-tie can differ by rounding)."""
-    messages = [{"role": "user", "content": [_audio_part(release.a), {"type": "text", "text": "What is it?"}]},
-                {"role": "assistant", "content": "A tone."},
-                {"role": "user", "content": [_audio_part(release.b), {"type": "text", "text": "And this one?"}]}]
-    hf_messages = [{"role": "user", "content": [{"type": "audio", "audio_url": release.a},
-                                                {"type": "text", "text": "What is it?"}]},
-                   {"role": "assistant", "content": "A tone."},
-                   {"role": "user", "content": [{"type": "audio", "audio_url": release.b},
-                                                {"type": "text", "text": "And this one?"}]}]
-    text = release.processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
+    messages = [
+        {
+            "role": "user",
+            "content": [_audio_part(release.a), {"type": "text", "text": "What is it?"}],
+        },
+        {"role": "assistant", "content": "A tone."},
+        {
+            "role": "user",
+            "content": [_audio_part(release.b), {"type": "text", "text": "And this one?"}],
+        },
+    ]
+    hf_messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio_url": release.a},
+                {"type": "text", "text": "What is it?"},
+            ],
+        },
+        {"role": "assistant", "content": "A tone."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio", "audio_url": release.b},
+                {"type": "text", "text": "And this one?"},
+            ],
+        },
+    ]
+    text = release.processor.apply_chat_template(
+        hf_messages, add_generation_prompt=True, tokenize=False
+    )
     waves = [release.waves["a.wav"], release.waves["b.wav"]]
     expected = _hf_answer(release, text, waves, 8, model=copy.deepcopy(release.model).double())
-    prompt_tokens = len(release.processor(text=text, audio=waves, sampling_rate=SAMPLE_RATE)["input_ids"][0])
-    with serve_checkpoint(str(release.folder), str(tmp_path / "server.log"), "--dtype", "float64") as url:
+    prompt_tokens = len(
+        release.processor(text=text, audio=waves, sampling_rate=SAMPLE_RATE)["input_ids"][0]
+    )
+    with serve_checkpoint(
+        str(release.folder), str(tmp_path / "server.log"), "--dtype", "float64"
+    ) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
         name = os.path.basename(release.folder)
-        answer = client.chat.completions.create(model=name, messages=messages, temperature=0, max_tokens=8)
+        answer = client.chat.completions.create(
+            model=name, messages=messages, temperature=0, max_tokens=8
+        )
         assert answer.choices[0].message.content == expected
         assert answer.usage.prompt_tokens == prompt_tokens
         with pytest.raises(openai.BadRequestError) as error, open(release.a, "rb") as clip:

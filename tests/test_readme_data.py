@@ -35,7 +35,12 @@ def section_commands(readme: str, heading: str) -> list[str]:
     """The shell commands of a README section's ```bash blocks, continuation lines joined."""
     section = readme.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
-    return [command for block in blocks for command in block.replace("\\\n", " ").splitlines() if command]
+    return [
+        command
+        for block in blocks
+        for command in block.replace("\\\n", " ").splitlines()
+        if command
+    ]
 
 
 @pytest.mark.slow
@@ -44,25 +49,34 @@ def test_the_readme_converts_shards_and_pretrains_on_example_data(tmp_path):
     trainings = [c for c in commands if c.startswith("python -m recipes.pretrain fit")]
     assert len(trainings) == 2 and all("#" not in c for c in trainings)
     (tmp_path / "two_steps.yaml").write_text(TWO_STEPS)
-    script = "\n".join(
-        f"{c} --config two_steps.yaml" if c in trainings else c for c in commands
-    )
+    script = "\n".join(f"{c} --config two_steps.yaml" if c in trainings else c for c in commands)
     for folder in ("recipes", "scripts"):  # the paths the commands name, as in a clone
         (tmp_path / folder).symlink_to(REPO / folder)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
     data = tmp_path / "data"
     hf_lines = [json.loads(line) for line in (data / "hf" / "train.jsonl").open()]
     cut_lines = [json.loads(line) for line in (data / "lhotse" / "cuts_train.jsonl").open()]
     assert len(hf_lines) == 24 and {line["task"] for line in hf_lines} == {"asr"}
-    assert [line["task"] for line in cut_lines] == ["asr", "srwt"] * 24  # word alignments give SRWT lines
+    assert [line["task"] for line in cut_lines] == [
+        "asr",
+        "srwt",
+    ] * 24  # word alignments give SRWT lines
     assert all(line["words"] for line in cut_lines[1::2])
     assert (data / "shards" / "train" / "index.json").is_file()
     assert (data / "shards" / "cuts_train" / "index.json").is_file()
-    logs = sorted((tmp_path / "runs" / "pretrain-demo").glob("lightning_logs/version_*/metrics.csv"))
+    logs = sorted(
+        (tmp_path / "runs" / "pretrain-demo").glob("lightning_logs/version_*/metrics.csv")
+    )
     assert len(logs) == 2, "one log per training"
     for log in logs:
         steps = [int(row["step"]) for row in csv.DictReader(log.open()) if row.get("train/loss")]

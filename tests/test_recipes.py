@@ -28,19 +28,31 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 def _run(args: list[str], demo_dir: Path, extra_path: Path | None = None, check: bool = True):
-    env = {**os.environ, "QWEN_AUDIO_DEMO_DIR": str(demo_dir), "PYTHONPATH": os.pathsep.join(
-        str(p) for p in (REPO, extra_path) if p)}
-    result = subprocess.run([sys.executable, "-m", "recipes.pretrain", *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "QWEN_AUDIO_DEMO_DIR": str(demo_dir),
+        "PYTHONPATH": os.pathsep.join(str(p) for p in (REPO, extra_path) if p),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.pretrain", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"recipe failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"recipe failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
 def _overrides(root: Path, max_steps: int, extra_callbacks: str = "") -> Path:
     """A second config on top of demo.yaml: a tiny corpus, small batches, a checkpoint every 2 steps, CSV losses."""
     path = root / "override.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         trainer:
           max_steps: {max_steps}
           log_every_n_steps: 1
@@ -53,14 +65,15 @@ def _overrides(root: Path, max_steps: int, extra_callbacks: str = "") -> Path:
             init_args: {{save_dir: {root}}}
           callbacks:
             - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-              init_args: {{dirpath: {root / 'checkpoints'}, save_last: true, every_n_train_steps: 2, save_top_k: -1}}
+              init_args: {{dirpath: {root / "checkpoints"}, save_last: true, every_n_train_steps: 2, save_top_k: -1}}
         EXTRA
         data:
           corpus:
             init_args:
               size: 2
           max_seconds: 8
-        """).replace("EXTRA\n", extra_callbacks + "\n" if extra_callbacks else ""))
+        """).replace("EXTRA\n", extra_callbacks + "\n" if extra_callbacks else "")
+    )
     return path
 
 
@@ -98,16 +111,26 @@ def _losses(root: Path) -> dict[int, float]:
     return losses
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "recipes" / "configs")))
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "recipes" / "configs"))
+)
 def test_every_config_prints(config, demo_dir):
     printed = _run(["fit", "--config", str(config), "--print_config"], demo_dir).stdout
     assert "model:" in printed and "trainer:" in printed and "data:" in printed
 
 
 def test_fsdp_config_is_complete(demo_dir):
-    printed = _run(["fit", "--config", "recipes/configs/pretrain/qwen_audio.yaml", "--print_config"], demo_dir).stdout
-    for expected in ("ModelParallelStrategy", "save_distributed_checkpoint: true", "precision: bf16-mixed",
-                     "activation_checkpointing: true", "train: encoder", "preset: qwen-audio"):
+    printed = _run(
+        ["fit", "--config", "recipes/configs/pretrain/qwen_audio.yaml", "--print_config"], demo_dir
+    ).stdout
+    for expected in (
+        "ModelParallelStrategy",
+        "save_distributed_checkpoint: true",
+        "precision: bf16-mixed",
+        "activation_checkpointing: true",
+        "train: encoder",
+        "preset: qwen-audio",
+    ):
         assert expected in printed
 
 
@@ -122,20 +145,43 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path, demo_dir):
     names = (*(f"{m}.jsonl" for m in MANIFESTS), "items.json")
     manifests = b"".join((corpus / name).read_bytes() for name in names)
     assert json.loads((straight / "export" / CORPUS_RECORD).read_text()) == {
-        **corpus_record(seed=0, size=2), "fingerprint": hashlib.sha256(manifests).hexdigest()[:16]}
+        **corpus_record(seed=0, size=2),
+        "fingerprint": hashlib.sha256(manifests).hexdigest()[:16],
+    }
     (killed / "interrupt.py").write_text(INTERRUPT)
     kill = "    - class_path: interrupt.KillAtStep\n      init_args: {step: 3}"
-    died = _run(["fit", "--config", str(DEMO), "--config", str(_overrides(killed, 6, kill))], demo_dir,
-                extra_path=killed, check=False)
+    died = _run(
+        ["fit", "--config", str(DEMO), "--config", str(_overrides(killed, 6, kill))],
+        demo_dir,
+        extra_path=killed,
+        check=False,
+    )
     assert died.returncode == -9, died.stderr[-3000:]
-    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
+        "epoch=0-step=2.ckpt",
+        "last.ckpt",
+    ]
     # as if killed between the two writes: --ckpt_path last must take the step checkpoint, not start over
     (killed / "checkpoints" / "last.ckpt").unlink()
-    _run(["fit", "--config", str(DEMO), "--config", str(_overrides(killed, 6)), "--ckpt_path", "last"], demo_dir)
+    _run(
+        [
+            "fit",
+            "--config",
+            str(DEMO),
+            "--config",
+            str(_overrides(killed, 6)),
+            "--ckpt_path",
+            "last",
+        ],
+        demo_dir,
+    )
     expected, resumed = _losses(straight), _losses(killed)
     assert sorted(expected) == list(range(6)) and sorted(resumed) == list(range(6))
-    second = [int(row["step"]) for row in csv.DictReader((killed / "lightning_logs/version_1/metrics.csv").open())
-              if row.get("train/loss")]
+    second = [
+        int(row["step"])
+        for row in csv.DictReader((killed / "lightning_logs/version_1/metrics.csv").open())
+        if row.get("train/loss")
+    ]
     assert min(second) == 2, "the resumed run must start at the checkpoint's step"
     for step in range(6):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
@@ -144,19 +190,37 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path, demo_dir):
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory, demo_dir) -> tuple[dict[int, float], dict[int, float], Path]:
     """FSDP2 (ModelParallelStrategy, gloo) on 2 CPU processes: 4 steps straight; 2 steps, stop, resume to 4."""
-    strategy = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
-                '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}')
+    strategy = (
+        '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
+        '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}'
+    )
     fsdp = ["--trainer.strategy", strategy, "--trainer.devices", "2"]
     straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
     _run(["fit", "--config", str(DEMO), "--config", str(_overrides(straight, 4)), *fsdp], demo_dir)
     (resumed / "interrupt.py").write_text(INTERRUPT)
     stop = "    - class_path: interrupt.StopAtStep\n      init_args: {step: 2}"
-    _run(["fit", "--config", str(DEMO), "--config", str(_overrides(resumed, 4, stop)), *fsdp], demo_dir,
-         extra_path=resumed)
+    _run(
+        ["fit", "--config", str(DEMO), "--config", str(_overrides(resumed, 4, stop)), *fsdp],
+        demo_dir,
+        extra_path=resumed,
+    )
     last = resumed / "checkpoints" / "last.ckpt"
-    assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {p.name for p in last.iterdir()}, "expected DCP shards"
-    _run(["fit", "--config", str(DEMO), "--config", str(_overrides(resumed, 4)), *fsdp, "--ckpt_path", "last"],
-         demo_dir)
+    assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {p.name for p in last.iterdir()}, (
+        "expected DCP shards"
+    )
+    _run(
+        [
+            "fit",
+            "--config",
+            str(DEMO),
+            "--config",
+            str(_overrides(resumed, 4)),
+            *fsdp,
+            "--ckpt_path",
+            "last",
+        ],
+        demo_dir,
+    )
     return _losses(straight), _losses(resumed), last
 
 
@@ -173,16 +237,32 @@ def test_fsdp_refuses_an_unsharded_tensor_parallel_layout(tmp_path, demo_dir):
     """Lightning's default ``data_parallel_size: auto`` on one node makes 2 tensor-parallel ranks with no gradient
     sync between them; the module must say so instead of training two diverging copies."""
     strategy = '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}'
-    result = _run(["fit", "--config", str(DEMO), "--config", str(_overrides(tmp_path, 1)),
-                   "--trainer.strategy", strategy, "--trainer.devices", "2"], demo_dir, check=False)
+    result = _run(
+        [
+            "fit",
+            "--config",
+            str(DEMO),
+            "--config",
+            str(_overrides(tmp_path, 1)),
+            "--trainer.strategy",
+            strategy,
+            "--trainer.devices",
+            "2",
+        ],
+        demo_dir,
+        check=False,
+    )
     assert result.returncode != 0
     assert "tensor_parallel_size: 1" in result.stderr
 
 
 BAD_LINES = {
     "malformed": ('{"audio": "x.wav", "task": "asr", ', r"bad\.jsonl:3: .*JSON"),
-    "missing audio": ('{"audio": "/nowhere/gone.wav", "task": "asr", "text": "one", "audio_language": "en", '
-                      '"text_language": "en"}', r"bad\.jsonl:3: audio: file not found: /nowhere/gone\.wav"),
+    "missing audio": (
+        '{"audio": "/nowhere/gone.wav", "task": "asr", "text": "one", "audio_language": "en", '
+        '"text_language": "en"}',
+        r"bad\.jsonl:3: audio: file not found: /nowhere/gone\.wav",
+    ),
     "unknown task": (
         '{"audio": "AUDIO", "task": "dance", "text": "one", "audio_language": "en", "text_language": "en"}',
         r"bad\.jsonl:3: task: .*'dance'",
@@ -205,9 +285,24 @@ def test_bad_manifest_lines_stop_the_run_naming_them_and_keep_the_checkpoint(tmp
     for case, (bad, pattern) in BAD_LINES.items():
         manifest = tmp_path / "bad.jsonl"
         good = [json.dumps(line) for line in lines]
-        manifest.write_text("\n".join([*good[:2], bad.replace("AUDIO", lines[0]["audio"]), *good[2:]]) + "\n")
-        result = _run(["fit", "--config", str(DEMO), "--config", str(_overrides(tmp_path, 4)), "--data.train",
-                       f"[{manifest}]", "--ckpt_path", "last"], demo_dir, check=False)
+        manifest.write_text(
+            "\n".join([*good[:2], bad.replace("AUDIO", lines[0]["audio"]), *good[2:]]) + "\n"
+        )
+        result = _run(
+            [
+                "fit",
+                "--config",
+                str(DEMO),
+                "--config",
+                str(_overrides(tmp_path, 4)),
+                "--data.train",
+                f"[{manifest}]",
+                "--ckpt_path",
+                "last",
+            ],
+            demo_dir,
+            check=False,
+        )
         assert result.returncode != 0, case
         assert re.search(pattern, result.stderr), (case, result.stderr[-2000:])
         assert last.read_bytes() == saved, case

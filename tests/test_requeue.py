@@ -37,7 +37,9 @@ class Line(L.LightningModule):
 
     def train_dataloader(self):
         x = torch.linspace(-1, 1, 8).expand(STEPS_PER_EPOCH, 8)
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, 3 * x + 1), batch_size=1)
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, 3 * x + 1), batch_size=1
+        )
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -51,15 +53,25 @@ class SignalAt(L.Callback):
 
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == self.step:
-            assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)  # else the signal ends pytest
+            assert signal.getsignal(signal.SIGUSR1) not in (
+                signal.SIG_DFL,
+                None,
+            )  # else the signal ends pytest
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
 @pytest.fixture
 def slurm(tmp_path, monkeypatch) -> str:
     """A one-task SLURM job's environment; returns the file the fake ``scontrol`` writes its arguments to."""
-    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "test", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
-                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}.items():
+    for name, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "test",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol-calls"
@@ -72,15 +84,23 @@ def slurm(tmp_path, monkeypatch) -> str:
 
 
 def fit(root, record, callbacks, ckpt_path=None):
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=root,
-                        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True), *callbacks])
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True), *callbacks],
+    )
     trainer.fit(Line(record), ckpt_path=ckpt_path)
     return trainer
 
 
-def test_the_signal_saves_at_a_batch_boundary_requeues_and_the_requeued_run_continues_exactly(tmp_path, slurm,
-                                                                                               monkeypatch):
+def test_the_signal_saves_at_a_batch_boundary_requeues_and_the_requeued_run_continues_exactly(
+    tmp_path, slurm, monkeypatch
+):
     straight: dict[int, float] = {}
     fit(tmp_path / "straight", straight, [])
     before = signal.getsignal(signal.SIGUSR1)
@@ -103,17 +123,28 @@ def test_the_signal_saves_at_a_batch_boundary_requeues_and_the_requeued_run_cont
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     hpc.rename(root / "elsewhere")
     fresh: dict[int, float] = {}
-    with pytest.raises(CheckpointError, match=rf"restored step 0 \(ckpt_path None\), but it saved {hpc} at step 3"):
+    with pytest.raises(
+        CheckpointError, match=rf"restored step 0 \(ckpt_path None\), but it saved {hpc} at step 3"
+    ):
         fit(root, fresh, [RequeueOnSignal()])
     assert fresh == {}
     (root / "elsewhere").rename(hpc)
 
     resumed: dict[int, float] = {}
-    probe = L.Trainer(default_root_dir=root, callbacks=[ModelCheckpoint(dirpath=root / "checkpoints")], logger=False)
+    probe = L.Trainer(
+        default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints")],
+        logger=False,
+    )
     assert newest_checkpoint(probe) == str(hpc)
     fit(root, resumed, [RequeueOnSignal()], ckpt_path=str(hpc))
     assert sorted(resumed) == list(range(3, 2 * STEPS_PER_EPOCH))
-    assert read_record(str(root))[-1] == {"job": "4242", "restart": 1, "resumed": str(hpc), "step": 3}
+    assert read_record(str(root))[-1] == {
+        "job": "4242",
+        "restart": 1,
+        "resumed": str(hpc),
+        "step": 3,
+    }
     for step, loss in {**first, **resumed}.items():
         assert loss == pytest.approx(straight[step], rel=1e-6), step
 

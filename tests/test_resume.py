@@ -79,7 +79,9 @@ def manifests(tmp_path_factory) -> list[str]:
             seconds = round(float(rng.uniform(0.2, 0.8)), 3)
             samples = rng.normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
             soundfile.write(folder / f"{name}{i}.wav", samples, 16000)
-            entries.append(ManifestEntry(f"{name}{i}.wav", "asr", f"{name} {i}", "en", "en", duration=seconds))
+            entries.append(
+                ManifestEntry(f"{name}{i}.wav", "asr", f"{name} {i}", "en", "en", duration=seconds)
+            )
         write_manifest(folder / f"{name}.jsonl", entries)
         paths.append(str(folder / f"{name}.jsonl"))
     soundfile.write(folder / "noise.wav", rng.normal(0, 0.1, 16000).astype(np.float32), 16000)
@@ -102,16 +104,33 @@ def shards(manifests, tmp_path_factory) -> list[str]:
 def fit(
     root, manifests, weights, workers, streaming, record, kill_at=None, resume=False, augment=None
 ):
-    data = AudioTextDataModule(train=manifests, weights=weights, max_seconds=2.0, num_buckets=3,
-                               num_workers=workers, seed=4, streaming=streaming, buffer_size=8,
-                               augment=augment, cache=augment is not None)
+    data = AudioTextDataModule(
+        train=manifests,
+        weights=weights,
+        max_seconds=2.0,
+        num_buckets=3,
+        num_workers=workers,
+        seed=4,
+        streaming=streaming,
+        buffer_size=8,
+        augment=augment,
+        cache=augment is not None,
+    )
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)  # the tiny preset's
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True,
-                                                      save_top_k=-1)
-    trainer = L.Trainer(max_epochs=EPOCHS, limit_train_batches=7 if streaming else None, accelerator="cpu",
-                        logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0,
-                        callbacks=[checkpoints] + ([KillAtStep(kill_at)] if kill_at is not None else []))
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=root, every_n_train_steps=2, save_last=True, save_top_k=-1
+    )
+    trainer = L.Trainer(
+        max_epochs=EPOCHS,
+        limit_train_batches=7 if streaming else None,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[checkpoints] + ([KillAtStep(kill_at)] if kill_at is not None else []),
+    )
     trainer.fit(Recorder(record), datamodule=data, ckpt_path="last" if resume else None)
 
 
@@ -119,7 +138,8 @@ def fit(
 @pytest.mark.parametrize("weights", [None, [1.0, 3.0]], ids=["every-example", "weighted"])
 @pytest.mark.parametrize("source", ["indexed", "streamed", "sharded"])
 def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(
-        tmp_path, manifests, shards, weights, workers, source):
+    tmp_path, manifests, shards, weights, workers, source
+):
     """Streamed, an epoch is ``limit_train_batches`` batches of the endless stream; sharded, the
     same stream read from the shards, which must give the manifests' batches."""
     streaming = source != "indexed"
@@ -134,9 +154,13 @@ def test_each_epoch_reshuffles_and_a_kill_in_any_epoch_resumes_exactly(
     steps = len(straight)
     per_epoch = steps // EPOCHS
     assert steps == per_epoch * EPOCHS and sorted(straight) == list(range(steps))
-    epochs = [[straight[s][1] for s in range(e * per_epoch, (e + 1) * per_epoch)] for e in range(EPOCHS)]
+    epochs = [
+        [straight[s][1] for s in range(e * per_epoch, (e + 1) * per_epoch)] for e in range(EPOCHS)
+    ]
     assert epochs[0] != epochs[1] != epochs[2] != epochs[0]  # a new plan every epoch
-    if weights is not None:  # beta is up-sampled, alpha down-sampled: each epoch takes another subset of alpha
+    if (
+        weights is not None
+    ):  # beta is up-sampled, alpha down-sampled: each epoch takes another subset of alpha
         subsets = [{row for batch in epoch for row in batch} for epoch in epochs]
         assert subsets[0] != subsets[1]
 
@@ -214,8 +238,14 @@ def _fit_on_two_ranks(root, sources, stop: int) -> list[dict]:
     script.write_text(RANKS)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [sys.executable, str(script), str(root), json.dumps(sources), str(stop)]
-    result = subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": repo},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": repo},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     records = [json.loads((root / f"rank{rank}-{stop}.json").read_text()) for rank in (0, 1)]
     return [{int(step): value for step, value in record.items()} for record in records]

@@ -25,7 +25,10 @@ def test_hand_worked_batches_one_and_two_ranks():
     single = DurationBucketSampler(durations, 4, num_buckets=2, shuffle=False)
     assert list(single) == [[0, 1, 2, 3], [4, 5], [6, 7]]
     # three batches for two ranks: the largest is split in two, so nothing is dropped or repeated
-    ranks = [DurationBucketSampler(durations, 4, num_buckets=2, shuffle=False, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [
+        DurationBucketSampler(durations, 4, num_buckets=2, shuffle=False, rank=r, world_size=2)
+        for r in (0, 1)
+    ]
     assert [list(s) for s in ranks] == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]
 
 
@@ -35,18 +38,26 @@ def test_budget_every_example_once_disjoint_equal_counts(world_size):
     for epoch in (0, 1):
         per_rank = []
         for rank in range(world_size):
-            sampler = DurationBucketSampler([durations], 20.0, seed=3, rank=rank, world_size=world_size)
+            sampler = DurationBucketSampler(
+                [durations], 20.0, seed=3, rank=rank, world_size=world_size
+            )
             batches = epoch_batches(sampler, epoch)
             assert len(batches) == len(sampler)
             assert all(len(b) * durations[b].max() <= 20.0 for b in batches)
             per_rank.append(batches)
-        assert len({len(b) for b in per_rank}) == 1  # equal batch counts: no rank waits on a collective
+        assert (
+            len({len(b) for b in per_rank}) == 1
+        )  # equal batch counts: no rank waits on a collective
         seen = [i for batches in per_rank for b in batches for i in b]
-        assert sorted(seen) == list(range(len(durations)))  # every example exactly once across ranks
+        assert sorted(seen) == list(
+            range(len(durations))
+        )  # every example exactly once across ranks
 
 
 def test_drops_only_when_no_batch_can_be_split():
-    durations = [[3.0, 3.0, 3.0]]  # every clip fills a 4 s budget alone: 3 single-example batches, 2 ranks
+    durations = [
+        [3.0, 3.0, 3.0]
+    ]  # every clip fills a 4 s budget alone: 3 single-example batches, 2 ranks
     ranks = [DurationBucketSampler(durations, 4, rank=r, world_size=2) for r in (0, 1)]
     batches = [list(s) for s in ranks]
     assert [len(b) for b in batches] == [1, 1]
@@ -74,7 +85,9 @@ def test_deterministic_per_seed_and_epoch():
 
 def test_sortagrad_epochs_go_shortest_bucket_first_then_shuffle():
     durations = random_durations(500)
-    edges = np.quantile(durations, np.linspace(0, 1, 11)[1:-1])  # the 10 buckets' bounds, as documented
+    edges = np.quantile(
+        durations, np.linspace(0, 1, 11)[1:-1]
+    )  # the 10 buckets' bounds, as documented
     sampler = DurationBucketSampler([durations], 24.0, sortagrad_epochs=2, seed=1)
 
     def buckets(batch):
@@ -86,9 +99,13 @@ def test_sortagrad_epochs_go_shortest_bucket_first_then_shuffle():
         assert all(len(b) == 1 for b in order)
         assert [min(b) for b in order] == sorted(min(b) for b in order)  # shortest bucket first
         assert sorted(i for b in batches for i in b) == list(range(500))  # still every example once
-    assert epoch_batches(sampler, 0) != epoch_batches(sampler, 1)  # the clips inside a bucket are reshuffled
+    assert epoch_batches(sampler, 0) != epoch_batches(
+        sampler, 1
+    )  # the clips inside a bucket are reshuffled
     order = [min(buckets(b)) for b in epoch_batches(sampler, 2)]
-    assert order != sorted(order)  # from epoch 2 on the batch order is shuffled as without the option
+    assert order != sorted(
+        order
+    )  # from epoch 2 on the batch order is shuffled as without the option
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2])
@@ -157,7 +174,9 @@ def test_lightning_sets_the_epoch_and_every_epoch_has_the_same_batch_count():
         loader = DataLoader(torch.arange(300), batch_sampler=sampler)
         plans = []
         for epoch in range(4):
-            _set_sampler_epoch(loader, epoch)  # what Lightning's fit loop calls at the start of each epoch
+            _set_sampler_epoch(
+                loader, epoch
+            )  # what Lightning's fit loop calls at the start of each epoch
             plans.append([t.tolist() for t in loader])
             assert sampler.epoch == epoch and len(plans[-1]) == len(plans[0]) == len(loader)
         assert all(plans[i] != plans[j] for i in range(4) for j in range(i))

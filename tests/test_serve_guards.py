@@ -67,9 +67,24 @@ class Server:
         self.url, self.log, self.name = f"http://127.0.0.1:{port}", log, checkpoint.name
         with open(log, "w") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "qwen_audio.serve", "--checkpoint", str(checkpoint), "--port", str(port),
-                 "--device", "cpu", *options], stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "qwen_audio.serve",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--port",
+                    str(port),
+                    "--device",
+                    "cpu",
+                    *options,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 240
         while True:
             assert self.process.poll() is None, log.read_text()
@@ -92,7 +107,9 @@ class Server:
 
 def wav(path: Path, seconds: float) -> Path:
     rng = np.random.default_rng(0)
-    soundfile.write(path, (0.1 * rng.standard_normal(round(16000 * seconds))).astype(np.float32), 16000)
+    soundfile.write(
+        path, (0.1 * rng.standard_normal(round(16000 * seconds))).astype(np.float32), 16000
+    )
     return path
 
 
@@ -105,22 +122,37 @@ def audio_part(path: Path) -> dict:
 def checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("guards") / "tiny-guarded"
     torch.manual_seed(0)
-    save_pretrained(QwenAudio(QwenAudioConfig.from_name("tiny")), folder, tokenizer_file=DEMO_RANKS_FILE)
+    save_pretrained(
+        QwenAudio(QwenAudioConfig.from_name("tiny")), folder, tokenizer_file=DEMO_RANKS_FILE
+    )
     return folder
 
 
 @pytest.fixture(scope="module")
 def guarded(checkpoint):
-    server = Server(checkpoint, checkpoint.parent / "guarded.log", "--api-key", KEY, "--max-request-mb", "1",
-                    "--max-audio-seconds", "2", "--shutdown-timeout", "120")
+    server = Server(
+        checkpoint,
+        checkpoint.parent / "guarded.log",
+        "--api-key",
+        KEY,
+        "--max-request-mb",
+        "1",
+        "--max-audio-seconds",
+        "2",
+        "--shutdown-timeout",
+        "120",
+    )
     yield server
     server.close()
 
 
 def ask(server: Server, content, key: str = KEY, **options):
     return server.client(key).chat.completions.create(
-        model=server.name, messages=[{"role": "user", "content": content}], temperature=0,
-        **{"max_tokens": 4, **options})
+        model=server.name,
+        messages=[{"role": "user", "content": content}],
+        temperature=0,
+        **{"max_tokens": 4, **options},
+    )
 
 
 def test_without_the_api_key_a_401_in_openai_form_and_health_stays_open(guarded):
@@ -151,16 +183,22 @@ def test_a_body_over_the_limit_gets_a_413_before_it_is_read(guarded):
     assert ask(guarded, "still serving").choices  # the server goes on
 
 
-def test_chat_audio_over_the_limit_gets_a_400_naming_the_part_and_transcriptions_keep_long_audio(guarded, tmp_path):
+def test_chat_audio_over_the_limit_gets_a_400_naming_the_part_and_transcriptions_keep_long_audio(
+    guarded, tmp_path
+):
     long, short = wav(tmp_path / "long.wav", 3.0), wav(tmp_path / "short.wav", 1.0)
     with pytest.raises(openai.BadRequestError) as refused:
         ask(guarded, [{"type": "text", "text": "what is it?"}, audio_part(long)])
     assert refused.value.param == "messages[0].content[1].input_audio.data"
-    assert "lasts 3.0 s, longer than this server's limit of 2 s (--max-audio-seconds)" in refused.value.message
+    assert (
+        "lasts 3.0 s, longer than this server's limit of 2 s (--max-audio-seconds)"
+        in refused.value.message
+    )
     assert ask(guarded, [{"type": "text", "text": "what is it?"}, audio_part(short)]).choices
     with long.open("rb") as file:
-        transcript = guarded.client().audio.transcriptions.create(model=guarded.name, file=file, language="en",
-                                                                  response_format="verbose_json")
+        transcript = guarded.client().audio.transcriptions.create(
+            model=guarded.name, file=file, language="en", response_format="verbose_json"
+        )
     assert transcript.duration == pytest.approx(3.0)
 
 
@@ -168,8 +206,12 @@ def test_sigterm_refuses_new_requests_finishes_the_stream_in_flight_and_exits_0(
     processes = descendants(guarded.process.pid)
     assert len(processes) >= 2, processes  # LitServe's manager and inference worker at least
     stream = guarded.client().chat.completions.create(
-        model=guarded.name, messages=[{"role": "user", "content": "count"}], temperature=0, max_tokens=400,
-        stream=True)
+        model=guarded.name,
+        messages=[{"role": "user", "content": "count"}],
+        temperature=0,
+        max_tokens=400,
+        stream=True,
+    )
     chunks = iter(stream)
     first = next(chunks)  # the role: the job is queued
     os.kill(guarded.process.pid, signal.SIGTERM)
@@ -183,7 +225,10 @@ def test_sigterm_refuses_new_requests_finishes_the_stream_in_flight_and_exits_0(
         assert refused.value.status_code == 503
     reader.join(timeout=120)
     assert first.choices[0].delta.role == "assistant"
-    assert rest and rest[-1].choices[0].finish_reason in ("stop", "length")  # the stream in flight finished
+    assert rest and rest[-1].choices[0].finish_reason in (
+        "stop",
+        "length",
+    )  # the stream in flight finished
     assert guarded.process.wait(timeout=60) == 0, guarded.log.read_text()[-3000:]
     deadline = time.monotonic() + 10
     while [p for p in processes if alive(p)] and time.monotonic() < deadline:

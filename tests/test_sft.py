@@ -45,7 +45,9 @@ SFT_CONFIGS = sorted((REPO / "recipes" / "configs" / "sft").glob("*.yaml"))
 
 
 def write_jsonl(path: Path, lines: list) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+    )
     return path
 
 
@@ -61,38 +63,78 @@ def assistant(text: str) -> dict:
 @pytest.fixture
 def clip(tmp_path) -> Path:
     path = tmp_path / "clip.wav"
-    soundfile.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32), 16000)
+    soundfile.write(
+        path, np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32), 16000
+    )
     return path
 
 
 def test_label_mask_covers_exactly_the_assistant_tokens(tmp_path, released):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
-        user("What is 2+2?"), assistant("Four."), user("And 3+3?"), assistant("Six."),
-    ]}])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "messages": [
+                    user("What is 2+2?"),
+                    assistant("Four."),
+                    user("And 3+3?"),
+                    assistant("Six."),
+                ]
+            }
+        ],
+    )
     (conversation,) = read_conversations(path)
     example = conversation.encode(released, max_length=2048)
     # spec §7 ChatML, cut where the loss switches on and off: each reply and its <|im_end|> are learned
     pieces = [
-        ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
-         "<|im_start|>assistant\n", False),
+        (
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+            "<|im_start|>assistant\n",
+            False,
+        ),
         ("Four.<|im_end|>", True),
         ("\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n", False),
         ("Six.<|im_end|>", True),
     ]
     encode = released.encoding.encode  # tiktoken itself, on the whole ChatML text of each piece
     expected_ids = [i for text, _ in pieces for i in encode(text, allowed_special="all")]
-    expected_labels = [i if learned else IGNORE_INDEX for text, learned in pieces
-                       for i in encode(text, allowed_special="all")]
-    assert expected_ids[:2] == [151644, 8948] and expected_ids.count(151645) == 5  # spec: <|im_start|>, im_end
-    assert example.ids == expected_ids == encode("".join(text for text, _ in pieces), allowed_special="all")
+    expected_labels = [
+        i if learned else IGNORE_INDEX
+        for text, learned in pieces
+        for i in encode(text, allowed_special="all")
+    ]
+    assert (
+        expected_ids[:2] == [151644, 8948] and expected_ids.count(151645) == 5
+    )  # spec: <|im_start|>, im_end
+    assert (
+        example.ids
+        == expected_ids
+        == encode("".join(text for text, _ in pieces), allowed_special="all")
+    )
     assert example.labels == expected_labels
 
 
 def test_dataset_learns_only_replies_with_audio_expanded(tmp_path, clip, demo):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"id": "pair", "system": "Be brief.", "messages": [
-        user({"audio": clip.name}, {"audio": str(clip)}, {"text": "Which audio is speech?"}),
-        assistant("Neither."), user("Sure?"), assistant("Yes."),
-    ]}, {"messages": [user("Hello!"), assistant("Hi.")]}])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "id": "pair",
+                "system": "Be brief.",
+                "messages": [
+                    user(
+                        {"audio": clip.name},
+                        {"audio": str(clip)},
+                        {"text": "Which audio is speech?"},
+                    ),
+                    assistant("Neither."),
+                    user("Sure?"),
+                    assistant("Yes."),
+                ],
+            },
+            {"messages": [user("Hello!"), assistant("Hi.")]},
+        ],
+    )
     sample, text_only = ConversationDataset(read_conversations(path), demo)
     learned = sample.labels != IGNORE_INDEX
     assert demo.decode(sample.input_ids[learned]) == "Neither.<|im_end|>Yes.<|im_end|>"
@@ -100,29 +142,59 @@ def test_dataset_learns_only_replies_with_audio_expanded(tmp_path, clip, demo):
     assert sample.task == "chat" and text_only.task == "text" and text_only.mels == []
     # 0.5 s at 16 kHz: 50 mel frames; 12 encoder tokens + <audio>, </audio> per clip (spec §1)
     assert sample.mel_lengths == [50, 50] and (sample.input_ids == demo.audio_pad).sum() == 2 * 12
-    assert "Audio 1:<audio>" in demo.decode(sample.input_ids) and "Audio 2:<audio>" in demo.decode(sample.input_ids)
+    assert "Audio 1:<audio>" in demo.decode(sample.input_ids) and "Audio 2:<audio>" in demo.decode(
+        sample.input_ids
+    )
 
 
 GOOD = {"messages": [user("hi"), assistant("hello")]}
 BAD_LINES = [
     ('{"messages": [', None, "malformed JSON: Expecting value (column 15)"),
-    ({"messages": [user("hi")]}, "messages",
-     "missing assistant turn: the last turn (messages[0]) is the user's, with no reply to learn"),
-    ({"messages": [user("hi"), assistant("a"), user("more?")]}, "messages",
-     "missing assistant turn: the last turn (messages[2]) is the user's, with no reply to learn"),
-    ({"messages": [user({"audio": "missing.wav"}, {"text": "what?"}), assistant("x")]},
-     "messages[0].content[0].audio", "file not found: {folder}/missing.wav"),
-    ({"messages": [{"role": "bot", "content": "hi"}, assistant("x")]}, "messages[0].role",
-     "unknown role 'bot'; roles are user and assistant"),
-    ({"messages": [{"role": "system", "content": "be nice"}, user("hi"), assistant("x")]}, "messages[0].role",
-     "unknown role 'system'; roles are user and assistant (a system prompt goes in the top-level 'system' field)"),
-    ({"messages": [assistant("x"), user("hi")]}, "messages[0].role",
-     "is 'assistant', expected 'user': turns alternate user, assistant, starting with the user"),
-    ({"messages": [user("<audio>a.wav</audio>hi"), assistant("x")]}, "messages[0].content",
-     'holds an <audio> tag; give audio as an {"audio": path} item'),
-    ({"messages": [user("hi"), assistant("")]}, "messages[1].content", "must be non-empty text, got ''"),
-    ({"messages": [user({"image": "a.png"}), assistant("x")]}, "messages[0].content[0]",
-     "must be {\"audio\": path} or {\"text\": ...}, got {'image': 'a.png'}"),
+    (
+        {"messages": [user("hi")]},
+        "messages",
+        "missing assistant turn: the last turn (messages[0]) is the user's, with no reply to learn",
+    ),
+    (
+        {"messages": [user("hi"), assistant("a"), user("more?")]},
+        "messages",
+        "missing assistant turn: the last turn (messages[2]) is the user's, with no reply to learn",
+    ),
+    (
+        {"messages": [user({"audio": "missing.wav"}, {"text": "what?"}), assistant("x")]},
+        "messages[0].content[0].audio",
+        "file not found: {folder}/missing.wav",
+    ),
+    (
+        {"messages": [{"role": "bot", "content": "hi"}, assistant("x")]},
+        "messages[0].role",
+        "unknown role 'bot'; roles are user and assistant",
+    ),
+    (
+        {"messages": [{"role": "system", "content": "be nice"}, user("hi"), assistant("x")]},
+        "messages[0].role",
+        "unknown role 'system'; roles are user and assistant (a system prompt goes in the top-level 'system' field)",
+    ),
+    (
+        {"messages": [assistant("x"), user("hi")]},
+        "messages[0].role",
+        "is 'assistant', expected 'user': turns alternate user, assistant, starting with the user",
+    ),
+    (
+        {"messages": [user("<audio>a.wav</audio>hi"), assistant("x")]},
+        "messages[0].content",
+        'holds an <audio> tag; give audio as an {"audio": path} item',
+    ),
+    (
+        {"messages": [user("hi"), assistant("")]},
+        "messages[1].content",
+        "must be non-empty text, got ''",
+    ),
+    (
+        {"messages": [user({"image": "a.png"}), assistant("x")]},
+        "messages[0].content[0]",
+        "must be {\"audio\": path} or {\"text\": ...}, got {'image': 'a.png'}",
+    ),
     ({**GOOD, "sytem": "x"}, "sytem", "unknown field (known: id, system, messages)"),
     ({"id": "x"}, "messages", "must be a non-empty list of turns, got None"),
 ]
@@ -138,7 +210,9 @@ def test_bad_lines_name_file_line_and_field(tmp_path, line, field, reason):
 
 
 def test_too_long_conversation_names_its_line(tmp_path):
-    path = write_jsonl(tmp_path / "chat.jsonl", [GOOD, {"messages": [user("word " * 300), assistant("ok")]}])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [GOOD, {"messages": [user("word " * 300), assistant("ok")]}]
+    )
     module = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64)
     module.connect(QwenAudioTokenizer.demo(), n_mels=80)
     with pytest.raises(ValueError, match=rf"^{path}:2: messages: the example is \d+ tokens"):
@@ -147,9 +221,14 @@ def test_too_long_conversation_names_its_line(tmp_path):
 
 @pytest.mark.parametrize("ratio, texts, passes", [(0.5, 20, 2), (0.2, 8, 1), (None, 10, 1)])
 def test_text_ratio_sets_the_share_of_pure_text_conversations(tmp_path, clip, ratio, texts, passes):
-    audio = [{"messages": [user({"audio": clip.name}, {"text": f"q{i}"}), assistant("a")]} for i in range(30)]
+    audio = [
+        {"messages": [user({"audio": clip.name}, {"text": f"q{i}"}), assistant("a")]}
+        for i in range(30)
+    ]
     text = [{"messages": [user(f"t{i}"), assistant("b")]} for i in range(10)]
-    path = write_jsonl(tmp_path / "chat.jsonl", [line for pair in zip(audio, text) for line in pair] + audio[10:])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [line for pair in zip(audio, text) for line in pair] + audio[10:]
+    )
     module = ChatDataModule(train=[str(path)], text_ratio=ratio, max_tokens=2048, seed=3)
     module.connect(QwenAudioTokenizer.demo(), n_mels=80)
     module.setup("fit")
@@ -162,8 +241,12 @@ def test_text_ratio_sets_the_share_of_pure_text_conversations(tmp_path, clip, ra
 
 
 def test_text_ratio_without_text_conversations_is_an_error(tmp_path, clip):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": str(clip)}), assistant("a")]}])
-    with pytest.raises(ValueError, match="text_ratio is 0.2 but the training files .* hold no pure-text"):
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [{"messages": [user({"audio": str(clip)}), assistant("a")]}]
+    )
+    with pytest.raises(
+        ValueError, match="text_ratio is 0.2 but the training files .* hold no pure-text"
+    ):
         data = ChatDataModule(train=[str(path)], text_ratio=0.2)
         data.connect(QwenAudioTokenizer.demo(), n_mels=80)
         data.setup("fit")
@@ -187,7 +270,9 @@ def test_lora_trains_only_the_adapters_and_starts_as_the_base_model():
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     # tiny: hidden 64, SwiGLU halves 256 -> 128; per block c_attn 64->192, c_proj 64->64, w1/w2 64->128, c_proj 128->64
     per_block = 4 * ((64 + 192) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
-    assert all(".lora_A." in n or ".lora_B." in n for n in trainable) and len(trainable) == 2 * 2 * 5
+    assert (
+        all(".lora_A." in n or ".lora_B." in n for n in trainable) and len(trainable) == 2 * 2 * 5
+    )
     assert all(n.startswith("transformer.h.") for n in trainable)
     assert sum(trainable.values()) == 2 * per_block
     torch.testing.assert_close(model(**model_inputs()).logits, base_logits, rtol=0, atol=0)
@@ -203,7 +288,9 @@ def test_lora_layer_is_the_low_rank_update_and_merges_into_the_released_layout()
     layer = model.transformer.h[0].attn.c_attn
     x = torch.randn(3, 64, dtype=torch.float64)
     base, a, b = layer.base_layer, layer.lora_A["default"].weight, layer.lora_B["default"].weight
-    expected = x @ base.weight.double().T + base.bias.double() + (8 / 4) * x @ a.double().T @ b.double().T
+    expected = (
+        x @ base.weight.double().T + base.bias.double() + (8 / 4) * x @ a.double().T @ b.double().T
+    )
     torch.testing.assert_close(layer(x.float()).double(), expected, rtol=1e-5, atol=1e-5)
     unmerged = model(**model_inputs()).logits
     merge_lora(model)
@@ -215,11 +302,15 @@ def test_a_released_checkpoint_loads_into_the_lora_model():
     model, wrapped = tiny_model(0), tiny_model(1)
     add_lora(wrapped, LoraOptions(rank=4))
     wrapped.load_state_dict(lora_state_dict(wrapped, model.state_dict()), strict=True)
-    torch.testing.assert_close(wrapped(**model_inputs()).logits, model(**model_inputs()).logits, rtol=0, atol=0)
+    torch.testing.assert_close(
+        wrapped(**model_inputs()).logits, model(**model_inputs()).logits, rtol=0, atol=0
+    )
 
 
 def test_lora_needs_train_decoder():
-    with pytest.raises(ValueError, match="lora adapts the decoder alone: it needs train='decoder', got train='all'"):
+    with pytest.raises(
+        ValueError, match="lora adapts the decoder alone: it needs train='decoder', got train='all'"
+    ):
         QwenAudioModule(train="all", lora=LoraOptions())
 
 
@@ -250,11 +341,13 @@ def demo_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["decoder", "lora"])
-def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_folder, demo_dir, monkeypatch, capsys,
-                                                           lora):
+def test_demo_config_fits_one_step_with_the_encoder_frozen(
+    tmp_path, initial_folder, demo_dir, monkeypatch, capsys, lora
+):
     monkeypatch.setenv("QWEN_AUDIO_DEMO_DIR", str(demo_dir))
     override = tmp_path / "override.yaml"
-    override.write_text(textwrap.dedent(f"""\
+    override.write_text(
+        textwrap.dedent(f"""\
         trainer:
           max_steps: 1
           limit_val_batches: 0
@@ -276,52 +369,86 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(tmp_path, initial_fol
           corpus:
             init_args:
               size: 1
-        """))
-    cli = main(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)])
+        """)
+    )
+    cli = main(
+        ["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--config", str(override)]
+    )
     assert cli.trainer.global_step == 1
-    assert Path(cli.datamodule.tokenizer.path) == initial_folder / "qwen.tiktoken"  # connected with the folder's
+    assert (
+        Path(cli.datamodule.tokenizer.path) == initial_folder / "qwen.tiktoken"
+    )  # connected with the folder's
     printed = capsys.readouterr().out
-    assert "### before SFT" in printed and "### after SFT" in printed and "| test-speech-0 |" in printed
+    assert (
+        "### before SFT" in printed
+        and "### after SFT" in printed
+        and "| test-speech-0 |" in printed
+    )
     # 4 held-out first questions scored per family (the round-robin order gives one of each of the first four)
     table = printed.split("#### after SFT: answer accuracy")[1]
-    assert "| all | 4 |" in table and all(f"| {kind} | 1 |" in table for kind in ("speech", "note", "scene", "count"))
+    assert "| all | 4 |" in table and all(
+        f"| {kind} | 1 |" in table for kind in ("speech", "note", "scene", "count")
+    )
     initial = load_model(initial_folder)[0].state_dict()
     trained = {k.replace(".base_layer.", "."): v for k, v in cli.model.model.state_dict().items()}
-    changed = {k for k, v in trained.items() if ".lora_" not in k and not torch.equal(v, initial[k])}
+    changed = {
+        k for k, v in trained.items() if ".lora_" not in k and not torch.equal(v, initial[k])
+    }
     if lora:
         assert not changed and any(v.abs().sum() > 0 for k, v in trained.items() if ".lora_B." in k)
     else:
-        assert {"lm_head.weight", "transformer.wte.weight", "transformer.h.1.mlp.w2.weight"} <= changed
+        assert {
+            "lm_head.weight",
+            "transformer.wte.weight",
+            "transformer.h.1.mlp.w2.weight",
+        } <= changed
         assert not any(k.startswith("transformer.audio.") for k in changed)
 
 
 def test_the_module_s_tokenizer_is_the_init_from_folder_s_else_the_preset_s(initial_folder):
-    assert Path(QwenAudioModule(preset="tiny", init_from=str(initial_folder)).tokenizer.path) == \
-        initial_folder / "qwen.tiktoken"
+    assert (
+        Path(QwenAudioModule(preset="tiny", init_from=str(initial_folder)).tokenizer.path)
+        == initial_folder / "qwen.tiktoken"
+    )
     assert Path(QwenAudioModule(preset="tiny").tokenizer.path) == DEMO_RANKS_FILE
 
 
 def test_a_data_module_used_before_connect_says_so(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [GOOD])
-    with pytest.raises(RuntimeError, match=r"^ChatDataModule has no tokenizer yet: call connect\(tokenizer, n_mels\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"^ChatDataModule has no tokenizer yet: call connect\(tokenizer, n_mels\)",
+    ):
         ChatDataModule(train=[str(path)]).setup("fit")
 
 
-PRETRAINING_ONLY = sorted(set(inspect.signature(AudioTextDataModule).parameters)
-                          - set(inspect.signature(ChatDataModule).parameters))
+PRETRAINING_ONLY = sorted(
+    set(inspect.signature(AudioTextDataModule).parameters)
+    - set(inspect.signature(ChatDataModule).parameters)
+)
 
 
 @pytest.mark.parametrize("option", PRETRAINING_ONLY)
 def test_options_of_pretraining_that_sft_does_not_use_are_refused(option):
-    assert {"max_seconds", "weights", "streaming", "augment", "cache", "on_error"} <= set(PRETRAINING_ONLY)
+    assert {"max_seconds", "weights", "streaming", "augment", "cache", "on_error"} <= set(
+        PRETRAINING_ONLY
+    )
     with pytest.raises(TypeError, match=f"unexpected keyword argument '{option}'"):
         ChatDataModule(**{option: None})
 
 
 def test_the_sft_recipe_refuses_a_pretraining_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "recipes/configs/sft/demo.yaml"), "--data.max_seconds", "8",
-              "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "recipes/configs/sft/demo.yaml"),
+                "--data.max_seconds",
+                "8",
+                "--print_config",
+            ]
+        )
     assert exit_info.value.code not in (0, None)
     assert "unrecognized arguments: --data.max_seconds 8" in capsys.readouterr().err
 
@@ -337,7 +464,10 @@ class LossRecorder(L.Callback):
 
 def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
     """One conversation a batch (max_tokens = max_length), so audio and pure-text batches alternate, SpecAugment on."""
-    audio = [{"messages": [user({"audio": clip.name}, {"text": f"q{i}"}), assistant("a")]} for i in range(3)]
+    audio = [
+        {"messages": [user({"audio": clip.name}, {"text": f"q{i}"}), assistant("a")]}
+        for i in range(3)
+    ]
     text = [{"messages": [user(f"t{i}"), assistant("b")]} for i in range(3)]
     path = write_jsonl(tmp_path / "chat.jsonl", audio + text)
     data = ChatDataModule(train=[str(path)], text_ratio=0.5, max_length=64, max_tokens=64, seed=1)
@@ -348,18 +478,29 @@ def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
     initial = QwenAudio(module.config)
     initial.load_state_dict(module.model.state_dict())
     recorder = LossRecorder()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[recorder])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[recorder],
+    )
     trainer.fit(module, datamodule=data)
-    assert len(recorder.losses) == 6 and 0 < sum(recorder.with_audio) < 6  # both kinds of batch were trained on
+    assert (
+        len(recorder.losses) == 6 and 0 < sum(recorder.with_audio) < 6
+    )  # both kinds of batch were trained on
     replay = ChatDataModule(train=[str(path)], text_ratio=0.5, max_length=64, max_tokens=64, seed=1)
     replay.connect(module.tokenizer, module.config.encoder.n_mels)
     replay.setup("fit")
     first = next(iter(replay.train_dataloader()))  # epoch 0's first batch, pure text with this seed
     assert first["audio_mel"] is None and not recorder.with_audio[0]
     # the first step's loss, independently: the untrained model's own loss on that batch
-    expected = initial(first["input_ids"], attention_mask=first["attention_mask"], labels=first["labels"]).loss
+    expected = initial(
+        first["input_ids"], attention_mask=first["attention_mask"], labels=first["labels"]
+    ).loss
     assert recorder.losses[0] == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -368,7 +509,9 @@ def test_an_empty_conversation_file_and_a_too_short_clip_are_named(tmp_path):
     with pytest.raises(ManifestError, match=f"^{empty}: no conversations: the file is empty$"):
         read_conversations(empty)
     soundfile.write(tmp_path / "short.wav", np.zeros(320, np.float32), 16000)  # 20 ms
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": "short.wav"}), assistant("x")]}])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [{"messages": [user({"audio": "short.wav"}), assistant("x")]}]
+    )
     message = rf"^{path}:1: messages\[0\].content\[0\].audio: .*short.wav lasts 0.0200 s"
     with pytest.raises(ManifestError, match=message):
         read_conversations(path)
@@ -376,7 +519,9 @@ def test_an_empty_conversation_file_and_a_too_short_clip_are_named(tmp_path):
 
 def test_a_text_only_batch_runs_the_encoder_with_zero_weight(tmp_path):
     """Under FSDP every rank must run the encoder each step: a text-only batch runs it too, changing nothing."""
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user(f"t{i}"), assistant("b c")]} for i in range(2)])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [{"messages": [user(f"t{i}"), assistant("b c")]} for i in range(2)]
+    )
     data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=128)
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)
     data.setup("fit")
@@ -388,8 +533,11 @@ def test_a_text_only_batch_runs_the_encoder_with_zero_weight(tmp_path):
     runs = []
     module.model.encoder.register_forward_hook(lambda *args: runs.append(1))
     # before: the model alone, which skips the encoder when there is no audio
-    before = module.model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                          logits_at=label_positions(batch["labels"])).logits
+    before = module.model(
+        batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_at=label_positions(batch["labels"]),
+    ).logits
     assert runs == []
     logits = module(batch)
     assert runs == [1] and logits.shape == before.shape
@@ -410,30 +558,80 @@ def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_pat
     rng = np.random.default_rng(0)
     for i in range(4):
         soundfile.write(tmp_path / f"c{i}.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [user({"audio": f"c{i}.wav"}, {"text": f"q{i}"}),
-                                                               assistant("a b")]} for i in range(4)]
-                       + [{"messages": [user(f"t{i}"), assistant("c d")]} for i in range(4)])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {"messages": [user({"audio": f"c{i}.wav"}, {"text": f"q{i}"}), assistant("a b")]}
+            for i in range(4)
+        ]
+        + [{"messages": [user(f"t{i}"), assistant("c d")]} for i in range(4)],
+    )
     data = ChatDataModule(train=[str(path)], max_length=64, max_tokens=64, seed=3)
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)
     data.setup("fit")
-    plans = [[bool(batch[0] < 4) for batch in DurationBucketSampler(data.lengths["train"], 64, seed=3, rank=rank,
-                                                                    world_size=2)] for rank in (0, 1)]
+    plans = [
+        [
+            bool(batch[0] < 4)
+            for batch in DurationBucketSampler(
+                data.lengths["train"], 64, seed=3, rank=rank, world_size=2
+            )
+        ]
+        for rank in (0, 1)
+    ]
     # some step has audio on one rank only
     assert any(a != b for a, b in zip(*plans, strict=True)), plans
-    strategy = ('{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
-                '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}')
+    strategy = (
+        '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
+        '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}'
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.sft", "fit", "--model.preset", "tiny", "--model.train", "all",
-         "--data.train", f"[{path}]", "--data.max_length", "64", "--data.max_tokens", "64", "--data.seed", "3",
-         "--trainer.max_steps", "4", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-         "--trainer.strategy", strategy, "--trainer.use_distributed_sampler", "false", "--trainer.logger", "false",
-         "--trainer.enable_checkpointing", "false", "--trainer.limit_val_batches", "0"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "recipes.sft",
+            "fit",
+            "--model.preset",
+            "tiny",
+            "--model.train",
+            "all",
+            "--data.train",
+            f"[{path}]",
+            "--data.max_length",
+            "64",
+            "--data.max_tokens",
+            "64",
+            "--data.seed",
+            "3",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            strategy,
+            "--trainer.use_distributed_sampler",
+            "false",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.limit_val_batches",
+            "0",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "`max_steps=4` reached" in result.stderr
 
 
-def test_an_init_from_folder_of_another_architecture_is_refused_naming_the_field(initial_folder, tmp_path):
+def test_an_init_from_folder_of_another_architecture_is_refused_naming_the_field(
+    initial_folder, tmp_path
+):
     # rope_theta changes no tensor shape, so only the config check can see it
     folder = tmp_path / "other"
     shutil.copytree(initial_folder, folder)
@@ -447,6 +645,7 @@ def test_an_init_from_folder_of_another_architecture_is_refused_naming_the_field
 def test_chat_transcript_majority_is_the_training_splits_most_common_answer(monkeypatch, capsys):
     """The SFT demo's answer table on a hand-worked case: canned replies stand in for the model, and
     the majority answer of each family comes from the training conversations, not the test ones."""
+
     def conversation(conversation_id: str, answer: str) -> Conversation:
         return Conversation(conversation_id, (Message("user", "q"), Message("assistant", answer)))
 
@@ -457,9 +656,12 @@ def test_chat_transcript_majority_is_the_training_splits_most_common_answer(monk
     replies = iter(["wind", "rain", "rain", "three", "two"])
     monkeypatch.setattr(callbacks, "chat", lambda *args, **kwargs: (next(replies), []))
     tokenizer = SimpleNamespace(im_end=1, im_start=2, eod=3)
-    datamodule = SimpleNamespace(setup=lambda stage: None, tokenizer=tokenizer,
-                                 conversations={"train": (train, []), "test": (test, [])},
-                                 question_family=DemoChat().question_family)
+    datamodule = SimpleNamespace(
+        setup=lambda stage: None,
+        tokenizer=tokenizer,
+        conversations={"train": (train, []), "test": (test, [])},
+        question_family=DemoChat().question_family,
+    )
     trainer = SimpleNamespace(datamodule=datamodule)
     module = SimpleNamespace(model=torch.nn.Linear(1, 1))
     callbacks.ChatTranscript(per_group=0)._report(trainer, module, "SFT")

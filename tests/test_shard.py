@@ -38,16 +38,30 @@ def manifest(tmp_path):
     for i in range(5):
         soundfile.write(tmp_path / f"c{i}.wav", rng.normal(0, 0.1, 8000 + 800 * i), 16000)
         duration = None if i == 2 else 0.2 if i == 3 else (8000 + 800 * i) / 16000
-        entries.append(ManifestEntry(f"c{i}.wav", "asr", f"clip {i}", "en", "en", duration=duration,
-                                     offset=0.1 if i == 3 else 0.0))
+        entries.append(
+            ManifestEntry(
+                f"c{i}.wav",
+                "asr",
+                f"clip {i}",
+                "en",
+                "en",
+                duration=duration,
+                offset=0.1 if i == 3 else 0.0,
+            )
+        )
     write_manifest(tmp_path / "clips.jsonl", entries)
     return tmp_path / "clips.jsonl"
 
 
 def test_the_command_writes_chunks_that_give_back_every_line_and_file(tmp_path, manifest):
-    result = subprocess.run([sys.executable, "-m", "qwen_audio.data.shard", str(manifest),
-                             str(tmp_path / "shards")], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "PYTHONPATH": REPO})
+    result = subprocess.run(
+        [sys.executable, "-m", "qwen_audio.data.shard", str(manifest), str(tmp_path / "shards")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "shards" / "clips"
     assert is_shard_folder(folder) and not is_shard_folder(tmp_path)
@@ -55,7 +69,13 @@ def test_the_command_writes_chunks_that_give_back_every_line_and_file(tmp_path, 
     got = list(read_shards(folder))
     assert [entry.audio for entry, _ in got] == [e.audio for e in expected]
     assert [entry.text for entry, _ in got] == [e.text for e in expected]
-    assert [entry.duration for entry, _ in got] == [0.5, 0.55, 0.6, 0.2, 0.7]  # 9600 / 16000 filled in
+    assert [entry.duration for entry, _ in got] == [
+        0.5,
+        0.55,
+        0.6,
+        0.2,
+        0.7,
+    ]  # 9600 / 16000 filled in
     assert [entry.offset for entry, _ in got] == [0.0, 0.0, 0.0, 0.1, 0.0]
     assert [data for _, data in got] == [open(e.audio, "rb").read() for e in expected]
     assert [entry.source for entry, _ in got] == [f"{manifest}:{n}" for n in range(1, 6)]
@@ -65,17 +85,19 @@ def test_the_command_writes_chunks_that_give_back_every_line_and_file(tmp_path, 
 
 def test_bad_lines_are_named_before_anything_is_written(tmp_path, manifest):
     with open(manifest, "a") as file:
-        file.write('{"audio": "gone.wav", "task": "asr", "text": "x", "audio_language": "en", '
-                   '"text_language": "en"}\n')
+        file.write(
+            '{"audio": "gone.wav", "task": "asr", "text": "x", "audio_language": "en", '
+            '"text_language": "en"}\n'
+        )
     with pytest.raises(ManifestError, match=r"clips\.jsonl:6: audio: file not found"):
         write_shards([manifest], tmp_path / "shards")
     with pytest.warns(UserWarning, match="skipped 1 of 6 lines"):
-        folder, = write_shards([manifest], tmp_path / "shards", on_error="skip")
+        (folder,) = write_shards([manifest], tmp_path / "shards", on_error="skip")
     assert len(list(read_shards(folder))) == 5
 
 
 def test_only_a_streamed_training_split_reads_shards(tmp_path, manifest):
-    folder, = write_shards([manifest], tmp_path / "shards")
+    (folder,) = write_shards([manifest], tmp_path / "shards")
     data = AudioTextDataModule(train=[str(manifest)], val=[str(folder)])
     data.connect(QwenAudioTokenizer.demo(), n_mels=80)
     with pytest.raises(InputError, match=r"data\.val: .* are shard folders, which only a streamed"):
@@ -101,15 +123,22 @@ def test_sft_trains_on_conversation_shards_as_on_their_files(tmp_path):
     for batch, want in zip(got, expected):
         assert batch.keys() == want.keys()
         for key, value in want.items():
-            assert torch.equal(batch[key], value) if torch.is_tensor(value) else batch[key] == value, key
+            assert (
+                torch.equal(batch[key], value) if torch.is_tensor(value) else batch[key] == value
+            ), key
 
 
 def test_a_bad_conversation_line_is_named_before_anything_is_written(tmp_path):
     file = tmp_path / "chat.jsonl"
-    file.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
-                    '{"messages": [{"role": "user", "content": [{"audio": "missing.wav"}]}, '
-                    '{"role": "assistant", "content": "x"}]}\n')
+    file.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+        '{"messages": [{"role": "user", "content": [{"audio": "missing.wav"}]}, '
+        '{"role": "assistant", "content": "x"}]}\n'
+    )
     with pytest.raises(ManifestError) as info:
         write_conversation_shards([file], tmp_path / "shards")
-    assert str(info.value) == f"{file}:2: messages[0].content[0].audio: file not found: {tmp_path}/missing.wav"
+    assert (
+        str(info.value)
+        == f"{file}:2: messages[0].content[0].audio: file not found: {tmp_path}/missing.wav"
+    )
     assert not (tmp_path / "shards").exists()

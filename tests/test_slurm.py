@@ -28,20 +28,41 @@ from qwen_audio.config import QwenAudioConfig
 from qwen_audio.lit.requeue import read_record
 from qwen_audio.model import QwenAudio
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs SLURM's sbatch")]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs SLURM's sbatch"),
+]
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "recipes" / "slurm" / "README.md"
 CONFIG = "recipes/configs/pretrain/demo_fsdp_cpu.yaml"
 STEPS = 16  # demo_fsdp_cpu.yaml's max_steps
-SHARDS = {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"}  # one file per rank, then DCP's and Lightning's
+SHARDS = {
+    "__0_0.distcp",
+    "__1_0.distcp",
+    ".metadata",
+    "meta.pt",
+}  # one file per rank, then DCP's and Lightning's
 JOB_TIMEOUT = 420  # seconds; a job takes under a minute on 2 cores
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def readme_sbatch_line() -> list[str]:
     """``sbatch OPTIONS recipes/slurm/pretrain.sbatch`` from the README's CPU line ``CONFIG=... sbatch ...``."""
-    line = next(line for line in README.read_text().splitlines() if line.startswith(f"CONFIG={CONFIG} sbatch "))
+    line = next(
+        line
+        for line in README.read_text().splitlines()
+        if line.startswith(f"CONFIG={CONFIG} sbatch ")
+    )
     words = shlex.split(line)[1:]
     assert words[-1] == "recipes/slurm/pretrain.sbatch", line
     return words
@@ -55,12 +76,27 @@ class Cluster:
 
     def submit(self, root: Path, config: str = CONFIG) -> str:
         sbatch, *options = readme_sbatch_line()
-        env = {**os.environ, "CONFIG": config, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-               "QWEN_AUDIO_DEMO_DIR": str(self.demo_dir),
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        command = [sbatch, "--parsable", f"--output={root}/slurm-%j.out", *options,
-                   "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root)]
-        job = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        env = {
+            **os.environ,
+            "CONFIG": config,
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "QWEN_AUDIO_DEMO_DIR": str(self.demo_dir),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        command = [
+            sbatch,
+            "--parsable",
+            f"--output={root}/slurm-%j.out",
+            *options,
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.logger.init_args.save_dir",
+            str(root),
+        ]
+        job = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
         self.jobs.append(job)
         return job
 
@@ -84,7 +120,9 @@ class Cluster:
         deadline = time.monotonic() + JOB_TIMEOUT
         while not self.finished(job):
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job} not finished after {JOB_TIMEOUT} s:\n{log(root, job)[-3000:]}")
+                raise AssertionError(
+                    f"job {job} not finished after {JOB_TIMEOUT} s:\n{log(root, job)[-3000:]}"
+                )
             time.sleep(1)
         return self.show(job)
 
@@ -110,8 +148,13 @@ def losses(root: Path, version: int | None = None) -> dict[int, float]:
     pattern = f"lightning_logs/version_{'*' if version is None else version}/metrics.csv"
     found = {}
     for path in sorted(root.glob(pattern)):
-        found.update({int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(path.open())
-                      if row["train/loss"]})
+        found.update(
+            {
+                int(row["step"]): float(row["train/loss"])
+                for row in csv.DictReader(path.open())
+                if row["train/loss"]
+            }
+        )
     return found
 
 
@@ -129,7 +172,9 @@ def straight(cluster, tmp_path_factory) -> tuple[Path, str, dict[str, str]]:
 def test_both_ranks_train_one_data_parallel_model_and_write_a_dcp_checkpoint(straight):
     root, job, shown = straight
     printed = log(root, job)
-    assert (shown["JobState"], shown["Restarts"], shown["ExitCode"]) == ("COMPLETED", "0", "0:0"), printed[-3000:]
+    assert (shown["JobState"], shown["Restarts"], shown["ExitCode"]) == ("COMPLETED", "0", "0:0"), (
+        printed[-3000:]
+    )
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in printed and "GLOBAL_RANK: 1, MEMBER: 2/2" in printed
     assert "distributed_backend=gloo" in printed and "Starting with 2 processes" in printed
     trained = losses(root)
@@ -148,13 +193,22 @@ def test_both_ranks_train_one_data_parallel_model_and_write_a_dcp_checkpoint(str
     for name, parameter in reference.items():
         saved = metadata.state_dict_metadata[f"state_dict.model.{name}"]
         assert saved.size == parameter.shape, name
-        rows = sorted((chunk.offsets[0], chunk.offsets[0] + chunk.sizes[0]) for chunk in saved.chunks if chunk.sizes[0])
+        rows = sorted(
+            (chunk.offsets[0], chunk.offsets[0] + chunk.sizes[0])
+            for chunk in saved.chunks
+            if chunk.sizes[0]
+        )
         if parameter.shape[0] >= 2:
-            assert rows == [(0, parameter.shape[0] // 2), (parameter.shape[0] // 2, parameter.shape[0])], (name, rows)
+            assert rows == [
+                (0, parameter.shape[0] // 2),
+                (parameter.shape[0] // 2, parameter.shape[0]),
+            ], (name, rows)
             assert files[f"state_dict.model.{name}"] == {"__0_0.distcp", "__1_0.distcp"}, name
 
 
-def test_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_losses(cluster, straight, tmp_path):
+def test_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_losses(
+    cluster, straight, tmp_path
+):
     """What the runs wrote to disk, not what they printed: the requeue checkpoint and its step, the record of the
     save and of the resume (:data:`qwen_audio.lit.requeue.RECORD`), and the steps and losses each run logged."""
     root = tmp_path / "preempted"
@@ -177,13 +231,20 @@ def test_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_losses(cl
     # the resume restored the saved step (from hpc_ckpt_1, or from a ModelCheckpoint written at the same step)
     assert (resumed["job"], resumed["restart"], resumed["step"]) == (job, 1, step), resumed
     assert saved_step(Path(resumed["resumed"])) == step
-    assert "Handling auto-requeue signal" not in printed  # Lightning's handler, which saves inside the signal handler
+    assert (
+        "Handling auto-requeue signal" not in printed
+    )  # Lightning's handler, which saves inside the signal handler
     assert sorted(losses(root, version=0)) == list(range(step))
-    assert sorted(losses(root, version=1)) == list(range(step, STEPS))  # its first logged step is the saved one
+    assert sorted(losses(root, version=1)) == list(
+        range(step, STEPS)
+    )  # its first logged step is the saved one
 
     expected, got = losses(straight[0]), losses(root)
-    print(f"\nstep | uninterrupted | preempted at step {step}, requeued",
-          *(f"{s} | {expected[s]:.7f} | {got[s]:.7f}" for s in range(STEPS)), sep="\n")
+    print(
+        f"\nstep | uninterrupted | preempted at step {step}, requeued",
+        *(f"{s} | {expected[s]:.7f} | {got[s]:.7f}" for s in range(STEPS)),
+        sep="\n",
+    )
     for s in range(STEPS):
         assert got[s] == pytest.approx(expected[s], rel=1e-5), s
 
@@ -192,13 +253,31 @@ def test_a_job_with_a_config_error_fails_with_it_and_leaves_no_checkpoint(cluste
     root = tmp_path / "broken"
     root.mkdir()
     manifest = root / "bad.jsonl"
-    manifest.write_text(json.dumps({"audio": "/nowhere/gone.wav", "task": "asr", "text": "one",
-                                    "audio_language": "en", "text_language": "en"}) + "\n")
+    manifest.write_text(
+        json.dumps(
+            {
+                "audio": "/nowhere/gone.wav",
+                "task": "asr",
+                "text": "one",
+                "audio_language": "en",
+                "text_language": "en",
+            }
+        )
+        + "\n"
+    )
     config = root / "broken.yaml"
-    config.write_text((REPO / CONFIG).read_text().replace("train: [demo:train]", f"train: [{manifest}]"))
+    config.write_text(
+        (REPO / CONFIG).read_text().replace("train: [demo:train]", f"train: [{manifest}]")
+    )
     job = cluster.submit(root, str(config))
     shown = cluster.wait(job, root)
     printed = log(root, job)
-    assert (shown["JobState"], shown["Restarts"], shown["ExitCode"]) == ("FAILED", "0", "1:0"), printed[-3000:]
-    assert printed.count(f"error: {manifest}:1: audio: file not found: /nowhere/gone.wav") == 2, printed[-3000:]
-    assert not [str(p) for p in root.rglob("*.ckpt")]  # nothing that --ckpt_path last would resume from
+    assert (shown["JobState"], shown["Restarts"], shown["ExitCode"]) == ("FAILED", "0", "1:0"), (
+        printed[-3000:]
+    )
+    assert printed.count(f"error: {manifest}:1: audio: file not found: /nowhere/gone.wav") == 2, (
+        printed[-3000:]
+    )
+    assert not [
+        str(p) for p in root.rglob("*.ckpt")
+    ]  # nothing that --ckpt_path last would resume from

@@ -26,7 +26,11 @@ def write_corpus(folder, name: str, count: int, seed: int) -> str:
         seconds = round(float(rng.uniform(0.2, 1.5)), 3)
         path = folder / f"{name}_{i}.wav"
         soundfile.write(path, rng.normal(0, 0.1, int(seconds * 16000)).astype(np.float32), 16000)
-        entries.append(ManifestEntry(path.name, "asr", f"{name} {WORDS[i % 9]} {i}", "en", "en", duration=seconds))
+        entries.append(
+            ManifestEntry(
+                path.name, "asr", f"{name} {WORDS[i % 9]} {i}", "en", "en", duration=seconds
+            )
+        )
     manifest = folder / f"{name}.jsonl"
     write_manifest(manifest, entries)
     return str(manifest)
@@ -40,7 +44,10 @@ def corpus(tmp_path_factory):
 
 def texts(demo, batch: dict) -> list[str]:
     """The target text of each row (the tokens under the labels)."""
-    return [demo.decode([t for t in row.tolist() if t >= 0 and t != demo.eod]).strip() for row in batch["labels"]]
+    return [
+        demo.decode([t for t in row.tolist() if t >= 0 and t != demo.eod]).strip()
+        for row in batch["labels"]
+    ]
 
 
 def test_shards_split_the_lines_between_readers(corpus):
@@ -64,8 +71,14 @@ def test_batches_respect_the_budget_and_each_pass_covers_every_line(corpus, demo
 
 
 def test_weights_set_the_mixture(corpus, demo):
-    dataset = StreamingAudioTextDataset(list(corpus), demo, max_seconds=4.0, weights=[1, 3], buffer_size=50)
-    counts = Counter(row.split()[0] for batch in itertools.islice(iter(dataset), 40) for row in texts(demo, batch))
+    dataset = StreamingAudioTextDataset(
+        list(corpus), demo, max_seconds=4.0, weights=[1, 3], buffer_size=50
+    )
+    counts = Counter(
+        row.split()[0]
+        for batch in itertools.islice(iter(dataset), 40)
+        for row in texts(demo, batch)
+    )
     share = counts["beta"] / sum(counts.values())
     assert 0.6 < share < 0.9  # 3 / (1 + 3) = 0.75
 
@@ -73,7 +86,9 @@ def test_weights_set_the_mixture(corpus, demo):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_skip_resumes_with_the_batches_of_the_uninterrupted_stream(corpus, demo, workers):
     def loader(skip: int) -> DataLoader:
-        dataset = StreamingAudioTextDataset(list(corpus), demo, max_seconds=3.0, buffer_size=10, seed=5)
+        dataset = StreamingAudioTextDataset(
+            list(corpus), demo, max_seconds=3.0, buffer_size=10, seed=5
+        )
         dataset.skip(skip)
         return DataLoader(dataset, batch_size=None, num_workers=workers)
 
@@ -97,11 +112,20 @@ def test_unusable_audio_names_its_line_or_is_skipped(tmp_path, demo):
     soundfile.write(tmp_path / "good.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
     soundfile.write(tmp_path / "silent.wav", np.zeros(8000, np.float32), 16000)
     manifest = tmp_path / "m.jsonl"
-    write_manifest(manifest, [ManifestEntry("good.wav", "asr", "one", "en", "en", duration=0.5),
-                              ManifestEntry("silent.wav", "asr", "two", "en", "en", duration=0.5)])
-    with pytest.raises(AudioError, match=rf"^{manifest}:2: audio: audio file .*silent.wav is silent"):
+    write_manifest(
+        manifest,
+        [
+            ManifestEntry("good.wav", "asr", "one", "en", "en", duration=0.5),
+            ManifestEntry("silent.wav", "asr", "two", "en", "en", duration=0.5),
+        ],
+    )
+    with pytest.raises(
+        AudioError, match=rf"^{manifest}:2: audio: audio file .*silent.wav is silent"
+    ):
         next(iter(StreamingAudioTextDataset([str(manifest)], demo, max_seconds=4.0, buffer_size=2)))
-    skipping = StreamingAudioTextDataset([str(manifest)], demo, max_seconds=4.0, buffer_size=2, on_error="skip")
+    skipping = StreamingAudioTextDataset(
+        [str(manifest)], demo, max_seconds=4.0, buffer_size=2, on_error="skip"
+    )
     with pytest.warns(UserWarning, match=rf"^skipped: {manifest}:2: audio: "):
         batch = next(iter(skipping))
     assert sorted(batch["task"]) == ["asr", "skipped"] and batch["audio_mel"].shape[0] == 1

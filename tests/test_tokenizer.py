@@ -64,7 +64,11 @@ def test_released_special_ids_match_spec_table(released, first, first_id, last, 
 def test_released_vocabulary_sizes_and_named_ids(released):
     assert (released.n_regular, released.n_vocab) == (151643, 155165)
     assert (released.eod, released.im_start, released.im_end) == (151643, 151644, 151645)
-    assert (released.audio_pad, released.audio_start, released.audio_end) == (151851, 155163, 155164)
+    assert (released.audio_pad, released.audio_start, released.audio_end) == (
+        151851,
+        155163,
+        155164,
+    )
     assert (released.first_timestamp, released.last_timestamp) == (151871, 154871)
     assert released.special_id("<|sil|>") == 151869
     assert released.special_id("<|midi_pitch_60|>") == 154891 + 60
@@ -73,21 +77,53 @@ def test_released_vocabulary_sizes_and_named_ids(released):
 def test_released_spec_example_and_regular_ids(released):
     text = "<audio>x.flac</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"
     assert released.encode(text, allowed_special="all") == [
-        155163, 87, 8103, 580, 155164, 151852, 151859, 151855, 151859, 151868, 154877
+        155163,
+        87,
+        8103,
+        580,
+        155164,
+        151852,
+        151859,
+        151855,
+        151859,
+        151868,
+        154877,
     ]
-    assert [released.encode(word) for word in ("\n", "user", "system", "assistant")] == [[198], [872], [8948], [77091]]
+    assert [released.encode(word) for word in ("\n", "user", "system", "assistant")] == [
+        [198],
+        [872],
+        [8948],
+        [77091],
+    ]
     # README pitfall (spec §4): the misspelt tag is plain text even when every special token is allowed.
-    with pytest.warns(UserWarning, match=r"<\|startoftranscription\|> in the prompt is not a special token"):
-        assert released.encode("<|startoftranscription|>", "all") == [27, 91, 2468, 1055, 1458, 1453, 91, 29]
+    with pytest.warns(
+        UserWarning, match=r"<\|startoftranscription\|> in the prompt is not a special token"
+    ):
+        assert released.encode("<|startoftranscription|>", "all") == [
+            27,
+            91,
+            2468,
+            1055,
+            1458,
+            1453,
+            91,
+            29,
+        ]
 
 
 def test_released_ids_agree_with_plain_tiktoken(released):
     """Independent oracle: a tiktoken Encoding built here from the same file and the spec's numbering."""
     import tiktoken
 
-    specials = {token: 151643 + index for index, token in enumerate(tokenizer_module.SPECIAL_TOKENS)}
-    reference = tiktoken.Encoding("reference", pat_str=tokenizer_module.PAT_STR,
-                                  mergeable_ranks=released.encoding._mergeable_ranks, special_tokens=specials)
+    specials = {
+        token: 151643 + index for index, token in enumerate(tokenizer_module.SPECIAL_TOKENS)
+    }
+    reference = tiktoken.Encoding(
+        "reference",
+        pat_str=tokenizer_module.PAT_STR,
+        mergeable_ranks=released.encoding._mergeable_ranks,
+        special_tokens=specials,
+    )
     text = "Hello 世界! <|en|> it's 12.5 s\n\n  done <audio>a.wav</audio>"
     assert released.encode(text, "all") == reference.encode(text, allowed_special="all")
     assert len(specials) == 3522
@@ -106,7 +142,9 @@ def test_timestamp_ids(released, demo):
     assert released.timestamp_id(1.004) == 151871 + 100  # nearest 0.01 s
     assert released.timestamp_seconds(151871 + 201) == 2.01
     assert released.timestamp_seconds(198) is None
-    assert demo.timestamp_id(0.0) == 4096 + 228  # 3 + 205 extras + 20 audio/task/language/timestamp-mode tokens
+    assert (
+        demo.timestamp_id(0.0) == 4096 + 228
+    )  # 3 + 205 extras + 20 audio/task/language/timestamp-mode tokens
     for bad in (-0.01, 30.01):
         with pytest.raises(ValueError, match="outside the released range"):
             released.timestamp_id(bad)
@@ -127,18 +165,27 @@ def test_round_trip_any_text(released, demo, text):
 
 def test_demo_vocabulary(demo):
     assert (demo.n_regular, demo.n_vocab) == (4096, 7618)
-    assert (demo.eod, demo.audio_pad, demo.audio_start, demo.audio_end) == (4096, 4096 + 208, 7616, 7617)
+    assert (demo.eod, demo.audio_pad, demo.audio_start, demo.audio_end) == (
+        4096,
+        4096 + 208,
+        7616,
+        7617,
+    )
     assert DEMO_RANKS_FILE.stat().st_size < 1 << 20
 
 
 def test_demo_file_is_a_real_bpe(demo):
     """Ranks 0..255 are the single bytes; every later token is the concatenation of two lower-ranked tokens."""
     ranks = demo.encoding._mergeable_ranks
-    assert {rank: token for token, rank in ranks.items() if rank < 256} == {b: bytes([b]) for b in range(256)}
+    assert {rank: token for token, rank in ranks.items() if rank < 256} == {
+        b: bytes([b]) for b in range(256)
+    }
     for token, rank in ranks.items():
         if rank >= 256:
-            assert any(ranks.get(token[:cut], rank) < rank and ranks.get(token[cut:], rank) < rank
-                       for cut in range(1, len(token))), token
+            assert any(
+                ranks.get(token[:cut], rank) < rank and ranks.get(token[cut:], rank) < rank
+                for cut in range(1, len(token))
+            ), token
     sentence = "the children sing a happy song. 孩子们在唱歌。"
     assert len(demo.encode(sentence)) < len(sentence.encode()) // 3
 
@@ -149,7 +196,10 @@ def test_bpe_trainer_hand_worked():
     spec.loader.exec_module(script)
     # pieces "ab", " ab", " ab", "\n": (a, b) occurs 3 times -> "ab" = 256; then (" ", "ab") twice -> " ab" = 257.
     ranks = script.train_bpe("ab ab ab\n", 258)
-    assert {token: rank for token, rank in ranks.items() if rank >= 256} == {b"ab": 256, b" ab": 257}
+    assert {token: rank for token, rank in ranks.items() if rank >= 256} == {
+        b"ab": 256,
+        b" ab": 257,
+    }
     with pytest.raises(ValueError, match="supports only"):
         script.train_bpe("ab\n", 1000)
 
@@ -186,7 +236,9 @@ def test_released_file_missing_or_altered(monkeypatch):
 def test_audio_expansion_hand_worked(released):
     # 1 s -> 25 placeholders (spec §1 worked example); 0.5 s -> mel 50 -> conv 25 -> pool 12.
     waves = {"x.flac": torch.zeros(16000), "y.wav": torch.zeros(8000)}
-    encoded = encode_text(released, "<audio>x.flac</audio>hi<audio>y.wav</audio>", allowed_special=set(), load=waves)
+    encoded = encode_text(
+        released, "<audio>x.flac</audio>hi<audio>y.wav</audio>", allowed_special=set(), load=waves
+    )
     hi = released.encode("hi")
     assert encoded.ids == [155163, *[151851] * 25, 155164, *hi, 155163, *[151851] * 12, 155164]
     first, second = encoded.clips
@@ -206,8 +258,12 @@ def test_audio_files_decoded_once(released, tmp_path):
         calls.append(source)
         return load_audio(source)
 
-    encoded = encode_text(released, f"<audio>{path}</audio> and <audio>{path}</audio>", allowed_special=set(),
-                          load=load)
+    encoded = encode_text(
+        released,
+        f"<audio>{path}</audio> and <audio>{path}</audio>",
+        allowed_special=set(),
+        load=load,
+    )
     assert calls == [path]
     assert [span.audio_tokens for span in encoded.clips] == [6, 6]  # 4000 // 160 = 25 -> 13 -> 6
     assert encoded.waveforms[0] is encoded.waveforms[1]
@@ -215,17 +271,25 @@ def test_audio_files_decoded_once(released, tmp_path):
     assert default.ids == encoded.ids[: encoded.clips[0].stop]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("<audio>a.wav", "never closed"),
-    ("a.wav</audio>", "no opening"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("<audio>a.wav", "never closed"),
+        ("a.wav</audio>", "no opening"),
+    ],
+)
 def test_unmatched_audio_tags_raise(released, text, message):
     with pytest.raises(ValueError, match=message):
         encode_text(released, text, allowed_special=set(), load={"a.wav": torch.zeros(10)})
 
 
 def test_check_audio_features(released):
-    encoded = encode_text(released, "<audio>x.flac</audio>", allowed_special=set(), load={"x.flac": torch.zeros(16000)})
+    encoded = encode_text(
+        released,
+        "<audio>x.flac</audio>",
+        allowed_special=set(),
+        load={"x.flac": torch.zeros(16000)},
+    )
     check_audio_features(encoded.clips, [25])
     with pytest.raises(ValueError, match=r"audio 0 \(x\.flac\).*25 placeholder.*24 frames"):
         check_audio_features(encoded.clips, [24])

@@ -9,7 +9,12 @@ import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader
 
 from qwen_audio.data.check import conversation_clips, require_decodable
-from qwen_audio.data.conversations import Conversation, ConversationDataset, read_conversations, token_length
+from qwen_audio.data.conversations import (
+    Conversation,
+    ConversationDataset,
+    read_conversations,
+    token_length,
+)
 from qwen_audio.data.corpus import Corpus, corpus_read, resolve
 from qwen_audio.data.loaders import ModelInputs, TrainingPosition, batch_loader, bucket_sampler
 from qwen_audio.data.sampler import DurationBucketSampler
@@ -60,14 +65,18 @@ class ChatDataModule(L.LightningDataModule):
         if text_ratio is not None and not 0.0 <= text_ratio <= 1.0:
             raise InputError(f"data.text_ratio must lie in [0, 1], got {text_ratio}")
         if max_tokens < max_length:
-            raise InputError(f"data.max_tokens ({max_tokens}) must be at least data.max_length ({max_length})")
+            raise InputError(
+                f"data.max_tokens ({max_tokens}) must be at least data.max_length ({max_length})"
+            )
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.text_ratio, self.max_tokens, self.max_length = text_ratio, max_tokens, max_length
         self.num_buckets, self.num_workers, self.seed = num_buckets, num_workers, seed
         self.corpus, self.validate = corpus, validate
         self.inputs = ModelInputs(type(self).__name__)
         self.position = TrainingPosition()
-        self.conversations: dict[str, list[list[Conversation]]] = {}  # split -> [with audio, pure text]
+        self.conversations: dict[
+            str, list[list[Conversation]]
+        ] = {}  # split -> [with audio, pure text]
         self.lengths: dict[str, list[list[int]]] = {}
 
     def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
@@ -89,7 +98,9 @@ class ChatDataModule(L.LightningDataModule):
 
     def question_family(self, conversation_id: str) -> str:
         """The question family of a conversation, as ``corpus`` reads its ids; without one, the id itself."""
-        return conversation_id if self.corpus is None else self.corpus.question_family(conversation_id)
+        return (
+            conversation_id if self.corpus is None else self.corpus.question_family(conversation_id)
+        )
 
     def prepare_data(self) -> None:
         for file in (f for files in self.manifests.values() for f in files):
@@ -102,23 +113,39 @@ class ChatDataModule(L.LightningDataModule):
             conversations = [c for file in files for c in _read(resolve(self.corpus, file))]
             if self.validate == "decode":
                 require_decodable(conversation_clips(conversations))
-            groups = [[c for c in conversations if c.audios], [c for c in conversations if not c.audios]]
+            groups = [
+                [c for c in conversations if c.audios],
+                [c for c in conversations if not c.audios],
+            ]
             self.conversations[split] = groups
-            self.lengths[split] = [[token_length(c, self.tokenizer, self.max_length) for c in g] for g in groups]
+            self.lengths[split] = [
+                [token_length(c, self.tokenizer, self.max_length) for c in g] for g in groups
+            ]
         if self.text_ratio and self.manifests["train"] and not self.conversations["train"][1]:
-            raise InputError(f"data.text_ratio is {self.text_ratio} but the training files {self.manifests['train']} "
-                             "hold no pure-text conversation")
+            raise InputError(
+                f"data.text_ratio is {self.text_ratio} but the training files {self.manifests['train']} "
+                "hold no pure-text conversation"
+            )
 
     def _loader(self, split: str, shuffle: bool) -> tuple[DataLoader, DurationBucketSampler]:
         ratio = self.text_ratio if split == "train" else None
         sampler = bucket_sampler(
-            split, self.manifests[split], self.lengths[split], self.max_tokens,
-            weights=None if ratio is None else [1.0 - ratio, ratio], num_buckets=self.num_buckets, seed=self.seed,
+            split,
+            self.manifests[split],
+            self.lengths[split],
+            self.max_tokens,
+            weights=None if ratio is None else [1.0 - ratio, ratio],
+            num_buckets=self.num_buckets,
+            seed=self.seed,
             shuffle=shuffle,
         )
-        datasets = [ConversationDataset(group, self.tokenizer, self.max_length, self.n_mels)
-                    for group in self.conversations[split]]
-        return batch_loader(ConcatDataset(datasets), sampler, self.tokenizer.eod, self.num_workers), sampler
+        datasets = [
+            ConversationDataset(group, self.tokenizer, self.max_length, self.n_mels)
+            for group in self.conversations[split]
+        ]
+        return batch_loader(
+            ConcatDataset(datasets), sampler, self.tokenizer.eod, self.num_workers
+        ), sampler
 
     def train_dataloader(self) -> DataLoader:
         loader, sampler = self._loader("train", shuffle=True)

@@ -31,7 +31,9 @@ from qwen_audio.errors import AudioError, InputError
 from qwen_audio.prompts import TASKS
 
 
-def header_problems(path: str, tasks: Container[str] = TASKS) -> tuple[list[ManifestEntry], list[str]]:
+def header_problems(
+    path: str, tasks: Container[str] = TASKS
+) -> tuple[list[ManifestEntry], list[str]]:
     """The good entries of a manifest and a ``file:line: field: reason`` for each bad line (fields, and the audio
     file's header: :func:`~qwen_audio.data.manifest.iter_manifest` with ``check_audio``, without stopping)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -59,8 +61,11 @@ def entry_clips(entries: Iterable[ManifestEntry]) -> list[Clip]:
 
 def conversation_clips(conversations: Iterable[Conversation]) -> list[Clip]:
     """Every clip of each conversation (:func:`~qwen_audio.data.dataset.load_clip`)."""
-    return [(conversation.source or conversation.id, partial(conversation.loader(load_clip), path))
-            for conversation in conversations for path in conversation.audios]
+    return [
+        (conversation.source or conversation.id, partial(conversation.loader(load_clip), path))
+        for conversation in conversations
+        for path in conversation.audios
+    ]
 
 
 def decode_problem(clip: Clip) -> str | None:
@@ -74,12 +79,20 @@ def decode_problem(clip: Clip) -> str | None:
     return None
 
 
-def decode_problems(clips: Sequence[Clip], workers: int | None = None, progress: bool = True) -> list[str]:
+def decode_problems(
+    clips: Sequence[Clip], workers: int | None = None, progress: bool = True
+) -> list[str]:
     """:func:`decode_problem` of every clip, ``workers`` threads at a time (soundfile and torch release the GIL
     while they decode and resample), in order."""
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        found = tqdm(pool.map(decode_problem, clips), total=len(clips), desc="decoding", unit="clip",
-                     disable=not progress, file=sys.stderr)
+        found = tqdm(
+            pool.map(decode_problem, clips),
+            total=len(clips),
+            desc="decoding",
+            unit="clip",
+            disable=not progress,
+            file=sys.stderr,
+        )
         return [problem for problem in found if problem is not None]
 
 
@@ -91,8 +104,13 @@ def require_decodable(clips: Sequence[Clip]) -> None:
         raise InputError(f"{len(problems)} bad clip(s):\n" + "\n".join(problems))
 
 
-def check_manifests(paths: Iterable[str], decode: bool = False, workers: int | None = None,
-                    progress: bool = True, tasks: Container[str] = TASKS) -> list[str]:
+def check_manifests(
+    paths: Iterable[str],
+    decode: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    tasks: Container[str] = TASKS,
+) -> list[str]:
     """Every problem of ``paths`` (headers; with ``decode``, the decoded clips of the lines whose header is good)."""
     problems, entries = [], []
     for path in paths:
@@ -108,18 +126,28 @@ def check_manifests(paths: Iterable[str], decode: bool = False, workers: int | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qwen_audio.data.check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen_audio.data.check", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="JSONL training manifests")
-    parser.add_argument("--decode", action="store_true",
-                        help="also decode every clip: finds undecodable, non-finite and silent audio")
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: one per CPU)")
+    parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every clip: finds undecodable, non-finite and silent audio",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding threads (default: one per CPU)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     problems = check_manifests(args.manifests, args.decode, args.workers, not args.no_progress)
     for problem in problems:
         print(problem)
     checked = "decoded" if args.decode else "headers read"
-    print(f"{len(problems)} problem(s) in {len(args.manifests)} manifest(s), {checked}", file=sys.stderr)
+    print(
+        f"{len(problems)} problem(s) in {len(args.manifests)} manifest(s), {checked}",
+        file=sys.stderr,
+    )
     return 1 if problems else 0
 
 

@@ -59,19 +59,31 @@ class Conversation:
     messages: tuple[Message, ...]
     system: str | None = None
     source: str | None = None
-    stored: Callable[[], Mapping[str, bytes]] | None = field(default=None, compare=False, repr=False)
+    stored: Callable[[], Mapping[str, bytes]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def audios(self) -> list[str]:
-        return [item["audio"] for m in self.messages if not isinstance(m.content, str) for item in m.content
-                if "audio" in item]
+        return [
+            item["audio"]
+            for m in self.messages
+            if not isinstance(m.content, str)
+            for item in m.content
+            if "audio" in item
+        ]
 
     def to_json(self) -> dict[str, Any]:
         line: dict[str, Any] = {"id": self.id}
         if self.system is not None:
             line["system"] = self.system
-        line["messages"] = [{"role": m.role, "content": m.content if isinstance(m.content, str) else list(m.content)}
-                            for m in self.messages]
+        line["messages"] = [
+            {
+                "role": m.role,
+                "content": m.content if isinstance(m.content, str) else list(m.content),
+            }
+            for m in self.messages
+        ]
         return line
 
     def loader(self, load: Callable[[AudioSource], Any]) -> Callable[[str], Any]:
@@ -80,7 +92,9 @@ class Conversation:
             return load
         return lambda path: load(stored_file(self.stored()[path], path))
 
-    def encode(self, tokenizer: Tokenizer, max_length: int, load: AudioLoader | None = None) -> Example:
+    def encode(
+        self, tokenizer: Tokenizer, max_length: int, load: AudioLoader | None = None
+    ) -> Example:
         """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`); errors name the conversation. Audio that
         only decoding shows unusable (NaN/inf, silence: the file check reads headers) is an :class:`AudioError`.
         ``load``: how audio paths become waveforms (by default :func:`load_clip`, through :meth:`loader`)."""
@@ -88,7 +102,9 @@ class Conversation:
         where = self.source or f"conversation {self.id!r}"
         try:
             load = self.loader(load_clip) if load is None else load
-            return encode_chat(tokenizer, [*system, *self.messages], load=load, max_length=max_length)
+            return encode_chat(
+                tokenizer, [*system, *self.messages], load=load, max_length=max_length
+            )
         except AudioError as err:
             raise AudioError(f"{where}: {err}") from None
         except (ValueError, OSError) as err:
@@ -99,7 +115,9 @@ def _text(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ManifestError(f"must be non-empty text, got {value!r}", field=field)
     if AUDIO_START in value or AUDIO_END in value:
-        raise ManifestError(f'holds an {AUDIO_START} tag; give audio as an {{"audio": path}} item', field=field)
+        raise ManifestError(
+            f'holds an {AUDIO_START} tag; give audio as an {{"audio": path}} item', field=field
+        )
     return value
 
 
@@ -115,21 +133,30 @@ def _audio(value: Any, field: str, folder: str, check_audio: bool) -> str:
         except (soundfile.LibsndfileError, RuntimeError) as err:
             raise ManifestError(f"cannot read {path}: {err}", field=field) from None
         if not MIN_SECONDS <= seconds <= MAX_SECONDS + TIME_TOLERANCE:
-            raise ManifestError(f"{path} lasts {seconds:.4f} s; a clip must last {MIN_SECONDS * 1000:.0f} ms to "
-                                f"{MAX_SECONDS:.0f} s", field=field)
+            raise ManifestError(
+                f"{path} lasts {seconds:.4f} s; a clip must last {MIN_SECONDS * 1000:.0f} ms to "
+                f"{MAX_SECONDS:.0f} s",
+                field=field,
+            )
     return path
 
 
-def _content(value: Any, role: str, field: str, folder: str, check_audio: bool) -> str | tuple[dict[str, str], ...]:
+def _content(
+    value: Any, role: str, field: str, folder: str, check_audio: bool
+) -> str | tuple[dict[str, str], ...]:
     if isinstance(value, str) or role == "assistant":
         return _text(value, field)
     if not isinstance(value, list) or not value:
-        raise ManifestError(f"must be text or a non-empty list of audio/text items, got {value!r}", field=field)
+        raise ManifestError(
+            f"must be text or a non-empty list of audio/text items, got {value!r}", field=field
+        )
     items = []
     for index, item in enumerate(value):
         where = f"{field}[{index}]"
         if not isinstance(item, dict) or len(item) != 1 or not {"audio", "text"} & set(item):
-            raise ManifestError(f'must be {{"audio": path}} or {{"text": ...}}, got {item!r}', field=where)
+            raise ManifestError(
+                f'must be {{"audio": path}} or {{"text": ...}}, got {item!r}', field=where
+            )
         if "audio" in item:
             items.append({"audio": _audio(item["audio"], f"{where}.audio", folder, check_audio)})
         else:
@@ -150,23 +177,43 @@ def parse_conversation(line: Any, folder: str, check_audio: bool, default_id: st
     system = _text(line["system"], "system") if "system" in line else None
     messages = line.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ManifestError(f"must be a non-empty list of turns, got {messages!r}", field="messages")
+        raise ManifestError(
+            f"must be a non-empty list of turns, got {messages!r}", field="messages"
+        )
     parsed = []
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise ManifestError(f"must be an object with exactly role and content, got {message!r}", field=field)
+            raise ManifestError(
+                f"must be an object with exactly role and content, got {message!r}", field=field
+            )
         role, expected = message["role"], ROLES[index % 2]
         if role not in ROLES:
-            hint = " (a system prompt goes in the top-level 'system' field)" if role == "system" else ""
-            raise ManifestError(f"unknown role {role!r}; roles are user and assistant{hint}", field=f"{field}.role")
+            hint = (
+                " (a system prompt goes in the top-level 'system' field)"
+                if role == "system"
+                else ""
+            )
+            raise ManifestError(
+                f"unknown role {role!r}; roles are user and assistant{hint}", field=f"{field}.role"
+            )
         if role != expected:
-            raise ManifestError(f"is {role!r}, expected {expected!r}: turns alternate user, assistant, starting with "
-                                "the user", field=f"{field}.role")
-        parsed.append(Message(role, _content(message["content"], role, f"{field}.content", folder, check_audio)))
+            raise ManifestError(
+                f"is {role!r}, expected {expected!r}: turns alternate user, assistant, starting with "
+                "the user",
+                field=f"{field}.role",
+            )
+        parsed.append(
+            Message(
+                role, _content(message["content"], role, f"{field}.content", folder, check_audio)
+            )
+        )
     if parsed[-1].role != "assistant":
-        raise ManifestError(f"missing assistant turn: the last turn (messages[{len(parsed) - 1}]) is the user's, "
-                            "with no reply to learn", field="messages")
+        raise ManifestError(
+            f"missing assistant turn: the last turn (messages[{len(parsed) - 1}]) is the user's, "
+            "with no reply to learn",
+            field="messages",
+        )
     return Conversation(conversation_id, tuple(parsed), system, default_id)
 
 
@@ -188,7 +235,9 @@ def read_conversations(path: str | os.PathLike, *, check_audio: bool = True) -> 
             if not raw.strip():
                 continue
             try:
-                conversations.append(parse_conversation(_decode(raw), folder, check_audio, f"{name}:{number}"))
+                conversations.append(
+                    parse_conversation(_decode(raw), folder, check_audio, f"{name}:{number}")
+                )
             except ManifestError as err:
                 raise err.at(name, number) from None
     if not conversations:
@@ -211,16 +260,28 @@ def _header_length(path: AudioSource) -> torch.Tensor:
 
 def token_length(conversation: Conversation, tokenizer: Tokenizer, max_length: int) -> int:
     """The conversation's length in tokens, audio placeholders included, without decoding any audio."""
-    return len(conversation.encode(tokenizer, max_length, load=conversation.loader(_header_length)).ids)
+    return len(
+        conversation.encode(tokenizer, max_length, load=conversation.loader(_header_length)).ids
+    )
 
 
 class ConversationDataset(Dataset):
     """Map-style dataset of conversations -> :class:`Sample` (``task`` is ``chat`` with audio, ``text`` without),
     so the pretraining collate function batches them."""
 
-    def __init__(self, conversations: Sequence[Conversation], tokenizer: Tokenizer, max_length: int = 2048,
-                 n_mels: int = 80) -> None:
-        self.conversations, self.tokenizer, self.max_length, self.n_mels = conversations, tokenizer, max_length, n_mels
+    def __init__(
+        self,
+        conversations: Sequence[Conversation],
+        tokenizer: Tokenizer,
+        max_length: int = 2048,
+        n_mels: int = 80,
+    ) -> None:
+        self.conversations, self.tokenizer, self.max_length, self.n_mels = (
+            conversations,
+            tokenizer,
+            max_length,
+            n_mels,
+        )
 
     def __len__(self) -> int:
         return len(self.conversations)

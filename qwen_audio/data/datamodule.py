@@ -91,9 +91,19 @@ class AudioTextDataModule(L.LightningDataModule):
         super().__init__()
         self.manifests = {"train": train or [], "val": val or [], "test": test or []}
         self.weights, self.max_seconds, self.max_length = weights, max_seconds, max_length
-        self.num_buckets, self.num_workers, self.seed, self.on_error = num_buckets, num_workers, seed, on_error
+        self.num_buckets, self.num_workers, self.seed, self.on_error = (
+            num_buckets,
+            num_workers,
+            seed,
+            on_error,
+        )
         self.sortagrad_epochs = sortagrad_epochs
-        self.corpus, self.streaming, self.buffer_size, self.cache = corpus, streaming, buffer_size, cache
+        self.corpus, self.streaming, self.buffer_size, self.cache = (
+            corpus,
+            streaming,
+            buffer_size,
+            cache,
+        )
         self.augment = augment if augment is not None and augment.enabled else None
         if self.augment is not None and streaming:
             raise InputError(
@@ -129,19 +139,27 @@ class AudioTextDataModule(L.LightningDataModule):
             self._resolve(manifest)  # builds a generated corpus once, on the main process
 
     def setup(self, stage: str | None = None) -> None:
-        tasks = family_tasks(self.tokenizer.family)  # a task the model's family has no prompt for fails at its line
+        tasks = family_tasks(
+            self.tokenizer.family
+        )  # a task the model's family has no prompt for fails at its line
         for split, manifests in self.manifests.items():
             if split not in self.entries and not (split == "train" and self.streaming):
                 if shards := [m for m in manifests if is_shard_folder(m)]:
-                    raise InputError(f"data.{split}: {shards} are shard folders, which only a "
-                                     "streamed training split reads (data.streaming: true); "
-                                     "give the manifests they came from")
+                    raise InputError(
+                        f"data.{split}: {shards} are shard folders, which only a "
+                        "streamed training split reads (data.streaming: true); "
+                        "give the manifests they came from"
+                    )
                 self.entries[split] = [
-                    read_manifest(self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error)
+                    read_manifest(
+                        self._resolve(m), tasks=tasks, check_audio=True, on_error=self.on_error
+                    )
                     for m in manifests
                 ]
                 if self.validate == "decode":
-                    require_decodable(entry_clips(e for entries in self.entries[split] for e in entries))
+                    require_decodable(
+                        entry_clips(e for entries in self.entries[split] for e in entries)
+                    )
 
     def _augmenter(self) -> Augmenter:
         """The training split's augmentation, its manifests resolved through ``corpus`` and read."""
@@ -156,14 +174,25 @@ class AudioTextDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> tuple[DataLoader, DurationBucketSampler]:
         groups = self.entries[split]
         sampler = bucket_sampler(
-            split, self.manifests[split], [[entry_seconds(e) for e in entries] for entries in groups],
-            self.max_seconds, weights=self.weights if split == "train" else None, num_buckets=self.num_buckets,
-            seed=self.seed, shuffle=shuffle, sortagrad_epochs=self.sortagrad_epochs,
+            split,
+            self.manifests[split],
+            [[entry_seconds(e) for e in entries] for entries in groups],
+            self.max_seconds,
+            weights=self.weights if split == "train" else None,
+            num_buckets=self.num_buckets,
+            seed=self.seed,
+            shuffle=shuffle,
+            sortagrad_epochs=self.sortagrad_epochs,
         )
         augmenter = self._augmenter() if split == "train" and self.augment is not None else None
         datasets = [
             self.dataset_class(
-                entries, self.tokenizer, self.max_length, self.n_mels, self.on_error, self.cache,
+                entries,
+                self.tokenizer,
+                self.max_length,
+                self.n_mels,
+                self.on_error,
+                self.cache,
                 augmenter,
             )
             for entries in groups
@@ -183,15 +212,25 @@ class AudioTextDataModule(L.LightningDataModule):
 
     def _streaming_loader(self) -> DataLoader:
         stream = StreamingAudioTextDataset(
-            [self._resolve(m) for m in self.manifests["train"]], self.tokenizer, self.max_seconds,
-            weights=self.weights, max_length=self.max_length, n_mels=self.n_mels,
-            buffer_size=self.buffer_size, seed=self.seed, on_error=self.on_error,
+            [self._resolve(m) for m in self.manifests["train"]],
+            self.tokenizer,
+            self.max_seconds,
+            weights=self.weights,
+            max_length=self.max_length,
+            n_mels=self.n_mels,
+            buffer_size=self.buffer_size,
+            seed=self.seed,
+            on_error=self.on_error,
         )
         return StreamLoader(stream, self._batches_trained, num_workers=self.num_workers)
 
     def _batches_trained(self) -> int:
         """Training batches consumed over all epochs (restored from the checkpoint of a resumed run)."""
-        return 0 if self.trainer is None else self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        return (
+            0
+            if self.trainer is None
+            else self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)[0]

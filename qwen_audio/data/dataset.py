@@ -85,18 +85,30 @@ def target_text(entry: ManifestEntry) -> str:
     return entry.text
 
 
-def task_example(tokenizer: Tokenizer, entry: ManifestEntry, target: str | None = None,
-                 max_length: int = 2048, data: bytes | None = None,
-                 audio: torch.Tensor | None = None) -> Example:
+def task_example(
+    tokenizer: Tokenizer,
+    entry: ManifestEntry,
+    target: str | None = None,
+    max_length: int = 2048,
+    data: bytes | None = None,
+    audio: torch.Tensor | None = None,
+) -> Example:
     """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's
     instruction; see :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given,
     with ``audio`` (by default its audio segment decoded; ``data``: its file's bytes, if given)."""
-    asked = TASKS[entry.task].tag == QUESTION  # the question replaces the text-language and instruction tags
+    asked = (
+        TASKS[entry.task].tag == QUESTION
+    )  # the question replaces the text-language and instruction tags
     waveform = load_segment(entry, data) if audio is None else audio
     return encode_task(
-        tokenizer, entry.task, Recording(waveform, entry.audio), target,
-        audio_language=entry.audio_language, text_language=None if asked else entry.text_language,
-        question=entry.question, max_length=max_length,
+        tokenizer,
+        entry.task,
+        Recording(waveform, entry.audio),
+        target,
+        audio_language=entry.audio_language,
+        text_language=None if asked else entry.text_language,
+        question=entry.question,
+        max_length=max_length,
     )
 
 
@@ -155,7 +167,12 @@ class AudioTextDataset(Dataset):
         cache: bool = False,
         augmenter: Augmenter | None = None,
     ) -> None:
-        self.entries, self.tokenizer, self.max_length, self.n_mels = entries, tokenizer, max_length, n_mels
+        self.entries, self.tokenizer, self.max_length, self.n_mels = (
+            entries,
+            tokenizer,
+            max_length,
+            n_mels,
+        )
         self.on_error, self.augmenter = on_error, augmenter
         self._cache: dict[int, Sample] | None = {} if cache else None
 

@@ -37,8 +37,10 @@ class ModelInputs:
 
     def _connected(self) -> tuple[Tokenizer, int]:
         if self._inputs is None:
-            raise RuntimeError(f"{self.owner} has no tokenizer yet: call connect(tokenizer, n_mels) with "
-                               "the model's first (the recipes' CLI does before fit, validate, test and predict)")
+            raise RuntimeError(
+                f"{self.owner} has no tokenizer yet: call connect(tokenizer, n_mels) with "
+                "the model's first (the recipes' CLI does before fit, validate, test and predict)"
+            )
         return self._inputs
 
 
@@ -57,18 +59,32 @@ def bucket_sampler(
     """The split's batch sampler. What it refuses (no file, too few examples for the ranks, bad weights) is an
     input error naming the split's files."""
     if not files:
-        raise InputError(f"data.{split}: no file given, but the trainer asks for the {split} loader")
+        raise InputError(
+            f"data.{split}: no file given, but the trainer asks for the {split} loader"
+        )
     try:
-        return DurationBucketSampler(lengths, budget, weights=weights, num_buckets=num_buckets, shuffle=shuffle,
-                                     sortagrad_epochs=sortagrad_epochs, seed=seed)
+        return DurationBucketSampler(
+            lengths,
+            budget,
+            weights=weights,
+            num_buckets=num_buckets,
+            shuffle=shuffle,
+            sortagrad_epochs=sortagrad_epochs,
+            seed=seed,
+        )
     except ValueError as err:
         raise InputError(f"data.{split} {files}: {err}") from None
 
 
 def batch_loader(dataset: Dataset, batches: Sampler, pad_id: int, num_workers: int) -> DataLoader:
     """The loader of ``batches`` of ``dataset``, collated with ``pad_id``."""
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                      collate_fn=partial(collate, pad_id=pad_id), persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=partial(collate, pad_id=pad_id),
+        persistent_workers=num_workers > 0,
+    )
 
 
 class TrainingPosition:

@@ -39,13 +39,22 @@ LANGUAGES: frozenset[str] = frozenset({"en", "zh", "de", "es", "ko", "fr", "ja",
 NO_LANGUAGE = "unknown"  # a language field read as ``None``
 TIME_TOLERANCE = 0.01  # seconds: word ends may pass the duration (and segments the file's end) by one timestamp step
 MIN_SECONDS = MIN_SAMPLES / SAMPLE_RATE  # 30 ms, the shortest clip the encoder reads
-MAX_SECONDS = 30.0  # the encoder's window; longer audio goes through long-form generation, not training
+MAX_SECONDS = (
+    30.0  # the encoder's window; longer audio goes through long-form generation, not training
+)
 
 
 class ManifestError(InputError):
     """A manifest line that cannot be used; the message reads ``path:line: field: reason``."""
 
-    def __init__(self, reason: str, *, field: str | None = None, path: str | None = None, line: int | None = None):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        path: str | None = None,
+        line: int | None = None,
+    ):
         self.reason, self.field, self.path, self.line = reason, field, path, line
         location = "" if path is None else f"{path}: " if line is None else f"{path}:{line}: "
         super().__init__(f"{location}{field + ': ' if field else ''}{reason}")
@@ -68,10 +77,15 @@ class ManifestEntry:
     words: tuple[TimedWord, ...] | None = None
     question: str | None = None
     choices: tuple[str, ...] | None = None
-    source: str | None = field(default=None, compare=False, repr=False)  # ``file:line`` read from; not a field of it
+    source: str | None = field(
+        default=None, compare=False, repr=False
+    )  # ``file:line`` read from; not a field of it
 
     def __post_init__(self) -> None:
-        for name in ("words", "choices"):  # lists are accepted and stored as tuples, so entries stay hashable
+        for name in (
+            "words",
+            "choices",
+        ):  # lists are accepted and stored as tuples, so entries stay hashable
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("audio_language", "text_language"):
@@ -84,9 +98,13 @@ class ManifestEntry:
             if getattr(self, name) is not None:
                 _require_str(getattr(self, name), name, nonempty=True)
         if not _is_number(self.offset) or self.offset < 0:
-            raise ManifestError(f"must be a finite number >= 0, got {self.offset!r}", field="offset")
+            raise ManifestError(
+                f"must be a finite number >= 0, got {self.offset!r}", field="offset"
+            )
         if self.duration is not None and (not _is_number(self.duration) or self.duration <= 0):
-            raise ManifestError(f"must be a finite number > 0, got {self.duration!r}", field="duration")
+            raise ManifestError(
+                f"must be a finite number > 0, got {self.duration!r}", field="duration"
+            )
         if self.words is not None:
             self._check_words()
             self._check_spelling()
@@ -105,34 +123,52 @@ class ManifestEntry:
             for name in ("start", "end"):
                 value = getattr(word, name)
                 if not _is_number(value) or value < 0:
-                    raise ManifestError(f"must be a finite number >= 0, got {value!r}", field=f"{field}.{name}")
+                    raise ManifestError(
+                        f"must be a finite number >= 0, got {value!r}", field=f"{field}.{name}"
+                    )
             if word.end < word.start:
-                raise ManifestError(f"ends at {word.end} before it starts at {word.start}", field=field)
+                raise ManifestError(
+                    f"ends at {word.end} before it starts at {word.start}", field=field
+                )
             if word.start < previous_end:
                 raise ManifestError(
                     f"starts at {word.start}, before the previous word ends at {previous_end} (words must be "
-                    "in time order and not overlap)", field=field,
+                    "in time order and not overlap)",
+                    field=field,
                 )
             if self.duration is not None and word.end > self.duration + TIME_TOLERANCE:
-                raise ManifestError(f"ends at {word.end}, after the clip's duration {self.duration}", field=field)
+                raise ManifestError(
+                    f"ends at {word.end}, after the clip's duration {self.duration}", field=field
+                )
             previous_end = word.end
 
     def _check_spelling(self) -> None:
         """The words must spell ``text`` after the release's normalisation, lower-cased and without punctuation
         (words carry none); Chinese is compared by characters."""
         language = self.text_language or "en"
-        spelled, text = (_spelling(t, language) for t in (" ".join(w.text for w in self.words), self.text))
+        spelled, text = (
+            _spelling(t, language) for t in (" ".join(w.text for w in self.words), self.text)
+        )
         if spelled != text:
             raise ManifestError(f"spell {spelled!r}, but text reads {text!r}", field="words")
 
     def _check_choices(self) -> None:
         choices = self.choices
-        if not isinstance(choices, tuple) or not choices or not all(isinstance(c, str) and c for c in choices):
-            raise ManifestError(f"must be a non-empty list of non-empty strings, got {self.choices!r}", field="choices")
+        if (
+            not isinstance(choices, tuple)
+            or not choices
+            or not all(isinstance(c, str) and c for c in choices)
+        ):
+            raise ManifestError(
+                f"must be a non-empty list of non-empty strings, got {self.choices!r}",
+                field="choices",
+            )
         if self.question is None:
             raise ManifestError("given without a question", field="choices")
         if self.text not in self.choices:
-            raise ManifestError(f"the answer {self.text!r} is not one of the choices {list(choices)}", field="text")
+            raise ManifestError(
+                f"the answer {self.text!r} is not one of the choices {list(choices)}", field="text"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The manifest line as a dict; optional fields at their defaults are left out."""
@@ -150,7 +186,11 @@ class ManifestEntry:
 
 
 def _spelling(text: str, language: str) -> str:
-    text = "".join(c for c in release_normalize(text, language).lower() if not unicodedata.category(c).startswith("P"))
+    text = "".join(
+        c
+        for c in release_normalize(text, language).lower()
+        if not unicodedata.category(c).startswith("P")
+    )
     return "".join(text.split()) if language == "zh" else " ".join(text.split())
 
 
@@ -170,7 +210,12 @@ _KNOWN = tuple(f.name for f in fields(ManifestEntry) if f.name != "source")
 
 
 def _parse_line(
-    raw: str, folder: str, tasks: Container[str], languages: Container[str], check_audio: bool, source: str
+    raw: str,
+    folder: str,
+    tasks: Container[str],
+    languages: Container[str],
+    check_audio: bool,
+    source: str,
 ) -> ManifestEntry:
     try:
         line = json.loads(raw.rstrip("\r\n"))
@@ -203,12 +248,16 @@ def _parse_line(
 def _parse_words(words: Any) -> tuple[TimedWord, ...]:
     if not isinstance(words, list):
         raise ManifestError(
-            f"must be a list of {{word, start, end}} objects, got {type(words).__name__}", field="words"
+            f"must be a list of {{word, start, end}} objects, got {type(words).__name__}",
+            field="words",
         )
     parsed = []
     for i, word in enumerate(words):
         if not isinstance(word, dict) or set(word) != {"word", "start", "end"}:
-            raise ManifestError(f"must be an object with exactly word, start, end; got {word!r}", field=f"words[{i}]")
+            raise ManifestError(
+                f"must be an object with exactly word, start, end; got {word!r}",
+                field=f"words[{i}]",
+            )
         parsed.append(TimedWord(word["word"], word["start"], word["end"]))
     return tuple(parsed)
 
@@ -226,18 +275,27 @@ def _check_audio_file(entry: ManifestEntry) -> None:
     if end > info.duration + TIME_TOLERANCE:
         raise ManifestError(
             f"offset {entry.offset} + duration {entry.duration or 0.0} s runs past the end of {entry.audio} "
-            f"({info.duration:.3f} s)", field="audio",
+            f"({info.duration:.3f} s)",
+            field="audio",
         )
     seconds = entry.duration if entry.duration is not None else info.duration - entry.offset
     if seconds < MIN_SECONDS:
-        raise ManifestError(f"{entry.audio} gives a {seconds:.4f} s clip, shorter than the {MIN_SECONDS * 1000:.0f} ms "
-                            "the front end needs", field="audio")
+        raise ManifestError(
+            f"{entry.audio} gives a {seconds:.4f} s clip, shorter than the {MIN_SECONDS * 1000:.0f} ms "
+            "the front end needs",
+            field="audio",
+        )
     if seconds > MAX_SECONDS + TIME_TOLERANCE:
-        raise ManifestError(f"{entry.audio} gives a {seconds:.2f} s clip, past the encoder's {MAX_SECONDS:.0f} s "
-                            "window (cut it into segments with offset/duration)", field="audio")
+        raise ManifestError(
+            f"{entry.audio} gives a {seconds:.2f} s clip, past the encoder's {MAX_SECONDS:.0f} s "
+            "window (cut it into segments with offset/duration)",
+            field="audio",
+        )
     for i, word in enumerate(entry.words or ()):
         if word.end > seconds + TIME_TOLERANCE:
-            raise ManifestError(f"ends at {word.end}, after the clip's end at {seconds:.3f} s", field=f"words[{i}]")
+            raise ManifestError(
+                f"ends at {word.end}, after the clip's end at {seconds:.3f} s", field=f"words[{i}]"
+            )
 
 
 def iter_manifest(
@@ -282,7 +340,10 @@ def iter_manifest(
         raise ManifestError("no entries: the file is empty", path=name)
     if skipped:
         counts = ", ".join(f"{count} {field}" for field, count in sorted(skipped.items()))
-        warnings.warn(f"skipped {sum(skipped.values())} of {num_lines} lines in {name} ({counts})", stacklevel=2)
+        warnings.warn(
+            f"skipped {sum(skipped.values())} of {num_lines} lines in {name} ({counts})",
+            stacklevel=2,
+        )
 
 
 def read_manifest(
@@ -294,7 +355,11 @@ def read_manifest(
     on_error: Literal["raise", "skip"] = "raise",
 ) -> list[ManifestEntry]:
     """All entries of a JSONL manifest; see :func:`iter_manifest` for the options."""
-    return list(iter_manifest(path, tasks=tasks, languages=languages, check_audio=check_audio, on_error=on_error))
+    return list(
+        iter_manifest(
+            path, tasks=tasks, languages=languages, check_audio=check_audio, on_error=on_error
+        )
+    )
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) -> None:

@@ -18,7 +18,9 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
-def pack_batches(indices: Sequence[int], durations: Sequence[float], max_seconds: float) -> list[list[int]]:
+def pack_batches(
+    indices: Sequence[int], durations: Sequence[float], max_seconds: float
+) -> list[list[int]]:
     """Cut ``indices`` in order into batches whose padded length, ``len(batch) * longest clip``, stays within
     ``max_seconds``: the encoder computes the padded batch, so this bounds memory and compute."""
     batches: list[list[int]] = []
@@ -89,24 +91,32 @@ class DurationBucketSampler(Sampler[list[int]]):
         world_size: int | None = None,
     ) -> None:
         if world_size is None:
-            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            world_size = (
+                dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            )
         if rank is None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        if not (isinstance(max_seconds, (int, float)) and max_seconds > 0 and math.isfinite(max_seconds)):
+        if not (
+            isinstance(max_seconds, (int, float)) and max_seconds > 0 and math.isfinite(max_seconds)
+        ):
             raise ValueError(f"max_seconds must be a positive number, got {max_seconds!r}")
         if num_buckets < 1:
             raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
         if sortagrad_epochs < 0:
             raise ValueError(f"sortagrad_epochs must be >= 0, got {sortagrad_epochs}")
         self.sizes = [len(d) for d in durations]
-        self.durations = np.concatenate([np.asarray(d, dtype=np.float64).reshape(-1) for d in durations] or [[]])
+        self.durations = np.concatenate(
+            [np.asarray(d, dtype=np.float64).reshape(-1) for d in durations] or [[]]
+        )
         if self.durations.size == 0:
             raise ValueError("durations: no examples to sample")
         bad = np.flatnonzero(~np.isfinite(self.durations) | (self.durations <= 0))
         if bad.size:
-            raise ValueError(f"durations: example {bad[0]} has duration {self.durations[bad[0]]}; must be > 0")
+            raise ValueError(
+                f"durations: example {bad[0]} has duration {self.durations[bad[0]]}; must be > 0"
+            )
         too_long = np.flatnonzero(self.durations > max_seconds)
         if too_long.size:
             raise ValueError(
@@ -115,7 +125,9 @@ class DurationBucketSampler(Sampler[list[int]]):
             )
         self.weights = None if weights is None else self._normalised(weights)
         if self.durations.size < world_size:
-            raise ValueError(f"{self.durations.size} examples cannot give each of {world_size} ranks a batch")
+            raise ValueError(
+                f"{self.durations.size} examples cannot give each of {world_size} ranks a batch"
+            )
         self.max_seconds = float(max_seconds)
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.sortagrad_epochs = sortagrad_epochs
@@ -123,7 +135,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         self.bucket_of = np.searchsorted(edges, self.durations, side="right")
         buckets = range(int(self.bucket_of.max()) + 1)
         longest = [self.durations[self.bucket_of == b].max(initial=0.0) for b in buckets]
-        self.bucket_batch = [max(1, int(self.max_seconds // seconds)) if seconds else 1 for seconds in longest]
+        self.bucket_batch = [
+            max(1, int(self.max_seconds // seconds)) if seconds else 1 for seconds in longest
+        ]
         self.epoch = 0
         self._resume_at = 0  # batches to skip at the next iter(), set by load_state_dict
         self._yielded = 0  # batches of the current epoch handed out by this rank
@@ -132,11 +146,15 @@ class DurationBucketSampler(Sampler[list[int]]):
     def _normalised(self, weights: Sequence[float]) -> np.ndarray:
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (len(self.sizes),):
-            raise ValueError(f"weights: expected one per manifest ({len(self.sizes)}), got {list(weights)}")
+            raise ValueError(
+                f"weights: expected one per manifest ({len(self.sizes)}), got {list(weights)}"
+            )
         if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights must be finite, >= 0 and not all 0, got {list(weights)}")
         if any(size == 0 and weight > 0 for size, weight in zip(self.sizes, w)):
-            raise ValueError(f"weights: a manifest with no examples has weight > 0: {list(weights)}")
+            raise ValueError(
+                f"weights: a manifest with no examples has weight > 0: {list(weights)}"
+            )
         return w / w.sum()
 
     @property
@@ -160,7 +178,9 @@ class DurationBucketSampler(Sampler[list[int]]):
                 continue
             members = np.flatnonzero(manifest_of == manifest)
             groups = [members[self.bucket_of[members] == b] for b in range(len(self.bucket_batch))]
-            for group, quota in zip(groups, _apportion(np.array([len(g) for g in groups], dtype=np.float64), count)):
+            for group, quota in zip(
+                groups, _apportion(np.array([len(g) for g in groups], dtype=np.float64), count)
+            ):
                 if quota:
                     passes = [rng.permutation(group) for _ in range(-(-quota // len(group)))]
                     drawn.append(np.concatenate(passes)[:quota])
@@ -207,7 +227,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         batches = self._rank_batches()
         start, self._resume_at = self._resume_at, 0
         for position in range(start, len(batches)):
-            self._yielded = position + 1  # counted when handed out, so state_dict() between batches is exact
+            self._yielded = (
+                position + 1
+            )  # counted when handed out, so state_dict() between batches is exact
             yield batches[position]
 
     def state_dict(self) -> dict[str, Any]:
@@ -226,7 +248,9 @@ class DurationBucketSampler(Sampler[list[int]]):
         a loader with workers fetches its first batches before Lightning's ``set_epoch`` says so."""
         for key in ("seed", "world_size", "num_examples"):
             if key in state and state[key] != self.state_dict()[key]:
-                raise ValueError(f"cannot resume: state has {key}={state[key]}, this sampler {self.state_dict()[key]}")
+                raise ValueError(
+                    f"cannot resume: state has {key}={state[key]}, this sampler {self.state_dict()[key]}"
+                )
         self.epoch, done = int(state["epoch"]), int(state["batches_done"])
         if done >= len(self):
             self.epoch, done = self.epoch + 1, 0

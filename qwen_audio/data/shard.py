@@ -127,10 +127,12 @@ def _conversation_item(conversation: Conversation) -> dict:
     and size (every item then has the same fields, which litdata's chunks need)."""
     paths = list(dict.fromkeys(conversation.audios))
     audio = [Path(path).read_bytes() for path in paths]
-    return {"line": json.dumps(conversation.to_json(), ensure_ascii=False),
-            "source": conversation.source,
-            "audios": json.dumps([[path, len(data)] for path, data in zip(paths, audio)]),
-            "audio": b"".join(audio)}
+    return {
+        "line": json.dumps(conversation.to_json(), ensure_ascii=False),
+        "source": conversation.source,
+        "audios": json.dumps([[path, len(data)] for path, data in zip(paths, audio)]),
+        "audio": b"".join(audio),
+    }
 
 
 def read_shards(
@@ -178,7 +180,7 @@ class StoredAudio:
         item = _open(self.folder, os.getpid())[self.index]
         audio, start = {}, 0
         for path, size in json.loads(item["audios"]):
-            audio[path] = item["audio"][start:start + size]
+            audio[path] = item["audio"][start : start + size]
             start += size
         return audio
 

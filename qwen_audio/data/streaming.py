@@ -65,12 +65,21 @@ class StreamingAudioTextDataset(IterableDataset):
     ) -> None:
         if not manifests:
             raise InputError("data.train: no manifest to stream")
-        weights = np.ones(len(manifests)) if weights is None else np.asarray(weights, dtype=np.float64)
+        weights = (
+            np.ones(len(manifests)) if weights is None else np.asarray(weights, dtype=np.float64)
+        )
         if weights.shape != (len(manifests),) or (weights < 0).any() or weights.sum() <= 0:
-            raise InputError(f"data.weights: expected one non-negative weight per manifest of {list(manifests)}, "
-                             f"got {weights}")
+            raise InputError(
+                f"data.weights: expected one non-negative weight per manifest of {list(manifests)}, "
+                f"got {weights}"
+            )
         self.manifests, self.probabilities = list(manifests), weights / weights.sum()
-        self.tokenizer, self.max_seconds, self.max_length, self.n_mels = tokenizer, max_seconds, max_length, n_mels
+        self.tokenizer, self.max_seconds, self.max_length, self.n_mels = (
+            tokenizer,
+            max_seconds,
+            max_length,
+            n_mels,
+        )
         self.buffer_size, self.seed, self.on_error = buffer_size, seed, on_error
         self.batches_done = 0
 
@@ -95,20 +104,31 @@ class StreamingAudioTextDataset(IterableDataset):
             if is_shard_folder(path):
                 items = read_shards(path, tasks=tasks, shard=(reader, readers))
             else:
-                items = ((e, None) for e in iter_manifest(path, tasks=tasks, on_error=self.on_error,
-                                                          shard=(reader, readers)))
+                items = (
+                    (e, None)
+                    for e in iter_manifest(
+                        path, tasks=tasks, on_error=self.on_error, shard=(reader, readers)
+                    )
+                )
             for entry, data in items:
                 if entry.duration is None:
-                    raise ManifestError(f"entry {entry.audio} has no duration; streaming needs one on every line",
-                                        path=path)
+                    raise ManifestError(
+                        f"entry {entry.audio} has no duration; streaming needs one on every line",
+                        path=path,
+                    )
                 if entry.duration > self.max_seconds:
-                    raise ManifestError(f"{entry.audio} lasts {entry.duration} s, more than max_seconds="
-                                        f"{self.max_seconds}", path=path)
+                    raise ManifestError(
+                        f"{entry.audio} lasts {entry.duration} s, more than max_seconds="
+                        f"{self.max_seconds}",
+                        path=path,
+                    )
                 empty = False
                 yield entry, data
             if empty:
-                raise ManifestError(f"no entries for reader {reader} of {readers}; use fewer workers or ranks",
-                                    path=path)
+                raise ManifestError(
+                    f"no entries for reader {reader} of {readers}; use fewer workers or ranks",
+                    path=path,
+                )
 
     def _planned(self, reader: int, readers: int) -> Iterator[list[Item]]:
         """The reader's batches of entries, before decoding."""
@@ -125,11 +145,17 @@ class StreamingAudioTextDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         reader, readers, workers = self._reader()
         worker = reader % workers
-        already = len(range(worker, self.batches_done, workers))  # this worker's share of the consumed batches
+        already = len(
+            range(worker, self.batches_done, workers)
+        )  # this worker's share of the consumed batches
         for position, entries in enumerate(self._planned(reader, readers)):
             if position >= already:
-                samples = [encode_entry(e, self.tokenizer, self.max_length, self.n_mels,
-                                        self.on_error, data) for e, data in entries]
+                samples = [
+                    encode_entry(
+                        e, self.tokenizer, self.max_length, self.n_mels, self.on_error, data
+                    )
+                    for e, data in entries
+                ]
                 yield collate(samples, self.tokenizer.eod)
 
 
@@ -144,7 +170,9 @@ class StreamLoader(DataLoader):
     ``val_check_interval``) never pays that.
     """
 
-    def __init__(self, dataset: StreamingAudioTextDataset, consumed: Callable[[], int], num_workers: int = 0) -> None:
+    def __init__(
+        self, dataset: StreamingAudioTextDataset, consumed: Callable[[], int], num_workers: int = 0
+    ) -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers)
         self.consumed = consumed
 

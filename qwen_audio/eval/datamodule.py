@@ -97,8 +97,9 @@ def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -
     return BenchmarkBatch(prompts, [s.item for s in samples], [s.index for s in samples])
 
 
-def benchmark_batches(items: Sequence[BenchmarkItem], batch_size: int | None, rank: int = 0, world_size: int = 1
-                      ) -> list[list[int]]:
+def benchmark_batches(
+    items: Sequence[BenchmarkItem], batch_size: int | None, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
     """This rank's batches of item indices, dealt to ranks round-robin.
 
     Each benchmark's items stay in file order, in batches of ``batch_size``. By default that is the benchmark's own,
@@ -166,7 +167,10 @@ class BenchmarkDataModule(L.LightningDataModule):
 
     def _corpus_rows(self) -> list[tuple[str, str | None]]:
         """``(manifest, condition)`` read: a held-out split of the corpus with its robustness rows."""
-        rows = [(f"{self.path}_{condition}", condition) for condition in self.corpus.conditions(self.path)]
+        rows = [
+            (f"{self.path}_{condition}", condition)
+            for condition in self.corpus.conditions(self.path)
+        ]
         return [(self.path, None), *rows]
 
     def prepare_data(self) -> None:
@@ -180,7 +184,9 @@ class BenchmarkDataModule(L.LightningDataModule):
                     item
                     for path, condition in self._corpus_rows()
                     for item in corpus_items(
-                        self.corpus, read_manifest(self.corpus.resolve(path), check_audio=True), condition
+                        self.corpus,
+                        read_manifest(self.corpus.resolve(path), check_audio=True),
+                        condition,
                     )
                 ]
                 if self.corpus.names(self.path):
@@ -188,11 +194,16 @@ class BenchmarkDataModule(L.LightningDataModule):
                     self.train_answers = corpus_answers(self.corpus, train)
             else:
                 self.items = read_benchmark_file(self.path, self.benchmark, self.audio_root)
+
     def test_dataloader(self) -> DataLoader:
         if self.tokenizer is None:
-            raise RuntimeError("BenchmarkDataModule.connect(tokenizer, n_mels) must be called before the test loader "
-                               "is built (the evaluate CLI calls it with the model's)")
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            raise RuntimeError(
+                "BenchmarkDataModule.connect(tokenizer, n_mels) must be called before the test loader "
+                "is built (the evaluate CLI calls it with the model's)"
+            )
+        rank, world_size = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
         return DataLoader(
             BenchmarkDataset(self.items, self.tokenizer),
             batch_sampler=benchmark_batches(self.items, self.batch_size, rank, world_size),

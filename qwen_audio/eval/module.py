@@ -46,7 +46,10 @@ class BenchmarkEvaluation(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if checkpoint is None:
-            self.config, self.tokenizer = QwenAudioConfig.from_name(preset), load_tokenizer(preset=preset)
+            self.config, self.tokenizer = (
+                QwenAudioConfig.from_name(preset),
+                load_tokenizer(preset=preset),
+            )
         else:
             self.config, self.tokenizer = read_config(checkpoint), load_tokenizer(checkpoint)
         self.model: QwenAudio | None = None
@@ -68,8 +71,12 @@ class BenchmarkEvaluation(L.LightningModule):
         if len(names) != 1:
             raise ValueError(f"a batch must hold one benchmark's items, got {sorted(names)}")
         benchmark = get_benchmark(names.pop())
-        config = GenerationConfig(max_new_tokens=benchmark.max_new_tokens, min_new_tokens=1, do_sample=False,
-                                  stop_ids=self.tokenizer.stop_ids)
+        config = GenerationConfig(
+            max_new_tokens=benchmark.max_new_tokens,
+            min_new_tokens=1,
+            do_sample=False,
+            stop_ids=self.tokenizer.stop_ids,
+        )
         answers = answer_batch(self.model, self.tokenizer, batch.prompts, config)
         for index, item, answer in zip(batch.indices, batch.items, answers):
             self.predictions.append((index, Prediction(item, answer.text)))
@@ -81,10 +88,16 @@ class BenchmarkEvaluation(L.LightningModule):
             torch.distributed.all_gather_object(gathered, predictions)
             predictions = list(itertools.chain.from_iterable(gathered))
         if self.trainer.is_global_zero:
-            ordered = [prediction for _, prediction in sorted(predictions, key=lambda pair: pair[0])]
+            ordered = [
+                prediction for _, prediction in sorted(predictions, key=lambda pair: pair[0])
+            ]
             datamodule = self.trainer.datamodule
-            report = write_results(ordered, self.trainer.default_root_dir, self._model_name(),
-                                   datamodule.train_answers if datamodule is not None else None)
+            report = write_results(
+                ordered,
+                self.trainer.default_root_dir,
+                self._model_name(),
+                datamodule.train_answers if datamodule is not None else None,
+            )
             print(report, flush=True)
 
     def _model_name(self) -> str:

@@ -12,8 +12,12 @@ from qwen_audio.eval.tasks import Prediction, get_benchmark, score_predictions
 PREDICTIONS_FILE, METRICS_FILE, REPORT_FILE = "predictions.jsonl", "metrics.json", "report.md"
 
 
-def write_results(predictions: list[Prediction], folder: str, model_name: str,
-                  train_answers: Mapping[str, Sequence[str]] | None = None) -> str:
+def write_results(
+    predictions: list[Prediction],
+    folder: str,
+    model_name: str,
+    train_answers: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``; returns the
     report. ``train_answers`` (per benchmark, of its training split) give the majority baseline."""
     os.makedirs(folder, exist_ok=True)
@@ -29,10 +33,16 @@ def write_results(predictions: list[Prediction], folder: str, model_name: str,
     return report
 
 
-def markdown_report(metrics: dict[str, dict[str, dict[str, float | str | None]]], model_name: str) -> str:
+def markdown_report(
+    metrics: dict[str, dict[str, dict[str, float | str | None]]], model_name: str
+) -> str:
     """One row per benchmark, source and metric, with the paper's Table 3 number where it reports one."""
-    lines = [f"# Evaluation of {model_name}", "",
-             "| benchmark | source | items | metric | ours | paper (Table 3) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Evaluation of {model_name}",
+        "",
+        "| benchmark | source | items | metric | ours | paper (Table 3) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, sources in metrics.items():
         benchmark = get_benchmark(name)
         for source, scores in sources.items():
@@ -41,7 +51,9 @@ def markdown_report(metrics: dict[str, dict[str, dict[str, float | str | None]]]
                 if metric != "count":
                     ours = _format(value)
                     reference = f"{paper[metric]:g}" if metric in paper else "-"
-                    lines.append(f"| {name} | {source} | {scores['count']} | {metric} | {ours} | {reference} |")
+                    lines.append(
+                        f"| {name} | {source} | {scores['count']} | {metric} | {ours} | {reference} |"
+                    )
     return "\n".join(lines) + "\n"
 
 

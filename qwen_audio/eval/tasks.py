@@ -40,7 +40,9 @@ from qwen_audio.prompts import QUESTION, TASKS, family_prompt, task_prompt
 from qwen_audio.tokenizer import AUDIO_END, AUDIO_START
 
 Reference = str | tuple[str, ...]
-Scores = dict[str, float | str | None]  # a metric is None where undefined; captioning adds a reason as text
+Scores = dict[
+    str, float | str | None
+]  # a metric is None where undefined; captioning adds a reason as text
 Scorer = Callable[[Sequence[Reference], Sequence[str], str], Scores]
 
 
@@ -57,7 +59,9 @@ class BenchmarkItem(NamedTuple):
     question: str | None = None
 
 
-def _transcription_scores(refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str) -> Scores:
+def _transcription_scores(
+    refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str
+) -> Scores:
     """``evaluate_asr.py``: corpus WER after the release's normalisation, in percent as Table 3 prints it; CER for
     Chinese (the release splits it into characters); English also with Whisper's normaliser beside it."""
     if language == "zh":
@@ -68,18 +72,25 @@ def _transcription_scores(refs: Sequence[str], hyps: Sequence[str], source: str,
     return scores
 
 
-def _timestamp_scores(refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str) -> Scores:
+def _timestamp_scores(
+    refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str
+) -> Scores:
     """``evaluate_srwt.py``: average alignment shift in ms by the release's procedure (Table 3's) and by ours (first
     word timed too, see :mod:`qwen_audio.eval.metrics.alignment`), and the error rate of the text without timestamps."""
-    return {"aas_ms_release": release_alignment_error_ms(refs, hyps), "aas_ms": alignment_error_ms(refs, hyps),
-            **_transcription_scores(refs, hyps, source, language=language)}
+    return {
+        "aas_ms_release": release_alignment_error_ms(refs, hyps),
+        "aas_ms": alignment_error_ms(refs, hyps),
+        **_transcription_scores(refs, hyps, source, language=language),
+    }
 
 
 def covost_languages(source: str) -> tuple[str, str]:
     """(audio language, text language) of a CoVoST2 source, ``source.split("_")[-3]`` and ``[-2]`` (evaluate_st.py)."""
     parts = source.split("_")
     if len(parts) < 3:
-        raise ValueError(f"source {source!r} does not end in _<audio language>_<text language>_<split>")
+        raise ValueError(
+            f"source {source!r} does not end in _<audio language>_<text language>_<split>"
+        )
     return parts[-3], parts[-2]
 
 
@@ -145,8 +156,11 @@ class Benchmark:
         """Keyword arguments of :func:`qwen_audio.prompts.family_prompt` / ``encode_task`` for one item."""
         if self.task == "s2tt":
             audio_language, text_language = covost_languages(source)
-            return {"audio_language": audio_language, "text_language": text_language,
-                    "instruction": self.instruction}
+            return {
+                "audio_language": audio_language,
+                "text_language": text_language,
+                "instruction": self.instruction,
+            }
         if self.asks_question:
             return {"audio_language": self.language, "question": question}
         return {"audio_language": self.language, "instruction": self.instruction}
@@ -177,54 +191,223 @@ def _contains(words: list[str], part: list[str]) -> bool:
     return any(words[i : i + len(part)] == part for i in range(len(words) - len(part) + 1))
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("librispeech", "asr", "LibriSpeech dev-clean, dev-other, test-clean, test-other",
-              "evaluate_asr.py", "data/asr/librispeech_eval.jsonl", 256, 20,
-              partial(_transcription_scores, language="en"), language="en",
-              paper={"dev-clean": {"wer": 1.8}, "dev-other": {"wer": 4.0}, "test-clean": {"wer": 2.0},
-                     "test-other": {"wer": 4.2}}),
-    Benchmark("aishell1", "asr", "Aishell-1 dev, test", "evaluate_asr.py", "data/asr/aishell1_eval.jsonl", 256, 20,
-              partial(_transcription_scores, language="zh"), language="zh",
-              paper={"dev": {"cer": 1.2}, "test": {"cer": 1.3}}),
-    Benchmark("aishell2", "asr", "Aishell-2 test (Mic, iOS, Android)", "evaluate_asr.py",
-              "data/asr/aishell2_eval.jsonl", 256, 20, partial(_transcription_scores, language="zh"), language="zh",
-              paper={"mic": {"cer": 3.3}, "ios": {"cer": 3.1}, "android": {"cer": 3.3}}),
-    Benchmark("covost2", "s2tt", "CoVoST 2 test", "evaluate_st.py", "data/st/covost2_eval.jsonl", 256, 8,
-              _translation_scores, instruction="<|itn|>",
-              paper={"en_de": {"bleu": 25.1}, "de_en": {"bleu": 33.9}, "en_zh": {"bleu": 41.5},
-                     "zh_en": {"bleu": 15.7}, "es_en": {"bleu": 39.7}, "fr_en": {"bleu": 38.5},
-                     "it_en": {"bleu": 36.0}}),
-    Benchmark("clotho", "aac", "Clotho evaluation", "evaluate_caption.py", "data/caption/clotho_eval.jsonl", 30, 8,
-              _caption_scores, instruction="<|caption_clotho|>",
-              paper={"": {"CIDEr-D": 0.441, "SPICE": 0.136, "SPIDEr": 0.288}}),
-    Benchmark("srwt", "srwt", "industrial SRWT data (closed; arXiv 2305.11013)", "evaluate_srwt.py",
-              "data/srwt/industrial_srwt_eval.jsonl", 256, 8, partial(_timestamp_scores, language="zh"),
-              language="zh", paper={"": {"aas_ms_release": 51.5}}),
-    Benchmark("cochlscene", "asc", "CochlScene test", "evaluate_scene.py", "data/asc/cochlscene_eval.jsonl", 10, 20,
-              _accuracy_scores, paper={"": {"accuracy": 0.795}}),
-    Benchmark("tut2017", "asc", "TUT Acoustic Scenes 2017 evaluation", "evaluate_scene.py",
-              "data/asc/tut2017_eval.jsonl", 10, 20, _accuracy_scores, paper={"": {"accuracy": 0.649}}),
-    Benchmark("meld", "er", "MELD test", "evaluate_emotion.py", "data/emotion/meld_eval.jsonl", 4, 8,
-              _accuracy_scores, language="en", paper={"": {"accuracy": 0.557}}),
-    Benchmark("clothoaqa", "aqa", "Clotho-AQA test", "evaluate_aqa.py", "data/st/clothoaqa_eval.jsonl", 4, 8,
-              _question_scores, paper={"": {"accuracy": 0.579, "binary_accuracy": 0.749}}),
-    Benchmark("vocalsound", "vsc", "VocalSound test", "evaluate_vocal_sound.py", "data/vsc/vocalsound_eval.jsonl",
-              4, 8, _accuracy_scores, paper={"": {"accuracy": 0.9289}}),
-    Benchmark("nsynth", "mna", "NSynth test", "evaluate_note_analysis.py", "data/mna/nsynth_eval.jsonl", 30, 8,
-              _note_scores, paper={"": {"qualities_map": 0.4742, "instrument_accuracy": 0.7882}}),
-    # The held-out split of the embedded demo corpus (qwen_audio.data.demo), one benchmark per task and language.
-    # Its utterances are 3 to 6 digits: 32 new tokens hold a transcript, 64 one with word timestamps.
-    *(Benchmark(f"demo_asr_{lang}", "asr", f"demo corpus, {lang} speech", "evaluate_asr.py", "demo:test", 32, 8,
-                partial(_transcription_scores, language=lang), language=lang) for lang in ("en", "zh")),
-    *(Benchmark(f"demo_srwt_{lang}", "srwt", f"demo corpus, {lang} speech", "evaluate_srwt.py", "demo:test", 64, 8,
-                partial(_timestamp_scores, language=lang), language=lang) for lang in ("en", "zh")),
-    Benchmark("demo_mna", "mna", "demo corpus, synthetic notes", "evaluate_note_analysis.py", "demo:test", 30, 8,
-              _accuracy_scores),
-    Benchmark("demo_asc", "asc", "demo corpus, synthetic scenes", "evaluate_scene.py", "demo:test", 10, 8,
-              _accuracy_scores),
-    Benchmark("demo_aqa", "aqa", "demo corpus, counted beeps and clicks", "evaluate_aqa.py", "demo:test", 4, 8,
-              _question_scores),
-)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "librispeech",
+            "asr",
+            "LibriSpeech dev-clean, dev-other, test-clean, test-other",
+            "evaluate_asr.py",
+            "data/asr/librispeech_eval.jsonl",
+            256,
+            20,
+            partial(_transcription_scores, language="en"),
+            language="en",
+            paper={
+                "dev-clean": {"wer": 1.8},
+                "dev-other": {"wer": 4.0},
+                "test-clean": {"wer": 2.0},
+                "test-other": {"wer": 4.2},
+            },
+        ),
+        Benchmark(
+            "aishell1",
+            "asr",
+            "Aishell-1 dev, test",
+            "evaluate_asr.py",
+            "data/asr/aishell1_eval.jsonl",
+            256,
+            20,
+            partial(_transcription_scores, language="zh"),
+            language="zh",
+            paper={"dev": {"cer": 1.2}, "test": {"cer": 1.3}},
+        ),
+        Benchmark(
+            "aishell2",
+            "asr",
+            "Aishell-2 test (Mic, iOS, Android)",
+            "evaluate_asr.py",
+            "data/asr/aishell2_eval.jsonl",
+            256,
+            20,
+            partial(_transcription_scores, language="zh"),
+            language="zh",
+            paper={"mic": {"cer": 3.3}, "ios": {"cer": 3.1}, "android": {"cer": 3.3}},
+        ),
+        Benchmark(
+            "covost2",
+            "s2tt",
+            "CoVoST 2 test",
+            "evaluate_st.py",
+            "data/st/covost2_eval.jsonl",
+            256,
+            8,
+            _translation_scores,
+            instruction="<|itn|>",
+            paper={
+                "en_de": {"bleu": 25.1},
+                "de_en": {"bleu": 33.9},
+                "en_zh": {"bleu": 41.5},
+                "zh_en": {"bleu": 15.7},
+                "es_en": {"bleu": 39.7},
+                "fr_en": {"bleu": 38.5},
+                "it_en": {"bleu": 36.0},
+            },
+        ),
+        Benchmark(
+            "clotho",
+            "aac",
+            "Clotho evaluation",
+            "evaluate_caption.py",
+            "data/caption/clotho_eval.jsonl",
+            30,
+            8,
+            _caption_scores,
+            instruction="<|caption_clotho|>",
+            paper={"": {"CIDEr-D": 0.441, "SPICE": 0.136, "SPIDEr": 0.288}},
+        ),
+        Benchmark(
+            "srwt",
+            "srwt",
+            "industrial SRWT data (closed; arXiv 2305.11013)",
+            "evaluate_srwt.py",
+            "data/srwt/industrial_srwt_eval.jsonl",
+            256,
+            8,
+            partial(_timestamp_scores, language="zh"),
+            language="zh",
+            paper={"": {"aas_ms_release": 51.5}},
+        ),
+        Benchmark(
+            "cochlscene",
+            "asc",
+            "CochlScene test",
+            "evaluate_scene.py",
+            "data/asc/cochlscene_eval.jsonl",
+            10,
+            20,
+            _accuracy_scores,
+            paper={"": {"accuracy": 0.795}},
+        ),
+        Benchmark(
+            "tut2017",
+            "asc",
+            "TUT Acoustic Scenes 2017 evaluation",
+            "evaluate_scene.py",
+            "data/asc/tut2017_eval.jsonl",
+            10,
+            20,
+            _accuracy_scores,
+            paper={"": {"accuracy": 0.649}},
+        ),
+        Benchmark(
+            "meld",
+            "er",
+            "MELD test",
+            "evaluate_emotion.py",
+            "data/emotion/meld_eval.jsonl",
+            4,
+            8,
+            _accuracy_scores,
+            language="en",
+            paper={"": {"accuracy": 0.557}},
+        ),
+        Benchmark(
+            "clothoaqa",
+            "aqa",
+            "Clotho-AQA test",
+            "evaluate_aqa.py",
+            "data/st/clothoaqa_eval.jsonl",
+            4,
+            8,
+            _question_scores,
+            paper={"": {"accuracy": 0.579, "binary_accuracy": 0.749}},
+        ),
+        Benchmark(
+            "vocalsound",
+            "vsc",
+            "VocalSound test",
+            "evaluate_vocal_sound.py",
+            "data/vsc/vocalsound_eval.jsonl",
+            4,
+            8,
+            _accuracy_scores,
+            paper={"": {"accuracy": 0.9289}},
+        ),
+        Benchmark(
+            "nsynth",
+            "mna",
+            "NSynth test",
+            "evaluate_note_analysis.py",
+            "data/mna/nsynth_eval.jsonl",
+            30,
+            8,
+            _note_scores,
+            paper={"": {"qualities_map": 0.4742, "instrument_accuracy": 0.7882}},
+        ),
+        # The held-out split of the embedded demo corpus (qwen_audio.data.demo), one benchmark per task and language.
+        # Its utterances are 3 to 6 digits: 32 new tokens hold a transcript, 64 one with word timestamps.
+        *(
+            Benchmark(
+                f"demo_asr_{lang}",
+                "asr",
+                f"demo corpus, {lang} speech",
+                "evaluate_asr.py",
+                "demo:test",
+                32,
+                8,
+                partial(_transcription_scores, language=lang),
+                language=lang,
+            )
+            for lang in ("en", "zh")
+        ),
+        *(
+            Benchmark(
+                f"demo_srwt_{lang}",
+                "srwt",
+                f"demo corpus, {lang} speech",
+                "evaluate_srwt.py",
+                "demo:test",
+                64,
+                8,
+                partial(_timestamp_scores, language=lang),
+                language=lang,
+            )
+            for lang in ("en", "zh")
+        ),
+        Benchmark(
+            "demo_mna",
+            "mna",
+            "demo corpus, synthetic notes",
+            "evaluate_note_analysis.py",
+            "demo:test",
+            30,
+            8,
+            _accuracy_scores,
+        ),
+        Benchmark(
+            "demo_asc",
+            "asc",
+            "demo corpus, synthetic scenes",
+            "evaluate_scene.py",
+            "demo:test",
+            10,
+            8,
+            _accuracy_scores,
+        ),
+        Benchmark(
+            "demo_aqa",
+            "aqa",
+            "demo corpus, counted beeps and clicks",
+            "evaluate_aqa.py",
+            "demo:test",
+            4,
+            8,
+            _question_scores,
+        ),
+    )
+}
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -256,7 +439,11 @@ def _parse_item(raw: str, benchmark: Benchmark, folder: str) -> BenchmarkItem:
         raise ManifestError("missing required field", field="gt")
     gt = line["gt"]
     if benchmark.multiple_references:
-        if not isinstance(gt, list) or not gt or not all(isinstance(g, str) and g.strip() for g in gt):
+        if (
+            not isinstance(gt, list)
+            or not gt
+            or not all(isinstance(g, str) and g.strip() for g in gt)
+        ):
             raise ManifestError(f"must be a non-empty list of captions, got {gt!r}", field="gt")
         gt = tuple(gt)
     elif not isinstance(gt, str):
@@ -271,8 +458,9 @@ def _parse_item(raw: str, benchmark: Benchmark, folder: str) -> BenchmarkItem:
     return BenchmarkItem(os.path.normpath(path), gt, source, benchmark.name, question)
 
 
-def read_benchmark_file(path: str | os.PathLike, benchmark: str, audio_root: str | os.PathLike | None = None
-                        ) -> list[BenchmarkItem]:
+def read_benchmark_file(
+    path: str | os.PathLike, benchmark: str, audio_root: str | os.PathLike | None = None
+) -> list[BenchmarkItem]:
     """The items of an evaluation file in the release's schema, checked line by line.
 
     A relative ``audio`` path is read against ``audio_root`` (default: the file's folder). A line with a missing or
@@ -281,7 +469,9 @@ def read_benchmark_file(path: str | os.PathLike, benchmark: str, audio_root: str
     """
     spec = get_benchmark(benchmark)
     name = os.fspath(path)
-    folder = os.fspath(audio_root) if audio_root is not None else os.path.dirname(os.path.abspath(name))
+    folder = (
+        os.fspath(audio_root) if audio_root is not None else os.path.dirname(os.path.abspath(name))
+    )
     items = []
     with open(name, encoding="utf-8") as file:
         for number, raw in enumerate(file, start=1):
@@ -303,17 +493,21 @@ class Prediction:
     response: str
 
     def to_json(self) -> dict:
-        line = {"benchmark": self.item.benchmark, "source": self.item.source, "audio": self.item.audio,
-                "gt": list(self.item.gt) if isinstance(self.item.gt, tuple) else self.item.gt,
-                "response": self.response}
+        line = {
+            "benchmark": self.item.benchmark,
+            "source": self.item.source,
+            "audio": self.item.audio,
+            "gt": list(self.item.gt) if isinstance(self.item.gt, tuple) else self.item.gt,
+            "response": self.response,
+        }
         if self.item.question is not None:
             line["question"] = self.item.question
         return line
 
 
-def score_predictions(predictions: Iterable[Prediction],
-                      train_answers: Mapping[str, Sequence[str]] | None = None
-                      ) -> dict[str, dict[str, Scores]]:
+def score_predictions(
+    predictions: Iterable[Prediction], train_answers: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, dict[str, Scores]]:
     """``{benchmark: {source: {"count": n, metric: value, ...}}}``, each source scored on its own
     items.
 
@@ -325,7 +519,9 @@ def score_predictions(predictions: Iterable[Prediction],
     train_answers = train_answers or {}
     groups: dict[str, dict[str, list[Prediction]]] = {}
     for prediction in predictions:
-        groups.setdefault(prediction.item.benchmark, {}).setdefault(prediction.item.source, []).append(prediction)
+        groups.setdefault(prediction.item.benchmark, {}).setdefault(
+            prediction.item.source, []
+        ).append(prediction)
     results: dict[str, dict[str, Scores]] = {}
     for name, sources in groups.items():
         benchmark = get_benchmark(name)

@@ -23,8 +23,18 @@ from qwen_audio.model import QwenAudio
 from qwen_audio.prompts import Example
 from qwen_audio.tokenizer import MODEL_MAX_LENGTH, Tokenizer
 
-__all__ = ["Answer", "DecodeEngine", "GenerationConfig", "TextStream", "answer_batch", "answer_prompts", "generate",
-           "generate_prompts", "generate_steps", "stream_text"]
+__all__ = [
+    "Answer",
+    "DecodeEngine",
+    "GenerationConfig",
+    "TextStream",
+    "answer_batch",
+    "answer_prompts",
+    "generate",
+    "generate_prompts",
+    "generate_steps",
+    "stream_text",
+]
 
 Streamer = Callable[[list[int | None]], None]
 
@@ -53,15 +63,25 @@ def generate_steps(
     155165 tokens in the release) and those rows are no tokens.
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
-                         "must both be [batch, length]")
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+            "must both be [batch, length]"
+        )
     empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"prompt rows {empty} hold no tokens (attention_mask all 0)")
     rows = input_ids.shape[0]
-    engine = DecodeEngine(model, slots=rows, max_length=input_ids.shape[1] + config.max_new_tokens,
-                          vocab_size=vocab_size)
-    engine.admit(range(rows), PromptBatch(input_ids, attention_mask, audio_mel, audio_mel_lengths), [config] * rows)
+    engine = DecodeEngine(
+        model,
+        slots=rows,
+        max_length=input_ids.shape[1] + config.max_new_tokens,
+        vocab_size=vocab_size,
+    )
+    engine.admit(
+        range(rows),
+        PromptBatch(input_ids, attention_mask, audio_mel, audio_mel_lengths),
+        [config] * rows,
+    )
     sequences = list(engine.sequences)
     yielded = 0
     while True:
@@ -97,9 +117,17 @@ def generate(
     (None for rows that have stopped). See :func:`generate_steps` (without a streamer the host waits for the
     device every :data:`SYNC_EVERY` steps only)."""
     generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    for step in generate_steps(model, input_ids, attention_mask, config, vocab_size=vocab_size,
-                               audio_mel=audio_mel, audio_mel_lengths=audio_mel_lengths,
-                               sync_every=1 if streamer else SYNC_EVERY, flags=flags):
+    for step in generate_steps(
+        model,
+        input_ids,
+        attention_mask,
+        config,
+        vocab_size=vocab_size,
+        audio_mel=audio_mel,
+        audio_mel_lengths=audio_mel_lengths,
+        sync_every=1 if streamer else SYNC_EVERY,
+        flags=flags,
+    ):
         for row, token in enumerate(step):
             if token is not None:
                 generated[row].append(token)
@@ -108,12 +136,22 @@ def generate(
     return generated
 
 
-def generate_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example],
-                     config: GenerationConfig) -> Iterator[list[int | None]]:
+def generate_prompts(
+    model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example], config: GenerationConfig
+) -> Iterator[list[int | None]]:
     """:func:`generate_steps` for encoded prompts, batched on the model's device (the server streams these)."""
-    batch = batch_prompts(prompts, tokenizer.eod, model.config.encoder.n_mels).to(next(model.parameters()).device)
-    return generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                          audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths)
+    batch = batch_prompts(prompts, tokenizer.eod, model.config.encoder.n_mels).to(
+        next(model.parameters()).device
+    )
+    return generate_steps(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        config,
+        vocab_size=tokenizer.n_vocab,
+        audio_mel=batch.audio_mel,
+        audio_mel_lengths=batch.audio_mel_lengths,
+    )
 
 
 class Answer(NamedTuple):
@@ -125,24 +163,40 @@ class Answer(NamedTuple):
     flag: str | None = None
 
 
-def answer_batch(model: QwenAudio, tokenizer: Tokenizer, batch: PromptBatch,
-                 config: GenerationConfig) -> list[Answer]:
+def answer_batch(
+    model: QwenAudio, tokenizer: Tokenizer, batch: PromptBatch, config: GenerationConfig
+) -> list[Answer]:
     """The :class:`Answer` of each row of an already batched (and placed) prompt batch."""
     flags: list[str | None] = []
-    outputs = generate(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                       audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths, flags=flags)
+    outputs = generate(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        config,
+        vocab_size=tokenizer.n_vocab,
+        audio_mel=batch.audio_mel,
+        audio_mel_lengths=batch.audio_mel_lengths,
+        flags=flags,
+    )
     return [Answer(ids, tokenizer.decode(ids).strip(), flag) for ids, flag in zip(outputs, flags)]
 
 
-def answer_prompts(model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example],
-                   config: GenerationConfig, batch_size: int | None = None) -> list[Answer]:
+def answer_prompts(
+    model: QwenAudio,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Example],
+    config: GenerationConfig,
+    batch_size: int | None = None,
+) -> list[Answer]:
     """The :class:`Answer` of each encoded prompt, ``batch_size`` prompts at a time (default: all at once) on the
     model's device; a batch gives each prompt the tokens it gets alone."""
     size = batch_size or max(1, len(prompts))
     device = next(model.parameters()).device
     answers: list[Answer] = []
     for first in range(0, len(prompts), size):
-        batch = batch_prompts(prompts[first:first + size], tokenizer.eod, model.config.encoder.n_mels).to(device)
+        batch = batch_prompts(
+            prompts[first : first + size], tokenizer.eod, model.config.encoder.n_mels
+        ).to(device)
         answers += answer_batch(model, tokenizer, batch, config)
     return answers
 
@@ -185,27 +239,39 @@ class TextStream:
             return ""
         cuts = [index for index in (full.find(s) for s in self.stop) if index >= 0]
         if cuts:
-            self.stopped, visible = True, full[:min(cuts)]
+            self.stopped, visible = True, full[: min(cuts)]
         elif final or not self.stop:
             visible = full
         else:
-            visible = full[:max(0, len(full) - max(len(s) for s in self.stop) + 1)]
+            visible = full[: max(0, len(full) - max(len(s) for s in self.stop) + 1)]
         if self.strip:
             visible = visible.strip() if final or self.stopped else visible.lstrip().rstrip()
-        piece = visible[len(self._shown):]
+        piece = visible[len(self._shown) :]
         self._shown = visible
         return piece
 
 
-def stream_text(model: QwenAudio, tokenizer: Tokenizer, prompt: str, config: GenerationConfig,
-                max_length: int = MODEL_MAX_LENGTH) -> Iterator[str]:
+def stream_text(
+    model: QwenAudio,
+    tokenizer: Tokenizer,
+    prompt: str,
+    config: GenerationConfig,
+    max_length: int = MODEL_MAX_LENGTH,
+) -> Iterator[str]:
     """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`);
     the pieces join to exactly ``tokenizer.decode(generated ids)``."""
     batch = encode_prompts(tokenizer, [prompt], max_length, model.config.encoder.n_mels)
     batch = batch.to(next(model.parameters()).device)
     stream = TextStream(tokenizer)
-    for (token,) in generate_steps(model, batch.input_ids, batch.attention_mask, config, vocab_size=tokenizer.n_vocab,
-                                   audio_mel=batch.audio_mel, audio_mel_lengths=batch.audio_mel_lengths):
+    for (token,) in generate_steps(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        config,
+        vocab_size=tokenizer.n_vocab,
+        audio_mel=batch.audio_mel,
+        audio_mel_lengths=batch.audio_mel_lengths,
+    ):
         if token is None:
             break
         piece = stream.push(token)
@@ -214,5 +280,3 @@ def stream_text(model: QwenAudio, tokenizer: Tokenizer, prompt: str, config: Gen
     piece = stream.finish()
     if piece:
         yield piece
-
-

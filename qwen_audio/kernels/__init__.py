@@ -17,11 +17,20 @@ import torch
 from qwen_audio.errors import InputError
 from qwen_audio.kernels import mel, pool
 from qwen_audio.kernels.mel import log_mel_reference, log_mel_triton
-from qwen_audio.kernels.pool import PoolLayerNorm, check_pool_layer_norm_inputs, pool_layer_norm_reference
+from qwen_audio.kernels.pool import (
+    PoolLayerNorm,
+    check_pool_layer_norm_inputs,
+    pool_layer_norm_reference,
+)
 
 __all__ = [
-    "KERNEL_BACKENDS", "KERNEL_BACKEND_ENV_VAR", "KernelBackendError", "TRITON_KERNEL_NAMES",
-    "log_mel", "pool_layer_norm", "resolve_kernel_backend",
+    "KERNEL_BACKENDS",
+    "KERNEL_BACKEND_ENV_VAR",
+    "KernelBackendError",
+    "TRITON_KERNEL_NAMES",
+    "log_mel",
+    "pool_layer_norm",
+    "resolve_kernel_backend",
 ]
 
 KERNEL_BACKENDS = ("auto", "torch", "triton")
@@ -54,11 +63,15 @@ def _triton_runs_on(device: torch.device) -> bool:
 def resolve_kernel_backend(backend: str, device: torch.device) -> str:
     """``"torch"`` or ``"triton"`` for a call on ``device`` (see the module docstring for the rules)."""
     if backend not in KERNEL_BACKENDS:
-        raise KernelBackendError(f"unknown kernel backend {backend!r}; expected one of {KERNEL_BACKENDS}")
+        raise KernelBackendError(
+            f"unknown kernel backend {backend!r}; expected one of {KERNEL_BACKENDS}"
+        )
     if backend == "auto":
         backend = os.environ.get(KERNEL_BACKEND_ENV_VAR, "auto")
         if backend not in KERNEL_BACKENDS:
-            raise KernelBackendError(f"{KERNEL_BACKEND_ENV_VAR}={backend!r} is not one of {KERNEL_BACKENDS}")
+            raise KernelBackendError(
+                f"{KERNEL_BACKEND_ENV_VAR}={backend!r} is not one of {KERNEL_BACKENDS}"
+            )
     if backend == "auto":
         return "triton" if device.type == "cuda" and _triton_runs_on(device) else "torch"
     if backend == "triton" and not _triton_runs_on(device):
@@ -77,7 +90,11 @@ def log_mel(audio: torch.Tensor, n_mels: int = 80, kernel_backend: str = "auto")
 
 
 def pool_layer_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, kernel_backend: str = "auto"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-5,
+    kernel_backend: str = "auto",
 ) -> torch.Tensor:
     """``LayerNorm(AvgPool1d(2, 2)(x))`` over time: ``x [B, T, C]`` -> ``[B, T // 2, C]``, odd last frame dropped."""
     check_pool_layer_norm_inputs(x, weight, bias)

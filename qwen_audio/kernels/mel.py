@@ -50,12 +50,16 @@ def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     and the normalisation in place. Clips never mix, so a clip gives the same features alone or in any batch.
     """
     batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
-    num_frames = num_samples // HOP_LENGTH  # the centred STFT gives one frame more, which Whisper drops
+    num_frames = (
+        num_samples // HOP_LENGTH
+    )  # the centred STFT gives one frame more, which Whisper drops
     window, filters = stft_window(audio.device), mel_filters(n_mels, audio.device)
     clips = audio.reshape(-1, num_samples)
     out = torch.empty(clips.shape[0], n_mels, num_frames, device=audio.device, dtype=torch.float32)
     for clip, mel in zip(clips, out):
-        spectrum = torch.view_as_real(torch.stft(clip, N_FFT, HOP_LENGTH, window=window, return_complex=True))
+        spectrum = torch.view_as_real(
+            torch.stft(clip, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+        )
         power = spectrum[..., 0].square()
         power.addcmul_(spectrum[..., 1], spectrum[..., 1])
         torch.matmul(filters, power[:, :num_frames], out=mel)
@@ -127,8 +131,11 @@ def _mel_epilogue_kernel(
 
 @triton.jit
 def _normalise_kernel(
-    out_ptr, peak_ptr, values_per_clip,
-    DYNAMIC_RANGE: tl.constexpr, BLOCK: tl.constexpr,
+    out_ptr,
+    peak_ptr,
+    values_per_clip,
+    DYNAMIC_RANGE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     clip = tl.program_id(1).to(tl.int64)
     floor = tl.load(peak_ptr + clip) - DYNAMIC_RANGE
@@ -146,8 +153,10 @@ def log_mel_triton(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
         raise ValueError(f"log_mel_triton expects float32 audio, got dtype {audio.dtype}")
     batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
     if num_samples <= N_FFT // 2:
-        raise ValueError(f"audio needs more than {N_FFT // 2} samples for Whisper's reflect padding, "
-                         f"got {num_samples}")
+        raise ValueError(
+            f"audio needs more than {N_FFT // 2} samples for Whisper's reflect padding, "
+            f"got {num_samples}"
+        )
     waveforms = audio.reshape(-1, num_samples)
     num_clips, num_frames = waveforms.shape[0], num_samples // HOP_LENGTH
     out = torch.empty(num_clips, n_mels, num_frames, device=audio.device, dtype=torch.float32)
@@ -180,6 +189,10 @@ def log_mel_triton(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     )
     values_per_clip = n_mels * num_frames
     _normalise_kernel[(triton.cdiv(values_per_clip, NORMALISE_BLOCK), num_clips)](
-        out, peak, values_per_clip, DYNAMIC_RANGE=DYNAMIC_RANGE, BLOCK=NORMALISE_BLOCK,
+        out,
+        peak,
+        values_per_clip,
+        DYNAMIC_RANGE=DYNAMIC_RANGE,
+        BLOCK=NORMALISE_BLOCK,
     )
     return out.reshape(*batch_shape, n_mels, num_frames)

@@ -22,7 +22,9 @@ import triton.language as tl
 TILES_PER_BACKWARD_PROGRAM = 8
 
 
-def pool_layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+def pool_layer_norm_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
     """``LayerNorm(AvgPool1d(2, 2)(x))`` over time for channels-last ``x [B, T, C]``: ``[B, T // 2, C]``."""
     pooled = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2).transpose(1, 2)
     return F.layer_norm(pooled, (x.shape[-1],), weight, bias, eps)
@@ -43,9 +45,19 @@ def _load_pooled_rows(x_ptr, rows, frames, pooled_frames, channels, cols, mask):
 
 @triton.jit
 def _pool_layer_norm_forward_kernel(
-    x_ptr, weight_ptr, bias_ptr, y_ptr, mean_ptr, rstd_ptr,
-    frames, pooled_frames, channels, rows_total, eps,
-    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr,
+    weight_ptr,
+    bias_ptr,
+    y_ptr,
+    mean_ptr,
+    rstd_ptr,
+    frames,
+    pooled_frames,
+    channels,
+    rows_total,
+    eps,
+    ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_C)
@@ -66,9 +78,21 @@ def _pool_layer_norm_forward_kernel(
 
 @triton.jit
 def _pool_layer_norm_backward_kernel(
-    x_ptr, weight_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_ptr, dbias_ptr,
-    frames, pooled_frames, channels, rows_total,
-    ROWS: tl.constexpr, TILES: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr,
+    weight_ptr,
+    dy_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dweight_ptr,
+    dbias_ptr,
+    frames,
+    pooled_frames,
+    channels,
+    rows_total,
+    ROWS: tl.constexpr,
+    TILES: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """dx for both frames of each pair; per-program partial sums of dweight and dbias (summed by the caller)."""
     program = tl.program_id(0)
@@ -116,7 +140,9 @@ class PoolLayerNorm(torch.autograd.Function):
     """Fused, differentiable ``pool_layer_norm_reference`` on contiguous inputs checked by the caller."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    ) -> torch.Tensor:
         batch, frames, channels = x.shape
         pooled_frames = frames // 2
         rows = batch * pooled_frames
@@ -126,8 +152,20 @@ class PoolLayerNorm(torch.autograd.Function):
         if rows:
             tile_rows, block, warps = _tiling(channels, x.element_size())
             _pool_layer_norm_forward_kernel[(triton.cdiv(rows, tile_rows),)](
-                x, weight, bias, y, mean, rstd, frames, pooled_frames, channels, rows, eps,
-                ROWS=tile_rows, BLOCK_C=block, num_warps=warps,
+                x,
+                weight,
+                bias,
+                y,
+                mean,
+                rstd,
+                frames,
+                pooled_frames,
+                channels,
+                rows,
+                eps,
+                ROWS=tile_rows,
+                BLOCK_C=block,
+                num_warps=warps,
             )
         ctx.save_for_backward(x, weight, mean, rstd)
         return y
@@ -139,15 +177,33 @@ class PoolLayerNorm(torch.autograd.Function):
         pooled_frames = frames // 2
         rows = batch * pooled_frames
         dx = torch.empty_like(x)
-        dx[:, 2 * pooled_frames:] = 0  # the odd last frame is dropped by the pool, so it gets no gradient
+        dx[:, 2 * pooled_frames :] = (
+            0  # the odd last frame is dropped by the pool, so it gets no gradient
+        )
         tile_rows, block, warps = _tiling(channels, x.element_size())
         programs = triton.cdiv(rows, tile_rows * TILES_PER_BACKWARD_PROGRAM)
-        dweight = torch.empty(programs, channels, device=x.device, dtype=torch.float32)  # per-program partials
+        dweight = torch.empty(
+            programs, channels, device=x.device, dtype=torch.float32
+        )  # per-program partials
         dbias = torch.empty_like(dweight)
         if rows:
             _pool_layer_norm_backward_kernel[(programs,)](
-                x, weight, dy.contiguous(), mean, rstd, dx, dweight, dbias, frames, pooled_frames, channels, rows,
-                ROWS=tile_rows, TILES=TILES_PER_BACKWARD_PROGRAM, BLOCK_C=block, num_warps=warps,
+                x,
+                weight,
+                dy.contiguous(),
+                mean,
+                rstd,
+                dx,
+                dweight,
+                dbias,
+                frames,
+                pooled_frames,
+                channels,
+                rows,
+                ROWS=tile_rows,
+                TILES=TILES_PER_BACKWARD_PROGRAM,
+                BLOCK_C=block,
+                num_warps=warps,
             )
         return dx, dweight.sum(0).to(weight.dtype), dbias.sum(0).to(weight.dtype), None
 
@@ -159,4 +215,6 @@ def check_pool_layer_norm_inputs(x: torch.Tensor, weight: torch.Tensor, bias: to
     channels = x.shape[-1]
     for name, param in (("weight", weight), ("bias", bias)):
         if param.shape != (channels,):
-            raise ValueError(f"{name} must have shape ({channels},) to match x's channels, got {tuple(param.shape)}")
+            raise ValueError(
+                f"{name} must have shape ({channels},) to match x's channels, got {tuple(param.shape)}"
+            )

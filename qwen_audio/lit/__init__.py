@@ -1,6 +1,11 @@
 """Lightning wiring: the training module, its callbacks and optimizer setup (the model itself knows no Lightning)."""
 
-from qwen_audio.lit.callbacks import ChatTranscript, ExportPretrained, TokenThroughput, TranscriptionReport
+from qwen_audio.lit.callbacks import (
+    ChatTranscript,
+    ExportPretrained,
+    TokenThroughput,
+    TranscriptionReport,
+)
 from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.lit.requeue import RequeueOnSignal
 

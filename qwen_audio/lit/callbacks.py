@@ -37,8 +37,11 @@ class TokenThroughput(ThroughputMonitor):
     """
 
     def __init__(self, window_size: int = 20) -> None:
-        super().__init__(batch_size_fn=lambda batch: len(batch["task"]),
-                         length_fn=lambda batch: int(batch["attention_mask"].sum()), window_size=window_size)
+        super().__init__(
+            batch_size_fn=lambda batch: len(batch["task"]),
+            length_fn=lambda batch: int(batch["attention_mask"].sum()),
+            window_size=window_size,
+        )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         sixteen_bit = str(trainer.precision).startswith(("bf16", "16"))
@@ -53,17 +56,24 @@ class TokenThroughput(ThroughputMonitor):
                 throughput.available_flops = peak
 
 
-def transcribe(module: L.LightningModule, tokenizer, entries: list[ManifestEntry],
-               max_new_tokens: int = 64) -> list[str]:
+def transcribe(
+    module: L.LightningModule, tokenizer, entries: list[ManifestEntry], max_new_tokens: int = 64
+) -> list[str]:
     """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt for each entry's language."""
     examples = [
-        encode_task(tokenizer, "asr", Recording(load_segment(e), e.audio), audio_language=e.audio_language)
+        encode_task(
+            tokenizer, "asr", Recording(load_segment(e), e.audio), audio_language=e.audio_language
+        )
         for e in entries
     ]
     was_training = module.model.training
     module.model.eval()
-    answers = answer_prompts(module.model, tokenizer, examples,
-                             GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eod,)))
+    answers = answer_prompts(
+        module.model,
+        tokenizer,
+        examples,
+        GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=(tokenizer.eod,)),
+    )
     module.model.train(was_training)
     return [answer.text for answer in answers]
 
@@ -84,9 +94,15 @@ class TranscriptionReport(L.Callback):
     def _report(self, trainer: L.Trainer, module: L.LightningModule, title: str) -> None:
         datamodule = trainer.datamodule
         datamodule.setup("test")
-        clips = [e for group in datamodule.entries.get("test", []) for e in group if e.task == "asr"]
-        lines = [f"\n### {title}: greedy transcriptions of held-out clips", "",
-                 "| lang | reference | hypothesis |", "|---|---|---|"]
+        clips = [
+            e for group in datamodule.entries.get("test", []) for e in group if e.task == "asr"
+        ]
+        lines = [
+            f"\n### {title}: greedy transcriptions of held-out clips",
+            "",
+            "| lang | reference | hypothesis |",
+            "|---|---|---|",
+        ]
         for language in sorted({e.audio_language for e in clips}):
             chosen = [e for e in clips if e.audio_language == language][: self.num_clips]
             hypotheses = transcribe(module, datamodule.tokenizer, chosen, self.max_new_tokens)
@@ -109,7 +125,10 @@ class TranscriptionReport(L.Callback):
 def _shown(content) -> str:
     if isinstance(content, str):
         return content
-    return " ".join(f"[{item['audio'].rsplit('/', 1)[-1]}]" if "audio" in item else item["text"] for item in content)
+    return " ".join(
+        f"[{item['audio'].rsplit('/', 1)[-1]}]" if "audio" in item else item["text"]
+        for item in content
+    )
 
 
 def _normalised_answer(text: str) -> str:
@@ -124,14 +143,26 @@ class ChatTranscript(L.Callback):
     own answers become the history). Proof that SFT taught the model to answer what it hears. The question families
     are the data module's (:meth:`~qwen_audio.data.chat_datamodule.ChatDataModule.question_family`)."""
 
-    def __init__(self, per_group: int = 3, num_questions: int = 100, max_new_tokens: int = 32) -> None:
-        self.per_group, self.num_questions, self.max_new_tokens = per_group, num_questions, max_new_tokens
+    def __init__(
+        self, per_group: int = 3, num_questions: int = 100, max_new_tokens: int = 32
+    ) -> None:
+        self.per_group, self.num_questions, self.max_new_tokens = (
+            per_group,
+            num_questions,
+            max_new_tokens,
+        )
 
     def _answer(self, module, tokenizer, conversation, config) -> list[tuple[str, str, str]]:
         history, turns = [], []
         for user, reference in zip(conversation.messages[::2], conversation.messages[1::2]):
-            answer, history = chat(module.model, tokenizer, user.content, history,
-                                   system=conversation.system or DEFAULT_SYSTEM, config=config)
+            answer, history = chat(
+                module.model,
+                tokenizer,
+                user.content,
+                history,
+                system=conversation.system or DEFAULT_SYSTEM,
+                config=config,
+            )
             turns.append((_shown(user.content), answer, reference.content))
         return turns
 
@@ -140,44 +171,68 @@ class ChatTranscript(L.Callback):
         datamodule.setup("fit")
         datamodule.setup("test")
         tokenizer = datamodule.tokenizer
-        config = GenerationConfig.chat(tokenizer, do_sample=False, max_new_tokens=self.max_new_tokens)
+        config = GenerationConfig.chat(
+            tokenizer, do_sample=False, max_new_tokens=self.max_new_tokens
+        )
         was_training = module.model.training
         module.model.eval()
         with_audio, text_only = datamodule.conversations["test"]
-        lines = [f"\n### {title}: chat on held-out conversations", "", "| id | user | model | reference |",
-                 "|---|---|---|---|"]
+        lines = [
+            f"\n### {title}: chat on held-out conversations",
+            "",
+            "| id | user | model | reference |",
+            "|---|---|---|---|",
+        ]
         for conversation in with_audio[: self.per_group] + text_only[: self.per_group]:
-            lines += [f"| {conversation.id} | {u} | {a} | {r} |" for u, a, r in self._answer(module, tokenizer,
-                                                                                                conversation, config)]
+            lines += [
+                f"| {conversation.id} | {u} | {a} | {r} |"
+                for u, a, r in self._answer(module, tokenizer, conversation, config)
+            ]
         train_answers: dict[str, list[str]] = {}
         for conversation in datamodule.conversations.get("train", [[]])[0]:
             train_answers.setdefault(datamodule.question_family(conversation.id), []).append(
-                _normalised_answer(conversation.messages[1].content))
+                _normalised_answer(conversation.messages[1].content)
+            )
         references: dict[str, list[str]] = {}
         right: Counter[str] = Counter()
         for conversation in with_audio[: self.num_questions]:
             user = conversation.messages[0]
             reference = _normalised_answer(conversation.messages[1].content)
-            answer, _ = chat(module.model, tokenizer, user.content, system=conversation.system or DEFAULT_SYSTEM,
-                             config=config)
+            answer, _ = chat(
+                module.model,
+                tokenizer,
+                user.content,
+                system=conversation.system or DEFAULT_SYSTEM,
+                config=config,
+            )
             family = datamodule.question_family(conversation.id)
             references.setdefault(family, []).append(reference)
             right[family] += _normalised_answer(answer) == reference
         module.model.train(was_training)
-        lines += ["", f"#### {title}: answer accuracy on the first question of held-out conversations", "",
-                  "| family | questions | accuracy | majority answer (training split's) |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"#### {title}: answer accuracy on the first question of held-out conversations",
+            "",
+            "| family | questions | accuracy | majority answer (training split's) |",
+            "|---|---|---|---|",
+        ]
         # the majority answer is each family's most common answer in the training conversations
-        majority_right = {kind: majority_accuracy(train_answers.get(kind, []), refs) * len(refs)
-                          for kind, refs in references.items()}
+        majority_right = {
+            kind: majority_accuracy(train_answers.get(kind, []), refs) * len(refs)
+            for kind, refs in references.items()
+        }
         total = sum(len(refs) for refs in references.values())
         for kind in sorted(references):
             count = len(references[kind])
-            lines.append(f"| {kind} | {count} | {right[kind] / count:.3f} | "
-                         f"{majority_right[kind] / count:.3f} |")
+            lines.append(
+                f"| {kind} | {count} | {right[kind] / count:.3f} | "
+                f"{majority_right[kind] / count:.3f} |"
+            )
         if total:
-            lines.append(f"| all | {total} | {sum(right.values()) / total:.3f} | "
-                         f"{sum(majority_right.values()) / total:.3f} |")
+            lines.append(
+                f"| all | {total} | {sum(right.values()) / total:.3f} | "
+                f"{sum(majority_right.values()) / total:.3f} |"
+            )
         print("\n".join(lines), flush=True)
 
     @rank_zero_only
@@ -218,11 +273,19 @@ class ExportPretrained(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if getattr(module, "lora", None) is not None:
-            merge_lora(module.model)  # fold the adapters in: the released layout has no LoRA tensors
-        state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            merge_lora(
+                module.model
+            )  # fold the adapters in: the released layout has no LoRA tensors
+        state = get_model_state_dict(
+            module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         if trainer.is_global_zero:
-            save_pretrained(module.model, self.dirpath, tokenizer_file=trainer.datamodule.tokenizer.path,
-                            state_dict=state)
+            save_pretrained(
+                module.model,
+                self.dirpath,
+                tokenizer_file=trainer.datamodule.tokenizer.path,
+                state_dict=state,
+            )
             corpus = getattr(trainer.datamodule, "training_corpus", None)
             if corpus is not None:  # evaluation reads the same corpus back (BenchmarkDataModule)
                 corpus.save_record(Path(self.dirpath))

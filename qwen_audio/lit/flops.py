@@ -12,8 +12,12 @@ import torch
 
 # Substrings of torch.cuda.get_device_name, most specific first: the first one found in the name wins.
 BF16_DENSE_PEAKS = (
-    ("H200 NVL", 835e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12),
-    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12),
+    ("H200 NVL", 835e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
 )
 
 

@@ -15,7 +15,12 @@ import torch
 
 from qwen_audio.model import QwenAudio
 
-DECODER_LINEARS = ("c_attn", "c_proj", "w1", "w2")  # attention qkv and output; SwiGLU gate, up and down (c_proj)
+DECODER_LINEARS = (
+    "c_attn",
+    "c_proj",
+    "w1",
+    "w2",
+)  # attention qkv and output; SwiGLU gate, up and down (c_proj)
 
 
 @dataclass
@@ -38,8 +43,12 @@ def add_lora(model: QwenAudio, options: LoraOptions) -> QwenAudio:
     from peft import LoraConfig, inject_adapter_in_model
 
     names = "|".join(re.escape(name) for name in options.target_modules)
-    config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                        target_modules=rf"transformer\.h\.\d+\.(?:attn|mlp)\.(?:{names})")
+    config = LoraConfig(
+        r=options.rank,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=rf"transformer\.h\.\d+\.(?:attn|mlp)\.(?:{names})",
+    )
     return inject_adapter_in_model(config, model)
 
 
@@ -47,7 +56,9 @@ def lora_state_dict(model: QwenAudio, base: Mapping[str, torch.Tensor]) -> dict[
     """A base checkpoint's tensors under their names in the wrapped ``model`` (``X.weight`` ->
     ``X.base_layer.weight``), plus the model's own adapter weights, so a released folder loads with the usual checks
     of keys and shapes."""
-    renamed = {key.replace(".base_layer.", "."): key for key in model.state_dict() if ".base_layer." in key}
+    renamed = {
+        key.replace(".base_layer.", "."): key for key in model.state_dict() if ".base_layer." in key
+    }
     adapters = {key: value for key, value in model.state_dict().items() if ".lora_" in key}
     return {renamed.get(key, key): value for key, value in base.items()} | adapters
 

@@ -77,7 +77,9 @@ class QwenAudioModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if lora is not None and train != "decoder":
-            raise ConfigError(f"lora adapts the decoder alone: it needs train='decoder', got train={train!r}")
+            raise ConfigError(
+                f"lora adapts the decoder alone: it needs train='decoder', got train={train!r}"
+            )
         self.save_hyperparameters()
         # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep the dataclass
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
@@ -85,36 +87,52 @@ class QwenAudioModule(L.LightningModule):
         if init_from:
             check_architecture(init_from, self.config)
         # what the data module is given (``connect``): a released folder trains on its own vocabulary
-        self.tokenizer = read_tokenizer(init_from, self.config) if init_from else load_tokenizer(preset=preset)
+        self.tokenizer = (
+            read_tokenizer(init_from, self.config) if init_from else load_tokenizer(preset=preset)
+        )
         self.model: QwenAudio | None = None
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
         self.model = QwenAudio(self.config)
-        self.model.set_trainable(encoder=self.hparams.train in ("encoder", "all"),
-                                 decoder=self.hparams.train in ("decoder", "all"))
+        self.model.set_trainable(
+            encoder=self.hparams.train in ("encoder", "all"),
+            decoder=self.hparams.train in ("decoder", "all"),
+        )
         if self.lora is not None:
             add_lora(self.model, self.lora)
         self.model.set_activation_checkpointing(self.hparams.activation_checkpointing)
         self._encoder_params = sum(p.numel() for p in self.model.encoder.parameters())
-        self._decoder_params = sum(p.numel() for p in self.model.parameters()) - self._encoder_params
+        self._decoder_params = (
+            sum(p.numel() for p in self.model.parameters()) - self._encoder_params
+        )
         if self.device_mesh is not None:
             if self.device_mesh["tensor_parallel"].size() > 1:
                 raise ConfigError(
                     "ModelParallelStrategy gave a tensor-parallel group of "
                     f"{self.device_mesh['tensor_parallel'].size()} devices, but this model is sharded with FSDP2 "
                     "only: set the strategy's tensor_parallel_size: 1"
-                    " and data_parallel_size: num_nodes x devices (its 'auto' means 1 per node)")
-            shard = partial(fully_shard, mesh=self.device_mesh["data_parallel"],
-                            mp_policy=MixedPrecisionPolicy(param_dtype=self._compute_dtype()))
+                    " and data_parallel_size: num_nodes x devices (its 'auto' means 1 per node)"
+                )
+            shard = partial(
+                fully_shard,
+                mesh=self.device_mesh["data_parallel"],
+                mp_policy=MixedPrecisionPolicy(param_dtype=self._compute_dtype()),
+            )
             for block in (*self.model.transformer.audio.blocks, *self.model.transformer.h):
                 shard(block)
             shard(self.model)
 
     def _compute_dtype(self) -> torch.dtype | None:
         precision = str(self.trainer.precision)
-        return torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+        return (
+            torch.bfloat16
+            if precision.startswith("bf16")
+            else torch.float16
+            if precision.startswith("16")
+            else None
+        )
 
     def on_fit_start(self) -> None:
         """Load ``init_from`` into the (possibly sharded) model; a resumed run restores its checkpoint instead.
@@ -130,8 +148,13 @@ class QwenAudioModule(L.LightningModule):
             if self.lora is not None:
                 state = lora_state_dict(self.model, state)
             check_state_dict(expected_shapes(self.model), state, self.hparams.init_from)
-        set_model_state_dict(self.model, state, options=StateDictOptions(
-            full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized()))
+        set_model_state_dict(
+            self.model,
+            state,
+            options=StateDictOptions(
+                full_state_dict=True, broadcast_from_rank0=torch.distributed.is_initialized()
+            ),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a resumed checkpoint whose weights do not fit this model, naming the file and every mismatched key.
@@ -140,14 +163,18 @@ class QwenAudioModule(L.LightningModule):
         """
         if "state_dict" in checkpoint:
             expected = {f"model.{k}": shape for k, shape in expected_shapes(self.model).items()}
-            check_state_dict(expected, checkpoint["state_dict"], f"--ckpt_path {self.trainer.ckpt_path}")
+            check_state_dict(
+                expected, checkpoint["state_dict"], f"--ckpt_path {self.trainer.ckpt_path}"
+            )
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits at the positions that predict a label only (:func:`label_positions`), ``[n, vocab]``."""
         inputs = batch if batch["audio_mel"] is not None else self._with_blank_clip(batch)
         return self.model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-            audio_mel=inputs["audio_mel"], audio_mel_lengths=inputs["audio_mel_lengths"],
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            audio_mel=inputs["audio_mel"],
+            audio_mel_lengths=inputs["audio_mel_lengths"],
             logits_at=label_positions(inputs["labels"]),
         ).logits
 
@@ -160,17 +187,32 @@ class QwenAudioModule(L.LightningModule):
         encoder's gradients are zeros.
         """
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        start, frames, width = self.config.audio_start_id, MIN_SAMPLES // HOP_LENGTH, max(ids.shape[1], 3)
+        start, frames, width = (
+            self.config.audio_start_id,
+            MIN_SAMPLES // HOP_LENGTH,
+            max(ids.shape[1], 3),
+        )
         row = torch.zeros(1, width, dtype=ids.dtype, device=ids.device)
-        row[0, :3] = torch.tensor([start, 0, start + 1])  # <audio>, any id (the splice overwrites it), </audio>
+        row[0, :3] = torch.tensor(
+            [start, 0, start + 1]
+        )  # <audio>, any id (the splice overwrites it), </audio>
         pad = partial(torch.nn.functional.pad, pad=(0, width - ids.shape[1]))
-        mel = torch.zeros(1, self.config.encoder.n_mels, 2 * conv_frames(frames) + self.config.encoder.mel_lookahead,
-                          device=ids.device)
+        mel = torch.zeros(
+            1,
+            self.config.encoder.n_mels,
+            2 * conv_frames(frames) + self.config.encoder.mel_lookahead,
+            device=ids.device,
+        )
         return {
             "input_ids": torch.cat([pad(ids), row]),
-            "attention_mask": torch.cat([pad(mask), (torch.arange(width, device=ids.device) < 3)[None].to(mask.dtype)]),
-            "labels": torch.cat([pad(labels, value=IGNORE_INDEX), torch.full_like(row, IGNORE_INDEX)]),
-            "audio_mel": mel, "audio_mel_lengths": torch.tensor([frames], device=ids.device),
+            "attention_mask": torch.cat(
+                [pad(mask), (torch.arange(width, device=ids.device) < 3)[None].to(mask.dtype)]
+            ),
+            "labels": torch.cat(
+                [pad(labels, value=IGNORE_INDEX), torch.full_like(row, IGNORE_INDEX)]
+            ),
+            "audio_mel": mel,
+            "audio_mel_lengths": torch.tensor([frames], device=ids.device),
         }
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
@@ -178,15 +220,25 @@ class QwenAudioModule(L.LightningModule):
         loss = scores.mean_loss()
         size = len(batch["task"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
-        self.log(f"{stage}/token_acc", scores.accuracy(), batch_size=size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/token_acc", scores.accuracy(), batch_size=size, sync_dist=stage != "train"
+        )
         per_task: dict[str, list[int]] = defaultdict(list)
         for row, task in enumerate(batch["task"]):
             per_task[task].append(row)
         for task, rows in per_task.items():
-            self.log(f"{stage}/loss_{task}", scores.mean_loss(rows), batch_size=len(rows),
-                     sync_dist=stage != "train")
-            self.log(f"{stage}/token_acc_{task}", scores.accuracy(rows), batch_size=len(rows),
-                     sync_dist=stage != "train")
+            self.log(
+                f"{stage}/loss_{task}",
+                scores.mean_loss(rows),
+                batch_size=len(rows),
+                sync_dist=stage != "train",
+            )
+            self.log(
+                f"{stage}/token_acc_{task}",
+                scores.accuracy(rows),
+                batch_size=len(rows),
+                sync_dist=stage != "train",
+            )
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -194,11 +246,19 @@ class QwenAudioModule(L.LightningModule):
         # decoder each over their own positions; attention's quadratic term is left out.
         frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
         positions = int(batch["attention_mask"].sum())
-        self.flops_per_batch = 6 * (self._decoder_params * positions + self._encoder_params * frames)
-        if self.hparams.spec_augment and batch["audio_mel"] is not None:  # None: a batch of pure-text conversations
+        self.flops_per_batch = 6 * (
+            self._decoder_params * positions + self._encoder_params * frames
+        )
+        if (
+            self.hparams.spec_augment and batch["audio_mel"] is not None
+        ):  # None: a batch of pure-text conversations
             # Masks drawn from (seed, step), not the global RNG: a resumed run draws the masks it would have drawn.
-            generator = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
-            masked = spec_augment(batch["audio_mel"], batch["audio_mel_lengths"], generator=generator)
+            generator = torch.Generator().manual_seed(
+                self.hparams.seed * 1_000_003 + self.global_step
+            )
+            masked = spec_augment(
+                batch["audio_mel"], batch["audio_mel_lengths"], generator=generator
+            )
             batch = {**batch, "audio_mel": masked}
         return self._step(batch, "train")
 
@@ -207,10 +267,23 @@ class QwenAudioModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups(self.model.named_parameters(), hp.lr, hp.weight_decay, hp.layer_decay,
-                              self.config.encoder.n_layer)
+        groups = param_groups(
+            self.model.named_parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.layer_decay,
+            self.config.encoder.n_layer,
+        )
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=hp.betas, eps=hp.eps)
         total = self.trainer.estimated_stepping_batches
-        schedule = partial(warmup_cosine, warmup_steps=hp.warmup_steps, total_steps=total, min_ratio=hp.min_lr_ratio)
+        schedule = partial(
+            warmup_cosine,
+            warmup_steps=hp.warmup_steps,
+            total_steps=total,
+            min_ratio=hp.min_lr_ratio,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -43,10 +43,15 @@ def param_groups(
             continue
         depth = layer_depth(name, num_encoder_layers)
         decayed = param.dim() >= 2
-        group = groups.setdefault((depth, decayed), {
-            "params": [], "param_names": [], "lr": lr * layer_decay**depth,
-            "weight_decay": weight_decay if decayed else 0.0,
-        })
+        group = groups.setdefault(
+            (depth, decayed),
+            {
+                "params": [],
+                "param_names": [],
+                "lr": lr * layer_decay**depth,
+                "weight_decay": weight_decay if decayed else 0.0,
+            },
+        )
         group["params"].append(param)
         group["param_names"].append(name)
     return [groups[key] for key in sorted(groups)]

@@ -42,7 +42,11 @@ class Requeued(SystemExit):
 def slurm_job_id() -> str:
     """The id ``scontrol`` knows this job by (``ARRAYJOB_TASK`` for an array task)."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+    return (
+        f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if array_job
+        else os.environ["SLURM_JOB_ID"]
+    )
 
 
 def read_record(root: str) -> list[dict]:
@@ -55,7 +59,11 @@ def read_record(root: str) -> list[dict]:
 
 
 def _append_record(root: str, **event) -> None:
-    event = {"job": slurm_job_id(), "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)), **event}
+    event = {
+        "job": slurm_job_id(),
+        "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+        **event,
+    }
     with open(os.path.join(root, RECORD), "a") as file:
         file.write(json.dumps(event) + "\n")
         file.flush()
@@ -83,23 +91,35 @@ class RequeueOnSignal(L.Callback):
         # before Lightning registers its handlers at the start of fit: it leaves a signal that has a handler alone.
         # The environment Lightning's own handler would follow (one-device strategies keep none of their own).
         environment = trainer._accelerator_connector.cluster_environment
-        if stage != "fit" or not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
+        if (
+            stage != "fit"
+            or not isinstance(environment, SLURMEnvironment)
+            or not environment.auto_requeue
+        ):
             return
         self.signalled, self.saved = False, None
         self._signum = environment.requeue_signal
         self._previous_handler = signal.signal(self._signum, self._record)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if self._signum is None or not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+        if self._signum is None or not trainer.strategy.reduce_boolean_decision(
+            self.signalled, all=False
+        ):
             return
-        path = trainer.strategy.broadcast(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
+        path = trainer.strategy.broadcast(
+            trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        )
         trainer.save_checkpoint(path)  # on every rank: a collective under FSDP
         if trainer.is_global_zero:
             _append_record(trainer.default_root_dir, saved=path, step=trainer.global_step)
         rank_zero_info(f"requeue signal: saved {path} at step {trainer.global_step}")
         self.saved = path
-        signal.signal(signal.SIGTERM, self._ending)  # Lightning's teardown puts back the handler it found
-        trainer.strategy.barrier("requeue-saved")  # every rank past this before rank 0 asks for the requeue
+        signal.signal(
+            signal.SIGTERM, self._ending
+        )  # Lightning's teardown puts back the handler it found
+        trainer.strategy.barrier(
+            "requeue-saved"
+        )  # every rank past this before rank 0 asks for the requeue
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """In a requeued job: stop unless the restored step is at least the one this job saved before its
@@ -112,7 +132,8 @@ class RequeueOnSignal(L.Callback):
             raise CheckpointError(
                 f"requeued SLURM job {job} restored step {trainer.global_step} (ckpt_path {trainer.ckpt_path}), "
                 f"but it saved {saves[-1]['saved']} at step {saves[-1]['step']} before its requeue: it would "
-                f"start over. Resume with --ckpt_path last, or remove {os.path.join(root, RECORD)} to start over")
+                f"start over. Resume with --ckpt_path last, or remove {os.path.join(root, RECORD)} to start over"
+            )
         if saves and trainer.is_global_zero:
             _append_record(root, resumed=trainer.ckpt_path, step=trainer.global_step)
 
@@ -124,12 +145,18 @@ class RequeueOnSignal(L.Callback):
             for logger in trainer.loggers:
                 logger.save()  # SLURM stops the job soon after the requeue
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            problem = None if result.returncode == 0 else result.stderr.strip() or f"exit status {result.returncode}"
+            problem = (
+                None
+                if result.returncode == 0
+                else result.stderr.strip() or f"exit status {result.returncode}"
+            )
         else:
             problem = None
         problem = trainer.strategy.broadcast(problem)
         if problem is not None:
-            raise Requeued(f"scontrol requeue failed ({problem}); resume from {self.saved} with --ckpt_path last")
+            raise Requeued(
+                f"scontrol requeue failed ({problem}); resume from {self.saved} with --ckpt_path last"
+            )
         rank_zero_info(f"requeued SLURM job {job}; it resumes from {self.saved}")
         raise Requeued(0)
 
@@ -149,9 +176,13 @@ class RequeueOnSignal(L.Callback):
             signal.signal(self._signum, self._previous_handler or signal.SIG_DFL)
             self._signum = None
 
-    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException
+    ) -> None:
         # after an exception no teardown hook runs, and Lightning's signal teardown, which runs after this hook, puts
         # back the handlers it found when fit started (this one among them): have it put back the one before
         if self._signum is not None:
-            trainer._signal_connector._original_handlers[self._signum] = self._previous_handler or signal.SIG_DFL
+            trainer._signal_connector._original_handlers[self._signum] = (
+                self._previous_handler or signal.SIG_DFL
+            )
             self._signum = None

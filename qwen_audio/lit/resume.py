@@ -20,8 +20,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from qwen_audio.checkpoint import CheckpointError
 
-SHARDED_MARKERS = ("meta.pt", ".metadata")  # Lightning's and torch.distributed.checkpoint's, each written last
-HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's name for the checkpoint saved before a SLURM requeue
+SHARDED_MARKERS = (
+    "meta.pt",
+    ".metadata",
+)  # Lightning's and torch.distributed.checkpoint's, each written last
+HPC_CHECKPOINTS = (
+    "hpc_ckpt_*.ckpt"  # Lightning's name for the checkpoint saved before a SLURM requeue
+)
 
 
 def is_complete(path: str) -> bool:
@@ -53,12 +58,18 @@ def checkpoint_folders(trainer: L.Trainer) -> list[str]:
 def newest_checkpoint(trainer: L.Trainer) -> str | None:
     """The most recently written complete ``*.ckpt`` in :func:`checkpoint_folders` or ``hpc_ckpt_N.ckpt`` in
     ``default_root_dir``, or None when there is none."""
-    patterns = [os.path.join(glob.escape(folder), "*" + ModelCheckpoint.FILE_EXTENSION)
-                for folder in checkpoint_folders(trainer)]
+    patterns = [
+        os.path.join(glob.escape(folder), "*" + ModelCheckpoint.FILE_EXTENSION)
+        for folder in checkpoint_folders(trainer)
+    ]
     patterns.append(os.path.join(glob.escape(os.fspath(trainer.default_root_dir)), HPC_CHECKPOINTS))
     candidates = {path for pattern in patterns for path in glob.glob(pattern) if is_complete(path)}
-    written = {path: os.path.getmtime(os.path.join(path, SHARDED_MARKERS[0]) if os.path.isdir(path) else path)
-               for path in candidates}
+    written = {
+        path: os.path.getmtime(
+            os.path.join(path, SHARDED_MARKERS[0]) if os.path.isdir(path) else path
+        )
+        for path in candidates
+    }
     return max(written, key=written.get) if written else None
 
 
@@ -69,22 +80,32 @@ def check_resumable(path: str, preset: str | None = None) -> None:
     Tensors are memory-mapped, not read.
     """
     named = f" (preset {preset!r})" if preset else ""
-    expected = f"expected a Lightning checkpoint of QwenAudioModule{named} written by ModelCheckpoint"
+    expected = (
+        f"expected a Lightning checkpoint of QwenAudioModule{named} written by ModelCheckpoint"
+    )
     if not os.path.exists(path):
         raise CheckpointError(f"--ckpt_path {path}: not found; {expected}")
     if not is_complete(path):
-        raise CheckpointError(f"--ckpt_path {path}: truncated or not a checkpoint (no zip directory, or a sharded "
-                              f"folder without {' and '.join(SHARDED_MARKERS)}); {expected}")
+        raise CheckpointError(
+            f"--ckpt_path {path}: truncated or not a checkpoint (no zip directory, or a sharded "
+            f"folder without {' and '.join(SHARDED_MARKERS)}); {expected}"
+        )
     if os.path.isdir(path):
         return  # sharded: the metadata names no preset; torch.distributed.checkpoint checks every shard's shape
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several unrelated types for a bad file
         raise CheckpointError(f"--ckpt_path {path}: cannot read it ({err}); {expected}") from err
-    if not isinstance(checkpoint, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(checkpoint):
+    if not isinstance(checkpoint, dict) or not {"state_dict", "pytorch-lightning_version"} <= set(
+        checkpoint
+    ):
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"--ckpt_path {path}: holds {keys}, no 'state_dict' and 'pytorch-lightning_version'; "
-                              f"{expected}")
+        raise CheckpointError(
+            f"--ckpt_path {path}: holds {keys}, no 'state_dict' and 'pytorch-lightning_version'; "
+            f"{expected}"
+        )
     trained = checkpoint.get("hyper_parameters", {}).get("preset")
     if trained is None or (preset is not None and trained != preset):
-        raise CheckpointError(f"--ckpt_path {path}: was trained with preset {trained!r}; {expected}")
+        raise CheckpointError(
+            f"--ckpt_path {path}: was trained with preset {trained!r}; {expected}"
+        )

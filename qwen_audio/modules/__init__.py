@@ -6,6 +6,12 @@ from qwen_audio.modules.encoder import AudioEncoder
 from qwen_audio.modules.fusion import AudioSpliceError, splice_audio
 
 __all__ = [
-    "AttentionLayout", "AudioEncoder", "AudioSpliceError", "KVCache", "QwenDecoder", "attention",
-    "resolve_attention_backend", "splice_audio",
+    "AttentionLayout",
+    "AudioEncoder",
+    "AudioSpliceError",
+    "KVCache",
+    "QwenDecoder",
+    "attention",
+    "resolve_attention_backend",
+    "splice_audio",
 ]

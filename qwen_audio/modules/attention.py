@@ -46,7 +46,9 @@ def _cuda_capability(device: torch.device) -> tuple[int, int]:
 def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The concrete backend for ``backend`` on this device and dtype; a forced one that cannot run is an error."""
     if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        raise ValueError(
+            f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}"
+        )
     fused_ok = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     if backend == "auto":
         if (
@@ -96,8 +98,12 @@ class AttentionLayout:
     key_length: int
     query_valid: torch.Tensor | None = None  # [B, Lq] bool; None: no padding
     sdpa_mask: torch.Tensor | None = None  # [B, 1, Lq, Lk] bool
-    query_index: torch.Tensor | None = None  # varlen: positions of valid queries in the flattened [B * Lq]
-    key_index: torch.Tensor | None = None  # varlen: positions of the keys they see in the flattened [B * Lk]
+    query_index: torch.Tensor | None = (
+        None  # varlen: positions of valid queries in the flattened [B * Lq]
+    )
+    key_index: torch.Tensor | None = (
+        None  # varlen: positions of the keys they see in the flattened [B * Lk]
+    )
     cu_seqlens_q: torch.Tensor | None = None
     cu_seqlens_k: torch.Tensor | None = None
     max_seqlen_q: int = 0
@@ -130,7 +136,7 @@ class AttentionLayout:
         if segment_ids is None:
             segment_ids = torch.ones(batch_size, key_length, dtype=torch.long, device=device)
         runs = _run_ids(segment_ids.to(device))
-        query_runs = runs[:, key_length - query_length:]
+        query_runs = runs[:, key_length - query_length :]
         layout.query_valid = query_runs >= 0
         if backend == "sdpa":
             layout.sdpa_mask = cls._dense_mask(runs, query_runs, causal)
@@ -168,12 +174,18 @@ class AttentionLayout:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: AttentionLayout,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Attention of ``q`` ``[B, Lq, H, D]`` over ``k, v`` ``[B, Lk, H, D]``; returns ``[B, Lq, H, D]``."""
     if layout.backend == "sdpa":
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
             attn_mask=layout.sdpa_mask,
             is_causal=layout.causal and layout.sdpa_mask is None,
             scale=scale,
@@ -192,8 +204,15 @@ def _varlen(
     packed_q = q.reshape(-1, heads, dim)[layout.query_index]
     packed_k = k.reshape(-1, heads, dim)[layout.key_index]
     packed_v = v.reshape(-1, heads, dim)[layout.key_index]
-    args = (packed_q, packed_k, packed_v, layout.cu_seqlens_q, layout.cu_seqlens_k, layout.max_seqlen_q,
-            layout.max_seqlen_k)
+    args = (
+        packed_q,
+        packed_k,
+        packed_v,
+        layout.cu_seqlens_q,
+        layout.cu_seqlens_k,
+        layout.max_seqlen_q,
+        layout.max_seqlen_k,
+    )
     if layout.backend == "flash_attn":
         from flash_attn.cute import flash_attn_varlen_func
 

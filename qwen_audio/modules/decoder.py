@@ -36,15 +36,24 @@ class KVCache:
     ntk_alpha: torch.Tensor
 
     @classmethod
-    def allocate(cls, config: DecoderConfig, slots: int, max_length: int, *, device: torch.device | str,
-                 dtype: torch.dtype) -> KVCache:
+    def allocate(
+        cls,
+        config: DecoderConfig,
+        slots: int,
+        max_length: int,
+        *,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> KVCache:
         """An empty cache of ``slots`` sequences of at most ``max_length`` tokens each."""
         shape = (slots, max_length + 1, config.num_attention_heads, config.kv_channels)
         layers = config.num_hidden_layers
-        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
-                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
-                   torch.zeros(slots, dtype=torch.long, device=device),
-                   torch.ones(slots, dtype=torch.float64, device=device))
+        return cls(
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+            torch.zeros(slots, dtype=torch.long, device=device),
+            torch.ones(slots, dtype=torch.float64, device=device),
+        )
 
     @property
     def max_length(self) -> int:
@@ -64,15 +73,17 @@ class CacheWrite:
     index: tuple[torch.Tensor, torch.Tensor]  # (slot, position) of each new token, [B, L] each
     key_length: int  # keys attended: the first key_length positions of each slot
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new ``k, v`` ``[B, L, H, D]`` of ``layer``; the keys and values its rows attend to."""
         keys, values = self.cache.keys[layer], self.cache.values[layer]
         keys.index_put_(self.index, k)
         values.index_put_(self.index, v)
         if self.slots is None:
             batch = k.shape[0]
-            return keys[:batch, :self.key_length], values[:batch, :self.key_length]
-        return keys[self.slots, :self.key_length], values[self.slots, :self.key_length]
+            return keys[:batch, : self.key_length], values[:batch, : self.key_length]
+        return keys[self.slots, : self.key_length], values[self.slots, : self.key_length]
 
 
 class QwenAttention(nn.Module):
@@ -153,22 +164,33 @@ class QwenDecoder(nn.Module):
         so it must cover every row's length after this forward.
         """
         if kv_cache is not None:
-            hidden = self._forward_cached(inputs_embeds, attention_mask, position_ids, kv_cache, cache_slots,
-                                          key_length)
+            hidden = self._forward_cached(
+                inputs_embeds, attention_mask, position_ids, kv_cache, cache_slots, key_length
+            )
             return hidden, kv_cache
         batch, length = inputs_embeds.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(length, device=inputs_embeds.device).expand(batch, -1)
         elif position_ids.shape != (batch, length):
-            raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}, expected {(batch, length)}")
+            raise ValueError(
+                f"position_ids has shape {tuple(position_ids.shape)}, expected {(batch, length)}"
+            )
         alpha = self._ntk_alpha(batch, length, attention_mask, inputs_embeds.device)
-        rotary = rotary_cos_sin(position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha)
+        rotary = rotary_cos_sin(
+            position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha
+        )
         query_scale = None
         if not self.training and int(position_ids.max()) + 1 > self.config.seq_length:
             query_scale = self._logn_scale(position_ids)
         layout = AttentionLayout.build(
-            attention_mask, batch_size=batch, query_length=length, key_length=length, causal=True,
-            backend=self.attention_backend, device=inputs_embeds.device, dtype=inputs_embeds.dtype,
+            attention_mask,
+            batch_size=batch,
+            query_length=length,
+            key_length=length,
+            causal=True,
+            backend=self.attention_backend,
+            device=inputs_embeds.device,
+            dtype=inputs_embeds.dtype,
         )
         x = inputs_embeds
         for block in self.h:
@@ -178,9 +200,15 @@ class QwenDecoder(nn.Module):
                 x = block(x, rotary, layout, query_scale)
         return self.ln_f(x), None
 
-    def _forward_cached(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
-                        position_ids: torch.Tensor | None, cache: KVCache, slots: torch.Tensor | None,
-                        key_length: int | None) -> torch.Tensor:
+    def _forward_cached(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: KVCache,
+        slots: torch.Tensor | None,
+        key_length: int | None,
+    ) -> torch.Tensor:
         """The forward over a static cache; every index is computed on the device (no host sync)."""
         batch, length = inputs_embeds.shape[:2]
         device = inputs_embeds.device
@@ -188,7 +216,9 @@ class QwenDecoder(nn.Module):
         past = cache.lengths[rows]
         if attention_mask is None:  # every new token is real (a decoding step)
             valid, new = None, length
-            where = past[:, None] + torch.arange(length, device=device)  # each new token's slot position
+            where = past[:, None] + torch.arange(
+                length, device=device
+            )  # each new token's slot position
         else:
             valid = attention_mask.to(device) != 0
             new = valid.sum(-1)
@@ -199,12 +229,18 @@ class QwenDecoder(nn.Module):
         alpha = cache.ntk_alpha[:batch] if slots is None else cache.ntk_alpha[rows]
         if length > 1 or attention_mask is not None:  # a prefill, or a continuation
             lengths_mask = None if valid is None else valid.long()
-            alpha = torch.where(past == 0, self._ntk_alpha(batch, length, lengths_mask, device), alpha)
+            alpha = torch.where(
+                past == 0, self._ntk_alpha(batch, length, lengths_mask, device), alpha
+            )
             cache.ntk_alpha[rows] = alpha
-        rotary = rotary_cos_sin(position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha)
+        rotary = rotary_cos_sin(
+            position_ids, self.config.kv_channels, self.config.rotary_emb_base, alpha
+        )
         key_length = cache.max_length if key_length is None else key_length
         # logN changes nothing within seq_length: skipped when no position can pass it
-        query_scale = self._logn_scale(position_ids) if key_length > self.config.seq_length else None
+        query_scale = (
+            self._logn_scale(position_ids) if key_length > self.config.seq_length else None
+        )
         # Padding, and the tokens of a free slot that a batch-wide step still feeds, go to the scratch index.
         if valid is not None:
             where = torch.where(valid, where, torch.full_like(where, cache.max_length))
@@ -212,9 +248,17 @@ class QwenDecoder(nn.Module):
         keys = torch.arange(key_length, device=device)
         allowed = keys[None, None, :] <= where[:, :, None]
         if valid is not None:
-            allowed |= (keys == 0)[None, None, :] & ~valid[:, :, None]  # a padded query sees key 0, not nothing
-        layout = AttentionLayout("sdpa", causal=False, query_length=length, key_length=key_length,
-                                 query_valid=valid, sdpa_mask=allowed[:, None])
+            allowed |= (keys == 0)[None, None, :] & ~valid[
+                :, :, None
+            ]  # a padded query sees key 0, not nothing
+        layout = AttentionLayout(
+            "sdpa",
+            causal=False,
+            query_length=length,
+            key_length=key_length,
+            query_valid=valid,
+            sdpa_mask=allowed[:, None],
+        )
         write = CacheWrite(cache, slots, index, key_length)
         x = inputs_embeds
         for i, block in enumerate(self.h):
@@ -222,8 +266,9 @@ class QwenDecoder(nn.Module):
         cache.lengths[rows] = (past + new).clamp(max=cache.max_length)
         return self.ln_f(x)
 
-    def _ntk_alpha(self, batch: int, length: int, attention_mask: torch.Tensor | None,
-                   device: torch.device) -> torch.Tensor:
+    def _ntk_alpha(
+        self, batch: int, length: int, attention_mask: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
         if self.training or not self.config.use_dynamic_ntk:
             return torch.ones(batch, dtype=torch.float64, device=device)
         lengths = torch.full((batch,), length, device=device)
@@ -238,4 +283,6 @@ class QwenDecoder(nn.Module):
             return None
         seq_length = self.config.seq_length
         count = position_ids.float() + 1
-        return torch.where(count > seq_length, torch.log(count) / math.log(seq_length), torch.ones_like(count))
+        return torch.where(
+            count > seq_length, torch.log(count) / math.log(seq_length), torch.ones_like(count)
+        )

@@ -50,7 +50,9 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.attn = EncoderAttention(n_state, n_head)
         self.attn_ln = nn.LayerNorm(n_state, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state))
+        self.mlp = nn.Sequential(
+            nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state)
+        )
         self.mlp_ln = nn.LayerNorm(n_state, eps=eps)
 
     def forward(self, x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
@@ -72,23 +74,34 @@ class AudioEncoder(nn.Module):
         # Persistent, as released: the checkpoint stores it (bf16-rounded), and parity needs that copy.
         self.register_buffer("positional_embedding", sinusoids(config.n_ctx, n_state))
         self.blocks = nn.ModuleList(
-            EncoderBlock(n_state, config.n_head, config.layer_norm_eps) for _ in range(config.n_layer)
+            EncoderBlock(n_state, config.n_head, config.layer_norm_eps)
+            for _ in range(config.n_layer)
         )
         self.ln_post = nn.LayerNorm(n_state, eps=config.layer_norm_eps)
         self.proj = nn.Linear(n_state, config.output_dim)
         if config.learned_markers:
             self.audio_bos_eos_token = nn.Embedding(2, config.output_dim)
 
-    def frames(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def frames(
+        self, mel: torch.Tensor, mel_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv stem + positions + blocks: ``[N, T, n_state]`` and the valid frame counts ``T_b`` ``[N]``."""
         if mel.dim() != 3 or mel.shape[1] != self.config.n_mels:
-            raise ValueError(f"audio mel must be [N, {self.config.n_mels}, frames], got {tuple(mel.shape)}")
+            raise ValueError(
+                f"audio mel must be [N, {self.config.n_mels}, frames], got {tuple(mel.shape)}"
+            )
         if mel_lengths.shape != (mel.shape[0],):
-            raise ValueError(f"audio mel lengths must have shape ({mel.shape[0]},), got {tuple(mel_lengths.shape)}")
+            raise ValueError(
+                f"audio mel lengths must have shape ({mel.shape[0]},), got {tuple(mel_lengths.shape)}"
+            )
         mel_lengths = mel_lengths.to(mel.device, torch.long)
         lengths = conv_frames(mel_lengths)
         longest = int(lengths.max())
-        if longest > self.config.n_ctx or int(mel_lengths.min()) < 1 or int(mel_lengths.max()) > mel.shape[-1]:
+        if (
+            longest > self.config.n_ctx
+            or int(mel_lengths.min()) < 1
+            or int(mel_lengths.max()) > mel.shape[-1]
+        ):
             raise ValueError(
                 f"audio mel lengths {mel_lengths.tolist()} must lie in [1, {mel.shape[-1]}] (the mel width) and give "
                 f"at most n_ctx={self.config.n_ctx} encoder frames ({2 * self.config.n_ctx} mel frames)"
@@ -102,8 +115,14 @@ class AudioEncoder(nn.Module):
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         x = x.masked_fill(~valid[:, :, None], 0.0)
         layout = AttentionLayout.build(
-            valid.long(), batch_size=x.shape[0], query_length=x.shape[1], key_length=x.shape[1], causal=False,
-            backend=self.attention_backend, device=x.device, dtype=x.dtype,
+            valid.long(),
+            batch_size=x.shape[0],
+            query_length=x.shape[1],
+            key_length=x.shape[1],
+            causal=False,
+            backend=self.attention_backend,
+            device=x.device,
+            dtype=x.dtype,
         )
         for block in self.blocks:
             if self.activation_checkpointing and self.training:

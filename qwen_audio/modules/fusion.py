@@ -12,7 +12,10 @@ class AudioSpliceError(ValueError):
 
 
 def splice_audio(
-    embeds: torch.Tensor, input_ids: torch.Tensor, audio: Sequence[torch.Tensor], audio_start_id: int
+    embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    audio: Sequence[torch.Tensor],
+    audio_start_id: int,
 ) -> torch.Tensor:
     """Overwrite every ``<audio>`` ... ``</audio>`` span (both ends included) with one clip's ``[bos; frames; eos]``.
 
@@ -24,21 +27,29 @@ def splice_audio(
     order is the clips' order), and one host sync checks them, however many clips there are.
     """
     if embeds.shape[:2] != input_ids.shape:
-        raise ValueError(f"embeds {tuple(embeds.shape)} and input_ids {tuple(input_ids.shape)} disagree on [B, L]")
+        raise ValueError(
+            f"embeds {tuple(embeds.shape)} and input_ids {tuple(input_ids.shape)} disagree on [B, L]"
+        )
     starts, ends = input_ids == audio_start_id, input_ids == audio_start_id + 1
     # Spans open and close in turn in every row exactly when this is 0 or 1 everywhere and 0 at the row's end.
     open_spans = starts.cumsum(1) - ends.cumsum(1)
     in_span = (open_spans == 1) | ends
-    clip_of = starts.flatten().cumsum(0).view_as(starts) - 1  # the row-major clip index a span position belongs to
+    clip_of = (
+        starts.flatten().cumsum(0).view_as(starts) - 1
+    )  # the row-major clip index a span position belongs to
     num_clips = len(audio)
-    bins = torch.where(in_span, clip_of, num_clips).clamp(0, num_clips).flatten()  # num_clips: outside any span
+    bins = (
+        torch.where(in_span, clip_of, num_clips).clamp(0, num_clips).flatten()
+    )  # num_clips: outside any span
     span_lengths = torch.zeros(num_clips + 1, dtype=torch.long, device=bins.device).index_add_(
         0, bins, torch.ones_like(bins)
     )[:num_clips]
     clip_lengths = torch.tensor([clip.shape[0] for clip in audio], dtype=torch.long).to(bins.device)
     matches = (
-        (starts.sum() == num_clips) & ((open_spans == 0) | (open_spans == 1)).all()
-        & (open_spans[:, -1:] == 0).all() & (span_lengths == clip_lengths).all()
+        (starts.sum() == num_clips)
+        & ((open_spans == 0) | (open_spans == 1)).all()
+        & (open_spans[:, -1:] == 0).all()
+        & (span_lengths == clip_lengths).all()
     )
     if not bool(matches):
         raise _first_mismatch(input_ids, clip_lengths.tolist(), audio_start_id)
@@ -47,11 +58,18 @@ def splice_audio(
     return embeds.masked_scatter(in_span[..., None], torch.cat(list(audio)).to(embeds.dtype))
 
 
-def _first_mismatch(input_ids: torch.Tensor, clip_lengths: list[int], audio_start_id: int) -> AudioSpliceError:
+def _first_mismatch(
+    input_ids: torch.Tensor, clip_lengths: list[int], audio_start_id: int
+) -> AudioSpliceError:
     """Name the first thing wrong: the clip count, then clips in row-major order, then a row's spare ``</audio>``."""
     rows = input_ids.tolist()
-    markers = [([col for col, token in enumerate(row) if token == audio_start_id],
-                [col for col, token in enumerate(row) if token == audio_start_id + 1]) for row in rows]
+    markers = [
+        (
+            [col for col, token in enumerate(row) if token == audio_start_id],
+            [col for col, token in enumerate(row) if token == audio_start_id + 1],
+        )
+        for row in rows
+    ]
     num_starts = sum(len(starts) for starts, _ in markers)
     if num_starts != len(clip_lengths):
         return AudioSpliceError(
@@ -75,4 +93,6 @@ def _first_mismatch(input_ids: torch.Tensor, clip_lengths: list[int], audio_star
                 )
             previous_end, clip = end, clip + 1
     sample, (starts, ends) = next((s, m) for s, m in enumerate(markers) if len(m[0]) != len(m[1]))
-    return AudioSpliceError(f"sample {sample}: {len(ends)} </audio> tokens but {len(starts)} <audio> tokens")
+    return AudioSpliceError(
+        f"sample {sample}: {len(ends)} </audio> tokens but {len(starts)} <audio> tokens"
+    )

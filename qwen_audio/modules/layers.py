@@ -50,8 +50,12 @@ def rotary_cos_sin(
 
     ``alpha`` ``[B]`` is the dynamic-NTK factor per sequence: the base grows to ``base * alpha**(d / (d - 2))``.
     """
-    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim
-    bases = torch.full((positions.shape[0],), float(base), device=positions.device, dtype=torch.float64)
+    exponents = (
+        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim
+    )
+    bases = torch.full(
+        (positions.shape[0],), float(base), device=positions.device, dtype=torch.float64
+    )
     if alpha is not None:
         bases = bases * alpha.to(bases) ** (head_dim / (head_dim - 2))
     inv_freq = (1.0 / bases[:, None] ** exponents).float()  # [B, head_dim / 2]

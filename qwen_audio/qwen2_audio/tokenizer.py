@@ -22,10 +22,19 @@ from qwen_audio.whisper_mel import HOP_LENGTH
 
 TOKENIZER_JSON = "tokenizer.json"
 GENERATION_CONFIG = "generation_config.json"
-DEMO_TOKENIZER_FILE = Path(__file__).resolve().parent.parent / "assets" / "qwen2_demo_tokenizer.json"
+DEMO_TOKENIZER_FILE = (
+    Path(__file__).resolve().parent.parent / "assets" / "qwen2_demo_tokenizer.json"
+)
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 AUDIO_PAD, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, AUDIO_PAD, AUDIO_BOS, AUDIO_EOS)  # the release's order from 151643
+SPECIAL_TOKENS = (
+    ENDOFTEXT,
+    IM_START,
+    IM_END,
+    AUDIO_PAD,
+    AUDIO_BOS,
+    AUDIO_EOS,
+)  # the release's order from 151643
 
 
 def feature_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
@@ -44,16 +53,24 @@ class Qwen2AudioTokenizer:
 
     family = "qwen2-audio"  # picks the family's task prompts and chat audio labels
 
-    def __init__(self, tokenizer: Tokenizer, path: str, stop_ids: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, path: str, stop_ids: Sequence[int] | None = None
+    ) -> None:
         self.tokenizer, self.path, self.name = tokenizer, path, os.path.basename(path)
-        self.tokenizer.encode_special_tokens = True  # specials are split out by encode(), never found in text pieces
+        self.tokenizer.encode_special_tokens = (
+            True  # specials are split out by encode(), never found in text pieces
+        )
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         missing = [token for token in SPECIAL_TOKENS if token not in vocab]
         if missing:
             raise ValueError(f"{path}: tokenizer lacks the Qwen2-Audio special tokens {missing}")
-        self.special_tokens = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self.special_tokens = {
+            t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special
+        }
         self.eod, self.im_start, self.im_end = (vocab[t] for t in (ENDOFTEXT, IM_START, IM_END))
-        self.audio_pad, self.audio_start, self.audio_end = (vocab[t] for t in (AUDIO_PAD, AUDIO_BOS, AUDIO_EOS))
+        self.audio_pad, self.audio_start, self.audio_end = (
+            vocab[t] for t in (AUDIO_PAD, AUDIO_BOS, AUDIO_EOS)
+        )
         self.stop_ids = tuple(stop_ids) if stop_ids else (self.eod,)
         self.n_regular = min(self.special_tokens.values())
         by_length = sorted(self.special_tokens, key=len, reverse=True)
@@ -72,8 +89,12 @@ class Qwen2AudioTokenizer:
         if os.path.isfile(generation):
             with open(generation, encoding="utf-8") as f:
                 eos = json.load(f).get("eos_token_id")
-            if eos is not None and not all(isinstance(i, int) for i in ([eos] if isinstance(eos, int) else eos)):
-                raise ValueError(f"{generation}: eos_token_id {eos!r} must be an id or a list of ids")
+            if eos is not None and not all(
+                isinstance(i, int) for i in ([eos] if isinstance(eos, int) else eos)
+            ):
+                raise ValueError(
+                    f"{generation}: eos_token_id {eos!r} must be an id or a list of ids"
+                )
             stop_ids = [eos] if isinstance(eos, int) else eos
         return cls(tokenizer, path, stop_ids)
 
@@ -99,7 +120,7 @@ class Qwen2AudioTokenizer:
         position = 0
         for match in self._special_pattern.finditer(text):
             if allowed_special == "all" or match.group() in allowed_special:
-                ids.extend(self._encode_plain(text[position:match.start()]))
+                ids.extend(self._encode_plain(text[position : match.start()]))
                 ids.append(self.special_tokens[match.group()])
                 position = match.end()
         return ids + self._encode_plain(text[position:])
@@ -112,18 +133,26 @@ class Qwen2AudioTokenizer:
         ids = [int(i) for i in ids]
         for token_id in ids:
             if not 0 <= token_id < self.n_vocab:
-                raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})")
+                raise ValueError(
+                    f"token id {token_id} is outside the vocabulary [0, {self.n_vocab})"
+                )
         if audio_sources is None:
             return self.tokenizer.decode(ids, skip_special_tokens=False)
         pieces, position, sources = [], 0, list(audio_sources)
         for start, stop in self._spans(ids):
             if not sources:
-                raise ValueError(f"ids hold more audio spans than the {len(audio_sources)} audio_sources given")
-            pieces += [self.tokenizer.decode(ids[position:start], skip_special_tokens=False),
-                       f"<audio>{sources.pop(0)}</audio>"]
+                raise ValueError(
+                    f"ids hold more audio spans than the {len(audio_sources)} audio_sources given"
+                )
+            pieces += [
+                self.tokenizer.decode(ids[position:start], skip_special_tokens=False),
+                f"<audio>{sources.pop(0)}</audio>",
+            ]
             position = stop
         if sources:
-            raise ValueError(f"ids hold fewer audio spans than the {len(audio_sources)} audio_sources given")
+            raise ValueError(
+                f"ids hold fewer audio spans than the {len(audio_sources)} audio_sources given"
+            )
         return "".join(pieces) + self.tokenizer.decode(ids[position:], skip_special_tokens=False)
 
     def _spans(self, ids: Sequence[int]) -> list[tuple[int, int]]:

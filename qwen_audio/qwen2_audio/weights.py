@@ -56,12 +56,17 @@ WEIGHT_MAP: dict[str, str] = {
 }
 QKV = "language_model.model.layers.{}.self_attn.{}_proj.{}"  # layer, q/k/v, weight/bias
 FUSED_QKV = "transformer.h.{}.attn.c_attn.{}"  # layer, weight/bias
-_QKV_PATTERN = re.compile(r"language_model\.model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
+_QKV_PATTERN = re.compile(
+    r"language_model\.model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)"
+)
 _FUSED_PATTERN = re.compile(r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)")
 
 
 def _compile(names: Mapping[str, str]) -> list[tuple[re.Pattern, str]]:
-    return [(re.compile(re.escape(source).replace(r"\{\}", r"(\d+)")), target) for source, target in names.items()]
+    return [
+        (re.compile(re.escape(source).replace(r"\{\}", r"(\d+)")), target)
+        for source, target in names.items()
+    ]
 
 
 _TO_OURS = _compile(WEIGHT_MAP)
@@ -85,7 +90,9 @@ def key_file(folder: str | os.PathLike, key: str) -> str:
     return os.path.join(folder, "model.safetensors")
 
 
-def to_ours(state: Mapping[str, torch.Tensor], folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+def to_ours(
+    state: Mapping[str, torch.Tensor], folder: str | os.PathLike
+) -> dict[str, torch.Tensor]:
     """Rename a checkpoint's tensors to our state-dict keys and fuse q/k/v; an unknown key names its file."""
     ours: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -97,14 +104,18 @@ def to_ours(state: Mapping[str, torch.Tensor], folder: str | os.PathLike) -> dic
             continue
         target = _rename(key, _TO_OURS)
         if target is None:
-            raise CheckpointError(f"{key_file(folder, key)}: key {key!r} is not part of "
-                                  "Qwen2AudioForConditionalGeneration as this library maps it "
-                                  "(qwen_audio.qwen2_audio.weights.WEIGHT_MAP)")
+            raise CheckpointError(
+                f"{key_file(folder, key)}: key {key!r} is not part of "
+                "Qwen2AudioForConditionalGeneration as this library maps it "
+                "(qwen_audio.qwen2_audio.weights.WEIGHT_MAP)"
+            )
         ours[target] = tensor
     for (layer, kind), parts in qkv.items():
         missing = [QKV.format(layer, p, kind) for p in "qkv" if p not in parts]
         if missing:
-            raise CheckpointError(f"{key_file(folder, missing[0])}: missing key {missing[0]!r} (q, k and v are fused)")
+            raise CheckpointError(
+                f"{key_file(folder, missing[0])}: missing key {missing[0]!r} (q, k and v are fused)"
+            )
         ours[FUSED_QKV.format(layer, kind)] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return ours
 
@@ -121,6 +132,8 @@ def to_hf(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         target = _rename(key, _TO_HF)
         if target is None:
-            raise CheckpointError(f"state-dict key {key!r} has no Qwen2-Audio name (not in WEIGHT_MAP)")
+            raise CheckpointError(
+                f"state-dict key {key!r} has no Qwen2-Audio name (not in WEIGHT_MAP)"
+            )
         hf[target] = tensor
     return hf

@@ -44,13 +44,26 @@ class Limits:
 
 def error_body(message: str, kind: str, code: str | None = None) -> bytes:
     """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    ).encode()
 
 
-async def send_error(send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *headers]})
+async def send_error(
+    send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -81,30 +94,55 @@ class Drain:
 class GuardMiddleware:
     """API key, body limit and draining, for every HTTP route (see the module's docstring)."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_request_bytes: int | None, drain: Drain) -> None:
-        self.app, self.api_key, self.max_request_bytes, self.drain = app, api_key, max_request_bytes, drain
+    def __init__(
+        self, app: ASGIApp, *, api_key: str | None, max_request_bytes: int | None, drain: Drain
+    ) -> None:
+        self.app, self.api_key, self.max_request_bytes, self.drain = (
+            app,
+            api_key,
+            max_request_bytes,
+            drain,
+        )
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.api_key.encode()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if self.drain.stopping:
-            await send_error(send, 503, error_body("the server is shutting down", "server_error"),
-                             ((b"retry-after", b"1"),))
+            await send_error(
+                send,
+                503,
+                error_body("the server is shutting down", "server_error"),
+                ((b"retry-after", b"1"),),
+            )
             return
         headers = dict(scope["headers"])
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(headers):
-            body = error_body("Incorrect API key provided: pass it as 'Authorization: Bearer KEY' (the server's "
-                              f"--api-key or {API_KEY_VARIABLE})", "invalid_request_error", "invalid_api_key")
+        if (
+            self.api_key is not None
+            and scope["path"] not in OPEN_PATHS
+            and not self._authorized(headers)
+        ):
+            body = error_body(
+                "Incorrect API key provided: pass it as 'Authorization: Bearer KEY' (the server's "
+                f"--api-key or {API_KEY_VARIABLE})",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
             await send_error(send, 401, body, ((b"www-authenticate", b"Bearer"),))
             return
         limit = self.max_request_bytes
-        too_large = error_body(f"the request body is larger than the server's limit of {limit} bytes "
-                               "(--max-request-mb)", "invalid_request_error", "request_too_large")
+        too_large = error_body(
+            f"the request body is larger than the server's limit of {limit} bytes "
+            "(--max-request-mb)",
+            "invalid_request_error",
+            "request_too_large",
+        )
         length = headers.get(b"content-length", b"")
         if limit is not None and length.isdigit() and int(length) > limit:
             await send_error(send, 413, too_large)  # the body is never read
@@ -141,10 +179,16 @@ def stop_on_sigterm(drain: Drain, timeout: float) -> None:
 
     def stop(signum, frame) -> None:
         drain.stopping = True
-        logger.info("SIGTERM: refusing new requests, finishing %d in flight (up to %.0f s)", drain.in_flight, timeout)
+        logger.info(
+            "SIGTERM: refusing new requests, finishing %d in flight (up to %.0f s)",
+            drain.in_flight,
+            timeout,
+        )
         left = drain.wait(timeout)
         if left:
-            logger.warning("SIGTERM: %d requests still in flight after %.0f s; stopping anyway", left, timeout)
+            logger.warning(
+                "SIGTERM: %d requests still in flight after %.0f s; stopping anyway", left, timeout
+            )
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)

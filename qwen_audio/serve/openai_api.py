@@ -42,7 +42,14 @@ class RequestError(ValueError):
         self.param = param
 
     def body(self) -> dict:
-        return {"error": {"message": str(self), "type": "invalid_request_error", "param": self.param, "code": None}}
+        return {
+            "error": {
+                "message": str(self),
+                "type": "invalid_request_error",
+                "param": self.param,
+                "code": None,
+            }
+        }
 
 
 class InputAudio(BaseModel):
@@ -92,7 +99,9 @@ def parse_chat_request(body: object) -> ChatRequest:
 
 def check_model(requested: str, served: str) -> None:
     if requested != served:
-        raise RequestError("model", f"model {requested!r} is not served here; this server serves {served!r}")
+        raise RequestError(
+            "model", f"model {requested!r} is not served here; this server serves {served!r}"
+        )
 
 
 def decode_audio(data: bytes, param: str) -> torch.Tensor:
@@ -112,11 +121,16 @@ def audio_seconds(data: bytes) -> float | None:
         return None
 
 
-def check_seconds(data: bytes, param: str, limit: float | None, option: str, advice: str = "") -> None:
+def check_seconds(
+    data: bytes, param: str, limit: float | None, option: str, advice: str = ""
+) -> None:
     seconds = audio_seconds(data)
     if limit is not None and seconds is not None and seconds > limit:
-        raise RequestError(param, f"{param}: the audio lasts {seconds:.1f} s, longer than this server's limit of "
-                           f"{limit:g} s ({option}){advice}")
+        raise RequestError(
+            param,
+            f"{param}: the audio lasts {seconds:.1f} s, longer than this server's limit of "
+            f"{limit:g} s ({option}){advice}",
+        )
 
 
 def _user_items(
@@ -133,30 +147,46 @@ def _user_items(
         parts = message.content
     items = []
     for number, part in enumerate(parts):
-        param = f"messages[{index}].content" + (f"[{number}]" if not isinstance(message.content, str) else "")
+        param = f"messages[{index}].content" + (
+            f"[{number}]" if not isinstance(message.content, str) else ""
+        )
         if part.type == "text" and part.text is not None:
             if AUDIO_START in part.text or AUDIO_END in part.text:
-                raise RequestError(param, f"{param}: audio goes in input_audio parts, not as {AUDIO_START} text")
+                raise RequestError(
+                    param, f"{param}: audio goes in input_audio parts, not as {AUDIO_START} text"
+                )
             items.append({"text": part.text})
         elif part.type == "input_audio" and part.input_audio is not None:
             audio_format = part.input_audio.format.lower()
             if audio_format not in AUDIO_FORMATS:
-                raise RequestError(f"{param}.input_audio.format", f"{param}.input_audio.format: unsupported audio "
-                                   f"format {part.input_audio.format!r}; use one of {', '.join(AUDIO_FORMATS)}")
+                raise RequestError(
+                    f"{param}.input_audio.format",
+                    f"{param}.input_audio.format: unsupported audio "
+                    f"format {part.input_audio.format!r}; use one of {', '.join(AUDIO_FORMATS)}",
+                )
             try:
                 data = base64.b64decode(part.input_audio.data, validate=True)
             except (binascii.Error, ValueError):
-                raise RequestError(f"{param}.input_audio.data",
-                                   f"{param}.input_audio.data: not valid base64") from None
-            check_seconds(data, f"{param}.input_audio.data", max_seconds, "--max-audio-seconds",
-                          "; transcribe longer audio with /v1/audio/transcriptions")
+                raise RequestError(
+                    f"{param}.input_audio.data", f"{param}.input_audio.data: not valid base64"
+                ) from None
+            check_seconds(
+                data,
+                f"{param}.input_audio.data",
+                max_seconds,
+                "--max-audio-seconds",
+                "; transcribe longer audio with /v1/audio/transcriptions",
+            )
             waveform = decode_audio(data, f"{param}.input_audio.data")
             recording = Recording(waveform, f"{param}.input_audio")
             recordings.append(recording)
             items.append({"audio": recording})
         else:
-            raise RequestError(f"{param}.type", f"{param}.type: expected a 'text' part with text or an "
-                               f"'input_audio' part with input_audio, got {part.type!r}")
+            raise RequestError(
+                f"{param}.type",
+                f"{param}.type: expected a 'text' part with text or an "
+                f"'input_audio' part with input_audio, got {part.type!r}",
+            )
     return items
 
 
@@ -164,13 +194,16 @@ def _plain_text(message: ChatMessage, index: int) -> str:
     if isinstance(message.content, str):
         return message.content
     if any(part.type != "text" or part.text is None for part in message.content):
-        raise RequestError(f"messages[{index}].content", f"messages[{index}].content: {message.role} messages hold "
-                           "text parts only")
+        raise RequestError(
+            f"messages[{index}].content",
+            f"messages[{index}].content: {message.role} messages hold text parts only",
+        )
     return "".join(part.text for part in message.content)
 
 
-def chat_job(tokenizer: Tokenizer, request: ChatRequest,
-             max_audio_seconds: float | None = None) -> tuple[ChatJob, float]:
+def chat_job(
+    tokenizer: Tokenizer, request: ChatRequest, max_audio_seconds: float | None = None
+) -> tuple[ChatJob, float]:
     """The job for a chat request and the seconds of audio it holds; an audio part longer than
     ``max_audio_seconds`` (read from its header, before decoding) is refused.
 
@@ -194,11 +227,17 @@ def chat_job(tokenizer: Tokenizer, request: ChatRequest,
         index = first + offset
         expected = ("user", "assistant")[offset % 2]
         if message.role != expected:
-            raise RequestError(f"messages[{index}].role", f"messages[{index}].role is {message.role!r}; expected "
-                               f"{expected!r} (user and assistant alternate after an optional system message, and "
-                               "the last message is the user's)")
-        contents.append(_user_items(message, index, recordings, max_audio_seconds) if expected == "user"
-                        else _plain_text(message, index))
+            raise RequestError(
+                f"messages[{index}].role",
+                f"messages[{index}].role is {message.role!r}; expected "
+                f"{expected!r} (user and assistant alternate after an optional system message, and "
+                "the last message is the user's)",
+            )
+        contents.append(
+            _user_items(message, index, recordings, max_audio_seconds)
+            if expected == "user"
+            else _plain_text(message, index)
+        )
     if len(contents) % 2 == 0:
         raise RequestError("messages", "messages: the last message must be the user's")
     history = list(zip(contents[:-1:2], contents[1::2]))
@@ -206,11 +245,17 @@ def chat_job(tokenizer: Tokenizer, request: ChatRequest,
         prompt = build_context(tokenizer, contents[-1], history, system, MAX_WINDOW_SIZE)
     except ValueError as err:  # over the context window
         raise RequestError("messages", f"{err} (the context window)") from None
-    return ChatJob(prompt, _chat_config(tokenizer, request), _stop_strings(request.stop)), \
-        sum(r.waveform.numel() for r in recordings) / SAMPLE_RATE
+    return ChatJob(prompt, _chat_config(tokenizer, request), _stop_strings(request.stop)), sum(
+        r.waveform.numel() for r in recordings
+    ) / SAMPLE_RATE
 
 
-_CONFIG_PARAMS = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed"}
+_CONFIG_PARAMS = {
+    "max_new_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+}
 
 
 def _chat_config(tokenizer: Tokenizer, request: ChatRequest) -> GenerationConfig:
@@ -219,12 +264,19 @@ def _chat_config(tokenizer: Tokenizer, request: ChatRequest) -> GenerationConfig
     if max_tokens is not None:
         options["max_new_tokens"] = max_tokens
     if request.temperature is not None and request.temperature < 0:
-        raise RequestError("temperature", f"temperature must be >= 0 (0 = greedy), got {request.temperature}")
+        raise RequestError(
+            "temperature", f"temperature must be >= 0 (0 = greedy), got {request.temperature}"
+        )
     if request.temperature == 0:
         options["do_sample"] = False
     else:
-        options.update({k: getattr(request, k) for k in ("temperature", "top_p", "seed")
-                        if getattr(request, k) is not None})
+        options.update(
+            {
+                k: getattr(request, k)
+                for k in ("temperature", "top_p", "seed")
+                if getattr(request, k) is not None
+            }
+        )
     try:
         return GenerationConfig.chat(tokenizer, **options)
     except ValueError as err:
@@ -241,42 +293,62 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return stops
 
 
-def transcription_job(tokenizer: Tokenizer, form, served: str,
-                      max_seconds: float | None = None) -> tuple[TranscriptionJob, str, bytes]:
+def transcription_job(
+    tokenizer: Tokenizer, form, served: str, max_seconds: float | None = None
+) -> tuple[TranscriptionJob, str, bytes]:
     """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes; a file
     longer than ``max_seconds`` is refused (long-form transcription reads the rest window by window).
     ``prompt`` is accepted for compatibility and not used: the release's transcription prompt has no place for it."""
     check_model(str(form.get("model", "")), served)
     if tokenizer.family != "qwen-audio":
-        raise RequestError("model", f"model {served!r} is a {tokenizer.family} checkpoint; transcriptions are asked "
-                           "with Qwen-Audio's task tags: use /v1/chat/completions")
+        raise RequestError(
+            "model",
+            f"model {served!r} is a {tokenizer.family} checkpoint; transcriptions are asked "
+            "with Qwen-Audio's task tags: use /v1/chat/completions",
+        )
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise RequestError("file", "file: an audio file upload is needed")
     extension = os.path.splitext(upload.filename or "")[1].lower().lstrip(".")
     if extension and extension not in (*AUDIO_FORMATS, "oga"):
-        raise RequestError("file", f"file: unsupported audio format {extension!r} ({upload.filename}); use one of "
-                           f"{', '.join(AUDIO_FORMATS)}")
+        raise RequestError(
+            "file",
+            f"file: unsupported audio format {extension!r} ({upload.filename}); use one of "
+            f"{', '.join(AUDIO_FORMATS)}",
+        )
     response_format = str(form.get("response_format") or "json")
     if response_format not in RESPONSE_FORMATS:
-        raise RequestError("response_format", f"response_format {response_format!r} is not one of "
-                           f"{', '.join(RESPONSE_FORMATS)}")
+        raise RequestError(
+            "response_format",
+            f"response_format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}",
+        )
     language = form.get("language") or None
     if language is not None and language not in LANGUAGES:
-        raise RequestError("language", f"language {language!r} is not one of {', '.join(LANGUAGES)} "
-                           "(leave it out to detect it)")
+        raise RequestError(
+            "language",
+            f"language {language!r} is not one of {', '.join(LANGUAGES)} "
+            "(leave it out to detect it)",
+        )
     granularities = form.getlist("timestamp_granularities[]")
     unknown = [g for g in granularities if g not in GRANULARITIES]
     if unknown:
-        raise RequestError("timestamp_granularities[]", f"timestamp_granularities[] {unknown[0]!r} is not one of "
-                           f"{', '.join(GRANULARITIES)}")
+        raise RequestError(
+            "timestamp_granularities[]",
+            f"timestamp_granularities[] {unknown[0]!r} is not one of {', '.join(GRANULARITIES)}",
+        )
     try:
         temperature = float(form.get("temperature") or 0)
     except ValueError:
-        raise RequestError("temperature", f"temperature {form.get('temperature')!r} is not a number") from None
+        raise RequestError(
+            "temperature", f"temperature {form.get('temperature')!r} is not a number"
+        ) from None
     if temperature < 0:
-        raise RequestError("temperature", f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    config = GenerationConfig.base(tokenizer, do_sample=temperature > 0, temperature=temperature or 1.0)
+        raise RequestError(
+            "temperature", f"temperature must be >= 0 (0 = greedy), got {temperature}"
+        )
+    config = GenerationConfig.base(
+        tokenizer, do_sample=temperature > 0, temperature=temperature or 1.0
+    )
     data = upload.file.read()
     check_seconds(data, "file", max_seconds, "--max-transcription-seconds")
     job = TranscriptionJob(decode_audio(data, "file"), language, "word" in granularities, config)
@@ -288,8 +360,10 @@ def transcription_body(result: dict, response_format: str, words: bool) -> tuple
     text = result["text"]
     if response_format == "text":
         return text, "text/plain"
-    segments = [{"id": index, "seek": 0, "tokens": [], "temperature": 0.0, **segment}
-                for index, segment in enumerate(result["segments"])]
+    segments = [
+        {"id": index, "seek": 0, "tokens": [], "temperature": 0.0, **segment}
+        for index, segment in enumerate(result["segments"])
+    ]
     if response_format in ("srt", "vtt"):
         writer = (WriteSRT if response_format == "srt" else WriteVTT)(".")
         out = io.StringIO()
@@ -297,8 +371,13 @@ def transcription_body(result: dict, response_format: str, words: bool) -> tuple
         return out.getvalue(), "text/plain"
     body: dict = {"text": text}
     if response_format == "verbose_json":
-        body = {"task": "transcribe", "language": result["language"], "duration": result["duration"],
-                "text": text, "segments": segments}
+        body = {
+            "task": "transcribe",
+            "language": result["language"],
+            "duration": result["duration"],
+            "text": text,
+            "segments": segments,
+        }
     if words:
         body["words"] = result["words"]
     return body, "application/json"
@@ -310,23 +389,49 @@ def completion_id() -> str:
 
 def usage(result: dict) -> dict:
     prompt, completion = result["prompt_tokens"], result["completion_tokens"]
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def chat_completion(request_id: str, model: str, text: str, result: dict) -> dict:
-    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": result["finish_reason"]}],
-            "usage": usage(result)}
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": result["finish_reason"],
+            }
+        ],
+        "usage": usage(result),
+    }
 
 
-def chat_chunk(request_id: str, model: str, delta: dict, finish_reason: str | None = None,
-               result: dict | None = None) -> dict:
-    return {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-            "usage": usage(result) if result else None}
+def chat_chunk(
+    request_id: str,
+    model: str,
+    delta: dict,
+    finish_reason: str | None = None,
+    result: dict | None = None,
+) -> dict:
+    return {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "usage": usage(result) if result else None,
+    }
 
 
 def models_list(model: str) -> dict:
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "qwen-audio"}]}
-
+    return {
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": 0, "owned_by": "qwen-audio"}],
+    }

@@ -61,14 +61,22 @@ class OpenAIAudioSpec(LitSpec):
     """``/v1/chat/completions`` (text and ``input_audio`` parts, streaming), ``/v1/audio/transcriptions``
     (multipart) and ``/v1/models``, on the queue of the LitAPI this spec belongs to."""
 
-    def __init__(self, checkpoint: str, model_name: str, max_model_len: int, max_in_flight: int,
-                 limits: Limits) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        model_name: str,
+        max_model_len: int,
+        max_in_flight: int,
+        limits: Limits,
+    ) -> None:
         super().__init__()
         self.api_path = "/v1/chat/completions"
         self.checkpoint, self.model_name, self.limits = checkpoint, model_name, limits
         self.max_model_len, self.max_in_flight = max_model_len, max_in_flight
         self.in_flight = 0
-        self._tokenizer = None  # loaded in the API process on first use, never pickled to the worker
+        self._tokenizer = (
+            None  # loaded in the API process on first use, never pickled to the worker
+        )
 
     @property
     def stream(self) -> bool:
@@ -102,8 +110,9 @@ class OpenAIAudioSpec(LitSpec):
         try:
             chat = openai_api.parse_chat_request(await _json(request))
             openai_api.check_model(chat.model, self.model_name)
-            job, seconds = await run_in_threadpool(openai_api.chat_job, self.tokenizer, chat,
-                                                   self.limits.max_audio_seconds)
+            job, seconds = await run_in_threadpool(
+                openai_api.chat_job, self.tokenizer, chat, self.limits.max_audio_seconds
+            )
             self._check_length(job)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
@@ -112,8 +121,9 @@ class OpenAIAudioSpec(LitSpec):
             return _busy()
         request_id = openai_api.completion_id()
         if chat.stream:
-            return StreamingResponse(self._stream(request_id, events, seconds, started),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                self._stream(request_id, events, seconds, started), media_type="text/event-stream"
+            )
         try:
             text, result = await _collect(events, request)
         except WorkerError as err:
@@ -127,9 +137,13 @@ class OpenAIAudioSpec(LitSpec):
         started = time.monotonic()
         try:
             form = await request.form()
-            job, response_format, _ = await run_in_threadpool(openai_api.transcription_job, self.tokenizer, form,
-                                                              self.model_name,
-                                                              self.limits.max_transcription_seconds)
+            job, response_format, _ = await run_in_threadpool(
+                openai_api.transcription_job,
+                self.tokenizer,
+                form,
+                self.model_name,
+                self.limits.max_transcription_seconds,
+            )
             await run_in_threadpool(self._check_windows, job)
         except RequestError as err:
             return JSONResponse(err.body(), status_code=400)
@@ -154,21 +168,30 @@ class OpenAIAudioSpec(LitSpec):
         prompt, new = len(job.prompt.ids), job.config.max_new_tokens
         if prompt + new > self.max_model_len:
             param = "messages" if prompt >= self.max_model_len else "max_tokens"
-            raise RequestError(param, f"{param}: this model's context holds {self.max_model_len} tokens; the "
-                               f"request asks for {prompt + new} ({prompt} in the messages, {new} to generate)")
+            raise RequestError(
+                param,
+                f"{param}: this model's context holds {self.max_model_len} tokens; the "
+                f"request asks for {prompt + new} ({prompt} in the messages, {new} to generate)",
+            )
 
     def _check_windows(self, job: TranscriptionJob) -> None:
         """A 400 naming ``file`` when the prompt of the audio's longest window leaves no room in the
         context for its transcript. (A transcript that outgrows the room ends with the context.)"""
         start, stop = max(window_bounds(job.waveform), key=lambda bounds: bounds[1] - bounds[0])
-        (prompt,) = window_prompts(self.tokenizer, [job.waveform[start:stop]],
-                                   language=job.language or "en", timestamps=job.timestamps)
+        (prompt,) = window_prompts(
+            self.tokenizer,
+            [job.waveform[start:stop]],
+            language=job.language or "en",
+            timestamps=job.timestamps,
+        )
         if len(prompt.ids) >= self.max_model_len:
             raise RequestError(
-                "file", f"file: a {(stop - start) / SAMPLE_RATE:.1f} s window of this audio takes "
+                "file",
+                f"file: a {(stop - start) / SAMPLE_RATE:.1f} s window of this audio takes "
                 f"{len(prompt.ids)} prompt tokens; the model's context holds {self.max_model_len}, "
                 "which leaves no room for its transcript (start the server with a larger "
-                "--max-model-len)")
+                "--max-model-len)",
+            )
 
     async def _submit(self, job: Job) -> AsyncIterator[dict] | None:
         """Queue ``job`` and return its events (:meth:`_events`), or None when ``max_in_flight``
@@ -203,10 +226,13 @@ class OpenAIAudioSpec(LitSpec):
             self.in_flight -= 1
             self.response_buffer.pop(uid, None)
             if not finished:
-                self.request_queue.put((self.response_queue_id, uuid.uuid4(), time.monotonic(), Cancel(uid)))
+                self.request_queue.put(
+                    (self.response_queue_id, uuid.uuid4(), time.monotonic(), Cancel(uid))
+                )
 
-    async def _stream(self, request_id: str, events: AsyncIterator[dict], seconds: float,
-                      started: float) -> AsyncIterator[str]:
+    async def _stream(
+        self, request_id: str, events: AsyncIterator[dict], seconds: float, started: float
+    ) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format: the role, the text pieces, the finish reason with the
         usage, then ``[DONE]``."""
         name = self.model_name
@@ -218,18 +244,35 @@ class OpenAIAudioSpec(LitSpec):
                     yield _sse(openai_api.chat_chunk(request_id, name, {"content": event["text"]}))
                 if event.get("done"):
                     self._log(request_id, seconds, event, started)
-                    yield _sse(openai_api.chat_chunk(request_id, name, {}, event["finish_reason"], event))
+                    yield _sse(
+                        openai_api.chat_chunk(request_id, name, {}, event["finish_reason"], event)
+                    )
         except WorkerError as err:
-            yield _sse({"error": {"message": str(err), "type": "server_error", "param": None, "code": None}})
+            yield _sse(
+                {
+                    "error": {
+                        "message": str(err),
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
         finally:
             await events.aclose()  # a client that left cancels its job now, not when collected
         yield "data: [DONE]\n\n"
 
     @staticmethod
     def _log(request_id: str, seconds: float, result: dict, started: float) -> None:
-        logger.info("%s audio=%.2fs prompt_tokens=%d completion_tokens=%d batch=%d latency=%.3fs", request_id,
-                    seconds, result["prompt_tokens"], result["completion_tokens"], result["batch"],
-                    time.monotonic() - started)
+        logger.info(
+            "%s audio=%.2fs prompt_tokens=%d completion_tokens=%d batch=%d latency=%.3fs",
+            request_id,
+            seconds,
+            result["prompt_tokens"],
+            result["completion_tokens"],
+            result["batch"],
+            time.monotonic() - started,
+        )
 
 
 async def _json(request: Request) -> object:
@@ -266,8 +309,14 @@ def _sse(payload: dict) -> str:
 
 
 def _busy() -> JSONResponse:
-    body = {"error": {"message": "the server is at capacity; retry shortly", "type": "server_busy", "param": None,
-                      "code": None}}
+    body = {
+        "error": {
+            "message": "the server is at capacity; retry shortly",
+            "type": "server_busy",
+            "param": None,
+            "code": None,
+        }
+    }
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
@@ -281,8 +330,16 @@ class QwenAudioAPI(ls.LitAPI):
     (:class:`.scheduler.Scheduler`, fed by :class:`.loop.SchedulerLoop`); on CUDA the decoding step's graphs are
     captured at load."""
 
-    def __init__(self, checkpoint: str, *, dtype: torch.dtype | None, max_slots: int, max_model_len: int,
-                 max_queue: int, limits: Limits) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        *,
+        dtype: torch.dtype | None,
+        max_slots: int,
+        max_model_len: int,
+        max_queue: int,
+        limits: Limits,
+    ) -> None:
         model_name = os.path.basename(os.path.normpath(checkpoint))
         spec = OpenAIAudioSpec(checkpoint, model_name, max_model_len, max_slots + max_queue, limits)
         super().__init__(spec=spec, loop=SchedulerLoop())
@@ -292,34 +349,67 @@ class QwenAudioAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         die_with_parent(self.server_pid)  # this worker is a spawned process of the server's
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # a spawned process
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
+        )  # a spawned process
         model, tokenizer = load_model(self.checkpoint, device=device, dtype=self.dtype)
-        self.scheduler = Scheduler(model, tokenizer, max_slots=self.max_slots, max_model_len=self.max_model_len)
+        self.scheduler = Scheduler(
+            model, tokenizer, max_slots=self.max_slots, max_model_len=self.max_model_len
+        )
         if self.scheduler.engine.device.type == "cuda":
             self.scheduler.engine.capture()
 
     def predict(self, jobs):
-        raise NotImplementedError("jobs are decoded by the scheduler loop, never one predict call at a time")
+        raise NotImplementedError(
+            "jobs are decoded by the scheduler loop, never one predict call at a time"
+        )
 
 
-def serve(checkpoint: str, *, host: str, port: int, device: str, dtype: torch.dtype | None, max_slots: int,
-          max_model_len: int, max_queue: int, limits: Limits | None = None) -> None:
+def serve(
+    checkpoint: str,
+    *,
+    host: str,
+    port: int,
+    device: str,
+    dtype: torch.dtype | None,
+    max_slots: int,
+    max_model_len: int,
+    max_queue: int,
+    limits: Limits | None = None,
+) -> None:
     """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port`` until SIGTERM (or
     Ctrl-C) stops it (:mod:`.guards`); then exit, 0 unless LitServe failed, with no process of it left."""
     limits = limits or Limits()
-    api = QwenAudioAPI(checkpoint, dtype=dtype, max_slots=max_slots, max_model_len=max_model_len,
-                       max_queue=max_queue, limits=limits)
+    api = QwenAudioAPI(
+        checkpoint,
+        dtype=dtype,
+        max_slots=max_slots,
+        max_model_len=max_model_len,
+        max_queue=max_queue,
+        limits=limits,
+    )
     drain = Drain()
     max_bytes = None if limits.max_request_mb is None else round(limits.max_request_mb * 2**20)
     guard = {"api_key": limits.api_key, "max_request_bytes": max_bytes, "drain": drain}
-    server = ls.LitServer(api, accelerator=device, devices=1, workers_per_device=1, timeout=False,
-                          middlewares=[(GuardMiddleware, guard)])
+    server = ls.LitServer(
+        api,
+        accelerator=device,
+        devices=1,
+        workers_per_device=1,
+        timeout=False,
+        middlewares=[(GuardMiddleware, guard)],
+    )
     forked_children_die_with_this_process()
     stop_on_sigterm(drain, limits.shutdown_timeout)
     code = 0
     try:
-        server.run(host=host, port=port, generate_client_file=False, api_server_worker_type="thread",
-                   log_level="warning")
+        server.run(
+            host=host,
+            port=port,
+            generate_client_file=False,
+            api_server_worker_type="thread",
+            log_level="warning",
+        )
     except Exception:
         logger.exception("the server stopped on an error")
         code = 1

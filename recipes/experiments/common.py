@@ -42,7 +42,10 @@ from recipes.experiments.flat_prompts import encode_flat
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "recipes" / "configs" / "pretrain" / "demo.yaml"
 PromptStyle = Literal["tags", "flat"]
-RECIPES: dict[PromptStyle, str] = {"tags": "recipes.pretrain", "flat": "recipes.experiments.flat_prompts"}
+RECIPES: dict[PromptStyle, str] = {
+    "tags": "recipes.pretrain",
+    "flat": "recipes.experiments.flat_prompts",
+}
 # Generation lengths: the longest demo target of each task, with room to spare (AQA's is the brief's 8).
 MAX_NEW_TOKENS = {"asr": 32, "srwt": 64, "mna": 16, "asc": 8, "aqa": 8}
 EVAL_BATCH = 16
@@ -50,25 +53,45 @@ MISSING = "n/a"
 # The columns an ablation table can show: (demo benchmark, metric) as ``recipes.evaluate`` scores them
 # (qwen_audio.eval.tasks: WER/CER in %, the release's normalisation; AAS in ms; exact-match accuracy).
 COLUMNS: dict[str, tuple[str, str]] = {
-    "ASR WER en": ("demo_asr_en", "wer"), "ASR CER zh": ("demo_asr_zh", "cer"),
-    "SRWT WER en": ("demo_srwt_en", "wer"), "SRWT CER zh": ("demo_srwt_zh", "cer"),
-    "SRWT AAS ms en": ("demo_srwt_en", "aas_ms"), "SRWT AAS ms zh": ("demo_srwt_zh", "aas_ms"),
-    "AQA acc": ("demo_aqa", "accuracy"), "ASC acc": ("demo_asc", "accuracy"), "MNA acc": ("demo_mna", "accuracy"),
+    "ASR WER en": ("demo_asr_en", "wer"),
+    "ASR CER zh": ("demo_asr_zh", "cer"),
+    "SRWT WER en": ("demo_srwt_en", "wer"),
+    "SRWT CER zh": ("demo_srwt_zh", "cer"),
+    "SRWT AAS ms en": ("demo_srwt_en", "aas_ms"),
+    "SRWT AAS ms zh": ("demo_srwt_zh", "aas_ms"),
+    "AQA acc": ("demo_aqa", "accuracy"),
+    "ASC acc": ("demo_asc", "accuracy"),
+    "MNA acc": ("demo_mna", "accuracy"),
 }
 
 
 def ablation_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="training length, in epochs over the full demo training set (default: demo.yaml's "
-                             "trainer.max_epochs, the main job's length: about 9 minutes a run on 2 free cores)")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "experiments",
-                        help="folder of the table, the plot and one sub-folder per run (default %(default)s)")
-    parser.add_argument("--demo-size", type=int, default=None, help="data.corpus.size (default: demo.yaml's)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training length, in epochs over the full demo training set (default: demo.yaml's "
+        "trainer.max_epochs, the main job's length: about 9 minutes a run on 2 free cores)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "runs" / "experiments",
+        help="folder of the table, the plot and one sub-folder per run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--demo-size", type=int, default=None, help="data.corpus.size (default: demo.yaml's)"
+    )
     parser.add_argument("--preset", default=None, help="model preset (default: demo.yaml's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="seed_everything of each run of every arm (model initialisation; the corpus and the "
-                             "batch order stay demo.yaml's); tables give mean ± std over them (default %(default)s)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seed_everything of each run of every arm (model initialisation; the corpus and the "
+        "batch order stay demo.yaml's); tables give mean ± std over them (default %(default)s)",
+    )
     return parser
 
 
@@ -86,17 +109,23 @@ class DemoSetup:
     def from_arguments(cls, args: argparse.Namespace) -> DemoSetup:
         config = yaml.safe_load(DEMO_CONFIG.read_text())
         data = dict(config["data"])
-        data.pop("augment", None)  # the ablations compare prompts on clean audio, as docs/experiments.md records
+        data.pop(
+            "augment", None
+        )  # the ablations compare prompts on clean audio, as docs/experiments.md records
         corpus = DemoCorpus(**data.pop("corpus")["init_args"])
         if args.demo_size is not None:
             corpus.size = args.demo_size
         epochs = args.epochs or config["trainer"]["max_epochs"]
-        return cls(data, corpus.size, args.preset or config["model"]["preset"], epochs, corpus.files())
+        return cls(
+            data, corpus.size, args.preset or config["model"]["preset"], epochs, corpus.files()
+        )
 
     def steps_per_epoch(self, train_manifest: Path) -> int:
         """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed sampler
         batches it."""
-        datamodule = AudioTextDataModule(**{**self.data, "train": [str(train_manifest)], "val": [], "test": []})
+        datamodule = AudioTextDataModule(
+            **{**self.data, "train": [str(train_manifest)], "val": [], "test": []}
+        )
         config = QwenAudioConfig.from_name(self.preset)
         datamodule.connect(load_tokenizer(preset=self.preset), config.encoder.n_mels)
         datamodule.setup("fit")
@@ -148,7 +177,9 @@ class Run:
         return self.folder / "model"
 
 
-def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: int, val_every: int) -> Run:
+def train(
+    variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: int, val_every: int
+) -> Run:
     """Fit one variant from ``seed`` with the pretraining recipe for ``max_steps`` optimizer steps, validating every
     ``val_every`` steps (across epoch ends, so that runs of different epoch lengths validate at the same steps).
 
@@ -158,41 +189,70 @@ def train(variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: i
     override = {
         "seed_everything": seed,
         "trainer": {
-            "max_epochs": -1, "max_steps": max_steps, "check_val_every_n_epoch": None, "val_check_interval": val_every,
-            "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_checkpointing": False,
+            "max_epochs": -1,
+            "max_steps": max_steps,
+            "check_val_every_n_epoch": None,
+            "val_check_interval": val_every,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_checkpointing": False,
             "default_root_dir": str(folder),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(folder), "version": 0}},
-            "callbacks": [{"class_path": "qwen_audio.lit.ExportPretrained",
-                           "init_args": {"dirpath": str(folder / "model")}}],
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(folder), "version": 0},
+            },
+            "callbacks": [
+                {
+                    "class_path": "qwen_audio.lit.ExportPretrained",
+                    "init_args": {"dirpath": str(folder / "model")},
+                }
+            ],
         },
         "model": {"preset": setup.preset},
         "data": {"corpus": {"init_args": {"size": setup.size}}, **variant.data},
     }
     override_text = yaml.safe_dump(override, sort_keys=False)
     name = f"{variant.name}, seed {seed}"
-    finished, corpus = folder / "run.json", str(setup.manifests["train"].parent)  # the corpus folder names its version
+    finished, corpus = (
+        folder / "run.json",
+        str(setup.manifests["train"].parent),
+    )  # the corpus folder names its version
     if finished.exists() and (folder / "override.yaml").read_text() == override_text:
         record = json.loads(finished.read_text())
         if record["corpus"] == corpus:
-            print(f"[{name}] reusing the finished run in {folder} (same override and corpus, trained in "
-                  f"{record['train_seconds']:.0f} s)", flush=True)
+            print(
+                f"[{name}] reusing the finished run in {folder} (same override and corpus, trained in "
+                f"{record['train_seconds']:.0f} s)",
+                flush=True,
+            )
             return Run(variant, seed, folder, record["train_seconds"])
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / "override.yaml").write_text(override_text)
-    command = [sys.executable, "-m", RECIPES[variant.prompt_style], "fit", "--config", str(DEMO_CONFIG),
-               "--config", str(folder / "override.yaml")]
+    command = [
+        sys.executable,
+        "-m",
+        RECIPES[variant.prompt_style],
+        "fit",
+        "--config",
+        str(DEMO_CONFIG),
+        "--config",
+        str(folder / "override.yaml"),
+    ]
     print(f"[{name}] training {max_steps} steps: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     with open(folder / "train.log", "w") as log:
         result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"[{name}] the recipe failed with exit code {result.returncode}; "
-                           f"see {folder / 'train.log'}")
+        raise RuntimeError(
+            f"[{name}] the recipe failed with exit code {result.returncode}; "
+            f"see {folder / 'train.log'}"
+        )
     print(f"[{name}] trained in {seconds:.0f} s", flush=True)
-    finished.write_text(json.dumps({"train_seconds": seconds, "corpus": corpus}))  # last: without it, retrain
+    finished.write_text(
+        json.dumps({"train_seconds": seconds, "corpus": corpus})
+    )  # last: without it, retrain
     return Run(variant, seed, folder, seconds)
 
 
@@ -214,15 +274,21 @@ def final_validation_loss(metrics_csv: Path, key: str = "val/loss") -> float:
     return points[-1][1]
 
 
-def plot_validation_losses(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path, title: str) -> None:
+def plot_validation_losses(
+    curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path, title: str
+) -> None:
     """One panel per validation loss (overall, then each task's) that any run logged, one line per run."""
-    keys = sorted({key for run in curves.values() for key in run if key.startswith("val/loss")},
-                  key=lambda key: (key != "val/loss", key))
+    keys = sorted(
+        {key for run in curves.values() for key in run if key.startswith("val/loss")},
+        key=lambda key: (key != "val/loss", key),
+    )
     columns = min(3, len(keys))
     rows = -(-len(keys) // columns)
-    figure = Figure(figsize=(4.2 * columns, 3.2 * rows))  # no pyplot: nothing global, no display needed
+    figure = Figure(
+        figsize=(4.2 * columns, 3.2 * rows)
+    )  # no pyplot: nothing global, no display needed
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
-    for axis in axes[len(keys):]:
+    for axis in axes[len(keys) :]:
         axis.set_visible(False)
     for axis, key in zip(axes, keys):
         for name, run in curves.items():
@@ -249,10 +315,12 @@ def mean_std(values: Sequence[float | None]) -> str:
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table; floats with 3 decimals, ``None`` as ``n/a``."""
+
     def cell(value: object) -> str:
         if value is None:
             return MISSING
         return f"{value:.3f}" if isinstance(value, float) else str(value)
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -264,24 +332,36 @@ def prompt_example(tokenizer: Tokenizer, entry: ManifestEntry, style: PromptStyl
     return encode_flat(tokenizer, entry) if style == "flat" else task_example(tokenizer, entry)
 
 
-def generate_answers(model: QwenAudio, tokenizer: Tokenizer, entries: Sequence[ManifestEntry],
-                     style: PromptStyle) -> list[str]:
+def generate_answers(
+    model: QwenAudio, tokenizer: Tokenizer, entries: Sequence[ManifestEntry], style: PromptStyle
+) -> list[str]:
     """Greedy generations for entries of one task, decoded and stripped (stop token excluded)."""
-    config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS[entries[0].task], stop_ids=(tokenizer.eod,))
+    config = GenerationConfig(
+        max_new_tokens=MAX_NEW_TOKENS[entries[0].task], stop_ids=(tokenizer.eod,)
+    )
     examples = [prompt_example(tokenizer, entry, style) for entry in entries]
-    return [answer.text for answer in answer_prompts(model, tokenizer, examples, config, EVAL_BATCH)]
+    return [
+        answer.text for answer in answer_prompts(model, tokenizer, examples, config, EVAL_BATCH)
+    ]
 
 
-def score_answers(entries: Sequence[ManifestEntry], answers: Sequence[str]) -> dict[str, float | None]:
+def score_answers(
+    entries: Sequence[ManifestEntry], answers: Sequence[str]
+) -> dict[str, float | None]:
     """The :data:`COLUMNS` that ``entries`` give scores for: each entry is scored as its ``demo_*`` benchmark, the
     way ``recipes.evaluate`` scores the demo corpus."""
     items = corpus_items(DemoCorpus(), entries)
     scores = score_predictions(Prediction(item, answer) for item, answer in zip(items, answers))
-    return {label: scores[name][name][metric] for label, (name, metric) in COLUMNS.items() if name in scores}
+    return {
+        label: scores[name][name][metric]
+        for label, (name, metric) in COLUMNS.items()
+        if name in scores
+    }
 
 
-def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptStyle,
-             predictions: Path) -> dict[str, float | None]:
+def evaluate(
+    model_dir: Path, entries: Sequence[ManifestEntry], style: PromptStyle, predictions: Path
+) -> dict[str, float | None]:
     """Score the exported model on ``entries`` (:func:`score_answers`), generating task by task; every generation is
     written to ``predictions`` (JSONL: task, audio, reference, hypothesis), to be read beside the numbers."""
     model, tokenizer = load_model(model_dir)
@@ -294,14 +374,28 @@ def evaluate(model_dir: Path, entries: Sequence[ManifestEntry], style: PromptSty
             scored += chosen
             answers += generated
             for entry, answer in zip(chosen, generated):
-                line = {"task": task, "audio": entry.audio, "reference": target_text(entry), "hypothesis": answer}
+                line = {
+                    "task": task,
+                    "audio": entry.audio,
+                    "reference": target_text(entry),
+                    "hypothesis": answer,
+                }
                 file.write(json.dumps(line, ensure_ascii=False) + "\n")
     return score_answers(scored, answers)
 
 
-def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: DemoSetup, out: Path,
-                 columns: Sequence[str], tasks: set[str], note: str, seeds: Sequence[int],
-                 loss: str = "val/loss") -> str:
+def run_ablation(
+    title: str,
+    name: str,
+    variants: Sequence[Variant],
+    setup: DemoSetup,
+    out: Path,
+    columns: Sequence[str],
+    tasks: set[str],
+    note: str,
+    seeds: Sequence[int],
+    loss: str = "val/loss",
+) -> str:
     """Train every variant from every seed for the same number of optimizer steps (``setup.epochs`` over the full
     training set), score them on the test lines of ``tasks``, and write ``out/<name>.md`` (mean ± std over seeds per
     arm, then every run, with the last value of the validation column ``loss``) and ``out/<name>.png``; returns the
@@ -311,29 +405,58 @@ def run_ablation(title: str, name: str, variants: Sequence[Variant], setup: Demo
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     steps_per_epoch = setup.steps_per_epoch(setup.manifests["train"])
     test = [entry for entry in read_manifest(setup.manifests["test"]) if entry.task in tasks]
-    runs = [train(variant, seed, out, setup, epochs * steps_per_epoch, steps_per_epoch)
-            for seed in seeds for variant in variants]
+    runs = [
+        train(variant, seed, out, setup, epochs * steps_per_epoch, steps_per_epoch)
+        for seed in seeds
+        for variant in variants
+    ]
     for run in runs:
         start = time.perf_counter()
-        run.scores = evaluate(run.model_dir, test, run.variant.prompt_style, run.folder / "predictions.jsonl")
-        print(f"[{run.variant.name}, seed {run.seed}] evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+        run.scores = evaluate(
+            run.model_dir, test, run.variant.prompt_style, run.folder / "predictions.jsonl"
+        )
+        print(
+            f"[{run.variant.name}, seed {run.seed}] evaluated in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     headers = [*columns, f"final {loss}", "train s"]
 
     def values(run: Run) -> list[float | None]:
-        return [*(run.scores.get(column) for column in columns), final_validation_loss(run.metrics_csv, loss),
-                run.seconds]
+        return [
+            *(run.scores.get(column) for column in columns),
+            final_validation_loss(run.metrics_csv, loss),
+            run.seconds,
+        ]
 
-    arms = [[variant.name, *(mean_std(scores) for scores in zip(*(values(run) for run in runs
-                                                                  if run.variant == variant)))]
-            for variant in variants]
+    arms = [
+        [
+            variant.name,
+            *(
+                mean_std(scores)
+                for scores in zip(*(values(run) for run in runs if run.variant == variant))
+            ),
+        ]
+        for variant in variants
+    ]
     table = markdown_table(["variant", *headers], arms)
-    every_run = markdown_table(["variant", "seed", *headers], [[run.variant.name, run.seed, *values(run)]
-                                                             for run in runs])
-    details = (f"{epochs} epochs = {epochs * steps_per_epoch} optimizer steps per run; model preset "
-               f"`{setup.preset}`, data.corpus.size {setup.size}; seeds {', '.join(map(str, seeds))} "
-               f"(mean ± sample std over them); test lines: {len(test)} ({', '.join(sorted(tasks))}).")
-    (out / f"{name}.md").write_text(f"# {title}\n\n{note}\n\n{details}\n\n{table}\n\nEvery run:\n\n{every_run}\n")
-    plot_validation_losses({f"{run.variant.name} (seed {run.seed})": validation_curves(run.metrics_csv)
-                            for run in runs}, out / f"{name}.png", title)
+    every_run = markdown_table(
+        ["variant", "seed", *headers], [[run.variant.name, run.seed, *values(run)] for run in runs]
+    )
+    details = (
+        f"{epochs} epochs = {epochs * steps_per_epoch} optimizer steps per run; model preset "
+        f"`{setup.preset}`, data.corpus.size {setup.size}; seeds {', '.join(map(str, seeds))} "
+        f"(mean ± sample std over them); test lines: {len(test)} ({', '.join(sorted(tasks))})."
+    )
+    (out / f"{name}.md").write_text(
+        f"# {title}\n\n{note}\n\n{details}\n\n{table}\n\nEvery run:\n\n{every_run}\n"
+    )
+    plot_validation_losses(
+        {
+            f"{run.variant.name} (seed {run.seed})": validation_curves(run.metrics_csv)
+            for run in runs
+        },
+        out / f"{name}.png",
+        title,
+    )
     print(f"\n{table}\n\nwrote {out / f'{name}.md'} and {out / f'{name}.png'}", flush=True)
     return table

@@ -54,8 +54,10 @@ def dataset_token(task: str, audio_language: str | None) -> str:
         return DATASET_TOKENS[task, audio_language]
     except KeyError:
         known = ", ".join(f"{t}/{language}" for t, language in DATASET_TOKENS)
-        raise ValueError(f"no flat prompt for task {task!r} with audio_language {audio_language!r}; the flat "
-                         f"baseline names the demo corpus's datasets only: {known}") from None
+        raise ValueError(
+            f"no flat prompt for task {task!r} with audio_language {audio_language!r}; the flat "
+            f"baseline names the demo corpus's datasets only: {known}"
+        ) from None
 
 
 def encode_flat(
@@ -75,8 +77,10 @@ def encode_flat(
     if target is not None:
         if timestamped:
             if not target.startswith(TIMESTAMPED_START):
-                raise ValueError(f"{entry.audio}: target of task {entry.task!r} must start with {TIMESTAMPED_START}")
-            target = target[len(TIMESTAMPED_START):]
+                raise ValueError(
+                    f"{entry.audio}: target of task {entry.task!r} must start with {TIMESTAMPED_START}"
+                )
+            target = target[len(TIMESTAMPED_START) :]
         builder.add([*tokenizer.encode(target, TASK_TOKENS), tokenizer.eod], learn=True)
     return builder.build(max_length, entry.audio)
 

@@ -32,14 +32,31 @@ COLUMNS = ("ASR WER en", "ASR CER zh", "AQA acc")
 def main(argv: Sequence[str] | None = None) -> str:
     args = ablation_arguments(__doc__.splitlines()[0]).parse_args(argv)
     setup = DemoSetup.from_arguments(args)
-    train_without = write_manifest_without(setup.manifests["train"],
-                                           args.out / "srwt_ablation_manifests" / "train_without_srwt.jsonl", {"srwt"})
-    variants = [all_tasks("with SRWT"),
-                Variant("without SRWT", "srwt_ablation-without", {"train": [str(train_without)]})]
-    note = ("Paper (Tables 4-5, without vs with SRWT): LibriSpeech test-clean WER 2.22 vs 2.04, Aishell1 test 1.71 vs "
-            "1.29, ClothoAQA acc 0.5648 vs 0.5795. Same seed, same other data, same optimizer steps.")
-    return run_ablation("SRWT ablation (demo corpus)", "srwt_ablation", variants, setup, args.out,
-                        COLUMNS, {"asr", "aqa"}, note, args.seeds, loss="val/loss_asr")
+    train_without = write_manifest_without(
+        setup.manifests["train"],
+        args.out / "srwt_ablation_manifests" / "train_without_srwt.jsonl",
+        {"srwt"},
+    )
+    variants = [
+        all_tasks("with SRWT"),
+        Variant("without SRWT", "srwt_ablation-without", {"train": [str(train_without)]}),
+    ]
+    note = (
+        "Paper (Tables 4-5, without vs with SRWT): LibriSpeech test-clean WER 2.22 vs 2.04, Aishell1 test 1.71 vs "
+        "1.29, ClothoAQA acc 0.5648 vs 0.5795. Same seed, same other data, same optimizer steps."
+    )
+    return run_ablation(
+        "SRWT ablation (demo corpus)",
+        "srwt_ablation",
+        variants,
+        setup,
+        args.out,
+        COLUMNS,
+        {"asr", "aqa"},
+        note,
+        args.seeds,
+        loss="val/loss_asr",
+    )
 
 
 if __name__ == "__main__":

@@ -13,10 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from recipes.experiments.common import DemoSetup, Variant, ablation_arguments, all_tasks, run_ablation
+from recipes.experiments.common import (
+    DemoSetup,
+    Variant,
+    ablation_arguments,
+    all_tasks,
+    run_ablation,
+)
 
-COLUMNS = ("ASR WER en", "ASR CER zh", "SRWT WER en", "SRWT CER zh", "SRWT AAS ms en", "SRWT AAS ms zh", "AQA acc",
-           "ASC acc", "MNA acc")
+COLUMNS = (
+    "ASR WER en",
+    "ASR CER zh",
+    "SRWT WER en",
+    "SRWT CER zh",
+    "SRWT AAS ms en",
+    "SRWT AAS ms zh",
+    "AQA acc",
+    "ASC acc",
+    "MNA acc",
+)
 TASKS = {"asr", "srwt", "aqa", "asc", "mna"}
 
 
@@ -27,10 +42,21 @@ def main(argv: Sequence[str] | None = None) -> str:
         all_tasks("hierarchical tags"),
         Variant("flat dataset ID", "tag_ablation-flat", {}, "flat"),
     ]
-    note = ("Paper §3.2: conditioning on shared and specific hierarchical tags lets datasets share knowledge without "
-            "interfering; the flat baseline gives each dataset (task x audio language) its own ID token instead.")
-    return run_ablation("Tag ablation (demo corpus)", "tag_ablation", variants, setup, args.out,
-                        COLUMNS, TASKS, note, args.seeds)
+    note = (
+        "Paper §3.2: conditioning on shared and specific hierarchical tags lets datasets share knowledge without "
+        "interfering; the flat baseline gives each dataset (task x audio language) its own ID token instead."
+    )
+    return run_ablation(
+        "Tag ablation (demo corpus)",
+        "tag_ablation",
+        variants,
+        setup,
+        args.out,
+        COLUMNS,
+        TASKS,
+        note,
+        args.seeds,
+    )
 
 
 if __name__ == "__main__":

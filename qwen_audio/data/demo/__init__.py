@@ -4,9 +4,19 @@ it (:mod:`.chat`), generated on first use, that a small model learns from on a C
 
 from qwen_audio.data.demo.chat import build_demo_chat
 from qwen_audio.data.demo.corpora import DemoChat, DemoCorpus
-from qwen_audio.data.demo.corpus import CORPUS_RECORD, build_demo_corpus, corpus_fingerprint, corpus_record
+from qwen_audio.data.demo.corpus import (
+    CORPUS_RECORD,
+    build_demo_corpus,
+    corpus_fingerprint,
+    corpus_record,
+)
 
 __all__ = [
-    "CORPUS_RECORD", "DemoChat", "DemoCorpus", "build_demo_chat", "build_demo_corpus", "corpus_fingerprint",
+    "CORPUS_RECORD",
+    "DemoChat",
+    "DemoCorpus",
+    "build_demo_chat",
+    "build_demo_corpus",
+    "corpus_fingerprint",
     "corpus_record",
 ]

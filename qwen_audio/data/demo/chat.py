@@ -26,9 +26,18 @@ from qwen_audio.prompts import Message
 CHAT_VERSION = "1"  # bump when generation changes
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 LANGUAGE_NAMES = {"en": "English", "zh": "Mandarin Chinese"}
-SCENE_ANSWERS = {"rain": "rain falling", "wind": "wind blowing", "engine": "an engine running",
-                 "birds": "birds singing", "babble": "a crowd of people talking"}
-TRANSCRIBE_QUESTIONS = ("What is said in the audio?", "What does the speaker say?", "Transcribe the audio.")
+SCENE_ANSWERS = {
+    "rain": "rain falling",
+    "wind": "wind blowing",
+    "engine": "an engine running",
+    "birds": "birds singing",
+    "babble": "a crowd of people talking",
+}
+TRANSCRIBE_QUESTIONS = (
+    "What is said in the audio?",
+    "What does the speaker say?",
+    "Transcribe the audio.",
+)
 GREETINGS = (
     ("Hello!", "Hello! Give me an audio clip and ask me about it."),
     ("What can you do?", "I can transcribe speech, name notes and scenes, and count sounds."),
@@ -42,8 +51,11 @@ def note_name(midi: int) -> str:
 
 
 def _turns(*pairs: tuple[str | list[dict[str, str]], str]) -> tuple[Message, ...]:
-    return tuple(Message(role, content) for user, reply in pairs
-                 for role, content in (("user", user), ("assistant", reply)))
+    return tuple(
+        Message(role, content)
+        for user, reply in pairs
+        for role, content in (("user", user), ("assistant", reply))
+    )
 
 
 def _speech(entry: ManifestEntry, audio: str, rng: random.Random) -> tuple[Message, ...]:
@@ -64,7 +76,12 @@ def _note(entry: ManifestEntry, audio: str, rng: random.Random) -> tuple[Message
 
 
 def _scene(entry: ManifestEntry, audio: str, rng: random.Random) -> tuple[Message, ...]:
-    return _turns(([{"audio": audio}, {"text": "What scene is this?"}], f"It sounds like {SCENE_ANSWERS[entry.text]}."))
+    return _turns(
+        (
+            [{"audio": audio}, {"text": "What scene is this?"}],
+            f"It sounds like {SCENE_ANSWERS[entry.text]}.",
+        )
+    )
 
 
 def _count(entry: ManifestEntry, audio: str, rng: random.Random) -> tuple[Message, ...]:
@@ -72,12 +89,18 @@ def _count(entry: ManifestEntry, audio: str, rng: random.Random) -> tuple[Messag
     return _turns(([{"audio": audio}, {"text": question}], f"{entry.text.capitalize()}."))
 
 
-def _pair(speech: ManifestEntry, speech_audio: str, other_audio: str, rng: random.Random) -> tuple[Message, ...]:
+def _pair(
+    speech: ManifestEntry, speech_audio: str, other_audio: str, rng: random.Random
+) -> tuple[Message, ...]:
     first = rng.random() < 0.5
     audios = [speech_audio, other_audio] if first else [other_audio, speech_audio]
-    return _turns(([{"audio": a} for a in audios] + [{"text": "Which audio is speech?"}],
-                   f"Audio {1 if first else 2} is speech."),
-                  ("What does it say?", speech.text))
+    return _turns(
+        (
+            [{"audio": a} for a in audios] + [{"text": "Which audio is speech?"}],
+            f"Audio {1 if first else 2} is speech.",
+        ),
+        ("What does it say?", speech.text),
+    )
 
 
 def _text(index: int, rng: random.Random) -> tuple[Message, ...]:
@@ -88,7 +111,9 @@ def _text(index: int, rng: random.Random) -> tuple[Message, ...]:
     return _turns((question, f"{NUMBER_WORDS[a + b - 1].capitalize()}."))
 
 
-def demo_conversations(entries: list[ManifestEntry], root: Path, split: str, seed: int) -> list[Conversation]:
+def demo_conversations(
+    entries: list[ManifestEntry], root: Path, split: str, seed: int
+) -> list[Conversation]:
     """The split's conversations, round-robin over the kinds; ``root`` is the folder audio paths are relative to."""
     rng = random.Random(f"demo-chat-{seed}-{split}")
     audio = {e.audio: os.path.relpath(e.audio, root) for e in entries}
@@ -99,15 +124,21 @@ def demo_conversations(entries: list[ManifestEntry], root: Path, split: str, see
         kinds[kind] = [build(e, audio[e.audio], rng) for e in entries if e.task == task]
     sounds = [e for e in entries if e.task in ("mna", "asc", "aqa")]
     count = max(1, len(sounds) // 6)
-    kinds["pair"] = [_pair(s, audio[s.audio], audio[o.audio], rng)
-                     for s, o in zip(rng.sample(speech, count), rng.sample(sounds, count))]
+    kinds["pair"] = [
+        _pair(s, audio[s.audio], audio[o.audio], rng)
+        for s, o in zip(rng.sample(speech, count), rng.sample(sounds, count))
+    ]
     kinds["text"] = [_text(i, rng) for i in range(max(2, len(speech) // 4))]
-    numbered = [[Conversation(f"{split}-{kind}-{i}", messages) for i, messages in enumerate(items)]
-                for kind, items in kinds.items()]
+    numbered = [
+        [Conversation(f"{split}-{kind}-{i}", messages) for i, messages in enumerate(items)]
+        for kind, items in kinds.items()
+    ]
     return [c for round_ in itertools.zip_longest(*numbered) for c in round_ if c is not None]
 
 
-def build_demo_chat(root: str | os.PathLike | None = None, seed: int = 0, size: int = 48) -> dict[str, Path]:
+def build_demo_chat(
+    root: str | os.PathLike | None = None, seed: int = 0, size: int = 48
+) -> dict[str, Path]:
     """Build the demo corpus (:func:`build_demo_corpus`) and its chat files unless there; ``{split: path}``."""
     manifests = build_demo_corpus(root, seed=seed, size=size)
     paths = {}

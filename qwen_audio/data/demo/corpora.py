@@ -26,7 +26,9 @@ from qwen_audio.data.manifest import ManifestEntry
 DEFAULT_SEED, DEFAULT_SIZE = 0, 48
 
 
-def recorded_corpus(checkpoint: str | None, seed: int | None, size: int | None) -> tuple[int, int, str | None]:
+def recorded_corpus(
+    checkpoint: str | None, seed: int | None, size: int | None
+) -> tuple[int, int, str | None]:
     """``(seed, size, fingerprint)`` of the demo corpus to evaluate ``checkpoint`` on.
 
     Those its export records, else the given values (default 0 and 48) and no fingerprint. A corpus other than the
@@ -34,15 +36,24 @@ def recorded_corpus(checkpoint: str | None, seed: int | None, size: int | None) 
     """
     path = os.path.join(checkpoint, CORPUS_RECORD) if checkpoint else None
     if path is None or not os.path.isfile(path):
-        return (DEFAULT_SEED if seed is None else seed), (DEFAULT_SIZE if size is None else size), None
+        return (
+            (DEFAULT_SEED if seed is None else seed),
+            (DEFAULT_SIZE if size is None else size),
+            None,
+        )
     record = json.loads(Path(path).read_text())
-    fingerprint = record.pop("fingerprint", None)  # optional: records of corpus version 6 may lack it
-    asked = corpus_record(record["seed"] if seed is None else seed, record["size"] if size is None else size)
+    fingerprint = record.pop(
+        "fingerprint", None
+    )  # optional: records of corpus version 6 may lack it
+    asked = corpus_record(
+        record["seed"] if seed is None else seed, record["size"] if size is None else size
+    )
     if asked != record:
         raise ConfigError(
             f"{path}: the model was trained on the demo corpus {record}, but evaluation asks for {asked}; the test "
             f"split of another corpus can hold training items of this one (drop --data.corpus.seed/"
-            f"--data.corpus.size to evaluate on the recorded corpus)")
+            f"--data.corpus.size to evaluate on the recorded corpus)"
+        )
     return record["seed"], record["size"], fingerprint
 
 
@@ -58,7 +69,9 @@ class DemoCorpus(Corpus):
 
     def __init__(self, seed: int | None = None, size: int | None = None) -> None:
         self.seed, self.size = seed, size
-        self.fingerprint: str | None = None  # of the corpus a model was trained on; a build must match it
+        self.fingerprint: str | None = (
+            None  # of the corpus a model was trained on; a build must match it
+        )
 
     def _built(self) -> dict[str, Path]:
         """The corpus's manifests, built on first use; refused if its fingerprint is not the expected one."""
@@ -69,7 +82,8 @@ class DemoCorpus(Corpus):
                 f"{manifests['train'].parent}: this demo corpus has fingerprint {built}, but the model was trained "
                 f"on one of fingerprint {self.fingerprint}, with the same version, seed and size: other generation "
                 "code built one of them. Remove the folder to rebuild it with this code, and bump DEMO_VERSION "
-                "whenever the generation changes")
+                "whenever the generation changes"
+            )
         return manifests
 
     @property
@@ -85,12 +99,17 @@ class DemoCorpus(Corpus):
 
     def benchmark(self, entry: ManifestEntry) -> str:
         """``demo_<task>``, with the speech language for ASR and SRWT (``demo_asr_en``)."""
-        return f"demo_{entry.task}" + (f"_{entry.audio_language}" if entry.task in ("asr", "srwt") else "")
+        return f"demo_{entry.task}" + (
+            f"_{entry.audio_language}" if entry.task in ("asr", "srwt") else ""
+        )
 
     def save_record(self, folder: Path) -> None:
         """Write :data:`CORPUS_RECORD`: the corpus's record and fingerprint, replaced atomically."""
         manifests = self._built()
-        record = {**corpus_record(self._seed, self._size), "fingerprint": corpus_fingerprint(manifests)}
+        record = {
+            **corpus_record(self._seed, self._size),
+            "fingerprint": corpus_fingerprint(manifests),
+        }
         path = Path(folder) / CORPUS_RECORD
         staged = path.with_suffix(".tmp")
         staged.write_text(json.dumps(record, indent=1) + "\n")

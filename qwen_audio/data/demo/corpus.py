@@ -66,10 +66,22 @@ DIGITS = {
     "en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
     "zh": tuple("零一二三四五六七八九"),
 }
-DIGITS_PER_UTTERANCE = (3, 6)  # inclusive, held-out strings; test scores stay comparable across corpus versions
-TRAIN_DIGITS_PER_UTTERANCE = (1, 6)  # training also has one- and two-digit strings: short clips align easily
-SILENCE_BEFORE = (0.05, 0.2)  # seconds of silence around each utterance, drawn per clip: espeak-ng leaves none,
-SILENCE_AFTER = (0.1, 0.3)  # and without it the last word ends with the clip, where the model dropped it most
+DIGITS_PER_UTTERANCE = (
+    3,
+    6,
+)  # inclusive, held-out strings; test scores stay comparable across corpus versions
+TRAIN_DIGITS_PER_UTTERANCE = (
+    1,
+    6,
+)  # training also has one- and two-digit strings: short clips align easily
+SILENCE_BEFORE = (
+    0.05,
+    0.2,
+)  # seconds of silence around each utterance, drawn per clip: espeak-ng leaves none,
+SILENCE_AFTER = (
+    0.1,
+    0.3,
+)  # and without it the last word ends with the clip, where the model dropped it most
 LANGUAGE_VOICES = {"en": "en", "zh": "cmn"}  # espeak-ng voice of a language, with a variant below
 # training variants read all clean speech; the held-out ones only their split's unseen-voice row
 VOICE_VARIANTS = {
@@ -90,14 +102,22 @@ RATES = (130, 210)  # words per minute, drawn per utterance
 PITCHES = (30, 70)
 INSTRUMENTS = ("piano", "organ", "flute", "string", "brass")
 MIDI_PITCHES = (48, 72)  # C3..C5, inclusive
-TIMBRE_JITTER = (0.6, 1.4)  # factors drawn per clip for each overtone's amplitude and for attack and decay
-MNA_SECONDS = (0.4, 0.8)  # a pitch is heard in half a second: many short notes rather than a few long ones
+TIMBRE_JITTER = (
+    0.6,
+    1.4,
+)  # factors drawn per clip for each overtone's amplitude and for attack and decay
+MNA_SECONDS = (
+    0.4,
+    0.8,
+)  # a pitch is heard in half a second: many short notes rather than a few long ones
 MNA_CLIPS_PER_SOUND = 6  # training notes per training clip of ASC and of AQA
 SCENES = ("rain", "wind", "engine", "birds", "babble")
 EVENT_KINDS = ("beep", "click")
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
 MIN_EVENT_GAP = 0.3  # seconds between AQA event onsets, so each event is separately audible
-AQA_SLOTS = 15  # event onsets at 0.1 s + k * MIN_EVENT_GAP, k < AQA_SLOTS: the last ends inside a 5 s clip
+AQA_SLOTS = (
+    15  # event onsets at 0.1 s + k * MIN_EVENT_GAP, k < AQA_SLOTS: the last ends inside a 5 s clip
+)
 ASC_SECONDS = (1.0, 2.5)  # a scene is recognisable in a second; longer clips take steps from speech
 
 # Harmonic amplitudes (the fundamental is always the strongest partial), attack and decay per instrument.
@@ -117,7 +137,9 @@ def default_demo_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen_audio"
 
 
-def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size: int = 48) -> dict[str, Path]:
+def build_demo_corpus(
+    root: str | os.PathLike | None = None, seed: int = 0, size: int = 48
+) -> dict[str, Path]:
     """Build the corpus unless it is there; returns ``{name: manifest path}`` for the
     :data:`SPLITS`, the :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the training noise
     (``noise``).
@@ -139,7 +161,9 @@ def build_demo_corpus(root: str | os.PathLike | None = None, seed: int = 0, size
         try:
             _generate(staging, seed, size)
             (staging / "corpus.json").write_text(json.dumps(config, indent=1) + "\n")
-            os.rename(staging, root)  # atomic; fails if another process has put a corpus there meanwhile
+            os.rename(
+                staging, root
+            )  # atomic; fails if another process has put a corpus there meanwhile
         except OSError:
             if not _is_built(root, config):
                 raise
@@ -173,7 +197,9 @@ def _is_built(root: Path, config: dict) -> bool:
             return True
     except (OSError, ValueError):
         pass
-    raise ValueError(f"{root} exists but holds no demo corpus built with {config}; remove it to rebuild")
+    raise ValueError(
+        f"{root} exists but holds no demo corpus built with {config}; remove it to rebuild"
+    )
 
 
 def _rng(seed: int, *names: str) -> np.random.Generator:
@@ -190,7 +216,9 @@ def read_sentences() -> dict[str, list[str]]:
         if kind in sentences and sentence.strip():
             sentences[kind].append(sentence.strip())
         elif kind != "label":
-            raise ValueError(f"demo_corpus.txt:{number}: expected 'en|zh|label<TAB>text', got {line!r}")
+            raise ValueError(
+                f"demo_corpus.txt:{number}: expected 'en|zh|label<TAB>text', got {line!r}"
+            )
     return sentences
 
 
@@ -200,7 +228,11 @@ def split_of(key: str) -> str:
     bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 100
     if bucket < HELD_OUT_PERCENT["test"]:
         return "test"
-    return "validation" if bucket < HELD_OUT_PERCENT["test"] + HELD_OUT_PERCENT["validation"] else "train"
+    return (
+        "validation"
+        if bucket < HELD_OUT_PERCENT["test"] + HELD_OUT_PERCENT["validation"]
+        else "train"
+    )
 
 
 def _sentence_splits() -> dict[str, dict[str, list[str]]]:
@@ -244,7 +276,10 @@ def _generate(folder: Path, seed: int, size: int) -> None:
     digits = {language: _digit_strings(seed, language, counts) for language in ("en", "zh")}
     # clips per sound task: their tasks are learned in fewer examples than speech
     sounds = {split: max(1, size // 4) if split == "train" else held_out for split in SPLITS}
-    notes = {split: MNA_CLIPS_PER_SOUND * sounds[split] if split == "train" else held_out for split in SPLITS}
+    notes = {
+        split: MNA_CLIPS_PER_SOUND * sounds[split] if split == "train" else held_out
+        for split in SPLITS
+    }
     # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser process.
     speech: dict[str, list[tuple[str, SpeechJob]]] = {}
     voices: dict[tuple[str, int], list[SpeechJob]] = {}
@@ -262,8 +297,12 @@ def _generate(folder: Path, seed: int, size: int) -> None:
                 rng = _rng(seed, split, "babble", str(i))
                 languages = [("en", "zh")[k % 2] for k in range(int(rng.integers(4, 7)))]
                 voices[split, i] = [
-                    _speech_job(rng, str(rng.choice(sentences[language][split])), language,
-                                folder / "voices" / f"{split}_{i:04d}_{k}.wav")
+                    _speech_job(
+                        rng,
+                        str(rng.choice(sentences[language][split])),
+                        language,
+                        folder / "voices" / f"{split}_{i:04d}_{k}.wav",
+                    )
                     for k, language in enumerate(languages)
                 ]
     unseen: dict[str, list[tuple[str, SpeechJob]]] = {}
@@ -287,31 +326,54 @@ def _generate(folder: Path, seed: int, size: int) -> None:
             entries += _speech_entries(folder, job, language, next(timings))
             items[split].add(digit_key(job.text, language))
         for i in range(notes[split]):
-            mna, note = _mna_clip(_rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{i:04d}.wav", i, split)
+            mna, note = _mna_clip(
+                _rng(seed, split, "mna", str(i)), folder, f"{split}/mna_{i:04d}.wav", i, split
+            )
             entries.append(mna)
             items[split].add(note)
         for i in range(sounds[split]):
             clip = f"{i:04d}.wav"
-            aqa, layout = _aqa_clip(_rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}", split)
+            aqa, layout = _aqa_clip(
+                _rng(seed, split, "aqa", str(i)), folder, f"{split}/aqa_{clip}", split
+            )
             scene = _asc_clip(
-                _rng(seed, split, "asc", str(i)), folder, f"{split}/asc_{clip}", i, voices.get((split, i))
+                _rng(seed, split, "asc", str(i)),
+                folder,
+                f"{split}/asc_{clip}",
+                i,
+                voices.get((split, i)),
             )
             entries += [scene, aqa]
-            items[split] |= {layout, *(f"sentence:{job.text}" for job in voices.get((split, i), ()))}
+            items[split] |= {
+                layout,
+                *(f"sentence:{job.text}" for job in voices.get((split, i), ())),
+            }
         write_manifest(folder / f"{split}.jsonl", entries)
     used_voices = {"train": {job.voice for job in speech_jobs + babble_jobs}}
     used_noises = {"train": set(_write_noise_clips(folder, seed)) | set(SCENES)}
     for split in SPLITS[1:]:
-        write_manifest(folder / f"{split}_unseen.jsonl", [
-            ManifestEntry(os.path.relpath(job.path, folder), "asr", job.text, language, language,
-                          duration=round(soundfile.info(job.path).duration, 4))
-            for language, job in unseen[split]])
+        write_manifest(
+            folder / f"{split}_unseen.jsonl",
+            [
+                ManifestEntry(
+                    os.path.relpath(job.path, folder),
+                    "asr",
+                    job.text,
+                    language,
+                    language,
+                    duration=round(soundfile.info(job.path).duration, 4),
+                )
+                for language, job in unseen[split]
+            ],
+        )
         used_voices[split] = {job.voice for _, job in unseen[split]}
         used_noises[split] = _write_noisy_row(folder, seed, split, speech[split])
     # which items, voices and noise types each split holds, to check that held-out ones are held out
     record = {split: sorted(keys) for split, keys in items.items()}
-    record |= {"voices": {s: sorted(v) for s, v in used_voices.items()},
-               "noises": {s: sorted(n) for s, n in used_noises.items()}}
+    record |= {
+        "voices": {s: sorted(v) for s, v in used_voices.items()},
+        "noises": {s: sorted(n) for s, n in used_noises.items()},
+    }
     (folder / "items.json").write_text(json.dumps(record, indent=0))
     shutil.rmtree(folder / "voices")
 
@@ -322,10 +384,23 @@ def _speech_job(
     """An utterance in a voice of ``split`` (:data:`VOICE_VARIANTS`) at a random rate and pitch."""
     variant = str(rng.choice(VOICE_VARIANTS[split]))
     voice = LANGUAGE_VOICES[language] + (f"+{variant}" if variant else "")
-    rate, pitch = int(rng.integers(RATES[0], RATES[1] + 1)), int(rng.integers(PITCHES[0], PITCHES[1] + 1))
-    before, after = round(float(rng.uniform(*SILENCE_BEFORE)), 3), round(float(rng.uniform(*SILENCE_AFTER)), 3)
-    return SpeechJob(text=text, path=str(path), voice=voice, rate=rate, pitch=pitch, silence_before=before,
-                     silence_after=after)
+    rate, pitch = (
+        int(rng.integers(RATES[0], RATES[1] + 1)),
+        int(rng.integers(PITCHES[0], PITCHES[1] + 1)),
+    )
+    before, after = (
+        round(float(rng.uniform(*SILENCE_BEFORE)), 3),
+        round(float(rng.uniform(*SILENCE_AFTER)), 3),
+    )
+    return SpeechJob(
+        text=text,
+        path=str(path),
+        voice=voice,
+        rate=rate,
+        pitch=pitch,
+        silence_before=before,
+        silence_after=after,
+    )
 
 
 def _speech_entries(
@@ -402,15 +477,21 @@ def note_split(instrument: str, midi: int) -> str:
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
-def _mna_clip(rng: np.random.Generator, folder: Path, path: str, index: int, split: str) -> tuple[ManifestEntry, str]:
+def _mna_clip(
+    rng: np.random.Generator, folder: Path, path: str, index: int, split: str
+) -> tuple[ManifestEntry, str]:
     """A note of the split: harmonic partials of the instrument's timbre with its attack and (piano, brass) decay."""
     instrument = INSTRUMENTS[index % len(INSTRUMENTS)]
-    midis = [m for m in range(MIDI_PITCHES[0], MIDI_PITCHES[1] + 1) if note_split(instrument, m) == split]
+    midis = [
+        m for m in range(MIDI_PITCHES[0], MIDI_PITCHES[1] + 1) if note_split(instrument, m) == split
+    ]
     midi = int(rng.choice(midis))
     timbre, f0, t = _TIMBRES[instrument], _midi_to_hz(midi), _times(rng.uniform(*MNA_SECONDS))
     partials = np.array(timbre["partials"])
     # Each clip's overtones and envelope vary around its instrument's: a note is not one fixed spectrum to memorise.
-    partials[1:] = np.minimum(0.95, partials[1:] * rng.uniform(*TIMBRE_JITTER, size=len(partials) - 1))
+    partials[1:] = np.minimum(
+        0.95, partials[1:] * rng.uniform(*TIMBRE_JITTER, size=len(partials) - 1)
+    )
     attack, decay = (timbre[key] * rng.uniform(*TIMBRE_JITTER) for key in ("attack", "decay"))
     note = sum(
         amplitude * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi))
@@ -421,7 +502,9 @@ def _mna_clip(rng: np.random.Generator, folder: Path, path: str, index: int, spl
     envelope *= np.minimum(1.0, (t[-1] - t) / 0.05)  # 50 ms release, no click at the end
     duration = _write_sound(folder, path, note * envelope, rng)
     text = f"<|pitch|><|midi_pitch_{midi}|><|instrument|>{instrument}"
-    return ManifestEntry(path, "mna", text, None, "en", duration=duration), f"note:{instrument}:{midi}"
+    return ManifestEntry(
+        path, "mna", text, None, "en", duration=duration
+    ), f"note:{instrument}:{midi}"
 
 
 def _shaped_noise(rng: np.random.Generator, n: int, gain) -> np.ndarray:
@@ -457,7 +540,12 @@ def _wind(rng: np.random.Generator, seconds: float) -> np.ndarray:
 def _engine(rng: np.random.Generator, seconds: float) -> np.ndarray:
     """A low firing frequency with many harmonics, its speed wobbling slightly, over rumble."""
     t, f0 = _times(seconds), rng.uniform(25, 60)
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * rng.uniform(1, 3) * t))) / SOUND_RATE
+    phase = (
+        2
+        * np.pi
+        * np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * rng.uniform(1, 3) * t)))
+        / SOUND_RATE
+    )
     hum = sum(np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 41))
     return hum + 0.3 * _shaped_noise(rng, len(t), lambda f: 1 / (1 + (f / 1000) ** 2))
 
@@ -483,7 +571,9 @@ def _babble(rng: np.random.Generator, seconds: float, voices: list[SpeechJob]) -
         samples, rate = soundfile.read(job.path)
         # FFT resampling: the utterances start and end in silence, so its circular wrap-around is harmless
         length = round(len(samples) * SOUND_RATE / rate)
-        speech = np.fft.irfft(np.fft.rfft(samples)[: length // 2 + 1], length) * length / len(samples)
+        speech = (
+            np.fft.irfft(np.fft.rfft(samples)[: length // 2 + 1], length) * length / len(samples)
+        )
         onset = int(rng.integers(-len(speech) // 2, n - len(speech) // 2))
         piece = speech[max(0, -onset) : n - onset]
         out[max(0, onset) : max(0, onset) + len(piece)] += rng.uniform(0.4, 1.0) * piece
@@ -492,9 +582,11 @@ def _babble(rng: np.random.Generator, seconds: float, voices: list[SpeechJob]) -
 
 def _coloured(exponent: float):
     """Noise of power ``frequency ** exponent`` (white 0, pink -1, brown -2, blue +1)."""
+
     def noise(rng: np.random.Generator, seconds: float) -> np.ndarray:
         n = int(seconds * SOUND_RATE)
         return _shaped_noise(rng, n, lambda f: np.maximum(f, 20.0) ** (exponent / 2))
+
     return noise
 
 
@@ -517,8 +609,10 @@ def _buzz(rng: np.random.Generator, seconds: float) -> np.ndarray:
 _SOUNDS = {"rain": _rain, "wind": _wind, "engine": _engine, "birds": _birds}
 _NOISES = {
     **_SOUNDS,
-    **{name: _coloured(exponent) for name, exponent in (("white", 0), ("pink", -1), ("brown", -2),
-                                                        ("blue", 1))},
+    **{
+        name: _coloured(exponent)
+        for name, exponent in (("white", 0), ("pink", -1), ("brown", -2), ("blue", 1))
+    },
     "siren": _siren,
     "buzz": _buzz,
 }
@@ -529,7 +623,9 @@ def _asc_clip(
 ) -> ManifestEntry:
     scene, seconds = SCENES[index % len(SCENES)], rng.uniform(*ASC_SECONDS)
     audio = _babble(rng, seconds, voices) if scene == "babble" else _SOUNDS[scene](rng, seconds)
-    return ManifestEntry(path, "asc", scene, None, "en", duration=_write_sound(folder, path, audio, rng))
+    return ManifestEntry(
+        path, "asc", scene, None, "en", duration=_write_sound(folder, path, audio, rng)
+    )
 
 
 def aqa_layout_key(kind: str, slots: Sequence[int]) -> str:
@@ -537,23 +633,35 @@ def aqa_layout_key(kind: str, slots: Sequence[int]) -> str:
     return f"aqa:{kind}:{','.join(map(str, slots))}"
 
 
-def _aqa_clip(rng: np.random.Generator, folder: Path, path: str, split: str) -> tuple[ManifestEntry, str]:
+def _aqa_clip(
+    rng: np.random.Generator, folder: Path, path: str, split: str
+) -> tuple[ManifestEntry, str]:
     """1..6 beeps or clicks at least ``MIN_EVENT_GAP`` apart, in a layout of the split; a counting or a yes/no
     question about them."""
     while True:
-        kind, count = EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))], int(rng.integers(1, len(NUMBER_WORDS) + 1))
+        kind, count = (
+            EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))],
+            int(rng.integers(1, len(NUMBER_WORDS) + 1)),
+        )
         slots = np.sort(rng.choice(AQA_SLOTS, count, replace=False))
         if split_of(aqa_layout_key(kind, slots)) == split:
             break
-    seconds = rng.uniform(max(MIN_EVENT_GAP * count + 1.0, 0.1 + MIN_EVENT_GAP * (slots[-1] + 1) + 0.3), 5.0)
+    seconds = rng.uniform(
+        max(MIN_EVENT_GAP * count + 1.0, 0.1 + MIN_EVENT_GAP * (slots[-1] + 1) + 0.3), 5.0
+    )
     onset_s = 0.1 + MIN_EVENT_GAP * slots + rng.uniform(0, 0.05, count)
     if kind == "beep":
-        burst = np.sin(2 * np.pi * rng.uniform(700, 2000) * _times(0.08)) * np.hanning(int(0.08 * SOUND_RATE))
+        burst = np.sin(2 * np.pi * rng.uniform(700, 2000) * _times(0.08)) * np.hanning(
+            int(0.08 * SOUND_RATE)
+        )
     else:
         burst = rng.standard_normal(48) * np.exp(-np.arange(48) / 8)
     n = int(seconds * SOUND_RATE)
     audio = 0.01 * rng.standard_normal(n) + _bursts(
-        n, (onset_s * SOUND_RATE).astype(int), burst / np.abs(burst).max(), rng.uniform(0.5, 1.0, count)
+        n,
+        (onset_s * SOUND_RATE).astype(int),
+        burst / np.abs(burst).max(),
+        rng.uniform(0.5, 1.0, count),
     )
     if rng.random() < 0.75:
         question, answer = f"how many {kind}s are there?", NUMBER_WORDS[count - 1]

@@ -34,7 +34,9 @@ from qwen_audio.whisper_mel import SAMPLE_RATE
 
 DEFAULT_RATE = 175  # words per minute, espeak-ng's default
 DEFAULT_PITCH = 50  # 0..100, espeak-ng's default
-SILENCE_DB = -50.0  # a word ends at its last sample louder than this, relative to the utterance's peak
+SILENCE_DB = (
+    -50.0
+)  # a word ends at its last sample louder than this, relative to the utterance's peak
 # A space between two word characters is sent as a no-break space: otherwise espeak-ng reads its multi-word
 # dictionary entries ("in the", "on the", "at once", ...) as one word with one event. Spaces after punctuation stay,
 # so clause pauses are kept. The swap is one character for one, so event positions still index ``text``.
@@ -42,7 +44,9 @@ _INNER_SPACE = re.compile(r"(?<=\w) (?=\w)")
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_DONT_EXIT = 0x8000  # return an error instead of calling exit() when the data folder is missing
+_INITIALIZE_DONT_EXIT = (
+    0x8000  # return an error instead of calling exit() when the data folder is missing
+)
 _EVENT_LIST_TERMINATED = 0
 _EVENT_WORD = 1
 _POS_CHARACTER = 1
@@ -70,7 +74,9 @@ class _Event(ctypes.Structure):
     ]
 
 
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 class _Engine:
@@ -83,8 +89,14 @@ class _Engine:
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         data_path = espeakng_loader.get_data_path()
         self.sample_rate = lib.espeak_Initialize(
@@ -97,7 +109,9 @@ class _Engine:
         self._lib = lib
         self._chunks: list[np.ndarray] = []
         self._word_events: list[tuple[int, int]] = []  # (character index, milliseconds)
-        self._callback = _SynthCallback(self._receive)  # keep a reference: the library holds a raw pointer
+        self._callback = _SynthCallback(
+            self._receive
+        )  # keep a reference: the library holds a raw pointer
         lib.espeak_SetSynthCallback(self._callback)
         self.lock = threading.Lock()
 
@@ -111,14 +125,18 @@ class _Engine:
             i += 1
         return 0  # 0 = continue synthesis
 
-    def speak(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    def speak(
+        self, text: str, voice: str, rate: int, pitch: int
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"unknown espeak-ng voice {voice!r}")
         self._lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
         self._lib.espeak_SetParameter(_PARAM_PITCH, pitch, 0)
         self._chunks, self._word_events = [], []
         encoded = text.encode()
-        status = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        status = self._lib.espeak_Synth(
+            encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+        )
         if status != 0:
             raise RuntimeError(f"espeak_Synth failed with status {status} for text {text!r}")
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
@@ -166,7 +184,11 @@ def _word_timings(
         if not word:
             continue
         first = min(round(start_ms * sample_rate / 1000), len(samples))
-        last = len(samples) if next_ms is None else min(round(next_ms * sample_rate / 1000), len(samples))
+        last = (
+            len(samples)
+            if next_ms is None
+            else min(round(next_ms * sample_rate / 1000), len(samples))
+        )
         loud_indices = np.flatnonzero(loud[first:last])
         end_sample = first + (loud_indices[-1] + 1 if loud_indices.size else 0)
         words.append((word, first / sample_rate, int(end_sample) / sample_rate))
@@ -218,20 +240,32 @@ def synthesize_files(jobs: Sequence[SpeechJob]) -> list[list[tuple[str, float, f
     """
     request = json.dumps([asdict(job) for job in jobs])
     result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)], input=request, capture_output=True, text=True, check=False
+        [sys.executable, os.path.abspath(__file__)],
+        input=request,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"speech synthesis subprocess failed:\n{result.stderr}")
-    return [[(word, start, end) for word, start, end in words] for words in json.loads(result.stdout)]
+    return [
+        [(word, start, end) for word, start, end in words] for words in json.loads(result.stdout)
+    ]
 
 
 def _serve() -> None:
     """Script entry point of :func:`synthesize_files`: JSON jobs on stdin, JSON word timings on stdout."""
     timings = []
     for job in json.load(sys.stdin):
-        samples, sample_rate, words = synthesize(job["text"], job["voice"], job["rate"], job["pitch"])
-        audio = resampler(sample_rate, SAMPLE_RATE)(torch.from_numpy(samples.astype(np.float32) / 32768)).numpy()
-        before, after = (round(job[side] * SAMPLE_RATE) for side in ("silence_before", "silence_after"))
+        samples, sample_rate, words = synthesize(
+            job["text"], job["voice"], job["rate"], job["pitch"]
+        )
+        audio = resampler(sample_rate, SAMPLE_RATE)(
+            torch.from_numpy(samples.astype(np.float32) / 32768)
+        ).numpy()
+        before, after = (
+            round(job[side] * SAMPLE_RATE) for side in ("silence_before", "silence_after")
+        )
         soundfile.write(job["path"], np.pad(audio, (before, after)), SAMPLE_RATE, subtype="PCM_16")
         shift = before / SAMPLE_RATE
         timings.append([(word, start + shift, end + shift) for word, start, end in words])

@@ -11,8 +11,9 @@ def check_pairs(references: Sequence[object], hypotheses: Sequence[object]) -> N
         if isinstance(texts, str):
             raise ValueError(f"{name} must be a list of texts, got one string: {texts[:40]!r}")
     if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses: each hypothesis needs "
-                         "its reference")
+        raise ValueError(
+            f"{len(references)} references but {len(hypotheses)} hypotheses: each hypothesis needs "
+            "its reference"
+        )
     if not references:
         raise ValueError("no references to score")
-

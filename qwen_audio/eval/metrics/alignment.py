@@ -23,7 +23,9 @@ import edit_distance
 from qwen_audio.eval.metrics._inputs import check_pairs
 from qwen_audio.prompts import TimedWord, parse_timestamped_words
 
-SRWT_PROMPT_END = "<|0.00|>"  # the SRWT prompt's last token: the time the first generated unit starts at
+SRWT_PROMPT_END = (
+    "<|0.00|>"  # the SRWT prompt's last token: the time the first generated unit starts at
+)
 
 _RELEASE_TIMESTAMP = re.compile(r"<\|\d{1,2}\.\d+\|>")
 _RELEASE_STRIPPED = ("<|startoftranscript|>", "<|transcribe|>")
@@ -51,7 +53,9 @@ def alignment_error_ms(references: Sequence[str], hypotheses: Sequence[str]) -> 
     return _mean_shift_ms(zip(reference_words, hypothesis_words))
 
 
-def release_alignment_error_ms(references: Sequence[str], hypotheses: Sequence[str]) -> float | None:
+def release_alignment_error_ms(
+    references: Sequence[str], hypotheses: Sequence[str]
+) -> float | None:
     """AAS as ``evaluate_srwt.py`` computes it, on the ground truths and the decoded generations; ``None`` when
     nothing matches (the release divides by zero).
 
@@ -61,10 +65,17 @@ def release_alignment_error_ms(references: Sequence[str], hypotheses: Sequence[s
     with the wrong partner.
     """
     check_pairs(references, hypotheses)
-    pairs = [(_release_units(reference), _release_units(hypothesis))
-             for reference, hypothesis in zip(references, hypotheses)]
-    return _mean_shift_ms([(truth, predicted) for truth, predicted in pairs
-                           if truth is not None and predicted is not None])
+    pairs = [
+        (_release_units(reference), _release_units(hypothesis))
+        for reference, hypothesis in zip(references, hypotheses)
+    ]
+    return _mean_shift_ms(
+        [
+            (truth, predicted)
+            for truth, predicted in pairs
+            if truth is not None and predicted is not None
+        ]
+    )
 
 
 def _release_units(text: str) -> list[TimedWord] | None:
@@ -91,7 +102,9 @@ def _mean_shift_ms(utterances: Iterable[tuple[list[TimedWord], list[TimedWord]]]
 
 def _equal_units(truth: list[TimedWord], predicted: list[TimedWord]) -> Iterator[tuple[int, int]]:
     """Index pairs aligned as equal; the package's opcodes cover one unit each."""
-    matcher = edit_distance.SequenceMatcher([word.text for word in truth], [word.text for word in predicted])
+    matcher = edit_distance.SequenceMatcher(
+        [word.text for word in truth], [word.text for word in predicted]
+    )
     for tag, reference_index, _, hypothesis_index, _ in matcher.get_opcodes():
         if tag == "equal":
             yield reference_index, hypothesis_index

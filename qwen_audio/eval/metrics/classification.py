@@ -21,8 +21,11 @@ def binary_accuracy(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     """Accuracy on the yes/no questions only (reference "yes" or "no" in any case), ClothoAQA's "binary" column;
     ``None`` when no reference is yes or no."""
     check_pairs(references, hypotheses)
-    pairs = [(reference, hypothesis) for reference, hypothesis in zip(references, hypotheses)
-             if reference.lower() in YES_NO]
+    pairs = [
+        (reference, hypothesis)
+        for reference, hypothesis in zip(references, hypotheses)
+        if reference.lower() in YES_NO
+    ]
     if not pairs:
         return None
     yes_no_references, yes_no_hypotheses = zip(*pairs)

@@ -28,15 +28,24 @@ def error_rate(
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer {normalizer!r} is not one of {', '.join(NORMALIZERS)}")
     if normalizer == "whisper" and language != "en":
-        raise ValueError(f"normalizer 'whisper' is Whisper's English normaliser; language is {language!r}")
-    normalize = (whisper_normalize if normalizer == "whisper"
-                 else functools.partial(release_normalize, language=language))
+        raise ValueError(
+            f"normalizer 'whisper' is Whisper's English normaliser; language is {language!r}"
+        )
+    normalize = (
+        whisper_normalize
+        if normalizer == "whisper"
+        else functools.partial(release_normalize, language=language)
+    )
     reference_units = [_units(normalize(text), language) for text in references]
     hypothesis_units = [_units(normalize(text), language) for text in hypotheses]
     if not any(reference_units):
-        raise ValueError("the references hold no word after normalisation: the error rate is undefined")
-    return jiwer.wer([" ".join(units) for units in reference_units],
-                     [" ".join(units) for units in hypothesis_units])
+        raise ValueError(
+            "the references hold no word after normalisation: the error rate is undefined"
+        )
+    return jiwer.wer(
+        [" ".join(units) for units in reference_units],
+        [" ".join(units) for units in hypothesis_units],
+    )
 
 
 def _units(text: str, language: str) -> list[str]:

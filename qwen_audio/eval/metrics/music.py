@@ -21,8 +21,20 @@ from sklearn.preprocessing import MultiLabelBinarizer
 
 from qwen_audio.eval.metrics._inputs import check_pairs
 
-QUALITIES = frozenset({"bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
-                       "percussive", "reverb", "tempo-synced"})
+QUALITIES = frozenset(
+    {
+        "bright",
+        "dark",
+        "distortion",
+        "fast_decay",
+        "long_release",
+        "multiphonic",
+        "nonlinear_env",
+        "percussive",
+        "reverb",
+        "tempo-synced",
+    }
+)
 MISSING = 128  # the release's pitch or velocity when the text has none (MIDI values are 0-127)
 
 _PITCH = re.compile(r"<\|pitch\|><\|midi_pitch_(.*?)\|>")
@@ -47,7 +59,9 @@ def parse_note(text: str) -> Note:
         pitch=_midi_value(_PITCH, text),
         velocity=_midi_value(_VELOCITY, text),
         instrument=_text_field(_INSTRUMENT, text),
-        qualities=tuple(quality for quality in _text_field(_QUALITIES, text).split(", ") if quality in QUALITIES),
+        qualities=tuple(
+            quality for quality in _text_field(_QUALITIES, text).split(", ") if quality in QUALITIES
+        ),
     )
 
 
@@ -76,16 +90,26 @@ def nsynth_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[
     predicted = [parse_note(text) for text in hypotheses]
     true_pitch = np.array([note.pitch for note in truth])
     predicted_pitch = np.array([note.pitch for note in predicted])
-    pitch_columns = MultiLabelBinarizer().fit_transform([[pitch] for pitch in (*true_pitch, *predicted_pitch)])
+    pitch_columns = MultiLabelBinarizer().fit_transform(
+        [[pitch] for pitch in (*true_pitch, *predicted_pitch)]
+    )
     true_column, predicted_column = np.split(pitch_columns.argmax(axis=1), 2)
     both_pitched = (true_pitch < MISSING) & (predicted_pitch < MISSING)
     return {
-        "instrument_accuracy": float(accuracy_score([n.instrument for n in truth], [n.instrument for n in predicted])),
-        "velocity_accuracy": float(accuracy_score([n.velocity for n in truth], [n.velocity for n in predicted])),
+        "instrument_accuracy": float(
+            accuracy_score([n.instrument for n in truth], [n.instrument for n in predicted])
+        ),
+        "velocity_accuracy": float(
+            accuracy_score([n.velocity for n in truth], [n.velocity for n in predicted])
+        ),
         "pitch_accuracy": float(accuracy_score(true_pitch, predicted_pitch)),
-        "pitch_chroma_accuracy": float(np.mean(both_pitched & (true_pitch % 12 == predicted_pitch % 12))),
+        "pitch_chroma_accuracy": float(
+            np.mean(both_pitched & (true_pitch % 12 == predicted_pitch % 12))
+        ),
         "pitch_chroma_accuracy_release": float(np.mean(true_column % 12 == predicted_column % 12)),
-        "qualities_map": _qualities_map([n.qualities for n in truth], [n.qualities for n in predicted]),
+        "qualities_map": _qualities_map(
+            [n.qualities for n in truth], [n.qualities for n in predicted]
+        ),
     }
 
 
@@ -93,6 +117,10 @@ def _qualities_map(truth: list[tuple[str, ...]], predicted: list[tuple[str, ...]
     labels = MultiLabelBinarizer().fit_transform(truth + predicted)
     if labels.shape[1] == 0:
         return None
-    with warnings.catch_warnings():  # sklearn warns for the classes without a positive reference (AP 0, see above)
+    with (
+        warnings.catch_warnings()
+    ):  # sklearn warns for the classes without a positive reference (AP 0, see above)
         warnings.filterwarnings("ignore", message="No positive class found in y_true")
-        return float(average_precision_score(labels[: len(truth)], labels[len(truth):], average="macro"))
+        return float(
+            average_precision_score(labels[: len(truth)], labels[len(truth) :], average="macro")
+        )

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 @functools.cache
 def _english_normalizer() -> EnglishTextNormalizer:
-    from whisper.normalizers import EnglishTextNormalizer  # openai-whisper loads torch and numba: only when scoring
+    from whisper.normalizers import (
+        EnglishTextNormalizer,
+    )  # openai-whisper loads torch and numba: only when scoring
 
     return EnglishTextNormalizer()  # reads openai-whisper's spelling table once
 

@@ -10,7 +10,10 @@ import sacrebleu
 from qwen_audio.eval.metrics._inputs import check_pairs
 from qwen_audio.text_normalize import check_language
 
-_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab"}  # every other target language: sacrebleu's default "13a"
+_TOKENIZERS = {
+    "zh": "zh",
+    "ja": "ja-mecab",
+}  # every other target language: sacrebleu's default "13a"
 
 
 def bleu(references: Sequence[str], hypotheses: Sequence[str], target_language: str) -> float:
@@ -20,8 +23,12 @@ def bleu(references: Sequence[str], hypotheses: Sequence[str], target_language: 
     check_language(target_language, "target_language")
     tokenize = _TOKENIZERS.get(target_language, "13a")
     if tokenize == "ja-mecab":
-        missing = [module for module in ("MeCab", "ipadic") if importlib.util.find_spec(module) is None]
+        missing = [
+            module for module in ("MeCab", "ipadic") if importlib.util.find_spec(module) is None
+        ]
         if missing:
-            raise ImportError(f"BLEU into Japanese tokenises with MeCab, but {' and '.join(missing)} cannot be "
-                              "imported: install sacrebleu's extra, pip install 'sacrebleu[ja]'")
+            raise ImportError(
+                f"BLEU into Japanese tokenises with MeCab, but {' and '.join(missing)} cannot be "
+                "imported: install sacrebleu's extra, pip install 'sacrebleu[ja]'"
+            )
     return sacrebleu.corpus_bleu(list(hypotheses), [list(references)], tokenize=tokenize).score
