@@ -4,7 +4,8 @@ users.
 Each user sends a request, waits for its answer, and sends the next; with ``--request-rate`` the
 requests arrive instead as a Poisson process at that rate (exponential gaps, seeded), at most
 ``concurrency`` in flight, as vLLM's serving benchmark does. Chat requests are greedy completions
-with one audio clip (noise and a tone, ``--seconds`` long) and a question, streamed, so that the
+with one audio clip (noise and a tone, ``--seconds`` long, or the file ``--audio`` names: a
+trained model says little about noise) and a question, streamed, so that the
 time to the first token (TTFT) and between tokens (ITL: between text chunks, each holding the tokens
 of one decoding step) are seen; transcription requests (``--workload transcription``) send the clip
 as a file, and their TTFT is their latency. Speed-ups are requests/s against concurrency 1, measured
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per chat request")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the audio clip")
+    parser.add_argument("--audio", help="send this audio file instead of the noise-and-tone clip")
     parser.add_argument(
         "--request-rate",
         type=float,
@@ -70,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     client = openai.OpenAI(base_url=f"{args.url}/v1", api_key="none", max_retries=0, timeout=600)
     model = client.models.list().data[0].id
-    wav = clip(args.seconds)
+    wav = clip(args.seconds) if args.audio is None else open(args.audio, "rb").read()
     audio = base64.b64encode(wav).decode()
 
     def chat(index: int) -> tuple[float, list[float], int]:
@@ -115,7 +117,12 @@ def main() -> None:
         else f"Poisson arrivals at {args.request_rate:g}/s"
     )
     print(
-        f"model {model}, {args.workload}, {args.requests} requests per level, {args.seconds:g} s audio"
+        f"model {model}, {args.workload}, {args.requests} requests per level, "
+        + (
+            f"{args.seconds:g} s noise-and-tone audio"
+            if args.audio is None
+            else f"audio {args.audio}"
+        )
         + (f", {args.max_tokens} new tokens (greedy, streamed)" if args.workload == "chat" else "")
         + f", {rate}\n"
     )
