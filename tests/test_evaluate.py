@@ -558,7 +558,7 @@ def test_demo_evaluation_refuses_another_corpus_than_the_recorded_one(demo_env, 
 
 def test_demo_evaluation_refuses_a_corpus_that_other_code_built(demo_env):
     """Same version, seed and size, other manifests: what a generator changed without a DEMO_VERSION bump leaves in
-    the cache (session 11: notes an octave higher were scored on a cached corpus of the old notes)."""
+    the cache (on 2026-12-04, notes an octave higher were scored on a cached corpus of the old notes)."""
     root, _ = demo_env
     record = corpus_record(seed=0, size=2)
     same = _recorded_export(
