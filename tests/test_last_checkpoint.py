@@ -112,5 +112,20 @@ def test_a_truncated_foreign_or_other_preset_checkpoint_is_named(tmp_path):
         CheckpointError, match=r"good\.ckpt: was trained with preset 'tiny'; .*\(preset 'demo'\)"
     ):
         check_resumable(str(good), "demo")
+    unnamed = tmp_path / "unnamed.ckpt"
+    torch.save(
+        {
+            "state_dict": {},
+            "pytorch-lightning_version": L.__version__,
+            "hyper_parameters": {"model": "tiny", "lr": 1e-3},
+        },
+        unnamed,
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"unnamed\.ckpt: its hyper_parameters name no preset, they hold \['lr', 'model'\] "
+        r"\('model' is this setting's former name\)",
+    ):
+        check_resumable(str(unnamed))
     with pytest.raises(CheckpointError, match="not found"):
         check_resumable(str(tmp_path / "gone.ckpt"))

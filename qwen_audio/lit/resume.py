@@ -104,8 +104,15 @@ def check_resumable(path: str, preset: str | None = None) -> None:
             f"--ckpt_path {path}: holds {keys}, no 'state_dict' and 'pytorch-lightning_version'; "
             f"{expected}"
         )
-    trained = checkpoint.get("hyper_parameters", {}).get("preset")
-    if trained is None or (preset is not None and trained != preset):
+    hyper_parameters = checkpoint.get("hyper_parameters", {})
+    trained = hyper_parameters.get("preset")
+    if trained is None:
+        renamed = " ('model' is this setting's former name)" if "model" in hyper_parameters else ""
+        raise CheckpointError(
+            f"--ckpt_path {path}: its hyper_parameters name no preset, they hold "
+            f"{sorted(hyper_parameters)[:8]}{renamed}; {expected}"
+        )
+    if preset is not None and trained != preset:
         raise CheckpointError(
             f"--ckpt_path {path}: was trained with preset {trained!r}; {expected}"
         )
