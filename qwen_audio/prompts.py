@@ -649,6 +649,19 @@ def format_timestamped_words(
     return "".join(tokens)
 
 
+def task_target(
+    task: str, text: str, words: Sequence[TimedWord] | None = None, duration: float | None = None
+) -> str:
+    """What the model learns to emit for ``task``.
+
+    A timestamped task (SRWT) with word times gets its words between timestamps
+    (:func:`format_timestamped_words`); every other task gets ``text``.
+    """
+    if TASKS[task].timestamps and words is not None:
+        return format_timestamped_words(words, duration=duration)
+    return text
+
+
 def parse_timestamped_words(text: str) -> list[TimedWord]:
     """Inverse of :func:`format_timestamped_words`: the words (``<|sil|>`` units dropped) with their times."""
     pieces = _TIMESTAMP.split(text.strip())  # [before, t0, unit, t1, unit, ..., tn, after]

@@ -121,24 +121,38 @@ def manifest_line_to_loss(folder: Path) -> Callable[[], None]:
     return run
 
 
+def layer_runs(layers: list[str]) -> list[str]:
+    """``layers`` with each run of one layer merged into one step."""
+    return [layer for index, layer in enumerate(layers) if not index or layers[index - 1] != layer]
+
+
+def returns(sequence: list[str]) -> list[int]:
+    """Indices of the steps of ``sequence`` that enter a layer an earlier step left."""
+    return [index for index, layer in enumerate(sequence) if layer in sequence[:index]]
+
+
+def traced_layers(show_calls: bool = False) -> list[str]:
+    """The layer of each project function the manifest line meets, in order."""
+    names = layer_names()
+    with tempfile.TemporaryDirectory() as folder:
+        calls = first_calls(manifest_line_to_loss(Path(folder)))
+    layers = []
+    for module, name in calls:
+        layers.append(layer_of(module, names) or module)
+        if show_calls:
+            print(f"{layers[-1]:<28} {module}.{name}")
+    return layers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", action="store_true", help="print each function with its layer")
     args = parser.parse_args()
-    layers = layer_names()
-    with tempfile.TemporaryDirectory() as folder:
-        calls = first_calls(manifest_line_to_loss(Path(folder)))
-    sequence: list[str] = []
-    for module, name in calls:
-        layer = layer_of(module, layers) or module
-        if args.calls:
-            print(f"{layer:<28} {module}.{name}")
-        if not sequence or sequence[-1] != layer:
-            sequence.append(layer)
-    returns = [index for index, layer in enumerate(sequence) if layer in sequence[:index]]
-    marked = [f"[{layer}]" if index in returns else layer for index, layer in enumerate(sequence)]
+    sequence = layer_runs(traced_layers(args.calls))
+    back = returns(sequence)
+    marked = [f"[{layer}]" if index in back else layer for index, layer in enumerate(sequence)]
     print(" -> ".join(marked))
-    print(f"returns to a layer already left: {len(returns)}")
+    print(f"returns to a layer already left: {len(back)}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import torch
 
 from qwen_audio.checkpoint import save_pretrained
 from qwen_audio.config import ConfigError, QwenAudioConfig
-from qwen_audio.data.dataset import target_text
 from qwen_audio.data.demo import (
     CORPUS_RECORD,
     DemoCorpus,
@@ -43,7 +42,7 @@ from qwen_audio.eval.tasks import (
     score_predictions,
 )
 from qwen_audio.model import QwenAudio
-from qwen_audio.prompts import encode_text
+from qwen_audio.prompts import encode_text, task_target
 from qwen_audio.qwen2_audio.prompts import task_instruction
 from qwen_audio.tokenizer import DEMO_RANKS_FILE
 from recipes.evaluate import main
@@ -460,7 +459,11 @@ def test_demo_evaluation_writes_predictions_metrics_and_report(folder_run):
     # the majority baseline is the training split's most common answer, counted from the manifest
     train = read_manifest(build_demo_corpus(seed=0, size=2)["train"])
     for name, task in (("demo_mna", "mna"), ("demo_asc", "asc"), ("demo_aqa", "aqa")):
-        answers = Counter(target_text(entry) for entry in train if entry.task == task)
+        answers = Counter(
+            task_target(entry.task, entry.text, entry.words, entry.duration)
+            for entry in train
+            if entry.task == task
+        )
         common = answers.most_common(1)[0][0]
         references = [p["gt"] for p in predictions if p["benchmark"] == name]
         expected = sum(r == common for r in references) / len(references)

@@ -13,10 +13,10 @@ import pytest
 import soundfile
 import torch
 
-from qwen_audio.data.dataset import encode_entry, target_text
+from qwen_audio.data.dataset import encode_entry
 from qwen_audio.data.demo import build_demo_corpus
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
-from qwen_audio.prompts import IGNORE_INDEX, TimedWord, encode_task
+from qwen_audio.prompts import IGNORE_INDEX, TimedWord, encode_task, task_target
 from recipes.experiments.common import (
     final_validation_loss,
     markdown_table,
@@ -146,9 +146,11 @@ def test_flat_prompt_keeps_the_question_and_the_tag_styles_targets(demo, clip):
         words=(TimedWord("one", 0.1, 0.4), TimedWord("two", 0.45, 0.8)),
     )
     for entry in (aqa, srwt):  # loss on exactly the tokens the hierarchical tags put it on
-        assert _labels(encode_flat(demo, entry, target_text(entry))) == _labels(
-            encode_entry(entry, demo)
-        )
+        assert _labels(
+            encode_flat(
+                demo, entry, task_target(entry.task, entry.text, entry.words, entry.duration)
+            )
+        ) == _labels(encode_entry(entry, demo))
     prompt = encode_flat(demo, srwt)
     assert prompt.ids[-2:] == [demo.special_id("<|extra_2|>"), demo.special_id("<|0.00|>")]
     with pytest.raises(ValueError, match="must start with <\\|0.00\\|>"):
@@ -204,7 +206,11 @@ def test_scorers_on_hand_worked_answers(clip):
     ]
     # reference <|0.00|>one<|0.40|>two<|0.80|> (gaps under 0.2 s join the next word); the generation follows the
     # prompt's <|0.00|>: "on" is a substitution, "two" matches with |0.40-0.40| + |0.90-0.80| s = 100 ms shift
-    assert target_text(srwt[0]) == "<|0.00|>one<|0.40|>two<|0.80|>"
+    entry = srwt[0]
+    assert (
+        task_target(entry.task, entry.text, entry.words, entry.duration)
+        == "<|0.00|>one<|0.40|>two<|0.80|>"
+    )
     assert score_answers(srwt, ["on<|0.40|>two<|0.90|>"]) == {
         "SRWT WER en": 50.0,
         "SRWT AAS ms en": pytest.approx(100.0),

@@ -24,12 +24,12 @@ from transformers import Qwen2AudioForConditionalGeneration
 
 from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.data import AudioTextDataModule
-from qwen_audio.data.dataset import target_text, task_example
+from qwen_audio.data.dataset import task_example
 from qwen_audio.data.demo import DemoCorpus, build_demo_corpus
 from qwen_audio.data.manifest import ManifestError, read_manifest
 from qwen_audio.eval.datamodule import BenchmarkDataset, corpus_items
 from qwen_audio.eval.report import METRICS_FILE, PREDICTIONS_FILE
-from qwen_audio.prompts import IGNORE_INDEX, encode_task
+from qwen_audio.prompts import IGNORE_INDEX, encode_task, task_target
 from recipes.evaluate import main as evaluate
 from recipes.pretrain import main as pretrain
 
@@ -71,8 +71,8 @@ def test_a_training_example_starts_with_the_prompt_evaluation_gives_its_item(
     tokenizer = load_tokenizer(preset=PRESETS[family])
     assert tokenizer.family == family
     entry = next(e for e in test_entries if e.task == task and e.audio_language in ("en", None))
-    target = target_text(entry)
-    example = task_example(tokenizer, entry, target)
+    target = task_target(entry.task, entry.text, entry.words, entry.duration)
+    example = task_example(tokenizer, entry, with_target=True)
     prompt = BenchmarkDataset(corpus_items(DemoCorpus(), [entry]), tokenizer)[0].prompt.ids
     n = len(prompt)
     expected = PROMPTS[family][task].format(question=entry.question)

@@ -24,7 +24,7 @@ from qwen_audio.prompts import (
     TASKS,
     Example,
     encode_task,
-    format_timestamped_words,
+    task_target,
 )
 from qwen_audio.tokenizer import Tokenizer
 
@@ -78,28 +78,31 @@ def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tenso
         raise AudioError(f"{entry.source or entry.audio}: audio: {err}") from None
 
 
-def target_text(entry: ManifestEntry) -> str:
-    """What the model learns to emit: SRWT tasks get words between timestamps, other tasks the entry's text."""
-    if TASKS[entry.task].timestamps and entry.words is not None:
-        return format_timestamped_words(entry.words, duration=entry.duration)
-    return entry.text
-
-
 def task_example(
     tokenizer: Tokenizer,
     entry: ManifestEntry,
-    target: str | None = None,
+    *,
+    with_target: bool = False,
     max_length: int = 2048,
     data: bytes | None = None,
-    audio: torch.Tensor | None = None,
+    transform: Transform | None = None,
 ) -> Example:
-    """The entry's task prompt in the tokenizer's family's words (Qwen-Audio's tags, Qwen2-Audio's
-    instruction; see :func:`~qwen_audio.prompts.family_prompt`) + ``target``, learned, when given,
-    with ``audio`` (by default its audio segment decoded; ``data``: its file's bytes, if given)."""
+    """The entry's task prompt, with its audio segment, in the tokenizer's family's words.
+
+    Qwen-Audio's tags or Qwen2-Audio's instruction: see :func:`~qwen_audio.prompts.family_prompt`.
+    ``with_target``: the target (:func:`~qwen_audio.prompts.task_target`) follows and is learned.
+    ``data``: the bytes of the entry's audio file, when they come from a shard.
+    ``transform`` (augmentation) changes the decoded audio and the entry's times first.
+    """
+    waveform = load_segment(entry, data)
+    if transform is not None:
+        entry, waveform = transform(entry, waveform)
     asked = (
         TASKS[entry.task].tag == QUESTION
     )  # the question replaces the text-language and instruction tags
-    waveform = load_segment(entry, data) if audio is None else audio
+    target = (
+        task_target(entry.task, entry.text, entry.words, entry.duration) if with_target else None
+    )
     return encode_task(
         tokenizer,
         entry.task,
@@ -110,13 +113,6 @@ def task_example(
         question=entry.question,
         max_length=max_length,
     )
-
-
-def to_sample(example: Example, task: str, n_mels: int = 80) -> Sample:
-    """Tensors of an encoded example and the encoder input of each of its clips."""
-    mels, mel_lengths = featurize(example.clips, n_mels)
-    ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
-    return Sample(ids, labels, mels, mel_lengths, task)
 
 
 def encode_entry(
@@ -135,11 +131,17 @@ def encode_entry(
     padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
     place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
     try:
-        audio = load_segment(entry, data)
-        if transform is not None:
-            entry, audio = transform(entry, audio)
-        example = task_example(tokenizer, entry, target_text(entry), max_length, audio=audio)
-        return to_sample(example, entry.task, n_mels)
+        example = task_example(
+            tokenizer,
+            entry,
+            with_target=True,
+            max_length=max_length,
+            data=data,
+            transform=transform,
+        )
+        mels, mel_lengths = featurize(example.clips, n_mels)
+        ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
+        return Sample(ids, labels, mels, mel_lengths, entry.task)
     except AudioError as err:
         if on_error == "raise":
             raise

@@ -20,10 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from qwen_audio.batching import PromptBatch, batch_prompts
 from qwen_audio.data.corpus import Corpus
-from qwen_audio.data.dataset import target_text
 from qwen_audio.data.manifest import ManifestEntry, read_manifest
 from qwen_audio.eval.tasks import BenchmarkItem, get_benchmark, read_benchmark_file
-from qwen_audio.prompts import Example, encode_text
+from qwen_audio.prompts import Example, encode_text, task_target
 from qwen_audio.tokenizer import Tokenizer
 
 
@@ -39,7 +38,8 @@ def corpus_items(
         name = corpus.benchmark(entry)
         get_benchmark(name)  # a task without a benchmark is an error here, not a silent skip
         source = name + (f"_{condition}" if condition else "")
-        items.append(BenchmarkItem(entry.audio, target_text(entry), source, name, entry.question))
+        target = task_target(entry.task, entry.text, entry.words, entry.duration)
+        items.append(BenchmarkItem(entry.audio, target, source, name, entry.question))
     return items
 
 

@@ -28,14 +28,14 @@ from matplotlib.figure import Figure
 from qwen_audio.checkpoint import load_model, load_tokenizer
 from qwen_audio.config import QwenAudioConfig
 from qwen_audio.data import AudioTextDataModule
-from qwen_audio.data.dataset import target_text, task_example
+from qwen_audio.data.dataset import task_example
 from qwen_audio.data.demo import DemoCorpus
 from qwen_audio.data.manifest import ManifestEntry, read_manifest, write_manifest
 from qwen_audio.eval.datamodule import corpus_items
 from qwen_audio.eval.tasks import Prediction, score_predictions
 from qwen_audio.generate import GenerationConfig, answer_prompts
 from qwen_audio.model import QwenAudio
-from qwen_audio.prompts import Example
+from qwen_audio.prompts import Example, task_target
 from qwen_audio.tokenizer import Tokenizer
 from recipes.experiments.flat_prompts import encode_flat
 
@@ -377,7 +377,7 @@ def evaluate(
                 line = {
                     "task": task,
                     "audio": entry.audio,
-                    "reference": target_text(entry),
+                    "reference": task_target(entry.task, entry.text, entry.words, entry.duration),
                     "hypothesis": answer,
                 }
                 file.write(json.dumps(line, ensure_ascii=False) + "\n")

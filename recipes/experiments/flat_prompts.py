@@ -8,7 +8,7 @@ token, ``<|extra_k|>``, naming the dataset (task x audio language), then the que
 example. No prompt token is shared between datasets: English ASR and English SRWT have neither ``<|en|>`` nor
 ``<|transcribe|>`` in common, so whatever they share the model must find in the audio and the targets alone.
 
-Targets are those of the tag prompts (:func:`~qwen_audio.data.dataset.target_text`), and a timestamped prompt still
+Targets are those of the tag prompts (:func:`~qwen_audio.prompts.task_target`), and a timestamped prompt still
 ends with the ``<|0.00|>`` its target starts from: both styles put loss on the same tokens, so losses compare.
 
 The baseline is the tag ablation's alone, so it lives here and the library does not know it: ``python -m
@@ -26,12 +26,11 @@ from qwen_audio.data.dataset import (
     Sample,
     Transform,
     load_segment,
-    target_text,
 )
 from qwen_audio.data.manifest import ManifestEntry
 from qwen_audio.errors import InputError
 from qwen_audio.lit import QwenAudioModule
-from qwen_audio.prompts import TASKS, Example, ExampleBuilder
+from qwen_audio.prompts import TASKS, Example, ExampleBuilder, task_target
 from qwen_audio.tokenizer import TASK_TOKENS, Tokenizer, timestamp_token
 from recipes.cli import QwenAudioCLI, run
 
@@ -91,7 +90,12 @@ class FlatPromptDataset(AudioTextDataset):
     def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
         if transform is not None:
             raise InputError("data.augment: the flat-prompt experiment takes no augmentation")
-        example = encode_flat(self.tokenizer, entry, target_text(entry), self.max_length)
+        example = encode_flat(
+            self.tokenizer,
+            entry,
+            task_target(entry.task, entry.text, entry.words, entry.duration),
+            self.max_length,
+        )
         mels, mel_lengths = featurize(example.clips, self.n_mels)
         ids, labels = torch.tensor(example.ids), torch.tensor(example.labels)
         return Sample(ids, labels, mels, mel_lengths, entry.task)
