@@ -1,8 +1,8 @@
-"""Audio front end: decoding, Whisper's 80-bin log-mel, and the released model's length bookkeeping.
+"""Audio front end for decoding, Whisper's 80-bin log-mel, and the released model's length bookkeeping.
 
-Everything here reproduces the released Qwen-Audio ``audio.py`` (itself openai-whisper's front end) so that
-features fed to a loaded checkpoint are the ones it was trained on. One difference is deliberate: in a batch,
-each example is normalised by its *own* maximum, so a clip gives the same features alone or in any batch.
+Everything here reproduces the released Qwen-Audio ``audio.py``, itself openai-whisper's front end. A loaded
+checkpoint is thus fed the features it was trained on. One difference is deliberate. In a batch, each example is
+normalised by its *own* maximum. A clip therefore gives the same features alone or in any batch.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ AudioSource = str | os.PathLike | BinaryIO
 def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode wav/flac/ogg/mp3 with soundfile into a 1-D float32 mono tensor at ``sample_rate``.
 
-    Channels are averaged. Resampling uses torchaudio's windowed-sinc ``Resample`` (band-limited), whose filter
-    bank is built once per rate pair (:func:`resampler`): building it cost as much as applying it.
-    A file that does not decode, holds no samples or NaN/inf ones, or lasts under 30 ms (``MIN_SAMPLES``, which
-    no encoder reads) raises :class:`~qwen_audio.errors.AudioError` naming it.
+    Channels are averaged. Resampling uses torchaudio's band-limited windowed-sinc ``Resample``. Its filter bank is
+    built once per rate pair (:func:`resampler`), because building it costs as much as applying it.
+
+    A bad file raises :class:`~qwen_audio.errors.AudioError` naming it. A file is bad if it does not decode, holds no
+    samples or NaN/inf ones, or lasts under 30 ms. No encoder reads a clip under ``MIN_SAMPLES`` (30 ms).
     """
     name = (
         os.fspath(source)
@@ -60,8 +61,10 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Ten
 
 @functools.lru_cache(maxsize=8)
 def resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
-    """torchaudio's ``Resample`` from ``orig_rate`` to ``new_rate`` Hz, the same filter as
-    ``torchaudio.functional.resample``, with its kernel computed once and kept."""
+    """Return torchaudio's ``Resample`` from ``orig_rate`` to ``new_rate`` Hz, with its kernel computed once and kept.
+
+    It applies the same filter as ``torchaudio.functional.resample``.
+    """
     return torchaudio.transforms.Resample(orig_rate, new_rate)
 
 
@@ -79,12 +82,14 @@ def pad_or_trim(audio: torch.Tensor, length: int = N_SAMPLES, *, axis: int = -1)
 def log_mel_spectrogram(
     audio: torch.Tensor | np.ndarray, n_mels: int = 80, kernel_backend: str = "auto"
 ) -> torch.Tensor:
-    """Whisper's log-mel: ``[..., samples]`` float audio at 16 kHz -> ``[..., n_mels, samples // 160]``.
+    """Compute Whisper's log-mel, mapping ``[..., samples]`` float audio at 16 kHz to ``[..., n_mels, samples // 160]``.
 
-    Power STFT (n_fft 400, hop 160, periodic Hann, centred with reflect padding, last frame dropped), mel
-    filterbank, ``log10`` clamped at 1e-10, values below each example's maximum minus 8 raised to it, then
-    ``(x + 4) / 4`` (constants in ``qwen_audio.whisper_mel``). ``kernel_backend``: "torch" (any device), "triton"
-    (fused kernel, CUDA) or "auto" (see ``qwen_audio.kernels``).
+    The steps are a power STFT, a mel filterbank, ``log10`` clamped at 1e-10, a floor, and a rescale. The STFT uses
+    n_fft 400, hop 160 and a periodic Hann window. It is centred with reflect padding, and its last frame is dropped.
+    Values below each example's maximum minus 8 are raised to that floor. The rescale is ``(x + 4) / 4``. The
+    constants live in ``qwen_audio.whisper_mel``.
+
+    ``kernel_backend`` is "torch" (any device), "triton" (fused kernel, CUDA) or "auto" (see ``qwen_audio.kernels``).
     """
     audio = torch.as_tensor(audio)
     if not audio.is_floating_point():
@@ -102,14 +107,15 @@ def log_mel_spectrogram(
 def audio_features(
     waveform: torch.Tensor, source: str, n_mels: int = 80, mel_frames: int | None = None
 ) -> tuple[torch.Tensor, int]:
-    """The release's encoder input for one clip: log-mel of the clip zero-padded to 30 s, kept up to the
-    ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``), and the valid mel
-    length: ``mel_frames`` (the prompt's :class:`~qwen_audio.clips.Clip` has it), else
-    ``samples // 160``.
+    """Build the release's encoder input for one clip and return it with the valid mel length.
 
-    Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s: every kept frame's window ends
-    before that, so it reads the same samples, and the frames dropped are all-zero ones at the log floor, which
-    never hold the example's maximum. A 2 s clip costs a fifteenth of the 30 s transform.
+    The input is the log-mel of the clip zero-padded to 30 s. It is kept up to the ``2 * encoder_frames + 1`` frames an
+    encoder may read (``AudioEncoderConfig.mel_lookahead``). The valid mel length is ``mel_frames`` when given, else
+    ``samples // 160``. The prompt's :class:`~qwen_audio.clips.Clip` has ``mel_frames``.
+
+    Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s. Every kept frame's window ends before
+    that, so it reads the same samples. The frames dropped are all-zero ones at the log floor. They never hold the
+    example's maximum. A 2 s clip costs a fifteenth of the 30 s transform.
     """
     lengths = audio_lengths(waveform.numel(), source=source)
     if mel_frames is None:
@@ -123,7 +129,10 @@ def audio_features(
 def _random_bands(
     extent: torch.Tensor, max_width: torch.Tensor, size: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """One band per example inside ``[0, extent)``: width ~ U{0..max_width}, start ~ U{0..extent - width}; [B, size]."""
+    """Draw one band per example inside ``[0, extent)``, returned as a ``[B, size]`` mask.
+
+    The width is drawn from U{0..max_width} and the start from U{0..extent - width}.
+    """
     limit = torch.minimum(max_width, extent)
     width = (torch.rand(extent.shape, generator=generator) * (limit + 1)).long().clamp(max=limit)
     start = (torch.rand(extent.shape, generator=generator) * (extent - width + 1)).long()
@@ -142,13 +151,14 @@ def spec_augment(
     mask_value: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """SpecAugment on a batch ``[B, n_mels, T]`` whose example ``b`` is valid for its first ``lengths[b]`` frames.
+    """Apply SpecAugment to a batch ``[B, n_mels, T]`` whose example ``b`` is valid for its first ``lengths[b]`` frames.
 
     Defaults are the "LibriSpeech Basic" policy (F=27, m_F=1, T=100, m_T=1, p=1.0) named by the paper's Table 6.
-    Masks are drawn here rather than with ``torchaudio.functional.mask_along_axis_iid`` because that one takes
-    no generator (runs could not be reproduced per worker) and cannot keep a time mask inside each example's
-    valid frames: here a time mask is at most ``min(time_mask_param, max_time_fraction * length)`` wide and lies
-    inside ``[0, length)``; frequency masks also stop at ``length``, so padding stays padding. Returns a new tensor.
+
+    Masks are drawn here, not with ``torchaudio.functional.mask_along_axis_iid``. That function takes no generator, so
+    runs could not be reproduced per worker. It also cannot keep a time mask inside each example's valid frames.
+    Here a time mask is at most ``min(time_mask_param, max_time_fraction * length)`` wide. It lies inside
+    ``[0, length)``. Frequency masks also stop at ``length``, so padding stays padding. Returns a new tensor.
     """
     if mel.dim() != 3 or lengths.shape != (mel.shape[0],):
         raise ValueError(

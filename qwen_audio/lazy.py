@@ -1,9 +1,11 @@
-"""Package attributes imported on first use (PEP 562), so that importing a light submodule does not load the heavy
-libraries a sibling needs (Lightning, the scorers' packages); ``from package import name`` works as before.
+"""Package attributes imported on first use (PEP 562).
 
-One caveat of PEP 562: a function named like its submodule (``metrics.error_rate``) is shadowed by the submodule if
-that is imported by its own path (``import qwen_audio.eval.metrics.error_rate``) before the name is first read, so
-import such functions from the package.
+Importing a light submodule thus does not load the heavy libraries a sibling needs (Lightning, the scorers'
+packages). ``from package import name`` works as it does with eager imports.
+
+PEP 562 has one caveat. A function named like its submodule (``metrics.error_rate``) is shadowed by the submodule
+in one case. That is when the submodule is imported by its own path (``import qwen_audio.eval.metrics.error_rate``)
+before the name is first read. Import such functions from the package.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 def lazy_exports(
     package: str, modules: Mapping[str, str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """The ``__getattr__`` and ``__dir__`` of ``package``, whose public ``name`` lives in module ``modules[name]``."""
+    """Build the ``__getattr__`` and ``__dir__`` of ``package``.
+
+    Each public ``name`` of ``package`` lives in module ``modules[name]``.
+    """
 
     def __getattr__(name: str) -> Any:
         if name not in modules:

@@ -29,7 +29,9 @@ def pooled_frames(encoder_frames):
 
 @dataclass(frozen=True)
 class AudioLengths:
-    """Lengths of one clip at each stage of the model; ``span_tokens`` adds the two markers."""
+    """Lengths of one clip at each stage of the model.
+
+    ``span_tokens`` adds the two markers."""
 
     samples: int
     mel_frames: int
@@ -45,14 +47,14 @@ def audio_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
     """Length bookkeeping of the release for a clip of ``num_samples`` samples at 16 kHz.
 
     Audio longer than 30 s is truncated to its first 30 s, as the release does (with a warning
-    naming ``source``). Worked example, a 1 s clip::
+    naming ``source``).
+
+    Worked example, a 1 s clip: 16000 samples // 160 = 100 mel frames. The stride-2 conv gives
+    (100 - 1) // 2 + 1 = 50 frames. The pool gives (50 - 2) // 2 + 1 = 25 audio tokens. So the
+    prompt holds 25 + 2 = 27 positions (~40 ms per token)::
 
         >>> audio_lengths(16000)
         AudioLengths(samples=16000, mel_frames=100, encoder_frames=50, audio_tokens=25)
-
-    16000 samples // 160 = 100 mel frames. The stride-2 conv gives (100 - 1) // 2 + 1 = 50 frames,
-    the pool (50 - 2) // 2 + 1 = 25 audio tokens, so the prompt holds 25 + 2 = 27 positions (~40 ms
-    per token).
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")

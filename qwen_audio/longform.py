@@ -1,15 +1,16 @@
 """Transcription of clips longer than the 30 s the encoder hears, in consecutive windows decoded as one batch.
 
-The release truncates such audio to its first 30 s (with our warning, see
-:func:`qwen_audio.lengths.audio_lengths`).
-Here the clip is cut into consecutive, non-overlapping windows of at most ``window_seconds``; each cut is placed at
-the quietest 0.1 s of the last sixth of its window (the last 5 s of a 30 s window), so that cuts fall in pauses
-between words rather than through them. Non-overlapping windows need no de-duplication: every stretch of audio is
-transcribed exactly once, and all windows are known up front, so they decode together as one batch.
+The release truncates such audio to its first 30 s, with our warning (see :func:`qwen_audio.lengths.audio_lengths`).
+Here the clip is cut into consecutive, non-overlapping windows of at most ``window_seconds``. Each cut is placed at
+the quietest 0.1 s of the last sixth of its window (the last 5 s of a 30 s window). Cuts thus fall in pauses between
+words rather than through them.
 
-Stitching: window texts are joined with a space (nothing for Chinese and Japanese). With ``timestamps`` each window
-is prompted for word-level timestamps (the SRWT task, times relative to the window) and its words are shifted by the
-window's start, so that word times refer to the whole clip.
+Non-overlapping windows need no de-duplication, since every stretch of audio is transcribed exactly once. All
+windows are known up front, so they decode together as one batch.
+
+Stitching joins window texts with a space (nothing for Chinese and Japanese). With ``timestamps``, each window is
+prompted for word-level timestamps (the SRWT task, times relative to the window). Its words are then shifted by the
+window's start, so word times refer to the whole clip.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ UNSPACED_LANGUAGES = ("zh", "ja")  # written without spaces between words
 
 @dataclass(frozen=True)
 class LongTranscript:
-    """The whole clip's text, its words with times in the clip (empty without timestamps), the ``(start, end)``
-    seconds of the windows that were decoded and the text of each window."""
+    """A long clip's transcript: the whole clip's text, its words, its windows and the text of each window.
+
+    ``words`` have times in the clip, and are empty without timestamps. ``windows`` holds the ``(start, end)``
+    seconds of the windows that were decoded.
+    """
 
     text: str
     words: tuple[TimedWord, ...]
@@ -63,8 +67,10 @@ class LongTranscript:
 def window_bounds(
     waveform: torch.Tensor, window_seconds: float = CHUNK_LENGTH
 ) -> list[tuple[int, int]]:
-    """``(start, stop)`` samples of consecutive windows covering ``waveform``, each at most ``window_seconds`` long,
-    each cut at the centre of the quietest frame (mean square) in the last ``CUT_SEARCH_FRACTION`` of the window."""
+    """``(start, stop)`` samples of consecutive windows covering ``waveform``, each at most ``window_seconds`` long.
+
+    Each window is cut at the centre of the quietest frame (mean square) in its last ``CUT_SEARCH_FRACTION``.
+    """
     if not 1.0 <= window_seconds <= CHUNK_LENGTH:
         raise ValueError(
             f"window_seconds must lie in [1, {CHUNK_LENGTH}] (the encoder hears {CHUNK_LENGTH} s), "
@@ -115,8 +121,11 @@ def decode_windows(
 def detect_languages(
     model: QwenAudio, tokenizer: Tokenizer, waveforms: Sequence[torch.Tensor]
 ) -> list[str]:
-    """The spoken language of each waveform (its first 30 s), as Whisper detects it: the most likely of the
-    language tags after ``<audio>…</audio><|startoftranscript|>``, where pretraining puts the audio language."""
+    """Detect the spoken language of each waveform (its first 30 s) as Whisper does.
+
+    The answer is the most likely of the language tags after ``<audio>…</audio><|startoftranscript|>``. That is
+    where pretraining puts the audio language.
+    """
     prompts = []
     for index, waveform in enumerate(waveforms):
         builder = ExampleBuilder(tokenizer)
@@ -146,7 +155,7 @@ def stitch_windows(
     timestamps: bool,
     name: str,
 ) -> LongTranscript:
-    """One transcript from the generated ids of each window (see the module docstring); ``name`` labels warnings."""
+    """One transcript from the generated ids of each window (see the module docstring). ``name`` labels warnings."""
     separator = "" if language in UNSPACED_LANGUAGES else " "
     texts: list[str] = []
     words: list[TimedWord] = []

@@ -1,8 +1,8 @@
 """QwenAudio: the audio encoder, the Qwen-7B decoder and the splice that joins them.
 
-State-dict keys are the released checkpoint's: the release keeps the audio encoder inside the LLM trunk
-(``transformer.audio.*`` beside ``transformer.wte``/``h``/``ln_f``) and the head outside (``lm_head``), and so
-does this module, so a released folder loads with a plain ``load_state_dict``.
+State-dict keys are the released checkpoint's. The release keeps the audio encoder inside the LLM trunk
+(``transformer.audio.*`` beside ``transformer.wte``/``h``/``ln_f``) and the head outside (``lm_head``).
+This module does the same, so a released folder loads with a plain ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def label_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def last_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` bool: each row's last real token (``attention_mask`` != 0), the one position whose logits
-    generation reads at prefill; with left padding it is the last column."""
+    """``[B, L]`` bool marking each row's last real token (``attention_mask`` != 0).
+
+    It is the one position whose logits generation reads at prefill. With left padding it is the last column."""
     length = attention_mask.shape[1]
     last = length - 1 - (attention_mask != 0).flip(-1).int().argmax(-1)  # argmax: the first maximum
     return F.one_hot(last, length).bool()
@@ -103,9 +104,9 @@ class QwenAudio(nn.Module):
 
         Linear and embedding weights ~ N(0, 0.02) with zero biases, RMSNorm weights 1, and every ``c_proj``
         (attention output, MLP down projection) ~ N(0, 0.02 / sqrt(2 * n_layers)). The GELU conv stem gets He
-        (Kaiming) normal weights and zero biases: with PyTorch's default the stem's output is a tenth of the fixed
-        sinusoid table added to it, the encoder's output is >90% position, and a model trained from scratch learns
-        to ignore the audio. LayerNorm keeps PyTorch's defaults; the sinusoid table is fixed.
+        (Kaiming) normal weights and zero biases. With PyTorch's default, the stem's output is a tenth of the fixed
+        sinusoid table added to it. The encoder's output is then >90% position, and a model trained from scratch
+        learns to ignore the audio. LayerNorm keeps PyTorch's defaults. The sinusoid table is fixed.
         """
         std = 0.02
         for name, module in self.named_modules():
@@ -123,8 +124,10 @@ class QwenAudio(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def set_trainable(self, *, encoder: bool, decoder: bool) -> None:
-        """Freeze or unfreeze the two parts. Stage 1 (pretraining): ``encoder=True, decoder=False`` (the encoder
-        includes pool/ln_post/proj and the audio BOS/EOS vectors); stage 2 (SFT): the reverse."""
+        """Freeze or unfreeze the two parts.
+
+        Stage 1 (pretraining) uses ``encoder=True, decoder=False``. Here the encoder includes pool/ln_post/proj
+        and the audio BOS/EOS vectors. Stage 2 (SFT) uses the reverse."""
         self.encoder.requires_grad_(encoder)
         for name, param in self.named_parameters():
             if not name.startswith("transformer.audio."):
@@ -136,8 +139,10 @@ class QwenAudio(nn.Module):
         self.decoder.activation_checkpointing = enabled
 
     def encode_audio(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
-        """Per clip ``[n_audio + 2, hidden]``: see :class:`AudioEncoder`. Without learned markers (Qwen2-Audio) the
-        ends are the embeddings of the marker tokens ``<|audio_bos|>``/``<|audio_eos|>``, which the prompt holds."""
+        """Per clip ``[n_audio + 2, hidden]`` (see :class:`AudioEncoder`).
+
+        Without learned markers (Qwen2-Audio), the ends are the embeddings of the marker tokens
+        ``<|audio_bos|>``/``<|audio_eos|>``. The prompt holds these tokens."""
         clips = self.encoder(mel, mel_lengths)
         if self.config.encoder.learned_markers:
             return clips
@@ -167,13 +172,13 @@ class QwenAudio(nn.Module):
 
         Audio comes as mel ``[N, n_mels, T]`` with valid mel lengths ``[N]`` (samples // 160), one clip per
         ``<audio>`` in row-major order. Or it comes already encoded, as ``audio_embeds``.
-        ``attention_mask`` ``[B, L]`` is 0 at padding; several ids in a row mark packed sequences.
+        ``attention_mask`` ``[B, L]`` is 0 at padding. Several ids in a row mark packed sequences.
         ``position_ids`` ``[B, L]`` are the rotary positions, by default the index.
         With ``kv_cache`` the rows continue the sequences of its slots, written in place (see :class:`QwenDecoder`).
 
         ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order.
         Training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs. Generation's
-        prefill needs the :func:`last_tokens` alone; at full size the head gives 155,947 logits per position.
+        prefill needs the :func:`last_tokens` alone. At full size the head gives 155,947 logits per position.
 
         The loss is the mean of :func:`token_losses`, on logits upcast to fp32. That is more accurate than the
         release, which used the working dtype (bf16).

@@ -1,17 +1,20 @@
 """Prompt formats as token ids: Qwen-Audio's hierarchical task tags, SRWT timestamps, and ChatML conversations.
 
-Pretraining (paper §3.2) conditions the decoder on tags in a fixed order: transcription tag, audio language, task
-tag, text language, timestamps tag, output instruction; the target text follows and only it (plus the closing
-``<|endoftext|>``, where generation stops) carries loss. ``TASKS`` holds one entry per task of the paper's Table 1;
-entries the evaluation scripts of the release use reproduce those prompts token for token, the others say which
-released tokens we chose. Question-answer tasks follow the audio language with ``<|question|>QUESTION<|answer|>``
-and no further tags, as ``evaluate_aqa.py`` does. Tasks whose label no released token names (language, dialect,
-gender, age, same speaker, singer, title) are asked with a fixed question, so that no two tasks with different
-outputs share a prompt. A Qwen2-Audio tokenizer (its ``family``) gets the same tasks as that family's
-natural-language instructions instead (:func:`family_prompt`), in training as in evaluation.
+Pretraining (paper §3.2) conditions the decoder on tags in a fixed order. The order is: transcription tag, audio
+language, task tag, text language, timestamps tag, output instruction. The target text follows. Only the target
+(plus the closing ``<|endoftext|>``, where generation stops) carries loss.
+
+``TASKS`` holds one entry per task of the paper's Table 1. Entries the evaluation scripts of the release use
+reproduce those prompts token for token. The others say which released tokens we chose. Question-answer tasks
+follow the audio language with ``<|question|>QUESTION<|answer|>`` and no further tags, as ``evaluate_aqa.py`` does.
+Some tasks have a label that no released token names (language, dialect, gender, age, same speaker, singer, title).
+They are asked with a fixed question. Thus no two tasks with different outputs share a prompt.
+
+A Qwen2-Audio tokenizer (its ``family``) gets the same tasks as that family's natural-language instructions instead
+(:func:`family_prompt`). This holds in training as in evaluation.
 
 Supervised fine-tuning uses ChatML (spec §7) with the family's ``Audio n:<audio>PATH</audio>`` lines
-(:data:`AUDIO_LABELS`); the loss covers only what the assistant says.
+(:data:`AUDIO_LABELS`). The loss covers only what the assistant says.
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ _AUDIO_TAG = re.compile(r"<audio>(.*?)</audio>", re.DOTALL)  # what the release'
 
 @dataclass(frozen=True)
 class Task:
-    """Tags of one pretraining task. ``None`` languages are named by the caller (the text language then defaults
-    to the audio language); ``instructions`` lists the allowed output-instruction tokens, the first by default."""
+    """Tags of one pretraining task.
+
+    The caller names each language left ``None``. An unnamed text language then defaults to the audio language.
+    ``instructions`` lists the allowed output-instruction tokens. The first is the default.
+    """
 
     title: str
     start: str
@@ -341,9 +347,11 @@ def task_prompt(
     instruction: str | None = None,
     question: str | None = None,
 ) -> str:
-    """The tag text that follows ``</audio>``, validated against the registry, e.g.
-    ``task_prompt("asr", audio_language="en")`` ==
-    ``"<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"`` (evaluate_asr.py)."""
+    """The tag text that follows ``</audio>``, validated against the registry.
+
+    For example, ``task_prompt("asr", audio_language="en")`` ==
+    ``"<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"`` (evaluate_asr.py).
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
     spec = TASKS[task]
@@ -386,11 +394,14 @@ def family_prompt(
     instruction: str | None = None,
     question: str | None = None,
 ) -> str:
-    """The text after the audio that asks ``task`` in the words ``family`` was pretrained on, the one place where
-    the families differ: Qwen-Audio's tags (:func:`task_prompt`), or Qwen2-Audio's natural-language instruction
-    (:func:`~qwen_audio.qwen2_audio.prompts.task_instruction`). The instruction text stands for Qwen-Audio's
-    output-instruction tag too, so Qwen2-Audio reads no ``instruction``. Training (:func:`encode_task`) and
-    evaluation (``Benchmark.prompt``) both ask through here, so a model is evaluated on the prompts it learned."""
+    """The text after the audio that asks ``task`` in the words ``family`` was pretrained on.
+
+    This is the one place where the families differ. Qwen-Audio gets its tags (:func:`task_prompt`). Qwen2-Audio
+    gets its natural-language instruction (:func:`~qwen_audio.qwen2_audio.prompts.task_instruction`). The
+    instruction text stands for Qwen-Audio's output-instruction tag too, so Qwen2-Audio reads no ``instruction``.
+    Training (:func:`encode_task`) and evaluation (``Benchmark.prompt``) both ask through here. A model is thus
+    evaluated on the prompts it learned.
+    """
     if family == "qwen2-audio":
         return task_instruction(
             task, audio_language=audio_language, text_language=text_language, question=question
@@ -405,8 +416,11 @@ def family_prompt(
 
 
 def family_tasks(family: Family) -> Mapping[str, object]:
-    """The tasks :func:`family_prompt` can ask ``family``: the manifest readers refuse any other task at its line,
-    before training starts, not when its example is first built."""
+    """The tasks :func:`family_prompt` can ask ``family``.
+
+    The manifest readers refuse any other task at its line. They do so before training starts, not when its example
+    is first built.
+    """
     return INSTRUCTIONS if family == "qwen2-audio" else TASKS
 
 
@@ -447,10 +461,10 @@ AudioItem = str | Recording  # a path for the builder's loader, or a waveform al
 
 
 class ExampleBuilder:
-    """Collects the pieces of an example in order (ids, text, clips); :meth:`build` tokenizes them.
+    """Collects the pieces of an example in order (ids, text, clips) for :meth:`build` to tokenize.
 
     Tokenizing in one place keeps labels and clip spans aligned with the ids. ``load`` decodes the
-    paths that raw text names; each path is decoded once per example.
+    paths that raw text names. Each path is decoded once per example.
     """
 
     def __init__(self, tokenizer: Tokenizer, load: AudioLoader = load_audio) -> None:
@@ -481,7 +495,7 @@ class ExampleBuilder:
             self.add_audio(self.load(audio), audio)
 
     def add_text(self, text: str, allowed_special: AllowedSpecial, *, learn: bool = False) -> None:
-        """Add text, with the special tokens ``allowed_special`` names; audio tags stay text."""
+        """Add text, with the special tokens ``allowed_special`` names. Audio tags stay text."""
         self.pieces.append((text, allowed_special, learn))
 
     def add_raw_text(self, text: str, allowed_special: AllowedSpecial) -> None:
@@ -497,7 +511,10 @@ class ExampleBuilder:
                 self.add_text(piece, allowed_special)
 
     def build(self, max_length: int, field: str) -> Example:
-        """The example; more than ``max_length`` ids raise ValueError naming ``field``."""
+        """Tokenize the pieces into the :class:`Example`.
+
+        More than ``max_length`` ids raise ValueError naming ``field``.
+        """
         tokenizer = self.tokenizer
         ids: list[int] = []
         labels: list[int] = []
@@ -550,16 +567,19 @@ def encode_task(
     load: AudioLoader = load_audio,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Example:
-    """One clip per ``audio`` item + the task's prompt in the family's words (:func:`family_prompt`)
-    [+ target + the end-of-text token]. ``load`` decodes a path item; a :class:`Recording` is kept.
+    """One clip per ``audio`` item + the task's prompt [+ target + the end-of-text token], as an Example.
 
-    Without ``target`` this is the prompt for generation, the ids evaluation gives the same item (the text of
-    ``Benchmark.prompt`` with its task-token texts encoded as the tokens). With it,
-    only the target and the closing end-of-text token carry loss. When the prompt ends with a timestamp (SRWT: a
-    Qwen-Audio timestamp token, or the same text in Qwen2-Audio's instruction, whose tokenizer has no timestamp
-    tokens) the target must start with that timestamp, which the sequence holds once, in the prompt, where
-    generation finds it. Target text may contain the task tokens (timestamps, entity marks, MIDI notes...) but no
-    audio.
+    The prompt is in the family's words (:func:`family_prompt`). ``load`` decodes a path item. A
+    :class:`Recording` is kept.
+
+    Without ``target`` this is the prompt for generation. It holds the ids evaluation gives the same item: the text
+    of ``Benchmark.prompt`` with its task-token texts encoded as the tokens. With ``target``, only the target and
+    the closing end-of-text token carry loss.
+
+    When the prompt ends with a timestamp (SRWT), the target must start with that timestamp. That timestamp is a
+    Qwen-Audio timestamp token, or the same text in Qwen2-Audio's instruction (that tokenizer has no timestamp
+    tokens). The sequence holds it once, in the prompt, where generation finds it. Target text may contain the task
+    tokens (timestamps, entity marks, MIDI notes...) but no audio.
     """
     items = [audio] if isinstance(audio, (str, Recording)) else list(audio)
     prompt = family_prompt(
@@ -601,9 +621,10 @@ def format_timestamped_words(
 ) -> str:
     """The release's SRWT target: units between shared timestamps, ``<|0.00|><|sil|><|0.54|>面<|0.86|>条<|1.17|>``.
 
-    Times are rounded to 0.01 s; an end beyond 30 s is clipped to 30.00 (the model hears the first 30 s). A gap of
-    more than ``min_silence`` seconds before a word (and, with ``duration``, after the last one) becomes a
-    ``<|sil|>`` unit; a shorter gap joins the word that follows it. n units give n + 1 timestamps, the first 0.00.
+    Times are rounded to 0.01 s. An end beyond 30 s is clipped to 30.00, since the model hears the first 30 s. A
+    gap of more than ``min_silence`` seconds before a word becomes a ``<|sil|>`` unit. With ``duration``, so does
+    such a gap after the last word. A shorter gap joins the word that follows it. With n units there are n + 1
+    timestamps, the first 0.00.
     """
     tokens = [timestamp_token(0.0)]
     previous_end = 0
@@ -655,7 +676,7 @@ def task_target(
     """What the model learns to emit for ``task``.
 
     A timestamped task (SRWT) with word times gets its words between timestamps
-    (:func:`format_timestamped_words`); every other task gets ``text``.
+    (:func:`format_timestamped_words`). Every other task gets ``text``.
     """
     if TASKS[task].timestamps and words is not None:
         return format_timestamped_words(words, duration=duration)
@@ -694,9 +715,11 @@ class Message:
 
 @dataclass(frozen=True)
 class AudioLabels:
-    """How a family's chat turns name their audios (the paper's "Audio id:" convention, §3.3): ``Audio {n}:``, then
-    ``separator``, then the audio and a newline; ``n`` restarts at 1 in every message (``per_message``) or counts
-    on over the whole conversation."""
+    """How a family's chat turns name their audios (the paper's "Audio id:" convention, §3.3).
+
+    Each audio is written as ``Audio {n}:``, then ``separator``, then the audio and a newline. With ``per_message``,
+    ``n`` restarts at 1 in every message. Otherwise it counts on over the whole conversation.
+    """
 
     separator: str
     per_message: bool
@@ -715,9 +738,9 @@ def list_pieces(
 ) -> list[str | AudioItem]:
     """A user turn's items as ``[text, audio, text, ..., audio, text]``.
 
-    Each audio is labelled as ``family`` labels it (:data:`AUDIO_LABELS`); text items stay as they
+    Each audio is labelled as ``family`` labels it (:data:`AUDIO_LABELS`). Text items stay as they
     are. ``audios_before`` counts the audios of earlier turns. A family that numbers audios across
-    the conversation counts on from it; Qwen-Audio's release restarts at ``Audio 1:`` each message.
+    the conversation counts on from it. Qwen-Audio's release restarts at ``Audio 1:`` each message.
     """
     labels = AUDIO_LABELS[family]
     pieces: list[str | AudioItem] = [""]
@@ -757,12 +780,13 @@ def encode_chat(
 ) -> Example:
     """ChatML ids as the release's ``make_context`` builds them, with loss on each assistant content + ``<|im_end|>``.
 
-    ``<|im_start|>system\\n{system}<|im_end|>`` (the default system prompt unless ``messages`` starts with one),
-    then ``\\n<|im_start|>{role}\\n{content}<|im_end|>`` per turn; role and content are encoded separately and the
-    content may hold the release's audio-task special tokens (e.g. timestamps). ``add_generation_prompt`` appends
-    ``\\n<|im_start|>assistant\\n`` for generation. Item lists are written with the labels of the tokenizer's
-    family (:func:`list_pieces`): for Qwen2-Audio the ids are its processor's chat template's, which
-    only adds a newline after the last turn.
+    The ids open with ``<|im_start|>system\\n{system}<|im_end|>``. The system prompt is the default unless
+    ``messages`` starts with one. Each turn then adds ``\\n<|im_start|>{role}\\n{content}<|im_end|>``. Role and
+    content are encoded separately. The content may hold the release's audio-task special tokens (e.g. timestamps).
+    ``add_generation_prompt`` appends ``\\n<|im_start|>assistant\\n`` for generation.
+
+    Item lists are written with the labels of the tokenizer's family (:func:`list_pieces`). For Qwen2-Audio the ids
+    are its processor's chat template's. That template only adds a newline after the last turn.
     """
     has_system = bool(messages) and messages[0].role == "system"
     builder = ExampleBuilder(tokenizer, load)

@@ -1,13 +1,13 @@
 """The released Qwen-Audio tokenizer on tiktoken, and the :class:`Tokenizer` protocol.
 
-Token ids are the model's input contract: a checkpoint only works with the ids it was trained on. The regular
-tokens come from a ``base64(token) rank`` file (the released ``qwen.tiktoken``, or the small demo file built by
-``scripts/build_demo_tokenizer.py``); the special tokens follow in the released order, so with the released file
-every special token has its released id (``<|endoftext|>`` 151643 ... ``</audio>`` 155164) and with a file of
-``n`` ranks the same specials start at ``n``.
+Token ids are the model's input contract. A checkpoint only works with the ids it was trained on. The regular
+tokens come from a ``base64(token) rank`` file. That is the released ``qwen.tiktoken``, or the small demo file built
+by ``scripts/build_demo_tokenizer.py``. The special tokens follow in the released order. With the released file,
+every special token thus has its released id (``<|endoftext|>`` 151643 ... ``</audio>`` 155164). With a file of
+``n`` ranks, the same specials start at ``n``.
 
 Unlike the release, :meth:`QwenAudioTokenizer.encode` turns no text into special tokens unless the caller names
-them in ``allowed_special``: a transcript that happens to contain ``<|en|>`` stays text.
+them in ``allowed_special``. A transcript that happens to contain ``<|en|>`` stays text.
 """
 
 from __future__ import annotations
@@ -209,8 +209,8 @@ class QwenAudioTokenizer:
     def released(cls) -> QwenAudioTokenizer:
         """The released vocabulary (n_vocab 155165), read from the ``qwen.tiktoken`` inside the dashscope wheel.
 
-        dashscope 2.0.2 ships the exact file of the Qwen-Audio release; its sha256 is checked so that a changed
-        file cannot silently shift ids.
+        The dashscope 2.0.2 wheel ships the exact file of the Qwen-Audio release. Its sha256 is checked, so a
+        changed file cannot silently shift ids.
         """
         hint = "install the wheel that ships it: pip install dashscope==2.0.2"
         try:
@@ -234,8 +234,11 @@ class QwenAudioTokenizer:
 
     @classmethod
     def load(cls, name: str | os.PathLike) -> QwenAudioTokenizer:
-        """``"released"``, ``"demo"`` or the path of a ranks file (Qwen-Audio's values of ``QwenAudioConfig.tokenizer``;
-        ``qwen_audio.checkpoint.load_tokenizer`` knows both families')."""
+        """The tokenizer named ``"released"``, ``"demo"`` or the path of a ranks file.
+
+        These are Qwen-Audio's values of ``QwenAudioConfig.tokenizer``. ``qwen_audio.checkpoint.load_tokenizer``
+        knows both families' values.
+        """
         if name == "released":
             return cls.released()
         if name == "demo":
@@ -270,8 +273,11 @@ class QwenAudioTokenizer:
         return None
 
     def encode(self, text: str, allowed_special: AllowedSpecial = frozenset()) -> list[int]:
-        """NFC-normalise and encode. Only the special tokens named in ``allowed_special`` ("all" for every one)
-        are recognised; any other special-token text is encoded as the plain text it is."""
+        """NFC-normalise and encode.
+
+        Only the special tokens named in ``allowed_special`` ("all" for every one) are recognised. Any other
+        special-token text is encoded as the plain text it is.
+        """
         text = unicodedata.normalize("NFC", text)
         if allowed_special != "all":
             allowed_special = frozenset(allowed_special)
@@ -280,8 +286,11 @@ class QwenAudioTokenizer:
         return self.encoding.encode(text, allowed_special=allowed_special, disallowed_special=())
 
     def _warn_unknown_tags(self, text: str) -> None:
-        """Tag-like text that is no special token (a typo such as ``<|xx|>``) stays text, as in the release, so
-        parity holds; but where the caller reads tags from text, it most likely meant a tag: say so."""
+        """Warn about tag-like text that is no special token, such as the typo ``<|xx|>``.
+
+        Such text stays text, as in the release, so parity holds. But where the caller reads tags from text, it
+        most likely meant a tag, so this says so.
+        """
         for tag in sorted(set(TAG_LIKE.findall(text)) - self.special_tokens.keys()):
             warnings.warn(
                 f"{tag} in the prompt is not a special token of the Qwen-Audio vocabulary; it is encoded "
@@ -306,7 +315,10 @@ class QwenAudioTokenizer:
     audio_lengths = staticmethod(audio_lengths)  # the release's rule: samples // 160 mel frames
 
     def _audio_tag_pairs(self, ids: Sequence[int]) -> list[tuple[int, int]]:
-        """(index of ``<audio>``, index of its ``</audio>``) for each audio; unmatched tags raise ValueError."""
+        """(index of ``<audio>``, index of its ``</audio>``) for each audio.
+
+        Unmatched tags raise ValueError.
+        """
         pairs = []
         start = None
         for index, token_id in enumerate(ids):

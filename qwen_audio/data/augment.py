@@ -1,16 +1,18 @@
 """On-the-fly augmentation of training audio: speed, reverberation, additive noise and gain.
 
-What NeMo, lhotse/icefall and ESPnet apply to ASR training, applied to the decoded 16 kHz waveform
-before the log-mel, in the DataLoader workers
-(:meth:`qwen_audio.data.dataset.AudioTextDataset.augmented`). Each transform fires with its own
-probability, and all choices come from a generator seeded by ``(seed, epoch, example index)``
-(:func:`example_generator`): an epoch's audio is a function of its plan, so a resumed run trains on
-the audio of the uninterrupted run. Speed perturbation changes the duration, and the entry's word
-timestamps and duration are scaled with it, so SRWT targets stay true. The signal processing is
-torchaudio's (``speed``, ``fftconvolve``, ``add_noise``).
+The transforms are what NeMo, lhotse/icefall and ESPnet apply to ASR training. They act on the decoded 16 kHz
+waveform before the log-mel, in the DataLoader workers (:meth:`qwen_audio.data.dataset.AudioTextDataset.augmented`).
+The signal processing is torchaudio's (``speed``, ``fftconvolve``, ``add_noise``).
 
-Noise and room impulse responses come from manifests of JSON lines ``{"audio": "noise/pink_0.wav"}``
-(relative paths are read against the manifest's folder; an optional ``kind`` names the noise type).
+Each transform fires with its own probability. All choices come from a generator seeded by
+``(seed, epoch, example index)`` (:func:`example_generator`). An epoch's audio is thus a function of its plan. A
+resumed run therefore trains on the audio of the uninterrupted run.
+
+Speed perturbation changes the duration. The entry's word timestamps and duration are scaled with it, so SRWT
+targets stay true.
+
+Noise and room impulse responses come from manifests of JSON lines ``{"audio": "noise/pink_0.wav"}``. Relative
+paths are read against the manifest's folder. An optional ``kind`` names the noise type.
 """
 
 from __future__ import annotations
@@ -30,16 +32,16 @@ from qwen_audio.prompts import TimedWord
 
 @dataclass
 class Augment:
-    """``data.augment`` in a recipe's YAML; every transform is off (probability 0) by default.
+    """Augmentation settings, ``data.augment`` in a recipe's YAML. Every transform is off (probability 0) by default.
 
     Args:
-        tasks: the tasks whose examples are augmented. Speech by default: a speed change moves a
-            note's pitch (MNA), and noise over a scene or a count of clicks can change its answer.
-        speed_prob, speeds: speed perturbation to a factor drawn uniformly from ``speeds`` (pitch
-            moves with it, as in Kaldi's 0.9/1.0/1.1 recipe).
+        tasks: the tasks whose examples are augmented. Speech by default, for two reasons. A speed change
+            moves a note's pitch (MNA). Noise over a scene or a count of clicks can change its answer.
+        speed_prob, speeds: speed perturbation to a factor drawn uniformly from ``speeds``. The pitch moves with it,
+            as in Kaldi's 0.9/1.0/1.1 recipe.
         rir_prob, rir: convolution with an impulse response drawn from the manifest ``rir``.
-        noise_prob, noise, snr_db: a random stretch of a clip drawn from the manifest ``noise``,
-            mixed in at a signal-to-noise ratio drawn uniformly from ``snr_db`` (low, high) in dB.
+        noise_prob, noise, snr_db: additive noise. A random stretch of a clip drawn from the manifest ``noise`` is
+            mixed in. Its signal-to-noise ratio is drawn uniformly from ``snr_db`` (low, high) in dB.
         gain_prob, gain_db: a gain drawn uniformly from ``gain_db`` (low, high) in dB.
     """
 
@@ -123,8 +125,10 @@ def read_audio_list(path: str) -> list[str]:
 
 
 class Augmenter:
-    """Draws (:meth:`draw`) and applies (:meth:`apply`) one example's augmentation; noise and
-    impulse responses are decoded once, on first use, and kept (each worker keeps its own)."""
+    """Draw (:meth:`draw`) and apply (:meth:`apply`) one example's augmentation.
+
+    Noise and impulse responses are decoded once, on first use, and kept. Each worker keeps its own.
+    """
 
     def __init__(
         self, config: Augment, noise: list[str] | None = None, rir: list[str] | None = None
@@ -135,7 +139,7 @@ class Augmenter:
 
     @classmethod
     def from_config(cls, config: Augment) -> Augmenter:
-        """The manifests of ``config`` read (their paths resolved already)."""
+        """Build an augmenter with the manifests of ``config`` read (their paths resolved already)."""
         return cls(
             config,
             *(
@@ -150,7 +154,7 @@ class Augmenter:
         return self._audio[kind]
 
     def draw(self, task: str, generator: torch.Generator) -> Draw | None:
-        """The choices for an example of ``task``; ``None`` when no transform fires."""
+        """Draw the choices for an example of ``task``, or ``None`` when no transform fires."""
         c = self.config
         if task not in c.tasks:
             return None
@@ -173,7 +177,10 @@ class Augmenter:
     def apply(
         self, draw: Draw, entry: ManifestEntry, audio: torch.Tensor
     ) -> tuple[ManifestEntry, torch.Tensor]:
-        """``audio`` (the entry's segment) transformed; a speed change rescales its times."""
+        """Transform ``audio`` (the entry's segment) and return it with the entry.
+
+        A speed change rescales the entry's times.
+        """
         if draw.speed is not None and draw.speed != 1.0:
             before = len(audio)
             audio = F.speed(audio[None], SAMPLE_RATE, draw.speed)[0][0]
@@ -205,8 +212,10 @@ def noise_stretch(noise: torch.Tensor, length: int, start: float) -> torch.Tenso
 
 
 def rescale_times(entry: ManifestEntry, before: float, duration: float) -> ManifestEntry:
-    """The entry whose audio of ``before`` seconds is now ``duration`` seconds long: word times
-    scaled by ``duration / before``, the offset 0 (the segment was cut before the change)."""
+    """Return the entry whose audio of ``before`` seconds is now ``duration`` seconds long.
+
+    Word times are scaled by ``duration / before``. The offset becomes 0, because the segment was cut before the change.
+    """
     scale = duration / before
     words = entry.words and tuple(
         TimedWord(w.text, round(w.start * scale, 3), min(round(w.end * scale, 3), duration))

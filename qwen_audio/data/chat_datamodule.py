@@ -1,5 +1,7 @@
 """LightningDataModule for SFT: conversation JSONL (a generated corpus's, or shards of either) -> token-bucketed,
-resumable loaders that mix conversations with audio and pure-text conversations at a set ratio."""
+resumable loaders.
+
+The loaders mix conversations with audio and pure-text conversations at a set ratio."""
 
 from __future__ import annotations
 
@@ -28,22 +30,23 @@ class ChatDataModule(L.LightningDataModule):
     shards (:mod:`qwen_audio.data.shard`).
 
     Batching uses :class:`DurationBucketSampler` with each conversation's *token count* as its length and
-    ``max_tokens`` as the budget. In stage 2 the encoder is frozen and small beside the LLM, whose memory grows with
-    the padded tokens (``batch size * longest conversation``), so SFT buckets by tokens rather than audio seconds.
-    Conversations with audio and pure-text ones are the sampler's two groups, and ``text_ratio`` sets their weights.
-    Resuming mid-epoch works as in :class:`~qwen_audio.data.datamodule.AudioTextDataModule`: both compose the parts
-    of :mod:`qwen_audio.data.loaders`. An option of that module which this one does not use is refused, not ignored.
+    ``max_tokens`` as the budget. In stage 2 the encoder is frozen and small beside the LLM. The LLM's memory grows
+    with the padded tokens (``batch size * longest conversation``). So SFT buckets by tokens rather than audio
+    seconds. Conversations with audio and pure-text ones are the sampler's two groups, and ``text_ratio`` sets their
+    weights. Resuming mid-epoch works as in :class:`~qwen_audio.data.datamodule.AudioTextDataModule`, since both
+    compose the parts of :mod:`qwen_audio.data.loaders`. An option of that module which this one does not use is
+    refused, not ignored.
 
     Args:
         train, val, test: conversation files, or shard folders written from them (``python -m qwen_audio.data.shard
-            --conversations``); ``<name>:<split>`` names a file of ``corpus``, built on first use.
-        text_ratio: the share of pure-text conversations in each training epoch, which keeps the total size
+            --conversations``). ``<name>:<split>`` names a file of ``corpus``, built on first use.
+        text_ratio: the share of pure-text conversations in each training epoch. The epoch keeps its total size
             (``None``: every conversation once per epoch).
-        max_tokens: padded tokens per batch; at least ``max_length``, so that any conversation fits in a batch.
-        max_length: the longest conversation allowed, in tokens with audio placeholders; a longer one is an error
+        max_tokens: padded tokens per batch. It is at least ``max_length``, so that any conversation fits in a batch.
+        max_length: the longest conversation allowed, in tokens with audio placeholders. A longer one is an error
             naming its file and line.
-        corpus: the generated corpus that ``<name>:<split>`` paths name (:class:`~qwen_audio.data.corpus.Corpus`);
-            its conversation ids give the question families that reports group answers by.
+        corpus: the generated corpus that ``<name>:<split>`` paths name (:class:`~qwen_audio.data.corpus.Corpus`).
+            Its conversation ids give the question families that reports group answers by.
         validate: ``decode`` also decodes every clip before step 0 (see ``AudioTextDataModule``).
     """
 
@@ -93,11 +96,15 @@ class ChatDataModule(L.LightningDataModule):
 
     @property
     def training_corpus(self) -> Corpus | None:
-        """The corpus the training split reads, if any: an export records it for evaluation."""
+        """The corpus the training split reads, if any.
+
+        An export records it for evaluation."""
         return corpus_read(self.corpus, self.manifests["train"])
 
     def question_family(self, conversation_id: str) -> str:
-        """The question family of a conversation, as ``corpus`` reads its ids; without one, the id itself."""
+        """The question family of a conversation, as ``corpus`` reads its ids.
+
+        Without a ``corpus``, it is the id itself."""
         return (
             conversation_id if self.corpus is None else self.corpus.question_family(conversation_id)
         )

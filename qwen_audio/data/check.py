@@ -1,16 +1,18 @@
 """Every problem of training manifests, one ``file:line: field: reason`` a line, before a run meets them.
 
-::
+Usage::
 
     python -m qwen_audio.data.check train.jsonl dev.jsonl            # fields and audio headers
     python -m qwen_audio.data.check --decode --workers 8 train.jsonl  # and every clip decoded
 
-By default only the JSON and each audio file's header are read: what the data module refuses when it reads a
-manifest (a bad field, a missing or unreadable file, a segment past the file's end or outside 30 ms to 30 s), for
-every line instead of the first. ``--decode`` also decodes every clip, in parallel threads, with a progress bar:
-what only decoding shows (a file that no longer decodes, NaN/inf samples, a silent clip) is found before training,
-not when its batch is first built. Exit status 1 when anything is bad. The data module runs the same check before
-step 0 (``data.validate: header|decode``), on conversation files too.
+By default only the JSON and each audio file's header are read. That finds what the data module refuses when it
+reads a manifest. Such problems are a bad field, a missing or unreadable file, or a segment past the file's end or
+outside 30 ms to 30 s. The check reports them for every line instead of the first.
+
+``--decode`` also decodes every clip, in parallel threads, with a progress bar. It finds what only decoding shows
+(a file that no longer decodes, NaN/inf samples, a silent clip) before training, not when its batch is first built.
+The exit status is 1 when anything is bad. The data module runs the same check before step 0
+(``data.validate: header|decode``), on conversation files too.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from qwen_audio.prompts import TASKS
 def header_problems(
     path: str, tasks: Container[str] = TASKS
 ) -> tuple[list[ManifestEntry], list[str]]:
-    """The good entries of a manifest and a ``file:line: field: reason`` for each bad line (fields, and the audio
-    file's header: :func:`~qwen_audio.data.manifest.iter_manifest` with ``check_audio``, without stopping)."""
+    """The good entries of a manifest, and a ``file:line: field: reason`` for each bad line.
+
+    It checks the fields and the audio file's header, as :func:`~qwen_audio.data.manifest.iter_manifest` with
+    ``check_audio`` does, without stopping.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     entries, problems = [], []
     with open(path, encoding="utf-8") as file:
@@ -82,8 +87,10 @@ def decode_problem(clip: Clip) -> str | None:
 def decode_problems(
     clips: Sequence[Clip], workers: int | None = None, progress: bool = True
 ) -> list[str]:
-    """:func:`decode_problem` of every clip, ``workers`` threads at a time (soundfile and torch release the GIL
-    while they decode and resample), in order."""
+    """:func:`decode_problem` of every clip, in order, ``workers`` threads at a time.
+
+    Threads help because soundfile and torch release the GIL while they decode and resample.
+    """
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         found = tqdm(
             pool.map(decode_problem, clips),
@@ -97,8 +104,10 @@ def decode_problems(
 
 
 def require_decodable(clips: Sequence[Clip]) -> None:
-    """Raise an :class:`~qwen_audio.errors.InputError` listing every clip that :func:`decode_problem` refuses (the
-    data modules' ``validate: decode``, before step 0)."""
+    """Raise an :class:`~qwen_audio.errors.InputError` listing every clip that :func:`decode_problem` refuses.
+
+    This is the data modules' ``validate: decode``, before step 0.
+    """
     problems = decode_problems(clips)
     if problems:
         raise InputError(f"{len(problems)} bad clip(s):\n" + "\n".join(problems))
@@ -111,7 +120,7 @@ def check_manifests(
     progress: bool = True,
     tasks: Container[str] = TASKS,
 ) -> list[str]:
-    """Every problem of ``paths`` (headers; with ``decode``, the decoded clips of the lines whose header is good)."""
+    """Every problem of ``paths``: headers, and with ``decode`` the decoded clips of the lines whose header is good."""
     problems, entries = [], []
     for path in paths:
         if not os.path.isfile(path):

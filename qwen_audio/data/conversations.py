@@ -1,5 +1,7 @@
-"""Conversation JSONL for supervised fine-tuning (stage 2): one ChatML dialogue a line, validated with errors that name
-the file, line and field, and the dataset that encodes it with loss on the assistant's words only.
+"""Conversation JSONL for supervised fine-tuning (stage 2), its validation, and the dataset that encodes it.
+
+Each line holds one ChatML dialogue. Validation errors name the file, line and field. The dataset puts loss on the
+assistant's words only.
 
 A line looks like::
 
@@ -11,17 +13,17 @@ A line looks like::
                   {"role": "assistant", "content": "the cat sleeps."}]}
 
 Fields: ``messages`` (required) alternate ``user`` and ``assistant``, start with the user and end with the assistant's
-reply. A user turn is text, or a list of ``{"audio": path}`` / ``{"text": ...}`` items, written as the release's
-``from_list_format`` does (``Audio 1:<audio>PATH</audio>\\n``, numbered from 1 in each turn; with a Qwen2-Audio
-tokenizer, its chat template's ``Audio 1: <audio>PATH</audio>\\n`` numbered across the conversation); an assistant
-turn is text. ``system`` (optional) replaces the default system prompt; ``id`` (optional) defaults to ``file:line``. A
-pure-text conversation is the same schema without audio items. Audio paths are read against the file's folder, so a
-corpus folder can be moved. Text may not hold ``<audio>`` tags (audio comes only as items) and unknown fields are
-errors, so a misspelt field cannot be silently ignored.
+reply. A user turn is text, or a list of ``{"audio": path}`` / ``{"text": ...}`` items. It is written as the
+release's ``from_list_format`` does: ``Audio 1:<audio>PATH</audio>\\n``, numbered from 1 in each turn. With a
+Qwen2-Audio tokenizer, it follows its chat template's ``Audio 1: <audio>PATH</audio>\\n``, numbered across the
+conversation. An assistant turn is text. ``system`` (optional) replaces the default system prompt. ``id`` (optional)
+defaults to ``file:line``. A pure-text conversation is the same schema without audio items. Audio paths are read
+against the file's folder, so a corpus folder can be moved. Text may not hold ``<audio>`` tags, as audio comes only
+as items. Unknown fields are errors, so a misspelt field cannot be silently ignored.
 
-Labels: ``IGNORE_INDEX`` everywhere except each assistant turn's content *and its closing* ``<|im_end|>``, as Qwen
-and FastChat train chat models: the model learns to stop, and generation ends at ``<|im_end|>`` (spec §7). The
-system prompt, user turns (audio included), role headers and the newlines between turns carry no loss.
+Labels are ``IGNORE_INDEX`` everywhere except each assistant turn's content *and its closing* ``<|im_end|>``. This is
+how Qwen and FastChat train chat models. The model learns to stop, and generation ends at ``<|im_end|>`` (spec §7).
+The system prompt, user turns (audio included), role headers and the newlines between turns carry no loss.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ _FIELDS = ("id", "system", "messages")
 
 @dataclass(frozen=True)
 class Conversation:
-    """One dialogue; ``source`` (``file:line``) names it in errors raised while it is encoded.
+    """One dialogue, named by ``source`` (``file:line``) in errors raised while it is encoded.
 
-    ``stored``: for a conversation read from a shard (:mod:`qwen_audio.data.shard`), returns the bytes of its audio
-    files by path. It is called when the conversation is encoded, so that memory holds no corpus's audio."""
+    ``stored`` is set for a conversation read from a shard (:mod:`qwen_audio.data.shard`). It returns the bytes of
+    its audio files by path. It is called when the conversation is encoded, so memory holds no corpus's audio.
+    """
 
     id: str
     messages: tuple[Message, ...]
@@ -95,9 +98,12 @@ class Conversation:
     def encode(
         self, tokenizer: Tokenizer, max_length: int, load: AudioLoader | None = None
     ) -> Example:
-        """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`); errors name the conversation. Audio that
-        only decoding shows unusable (NaN/inf, silence: the file check reads headers) is an :class:`AudioError`.
-        ``load``: how audio paths become waveforms (by default :func:`load_clip`, through :meth:`loader`)."""
+        """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`).
+
+        Errors name the conversation. Audio that only decoding shows unusable (NaN/inf, silence) is an
+        :class:`AudioError`. The file check reads headers, so it cannot see such audio. ``load`` says how audio
+        paths become waveforms (by default :func:`load_clip`, through :meth:`loader`).
+        """
         system = [Message("system", self.system)] if self.system is not None else []
         where = self.source or f"conversation {self.id!r}"
         try:
@@ -225,8 +231,11 @@ def _decode(raw: str) -> Any:
 
 
 def read_conversations(path: str | os.PathLike, *, check_audio: bool = True) -> list[Conversation]:
-    """Every conversation of a JSONL file (blank lines ignored); the first bad line raises :class:`ManifestError`
-    reading ``path:line: field: reason``. ``check_audio``: each audio file must exist and be readable."""
+    """Every conversation of a JSONL file (blank lines ignored).
+
+    The first bad line raises :class:`ManifestError` reading ``path:line: field: reason``. With ``check_audio``,
+    each audio file must exist and be readable.
+    """
     name = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(name))
     conversations = []
@@ -246,14 +255,20 @@ def read_conversations(path: str | os.PathLike, *, check_audio: bool = True) -> 
 
 
 def write_conversations(path: str | os.PathLike, conversations: Iterable[Conversation]) -> None:
-    """One conversation a line; audio paths as stored (relative paths resolve against the file's folder)."""
+    """Write one conversation a line.
+
+    Audio paths are written as stored (relative paths resolve against the file's folder).
+    """
     with open(path, "w", encoding="utf-8") as file:
         for conversation in conversations:
             file.write(json.dumps(conversation.to_json(), ensure_ascii=False) + "\n")
 
 
 def _header_length(path: AudioSource) -> torch.Tensor:
-    """Zeros as long as the file's audio at 16 kHz, from its header: enough to count its placeholders."""
+    """Zeros as long as the file's audio at 16 kHz, from its header.
+
+    That is enough to count its placeholders.
+    """
     info = soundfile.info(path)
     return torch.zeros(round(info.frames * SAMPLE_RATE / info.samplerate))
 
@@ -266,8 +281,10 @@ def token_length(conversation: Conversation, tokenizer: Tokenizer, max_length: i
 
 
 class ConversationDataset(Dataset):
-    """Map-style dataset of conversations -> :class:`Sample` (``task`` is ``chat`` with audio, ``text`` without),
-    so the pretraining collate function batches them."""
+    """Map-style dataset of conversations -> :class:`Sample`, which the pretraining collate function batches.
+
+    ``task`` is ``chat`` with audio, ``text`` without.
+    """
 
     def __init__(
         self,

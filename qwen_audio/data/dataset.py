@@ -46,8 +46,10 @@ Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.T
 
 
 def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Samples ``start:stop`` of a training clip at 16 kHz; a clip that decodes to silence (every sample 0)
-    raises :class:`AudioError` like one that does not decode or holds NaN/inf: either teaches the model nothing."""
+    """Samples ``start:stop`` of a training clip at 16 kHz.
+
+    A clip that decodes to silence (every sample 0) raises :class:`AudioError`. So does one that does not
+    decode or holds NaN/inf. Neither teaches the model anything."""
     clip = load_audio(path)[start:stop]
     if not clip.any():
         raise AudioError(f"audio file {path} is silent: every sample of the clip is 0")
@@ -55,20 +57,21 @@ def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> tor
 
 
 def stored_file(data: bytes, name: str) -> io.BytesIO:
-    """An audio file's bytes, from a shard (:mod:`qwen_audio.data.shard`), as a file that
-    :func:`~qwen_audio.audio.load_audio` decodes; errors name it ``name``, the path it was read from."""
+    """An audio file's bytes, from a shard (:mod:`qwen_audio.data.shard`), as a file object.
+
+    :func:`~qwen_audio.audio.load_audio` decodes it. Errors name it ``name``, the path it was read from."""
     file = io.BytesIO(data)
     file.name = name
     return file
 
 
 def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tensor:
-    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment; ``data``: the bytes
-    of its audio file when they come from a shard (:mod:`qwen_audio.data.shard`), not from disk.
+    """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment.
 
-    The manifest check reads headers only, which keeps a million-line manifest cheap; what only decoding shows
-    (a file that no longer decodes, NaN/inf samples, silence) is found here, as an :class:`AudioError` that names
-    the manifest line and the file."""
+    ``data`` holds the bytes of its audio file when they come from a shard (:mod:`qwen_audio.data.shard`),
+    not from disk. The manifest check reads headers only, to keep a million-line manifest cheap. Faults that
+    only decoding shows are found here: a file that no longer decodes, NaN/inf samples, silence. Each raises
+    an :class:`AudioError` that names the manifest line and the file."""
     start = round(entry.offset * SAMPLE_RATE)
     stop = None if entry.duration is None else start + round(entry.duration * SAMPLE_RATE)
     source = entry.audio if data is None else stored_file(data, entry.audio)
@@ -125,11 +128,12 @@ def encode_entry(
     transform: Transform | None = None,
 ) -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
-    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first.
 
-    ``on_error="skip"``: audio that fails to load (:func:`load_segment`) gives a warning and a stand-in of one
-    padding token without label or audio (task ``skipped``). It adds nothing to the loss, and its batch keeps its
-    place in the epoch's plan: every rank still takes the step, and a resumed run replays the same batches."""
+    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first.
+    With ``on_error="skip"``, audio that fails to load (:func:`load_segment`) gives a warning. It also gives a
+    stand-in of one padding token without label or audio (task ``skipped``). The stand-in adds nothing to the
+    loss, and its batch keeps its place in the epoch's plan. So every rank still takes the step, and a resumed
+    run replays the same batches."""
     try:
         example = task_example(
             tokenizer,
@@ -150,14 +154,16 @@ def encode_entry(
 
 
 class AudioTextDataset(Dataset):
-    """Map-style dataset over manifest entries; the loss covers only the target after the task prompt. ``on_error``:
-    what audio that fails to load does (:func:`encode_entry`).
+    """Map-style dataset over manifest entries.
 
-    ``cache``: keep each encoded sample after its first load, so that later epochs skip decoding and the log-mel.
-    An example is a pure function of its entry (augmentation happens on the batch, in the model's step), so a cached
-    sample is the one a fresh load gives. Memory grows to the whole split's features (about 50 KB a second of
-    audio at 80 mel bins); each loader worker keeps its own cache, so use it with ``num_workers`` 0 or persistent
-    workers."""
+    The loss covers only the target after the task prompt. ``on_error`` sets what audio that fails to load does
+    (:func:`encode_entry`).
+
+    ``cache`` keeps each encoded sample after its first load. Later epochs then skip decoding and the log-mel.
+    An example is a pure function of its entry, so a cached sample is the one a fresh load gives. An augmented
+    example (:meth:`augmented`) is encoded afresh and never cached. Memory grows to the whole split's
+    features (about 50 KB a second of audio at 80 mel bins). Each loader worker keeps its own cache. Use it
+    with ``num_workers`` 0 or persistent workers."""
 
     def __init__(
         self,
@@ -182,16 +188,18 @@ class AudioTextDataset(Dataset):
         return len(self.entries)
 
     def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
-        """How an entry becomes a sample (:func:`encode_entry`); a subclass that prompts differently
-        overrides it."""
+        """How an entry becomes a sample (:func:`encode_entry`).
+
+        A subclass that prompts differently overrides it."""
         return encode_entry(
             entry, self.tokenizer, self.max_length, self.n_mels, self.on_error, transform=transform
         )
 
     def augmented(self, index: int, generator: torch.Generator) -> Sample:
-        """Example ``index`` with the augmentation ``generator`` draws: one that no transform changes
-        is served like ``self[index]`` (from the cache), an augmented one is encoded afresh and not
-        cached."""
+        """Example ``index``, with the augmentation that ``generator`` draws.
+
+        An example that no transform changes is served like ``self[index]`` (from the cache).
+        An augmented one is encoded afresh and not cached."""
         entry = self.entries[index]
         draw = None if self.augmenter is None else self.augmenter.draw(entry.task, generator)
         if draw is None:
@@ -208,11 +216,12 @@ class AudioTextDataset(Dataset):
 
 
 class AugmentedConcatDataset(ConcatDataset):
-    """The training datasets of a data module with augmentation: indexed by ``(epoch, index)``
-    (what :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields), each example augmented by
-    the generator of ``(seed, epoch, index)`` (:func:`~qwen_audio.data.augment.example_generator`),
-    so the audio does not depend on the worker that loads it, and a resumed run sees the audio of
-    the uninterrupted one."""
+    """The training datasets of a data module with augmentation.
+
+    It is indexed by ``(epoch, index)``, what :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields.
+    Each example is augmented by the generator of ``(seed, epoch, index)``
+    (:func:`~qwen_audio.data.augment.example_generator`). So the audio does not depend on the worker that
+    loads it. A resumed run sees the audio of the uninterrupted one."""
 
     def __init__(self, datasets: Sequence[AudioTextDataset], seed: int) -> None:
         super().__init__(datasets)

@@ -6,12 +6,17 @@ A line looks like::
      "text_language": "en", "text": "the cat sleeps.",
      "words": [{"word": "the", "start": 0.0, "end": 0.14}, {"word": "cat", "start": 0.14, "end": 0.48}, ...]}
 
-Fields: ``audio`` (path; a relative path is read against the manifest's folder, so a corpus folder can be moved),
-``offset``/``duration`` (seconds, optional: a segment of a longer file), ``task`` (a task name, checked against the
-``tasks`` the reader is given), ``audio_language``/``text_language`` (a language code, or ``null``/``"unknown"`` for
-none, e.g. the audio language of a sound), ``text`` (the target the model learns to emit; for a question it is the
-answer), ``words`` (SRWT: words with start/end seconds from the clip's start), ``question`` and ``choices``
-(question answering). Unknown fields are errors, so a misspelt optional field cannot be silently ignored.
+Fields:
+    ``audio``: a path. A relative path is read against the manifest's folder, so a corpus folder can be moved.
+    ``offset``/``duration``: seconds, optional. They select a segment of a longer file.
+    ``task``: a task name, checked against the ``tasks`` the reader is given.
+    ``audio_language``/``text_language``: a language code, or ``null``/``"unknown"`` for none (e.g. the audio
+    language of a sound).
+    ``text``: the target the model learns to emit. For a question it is the answer.
+    ``words``: SRWT words with start/end seconds from the clip's start.
+    ``question`` and ``choices``: question answering.
+
+Unknown fields are errors, so a misspelt optional field cannot be silently ignored.
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ MAX_SECONDS = (
 
 
 class ManifestError(InputError):
-    """A manifest line that cannot be used; the message reads ``path:line: field: reason``."""
+    """A manifest line that cannot be used.
+
+    The message reads ``path:line: field: reason``.
+    """
 
     def __init__(
         self,
@@ -143,8 +151,10 @@ class ManifestEntry:
             previous_end = word.end
 
     def _check_spelling(self) -> None:
-        """The words must spell ``text`` after the release's normalisation, lower-cased and without punctuation
-        (words carry none); Chinese is compared by characters."""
+        """Check that the words spell ``text`` after the release's normalisation, lower-cased and without punctuation.
+
+        Words carry no punctuation. Chinese is compared by characters.
+        """
         language = self.text_language or "en"
         spelled, text = (
             _spelling(t, language) for t in (" ".join(w.text for w in self.words), self.text)
@@ -171,7 +181,10 @@ class ManifestEntry:
             )
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest line as a dict; optional fields at their defaults are left out."""
+        """The manifest line as a dict.
+
+        Optional fields at their defaults are left out.
+        """
         line: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -263,8 +276,11 @@ def _parse_words(words: Any) -> tuple[TimedWord, ...]:
 
 
 def _check_audio_file(entry: ManifestEntry) -> None:
-    """From the header only (no decoding): the file exists, holds the segment, and the segment fits the front end
-    (30 ms to 30 s) with every SRWT word inside it."""
+    """Check ``entry``'s audio file from its header only, without decoding.
+
+    The file must exist and hold the segment. The segment must fit the front end (30 ms to 30 s) with every SRWT
+    word inside it.
+    """
     if not os.path.isfile(entry.audio):
         raise ManifestError(f"file not found: {entry.audio}", field="audio")
     try:
@@ -309,12 +325,12 @@ def iter_manifest(
 ) -> Iterator[ManifestEntry]:
     """Stream the entries of a JSONL manifest, one line at a time (for corpora too large to hold in memory).
 
-    ``tasks``/``languages``: the accepted names (any container: a set, a registry dict). ``check_audio``: also
-    require each audio file to exist and to be long enough for its segment (reads the file's header only).
-    ``on_error``: ``"raise"`` a :class:`ManifestError` at the first bad line, or ``"skip"`` bad lines and, when the
-    file is done, warn once with how many were skipped and for which fields. Blank lines are ignored.
-    ``shard``: ``(index, count)`` keeps only lines ``index, index + count, ...`` (numbered from 0) and parses no
-    other, so ``count`` readers split a file between them.
+    ``tasks``/``languages`` are the accepted names, in any container (a set, a registry dict). ``check_audio`` also
+    requires each audio file to exist and to be long enough for its segment. It reads the file's header only.
+    ``on_error="raise"`` raises a :class:`ManifestError` at the first bad line. ``on_error="skip"`` skips bad lines.
+    When the file is done, it then warns once with how many were skipped and for which fields. Blank lines are
+    ignored. ``shard=(index, count)`` keeps only lines ``index, index + count, ...`` (numbered from 0) and parses no
+    other. ``count`` readers thus split a file between them.
     """
     index, count = shard
     if not 0 <= index < count:
@@ -354,7 +370,10 @@ def read_manifest(
     check_audio: bool = False,
     on_error: Literal["raise", "skip"] = "raise",
 ) -> list[ManifestEntry]:
-    """All entries of a JSONL manifest; see :func:`iter_manifest` for the options."""
+    """All entries of a JSONL manifest.
+
+    See :func:`iter_manifest` for the options.
+    """
     return list(
         iter_manifest(
             path, tasks=tasks, languages=languages, check_audio=check_audio, on_error=on_error
@@ -363,7 +382,10 @@ def read_manifest(
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[ManifestEntry]) -> None:
-    """Write ``entries`` one JSON object a line; ``audio`` as stored (relative paths resolve against the folder)."""
+    """Write ``entries`` one JSON object a line.
+
+    ``audio`` is written as stored (relative paths resolve against the folder).
+    """
     with open(path, "w", encoding="utf-8") as file:
         for entry in entries:
             file.write(json.dumps(entry.to_json(), ensure_ascii=False) + "\n")

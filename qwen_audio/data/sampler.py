@@ -1,9 +1,9 @@
 """Duration-bucketed, distributed, resumable batch sampler with weighted mixing of several manifests.
 
-Why not lhotse or litdata: lhotse's ``DynamicBucketingSampler`` works on its own ``CutSet`` data model and I/O stack,
-and litdata streams its own optimised chunk format; either would replace our JSONL manifest and map-style dataset
+Why not lhotse or litdata? lhotse's ``DynamicBucketingSampler`` works on its own ``CutSet`` data model and I/O
+stack. litdata streams its own optimised chunk format. Either would replace our JSONL manifest and map-style dataset
 rather than sample it. What we need (padded-seconds budget, buckets, equal batch counts per rank, exact mid-epoch
-resume, a seeded mixture) is a pure function of the clip durations, the seed and the epoch, which fits in one class.
+resume, a seeded mixture) is a pure function of the clip durations, the seed and the epoch. It fits in one class.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from torch.utils.data import Sampler
 def pack_batches(
     indices: Sequence[int], durations: Sequence[float], max_seconds: float
 ) -> list[list[int]]:
-    """Cut ``indices`` in order into batches whose padded length, ``len(batch) * longest clip``, stays within
-    ``max_seconds``: the encoder computes the padded batch, so this bounds memory and compute."""
+    """Cut ``indices`` in order into batches whose padded length stays within ``max_seconds``.
+
+    The padded length is ``len(batch) * longest clip``. The encoder computes the padded batch, so this bounds memory
+    and compute.
+    """
     batches: list[list[int]] = []
     batch, longest = [], 0.0
     for index in indices:
@@ -46,34 +49,34 @@ def _apportion(shares: np.ndarray, total: int) -> np.ndarray:
 
 
 class DurationBucketSampler(Sampler[list[int]]):
-    """Yields lists of dataset indices; use as ``DataLoader(dataset, batch_sampler=sampler)``.
+    """Batch sampler for ``DataLoader(dataset, batch_sampler=sampler)``: yields lists of dataset indices.
 
-    ``durations``: one sequence of clip durations (seconds) per manifest. Index ``i`` of manifest ``m`` is the
-    global index ``sum(len(durations[k]) for k < m) + i``, the numbering of ``torch.utils.data.ConcatDataset``.
+    ``durations`` holds one sequence of clip durations (seconds) per manifest. Index ``i`` of manifest ``m`` is the
+    global index ``sum(len(durations[k]) for k < m) + i``. This is the numbering of ``torch.utils.data.ConcatDataset``.
 
-    An epoch is planned from ``(seed, epoch)`` alone, identically on every rank, and holds the same number of
-    batches in every epoch (Lightning reads ``len()`` once, and the LR schedule counts on it):
+    An epoch is planned from ``(seed, epoch)`` alone, identically on every rank. Every epoch holds the same number
+    of batches, because Lightning reads ``len()`` once and the LR schedule counts on it. The plan:
 
     1. Group all examples into ``num_buckets`` buckets of similar duration (quantiles of all durations).
-    2. Draw the epoch's examples. Without ``weights`` every example once. With ``weights`` (one per manifest) the
-       epoch keeps the total size and takes ``weight / sum(weights)`` of it from each manifest, split over the
-       manifest's buckets in proportion to their sizes: a shuffled pass over each, repeated when it must be
-       up-sampled and cut short when down-sampled.
-    3. Shuffle each bucket and cut it into batches of ``max_seconds // longest clip of the bucket`` examples, so the
-       padded length ``len(batch) * longest clip`` stays within ``max_seconds``.
-    4. Shuffle the batch order (in the first ``sortagrad_epochs`` epochs keep it: shortest bucket first, the
-       SortaGrad curriculum of Deep Speech 2, §3.1); then, so that each rank gets the same number of batches,
-       split the largest batches in two until the count divides by the world size (no example dropped or
-       repeated). Only when every batch holds a single example and splitting is impossible are the last
+    2. Draw the epoch's examples. Without ``weights``, every example is drawn once. With ``weights`` (one per
+       manifest), the epoch keeps the total size. It takes ``weight / sum(weights)`` of it from each manifest.
+       That share is split over the manifest's buckets in proportion to their sizes. Each bucket gets a shuffled
+       pass, repeated when it must be up-sampled and cut short when down-sampled.
+    3. Shuffle each bucket and cut it into batches of ``max_seconds // longest clip of the bucket`` examples. The
+       padded length ``len(batch) * longest clip`` thus stays within ``max_seconds``.
+    4. Shuffle the batch order. In the first ``sortagrad_epochs`` epochs, keep it instead: shortest bucket first,
+       the SortaGrad curriculum of Deep Speech 2, §3.1. Then split the largest batches in two until the count
+       divides by the world size. Each rank thus gets the same number of batches, with no example dropped or
+       repeated. Only when every batch holds a single example and splitting is impossible are the last
        ``count % world_size`` batches dropped.
     5. Rank ``r`` takes batches ``r, r + world_size, ...``.
 
-    Lightning calls ``set_epoch`` at the start of every epoch on ``loader.batch_sampler.sampler`` (the index sampler
-    of a torch ``BatchSampler``); this class is both, so :attr:`sampler` is itself.
+    Lightning calls ``set_epoch`` at the start of every epoch on ``loader.batch_sampler.sampler``. That is the index
+    sampler of a torch ``BatchSampler``. This class is both, so :attr:`sampler` is itself.
 
-    ``state_dict()`` records the epoch and how many batches this rank has yielded; after ``load_state_dict`` the
-    next ``iter()`` continues from there with the batches the uninterrupted run would have produced. With
-    ``DataLoader`` workers the loader fetches batches ahead, so save the state of batches *consumed*: build it from
+    ``state_dict()`` records the epoch and how many batches this rank has yielded. After ``load_state_dict``, the
+    next ``iter()`` continues from there. It yields the batches the uninterrupted run would have produced. With
+    ``DataLoader`` workers, the loader fetches batches ahead. So save the state of batches *consumed*. Build it from
     the step count (``{"epoch": e, "batches_done": steps_in_epoch, ...}``) or use a stateful loader.
     """
 
@@ -159,11 +162,17 @@ class DurationBucketSampler(Sampler[list[int]]):
 
     @property
     def sampler(self) -> DurationBucketSampler:
-        """Where Lightning sets the epoch (``loader.batch_sampler.sampler``): this sampler plans indices and batches."""
+        """Where Lightning sets the epoch (``loader.batch_sampler.sampler``).
+
+        This sampler plans indices and batches.
+        """
         return self
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch to plan; a pending resume point is kept only for the epoch it was saved in."""
+        """Select the epoch to plan.
+
+        A pending resume point is kept only for the epoch it was saved in.
+        """
         if epoch != self.epoch:
             self._resume_at = 0
         self.epoch = epoch
@@ -242,10 +251,12 @@ class DurationBucketSampler(Sampler[list[int]]):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``'s position; the sampler must be built on the same data, seed and world size.
+        """Resume at ``state``'s position.
 
-        A state saved after the last batch of its epoch resumes at the start of the next epoch, as Lightning does:
-        a loader with workers fetches its first batches before Lightning's ``set_epoch`` says so."""
+        The sampler must be built on the same data, seed and world size. A state saved after the last batch of its
+        epoch resumes at the start of the next epoch, as Lightning does. A loader with workers fetches its first
+        batches before Lightning's ``set_epoch`` says so.
+        """
         for key in ("seed", "world_size", "num_examples"):
             if key in state and state[key] != self.state_dict()[key]:
                 raise ValueError(
@@ -258,11 +269,13 @@ class DurationBucketSampler(Sampler[list[int]]):
 
 
 class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
-    """The batches of a :class:`DurationBucketSampler` with each index tagged by the epoch it was
-    planned in, ``(epoch, index)``: the epoch travels with the index to the worker that loads it (a
-    worker's copy of the dataset cannot know the epoch, and a loader fetches ahead into the next
-    one), which seeds augmentation (:class:`~qwen_audio.data.dataset.AugmentedConcatDataset`).
-    Lightning sets the epoch on :attr:`sampler`."""
+    """The batches of a :class:`DurationBucketSampler`, each index tagged ``(epoch, index)``.
+
+    The epoch is the one the index was planned in. It travels with the index to the worker that loads it. A
+    worker's copy of the dataset cannot know the epoch, and a loader fetches ahead into the next one. The epoch
+    seeds augmentation (:class:`~qwen_audio.data.dataset.AugmentedConcatDataset`). Lightning sets the epoch on
+    :attr:`sampler`.
+    """
 
     def __init__(self, sampler: DurationBucketSampler) -> None:
         self.sampler = sampler

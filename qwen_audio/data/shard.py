@@ -2,24 +2,26 @@
 audio file's bytes.
 
 ``python -m qwen_audio.data.shard MANIFEST... OUT`` writes one shard folder per manifest,
-``OUT/<manifest name>``, with litdata's chunk writer (``litdata.streaming.Cache``, in this process:
-``litdata.optimize``'s worker processes would not keep the lines' order): a run then opens a handful
-of chunk files instead of one file per clip, which is what network and object storage are slow at.
-Train from them with ``data.train: [OUT/a, OUT/b]`` and ``data.streaming: true``
-(:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`); ``data.weights`` mixes the folders
-as it mixes manifests, and the batches are those the manifests themselves give.
+``OUT/<manifest name>``. It uses litdata's chunk writer (``litdata.streaming.Cache``) in this
+process, because ``litdata.optimize``'s worker processes would not keep the lines' order. A run then
+opens a handful of chunk files instead of one file per clip. One file per clip is what network and
+object storage are slow at. Train from them with ``data.train: [OUT/a, OUT/b]`` and
+``data.streaming: true`` (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`).
+``data.weights`` mixes the folders as it mixes manifests. The batches are those the manifests
+themselves give.
 
-An item holds the manifest line (``audio`` made absolute, ``duration`` filled in from the file's
-header, so that batches can be planned without decoding), the ``file:line`` it came from, and the
-bytes of the whole audio file: the segment is cut after decoding and resampling, as from the file,
-so that a clip is the same sample for sample. Items keep the manifest's order (one writer per
-folder): reader ``r`` of ``n`` takes items ``r, r + n, ...`` in order, as it takes a manifest's
+An item holds the manifest line, the ``file:line`` it came from, and the bytes of the whole audio
+file. In the line, ``audio`` is made absolute and ``duration`` is filled in from the file's header.
+Batches can thus be planned without decoding. The segment is cut after decoding and resampling, as
+from the file, so a clip is the same sample for sample. Items keep the manifest's order (one writer
+per folder). Reader ``r`` of ``n`` takes items ``r, r + n, ...`` in order, as it takes a manifest's
 lines.
 
-``--conversations`` shards SFT conversation files instead (:mod:`qwen_audio.data.conversations`):
-an item holds the conversation line (audio paths absolute), its ``file:line`` and the bytes of each
-audio file it names. :class:`~qwen_audio.data.chat_datamodule.ChatDataModule` reads them by index
-wherever it reads a conversation file, so its token-count buckets and resume are those of the file.
+``--conversations`` shards SFT conversation files instead (:mod:`qwen_audio.data.conversations`).
+An item then holds the conversation line (audio paths absolute), its ``file:line`` and the bytes of
+each audio file it names. :class:`~qwen_audio.data.chat_datamodule.ChatDataModule` reads them by
+index wherever it reads a conversation file. Its token-count buckets and resume are thus those of
+the file.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ REMOTE = ("s3://", "gs://", "azure://", "hf://")  # object stores litdata stream
 
 
 def is_shard_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder of litdata chunks: it holds litdata's ``index.json``, or lies in
-    an object store."""
+    """Whether ``path`` is a folder of litdata chunks.
+
+    It is one when it holds litdata's ``index.json``, or when it lies in an object store.
+    """
     return os.fspath(path).startswith(REMOTE) or os.path.isfile(os.path.join(path, "index.json"))
 
 
@@ -76,9 +80,11 @@ def write_shards(
     chunk_bytes: str = CHUNK_BYTES,
     on_error: Literal["raise", "skip"] = "raise",
 ) -> list[Path]:
-    """Write one shard folder per manifest under ``out`` and return them. Every line is checked as
-    training checks it, audio file included (``on_error`` as in
-    :func:`~qwen_audio.data.manifest.iter_manifest`)."""
+    """Write one shard folder per manifest under ``out`` and return them.
+
+    Every line is checked as training checks it, audio file included (``on_error`` as in
+    :func:`~qwen_audio.data.manifest.iter_manifest`).
+    """
     folders = _folders(manifests, out)
     for manifest, folder in zip(manifests, folders):
         entries = list(iter_manifest(manifest, check_audio=True, on_error=on_error))
@@ -89,9 +95,11 @@ def write_shards(
 def write_conversation_shards(
     files: list[str | os.PathLike], out: str | os.PathLike, *, chunk_bytes: str = CHUNK_BYTES
 ) -> list[Path]:
-    """Write one shard folder per conversation file under ``out`` and return them. Every line is
-    checked as training checks it (:func:`~qwen_audio.data.conversations.read_conversations`), so a
-    bad line stops before anything is written."""
+    """Write one shard folder per conversation file under ``out`` and return them.
+
+    Every line is checked as training checks it (:func:`~qwen_audio.data.conversations.read_conversations`).
+    A bad line thus stops before anything is written.
+    """
     folders = _folders(files, out)
     for file, folder in zip(files, folders):
         conversations = read_conversations(file)
@@ -100,7 +108,10 @@ def write_conversation_shards(
 
 
 def _folders(files: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
-    """``OUT/<file name>`` of each file; names must differ, as each file gets its own folder."""
+    """``OUT/<file name>`` of each file.
+
+    Names must differ, as each file gets its own folder.
+    """
     stems = [Path(f).name.removesuffix(".jsonl") for f in files]
     if len(set(stems)) != len(stems):
         raise ValueError(f"files must have distinct names, one shard folder each: {stems}")
@@ -122,9 +133,12 @@ def _write(folder: Path, items: Iterable[dict], chunk_bytes: str) -> None:
 
 
 def _conversation_item(conversation: Conversation) -> dict:
-    """The shard item of a validated conversation: its line (audio paths absolute), where it came
-    from, and its audio files' bytes, one after the other, with ``audios`` naming each file's path
-    and size (every item then has the same fields, which litdata's chunks need)."""
+    """The shard item of a validated conversation.
+
+    It holds the line (audio paths absolute), where it came from, and its audio files' bytes, one
+    after the other. ``audios`` names each file's path and size. Every item then has the same
+    fields, which litdata's chunks need.
+    """
     paths = list(dict.fromkeys(conversation.audios))
     audio = [Path(path).read_bytes() for path in paths]
     return {
@@ -138,9 +152,11 @@ def _conversation_item(conversation: Conversation) -> dict:
 def read_shards(
     folder: str | os.PathLike, *, tasks=TASKS, languages=LANGUAGES, shard: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[ManifestEntry, bytes]]:
-    """The entries of a shard folder with their audio file's bytes, items ``index, index + count,
-    ...`` of ``shard = (index, count)``, in order; an entry's ``source`` is the manifest line it was
-    sharded from."""
+    """The entries of a shard folder with their audio file's bytes, in order.
+
+    They are items ``index, index + count, ...`` of ``shard = (index, count)``. An entry's
+    ``source`` is the manifest line it was sharded from.
+    """
     from litdata import StreamingDataset
 
     index, count = shard
@@ -156,9 +172,12 @@ def read_shards(
 
 
 def read_conversation_shard(folder: str | os.PathLike) -> list[Conversation]:
-    """The conversations of a shard folder, in order. Each reads its audio bytes from the shard when
-    it is encoded (:attr:`~qwen_audio.data.conversations.Conversation.stored`), by index, so that
-    a data module's sampler picks conversations from shards as from a file."""
+    """The conversations of a shard folder, in order.
+
+    Each reads its audio bytes from the shard by index when it is encoded
+    (:attr:`~qwen_audio.data.conversations.Conversation.stored`). A data module's sampler thus picks
+    conversations from shards as from a file.
+    """
     folder = os.fspath(folder)
     dataset = _open(folder, os.getpid())
     conversations = []
@@ -171,7 +190,10 @@ def read_conversation_shard(folder: str | os.PathLike) -> list[Conversation]:
 
 @dataclass(frozen=True)
 class StoredAudio:
-    """The audio bytes of item ``index`` of shard ``folder`` by path; called, it reads them."""
+    """The audio bytes of item ``index`` of shard ``folder`` by path.
+
+    Calling it reads them.
+    """
 
     folder: str
     index: int

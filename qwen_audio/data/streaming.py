@@ -1,20 +1,21 @@
 """Training batches streamed from JSONL manifests or litdata shards, for corpora too large to index.
 
 The map-style path (:class:`~qwen_audio.data.sampler.DurationBucketSampler`) holds every entry's duration to plan an
-epoch. Here nothing is indexed up front: each reader (one per rank and DataLoader worker) parses only its own lines
-of each manifest (:func:`~qwen_audio.data.manifest.iter_manifest` with ``shard``), so N readers read a file once
+epoch. Here nothing is indexed up front. Each reader (one per rank and DataLoader worker) parses only its own lines
+of each manifest (:func:`~qwen_audio.data.manifest.iter_manifest` with ``shard``). N readers thus read a file once
 between them.
 
 A source may also be a shard folder written by ``python -m qwen_audio.data.shard``
-(:func:`~qwen_audio.data.shard.read_shards`): litdata chunks that hold the lines and their audio
-files' bytes, read through ``litdata.StreamingDataset`` from a local folder or an object store. At
-the scale of the paper's stage 1 (some 30 corpora, millions of clips) opening one file per clip on
-network storage is what limits the loader; a few chunks per reader is not. A shard folder keeps its
-manifest's order, so a reader takes the same entries from it as from the manifest, and the plan
-below (weighted draws, duration-packed batches, resume by replay) gives the same batches from
-either. litdata's own loader (``StreamingDataLoader``) is not used: it batches a fixed number of
-items and resumes by items, while a batch here is a duration-packed group within ``max_seconds``
-and resumes by batches.
+(:func:`~qwen_audio.data.shard.read_shards`). Such a folder holds litdata chunks with the lines and
+their audio files' bytes. They are read through ``litdata.StreamingDataset`` from a local folder or
+an object store. At the scale of the paper's stage 1 (some 30 corpora, millions of clips), opening
+one file per clip on network storage is what limits the loader. A few chunks per reader do not.
+
+A shard folder keeps its manifest's order, so a reader takes the same entries from it as from the
+manifest. The plan below (weighted draws, duration-packed batches, resume by replay) thus gives the
+same batches from either. The litdata loader (``StreamingDataLoader``) is not used. It batches a
+fixed number of items and resumes by items. A batch here is a duration-packed group within
+``max_seconds`` and resumes by batches.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ Item = tuple[ManifestEntry, bytes | None]  # an entry, and its audio file's byte
 class StreamingAudioTextDataset(IterableDataset):
     """Yields collated batches (use ``DataLoader(dataset, batch_size=None)``) forever.
 
-    Each reader draws its next entry from the manifests with probability proportional to ``weights``, gathers
-    ``buffer_size`` entries, sorts them by duration, packs them into batches within ``max_seconds`` and yields the
-    batches in shuffled order. A manifest that runs out starts its next pass, so the stream never ends and every
-    rank always has a batch: training stops at ``trainer.max_steps``. Every draw comes from ``(seed, reader)``.
+    Each reader draws its next entry from the manifests with probability proportional to ``weights``. It gathers
+    ``buffer_size`` entries, sorts them by duration and packs them into batches within ``max_seconds``. It yields
+    the batches in shuffled order. A manifest that runs out starts its next pass. The stream thus never ends and
+    every rank always has a batch. Training stops at ``trainer.max_steps``. Every draw comes from
+    ``(seed, reader)``.
 
-    Entries need a ``duration`` (batches are planned before any audio is decoded). ``skip(n)`` resumes after the
-    first ``n`` batches of the whole loader: each reader replays its plan without decoding the batches already
-    consumed. With ``num_workers`` the loader takes batches from its workers in turn, which decides their share.
+    Entries need a ``duration``, since batches are planned before any audio is decoded. ``skip(n)`` resumes after
+    the first ``n`` batches of the whole loader. Each reader replays its plan without decoding the batches already
+    consumed. With ``num_workers`` the loader takes batches from its workers in turn. That order decides their
+    share.
     """
 
     def __init__(
@@ -96,8 +99,11 @@ class StreamingAudioTextDataset(IterableDataset):
         return rank * workers + worker_id, world * workers, workers
 
     def _entries(self, path: str, reader: int, readers: int) -> Iterator[Item]:
-        """This reader's entries of ``path`` pass after pass, each with its audio file's bytes when
-        ``path`` is a shard folder (``None``: the file is read when the batch is built)."""
+        """This reader's entries of ``path``, pass after pass.
+
+        Each comes with its audio file's bytes when ``path`` is a shard folder. Otherwise the bytes
+        are ``None`` and the file is read when the batch is built.
+        """
         tasks = family_tasks(self.tokenizer.family)
         while True:
             empty = True
@@ -162,11 +168,11 @@ class StreamingAudioTextDataset(IterableDataset):
 class StreamLoader(DataLoader):
     """Loads a :class:`StreamingAudioTextDataset` and starts every iteration after the ``consumed()`` batches.
 
-    Lightning iterates the loader anew at each epoch (with ``limit_train_batches``) and after a resume; reading the
-    position from training's own batch count each time makes the stream go on across epochs instead of replaying
-    its start, and makes a resumed run continue exactly where its checkpoint was taken. Workers are started per
-    iteration (not persistent) so that they receive the new position; each replays its plan up to there without
-    decoding, which reads its manifest lines again: an endless epoch (``max_steps`` and an integer
+    Lightning iterates the loader anew at each epoch (with ``limit_train_batches``) and after a resume. Each time,
+    the loader reads the position from training's own batch count. The stream thus goes on across epochs instead of
+    replaying its start. A resumed run continues exactly where its checkpoint was taken. Workers are started per
+    iteration (not persistent), so they receive the new position. Each replays its plan up to there without
+    decoding. That replay reads its manifest lines again. An endless epoch (``max_steps`` and an integer
     ``val_check_interval``) never pays that.
     """
 

@@ -1,11 +1,11 @@
 """LightningDataModule for evaluation: a benchmark file (or a generated corpus) -> official prompts, batched per rank.
 
-Each batch holds one benchmark's items (they share a generation length), left-padded as the release pads them.
-Batches are dealt to ranks round-robin with no padding or repetition, so the gathered predictions hold every item
-exactly once; Lightning's distributed sampler must stay off (``trainer.use_distributed_sampler: false``).
+Each batch holds one benchmark's items, since they share a generation length. They are left-padded as the release
+pads them. Batches are dealt to ranks round-robin with no padding or repetition. The gathered predictions thus hold
+every item exactly once. Lightning's distributed sampler must stay off (``trainer.use_distributed_sampler: false``).
 
-The module does not build a tokenizer: the model evaluated owns it, and the CLI hands it over with :meth:`connect`
-(as litgpt's data modules receive theirs), with the number of mel bins its encoder reads.
+The module does not build a tokenizer, because the model evaluated owns it. The CLI hands it over with
+:meth:`connect` (as litgpt's data modules receive theirs), with the number of mel bins its encoder reads.
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ def corpus_items(
 
 
 def corpus_answers(corpus: Corpus, entries: Sequence[ManifestEntry]) -> dict[str, list[str]]:
-    """The answers of a corpus's entries per benchmark: those of the training split give the majority baseline
-    (:func:`qwen_audio.eval.metrics.majority_accuracy`)."""
+    """The answers of a corpus's entries, per benchmark.
+
+    Those of the training split give the majority baseline (:func:`qwen_audio.eval.metrics.majority_accuracy`).
+    """
     answers: dict[str, list[str]] = {}
     for item in corpus_items(corpus, entries):
         answers.setdefault(item.benchmark, []).append(item.gt)
@@ -119,21 +121,22 @@ class BenchmarkDataModule(L.LightningDataModule):
     """Test loader over one benchmark's evaluation file, or over a generated corpus.
 
     Args:
-        benchmark: a name of :data:`qwen_audio.eval.tasks.BENCHMARKS`, or the name of ``corpus`` for every task in
-            it, each scored as the benchmark the corpus names (:meth:`~qwen_audio.data.corpus.Corpus.benchmark`).
-        path: the evaluation file (default: the release's path of the benchmark, e.g.
-            ``data/asr/librispeech_eval.jsonl``); for a corpus, a manifest of its format or
-            ``<name>:<manifest>`` of it (default ``<name>:<split>``, built on first use).
-        split: for a corpus, the held-out split read: ``validation`` (to compare configurations
-            on) or ``test`` (read once per shipped configuration). Each gives its clean items and
-            the robustness rows the corpus has (sources ``<benchmark>_<condition>``).
-        audio_root: folder that relative ``audio`` paths are read against (default: the file's folder).
-        batch_size: prompts per batch on each device (default: the benchmark's, from the release).
-        checkpoint: the released-layout folder evaluated (linked from the model by the CLI), read only for the
-            record of the corpus its export wrote.
-        corpus: the generated corpus (:class:`~qwen_audio.data.corpus.Corpus`), taken as the checkpoint's export
-            records it (:meth:`~qwen_audio.data.corpus.Corpus.recorded`): any other corpus's test split could hold
-            the recorded corpus's training items.
+        benchmark: A name of :data:`qwen_audio.eval.tasks.BENCHMARKS`, or the name of ``corpus``. The corpus name
+            means every task in it, each scored as the benchmark the corpus names
+            (:meth:`~qwen_audio.data.corpus.Corpus.benchmark`).
+        path: The evaluation file. Default: the release's path of the benchmark, e.g.
+            ``data/asr/librispeech_eval.jsonl``. For a corpus, a manifest of its format or ``<name>:<manifest>``
+            of it. Its default is then ``<name>:<split>``, built on first use.
+        split: For a corpus, the held-out split read. ``validation`` is the split to compare configurations on.
+            ``test`` is read once per shipped configuration. Each gives its clean items and the robustness rows
+            the corpus has (sources ``<benchmark>_<condition>``).
+        audio_root: Folder that relative ``audio`` paths are read against. Default: the file's folder.
+        batch_size: Prompts per batch on each device. Default: the benchmark's, from the release.
+        checkpoint: The released-layout folder evaluated, linked from the model by the CLI. It is read only for
+            the record of the corpus its export wrote.
+        corpus: The generated corpus (:class:`~qwen_audio.data.corpus.Corpus`). It is taken as the checkpoint's
+            export records it (:meth:`~qwen_audio.data.corpus.Corpus.recorded`). Any other corpus's test split
+            could hold the recorded corpus's training items.
     """
 
     def __init__(

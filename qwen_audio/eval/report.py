@@ -18,8 +18,9 @@ def write_results(
     model_name: str,
     train_answers: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``; returns the
-    report. ``train_answers`` (per benchmark, of its training split) give the majority baseline."""
+    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder`` and return the report.
+
+    ``train_answers`` (per benchmark, of its training split) give the majority baseline."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, PREDICTIONS_FILE), "w", encoding="utf-8") as file:
         for prediction in predictions:
@@ -58,7 +59,9 @@ def markdown_report(
 
 
 def _format(value: float | str | None) -> str:
-    """A number to 4 significant digits; None (undefined, e.g. no yes/no question) as n/a; text (a reason) as is."""
+    """A value as report text: a number to 4 significant digits.
+
+    None (undefined, e.g. no yes/no question) reads n/a. Text (a reason) stays as is."""
     if value is None:
         return "n/a"
     return value if isinstance(value, str) else f"{value:.4g}"

@@ -1,9 +1,10 @@
 """The paper's 12 evaluation benchmarks (Table 2/3) as the release's ``eval_audio/evaluate_*.py`` scripts run them.
 
-Each :class:`Benchmark` holds what its script fixes: the task tags of the official prompt, the generation length,
-the per-GPU batch size of ``EVALUATION.md``, the metrics, and the Qwen-Audio numbers of the paper's Table 3, so a
-report can put ours beside them. The ``demo_*`` entries score the embedded demo corpus the same way. A Qwen2-Audio
-checkpoint is asked the same task in its family's words (:mod:`qwen_audio.qwen2_audio.prompts`).
+Each :class:`Benchmark` holds what its script fixes. That is the task tags of the official prompt, the generation
+length, the per-GPU batch size of ``EVALUATION.md``, and the metrics. It also holds the Qwen-Audio numbers of the
+paper's Table 3, so a report can put ours beside them. The ``demo_*`` entries score the embedded demo corpus the
+same way. A Qwen2-Audio checkpoint is asked the same task in its family's words
+(:mod:`qwen_audio.qwen2_audio.prompts`).
 
 Evaluation files use the release's JSON-lines schema, one item a line::
 
@@ -62,8 +63,10 @@ class BenchmarkItem(NamedTuple):
 def _transcription_scores(
     refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str
 ) -> Scores:
-    """``evaluate_asr.py``: corpus WER after the release's normalisation, in percent as Table 3 prints it; CER for
-    Chinese (the release splits it into characters); English also with Whisper's normaliser beside it."""
+    """``evaluate_asr.py``: corpus WER after the release's normalisation, in percent as Table 3 prints it.
+
+    Chinese is scored by CER (the release splits it into characters). English also gets WER with Whisper's
+    normaliser beside it."""
     if language == "zh":
         return {"cer": 100 * error_rate(refs, hyps, "zh")}
     scores = {"wer": 100 * error_rate(refs, hyps, language)}
@@ -75,8 +78,10 @@ def _transcription_scores(
 def _timestamp_scores(
     refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str
 ) -> Scores:
-    """``evaluate_srwt.py``: average alignment shift in ms by the release's procedure (Table 3's) and by ours (first
-    word timed too, see :mod:`qwen_audio.eval.metrics.alignment`), and the error rate of the text without timestamps."""
+    """``evaluate_srwt.py``: average alignment shift in ms, and the error rate of the text without timestamps.
+
+    The shift is computed by the release's procedure (Table 3's) and by ours (first word timed too, see
+    :mod:`qwen_audio.eval.metrics.alignment`)."""
     return {
         "aas_ms_release": release_alignment_error_ms(refs, hyps),
         "aas_ms": alignment_error_ms(refs, hyps),
@@ -126,10 +131,10 @@ def _note_scores(refs: Sequence[str], hyps: Sequence[str], source: str) -> Score
 class Benchmark:
     """One benchmark as its release script runs it.
 
-    ``language`` is the audio language the prompt names (ASR, SRWT, MELD), or None for the task's own (``unknown``
-    for sounds) or, for speech translation, the languages in the source. ``paper`` maps a split to Table 3's
-    numbers under our metric names; a split matches a source whose ``_``/``-`` separated words contain the split's
-    words in order, and the split ``""`` matches every source.
+    ``language`` is the audio language the prompt names (ASR, SRWT, MELD). None means the task's own
+    (``unknown`` for sounds) or, for speech translation, the languages in the source. ``paper`` maps a split to
+    Table 3's numbers under our metric names. A split matches a source whose ``_``/``-`` separated words contain the
+    split's words in order. The split ``""`` matches every source.
     """
 
     name: str
@@ -166,10 +171,12 @@ class Benchmark:
         return {"audio_language": self.language, "instruction": self.instruction}
 
     def prompt(self, item: BenchmarkItem, family: Family = "qwen-audio") -> str:
-        """The release's prompt text of ``family`` for ``item``: the audio, then Qwen-Audio's task tags
+        """The release's prompt text of ``family`` for ``item``, as training asks it
+        (:func:`qwen_audio.prompts.family_prompt`).
+
+        The audio comes first. Then come Qwen-Audio's task tags
         (``<audio>a.flac</audio><|startoftranscript|><|en|>...``) or Qwen2-Audio's instruction
-        (``<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>``), as training asks it
-        (:func:`qwen_audio.prompts.family_prompt`)."""
+        (``<audio>a.flac</audio>Detect the language and recognize the speech: <|en|>``)."""
         text = family_prompt(family, self.task, **self.prompt_options(item.source, item.question))
         return f"{AUDIO_START}{item.audio}{AUDIO_END}{text}"
 
@@ -512,9 +519,9 @@ def score_predictions(
     items.
 
     ``train_answers`` maps a benchmark to the answers of its training split (a corpus with a
-    training split has them). Beside the accuracy of such a benchmark goes ``majority_accuracy``, the score of always
-    giving the training split's most common answer
-    (:func:`qwen_audio.eval.metrics.majority_accuracy`); without training answers there is none.
+    training split has them). Beside the accuracy of such a benchmark goes ``majority_accuracy``. It is the score of
+    always giving the training split's most common answer (:func:`qwen_audio.eval.metrics.majority_accuracy`).
+    Without training answers there is none.
     """
     train_answers = train_answers or {}
     groups: dict[str, dict[str, list[Prediction]]] = {}

@@ -1,12 +1,14 @@
 """Batched generation with the KV cache: greedy or sampled, stop tokens, streaming, and answers as text.
 
-Prompts of different lengths are left-padded and their rotary positions are taken from the attention mask, so a
-batch gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
-encoded and spliced once, at prefill, which computes the head at each row's last token only; decoding steps feed
-only the new token into a static KV cache (:mod:`.engine`), and each token is picked on the device
-(:mod:`.sampling`: transformers' logits processors in the order its ``generate`` applies them, on fp32 scores).
-:func:`answer_prompts` is the one way from prompts to answers that the command line
-(:mod:`qwen_audio.generate.__main__`), chat, long-form, evaluation and the experiments share.
+Prompts of different lengths are left-padded. Their rotary positions are taken from the attention mask. A batch
+thus gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
+encoded and spliced once, at prefill. Prefill computes the head at each row's last token only. Decoding steps feed
+only the new token into a static KV cache (:mod:`.engine`). Each token is picked on the device by
+:mod:`.sampling`. It runs transformers' logits processors on fp32 scores, in the order transformers' ``generate``
+applies them.
+
+:func:`answer_prompts` is the one way from prompts to answers. The command line
+(:mod:`qwen_audio.generate.__main__`), chat, long-form, evaluation and the experiments share it.
 """
 
 from __future__ import annotations
@@ -54,13 +56,14 @@ def generate_steps(
     sync_every: int = 1,
     flags: list[str | None] | None = None,
 ) -> Iterator[list[int | None]]:
-    """Yield, at each decoding step, every row's new token, or None for a row that has stopped (a stop token is
-    never yielded). Stops after ``max_new_tokens`` steps or when every row has stopped. The host waits for the
-    device every ``sync_every`` steps (then yields those steps at once). ``flags``, when given, receives each
-    row's hallucination-guard flag (None: not stopped by the guard).
+    """Yield every row's new token at each decoding step, or None for a row that has stopped.
 
-    Only the tokenizer's ``vocab_size`` ids are candidates: the embedding is padded beyond them (155947 rows for
-    155165 tokens in the release) and those rows are no tokens.
+    A stop token is never yielded. Stops after ``max_new_tokens`` steps or when every row has stopped. The host
+    waits for the device every ``sync_every`` steps, then yields those steps at once. ``flags``, when given,
+    receives each row's hallucination-guard flag (None: not stopped by the guard).
+
+    Only the tokenizer's ``vocab_size`` ids are candidates. The embedding is padded beyond them (155947 rows for
+    155165 tokens in the release), and those rows are no tokens.
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(
@@ -113,9 +116,11 @@ def generate(
     streamer: Streamer | None = None,
     flags: list[str | None] | None = None,
 ) -> list[list[int]]:
-    """The new tokens of each left-padded prompt, stop token excluded; ``streamer`` sees every step's tokens
-    (None for rows that have stopped). See :func:`generate_steps` (without a streamer the host waits for the
-    device every :data:`SYNC_EVERY` steps only)."""
+    """The new tokens of each left-padded prompt, stop token excluded.
+
+    ``streamer`` sees every step's tokens (None for rows that have stopped). See :func:`generate_steps`. Without a
+    streamer the host waits for the device every :data:`SYNC_EVERY` steps only.
+    """
     generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     for step in generate_steps(
         model,
@@ -155,8 +160,11 @@ def generate_prompts(
 
 
 class Answer(NamedTuple):
-    """What a prompt got: the generated ids (stop token excluded), their text, decoded and stripped, and the
-    hallucination guard's flag when it stopped the row (see :class:`GenerationConfig`)."""
+    """What a prompt got: the generated ids, their text, and the hallucination guard's flag.
+
+    The ids exclude the stop token. The text is decoded and stripped. The flag is set when the guard stopped the row
+    (see :class:`GenerationConfig`).
+    """
 
     ids: list[int]
     text: str
@@ -188,8 +196,10 @@ def answer_prompts(
     config: GenerationConfig,
     batch_size: int | None = None,
 ) -> list[Answer]:
-    """The :class:`Answer` of each encoded prompt, ``batch_size`` prompts at a time (default: all at once) on the
-    model's device; a batch gives each prompt the tokens it gets alone."""
+    """The :class:`Answer` of each encoded prompt, computed on the model's device.
+
+    Prompts go ``batch_size`` at a time (default: all at once). A batch gives each prompt the tokens it gets alone.
+    """
     size = batch_size or max(1, len(prompts))
     device = next(model.parameters()).device
     answers: list[Answer] = []
@@ -205,7 +215,7 @@ class TextStream:
     """The text of a growing token sequence, handed out in pieces as its tokens arrive.
 
     A character split over several byte-level tokens is held back until complete (the decoded text would end in
-    U+FFFD). The text ends before the first of the ``stop`` strings (OpenAI's ``stop``), and text that may be the
+    U+FFFD). The text ends before the first of the ``stop`` strings (OpenAI's ``stop``). Text that may be the
     start of one is held back until it is known not to be. With ``strip``, leading and trailing whitespace are held
     back too. The pieces therefore join to exactly the final :attr:`text`.
     """
@@ -219,7 +229,7 @@ class TextStream:
         self._shown = ""
 
     def push(self, token: int) -> str:
-        """Add one generated token; the new piece of text (maybe empty)."""
+        """Add one generated token and return the new piece of text (maybe empty)."""
         self.tokens.append(token)
         full = self.tokenizer.decode(self.tokens)
         if full.endswith("\ufffd"):
@@ -258,8 +268,10 @@ def stream_text(
     config: GenerationConfig,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Iterator[str]:
-    """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`);
-    the pieces join to exactly ``tokenizer.decode(generated ids)``."""
+    """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`).
+
+    The pieces join to exactly ``tokenizer.decode(generated ids)``.
+    """
     batch = encode_prompts(tokenizer, [prompt], max_length, model.config.encoder.n_mels)
     batch = batch.to(next(model.parameters()).device)
     stream = TextStream(tokenizer)

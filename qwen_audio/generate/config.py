@@ -12,13 +12,14 @@ from qwen_audio.tokenizer import QwenAudioTokenizer
 class GenerationConfig:
     """How to pick each new token. ``stop_ids`` end a row's generation and are not returned.
 
-    Sampling options apply only with ``do_sample``; 0 / 1.0 switch top-k / top-p off. ``seed`` makes sampling
-    reproducible (a ``torch.Generator`` of its own, the global RNG is left alone).
+    Sampling options apply only with ``do_sample``. A ``top_k`` of 0 or a ``top_p`` of 1.0 switches that filter off.
+    ``seed`` makes sampling reproducible. It seeds a ``torch.Generator`` of its own and leaves the global RNG alone.
 
-    The hallucination guard (off by default, and off for the parity tests) stops a row and flags it when its
-    output ends with one n-gram (n <= 8) repeated more than ``max_repeats`` times, or when it holds more than
-    ``max_tokens_per_audio_second`` tokens per second of its prompt's audio: a loop such as "two two two ..." or a
-    transcript longer than its audio can hold (whisper's compression-ratio check guards against the same).
+    The hallucination guard stops a row and flags it. It is off by default, and off for the parity tests. It fires when
+    a row's output ends with one n-gram (n <= 8) repeated more than ``max_repeats`` times, a loop such as
+    "two two two ...". It also fires when the output holds more than ``max_tokens_per_audio_second`` tokens per
+    second of its prompt's audio. Such a transcript is longer than its audio can hold. Whisper's compression-ratio
+    check guards against the same.
     """
 
     max_new_tokens: int = 512
@@ -79,8 +80,10 @@ class GenerationConfig:
 
     @classmethod
     def chat(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
-        """The release's ``chat_generation_config.json`` (Qwen-Audio-Chat): sampling with top-p 0.5, stop at
-        ``<|im_end|>`` or ``<|im_start|>`` (its stop words) or eod (its eos)."""
+        """The release's ``chat_generation_config.json`` (Qwen-Audio-Chat): sampling with top-p 0.5.
+
+        It stops at ``<|im_end|>`` or ``<|im_start|>`` (its stop words) or eod (its eos).
+        """
         stops = (tokenizer.im_end, tokenizer.im_start, tokenizer.eod)
         release = cls(max_new_tokens=512, do_sample=True, top_k=0, top_p=0.5, stop_ids=stops)
         return dataclasses.replace(release, **overrides)

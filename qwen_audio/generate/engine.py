@@ -1,18 +1,18 @@
 """The decode engine: sequences in the slots of one static KV cache, decoded together, joining and
 leaving freely.
 
-:meth:`DecodeEngine.admit` prefills new prompts into free slots; :meth:`DecodeEngine.step` feeds
-every running slot its last token and picks the next one, all on the device: the cache is written in
-place (:class:`~qwen_audio.modules.decoder.KVCache`), tokens are picked by :class:`SlotSampler`, and
-stop tokens are detected there too. The host learns the tokens when it asks
-(:meth:`DecodeEngine.fetch`), every step when it streams, every few steps otherwise. A row's tokens
-depend only on its own prompt, settings and seed: slots never see each other, so a row gets the
-tokens it gets alone, whatever joins or leaves the batch.
+Admission (:meth:`DecodeEngine.admit`) prefills new prompts into free slots. A step
+(:meth:`DecodeEngine.step`) feeds every running slot its last token and picks the next one, all on
+the device. The cache is written in place (:class:`~qwen_audio.modules.decoder.KVCache`). Tokens
+are picked by :class:`SlotSampler`, and stop tokens are detected there too. The host learns the
+tokens when it asks (:meth:`DecodeEngine.fetch`): every step when it streams, every few steps
+otherwise. A row's tokens depend only on its own prompt, settings and seed. Slots never see each
+other, so a row gets the tokens it gets alone, whatever joins or leaves the batch.
 
 On CUDA, :meth:`DecodeEngine.capture` records the decoding step's forward as one CUDA graph per
-batch-size bucket (reading the whole cache), so a step costs one graph launch instead of hundreds of
-kernel launches; elsewhere the same step runs eagerly, reading only the cache positions that are in
-use.
+batch-size bucket (reading the whole cache). A step then costs one graph launch instead of hundreds
+of kernel launches. Elsewhere the same step runs eagerly, reading only the cache positions that are
+in use.
 """
 
 from __future__ import annotations
@@ -223,8 +223,9 @@ class DecodeEngine:
         self.cache.reset(torch.tensor([slot], device=self.device))
 
     def capture(self, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128)) -> None:
-        """Record the decoding step's forward as a CUDA graph for each batch-size bucket up to ``slots`` (call
-        with every slot free, e.g. at load: the warm-up runs write into the cache)."""
+        """Record the decoding step's forward as a CUDA graph for each batch-size bucket up to ``slots``.
+
+        Call it with every slot free, e.g. at load, because the warm-up runs write into the cache."""
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA model, this one is on {self.device}")
         sizes = sorted({min(size, self.slots) for size in buckets})

@@ -1,18 +1,18 @@
-"""Whisper's log-mel: the torch implementation, and the cuFFT + fused Triton path matching it.
+"""Whisper's log-mel, as a torch implementation and a cuFFT + fused Triton path matching it.
 
 ``log_mel_reference`` (torch, any device) equals openai-whisper's ``log_mel_spectrogram`` clip by clip.
 
-``log_mel_triton``: the FFT runs on cuFFT (one batched ``torch.stft``, Whisper's centred,
-reflect-padded periodic Hann frames), then one Triton kernel reads the complex spectrum once and
-does the rest in registers: power (``re^2 + im^2``), the mel product (TF32 tensor cores; the product
-sums non-negative terms, so TF32 keeps the 1e-3 parity), the clamp and ``log10``, storing the
-log-mel and folding each block's maximum into its clip's peak with an atomic max. A clip's peak is
-known only once all its blocks have run, so the per-clip ``max(x, peak - 8)`` and ``(x + 4) / 4``
-are a second, elementwise launch over the log-mel (a fifth of the spectrum's bytes).
+``log_mel_triton`` runs the FFT on cuFFT, as one batched ``torch.stft`` over Whisper's centred, reflect-padded
+periodic Hann frames. One Triton kernel then reads the complex spectrum once and does the rest in registers. It
+computes the power (``re^2 + im^2``), the mel product, the clamp and ``log10``. The mel product runs on TF32 tensor
+cores. It sums non-negative terms, so TF32 keeps the 1e-3 parity. The kernel stores the log-mel and folds each
+block's maximum into its clip's peak with an atomic max.
 
-The FFT does O(n log n) work where the former kernel multiplied each frame by a dense 400 x 201 DFT
-basis in TF32x3 (5.3 ms for 64 x 30 s on an H200, 3.3x slower than torchaudio;
-``benchmarks_perf/RESULTS.md``, 2026-12-04).
+A clip's peak is known only once all its blocks have run. The per-clip ``max(x, peak - 8)`` and ``(x + 4) / 4`` are
+therefore a second, elementwise launch over the log-mel, which is a fifth of the spectrum's bytes.
+
+The FFT does O(n log n) work. Multiplying each frame by a dense 400 x 201 DFT basis in TF32x3 instead took 5.3 ms
+for 64 x 30 s on an H200. That was 3.3x slower than torchaudio (``benchmarks_perf/RESULTS.md``, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ NORMALISE_BLOCK = 1024
 
 
 def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """Normalised log-mel of float32 ``audio [..., samples]`` in torch ops: ``[..., n_mels, samples // 160]``.
+    """Normalised log-mel ``[..., n_mels, samples // 160]`` of float32 ``audio [..., samples]``, in torch ops.
 
-    Written for the CPU, where DataLoader workers run it (``benchmarks_perf/bench_mel.py`` times it against
-    openai-whisper): one ``torch.stft`` per clip, since a batched call is ~4x slower there; the power as
-    ``re * re + im * im`` on the real view of the spectrum, without the square root of ``abs()``; the mel product
-    written straight into the output, the last frame left out of it rather than sliced off the spectrum; the log
-    and the normalisation in place. Clips never mix, so a clip gives the same features alone or in any batch.
+    It is written for the CPU, where DataLoader workers run it. ``benchmarks_perf/bench_mel.py`` times it against
+    openai-whisper. It runs one ``torch.stft`` per clip, since a batched call is ~4x slower there. It takes the power as
+    ``re * re + im * im`` on the real view of the spectrum, without the square root of ``abs()``. It writes the mel
+    product straight into the output. The last frame is left out of that product rather than sliced off the spectrum.
+    The log and the normalisation run in place.
+
+    Clips never mix, so a clip gives the same features alone or in any batch.
     """
     batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]
     num_frames = (
@@ -70,8 +72,7 @@ def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
 
 @cache
 def _padded_filterbank(n_mels: int, device: torch.device) -> torch.Tensor:
-    """Mel filterbank ``[next_power_of_2(n_mels), PADDED_BINS]``, zero-padded, so tiles load without
-    masks."""
+    """Mel filterbank ``[next_power_of_2(n_mels), PADDED_BINS]``, zero-padded so tiles load without masks."""
     filters = torch.zeros(triton.next_power_of_2(n_mels), PADDED_BINS, dtype=torch.float32)
     filters[:n_mels, :NUM_BINS] = mel_filters(n_mels)
     return filters.to(device)
@@ -95,9 +96,11 @@ def _mel_epilogue_kernel(
     BLOCK_FRAMES: tl.constexpr,
     BLOCK_BINS: tl.constexpr,
 ):
-    """One (block of frames, clip): power, mel product, clamp, log10 of the real view of a
-    ``[clip, bin, frame]`` complex spectrum (strides in floats; re, im adjacent); stores the log-mel
-    and atomically maxes the clip's peak."""
+    """Compute power, mel product, clamp and log10 for one (block of frames, clip), and store the log-mel.
+
+    The input is the real view of a ``[clip, bin, frame]`` complex spectrum. Its strides are in floats, with re and im
+    adjacent. The kernel also atomically maxes the clip's peak.
+    """
     frame_block = tl.program_id(0)
     clip = tl.program_id(1).to(tl.int64)
     frames = frame_block * BLOCK_FRAMES + tl.arange(0, BLOCK_FRAMES)
@@ -147,8 +150,10 @@ def _normalise_kernel(
 
 
 def log_mel_triton(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """cuFFT + fused epilogue log-mel of float32 ``audio [..., samples]``:
-    ``[..., n_mels, samples // 160]``, like the reference."""
+    """Compute the log-mel of float32 ``audio [..., samples]`` with cuFFT and the fused epilogue.
+
+    Like the reference, it returns ``[..., n_mels, samples // 160]``.
+    """
     if audio.dtype != torch.float32:
         raise ValueError(f"log_mel_triton expects float32 audio, got dtype {audio.dtype}")
     batch_shape, num_samples = audio.shape[:-1], audio.shape[-1]

@@ -1,14 +1,15 @@
 """The encoder's stride-2 average pool over time fused with the LayerNorm after it (``ln_post``), with backward.
 
-Unfused, the pool writes a ``[B, T/2, C]`` tensor that the LayerNorm reads straight back; fused,
+Unfused, the pool writes a ``[B, T/2, C]`` tensor that the LayerNorm reads straight back. Fused,
 each program reads a tile of frame pairs, averages and normalises them in fp32 registers, and writes
 the normalised rows once. The backward is one pass that reads ``x`` and ``dy`` once each and writes
-``dx`` once: it recomputes the pooled rows from ``x`` (cheaper than keeping them) with the saved
-mean and 1/std, and sums dweight and dbias per program in registers, leaving a few partial rows for
-the caller to add. Both kernels work on 2-D tiles of several rows, so a program keeps several rows'
-loads in flight instead of walking its rows one vector at a time (the cause of the 38 % / 21 % of
-copy bandwidth measured for forward + backward in fp32 / bf16 before, RESULTS.md 2026-12-04).
-``pool_layer_norm_reference`` is the torch definition the kernels must match.
+``dx`` once. It recomputes the pooled rows from ``x`` with the saved mean and 1/std, which is
+cheaper than keeping them. It sums dweight and dbias per program in registers, leaving a few partial
+rows for the caller to add. Both kernels work on 2-D tiles of several rows. A program thus keeps
+several rows' loads in flight instead of walking its rows one vector at a time. Walking rows one
+vector at a time gave 38 % / 21 % of copy bandwidth for forward + backward in fp32 / bf16
+(measured, RESULTS.md 2026-12-04). ``pool_layer_norm_reference`` is the torch definition the
+kernels must match.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _pool_layer_norm_backward_kernel(
     TILES: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """dx for both frames of each pair; per-program partial sums of dweight and dbias (summed by the caller)."""
+    """dx for both frames of each pair, and per-program partial sums of dweight and dbias (summed by the caller)."""
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     col_ok = cols < channels
@@ -129,8 +130,11 @@ def _pool_layer_norm_backward_kernel(
 
 
 def _tiling(channels: int, element_size: int) -> tuple[int, int, int]:
-    """Whole rows in one tile: ``(rows per tile, padded channels, warps)``, ~16 KiB of input per
-    tile (``ROWS`` frame pairs of ``C`` values) so each thread keeps ~16 values in flight."""
+    """Whole rows in one tile: ``(rows per tile, padded channels, warps)``.
+
+    A tile holds ~16 KiB of input (``ROWS`` frame pairs of ``C`` values), so each thread keeps ~16
+    values in flight.
+    """
     block = triton.next_power_of_2(channels)
     rows = max(1, min(16, 8192 // (block * element_size)))
     return rows, block, min(max(rows * block // 512, 1), 16)

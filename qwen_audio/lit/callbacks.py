@@ -29,11 +29,12 @@ from qwen_audio.prompts import DEFAULT_SYSTEM, encode_task
 
 
 class TokenThroughput(ThroughputMonitor):
-    """Lightning's ThroughputMonitor counting samples and text tokens per batch; MFU comes from the module's
-    ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and the device's peak FLOP/s (CUDA only).
+    """Lightning's ThroughputMonitor, counting samples and text tokens per batch.
 
-    In 16-bit precision the peak comes from :mod:`qwen_audio.lit.flops`, which knows the H200 and H100 variants
-    that Lightning's table lacks or lists at their sparse figures; otherwise Lightning's table decides.
+    MFU comes from the module's ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and the device's
+    peak FLOP/s (CUDA only). In 16-bit precision the peak comes from :mod:`qwen_audio.lit.flops`. It knows the H200
+    and H100 variants that Lightning's table lacks or lists at their sparse figures. Otherwise Lightning's table
+    decides.
     """
 
     def __init__(self, window_size: int = 20) -> None:
@@ -84,9 +85,11 @@ def _cell(text: str) -> str:
 
 
 class TranscriptionReport(L.Callback):
-    """Prints greedy transcriptions of held-out ASR clips next to their references, with WER/CER per language (the
-    release's, as evaluation scores them), before and after fitting: visible proof that the model learned to
-    listen."""
+    """Prints greedy transcriptions of held-out ASR clips next to their references, before and after fitting.
+
+    Each language also gets its WER/CER (the release's, as evaluation scores them). This is visible proof that the
+    model learned to listen.
+    """
 
     def __init__(self, num_clips: int = 4, max_new_tokens: int = 64) -> None:
         self.num_clips, self.max_new_tokens = num_clips, max_new_tokens
@@ -136,12 +139,15 @@ def _normalised_answer(text: str) -> str:
 
 
 class ChatTranscript(L.Callback):
-    """Before and after fitting: the answer accuracy of greedy :func:`qwen_audio.chat.chat` on the first audio
-    question of ``num_questions`` held-out test conversations, per question family, beside the majority answer's
-    accuracy (what a model that ignores the audio can score: the training split's most common answer of the family);
-    and ``per_group`` test conversations with audio and as many pure-text ones replayed turn by turn (the model's
-    own answers become the history). Proof that SFT taught the model to answer what it hears. The question families
-    are the data module's (:meth:`~qwen_audio.data.chat_datamodule.ChatDataModule.question_family`)."""
+    """Prints chat replays and answer accuracy on held-out conversations, before and after fitting.
+
+    The accuracy is that of greedy :func:`qwen_audio.chat.chat` on the first audio question of ``num_questions``
+    held-out test conversations, per question family. Beside it stands the majority answer's accuracy, what a model
+    that ignores the audio can score. The majority answer is the training split's most common answer of the family.
+    ``per_group`` test conversations with audio and as many pure-text ones are replayed turn by turn. The model's
+    own answers become the history. This is proof that SFT taught the model to answer what it hears. The question
+    families are the data module's (:meth:`~qwen_audio.data.chat_datamodule.ChatDataModule.question_family`).
+    """
 
     def __init__(
         self, per_group: int = 3, num_questions: int = 100, max_new_tokens: int = 32
@@ -246,12 +252,12 @@ class ChatTranscript(L.Callback):
 
 
 class ExportPretrained(L.Callback):
-    """Writes the trained model at the end of fit in the released layout (``config.json``, safetensors,
-    ``qwen.tiktoken``): the folder that generation, chat, evaluation and the SFT recipe's ``init_from`` read.
+    """Writes the trained model in the released layout at the end of fit.
 
-    Under FSDP every rank takes part in gathering the full weights; rank 0 writes them (each file replaced
-    atomically, other files in the folder kept, see :func:`qwen_audio.checkpoint.save_pretrained`). The folder is
-    checked for writability when fit starts.
+    The layout holds ``config.json``, safetensors and ``qwen.tiktoken``. It is the folder that generation, chat,
+    evaluation and the SFT recipe's ``init_from`` read. Under FSDP every rank takes part in gathering the full
+    weights. Rank 0 writes them, each file replaced atomically and other files in the folder kept (see
+    :func:`qwen_audio.checkpoint.save_pretrained`). The folder is checked for writability when fit starts.
     """
 
     def __init__(self, dirpath: str) -> None:

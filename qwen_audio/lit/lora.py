@@ -1,8 +1,10 @@
-"""LoRA on the decoder through peft, so that stage 2 fits one GPU: the base model stays frozen (in bf16) and only
-low-rank adapters of the decoder's linear layers are trained; ``docs/sft.md`` works out the memory.
+"""LoRA on the decoder through peft, so that stage 2 fits one GPU.
 
-peft (and transformers behind it) takes seconds to import, so the functions that use it import it, and runs without
-LoRA never pay for it.
+The base model stays frozen (in bf16) and only low-rank adapters of the decoder's linear layers are trained.
+``docs/sft.md`` works out the memory.
+
+peft (and transformers behind it) takes seconds to import. The functions that use it therefore import it, and runs
+without LoRA never pay for it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ DECODER_LINEARS = (
 class LoraOptions:
     """The LoRA settings of a recipe (peft's ``LoraConfig`` ``r``, ``lora_alpha``, ``lora_dropout``).
 
-    ``target_modules``: names of linear layers inside the decoder blocks (``transformer.h.N.attn.*`` and
-    ``transformer.h.N.mlp.*``) that get adapters; the audio encoder never does (it is frozen in stage 2).
+    ``target_modules`` names the linear layers inside the decoder blocks (``transformer.h.N.attn.*`` and
+    ``transformer.h.N.mlp.*``) that get adapters. The audio encoder never does, as it is frozen in stage 2.
     """
 
     rank: int = 64
@@ -38,8 +40,10 @@ class LoraOptions:
 
 
 def add_lora(model: QwenAudio, options: LoraOptions) -> QwenAudio:
-    """Wrap the target layers with adapters in place (peft's ``inject_adapter_in_model``) and freeze everything
-    else. ``B`` starts at zero, so the wrapped model computes exactly what it did before."""
+    """Wrap the target layers with adapters in place (peft's ``inject_adapter_in_model``) and freeze everything else.
+
+    ``B`` starts at zero, so the wrapped model computes exactly what it did before.
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     names = "|".join(re.escape(name) for name in options.target_modules)
@@ -53,9 +57,11 @@ def add_lora(model: QwenAudio, options: LoraOptions) -> QwenAudio:
 
 
 def lora_state_dict(model: QwenAudio, base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A base checkpoint's tensors under their names in the wrapped ``model`` (``X.weight`` ->
-    ``X.base_layer.weight``), plus the model's own adapter weights, so a released folder loads with the usual checks
-    of keys and shapes."""
+    """A base checkpoint's tensors under their names in the wrapped ``model``, plus the model's own adapter weights.
+
+    A name ``X.weight`` becomes ``X.base_layer.weight``. A released folder thus loads with the usual checks of keys
+    and shapes.
+    """
     renamed = {
         key.replace(".base_layer.", "."): key for key in model.state_dict() if ".base_layer." in key
     }
@@ -64,8 +70,10 @@ def lora_state_dict(model: QwenAudio, base: Mapping[str, torch.Tensor]) -> dict[
 
 
 def merge_lora(model: QwenAudio) -> QwenAudio:
-    """Fold every adapter into its base weight and drop the wrappers: the released layout again, ready for
-    ``save_pretrained``."""
+    """Fold every adapter into its base weight and drop the wrappers.
+
+    The model is then in the released layout again, ready for ``save_pretrained``.
+    """
     from peft.tuners.lora import LoraLayer
 
     for name, module in list(model.named_modules()):

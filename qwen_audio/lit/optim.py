@@ -1,7 +1,7 @@
 """AdamW parameter groups with layer-wise LR decay over the encoder blocks, and warmup + cosine schedule.
 
-Defaults follow spec §8 (Qwen-VL's published recipe, as Qwen-Audio's Table 6 is unavailable): AdamW
-(0.9, 0.98), eps 1e-6, weight decay 0.05, linear warmup then cosine decay to 10 % of the peak.
+Defaults follow spec §8, Qwen-VL's published recipe, as Qwen-Audio's Table 6 is unavailable. They are AdamW
+(0.9, 0.98), eps 1e-6, weight decay 0.05, and linear warmup then cosine decay to 10 % of the peak.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ _ENCODER_STEM = re.compile(r"(?:^|\.)audio\.(?:conv1|conv2|positional_embedding)
 
 
 def layer_depth(name: str, num_encoder_layers: int) -> int:
-    """How many encoder blocks lie above parameter ``name``: 0 for everything after the last block
-    (pool, ln_post, proj, audio bos/eos, and the LLM), ``n - i`` for block ``i``, ``n + 1`` for the conv stem."""
+    """How many encoder blocks lie above parameter ``name``.
+
+    Everything after the last block (pool, ln_post, proj, audio bos/eos, and the LLM) gets 0.
+    Block ``i`` gets ``n - i``. The conv stem gets ``n + 1``."""
     if block := _ENCODER_BLOCK.search(name):
         return num_encoder_layers - int(block.group(1))
     if _ENCODER_STEM.search(name):
@@ -35,7 +37,7 @@ def param_groups(
 ) -> list[dict]:
     """Trainable parameters grouped by (depth, decayed?): lr = ``lr * layer_decay ** depth``.
 
-    Matrices get weight decay; biases, norm weights and other 1-D parameters do not (the usual AdamW practice).
+    Matrices get weight decay. Biases, norm weights and other 1-D parameters do not (the usual AdamW practice).
     """
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in named_parameters:

@@ -1,20 +1,21 @@
 """SLURM preemption and time limits: the ranks save together at a batch boundary, then the job is requeued.
 
 ``sbatch --signal=SIGUSR1@90`` (or ``scancel --signal=USR1 JOBID``) warns every task of the job before SLURM stops it.
-Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``) saves the checkpoint inside the signal handler,
-which Python runs between any two bytecodes: in the middle of a backward pass or an FSDP collective, where a save is
-either inconsistent or, being a collective itself, hangs (Lightning issue #21406). :class:`RequeueOnSignal` takes the
-signal over: its handler only records it. At the end of the next training batch the ranks agree whether any of them
-got it; if so, all of them save Lightning's ``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (sharded under FSDP2). At the
-next hook, once the loop has logged that batch, rank 0 flushes the loggers and runs ``scontrol requeue``, and every
-rank ends fit with :class:`Requeued`. The requeued job resumes from that checkpoint with ``--ckpt_path last``
-(:func:`qwen_audio.lit.resume.newest_checkpoint`).
+Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``) saves the checkpoint inside the signal handler.
+Python runs that handler between any two bytecodes, so it can run in the middle of a backward pass or an FSDP
+collective. A save there is either inconsistent or, being a collective itself, hangs (Lightning issue #21406).
+
+:class:`RequeueOnSignal` takes the signal over, and its handler only records it. At the end of the next training
+batch the ranks agree whether any of them got it. If so, all of them save Lightning's ``hpc_ckpt_N.ckpt`` in
+``default_root_dir`` (sharded under FSDP2). At the next hook, once the loop has logged that batch, rank 0 flushes
+the loggers and runs ``scontrol requeue``. Every rank ends fit with :class:`Requeued`. The requeued job resumes
+from that checkpoint with ``--ckpt_path last`` (:func:`qwen_audio.lit.resume.newest_checkpoint`).
 
 Progress is never lost quietly. Rank 0 appends each save and each resume to ``requeue.jsonl`` in
-``default_root_dir`` (job id, restart count, checkpoint, step), and a requeued job that restored less than its job
-saved (no ``--ckpt_path``, or an older checkpoint) stops with a :class:`~qwen_audio.checkpoint.CheckpointError`
+``default_root_dir`` (job id, restart count, checkpoint, step). A requeued job may restore less than its job saved
+(no ``--ckpt_path``, or an older checkpoint). It then stops with a :class:`~qwen_audio.checkpoint.CheckpointError`
 before its first step instead of training from the start. Once the checkpoint is saved, the SIGTERM with which
-SLURM ends the job is only recorded: Lightning's own SIGTERM handler runs a collective inside the handler, which
+SLURM ends the job is only recorded. Lightning's own SIGTERM handler runs a collective inside the handler, which
 can hang the ranks in the middle of the requeue.
 """
 
@@ -35,8 +36,11 @@ RECORD = "requeue.jsonl"  # in default_root_dir: one JSON line per requeue save 
 
 
 class Requeued(SystemExit):
-    """Ends fit on every rank after the requeue checkpoint. Not ``trainer.should_stop``: that would end the epoch, and
-    a ModelCheckpoint saving at the epoch's end would record the interrupted epoch as finished, newer than the save."""
+    """Ends fit on every rank after the requeue checkpoint.
+
+    It is not ``trainer.should_stop``, because that would end the epoch. A ModelCheckpoint saving at the epoch's end
+    would then record the interrupted epoch as finished, newer than the save.
+    """
 
 
 def slurm_job_id() -> str:
@@ -71,8 +75,10 @@ def _append_record(root: str, **event) -> None:
 
 
 class RequeueOnSignal(L.Callback):
-    """On SLURM with auto-requeue (Lightning's default there), replaces Lightning's requeue-signal handler; does
-    nothing elsewhere. The signal is the environment's ``requeue_signal`` (SIGUSR1 unless configured)."""
+    """Replaces Lightning's requeue-signal handler on SLURM with auto-requeue (Lightning's default there).
+
+    It does nothing elsewhere. The signal is the environment's ``requeue_signal`` (SIGUSR1 unless configured).
+    """
 
     def __init__(self) -> None:
         self.signalled = False
@@ -122,8 +128,10 @@ class RequeueOnSignal(L.Callback):
         )  # every rank past this before rank 0 asks for the requeue
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        """In a requeued job: stop unless the restored step is at least the one this job saved before its
-        requeue; record the resume."""
+        """In a requeued job, stop unless the restored step is at least the one this job saved before its requeue.
+
+        Otherwise, record the resume.
+        """
         if self._signum is None:
             return
         job, root = slurm_job_id(), trainer.default_root_dir

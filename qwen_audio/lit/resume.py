@@ -1,11 +1,13 @@
 """Which Lightning checkpoint a run resumes from, and the refusal of one that cannot be resumed.
 
-Lightning's ``ckpt_path="last"`` takes ``last.ckpt`` of the current logger version's folder: a kill between the write
-of a step checkpoint and of ``last.ckpt`` leaves ``last.ckpt`` one interval behind, and a resumed run whose logger
-starts a new ``version_N`` finds no ``last.ckpt`` at all and silently starts over. :func:`newest_checkpoint` instead
-takes the newest complete checkpoint any :class:`~lightning.pytorch.callbacks.ModelCheckpoint` of the trainer wrote,
-or that a SLURM requeue saved (Lightning's ``hpc_ckpt_N.ckpt`` in ``default_root_dir``,
-:class:`~qwen_audio.lit.requeue.RequeueOnSignal`), whichever was written last.
+Lightning's ``ckpt_path="last"`` takes ``last.ckpt`` of the current logger version's folder. A kill between the write
+of a step checkpoint and of ``last.ckpt`` leaves ``last.ckpt`` one interval behind. A resumed run whose logger starts
+a new ``version_N`` finds no ``last.ckpt`` at all and silently starts over.
+
+:func:`newest_checkpoint` instead takes the newest complete checkpoint, whichever was written last. It considers
+those any :class:`~lightning.pytorch.callbacks.ModelCheckpoint` of the trainer wrote. It also considers those a
+SLURM requeue saved (Lightning's ``hpc_ckpt_N.ckpt`` in ``default_root_dir``,
+:class:`~qwen_audio.lit.requeue.RequeueOnSignal`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ def is_complete(path: str) -> bool:
 
 
 def checkpoint_folders(trainer: L.Trainer) -> list[str]:
-    """Where the trainer's ModelCheckpoints write: their ``dirpath``, or without one the ``checkpoints`` folder of
-    every logger version (Lightning's default place, which changes with each run's new version)."""
+    """Where the trainer's ModelCheckpoints write.
+
+    That is their ``dirpath``, or without one the ``checkpoints`` folder of every logger version. That folder is
+    Lightning's default place, which changes with each run's new version.
+    """
     folders = []
     for callback in trainer.checkpoint_callbacks:
         if not isinstance(callback, ModelCheckpoint):

@@ -1,16 +1,20 @@
 """Scaled dot-product attention over padded or packed batches, with interchangeable backends.
 
-Who attends to whom is described once per forward by ``segment_ids`` ``[B, Lk]``: 0 marks padding, and a run of
-equal non-zero ids in a row is one sequence (a plain 0/1 attention mask is the one-sequence case; ids 1, 2, 3...
-pack several sequences in a row). Queries are the last ``Lq`` key positions (``Lq < Lk`` when decoding with a KV
-cache), and a causal mask is aligned bottom-right, as in FlashAttention.
+Who attends to whom is described once per forward by ``segment_ids`` ``[B, Lk]``. An id of 0 marks padding. A run
+of equal non-zero ids in a row is one sequence. A plain 0/1 attention mask is the one-sequence case, and ids 1, 2, 3...
+pack several sequences in a row. Queries are the last ``Lq`` key positions (``Lq < Lk`` when decoding with a KV
+cache). A causal mask is aligned bottom-right, as in FlashAttention.
 
-Backends (same result up to kernel rounding):
-- ``sdpa``: ``F.scaled_dot_product_attention`` with a boolean mask; any device and dtype.
-- ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` on the packed valid tokens (CUDA, fp16/bf16).
-- ``flash_attn``: FlashAttention-4's ``flash_attn.cute.flash_attn_varlen_func`` (the
-``flash-attn-4`` wheel, the
-  ``cuda`` extra; CUDA of compute capability >= 9.0, Hopper and Blackwell, fp16/bf16).
+The backends give the same result up to kernel rounding.
+
+``sdpa``
+    ``F.scaled_dot_product_attention`` with a boolean mask, on any device and dtype.
+``varlen``
+    ``torch.nn.attention.varlen.varlen_attn`` on the packed valid tokens (CUDA, fp16/bf16).
+``flash_attn``
+    FlashAttention-4's ``flash_attn.cute.flash_attn_varlen_func`` (the ``flash-attn-4`` wheel, the ``cuda``
+    extra). It needs CUDA of compute capability >= 9.0 (Hopper and Blackwell) and fp16/bf16.
+
 The varlen backends never touch padded positions, so padding and packing cost no attention compute.
 ``auto`` picks flash_attn where FlashAttention-4 is installed and the device is SM90+, then varlen
 on other CUDA devices (fp16/bf16), else sdpa. Padded query rows come out as zeros.
@@ -31,8 +35,9 @@ FLASH_ATTN_MIN_CAPABILITY = (9, 0)
 
 
 def _flash_attn_available() -> bool:
-    """Whether FlashAttention-4's ``flash_attn.cute`` is installed (flash-attn 2 alone does not
-    count)."""
+    """Whether FlashAttention-4's ``flash_attn.cute`` is installed.
+
+    flash-attn 2 alone does not count."""
     try:
         return importlib.util.find_spec("flash_attn.cute") is not None
     except ModuleNotFoundError:  # no flash_attn package at all
@@ -44,7 +49,9 @@ def _cuda_capability(device: torch.device) -> tuple[int, int]:
 
 
 def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend for ``backend`` on this device and dtype; a forced one that cannot run is an error."""
+    """The concrete backend for ``backend`` on this device and dtype.
+
+    A forced backend that cannot run is an error."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(
             f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}"
@@ -80,7 +87,9 @@ def resolve_attention_backend(backend: str, device: torch.device, dtype: torch.d
 
 
 def _run_ids(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Number every maximal run of equal non-zero ids, batch-wide in row-major order; -1 on padding."""
+    """Number every maximal run of equal non-zero ids, batch-wide in row-major order.
+
+    Padding gets -1."""
     valid = segment_ids > 0
     starts = valid.clone()
     starts[:, 1:] &= segment_ids[:, 1:] != segment_ids[:, :-1]
@@ -180,7 +189,7 @@ def attention(
     layout: AttentionLayout,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention of ``q`` ``[B, Lq, H, D]`` over ``k, v`` ``[B, Lk, H, D]``; returns ``[B, Lq, H, D]``."""
+    """Attention of ``q`` ``[B, Lq, H, D]`` over ``k, v`` ``[B, Lk, H, D]``, returned as ``[B, Lq, H, D]``."""
     if layout.backend == "sdpa":
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),

@@ -1,10 +1,12 @@
-"""The Qwen-7B decoder (Qwen(1) code): token embedding ``wte``, blocks ``h``, final ``ln_f``; names as released.
+"""The Qwen-7B decoder (Qwen(1) code): token embedding ``wte``, blocks ``h``, final ``ln_f``.
 
-Positions: rotary angles follow ``position_ids`` when given (a left-padded batch passes ``cumsum(mask) - 1``);
-otherwise the absolute index in the sequence, which is what the release always uses. Generation decodes over a
-:class:`KVCache` preallocated once and written in place, one slot per sequence. Beyond ``seq_length`` tokens
-at inference the release stretches the rotary base (dynamic NTK, factor fixed at prefill and reused while
-decoding) and scales queries by ``log(p + 1) / log(seq_length)`` (logN); both are off in training, as released.
+These names are as released. Rotary angles follow ``position_ids`` when given. A left-padded batch passes
+``cumsum(mask) - 1``. Otherwise they follow the absolute index in the sequence, which the release always uses.
+Generation decodes over a :class:`KVCache` preallocated once and written in place, one slot per sequence.
+
+Beyond ``seq_length`` tokens at inference, the release stretches the rotary base (dynamic NTK). The NTK factor is
+fixed at prefill and reused while decoding. The release also scales queries by ``log(p + 1) / log(seq_length)``
+(logN). Both are off in training, as released.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from qwen_audio.modules.layers import RMSNorm, SwiGLU, apply_rotary, ntk_alpha, 
 class KVCache:
     """Rotated keys and values ``[slots, max_length + 1, H, D]`` per layer, preallocated and written in place.
 
-    A slot holds one sequence from index 0 without padding: ``lengths`` ``[slots]`` tokens, and the dynamic-NTK
-    factor ``ntk_alpha`` ``[slots]`` chosen at its prefill (as the release keeps it while decoding). The extra last
-    index is scratch: left padding is written there, so a padded prefill needs no host-side indexing.
+    A slot holds one sequence from index 0 without padding. ``lengths`` ``[slots]`` counts its tokens.
+    ``ntk_alpha`` ``[slots]`` holds the dynamic-NTK factor chosen at its prefill (as the release keeps it while
+    decoding). The extra last index is scratch. Left padding is written there, so a padded prefill needs no
+    host-side indexing.
     """
 
     keys: list[torch.Tensor]
@@ -76,7 +79,7 @@ class CacheWrite:
     def write(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new ``k, v`` ``[B, L, H, D]`` of ``layer``; the keys and values its rows attend to."""
+        """Store the new ``k, v`` ``[B, L, H, D]`` of ``layer``, returning the keys and values its rows attend to."""
         keys, values = self.cache.keys[layer], self.cache.values[layer]
         keys.index_put_(self.index, k)
         values.index_put_(self.index, v)
@@ -113,7 +116,7 @@ class QwenAttention(nn.Module):
 
 
 class QwenBlock(nn.Module):
-    """``h = x + attn(ln_1(x))``; ``y = h + mlp(ln_2(h))``."""
+    """``h = x + attn(ln_1(x))``, then ``y = h + mlp(ln_2(h))``."""
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -157,11 +160,13 @@ class QwenDecoder(nn.Module):
     ) -> tuple[torch.Tensor, KVCache | None]:
         """``inputs_embeds`` ``[B, L, D]`` -> hidden states ``[B, L, D]``, and ``kv_cache`` (updated in place).
 
-        Without ``kv_cache``: ``attention_mask`` ``[B, L]``, 0 = padding, equal non-zero ids = one sequence
-        (packing). With it, row ``b`` continues the sequence in slot ``cache_slots[b]`` (default: slot ``b``): its
-        new tokens (``attention_mask`` ``[B, L]`` marks them, 0 = left padding) are written in place after the
-        slot's ``lengths`` tokens and attend to them; ``key_length`` (default: all) bounds the slot positions read,
-        so it must cover every row's length after this forward.
+        Without ``kv_cache``, ``attention_mask`` ``[B, L]`` holds 0 for padding. Equal non-zero ids there mark
+        one sequence (packing).
+
+        With ``kv_cache``, row ``b`` continues the sequence in slot ``cache_slots[b]`` (default: slot ``b``). Its
+        new tokens are written in place after the slot's ``lengths`` tokens and attend to them. ``attention_mask``
+        ``[B, L]`` marks the new tokens, with 0 for left padding. ``key_length`` (default: all) bounds the slot
+        positions read. It must therefore cover every row's length after this forward.
         """
         if kv_cache is not None:
             hidden = self._forward_cached(
@@ -209,7 +214,7 @@ class QwenDecoder(nn.Module):
         slots: torch.Tensor | None,
         key_length: int | None,
     ) -> torch.Tensor:
-        """The forward over a static cache; every index is computed on the device (no host sync)."""
+        """The forward over a static cache. Every index is computed on the device (no host sync)."""
         batch, length = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         rows = torch.arange(batch, device=device) if slots is None else slots

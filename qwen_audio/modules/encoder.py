@@ -1,15 +1,17 @@
 """The audio encoder: Whisper-large-v2's encoder, a stride-2 average pool, ``ln_post``, ``proj`` and audio BOS/EOS.
 
-Parameter names are the release's (``conv1``, ``blocks.N.attn.query`` ...), which are also openai-whisper's, so a
-Whisper checkpoint loads by renaming its ``encoder.`` prefix.
+Parameter names are the release's (``conv1``, ``blocks.N.attn.query`` ...), which are also openai-whisper's. A
+Whisper checkpoint thus loads by renaming its ``encoder.`` prefix.
 
-Variable length, batch-invariant: clip ``b`` with ``mel_len`` valid frames has ``T = conv_frames(mel_len)`` encoder
-frames. The release cuts the mel batch at the longest clip's ``2 * T`` frames, so a shorter clip's conv stem reads
-real padding frames at its right edge and its output depends on its batch-mates (spec §10). Here mel frames at
-index >= ``2 * T`` of each clip are zeroed before ``conv1``: conv1's zero padding is what the clip sees when it is
-encoded alone, and conv2's receptive field of the last valid frame ends at frame ``2 * T - 1``. After the
-positional add, frames >= ``T`` are zeroed and masked as keys, as in the release; the pool never mixes a valid
-frame with a padded one because an odd last frame is dropped.
+The encoder takes variable lengths and is batch-invariant. Clip ``b`` with ``mel_len`` valid frames has
+``T = conv_frames(mel_len)`` encoder frames. The release cuts the mel batch at the longest clip's ``2 * T`` frames.
+A shorter clip's conv stem then reads real padding frames at its right edge. Its output thus depends on its
+batch-mates (spec §10).
+
+Here mel frames at index >= ``2 * T`` of each clip are zeroed before ``conv1``. The zero padding of ``conv1`` is then
+what the clip sees when it is encoded alone. The receptive field of ``conv2`` for the last valid frame ends at frame
+``2 * T - 1``. After the positional add, frames >= ``T`` are zeroed and masked as keys, as in the release. The pool
+never mixes a valid frame with a padded one, because an odd last frame is dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class EncoderAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN residual block: ``x += attn(attn_ln(x))``; ``x += mlp(mlp_ln(x))`` with a 4x GELU MLP."""
+    """Pre-LN residual block with a 4x GELU MLP: ``x += attn(attn_ln(x))``, then ``x += mlp(mlp_ln(x))``."""
 
     def __init__(self, n_state: int, n_head: int, eps: float) -> None:
         super().__init__()
@@ -61,7 +63,10 @@ class EncoderBlock(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """Padded mel ``[N, n_mels, T]`` + valid mel lengths -> per clip ``[bos; frames; eos]`` in the LLM width."""
+    """Encode padded mel ``[N, n_mels, T]`` and valid mel lengths into per-clip sequences in the LLM width.
+
+    Each clip's sequence is its audio BOS, frames and audio EOS.
+    """
 
     def __init__(self, config: AudioEncoderConfig, attention_backend: str = "auto") -> None:
         super().__init__()
@@ -85,7 +90,10 @@ class AudioEncoder(nn.Module):
     def frames(
         self, mel: torch.Tensor, mel_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conv stem + positions + blocks: ``[N, T, n_state]`` and the valid frame counts ``T_b`` ``[N]``."""
+        """Run the conv stem, positions and blocks.
+
+        Returns ``[N, T, n_state]`` and the valid frame counts ``T_b`` ``[N]``.
+        """
         if mel.dim() != 3 or mel.shape[1] != self.config.n_mels:
             raise ValueError(
                 f"audio mel must be [N, {self.config.n_mels}, frames], got {tuple(mel.shape)}"
@@ -132,14 +140,19 @@ class AudioEncoder(nn.Module):
         return x, lengths
 
     def pool_and_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """Stride-2 average pool over time, then ``ln_post`` (pooling comes first, as released): ``[N, T // 2, D]``.
+        """Average-pool over time with stride 2, then apply ``ln_post``, giving ``[N, T // 2, D]``.
 
-        One fused Triton kernel on CUDA, the torch ops elsewhere (:func:`qwen_audio.kernels.pool_layer_norm`)."""
+        Pooling comes first, as released. On CUDA this is one fused Triton kernel, elsewhere the torch ops
+        (:func:`qwen_audio.kernels.pool_layer_norm`).
+        """
         return pool_layer_norm(x, self.ln_post.weight, self.ln_post.bias, self.ln_post.eps)
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
-        """One tensor per clip, ``[pooled_frames(T_b) + 2, output_dim]``: audio BOS, the audio tokens, audio EOS;
-        without ``learned_markers`` (Qwen2-Audio) only the ``pooled_frames(T_b)`` audio tokens."""
+        """Encode each clip into one tensor ``[pooled_frames(T_b) + 2, output_dim]``.
+
+        The tensor holds audio BOS, the audio tokens and audio EOS. Without ``learned_markers`` (Qwen2-Audio), it
+        holds only the ``pooled_frames(T_b)`` audio tokens.
+        """
         x, lengths = self.frames(mel, mel_lengths)
         pooled = self.pool_and_norm(x)
         n_audio = pooled_frames(lengths)

@@ -17,14 +17,14 @@ def splice_audio(
     audio: Sequence[torch.Tensor],
     audio_start_id: int,
 ) -> torch.Tensor:
-    """Overwrite every ``<audio>`` ... ``</audio>`` span (both ends included) with one clip's ``[bos; frames; eos]``.
+    """Overwrite every ``<audio>`` ... ``</audio>`` span (both ends included) with one clip's ``[bos | frames | eos]``.
 
-    ``embeds`` ``[B, L, D]``, ``input_ids`` ``[B, L]``; ``audio`` holds one ``[span, D]`` tensor per ``<audio>``
-    occurrence in row-major order (sample 0's audios first). ``</audio>`` is ``audio_start_id + 1``. Returns a new
-    tensor; gradients flow to both the text embeddings and the audio.
+    ``embeds`` is ``[B, L, D]`` and ``input_ids`` is ``[B, L]``. ``audio`` holds one ``[span, D]`` tensor per
+    ``<audio>`` occurrence in row-major order (sample 0's audios first). ``</audio>`` is ``audio_start_id + 1``.
+    Returns a new tensor. Gradients flow to both the text embeddings and the audio.
 
-    Vectorised: running counts of the markers find the spans, one ``masked_scatter`` fills them (its row-major
-    order is the clips' order), and one host sync checks them, however many clips there are.
+    The splice is vectorised. Running counts of the markers find the spans. One ``masked_scatter`` fills them (its
+    row-major order is the clips' order). One host sync checks them, however many clips there are.
     """
     if embeds.shape[:2] != input_ids.shape:
         raise ValueError(

@@ -1,13 +1,16 @@
-"""Qwen2-Audio's task prompts: a natural-language instruction after the audio, where Qwen-Audio puts its hierarchical
-task tags (:data:`qwen_audio.prompts.TASKS`). Qwen2-Audio's pretraining replaced the tags with such instructions
-(arXiv 2407.10759, §2 and Figure 2), and its evaluation scripts (QwenLM/Qwen2-Audio ``eval_audio/evaluate_*.py``)
-prefix the ``prompt`` field of each evaluation file with ``<|audio_bos|><|AUDIO|><|audio_eos|>``. Our pretraining of
-the family (``recipes.pretrain --model.preset qwen2-audio-tiny``) uses the same instructions, with the target after
-them (:func:`qwen_audio.prompts.family_prompt` picks them for both), so a model is evaluated on the prompts it
-learned.
+"""Qwen2-Audio's task prompts: a natural-language instruction after the audio.
+
+Qwen-Audio puts its hierarchical task tags (:data:`qwen_audio.prompts.TASKS`) there instead. Qwen2-Audio's
+pretraining replaced the tags with such instructions (arXiv 2407.10759, §2 and Figure 2). Its evaluation scripts
+(QwenLM/Qwen2-Audio ``eval_audio/evaluate_*.py``) prefix the ``prompt`` field of each evaluation file with
+``<|audio_bos|><|AUDIO|><|audio_eos|>``.
+
+Our pretraining of the family (``recipes.pretrain --model.preset qwen2-audio-tiny``) uses the same instructions,
+with the target after them. :func:`qwen_audio.prompts.family_prompt` picks them for both. A model is thus evaluated
+on the prompts it learned.
 
 :data:`INSTRUCTIONS` holds one entry for each task a benchmark of :mod:`qwen_audio.eval.tasks` asks, with where its
-text comes from; the tasks Qwen2-Audio's release never prompted for are worded by us in the style of the released
+text comes from. The tasks Qwen2-Audio's release never prompted for are worded by us in the style of the released
 ones. A language tag (``<|en|>``) is written as text and encoded as the checkpoint's tokenizer encodes it.
 """
 
@@ -31,8 +34,11 @@ LANGUAGE_NAMES = {
 
 @dataclass(frozen=True)
 class Instruction:
-    """The text after the audio; ``template`` is filled with ``audio_language``, ``text_language`` (its English
-    name) and ``question`` by :func:`task_instruction`."""
+    """The text after the audio, with where it comes from.
+
+    ``template`` is filled with ``audio_language``, ``text_language`` (its English name) and ``question`` by
+    :func:`task_instruction`.
+    """
 
     template: str
     source: str
@@ -75,8 +81,11 @@ def task_instruction(
     text_language: str | None = None,
     question: str | None = None,
 ) -> str:
-    """The instruction of ``task``, e.g. ``task_instruction("asr", audio_language="en")`` ==
-    ``"Detect the language and recognize the speech: <|en|>"``; a field the template needs must be given."""
+    """Return the instruction of ``task``, its template filled with the fields given.
+
+    For example, ``task_instruction("asr", audio_language="en")`` ==
+    ``"Detect the language and recognize the speech: <|en|>"``. A field the template needs must be given.
+    """
     if task not in INSTRUCTIONS:
         raise ValueError(
             f"Qwen2-Audio has no prompt for task {task!r}; known tasks: {', '.join(INSTRUCTIONS)}"

@@ -38,10 +38,12 @@ SPECIAL_TOKENS = (
 
 
 def feature_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
-    """Qwen2AudioProcessor's lengths: WhisperFeatureExtractor pads the clip to 30 s (longer clips lose the rest,
-    warned about) and marks ``ceil(samples / 160)`` mel frames valid (Qwen-Audio: ``samples // 160``); then the
-    conv stem and the pool as in :func:`qwen_audio.lengths.audio_lengths`. A 1 s clip + 1 sample: 101 mel frames,
-    51 encoder frames, 25 audio tokens."""
+    """Qwen2AudioProcessor's lengths of a clip of ``num_samples`` samples.
+
+    WhisperFeatureExtractor pads the clip to 30 s. Longer clips lose the rest, with a warning. It marks
+    ``ceil(samples / 160)`` mel frames valid (Qwen-Audio: ``samples // 160``). Then come the conv stem and the
+    pool, as in :func:`qwen_audio.lengths.audio_lengths`. A 1 s clip + 1 sample gives 101 mel frames,
+    51 encoder frames and 25 audio tokens."""
     samples = audio_lengths(num_samples, source).samples  # the truncation and its warning
     mel = -(-samples // HOP_LENGTH)
     encoder = conv_frames(mel)
@@ -78,7 +80,9 @@ class Qwen2AudioTokenizer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Qwen2AudioTokenizer:
-        """A ``tokenizer.json``; the ``generation_config.json`` beside it, if any, gives the stop ids (eos_token_id)."""
+        """The tokenizer of a ``tokenizer.json``.
+
+        The ``generation_config.json`` beside it, if any, gives the stop ids (eos_token_id)."""
         path = os.fspath(path)
         try:
             tokenizer = Tokenizer.from_file(path)
@@ -115,7 +119,9 @@ class Qwen2AudioTokenizer:
             raise ValueError(f"{token!r} is not a special token of {self.path}") from None
 
     def encode(self, text: str, allowed_special: AllowedSpecial = frozenset()) -> list[int]:
-        """Ids of ``text``; only the special tokens in ``allowed_special`` ("all": every one) are special."""
+        """Ids of ``text``.
+
+        Only the special tokens in ``allowed_special`` ("all": every one) are special."""
         ids: list[int] = []
         position = 0
         for match in self._special_pattern.finditer(text):
@@ -129,7 +135,9 @@ class Qwen2AudioTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
 
     def decode(self, ids: Sequence[int], audio_sources: Sequence[str] | None = None) -> str:
-        """Text of ``ids``; with ``audio_sources`` each audio span is written back as ``<audio>SOURCE</audio>``."""
+        """Text of ``ids``.
+
+        With ``audio_sources``, each audio span is written back as ``<audio>SOURCE</audio>``."""
         ids = [int(i) for i in ids]
         for token_id in ids:
             if not 0 <= token_id < self.n_vocab:

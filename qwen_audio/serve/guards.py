@@ -1,13 +1,16 @@
 """What the server refuses before a request reaches an endpoint, and how it stops without leaving a process behind.
 
-:class:`GuardMiddleware` (ASGI, in front of every route): an API key (401 with OpenAI's error body; ``/health``
-stays open), a request-body limit (413 from the ``Content-Length`` header, or as soon as a body sent without one
-passes the limit, never after reading it whole), and, once the server is stopping, 503 to new requests.
+:class:`GuardMiddleware` is ASGI middleware in front of every route. It checks an API key and answers 401 with
+OpenAI's error body. ``/health`` stays open. It enforces a request-body limit with 413. The 413 comes from the
+``Content-Length`` header, or as soon as a body sent without one passes the limit, never after reading it whole.
+Once the server is stopping, it answers 503 to new requests.
 
-:func:`stop_on_sigterm`: SIGTERM stops new requests, lets the ones in flight finish (up to a timeout), then ends
-LitServe the way it ends on Ctrl-C (it stops its inference worker and its manager process), and the server exits 0.
-:func:`die_with_parent`: the kernel kills a child process when the process that started it dies, even by SIGKILL
-(``prctl(PR_SET_PDEATHSIG)``), for LitServe's forked manager and its spawned inference worker.
+:func:`stop_on_sigterm` makes SIGTERM stop new requests and let the ones in flight finish (up to a timeout). It then
+ends LitServe the way it ends on Ctrl-C, which stops its inference worker and its manager process. The server then
+exits 0.
+
+:func:`die_with_parent` has the kernel kill a child process when the process that started it dies, even by SIGKILL
+(``prctl(PR_SET_PDEATHSIG)``). LitServe's forked manager and its spawned inference worker use it.
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ class Drain:
             self.in_flight += change
 
     def wait(self, timeout: float) -> int:
-        """Wait until no request is in flight or ``timeout`` seconds pass; the requests still in flight."""
+        """Wait until no request is in flight or ``timeout`` seconds pass.
+
+        Returns the number of requests still in flight.
+        """
         deadline = time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -174,8 +180,11 @@ class GuardMiddleware:
 
 
 def stop_on_sigterm(drain: Drain, timeout: float) -> None:
-    """From now on SIGTERM (in the main thread, where LitServe waits) stops new requests, waits up to ``timeout``
-    seconds for those in flight, then raises KeyboardInterrupt, on which LitServe stops its processes."""
+    """Install a SIGTERM handler that drains the server, then raises KeyboardInterrupt.
+
+    SIGTERM is handled in the main thread, where LitServe waits. The handler stops new requests and waits up to
+    ``timeout`` seconds for those in flight. It then raises KeyboardInterrupt, on which LitServe stops its processes.
+    """
 
     def stop(signum, frame) -> None:
         drain.stopping = True
@@ -195,8 +204,11 @@ def stop_on_sigterm(drain: Drain, timeout: float) -> None:
 
 
 def die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when the thread that started it ends (``PR_SET_PDEATHSIG``), and end
-    now if ``parent`` is already gone (it may die before this runs). Linux only; elsewhere nothing."""
+    """Have the kernel SIGKILL this process when the thread that started it ends (``PR_SET_PDEATHSIG``).
+
+    The process also ends at once if ``parent`` is already gone, since it may die before this runs. This works on
+    Linux only and does nothing elsewhere.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -208,8 +220,10 @@ def die_with_parent(parent: int) -> None:
 
 
 def forked_children_die_with_this_process() -> None:
-    """Every process this one forks from now on (LitServe's manager) dies with it (:func:`die_with_parent`); not
-    the processes that those fork in turn."""
+    """Make every process this one forks later (LitServe's manager) die with it (:func:`die_with_parent`).
+
+    The processes that those fork in turn are not covered.
+    """
     main, forking = os.getpid(), [0]
 
     def before() -> None:

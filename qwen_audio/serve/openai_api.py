@@ -2,7 +2,7 @@
 transcription forms -> jobs, and the response bodies (chat completions, chunks, transcriptions).
 
 Decoding defaults are the release's chat settings (``chat_generation_config.json``: sampling, top-p 0.5, 512 new
-tokens); ``temperature`` 0 decodes greedily, and ``temperature``, ``top_p``, ``seed``, ``max_tokens`` override
+tokens). ``temperature`` 0 decodes greedily, and ``temperature``, ``top_p``, ``seed``, ``max_tokens`` override
 the rest. A bad request raises :class:`RequestError` naming the field, as OpenAI's ``param`` does.
 """
 
@@ -113,8 +113,9 @@ def decode_audio(data: bytes, param: str) -> torch.Tensor:
 
 
 def audio_seconds(data: bytes) -> float | None:
-    """The duration an encoded file's header gives, without decoding it (None when the header does not read:
-    :func:`decode_audio` then names the problem)."""
+    """The duration an encoded file's header gives, without decoding it.
+
+    It is None when the header does not read. :func:`decode_audio` then names the problem."""
     try:
         return soundfile.info(io.BytesIO(data)).duration
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
@@ -138,7 +139,7 @@ def _user_items(
 ) -> list[dict[str, AudioItem]]:
     """The items of one user message: text parts as written, audio parts as :class:`Recording`.
 
-    Each recording is named by its request field, and appended to ``recordings``; an audio part longer
+    Each recording is named by its request field, and appended to ``recordings``. An audio part longer
     than ``max_seconds`` (read from its header, before decoding) is refused.
     """
     if isinstance(message.content, str):
@@ -204,12 +205,12 @@ def _plain_text(message: ChatMessage, index: int) -> str:
 def chat_job(
     tokenizer: Tokenizer, request: ChatRequest, max_audio_seconds: float | None = None
 ) -> tuple[ChatJob, float]:
-    """The job for a chat request and the seconds of audio it holds; an audio part longer than
-    ``max_audio_seconds`` (read from its header, before decoding) is refused.
+    """The job for a chat request and the seconds of audio it holds.
 
-    The leading system message (else the release's default) is the system prompt, then user/assistant turns in
-    order; the last message is the query. The prompt is built by :func:`qwen_audio.chat.build_context`, so it is
-    token for token what ``qwen_audio.chat`` (and the release's ``chat()``) build.
+    An audio part longer than ``max_audio_seconds`` (read from its header, before decoding) is refused.
+    The leading system message (else the release's default) is the system prompt. User/assistant turns follow
+    in order, and the last message is the query. The prompt is built by :func:`qwen_audio.chat.build_context`.
+    So it is token for token what ``qwen_audio.chat`` (and the release's ``chat()``) build.
     """
     if not request.messages:
         raise RequestError("messages", "messages: at least one message is needed")
@@ -296,9 +297,10 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
 def transcription_job(
     tokenizer: Tokenizer, form, served: str, max_seconds: float | None = None
 ) -> tuple[TranscriptionJob, str, bytes]:
-    """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes; a file
-    longer than ``max_seconds`` is refused (long-form transcription reads the rest window by window).
-    ``prompt`` is accepted for compatibility and not used: the release's transcription prompt has no place for it."""
+    """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes.
+
+    A file longer than ``max_seconds`` is refused (long-form transcription reads the rest window by window).
+    ``prompt`` is accepted for compatibility and not used. The release's transcription prompt has no place for it."""
     check_model(str(form.get("model", "")), served)
     if tokenizer.family != "qwen-audio":
         raise RequestError(

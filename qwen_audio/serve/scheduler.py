@@ -1,12 +1,13 @@
 """Continuous batching for the server: chat and transcription jobs share one :class:`DecodeEngine`.
 
-A job becomes rows: a chat job one, a transcription one per 30-second window. Between two decoding
-steps the waiting rows are prefilled into the free slots (in arrival order) and join the running
-batch; a row that ends frees its slot at once, and a job whose client left is cancelled and frees
-its slots. Greedy, seeded-sampled and transcription rows decode side by side, each with its own
-settings, and each gets the tokens it gets alone. :meth:`Scheduler.step` returns one event per job
-with news: ``{"text": piece}`` for a chat stream, and last ``{"done": True, ...}`` with the job's
-result (see :func:`_result`).
+A job becomes rows: one for a chat job, one per 30-second window for a transcription. Between two
+decoding steps, the waiting rows are prefilled into the free slots (in arrival order) and join the
+running batch. A row that ends frees its slot at once. A job whose client left is cancelled and
+frees its slots. Greedy, seeded-sampled and transcription rows decode side by side, each with its
+own settings. Each gets the tokens it gets alone.
+
+:meth:`Scheduler.step` returns one event per job with news. A chat stream gets ``{"text": piece}``.
+The last event is ``{"done": True, ...}`` with the job's result (see :func:`_result`).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Scheduler:
         )
 
     def cancel(self, uid: str) -> None:
-        """Drop job ``uid`` (its client left): its slots free at once, its waiting rows leave the queue."""
+        """Drop job ``uid`` (its client left). Its slots free at once and its waiting rows leave the queue."""
         active = self.jobs.pop(uid, None)
         if active is None:
             return
@@ -161,8 +162,10 @@ class Scheduler:
         return bool(self.jobs)
 
     def step(self) -> list[tuple[str, dict]]:
-        """Admit waiting rows into free slots, decode one step, and return ``(uid, event)`` for each job with
-        news; a job's last event has ``"done": True``."""
+        """Admit waiting rows into free slots, decode one step, and return ``(uid, event)`` for each job with news.
+
+        A job's last event has ``"done": True``.
+        """
         self._admit()
         self.engine.step()
         self.engine.fetch()
@@ -205,8 +208,11 @@ class Scheduler:
 
 
 def _result(tokenizer: QwenAudioTokenizer, active: _Active) -> dict:
-    """The last event of a job: the chat text left, finish reason and token counts; or the transcript. A row the
-    hallucination guard stopped is reported in ``"hallucination"``."""
+    """The last event of a job.
+
+    For a chat it holds the text left, the finish reason and the token counts. For a transcription it holds the
+    transcript. A row the hallucination guard stopped is reported in ``"hallucination"``.
+    """
     job, rows = active.job, active.rows
     flags = [row.flag for row in rows if row.flag]
     if isinstance(job, ChatJob):

@@ -1,13 +1,15 @@
-"""The LitServe server: one inference worker decoding chat and transcription jobs with continuous batching
-(:mod:`.scheduler`, run by :mod:`.loop`), and the OpenAI endpoints that validate each request before it is queued
-(:mod:`.openai_api`), so that a bad request gets its HTTP 400, streamed or not, and never reaches the model. Past
-``max_slots + max_queue`` requests in flight a request gets a 503 with ``Retry-After``; a client that leaves
-cancels its generation, which frees its slots at once.
+"""The LitServe server: one inference worker with continuous batching, behind OpenAI endpoints.
+
+The worker decodes chat and transcription jobs with continuous batching (:mod:`.scheduler`, run by :mod:`.loop`).
+The OpenAI endpoints validate each request before it is queued (:mod:`.openai_api`). A bad request thus gets its
+HTTP 400, streamed or not, and never reaches the model. Past ``max_slots + max_queue`` requests in flight, a
+request gets a 503 with ``Retry-After``. A client that leaves cancels its generation, which frees its slots at once.
 
 The endpoints live in a LitServe spec (as LitServe's own ``OpenAISpec`` does) rather than in ``OpenAISpec``
-itself: its request model admits only wav and mp3 ``input_audio``, has no ``seed``, always reports
-``finish_reason`` "stop", answers bad requests with 422 or a 500 in the stream, and offers no transcription route.
-Both routes feed the same request queue, so chat and transcription requests batch together on one model.
+itself. ``OpenAISpec``'s request model admits only wav and mp3 ``input_audio`` and has no ``seed``. It always
+reports ``finish_reason`` "stop" and answers bad requests with 422 or a 500 in the stream. It offers no
+transcription route. Both routes feed the same request queue, so chat and transcription requests batch together
+on one model.
 """
 
 from __future__ import annotations
@@ -194,8 +196,11 @@ class OpenAIAudioSpec(LitSpec):
             )
 
     async def _submit(self, job: Job) -> AsyncIterator[dict] | None:
-        """Queue ``job`` and return its events (:meth:`_events`), or None when ``max_in_flight``
-        requests are in flight already. Check and count are one step: none slips in between."""
+        """Queue ``job`` and return its events (:meth:`_events`).
+
+        Returns None when ``max_in_flight`` requests are in flight already. Check and count are one
+        step, so no request slips in between.
+        """
         if self.in_flight >= self.max_in_flight:
             return None
         events = self._events(job)
@@ -203,9 +208,11 @@ class OpenAIAudioSpec(LitSpec):
         return events
 
     async def _events(self, job: Job) -> AsyncIterator[dict]:
-        """Queue ``job`` for the worker, yield None once queued, then yield its events (see
-        :meth:`.scheduler.Scheduler.step`); leaving before the last one (the client left) cancels
-        the job in the worker."""
+        """Queue ``job`` for the worker, yield None once queued, then yield its events.
+
+        The events are those of :meth:`.scheduler.Scheduler.step`. Leaving before the last one (the
+        client left) cancels the job in the worker.
+        """
         uid = uuid.uuid4()
         queue, available = deque(), asyncio.Event()
         self.response_buffer[uid] = ResponseBufferItem(response_queue=queue, event=available)
@@ -283,8 +290,10 @@ async def _json(request: Request) -> object:
 
 
 async def _collect(events: AsyncIterator[dict], request: Request) -> tuple[str, dict | None]:
-    """The joined text of a job's events and its last event; None if the client left first (which cancels
-    the job)."""
+    """The joined text of a job's events and its last event.
+
+    The event is None if the client left first, which cancels the job.
+    """
 
     async def collect() -> tuple[str, dict]:
         pieces, result = [], {}
@@ -326,9 +335,11 @@ def _server_error(err: Exception) -> JSONResponse:
 
 
 class QwenAudioAPI(ls.LitAPI):
-    """The inference worker: loads the model once, then decodes every job in one continuous batch
-    (:class:`.scheduler.Scheduler`, fed by :class:`.loop.SchedulerLoop`); on CUDA the decoding step's graphs are
-    captured at load."""
+    """The inference worker: loads the model once, then decodes every job in one continuous batch.
+
+    :class:`.scheduler.Scheduler` runs the batch, fed by :class:`.loop.SchedulerLoop`. On CUDA the decoding step's
+    graphs are captured at load.
+    """
 
     def __init__(
         self,
@@ -377,8 +388,11 @@ def serve(
     max_queue: int,
     limits: Limits | None = None,
 ) -> None:
-    """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port`` until SIGTERM (or
-    Ctrl-C) stops it (:mod:`.guards`); then exit, 0 unless LitServe failed, with no process of it left."""
+    """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port``.
+
+    It answers until SIGTERM (or Ctrl-C) stops it (:mod:`.guards`). It then exits with no process of it left. The
+    exit status is 0 unless LitServe failed.
+    """
     limits = limits or Limits()
     api = QwenAudioAPI(
         checkpoint,

@@ -19,9 +19,9 @@ class SplitWriter:
     """Writes ``OUT/<name>.jsonl`` (and audio files under ``OUT/audio/<name>/``), atomically on
     :meth:`close`.
 
-    :meth:`add` builds a row's entries; a :class:`ManifestError` is raised naming ``path:line``
-    (``on_error="raise"``) or counted and the row skipped (``"skip"``, with one warning at the end,
-    as :func:`~qwen_audio.data.manifest.iter_manifest` does). Every entry is checked as training
+    :meth:`add` builds a row's entries. With ``on_error="raise"``, a :class:`ManifestError` is raised
+    naming ``path:line``. With ``"skip"``, it is counted and the row skipped, with one warning at the
+    end, as :func:`~qwen_audio.data.manifest.iter_manifest` does. Every entry is checked as training
     checks it, its audio file's header included.
     """
 
@@ -39,7 +39,7 @@ class SplitWriter:
         self.rows, self.lines, self.skipped = 0, 0, Counter()
 
     def write_audio(self, name: str, data: bytes) -> str:
-        """Store an audio file's bytes; returns its path relative to the manifest's folder."""
+        """Store an audio file's bytes and return its path relative to the manifest's folder."""
         path = self.audio_folder / name
         path.write_bytes(data)
         return os.path.relpath(path, self.folder)
@@ -63,7 +63,9 @@ class SplitWriter:
             self.lines += 1
 
     def close(self) -> Path:
-        """Finish the manifest and return its path; warn with the count of skipped rows."""
+        """Finish the manifest and return its path.
+
+        It warns with the count of skipped rows."""
         self._file.close()
         if self.lines == 0:
             raise ManifestError(

@@ -1,13 +1,13 @@
 """Chat data for the SFT demo, generated from the demo corpus: questions and answers about its audio.
 
-Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`): what is said (ASR lines), which note
-(MNA), which scene (ASC), how many beeps or clicks (AQA), which of two clips is speech; some conversations go on with a
-follow-up (the language, the instrument, what the speech clip says). A few pure-text conversations (greetings,
-sums) stand in for the paper's text instruction data. Each split's file is written round-robin over these kinds, so
-the first conversations of a file show one of each.
+Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`). The questions ask what is said (ASR
+lines), which note (MNA), which scene (ASC), how many beeps or clicks (AQA), and which of two clips is speech. Some
+conversations go on with a follow-up (the language, the instrument, what the speech clip says). A few pure-text
+conversations (greetings, sums) stand in for the paper's text instruction data. Each split's file is written
+round-robin over these kinds. The first conversations of a file thus show one of each.
 
-The files live next to the corpus (``chat-<version>-<split>.jsonl``, audio paths relative to it), are derived from
-``seed`` alone, and are written to a temporary file renamed into place, so concurrent builders agree.
+The files live next to the corpus (``chat-<version>-<split>.jsonl``, audio paths relative to it). They are derived
+from ``seed`` alone. Each is written to a temporary file renamed into place, so concurrent builders agree.
 """
 
 from __future__ import annotations
@@ -114,7 +114,10 @@ def _text(index: int, rng: random.Random) -> tuple[Message, ...]:
 def demo_conversations(
     entries: list[ManifestEntry], root: Path, split: str, seed: int
 ) -> list[Conversation]:
-    """The split's conversations, round-robin over the kinds; ``root`` is the folder audio paths are relative to."""
+    """The split's conversations, round-robin over the kinds.
+
+    ``root`` is the folder audio paths are relative to.
+    """
     rng = random.Random(f"demo-chat-{seed}-{split}")
     audio = {e.audio: os.path.relpath(e.audio, root) for e in entries}
     speech = [e for e in entries if e.task == "asr"]
@@ -139,7 +142,10 @@ def demo_conversations(
 def build_demo_chat(
     root: str | os.PathLike | None = None, seed: int = 0, size: int = 48
 ) -> dict[str, Path]:
-    """Build the demo corpus (:func:`build_demo_corpus`) and its chat files unless there; ``{split: path}``."""
+    """Build the demo corpus (:func:`build_demo_corpus`) and its chat files unless there.
+
+    Returns ``{split: path}``.
+    """
     manifests = build_demo_corpus(root, seed=seed, size=size)
     paths = {}
     for split in SPLITS:

@@ -1,33 +1,36 @@
 """The embedded demo corpus: a few hundred short clips, generated on first use, that a small model can learn on a CPU.
 
 Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.demo.espeak`) of spoken digit strings in English
-and Mandarin ("four one seven two", "四一七二"), each clip used for ASR and for SRWT with the synthesiser's own word
-timings. Digit strings, as in TIDIGITS, because a ten-word vocabulary is what a small model can learn to transcribe
-on a CPU in minutes; the held-out strings (3 to 6 digits) are new combinations of seen words, so a falling test WER is
-real generalisation. Training strings have 1 to 6 digits, and every utterance has a little silence before and after
-it, as recorded speech does (espeak-ng starts and stops with the voice). Babble scenes mix voices reading the
-sentences of ``qwen_audio/assets/demo_corpus.txt``. The sound tasks follow the paper's formats with targets that
-the audio determines:
+and Mandarin ("four one seven two", "四一七二"). Each clip is used for ASR and for SRWT, with the synthesiser's own
+word timings.
 
-- MNA: harmonic notes of five timbres, overtones and envelope varied per clip; target
-  ``<|pitch|><|midi_pitch_N|><|instrument|>NAME``.
-- ASC: five scenes built from shaped noise and synthetic events (rain, wind, engine, birds, babble of several voices).
-- AQA: 1 to 6 beeps or clicks; "how many ...?" answered by a number word, or "are there any ...?" by yes/no.
+Digit strings are used, as in TIDIGITS, because a small model can learn to transcribe a ten-word vocabulary on a CPU
+in minutes. The held-out strings (3 to 6 digits) are new combinations of seen words. A falling test WER is therefore
+real generalisation. Training strings have 1 to 6 digits. Every utterance has a little silence before and after it,
+as recorded speech does (espeak-ng starts and stops with the voice). Babble scenes mix voices reading the sentences
+of ``qwen_audio/assets/demo_corpus.txt``.
 
-Held out by construction: every item's split is a function of the item itself (:func:`split_of` hashes the digit
-sequence, the babble sentence, the note, the AQA event layout), so no validation or test item is in any training
-split, for any seed and any size, and a spoken digit string is held out in both languages.
+The sound tasks follow the paper's formats, with targets that the audio determines. MNA clips are harmonic notes of
+five timbres, with overtones and envelope varied per clip. Their target is
+``<|pitch|><|midi_pitch_N|><|instrument|>NAME``. ASC clips are five scenes built from shaped noise and synthetic
+events (rain, wind, engine, birds, babble of several voices). AQA clips hold 1 to 6 beeps or clicks. "How many
+...?" is answered by a number word, and "are there any ...?" by yes/no.
 
-Robustness rows, held out by construction too: validation and test each have, besides their
-clean speech, ``<split>_noisy`` (the split's clean ASR clips mixed with a noise type of that split
-alone, at 5 to 20 dB SNR) and ``<split>_unseen`` (the split's digit strings read by espeak-ng voice
-variants of that split alone). Training speech uses :data:`VOICE_VARIANTS` ``["train"]`` and the
-training noise clips (``noise.jsonl``, for :mod:`qwen_audio.data.augment`) :data:`NOISE_KINDS`
-``["train"]``; ``items.json`` records the voices and noise types each split used.
+Held-out items are held out by construction. Every item's split is a function of the item itself. It is a hash
+(:func:`split_of`) of the digit sequence, the babble sentence or the AQA event layout. A note's split comes from
+:func:`note_split`. No validation or test item is thus in any training split, for any seed and any size. A spoken
+digit string is held out in both languages.
 
-Everything derives from ``seed``, with no network (the same seed and size give the same bytes). The
-corpus is written to a temporary folder renamed into place at the end, so concurrent builders never
-see or leave a half-written corpus (the loser of the race discards its copy).
+Robustness rows are held out by construction too. Validation and test each have two of them besides their clean
+speech. ``<split>_noisy`` holds the split's clean ASR clips mixed with a noise type of that split alone, at 5 to
+20 dB SNR. ``<split>_unseen`` holds the split's digit strings read by espeak-ng voice variants of that split alone.
+Training speech uses :data:`VOICE_VARIANTS` ``["train"]``. The training noise clips (``noise.jsonl``, for
+:mod:`qwen_audio.data.augment`) use :data:`NOISE_KINDS` ``["train"]``. ``items.json`` records the voices and noise
+types each split used.
+
+Everything derives from ``seed``, with no network. The same seed and size give the same bytes. The corpus is written
+to a temporary folder, which is renamed into place at the end. Concurrent builders thus never see or leave a
+half-written corpus. The loser of the race discards its copy.
 """
 
 from __future__ import annotations
@@ -140,15 +143,17 @@ def default_demo_dir() -> Path:
 def build_demo_corpus(
     root: str | os.PathLike | None = None, seed: int = 0, size: int = 48
 ) -> dict[str, Path]:
-    """Build the corpus unless it is there; returns ``{name: manifest path}`` for the
-    :data:`SPLITS`, the :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the training noise
+    """Build the corpus unless it is there, and return ``{name: manifest path}``.
+
+    The names are the :data:`SPLITS`, the :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the training noise
     (``noise``).
 
-    It lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``, so
-    corpora of other versions or parameters never collide. ``size``: training clips of English and of Mandarin
-    speech; ASC and AQA get ``max(1, size // 4)`` each, MNA six times as many; validation and test get
-    ``min(100, max(1, size // 4))`` of every group, and as many ASR lines per language in each
-    robustness row. Each speech clip gives an ASR and an SRWT line.
+    The corpus lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``.
+    Corpora of other versions or parameters thus never collide.
+
+    ``size`` is the number of training clips of English and of Mandarin speech. ASC and AQA get ``max(1, size // 4)``
+    each, and MNA six times as many. Validation and test get ``min(100, max(1, size // 4))`` of every group. Each
+    robustness row gets as many ASR lines per language. Each speech clip gives an ASR and an SRWT line.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
@@ -173,15 +178,22 @@ def build_demo_corpus(
 
 
 def corpus_record(seed: int, size: int) -> dict:
-    """What identifies a built corpus: written beside its manifests, and by the export of a model trained on it
-    (:data:`CORPUS_RECORD`), so that evaluation can read the same corpus back."""
+    """Return the record that identifies a built corpus.
+
+    It is written beside the corpus's manifests, and by the export of a model trained on it (:data:`CORPUS_RECORD`).
+    Evaluation can then read the same corpus back.
+    """
     return {"version": DEMO_VERSION, "seed": seed, "size": size}
 
 
 def corpus_fingerprint(manifests: dict[str, Path]) -> str:
-    """A hash of a built corpus's manifests and item list. Two corpora of one record (version, seed, size) built by
-    different generation code (a changed note range without a version bump) differ here, which the record cannot
-    tell. The audio is left out: its float rounding may differ between CPUs, the text and durations do not."""
+    """Return a hash of a built corpus's manifests and item list.
+
+    Two corpora of one record (version, seed, size) may come from different generation code. An example is a changed
+    note range without a version bump. The record cannot tell them apart, but their fingerprints differ.
+
+    The audio is left out, because its float rounding may differ between CPUs. The text and durations do not.
+    """
     root = manifests["train"].parent
     digest = hashlib.sha256()
     for name in [*(f"{name}.jsonl" for name in MANIFESTS), "items.json"]:
@@ -223,8 +235,10 @@ def read_sentences() -> dict[str, list[str]]:
 
 
 def split_of(key: str) -> str:
-    """The split of the item ``key`` names (``digits:4172``, ``sentence:...``, ``aqa:beep:1,4``):
-    a stable hash of the key, so it depends on neither the seed nor the size nor the order of generation."""
+    """Return the split of the item ``key`` names (``digits:4172``, ``sentence:...``, ``aqa:beep:1,4``).
+
+    The split is a stable hash of the key. It depends on neither the seed nor the size nor the order of generation.
+    """
     bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 100
     if bucket < HELD_OUT_PERCENT["test"]:
         return "test"
@@ -246,15 +260,20 @@ def _sentence_splits() -> dict[str, dict[str, list[str]]]:
 
 
 def digit_key(text: str, language: str) -> str:
-    """The item a spoken digit string is, the same in both languages: ``"four one"`` and ``"四一"`` are
-    ``digits:41``."""
+    """Return the item a spoken digit string is, the same in both languages.
+
+    ``"four one"`` and ``"四一"`` are both ``digits:41``.
+    """
     words = text.split() if language == "en" else list(text)
     return "digits:" + "".join(str(DIGITS[language].index(word)) for word in words)
 
 
 def _digit_strings(seed: int, language: str, counts: dict[str, int]) -> dict[str, list[str]]:
-    """``{split: digit strings}``, distinct within the corpus, each drawn until it falls in its split (training
-    strings of :data:`TRAIN_DIGITS_PER_UTTERANCE` digits, held-out ones of :data:`DIGITS_PER_UTTERANCE`)."""
+    """Draw ``{split: digit strings}``, distinct within the corpus.
+
+    Each string is drawn until it falls in its split. Training strings have :data:`TRAIN_DIGITS_PER_UTTERANCE` digits,
+    and held-out ones :data:`DIGITS_PER_UTTERANCE`.
+    """
     rng, seen, strings = _rng(seed, "digits", language), set(), {}
     joiner = " " if language == "en" else ""
     for split in SPLITS:
@@ -433,9 +452,11 @@ def _write_noise_clips(folder: Path, seed: int) -> list[str]:
 def _write_noisy_row(
     folder: Path, seed: int, split: str, speech: list[tuple[str, SpeechJob]]
 ) -> set[str]:
-    """``<split>_noisy.jsonl``: the split's clean ASR clips, each mixed with a noise kind of the
-    split (in turn) at an SNR drawn from :data:`SNR_DB` (``torchaudio.functional.add_noise``);
-    returns the kinds used."""
+    """Write ``<split>_noisy.jsonl`` and return the noise kinds it used.
+
+    Each of the split's clean ASR clips is mixed with a noise kind of the split, taken in turn. The SNR is drawn from
+    :data:`SNR_DB` and applied with ``torchaudio.functional.add_noise``.
+    """
     rng, kinds, entries = _rng(seed, split, "noisy"), NOISE_KINDS[split], []
     (folder / f"{split}_noisy").mkdir()
     for i, (language, job) in enumerate(speech):
@@ -455,7 +476,10 @@ def _write_noisy_row(
 
 
 def _write_sound(folder: Path, path: str, audio: np.ndarray, rng: np.random.Generator) -> float:
-    """Peak-normalise to a random level, write 16-bit at ``SOUND_RATE``; returns the duration in seconds."""
+    """Peak-normalise ``audio`` to a random level and write it as 16-bit at ``SOUND_RATE``.
+
+    Returns the duration in seconds.
+    """
     audio = audio / np.abs(audio).max() * rng.uniform(0.3, 0.9)
     soundfile.write(folder / path, audio.astype(np.float32), SOUND_RATE, subtype="PCM_16")
     return round(len(audio) / SOUND_RATE, 4)
@@ -470,9 +494,12 @@ def _times(seconds: float) -> np.ndarray:
 
 
 def note_split(instrument: str, midi: int) -> str:
-    """The split of a note (instrument, pitch): every tenth pitch of each instrument is test, the next validation,
-    shifted by 3 semitones per instrument, so each instrument has held-out pitches that other instruments play in
-    training (a hash could leave an instrument without a test note)."""
+    """Return the split of a note (instrument, pitch).
+
+    Every tenth pitch of each instrument is test, and the next one validation. The pattern shifts by 3 semitones per
+    instrument. Each instrument thus has held-out pitches that other instruments play in training. A hash could leave
+    an instrument without a test note.
+    """
     bucket = (midi + 3 * INSTRUMENTS.index(instrument)) % 10
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
 
@@ -480,7 +507,10 @@ def note_split(instrument: str, midi: int) -> str:
 def _mna_clip(
     rng: np.random.Generator, folder: Path, path: str, index: int, split: str
 ) -> tuple[ManifestEntry, str]:
-    """A note of the split: harmonic partials of the instrument's timbre with its attack and (piano, brass) decay."""
+    """Make a note of the split from harmonic partials of the instrument's timbre.
+
+    The note has the instrument's attack and, for piano and brass, its decay.
+    """
     instrument = INSTRUMENTS[index % len(INSTRUMENTS)]
     midis = [
         m for m in range(MIDI_PITCHES[0], MIDI_PITCHES[1] + 1) if note_split(instrument, m) == split
@@ -599,7 +629,7 @@ def _siren(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 def _buzz(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """Mains buzz: 50 or 60 Hz and its harmonics up to 4 kHz (a sawtooth's spectrum), faint hiss."""
+    """Mains buzz at 50 or 60 Hz, with its harmonics up to 4 kHz (a sawtooth's spectrum) and faint hiss."""
     t, f0 = _times(seconds), float(rng.choice([50.0, 60.0]))
     harmonics = range(1, int(4000 / f0) + 1)
     buzz = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k for k in harmonics)
@@ -629,15 +659,20 @@ def _asc_clip(
 
 
 def aqa_layout_key(kind: str, slots: Sequence[int]) -> str:
-    """The item an AQA clip is: its kind of event and the slots (multiples of ``MIN_EVENT_GAP``) they start in."""
+    """Return the item an AQA clip is, from its kind of event and the slots they start in.
+
+    Slots are multiples of ``MIN_EVENT_GAP``.
+    """
     return f"aqa:{kind}:{','.join(map(str, slots))}"
 
 
 def _aqa_clip(
     rng: np.random.Generator, folder: Path, path: str, split: str
 ) -> tuple[ManifestEntry, str]:
-    """1..6 beeps or clicks at least ``MIN_EVENT_GAP`` apart, in a layout of the split; a counting or a yes/no
-    question about them."""
+    """Make an AQA clip in a layout of the split, with a counting or a yes/no question about it.
+
+    The clip holds 1..6 beeps or clicks at least ``MIN_EVENT_GAP`` apart.
+    """
     while True:
         kind, count = (
             EVENT_KINDS[int(rng.integers(len(EVENT_KINDS)))],

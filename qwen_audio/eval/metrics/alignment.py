@@ -1,16 +1,18 @@
 """Average alignment shift (AAS) of word-level timestamps (SRWT), in milliseconds.
 
-Reference and hypothesis units are aligned by minimum edit distance with the ``edit-distance`` package, the aligner
-of the release's ``evaluate_srwt.py`` (FunASR's ``AverageShiftCalculator``): ``difflib`` matches longest common
-blocks instead and pairs other units (for "a b c" against "a c b" it times "a" and "b", the edit-distance
-alignment only "a"). Only units aligned as equal are timed; AAS is the mean over them of |Δstart| + |Δend|.
+Reference and hypothesis units are aligned by minimum edit distance with the ``edit-distance`` package. It is the
+aligner of the release's ``evaluate_srwt.py`` (FunASR's ``AverageShiftCalculator``). ``difflib`` matches longest
+common blocks instead and pairs other units. For "a b c" against "a c b" it times "a" and "b", the edit-distance
+alignment only "a". Only units aligned as equal are timed. AAS is the mean over them of |Δstart| + |Δend|.
 
-Two procedures, both taking the generations as decoded, i.e. continuing the SRWT prompt after its final ``<|0.00|>``:
-- ``alignment_error_ms`` (ours): the prompt's ``<|0.00|>`` is put back, so the first word is timed too; units are
-  the words of ``parse_timestamped_words`` (``<|sil|>`` is not a word: its bounds are its neighbours' bounds); a
+There are two procedures. Both take the generations as decoded, i.e. continuing the SRWT prompt after its final
+``<|0.00|>``.
+
+- ``alignment_error_ms`` (ours) puts the prompt's ``<|0.00|>`` back, so the first word is timed too. Its units are
+  the words of ``parse_timestamped_words``. ``<|sil|>`` is not a word, and its bounds are its neighbours' bounds. A
   generation that does not parse (say, cut off at the generation limit) times nothing.
-- ``release_alignment_error_ms``: the release's procedure, for comparison with Table 3 (51.5 ms): units are the
-  pieces strictly between timestamps, so a generation loses its first unit, and ``<|sil|>`` counts as a unit.
+- ``release_alignment_error_ms`` is the release's procedure, for comparison with Table 3 (51.5 ms). Its units are
+  the pieces strictly between timestamps. A generation thus loses its first unit, and ``<|sil|>`` counts as a unit.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ _RELEASE_STRIPPED = ("<|startoftranscript|>", "<|transcribe|>")
 
 
 def alignment_error_ms(references: Sequence[str], hypotheses: Sequence[str]) -> float | None:
-    """AAS over the words of all utterances; ``None`` when no word of any hypothesis matches its reference.
+    """AAS over the words of all utterances, or ``None`` when no word of any hypothesis matches its reference.
 
-    ``references`` are complete SRWT texts (``<|0.00|><|sil|><|0.54|>面<|0.86|>...``) and must parse;
+    ``references`` are complete SRWT texts (``<|0.00|><|sil|><|0.54|>面<|0.86|>...``) and must parse.
     ``hypotheses`` are the generations that follow the prompt's ``<|0.00|>``.
     """
     check_pairs(references, hypotheses)
@@ -56,13 +58,12 @@ def alignment_error_ms(references: Sequence[str], hypotheses: Sequence[str]) -> 
 def release_alignment_error_ms(
     references: Sequence[str], hypotheses: Sequence[str]
 ) -> float | None:
-    """AAS as ``evaluate_srwt.py`` computes it, on the ground truths and the decoded generations; ``None`` when
-    nothing matches (the release divides by zero).
+    """AAS as ``evaluate_srwt.py`` computes it, on the ground truths and the decoded generations.
 
-    Text before the first and after the last timestamp is dropped (a generation's first unit, a unit cut off at the
-    generation limit). A text without any timestamp is skipped together with its partner: the release meant to skip
-    it but drops it from its own side's list only, which then fails its length assertion or pairs later utterances
-    with the wrong partner.
+    It is ``None`` when nothing matches, where the release divides by zero. Text before the first and after the last
+    timestamp is dropped (a generation's first unit, a unit cut off at the generation limit). A text without any
+    timestamp is skipped together with its partner. The release meant to skip it but drops it from its own side's
+    list only. That list then fails the release's length assertion or pairs later utterances with the wrong partner.
     """
     check_pairs(references, hypotheses)
     pairs = [
@@ -101,7 +102,7 @@ def _mean_shift_ms(utterances: Iterable[tuple[list[TimedWord], list[TimedWord]]]
 
 
 def _equal_units(truth: list[TimedWord], predicted: list[TimedWord]) -> Iterator[tuple[int, int]]:
-    """Index pairs aligned as equal; the package's opcodes cover one unit each."""
+    """Index pairs aligned as equal. The package's opcodes cover one unit each."""
     matcher = edit_distance.SequenceMatcher(
         [word.text for word in truth], [word.text for word in predicted]
     )

@@ -1,11 +1,11 @@
 """Audio captioning scores of the release (Clotho): CIDEr-D, SPICE and SPIDEr = (CIDEr-D + SPICE) / 2.
 
 The release scores with ``caption-evaluation-tools``, a copy of the MS-COCO caption evaluation code. pycocoevalcap
-is that code packaged for Python 3: the same Java PTB tokenizer (lower case, punctuation dropped) and scorers, with
-the tokenizer's jar inside the wheel, so CIDEr-D runs offline. COCO's ``Cider`` is CIDEr-D: clipped n-gram counts,
-a Gaussian length penalty (σ = 6) and a factor 10, with document frequencies taken from this corpus's references.
-SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap downloads on first use; where they are missing
-(no network), SPICE and SPIDEr are ``None`` and the result says why, instead of a number.
+is that code packaged for Python 3. It has the same Java PTB tokenizer (lower case, punctuation dropped) and
+scorers. The tokenizer's jar is inside the wheel, so CIDEr-D runs offline. COCO's ``Cider`` is CIDEr-D: clipped
+n-gram counts, a Gaussian length penalty (σ = 6) and a factor 10. Its document frequencies are taken from this
+corpus's references. SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap downloads on first use. Where
+they are missing (no network), SPICE and SPIDEr are ``None`` instead of a number, and the result says why.
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ def spice_unavailable_reason() -> str | None:
 def caption_scores(
     references: Sequence[Sequence[str]], hypotheses: Sequence[str]
 ) -> dict[str, float | str | None]:
-    """``{"CIDEr-D", "SPICE", "SPIDEr", "unavailable"}`` over the corpus: one hypothesis and several reference
-    captions per clip. ``unavailable`` is ``None``, or the reason SPICE and SPIDEr are ``None``."""
+    """``{"CIDEr-D", "SPICE", "SPIDEr", "unavailable"}`` over the corpus.
+
+    Each clip has one hypothesis and several reference captions. ``unavailable`` is ``None``, or the reason SPICE
+    and SPIDEr are ``None``.
+    """
     check_pairs(references, hypotheses)
     for index, captions in enumerate(references):
         if isinstance(captions, str) or not captions:

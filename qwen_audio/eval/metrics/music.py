@@ -1,11 +1,13 @@
 """Music note analysis (NSynth) scores, parsed and computed as the release's ``evaluate_note_analysis.py`` does.
 
 The model answers ``<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><|instrument|>keyboard_acoustic
-<|sonic|>bright, percussive``. Instrument, pitch and velocity are scored by exact match, the sonic qualities by
-macro mean average precision of the binary predictions. The release's chroma accuracy compares one-hot *column*
-indices modulo 12, where the columns are the pitches seen in this corpus, so it is not the pitch class unless every
-pitch between the lowest and the highest occurs; we report it for comparability beside the pitch class (MIDI % 12)
-that HEAR's ``ChromaAccuracy`` computes on its contiguous pitch vocabulary.
+<|sonic|>bright, percussive``. Instrument, pitch and velocity are scored by exact match. The sonic qualities are
+scored by macro mean average precision of the binary predictions.
+
+The release's chroma accuracy compares one-hot *column* indices modulo 12. The columns are the pitches seen in this
+corpus. It is thus not the pitch class unless every pitch between the lowest and the highest occurs. We report it
+for comparability. Beside it we report the pitch class (MIDI % 12), which HEAR's ``ChromaAccuracy`` computes on its
+contiguous pitch vocabulary.
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ class Note:
 
 
 def parse_note(text: str) -> Note:
-    """The release's ``get_note_info``: the first match of each field; a field that is absent or not a number is
-    ``MISSING`` (pitch, velocity) or empty; the instrument and qualities run to the next ``<``; qualities are split
-    on ", " and only the ten NSynth qualities are kept."""
+    """Parse a note answer as the release's ``get_note_info`` does.
+
+    Each field is its first match. A pitch or velocity that is absent or not a number is ``MISSING``. An absent
+    instrument or qualities field is empty. The instrument and qualities run to the next ``<``. Qualities are split on
+    ", ", and only the ten NSynth qualities are kept.
+    """
     return Note(
         pitch=_midi_value(_PITCH, text),
         velocity=_midi_value(_VELOCITY, text),
@@ -79,11 +84,13 @@ def _text_field(pattern: re.Pattern[str], text: str) -> str:
 
 
 def nsynth_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
-    """Instrument, velocity and pitch accuracy, chroma accuracy (pitch class, and the release's column variant) and
-    the qualities' macro mAP (``None`` when no quality occurs in references or hypotheses: the release fails there).
+    """Score notes: instrument, velocity and pitch accuracy, chroma accuracy, and the qualities' macro mAP.
 
-    Qualities are one-hot encoded by a ``MultiLabelBinarizer`` fit on references and hypotheses together, so a
-    quality only ever predicted is a class with no positive reference and average precision 0, as in the release.
+    Chroma accuracy comes as the pitch class and as the release's column variant. The mAP is ``None`` when no quality
+    occurs in references or hypotheses, because the release fails there.
+
+    Qualities are one-hot encoded by a ``MultiLabelBinarizer`` fit on references and hypotheses together. A quality only
+    ever predicted is thus a class with no positive reference and average precision 0, as in the release.
     """
     check_pairs(references, hypotheses)
     truth = [parse_note(text) for text in references]
