@@ -1,5 +1,7 @@
-"""Timing and device ceilings shared by the benchmarks; run as a script on a CUDA machine, the device line of
-gpu_check.sh."""
+"""Timing and device ceilings shared by the benchmarks.
+
+Run as a script on a CUDA machine, it prints the device line of gpu_check.sh.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ LONG_CALL_S = (
 
 
 def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Milliseconds per call: ``triton.testing.do_bench`` median on CUDA; on CPU the best wall clock of ``repeats``
-    calls after two warm-ups (the minimum, because other processes on a shared CPU only ever add time).
+    """Milliseconds per call of ``fn``.
 
-    A CUDA call of ``LONG_CALL_S`` or more is the median of ``repeats`` synchronised wall clocks after one warm-up:
-    do_bench's five estimating calls and its warm-up would take minutes there (gpu_check.sh, 2026-12-04: a
-    5 s generation ran past its step's 120 s), and launch jitter is negligible at that length.
+    On CUDA this is the ``triton.testing.do_bench`` median. On CPU it is the best wall clock of ``repeats`` calls
+    after two warm-ups. The minimum is taken because other processes on a shared CPU only ever add time.
+
+    A CUDA call of ``LONG_CALL_S`` or more is instead the median of ``repeats`` synchronised wall clocks after one
+    warm-up. For such a call, do_bench's five estimating calls and its warm-up would take minutes (gpu_check.sh,
+    2026-12-04: a 5 s generation ran past its step's 120 s). Launch jitter is negligible at that length.
     """
     if device.type == "cuda":
         import triton.testing
@@ -49,8 +53,11 @@ def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> 
 def interleaved_speedup(
     ours: Callable[[], object], theirs: Callable[[], object], pairs: int
 ) -> float:
-    """Median over ``pairs`` back-to-back CPU runs of theirs / ours: both see the same load from other processes,
-    which a best-of-N taken for each one at a different time does not ensure."""
+    """Median over ``pairs`` back-to-back CPU runs of theirs / ours.
+
+    Run back to back, both see the same load from other processes. A best-of-N taken for each one at a different
+    time does not ensure that.
+    """
     ours(), theirs()
     ratios = []
     for _ in range(pairs):
@@ -68,8 +75,10 @@ def pass_or_miss(passed: bool) -> str:
 
 
 def copy_bandwidth(device: torch.device) -> float:
-    """Bytes/s (read + write) of a 1 GiB device-to-device copy, median of ``triton.testing.do_bench``: the ceiling
-    that memory-bound kernels are held against."""
+    """Bytes/s (read + write) of a 1 GiB device-to-device copy, the median of ``triton.testing.do_bench``.
+
+    This is the ceiling that memory-bound kernels are held against.
+    """
     import triton.testing
 
     source, target = torch.empty(1 << 28, device=device), torch.empty(1 << 28, device=device)

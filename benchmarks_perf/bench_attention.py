@@ -3,22 +3,24 @@
     python benchmarks_perf/bench_attention.py                  # CPU: small shapes, the SDPA paths only
     python benchmarks_perf/bench_attention.py --device cuda    # full size, bf16
 
-Two cases, each a right-padded batch of seeded random lengths, as the model sees them:
-- encoder self-attention: clips of 1-30 s (50-1500 frames after the conv stem), 20 heads x 64 (d = 1280);
-- decoder causal attention: sequences of 16-2048 tokens, 32 heads x 128.
-Each is timed through ``qwen_audio.modules.attention.attention`` with the layout built beforehand (the model builds
-it once per forward for all layers), forward and forward + backward, for every backend: ``varlen``
-(``torch.nn.attention.varlen.varlen_attn``) and ``flash_attn`` pack the valid tokens; ``sdpa`` runs the padded
-batch with a boolean mask. A backend that cannot run here is a row saying why. The torch reference runs SDPA on
-each sequence alone, unpadded, one call per sequence.
+There are two cases. Each is a right-padded batch of seeded random lengths, as the model sees them. Encoder
+self-attention takes clips of 1-30 s (50-1500 frames after the conv stem), 20 heads x 64 (d = 1280). Decoder causal
+attention takes sequences of 16-2048 tokens, 32 heads x 128.
 
-TFLOP/s counts only real (unpadded) query-key pairs: ``4 * pairs * heads * head_dim`` forward (QK^T
-and PV; a causal sequence of L tokens has L (L + 1) / 2 pairs), backward 2.5x forward
-(FlashAttention's convention), so padded SDPA is charged nothing for the padding it computes. "max
-abs diff" is against the torch reference (output forward, gradients of q, k, v forward + backward).
-On CUDA each case ends with FlashAttention-4's parity line: its max abs diff from the reference at
-most ``PARITY_FACTOR`` times padded SDPA's, forward and backward (both bf16, so the bar is what
-torch's own fused kernel reaches on the same inputs).
+Each case is timed through ``qwen_audio.modules.attention.attention``, forward and forward + backward, for every
+backend. The layout is built beforehand, because the model builds it once per forward for all layers. ``varlen``
+(``torch.nn.attention.varlen.varlen_attn``) and ``flash_attn`` pack the valid tokens. ``sdpa`` runs the padded batch
+with a boolean mask. A backend that cannot run here is a row saying why. The torch reference runs SDPA on each
+sequence alone, unpadded, one call per sequence.
+
+TFLOP/s counts only real (unpadded) query-key pairs, so padded SDPA is charged nothing for the padding it computes.
+The forward counts ``4 * pairs * heads * head_dim`` (QK^T and PV). A causal sequence of L tokens has L (L + 1) / 2
+pairs. The backward counts 2.5x forward (FlashAttention's convention). "max abs diff" is against the torch
+reference. It compares the output for forward, and the gradients of q, k, v for forward + backward.
+
+On CUDA each case ends with FlashAttention-4's parity line. Its max abs diff from the reference must be at most
+``PARITY_FACTOR`` times padded SDPA's, forward and backward. Both run in bf16, so the bar is what torch's own fused
+kernel reaches on the same inputs.
 """
 
 from __future__ import annotations
@@ -237,8 +239,10 @@ def print_encoder_target(results: list[Measurement]) -> None:
 
 
 def print_flash_attn_parity(case: Case, results: list[Measurement]) -> None:
-    """FlashAttention-4 against the torch reference, relative to padded SDPA's error; a MISS where
-    it did not run."""
+    """FlashAttention-4's parity line: its error against the torch reference, relative to padded SDPA's.
+
+    The line is a MISS where FlashAttention-4 did not run.
+    """
     diffs = {(m.implementation, m.pass_): m.max_abs_diff for m in results if m.ms is not None}
     kind = "decoder (causal)" if case.causal else "encoder"
     passes = ("forward", "forward + backward")

@@ -1,25 +1,27 @@
-"""Batched greedy generation: ``qwen_audio.generate`` against transformers' ``Qwen2ForCausalLM.generate``, and
-against the decoding loop it replaced (issue 32).
+"""Batched greedy generation: ``qwen_audio.generate`` against transformers' ``generate`` and the loop it replaced.
 
     python benchmarks_perf/bench_generate.py                   # CPU: the tiny preset, fp32 (PYTHONPATH=. in a checkout)
     python benchmarks_perf/bench_generate.py --model demo --batch 16 --new-tokens 64   # the demo model
     python benchmarks_perf/bench_generate.py --model demo --hidden 1024 --decoder-layers 8 --batch 16
     python benchmarks_perf/bench_generate.py --device cuda     # the released size (Qwen-7B decoder), bf16
 
-Arms: ours (static KV cache written in place, tokens picked on the device, one host sync every 8 steps); "growing
-cache", the loop before issue 32 kept here as a baseline only (the cache grows by ``torch.cat`` at every step and
-the host reads every step's tokens); transformers. Each arm runs at ``--batch`` and at batch 1, where ms per token
-is what one user waits per token. On CUDA the batch-1 step is also put against the copy bandwidth: reading the
+There are three arms. Ours is ``qwen_audio.generate``: a static KV cache written in place, tokens picked on the
+device, and one host sync every 8 steps. The "growing cache" arm is the decoding loop before issue 32, kept here as
+a baseline only. Its cache grows by ``torch.cat`` at every step, and the host reads every step's tokens. The third arm
+is transformers' ``Qwen2ForCausalLM.generate``. Each arm runs at ``--batch`` and at batch 1, where ms per token is
+what one user waits per token. On CUDA the batch-1 step is also put against the copy bandwidth. Reading the
 decoder's weights once per token at the measured device-to-device copy rate is the floor.
 
-Both decode the same left-padded batch of text-only prompts (seeded random ids and lengths) with the same random
-weights: Qwen(1)'s decoder is Qwen2's architecture with a fused QKV, so the weights map one to one (spec §9 (b)).
-Greedy, KV cache, exactly ``--new-tokens`` tokens per prompt (no stop token), prompts + new tokens within the
-trained context (no dynamic NTK or logN). Timed end to end (prefill + decoding); tokens/s counts generated tokens.
-"Token agreement" is the fraction of generated positions where transformers picked the same token; greedy decoding
-in bf16 can part ways at a near tie, after which a row's tokens differ, so the first token's agreement (the same
-prefill, before any cascade) and "rows identical" are reported too. Ours applies rotary in fp32, transformers in the
-model's dtype, so in bf16 the two differ by more than kernel order.
+Ours and transformers' decode the same left-padded batch of text-only prompts (seeded random ids and lengths) with
+the same random weights. Qwen(1)'s decoder is Qwen2's architecture with a fused QKV, so the weights map one to one
+(spec §9 (b)). Decoding is greedy with a KV cache, exactly ``--new-tokens`` tokens per prompt (no stop token).
+Prompts + new tokens stay within the trained context (no dynamic NTK or logN). Runs are timed end to end (prefill +
+decoding), and tokens/s counts generated tokens.
+
+The "token agreement" is the fraction of generated positions where transformers picked the same token. Greedy decoding
+in bf16 can part ways at a near tie, after which a row's tokens differ. So the first token's agreement (the same
+prefill, before any cascade) and "rows identical" are reported too. Ours applies rotary in fp32, transformers in
+the model's dtype. So in bf16 the two differ by more than kernel order.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ SPEEDUP_TARGET = (
 
 
 def qwen2_reference(model: QwenAudio, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
-    """``Qwen2ForCausalLM`` holding ``model``'s decoder weights: c_attn split into q/k/v (with biases), the SwiGLU
-    gate is w2, up is w1, down is mlp.c_proj (spec §9 (b))."""
+    """``Qwen2ForCausalLM`` holding ``model``'s decoder weights.
+
+    c_attn is split into q/k/v (with biases). The SwiGLU gate is w2, up is w1 and down is mlp.c_proj (spec §9 (b)).
+    """
     config = model.config.decoder
     hf_config = Qwen2Config(
         vocab_size=config.vocab_size,
@@ -99,8 +103,11 @@ def qwen2_reference(model: QwenAudio, device: torch.device, dtype: torch.dtype) 
 def growing_cache_generate(
     model: QwenAudio, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int
 ) -> list:
-    """The greedy loop before issue 32, as a baseline: per layer the cache grows by ``torch.cat`` at every step,
-    the attention mask by one column, and the host reads every step's tokens (a sync per step)."""
+    """The greedy loop before issue 32, kept as a baseline.
+
+    Per layer, the cache grows by ``torch.cat`` at every step and the attention mask by one column. The host reads
+    every step's tokens, a sync per step.
+    """
     decoder = model.decoder
     heads, dim = decoder.config.num_attention_heads, decoder.config.kv_channels
     cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(decoder.h)

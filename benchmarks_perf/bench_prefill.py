@@ -2,14 +2,17 @@
 
     python benchmarks_perf/bench_prefill.py [--audio-seconds 30]
 
-The prompt is one ``<audio>`` span of a 30 s clip (750 audio tokens + ``<audio>`` and ``</audio>``: 752 positions)
-and the model is the tiny preset with the released head (155,947 rows), so the head dominates as it does at full
-size and the run fits a CPU. Each arm is one prefill forward (no grad, fp32, what ``generate_steps`` calls) in a
-fresh interpreter of its own: "every position" computes ``lm_head`` at all 752 positions (752 x 155,947 logits,
-what prefill did before), "last position" only at :func:`~qwen_audio.model.last_tokens` (what it does now). The
-peak is Linux's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` just before the
-forward) less the resident set at that moment; torch's CPU allocations are invisible to ``tracemalloc``. Both arms
-must pick the same next token.
+The prompt is one ``<audio>`` span of a 30 s clip. It holds 750 audio tokens + ``<audio>`` and ``</audio>``: 752
+positions. The model is the tiny preset with the released head (155,947 rows). So the head dominates as it does at
+full size, and the run fits a CPU.
+
+Each arm is one prefill forward (no grad, fp32, what ``generate_steps`` calls) in a fresh interpreter of its own.
+The "every position" arm computes ``lm_head`` at all 752 positions (752 x 155,947 logits), as prefill did before
+issue 19. The "last position" arm computes it only at :func:`~qwen_audio.model.last_tokens`, as prefill does.
+
+The peak is Linux's resident-set high-water mark (``VmHWM``) less the resident set at that moment. ``VmHWM`` is
+reset through ``/proc/self/clear_refs`` just before the forward. ``tracemalloc`` would not do, because torch's CPU
+allocations are invisible to it. Both arms must pick the same next token.
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ def _kib(field: str) -> int:
 
 
 def run_arm(arm: str, seconds: float) -> dict:
-    """One prefill forward; its peak resident memory above the resident set before it, in bytes, and more."""
+    """One prefill forward and what it used.
+
+    Returns its peak resident memory above the resident set before it, in bytes, with the positions, the logits'
+    size and shape, and the next token.
+    """
     model = prefill_model()
     inputs = audio_prompt(model, seconds)
     logits_at = last_tokens(inputs["attention_mask"]) if arm == "last" else None
@@ -92,8 +99,10 @@ def run_arm(arm: str, seconds: float) -> dict:
 
 
 def measure(arm: str, seconds: float) -> dict:
-    """:func:`run_arm` in a fresh interpreter (importing this process's ``qwen_audio``), so that neither arm sees
-    the other's freed pages."""
+    """:func:`run_arm` in a fresh interpreter that imports this process's ``qwen_audio``.
+
+    A fresh interpreter per arm keeps either arm from seeing the other's freed pages.
+    """
     package_root = str(Path(next(iter(qwen_audio.__path__))).resolve().parent)
     env = {
         **os.environ,

@@ -2,10 +2,10 @@
 
     python benchmarks_perf/bench_startup.py [--repeats 5]
 
-Each command runs ``--repeats`` times in a fresh interpreter from the repository root (so this checkout's
-``qwen_audio`` is the one imported), the four commands taking turns so that they see the same load from other
-processes. A ``--help`` needs nothing heavier than torch, so each should take at most 1.5x the bare import
-(issue 19); one ``target:`` line per command says PASS or MISS.
+Each command runs ``--repeats`` times in a fresh interpreter from the repository root. That way this checkout's
+``qwen_audio`` is the one imported. The four commands take turns, so they see the same load from other processes.
+A ``--help`` needs nothing heavier than torch, so each should take at most 1.5x the bare import (issue 19). One
+``target:`` line per command says PASS or MISS.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ RATIO_TARGET = 1.5  # benchmarks_perf/README.md: --help within 1.5x import torch
 
 
 def wall_seconds(arguments: list[str]) -> float:
-    """Seconds from starting the interpreter on ``arguments`` to its exit; a failing command raises with its stderr."""
+    """Seconds from starting the interpreter on ``arguments`` to its exit.
+
+    A failing command raises with its stderr.
+    """
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, *arguments], cwd=REPOSITORY, capture_output=True, text=True

@@ -1,33 +1,34 @@
 """One stage-1 training step per attention backend and MFU lever: tokens/s, MFU, where time goes.
 
-    python benchmarks_perf/bench_train_step.py                   # CPU: the tiny preset, fp32 python
-    benchmarks_perf/bench_train_step.py --device cuda     # Qwen-Audio at full size, bf16 python
-    benchmarks_perf/bench_train_step.py --device cuda --decoder-layers 8   # if the 7B LLM does not
-    fit python benchmarks_perf/bench_train_step.py --device cuda --compile --mel-in-step --clips 24
-    # the levers
+    python benchmarks_perf/bench_train_step.py                   # CPU: the tiny preset, fp32
+    python benchmarks_perf/bench_train_step.py --device cuda     # Qwen-Audio at full size, bf16
+    python benchmarks_perf/bench_train_step.py --device cuda --decoder-layers 8   # if the 7B LLM does not fit
+    python benchmarks_perf/bench_train_step.py --device cuda --compile --mel-in-step --clips 24   # the levers
 
-The step is the recipe's: ``QwenAudioModule.training_step`` (SpecAugment, loss, metrics) with ``train="encoder"``
-(encoder, pool, ln_post, proj and audio BOS/EOS trained; the LLM frozen, gradients still flowing through it to the
-audio), backward, gradient clipping at 1.0 and AdamW over the module's parameter groups. On CUDA the trained
-encoder keeps fp32 weights under bf16 autocast (bf16-mixed) and the frozen LLM is held in bf16 (no optimizer
-state, no fp32 master copy needed), with activation checkpointing as in ``recipes/configs/pretrain/qwen_audio.yaml``.
-The batch: seeded clip durations, each sample a short prompt, the clip's ``<audio>`` span and 3 target tokens per
-second of audio, right-padded as ``qwen_audio.data.collate`` pads.
+The step is the recipe's: ``QwenAudioModule.training_step`` (SpecAugment, loss, metrics) with ``train="encoder"``,
+then backward, gradient clipping at 1.0 and AdamW over the module's parameter groups. ``train="encoder"`` trains
+the encoder, pool, ln_post, proj and audio BOS/EOS. The LLM is frozen, but gradients still flow through it to the
+audio. On CUDA the trained encoder keeps fp32 weights under bf16 autocast (bf16-mixed). There the frozen LLM is
+held in bf16 (no optimizer state, no fp32 master copy needed), with activation checkpointing as in
+``recipes/configs/pretrain/qwen_audio.yaml``. The batch has seeded clip durations. Each sample is a short prompt,
+the clip's ``<audio>`` span and 3 target tokens per second of audio, right-padded as ``qwen_audio.data.collate``
+pads.
 
-Tokens/s counts decoder positions (text and audio spans, no padding); frames/s the encoder's frames. TFLOP/s is
-the module's ``flops_per_batch`` (6 x parameters x positions for encoder and decoder alike) per second; MFU divides
-it by the device's dense bf16 peak. That formula charges the frozen LLM for weight gradients it never computes and
-its embedding table for products it never runs, so "MFU (executed)" also counts the step's real matmul FLOPs:
-6 x encoder parameters per frame + 4 x LLM parameters except the embedding per position.
+Tokens/s counts decoder positions (text and audio spans, no padding), and frames/s the encoder's frames. TFLOP/s is
+the module's ``flops_per_batch`` (6 x parameters x positions for encoder and decoder alike) per second. MFU divides
+it by the device's dense bf16 peak. That formula charges the frozen LLM for weight gradients it never computes, and
+its embedding table for products it never runs. So "MFU (executed)" also counts the step's real matmul FLOPs: 6 x
+encoder parameters per frame + 4 x LLM parameters except the embedding per position.
 
-Rows: one per attention backend (``flash_attn`` is FlashAttention-4 where installed on SM90+), then,
-on the backend ``auto`` picks, one row per lever asked for: ``--compile`` (``torch.compile`` of each
-encoder block) and ``--mel-in-step`` (the log-mel computed in the step from the batch's waveforms,
-the fused kernel on CUDA, instead of arriving from DataLoader workers; its time is charged to the
-step). ``--clips`` sets the micro-batch. The last row is then profiled for one step
-(``torch.profiler``): device kernel time on CUDA, operator self time on CPU, split into attention,
-matrix products, this project's Triton kernels and the rest, which sum to the total. The target
-line: MFU on executed FLOPs of the fastest row >= 40 % (issue 33).
+The table has one row per attention backend (``flash_attn`` is FlashAttention-4 where installed on SM90+). Then,
+on the backend ``auto`` picks, it has one row per lever asked for. ``--compile`` runs ``torch.compile`` on each
+encoder block. ``--mel-in-step`` computes the log-mel in the step from the batch's waveforms (the fused kernel on
+CUDA), instead of having it arrive from DataLoader workers. Its time is charged to the step. ``--clips`` sets the
+micro-batch.
+
+The last row is then profiled for one step (``torch.profiler``): device kernel time on CUDA, operator self time on
+CPU. That time is split into attention, matrix products, this project's Triton kernels and the rest, which sum to
+the total. The target line is MFU on executed FLOPs of the fastest row >= 40 % (issue 33).
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def stage1_batch(
 
 
 def with_mel_from_waveforms(batch: dict) -> dict:
-    """The batch with ``audio_mel`` computed here from its waveforms (the fused kernel on CUDA), as
-    wide as the DataLoader's: what ``--mel-in-step`` moves into the step."""
+    """The batch with ``audio_mel`` computed here from its waveforms (the fused kernel on CUDA).
+
+    The mel is as wide as the DataLoader's. This is the work ``--mel-in-step`` moves into the step.
+    """
     width = batch["audio_mel"].shape[-1]
     mel = log_mel_spectrogram(batch["waveforms"], batch["audio_mel"].shape[1])[..., :width]
     return batch | {"audio_mel": mel}
@@ -162,8 +165,10 @@ def train_step(
     batch: dict,
     mel_in_step: bool = False,
 ) -> torch.Tensor:
-    """Forward (bf16 autocast on CUDA), backward, clip at 1.0, AdamW step; returns the loss.
-    ``mel_in_step``: the log-mel is computed first, from the batch's waveforms."""
+    """One training step: forward (bf16 autocast on CUDA), backward, clip at 1.0, AdamW step.
+
+    Returns the loss. With ``mel_in_step``, the log-mel is computed first, from the batch's waveforms.
+    """
     optimizer.zero_grad(set_to_none=True)
     device = batch["input_ids"].device
     if mel_in_step:
@@ -185,14 +190,19 @@ def train_step(
 
 
 def use_attention_backend(module: QwenAudioModule, backend: str) -> None:
-    """Encoder and decoder read their backend at every forward, so the same weights serve every row."""
+    """Set the attention backend of encoder and decoder.
+
+    Both read their backend at every forward, so the same weights serve every row.
+    """
     module.model.encoder.attention_backend = backend
     module.model.decoder.attention_backend = backend
 
 
 def compile_encoder_blocks(module: QwenAudioModule) -> None:
-    """``torch.compile`` each encoder block in place (the blocks are identical, so they share one
-    compiled graph)."""
+    """``torch.compile`` each encoder block in place.
+
+    The blocks are identical, so they share one compiled graph.
+    """
     for block in module.model.encoder.blocks:
         block.compile()
 
@@ -210,9 +220,11 @@ def categorise(name: str) -> str:
 
 
 def profiled_times(step: Callable[[], object], device: torch.device) -> list[tuple[str, float]]:
-    """``(name, microseconds)`` of everything one call of ``step`` ran: each CUDA kernel's device
-    time, or on CPU each operator's self time (self times do not overlap, so they add up to the
-    profiled time)."""
+    """``(name, microseconds)`` of everything one call of ``step`` ran.
+
+    On CUDA that is each kernel's device time. On CPU it is each operator's self time. Self times do not overlap,
+    so they add up to the profiled time.
+    """
     cuda = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         step()
@@ -228,8 +240,10 @@ def profiled_times(step: Callable[[], object], device: torch.device) -> list[tup
 
 
 def time_breakdown(times: Iterable[tuple[str, float]]) -> dict[str, float]:
-    """Microseconds per category of ``CATEGORIES`` over profiled ``(name, microseconds)``; they sum
-    to the total."""
+    """Microseconds per category of ``CATEGORIES`` over profiled ``(name, microseconds)``.
+
+    The categories sum to the total.
+    """
     totals = dict.fromkeys(CATEGORIES, 0.0)
     for name, microseconds in times:
         totals[categorise(name)] += microseconds

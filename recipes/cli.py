@@ -1,6 +1,8 @@
-"""The LightningCLI shared by the recipes: the data module is given the model's tokenizer and mel bins (``connect``),
-and an input error (a bad manifest line, config or checkpoint) ends the run with its message alone
-(:mod:`qwen_audio.errors`)."""
+"""The LightningCLI shared by the recipes.
+
+It gives the data module the model's tokenizer and mel bins (``connect``). An input error (a bad manifest line, config
+or checkpoint) ends the run with its message alone (:mod:`qwen_audio.errors`).
+"""
 
 from __future__ import annotations
 

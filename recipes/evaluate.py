@@ -1,7 +1,9 @@
-"""Evaluate on a benchmark of the paper: ``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml
---data.benchmark NAME --model.checkpoint DIR`` (a released-layout folder) and/or ``--ckpt_path X.ckpt`` (a
-QwenAudioModule checkpoint); ``recipes/configs/evaluate/demo.yaml`` evaluates on the held-out demo corpus.
-Results go to ``trainer.default_root_dir``, by default ``runs/evaluate/<benchmark>``; see docs/evaluation.md.
+"""Evaluate a model on a benchmark of the paper.
+
+Run ``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml --data.benchmark NAME`` with
+``--model.checkpoint DIR`` (a released-layout folder), ``--ckpt_path X.ckpt`` (a QwenAudioModule checkpoint), or both.
+The config ``recipes/configs/evaluate/demo.yaml`` evaluates on the held-out demo corpus. Results go to
+``trainer.default_root_dir``, by default ``runs/evaluate/<benchmark>``. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class EvaluateCLI(QwenAudioCLI):
     def _parse_ckpt_path(self) -> None:
         """Take only the ``preset`` of a ``--ckpt_path`` checkpoint's hyperparameters into the model's config.
 
-        Lightning would merge them all. A training checkpoint's describe training (stage, learning rate, ...), and
-        only the preset, the architecture its weights fit, applies to evaluation.
+        Lightning would merge them all. A training checkpoint's hyperparameters describe training (stage, learning rate,
+        ...). Only the preset, the architecture its weights fit, applies to evaluation.
         """
         ckpt_path = self.checked_ckpt_path()
         if ckpt_path and Path(ckpt_path).is_file():

@@ -1,19 +1,20 @@
 """Check that every results table in the published docs says where its numbers come from.
 
-    python scripts/check_docs.py   # README.md, docs/*.md, benchmarks_perf/*.md; exit 1 on a problem
+Usage:
+    python scripts/check_docs.py   # checks README.md, docs/*.md and benchmarks_perf/*.md, exits 1 on a problem.
 
-The convention (docs/experiments.md, "How configurations are chosen"): each Markdown table has, as
-the nearest paragraph above or below it, one starting ``Source:`` that names either
+The convention is set in docs/experiments.md, "How configurations are chosen". Each Markdown table has a
+paragraph starting ``Source:`` as the nearest paragraph above or below it. That paragraph names one of two things.
 
-- a link to the entry that records the run (``[...](experiments.md#...)``,
-  ``[...](benchmarks_perf/RESULTS.md)``) or to the publication quoted, or
-- the command in backquotes, the date (``YYYY-MM-DD``) and the commit (7 to 40 hex digits); where a
-  past run's command was never recorded, the words "command not recorded" stand in its place, so the
-  gap is stated, not hidden.
+The first is a link to the entry that records the run (``[...](experiments.md#...)``,
+``[...](benchmarks_perf/RESULTS.md)``) or to the publication quoted.
 
-A table that holds no measured figure (a list of files, of options) says so with
-``<!-- not results -->`` as the nearest non-blank line above it. Tables inside fenced code blocks
-are not tables.
+The second is the command in backquotes, the date (``YYYY-MM-DD``) and the commit (7 to 40 hex digits). Where a
+past run's command was never recorded, the words "command not recorded" stand in its place. The gap is thus
+stated, not hidden.
+
+A table that holds no measured figure (a list of files, of options) says so with ``<!-- not results -->``. That
+marker is the nearest non-blank line above the table. Tables inside fenced code blocks are not tables.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ COMMIT = re.compile(r"\b[0-9a-f]{7,40}\b")
 
 
 def tables(lines: Sequence[str]) -> Iterator[tuple[int, int]]:
-    """``(first, last)`` line indices of each table: a ``|`` row followed by a separator row, and
-    the rows after it; fenced code blocks are skipped."""
+    """``(first, last)`` line indices of each table.
+
+    A table is a ``|`` row followed by a separator row, and the rows after it. Fenced code blocks are skipped.
+    """
     fenced, index = False, 0
     while index < len(lines):
         line = lines[index].strip()
@@ -57,8 +60,10 @@ def tables(lines: Sequence[str]) -> Iterator[tuple[int, int]]:
 
 
 def _paragraph(lines: Sequence[str], start: int, step: int) -> str:
-    """The nearest paragraph (non-blank lines, joined by spaces) from ``start`` in direction
-    ``step``; empty at either end of the text."""
+    """The nearest paragraph (non-blank lines, joined by spaces) from ``start`` in direction ``step``.
+
+    It is empty at either end of the text.
+    """
     while 0 <= start < len(lines) and not lines[start].strip():
         start += step
     found = []
@@ -69,8 +74,7 @@ def _paragraph(lines: Sequence[str], start: int, step: int) -> str:
 
 
 def source_problem(line: str) -> str | None:
-    """What a ``Source:`` line lacks, or None when it names a linked entry or a command, a date and
-    a commit."""
+    """What a ``Source:`` line lacks, or None when it names a linked entry or a command, a date and a commit."""
     if LINK.search(line):
         return None
     missing = [

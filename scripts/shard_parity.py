@@ -1,13 +1,14 @@
 """Shards train as the manifest that made them: the same training loss at every step.
 
-    python scripts/shard_parity.py                 # 300 steps of the tiny model, twice (docs/data.md)
-    python scripts/shard_parity.py --steps 20      # a quick look
+Usage:
+    python scripts/shard_parity.py                 # 300 steps of the tiny model, twice (docs/data.md).
+    python scripts/shard_parity.py --steps 20      # a quick look.
 
-Writes the demo corpus's training manifest (size 48, 288 lines) as shards
-(:func:`qwen_audio.data.shard.write_shards`), then runs ``recipes.pretrain`` twice from the same seed,
-streamed, on the manifest and on its shards, each in its own process, and prints the losses of the
-two runs side by side with their largest difference. The recipe is demo.yaml with the ``tiny`` model
-and short batches, so that a few hundred steps take minutes on a CPU.
+The script writes the demo corpus's training manifest (size 48, 288 lines) as shards
+(:func:`qwen_audio.data.shard.write_shards`). It then runs ``recipes.pretrain`` twice from the same seed,
+streamed, each run in its own process: once on the manifest and once on its shards. It prints the losses of the
+two runs side by side, with their largest difference. The recipe is demo.yaml with the ``tiny`` model and short
+batches. A few hundred steps thus take minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ data: {{val: null, test: null, streaming: true, cache: false, augment: null, max
 
 
 def train(source: Path, root: Path, config: Path) -> tuple[dict[int, float], float]:
-    """Train from ``source`` (a manifest or a shard folder) into ``root``: its loss by step, and the
-    seconds it took."""
+    """Train from ``source`` (a manifest or a shard folder) into ``root``.
+
+    Returns the run's loss by step, and the seconds it took.
+    """
     shutil.rmtree(root, ignore_errors=True)  # a log left by an earlier run would be read instead
     start = time.perf_counter()
     subprocess.run(

@@ -2,11 +2,12 @@
 
 The line runs through :func:`~qwen_audio.data.dataset.encode_entry`,
 :func:`~qwen_audio.data.collate.collate` and the model's loss, on a tiny model and a 1 s clip made
-here. ``sys.setprofile`` records the project's functions in the order of their first call: the
+here. ``sys.setprofile`` records the project's functions in the order of their first call. That is the
 order in which a reader who follows the line meets them. Each function's module is mapped to its
-layer in the import-linter contracts of ``pyproject.toml``. Runs of one layer are merged, and each
+layer in the import-linter contracts of ``pyproject.toml``. Runs of one layer are merged. Each
 step into a layer that appeared earlier counts as one return.
 
+Usage:
     python scripts/trace_layers.py            # the count, and the layer sequence
     python scripts/trace_layers.py --calls    # also each function, in order, with its layer
 """
@@ -34,7 +35,7 @@ FAMILY_MODULES = {
 def layer_names() -> dict[str, str]:
     """Module prefix -> layer, from the ``layers`` contracts.
 
-    Modules joined by ``|`` are layers of their own; modules joined by ``:`` share one.
+    Modules joined by ``|`` are layers of their own. Modules joined by ``:`` share one.
     """
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     layers: dict[str, str] = {}

@@ -1,10 +1,12 @@
-"""What the toy-scale ablations share: train variants of the demo pretraining with the real recipe, score them on the
-held-out demo test set, and write a Markdown table and a PNG of the validation curves.
+"""What the toy-scale ablations share: training, scoring and reporting variants of the demo pretraining.
+
+The variants train with the real recipe and are scored on the held-out demo test set. The results go to a Markdown
+table and a PNG of the validation curves.
 
 Each variant is a subprocess run of ``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml
---config <override.yaml>`` in its own folder (the flat-prompt variant runs the same recipe with its own data module,
-:mod:`recipes.experiments.flat_prompts`): the override changes only the data (and, for quick checks, the model
-preset), the step budget and what is logged and exported, so what runs is the recipe a user runs.
+--config <override.yaml>`` in its own folder. The flat-prompt variant runs the same recipe with its own data module,
+:mod:`recipes.experiments.flat_prompts`. The override changes only the data (and, for quick checks, the model
+preset), the step budget and what is logged and exported. What runs is thus the recipe a user runs.
 """
 
 from __future__ import annotations
@@ -145,8 +147,10 @@ def write_manifest_without(source: Path, path: Path, tasks: set[str]) -> Path:
 
 @dataclass(frozen=True)
 class Variant:
-    """One arm of an ablation: ``data`` overrides demo.yaml's data section; ``prompt_style`` is how it is trained
-    (:data:`RECIPES`) and asked."""
+    """One arm of an ablation.
+
+    ``data`` overrides demo.yaml's data section. ``prompt_style`` is how the arm is trained (:data:`RECIPES`) and asked.
+    """
 
     name: str
     folder: str
@@ -155,8 +159,11 @@ class Variant:
 
 
 def all_tasks(name: str) -> Variant:
-    """demo.yaml's data unchanged (every task, hierarchical tags): the SRWT ablation's "with" arm and the tag
-    ablation's "tags" arm are this one run per seed, kept in one folder."""
+    """The variant with demo.yaml's data unchanged: every task, with hierarchical tags.
+
+    The SRWT ablation's "with" arm and the tag ablation's "tags" arm are both this variant. They share one run per seed,
+    kept in one folder.
+    """
     return Variant(name, "demo-all-tasks", {})
 
 
@@ -180,11 +187,13 @@ class Run:
 def train(
     variant: Variant, seed: int, out: Path, setup: DemoSetup, max_steps: int, val_every: int
 ) -> Run:
-    """Fit one variant from ``seed`` with the pretraining recipe for ``max_steps`` optimizer steps, validating every
-    ``val_every`` steps (across epoch ends, so that runs of different epoch lengths validate at the same steps).
+    """Fit one variant from ``seed`` with the pretraining recipe for ``max_steps`` optimizer steps.
 
-    A folder that already holds a finished run of the same override is reused, not retrained: a killed ablation
-    resumes at its first unfinished run, and the arm both ablations share (:func:`all_tasks`) trains once."""
+    Validation runs every ``val_every`` steps, across epoch ends. Runs of different epoch lengths thus validate at the
+    same steps. A folder that already holds a finished run of the same override is reused, not retrained. A killed
+    ablation therefore resumes at its first unfinished run, and the arm both ablations share (:func:`all_tasks`)
+    trains once.
+    """
     folder = out / f"{variant.folder}-seed{seed}"
     override = {
         "seed_everything": seed,
@@ -304,8 +313,10 @@ def plot_validation_losses(
 
 
 def mean_std(values: Sequence[float | None]) -> str:
-    """``mean ± std`` (sample standard deviation) of one arm's per-seed scores, 3 decimals; the mean alone for one
-    seed, ``n/a`` if any seed has no score."""
+    """``mean ± std`` (sample standard deviation) of one arm's per-seed scores, with 3 decimals.
+
+    One seed gives the mean alone. Any seed without a score gives ``n/a``.
+    """
     if not values or any(value is None for value in values):
         return MISSING
     if len(values) == 1:
@@ -314,7 +325,7 @@ def mean_std(values: Sequence[float | None]) -> str:
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table; floats with 3 decimals, ``None`` as ``n/a``."""
+    """A Markdown table, with floats to 3 decimals and ``None`` as ``n/a``."""
 
     def cell(value: object) -> str:
         if value is None:
@@ -327,8 +338,10 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def prompt_example(tokenizer: Tokenizer, entry: ManifestEntry, style: PromptStyle) -> Example:
-    """The generation prompt of ``entry`` in the style its model was trained with (as the training examples are
-    built, without the target)."""
+    """The generation prompt of ``entry``, in the style its model was trained with.
+
+    It is built as the training examples are, without the target.
+    """
     return encode_flat(tokenizer, entry) if style == "flat" else task_example(tokenizer, entry)
 
 
@@ -348,8 +361,10 @@ def generate_answers(
 def score_answers(
     entries: Sequence[ManifestEntry], answers: Sequence[str]
 ) -> dict[str, float | None]:
-    """The :data:`COLUMNS` that ``entries`` give scores for: each entry is scored as its ``demo_*`` benchmark, the
-    way ``recipes.evaluate`` scores the demo corpus."""
+    """The :data:`COLUMNS` that ``entries`` give scores for.
+
+    Each entry is scored as its ``demo_*`` benchmark, the way ``recipes.evaluate`` scores the demo corpus.
+    """
     items = corpus_items(DemoCorpus(), entries)
     scores = score_predictions(Prediction(item, answer) for item, answer in zip(items, answers))
     return {
@@ -362,8 +377,11 @@ def score_answers(
 def evaluate(
     model_dir: Path, entries: Sequence[ManifestEntry], style: PromptStyle, predictions: Path
 ) -> dict[str, float | None]:
-    """Score the exported model on ``entries`` (:func:`score_answers`), generating task by task; every generation is
-    written to ``predictions`` (JSONL: task, audio, reference, hypothesis), to be read beside the numbers."""
+    """Score the exported model on ``entries`` (:func:`score_answers`), generating task by task.
+
+    Every generation is written to ``predictions`` as JSONL (task, audio, reference, hypothesis). It is there to be
+    read beside the numbers.
+    """
     model, tokenizer = load_model(model_dir)
     scored: list[ManifestEntry] = []
     answers: list[str] = []
@@ -396,10 +414,13 @@ def run_ablation(
     seeds: Sequence[int],
     loss: str = "val/loss",
 ) -> str:
-    """Train every variant from every seed for the same number of optimizer steps (``setup.epochs`` over the full
-    training set), score them on the test lines of ``tasks``, and write ``out/<name>.md`` (mean ± std over seeds per
-    arm, then every run, with the last value of the validation column ``loss``) and ``out/<name>.png``; returns the
-    arms' table."""
+    """Train and score every variant from every seed, and write ``out/<name>.md`` and ``out/<name>.png``.
+
+    Every run takes the same number of optimizer steps: ``setup.epochs`` epochs over the full training set. The runs
+    are scored on the test lines of ``tasks``. ``out/<name>.md`` holds a table of the mean ± std over seeds per arm,
+    then a table of every run. Both tables hold the last value of the validation column ``loss``. ``out/<name>.png``
+    plots the validation curves. It returns the arms' table.
+    """
     epochs = setup.epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
