@@ -19,12 +19,14 @@ LONG_CALL_S = (
 def measure_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Milliseconds per call of ``fn``.
 
-    On CUDA this is the ``triton.testing.do_bench`` median. On CPU it is the best wall clock of ``repeats`` calls
-    after two warm-ups. The minimum is taken because other processes on a shared CPU only ever add time.
+    On CUDA this is the ``triton.testing.do_bench`` median. On CPU it is the best wall clock of
+    ``repeats`` calls after two warm-ups. The minimum is taken because other processes on a shared
+    CPU only ever add time.
 
-    A CUDA call of ``LONG_CALL_S`` or more is instead the median of ``repeats`` synchronised wall clocks after one
-    warm-up. For such a call, do_bench's five estimating calls and its warm-up would take minutes (gpu_check.sh,
-    2026-12-04: a 5 s generation ran past its step's 120 s). Launch jitter is negligible at that length.
+    A CUDA call of ``LONG_CALL_S`` or more is instead the median of ``repeats`` synchronised wall
+    clocks after one warm-up. For such a call, do_bench's five estimating calls and its warm-up
+    would take minutes (gpu_check.sh, 2026-12-04: a 5 s generation ran past its step's 120 s).
+    Launch jitter is negligible at that length.
     """
     if device.type == "cuda":
         import triton.testing
@@ -55,8 +57,8 @@ def interleaved_speedup(
 ) -> float:
     """Median over ``pairs`` back-to-back CPU runs of theirs / ours.
 
-    Run back to back, both see the same load from other processes. A best-of-N taken for each one at a different
-    time does not ensure that.
+    Run back to back, both see the same load from other processes. A best-of-N taken for each one at
+    a different time does not ensure that.
     """
     ours(), theirs()
     ratios = []

@@ -3,24 +3,26 @@
     python benchmarks_perf/bench_attention.py                  # CPU: small shapes, the SDPA paths only
     python benchmarks_perf/bench_attention.py --device cuda    # full size, bf16
 
-There are two cases. Each is a right-padded batch of seeded random lengths, as the model sees them. Encoder
-self-attention takes clips of 1-30 s (50-1500 frames after the conv stem), 20 heads x 64 (d = 1280). Decoder causal
-attention takes sequences of 16-2048 tokens, 32 heads x 128.
+There are two cases. Each is a right-padded batch of seeded random lengths, as the model sees them.
+Encoder self-attention takes clips of 1-30 s (50-1500 frames after the conv stem), 20 heads x 64 (d
+= 1280). Decoder causal attention takes sequences of 16-2048 tokens, 32 heads x 128.
 
-Each case is timed through ``qwen_audio.modules.attention.attention``, forward and forward + backward, for every
-backend. The layout is built beforehand, because the model builds it once per forward for all layers. ``varlen``
-(``torch.nn.attention.varlen.varlen_attn``) and ``flash_attn`` pack the valid tokens. ``sdpa`` runs the padded batch
-with a boolean mask. A backend that cannot run here is a row saying why. The torch reference runs SDPA on each
-sequence alone, unpadded, one call per sequence.
+Each case is timed through ``qwen_audio.modules.attention.attention``, forward and forward +
+backward, for every backend. The layout is built beforehand, because the model builds it once per
+forward for all layers. ``varlen`` (``torch.nn.attention.varlen.varlen_attn``) and ``flash_attn``
+pack the valid tokens. ``sdpa`` runs the padded batch with a boolean mask. A backend that cannot run
+here is a row saying why. The torch reference runs SDPA on each sequence alone, unpadded, one call
+per sequence.
 
-TFLOP/s counts only real (unpadded) query-key pairs, so padded SDPA is charged nothing for the padding it computes.
-The forward counts ``4 * pairs * heads * head_dim`` (QK^T and PV). A causal sequence of L tokens has L (L + 1) / 2
-pairs. The backward counts 2.5x forward (FlashAttention's convention). "max abs diff" is against the torch
-reference. It compares the output for forward, and the gradients of q, k, v for forward + backward.
+TFLOP/s counts only real (unpadded) query-key pairs, so padded SDPA is charged nothing for the
+padding it computes. The forward counts ``4 * pairs * heads * head_dim`` (QK^T and PV). A causal
+sequence of L tokens has L (L + 1) / 2 pairs. The backward counts 2.5x forward (FlashAttention's
+convention). "max abs diff" is against the torch reference. It compares the output for forward, and
+the gradients of q, k, v for forward + backward.
 
-On CUDA each case ends with FlashAttention-4's parity line. Its max abs diff from the reference must be at most
-``PARITY_FACTOR`` times padded SDPA's, forward and backward. Both run in bf16, so the bar is what torch's own fused
-kernel reaches on the same inputs.
+On CUDA each case ends with FlashAttention-4's parity line. Its max abs diff from the reference must
+be at most ``PARITY_FACTOR`` times padded SDPA's, forward and backward. Both run in bf16, so the bar
+is what torch's own fused kernel reaches on the same inputs.
 """
 
 from __future__ import annotations

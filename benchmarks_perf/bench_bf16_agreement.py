@@ -3,24 +3,26 @@
     python benchmarks_perf/bench_bf16_agreement.py                  # CPU: the tiny preset, float64 reference
     python benchmarks_perf/bench_bf16_agreement.py --device cuda    # the released size (Qwen-7B decoder), fp32 ref.
 
-The first CUDA run (RESULTS.md, 2026-12-04) found 0.8 % token agreement between our bf16 generation and
-transformers'. Random weights give nearly flat next-token distributions. So at most positions the top two logits
-differ by less than bf16 rounding moves them, and any two bf16 implementations part ways there. Comparing two bf16
-paths with each other cannot say which one is wrong. So both are compared with the truth: transformers'
-``Qwen2ForCausalLM`` with the same weights in float64 (CPU) or float32 (CUDA).
+The first CUDA run (RESULTS.md, 2026-12-04) found 0.8 % token agreement between our bf16 generation
+and transformers'. Random weights give nearly flat next-token distributions. So at most positions
+the top two logits differ by less than bf16 rounding moves them, and any two bf16 implementations
+part ways there. Comparing two bf16 paths with each other cannot say which one is wrong. So both are
+compared with the truth: transformers' ``Qwen2ForCausalLM`` with the same weights in float64 (CPU)
+or float32 (CUDA).
 
-A position counts as well-conditioned when the reference's top-1 logit leads the runner-up by more than twice the
-largest logit error of transformers' own bf16 path there. At such a margin, bf16 rounding cannot flip the greedy
-choice. So an implementation that disagrees at such a position is wrong, not unlucky. Ours applies rotary in fp32
-and transformers in bf16, so ours should err less. The yardstick is transformers', so our own error cannot hide a
-fault of ours.
+A position counts as well-conditioned when the reference's top-1 logit leads the runner-up by more
+than twice the largest logit error of transformers' own bf16 path there. At such a margin, bf16
+rounding cannot flip the greedy choice. So an implementation that disagrees at such a position is
+wrong, not unlucky. Ours applies rotary in fp32 and transformers in bf16, so ours should err less.
+The yardstick is transformers', so our own error cannot hide a fault of ours.
 
-Each bf16 implementation is scored at every generated position of the reference's greedy continuation. There it
-sees the reference's prefix (teacher-forced), so one disagreement does not cascade. The report gives the median of
-the largest logit error against the reference. It gives first-token agreement over all prompts and over the
-well-conditioned ones, and agreement over all positions and over the well-conditioned ones. Then it gives
-free-running greedy agreement (tokens, rows identical). Target (issue 36): our bf16 first token agrees with the
-reference on >= 99 % of well-conditioned prompts.
+Each bf16 implementation is scored at every generated position of the reference's greedy
+continuation. There it sees the reference's prefix (teacher-forced), so one disagreement does not
+cascade. The report gives the median of the largest logit error against the reference. It gives
+first-token agreement over all prompts and over the well-conditioned ones, and agreement over all
+positions and over the well-conditioned ones. Then it gives free-running greedy agreement (tokens,
+rows identical). Target (issue 36): our bf16 first token agrees with the reference on >= 99 % of
+well-conditioned prompts.
 """
 
 from __future__ import annotations
@@ -183,8 +185,9 @@ def compare(
 ) -> tuple[torch.Tensor, dict[str, Agreement]]:
     """Our bf16 path and transformers' against a high-precision reference with the same random weights.
 
-    The reference holds random weights (``seed``) in float64 on CPU or float32 on CUDA. Ours and transformers' run
-    in bf16 from the same weights. Returns which positions are well-conditioned, and each bf16 path's agreement.
+    The reference holds random weights (``seed``) in float64 on CPU or float32 on CUDA. Ours and
+    transformers' run in bf16 from the same weights. Returns which positions are well-conditioned,
+    and each bf16 path's agreement.
     """
     reference_dtype = torch.float32 if device.type == "cuda" else torch.float64
     torch.manual_seed(seed)

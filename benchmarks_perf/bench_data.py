@@ -3,20 +3,21 @@
     python benchmarks_perf/bench_data.py        # 10,000 demo clips, 0/1/2 workers (~30 min, 2 cores)
     python benchmarks_perf/bench_data.py --clips 2000 --step_clips 200   # a quicker look
 
-The script builds the embedded demo corpus (size 48). It copies its training clips into ``--clips`` distinct files,
-with one manifest line each. It writes that manifest as shards (``python -m qwen_audio.data.shard``). Then it
-streams the batches training would get, for 0, 1 and 2 DataLoader workers and both sources in the same run
-(:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, ``max_seconds`` of padded audio a batch). It prints
-clips/s and MB/s (of encoded audio) at two points:
+The script builds the embedded demo corpus (size 48). It copies its training clips into ``--clips``
+distinct files, with one manifest line each. It writes that manifest as shards
+(``python -m qwen_audio.data.shard``). Then it streams the batches training would get, for 0, 1 and
+2 DataLoader workers and both sources in the same run
+(:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, ``max_seconds`` of padded audio a
+batch). It prints clips/s and MB/s (of encoded audio) at two points:
 
 * ``decoded``: every clip's audio decoded and resampled to 16 kHz, over all ``--clips`` clips. This is what the
   storage format changes (opening files vs. reading chunks).
 * ``step``: the collated batches themselves (decoding, log-mel and the task prompt), over the first
   ``--step_clips`` clips. This is what the training step receives.
 
-Each row checks that the shards gave the batches of the manifest (a digest of every batch, in order). The speed-up
-column is shards over manifest with the same workers. The target (issue 35) is >= 3x at 2 workers. Worker start-up
-is inside the time, the same for both sources.
+Each row checks that the shards gave the batches of the manifest (a digest of every batch, in
+order). The speed-up column is shards over manifest with the same workers. The target (issue 35) is
+>= 3x at 2 workers. Worker start-up is inside the time, the same for both sources.
 """
 
 from __future__ import annotations

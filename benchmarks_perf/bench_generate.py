@@ -5,23 +5,26 @@
     python benchmarks_perf/bench_generate.py --model demo --hidden 1024 --decoder-layers 8 --batch 16
     python benchmarks_perf/bench_generate.py --device cuda     # the released size (Qwen-7B decoder), bf16
 
-There are three arms. Ours is ``qwen_audio.generate``: a static KV cache written in place, tokens picked on the
-device, and one host sync every 8 steps. The "growing cache" arm is the decoding loop before issue 32, kept here as
-a baseline only. Its cache grows by ``torch.cat`` at every step, and the host reads every step's tokens. The third arm
-is transformers' ``Qwen2ForCausalLM.generate``. Each arm runs at ``--batch`` and at batch 1, where ms per token is
-what one user waits per token. On CUDA the batch-1 step is also put against the copy bandwidth. Reading the
-decoder's weights once per token at the measured device-to-device copy rate is the floor.
+There are three arms. Ours is ``qwen_audio.generate``: a static KV cache written in place, tokens
+picked on the device, and one host sync every 8 steps. The "growing cache" arm is the decoding loop
+before issue 32, kept here as a baseline only. Its cache grows by ``torch.cat`` at every step, and
+the host reads every step's tokens. The third arm is transformers' ``Qwen2ForCausalLM.generate``.
+Each arm runs at ``--batch`` and at batch 1, where ms per token is what one user waits per token. On
+CUDA the batch-1 step is also put against the copy bandwidth. Reading the decoder's weights once per
+token at the measured device-to-device copy rate is the floor.
 
-Ours and transformers' decode the same left-padded batch of text-only prompts (seeded random ids and lengths) with
-the same random weights. Qwen(1)'s decoder is Qwen2's architecture with a fused QKV, so the weights map one to one
-(spec §9 (b)). Decoding is greedy with a KV cache, exactly ``--new-tokens`` tokens per prompt (no stop token).
-Prompts + new tokens stay within the trained context (no dynamic NTK or logN). Runs are timed end to end (prefill +
-decoding), and tokens/s counts generated tokens.
+Ours and transformers' decode the same left-padded batch of text-only prompts (seeded random ids and
+lengths) with the same random weights. Qwen(1)'s decoder is Qwen2's architecture with a fused QKV,
+so the weights map one to one (spec §9 (b)). Decoding is greedy with a KV cache, exactly
+``--new-tokens`` tokens per prompt (no stop token). Prompts + new tokens stay within the trained
+context (no dynamic NTK or logN). Runs are timed end to end (prefill + decoding), and tokens/s
+counts generated tokens.
 
-The "token agreement" is the fraction of generated positions where transformers picked the same token. Greedy decoding
-in bf16 can part ways at a near tie, after which a row's tokens differ. So the first token's agreement (the same
-prefill, before any cascade) and "rows identical" are reported too. Ours applies rotary in fp32, transformers in
-the model's dtype. So in bf16 the two differ by more than kernel order.
+The "token agreement" is the fraction of generated positions where transformers picked the same
+token. Greedy decoding in bf16 can part ways at a near tie, after which a row's tokens differ. So
+the first token's agreement (the same prefill, before any cascade) and "rows identical" are reported
+too. Ours applies rotary in fp32, transformers in the model's dtype. So in bf16 the two differ by
+more than kernel order.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ SPEEDUP_TARGET = (
 def qwen2_reference(model: QwenAudio, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
     """``Qwen2ForCausalLM`` holding ``model``'s decoder weights.
 
-    c_attn is split into q/k/v (with biases). The SwiGLU gate is w2, up is w1 and down is mlp.c_proj (spec §9 (b)).
+    c_attn is split into q/k/v (with biases). The SwiGLU gate is w2, up is w1 and down is mlp.c_proj
+    (spec §9 (b)).
     """
     config = model.config.decoder
     hf_config = Qwen2Config(
@@ -105,8 +109,8 @@ def growing_cache_generate(
 ) -> list:
     """The greedy loop before issue 32, kept as a baseline.
 
-    Per layer, the cache grows by ``torch.cat`` at every step and the attention mask by one column. The host reads
-    every step's tokens, a sync per step.
+    Per layer, the cache grows by ``torch.cat`` at every step and the attention mask by one column.
+    The host reads every step's tokens, a sync per step.
     """
     decoder = model.decoder
     heads, dim = decoder.config.num_attention_heads, decoder.config.kv_channels

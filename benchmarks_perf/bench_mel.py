@@ -3,15 +3,16 @@
     python benchmarks_perf/bench_mel.py                      # CPU: 8 x 30 s on 2 threads (~1 minute)
     python benchmarks_perf/bench_mel.py --device cuda        # 64 x 30 s
 
-The script prints one Markdown table. It gives the time per batch, audio-hours per second and the speed-up against
-openai-whisper. That baseline is openai-whisper's own ``log_mel_spectrogram``, one clip per call, as Whisper runs
-it. The table also gives the largest difference from this project's torch reference (all compute Whisper's
-features). On CUDA it adds GB/s of compulsory traffic (audio in, log-mel out) against the measured copy bandwidth.
+The script prints one Markdown table. It gives the time per batch, audio-hours per second and the
+speed-up against openai-whisper. That baseline is openai-whisper's own ``log_mel_spectrogram``, one
+clip per call, as Whisper runs it. The table also gives the largest difference from this project's
+torch reference (all compute Whisper's features). On CUDA it adds GB/s of compulsory traffic (audio
+in, log-mel out) against the measured copy bandwidth.
 
-Then it prints one PASS/MISS line per target of ``benchmarks_perf/README.md``. On CPU the target is the torch path
-(the one DataLoader workers and ``generate`` run) >= 1.2x openai-whisper, as the median of interleaved pairs of
-calls. On CUDA the targets are the cuFFT + Triton path >= 1.5x torchaudio's ``MelSpectrogram`` + log and >= 10x
-openai-whisper. All are timed in this run.
+Then it prints one PASS/MISS line per target of ``benchmarks_perf/README.md``. On CPU the target is
+the torch path (the one DataLoader workers and ``generate`` run) >= 1.2x openai-whisper, as the
+median of interleaved pairs of calls. On CUDA the targets are the cuFFT + Triton path >= 1.5x
+torchaudio's ``MelSpectrogram`` + log and >= 10x openai-whisper. All are timed in this run.
 """
 
 from __future__ import annotations

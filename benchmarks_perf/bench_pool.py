@@ -4,9 +4,9 @@
     python benchmarks_perf/bench_pool.py --device cuda --batch 32
 
 It prints one Markdown table per dtype. The rows are forward and forward + backward. Each row gives
-milliseconds, GB/s of compulsory traffic against the measured copy bandwidth, and the speed-up over torch. The
-forward's traffic is reading x and writing y. The backward adds reading x and dy and writing dx. The shape is the
-encoder's: x [batch, 1500 frames, 1280 channels].
+milliseconds, GB/s of compulsory traffic against the measured copy bandwidth, and the speed-up over
+torch. The forward's traffic is reading x and writing y. The backward adds reading x and dy and
+writing dx. The shape is the encoder's: x [batch, 1500 frames, 1280 channels].
 """
 
 from __future__ import annotations

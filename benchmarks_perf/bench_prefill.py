@@ -2,17 +2,19 @@
 
     python benchmarks_perf/bench_prefill.py [--audio-seconds 30]
 
-The prompt is one ``<audio>`` span of a 30 s clip. It holds 750 audio tokens + ``<audio>`` and ``</audio>``: 752
-positions. The model is the tiny preset with the released head (155,947 rows). So the head dominates as it does at
-full size, and the run fits a CPU.
+The prompt is one ``<audio>`` span of a 30 s clip. It holds 750 audio tokens + ``<audio>`` and
+``</audio>``: 752 positions. The model is the tiny preset with the released head (155,947 rows). So
+the head dominates as it does at full size, and the run fits a CPU.
 
-Each arm is one prefill forward (no grad, fp32, what ``generate_steps`` calls) in a fresh interpreter of its own.
-The "every position" arm computes ``lm_head`` at all 752 positions (752 x 155,947 logits), as prefill did before
-issue 19. The "last position" arm computes it only at :func:`~qwen_audio.model.last_tokens`, as prefill does.
+Each arm is one prefill forward (no grad, fp32, what ``generate_steps`` calls) in a fresh
+interpreter of its own. The "every position" arm computes ``lm_head`` at all 752 positions (752 x
+155,947 logits), as prefill did before issue 19. The "last position" arm computes it only at
+:func:`~qwen_audio.model.last_tokens`, as prefill does.
 
-The peak is Linux's resident-set high-water mark (``VmHWM``) less the resident set at that moment. ``VmHWM`` is
-reset through ``/proc/self/clear_refs`` just before the forward. ``tracemalloc`` would not do, because torch's CPU
-allocations are invisible to it. Both arms must pick the same next token.
+The peak is Linux's resident-set high-water mark (``VmHWM``) less the resident set at that moment.
+``VmHWM`` is reset through ``/proc/self/clear_refs`` just before the forward. ``tracemalloc`` would
+not do, because torch's CPU allocations are invisible to it. Both arms must pick the same next
+token.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def _kib(field: str) -> int:
 def run_arm(arm: str, seconds: float) -> dict:
     """One prefill forward and what it used.
 
-    Returns its peak resident memory above the resident set before it, in bytes, with the positions, the logits'
-    size and shape, and the next token.
+    Returns its peak resident memory above the resident set before it, in bytes, with the positions,
+    the logits' size and shape, and the next token.
     """
     model = prefill_model()
     inputs = audio_prompt(model, seconds)

@@ -1,14 +1,15 @@
 """Throughput and latency of a running ``python -m qwen_audio.serve`` at 1, 4, 16 and 64 concurrent users.
 
-Each user sends a request, waits for its answer, and sends the next. With ``--request-rate`` the requests arrive
-instead as a Poisson process at that rate (exponential gaps, seeded). At most ``concurrency`` are then in flight, as
-in vLLM's serving benchmark.
+Each user sends a request, waits for its answer, and sends the next. With ``--request-rate`` the
+requests arrive instead as a Poisson process at that rate (exponential gaps, seeded). At most
+``concurrency`` are then in flight, as in vLLM's serving benchmark.
 
-Chat requests are streamed greedy completions with one audio clip and a question. The clip is noise and a tone,
-``--seconds`` long, or the file ``--audio`` names (a trained model says little about noise). Streaming shows the time
-to the first token (TTFT) and between tokens (ITL). ITL is measured between text chunks, each holding the tokens of
-one decoding step. Transcription requests (``--workload transcription``) send the clip as a file, and their TTFT is
-their latency. Speed-ups are requests/s against concurrency 1, measured in the same run::
+Chat requests are streamed greedy completions with one audio clip and a question. The clip is noise
+and a tone, ``--seconds`` long, or the file ``--audio`` names (a trained model says little about
+noise). Streaming shows the time to the first token (TTFT) and between tokens (ITL). ITL is measured
+between text chunks, each holding the tokens of one decoding step. Transcription requests
+(``--workload transcription``) send the clip as a file, and their TTFT is their latency. Speed-ups
+are requests/s against concurrency 1, measured in the same run::
 
     python -m qwen_audio.serve --checkpoint runs/pretrain-demo/pretrained --port 8000 &
     python benchmarks_perf/bench_serve.py --url http://127.0.0.1:8000 [--workload transcription] \\

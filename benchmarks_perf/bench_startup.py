@@ -2,10 +2,10 @@
 
     python benchmarks_perf/bench_startup.py [--repeats 5]
 
-Each command runs ``--repeats`` times in a fresh interpreter from the repository root. That way this checkout's
-``qwen_audio`` is the one imported. The four commands take turns, so they see the same load from other processes.
-A ``--help`` needs nothing heavier than torch, so each should take at most 1.5x the bare import (issue 19). One
-``target:`` line per command says PASS or MISS.
+Each command runs ``--repeats`` times in a fresh interpreter from the repository root. That way this
+checkout's ``qwen_audio`` is the one imported. The four commands take turns, so they see the same
+load from other processes. A ``--help`` needs nothing heavier than torch, so each should take at
+most 1.5x the bare import (issue 19). One ``target:`` line per command says PASS or MISS.
 """
 
 from __future__ import annotations

@@ -5,14 +5,15 @@
     python benchmarks_perf/bench_train_step.py --device cuda --decoder-layers 8   # if the 7B LLM does not fit
     python benchmarks_perf/bench_train_step.py --device cuda --compile --mel-in-step --clips 24   # the levers
 
-The step is the recipe's: ``QwenAudioModule.training_step`` (SpecAugment, loss, metrics) with ``train="encoder"``,
-then backward, gradient clipping at 1.0 and AdamW over the module's parameter groups. ``train="encoder"`` trains
-the encoder, pool, ln_post, proj and audio BOS/EOS. The LLM is frozen, but gradients still flow through it to the
-audio. On CUDA the trained encoder keeps fp32 weights under bf16 autocast (bf16-mixed). There the frozen LLM is
-held in bf16 (no optimizer state, no fp32 master copy needed), with activation checkpointing as in
-``recipes/configs/pretrain/qwen_audio.yaml``. The batch has seeded clip durations. Each sample is a short prompt,
-the clip's ``<audio>`` span and 3 target tokens per second of audio, right-padded as ``qwen_audio.data.collate``
-pads.
+The step is the recipe's: ``QwenAudioModule.training_step`` (SpecAugment, loss, metrics) with
+``train="encoder"``, then backward, gradient clipping at 1.0 and AdamW over the module's parameter
+groups. ``train="encoder"`` trains the encoder, pool, ln_post, proj and audio BOS/EOS. The LLM is
+frozen, but gradients still flow through it to the audio. On CUDA the trained encoder keeps fp32
+weights under bf16 autocast (bf16-mixed). There the frozen LLM is held in bf16 (no optimizer state,
+no fp32 master copy needed), with activation checkpointing as in
+``recipes/configs/pretrain/qwen_audio.yaml``. The batch has seeded clip durations. Each sample is a
+short prompt, the clip's ``<audio>`` span and 3 target tokens per second of audio, right-padded as
+``qwen_audio.data.collate`` pads.
 
 Tokens/s counts decoder positions (text and audio spans, no padding), and frames/s the encoder's frames. TFLOP/s is
 the module's ``flops_per_batch`` (6 x parameters x positions for encoder and decoder alike) per second. MFU divides
@@ -20,15 +21,16 @@ it by the device's dense bf16 peak. That formula charges the frozen LLM for weig
 its embedding table for products it never runs. So "MFU (executed)" also counts the step's real matmul FLOPs: 6 x
 encoder parameters per frame + 4 x LLM parameters except the embedding per position.
 
-The table has one row per attention backend (``flash_attn`` is FlashAttention-4 where installed on SM90+). Then,
-on the backend ``auto`` picks, it has one row per lever asked for. ``--compile`` runs ``torch.compile`` on each
-encoder block. ``--mel-in-step`` computes the log-mel in the step from the batch's waveforms (the fused kernel on
-CUDA), instead of having it arrive from DataLoader workers. Its time is charged to the step. ``--clips`` sets the
-micro-batch.
+The table has one row per attention backend (``flash_attn`` is FlashAttention-4 where installed on
+SM90+). Then, on the backend ``auto`` picks, it has one row per lever asked for. ``--compile`` runs
+``torch.compile`` on each encoder block. ``--mel-in-step`` computes the log-mel in the step from the
+batch's waveforms (the fused kernel on CUDA), instead of having it arrive from DataLoader workers.
+Its time is charged to the step. ``--clips`` sets the micro-batch.
 
-The last row is then profiled for one step (``torch.profiler``): device kernel time on CUDA, operator self time on
-CPU. That time is split into attention, matrix products, this project's Triton kernels and the rest, which sum to
-the total. The target line is MFU on executed FLOPs of the fastest row >= 40 % (issue 33).
+The last row is then profiled for one step (``torch.profiler``): device kernel time on CUDA,
+operator self time on CPU. That time is split into attention, matrix products, this project's Triton
+kernels and the rest, which sum to the total. The target line is MFU on executed FLOPs of the
+fastest row >= 40 % (issue 33).
 """
 
 from __future__ import annotations
@@ -167,7 +169,8 @@ def train_step(
 ) -> torch.Tensor:
     """One training step: forward (bf16 autocast on CUDA), backward, clip at 1.0, AdamW step.
 
-    Returns the loss. With ``mel_in_step``, the log-mel is computed first, from the batch's waveforms.
+    Returns the loss. With ``mel_in_step``, the log-mel is computed first, from the batch's
+    waveforms.
     """
     optimizer.zero_grad(set_to_none=True)
     device = batch["input_ids"].device
@@ -222,8 +225,8 @@ def categorise(name: str) -> str:
 def profiled_times(step: Callable[[], object], device: torch.device) -> list[tuple[str, float]]:
     """``(name, microseconds)`` of everything one call of ``step`` ran.
 
-    On CUDA that is each kernel's device time. On CPU it is each operator's self time. Self times do not overlap,
-    so they add up to the profiled time.
+    On CUDA that is each kernel's device time. On CPU it is each operator's self time. Self times do
+    not overlap, so they add up to the profiled time.
     """
     cuda = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:

@@ -1,8 +1,9 @@
 """Audio front end for decoding, Whisper's 80-bin log-mel, and the released model's length bookkeeping.
 
-Everything here reproduces the released Qwen-Audio ``audio.py``, itself openai-whisper's front end. A loaded
-checkpoint is thus fed the features it was trained on. One difference is deliberate. In a batch, each example is
-normalised by its *own* maximum. A clip therefore gives the same features alone or in any batch.
+Everything here reproduces the released Qwen-Audio ``audio.py``, itself openai-whisper's front end.
+A loaded checkpoint is thus fed the features it was trained on. One difference is deliberate. In a
+batch, each example is normalised by its *own* maximum. A clip therefore gives the same features
+alone or in any batch.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ AudioSource = str | os.PathLike | BinaryIO
 def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode wav/flac/ogg/mp3 with soundfile into a 1-D float32 mono tensor at ``sample_rate``.
 
-    Channels are averaged. Resampling uses torchaudio's band-limited windowed-sinc ``Resample``. Its filter bank is
-    built once per rate pair (:func:`resampler`), because building it costs as much as applying it.
+    Channels are averaged. Resampling uses torchaudio's band-limited windowed-sinc ``Resample``. Its
+    filter bank is built once per rate pair (:func:`resampler`), because building it costs as much
+    as applying it.
 
-    A bad file raises :class:`~qwen_audio.errors.AudioError` naming it. A file is bad if it does not decode, holds no
-    samples or NaN/inf ones, or lasts under 30 ms. No encoder reads a clip under ``MIN_SAMPLES`` (30 ms).
+    A bad file raises :class:`~qwen_audio.errors.AudioError` naming it. A file is bad if it does not
+    decode, holds no samples or NaN/inf ones, or lasts under 30 ms. No encoder reads a clip under
+    ``MIN_SAMPLES`` (30 ms).
     """
     name = (
         os.fspath(source)
@@ -84,12 +87,13 @@ def log_mel_spectrogram(
 ) -> torch.Tensor:
     """Compute Whisper's log-mel, mapping ``[..., samples]`` float audio at 16 kHz to ``[..., n_mels, samples // 160]``.
 
-    The steps are a power STFT, a mel filterbank, ``log10`` clamped at 1e-10, a floor, and a rescale. The STFT uses
-    n_fft 400, hop 160 and a periodic Hann window. It is centred with reflect padding, and its last frame is dropped.
-    Values below each example's maximum minus 8 are raised to that floor. The rescale is ``(x + 4) / 4``. The
-    constants live in ``qwen_audio.whisper_mel``.
+    The steps are a power STFT, a mel filterbank, ``log10`` clamped at 1e-10, a floor, and a
+    rescale. The STFT uses n_fft 400, hop 160 and a periodic Hann window. It is centred with reflect
+    padding, and its last frame is dropped. Values below each example's maximum minus 8 are raised
+    to that floor. The rescale is ``(x + 4) / 4``. The constants live in ``qwen_audio.whisper_mel``.
 
-    ``kernel_backend`` is "torch" (any device), "triton" (fused kernel, CUDA) or "auto" (see ``qwen_audio.kernels``).
+    ``kernel_backend`` is "torch" (any device), "triton" (fused kernel, CUDA) or "auto" (see
+    ``qwen_audio.kernels``).
     """
     audio = torch.as_tensor(audio)
     if not audio.is_floating_point():
@@ -109,13 +113,15 @@ def audio_features(
 ) -> tuple[torch.Tensor, int]:
     """Build the release's encoder input for one clip and return it with the valid mel length.
 
-    The input is the log-mel of the clip zero-padded to 30 s. It is kept up to the ``2 * encoder_frames + 1`` frames an
-    encoder may read (``AudioEncoderConfig.mel_lookahead``). The valid mel length is ``mel_frames`` when given, else
-    ``samples // 160``. The prompt's :class:`~qwen_audio.clips.Clip` has ``mel_frames``.
+    The input is the log-mel of the clip zero-padded to 30 s. It is kept up to the
+    ``2 * encoder_frames + 1`` frames an encoder may read (``AudioEncoderConfig.mel_lookahead``).
+    The valid mel length is ``mel_frames`` when given, else ``samples // 160``. The prompt's
+    :class:`~qwen_audio.clips.Clip` has ``mel_frames``.
 
-    Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s. Every kept frame's window ends before
-    that, so it reads the same samples. The frames dropped are all-zero ones at the log floor. They never hold the
-    example's maximum. A 2 s clip costs a fifteenth of the 30 s transform.
+    Only ``2 * N_FFT`` samples of the zero padding are transformed, not all 30 s. Every kept frame's
+    window ends before that, so it reads the same samples. The frames dropped are all-zero ones at
+    the log floor. They never hold the example's maximum. A 2 s clip costs a fifteenth of the 30 s
+    transform.
     """
     lengths = audio_lengths(waveform.numel(), source=source)
     if mel_frames is None:
@@ -153,12 +159,14 @@ def spec_augment(
 ) -> torch.Tensor:
     """Apply SpecAugment to a batch ``[B, n_mels, T]`` whose example ``b`` is valid for its first ``lengths[b]`` frames.
 
-    Defaults are the "LibriSpeech Basic" policy (F=27, m_F=1, T=100, m_T=1, p=1.0) named by the paper's Table 6.
+    Defaults are the "LibriSpeech Basic" policy (F=27, m_F=1, T=100, m_T=1, p=1.0) named by the
+    paper's Table 6.
 
-    Masks are drawn here, not with ``torchaudio.functional.mask_along_axis_iid``. That function takes no generator, so
-    runs could not be reproduced per worker. It also cannot keep a time mask inside each example's valid frames.
-    Here a time mask is at most ``min(time_mask_param, max_time_fraction * length)`` wide. It lies inside
-    ``[0, length)``. Frequency masks also stop at ``length``, so padding stays padding. Returns a new tensor.
+    Masks are drawn here, not with ``torchaudio.functional.mask_along_axis_iid``. That function
+    takes no generator, so runs could not be reproduced per worker. It also cannot keep a time mask
+    inside each example's valid frames. Here a time mask is at most
+    ``min(time_mask_param, max_time_fraction * length)`` wide. It lies inside ``[0, length)``.
+    Frequency masks also stop at ``length``, so padding stays padding. Returns a new tensor.
     """
     if mel.dim() != 3 or lengths.shape != (mel.shape[0],):
         raise ValueError(

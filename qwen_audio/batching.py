@@ -1,7 +1,7 @@
 """Prompts -> one left-padded batch: the ids, their mask and the encoder input of every audio.
 
-Neutral ground between the front end and its users: generation, evaluation data, the server and the experiments
-batch prompts the same way, and none of them has to import another to do it.
+Neutral ground between the front end and its users: generation, evaluation data, the server and the
+experiments batch prompts the same way, and none of them has to import another to do it.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def encode_prompts(
 ) -> PromptBatch:
     """Raw release-style prompts (tags as text, ``<audio>PATH</audio>`` spans, several allowed) -> one batch.
 
-    As in the release every special-token text is a special token. A prompt longer than ``max_length`` tokens
-    (audio placeholders included) raises ValueError; a missing audio file raises FileNotFoundError naming it.
+    As in the release every special-token text is a special token. A prompt longer than
+    ``max_length`` tokens (audio placeholders included) raises ValueError; a missing audio file
+    raises FileNotFoundError naming it.
     """
     encoded = [
         encode_prompt(tokenizer, prompt, max_length, index) for index, prompt in enumerate(prompts)

@@ -54,9 +54,10 @@ def build_context(
 ) -> Example:
     """The generation prompt for ``query`` after ``history``, as the release's ``make_context`` builds it.
 
-    The newest history turns are kept while the system turn plus the kept turns (audio placeholders included)
-    stay under ``max_window_size`` tokens. Older turns are dropped. The new query is not counted, as released.
-    ``load`` decodes each ``<audio>PATH</audio>`` of raw text. Item lists may hold recordings.
+    The newest history turns are kept while the system turn plus the kept turns (audio placeholders
+    included) stay under ``max_window_size`` tokens. Older turns are dropped. The new query is not
+    counted, as released. ``load`` decodes each ``<audio>PATH</audio>`` of raw text. Item lists may
+    hold recordings.
     """
     if not isinstance(load, Mapping):
         load = functools.cache(
@@ -92,11 +93,12 @@ def chat(
 ) -> tuple[str, History]:
     """Answer ``query`` and return ``(response, history + [(query, response)])``.
 
-    ``query`` is text with ``<audio>PATH</audio>`` spans, or items ``[{"audio": path}, {"text": ...}]``. Items are
-    written as the family's ``Audio 1:<audio>PATH</audio>\\n`` lines (:func:`from_list_format`). Qwen2-Audio numbers
-    on from the audios of ``history``. ``config`` defaults to the release's chat settings
-    (:meth:`GenerationConfig.chat`). The response is cut at the first ``<|im_end|>`` or ``<|im_start|>``, whatever
-    the config's stop ids. It is then stripped, as released.
+    ``query`` is text with ``<audio>PATH</audio>`` spans, or items
+    ``[{"audio": path}, {"text": ...}]``. Items are written as the family's
+    ``Audio 1:<audio>PATH</audio>\\n`` lines (:func:`from_list_format`). Qwen2-Audio numbers on from
+    the audios of ``history``. ``config`` defaults to the release's chat settings
+    (:meth:`GenerationConfig.chat`). The response is cut at the first ``<|im_end|>`` or
+    ``<|im_start|>``, whatever the config's stop ids. It is then stripped, as released.
     """
     history = list(history or [])
     text = (
@@ -124,7 +126,8 @@ def main(
 ) -> None:
     """Read one query per line from ``stdin`` and print each answer to ``stdout`` (default: the terminal).
 
-    Errors in a query (a missing audio file, a query over the context) are printed and the conversation goes on.
+    Errors in a query (a missing audio file, a query over the context) are printed and the
+    conversation goes on.
     """
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     parser = argparse.ArgumentParser(

@@ -1,16 +1,17 @@
 """Weights in and out: the one loader, the released folder layout, and the stage-1 start from Whisper + Qwen-7B.
 
-:func:`load_model` is the only way from a folder or a preset to ``(model, tokenizer)``. The model itself never reads
-files, as in whisper and litgpt. This module also decides which family a folder holds, from its ``config.json``
-``model_type`` (:func:`read_config`, :func:`load_tokenizer`). The config and tokenizer modules thus know only
-Qwen-Audio.
+:func:`load_model` is the only way from a folder or a preset to ``(model, tokenizer)``. The model
+itself never reads files, as in whisper and litgpt. This module also decides which family a folder
+holds, from its ``config.json`` ``model_type`` (:func:`read_config`, :func:`load_tokenizer`). The
+config and tokenizer modules thus know only Qwen-Audio.
 
 Released layout (Qwen/Qwen-Audio, Qwen/Qwen-Audio-Chat): ``config.json``, ``qwen.tiktoken``, and
-``model.safetensors`` or shards ``model-0000i-of-0000n.safetensors`` listed in ``model.safetensors.index.json``.
-``pytorch_model*.bin`` shards are pickles. They are read only when the caller passes ``allow_pickle=True``.
-Every load is strict: missing, unexpected or mis-shaped keys raise :class:`CheckpointError` listing them.
-Qwen2-Audio folders (``config.json`` of ``Qwen2AudioForConditionalGeneration``, ``tokenizer.json``) load and save
-through the same functions. :mod:`qwen_audio.qwen2_audio.weights` translates their names.
+``model.safetensors`` or shards ``model-0000i-of-0000n.safetensors`` listed in
+``model.safetensors.index.json``. ``pytorch_model*.bin`` shards are pickles. They are read only when
+the caller passes ``allow_pickle=True``. Every load is strict: missing, unexpected or mis-shaped
+keys raise :class:`CheckpointError` listing them. Qwen2-Audio folders (``config.json`` of
+``Qwen2AudioForConditionalGeneration``, ``tokenizer.json``) load and save through the same
+functions. :mod:`qwen_audio.qwen2_audio.weights` translates their names.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def load_model(
 ) -> tuple[QwenAudio, Tokenizer]:
     """``(model, tokenizer)`` in eval mode from a ``checkpoint`` folder or a ``preset`` name.
 
-    Pass exactly one of the two. A folder may hold either family's layout. A preset's weights are drawn with seed 0
-    and come with the preset's tokenizer, for smoke tests. A folder's tokenizer file must be there and fit its
-    ``config.json`` (:func:`read_tokenizer`). The weights are in ``dtype`` if given, else in fp32 on CPU and in the
-    checkpoint's dtype elsewhere.
+    Pass exactly one of the two. A folder may hold either family's layout. A preset's weights are
+    drawn with seed 0 and come with the preset's tokenizer, for smoke tests. A folder's tokenizer
+    file must be there and fit its ``config.json`` (:func:`read_tokenizer`). The weights are in
+    ``dtype`` if given, else in fp32 on CPU and in the checkpoint's dtype elsewhere.
     """
     if (checkpoint is None) == (preset is None):
         raise ValueError(
@@ -112,8 +113,8 @@ def read_config(source: str | os.PathLike | dict, name: str | None = None) -> Qw
 def check_architecture(folder: str | os.PathLike, config: QwenAudioConfig) -> None:
     """Raise :class:`CheckpointError` unless ``folder``'s ``config.json`` describes ``config``'s architecture.
 
-    A value that changes no tensor shape (``rope_theta``, ``rms_norm_eps``, ...) would otherwise load silently into
-    a model that computes something else.
+    A value that changes no tensor shape (``rope_theta``, ``rms_norm_eps``, ...) would otherwise
+    load silently into a model that computes something else.
     """
     found = read_config(folder)
     fields = {
@@ -260,11 +261,11 @@ def read_model_state_dict(
 def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> Tokenizer:
     """The folder's tokenizer (Qwen2-Audio: its ``tokenizer.json``).
 
-    A ``qwen.tiktoken`` is refused unless it is complete and fits ``config`` (its ``config.json``). The special
-    tokens follow the ranks. A file with one rank too few or too many thus shifts every special id. The prompts'
-    ``<audio>`` would then no longer be the id the model splices audio at. ``<audio>`` landing on
-    ``audio_start_id`` pins the number of ranks, and with it the vocabulary size. ``</audio>``, the last id, lies
-    inside ``vocab_size`` by the config's own check.
+    A ``qwen.tiktoken`` is refused unless it is complete and fits ``config`` (its ``config.json``).
+    The special tokens follow the ranks. A file with one rank too few or too many thus shifts every
+    special id. The prompts' ``<audio>`` would then no longer be the id the model splices audio at.
+    ``<audio>`` landing on ``audio_start_id`` pins the number of ranks, and with it the vocabulary
+    size. ``</audio>``, the last id, lies inside ``vocab_size`` by the config's own check.
     """
     if config.family == "qwen2-audio":
         path = os.path.join(os.fspath(folder), TOKENIZER_JSON)
@@ -298,8 +299,8 @@ def read_tokenizer(folder: str | os.PathLike, config: QwenAudioConfig) -> Tokeni
 def check_writable(folder: str | os.PathLike) -> None:
     """Raise :class:`CheckpointError` unless :func:`save_pretrained` can write ``folder``.
 
-    A job that exports at its end runs this at its start. A bad path is then found before hours of training, not
-    after.
+    A job that exports at its end runs this at its start. A bad path is then found before hours of
+    training, not after.
     """
     folder = os.path.abspath(folder)
     try:
@@ -326,10 +327,11 @@ def save_pretrained(
 ) -> None:
     """Write ``model`` in the released layout (safetensors shards + index when more than one, ``config.json``).
 
-    ``state_dict`` gives the full weights when ``model`` itself is sharded (FSDP gathers them first). The files are
-    written into a staging folder beside ``folder``. Then each is renamed over its namesake in ``folder``
-    (:func:`_move_into`). A crash while writing thus leaves the previous export intact. Files that are not part of
-    the layout (a user's notes, a README) stay. Folder and files get the permissions the umask gives.
+    ``state_dict`` gives the full weights when ``model`` itself is sharded (FSDP gathers them
+    first). The files are written into a staging folder beside ``folder``. Then each is renamed over
+    its namesake in ``folder`` (:func:`_move_into`). A crash while writing thus leaves the previous
+    export intact. Files that are not part of the layout (a user's notes, a README) stay. Folder and
+    files get the permissions the umask gives.
     """
     folder = os.path.abspath(folder)
     check_writable(folder)
@@ -378,9 +380,9 @@ _WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|" + re.escape(S
 def _move_into(staging: str, folder: str) -> None:
     """Rename every file of ``staging`` into ``folder``, each an atomic replace.
 
-    Weights go first and ``config.json`` last. Then the safetensors weights of an earlier export that the new one
-    does not have are deleted. A stale index or shard would be read in place of the new weights. Nothing else in
-    ``folder`` is touched.
+    Weights go first and ``config.json`` last. Then the safetensors weights of an earlier export
+    that the new one does not have are deleted. A stale index or shard would be read in place of the
+    new weights. Nothing else in ``folder`` is touched.
     """
     umask = os.umask(0)
     os.umask(umask)
@@ -398,8 +400,8 @@ def _move_into(staging: str, folder: str) -> None:
 def read_whisper_encoder(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The encoder tensors of an openai-whisper ``.pt`` checkpoint, renamed ``encoder.X`` -> ``transformer.audio.X``.
 
-    It is read with ``torch.load(weights_only=True)``. The file is a dict of tensors and plain values, so no code
-    runs.
+    It is read with ``torch.load(weights_only=True)``. The file is a dict of tensors and plain
+    values, so no code runs.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -430,12 +432,13 @@ def init_stage1(
 ) -> QwenAudio:
     """Stage-1 starting point: Whisper-large-v2's encoder + Qwen-7B's decoder.
 
-    ``proj`` and audio BOS/EOS are new. Qwen-7B has 151,936 embedding rows, the model 155,947 (audio, task and
-    timestamp tokens). The new rows of ``wte`` and ``lm_head`` are drawn from N(mean, diag(var)) of the existing
-    rows (Hewitt, 2021). They thus start inside the distribution the frozen LLM knows. They also start distinct, so
-    task tags can be told apart. ``proj.weight`` and ``audio_bos_eos_token`` are drawn from N(0, 0.02) and
-    ``proj.bias`` is zero, the release's initialisation. The model is built on the meta device, so only the
-    checkpoints' tensors take memory.
+    ``proj`` and audio BOS/EOS are new. Qwen-7B has 151,936 embedding rows, the model 155,947
+    (audio, task and timestamp tokens). The new rows of ``wte`` and ``lm_head`` are drawn from
+    N(mean, diag(var)) of the existing rows (Hewitt, 2021). They thus start inside the distribution
+    the frozen LLM knows. They also start distinct, so task tags can be told apart. ``proj.weight``
+    and ``audio_bos_eos_token`` are drawn from N(0, 0.02) and ``proj.bias`` is zero, the release's
+    initialisation. The model is built on the meta device, so only the checkpoints' tensors take
+    memory.
     """
     with torch.device("meta"):
         model = QwenAudio(config)

@@ -1,8 +1,8 @@
 """Command-line pieces that ``qwen_audio.generate``, ``qwen_audio.chat`` and ``qwen_audio.serve`` share: where the
 model comes from, how it decodes, and parser errors in place of tracebacks for what the user typed wrong.
 
-The checkpoint I/O is imported when the model is loaded, not before, so that ``--help`` and bad arguments answer at
-once.
+The checkpoint I/O is imported when the model is loaded, not before, so that ``--help`` and bad
+arguments answer at once.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def generation_config(
 
 
 def load_model_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
-    """:func:`qwen_audio.checkpoint.load_model` for ``--checkpoint`` / ``--preset``, on CUDA when there is one; a
-    folder or preset that does not load exits via the parser, naming it."""
+    """:func:`qwen_audio.checkpoint.load_model` for ``--checkpoint`` / ``--preset``, on CUDA when
+    there is one; a folder or preset that does not load exits via the parser, naming it."""
     from qwen_audio.checkpoint import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

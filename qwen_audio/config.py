@@ -1,8 +1,9 @@
 """Model configuration: plain dataclasses with named presets, readable by jsonargparse / LightningCLI.
 
-Field names follow the released ``config.json`` (Qwen/Qwen-Audio on the Hugging Face Hub) so a reader of that
-file finds the same words here; ``from_hf_config`` / ``to_hf_config`` translate the file's nested ``audio`` block.
-Nothing here imports torch: configs are read by the CLI before any model is built.
+Field names follow the released ``config.json`` (Qwen/Qwen-Audio on the Hugging Face Hub) so a
+reader of that file finds the same words here; ``from_hf_config`` / ``to_hf_config`` translate the
+file's nested ``audio`` block. Nothing here imports torch: configs are read by the CLI before any
+model is built.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ class AudioEncoderConfig:
     n_layer: int = 32
     output_dim: int = 4096  # width of ``proj`` and of the audio BOS/EOS vectors = the LLM width
     layer_norm_eps: float = 1e-5
-    # Qwen-Audio learns audio BOS/EOS vectors; Qwen2-Audio's prompt keeps its <|audio_bos|>/<|audio_eos|> tokens.
+    # Qwen-Audio learns audio BOS/EOS vectors; Qwen2-Audio's prompt keeps its
+    # <|audio_bos|>/<|audio_eos|> tokens.
     learned_markers: bool = True
-    # Mel frames past a clip's first 2 * encoder_frames that the conv stem reads: 0 for Qwen-Audio (cut there, conv
-    # zero padding); 1 for Qwen2-Audio, whose encoder always reads the clip's whole zero-padded 30 s window.
+    # Mel frames past a clip's first 2 * encoder_frames that the conv stem reads: 0 for Qwen-Audio
+    # (cut there, conv zero padding); 1 for Qwen2-Audio, whose encoder always reads the clip's whole
+    # zero-padded 30 s window.
     mel_lookahead: int = 0
 
     def __post_init__(self) -> None:
@@ -91,9 +94,10 @@ class QwenAudioConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     audio_start_id: int = 155163
     attention_backend: AttentionBackend = "auto"
-    # Where the vocabulary comes from, not part of the architecture (so not compared): "released" (qwen.tiktoken),
-    # "demo" (the small committed file) or a ranks-file path; for Qwen2-Audio "qwen2-demo", a tokenizer.json path,
-    # or "checkpoint" (its folder's tokenizer.json). A released-layout folder brings its own file.
+    # Where the vocabulary comes from, not part of the architecture (so not compared): "released"
+    # (qwen.tiktoken), "demo" (the small committed file) or a ranks-file path; for Qwen2-Audio
+    # "qwen2-demo", a tokenizer.json path, or "checkpoint" (its folder's tokenizer.json). A
+    # released-layout folder brings its own file.
     tokenizer: str = field(default="released", compare=False)
 
     def __post_init__(self) -> None:
@@ -182,8 +186,8 @@ class QwenAudioConfig:
         )
 
     def to_hf_config(self) -> dict[str, Any]:
-        """The released ``config.json`` layout (loads back with :meth:`from_hf_config`); Qwen-Audio's only, both
-        families' through ``qwen_audio.checkpoint.hf_config``."""
+        """The released ``config.json`` layout (loads back with :meth:`from_hf_config`);
+        Qwen-Audio's only, both families' through ``qwen_audio.checkpoint.hf_config``."""
         if self.family != "qwen-audio":
             raise ConfigError(
                 f"{self.name} is a {self.family} config: qwen_audio.checkpoint.hf_config writes it"
@@ -223,18 +227,20 @@ _FIXED_HF_KEYS: dict[str, Any] = {"no_bias": True, "rotary_pct": 1.0, "tie_word_
 
 
 def _qwen_audio() -> QwenAudioConfig:
-    # https://huggingface.co/Qwen/Qwen-Audio/blob/main/config.json (layer_norm_epsilon 1e-6 as shipped there)
+    # https://huggingface.co/Qwen/Qwen-Audio/blob/main/config.json (layer_norm_epsilon 1e-6 as
+    # shipped there)
     return QwenAudioConfig(name="qwen-audio")
 
 
 def _qwen_audio_chat() -> QwenAudioConfig:
-    # https://huggingface.co/Qwen/Qwen-Audio-Chat/blob/main/config.json (same architecture; audio_start_id 155163)
+    # https://huggingface.co/Qwen/Qwen-Audio-Chat/blob/main/config.json (same architecture;
+    # audio_start_id 155163)
     return QwenAudioConfig(name="qwen-audio-chat")
 
 
 def _tiny() -> QwenAudioConfig:
-    # Tests and CPU demos. vocab 7680 >= the demo tokenizer's 7618 ids, whose last two are <audio> 7616, </audio> 7617.
-    # n_ctx stays 1500 so any clip up to 30 s fits, as in the release.
+    # Tests and CPU demos. vocab 7680 >= the demo tokenizer's 7618 ids, whose last two are <audio>
+    # 7616, </audio> 7617. n_ctx stays 1500 so any clip up to 30 s fits, as in the release.
     return QwenAudioConfig(
         name="tiny",
         encoder=AudioEncoderConfig(
@@ -254,9 +260,9 @@ def _tiny() -> QwenAudioConfig:
 
 
 def _demo() -> QwenAudioConfig:
-    # The README's main job: twice tiny's width, one more encoder block and four decoder blocks. Decoder depth is
-    # what lets it align text to audio in minutes: on spoken digits, 300 steps give held-out WER 0.25 with four
-    # blocks and 0.60 with two (docs/experiments.md).
+    # The README's main job: twice tiny's width, one more encoder block and four decoder blocks.
+    # Decoder depth is what lets it align text to audio in minutes: on spoken digits, 300 steps give
+    # held-out WER 0.25 with four blocks and 0.60 with two (docs/experiments.md).
     tiny = _tiny()
     return dataclasses.replace(
         tiny,
@@ -273,11 +279,13 @@ def _demo() -> QwenAudioConfig:
 
 
 def _qwen2_audio_7b(name: str = "qwen2-audio-7b") -> QwenAudioConfig:
-    # https://huggingface.co/Qwen/Qwen2-Audio-7B/blob/main/config.json: its text_config sets vocab_size 156032,
-    # intermediate_size 11008 (ours counts w1 + w2: 22016), max_position_embeddings 8192, rms_norm_eps 1e-5 and
-    # leaves the rest to transformers' Qwen2Config defaults (hidden 4096, 32 layers, 32 heads, 32 KV heads, rope_theta
-    # 10000, untied head); audio_config and audio_token_index 151646 (<|AUDIO|>) are Qwen2AudioConfig's defaults
-    # (Whisper-large-v3 encoder: 128 mel bins, d_model 1280, 20 heads, 32 layers, ffn 5120). No dynamic NTK / logN.
+    # https://huggingface.co/Qwen/Qwen2-Audio-7B/blob/main/config.json: its text_config sets
+    # vocab_size 156032, intermediate_size 11008 (ours counts w1 + w2: 22016),
+    # max_position_embeddings 8192, rms_norm_eps 1e-5 and leaves the rest to transformers'
+    # Qwen2Config defaults (hidden 4096, 32 layers, 32 heads, 32 KV heads, rope_theta 10000, untied
+    # head); audio_config and audio_token_index 151646 (<|AUDIO|>) are Qwen2AudioConfig's defaults
+    # (Whisper-large-v3 encoder: 128 mel bins, d_model 1280, 20 heads, 32 layers, ffn 5120). No
+    # dynamic NTK / logN.
     return QwenAudioConfig(
         name=name,
         family="qwen2-audio",
@@ -295,13 +303,15 @@ def _qwen2_audio_7b(name: str = "qwen2-audio-7b") -> QwenAudioConfig:
 
 
 def _qwen2_audio_7b_instruct() -> QwenAudioConfig:
-    # https://huggingface.co/Qwen/Qwen2-Audio-7B-Instruct/blob/main/config.json: the same architecture and ids.
+    # https://huggingface.co/Qwen/Qwen2-Audio-7B-Instruct/blob/main/config.json: the same
+    # architecture and ids.
     return _qwen2_audio_7b("qwen2-audio-7b-instruct")
 
 
 def _qwen2_audio_tiny() -> QwenAudioConfig:
-    # Tests and CPU demos of the family: tiny's sizes, 128 mel bins, and the committed qwen2_demo_tokenizer.json
-    # (the demo BPE's 4096 ranks + the family's six special tokens, <|audio_bos|> 4100, 4102 ids in all).
+    # Tests and CPU demos of the family: tiny's sizes, 128 mel bins, and the committed
+    # qwen2_demo_tokenizer.json (the demo BPE's 4096 ranks + the family's six special tokens,
+    # <|audio_bos|> 4100, 4102 ids in all).
     tiny, family = _tiny(), _qwen2_audio_7b()
     return dataclasses.replace(
         family,

@@ -1,9 +1,10 @@
 """The base of the project's input errors, and how the command-line entry points report them.
 
-A bad manifest line, audio file, config or checkpoint is the user's to fix. The entry points print its message on
-one line and exit 1. They leave out the traceback of the Lightning or torch frames it passed through. Every other
-exception is a bug and keeps its traceback. ``--print_traceback`` (``--print-traceback`` on the argparse tools) or
-``QWEN_AUDIO_TRACEBACK=1`` shows the traceback of input errors too.
+A bad manifest line, audio file, config or checkpoint is the user's to fix. The entry points print
+its message on one line and exit 1. They leave out the traceback of the Lightning or torch frames it
+passed through. Every other exception is a bug and keeps its traceback. ``--print_traceback``
+(``--print-traceback`` on the argparse tools) or ``QWEN_AUDIO_TRACEBACK=1`` shows the traceback of
+input errors too.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Transcription of clips longer than the 30 s the encoder hears, in consecutive windows decoded as one batch.
 
-The release truncates such audio to its first 30 s, with our warning (see :func:`qwen_audio.lengths.audio_lengths`).
-Here the clip is cut into consecutive, non-overlapping windows of at most ``window_seconds``. Each cut is placed at
-the quietest 0.1 s of the last sixth of its window (the last 5 s of a 30 s window). Cuts thus fall in pauses between
-words rather than through them.
+The release truncates such audio to its first 30 s, with our warning (see
+:func:`qwen_audio.lengths.audio_lengths`). Here the clip is cut into consecutive, non-overlapping
+windows of at most ``window_seconds``. Each cut is placed at the quietest 0.1 s of the last sixth of
+its window (the last 5 s of a 30 s window). Cuts thus fall in pauses between words rather than
+through them.
 
-Non-overlapping windows need no de-duplication, since every stretch of audio is transcribed exactly once. All
-windows are known up front, so they decode together as one batch.
+Non-overlapping windows need no de-duplication, since every stretch of audio is transcribed exactly
+once. All windows are known up front, so they decode together as one batch.
 
-Stitching joins window texts with a space (nothing for Chinese and Japanese). With ``timestamps``, each window is
-prompted for word-level timestamps (the SRWT task, times relative to the window). Its words are then shifted by the
-window's start, so word times refer to the whole clip.
+Stitching joins window texts with a space (nothing for Chinese and Japanese). With ``timestamps``,
+each window is prompted for word-level timestamps (the SRWT task, times relative to the window). Its
+words are then shifted by the window's start, so word times refer to the whole clip.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ UNSPACED_LANGUAGES = ("zh", "ja")  # written without spaces between words
 class LongTranscript:
     """A long clip's transcript: the whole clip's text, its words, its windows and the text of each window.
 
-    ``words`` have times in the clip, and are empty without timestamps. ``windows`` holds the ``(start, end)``
-    seconds of the windows that were decoded.
+    ``words`` have times in the clip, and are empty without timestamps. ``windows`` holds the
+    ``(start, end)`` seconds of the windows that were decoded.
     """
 
     text: str
@@ -69,7 +70,8 @@ def window_bounds(
 ) -> list[tuple[int, int]]:
     """``(start, stop)`` samples of consecutive windows covering ``waveform``, each at most ``window_seconds`` long.
 
-    Each window is cut at the centre of the quietest frame (mean square) in its last ``CUT_SEARCH_FRACTION``.
+    Each window is cut at the centre of the quietest frame (mean square) in its last
+    ``CUT_SEARCH_FRACTION``.
     """
     if not 1.0 <= window_seconds <= CHUNK_LENGTH:
         raise ValueError(
@@ -123,8 +125,8 @@ def detect_languages(
 ) -> list[str]:
     """Detect the spoken language of each waveform (its first 30 s) as Whisper does.
 
-    The answer is the most likely of the language tags after ``<audio>…</audio><|startoftranscript|>``. That is
-    where pretraining puts the audio language.
+    The answer is the most likely of the language tags after
+    ``<audio>…</audio><|startoftranscript|>``. That is where pretraining puts the audio language.
     """
     prompts = []
     for index, waveform in enumerate(waveforms):
@@ -198,9 +200,9 @@ def transcribe_long(
 ) -> LongTranscript:
     """Transcribe the audio file ``path`` of any length (see the module docstring for windows and stitching).
 
-    ``language`` is the spoken language (``en``, ``zh``, ...). ``config`` defaults to the release's evaluation
-    decoding, greedy with a stop at ``<|endoftext|>``. A window whose timestamped output cannot be parsed keeps
-    its text and contributes no words (with a warning naming it).
+    ``language`` is the spoken language (``en``, ``zh``, ...). ``config`` defaults to the release's
+    evaluation decoding, greedy with a stop at ``<|endoftext|>``. A window whose timestamped output
+    cannot be parsed keeps its text and contributes no words (with a warning naming it).
     """
     config = config or GenerationConfig.base(tokenizer, do_sample=False)
     waveform = load_audio(path)

@@ -1,8 +1,9 @@
 """QwenAudio: the audio encoder, the Qwen-7B decoder and the splice that joins them.
 
-State-dict keys are the released checkpoint's. The release keeps the audio encoder inside the LLM trunk
-(``transformer.audio.*`` beside ``transformer.wte``/``h``/``ln_f``) and the head outside (``lm_head``).
-This module does the same, so a released folder loads with a plain ``load_state_dict``.
+State-dict keys are the released checkpoint's. The release keeps the audio encoder inside the LLM
+trunk (``transformer.audio.*`` beside ``transformer.wte``/``h``/``ln_f``) and the head outside
+(``lm_head``). This module does the same, so a released folder loads with a plain
+``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def label_positions(labels: torch.Tensor) -> torch.Tensor:
 def last_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[B, L]`` bool marking each row's last real token (``attention_mask`` != 0).
 
-    It is the one position whose logits generation reads at prefill. With left padding it is the last column."""
+    It is the one position whose logits generation reads at prefill. With left padding it is the
+    last column."""
     length = attention_mask.shape[1]
     last = length - 1 - (attention_mask != 0).flip(-1).int().argmax(-1)  # argmax: the first maximum
     return F.one_hot(last, length).bool()
@@ -45,8 +47,9 @@ def last_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
 class TokenLosses(NamedTuple):
     """Per-position scores of next-token prediction, each ``[B, L - 1]``.
 
-    ``losses`` is the token loss (0 where ignored), ``correct`` whether the argmax equals the label, and ``counted``
-    which positions hold a label. Means over rows serve the total loss and the per-task metrics alike.
+    ``losses`` is the token loss (0 where ignored), ``correct`` whether the argmax equals the label,
+    and ``counted`` which positions hold a label. Means over rows serve the total loss and the
+    per-task metrics alike.
     """
 
     losses: torch.Tensor
@@ -65,8 +68,8 @@ class TokenLosses(NamedTuple):
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> TokenLosses:
     """Next-token cross-entropy per position on fp32 logits: ``labels`` shifted by one, -100 ignored.
 
-    ``logits`` is ``[B, L, vocab]``, or ``[n, vocab]`` computed at :func:`label_positions` only (in row-major
-    order). The loss reads nothing else, so training skips the head everywhere else.
+    ``logits`` is ``[B, L, vocab]``, or ``[n, vocab]`` computed at :func:`label_positions` only (in
+    row-major order). The loss reads nothing else, so training skips the head everywhere else.
     """
     targets = labels[:, 1:].to(logits.device)
     counted = targets != -100
@@ -102,11 +105,12 @@ class QwenAudio(nn.Module):
     def init_weights(self) -> None:
         """The release's initialisation (``initializer_range`` 0.02), applied to encoder and decoder alike.
 
-        Linear and embedding weights ~ N(0, 0.02) with zero biases, RMSNorm weights 1, and every ``c_proj``
-        (attention output, MLP down projection) ~ N(0, 0.02 / sqrt(2 * n_layers)). The GELU conv stem gets He
-        (Kaiming) normal weights and zero biases. With PyTorch's default, the stem's output is a tenth of the fixed
-        sinusoid table added to it. The encoder's output is then >90% position, and a model trained from scratch
-        learns to ignore the audio. LayerNorm keeps PyTorch's defaults. The sinusoid table is fixed.
+        Linear and embedding weights ~ N(0, 0.02) with zero biases, RMSNorm weights 1, and every
+        ``c_proj`` (attention output, MLP down projection) ~ N(0, 0.02 / sqrt(2 * n_layers)). The
+        GELU conv stem gets He (Kaiming) normal weights and zero biases. With PyTorch's default, the
+        stem's output is a tenth of the fixed sinusoid table added to it. The encoder's output is
+        then >90% position, and a model trained from scratch learns to ignore the audio. LayerNorm
+        keeps PyTorch's defaults. The sinusoid table is fixed.
         """
         std = 0.02
         for name, module in self.named_modules():
@@ -126,8 +130,8 @@ class QwenAudio(nn.Module):
     def set_trainable(self, *, encoder: bool, decoder: bool) -> None:
         """Freeze or unfreeze the two parts.
 
-        Stage 1 (pretraining) uses ``encoder=True, decoder=False``. Here the encoder includes pool/ln_post/proj
-        and the audio BOS/EOS vectors. Stage 2 (SFT) uses the reverse."""
+        Stage 1 (pretraining) uses ``encoder=True, decoder=False``. Here the encoder includes
+        pool/ln_post/proj and the audio BOS/EOS vectors. Stage 2 (SFT) uses the reverse."""
         self.encoder.requires_grad_(encoder)
         for name, param in self.named_parameters():
             if not name.startswith("transformer.audio."):
@@ -170,18 +174,20 @@ class QwenAudio(nn.Module):
     ) -> QwenAudioOutput:
         """Logits for ``input_ids`` ``[B, L]``, and the loss when ``labels`` are given.
 
-        Audio comes as mel ``[N, n_mels, T]`` with valid mel lengths ``[N]`` (samples // 160), one clip per
-        ``<audio>`` in row-major order. Or it comes already encoded, as ``audio_embeds``.
+        Audio comes as mel ``[N, n_mels, T]`` with valid mel lengths ``[N]`` (samples // 160), one
+        clip per ``<audio>`` in row-major order. Or it comes already encoded, as ``audio_embeds``.
         ``attention_mask`` ``[B, L]`` is 0 at padding. Several ids in a row mark packed sequences.
-        ``position_ids`` ``[B, L]`` are the rotary positions, by default the index.
-        With ``kv_cache`` the rows continue the sequences of its slots, written in place (see :class:`QwenDecoder`).
+        ``position_ids`` ``[B, L]`` are the rotary positions, by default the index. With
+        ``kv_cache`` the rows continue the sequences of its slots, written in place (see
+        :class:`QwenDecoder`).
 
-        ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in row-major order.
-        Training needs the :func:`label_positions` alone, and the head is most of a small model's FLOPs. Generation's
-        prefill needs the :func:`last_tokens` alone. At full size the head gives 155,947 logits per position.
+        ``logits_at`` ``[B, L]`` bool computes the head only there, giving logits ``[n, vocab]`` in
+        row-major order. Training needs the :func:`label_positions` alone, and the head is most of a
+        small model's FLOPs. Generation's prefill needs the :func:`last_tokens` alone. At full size
+        the head gives 155,947 logits per position.
 
-        The loss is the mean of :func:`token_losses`, on logits upcast to fp32. That is more accurate than the
-        release, which used the working dtype (bf16).
+        The loss is the mean of :func:`token_losses`, on logits upcast to fp32. That is more
+        accurate than the release, which used the working dtype (bf16).
         """
         embeds = self.transformer.wte(input_ids)
         if audio_mel is not None:

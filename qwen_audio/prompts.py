@@ -1,17 +1,19 @@
 """Prompt formats as token ids: Qwen-Audio's hierarchical task tags, SRWT timestamps, and ChatML conversations.
 
-Pretraining (paper §3.2) conditions the decoder on tags in a fixed order. The order is: transcription tag, audio
-language, task tag, text language, timestamps tag, output instruction. The target text follows. Only the target
-(plus the closing ``<|endoftext|>``, where generation stops) carries loss.
+Pretraining (paper §3.2) conditions the decoder on tags in a fixed order. The order is:
+transcription tag, audio language, task tag, text language, timestamps tag, output instruction. The
+target text follows. Only the target (plus the closing ``<|endoftext|>``, where generation stops)
+carries loss.
 
-``TASKS`` holds one entry per task of the paper's Table 1. Entries the evaluation scripts of the release use
-reproduce those prompts token for token. The others say which released tokens we chose. Question-answer tasks
-follow the audio language with ``<|question|>QUESTION<|answer|>`` and no further tags, as ``evaluate_aqa.py`` does.
-Some tasks have a label that no released token names (language, dialect, gender, age, same speaker, singer, title).
-They are asked with a fixed question. Thus no two tasks with different outputs share a prompt.
+``TASKS`` holds one entry per task of the paper's Table 1. Entries the evaluation scripts of the
+release use reproduce those prompts token for token. The others say which released tokens we chose.
+Question-answer tasks follow the audio language with ``<|question|>QUESTION<|answer|>`` and no
+further tags, as ``evaluate_aqa.py`` does. Some tasks have a label that no released token names
+(language, dialect, gender, age, same speaker, singer, title). They are asked with a fixed question.
+Thus no two tasks with different outputs share a prompt.
 
-A Qwen2-Audio tokenizer (its ``family``) gets the same tasks as that family's natural-language instructions instead
-(:func:`family_prompt`). This holds in training as in evaluation.
+A Qwen2-Audio tokenizer (its ``family``) gets the same tasks as that family's natural-language
+instructions instead (:func:`family_prompt`). This holds in training as in evaluation.
 
 Supervised fine-tuning uses ChatML (spec §7) with the family's ``Audio n:<audio>PATH</audio>`` lines
 (:data:`AUDIO_LABELS`). The loss covers only what the assistant says.
@@ -68,8 +70,9 @@ _AUDIO_TAG = re.compile(r"<audio>(.*?)</audio>", re.DOTALL)  # what the release'
 class Task:
     """Tags of one pretraining task.
 
-    The caller names each language left ``None``. An unnamed text language then defaults to the audio language.
-    ``instructions`` lists the allowed output-instruction tokens. The first is the default.
+    The caller names each language left ``None``. An unnamed text language then defaults to the
+    audio language. ``instructions`` lists the allowed output-instruction tokens. The first is the
+    default.
     """
 
     title: str
@@ -350,7 +353,8 @@ def task_prompt(
     """The tag text that follows ``</audio>``, validated against the registry.
 
     For example, ``task_prompt("asr", audio_language="en")`` ==
-    ``"<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"`` (evaluate_asr.py).
+    ``"<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"``
+    (evaluate_asr.py).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
@@ -396,11 +400,12 @@ def family_prompt(
 ) -> str:
     """The text after the audio that asks ``task`` in the words ``family`` was pretrained on.
 
-    This is the one place where the families differ. Qwen-Audio gets its tags (:func:`task_prompt`). Qwen2-Audio
-    gets its natural-language instruction (:func:`~qwen_audio.qwen2_audio.prompts.task_instruction`). The
-    instruction text stands for Qwen-Audio's output-instruction tag too, so Qwen2-Audio reads no ``instruction``.
-    Training (:func:`encode_task`) and evaluation (``Benchmark.prompt``) both ask through here. A model is thus
-    evaluated on the prompts it learned.
+    This is the one place where the families differ. Qwen-Audio gets its tags (:func:`task_prompt`).
+    Qwen2-Audio gets its natural-language instruction
+    (:func:`~qwen_audio.qwen2_audio.prompts.task_instruction`). The instruction text stands for
+    Qwen-Audio's output-instruction tag too, so Qwen2-Audio reads no ``instruction``. Training
+    (:func:`encode_task`) and evaluation (``Benchmark.prompt``) both ask through here. A model is
+    thus evaluated on the prompts it learned.
     """
     if family == "qwen2-audio":
         return task_instruction(
@@ -418,8 +423,8 @@ def family_prompt(
 def family_tasks(family: Family) -> Mapping[str, object]:
     """The tasks :func:`family_prompt` can ask ``family``.
 
-    The manifest readers refuse any other task at its line. They do so before training starts, not when its example
-    is first built.
+    The manifest readers refuse any other task at its line. They do so before training starts, not
+    when its example is first built.
     """
     return INSTRUCTIONS if family == "qwen2-audio" else TASKS
 
@@ -572,14 +577,15 @@ def encode_task(
     The prompt is in the family's words (:func:`family_prompt`). ``load`` decodes a path item. A
     :class:`Recording` is kept.
 
-    Without ``target`` this is the prompt for generation. It holds the ids evaluation gives the same item: the text
-    of ``Benchmark.prompt`` with its task-token texts encoded as the tokens. With ``target``, only the target and
-    the closing end-of-text token carry loss.
+    Without ``target`` this is the prompt for generation. It holds the ids evaluation gives the same
+    item: the text of ``Benchmark.prompt`` with its task-token texts encoded as the tokens. With
+    ``target``, only the target and the closing end-of-text token carry loss.
 
-    When the prompt ends with a timestamp (SRWT), the target must start with that timestamp. That timestamp is a
-    Qwen-Audio timestamp token, or the same text in Qwen2-Audio's instruction (that tokenizer has no timestamp
-    tokens). The sequence holds it once, in the prompt, where generation finds it. Target text may contain the task
-    tokens (timestamps, entity marks, MIDI notes...) but no audio.
+    When the prompt ends with a timestamp (SRWT), the target must start with that timestamp. That
+    timestamp is a Qwen-Audio timestamp token, or the same text in Qwen2-Audio's instruction (that
+    tokenizer has no timestamp tokens). The sequence holds it once, in the prompt, where generation
+    finds it. Target text may contain the task tokens (timestamps, entity marks, MIDI notes...) but
+    no audio.
     """
     items = [audio] if isinstance(audio, (str, Recording)) else list(audio)
     prompt = family_prompt(
@@ -621,10 +627,10 @@ def format_timestamped_words(
 ) -> str:
     """The release's SRWT target: units between shared timestamps, ``<|0.00|><|sil|><|0.54|>面<|0.86|>条<|1.17|>``.
 
-    Times are rounded to 0.01 s. An end beyond 30 s is clipped to 30.00, since the model hears the first 30 s. A
-    gap of more than ``min_silence`` seconds before a word becomes a ``<|sil|>`` unit. With ``duration``, so does
-    such a gap after the last word. A shorter gap joins the word that follows it. With n units there are n + 1
-    timestamps, the first 0.00.
+    Times are rounded to 0.01 s. An end beyond 30 s is clipped to 30.00, since the model hears the
+    first 30 s. A gap of more than ``min_silence`` seconds before a word becomes a ``<|sil|>`` unit.
+    With ``duration``, so does such a gap after the last word. A shorter gap joins the word that
+    follows it. With n units there are n + 1 timestamps, the first 0.00.
     """
     tokens = [timestamp_token(0.0)]
     previous_end = 0
@@ -717,8 +723,9 @@ class Message:
 class AudioLabels:
     """How a family's chat turns name their audios (the paper's "Audio id:" convention, §3.3).
 
-    Each audio is written as ``Audio {n}:``, then ``separator``, then the audio and a newline. With ``per_message``,
-    ``n`` restarts at 1 in every message. Otherwise it counts on over the whole conversation.
+    Each audio is written as ``Audio {n}:``, then ``separator``, then the audio and a newline. With
+    ``per_message``, ``n`` restarts at 1 in every message. Otherwise it counts on over the whole
+    conversation.
     """
 
     separator: str
@@ -726,9 +733,11 @@ class AudioLabels:
 
 
 AUDIO_LABELS: dict[Family, AudioLabels] = {
-    # Qwen-Audio's from_list_format (tokenization_qwen.py): "Audio 1:<audio>a.wav</audio>\n", per call
+    # Qwen-Audio's from_list_format (tokenization_qwen.py): "Audio 1:<audio>a.wav</audio>\n", per
+    # call
     "qwen-audio": AudioLabels(separator="", per_message=True),
-    # Qwen2AudioProcessor's chat template: "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n", one count per chat
+    # Qwen2AudioProcessor's chat template: "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n", one
+    # count per chat
     "qwen2-audio": AudioLabels(separator=" ", per_message=False),
 }
 
@@ -780,13 +789,15 @@ def encode_chat(
 ) -> Example:
     """ChatML ids as the release's ``make_context`` builds them, with loss on each assistant content + ``<|im_end|>``.
 
-    The ids open with ``<|im_start|>system\\n{system}<|im_end|>``. The system prompt is the default unless
-    ``messages`` starts with one. Each turn then adds ``\\n<|im_start|>{role}\\n{content}<|im_end|>``. Role and
-    content are encoded separately. The content may hold the release's audio-task special tokens (e.g. timestamps).
+    The ids open with ``<|im_start|>system\\n{system}<|im_end|>``. The system prompt is the default
+    unless ``messages`` starts with one. Each turn then adds
+    ``\\n<|im_start|>{role}\\n{content}<|im_end|>``. Role and content are encoded separately. The
+    content may hold the release's audio-task special tokens (e.g. timestamps).
     ``add_generation_prompt`` appends ``\\n<|im_start|>assistant\\n`` for generation.
 
-    Item lists are written with the labels of the tokenizer's family (:func:`list_pieces`). For Qwen2-Audio the ids
-    are its processor's chat template's. That template only adds a newline after the last turn.
+    Item lists are written with the labels of the tokenizer's family (:func:`list_pieces`). For
+    Qwen2-Audio the ids are its processor's chat template's. That template only adds a newline after
+    the last turn.
     """
     has_system = bool(messages) and messages[0].role == "system"
     builder = ExampleBuilder(tokenizer, load)

@@ -1,7 +1,7 @@
 """The release's text normalisation (``remove_sp`` in ``evaluate_asr.py``) and the language check it needs.
 
-It sits below ``data/`` and ``eval/``. WER scoring normalises with it, and the manifest reader compares spellings
-after it. Neither package thus has to import the other.
+It sits below ``data/`` and ``eval/``. WER scoring normalises with it, and the manifest reader
+compares spellings after it. Neither package thus has to import the other.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def check_language(language: str, field: str = "language") -> None:
 def release_normalize(text: str, language: str) -> str:
     """Normalise ``text`` as the release's ``remove_sp`` does.
 
-    Every ``<|...|>`` becomes a space, and runs of whitespace one space. The space before ``!,.?;:`` goes, and
-    leading spaces go. For Chinese all whitespace goes, since it is scored by characters.
+    Every ``<|...|>`` becomes a space, and runs of whitespace one space. The space before ``!,.?;:``
+    goes, and leading spaces go. For Chinese all whitespace goes, since it is scored by characters.
     """
     check_language(language)
     text = _WHITESPACE.sub(" ", _SPECIAL_TOKEN.sub(" ", text))

@@ -1,13 +1,15 @@
 """The released Qwen-Audio tokenizer on tiktoken, and the :class:`Tokenizer` protocol.
 
-Token ids are the model's input contract. A checkpoint only works with the ids it was trained on. The regular
-tokens come from a ``base64(token) rank`` file. That is the released ``qwen.tiktoken``, or the small demo file built
-by ``scripts/build_demo_tokenizer.py``. The special tokens follow in the released order. With the released file,
-every special token thus has its released id (``<|endoftext|>`` 151643 ... ``</audio>`` 155164). With a file of
-``n`` ranks, the same specials start at ``n``.
+Token ids are the model's input contract. A checkpoint only works with the ids it was trained on.
+The regular tokens come from a ``base64(token) rank`` file. That is the released ``qwen.tiktoken``,
+or the small demo file built by ``scripts/build_demo_tokenizer.py``. The special tokens follow in
+the released order. With the released file, every special token thus has its released id
+(``<|endoftext|>`` 151643 ... ``</audio>`` 155164). With a file of ``n`` ranks, the same specials
+start at ``n``.
 
-Unlike the release, :meth:`QwenAudioTokenizer.encode` turns no text into special tokens unless the caller names
-them in ``allowed_special``. A transcript that happens to contain ``<|en|>`` stays text.
+Unlike the release, :meth:`QwenAudioTokenizer.encode` turns no text into special tokens unless the
+caller names them in ``allowed_special``. A transcript that happens to contain ``<|en|>`` stays
+text.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def timestamp_token(seconds: float) -> str:
     return f"<|{centiseconds / 100:.2f}|>"
 
 
-# Everything the release's AUDIO_ST tuple holds, in its order: these follow <|endoftext|>, <|im_start|>,
-# <|im_end|> and <|extra_0..204|>, and are the specials the release lets text in chat turns turn into.
+# Everything the release's AUDIO_ST tuple holds, in its order: these follow <|endoftext|>,
+# <|im_start|>, <|im_end|> and <|extra_0..204|>, and are the specials the release lets text in chat
+# turns turn into.
 AUDIO_SPECIAL_TOKENS: tuple[str, ...] = (
     AUDIO_PAD,
     START_OF_TRANSCRIPT,
@@ -123,7 +126,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     *(f"<|extra_{i}|>" for i in range(205)),
     *AUDIO_SPECIAL_TOKENS,
 )
-# Specials a task's output text may contain (timestamps, entity marks, MIDI notes ...): no audio markup.
+# Specials a task's output text may contain (timestamps, entity marks, MIDI notes ...): no audio
+# markup.
 TASK_TOKENS: frozenset[str] = frozenset(AUDIO_SPECIAL_TOKENS) - {AUDIO_PAD, AUDIO_START, AUDIO_END}
 
 AllowedSpecial = AbstractSet[str] | Literal["all"]
@@ -209,8 +213,8 @@ class QwenAudioTokenizer:
     def released(cls) -> QwenAudioTokenizer:
         """The released vocabulary (n_vocab 155165), read from the ``qwen.tiktoken`` inside the dashscope wheel.
 
-        The dashscope 2.0.2 wheel ships the exact file of the Qwen-Audio release. Its sha256 is checked, so a
-        changed file cannot silently shift ids.
+        The dashscope 2.0.2 wheel ships the exact file of the Qwen-Audio release. Its sha256 is
+        checked, so a changed file cannot silently shift ids.
         """
         hint = "install the wheel that ships it: pip install dashscope==2.0.2"
         try:
@@ -236,8 +240,8 @@ class QwenAudioTokenizer:
     def load(cls, name: str | os.PathLike) -> QwenAudioTokenizer:
         """The tokenizer named ``"released"``, ``"demo"`` or the path of a ranks file.
 
-        These are Qwen-Audio's values of ``QwenAudioConfig.tokenizer``. ``qwen_audio.checkpoint.load_tokenizer``
-        knows both families' values.
+        These are Qwen-Audio's values of ``QwenAudioConfig.tokenizer``.
+        ``qwen_audio.checkpoint.load_tokenizer`` knows both families' values.
         """
         if name == "released":
             return cls.released()
@@ -275,8 +279,8 @@ class QwenAudioTokenizer:
     def encode(self, text: str, allowed_special: AllowedSpecial = frozenset()) -> list[int]:
         """NFC-normalise and encode.
 
-        Only the special tokens named in ``allowed_special`` ("all" for every one) are recognised. Any other
-        special-token text is encoded as the plain text it is.
+        Only the special tokens named in ``allowed_special`` ("all" for every one) are recognised.
+        Any other special-token text is encoded as the plain text it is.
         """
         text = unicodedata.normalize("NFC", text)
         if allowed_special != "all":
@@ -288,8 +292,8 @@ class QwenAudioTokenizer:
     def _warn_unknown_tags(self, text: str) -> None:
         """Warn about tag-like text that is no special token, such as the typo ``<|xx|>``.
 
-        Such text stays text, as in the release, so parity holds. But where the caller reads tags from text, it
-        most likely meant a tag, so this says so.
+        Such text stays text, as in the release, so parity holds. But where the caller reads tags
+        from text, it most likely meant a tag, so this says so.
         """
         for tag in sorted(set(TAG_LIKE.findall(text)) - self.special_tokens.keys()):
             warnings.warn(
@@ -299,8 +303,9 @@ class QwenAudioTokenizer:
             )
 
     def decode(self, ids: Sequence[int], audio_sources: Sequence[str] | None = None) -> str:
-        """Text of ``ids``. With ``audio_sources``, each expanded audio span (``<audio>``, placeholders,
-        ``</audio>``) is written back as ``<audio>SOURCE</audio>``, as the release's decoder does."""
+        """Text of ``ids``. With ``audio_sources``, each expanded audio span (``<audio>``,
+        placeholders, ``</audio>``) is written back as ``<audio>SOURCE</audio>``, as the release's
+        decoder does."""
         ids = list(map(int, ids))
         n_vocab = self.n_vocab
         if ids and not (

@@ -1,7 +1,8 @@
 """What Whisper's log-mel is: its STFT geometry, window, mel filterbank and log range, with no code that computes it.
 
-The one place these numbers live: the front end (``qwen_audio.audio``) and the kernels (``qwen_audio.kernels``,
-torch and Triton) both import them from here, so neither has to import the other.
+The one place these numbers live: the front end (``qwen_audio.audio``) and the kernels
+(``qwen_audio.kernels``, torch and Triton) both import them from here, so neither has to import the
+other.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def stft_window(device: torch.device) -> torch.Tensor:
 
 @cache
 def _mel_filters_cpu(n_mels: int) -> torch.Tensor:
-    # Computed in float64 and rounded once, as librosa (Whisper's mel_filters.npz) and transformers do: torchaudio's
-    # float32 filterbank is 1.6e-7 off, which moves the 128-bin log-mel by 1.5e-5.
+    # Computed in float64 and rounded once, as librosa (Whisper's mel_filters.npz) and transformers
+    # do: torchaudio's float32 filterbank is 1.6e-7 off, which moves the 128-bin log-mel by 1.5e-5.
     from transformers.audio_utils import mel_filter_bank
 
     filters = mel_filter_bank(

@@ -1,7 +1,7 @@
 """The LightningCLI shared by the recipes.
 
-It gives the data module the model's tokenizer and mel bins (``connect``). An input error (a bad manifest line, config
-or checkpoint) ends the run with its message alone (:mod:`qwen_audio.errors`).
+It gives the data module the model's tokenizer and mel bins (``connect``). An input error (a bad
+manifest line, config or checkpoint) ends the run with its message alone (:mod:`qwen_audio.errors`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ class QwenAudioCLI(LightningCLI):
     def checked_ckpt_path(self) -> str | None:
         """The ``--ckpt_path`` file given on the command line, or None for none or one of Lightning's special values.
 
-        A file that is missing, truncated or not a QwenAudioModule checkpoint is refused here, by name. Lightning
-        would fail inside ``torch.load`` without naming it. ``last`` is resolved in :meth:`before_fit`.
+        A file that is missing, truncated or not a QwenAudioModule checkpoint is refused here, by
+        name. Lightning would fail inside ``torch.load`` without naming it. ``last`` is resolved in
+        :meth:`before_fit`.
         """
         ckpt_path = (
             self.config[self.config.subcommand].get("ckpt_path")
@@ -60,7 +61,8 @@ class QwenAudioCLI(LightningCLI):
     def before_fit(self) -> None:
         """Connect the data module, and resolve ``--ckpt_path last``.
 
-        ``last`` resumes from the newest complete checkpoint on disk, refused if another preset wrote it.
+        ``last`` resumes from the newest complete checkpoint on disk, refused if another preset
+        wrote it.
         """
         self.connect_datamodule()
         arguments = self.config_init[self.subcommand]

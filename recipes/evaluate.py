@@ -1,9 +1,11 @@
 """Evaluate a model on a benchmark of the paper.
 
-Run ``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml --data.benchmark NAME`` with
-``--model.checkpoint DIR`` (a released-layout folder), ``--ckpt_path X.ckpt`` (a QwenAudioModule checkpoint), or both.
-The config ``recipes/configs/evaluate/demo.yaml`` evaluates on the held-out demo corpus. Results go to
-``trainer.default_root_dir``, by default ``runs/evaluate/<benchmark>``. See docs/evaluation.md.
+Run
+``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml --data.benchmark NAME``
+with ``--model.checkpoint DIR`` (a released-layout folder), ``--ckpt_path X.ckpt`` (a
+QwenAudioModule checkpoint), or both. The config ``recipes/configs/evaluate/demo.yaml`` evaluates on
+the held-out demo corpus. Results go to ``trainer.default_root_dir``, by default
+``runs/evaluate/<benchmark>``. See docs/evaluation.md.
 """
 
 from __future__ import annotations

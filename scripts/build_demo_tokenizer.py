@@ -3,14 +3,15 @@
 Usage:
     python scripts/build_demo_tokenizer.py            # rewrites the committed file (byte-identical: deterministic).
 
-The BPE is byte-level, in the released Qwen way. Text is NFC-normalised and pre-split with the released pattern
-(PAT_STR). Ranks 0 ... 255 are the single bytes, then come 3840 learned merges, for exactly 4096 regular ranks. The
-released special tokens follow at load time. The demo vocabulary thus has n_vocab 4096 + 3522 = 7618 (``<audio>`` =
-7616).
+The BPE is byte-level, in the released Qwen way. Text is NFC-normalised and pre-split with the
+released pattern (PAT_STR). Ranks 0 ... 255 are the single bytes, then come 3840 learned merges, for
+exactly 4096 regular ranks. The released special tokens follow at load time. The demo vocabulary
+thus has n_vocab 4096 + 3522 = 7618 (``<audio>`` = 7616).
 
-The training text is the sentence column of ``qwen_audio/assets/demo_corpus.txt`` (lines ``en|zh|label<TAB>text``),
-one sentence per line. Each step merges the most frequent adjacent pair, with ties broken by the smaller byte pair.
-The result thus does not depend on dictionary order or the Python version.
+The training text is the sentence column of ``qwen_audio/assets/demo_corpus.txt`` (lines
+``en|zh|label<TAB>text``), one sentence per line. Each step merges the most frequent adjacent pair,
+with ties broken by the smaller byte pair. The result thus does not depend on dictionary order or
+the Python version.
 """
 
 from __future__ import annotations

@@ -3,18 +3,20 @@
 Usage:
     python scripts/check_docs.py   # checks README.md, docs/*.md and benchmarks_perf/*.md, exits 1 on a problem.
 
-The convention is set in docs/experiments.md, "How configurations are chosen". Each Markdown table has a
-paragraph starting ``Source:`` as the nearest paragraph above or below it. That paragraph names one of two things.
+The convention is set in docs/experiments.md, "How configurations are chosen". Each Markdown table
+has a paragraph starting ``Source:`` as the nearest paragraph above or below it. That paragraph
+names one of two things.
 
 The first is a link to the entry that records the run (``[...](experiments.md#...)``,
 ``[...](benchmarks_perf/RESULTS.md)``) or to the publication quoted.
 
-The second is the command in backquotes, the date (``YYYY-MM-DD``) and the commit (7 to 40 hex digits). Where a
-past run's command was never recorded, the words "command not recorded" stand in its place. The gap is thus
-stated, not hidden.
+The second is the command in backquotes, the date (``YYYY-MM-DD``) and the commit (7 to 40 hex
+digits). Where a past run's command was never recorded, the words "command not recorded" stand in
+its place. The gap is thus stated, not hidden.
 
-A table that holds no measured figure (a list of files, of options) says so with ``<!-- not results -->``. That
-marker is the nearest non-blank line above the table. Tables inside fenced code blocks are not tables.
+A table that holds no measured figure (a list of files, of options) says so with
+``<!-- not results -->``. That marker is the nearest non-blank line above the table. Tables inside
+fenced code blocks are not tables.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ COMMIT = re.compile(r"\b[0-9a-f]{7,40}\b")
 def tables(lines: Sequence[str]) -> Iterator[tuple[int, int]]:
     """``(first, last)`` line indices of each table.
 
-    A table is a ``|`` row followed by a separator row, and the rows after it. Fenced code blocks are skipped.
+    A table is a ``|`` row followed by a separator row, and the rows after it. Fenced code blocks
+    are skipped.
     """
     fenced, index = False, 0
     while index < len(lines):

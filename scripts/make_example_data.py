@@ -3,15 +3,17 @@
 Usage:
     python scripts/make_example_data.py data   # writes data/my_hf_dataset/ and data/cuts_train.jsonl.gz.
 
-See README, "Your own data", for the converters. Both outputs hold English digit strings ("four one seven") spoken
-by espeak-ng (:mod:`qwen_audio.data.demo.espeak`), so nothing is downloaded. Both are written by the real
-libraries, in the layouts users bring.
+See README, "Your own data", for the converters. Both outputs hold English digit strings ("four one
+seven") spoken by espeak-ng (:mod:`qwen_audio.data.demo.espeak`), so nothing is downloaded. Both are
+written by the real libraries, in the layouts users bring.
 
-``my_hf_dataset`` is a ``DatasetDict`` (``train``, ``test``) written by ``save_to_disk``. It has Common Voice's
-columns: ``audio`` (an ``Audio`` column holding each clip's wav bytes), ``sentence`` and ``locale``.
+``my_hf_dataset`` is a ``DatasetDict`` (``train``, ``test``) written by ``save_to_disk``. It has
+Common Voice's columns: ``audio`` (an ``Audio`` column holding each clip's wav bytes), ``sentence``
+and ``locale``.
 
-``cuts_train.jsonl.gz`` is a lhotse CutSet whose recordings are wav files in ``example_audio/``. Its supervisions
-spell the language out ("English", as lhotse recipes do) and carry the synthesiser's word alignment.
+``cuts_train.jsonl.gz`` is a lhotse CutSet whose recordings are wav files in ``example_audio/``. Its
+supervisions spell the language out ("English", as lhotse recipes do) and carry the synthesiser's
+word alignment.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ Usage:
     python scripts/shard_parity.py --steps 20      # a quick look.
 
 The script writes the demo corpus's training manifest (size 48, 288 lines) as shards
-(:func:`qwen_audio.data.shard.write_shards`). It then runs ``recipes.pretrain`` twice from the same seed,
-streamed, each run in its own process: once on the manifest and once on its shards. It prints the losses of the
-two runs side by side, with their largest difference. The recipe is demo.yaml with the ``tiny`` model and short
-batches. A few hundred steps thus take minutes on a CPU.
+(:func:`qwen_audio.data.shard.write_shards`). It then runs ``recipes.pretrain`` twice from the same
+seed, streamed, each run in its own process: once on the manifest and once on its shards. It prints
+the losses of the two runs side by side, with their largest difference. The recipe is demo.yaml with
+the ``tiny`` model and short batches. A few hundred steps thus take minutes on a CPU.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 The line runs through :func:`~qwen_audio.data.dataset.encode_entry`,
 :func:`~qwen_audio.data.collate.collate` and the model's loss, on a tiny model and a 1 s clip made
-here. ``sys.setprofile`` records the project's functions in the order of their first call. That is the
-order in which a reader who follows the line meets them. Each function's module is mapped to its
-layer in the import-linter contracts of ``pyproject.toml``. Runs of one layer are merged. Each
-step into a layer that appeared earlier counts as one return.
+here. ``sys.setprofile`` records the project's functions in the order of their first call. That is
+the order in which a reader who follows the line meets them. Each function's module is mapped to its
+layer in the import-linter contracts of ``pyproject.toml``. Runs of one layer are merged. Each step
+into a layer that appeared earlier counts as one return.
 
 Usage:
     python scripts/trace_layers.py            # the count, and the layer sequence

@@ -55,8 +55,9 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _server(checkpoint: str, log: str, *options: str) -> Iterator[str]:
-    """``python -m qwen_audio.serve --checkpoint CHECKPOINT --device cpu OPTIONS`` on a free port, its output in
-    ``log``: yields its URL once ``/health`` answers ok, and stops it (and its inference worker) afterwards."""
+    """``python -m qwen_audio.serve --checkpoint CHECKPOINT --device cpu OPTIONS`` on a free port,
+    its output in ``log``: yields its URL once ``/health`` answers ok, and stops it (and its
+    inference worker) afterwards."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:

@@ -109,7 +109,8 @@ def test_batch_normalises_each_example_by_its_own_maximum():
     batch = log_mel_spectrogram(torch.stack([quiet, loud]))
     for row, clip in zip(batch, (quiet, loud), strict=True):
         torch.testing.assert_close(row, _whisper_mel(clip), atol=1e-4, rtol=0)
-    # Whisper on the stacked batch uses one maximum: the quiet clip then differs from running it alone.
+    # Whisper on the stacked batch uses one maximum: the quiet clip then differs from running it
+    # alone.
     assert (
         whisper.log_mel_spectrogram(torch.stack([quiet, loud]))[0] - _whisper_mel(quiet)
     ).abs().max() > 0.1

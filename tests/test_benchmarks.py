@@ -1,8 +1,9 @@
 """The performance benchmarks run on CPU at their small sizes and print their tables (no timing is asserted).
 
-What they print is checked against independent numbers: attention outputs against SDPA run per sequence,
-generated tokens against transformers' Qwen2ForCausalLM, FLOP counts against hand-worked cases, and the
-benchmarked training step against what stage 1 must do (encoder updated, LLM untouched).
+What they print is checked against independent numbers: attention outputs against SDPA run per
+sequence, generated tokens against transformers' Qwen2ForCausalLM, FLOP counts against hand-worked
+cases, and the benchmarked training step against what stage 1 must do (encoder updated, LLM
+untouched).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def table_rows(output: str, header: str) -> list[list[str]]:
 def test_attention_flops_count_real_pairs_only(bench):
     attention = bench("bench_attention")
     lengths = torch.tensor([2, 3])
-    # 2 heads x 4 dims; non-causal pairs 2^2 + 3^2 = 13, causal 3 + 6 = 9; 4 FLOPs per pair per head-dim
+    # 2 heads x 4 dims; non-causal pairs 2^2 + 3^2 = 13, causal 3 + 6 = 9; 4 FLOPs per pair per
+    # head-dim
     assert attention.Case("e", False, lengths, 2, 4).flops(False) == 4 * 13 * 8
     assert attention.Case("d", True, lengths, 2, 4).flops(False) == 4 * 9 * 8
     assert attention.Case("d", True, lengths, 2, 4).flops(True) == 4 * 9 * 8 * 3.5
@@ -58,7 +60,8 @@ def test_attention_flops_count_real_pairs_only(bench):
 def test_attention_full_cases_follow_the_model_shapes(bench):
     attention = bench("bench_attention")
     encoder, decoder = attention.full_cases(torch.Generator().manual_seed(0))
-    # 1 s -> 100 mel frames -> 50 encoder frames; 30 s -> 1500 (the encoder's n_ctx); d = 20 x 64 = 1280
+    # 1 s -> 100 mel frames -> 50 encoder frames; 30 s -> 1500 (the encoder's n_ctx); d = 20 x 64 =
+    # 1280
     assert (
         50 <= int(encoder.lengths.min())
         and int(encoder.lengths.max()) <= 1500
@@ -108,7 +111,8 @@ def test_bench_train_step_updates_the_encoder_only(bench):
     for name, param in module.model.named_parameters():
         changed = not torch.equal(param, before[name])
         assert changed == name.startswith("transformer.audio."), name
-    # labels: the tokens after </audio> (the target), labelled with themselves; prompt, audio and padding ignored
+    # labels: the tokens after </audio> (the target), labelled with themselves; prompt, audio and
+    # padding ignored
     lengths = batch["attention_mask"].sum(1)
     for ids, labels, length in zip(batch["input_ids"], batch["labels"], lengths, strict=True):
         end = int((ids == config.audio_end_id).nonzero())

@@ -55,7 +55,8 @@ def fingerprint(manifests) -> dict[str, str]:
     }
 
 
-# ---- the espeak-ng binding ------------------------------------------------------------------------------------------
+# ---- the espeak-ng binding
+# ------------------------------------------------------------------------------------------
 
 
 def test_english_words_and_timings():
@@ -126,12 +127,13 @@ def test_synthesize_rejects_bad_arguments():
         synthesize("  ")
 
 
-# ---- the corpus -----------------------------------------------------------------------------------------------------
+# ---- the corpus
+# -----------------------------------------------------------------------------------------------------
 
 
 def test_corpus_is_deterministic_and_cached(corpus, tmp_path):
-    # built again after this process has synthesised other speech, and on another second of the clock (which
-    # libespeak-ng would seed its noise from): the same bytes
+    # built again after this process has synthesised other speech, and on another second of the
+    # clock (which libespeak-ng would seed its noise from): the same bytes
     time.sleep(1.0)
     again = build_demo_corpus(tmp_path, seed=0, size=SIZE)
     assert again["train"] == tmp_path / f"demo-{DEMO_VERSION}-seed0-size{SIZE}" / "train.jsonl"
@@ -195,7 +197,8 @@ def test_speech_is_digit_strings_held_out_from_training(corpus):
                 text.split() if text.isascii() else list(text)
             )  # English words, Mandarin characters
             assert set(words) <= set(DIGITS["en"]) or set(words) <= set(DIGITS["zh"]), text
-            # training has short strings too; the held-out ones stay 3 to 6 digits, as in earlier corpus versions
+            # training has short strings too; the held-out ones stay 3 to 6 digits, as in earlier
+            # corpus versions
             assert (1 if split == "train" else 3) <= len(words) <= 6, (split, text)
 
 
@@ -318,9 +321,9 @@ def test_asc_labels_and_asset_labels(corpus):
 
 
 def test_noisy_and_unseen_rows_read_the_held_out_strings(corpus):
-    """Each held-out split's noisy row is its clean ASR clips plus noise at 5 to 20 dB SNR (measured:
-    the clean clip's least-squares share of the mixture against the rest), its unseen row the same
-    strings in other voices."""
+    """Each held-out split's noisy row is its clean ASR clips plus noise at 5 to 20 dB SNR
+    (measured: the clean clip's least-squares share of the mixture against the rest), its unseen row
+    the same strings in other voices."""
     for split in SPLITS[1:]:
         clean = [e for e in read_manifest(corpus[split]) if e.task == "asr"]
         noisy, unseen = (
@@ -365,8 +368,9 @@ def _items_from_manifests(manifests) -> dict[str, set[str]]:
 
 
 def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
-    """Two sizes x two seeds: no validation or test digit string, note, babble sentence or AQA layout of one corpus
-    is in the training split of any of them (split membership comes from the item, not from its position)."""
+    """Two sizes x two seeds: no validation or test digit string, note, babble sentence or AQA
+    layout of one corpus is in the training split of any of them (split membership comes from the
+    item, not from its position)."""
     corpora = [
         build_demo_corpus(tmp_path, seed=seed, size=size) for seed in (0, 1) for size in (5, 21)
     ]
@@ -384,7 +388,8 @@ def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
     # the seeds draw different items, so the check above compared different corpora
     assert set(recorded[0]["test"]) != set(recorded[2]["test"])
     # voices and noise types: a held-out split's unseen voices and noisy-row noise kinds are in no
-    # corpus's training speech, babble, ASC scenes or training noise, nor in the other held-out split
+    # corpus's training speech, babble, ASC scenes or training noise, nor in the other held-out
+    # split
     for kind in ("voices", "noises"):
         for held_out in recorded:
             for training in recorded:

@@ -67,7 +67,8 @@ ROBUSTNESS_SOURCES = {
     f"demo_asr_{lang}_{row}" for lang in ("en", "zh") for row in ("noisy", "unseen")
 }
 
-# The prompt templates of QwenLM/Qwen-Audio eval_audio/evaluate_*.py, filled in by hand as each script fills them.
+# The prompt templates of QwenLM/Qwen-Audio eval_audio/evaluate_*.py, filled in by hand as each
+# script fills them.
 RELEASE_PROMPTS = [
     (
         "librispeech",
@@ -153,8 +154,9 @@ def test_official_prompt_is_the_release_string(name, source, question, expected)
     )
 
 
-# Qwen2-Audio's prompts after the audio: the "prompt" fields of the evaluation files named in QwenLM/Qwen2-Audio
-# eval_audio/EVALUATION.md (ASR, CoVoST2 with our language names, MELD, VocalSound) and its model card's caption.
+# Qwen2-Audio's prompts after the audio: the "prompt" fields of the evaluation files named in
+# QwenLM/Qwen2-Audio eval_audio/EVALUATION.md (ASR, CoVoST2 with our language names, MELD,
+# VocalSound) and its model card's caption.
 QWEN2_RELEASE_PROMPTS = [
     (
         "librispeech",
@@ -487,9 +489,9 @@ def test_demo_validation_split_has_the_same_rows_of_other_items(demo_env, folder
 
 
 def test_lightning_checkpoint_gives_the_weights(demo_env, folder_run):
-    """A QwenAudioModule checkpoint (its training hyperparameters do not stop the run) gives its ``model.*``
-    weights. The run's own seed initialises the preset model differently, so equal predictions mean the weights
-    came from the checkpoint."""
+    """A QwenAudioModule checkpoint (its training hyperparameters do not stop the run) gives its
+    ``model.*`` weights. The run's own seed initialises the preset model differently, so equal
+    predictions mean the weights came from the checkpoint."""
     root, model = demo_env
     checkpoint = root / "tiny.ckpt"
     torch.save(
@@ -512,8 +514,8 @@ def _recorded_export(root: Path, name: str, record: dict) -> Path:
 
 
 def test_demo_evaluation_reads_the_corpus_the_export_records(demo_env, folder_run, monkeypatch):
-    """No --data.corpus.size: the size-2 corpus the export names is read, the same items as asking for it. No
-    --trainer.default_root_dir: the results go to runs/evaluate/<benchmark>."""
+    """No --data.corpus.size: the size-2 corpus the export names is read, the same items as asking
+    for it. No --trainer.default_root_dir: the results go to runs/evaluate/<benchmark>."""
     root, _ = demo_env
     folder = _recorded_export(root, "recorded", corpus_record(seed=0, size=2))
     (root / "recorded-run").mkdir()
@@ -560,8 +562,9 @@ def test_demo_evaluation_refuses_another_corpus_than_the_recorded_one(demo_env, 
 
 
 def test_demo_evaluation_refuses_a_corpus_that_other_code_built(demo_env):
-    """Same version, seed and size, other manifests: what a generator changed without a DEMO_VERSION bump leaves in
-    the cache (on 2026-12-04, notes an octave higher were scored on a cached corpus of the old notes)."""
+    """Same version, seed and size, other manifests: what a generator changed without a DEMO_VERSION
+    bump leaves in the cache (on 2026-12-04, notes an octave higher were scored on a cached corpus
+    of the old notes)."""
     root, _ = demo_env
     record = corpus_record(seed=0, size=2)
     same = _recorded_export(

@@ -28,7 +28,8 @@ from recipes.experiments.common import (
 )
 from recipes.experiments.flat_prompts import FlatPromptDataset, encode_flat
 
-# A Lightning CSVLogger file: training rows and validation rows interleaved, empty cells where nothing was logged.
+# A Lightning CSVLogger file: training rows and validation rows interleaved, empty cells where
+# nothing was logged.
 METRICS_CSV = """\
 epoch,step,train/loss,val/loss,val/loss_asr,val/loss_aqa
 0,9,5.0,,,
@@ -204,8 +205,9 @@ def test_scorers_on_hand_worked_answers(clip):
             words=(TimedWord("one", 0.1, 0.4), TimedWord("two", 0.45, 0.8)),
         )
     ]
-    # reference <|0.00|>one<|0.40|>two<|0.80|> (gaps under 0.2 s join the next word); the generation follows the
-    # prompt's <|0.00|>: "on" is a substitution, "two" matches with |0.40-0.40| + |0.90-0.80| s = 100 ms shift
+    # reference <|0.00|>one<|0.40|>two<|0.80|> (gaps under 0.2 s join the next word); the generation
+    # follows the prompt's <|0.00|>: "on" is a substitution, "two" matches with |0.40-0.40| +
+    # |0.90-0.80| s = 100 ms shift
     entry = srwt[0]
     assert (
         task_target(entry.task, entry.text, entry.words, entry.duration)
@@ -215,7 +217,8 @@ def test_scorers_on_hand_worked_answers(clip):
         "SRWT WER en": 50.0,
         "SRWT AAS ms en": pytest.approx(100.0),
     }
-    # MNA as demo_mna scores it: the whole answer must match (one wrong pitch, one wrong instrument: none right)
+    # MNA as demo_mna scores it: the whole answer must match (one wrong pitch, one wrong instrument:
+    # none right)
     mna = [
         ManifestEntry(audio, "mna", "<|pitch|><|midi_pitch_60|><|instrument|>piano", None, "en")
     ] * 3
@@ -278,7 +281,8 @@ def test_srwt_ablation_end_to_end(tmp_path, monkeypatch):
         lines = (tmp_path / "out" / run / "predictions.jsonl").read_text().splitlines()
         assert sorted(json.loads(line)["audio"] for line in lines) == sorted(e.audio for e in test)
 
-    # Run again with the same --out: every run is finished, so nothing trains and the table is the same.
+    # Run again with the same --out: every run is finished, so nothing trains and the table is the
+    # same.
     def no_training(*args, **kwargs):
         raise AssertionError(f"a finished run was retrained: {args}")
 

@@ -24,9 +24,9 @@ from qwen_audio.lit.module import QwenAudioModule
 from qwen_audio.model import token_losses
 from qwen_audio.tokenizer import QwenAudioTokenizer
 
-# A collective out of step makes a rank raise after gloo's own 60 s timeout (init_process_group below), which
-# fails the test; this wall-clock backstop also covers spawning two interpreters and importing torch and
-# Lightning in each, which takes minutes on a loaded 2-core machine.
+# A collective out of step makes a rank raise after gloo's own 60 s timeout (init_process_group
+# below), which fails the test; this wall-clock backstop also covers spawning two interpreters and
+# importing torch and Lightning in each, which takes minutes on a loaded 2-core machine.
 TIMEOUT = 600
 
 

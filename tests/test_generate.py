@@ -359,7 +359,8 @@ def test_stream_text_joins_to_the_decoded_generation(model64, demo, clips, alone
     assert "".join(pieces) == demo.decode(alone[1])
 
 
-# ---- errors ------------------------------------------------------------------------------------------------------
+# ---- errors
+# ------------------------------------------------------------------------------------------------------
 
 
 def test_missing_audio_names_the_path(demo, tmp_path):
@@ -380,7 +381,8 @@ def test_empty_prompt_is_an_error(demo):
         encode_prompts(demo, [""], 20)
 
 
-# ---- command line -------------------------------------------------------------------------------------------------
+# ---- command line
+# -------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -478,15 +480,17 @@ def test_cli_too_short_audio_exits_naming_it(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-# ---- long form ----------------------------------------------------------------------------------------------------
+# ---- long form
+# ----------------------------------------------------------------------------------------------------
 
 
 def test_windows_are_cut_at_the_first_silent_frame_before_each_30_s_limit(tmp_path):
     waveform = torch.from_numpy(
         soundfile.read(write_wav(tmp_path / "long.wav", 70.0, 0, ((27.0, 27.3), (55.5, 55.8))))[0]
     )
-    # window 1: search 25-30 s; the first 0.1 s frame (10 ms hop) that is all zeros starts at 27.00 s -> cut at
-    # its centre 27.05 s = 432800. Window 2 searches 52.05-57.05 s; zeros from 55.50 s -> cut at 888800.
+    # window 1: search 25-30 s; the first 0.1 s frame (10 ms hop) that is all zeros starts at 27.00
+    # s -> cut at its centre 27.05 s = 432800. Window 2 searches 52.05-57.05 s; zeros from 55.50 s
+    # -> cut at 888800.
     assert window_bounds(waveform) == [(0, 432800), (432800, 888800), (888800, 1120000)]
 
 
@@ -621,8 +625,8 @@ def test_hallucination_guard_stops_a_row_longer_than_its_audio(looping, demo, cl
 
 
 def test_rows_joining_and_leaving_the_engine_get_their_solo_tokens(model64, demo, clips):
-    """Continuous batching: prompts join free slots mid-decode and a row leaves early; every row still gets the
-    tokens (greedy) or the seeded sample it gets alone."""
+    """Continuous batching: prompts join free slots mid-decode and a row leaves early; every row
+    still gets the tokens (greedy) or the seeded sample it gets alone."""
     texts = prompts(clips)
     sample = replace(GREEDY, max_new_tokens=8, do_sample=True, temperature=1.5, seed=11)
     greedy = replace(GREEDY, max_new_tokens=8)

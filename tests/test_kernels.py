@@ -1,11 +1,12 @@
 """Triton kernels against their torch references (log-mel: ``log_mel_reference``, itself equal to openai-whisper;
 pool + LayerNorm: float64 ``AvgPool1d(2, 2)`` then ``layer_norm``), plus the backend dispatch rules.
 
-``triton.jit`` decides when a kernel is *defined* whether it is interpreted, so the CPU checks cannot switch the
-interpreter on inside a pytest process that may already have imported the kernels. ``test_interpreter_run``
-reruns this file's ``interpreted`` tests in a subprocess started with ``TRITON_INTERPRET=1`` (tiny shapes);
-``TRITON_INTERPRET=1 pytest tests/test_kernels.py`` runs them directly. CUDA tests use realistic shapes.
-Every tensor the kernel wrappers allocate starts as NaN, so an element a kernel fails to write fails the test.
+``triton.jit`` decides when a kernel is *defined* whether it is interpreted, so the CPU checks
+cannot switch the interpreter on inside a pytest process that may already have imported the kernels.
+``test_interpreter_run`` reruns this file's ``interpreted`` tests in a subprocess started with
+``TRITON_INTERPRET=1`` (tiny shapes); ``TRITON_INTERPRET=1 pytest tests/test_kernels.py`` runs them
+directly. CUDA tests use realistic shapes. Every tensor the kernel wrappers allocate starts as NaN,
+so an element a kernel fails to write fails the test.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def poisoned_allocations(monkeypatch):
 def speech_like(batch: int, num_samples: int, seed: int) -> torch.Tensor:
     """Voiced harmonics and noise under a syllable-rate envelope, a chirp, near-silent gaps, per-clip gains.
 
-    Covers the DFT's hard case: power spanning ~8 decades within a clip, and clips whose peaks differ by 10^4.
+    Covers the DFT's hard case: power spanning ~8 decades within a clip, and clips whose peaks
+    differ by 10^4.
     """
     generator = torch.Generator().manual_seed(seed)
     t = torch.arange(num_samples, dtype=torch.float64) / SAMPLE_RATE
@@ -110,7 +112,8 @@ TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rto
 def check_pool_layer_norm(
     batch: int, frames: int, channels: int, dtype: torch.dtype, device: str
 ) -> None:
-    # Rounded to dtype first, so the float64 truth sees the kernel's inputs and only the kernel's own error counts.
+    # Rounded to dtype first, so the float64 truth sees the kernel's inputs and only the kernel's
+    # own error counts.
     x, weight, bias, dy = (
         t.to(dtype) for t in pool_case(batch, frames, channels, seed=frames * channels)
     )
@@ -133,7 +136,8 @@ def check_pool_layer_norm(
         )
 
 
-# ---- run on CPU through the Triton interpreter -------------------------------------------------------------
+# ---- run on CPU through the Triton interpreter
+# -------------------------------------------------------------
 
 
 def test_interpreter_run():
@@ -219,7 +223,8 @@ def test_interpreted_pool_layer_norm_matches_float64(
     check_pool_layer_norm(batch, frames, channels, dtype, "cpu")
 
 
-# ---- dispatch (no kernel runs) -------------------------------------------------------------------------------
+# ---- dispatch (no kernel runs)
+# -------------------------------------------------------------------------------
 
 
 @not_interpreted
@@ -262,7 +267,8 @@ def test_torch_backend_matches_float64_formula():
     )
 
 
-# ---- CUDA, realistic shapes ----------------------------------------------------------------------------------
+# ---- CUDA, realistic shapes
+# ----------------------------------------------------------------------------------
 
 
 @pytest.mark.cuda

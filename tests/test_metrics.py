@@ -45,13 +45,15 @@ def levenshtein(reference: list[str], hypothesis: list[str]) -> int:
     return row[-1]
 
 
-# --- normalisation -----------------------------------------------------------------------------------------------
+# --- normalisation
+# -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("text", "language", "expected"),
     [
-        # special tokens become spaces, spaces collapse, the space before punctuation goes, only the left is stripped
+        # special tokens become spaces, spaces collapse, the space before punctuation goes, only the
+        # left is stripped
         (
             "<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>Hello , world !",
             "en",
@@ -78,13 +80,15 @@ def test_unknown_language_is_named():
         release_normalize("你好", "cn")
 
 
-# --- WER / CER ---------------------------------------------------------------------------------------------------
+# --- WER / CER
+# ---------------------------------------------------------------------------------------------------
 
 
 def test_error_rate_hand_worked_release_keeps_punctuation():
     references = ["The cat sat on the mat.", "hello world"]
     hypotheses = ["the cat sat on mat.", "hello world !"]
-    # release: lower case only; 1 deletion ("the") + 1 substitution ("world" vs "world!") over 6 + 2 words
+    # release: lower case only; 1 deletion ("the") + 1 substitution ("world" vs "world!") over 6 + 2
+    # words
     assert error_rate(references, hypotheses, "en") == pytest.approx(2 / 8)
     # Whisper's normaliser drops the punctuation: only the deletion is left
     assert error_rate(references, hypotheses, "en", normalizer="whisper") == pytest.approx(1 / 8)
@@ -96,7 +100,8 @@ def test_error_rate_whisper_normalizer_counts_mister_as_mr():
 
 
 def test_error_rate_chinese_is_by_character():
-    # 1 substitution (气 -> 汽) + 1 insertion (啊) over 6 characters; the spaces in the hypothesis do not count
+    # 1 substitution (气 -> 汽) + 1 insertion (啊) over 6 characters; the spaces in the hypothesis do
+    # not count
     assert error_rate(["今天天气很好"], ["今天 天汽 很好啊"], "zh") == pytest.approx(2 / 6)
 
 
@@ -137,7 +142,8 @@ def test_error_rate_bad_input(kwargs, message):
         error_rate(**kwargs)
 
 
-# --- BLEU --------------------------------------------------------------------------------------------------------
+# --- BLEU
+# --------------------------------------------------------------------------------------------------------
 
 
 def test_bleu_chinese_tokenizes_characters_unlike_13a():
@@ -178,7 +184,8 @@ def test_bleu_japanese_uses_mecab():
     )
 
 
-# --- accuracy ----------------------------------------------------------------------------------------------------
+# --- accuracy
+# ----------------------------------------------------------------------------------------------------
 
 
 def test_accuracy_is_exact_and_case_sensitive():
@@ -194,7 +201,8 @@ def test_binary_accuracy_without_yes_no_questions_is_none():
     assert binary_accuracy(["dog"], ["dog"]) is None
 
 
-# --- NSynth ------------------------------------------------------------------------------------------------------
+# --- NSynth
+# ------------------------------------------------------------------------------------------------------
 
 NOTE_REFERENCES = [
     "<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><|instrument|>keyboard_acoustic"
@@ -234,10 +242,12 @@ def test_nsynth_scores_hand_worked():
     assert scores["pitch_accuracy"] == pytest.approx(1 / 4)  # only 60
     # pitch class: 60/60 and 74/62 agree; the missing pitch and 73/72 do not
     assert scores["pitch_chroma_accuracy"] == pytest.approx(2 / 4)
-    # the release's columns are the sorted pitches seen, 60 62 64 72 73 74 128 -> 0..6: (0,0) (1,5) (2,6) (3,4)
+    # the release's columns are the sorted pitches seen, 60 62 64 72 73 74 128 -> 0..6: (0,0) (1,5)
+    # (2,6) (3,4)
     assert scores["pitch_chroma_accuracy_release"] == pytest.approx(1 / 4)
-    # classes bright dark fast_decay percussive reverb, binary scores as the release passes them:
-    # AP 1, 1, 0 (no positive reference), 1/4 (one positive among 4 tied zeros), 1/2 (2 predicted, 1 right)
+    # classes bright dark fast_decay percussive reverb, binary scores as the release passes them: AP
+    # 1, 1, 0 (no positive reference), 1/4 (one positive among 4 tied zeros), 1/2 (2 predicted, 1
+    # right)
     assert scores["qualities_map"] == pytest.approx((1 + 1 + 0 + 0.25 + 0.5) / 5)
 
 
@@ -250,7 +260,8 @@ def test_nsynth_without_any_quality_has_no_map():
     )
 
 
-# --- AAS ---------------------------------------------------------------------------------------------------------
+# --- AAS
+# ---------------------------------------------------------------------------------------------------------
 
 AAS_REFERENCE = "<|0.00|><|sil|><|0.50|>the<|0.80|>cat<|1.10|>sat<|1.40|>down<|1.90|>"
 # the generation continues the prompt's <|0.00|>; "big" is inserted and "down" deleted
@@ -258,13 +269,14 @@ AAS_HYPOTHESIS = "<|sil|><|0.52|>the<|0.78|>big<|1.00|>cat<|1.15|>sat<|1.50|>"
 
 
 def test_alignment_error_with_an_insertion_and_a_deletion():
-    # the: |0.50-0.52| + |0.80-0.78| = 0.04; cat: |0.80-1.00| + |1.10-1.15| = 0.25; sat: |1.10-1.15| + |1.40-1.50|
-    # = 0.15; big and down are not timed: (0.04 + 0.25 + 0.15) / 3 s = 146.67 ms
+    # the: |0.50-0.52| + |0.80-0.78| = 0.04; cat: |0.80-1.00| + |1.10-1.15| = 0.25; sat: |1.10-1.15|
+    # + |1.40-1.50| = 0.15; big and down are not timed: (0.04 + 0.25 + 0.15) / 3 s = 146.67 ms
     assert alignment_error_ms([AAS_REFERENCE], [AAS_HYPOTHESIS]) == pytest.approx(440 / 3)
 
 
 def test_alignment_uses_edit_distance_not_difflib():
-    # a b c against a c b: the minimum-edit alignment keeps only "a" (0.1 s); difflib would also pair "b" (2 s)
+    # a b c against a c b: the minimum-edit alignment keeps only "a" (0.1 s); difflib would also
+    # pair "b" (2 s)
     reference = "<|0.00|>a<|1.00|>b<|2.00|>c<|3.00|>"
     assert alignment_error_ms([reference], ["a<|1.10|>c<|2.00|>b<|3.00|>"]) == pytest.approx(100)
 
@@ -282,12 +294,13 @@ def test_alignment_skips_a_cut_off_hypothesis_and_names_a_bad_reference():
 def test_release_alignment_drops_the_first_generated_unit_and_times_silence():
     reference = "<|0.00|><|sil|><|0.50|>the<|0.80|>cat<|1.10|><|sil|><|1.60|>sat<|1.90|>"
     hypothesis = "<|sil|><|0.40|>the<|0.80|>cat<|1.00|><|sil|><|1.50|>sat<|1.90|>"
-    # release: the leading <|sil|> of the generation is lost, so the reference's is deleted; the, cat, <|sil|>,
-    # sat shift by 0.1, 0.1, 0.2, 0.1 s: 0.5 / 4 = 125 ms. Ours times the three words: 0.3 / 3 = 100 ms
+    # release: the leading <|sil|> of the generation is lost, so the reference's is deleted; the,
+    # cat, <|sil|>, sat shift by 0.1, 0.1, 0.2, 0.1 s: 0.5 / 4 = 125 ms. Ours times the three words:
+    # 0.3 / 3 = 100 ms
     assert release_alignment_error_ms([reference], [hypothesis]) == pytest.approx(125)
     assert alignment_error_ms([reference], [hypothesis]) == pytest.approx(100)
-    # tags before the first timestamp are dropped; a text without timestamps is skipped with its partner, and a
-    # cut-off generation loses its last unit (the first pair alone scores 125 ms)
+    # tags before the first timestamp are dropped; a text without timestamps is skipped with its
+    # partner, and a cut-off generation loses its last unit (the first pair alone scores 125 ms)
     tagged = "<|startoftranscript|><|zh|><|transcribe|><|zh|><|timestamps|>" + reference
     hypotheses = [hypothesis, "the cat", "<|sil|><|0.40|>the"]
     assert release_alignment_error_ms([tagged, reference, reference], hypotheses) == pytest.approx(
@@ -309,7 +322,8 @@ def test_majority_baseline_is_the_training_splits_most_common_answer():
         majority_accuracy(train, [])
 
 
-# --- captioning --------------------------------------------------------------------------------------------------
+# --- captioning
+# --------------------------------------------------------------------------------------------------
 
 CAPTION_REFERENCES = [["a dog barks loudly"], ["rain falls on the roof"]]
 CAPTION_HYPOTHESES = ["A dog barks loudly.", "rain falls on the roof now"]
@@ -318,9 +332,10 @@ CAPTION_HYPOTHESES = ["A dog barks loudly.", "rain falls on the roof now"]
 @needs_java
 def test_cider_d_hand_worked():
     scores = caption_scores(CAPTION_REFERENCES, CAPTION_HYPOTHESES)
-    # The clips share no n-gram, so every weight is log 2 and cancels. Clip 1 equals its reference after PTB
-    # tokenisation (lower case, no "."): cosine 1 for n = 1..4, no length penalty, x10 -> 10. Clip 2 adds "now":
-    # n-gram cosine sqrt(k_ref / k_hyp) = sqrt(5/6), sqrt(4/5), sqrt(3/4), sqrt(2/3), length penalty exp(-1/72).
+    # The clips share no n-gram, so every weight is log 2 and cancels. Clip 1 equals its reference
+    # after PTB tokenisation (lower case, no "."): cosine 1 for n = 1..4, no length penalty, x10 ->
+    # 10. Clip 2 adds "now": n-gram cosine sqrt(k_ref / k_hyp) = sqrt(5/6), sqrt(4/5), sqrt(3/4),
+    # sqrt(2/3), length penalty exp(-1/72).
     second = 10 * math.exp(-1 / 72) * sum(math.sqrt(k / (k + 1)) for k in (5, 4, 3, 2)) / 4
     assert scores["CIDEr-D"] == pytest.approx((10 + second) / 2)
 

@@ -138,8 +138,8 @@ def test_splice_equals_the_per_clip_loop_on_random_spans(seed):
     assert clips and torch.equal(
         splice_audio(embeds, ids, clips, S), _loop_splice(embeds, ids, clips, S)
     )
-    # One random corruption: an <audio> anywhere (with a clip added, so the count holds), a </audio> anywhere, a clip
-    # dropped, a clip one vector longer; or none.
+    # One random corruption: an <audio> anywhere (with a clip added, so the count holds), a </audio>
+    # anywhere, a clip dropped, a clip one vector longer; or none.
     row, col = (int(torch.randint(0, n, (), generator=generator)) for n in ids.shape)
     kind = seed % 5
     if kind == 0:

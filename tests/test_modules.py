@@ -1,7 +1,7 @@
 """Encoder, decoder and attention against independent references with the same random weights (fp32).
 
-References: transformers' WhisperEncoder / Qwen2AudioEncoder (spec §9 (a)), Qwen2ForCausalLM (spec §9 (b)),
-and an explicit float64 softmax(QK^T)V for the attention backends.
+References: transformers' WhisperEncoder / Qwen2AudioEncoder (spec §9 (a)), Qwen2ForCausalLM (spec
+§9 (b)), and an explicit float64 softmax(QK^T)V for the attention backends.
 """
 
 from __future__ import annotations
@@ -357,9 +357,9 @@ def test_encoder_matches_qwen2_audio_encoder_full_input():
 
 @pytest.mark.parametrize("short_mel", [9, 10, 17, 22])
 def test_encoder_is_batch_invariant_and_matches_the_clip_encoded_alone(short_mel):
-    """Spec §10: a clip beside a longer one gives what the release gives for it alone. Alone, the release cuts
-    the mel at 2 * T_cnn frames and conv1 pads with zeros; Qwen2AudioEncoder sees the same when the frames past
-    2 * T_cnn are zero and keys past T_cnn are masked."""
+    """Spec §10: a clip beside a longer one gives what the release gives for it alone. Alone, the
+    release cuts the mel at 2 * T_cnn frames and conv1 pads with zeros; Qwen2AudioEncoder sees the
+    same when the frames past 2 * T_cnn are zero and keys past T_cnn are masked."""
     encoder = _tiny_encoder(2)
     mel = torch.randn(2, ENC.n_mels, 2 * ENC.n_ctx)
     mel_lengths = torch.tensor([2 * ENC.n_ctx, short_mel])

@@ -102,7 +102,8 @@ def test_official_evaluation_prompts_token_for_token(released, task, tags, expec
 
 def test_spec_example_ids_after_expansion(released):
     example = encode_task(released, "asr", "x.flac", audio_language="en", load=ONE_SECOND)
-    # spec §4: [155163, 87, 8103, 580, 155164, ...] with the path tokens replaced by 25 placeholders.
+    # spec §4: [155163, 87, 8103, 580, 155164, ...] with the path tokens replaced by 25
+    # placeholders.
     assert example.ids == [
         155163,
         *[151851] * 25,
@@ -280,7 +281,8 @@ def test_text_longer_than_max_length_raises(demo):
         encode_task(demo, "asc", "x.flac", "word " * 20, load=ONE_SECOND, max_length=40)
 
 
-# --- SRWT ---------------------------------------------------------------------------------------------------
+# --- SRWT
+# ---------------------------------------------------------------------------------------------------
 
 SPEC_SRWT = "<|0.00|><|sil|><|0.54|>面<|0.86|>条<|1.17|>机<|1.46|><|sil|><|2.01|>"  # eval_audio/EVALUATION.md
 SPEC_WORDS = [TimedWord("面", 0.54, 0.86), TimedWord("条", 0.86, 1.17), TimedWord("机", 1.17, 1.46)]
@@ -401,7 +403,8 @@ def test_srwt_bad_text_raises(text, message):
         parse_timestamped_words(text)
 
 
-# --- ChatML ---------------------------------------------------------------------------------------------------
+# --- ChatML
+# ---------------------------------------------------------------------------------------------------
 
 
 def test_chatml_hand_worked_ids_and_labels(released):

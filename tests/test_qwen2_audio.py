@@ -145,7 +145,8 @@ def _hf_greedy(release, prompt: str, max_new_tokens: int) -> list[int]:
 
 
 def test_presets_are_the_public_configs_through_transformers_defaults():
-    # The public config.json of Qwen2-Audio-7B(-Instruct) sets these text_config keys; the rest are transformers'.
+    # The public config.json of Qwen2-Audio-7B(-Instruct) sets these text_config keys; the rest are
+    # transformers'.
     hub = Qwen2AudioConfig(
         text_config=dict(
             vocab_size=156032,

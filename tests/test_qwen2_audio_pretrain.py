@@ -34,7 +34,8 @@ from recipes.evaluate import main as evaluate
 from recipes.pretrain import main as pretrain
 
 REPO = Path(__file__).resolve().parents[1]
-# The demo test split's first clip of each task, as each family asks it (the AQA question is the clip's).
+# The demo test split's first clip of each task, as each family asks it (the AQA question is the
+# clip's).
 PROMPTS = {
     "qwen-audio": {
         "asr": "<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>",
@@ -103,8 +104,8 @@ def test_a_task_qwen2_audio_has_no_instruction_for_is_refused_by_name():
 
 
 def test_the_data_module_refuses_such_a_task_at_its_manifest_line(tmp_path):
-    """The same manifest reads for Qwen-Audio, whose tags ask ``lid``; for Qwen2-Audio its line 2 is refused when
-    the data is set up, before any step."""
+    """The same manifest reads for Qwen-Audio, whose tags ask ``lid``; for Qwen2-Audio its line 2 is
+    refused when the data is set up, before any step."""
     soundfile.write(tmp_path / "a.wav", np.full(8000, 0.1, np.float32), 16000)
     line = '{{"audio": "a.wav", "task": "{}", "text": "{}", "audio_language": "en", "text_language": "en"}}\n'
     manifest = tmp_path / "m.jsonl"
@@ -172,7 +173,8 @@ def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir
             str(override),
         ]
     )
-    # one bucket, one batch an epoch (the 12 training examples): the loss falls by learning, not by another batch
+    # one bucket, one batch an epoch (the 12 training examples): the loss falls by learning, not by
+    # another batch
     assert cli.trainer.global_step == 8 and cli.trainer.num_training_batches == 1
     losses = _losses(tmp_path)
     assert set(losses) == {
@@ -193,7 +195,8 @@ def test_pretraining_recipe_trains_qwen2_audio_tiny_on_its_instructions(demo_dir
         trained["transformer.h.1.mlp.w2.weight"],
     )
 
-    # Evaluation reads the corpus back from the export and asks each demo benchmark with the family's instruction.
+    # Evaluation reads the corpus back from the export and asks each demo benchmark with the
+    # family's instruction.
     out = tmp_path / "evaluate"
     evaluate(
         [

@@ -53,8 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 STOPS = [4098, 4096]  # <|im_end|>, <|endoftext|> of the demo tokenizer.json
 IM_START = 4097
 HF_AUDIO = "<|audio_bos|><|AUDIO|><|audio_eos|>"
-# Qwen2-Audio's instruction for each demo benchmark: the release's evaluation-file prompt where it has one (ASR), our
-# wording in its style for the tasks it never prompted for.
+# Qwen2-Audio's instruction for each demo benchmark: the release's evaluation-file prompt where it
+# has one (ASR), our wording in its style for the tasks it never prompted for.
 DEMO_INSTRUCTIONS = {
     "demo_asr_en": "Detect the language and recognize the speech: <|en|>",
     "demo_asr_zh": "Detect the language and recognize the speech: <|zh|>",
@@ -68,8 +68,9 @@ DEMO_INSTRUCTIONS = {
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    """A random ``Qwen2AudioForConditionalGeneration`` of the ``qwen2-audio-tiny`` sizes saved by transformers, with
-    the demo tokenizer.json, its stop ids, two float wavs, and transformers' processor."""
+    """A random ``Qwen2AudioForConditionalGeneration`` of the ``qwen2-audio-tiny`` sizes saved by
+    transformers, with the demo tokenizer.json, its stop ids, two float wavs, and transformers'
+    processor."""
     folder = tmp_path_factory.mktemp("qwen2-audio-tiny")
     config = Qwen2AudioConfig(
         audio_config=dict(
@@ -137,8 +138,8 @@ def demo_dir(tmp_path_factory):
 def _hf_answer(
     release, text: str, audios: list[np.ndarray], max_new_tokens: int, model=None
 ) -> str:
-    """transformers' greedy continuation of ``text`` (the processor expands its audio markers), cut where ours
-    stops (a stop id, or ``<|im_start|>``), decoded by the HF tokenizer."""
+    """transformers' greedy continuation of ``text`` (the processor expands its audio markers), cut
+    where ours stops (a stop id, or ``<|im_start|>``), decoded by the HF tokenizer."""
     inputs = release.processor(
         text=text, audio=audios or None, sampling_rate=SAMPLE_RATE, return_tensors="pt"
     )
@@ -219,8 +220,9 @@ def test_demo_evaluation_gives_transformers_greedy_answers_to_qwen2_audio_instru
 
 
 def test_chat_template_numbers_audios_across_the_conversation_as_transformers(release):
-    """Two turns with one audio each: ``Audio 1: `` then ``Audio 2: `` (Qwen-Audio's release restarts at
-    ``Audio 1:``, with no space), in the ids of ``encode_chat`` (SFT data) and ``chat``."""
+    """Two turns with one audio each: ``Audio 1: `` then ``Audio 2: `` (Qwen-Audio's release
+    restarts at ``Audio 1:``, with no space), in the ids of ``encode_chat`` (SFT data) and
+    ``chat``."""
     assert (
         from_list_format([{"audio": "b.wav"}], "qwen-audio", audios_before=1)
         == "Audio 1:<audio>b.wav</audio>\n"
@@ -263,7 +265,8 @@ def test_chat_template_numbers_audios_across_the_conversation_as_transformers(re
     ]
     assert encode_chat(tokenizer, messages[:3], add_generation_prompt=True).ids == list(hf_ids)
 
-    # SFT data: the whole conversation; the template's newline after the last turn is the one token more
+    # SFT data: the whole conversation; the template's newline after the last turn is the one token
+    # more
     text = release.processor.apply_chat_template(hf_messages, tokenize=False)
     hf_ids = list(
         release.processor(text=text, audio=waves, sampling_rate=SAMPLE_RATE)["input_ids"][0]
@@ -351,7 +354,8 @@ def test_sft_fine_tunes_a_folder_transformers_wrote(release, demo_dir, tmp_path,
     training = read_conversations(build_demo_chat(size=1)["train"])
     before, after = _training_loss(release.folder, training), _training_loss(export, training)
     assert after < 0.99 * before, (before, after)  # 4 steps: 8.41 -> 7.92 (decoder), 8.27 (LoRA)
-    # The export (LoRA merged) is a Qwen2-Audio folder again: transformers reads the trained weights under its names.
+    # The export (LoRA merged) is a Qwen2-Audio folder again: transformers reads the trained weights
+    # under its names.
     initial = load_model(release.folder)[0].state_dict()
     trained = load_model(export)[0].state_dict()
     changed = {k for k, v in trained.items() if not torch.equal(v, initial[k])}
@@ -375,8 +379,8 @@ def _audio_part(path: str) -> dict:
 
 
 def test_server_answers_as_transformers_greedy(release, serve_checkpoint, tmp_path):
-    """A two-turn conversation with an audio in each turn through the openai client, greedy, in float64 on both
-    sides (no argmax near-tie can differ by rounding)."""
+    """A two-turn conversation with an audio in each turn through the openai client, greedy, in
+    float64 on both sides (no argmax near-tie can differ by rounding)."""
     messages = [
         {
             "role": "user",

@@ -161,7 +161,8 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path, demo_dir):
         "epoch=0-step=2.ckpt",
         "last.ckpt",
     ]
-    # as if killed between the two writes: --ckpt_path last must take the step checkpoint, not start over
+    # as if killed between the two writes: --ckpt_path last must take the step checkpoint, not start
+    # over
     (killed / "checkpoints" / "last.ckpt").unlink()
     _run(
         [
@@ -234,8 +235,9 @@ def test_fsdp_on_two_cpu_processes_trains_saves_shards_and_resumes_to_the_same_l
 
 @pytest.mark.slow
 def test_fsdp_refuses_an_unsharded_tensor_parallel_layout(tmp_path, demo_dir):
-    """Lightning's default ``data_parallel_size: auto`` on one node makes 2 tensor-parallel ranks with no gradient
-    sync between them; the module must say so instead of training two diverging copies."""
+    """Lightning's default ``data_parallel_size: auto`` on one node makes 2 tensor-parallel ranks
+    with no gradient sync between them; the module must say so instead of training two diverging
+    copies."""
     strategy = '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}'
     result = _run(
         [

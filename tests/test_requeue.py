@@ -21,8 +21,9 @@ STEPS_PER_EPOCH = 6
 
 
 class Line(L.LightningModule):
-    """Fits a line; records the loss of every step. Every batch is the same line, so the losses follow from the
-    weights and optimizer state alone (the data modules' own resume is tests/test_resume.py's)."""
+    """Fits a line; records the loss of every step. Every batch is the same line, so the losses
+    follow from the weights and optimizer state alone (the data modules' own resume is
+    tests/test_resume.py's)."""
 
     def __init__(self, record: dict[int, float]):
         super().__init__()
@@ -119,7 +120,8 @@ def test_the_signal_saves_at_a_batch_boundary_requeues_and_the_requeued_run_cont
 
     assert read_record(str(root)) == [{"job": "4242", "restart": 0, "saved": str(hpc), "step": 3}]
 
-    # the requeued job (SLURM_RESTART_COUNT 1) that does not find its checkpoint stops before its first step
+    # the requeued job (SLURM_RESTART_COUNT 1) that does not find its checkpoint stops before its
+    # first step
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     hpc.rename(root / "elsewhere")
     fresh: dict[int, float] = {}

@@ -1,8 +1,8 @@
 """Kill-and-resume through a real Lightning Trainer and the real data modules: every epoch draws a new plan, and a run
 killed in any epoch and resumed with ``ckpt_path="last"`` trains on the uninterrupted run's batches with its losses.
 
-A toy module (one weight, a loss of the batch's tokens and mel) stands in for the model, so each run takes seconds;
-the sampler, the data module's state and Lightning's loops are the real ones.
+A toy module (one weight, a loss of the batch's tokens and mel) stands in for the model, so each run
+takes seconds; the sampler, the data module's state and Lightning's loops are the real ones.
 
 Streamed training reads the manifests or the litdata shards written from them
 (``python -m qwen_audio.data.shard``): both give the same batches, and both resume exactly with 0

@@ -20,7 +20,8 @@ def epoch_batches(sampler: DurationBucketSampler, epoch: int) -> list[list[int]]
 
 
 def test_hand_worked_batches_one_and_two_ranks():
-    # two buckets (1 s and 2 s clips); padded budget 4 s: four 1 s clips, or two 2 s clips, per batch
+    # two buckets (1 s and 2 s clips); padded budget 4 s: four 1 s clips, or two 2 s clips, per
+    # batch
     durations = [[1, 1, 1, 1, 2, 2, 2, 2]]
     single = DurationBucketSampler(durations, 4, num_buckets=2, shuffle=False)
     assert list(single) == [[0, 1, 2, 3], [4, 5], [6, 7]]
@@ -134,7 +135,8 @@ def test_weighted_mixture_draw():
     durations = [np.full(100, 1.0), np.full(300, 2.0)]
     sampler = DurationBucketSampler(durations, 10.0, weights=[3.0, 1.0], seed=0)
     counts = collections.Counter(i for b in epoch_batches(sampler, 0) for i in b)
-    # epoch size stays 400: 300 from the 100 clips of manifest 0 (three full passes), 100 distinct of manifest 1
+    # epoch size stays 400: 300 from the 100 clips of manifest 0 (three full passes), 100 distinct
+    # of manifest 1
     assert sorted(set(counts.values())) == [1, 3]
     assert {i for i, c in counts.items() if c == 3} == set(range(100))
     assert sum(1 for i in counts if i >= 100) == 100

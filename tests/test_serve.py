@@ -1,10 +1,11 @@
 """The OpenAI-compatible server, through the real ``openai`` client, against a server started on a free port.
 
-The served model is tiny, random and in float64: batched generation is exact, and in float64 no argmax near-tie
-can flip between a batch and a single run by rounding, so "equal to the request sent alone" is an exact comparison
-that cannot flake, while a random model answers every prompt differently (a mixed-up row would show). Only the
-embeddings of the transcription prompts' tokens are tuned (:func:`tune`), so that transcriptions have a known,
-hand-written answer; chat answers are compared with ``qwen_audio.chat`` run in this process on the same weights.
+The served model is tiny, random and in float64: batched generation is exact, and in float64 no
+argmax near-tie can flip between a batch and a single run by rounding, so "equal to the request sent
+alone" is an exact comparison that cannot flake, while a random model answers every prompt
+differently (a mixed-up row would show). Only the embeddings of the transcription prompts' tokens
+are tuned (:func:`tune`), so that transcriptions have a known, hand-written answer; chat answers are
+compared with ``qwen_audio.chat`` run in this process on the same weights.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def write_wav(path, seconds: float, seed: int, rate: int = SR, channels: int = 1
 
 
 def tune(tokenizer: QwenAudioTokenizer, clip: str) -> QwenAudio:
-    """A random tiny float64 model whose embedding rows of the transcription prompts' tokens (tags, target words,
-    timestamps) are tuned, a few seconds, so that it transcribes ``clip`` as "one two" (ASR) and as WORDS (SRWT).
-    No other weight changes, so chat answers stay those of a random model: different for every prompt."""
+    """A random tiny float64 model whose embedding rows of the transcription prompts' tokens (tags,
+    target words, timestamps) are tuned, a few seconds, so that it transcribes ``clip`` as "one two"
+    (ASR) and as WORDS (SRWT). No other weight changes, so chat answers stay those of a random
+    model: different for every prompt."""
     torch.manual_seed(1)
     model = QwenAudio(QwenAudioConfig.from_name("tiny", attention_backend="sdpa")).double()
     examples = [
@@ -166,7 +168,8 @@ def test_chat_answers_and_usage_equal_qwen_audio_chat(served):
     assert answer.usage.prompt_tokens == len(prompt.ids)
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
 
-    # a system prompt, a past turn, two audios (44.1 kHz stereo flac among them) numbered Audio 1 and 2
+    # a system prompt, a past turn, two audios (44.1 kHz stereo flac among them) numbered Audio 1
+    # and 2
     messages = [
         {"role": "system", "content": "You answer briefly."},
         {"role": "user", "content": [audio_part(one), {"type": "text", "text": "And this?"}]},
@@ -368,8 +371,9 @@ def test_bad_requests_get_an_openai_400_naming_the_field_and_the_server_goes_on(
 
 
 def _mixed_requests(served: Served) -> list[tuple[str, dict]]:
-    """16 different requests, four of each kind: chat greedy, chat seeded-sampled (streamed), transcription with
-    word timestamps, chat greedy streamed; different audios, texts and token limits."""
+    """16 different requests, four of each kind: chat greedy, chat seeded-sampled (streamed),
+    transcription with word timestamps, chat greedy streamed; different audios, texts and token
+    limits."""
     requests = []
     for i in range(16):
         kind = ("greedy", "sampled", "transcription", "streamed")[i % 4]
@@ -408,8 +412,8 @@ def _answer(served: Served, kind: str, options: dict):
 
 
 def test_64_concurrent_mixed_requests_each_equal_their_solo_answer(served):
-    """Continuous batching: greedy, seeded-sampled, transcription and streamed rows join and leave one running
-    batch; each answer equals the same request sent alone."""
+    """Continuous batching: greedy, seeded-sampled, transcription and streamed rows join and leave
+    one running batch; each answer equals the same request sent alone."""
     requests = _mixed_requests(served)
     alone = [_answer(served, kind, options) for kind, options in requests]
     sizes_before = len(served.batch_sizes())

@@ -85,7 +85,8 @@ def test_label_mask_covers_exactly_the_assistant_tokens(tmp_path, released):
     )
     (conversation,) = read_conversations(path)
     example = conversation.encode(released, max_length=2048)
-    # spec §7 ChatML, cut where the loss switches on and off: each reply and its <|im_end|> are learned
+    # spec §7 ChatML, cut where the loss switches on and off: each reply and its <|im_end|> are
+    # learned
     pieces = [
         (
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
@@ -268,7 +269,8 @@ def test_lora_trains_only_the_adapters_and_starts_as_the_base_model():
     model.set_trainable(encoder=False, decoder=True)
     add_lora(model, LoraOptions(rank=4, alpha=8, dropout=0.1))
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    # tiny: hidden 64, SwiGLU halves 256 -> 128; per block c_attn 64->192, c_proj 64->64, w1/w2 64->128, c_proj 128->64
+    # tiny: hidden 64, SwiGLU halves 256 -> 128; per block c_attn 64->192, c_proj 64->64, w1/w2
+    # 64->128, c_proj 128->64
     per_block = 4 * ((64 + 192) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
     assert (
         all(".lora_A." in n or ".lora_B." in n for n in trainable) and len(trainable) == 2 * 2 * 5
@@ -384,7 +386,8 @@ def test_demo_config_fits_one_step_with_the_encoder_frozen(
         and "### after SFT" in printed
         and "| test-speech-0 |" in printed
     )
-    # 4 held-out first questions scored per family (the round-robin order gives one of each of the first four)
+    # 4 held-out first questions scored per family (the round-robin order gives one of each of the
+    # first four)
     table = printed.split("#### after SFT: answer accuracy")[1]
     assert "| all | 4 |" in table and all(
         f"| {kind} | 1 |" in table for kind in ("speech", "note", "scene", "count")
@@ -553,8 +556,8 @@ def test_a_text_only_batch_runs_the_encoder_with_zero_weight(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_ranks_with_and_without_audio_in_the_same_step_stay_in_step(tmp_path):
-    """FSDP2 on 2 CPU processes, one conversation a batch: in steps 1 and 3 one rank has audio and the other not.
-    Without the blank clip the ranks' collectives differ and gloo aborts the run."""
+    """FSDP2 on 2 CPU processes, one conversation a batch: in steps 1 and 3 one rank has audio and
+    the other not. Without the blank clip the ranks' collectives differ and gloo aborts the run."""
     rng = np.random.default_rng(0)
     for i in range(4):
         soundfile.write(tmp_path / f"c{i}.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)

@@ -2,8 +2,9 @@
 that ``recipes/slurm/README.md`` shows (2 tasks on 1 node, FSDP2 over gloo, ``demo_fsdp_cpu.yaml``), Lightning's
 SLURMEnvironment, preemption by the requeue signal and the requeued run.
 
-``recipes/slurm/local_cluster.sh`` brings a one-node cluster up on this machine. Marked ``slurm``: they run only
-with ``pytest -m slurm`` (``tests/conftest.py`` deselects them otherwise), and skip without ``sbatch`` on PATH.
+``recipes/slurm/local_cluster.sh`` brings a one-node cluster up on this machine. Marked ``slurm``:
+they run only with ``pytest -m slurm`` (``tests/conftest.py`` deselects them otherwise), and skip
+without ``sbatch`` on PATH.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ class Cluster:
 
     @staticmethod
     def show(job: str) -> dict[str, str]:
-        """The job's ``scontrol show job`` fields. A failed query (slurmctld busy on a loaded machine) is asked
-        again, never read as "the job is gone": that once ended a wait between the requeue and the resume."""
+        """The job's ``scontrol show job`` fields. A failed query (slurmctld busy on a loaded
+        machine) is asked again, never read as "the job is gone": that once ended a wait between the
+        requeue and the resume."""
         for _ in range(30):
             shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
             if shown.returncode == 0 and "JobState=" in shown.stdout:
@@ -115,8 +117,8 @@ class Cluster:
         return self.show(job)["JobState"] in FINAL_STATES
 
     def wait(self, job: str, root: Path) -> dict[str, str]:
-        """The job's ``scontrol show job`` fields once it has reached a final state (requeues included: a
-        requeued job goes back to PENDING)."""
+        """The job's ``scontrol show job`` fields once it has reached a final state (requeues
+        included: a requeued job goes back to PENDING)."""
         deadline = time.monotonic() + JOB_TIMEOUT
         while not self.finished(job):
             if time.monotonic() > deadline:
@@ -182,8 +184,9 @@ def test_both_ranks_train_one_data_parallel_model_and_write_a_dcp_checkpoint(str
 
     last = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert SHARDS <= {p.name for p in last.iterdir()} and saved_step(last) == STEPS
-    # One model sharded over both ranks, not two copies: every weight of the tiny model is in the checkpoint at its
-    # full shape, its rows split between rank 0's file and rank 1's (FSDP2 shards dim 0).
+    # One model sharded over both ranks, not two copies: every weight of the tiny model is in the
+    # checkpoint at its full shape, its rows split between rank 0's file and rank 1's (FSDP2 shards
+    # dim 0).
     metadata = FileSystemReader(str(last)).read_metadata()
     with torch.device("meta"):
         reference = dict(QwenAudio(QwenAudioConfig.from_name("tiny")).named_parameters())
@@ -209,8 +212,9 @@ def test_both_ranks_train_one_data_parallel_model_and_write_a_dcp_checkpoint(str
 def test_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_losses(
     cluster, straight, tmp_path
 ):
-    """What the runs wrote to disk, not what they printed: the requeue checkpoint and its step, the record of the
-    save and of the resume (:data:`qwen_audio.lit.requeue.RECORD`), and the steps and losses each run logged."""
+    """What the runs wrote to disk, not what they printed: the requeue checkpoint and its step, the
+    record of the save and of the resume (:data:`qwen_audio.lit.requeue.RECORD`), and the steps and
+    losses each run logged."""
     root = tmp_path / "preempted"
     root.mkdir()
     job = cluster.submit(root)
@@ -228,7 +232,8 @@ def test_preempted_job_saves_requeues_and_resumes_to_the_uninterrupted_losses(
     assert SHARDS <= {p.name for p in hpc.iterdir()} and 3 <= step < STEPS
     saved, resumed = read_record(str(root))  # no other line: one save, one resume
     assert saved == {"job": job, "restart": 0, "saved": str(hpc), "step": step}, printed[-3000:]
-    # the resume restored the saved step (from hpc_ckpt_1, or from a ModelCheckpoint written at the same step)
+    # the resume restored the saved step (from hpc_ckpt_1, or from a ModelCheckpoint written at the
+    # same step)
     assert (resumed["job"], resumed["restart"], resumed["step"]) == (job, 1, step), resumed
     assert saved_step(Path(resumed["resumed"])) == step
     assert (

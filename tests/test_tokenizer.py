@@ -95,7 +95,8 @@ def test_released_spec_example_and_regular_ids(released):
         [8948],
         [77091],
     ]
-    # README pitfall (spec §4): the misspelt tag is plain text even when every special token is allowed.
+    # README pitfall (spec §4): the misspelt tag is plain text even when every special token is
+    # allowed.
     with pytest.warns(
         UserWarning, match=r"<\|startoftranscription\|> in the prompt is not a special token"
     ):
@@ -194,7 +195,8 @@ def test_bpe_trainer_hand_worked():
     spec = importlib.util.spec_from_file_location("build_demo_tokenizer", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    # pieces "ab", " ab", " ab", "\n": (a, b) occurs 3 times -> "ab" = 256; then (" ", "ab") twice -> " ab" = 257.
+    # pieces "ab", " ab", " ab", "\n": (a, b) occurs 3 times -> "ab" = 256; then (" ", "ab") twice
+    # -> " ab" = 257.
     ranks = script.train_bpe("ab ab ab\n", 258)
     assert {token: rank for token, rank in ranks.items() if rank >= 256} == {
         b"ab": 256,

@@ -1,7 +1,7 @@
 """Data pipeline: manifests, generated corpora (:mod:`.corpus`), datasets, duration-bucketed batching.
 
-The names below are imported on first use (:mod:`qwen_audio.lazy`): ``qwen_audio.data.dataset`` loads without
-Lightning, which only ``AudioTextDataModule`` needs.
+The names below are imported on first use (:mod:`qwen_audio.lazy`): ``qwen_audio.data.dataset``
+loads without Lightning, which only ``AudioTextDataModule`` needs.
 """
 
 from qwen_audio.lazy import lazy_exports

@@ -1,18 +1,20 @@
 """On-the-fly augmentation of training audio: speed, reverberation, additive noise and gain.
 
-The transforms are what NeMo, lhotse/icefall and ESPnet apply to ASR training. They act on the decoded 16 kHz
-waveform before the log-mel, in the DataLoader workers (:meth:`qwen_audio.data.dataset.AudioTextDataset.augmented`).
-The signal processing is torchaudio's (``speed``, ``fftconvolve``, ``add_noise``).
+The transforms are what NeMo, lhotse/icefall and ESPnet apply to ASR training. They act on the
+decoded 16 kHz waveform before the log-mel, in the DataLoader workers
+(:meth:`qwen_audio.data.dataset.AudioTextDataset.augmented`). The signal processing is torchaudio's
+(``speed``, ``fftconvolve``, ``add_noise``).
 
 Each transform fires with its own probability. All choices come from a generator seeded by
-``(seed, epoch, example index)`` (:func:`example_generator`). An epoch's audio is thus a function of its plan. A
-resumed run therefore trains on the audio of the uninterrupted run.
+``(seed, epoch, example index)`` (:func:`example_generator`). An epoch's audio is thus a function of
+its plan. A resumed run therefore trains on the audio of the uninterrupted run.
 
-Speed perturbation changes the duration. The entry's word timestamps and duration are scaled with it, so SRWT
-targets stay true.
+Speed perturbation changes the duration. The entry's word timestamps and duration are scaled with
+it, so SRWT targets stay true.
 
-Noise and room impulse responses come from manifests of JSON lines ``{"audio": "noise/pink_0.wav"}``. Relative
-paths are read against the manifest's folder. An optional ``kind`` names the noise type.
+Noise and room impulse responses come from manifests of JSON lines
+``{"audio": "noise/pink_0.wav"}``. Relative paths are read against the manifest's folder. An
+optional ``kind`` names the noise type.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ class Augment:
     """Augmentation settings, ``data.augment`` in a recipe's YAML. Every transform is off (probability 0) by default.
 
     Args:
-        tasks: the tasks whose examples are augmented. Speech by default, for two reasons. A speed change
-            moves a note's pitch (MNA). Noise over a scene or a count of clicks can change its answer.
-        speed_prob, speeds: speed perturbation to a factor drawn uniformly from ``speeds``. The pitch moves with it,
-            as in Kaldi's 0.9/1.0/1.1 recipe.
+        tasks: the tasks whose examples are augmented. Speech by default, for two reasons. A speed
+            change moves a note's pitch (MNA). Noise over a scene or a count of clicks can change
+            its answer.
+        speed_prob, speeds: speed perturbation to a factor drawn uniformly from ``speeds``. The
+            pitch moves with it, as in Kaldi's 0.9/1.0/1.1 recipe.
         rir_prob, rir: convolution with an impulse response drawn from the manifest ``rir``.
-        noise_prob, noise, snr_db: additive noise. A random stretch of a clip drawn from the manifest ``noise`` is
-            mixed in. Its signal-to-noise ratio is drawn uniformly from ``snr_db`` (low, high) in dB.
+        noise_prob, noise, snr_db: additive noise. A random stretch of a clip drawn from the
+            manifest ``noise`` is mixed in. Its signal-to-noise ratio is drawn uniformly from
+            ``snr_db`` (low, high) in dB.
         gain_prob, gain_db: a gain drawn uniformly from ``gain_db`` (low, high) in dB.
     """
 
@@ -214,7 +218,8 @@ def noise_stretch(noise: torch.Tensor, length: int, start: float) -> torch.Tenso
 def rescale_times(entry: ManifestEntry, before: float, duration: float) -> ManifestEntry:
     """Return the entry whose audio of ``before`` seconds is now ``duration`` seconds long.
 
-    Word times are scaled by ``duration / before``. The offset becomes 0, because the segment was cut before the change.
+    Word times are scaled by ``duration / before``. The offset becomes 0, because the segment was
+    cut before the change.
     """
     scale = duration / before
     words = entry.words and tuple(

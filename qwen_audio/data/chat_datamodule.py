@@ -26,27 +26,31 @@ from qwen_audio.tokenizer import Tokenizer
 
 
 class ChatDataModule(L.LightningDataModule):
-    """Train/validation/test loaders over conversation JSONL files (:mod:`qwen_audio.data.conversations`) or their
-    shards (:mod:`qwen_audio.data.shard`).
+    """Train/validation/test loaders over conversation JSONL files
+    (:mod:`qwen_audio.data.conversations`) or their shards (:mod:`qwen_audio.data.shard`).
 
-    Batching uses :class:`DurationBucketSampler` with each conversation's *token count* as its length and
-    ``max_tokens`` as the budget. In stage 2 the encoder is frozen and small beside the LLM. The LLM's memory grows
-    with the padded tokens (``batch size * longest conversation``). So SFT buckets by tokens rather than audio
-    seconds. Conversations with audio and pure-text ones are the sampler's two groups, and ``text_ratio`` sets their
-    weights. Resuming mid-epoch works as in :class:`~qwen_audio.data.datamodule.AudioTextDataModule`, since both
-    compose the parts of :mod:`qwen_audio.data.loaders`. An option of that module which this one does not use is
-    refused, not ignored.
+    Batching uses :class:`DurationBucketSampler` with each conversation's *token count* as its
+    length and ``max_tokens`` as the budget. In stage 2 the encoder is frozen and small beside the
+    LLM. The LLM's memory grows with the padded tokens (``batch size * longest conversation``). So
+    SFT buckets by tokens rather than audio seconds. Conversations with audio and pure-text ones are
+    the sampler's two groups, and ``text_ratio`` sets their weights. Resuming mid-epoch works as in
+    :class:`~qwen_audio.data.datamodule.AudioTextDataModule`, since both compose the parts of
+    :mod:`qwen_audio.data.loaders`. An option of that module which this one does not use is refused,
+    not ignored.
 
     Args:
-        train, val, test: conversation files, or shard folders written from them (``python -m qwen_audio.data.shard
-            --conversations``). ``<name>:<split>`` names a file of ``corpus``, built on first use.
-        text_ratio: the share of pure-text conversations in each training epoch. The epoch keeps its total size
-            (``None``: every conversation once per epoch).
-        max_tokens: padded tokens per batch. It is at least ``max_length``, so that any conversation fits in a batch.
-        max_length: the longest conversation allowed, in tokens with audio placeholders. A longer one is an error
-            naming its file and line.
-        corpus: the generated corpus that ``<name>:<split>`` paths name (:class:`~qwen_audio.data.corpus.Corpus`).
-            Its conversation ids give the question families that reports group answers by.
+        train, val, test: conversation files, or shard folders written from them
+            (``python -m qwen_audio.data.shard --conversations``). ``<name>:<split>`` names a file
+            of ``corpus``, built on first use.
+        text_ratio: the share of pure-text conversations in each training epoch. The epoch keeps its
+            total size (``None``: every conversation once per epoch).
+        max_tokens: padded tokens per batch. It is at least ``max_length``, so that any conversation
+            fits in a batch.
+        max_length: the longest conversation allowed, in tokens with audio placeholders. A longer
+            one is an error naming its file and line.
+        corpus: the generated corpus that ``<name>:<split>`` paths name
+            (:class:`~qwen_audio.data.corpus.Corpus`). Its conversation ids give the question
+            families that reports group answers by.
         validate: ``decode`` also decodes every clip before step 0 (see ``AudioTextDataModule``).
     """
 
@@ -174,6 +178,7 @@ class ChatDataModule(L.LightningDataModule):
 
 
 def _read(path: str) -> list[Conversation]:
-    """The conversations of a file or of a shard folder (:func:`~qwen_audio.data.shard.read_conversation_shard`),
-    which give the same batches: a sampler picks either by index."""
+    """The conversations of a file or of a shard folder
+    (:func:`~qwen_audio.data.shard.read_conversation_shard`), which give the same batches: a sampler
+    picks either by index."""
     return read_conversation_shard(path) if is_shard_folder(path) else read_conversations(path)

@@ -5,14 +5,15 @@ Usage::
     python -m qwen_audio.data.check train.jsonl dev.jsonl            # fields and audio headers
     python -m qwen_audio.data.check --decode --workers 8 train.jsonl  # and every clip decoded
 
-By default only the JSON and each audio file's header are read. That finds what the data module refuses when it
-reads a manifest. Such problems are a bad field, a missing or unreadable file, or a segment past the file's end or
-outside 30 ms to 30 s. The check reports them for every line instead of the first.
+By default only the JSON and each audio file's header are read. That finds what the data module
+refuses when it reads a manifest. Such problems are a bad field, a missing or unreadable file, or a
+segment past the file's end or outside 30 ms to 30 s. The check reports them for every line instead
+of the first.
 
-``--decode`` also decodes every clip, in parallel threads, with a progress bar. It finds what only decoding shows
-(a file that no longer decodes, NaN/inf samples, a silent clip) before training, not when its batch is first built.
-The exit status is 1 when anything is bad. The data module runs the same check before step 0
-(``data.validate: header|decode``), on conversation files too.
+``--decode`` also decodes every clip, in parallel threads, with a progress bar. It finds what only
+decoding shows (a file that no longer decodes, NaN/inf samples, a silent clip) before training, not
+when its batch is first built. The exit status is 1 when anything is bad. The data module runs the
+same check before step 0 (``data.validate: header|decode``), on conversation files too.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def header_problems(
 ) -> tuple[list[ManifestEntry], list[str]]:
     """The good entries of a manifest, and a ``file:line: field: reason`` for each bad line.
 
-    It checks the fields and the audio file's header, as :func:`~qwen_audio.data.manifest.iter_manifest` with
-    ``check_audio`` does, without stopping.
+    It checks the fields and the audio file's header, as
+    :func:`~qwen_audio.data.manifest.iter_manifest` with ``check_audio`` does, without stopping.
     """
     folder = os.path.dirname(os.path.abspath(path))
     entries, problems = [], []

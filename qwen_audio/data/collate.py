@@ -13,7 +13,8 @@ from qwen_audio.prompts import IGNORE_INDEX
 
 def collate(samples: Sequence[Sample], pad_id: int) -> dict:
     """``input_ids``/``labels``/``attention_mask`` ``[B, L]``; ``audio_mel`` ``[N, n_mels, T]`` with
-    ``audio_mel_lengths`` ``[N]``, one row per ``<audio>`` in row-major order (the order the model splices)."""
+    ``audio_mel_lengths`` ``[N]``, one row per ``<audio>`` in row-major order (the order the model
+    splices)."""
     ids = pad_sequence([s.input_ids for s in samples], batch_first=True, padding_value=pad_id)
     mask = pad_sequence(
         [torch.ones_like(s.input_ids) for s in samples], batch_first=True, padding_value=0

@@ -1,7 +1,7 @@
 """Conversation JSONL for supervised fine-tuning (stage 2), its validation, and the dataset that encodes it.
 
-Each line holds one ChatML dialogue. Validation errors name the file, line and field. The dataset puts loss on the
-assistant's words only.
+Each line holds one ChatML dialogue. Validation errors name the file, line and field. The dataset
+puts loss on the assistant's words only.
 
 A line looks like::
 
@@ -12,18 +12,21 @@ A line looks like::
                   {"role": "user", "content": "What does it say?"},
                   {"role": "assistant", "content": "the cat sleeps."}]}
 
-Fields: ``messages`` (required) alternate ``user`` and ``assistant``, start with the user and end with the assistant's
-reply. A user turn is text, or a list of ``{"audio": path}`` / ``{"text": ...}`` items. It is written as the
-release's ``from_list_format`` does: ``Audio 1:<audio>PATH</audio>\\n``, numbered from 1 in each turn. With a
-Qwen2-Audio tokenizer, it follows its chat template's ``Audio 1: <audio>PATH</audio>\\n``, numbered across the
-conversation. An assistant turn is text. ``system`` (optional) replaces the default system prompt. ``id`` (optional)
-defaults to ``file:line``. A pure-text conversation is the same schema without audio items. Audio paths are read
-against the file's folder, so a corpus folder can be moved. Text may not hold ``<audio>`` tags, as audio comes only
-as items. Unknown fields are errors, so a misspelt field cannot be silently ignored.
+Fields: ``messages`` (required) alternate ``user`` and ``assistant``, start with the user and end
+with the assistant's reply. A user turn is text, or a list of ``{"audio": path}`` /
+``{"text": ...}`` items. It is written as the release's ``from_list_format`` does:
+``Audio 1:<audio>PATH</audio>\\n``, numbered from 1 in each turn. With a Qwen2-Audio tokenizer, it
+follows its chat template's ``Audio 1: <audio>PATH</audio>\\n``, numbered across the conversation.
+An assistant turn is text. ``system`` (optional) replaces the default system prompt. ``id``
+(optional) defaults to ``file:line``. A pure-text conversation is the same schema without audio
+items. Audio paths are read against the file's folder, so a corpus folder can be moved. Text may not
+hold ``<audio>`` tags, as audio comes only as items. Unknown fields are errors, so a misspelt field
+cannot be silently ignored.
 
-Labels are ``IGNORE_INDEX`` everywhere except each assistant turn's content *and its closing* ``<|im_end|>``. This is
-how Qwen and FastChat train chat models. The model learns to stop, and generation ends at ``<|im_end|>`` (spec §7).
-The system prompt, user turns (audio included), role headers and the newlines between turns carry no loss.
+Labels are ``IGNORE_INDEX`` everywhere except each assistant turn's content *and its closing*
+``<|im_end|>``. This is how Qwen and FastChat train chat models. The model learns to stop, and
+generation ends at ``<|im_end|>`` (spec §7). The system prompt, user turns (audio included), role
+headers and the newlines between turns carry no loss.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ _FIELDS = ("id", "system", "messages")
 class Conversation:
     """One dialogue, named by ``source`` (``file:line``) in errors raised while it is encoded.
 
-    ``stored`` is set for a conversation read from a shard (:mod:`qwen_audio.data.shard`). It returns the bytes of
-    its audio files by path. It is called when the conversation is encoded, so memory holds no corpus's audio.
+    ``stored`` is set for a conversation read from a shard (:mod:`qwen_audio.data.shard`). It
+    returns the bytes of its audio files by path. It is called when the conversation is encoded, so
+    memory holds no corpus's audio.
     """
 
     id: str
@@ -100,9 +104,10 @@ class Conversation:
     ) -> Example:
         """ChatML ids and labels (:func:`qwen_audio.prompts.encode_chat`).
 
-        Errors name the conversation. Audio that only decoding shows unusable (NaN/inf, silence) is an
-        :class:`AudioError`. The file check reads headers, so it cannot see such audio. ``load`` says how audio
-        paths become waveforms (by default :func:`load_clip`, through :meth:`loader`).
+        Errors name the conversation. Audio that only decoding shows unusable (NaN/inf, silence) is
+        an :class:`AudioError`. The file check reads headers, so it cannot see such audio. ``load``
+        says how audio paths become waveforms (by default :func:`load_clip`, through
+        :meth:`loader`).
         """
         system = [Message("system", self.system)] if self.system is not None else []
         where = self.source or f"conversation {self.id!r}"
@@ -233,8 +238,8 @@ def _decode(raw: str) -> Any:
 def read_conversations(path: str | os.PathLike, *, check_audio: bool = True) -> list[Conversation]:
     """Every conversation of a JSONL file (blank lines ignored).
 
-    The first bad line raises :class:`ManifestError` reading ``path:line: field: reason``. With ``check_audio``,
-    each audio file must exist and be readable.
+    The first bad line raises :class:`ManifestError` reading ``path:line: field: reason``. With
+    ``check_audio``, each audio file must exist and be readable.
     """
     name = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(name))

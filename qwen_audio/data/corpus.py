@@ -1,7 +1,8 @@
 """A corpus that configs name by prefix: ``<name>:<manifest>`` is one of its files, built on first use.
 
-Data modules resolve such names through the corpus they are given, so they need not know how it is made, how its
-conversation ids read, or how an exported model records it. A path without the prefix passes through unchanged.
+Data modules resolve such names through the corpus they are given, so they need not know how it is
+made, how its conversation ids read, or how an exported model records it. A path without the prefix
+passes through unchanged.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from qwen_audio.data.manifest import ManifestEntry
 class Corpus(ABC):
     """A corpus of manifests (or conversation files), each named ``<name>:<manifest>`` in a config.
 
-    A subclass sets :attr:`name` and says how its files are built, how evaluation scores and checks it, and how its
-    conversation ids read.
+    A subclass sets :attr:`name` and says how its files are built, how evaluation scores and checks
+    it, and how its conversation ids read.
     """
 
     name: str
@@ -50,8 +51,9 @@ class Corpus(ABC):
 
     @abstractmethod
     def recorded(self, folder: str | None) -> Corpus:
-        """This corpus as the model in ``folder`` was trained on it (the record :meth:`save_record` wrote).
-        Options that conflict with the record are refused: evaluation must read the corpus the model learned."""
+        """This corpus as the model in ``folder`` was trained on it (the record :meth:`save_record`
+        wrote). Options that conflict with the record are refused: evaluation must read the corpus
+        the model learned."""
 
     @abstractmethod
     def question_family(self, conversation_id: str) -> str:

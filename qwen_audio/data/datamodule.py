@@ -1,8 +1,8 @@
 """LightningDataModule: JSONL manifests (or a generated corpus's) -> duration-bucketed, resumable loaders.
 
-The data module does not choose its tokenizer. The model's is given to it by :meth:`AudioTextDataModule.connect`
-(as in litgpt). So a model loaded from a folder trains on that folder's vocabulary, and ``data`` needs no model
-config."""
+The data module does not choose its tokenizer. The model's is given to it by
+:meth:`AudioTextDataModule.connect` (as in litgpt). So a model loaded from a folder trains on that
+folder's vocabulary, and ``data`` needs no model config."""
 
 from __future__ import annotations
 
@@ -38,32 +38,40 @@ class AudioTextDataModule(L.LightningDataModule):
     """Train/validation/test loaders over JSONL manifests.
 
     Args:
-        train, val, test: manifest paths. ``<name>:<manifest>`` names a file of ``corpus``, built on first use.
-            With ``streaming``, ``train`` may also name shard folders (``python -m qwen_audio.data.shard``).
-        weights: one mixing weight per training manifest. By default, every example comes once per epoch.
+        train, val, test: manifest paths. ``<name>:<manifest>`` names a file of ``corpus``, built on
+            first use. With ``streaming``, ``train`` may also name shard folders
+            (``python -m qwen_audio.data.shard``).
+        weights: one mixing weight per training manifest. By default, every example comes once per
+            epoch.
         max_seconds: padded audio seconds per batch (``batch size * longest clip``).
         max_length: the longest token sequence allowed. A longer example is an error naming it.
-        sortagrad_epochs: training epochs at the start that take their batches shortest clips first instead of
-            shuffled (SortaGrad). Short clips align quickly, and what the model learns on them carries to long ones.
-        on_error: ``raise`` stops at the first bad manifest line. ``skip`` skips bad lines and warns with their count.
+        sortagrad_epochs: training epochs at the start that take their batches shortest clips first
+            instead of shuffled (SortaGrad). Short clips align quickly, and what the model learns on
+            them carries to long ones.
+        on_error: ``raise`` stops at the first bad manifest line. ``skip`` skips bad lines and warns
+            with their count.
         corpus: the generated corpus that ``<name>:<manifest>`` paths name
             (:class:`~qwen_audio.data.corpus.Corpus`). A config gives it as a ``class_path``.
         streaming: read the training manifests line by line instead of indexing them
-            (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`). This is for corpora too large to hold
-            in memory. The stream never ends, so set ``trainer.max_steps`` and an integer ``val_check_interval``.
-        buffer_size: entries a streaming reader gathers. It sorts them by duration and packs them into batches.
+            (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`). This is for corpora too
+            large to hold in memory. The stream never ends, so set ``trainer.max_steps`` and an
+            integer ``val_check_interval``.
+        buffer_size: entries a streaming reader gathers. It sorts them by duration and packs them
+            into batches.
         cache: keep every encoded example of the indexed splits in memory after its first load
-            (:class:`~qwen_audio.data.dataset.AudioTextDataset`). Epochs after the first then skip decoding and
-            the log-mel. Use it for corpora that fit in memory.
+            (:class:`~qwen_audio.data.dataset.AudioTextDataset`). Epochs after the first then skip
+            decoding and the log-mel. Use it for corpora that fit in memory.
         augment: on-the-fly augmentation of the training examples
-            (:class:`~qwen_audio.data.augment.Augment`: speed, reverberation, noise, gain). It is seeded by
-            ``(seed, epoch, example index)``. Its noise and impulse-response manifests may name
-            files of ``corpus``. Indexed manifests only.
-        validate: the check before step 0. ``header`` reads each audio file's header (a missing or unreadable
-            file, a segment past its end). ``decode`` also decodes every clip of the indexed splits. It stops with
-            each one that does not decode, holds NaN/inf or is silent (``python -m qwen_audio.data.check --decode``).
+            (:class:`~qwen_audio.data.augment.Augment`: speed, reverberation, noise, gain). It is
+            seeded by ``(seed, epoch, example index)``. Its noise and impulse-response manifests may
+            name files of ``corpus``. Indexed manifests only.
+        validate: the check before step 0. ``header`` reads each audio file's header (a missing or
+            unreadable file, a segment past its end). ``decode`` also decodes every clip of the
+            indexed splits. It stops with each one that does not decode, holds NaN/inf or is silent
+            (``python -m qwen_audio.data.check --decode``).
 
-    The loaders need the model's tokenizer and mel bins. Call :meth:`connect` first (the recipes' CLI does).
+    The loaders need the model's tokenizer and mel bins. Call :meth:`connect` first (the recipes'
+    CLI does).
     """
 
     dataset_class: type[AudioTextDataset] = AudioTextDataset  # how an entry becomes an example
@@ -243,7 +251,8 @@ class AudioTextDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         """The training sampler's position (:class:`~qwen_audio.data.loaders.TrainingPosition`).
 
-        The streamed path needs none. Its loader reads the position from the trainer's restored batch count."""
+        The streamed path needs none. Its loader reads the position from the trainer's restored
+        batch count."""
         return self.position.state_dict(self.trainer)
 
     def load_state_dict(self, state: dict) -> None:

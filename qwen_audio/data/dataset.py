@@ -48,8 +48,8 @@ Transform = Callable[[ManifestEntry, torch.Tensor], tuple[ManifestEntry, torch.T
 def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """Samples ``start:stop`` of a training clip at 16 kHz.
 
-    A clip that decodes to silence (every sample 0) raises :class:`AudioError`. So does one that does not
-    decode or holds NaN/inf. Neither teaches the model anything."""
+    A clip that decodes to silence (every sample 0) raises :class:`AudioError`. So does one that
+    does not decode or holds NaN/inf. Neither teaches the model anything."""
     clip = load_audio(path)[start:stop]
     if not clip.any():
         raise AudioError(f"audio file {path} is silent: every sample of the clip is 0")
@@ -59,7 +59,8 @@ def load_clip(path: AudioSource, start: int = 0, stop: int | None = None) -> tor
 def stored_file(data: bytes, name: str) -> io.BytesIO:
     """An audio file's bytes, from a shard (:mod:`qwen_audio.data.shard`), as a file object.
 
-    :func:`~qwen_audio.audio.load_audio` decodes it. Errors name it ``name``, the path it was read from."""
+    :func:`~qwen_audio.audio.load_audio` decodes it. Errors name it ``name``, the path it was read
+    from."""
     file = io.BytesIO(data)
     file.name = name
     return file
@@ -68,10 +69,11 @@ def stored_file(data: bytes, name: str) -> io.BytesIO:
 def load_segment(entry: ManifestEntry, data: bytes | None = None) -> torch.Tensor:
     """The entry's audio at 16 kHz, cut to its ``offset``/``duration`` segment.
 
-    ``data`` holds the bytes of its audio file when they come from a shard (:mod:`qwen_audio.data.shard`),
-    not from disk. The manifest check reads headers only, to keep a million-line manifest cheap. Faults that
-    only decoding shows are found here: a file that no longer decodes, NaN/inf samples, silence. Each raises
-    an :class:`AudioError` that names the manifest line and the file."""
+    ``data`` holds the bytes of its audio file when they come from a shard
+    (:mod:`qwen_audio.data.shard`), not from disk. The manifest check reads headers only, to keep a
+    million-line manifest cheap. Faults that only decoding shows are found here: a file that no
+    longer decodes, NaN/inf samples, silence. Each raises an :class:`AudioError` that names the
+    manifest line and the file."""
     start = round(entry.offset * SAMPLE_RATE)
     stop = None if entry.duration is None else start + round(entry.duration * SAMPLE_RATE)
     source = entry.audio if data is None else stored_file(data, entry.audio)
@@ -129,11 +131,11 @@ def encode_entry(
 ) -> Sample:
     """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
 
-    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first.
-    With ``on_error="skip"``, audio that fails to load (:func:`load_segment`) gives a warning. It also gives a
-    stand-in of one padding token without label or audio (task ``skipped``). The stand-in adds nothing to the
-    loss, and its batch keeps its place in the epoch's plan. So every rank still takes the step, and a resumed
-    run replays the same batches."""
+    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first. With
+    ``on_error="skip"``, audio that fails to load (:func:`load_segment`) gives a warning. It also
+    gives a stand-in of one padding token without label or audio (task ``skipped``). The stand-in
+    adds nothing to the loss, and its batch keeps its place in the epoch's plan. So every rank still
+    takes the step, and a resumed run replays the same batches."""
     try:
         example = task_example(
             tokenizer,
@@ -156,14 +158,14 @@ def encode_entry(
 class AudioTextDataset(Dataset):
     """Map-style dataset over manifest entries.
 
-    The loss covers only the target after the task prompt. ``on_error`` sets what audio that fails to load does
-    (:func:`encode_entry`).
+    The loss covers only the target after the task prompt. ``on_error`` sets what audio that fails
+    to load does (:func:`encode_entry`).
 
-    ``cache`` keeps each encoded sample after its first load. Later epochs then skip decoding and the log-mel.
-    An example is a pure function of its entry, so a cached sample is the one a fresh load gives. An augmented
-    example (:meth:`augmented`) is encoded afresh and never cached. Memory grows to the whole split's
-    features (about 50 KB a second of audio at 80 mel bins). Each loader worker keeps its own cache. Use it
-    with ``num_workers`` 0 or persistent workers."""
+    ``cache`` keeps each encoded sample after its first load. Later epochs then skip decoding and
+    the log-mel. An example is a pure function of its entry, so a cached sample is the one a fresh
+    load gives. An augmented example (:meth:`augmented`) is encoded afresh and never cached. Memory
+    grows to the whole split's features (about 50 KB a second of audio at 80 mel bins). Each loader
+    worker keeps its own cache. Use it with ``num_workers`` 0 or persistent workers."""
 
     def __init__(
         self,
@@ -218,10 +220,10 @@ class AudioTextDataset(Dataset):
 class AugmentedConcatDataset(ConcatDataset):
     """The training datasets of a data module with augmentation.
 
-    It is indexed by ``(epoch, index)``, what :class:`~qwen_audio.data.sampler.EpochTaggedBatches` yields.
-    Each example is augmented by the generator of ``(seed, epoch, index)``
-    (:func:`~qwen_audio.data.augment.example_generator`). So the audio does not depend on the worker that
-    loads it. A resumed run sees the audio of the uninterrupted one."""
+    It is indexed by ``(epoch, index)``, what :class:`~qwen_audio.data.sampler.EpochTaggedBatches`
+    yields. Each example is augmented by the generator of ``(seed, epoch, index)``
+    (:func:`~qwen_audio.data.augment.example_generator`). So the audio does not depend on the worker
+    that loads it. A resumed run sees the audio of the uninterrupted one."""
 
     def __init__(self, datasets: Sequence[AudioTextDataset], seed: int) -> None:
         super().__init__(datasets)

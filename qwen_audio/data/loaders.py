@@ -16,8 +16,8 @@ from qwen_audio.tokenizer import Tokenizer
 class ModelInputs:
     """The model's tokenizer and its encoder's mel bins, which a data module builds its examples with.
 
-    The data module does not choose them: :meth:`connect` gives it the model's (as in litgpt), so a model loaded
-    from a folder trains on that folder's vocabulary.
+    The data module does not choose them: :meth:`connect` gives it the model's (as in litgpt), so a
+    model loaded from a folder trains on that folder's vocabulary.
     """
 
     def __init__(self, owner: str) -> None:
@@ -56,8 +56,8 @@ def bucket_sampler(
     shuffle: bool,
     sortagrad_epochs: int = 0,
 ) -> DurationBucketSampler:
-    """The split's batch sampler. What it refuses (no file, too few examples for the ranks, bad weights) is an
-    input error naming the split's files."""
+    """The split's batch sampler. What it refuses (no file, too few examples for the ranks, bad
+    weights) is an input error naming the split's files."""
     if not files:
         raise InputError(
             f"data.{split}: no file given, but the trainer asks for the {split} loader"
@@ -90,8 +90,9 @@ def batch_loader(dataset: Dataset, batches: Sampler, pad_id: int, num_workers: i
 class TrainingPosition:
     """The training sampler's position in batches *consumed* (the loader may have fetched more ahead).
 
-    A checkpoint saves it and a resumed run restores it. Strategies that set up optimizers before restoring (FSDP2's
-    ``ModelParallelStrategy``) build the sampler first, through ``estimated_stepping_batches``: it resumes in place.
+    A checkpoint saves it and a resumed run restores it. Strategies that set up optimizers before
+    restoring (FSDP2's ``ModelParallelStrategy``) build the sampler first, through
+    ``estimated_stepping_batches``: it resumes in place.
     """
 
     def __init__(self) -> None:

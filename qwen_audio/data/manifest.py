@@ -278,8 +278,8 @@ def _parse_words(words: Any) -> tuple[TimedWord, ...]:
 def _check_audio_file(entry: ManifestEntry) -> None:
     """Check ``entry``'s audio file from its header only, without decoding.
 
-    The file must exist and hold the segment. The segment must fit the front end (30 ms to 30 s) with every SRWT
-    word inside it.
+    The file must exist and hold the segment. The segment must fit the front end (30 ms to 30 s)
+    with every SRWT word inside it.
     """
     if not os.path.isfile(entry.audio):
         raise ManifestError(f"file not found: {entry.audio}", field="audio")
@@ -325,12 +325,13 @@ def iter_manifest(
 ) -> Iterator[ManifestEntry]:
     """Stream the entries of a JSONL manifest, one line at a time (for corpora too large to hold in memory).
 
-    ``tasks``/``languages`` are the accepted names, in any container (a set, a registry dict). ``check_audio`` also
-    requires each audio file to exist and to be long enough for its segment. It reads the file's header only.
-    ``on_error="raise"`` raises a :class:`ManifestError` at the first bad line. ``on_error="skip"`` skips bad lines.
-    When the file is done, it then warns once with how many were skipped and for which fields. Blank lines are
-    ignored. ``shard=(index, count)`` keeps only lines ``index, index + count, ...`` (numbered from 0) and parses no
-    other. ``count`` readers thus split a file between them.
+    ``tasks``/``languages`` are the accepted names, in any container (a set, a registry dict).
+    ``check_audio`` also requires each audio file to exist and to be long enough for its segment. It
+    reads the file's header only. ``on_error="raise"`` raises a :class:`ManifestError` at the first
+    bad line. ``on_error="skip"`` skips bad lines. When the file is done, it then warns once with
+    how many were skipped and for which fields. Blank lines are ignored. ``shard=(index, count)``
+    keeps only lines ``index, index + count, ...`` (numbered from 0) and parses no other. ``count``
+    readers thus split a file between them.
     """
     index, count = shard
     if not 0 <= index < count:

@@ -1,9 +1,10 @@
 """Duration-bucketed, distributed, resumable batch sampler with weighted mixing of several manifests.
 
-Why not lhotse or litdata? lhotse's ``DynamicBucketingSampler`` works on its own ``CutSet`` data model and I/O
-stack. litdata streams its own optimised chunk format. Either would replace our JSONL manifest and map-style dataset
-rather than sample it. What we need (padded-seconds budget, buckets, equal batch counts per rank, exact mid-epoch
-resume, a seeded mixture) is a pure function of the clip durations, the seed and the epoch. It fits in one class.
+Why not lhotse or litdata? lhotse's ``DynamicBucketingSampler`` works on its own ``CutSet`` data
+model and I/O stack. litdata streams its own optimised chunk format. Either would replace our JSONL
+manifest and map-style dataset rather than sample it. What we need (padded-seconds budget, buckets,
+equal batch counts per rank, exact mid-epoch resume, a seeded mixture) is a pure function of the
+clip durations, the seed and the epoch. It fits in one class.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def pack_batches(
 ) -> list[list[int]]:
     """Cut ``indices`` in order into batches whose padded length stays within ``max_seconds``.
 
-    The padded length is ``len(batch) * longest clip``. The encoder computes the padded batch, so this bounds memory
-    and compute.
+    The padded length is ``len(batch) * longest clip``. The encoder computes the padded batch, so
+    this bounds memory and compute.
     """
     batches: list[list[int]] = []
     batch, longest = [], 0.0
@@ -51,11 +52,13 @@ def _apportion(shares: np.ndarray, total: int) -> np.ndarray:
 class DurationBucketSampler(Sampler[list[int]]):
     """Batch sampler for ``DataLoader(dataset, batch_sampler=sampler)``: yields lists of dataset indices.
 
-    ``durations`` holds one sequence of clip durations (seconds) per manifest. Index ``i`` of manifest ``m`` is the
-    global index ``sum(len(durations[k]) for k < m) + i``. This is the numbering of ``torch.utils.data.ConcatDataset``.
+    ``durations`` holds one sequence of clip durations (seconds) per manifest. Index ``i`` of
+    manifest ``m`` is the global index ``sum(len(durations[k]) for k < m) + i``. This is the
+    numbering of ``torch.utils.data.ConcatDataset``.
 
-    An epoch is planned from ``(seed, epoch)`` alone, identically on every rank. Every epoch holds the same number
-    of batches, because Lightning reads ``len()`` once and the LR schedule counts on it. The plan:
+    An epoch is planned from ``(seed, epoch)`` alone, identically on every rank. Every epoch holds
+    the same number of batches, because Lightning reads ``len()`` once and the LR schedule counts on
+    it. The plan:
 
     1. Group all examples into ``num_buckets`` buckets of similar duration (quantiles of all durations).
     2. Draw the epoch's examples. Without ``weights``, every example is drawn once. With ``weights`` (one per
@@ -71,13 +74,15 @@ class DurationBucketSampler(Sampler[list[int]]):
        ``count % world_size`` batches dropped.
     5. Rank ``r`` takes batches ``r, r + world_size, ...``.
 
-    Lightning calls ``set_epoch`` at the start of every epoch on ``loader.batch_sampler.sampler``. That is the index
-    sampler of a torch ``BatchSampler``. This class is both, so :attr:`sampler` is itself.
+    Lightning calls ``set_epoch`` at the start of every epoch on ``loader.batch_sampler.sampler``.
+    That is the index sampler of a torch ``BatchSampler``. This class is both, so :attr:`sampler` is
+    itself.
 
-    ``state_dict()`` records the epoch and how many batches this rank has yielded. After ``load_state_dict``, the
-    next ``iter()`` continues from there. It yields the batches the uninterrupted run would have produced. With
-    ``DataLoader`` workers, the loader fetches batches ahead. So save the state of batches *consumed*. Build it from
-    the step count (``{"epoch": e, "batches_done": steps_in_epoch, ...}``) or use a stateful loader.
+    ``state_dict()`` records the epoch and how many batches this rank has yielded. After
+    ``load_state_dict``, the next ``iter()`` continues from there. It yields the batches the
+    uninterrupted run would have produced. With ``DataLoader`` workers, the loader fetches batches
+    ahead. So save the state of batches *consumed*. Build it from the step count
+    (``{"epoch": e, "batches_done": steps_in_epoch, ...}``) or use a stateful loader.
     """
 
     def __init__(
@@ -253,9 +258,9 @@ class DurationBucketSampler(Sampler[list[int]]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``'s position.
 
-        The sampler must be built on the same data, seed and world size. A state saved after the last batch of its
-        epoch resumes at the start of the next epoch, as Lightning does. A loader with workers fetches its first
-        batches before Lightning's ``set_epoch`` says so.
+        The sampler must be built on the same data, seed and world size. A state saved after the
+        last batch of its epoch resumes at the start of the next epoch, as Lightning does. A loader
+        with workers fetches its first batches before Lightning's ``set_epoch`` says so.
         """
         for key in ("seed", "world_size", "num_examples"):
             if key in state and state[key] != self.state_dict()[key]:
@@ -271,9 +276,10 @@ class DurationBucketSampler(Sampler[list[int]]):
 class EpochTaggedBatches(Sampler[list[tuple[int, int]]]):
     """The batches of a :class:`DurationBucketSampler`, each index tagged ``(epoch, index)``.
 
-    The epoch is the one the index was planned in. It travels with the index to the worker that loads it. A
-    worker's copy of the dataset cannot know the epoch, and a loader fetches ahead into the next one. The epoch
-    seeds augmentation (:class:`~qwen_audio.data.dataset.AugmentedConcatDataset`). Lightning sets the epoch on
+    The epoch is the one the index was planned in. It travels with the index to the worker that
+    loads it. A worker's copy of the dataset cannot know the epoch, and a loader fetches ahead into
+    the next one. The epoch seeds augmentation
+    (:class:`~qwen_audio.data.dataset.AugmentedConcatDataset`). Lightning sets the epoch on
     :attr:`sampler`.
     """
 

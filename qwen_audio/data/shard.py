@@ -97,8 +97,9 @@ def write_conversation_shards(
 ) -> list[Path]:
     """Write one shard folder per conversation file under ``out`` and return them.
 
-    Every line is checked as training checks it (:func:`~qwen_audio.data.conversations.read_conversations`).
-    A bad line thus stops before anything is written.
+    Every line is checked as training checks it
+    (:func:`~qwen_audio.data.conversations.read_conversations`). A bad line thus stops before
+    anything is written.
     """
     folders = _folders(files, out)
     for file, folder in zip(files, folders):

@@ -1,8 +1,9 @@
 """Training batches streamed from JSONL manifests or litdata shards, for corpora too large to index.
 
-The map-style path (:class:`~qwen_audio.data.sampler.DurationBucketSampler`) holds every entry's duration to plan an
-epoch. Here nothing is indexed up front. Each reader (one per rank and DataLoader worker) parses only its own lines
-of each manifest (:func:`~qwen_audio.data.manifest.iter_manifest` with ``shard``). N readers thus read a file once
+The map-style path (:class:`~qwen_audio.data.sampler.DurationBucketSampler`) holds every entry's
+duration to plan an epoch. Here nothing is indexed up front. Each reader (one per rank and
+DataLoader worker) parses only its own lines of each manifest
+(:func:`~qwen_audio.data.manifest.iter_manifest` with ``shard``). N readers thus read a file once
 between them.
 
 A source may also be a shard folder written by ``python -m qwen_audio.data.shard``
@@ -41,16 +42,16 @@ Item = tuple[ManifestEntry, bytes | None]  # an entry, and its audio file's byte
 class StreamingAudioTextDataset(IterableDataset):
     """Yields collated batches (use ``DataLoader(dataset, batch_size=None)``) forever.
 
-    Each reader draws its next entry from the manifests with probability proportional to ``weights``. It gathers
-    ``buffer_size`` entries, sorts them by duration and packs them into batches within ``max_seconds``. It yields
-    the batches in shuffled order. A manifest that runs out starts its next pass. The stream thus never ends and
-    every rank always has a batch. Training stops at ``trainer.max_steps``. Every draw comes from
-    ``(seed, reader)``.
+    Each reader draws its next entry from the manifests with probability proportional to
+    ``weights``. It gathers ``buffer_size`` entries, sorts them by duration and packs them into
+    batches within ``max_seconds``. It yields the batches in shuffled order. A manifest that runs
+    out starts its next pass. The stream thus never ends and every rank always has a batch. Training
+    stops at ``trainer.max_steps``. Every draw comes from ``(seed, reader)``.
 
-    Entries need a ``duration``, since batches are planned before any audio is decoded. ``skip(n)`` resumes after
-    the first ``n`` batches of the whole loader. Each reader replays its plan without decoding the batches already
-    consumed. With ``num_workers`` the loader takes batches from its workers in turn. That order decides their
-    share.
+    Entries need a ``duration``, since batches are planned before any audio is decoded. ``skip(n)``
+    resumes after the first ``n`` batches of the whole loader. Each reader replays its plan without
+    decoding the batches already consumed. With ``num_workers`` the loader takes batches from its
+    workers in turn. That order decides their share.
     """
 
     def __init__(
@@ -168,12 +169,13 @@ class StreamingAudioTextDataset(IterableDataset):
 class StreamLoader(DataLoader):
     """Loads a :class:`StreamingAudioTextDataset` and starts every iteration after the ``consumed()`` batches.
 
-    Lightning iterates the loader anew at each epoch (with ``limit_train_batches``) and after a resume. Each time,
-    the loader reads the position from training's own batch count. The stream thus goes on across epochs instead of
-    replaying its start. A resumed run continues exactly where its checkpoint was taken. Workers are started per
-    iteration (not persistent), so they receive the new position. Each replays its plan up to there without
-    decoding. That replay reads its manifest lines again. An endless epoch (``max_steps`` and an integer
-    ``val_check_interval``) never pays that.
+    Lightning iterates the loader anew at each epoch (with ``limit_train_batches``) and after a
+    resume. Each time, the loader reads the position from training's own batch count. The stream
+    thus goes on across epochs instead of replaying its start. A resumed run continues exactly where
+    its checkpoint was taken. Workers are started per iteration (not persistent), so they receive
+    the new position. Each replays its plan up to there without decoding. That replay reads its
+    manifest lines again. An endless epoch (``max_steps`` and an integer ``val_check_interval``)
+    never pays that.
     """
 
     def __init__(

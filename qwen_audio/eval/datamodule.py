@@ -1,11 +1,13 @@
 """LightningDataModule for evaluation: a benchmark file (or a generated corpus) -> official prompts, batched per rank.
 
-Each batch holds one benchmark's items, since they share a generation length. They are left-padded as the release
-pads them. Batches are dealt to ranks round-robin with no padding or repetition. The gathered predictions thus hold
-every item exactly once. Lightning's distributed sampler must stay off (``trainer.use_distributed_sampler: false``).
+Each batch holds one benchmark's items, since they share a generation length. They are left-padded
+as the release pads them. Batches are dealt to ranks round-robin with no padding or repetition. The
+gathered predictions thus hold every item exactly once. Lightning's distributed sampler must stay
+off (``trainer.use_distributed_sampler: false``).
 
-The module does not build a tokenizer, because the model evaluated owns it. The CLI hands it over with
-:meth:`connect` (as litgpt's data modules receive theirs), with the number of mel bins its encoder reads.
+The module does not build a tokenizer, because the model evaluated owns it. The CLI hands it over
+with :meth:`connect` (as litgpt's data modules receive theirs), with the number of mel bins its
+encoder reads.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def corpus_items(
 ) -> list[BenchmarkItem]:
     """A corpus's entries as evaluation items, each scored as the benchmark that the corpus names for it.
 
-    Each benchmark and ``condition`` is one source (``<benchmark>_<condition>``), so robustness rows score apart.
+    Each benchmark and ``condition`` is one source (``<benchmark>_<condition>``), so robustness rows
+    score apart.
     """
     items = []
     for entry in entries:
@@ -46,7 +49,8 @@ def corpus_items(
 def corpus_answers(corpus: Corpus, entries: Sequence[ManifestEntry]) -> dict[str, list[str]]:
     """The answers of a corpus's entries, per benchmark.
 
-    Those of the training split give the majority baseline (:func:`qwen_audio.eval.metrics.majority_accuracy`).
+    Those of the training split give the majority baseline
+    (:func:`qwen_audio.eval.metrics.majority_accuracy`).
     """
     answers: dict[str, list[str]] = {}
     for item in corpus_items(corpus, entries):
@@ -66,7 +70,8 @@ class PromptSample:
 class BenchmarkDataset(Dataset):
     """Builds each item's official prompt, without target, for the tokenizer's family, with its decoded audio.
 
-    The prompt text is tokenized as the release scripts tokenize it: every special-token text is the token.
+    The prompt text is tokenized as the release scripts tokenize it: every special-token text is the
+    token.
     """
 
     def __init__(self, items: Sequence[BenchmarkItem], tokenizer: Tokenizer) -> None:
@@ -85,7 +90,8 @@ class BenchmarkDataset(Dataset):
 class BenchmarkBatch(NamedTuple):
     """One benchmark's prompts, left-padded, with their items and the items' indices in the file.
 
-    A named tuple, so Lightning's device transfer moves the prompts' tensors and keeps the rest as it is.
+    A named tuple, so Lightning's device transfer moves the prompts' tensors and keeps the rest as
+    it is.
     """
 
     prompts: PromptBatch
@@ -104,8 +110,8 @@ def benchmark_batches(
 ) -> list[list[int]]:
     """This rank's batches of item indices, dealt to ranks round-robin.
 
-    Each benchmark's items stay in file order, in batches of ``batch_size``. By default that is the benchmark's own,
-    from the release's EVALUATION.md.
+    Each benchmark's items stay in file order, in batches of ``batch_size``. By default that is the
+    benchmark's own, from the release's EVALUATION.md.
     """
     by_benchmark: dict[str, list[int]] = {}
     for index, item in enumerate(items):
@@ -121,22 +127,23 @@ class BenchmarkDataModule(L.LightningDataModule):
     """Test loader over one benchmark's evaluation file, or over a generated corpus.
 
     Args:
-        benchmark: A name of :data:`qwen_audio.eval.tasks.BENCHMARKS`, or the name of ``corpus``. The corpus name
-            means every task in it, each scored as the benchmark the corpus names
+        benchmark: A name of :data:`qwen_audio.eval.tasks.BENCHMARKS`, or the name of ``corpus``.
+            The corpus name means every task in it, each scored as the benchmark the corpus names
             (:meth:`~qwen_audio.data.corpus.Corpus.benchmark`).
         path: The evaluation file. Default: the release's path of the benchmark, e.g.
-            ``data/asr/librispeech_eval.jsonl``. For a corpus, a manifest of its format or ``<name>:<manifest>``
-            of it. Its default is then ``<name>:<split>``, built on first use.
-        split: For a corpus, the held-out split read. ``validation`` is the split to compare configurations on.
-            ``test`` is read once per shipped configuration. Each gives its clean items and the robustness rows
-            the corpus has (sources ``<benchmark>_<condition>``).
-        audio_root: Folder that relative ``audio`` paths are read against. Default: the file's folder.
+            ``data/asr/librispeech_eval.jsonl``. For a corpus, a manifest of its format or
+            ``<name>:<manifest>`` of it. Its default is then ``<name>:<split>``, built on first use.
+        split: For a corpus, the held-out split read. ``validation`` is the split to compare
+            configurations on. ``test`` is read once per shipped configuration. Each gives its clean
+            items and the robustness rows the corpus has (sources ``<benchmark>_<condition>``).
+        audio_root: Folder that relative ``audio`` paths are read against. Default: the file's
+            folder.
         batch_size: Prompts per batch on each device. Default: the benchmark's, from the release.
-        checkpoint: The released-layout folder evaluated, linked from the model by the CLI. It is read only for
-            the record of the corpus its export wrote.
-        corpus: The generated corpus (:class:`~qwen_audio.data.corpus.Corpus`). It is taken as the checkpoint's
-            export records it (:meth:`~qwen_audio.data.corpus.Corpus.recorded`). Any other corpus's test split
-            could hold the recorded corpus's training items.
+        checkpoint: The released-layout folder evaluated, linked from the model by the CLI. It is
+            read only for the record of the corpus its export wrote.
+        corpus: The generated corpus (:class:`~qwen_audio.data.corpus.Corpus`). It is taken as the
+            checkpoint's export records it (:meth:`~qwen_audio.data.corpus.Corpus.recorded`). Any
+            other corpus's test split could hold the recorded corpus's training items.
     """
 
     def __init__(

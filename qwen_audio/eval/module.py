@@ -1,17 +1,20 @@
 """LightningModule for ``test``: the release's evaluation of a benchmark, batched, on any number of devices.
 
-Weights come from a released-layout folder (``checkpoint``: config, safetensors, ``qwen.tiktoken``). Or they come
-from the Lightning checkpoint that ``trainer.test(ckpt_path=...)`` loads, with the architecture of a ``preset``:
-a :class:`~qwen_audio.lit.QwenAudioModule` checkpoint's ``model.*`` keys are this module's. Given both, the folder
-gives the architecture and tokenizer, and the Lightning checkpoint's weights replace the folder's.
+Weights come from a released-layout folder (``checkpoint``: config, safetensors, ``qwen.tiktoken``).
+Or they come from the Lightning checkpoint that ``trainer.test(ckpt_path=...)`` loads, with the
+architecture of a ``preset``: a :class:`~qwen_audio.lit.QwenAudioModule` checkpoint's ``model.*``
+keys are this module's. Given both, the folder gives the architecture and tokenizer, and the
+Lightning checkpoint's weights replace the folder's.
 
-Generation is greedy as in the release: ``do_sample=False``, ``min_new_tokens=1``, and a stop at the tokenizer's
-stop ids (``<|endoftext|>``, or a Qwen2-Audio folder's ``generation_config.json`` ``eos_token_id``, as its scripts
-stop). It is also batch-exact: left padding does not shift positions, so a batch gives each prompt what it gives
-alone. The release's padded RoPE does not (spec §6).
+Generation is greedy as in the release: ``do_sample=False``, ``min_new_tokens=1``, and a stop at the
+tokenizer's stop ids (``<|endoftext|>``, or a Qwen2-Audio folder's ``generation_config.json``
+``eos_token_id``, as its scripts stop). It is also batch-exact: left padding does not shift
+positions, so a batch gives each prompt what it gives alone. The release's padded RoPE does not
+(spec §6).
 
-Each rank keeps its predictions. At the end rank 0 gathers them and writes ``predictions.jsonl``, ``metrics.json``
-and ``report.md`` (ours beside Table 3, see :mod:`qwen_audio.eval.report`) in ``trainer.default_root_dir``.
+Each rank keeps its predictions. At the end rank 0 gathers them and writes ``predictions.jsonl``,
+``metrics.json`` and ``report.md`` (ours beside Table 3, see :mod:`qwen_audio.eval.report`) in
+``trainer.default_root_dir``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ from qwen_audio.model import QwenAudio
 
 
 class BenchmarkEvaluation(L.LightningModule):
-    """Answers the official prompts of :class:`~qwen_audio.eval.datamodule.BenchmarkDataModule`'s batches and scores
-    the answers per benchmark and source.
+    """Answers the official prompts of :class:`~qwen_audio.eval.datamodule.BenchmarkDataModule`'s
+    batches and scores the answers per benchmark and source.
 
-    ``config`` and ``tokenizer`` are known once constructed, so the CLI can connect the data module to them before
-    the test. The weights are loaded in :meth:`configure_model`.
+    ``config`` and ``tokenizer`` are known once constructed, so the CLI can connect the data module
+    to them before the test. The weights are loaded in :meth:`configure_model`.
 
     Args:
-        preset: preset name giving the architecture (and tokenizer) when no ``checkpoint`` folder is given.
+        preset: preset name giving the architecture (and tokenizer) when no ``checkpoint`` folder is
+            given.
         checkpoint: a Qwen-Audio released-layout or Qwen2-Audio folder (in its own dtype).
     """
 

@@ -1,18 +1,19 @@
 """The paper's 12 evaluation benchmarks (Table 2/3) as the release's ``eval_audio/evaluate_*.py`` scripts run them.
 
-Each :class:`Benchmark` holds what its script fixes. That is the task tags of the official prompt, the generation
-length, the per-GPU batch size of ``EVALUATION.md``, and the metrics. It also holds the Qwen-Audio numbers of the
-paper's Table 3, so a report can put ours beside them. The ``demo_*`` entries score the embedded demo corpus the
-same way. A Qwen2-Audio checkpoint is asked the same task in its family's words
-(:mod:`qwen_audio.qwen2_audio.prompts`).
+Each :class:`Benchmark` holds what its script fixes. That is the task tags of the official prompt,
+the generation length, the per-GPU batch size of ``EVALUATION.md``, and the metrics. It also holds
+the Qwen-Audio numbers of the paper's Table 3, so a report can put ours beside them. The ``demo_*``
+entries score the embedded demo corpus the same way. A Qwen2-Audio checkpoint is asked the same task
+in its family's words (:mod:`qwen_audio.qwen2_audio.prompts`).
 
 Evaluation files use the release's JSON-lines schema, one item a line::
 
     {"audio": "clips/a.flac", "gt": "the reference", "source": "librispeech_test_clean"}
 
-``question`` is added for question answering, and Clotho's ``gt`` is the list of its five captions. Scores are
-computed per ``source`` (the release prints one line per source). CoVoST2 reads its languages from the source,
-``..._{audio language}_{text language}_{split}``, as ``evaluate_st.py`` does.
+``question`` is added for question answering, and Clotho's ``gt`` is the list of its five captions.
+Scores are computed per ``source`` (the release prints one line per source). CoVoST2 reads its
+languages from the source, ``..._{audio language}_{text language}_{split}``, as ``evaluate_st.py``
+does.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def _transcription_scores(
 ) -> Scores:
     """``evaluate_asr.py``: corpus WER after the release's normalisation, in percent as Table 3 prints it.
 
-    Chinese is scored by CER (the release splits it into characters). English also gets WER with Whisper's
-    normaliser beside it."""
+    Chinese is scored by CER (the release splits it into characters). English also gets WER with
+    Whisper's normaliser beside it."""
     if language == "zh":
         return {"cer": 100 * error_rate(refs, hyps, "zh")}
     scores = {"wer": 100 * error_rate(refs, hyps, language)}
@@ -80,8 +81,8 @@ def _timestamp_scores(
 ) -> Scores:
     """``evaluate_srwt.py``: average alignment shift in ms, and the error rate of the text without timestamps.
 
-    The shift is computed by the release's procedure (Table 3's) and by ours (first word timed too, see
-    :mod:`qwen_audio.eval.metrics.alignment`)."""
+    The shift is computed by the release's procedure (Table 3's) and by ours (first word timed too,
+    see :mod:`qwen_audio.eval.metrics.alignment`)."""
     return {
         "aas_ms_release": release_alignment_error_ms(refs, hyps),
         "aas_ms": alignment_error_ms(refs, hyps),
@@ -132,9 +133,9 @@ class Benchmark:
     """One benchmark as its release script runs it.
 
     ``language`` is the audio language the prompt names (ASR, SRWT, MELD). None means the task's own
-    (``unknown`` for sounds) or, for speech translation, the languages in the source. ``paper`` maps a split to
-    Table 3's numbers under our metric names. A split matches a source whose ``_``/``-`` separated words contain the
-    split's words in order. The split ``""`` matches every source.
+    (``unknown`` for sounds) or, for speech translation, the languages in the source. ``paper`` maps
+    a split to Table 3's numbers under our metric names. A split matches a source whose ``_``/``-``
+    separated words contain the split's words in order. The split ``""`` matches every source.
     """
 
     name: str
@@ -353,8 +354,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             _note_scores,
             paper={"": {"qualities_map": 0.4742, "instrument_accuracy": 0.7882}},
         ),
-        # The held-out split of the embedded demo corpus (qwen_audio.data.demo), one benchmark per task and language.
-        # Its utterances are 3 to 6 digits: 32 new tokens hold a transcript, 64 one with word timestamps.
+        # The held-out split of the embedded demo corpus (qwen_audio.data.demo), one benchmark per
+        # task and language. Its utterances are 3 to 6 digits: 32 new tokens hold a transcript, 64
+        # one with word timestamps.
         *(
             Benchmark(
                 f"demo_asr_{lang}",
@@ -470,9 +472,9 @@ def read_benchmark_file(
 ) -> list[BenchmarkItem]:
     """The items of an evaluation file in the release's schema, checked line by line.
 
-    A relative ``audio`` path is read against ``audio_root`` (default: the file's folder). A line with a missing or
-    ill-typed field, an audio file that does not exist, or a source that gives no prompt raises
-    :class:`ManifestError` reading ``path:line: field: reason``.
+    A relative ``audio`` path is read against ``audio_root`` (default: the file's folder). A line
+    with a missing or ill-typed field, an audio file that does not exist, or a source that gives no
+    prompt raises :class:`ManifestError` reading ``path:line: field: reason``.
     """
     spec = get_benchmark(benchmark)
     name = os.fspath(path)
@@ -519,9 +521,9 @@ def score_predictions(
     items.
 
     ``train_answers`` maps a benchmark to the answers of its training split (a corpus with a
-    training split has them). Beside the accuracy of such a benchmark goes ``majority_accuracy``. It is the score of
-    always giving the training split's most common answer (:func:`qwen_audio.eval.metrics.majority_accuracy`).
-    Without training answers there is none.
+    training split has them). Beside the accuracy of such a benchmark goes ``majority_accuracy``. It
+    is the score of always giving the training split's most common answer
+    (:func:`qwen_audio.eval.metrics.majority_accuracy`). Without training answers there is none.
     """
     train_answers = train_answers or {}
     groups: dict[str, dict[str, list[Prediction]]] = {}

@@ -1,11 +1,11 @@
 """Batched generation with the KV cache: greedy or sampled, stop tokens, streaming, and answers as text.
 
-Prompts of different lengths are left-padded. Their rotary positions are taken from the attention mask. A batch
-thus gives exactly the tokens each prompt gives alone (the release counts the padding, see spec §3). The audio is
-encoded and spliced once, at prefill. Prefill computes the head at each row's last token only. Decoding steps feed
-only the new token into a static KV cache (:mod:`.engine`). Each token is picked on the device by
-:mod:`.sampling`. It runs transformers' logits processors on fp32 scores, in the order transformers' ``generate``
-applies them.
+Prompts of different lengths are left-padded. Their rotary positions are taken from the attention
+mask. A batch thus gives exactly the tokens each prompt gives alone (the release counts the padding,
+see spec §3). The audio is encoded and spliced once, at prefill. Prefill computes the head at each
+row's last token only. Decoding steps feed only the new token into a static KV cache
+(:mod:`.engine`). Each token is picked on the device by :mod:`.sampling`. It runs transformers'
+logits processors on fp32 scores, in the order transformers' ``generate`` applies them.
 
 :func:`answer_prompts` is the one way from prompts to answers. The command line
 (:mod:`qwen_audio.generate.__main__`), chat, long-form, evaluation and the experiments share it.
@@ -58,12 +58,13 @@ def generate_steps(
 ) -> Iterator[list[int | None]]:
     """Yield every row's new token at each decoding step, or None for a row that has stopped.
 
-    A stop token is never yielded. Stops after ``max_new_tokens`` steps or when every row has stopped. The host
-    waits for the device every ``sync_every`` steps, then yields those steps at once. ``flags``, when given,
-    receives each row's hallucination-guard flag (None: not stopped by the guard).
+    A stop token is never yielded. Stops after ``max_new_tokens`` steps or when every row has
+    stopped. The host waits for the device every ``sync_every`` steps, then yields those steps at
+    once. ``flags``, when given, receives each row's hallucination-guard flag (None: not stopped by
+    the guard).
 
-    Only the tokenizer's ``vocab_size`` ids are candidates. The embedding is padded beyond them (155947 rows for
-    155165 tokens in the release), and those rows are no tokens.
+    Only the tokenizer's ``vocab_size`` ids are candidates. The embedding is padded beyond them
+    (155947 rows for 155165 tokens in the release), and those rows are no tokens.
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(
@@ -118,8 +119,9 @@ def generate(
 ) -> list[list[int]]:
     """The new tokens of each left-padded prompt, stop token excluded.
 
-    ``streamer`` sees every step's tokens (None for rows that have stopped). See :func:`generate_steps`. Without a
-    streamer the host waits for the device every :data:`SYNC_EVERY` steps only.
+    ``streamer`` sees every step's tokens (None for rows that have stopped). See
+    :func:`generate_steps`. Without a streamer the host waits for the device every
+    :data:`SYNC_EVERY` steps only.
     """
     generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     for step in generate_steps(
@@ -162,8 +164,8 @@ def generate_prompts(
 class Answer(NamedTuple):
     """What a prompt got: the generated ids, their text, and the hallucination guard's flag.
 
-    The ids exclude the stop token. The text is decoded and stripped. The flag is set when the guard stopped the row
-    (see :class:`GenerationConfig`).
+    The ids exclude the stop token. The text is decoded and stripped. The flag is set when the guard
+    stopped the row (see :class:`GenerationConfig`).
     """
 
     ids: list[int]
@@ -198,7 +200,8 @@ def answer_prompts(
 ) -> list[Answer]:
     """The :class:`Answer` of each encoded prompt, computed on the model's device.
 
-    Prompts go ``batch_size`` at a time (default: all at once). A batch gives each prompt the tokens it gets alone.
+    Prompts go ``batch_size`` at a time (default: all at once). A batch gives each prompt the tokens
+    it gets alone.
     """
     size = batch_size or max(1, len(prompts))
     device = next(model.parameters()).device
@@ -214,10 +217,11 @@ def answer_prompts(
 class TextStream:
     """The text of a growing token sequence, handed out in pieces as its tokens arrive.
 
-    A character split over several byte-level tokens is held back until complete (the decoded text would end in
-    U+FFFD). The text ends before the first of the ``stop`` strings (OpenAI's ``stop``). Text that may be the
-    start of one is held back until it is known not to be. With ``strip``, leading and trailing whitespace are held
-    back too. The pieces therefore join to exactly the final :attr:`text`.
+    A character split over several byte-level tokens is held back until complete (the decoded text
+    would end in U+FFFD). The text ends before the first of the ``stop`` strings (OpenAI's
+    ``stop``). Text that may be the start of one is held back until it is known not to be. With
+    ``strip``, leading and trailing whitespace are held back too. The pieces therefore join to
+    exactly the final :attr:`text`.
     """
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), strip: bool = False) -> None:

@@ -1,7 +1,7 @@
 """``python -m qwen_audio.generate``: answers to raw release-style prompts, or transcripts of audio over 30 s.
 
-Answers print one per line (``--json``: one object per prompt and line). ``--long-form`` gives transcripts of audio
-over 30 s instead. For example::
+Answers print one per line (``--json``: one object per prompt and line). ``--long-form`` gives
+transcripts of audio over 30 s instead. For example::
 
     python -m qwen_audio.generate --checkpoint DIR --greedy --json \\
         --prompt "<audio>clip.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"

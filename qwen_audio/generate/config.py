@@ -12,14 +12,16 @@ from qwen_audio.tokenizer import QwenAudioTokenizer
 class GenerationConfig:
     """How to pick each new token. ``stop_ids`` end a row's generation and are not returned.
 
-    Sampling options apply only with ``do_sample``. A ``top_k`` of 0 or a ``top_p`` of 1.0 switches that filter off.
-    ``seed`` makes sampling reproducible. It seeds a ``torch.Generator`` of its own and leaves the global RNG alone.
+    Sampling options apply only with ``do_sample``. A ``top_k`` of 0 or a ``top_p`` of 1.0 switches
+    that filter off. ``seed`` makes sampling reproducible. It seeds a ``torch.Generator`` of its own
+    and leaves the global RNG alone.
 
-    The hallucination guard stops a row and flags it. It is off by default, and off for the parity tests. It fires when
-    a row's output ends with one n-gram (n <= 8) repeated more than ``max_repeats`` times, a loop such as
-    "two two two ...". It also fires when the output holds more than ``max_tokens_per_audio_second`` tokens per
-    second of its prompt's audio. Such a transcript is longer than its audio can hold. Whisper's compression-ratio
-    check guards against the same.
+    The hallucination guard stops a row and flags it. It is off by default, and off for the parity
+    tests. It fires when a row's output ends with one n-gram (n <= 8) repeated more than
+    ``max_repeats`` times, a loop such as "two two two ...". It also fires when the output holds
+    more than ``max_tokens_per_audio_second`` tokens per second of its prompt's audio. Such a
+    transcript is longer than its audio can hold. Whisper's compression-ratio check guards against
+    the same.
     """
 
     max_new_tokens: int = 512
@@ -71,7 +73,8 @@ class GenerationConfig:
     def base(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
         """The release's ``base_generation_config.json`` (Qwen-Audio): sampling with top-p 0.8, stop at eod.
 
-        Its evaluation scripts decode greedily instead: ``GenerationConfig.base(tokenizer, do_sample=False)``.
+        Its evaluation scripts decode greedily instead:
+        ``GenerationConfig.base(tokenizer, do_sample=False)``.
         """
         release = cls(
             max_new_tokens=512, do_sample=True, top_k=0, top_p=0.8, stop_ids=tokenizer.stop_ids

@@ -37,8 +37,8 @@ LONGEST_REPEATED_NGRAM = 8
 class SlotSequence:
     """One slot's sequence as the host knows it: its tokens so far and, once known, why it ended.
 
-    ``finish``: ``"stop"`` (a stop token, not kept), ``"length"`` (``max_new_tokens``) or ``"guard"`` (the
-    hallucination guard: ``flag`` says which check).
+    ``finish``: ``"stop"`` (a stop token, not kept), ``"length"`` (``max_new_tokens``) or
+    ``"guard"`` (the hallucination guard: ``flag`` says which check).
     """
 
     limit: int
@@ -225,7 +225,8 @@ class DecodeEngine:
     def capture(self, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128)) -> None:
         """Record the decoding step's forward as a CUDA graph for each batch-size bucket up to ``slots``.
 
-        Call it with every slot free, e.g. at load, because the warm-up runs write into the cache."""
+        Call it with every slot free, e.g. at load, because the warm-up runs write into the
+        cache."""
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA model, this one is on {self.device}")
         sizes = sorted({min(size, self.slots) for size in buckets})

@@ -37,8 +37,9 @@ class SlotSampler:
         self._lower_bounded: set[int] = set()  # slots with a min_new_tokens
 
     def set(self, slot: int, config: GenerationConfig, prompt_ids: torch.Tensor) -> None:
-        """Give ``slot`` the settings of ``config``; ``prompt_ids`` (padding as id ``vocab``) count as seen, as in
-        transformers' repetition penalty (audio placeholders included, as in the release)."""
+        """Give ``slot`` the settings of ``config``; ``prompt_ids`` (padding as id ``vocab``) count
+        as seen, as in transformers' repetition penalty (audio placeholders included, as in the
+        release)."""
         self.do_sample[slot] = config.do_sample
         self.temperature[slot] = config.temperature
         self.top_k[slot] = min(config.top_k, self.vocab)

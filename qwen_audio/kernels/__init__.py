@@ -1,13 +1,15 @@
 """Kernel dispatch: fused Triton kernels for CUDA tensors, the torch references everywhere else.
 
-The kernel backend that runs a call is chosen as follows. An explicit ``kernel_backend="torch"`` or ``"triton"``
-argument wins. With ``"auto"``, the environment variable ``QWEN_AUDIO_KERNEL_BACKEND=torch|triton`` decides when
-set. Otherwise Triton runs on CUDA tensors of a device it supports (compute capability >= 8.0, for TF32 tensor
-cores), and torch runs on the rest.
+The kernel backend that runs a call is chosen as follows. An explicit ``kernel_backend="torch"`` or
+``"triton"`` argument wins. With ``"auto"``, the environment variable
+``QWEN_AUDIO_KERNEL_BACKEND=torch|triton`` decides when set. Otherwise Triton runs on CUDA tensors
+of a device it supports (compute capability >= 8.0, for TF32 tensor cores), and torch runs on the
+rest.
 
-Triton on CPU tensors is the Triton interpreter. It must be switched on (``TRITON_INTERPRET=1``) before this package
-is imported, because ``triton.jit`` reads it when the kernels are defined. It is for tests, not speed. Each kernel
-module holds its torch implementation beside the Triton one. Neither imports the front end.
+Triton on CPU tensors is the Triton interpreter. It must be switched on (``TRITON_INTERPRET=1``)
+before this package is imported, because ``triton.jit`` reads it when the kernels are defined. It is
+for tests, not speed. Each kernel module holds its torch implementation beside the Triton one.
+Neither imports the front end.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ TRITON_KERNEL_NAMES = tuple(
         pool._pool_layer_norm_backward_kernel,
     )
 )
-# Read once, at import: the kernels imported above were defined as interpreted functions or not by this same variable.
+# Read once, at import: the kernels imported above were defined as interpreted functions or not by
+# this same variable.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 

@@ -1,18 +1,22 @@
 """Whisper's log-mel, as a torch implementation and a cuFFT + fused Triton path matching it.
 
-``log_mel_reference`` (torch, any device) equals openai-whisper's ``log_mel_spectrogram`` clip by clip.
+``log_mel_reference`` (torch, any device) equals openai-whisper's ``log_mel_spectrogram`` clip by
+clip.
 
-``log_mel_triton`` runs the FFT on cuFFT, as one batched ``torch.stft`` over Whisper's centred, reflect-padded
-periodic Hann frames. One Triton kernel then reads the complex spectrum once and does the rest in registers. It
-computes the power (``re^2 + im^2``), the mel product, the clamp and ``log10``. The mel product runs on TF32 tensor
-cores. It sums non-negative terms, so TF32 keeps the 1e-3 parity. The kernel stores the log-mel and folds each
-block's maximum into its clip's peak with an atomic max.
+``log_mel_triton`` runs the FFT on cuFFT, as one batched ``torch.stft`` over Whisper's centred,
+reflect-padded periodic Hann frames. One Triton kernel then reads the complex spectrum once and does
+the rest in registers. It computes the power (``re^2 + im^2``), the mel product, the clamp and
+``log10``. The mel product runs on TF32 tensor cores. It sums non-negative terms, so TF32 keeps the
+1e-3 parity. The kernel stores the log-mel and folds each block's maximum into its clip's peak with
+an atomic max.
 
-A clip's peak is known only once all its blocks have run. The per-clip ``max(x, peak - 8)`` and ``(x + 4) / 4`` are
-therefore a second, elementwise launch over the log-mel, which is a fifth of the spectrum's bytes.
+A clip's peak is known only once all its blocks have run. The per-clip ``max(x, peak - 8)`` and
+``(x + 4) / 4`` are therefore a second, elementwise launch over the log-mel, which is a fifth of the
+spectrum's bytes.
 
-The FFT does O(n log n) work. Multiplying each frame by a dense 400 x 201 DFT basis in TF32x3 instead took 5.3 ms
-for 64 x 30 s on an H200. That was 3.3x slower than torchaudio (``benchmarks_perf/RESULTS.md``, 2026-12-04).
+The FFT does O(n log n) work. Multiplying each frame by a dense 400 x 201 DFT basis in TF32x3
+instead took 5.3 ms for 64 x 30 s on an H200. That was 3.3x slower than torchaudio
+(``benchmarks_perf/RESULTS.md``, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ NORMALISE_BLOCK = 1024
 def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     """Normalised log-mel ``[..., n_mels, samples // 160]`` of float32 ``audio [..., samples]``, in torch ops.
 
-    It is written for the CPU, where DataLoader workers run it. ``benchmarks_perf/bench_mel.py`` times it against
-    openai-whisper. It runs one ``torch.stft`` per clip, since a batched call is ~4x slower there. It takes the power as
-    ``re * re + im * im`` on the real view of the spectrum, without the square root of ``abs()``. It writes the mel
-    product straight into the output. The last frame is left out of that product rather than sliced off the spectrum.
-    The log and the normalisation run in place.
+    It is written for the CPU, where DataLoader workers run it. ``benchmarks_perf/bench_mel.py``
+    times it against openai-whisper. It runs one ``torch.stft`` per clip, since a batched call is
+    ~4x slower there. It takes the power as ``re * re + im * im`` on the real view of the spectrum,
+    without the square root of ``abs()``. It writes the mel product straight into the output. The
+    last frame is left out of that product rather than sliced off the spectrum. The log and the
+    normalisation run in place.
 
     Clips never mix, so a clip gives the same features alone or in any batch.
     """
@@ -98,8 +103,8 @@ def _mel_epilogue_kernel(
 ):
     """Compute power, mel product, clamp and log10 for one (block of frames, clip), and store the log-mel.
 
-    The input is the real view of a ``[clip, bin, frame]`` complex spectrum. Its strides are in floats, with re and im
-    adjacent. The kernel also atomically maxes the clip's peak.
+    The input is the real view of a ``[clip, bin, frame]`` complex spectrum. Its strides are in
+    floats, with re and im adjacent. The kernel also atomically maxes the clip's peak.
     """
     frame_block = tl.program_id(0)
     clip = tl.program_id(1).to(tl.int64)

@@ -31,10 +31,10 @@ from qwen_audio.prompts import DEFAULT_SYSTEM, encode_task
 class TokenThroughput(ThroughputMonitor):
     """Lightning's ThroughputMonitor, counting samples and text tokens per batch.
 
-    MFU comes from the module's ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and the device's
-    peak FLOP/s (CUDA only). In 16-bit precision the peak comes from :mod:`qwen_audio.lit.flops`. It knows the H200
-    and H100 variants that Lightning's table lacks or lists at their sparse figures. Otherwise Lightning's table
-    decides.
+    MFU comes from the module's ``flops_per_batch`` (set by :class:`QwenAudioModule` each step) and
+    the device's peak FLOP/s (CUDA only). In 16-bit precision the peak comes from
+    :mod:`qwen_audio.lit.flops`. It knows the H200 and H100 variants that Lightning's table lacks or
+    lists at their sparse figures. Otherwise Lightning's table decides.
     """
 
     def __init__(self, window_size: int = 20) -> None:
@@ -87,8 +87,8 @@ def _cell(text: str) -> str:
 class TranscriptionReport(L.Callback):
     """Prints greedy transcriptions of held-out ASR clips next to their references, before and after fitting.
 
-    Each language also gets its WER/CER (the release's, as evaluation scores them). This is visible proof that the
-    model learned to listen.
+    Each language also gets its WER/CER (the release's, as evaluation scores them). This is visible
+    proof that the model learned to listen.
     """
 
     def __init__(self, num_clips: int = 4, max_new_tokens: int = 64) -> None:
@@ -117,7 +117,8 @@ class TranscriptionReport(L.Callback):
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # not on_fit_start: the module loads its init_from weights in its own on_fit_start, after the callbacks'
+        # not on_fit_start: the module loads its init_from weights in its own on_fit_start, after
+        # the callbacks'
         self._report(trainer, module, "before training")
 
     @rank_zero_only
@@ -141,12 +142,13 @@ def _normalised_answer(text: str) -> str:
 class ChatTranscript(L.Callback):
     """Prints chat replays and answer accuracy on held-out conversations, before and after fitting.
 
-    The accuracy is that of greedy :func:`qwen_audio.chat.chat` on the first audio question of ``num_questions``
-    held-out test conversations, per question family. Beside it stands the majority answer's accuracy, what a model
-    that ignores the audio can score. The majority answer is the training split's most common answer of the family.
-    ``per_group`` test conversations with audio and as many pure-text ones are replayed turn by turn. The model's
-    own answers become the history. This is proof that SFT taught the model to answer what it hears. The question
-    families are the data module's (:meth:`~qwen_audio.data.chat_datamodule.ChatDataModule.question_family`).
+    The accuracy is that of greedy :func:`qwen_audio.chat.chat` on the first audio question of
+    ``num_questions`` held-out test conversations, per question family. Beside it stands the
+    majority answer's accuracy, what a model that ignores the audio can score. The majority answer
+    is the training split's most common answer of the family. ``per_group`` test conversations with
+    audio and as many pure-text ones are replayed turn by turn. The model's own answers become the
+    history. This is proof that SFT taught the model to answer what it hears. The question families
+    are the data module's (:meth:`~qwen_audio.data.chat_datamodule.ChatDataModule.question_family`).
     """
 
     def __init__(
@@ -243,7 +245,8 @@ class ChatTranscript(L.Callback):
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # not on_fit_start: the module loads its init_from weights in its own on_fit_start, after the callbacks'
+        # not on_fit_start: the module loads its init_from weights in its own on_fit_start, after
+        # the callbacks'
         self._report(trainer, module, "before SFT")
 
     @rank_zero_only
@@ -254,10 +257,11 @@ class ChatTranscript(L.Callback):
 class ExportPretrained(L.Callback):
     """Writes the trained model in the released layout at the end of fit.
 
-    The layout holds ``config.json``, safetensors and ``qwen.tiktoken``. It is the folder that generation, chat,
-    evaluation and the SFT recipe's ``init_from`` read. Under FSDP every rank takes part in gathering the full
-    weights. Rank 0 writes them, each file replaced atomically and other files in the folder kept (see
-    :func:`qwen_audio.checkpoint.save_pretrained`). The folder is checked for writability when fit starts.
+    The layout holds ``config.json``, safetensors and ``qwen.tiktoken``. It is the folder that
+    generation, chat, evaluation and the SFT recipe's ``init_from`` read. Under FSDP every rank
+    takes part in gathering the full weights. Rank 0 writes them, each file replaced atomically and
+    other files in the folder kept (see :func:`qwen_audio.checkpoint.save_pretrained`). The folder
+    is checked for writability when fit starts.
     """
 
     def __init__(self, dirpath: str) -> None:

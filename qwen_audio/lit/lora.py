@@ -1,10 +1,10 @@
 """LoRA on the decoder through peft, so that stage 2 fits one GPU.
 
-The base model stays frozen (in bf16) and only low-rank adapters of the decoder's linear layers are trained.
-``docs/sft.md`` works out the memory.
+The base model stays frozen (in bf16) and only low-rank adapters of the decoder's linear layers are
+trained. ``docs/sft.md`` works out the memory.
 
-peft (and transformers behind it) takes seconds to import. The functions that use it therefore import it, and runs
-without LoRA never pay for it.
+peft (and transformers behind it) takes seconds to import. The functions that use it therefore
+import it, and runs without LoRA never pay for it.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ DECODER_LINEARS = (
 class LoraOptions:
     """The LoRA settings of a recipe (peft's ``LoraConfig`` ``r``, ``lora_alpha``, ``lora_dropout``).
 
-    ``target_modules`` names the linear layers inside the decoder blocks (``transformer.h.N.attn.*`` and
-    ``transformer.h.N.mlp.*``) that get adapters. The audio encoder never does, as it is frozen in stage 2.
+    ``target_modules`` names the linear layers inside the decoder blocks (``transformer.h.N.attn.*``
+    and ``transformer.h.N.mlp.*``) that get adapters. The audio encoder never does, as it is frozen
+    in stage 2.
     """
 
     rank: int = 64
@@ -59,8 +60,8 @@ def add_lora(model: QwenAudio, options: LoraOptions) -> QwenAudio:
 def lora_state_dict(model: QwenAudio, base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A base checkpoint's tensors under their names in the wrapped ``model``, plus the model's own adapter weights.
 
-    A name ``X.weight`` becomes ``X.base_layer.weight``. A released folder thus loads with the usual checks of keys
-    and shapes.
+    A name ``X.weight`` becomes ``X.base_layer.weight``. A released folder thus loads with the usual
+    checks of keys and shapes.
     """
     renamed = {
         key.replace(".base_layer.", "."): key for key in model.state_dict() if ".base_layer." in key

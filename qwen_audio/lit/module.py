@@ -1,9 +1,10 @@
 """LightningModule for both training stages of Qwen-Audio.
 
-Stage 1 (multi-task pretraining) trains the audio encoder, pool, ln_post and projection with the LLM frozen. Stage 2
-(SFT into Qwen-Audio-Chat) trains the LLM with the encoder frozen. ``train`` picks the part, so one module serves
-both recipes. Under Lightning's ``ModelParallelStrategy`` the model is built on the meta device. Each encoder and
-decoder block is then sharded with FSDP2 (``fully_shard``) in ``configure_model``.
+Stage 1 (multi-task pretraining) trains the audio encoder, pool, ln_post and projection with the LLM
+frozen. Stage 2 (SFT into Qwen-Audio-Chat) trains the LLM with the encoder frozen. ``train`` picks
+the part, so one module serves both recipes. Under Lightning's ``ModelParallelStrategy`` the model
+is built on the meta device. Each encoder and decoder block is then sharded with FSDP2
+(``fully_shard``) in ``configure_model``.
 """
 
 from __future__ import annotations
@@ -45,17 +46,19 @@ class QwenAudioModule(L.LightningModule):
 
     Args:
         preset: a preset name of :class:`QwenAudioConfig` (``tiny``, ``qwen-audio``, ...).
-        train: the part that is optimised, ``encoder`` (stage 1), ``decoder`` (stage 2) or ``all``. ``all`` suits a
-            small random decoder, which has no language knowledge to keep.
-        init_from: a folder in the released layout whose weights initialise the model (none: random init). Its
-            tokenizer is then the model's :attr:`tokenizer` (else the preset's).
-        lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio: AdamW and warmup-cosine schedule (spec §8).
-        layer_decay: layer-wise LR decay over the encoder blocks. Block ``i`` of ``n`` gets ``lr * decay**(n-i)``.
+        train: the part that is optimised, ``encoder`` (stage 1), ``decoder`` (stage 2) or ``all``.
+            ``all`` suits a small random decoder, which has no language knowledge to keep.
+        init_from: a folder in the released layout whose weights initialise the model (none: random
+            init). Its tokenizer is then the model's :attr:`tokenizer` (else the preset's).
+        lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio: AdamW and warmup-cosine schedule
+            (spec §8).
+        layer_decay: layer-wise LR decay over the encoder blocks. Block ``i`` of ``n`` gets
+            ``lr * decay**(n-i)``.
         spec_augment: apply SpecAugment ("LibriSpeech Basic") to training mels.
         activation_checkpointing: recompute each block in the backward pass to save memory.
         seed: seeds the SpecAugment masks. The step number is mixed in, so resuming reproduces them.
-        lora: train LoRA adapters on the decoder instead of its weights (:mod:`qwen_audio.lit.lora`). It needs
-            ``train: decoder``.
+        lora: train LoRA adapters on the decoder instead of its weights
+            (:mod:`qwen_audio.lit.lora`). It needs ``train: decoder``.
     """
 
     def __init__(
@@ -81,12 +84,14 @@ class QwenAudioModule(L.LightningModule):
                 f"lora adapts the decoder alone: it needs train='decoder', got train={train!r}"
             )
         self.save_hyperparameters()
-        # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep the dataclass
+        # hparams hold plain dicts when LightningCLI or load_from_checkpoint passes them, so keep
+        # the dataclass
         self.lora = LoraOptions(**lora) if isinstance(lora, dict) else lora
         self.config = QwenAudioConfig.from_name(preset)
         if init_from:
             check_architecture(init_from, self.config)
-        # what the data module is given (``connect``): a released folder trains on its own vocabulary
+        # what the data module is given (``connect``): a released folder trains on its own
+        # vocabulary
         self.tokenizer = (
             read_tokenizer(init_from, self.config) if init_from else load_tokenizer(preset=preset)
         )
@@ -137,8 +142,9 @@ class QwenAudioModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """Load ``init_from`` into the (possibly sharded) model. A resumed run restores its checkpoint instead.
 
-        Rank 0 reads the folder, and the weights are broadcast into each rank's shards. A node thus never holds more
-        than one full copy. Keys and shapes are checked against the model first, and an error lists any mismatch.
+        Rank 0 reads the folder, and the weights are broadcast into each rank's shards. A node thus
+        never holds more than one full copy. Keys and shapes are checked against the model first,
+        and an error lists any mismatch.
         """
         if not self.hparams.init_from or self.trainer.ckpt_path is not None:
             return
@@ -159,8 +165,8 @@ class QwenAudioModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a resumed checkpoint whose weights do not fit this model, naming the file and every mismatched key.
 
-        A sharded checkpoint holds no ``state_dict`` here. Its shards are checked by torch.distributed.checkpoint
-        instead.
+        A sharded checkpoint holds no ``state_dict`` here. Its shards are checked by
+        torch.distributed.checkpoint instead.
         """
         if "state_dict" in checkpoint:
             expected = {f"model.{k}": shape for k, shape in expected_shapes(self.model).items()}
@@ -182,10 +188,10 @@ class QwenAudioModule(L.LightningModule):
     def _with_blank_clip(self, batch: dict) -> dict:
         """A batch without audio, plus one row holding the shortest clip (30 ms, one audio token) of a blank mel.
 
-        Under FSDP every rank must run each sharded encoder block at every step, in the same order. The blocks'
-        all-gathers and gradient reduce-scatters wait for all ranks. This row makes a batch of pure-text conversations
-        run the encoder. It attends only to itself and has no label. The loss is thus unchanged, and the encoder's
-        gradients are zeros.
+        Under FSDP every rank must run each sharded encoder block at every step, in the same order.
+        The blocks' all-gathers and gradient reduce-scatters wait for all ranks. This row makes a
+        batch of pure-text conversations run the encoder. It attends only to itself and has no
+        label. The loss is thus unchanged, and the encoder's gradients are zeros.
         """
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         start, frames, width = (
@@ -243,8 +249,8 @@ class QwenAudioModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        # Read by TokenThroughput for MFU: the usual 6 * params * positions (forward + backward), encoder and
-        # decoder each over their own positions; attention's quadratic term is left out.
+        # Read by TokenThroughput for MFU: the usual 6 * params * positions (forward + backward),
+        # encoder and decoder each over their own positions; attention's quadratic term is left out.
         frames = int(conv_frames(batch["audio_mel_lengths"]).sum())
         positions = int(batch["attention_mask"].sum())
         self.flops_per_batch = 6 * (
@@ -253,7 +259,8 @@ class QwenAudioModule(L.LightningModule):
         if (
             self.hparams.spec_augment and batch["audio_mel"] is not None
         ):  # None: a batch of pure-text conversations
-            # Masks drawn from (seed, step), not the global RNG: a resumed run draws the masks it would have drawn.
+            # Masks drawn from (seed, step), not the global RNG: a resumed run draws the masks it
+            # would have drawn.
             generator = torch.Generator().manual_seed(
                 self.hparams.seed * 1_000_003 + self.global_step
             )

@@ -1,7 +1,8 @@
 """AdamW parameter groups with layer-wise LR decay over the encoder blocks, and warmup + cosine schedule.
 
-Defaults follow spec §8, Qwen-VL's published recipe, as Qwen-Audio's Table 6 is unavailable. They are AdamW
-(0.9, 0.98), eps 1e-6, weight decay 0.05, and linear warmup then cosine decay to 10 % of the peak.
+Defaults follow spec §8, Qwen-VL's published recipe, as Qwen-Audio's Table 6 is unavailable. They
+are AdamW (0.9, 0.98), eps 1e-6, weight decay 0.05, and linear warmup then cosine decay to 10 % of
+the peak.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def param_groups(
 ) -> list[dict]:
     """Trainable parameters grouped by (depth, decayed?): lr = ``lr * layer_decay ** depth``.
 
-    Matrices get weight decay. Biases, norm weights and other 1-D parameters do not (the usual AdamW practice).
+    Matrices get weight decay. Biases, norm weights and other 1-D parameters do not (the usual AdamW
+    practice).
     """
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in named_parameters:
@@ -60,8 +62,8 @@ def param_groups(
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear from 0 to 1 over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at
-    ``total_steps``."""
+    """LR multiplier: linear from 0 to 1 over ``warmup_steps``, then cosine from 1 to ``min_ratio``
+    at ``total_steps``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))

@@ -1,22 +1,25 @@
 """SLURM preemption and time limits: the ranks save together at a batch boundary, then the job is requeued.
 
-``sbatch --signal=SIGUSR1@90`` (or ``scancel --signal=USR1 JOBID``) warns every task of the job before SLURM stops it.
-Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``) saves the checkpoint inside the signal handler.
-Python runs that handler between any two bytecodes, so it can run in the middle of a backward pass or an FSDP
-collective. A save there is either inconsistent or, being a collective itself, hangs (Lightning issue #21406).
+``sbatch --signal=SIGUSR1@90`` (or ``scancel --signal=USR1 JOBID``) warns every task of the job
+before SLURM stops it. Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``) saves the
+checkpoint inside the signal handler. Python runs that handler between any two bytecodes, so it can
+run in the middle of a backward pass or an FSDP collective. A save there is either inconsistent or,
+being a collective itself, hangs (Lightning issue #21406).
 
-:class:`RequeueOnSignal` takes the signal over, and its handler only records it. At the end of the next training
-batch the ranks agree whether any of them got it. If so, all of them save Lightning's ``hpc_ckpt_N.ckpt`` in
-``default_root_dir`` (sharded under FSDP2). At the next hook, once the loop has logged that batch, rank 0 flushes
-the loggers and runs ``scontrol requeue``. Every rank ends fit with :class:`Requeued`. The requeued job resumes
-from that checkpoint with ``--ckpt_path last`` (:func:`qwen_audio.lit.resume.newest_checkpoint`).
+:class:`RequeueOnSignal` takes the signal over, and its handler only records it. At the end of the
+next training batch the ranks agree whether any of them got it. If so, all of them save Lightning's
+``hpc_ckpt_N.ckpt`` in ``default_root_dir`` (sharded under FSDP2). At the next hook, once the loop
+has logged that batch, rank 0 flushes the loggers and runs ``scontrol requeue``. Every rank ends fit
+with :class:`Requeued`. The requeued job resumes from that checkpoint with ``--ckpt_path last``
+(:func:`qwen_audio.lit.resume.newest_checkpoint`).
 
 Progress is never lost quietly. Rank 0 appends each save and each resume to ``requeue.jsonl`` in
-``default_root_dir`` (job id, restart count, checkpoint, step). A requeued job may restore less than its job saved
-(no ``--ckpt_path``, or an older checkpoint). It then stops with a :class:`~qwen_audio.checkpoint.CheckpointError`
-before its first step instead of training from the start. Once the checkpoint is saved, the SIGTERM with which
-SLURM ends the job is only recorded. Lightning's own SIGTERM handler runs a collective inside the handler, which
-can hang the ranks in the middle of the requeue.
+``default_root_dir`` (job id, restart count, checkpoint, step). A requeued job may restore less than
+its job saved (no ``--ckpt_path``, or an older checkpoint). It then stops with a
+:class:`~qwen_audio.checkpoint.CheckpointError` before its first step instead of training from the
+start. Once the checkpoint is saved, the SIGTERM with which SLURM ends the job is only recorded.
+Lightning's own SIGTERM handler runs a collective inside the handler, which can hang the ranks in
+the middle of the requeue.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ RECORD = "requeue.jsonl"  # in default_root_dir: one JSON line per requeue save 
 class Requeued(SystemExit):
     """Ends fit on every rank after the requeue checkpoint.
 
-    It is not ``trainer.should_stop``, because that would end the epoch. A ModelCheckpoint saving at the epoch's end
-    would then record the interrupted epoch as finished, newer than the save.
+    It is not ``trainer.should_stop``, because that would end the epoch. A ModelCheckpoint saving at
+    the epoch's end would then record the interrupted epoch as finished, newer than the save.
     """
 
 
@@ -77,7 +80,8 @@ def _append_record(root: str, **event) -> None:
 class RequeueOnSignal(L.Callback):
     """Replaces Lightning's requeue-signal handler on SLURM with auto-requeue (Lightning's default there).
 
-    It does nothing elsewhere. The signal is the environment's ``requeue_signal`` (SIGUSR1 unless configured).
+    It does nothing elsewhere. The signal is the environment's ``requeue_signal`` (SIGUSR1 unless
+    configured).
     """
 
     def __init__(self) -> None:
@@ -94,8 +98,9 @@ class RequeueOnSignal(L.Callback):
         rank_zero_info("SIGTERM after the requeue save: ending with the requeue")
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        # before Lightning registers its handlers at the start of fit: it leaves a signal that has a handler alone.
-        # The environment Lightning's own handler would follow (one-device strategies keep none of their own).
+        # before Lightning registers its handlers at the start of fit: it leaves a signal that has a
+        # handler alone. The environment Lightning's own handler would follow (one-device strategies
+        # keep none of their own).
         environment = trainer._accelerator_connector.cluster_environment
         if (
             stage != "fit"
@@ -168,8 +173,8 @@ class RequeueOnSignal(L.Callback):
         rank_zero_info(f"requeued SLURM job {job}; it resumes from {self.saved}")
         raise Requeued(0)
 
-    # the hooks that can follow the batch's logging: the next batch, validation, the end of the epoch (before the
-    # ModelCheckpoint's own epoch-end hook, which runs after the other callbacks')
+    # the hooks that can follow the batch's logging: the next batch, validation, the end of the
+    # epoch (before the ModelCheckpoint's own epoch-end hook, which runs after the other callbacks')
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
         self._requeue(trainer)
 
@@ -187,8 +192,9 @@ class RequeueOnSignal(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException
     ) -> None:
-        # after an exception no teardown hook runs, and Lightning's signal teardown, which runs after this hook, puts
-        # back the handlers it found when fit started (this one among them): have it put back the one before
+        # after an exception no teardown hook runs, and Lightning's signal teardown, which runs
+        # after this hook, puts back the handlers it found when fit started (this one among them):
+        # have it put back the one before
         if self._signum is not None:
             trainer._signal_connector._original_handlers[self._signum] = (
                 self._previous_handler or signal.SIG_DFL

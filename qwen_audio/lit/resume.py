@@ -1,13 +1,14 @@
 """Which Lightning checkpoint a run resumes from, and the refusal of one that cannot be resumed.
 
-Lightning's ``ckpt_path="last"`` takes ``last.ckpt`` of the current logger version's folder. A kill between the write
-of a step checkpoint and of ``last.ckpt`` leaves ``last.ckpt`` one interval behind. A resumed run whose logger starts
-a new ``version_N`` finds no ``last.ckpt`` at all and silently starts over.
+Lightning's ``ckpt_path="last"`` takes ``last.ckpt`` of the current logger version's folder. A kill
+between the write of a step checkpoint and of ``last.ckpt`` leaves ``last.ckpt`` one interval
+behind. A resumed run whose logger starts a new ``version_N`` finds no ``last.ckpt`` at all and
+silently starts over.
 
-:func:`newest_checkpoint` instead takes the newest complete checkpoint, whichever was written last. It considers
-those any :class:`~lightning.pytorch.callbacks.ModelCheckpoint` of the trainer wrote. It also considers those a
-SLURM requeue saved (Lightning's ``hpc_ckpt_N.ckpt`` in ``default_root_dir``,
-:class:`~qwen_audio.lit.requeue.RequeueOnSignal`).
+:func:`newest_checkpoint` instead takes the newest complete checkpoint, whichever was written last.
+It considers those any :class:`~lightning.pytorch.callbacks.ModelCheckpoint` of the trainer wrote.
+It also considers those a SLURM requeue saved (Lightning's ``hpc_ckpt_N.ckpt`` in
+``default_root_dir``, :class:`~qwen_audio.lit.requeue.RequeueOnSignal`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ HPC_CHECKPOINTS = (
 
 
 def is_complete(path: str) -> bool:
-    """A checkpoint file whose zip directory (written last by ``torch.save``) is there, or a sharded checkpoint
-    folder holding both metadata files."""
+    """A checkpoint file whose zip directory (written last by ``torch.save``) is there, or a sharded
+    checkpoint folder holding both metadata files."""
     if os.path.isdir(path):
         return all(os.path.isfile(os.path.join(path, marker)) for marker in SHARDED_MARKERS)
     return zipfile.is_zipfile(path)
@@ -42,8 +43,8 @@ def is_complete(path: str) -> bool:
 def checkpoint_folders(trainer: L.Trainer) -> list[str]:
     """Where the trainer's ModelCheckpoints write.
 
-    That is their ``dirpath``, or without one the ``checkpoints`` folder of every logger version. That folder is
-    Lightning's default place, which changes with each run's new version.
+    That is their ``dirpath``, or without one the ``checkpoints`` folder of every logger version.
+    That folder is Lightning's default place, which changes with each run's new version.
     """
     folders = []
     for callback in trainer.checkpoint_callbacks:
@@ -61,8 +62,8 @@ def checkpoint_folders(trainer: L.Trainer) -> list[str]:
 
 
 def newest_checkpoint(trainer: L.Trainer) -> str | None:
-    """The most recently written complete ``*.ckpt`` in :func:`checkpoint_folders` or ``hpc_ckpt_N.ckpt`` in
-    ``default_root_dir``, or None when there is none."""
+    """The most recently written complete ``*.ckpt`` in :func:`checkpoint_folders` or
+    ``hpc_ckpt_N.ckpt`` in ``default_root_dir``, or None when there is none."""
     patterns = [
         os.path.join(glob.escape(folder), "*" + ModelCheckpoint.FILE_EXTENSION)
         for folder in checkpoint_folders(trainer)

@@ -1,9 +1,10 @@
 """Scaled dot-product attention over padded or packed batches, with interchangeable backends.
 
-Who attends to whom is described once per forward by ``segment_ids`` ``[B, Lk]``. An id of 0 marks padding. A run
-of equal non-zero ids in a row is one sequence. A plain 0/1 attention mask is the one-sequence case, and ids 1, 2, 3...
-pack several sequences in a row. Queries are the last ``Lq`` key positions (``Lq < Lk`` when decoding with a KV
-cache). A causal mask is aligned bottom-right, as in FlashAttention.
+Who attends to whom is described once per forward by ``segment_ids`` ``[B, Lk]``. An id of 0 marks
+padding. A run of equal non-zero ids in a row is one sequence. A plain 0/1 attention mask is the
+one-sequence case, and ids 1, 2, 3... pack several sequences in a row. Queries are the last ``Lq``
+key positions (``Lq < Lk`` when decoding with a KV cache). A causal mask is aligned bottom-right, as
+in FlashAttention.
 
 The backends give the same result up to kernel rounding.
 
@@ -161,7 +162,8 @@ class AttentionLayout:
         query_pos = torch.arange(key_length - query_length, key_length, device=runs.device)
         if causal:
             allowed &= key_pos[None, None, :] <= query_pos[None, :, None]
-        # A padded query sees only itself, so no row is empty (an empty softmax row gives NaN, also in backward).
+        # A padded query sees only itself, so no row is empty (an empty softmax row gives NaN, also
+        # in backward).
         own = (key_pos[None, :] == query_pos[:, None])[None] & (query_runs < 0)[:, :, None]
         return (allowed | own)[:, None]
 

@@ -1,12 +1,13 @@
 """The Qwen-7B decoder (Qwen(1) code): token embedding ``wte``, blocks ``h``, final ``ln_f``.
 
-These names are as released. Rotary angles follow ``position_ids`` when given. A left-padded batch passes
-``cumsum(mask) - 1``. Otherwise they follow the absolute index in the sequence, which the release always uses.
-Generation decodes over a :class:`KVCache` preallocated once and written in place, one slot per sequence.
+These names are as released. Rotary angles follow ``position_ids`` when given. A left-padded batch
+passes ``cumsum(mask) - 1``. Otherwise they follow the absolute index in the sequence, which the
+release always uses. Generation decodes over a :class:`KVCache` preallocated once and written in
+place, one slot per sequence.
 
-Beyond ``seq_length`` tokens at inference, the release stretches the rotary base (dynamic NTK). The NTK factor is
-fixed at prefill and reused while decoding. The release also scales queries by ``log(p + 1) / log(seq_length)``
-(logN). Both are off in training, as released.
+Beyond ``seq_length`` tokens at inference, the release stretches the rotary base (dynamic NTK). The
+NTK factor is fixed at prefill and reused while decoding. The release also scales queries by
+``log(p + 1) / log(seq_length)`` (logN). Both are off in training, as released.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from qwen_audio.modules.layers import RMSNorm, SwiGLU, apply_rotary, ntk_alpha, 
 class KVCache:
     """Rotated keys and values ``[slots, max_length + 1, H, D]`` per layer, preallocated and written in place.
 
-    A slot holds one sequence from index 0 without padding. ``lengths`` ``[slots]`` counts its tokens.
-    ``ntk_alpha`` ``[slots]`` holds the dynamic-NTK factor chosen at its prefill (as the release keeps it while
-    decoding). The extra last index is scratch. Left padding is written there, so a padded prefill needs no
-    host-side indexing.
+    A slot holds one sequence from index 0 without padding. ``lengths`` ``[slots]`` counts its
+    tokens. ``ntk_alpha`` ``[slots]`` holds the dynamic-NTK factor chosen at its prefill (as the
+    release keeps it while decoding). The extra last index is scratch. Left padding is written
+    there, so a padded prefill needs no host-side indexing.
     """
 
     keys: list[torch.Tensor]
@@ -160,13 +161,14 @@ class QwenDecoder(nn.Module):
     ) -> tuple[torch.Tensor, KVCache | None]:
         """``inputs_embeds`` ``[B, L, D]`` -> hidden states ``[B, L, D]``, and ``kv_cache`` (updated in place).
 
-        Without ``kv_cache``, ``attention_mask`` ``[B, L]`` holds 0 for padding. Equal non-zero ids there mark
-        one sequence (packing).
+        Without ``kv_cache``, ``attention_mask`` ``[B, L]`` holds 0 for padding. Equal non-zero ids
+        there mark one sequence (packing).
 
-        With ``kv_cache``, row ``b`` continues the sequence in slot ``cache_slots[b]`` (default: slot ``b``). Its
-        new tokens are written in place after the slot's ``lengths`` tokens and attend to them. ``attention_mask``
-        ``[B, L]`` marks the new tokens, with 0 for left padding. ``key_length`` (default: all) bounds the slot
-        positions read. It must therefore cover every row's length after this forward.
+        With ``kv_cache``, row ``b`` continues the sequence in slot ``cache_slots[b]`` (default:
+        slot ``b``). Its new tokens are written in place after the slot's ``lengths`` tokens and
+        attend to them. ``attention_mask`` ``[B, L]`` marks the new tokens, with 0 for left padding.
+        ``key_length`` (default: all) bounds the slot positions read. It must therefore cover every
+        row's length after this forward.
         """
         if kv_cache is not None:
             hidden = self._forward_cached(
@@ -230,7 +232,8 @@ class QwenDecoder(nn.Module):
             where = past[:, None] + valid.long().cumsum(-1) - 1
         if position_ids is None:
             position_ids = where.clamp(min=0)
-        # The release fixes the NTK factor at prefill from the true length; a continued slot keeps its own.
+        # The release fixes the NTK factor at prefill from the true length; a continued slot keeps
+        # its own.
         alpha = cache.ntk_alpha[:batch] if slots is None else cache.ntk_alpha[rows]
         if length > 1 or attention_mask is not None:  # a prefill, or a continuation
             lengths_mask = None if valid is None else valid.long()
@@ -246,7 +249,8 @@ class QwenDecoder(nn.Module):
         query_scale = (
             self._logn_scale(position_ids) if key_length > self.config.seq_length else None
         )
-        # Padding, and the tokens of a free slot that a batch-wide step still feeds, go to the scratch index.
+        # Padding, and the tokens of a free slot that a batch-wide step still feeds, go to the
+        # scratch index.
         if valid is not None:
             where = torch.where(valid, where, torch.full_like(where, cache.max_length))
         index = (rows[:, None].expand(batch, length), where.clamp(max=cache.max_length))
@@ -278,7 +282,8 @@ class QwenDecoder(nn.Module):
             return torch.ones(batch, dtype=torch.float64, device=device)
         lengths = torch.full((batch,), length, device=device)
         if attention_mask is not None:
-            # The release: per-sample true lengths beyond seq_length; at or below it the factor is 1 either way.
+            # The release: per-sample true lengths beyond seq_length; at or below it the factor is 1
+            # either way.
             lengths = (attention_mask > 0).sum(-1)
         return ntk_alpha(lengths, self.config.seq_length)
 

@@ -1,17 +1,18 @@
 """The audio encoder: Whisper-large-v2's encoder, a stride-2 average pool, ``ln_post``, ``proj`` and audio BOS/EOS.
 
-Parameter names are the release's (``conv1``, ``blocks.N.attn.query`` ...), which are also openai-whisper's. A
-Whisper checkpoint thus loads by renaming its ``encoder.`` prefix.
+Parameter names are the release's (``conv1``, ``blocks.N.attn.query`` ...), which are also
+openai-whisper's. A Whisper checkpoint thus loads by renaming its ``encoder.`` prefix.
 
-The encoder takes variable lengths and is batch-invariant. Clip ``b`` with ``mel_len`` valid frames has
-``T = conv_frames(mel_len)`` encoder frames. The release cuts the mel batch at the longest clip's ``2 * T`` frames.
-A shorter clip's conv stem then reads real padding frames at its right edge. Its output thus depends on its
-batch-mates (spec §10).
+The encoder takes variable lengths and is batch-invariant. Clip ``b`` with ``mel_len`` valid frames
+has ``T = conv_frames(mel_len)`` encoder frames. The release cuts the mel batch at the longest
+clip's ``2 * T`` frames. A shorter clip's conv stem then reads real padding frames at its right
+edge. Its output thus depends on its batch-mates (spec §10).
 
-Here mel frames at index >= ``2 * T`` of each clip are zeroed before ``conv1``. The zero padding of ``conv1`` is then
-what the clip sees when it is encoded alone. The receptive field of ``conv2`` for the last valid frame ends at frame
-``2 * T - 1``. After the positional add, frames >= ``T`` are zeroed and masked as keys, as in the release. The pool
-never mixes a valid frame with a padded one, because an odd last frame is dropped.
+Here mel frames at index >= ``2 * T`` of each clip are zeroed before ``conv1``. The zero padding of
+``conv1`` is then what the clip sees when it is encoded alone. The receptive field of ``conv2`` for
+the last valid frame ends at frame ``2 * T - 1``. After the positional add, frames >= ``T`` are
+zeroed and masked as keys, as in the release. The pool never mixes a valid frame with a padded one,
+because an odd last frame is dropped.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class AudioEncoder(nn.Module):
         n_state = config.n_state
         self.conv1 = nn.Conv1d(config.n_mels, n_state, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
-        # Persistent, as released: the checkpoint stores it (bf16-rounded), and parity needs that copy.
+        # Persistent, as released: the checkpoint stores it (bf16-rounded), and parity needs that
+        # copy.
         self.register_buffer("positional_embedding", sinusoids(config.n_ctx, n_state))
         self.blocks = nn.ModuleList(
             EncoderBlock(n_state, config.n_head, config.layer_norm_eps)
@@ -142,16 +144,16 @@ class AudioEncoder(nn.Module):
     def pool_and_norm(self, x: torch.Tensor) -> torch.Tensor:
         """Average-pool over time with stride 2, then apply ``ln_post``, giving ``[N, T // 2, D]``.
 
-        Pooling comes first, as released. On CUDA this is one fused Triton kernel, elsewhere the torch ops
-        (:func:`qwen_audio.kernels.pool_layer_norm`).
+        Pooling comes first, as released. On CUDA this is one fused Triton kernel, elsewhere the
+        torch ops (:func:`qwen_audio.kernels.pool_layer_norm`).
         """
         return pool_layer_norm(x, self.ln_post.weight, self.ln_post.bias, self.ln_post.eps)
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
         """Encode each clip into one tensor ``[pooled_frames(T_b) + 2, output_dim]``.
 
-        The tensor holds audio BOS, the audio tokens and audio EOS. Without ``learned_markers`` (Qwen2-Audio), it
-        holds only the ``pooled_frames(T_b)`` audio tokens.
+        The tensor holds audio BOS, the audio tokens and audio EOS. Without ``learned_markers``
+        (Qwen2-Audio), it holds only the ``pooled_frames(T_b)`` audio tokens.
         """
         x, lengths = self.frames(mel, mel_lengths)
         pooled = self.pool_and_norm(x)

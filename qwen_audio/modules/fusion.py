@@ -19,19 +19,22 @@ def splice_audio(
 ) -> torch.Tensor:
     """Overwrite every ``<audio>`` ... ``</audio>`` span (both ends included) with one clip's ``[bos | frames | eos]``.
 
-    ``embeds`` is ``[B, L, D]`` and ``input_ids`` is ``[B, L]``. ``audio`` holds one ``[span, D]`` tensor per
-    ``<audio>`` occurrence in row-major order (sample 0's audios first). ``</audio>`` is ``audio_start_id + 1``.
-    Returns a new tensor. Gradients flow to both the text embeddings and the audio.
+    ``embeds`` is ``[B, L, D]`` and ``input_ids`` is ``[B, L]``. ``audio`` holds one ``[span, D]``
+    tensor per ``<audio>`` occurrence in row-major order (sample 0's audios first). ``</audio>`` is
+    ``audio_start_id + 1``. Returns a new tensor. Gradients flow to both the text embeddings and the
+    audio.
 
-    The splice is vectorised. Running counts of the markers find the spans. One ``masked_scatter`` fills them (its
-    row-major order is the clips' order). One host sync checks them, however many clips there are.
+    The splice is vectorised. Running counts of the markers find the spans. One ``masked_scatter``
+    fills them (its row-major order is the clips' order). One host sync checks them, however many
+    clips there are.
     """
     if embeds.shape[:2] != input_ids.shape:
         raise ValueError(
             f"embeds {tuple(embeds.shape)} and input_ids {tuple(input_ids.shape)} disagree on [B, L]"
         )
     starts, ends = input_ids == audio_start_id, input_ids == audio_start_id + 1
-    # Spans open and close in turn in every row exactly when this is 0 or 1 everywhere and 0 at the row's end.
+    # Spans open and close in turn in every row exactly when this is 0 or 1 everywhere and 0 at the
+    # row's end.
     open_spans = starts.cumsum(1) - ends.cumsum(1)
     in_span = (open_spans == 1) | ends
     clip_of = (

@@ -1,7 +1,7 @@
 """Small layers shared by the encoder and the decoder, written as the release computes them.
 
-The encoder uses ``torch.nn.LayerNorm`` as is: the release removed Whisper's fp32 upcast, so LayerNorm runs in the
-working dtype, which is exactly what ``nn.LayerNorm`` does.
+The encoder uses ``torch.nn.LayerNorm`` as is: the release removed Whisper's fp32 upcast, so
+LayerNorm runs in the working dtype, which is exactly what ``nn.LayerNorm`` does.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def rotary_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 ``cos, sin`` ``[B, L, 1, head_dim]`` for rotate-half RoPE at ``positions`` ``[B, L]``.
 
-    ``alpha`` ``[B]`` is the dynamic-NTK factor per sequence: the base grows to ``base * alpha**(d / (d - 2))``.
+    ``alpha`` ``[B]`` is the dynamic-NTK factor per sequence: the base grows to
+    ``base * alpha**(d / (d - 2))``.
     """
     exponents = (
         torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim

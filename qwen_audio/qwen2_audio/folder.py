@@ -1,8 +1,9 @@
 """The files of a Qwen2-Audio folder besides weights and ``config.json``: tokenizer, feature extractor, stop ids.
 
-A folder that was loaded passes its ``tokenizer.json``, and every companion file next to it is copied as is, so a
-fine-tuned model keeps the release's chat template and generation settings. Missing ones are written with the
-values of the release's front end (``WhisperFeatureExtractor``, 16 kHz, 30 s windows) and the tokenizer's stop ids.
+A folder that was loaded passes its ``tokenizer.json``, and every companion file next to it is
+copied as is, so a fine-tuned model keeps the release's chat template and generation settings.
+Missing ones are written with the values of the release's front end (``WhisperFeatureExtractor``, 16
+kHz, 30 s windows) and the tokenizer's stop ids.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ COMPANIONS = (
 def write_side_files(
     folder: str, config: QwenAudioConfig, tokenizer_file: str | os.PathLike | None
 ) -> None:
-    """Write ``tokenizer.json`` (``tokenizer_file``, or the config's demo tokenizer), its companions, and the
-    feature-extractor and generation configs when the source folder has none."""
+    """Write ``tokenizer.json`` (``tokenizer_file``, or the config's demo tokenizer), its
+    companions, and the feature-extractor and generation configs when the source folder has none."""
     if tokenizer_file is None:
         if config.tokenizer != "qwen2-demo":
             raise ValueError(

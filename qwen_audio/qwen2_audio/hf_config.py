@@ -1,10 +1,11 @@
 """``config.json`` of ``Qwen2AudioForConditionalGeneration`` <-> :class:`QwenAudioConfig` (family ``qwen2-audio``).
 
-The released files (Qwen/Qwen2-Audio-7B, -Instruct) name only what differs from transformers' defaults, so the
-defaults below are part of the format: ``Qwen2Config`` for ``text_config`` and the ``audio_config`` defaults of
-``Qwen2AudioConfig`` (transformers 5.24, ``models/qwen2/configuration_qwen2.py`` and
-``models/qwen2_audio/configuration_qwen2_audio.py``). Switches our modules do not implement are refused with the
-file and key. No torch here: the CLI reads configs before any model is built.
+The released files (Qwen/Qwen2-Audio-7B, -Instruct) name only what differs from transformers'
+defaults, so the defaults below are part of the format: ``Qwen2Config`` for ``text_config`` and the
+``audio_config`` defaults of ``Qwen2AudioConfig`` (transformers 5.24,
+``models/qwen2/configuration_qwen2.py`` and ``models/qwen2_audio/configuration_qwen2_audio.py``).
+Switches our modules do not implement are refused with the file and key. No torch here: the CLI
+reads configs before any model is built.
 """
 
 from __future__ import annotations

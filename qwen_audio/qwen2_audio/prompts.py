@@ -1,17 +1,18 @@
 """Qwen2-Audio's task prompts: a natural-language instruction after the audio.
 
-Qwen-Audio puts its hierarchical task tags (:data:`qwen_audio.prompts.TASKS`) there instead. Qwen2-Audio's
-pretraining replaced the tags with such instructions (arXiv 2407.10759, §2 and Figure 2). Its evaluation scripts
-(QwenLM/Qwen2-Audio ``eval_audio/evaluate_*.py``) prefix the ``prompt`` field of each evaluation file with
-``<|audio_bos|><|AUDIO|><|audio_eos|>``.
+Qwen-Audio puts its hierarchical task tags (:data:`qwen_audio.prompts.TASKS`) there instead.
+Qwen2-Audio's pretraining replaced the tags with such instructions (arXiv 2407.10759, §2 and Figure
+2). Its evaluation scripts (QwenLM/Qwen2-Audio ``eval_audio/evaluate_*.py``) prefix the ``prompt``
+field of each evaluation file with ``<|audio_bos|><|AUDIO|><|audio_eos|>``.
 
-Our pretraining of the family (``recipes.pretrain --model.preset qwen2-audio-tiny``) uses the same instructions,
-with the target after them. :func:`qwen_audio.prompts.family_prompt` picks them for both. A model is thus evaluated
-on the prompts it learned.
+Our pretraining of the family (``recipes.pretrain --model.preset qwen2-audio-tiny``) uses the same
+instructions, with the target after them. :func:`qwen_audio.prompts.family_prompt` picks them for
+both. A model is thus evaluated on the prompts it learned.
 
-:data:`INSTRUCTIONS` holds one entry for each task a benchmark of :mod:`qwen_audio.eval.tasks` asks, with where its
-text comes from. The tasks Qwen2-Audio's release never prompted for are worded by us in the style of the released
-ones. A language tag (``<|en|>``) is written as text and encoded as the checkpoint's tokenizer encodes it.
+:data:`INSTRUCTIONS` holds one entry for each task a benchmark of :mod:`qwen_audio.eval.tasks` asks,
+with where its text comes from. The tasks Qwen2-Audio's release never prompted for are worded by us
+in the style of the released ones. A language tag (``<|en|>``) is written as text and encoded as the
+checkpoint's tokenizer encodes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _OURS = "ours: no released Qwen2-Audio prompt for this task; worded like the released ones"
-# English names of the translation targets: the languages of Qwen-Audio's language tags (tokenizer.LANGUAGES).
+# English names of the translation targets: the languages of Qwen-Audio's language tags
+# (tokenizer.LANGUAGES).
 LANGUAGE_NAMES = {
     "en": "English",
     "de": "German",
@@ -36,8 +38,8 @@ LANGUAGE_NAMES = {
 class Instruction:
     """The text after the audio, with where it comes from.
 
-    ``template`` is filled with ``audio_language``, ``text_language`` (its English name) and ``question`` by
-    :func:`task_instruction`.
+    ``template`` is filled with ``audio_language``, ``text_language`` (its English name) and
+    ``question`` by :func:`task_instruction`.
     """
 
     template: str
@@ -65,7 +67,8 @@ INSTRUCTIONS: dict[str, Instruction] = {
     "asc": Instruction("Classify the acoustic scene in English:", _OURS),
     "aqa": Instruction("Answer the question in English: {question}", _OURS),
     "mna": Instruction("Analyze the musical note in English:", _OURS),
-    # Ends with the first timestamp, as Qwen-Audio's SRWT prompt does, so that one scorer reads both families.
+    # Ends with the first timestamp, as Qwen-Audio's SRWT prompt does, so that one scorer reads both
+    # families.
     "srwt": Instruction(
         "Detect the language and recognize the speech with word timestamps: <|{audio_language}|>"
         "<|0.00|>",
@@ -84,7 +87,8 @@ def task_instruction(
     """Return the instruction of ``task``, its template filled with the fields given.
 
     For example, ``task_instruction("asr", audio_language="en")`` ==
-    ``"Detect the language and recognize the speech: <|en|>"``. A field the template needs must be given.
+    ``"Detect the language and recognize the speech: <|en|>"``. A field the template needs must be
+    given.
     """
     if task not in INSTRUCTIONS:
         raise ValueError(

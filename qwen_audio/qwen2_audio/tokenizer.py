@@ -40,10 +40,10 @@ SPECIAL_TOKENS = (
 def feature_lengths(num_samples: int, source: str | None = None) -> AudioLengths:
     """Qwen2AudioProcessor's lengths of a clip of ``num_samples`` samples.
 
-    WhisperFeatureExtractor pads the clip to 30 s. Longer clips lose the rest, with a warning. It marks
-    ``ceil(samples / 160)`` mel frames valid (Qwen-Audio: ``samples // 160``). Then come the conv stem and the
-    pool, as in :func:`qwen_audio.lengths.audio_lengths`. A 1 s clip + 1 sample gives 101 mel frames,
-    51 encoder frames and 25 audio tokens."""
+    WhisperFeatureExtractor pads the clip to 30 s. Longer clips lose the rest, with a warning. It
+    marks ``ceil(samples / 160)`` mel frames valid (Qwen-Audio: ``samples // 160``). Then come the
+    conv stem and the pool, as in :func:`qwen_audio.lengths.audio_lengths`. A 1 s clip + 1 sample
+    gives 101 mel frames, 51 encoder frames and 25 audio tokens."""
     samples = audio_lengths(num_samples, source).samples  # the truncation and its warning
     mel = -(-samples // HOP_LENGTH)
     encoder = conv_frames(mel)
@@ -104,8 +104,8 @@ class Qwen2AudioTokenizer:
 
     @classmethod
     def demo(cls) -> Qwen2AudioTokenizer:
-        """The demo BPE's 4096 ranks + the six special tokens (4102 ids), committed for the ``qwen2-audio-tiny``
-        preset."""
+        """The demo BPE's 4096 ranks + the six special tokens (4102 ids), committed for the
+        ``qwen2-audio-tiny`` preset."""
         return cls.from_file(DEMO_TOKENIZER_FILE)
 
     @property

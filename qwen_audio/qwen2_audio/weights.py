@@ -1,9 +1,10 @@
 """The weight map between ``Qwen2AudioForConditionalGeneration``'s checkpoint names and our modules (litgpt style).
 
 The checkpoint keeps the names of the release (``audio_tower.*``, ``multi_modal_projector.*``,
-``language_model.model.*``, ``language_model.lm_head.weight``), which transformers still writes. Every tensor maps
-one to one except the decoder's separate ``q_proj``/``k_proj``/``v_proj`` (each with a bias), which are our fused
-``c_attn`` split ``[q | k | v]``. Whisper's MLP and LayerNorms keep their HF names here, our blocks the release's.
+``language_model.model.*``, ``language_model.lm_head.weight``), which transformers still writes.
+Every tensor maps one to one except the decoder's separate ``q_proj``/``k_proj``/``v_proj`` (each
+with a bias), which are our fused ``c_attn`` split ``[q | k | v]``. Whisper's MLP and LayerNorms
+keep their HF names here, our blocks the release's.
 """
 
 from __future__ import annotations

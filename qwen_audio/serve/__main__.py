@@ -4,10 +4,10 @@ Usage::
 
     python -m qwen_audio.serve --checkpoint MODEL_DIR --port 8000  # a folder in the released layout
 
-The endpoints are ``GET /health`` (ok once the model is loaded) and ``GET /v1/models``. ``POST /v1/chat/completions``
-takes text and ``input_audio`` parts, and ``stream``. ``POST /v1/audio/transcriptions`` takes multipart, with
-``timestamp_granularities[]=word`` for word timestamps. The server logs one line per request: id, audio seconds,
-tokens, latency.
+The endpoints are ``GET /health`` (ok once the model is loaded) and ``GET /v1/models``.
+``POST /v1/chat/completions`` takes text and ``input_audio`` parts, and ``stream``.
+``POST /v1/audio/transcriptions`` takes multipart, with ``timestamp_granularities[]=word`` for word
+timestamps. The server logs one line per request: id, audio seconds, tokens, latency.
 """
 
 from __future__ import annotations

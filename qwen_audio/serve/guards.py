@@ -5,12 +5,13 @@ OpenAI's error body. ``/health`` stays open. It enforces a request-body limit wi
 ``Content-Length`` header, or as soon as a body sent without one passes the limit, never after reading it whole.
 Once the server is stopping, it answers 503 to new requests.
 
-:func:`stop_on_sigterm` makes SIGTERM stop new requests and let the ones in flight finish (up to a timeout). It then
-ends LitServe the way it ends on Ctrl-C, which stops its inference worker and its manager process. The server then
-exits 0.
+:func:`stop_on_sigterm` makes SIGTERM stop new requests and let the ones in flight finish (up to a
+timeout). It then ends LitServe the way it ends on Ctrl-C, which stops its inference worker and its
+manager process. The server then exits 0.
 
-:func:`die_with_parent` has the kernel kill a child process when the process that started it dies, even by SIGKILL
-(``prctl(PR_SET_PDEATHSIG)``). LitServe's forked manager and its spawned inference worker use it.
+:func:`die_with_parent` has the kernel kill a child process when the process that started it dies,
+even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``). LitServe's forked manager and its spawned inference
+worker use it.
 """
 
 from __future__ import annotations
@@ -182,8 +183,9 @@ class GuardMiddleware:
 def stop_on_sigterm(drain: Drain, timeout: float) -> None:
     """Install a SIGTERM handler that drains the server, then raises KeyboardInterrupt.
 
-    SIGTERM is handled in the main thread, where LitServe waits. The handler stops new requests and waits up to
-    ``timeout`` seconds for those in flight. It then raises KeyboardInterrupt, on which LitServe stops its processes.
+    SIGTERM is handled in the main thread, where LitServe waits. The handler stops new requests and
+    waits up to ``timeout`` seconds for those in flight. It then raises KeyboardInterrupt, on which
+    LitServe stops its processes.
     """
 
     def stop(signum, frame) -> None:
@@ -206,8 +208,8 @@ def stop_on_sigterm(drain: Drain, timeout: float) -> None:
 def die_with_parent(parent: int) -> None:
     """Have the kernel SIGKILL this process when the thread that started it ends (``PR_SET_PDEATHSIG``).
 
-    The process also ends at once if ``parent`` is already gone, since it may die before this runs. This works on
-    Linux only and does nothing elsewhere.
+    The process also ends at once if ``parent`` is already gone, since it may die before this runs.
+    This works on Linux only and does nothing elsewhere.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -1,11 +1,13 @@
 """The inference worker's loop: requests in between decoding steps, events out after each (continuous batching).
 
-LitServe 0.2.19's ``ContinuousBatchingLoop`` is not used. It calls ``add_request`` from a background thread while
-``step`` runs in another, so a prefill would race a decoding step over the same KV cache. It spins without sleeping
-when idle. It fails every running request when one raises. It has no way to cancel a request whose client left.
+LitServe 0.2.19's ``ContinuousBatchingLoop`` is not used. It calls ``add_request`` from a background
+thread while ``step`` runs in another, so a prefill would race a decoding step over the same KV
+cache. It spins without sleeping when idle. It fails every running request when one raises. It has
+no way to cancel a request whose client left.
 
-This loop runs everything on one thread. It takes the requests that arrived, blocking only when idle. It hands them
-to the :class:`~qwen_audio.serve.scheduler.Scheduler`, runs one step and sends each job's events.
+This loop runs everything on one thread. It takes the requests that arrived, blocking only when
+idle. It hands them to the :class:`~qwen_audio.serve.scheduler.Scheduler`, runs one step and sends
+each job's events.
 """
 
 from __future__ import annotations

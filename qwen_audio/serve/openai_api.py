@@ -1,9 +1,10 @@
 """OpenAI's API mapped onto Qwen-Audio: request validation, chat messages -> the release's ChatML prompt,
 transcription forms -> jobs, and the response bodies (chat completions, chunks, transcriptions).
 
-Decoding defaults are the release's chat settings (``chat_generation_config.json``: sampling, top-p 0.5, 512 new
-tokens). ``temperature`` 0 decodes greedily, and ``temperature``, ``top_p``, ``seed``, ``max_tokens`` override
-the rest. A bad request raises :class:`RequestError` naming the field, as OpenAI's ``param`` does.
+Decoding defaults are the release's chat settings (``chat_generation_config.json``: sampling, top-p
+0.5, 512 new tokens). ``temperature`` 0 decodes greedily, and ``temperature``, ``top_p``, ``seed``,
+``max_tokens`` override the rest. A bad request raises :class:`RequestError` naming the field, as
+OpenAI's ``param`` does.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ def _user_items(
 ) -> list[dict[str, AudioItem]]:
     """The items of one user message: text parts as written, audio parts as :class:`Recording`.
 
-    Each recording is named by its request field, and appended to ``recordings``. An audio part longer
-    than ``max_seconds`` (read from its header, before decoding) is refused.
+    Each recording is named by its request field, and appended to ``recordings``. An audio part
+    longer than ``max_seconds`` (read from its header, before decoding) is refused.
     """
     if isinstance(message.content, str):
         parts = [ContentPart(type="text", text=message.content)]
@@ -207,10 +208,11 @@ def chat_job(
 ) -> tuple[ChatJob, float]:
     """The job for a chat request and the seconds of audio it holds.
 
-    An audio part longer than ``max_audio_seconds`` (read from its header, before decoding) is refused.
-    The leading system message (else the release's default) is the system prompt. User/assistant turns follow
-    in order, and the last message is the query. The prompt is built by :func:`qwen_audio.chat.build_context`.
-    So it is token for token what ``qwen_audio.chat`` (and the release's ``chat()``) build.
+    An audio part longer than ``max_audio_seconds`` (read from its header, before decoding) is
+    refused. The leading system message (else the release's default) is the system prompt.
+    User/assistant turns follow in order, and the last message is the query. The prompt is built by
+    :func:`qwen_audio.chat.build_context`. So it is token for token what ``qwen_audio.chat`` (and
+    the release's ``chat()``) build.
     """
     if not request.messages:
         raise RequestError("messages", "messages: at least one message is needed")
@@ -299,8 +301,9 @@ def transcription_job(
 ) -> tuple[TranscriptionJob, str, bytes]:
     """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes.
 
-    A file longer than ``max_seconds`` is refused (long-form transcription reads the rest window by window).
-    ``prompt`` is accepted for compatibility and not used. The release's transcription prompt has no place for it."""
+    A file longer than ``max_seconds`` is refused (long-form transcription reads the rest window by
+    window). ``prompt`` is accepted for compatibility and not used. The release's transcription
+    prompt has no place for it."""
     check_model(str(form.get("model", "")), served)
     if tokenizer.family != "qwen-audio":
         raise RequestError(

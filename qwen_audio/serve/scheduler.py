@@ -210,8 +210,9 @@ class Scheduler:
 def _result(tokenizer: QwenAudioTokenizer, active: _Active) -> dict:
     """The last event of a job.
 
-    For a chat it holds the text left, the finish reason and the token counts. For a transcription it holds the
-    transcript. A row the hallucination guard stopped is reported in ``"hallucination"``.
+    For a chat it holds the text left, the finish reason and the token counts. For a transcription
+    it holds the transcript. A row the hallucination guard stopped is reported in
+    ``"hallucination"``.
     """
     job, rows = active.job, active.rows
     flags = [row.flag for row in rows if row.flag]

@@ -1,15 +1,16 @@
 """The LitServe server: one inference worker with continuous batching, behind OpenAI endpoints.
 
-The worker decodes chat and transcription jobs with continuous batching (:mod:`.scheduler`, run by :mod:`.loop`).
-The OpenAI endpoints validate each request before it is queued (:mod:`.openai_api`). A bad request thus gets its
-HTTP 400, streamed or not, and never reaches the model. Past ``max_slots + max_queue`` requests in flight, a
-request gets a 503 with ``Retry-After``. A client that leaves cancels its generation, which frees its slots at once.
+The worker decodes chat and transcription jobs with continuous batching (:mod:`.scheduler`, run by
+:mod:`.loop`). The OpenAI endpoints validate each request before it is queued (:mod:`.openai_api`).
+A bad request thus gets its HTTP 400, streamed or not, and never reaches the model. Past
+``max_slots + max_queue`` requests in flight, a request gets a 503 with ``Retry-After``. A client
+that leaves cancels its generation, which frees its slots at once.
 
-The endpoints live in a LitServe spec (as LitServe's own ``OpenAISpec`` does) rather than in ``OpenAISpec``
-itself. ``OpenAISpec``'s request model admits only wav and mp3 ``input_audio`` and has no ``seed``. It always
-reports ``finish_reason`` "stop" and answers bad requests with 422 or a 500 in the stream. It offers no
-transcription route. Both routes feed the same request queue, so chat and transcription requests batch together
-on one model.
+The endpoints live in a LitServe spec (as LitServe's own ``OpenAISpec`` does) rather than in
+``OpenAISpec`` itself. ``OpenAISpec``'s request model admits only wav and mp3 ``input_audio`` and
+has no ``seed``. It always reports ``finish_reason`` "stop" and answers bad requests with 422 or a
+500 in the stream. It offers no transcription route. Both routes feed the same request queue, so
+chat and transcription requests batch together on one model.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class WorkerError(RuntimeError):
 
 
 class OpenAIAudioSpec(LitSpec):
-    """``/v1/chat/completions`` (text and ``input_audio`` parts, streaming), ``/v1/audio/transcriptions``
-    (multipart) and ``/v1/models``, on the queue of the LitAPI this spec belongs to."""
+    """``/v1/chat/completions`` (text and ``input_audio`` parts, streaming),
+    ``/v1/audio/transcriptions`` (multipart) and ``/v1/models``, on the queue of the LitAPI this
+    spec belongs to."""
 
     def __init__(
         self,
@@ -240,8 +242,8 @@ class OpenAIAudioSpec(LitSpec):
     async def _stream(
         self, request_id: str, events: AsyncIterator[dict], seconds: float, started: float
     ) -> AsyncIterator[str]:
-        """Server-sent events in OpenAI's chunk format: the role, the text pieces, the finish reason with the
-        usage, then ``[DONE]``."""
+        """Server-sent events in OpenAI's chunk format: the role, the text pieces, the finish reason
+        with the usage, then ``[DONE]``."""
         name = self.model_name
         try:
             role = {"role": "assistant", "content": ""}
@@ -337,8 +339,8 @@ def _server_error(err: Exception) -> JSONResponse:
 class QwenAudioAPI(ls.LitAPI):
     """The inference worker: loads the model once, then decodes every job in one continuous batch.
 
-    :class:`.scheduler.Scheduler` runs the batch, fed by :class:`.loop.SchedulerLoop`. On CUDA the decoding step's
-    graphs are captured at load.
+    :class:`.scheduler.Scheduler` runs the batch, fed by :class:`.loop.SchedulerLoop`. On CUDA the
+    decoding step's graphs are captured at load.
     """
 
     def __init__(
@@ -390,8 +392,8 @@ def serve(
 ) -> None:
     """Load ``checkpoint`` in one inference worker on ``device`` and answer on ``host:port``.
 
-    It answers until SIGTERM (or Ctrl-C) stops it (:mod:`.guards`). It then exits with no process of it left. The
-    exit status is 0 unless LitServe failed.
+    It answers until SIGTERM (or Ctrl-C) stops it (:mod:`.guards`). It then exits with no process of
+    it left. The exit status is 0 unless LitServe failed.
     """
     limits = limits or Limits()
     api = QwenAudioAPI(
@@ -427,6 +429,7 @@ def serve(
     except Exception:
         logger.exception("the server stopped on an error")
         code = 1
-    # LitServe has stopped its worker and manager; its API server thread would keep the process alive
+    # LitServe has stopped its worker and manager; its API server thread would keep the process
+    # alive
     logging.shutdown()
     os._exit(code)

@@ -1,12 +1,14 @@
 """What the toy-scale ablations share: training, scoring and reporting variants of the demo pretraining.
 
-The variants train with the real recipe and are scored on the held-out demo test set. The results go to a Markdown
-table and a PNG of the validation curves.
+The variants train with the real recipe and are scored on the held-out demo test set. The results go
+to a Markdown table and a PNG of the validation curves.
 
-Each variant is a subprocess run of ``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml
---config <override.yaml>`` in its own folder. The flat-prompt variant runs the same recipe with its own data module,
-:mod:`recipes.experiments.flat_prompts`. The override changes only the data (and, for quick checks, the model
-preset), the step budget and what is logged and exported. What runs is thus the recipe a user runs.
+Each variant is a subprocess run of
+``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml --config <override.yaml>``
+in its own folder. The flat-prompt variant runs the same recipe with its own data module,
+:mod:`recipes.experiments.flat_prompts`. The override changes only the data (and, for quick checks,
+the model preset), the step budget and what is logged and exported. What runs is thus the recipe a
+user runs.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ RECIPES: dict[PromptStyle, str] = {
     "tags": "recipes.pretrain",
     "flat": "recipes.experiments.flat_prompts",
 }
-# Generation lengths: the longest demo target of each task, with room to spare (AQA's is the brief's 8).
+# Generation lengths: the longest demo target of each task, with room to spare (AQA's is the brief's
+# 8).
 MAX_NEW_TOKENS = {"asr": 32, "srwt": 64, "mna": 16, "asc": 8, "aqa": 8}
 EVAL_BATCH = 16
 MISSING = "n/a"
-# The columns an ablation table can show: (demo benchmark, metric) as ``recipes.evaluate`` scores them
-# (qwen_audio.eval.tasks: WER/CER in %, the release's normalisation; AAS in ms; exact-match accuracy).
+# The columns an ablation table can show: (demo benchmark, metric) as ``recipes.evaluate`` scores
+# them (qwen_audio.eval.tasks: WER/CER in %, the release's normalisation; AAS in ms; exact-match
+# accuracy).
 COLUMNS: dict[str, tuple[str, str]] = {
     "ASR WER en": ("demo_asr_en", "wer"),
     "ASR CER zh": ("demo_asr_zh", "cer"),
@@ -123,8 +127,8 @@ class DemoSetup:
         )
 
     def steps_per_epoch(self, train_manifest: Path) -> int:
-        """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed sampler
-        batches it."""
+        """Optimizer steps in one epoch over ``train_manifest``, as the recipe's duration-bucketed
+        sampler batches it."""
         datamodule = AudioTextDataModule(
             **{**self.data, "train": [str(train_manifest)], "val": [], "test": []}
         )
@@ -149,7 +153,8 @@ def write_manifest_without(source: Path, path: Path, tasks: set[str]) -> Path:
 class Variant:
     """One arm of an ablation.
 
-    ``data`` overrides demo.yaml's data section. ``prompt_style`` is how the arm is trained (:data:`RECIPES`) and asked.
+    ``data`` overrides demo.yaml's data section. ``prompt_style`` is how the arm is trained
+    (:data:`RECIPES`) and asked.
     """
 
     name: str
@@ -161,8 +166,8 @@ class Variant:
 def all_tasks(name: str) -> Variant:
     """The variant with demo.yaml's data unchanged: every task, with hierarchical tags.
 
-    The SRWT ablation's "with" arm and the tag ablation's "tags" arm are both this variant. They share one run per seed,
-    kept in one folder.
+    The SRWT ablation's "with" arm and the tag ablation's "tags" arm are both this variant. They
+    share one run per seed, kept in one folder.
     """
     return Variant(name, "demo-all-tasks", {})
 
@@ -189,10 +194,10 @@ def train(
 ) -> Run:
     """Fit one variant from ``seed`` with the pretraining recipe for ``max_steps`` optimizer steps.
 
-    Validation runs every ``val_every`` steps, across epoch ends. Runs of different epoch lengths thus validate at the
-    same steps. A folder that already holds a finished run of the same override is reused, not retrained. A killed
-    ablation therefore resumes at its first unfinished run, and the arm both ablations share (:func:`all_tasks`)
-    trains once.
+    Validation runs every ``val_every`` steps, across epoch ends. Runs of different epoch lengths
+    thus validate at the same steps. A folder that already holds a finished run of the same override
+    is reused, not retrained. A killed ablation therefore resumes at its first unfinished run, and
+    the arm both ablations share (:func:`all_tasks`) trains once.
     """
     folder = out / f"{variant.folder}-seed{seed}"
     override = {
@@ -363,7 +368,8 @@ def score_answers(
 ) -> dict[str, float | None]:
     """The :data:`COLUMNS` that ``entries`` give scores for.
 
-    Each entry is scored as its ``demo_*`` benchmark, the way ``recipes.evaluate`` scores the demo corpus.
+    Each entry is scored as its ``demo_*`` benchmark, the way ``recipes.evaluate`` scores the demo
+    corpus.
     """
     items = corpus_items(DemoCorpus(), entries)
     scores = score_predictions(Prediction(item, answer) for item, answer in zip(items, answers))
@@ -379,8 +385,8 @@ def evaluate(
 ) -> dict[str, float | None]:
     """Score the exported model on ``entries`` (:func:`score_answers`), generating task by task.
 
-    Every generation is written to ``predictions`` as JSONL (task, audio, reference, hypothesis). It is there to be
-    read beside the numbers.
+    Every generation is written to ``predictions`` as JSONL (task, audio, reference, hypothesis). It
+    is there to be read beside the numbers.
     """
     model, tokenizer = load_model(model_dir)
     scored: list[ManifestEntry] = []
@@ -416,10 +422,11 @@ def run_ablation(
 ) -> str:
     """Train and score every variant from every seed, and write ``out/<name>.md`` and ``out/<name>.png``.
 
-    Every run takes the same number of optimizer steps: ``setup.epochs`` epochs over the full training set. The runs
-    are scored on the test lines of ``tasks``. ``out/<name>.md`` holds a table of the mean ± std over seeds per arm,
-    then a table of every run. Both tables hold the last value of the validation column ``loss``. ``out/<name>.png``
-    plots the validation curves. It returns the arms' table.
+    Every run takes the same number of optimizer steps: ``setup.epochs`` epochs over the full
+    training set. The runs are scored on the test lines of ``tasks``. ``out/<name>.md`` holds a
+    table of the mean ± std over seeds per arm, then a table of every run. Both tables hold the last
+    value of the validation column ``loss``. ``out/<name>.png`` plots the validation curves. It
+    returns the arms' table.
     """
     epochs = setup.epochs
     if epochs < 1:

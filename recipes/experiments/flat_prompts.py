@@ -1,20 +1,23 @@
 """The flat-prompt baseline of the tag ablation: one dataset-ID token per dataset instead of hierarchical tags.
 
-Before Qwen-Audio, multi-task audio models kept datasets from interfering by "assigning a dataset ID to each dataset"
-(paper §3.2). The paper's hierarchical tags replace that ID by shared tags: transcription or analysis, audio
-language, task, text language, timestamps, output instruction. Datasets with something in common then share the
-tags for it.
+Before Qwen-Audio, multi-task audio models kept datasets from interfering by "assigning a dataset ID
+to each dataset" (paper §3.2). The paper's hierarchical tags replace that ID by shared tags:
+transcription or analysis, audio language, task, text language, timestamps, output instruction.
+Datasets with something in common then share the tags for it.
 
-This module is the naive baseline on the demo corpus. After ``</audio>`` comes one unused released token,
-``<|extra_k|>``, naming the dataset (task x audio language). The question of a question-answering example follows.
-No prompt token is shared between datasets. English ASR and English SRWT have neither ``<|en|>`` nor
-``<|transcribe|>`` in common. Whatever they share, the model must find in the audio and the targets alone.
+This module is the naive baseline on the demo corpus. After ``</audio>`` comes one unused released
+token, ``<|extra_k|>``, naming the dataset (task x audio language). The question of a
+question-answering example follows. No prompt token is shared between datasets. English ASR and
+English SRWT have neither ``<|en|>`` nor ``<|transcribe|>`` in common. Whatever they share, the
+model must find in the audio and the targets alone.
 
-Targets are those of the tag prompts (:func:`~qwen_audio.prompts.task_target`). A timestamped prompt still ends with
-the ``<|0.00|>`` its target starts from. Both styles thus put loss on the same tokens, so their losses compare.
+Targets are those of the tag prompts (:func:`~qwen_audio.prompts.task_target`). A timestamped prompt
+still ends with the ``<|0.00|>`` its target starts from. Both styles thus put loss on the same
+tokens, so their losses compare.
 
-The baseline belongs to the tag ablation alone, so it lives here and the library does not know it. ``python -m
-recipes.experiments.flat_prompts fit ...`` is the pretraining recipe with :class:`FlatPromptDataModule` as its data.
+The baseline belongs to the tag ablation alone, so it lives here and the library does not know it.
+``python -m recipes.experiments.flat_prompts fit ...`` is the pretraining recipe with
+:class:`FlatPromptDataModule` as its data.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def encode_flat(
 ) -> Example:
     """The flat-prompt example of the entry's audio segment, with ``target`` when given.
 
-    Its tokens are ``<audio>PATH</audio><|extra_k|>`` [question] [``<|0.00|>``] [+ target + ``<|endoftext|>``]. It is
-    the flat counterpart of :func:`qwen_audio.prompts.encode_task`. Without ``target`` it is the prompt for generation.
+    Its tokens are ``<audio>PATH</audio><|extra_k|>`` [question] [``<|0.00|>``] [+ target +
+    ``<|endoftext|>``]. It is the flat counterpart of :func:`qwen_audio.prompts.encode_task`.
+    Without ``target`` it is the prompt for generation.
     """
     builder = ExampleBuilder(tokenizer)
     builder.add_audio(load_segment(entry), entry.audio)

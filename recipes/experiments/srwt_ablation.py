@@ -1,16 +1,18 @@
 """The paper's Tables 4-5 at toy scale: demo pretraining with and without its SRWT examples.
 
-``python -m recipes.experiments.srwt_ablation [--epochs N] [--seeds S ...] [--out DIR]`` trains the demo recipe
-twice from each seed. One run uses the full demo training set. The other uses it without the SRWT lines, which are
-25 % of them: every speech clip is an ASR and an SRWT example. Both runs are then scored on the held-out ASR (WER
-en, CER zh, in %) and AQA (exact match) test lines, as ``recipes.evaluate`` scores them.
+``python -m recipes.experiments.srwt_ablation [--epochs N] [--seeds S ...] [--out DIR]`` trains the
+demo recipe twice from each seed. One run uses the full demo training set. The other uses it without
+the SRWT lines, which are 25 % of them: every speech clip is an ASR and an SRWT example. Both runs
+are then scored on the held-out ASR (WER en, CER zh, in %) and AQA (exact match) test lines, as
+``recipes.evaluate`` scores them.
 
-Both runs take the same number of optimizer steps (``--epochs`` epochs over the full set), not the same number of
-epochs. The learning-rate schedule and the compute are then the same. The run without SRWT sees its remaining
-examples a third more often. If the SRWT run still transcribes better, the gain comes from the timestamped targets,
-not from more updates. Both validate on the whole validation set. The table gives the last validation ASR loss,
-which both arms were trained for. The "with SRWT" arm is the tag ablation's "hierarchical tags" arm. With the same
-``--out``, each seed of it trains once for both scripts.
+Both runs take the same number of optimizer steps (``--epochs`` epochs over the full set), not the
+same number of epochs. The learning-rate schedule and the compute are then the same. The run without
+SRWT sees its remaining examples a third more often. If the SRWT run still transcribes better, the
+gain comes from the timestamped targets, not from more updates. Both validate on the whole
+validation set. The table gives the last validation ASR loss, which both arms were trained for. The
+"with SRWT" arm is the tag ablation's "hierarchical tags" arm. With the same ``--out``, each seed of
+it trains once for both scripts.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """The paper's interference argument at toy scale: hierarchical task tags against a flat per-dataset prompt.
 
-``python -m recipes.experiments.tag_ablation [--epochs N] [--seeds S ...] [--out DIR]`` trains the demo recipe twice
-from each seed, on the same data and steps. One run uses the release's hierarchical tags
-(``<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>``...). The other uses the flat baseline
-of :mod:`recipes.experiments.flat_prompts`: one dataset-ID token per dataset. That is the "dataset ID" scheme the
-paper's §3.2 calls the way earlier multi-task models avoided interference.
+``python -m recipes.experiments.tag_ablation [--epochs N] [--seeds S ...] [--out DIR]`` trains the
+demo recipe twice from each seed, on the same data and steps. One run uses the release's
+hierarchical tags
+(``<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>``...). The other uses
+the flat baseline of :mod:`recipes.experiments.flat_prompts`: one dataset-ID token per dataset. That
+is the "dataset ID" scheme the paper's §3.2 calls the way earlier multi-task models avoided
+interference.
 
-Each model is evaluated on every test task with its own prompt style, as ``recipes.evaluate`` scores the demo
-corpus. The scores are ASR and SRWT WER en / CER zh (%), SRWT alignment shift (AAS, ms) per language, and AQA, ASC
-and MNA exact-match accuracy.
+Each model is evaluated on every test task with its own prompt style, as ``recipes.evaluate`` scores
+the demo corpus. The scores are ASR and SRWT WER en / CER zh (%), SRWT alignment shift (AAS, ms) per
+language, and AQA, ASC and MNA exact-match accuracy.
 """
 
 from __future__ import annotations

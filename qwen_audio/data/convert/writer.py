@@ -19,10 +19,10 @@ class SplitWriter:
     """Writes ``OUT/<name>.jsonl`` (and audio files under ``OUT/audio/<name>/``), atomically on
     :meth:`close`.
 
-    :meth:`add` builds a row's entries. With ``on_error="raise"``, a :class:`ManifestError` is raised
-    naming ``path:line``. With ``"skip"``, it is counted and the row skipped, with one warning at the
-    end, as :func:`~qwen_audio.data.manifest.iter_manifest` does. Every entry is checked as training
-    checks it, its audio file's header included.
+    :meth:`add` builds a row's entries. With ``on_error="raise"``, a :class:`ManifestError` is
+    raised naming ``path:line``. With ``"skip"``, it is counted and the row skipped, with one
+    warning at the end, as :func:`~qwen_audio.data.manifest.iter_manifest` does. Every entry is
+    checked as training checks it, its audio file's header included.
     """
 
     def __init__(

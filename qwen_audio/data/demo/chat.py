@@ -1,13 +1,15 @@
 """Chat data for the SFT demo, generated from the demo corpus: questions and answers about its audio.
 
-Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`). The questions ask what is said (ASR
-lines), which note (MNA), which scene (ASC), how many beeps or clicks (AQA), and which of two clips is speech. Some
-conversations go on with a follow-up (the language, the instrument, what the speech clip says). A few pure-text
-conversations (greetings, sums) stand in for the paper's text instruction data. Each split's file is written
-round-robin over these kinds. The first conversations of a file thus show one of each.
+Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`). The questions ask
+what is said (ASR lines), which note (MNA), which scene (ASC), how many beeps or clicks (AQA), and
+which of two clips is speech. Some conversations go on with a follow-up (the language, the
+instrument, what the speech clip says). A few pure-text conversations (greetings, sums) stand in for
+the paper's text instruction data. Each split's file is written round-robin over these kinds. The
+first conversations of a file thus show one of each.
 
-The files live next to the corpus (``chat-<version>-<split>.jsonl``, audio paths relative to it). They are derived
-from ``seed`` alone. Each is written to a temporary file renamed into place, so concurrent builders agree.
+The files live next to the corpus (``chat-<version>-<split>.jsonl``, audio paths relative to it).
+They are derived from ``seed`` alone. Each is written to a temporary file renamed into place, so
+concurrent builders agree.
 """
 
 from __future__ import annotations

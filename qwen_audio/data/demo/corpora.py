@@ -1,7 +1,8 @@
 """The demo corpus and its chat files as :class:`~qwen_audio.data.corpus.Corpus` objects, which configs name.
 
-A demo config gives one to its data module (``data.corpus``); ``demo:train``, ``demo:noise``, ... then name its
-files. The corpus also writes its record into an exported model, and checks that evaluation reads that corpus back.
+A demo config gives one to its data module (``data.corpus``); ``demo:train``, ``demo:noise``, ...
+then name its files. The corpus also writes its record into an exported model, and checks that
+evaluation reads that corpus back.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def recorded_corpus(
 ) -> tuple[int, int, str | None]:
     """``(seed, size, fingerprint)`` of the demo corpus to evaluate ``checkpoint`` on.
 
-    Those its export records, else the given values (default 0 and 48) and no fingerprint. A corpus other than the
-    recorded one, or of another version, is refused: its test split can hold training items of the recorded one.
+    Those its export records, else the given values (default 0 and 48) and no fingerprint. A corpus
+    other than the recorded one, or of another version, is refused: its test split can hold training
+    items of the recorded one.
     """
     path = os.path.join(checkpoint, CORPUS_RECORD) if checkpoint else None
     if path is None or not os.path.isfile(path):
@@ -61,8 +63,8 @@ class DemoCorpus(Corpus):
     """The embedded demo corpus (:func:`~qwen_audio.data.demo.corpus.build_demo_corpus`): ``demo:<manifest>``.
 
     Args:
-        seed, size: of the corpus: its seed, and its training clips per group. ``None``: when evaluating, those
-            that the evaluated model's export records; otherwise 0 and 48.
+        seed, size: of the corpus: its seed, and its training clips per group. ``None``: when
+            evaluating, those that the evaluated model's export records; otherwise 0 and 48.
     """
 
     name = "demo"

@@ -1,14 +1,15 @@
 """The embedded demo corpus: a few hundred short clips, generated on first use, that a small model can learn on a CPU.
 
-Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.demo.espeak`) of spoken digit strings in English
-and Mandarin ("four one seven two", "四一七二"). Each clip is used for ASR and for SRWT, with the synthesiser's own
-word timings.
+Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.demo.espeak`) of spoken digit
+strings in English and Mandarin ("four one seven two", "四一七二"). Each clip is used for ASR and for
+SRWT, with the synthesiser's own word timings.
 
-Digit strings are used, as in TIDIGITS, because a small model can learn to transcribe a ten-word vocabulary on a CPU
-in minutes. The held-out strings (3 to 6 digits) are new combinations of seen words. A falling test WER is therefore
-real generalisation. Training strings have 1 to 6 digits. Every utterance has a little silence before and after it,
-as recorded speech does (espeak-ng starts and stops with the voice). Babble scenes mix voices reading the sentences
-of ``qwen_audio/assets/demo_corpus.txt``.
+Digit strings are used, as in TIDIGITS, because a small model can learn to transcribe a ten-word
+vocabulary on a CPU in minutes. The held-out strings (3 to 6 digits) are new combinations of seen
+words. A falling test WER is therefore real generalisation. Training strings have 1 to 6 digits.
+Every utterance has a little silence before and after it, as recorded speech does (espeak-ng starts
+and stops with the voice). Babble scenes mix voices reading the sentences of
+``qwen_audio/assets/demo_corpus.txt``.
 
 The sound tasks follow the paper's formats, with targets that the audio determines. MNA clips are harmonic notes of
 five timbres, with overtones and envelope varied per clip. Their target is
@@ -16,21 +17,22 @@ five timbres, with overtones and envelope varied per clip. Their target is
 events (rain, wind, engine, birds, babble of several voices). AQA clips hold 1 to 6 beeps or clicks. "How many
 ...?" is answered by a number word, and "are there any ...?" by yes/no.
 
-Held-out items are held out by construction. Every item's split is a function of the item itself. It is a hash
-(:func:`split_of`) of the digit sequence, the babble sentence or the AQA event layout. A note's split comes from
-:func:`note_split`. No validation or test item is thus in any training split, for any seed and any size. A spoken
-digit string is held out in both languages.
+Held-out items are held out by construction. Every item's split is a function of the item itself. It
+is a hash (:func:`split_of`) of the digit sequence, the babble sentence or the AQA event layout. A
+note's split comes from :func:`note_split`. No validation or test item is thus in any training
+split, for any seed and any size. A spoken digit string is held out in both languages.
 
-Robustness rows are held out by construction too. Validation and test each have two of them besides their clean
-speech. ``<split>_noisy`` holds the split's clean ASR clips mixed with a noise type of that split alone, at 5 to
-20 dB SNR. ``<split>_unseen`` holds the split's digit strings read by espeak-ng voice variants of that split alone.
-Training speech uses :data:`VOICE_VARIANTS` ``["train"]``. The training noise clips (``noise.jsonl``, for
-:mod:`qwen_audio.data.augment`) use :data:`NOISE_KINDS` ``["train"]``. ``items.json`` records the voices and noise
-types each split used.
+Robustness rows are held out by construction too. Validation and test each have two of them besides
+their clean speech. ``<split>_noisy`` holds the split's clean ASR clips mixed with a noise type of
+that split alone, at 5 to 20 dB SNR. ``<split>_unseen`` holds the split's digit strings read by
+espeak-ng voice variants of that split alone. Training speech uses :data:`VOICE_VARIANTS`
+``["train"]``. The training noise clips (``noise.jsonl``, for :mod:`qwen_audio.data.augment`) use
+:data:`NOISE_KINDS` ``["train"]``. ``items.json`` records the voices and noise types each split
+used.
 
-Everything derives from ``seed``, with no network. The same seed and size give the same bytes. The corpus is written
-to a temporary folder, which is renamed into place at the end. Concurrent builders thus never see or leave a
-half-written corpus. The loser of the race discards its copy.
+Everything derives from ``seed``, with no network. The same seed and size give the same bytes. The
+corpus is written to a temporary folder, which is renamed into place at the end. Concurrent builders
+thus never see or leave a half-written corpus. The loser of the race discards its copy.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ AQA_SLOTS = (
 )
 ASC_SECONDS = (1.0, 2.5)  # a scene is recognisable in a second; longer clips take steps from speech
 
-# Harmonic amplitudes (the fundamental is always the strongest partial), attack and decay per instrument.
+# Harmonic amplitudes (the fundamental is always the strongest partial), attack and decay per
+# instrument.
 _TIMBRES = {
     "piano": dict(partials=(1.0, 0.5, 0.3, 0.2, 0.12, 0.08), attack=0.005, decay=2.5),
     "organ": dict(partials=(1.0, 0.7, 0.5, 0.35, 0.25, 0.2), attack=0.02, decay=0.0),
@@ -145,15 +148,17 @@ def build_demo_corpus(
 ) -> dict[str, Path]:
     """Build the corpus unless it is there, and return ``{name: manifest path}``.
 
-    The names are the :data:`SPLITS`, the :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the training noise
-    (``noise``).
+    The names are the :data:`SPLITS`, the :data:`HELD_OUT_ROWS` (``test_noisy``, ...) and the
+    training noise (``noise``).
 
-    The corpus lives in ``root`` (default :func:`default_demo_dir`) under ``demo-<version>-seed<seed>-size<size>``.
-    Corpora of other versions or parameters thus never collide.
+    The corpus lives in ``root`` (default :func:`default_demo_dir`) under
+    ``demo-<version>-seed<seed>-size<size>``. Corpora of other versions or parameters thus never
+    collide.
 
-    ``size`` is the number of training clips of English and of Mandarin speech. ASC and AQA get ``max(1, size // 4)``
-    each, and MNA six times as many. Validation and test get ``min(100, max(1, size // 4))`` of every group. Each
-    robustness row gets as many ASR lines per language. Each speech clip gives an ASR and an SRWT line.
+    ``size`` is the number of training clips of English and of Mandarin speech. ASC and AQA get
+    ``max(1, size // 4)`` each, and MNA six times as many. Validation and test get
+    ``min(100, max(1, size // 4))`` of every group. Each robustness row gets as many ASR lines per
+    language. Each speech clip gives an ASR and an SRWT line.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
@@ -180,8 +185,8 @@ def build_demo_corpus(
 def corpus_record(seed: int, size: int) -> dict:
     """Return the record that identifies a built corpus.
 
-    It is written beside the corpus's manifests, and by the export of a model trained on it (:data:`CORPUS_RECORD`).
-    Evaluation can then read the same corpus back.
+    It is written beside the corpus's manifests, and by the export of a model trained on it
+    (:data:`CORPUS_RECORD`). Evaluation can then read the same corpus back.
     """
     return {"version": DEMO_VERSION, "seed": seed, "size": size}
 
@@ -189,10 +194,12 @@ def corpus_record(seed: int, size: int) -> dict:
 def corpus_fingerprint(manifests: dict[str, Path]) -> str:
     """Return a hash of a built corpus's manifests and item list.
 
-    Two corpora of one record (version, seed, size) may come from different generation code. An example is a changed
-    note range without a version bump. The record cannot tell them apart, but their fingerprints differ.
+    Two corpora of one record (version, seed, size) may come from different generation code. An
+    example is a changed note range without a version bump. The record cannot tell them apart, but
+    their fingerprints differ.
 
-    The audio is left out, because its float rounding may differ between CPUs. The text and durations do not.
+    The audio is left out, because its float rounding may differ between CPUs. The text and
+    durations do not.
     """
     root = manifests["train"].parent
     digest = hashlib.sha256()
@@ -237,7 +244,8 @@ def read_sentences() -> dict[str, list[str]]:
 def split_of(key: str) -> str:
     """Return the split of the item ``key`` names (``digits:4172``, ``sentence:...``, ``aqa:beep:1,4``).
 
-    The split is a stable hash of the key. It depends on neither the seed nor the size nor the order of generation.
+    The split is a stable hash of the key. It depends on neither the seed nor the size nor the order
+    of generation.
     """
     bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 100
     if bucket < HELD_OUT_PERCENT["test"]:
@@ -271,8 +279,8 @@ def digit_key(text: str, language: str) -> str:
 def _digit_strings(seed: int, language: str, counts: dict[str, int]) -> dict[str, list[str]]:
     """Draw ``{split: digit strings}``, distinct within the corpus.
 
-    Each string is drawn until it falls in its split. Training strings have :data:`TRAIN_DIGITS_PER_UTTERANCE` digits,
-    and held-out ones :data:`DIGITS_PER_UTTERANCE`.
+    Each string is drawn until it falls in its split. Training strings have
+    :data:`TRAIN_DIGITS_PER_UTTERANCE` digits, and held-out ones :data:`DIGITS_PER_UTTERANCE`.
     """
     rng, seen, strings = _rng(seed, "digits", language), set(), {}
     joiner = " " if language == "en" else ""
@@ -299,7 +307,8 @@ def _generate(folder: Path, seed: int, size: int) -> None:
         split: MNA_CLIPS_PER_SOUND * sounds[split] if split == "train" else held_out
         for split in SPLITS
     }
-    # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser process.
+    # Every utterance (speech clips, and the voices of babble scenes) is rendered in one synthesiser
+    # process.
     speech: dict[str, list[tuple[str, SpeechJob]]] = {}
     voices: dict[tuple[str, int], list[SpeechJob]] = {}
     (folder / "voices").mkdir()
@@ -454,8 +463,8 @@ def _write_noisy_row(
 ) -> set[str]:
     """Write ``<split>_noisy.jsonl`` and return the noise kinds it used.
 
-    Each of the split's clean ASR clips is mixed with a noise kind of the split, taken in turn. The SNR is drawn from
-    :data:`SNR_DB` and applied with ``torchaudio.functional.add_noise``.
+    Each of the split's clean ASR clips is mixed with a noise kind of the split, taken in turn. The
+    SNR is drawn from :data:`SNR_DB` and applied with ``torchaudio.functional.add_noise``.
     """
     rng, kinds, entries = _rng(seed, split, "noisy"), NOISE_KINDS[split], []
     (folder / f"{split}_noisy").mkdir()
@@ -496,9 +505,9 @@ def _times(seconds: float) -> np.ndarray:
 def note_split(instrument: str, midi: int) -> str:
     """Return the split of a note (instrument, pitch).
 
-    Every tenth pitch of each instrument is test, and the next one validation. The pattern shifts by 3 semitones per
-    instrument. Each instrument thus has held-out pitches that other instruments play in training. A hash could leave
-    an instrument without a test note.
+    Every tenth pitch of each instrument is test, and the next one validation. The pattern shifts by
+    3 semitones per instrument. Each instrument thus has held-out pitches that other instruments
+    play in training. A hash could leave an instrument without a test note.
     """
     bucket = (midi + 3 * INSTRUMENTS.index(instrument)) % 10
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
@@ -518,7 +527,8 @@ def _mna_clip(
     midi = int(rng.choice(midis))
     timbre, f0, t = _TIMBRES[instrument], _midi_to_hz(midi), _times(rng.uniform(*MNA_SECONDS))
     partials = np.array(timbre["partials"])
-    # Each clip's overtones and envelope vary around its instrument's: a note is not one fixed spectrum to memorise.
+    # Each clip's overtones and envelope vary around its instrument's: a note is not one fixed
+    # spectrum to memorise.
     partials[1:] = np.minimum(
         0.95, partials[1:] * rng.uniform(*TIMBRE_JITTER, size=len(partials) - 1)
     )
@@ -599,7 +609,8 @@ def _babble(rng: np.random.Generator, seconds: float, voices: list[SpeechJob]) -
     out = 0.005 * rng.standard_normal(n)
     for job in voices:
         samples, rate = soundfile.read(job.path)
-        # FFT resampling: the utterances start and end in silence, so its circular wrap-around is harmless
+        # FFT resampling: the utterances start and end in silence, so its circular wrap-around is
+        # harmless
         length = round(len(samples) * SOUND_RATE / rate)
         speech = (
             np.fft.irfft(np.fft.rfft(samples)[: length // 2 + 1], length) * length / len(samples)

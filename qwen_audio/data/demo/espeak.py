@@ -1,14 +1,15 @@
 """Speech synthesis with word timings through the libespeak-ng that the ``espeakng-loader`` wheel bundles.
 
-It uses ctypes rather than a TTS package for two reasons. The wheel ships the library and its voices (English ``en``,
-Mandarin ``cmn``, ...) with no system install and no download. The C API reports, for every word, the millisecond at
-which the synthesiser starts it. Those word events are the ground truth the demo corpus needs for word-level
-timestamps (SRWT).
+It uses ctypes rather than a TTS package for two reasons. The wheel ships the library and its voices
+(English ``en``, Mandarin ``cmn``, ...) with no system install and no download. The C API reports,
+for every word, the millisecond at which the synthesiser starts it. Those word events are the ground
+truth the demo corpus needs for word-level timestamps (SRWT).
 
-The library seeds its noise from the clock (we fix the seed). It also keeps oscillator and pitch-flutter state from
-one utterance to the next, and no API call resets it. So the same call gives slightly different samples depending on
-what was synthesised before in the process. Therefore :func:`synthesize_files` renders a list of utterances in a
-fresh interpreter (this file run as a script). This makes its output bit-identical run after run.
+The library seeds its noise from the clock (we fix the seed). It also keeps oscillator and
+pitch-flutter state from one utterance to the next, and no API call resets it. So the same call
+gives slightly different samples depending on what was synthesised before in the process. Therefore
+:func:`synthesize_files` renders a list of utterances in a fresh interpreter (this file run as a
+script). This makes its output bit-identical run after run.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ DEFAULT_PITCH = 50  # 0..100, espeak-ng's default
 SILENCE_DB = (
     -50.0
 )  # a word ends at its last sample louder than this, relative to the utterance's peak
-# A space between two word characters is sent as a no-break space: otherwise espeak-ng reads its multi-word
-# dictionary entries ("in the", "on the", "at once", ...) as one word with one event. Spaces after punctuation stay,
-# so clause pauses are kept. The swap is one character for one, so event positions still index ``text``.
+# A space between two word characters is sent as a no-break space: otherwise espeak-ng reads its
+# multi-word dictionary entries ("in the", "on the", "at once", ...) as one word with one event.
+# Spaces after punctuation stay, so clause pauses are kept. The swap is one character for one, so
+# event positions still index ``text``.
 _INNER_SPACE = re.compile(r"(?<=\w) (?=\w)")
 
 # speak_lib.h constants
@@ -171,9 +173,10 @@ def _word_timings(
     """Turn word events into ``(word, start_s, end_s)``.
 
     A word is the text from its event's character to the next event's, without edge punctuation.
-    Because espeak-ng emits one event per dictionary word, a Mandarin word such as 很好 spans several characters.
-    A word starts at its event. It ends at its last sample above ``SILENCE_DB`` before the next word starts
-    (or the audio ends). So a pause after a comma is not counted as part of the word.
+    Because espeak-ng emits one event per dictionary word, a Mandarin word such as 很好 spans several
+    characters. A word starts at its event. It ends at its last sample above ``SILENCE_DB`` before
+    the next word starts (or the audio ends). So a pause after a comma is not counted as part of the
+    word.
     """
     magnitude = np.abs(samples.astype(np.float32))  # in float: abs(int16 -32768) overflows
     loud = magnitude > magnitude.max(initial=0) * 10 ** (SILENCE_DB / 20)
@@ -200,8 +203,9 @@ def synthesize(
 ) -> tuple[np.ndarray, int, list[tuple[str, float, float]]]:
     """Speak ``text`` -> ``(int16 samples, sample_rate, [(word, start_s, end_s), ...])``.
 
-    ``voice`` is an espeak-ng voice name, optionally with a variant (``"en"``, ``"en+f2"``, ``"cmn+m3"``).
-    ``rate`` is in words per minute (80..450). ``pitch`` is 0..100. The sample rate is the library's, 22,050 Hz.
+    ``voice`` is an espeak-ng voice name, optionally with a variant (``"en"``, ``"en+f2"``,
+    ``"cmn+m3"``). ``rate`` is in words per minute (80..450). ``pitch`` is 0..100. The sample rate
+    is the library's, 22,050 Hz.
     """
     if not text.strip():
         raise ValueError("text to synthesize is empty")
@@ -219,8 +223,8 @@ def synthesize(
 class SpeechJob:
     """One utterance for :func:`synthesize_files`, written as a 16-bit wav at ``path``.
 
-    ``silence_before`` and ``silence_after`` seconds of silence go around the speech. espeak-ng itself leaves
-    almost none."""
+    ``silence_before`` and ``silence_after`` seconds of silence go around the speech. espeak-ng
+    itself leaves almost none."""
 
     text: str
     path: str
@@ -234,11 +238,11 @@ class SpeechJob:
 def synthesize_files(jobs: Sequence[SpeechJob]) -> list[list[tuple[str, float, float]]]:
     """Render ``jobs`` in order in a fresh interpreter and return each job's word timings.
 
-    The files are written at the model's 16 kHz, so loading them needs no resampling. At the synthesiser's
-    22,050 Hz, resampling on every load takes 70 % of the demo DataLoader's time.
+    The files are written at the model's 16 kHz, so loading them needs no resampling. At the
+    synthesiser's 22,050 Hz, resampling on every load takes 70 % of the demo DataLoader's time.
 
-    The fresh process starts libespeak-ng from its initial state. So the same jobs give the same files, whatever
-    this process synthesised before (see the module docstring).
+    The fresh process starts libespeak-ng from its initial state. So the same jobs give the same
+    files, whatever this process synthesised before (see the module docstring).
     """
     request = json.dumps([asdict(job) for job in jobs])
     result = subprocess.run(

@@ -1,11 +1,11 @@
 """Metrics of the paper's benchmarks, computed as the release's ``eval_audio`` scripts compute them (spec §6).
 
-Pure functions of text: each takes the references and the decoded hypotheses of one group of results (the release
-groups by ``source``) and returns corpus-level numbers. Where the release has a quirk, the release's number is
-reported beside a corrected one, never silently replaced.
+Pure functions of text: each takes the references and the decoded hypotheses of one group of results
+(the release groups by ``source``) and returns corpus-level numbers. Where the release has a quirk,
+the release's number is reported beside a corrected one, never silently replaced.
 
-The names are imported on first use (:mod:`qwen_audio.lazy`): the data pipeline reads ``text`` without loading
-the scorers' libraries (jiwer, sacrebleu, scikit-learn, pycocoevalcap).
+The names are imported on first use (:mod:`qwen_audio.lazy`): the data pipeline reads ``text``
+without loading the scorers' libraries (jiwer, sacrebleu, scikit-learn, pycocoevalcap).
 """
 
 from qwen_audio.lazy import lazy_exports

@@ -1,12 +1,13 @@
 """Average alignment shift (AAS) of word-level timestamps (SRWT), in milliseconds.
 
-Reference and hypothesis units are aligned by minimum edit distance with the ``edit-distance`` package. It is the
-aligner of the release's ``evaluate_srwt.py`` (FunASR's ``AverageShiftCalculator``). ``difflib`` matches longest
-common blocks instead and pairs other units. For "a b c" against "a c b" it times "a" and "b", the edit-distance
-alignment only "a". Only units aligned as equal are timed. AAS is the mean over them of |Δstart| + |Δend|.
+Reference and hypothesis units are aligned by minimum edit distance with the ``edit-distance``
+package. It is the aligner of the release's ``evaluate_srwt.py`` (FunASR's
+``AverageShiftCalculator``). ``difflib`` matches longest common blocks instead and pairs other
+units. For "a b c" against "a c b" it times "a" and "b", the edit-distance alignment only "a". Only
+units aligned as equal are timed. AAS is the mean over them of |Δstart| + |Δend|.
 
-There are two procedures. Both take the generations as decoded, i.e. continuing the SRWT prompt after its final
-``<|0.00|>``.
+There are two procedures. Both take the generations as decoded, i.e. continuing the SRWT prompt
+after its final ``<|0.00|>``.
 
 - ``alignment_error_ms`` (ours) puts the prompt's ``<|0.00|>`` back, so the first word is timed too. Its units are
   the words of ``parse_timestamped_words``. ``<|sil|>`` is not a word, and its bounds are its neighbours' bounds. A
@@ -60,10 +61,11 @@ def release_alignment_error_ms(
 ) -> float | None:
     """AAS as ``evaluate_srwt.py`` computes it, on the ground truths and the decoded generations.
 
-    It is ``None`` when nothing matches, where the release divides by zero. Text before the first and after the last
-    timestamp is dropped (a generation's first unit, a unit cut off at the generation limit). A text without any
-    timestamp is skipped together with its partner. The release meant to skip it but drops it from its own side's
-    list only. That list then fails the release's length assertion or pairs later utterances with the wrong partner.
+    It is ``None`` when nothing matches, where the release divides by zero. Text before the first
+    and after the last timestamp is dropped (a generation's first unit, a unit cut off at the
+    generation limit). A text without any timestamp is skipped together with its partner. The
+    release meant to skip it but drops it from its own side's list only. That list then fails the
+    release's length assertion or pairs later utterances with the wrong partner.
     """
     check_pairs(references, hypotheses)
     pairs = [

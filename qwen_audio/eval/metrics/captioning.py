@@ -48,8 +48,8 @@ def caption_scores(
 ) -> dict[str, float | str | None]:
     """``{"CIDEr-D", "SPICE", "SPIDEr", "unavailable"}`` over the corpus.
 
-    Each clip has one hypothesis and several reference captions. ``unavailable`` is ``None``, or the reason SPICE
-    and SPIDEr are ``None``.
+    Each clip has one hypothesis and several reference captions. ``unavailable`` is ``None``, or the
+    reason SPICE and SPIDEr are ``None``.
     """
     check_pairs(references, hypotheses)
     for index, captions in enumerate(references):

@@ -18,8 +18,8 @@ def accuracy(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 
 
 def binary_accuracy(references: Sequence[str], hypotheses: Sequence[str]) -> float | None:
-    """Accuracy on the yes/no questions only (reference "yes" or "no" in any case), ClothoAQA's "binary" column;
-    ``None`` when no reference is yes or no."""
+    """Accuracy on the yes/no questions only (reference "yes" or "no" in any case), ClothoAQA's
+    "binary" column; ``None`` when no reference is yes or no."""
     check_pairs(references, hypotheses)
     pairs = [
         (reference, hypothesis)

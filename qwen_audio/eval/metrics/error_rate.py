@@ -19,10 +19,11 @@ def error_rate(
 ) -> float:
     """Σ edit distance / Σ reference length over the corpus, not a mean of per-utterance rates.
 
-    ``normalizer="release"`` is ``evaluate_asr.py``: ``release_normalize``, lower case, whitespace-separated words,
-    punctuation kept (``"world."`` and ``"world"`` differ), and for Chinese the characters are the units.
-    ``"whisper"`` replaces the release's normalisation by Whisper's English normaliser (English only). jiwer's
-    Levenshtein distance is the release's ``editdistance.eval`` on the same units.
+    ``normalizer="release"`` is ``evaluate_asr.py``: ``release_normalize``, lower case,
+    whitespace-separated words, punctuation kept (``"world."`` and ``"world"`` differ), and for
+    Chinese the characters are the units. ``"whisper"`` replaces the release's normalisation by
+    Whisper's English normaliser (English only). jiwer's Levenshtein distance is the release's
+    ``editdistance.eval`` on the same units.
     """
     check_pairs(references, hypotheses)
     if normalizer not in NORMALIZERS:

@@ -1,8 +1,8 @@
 """The majority baseline printed beside every accuracy: always give the training split's most common answer.
 
-It is taken from the training split, never from the scored one. A model can know how often each answer occurs in
-its training data, but not in the test data. The test split's most common answer is thus a baseline no model could
-follow.
+It is taken from the training split, never from the scored one. A model can know how often each
+answer occurs in its training data, but not in the test data. The test split's most common answer is
+thus a baseline no model could follow.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def majority_answer(train_answers: Iterable[str]) -> str | None:
 def majority_accuracy(train_answers: Iterable[str], references: Sequence[str]) -> float:
     """Return the accuracy on ``references`` of always answering :func:`majority_answer` of ``train_answers``.
 
-    This is the chance level of an accuracy. With no training answers the baseline knows no answer and scores 0.
+    This is the chance level of an accuracy. With no training answers the baseline knows no answer
+    and scores 0.
     """
     if not references:
         raise ValueError("majority_accuracy needs at least one reference")

@@ -4,10 +4,10 @@ The model answers ``<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><
 <|sonic|>bright, percussive``. Instrument, pitch and velocity are scored by exact match. The sonic qualities are
 scored by macro mean average precision of the binary predictions.
 
-The release's chroma accuracy compares one-hot *column* indices modulo 12. The columns are the pitches seen in this
-corpus. It is thus not the pitch class unless every pitch between the lowest and the highest occurs. We report it
-for comparability. Beside it we report the pitch class (MIDI % 12), which HEAR's ``ChromaAccuracy`` computes on its
-contiguous pitch vocabulary.
+The release's chroma accuracy compares one-hot *column* indices modulo 12. The columns are the
+pitches seen in this corpus. It is thus not the pitch class unless every pitch between the lowest
+and the highest occurs. We report it for comparability. Beside it we report the pitch class (MIDI %
+12), which HEAR's ``ChromaAccuracy`` computes on its contiguous pitch vocabulary.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ class Note:
 def parse_note(text: str) -> Note:
     """Parse a note answer as the release's ``get_note_info`` does.
 
-    Each field is its first match. A pitch or velocity that is absent or not a number is ``MISSING``. An absent
-    instrument or qualities field is empty. The instrument and qualities run to the next ``<``. Qualities are split on
-    ", ", and only the ten NSynth qualities are kept.
+    Each field is its first match. A pitch or velocity that is absent or not a number is
+    ``MISSING``. An absent instrument or qualities field is empty. The instrument and qualities run
+    to the next ``<``. Qualities are split on ", ", and only the ten NSynth qualities are kept.
     """
     return Note(
         pitch=_midi_value(_PITCH, text),
@@ -86,11 +86,12 @@ def _text_field(pattern: re.Pattern[str], text: str) -> str:
 def nsynth_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
     """Score notes: instrument, velocity and pitch accuracy, chroma accuracy, and the qualities' macro mAP.
 
-    Chroma accuracy comes as the pitch class and as the release's column variant. The mAP is ``None`` when no quality
-    occurs in references or hypotheses, because the release fails there.
+    Chroma accuracy comes as the pitch class and as the release's column variant. The mAP is
+    ``None`` when no quality occurs in references or hypotheses, because the release fails there.
 
-    Qualities are one-hot encoded by a ``MultiLabelBinarizer`` fit on references and hypotheses together. A quality only
-    ever predicted is thus a class with no positive reference and average precision 0, as in the release.
+    Qualities are one-hot encoded by a ``MultiLabelBinarizer`` fit on references and hypotheses
+    together. A quality only ever predicted is thus a class with no positive reference and average
+    precision 0, as in the release.
     """
     check_pairs(references, hypotheses)
     truth = [parse_note(text) for text in references]

@@ -1,9 +1,10 @@
 """Whisper's English normaliser, reported beside the release's own (``qwen_audio.text_normalize``).
 
-The release (``remove_sp`` in ``evaluate_asr.py``) only removes special tokens and the spaces before punctuation:
-no spelling, number or punctuation normalisation, so its WER counts "Mr." against "mister". Most English ASR results
-since Whisper are scored after Whisper's normaliser instead, and the two can differ by a large part of the WER;
-reporting both makes our numbers comparable with either.
+The release (``remove_sp`` in ``evaluate_asr.py``) only removes special tokens and the spaces before
+punctuation: no spelling, number or punctuation normalisation, so its WER counts "Mr." against
+"mister". Most English ASR results since Whisper are scored after Whisper's normaliser instead, and
+the two can differ by a large part of the WER; reporting both makes our numbers comparable with
+either.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def _english_normalizer() -> EnglishTextNormalizer:
 
 
 def whisper_normalize(text: str) -> str:
-    """openai-whisper's ``EnglishTextNormalizer``: lower case, no punctuation or bracketed spans (so no special
-    tokens), British to American spelling, spelled-out numbers as digits, titles expanded ("Mr." -> "mister")."""
+    """openai-whisper's ``EnglishTextNormalizer``: lower case, no punctuation or bracketed spans (so
+    no special tokens), British to American spelling, spelled-out numbers as digits, titles expanded
+    ("Mr." -> "mister")."""
     return _english_normalizer()(text)

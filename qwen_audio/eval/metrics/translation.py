@@ -17,8 +17,9 @@ _TOKENIZERS = {
 
 
 def bleu(references: Sequence[str], hypotheses: Sequence[str], target_language: str) -> float:
-    """``sacrebleu.corpus_bleu`` (0-100) on the raw texts, one reference each; Chinese is split into characters,
-    Japanese into MeCab words (sacrebleu's ``[ja]`` extra), other languages by the 13a tokenizer."""
+    """``sacrebleu.corpus_bleu`` (0-100) on the raw texts, one reference each; Chinese is split into
+    characters, Japanese into MeCab words (sacrebleu's ``[ja]`` extra), other languages by the 13a
+    tokenizer."""
     check_pairs(references, hypotheses)
     check_language(target_language, "target_language")
     tokenize = _TOKENIZERS.get(target_language, "13a")
