@@ -77,9 +77,10 @@ def pass_or_miss(passed: bool) -> str:
 
 
 def copy_bandwidth(device: torch.device) -> float:
-    """Bytes/s (read + write) of a 1 GiB device-to-device copy, the median of ``triton.testing.do_bench``.
+    """Bytes/s (read + write) of a 1 GiB device-to-device copy.
 
-    This is the ceiling that memory-bound kernels are held against.
+    It is the median of ``triton.testing.do_bench``. This is the ceiling that memory-bound kernels
+    are held against.
     """
     import triton.testing
 

@@ -1,7 +1,7 @@
 """Attention on mixed-length batches: packed varlen kernels against padded SDPA with a mask.
 
-    python benchmarks_perf/bench_attention.py                  # CPU: small shapes, the SDPA paths only
-    python benchmarks_perf/bench_attention.py --device cuda    # full size, bf16
+    python benchmarks_perf/bench_attention.py                # CPU: small shapes, SDPA paths only
+    python benchmarks_perf/bench_attention.py --device cuda  # full size, bf16
 
 There are two cases. Each is a right-padded batch of seeded random lengths, as the model sees them.
 Encoder self-attention takes clips of 1-30 s (50-1500 frames after the conv stem), 20 heads x 64 (d
@@ -73,7 +73,10 @@ class Case:
 def encoder_case(
     clips: int, max_seconds: float, heads: int, head_dim: int, generator: torch.Generator
 ) -> Case:
-    """Clip durations uniform in [1 s, max_seconds]; encoder frames as the conv stem gives them (50 per second)."""
+    """Clip durations uniform in [1 s, max_seconds], with their encoder frame counts.
+
+    Encoder frames are counted as the conv stem gives them (50 per second).
+    """
     samples = (
         torch.empty(clips, dtype=torch.float64).uniform_(1.0, max_seconds, generator=generator)
         * SAMPLE_RATE
@@ -114,7 +117,10 @@ def small_cases(generator: torch.Generator) -> list[Case]:
 def per_sequence_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], causal: bool
 ) -> torch.Tensor:
-    """The torch reference: SDPA on each sequence alone, unpadded; padded rows of the output are zeros."""
+    """The torch reference: SDPA on each sequence alone, unpadded.
+
+    Padded rows of the output are zeros.
+    """
     rows = [
         F.scaled_dot_product_attention(
             q[b, :n].transpose(0, 1),
@@ -241,9 +247,10 @@ def print_encoder_target(results: list[Measurement]) -> None:
 
 
 def print_flash_attn_parity(case: Case, results: list[Measurement]) -> None:
-    """FlashAttention-4's parity line: its error against the torch reference, relative to padded SDPA's.
+    """FlashAttention-4's parity line: its error relative to padded SDPA's.
 
-    The line is a MISS where FlashAttention-4 did not run.
+    Both errors are against the torch reference. The line is a MISS where FlashAttention-4 did not
+    run.
     """
     diffs = {(m.implementation, m.pass_): m.max_abs_diff for m in results if m.ms is not None}
     kind = "decoder (causal)" if case.causal else "encoder"

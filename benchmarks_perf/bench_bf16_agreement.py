@@ -1,7 +1,9 @@
 """bf16 greedy generation, ours and transformers', against the same weights at high precision.
 
-    python benchmarks_perf/bench_bf16_agreement.py                  # CPU: the tiny preset, float64 reference
-    python benchmarks_perf/bench_bf16_agreement.py --device cuda    # the released size (Qwen-7B decoder), fp32 ref.
+    # CPU: the tiny preset, float64 reference
+    python benchmarks_perf/bench_bf16_agreement.py
+    # the released size (Qwen-7B decoder), fp32 reference
+    python benchmarks_perf/bench_bf16_agreement.py --device cuda
 
 The first CUDA run (RESULTS.md, 2026-12-04) found 0.8 % token agreement between our bf16 generation
 and transformers'. Random weights give nearly flat next-token distributions. So at most positions
@@ -183,7 +185,7 @@ def compare(
     new_tokens: int,
     seed: int,
 ) -> tuple[torch.Tensor, dict[str, Agreement]]:
-    """Our bf16 path and transformers' against a high-precision reference with the same random weights.
+    """Our bf16 path and transformers' against a high-precision reference with the same weights.
 
     The reference holds random weights (``seed``) in float64 on CPU or float32 on CUDA. Ours and
     transformers' run in bf16 from the same weights. Returns which positions are well-conditioned,

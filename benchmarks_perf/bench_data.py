@@ -1,6 +1,6 @@
-"""Read throughput into the training step: JSONL manifest + one audio file per clip against litdata shards.
+"""Training-step read throughput: JSONL manifest + one audio file per clip vs. litdata shards.
 
-    python benchmarks_perf/bench_data.py        # 10,000 demo clips, 0/1/2 workers (~30 min, 2 cores)
+    python benchmarks_perf/bench_data.py    # 10,000 demo clips, 0/1/2 workers (~30 min, 2 cores)
     python benchmarks_perf/bench_data.py --clips 2000 --step_clips 200   # a quicker look
 
 The script builds the embedded demo corpus (size 48). It copies its training clips into ``--clips``
@@ -10,8 +10,8 @@ distinct files, with one manifest line each. It writes that manifest as shards
 (:class:`~qwen_audio.data.streaming.StreamingAudioTextDataset`, ``max_seconds`` of padded audio a
 batch). It prints clips/s and MB/s (of encoded audio) at two points:
 
-* ``decoded``: every clip's audio decoded and resampled to 16 kHz, over all ``--clips`` clips. This is what the
-  storage format changes (opening files vs. reading chunks).
+* ``decoded``: every clip's audio decoded and resampled to 16 kHz, over all ``--clips`` clips. This
+  is what the storage format changes (opening files vs. reading chunks).
 * ``step``: the collated batches themselves (decoding, log-mel and the task prompt), over the first
   ``--step_clips`` clips. This is what the training step receives.
 

@@ -1,9 +1,13 @@
-"""Batched greedy generation: ``qwen_audio.generate`` against transformers' ``generate`` and the loop it replaced.
+"""Batched greedy decoding: ``qwen_audio.generate`` vs transformers' ``generate`` and the old loop.
 
-    python benchmarks_perf/bench_generate.py                   # CPU: the tiny preset, fp32 (PYTHONPATH=. in a checkout)
-    python benchmarks_perf/bench_generate.py --model demo --batch 16 --new-tokens 64   # the demo model
-    python benchmarks_perf/bench_generate.py --model demo --hidden 1024 --decoder-layers 8 --batch 16
-    python benchmarks_perf/bench_generate.py --device cuda     # the released size (Qwen-7B decoder), bf16
+    # CPU: the tiny preset, fp32 (PYTHONPATH=. in a checkout)
+    python benchmarks_perf/bench_generate.py
+    # the demo model
+    python benchmarks_perf/bench_generate.py --model demo --batch 16 --new-tokens 64
+    python benchmarks_perf/bench_generate.py --model demo --hidden 1024 --decoder-layers 8 \\
+        --batch 16
+    # the released size (Qwen-7B decoder), bf16
+    python benchmarks_perf/bench_generate.py --device cuda
 
 There are three arms. Ours is ``qwen_audio.generate``: a static KV cache written in place, tokens
 picked on the device, and one host sync every 8 steps. The "growing cache" arm is the decoding loop

@@ -1,7 +1,7 @@
-"""Log-mel of a batch of 30 s clips: this project's backends against openai-whisper, transformers, torchaudio, nnAudio.
+"""Log-mel of 30 s clip batches: our backends vs openai-whisper, transformers, torchaudio, nnAudio.
 
-    python benchmarks_perf/bench_mel.py                      # CPU: 8 x 30 s on 2 threads (~1 minute)
-    python benchmarks_perf/bench_mel.py --device cuda        # 64 x 30 s
+    python benchmarks_perf/bench_mel.py                # CPU: 8 x 30 s on 2 threads (~1 minute)
+    python benchmarks_perf/bench_mel.py --device cuda  # 64 x 30 s
 
 The script prints one Markdown table. It gives the time per batch, audio-hours per second and the
 speed-up against openai-whisper. That baseline is openai-whisper's own ``log_mel_spectrogram``, one
@@ -34,7 +34,10 @@ from _timing import copy_bandwidth, interleaved_speedup, measure_ms, pass_or_mis
 
 
 def whisper_normalise(power_mel: torch.Tensor) -> torch.Tensor:
-    """log10 clamp, per-example ``max - 8`` floor and ``(x + 4) / 4`` on a ``[B, n_mels, frames]`` mel power."""
+    """log10 clamp, per-example ``max - 8`` floor and ``(x + 4) / 4``.
+
+    The input is a ``[B, n_mels, frames]`` mel power.
+    """
     log_spec = power_mel.clamp(min=LOG_MEL_FLOOR).log10()
     log_spec = torch.maximum(log_spec, log_spec.amax(dim=(-2, -1), keepdim=True) - DYNAMIC_RANGE)
     return (log_spec + 4.0) / 4.0

@@ -1,4 +1,4 @@
-"""The encoder's stride-2 average pool + LayerNorm: fused Triton kernel against the unfused torch ops.
+"""The encoder's stride-2 average pool + LayerNorm: fused Triton kernel vs the unfused torch ops.
 
     python benchmarks_perf/bench_pool.py                     # CPU: torch path only
     python benchmarks_perf/bench_pool.py --device cuda --batch 32

@@ -41,7 +41,10 @@ MIB = 1 << 20
 
 
 def prefill_model() -> QwenAudio:
-    """The tiny preset with the released vocabulary and ``<audio>`` id, seeded weights, fp32, eval mode."""
+    """The tiny preset with the released vocabulary and ``<audio>`` id.
+
+    Its weights are seeded, in fp32, and the model is in eval mode.
+    """
     tiny = QwenAudioConfig.from_name("tiny")
     config = dataclasses.replace(
         tiny,
@@ -53,7 +56,10 @@ def prefill_model() -> QwenAudio:
 
 
 def audio_prompt(model: QwenAudio, seconds: float) -> dict[str, torch.Tensor]:
-    """One clip's ``<audio>`` span (placeholders between the tags) with its seeded random mel, as model inputs."""
+    """One clip's ``<audio>`` span with its seeded random mel, as model inputs.
+
+    The span holds placeholders between the tags.
+    """
     lengths = audio_lengths(int(seconds * SAMPLE_RATE))
     start = model.config.audio_start_id
     ids = torch.tensor([[start] + [0] * lengths.audio_tokens + [start + 1]])

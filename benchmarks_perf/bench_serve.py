@@ -1,4 +1,4 @@
-"""Throughput and latency of a running ``python -m qwen_audio.serve`` at 1, 4, 16 and 64 concurrent users.
+"""Throughput and latency of a running ``qwen_audio.serve`` at 1, 4, 16 and 64 concurrent users.
 
 Each user sends a request, waits for its answer, and sends the next. With ``--request-rate`` the
 requests arrive instead as a Poisson process at that rate (exponential gaps, seeded). At most
@@ -76,7 +76,10 @@ def main() -> None:
     audio = base64.b64encode(wav).decode()
 
     def chat(index: int) -> tuple[float, list[float], int]:
-        """Latency, the chunk arrival times (from the start) and the output tokens of one streamed request."""
+        """Latency, chunk arrival times and output tokens of one streamed request.
+
+        The arrival times are from the start.
+        """
         start = time.perf_counter()
         arrivals, tokens = [], 0
         stream = client.chat.completions.create(

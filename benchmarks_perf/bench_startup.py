@@ -1,4 +1,4 @@
-"""Start-up of the command lines: ``--help`` of generate, chat and serve against a bare ``import torch``.
+"""Start-up of the ``--help`` of generate, chat and serve against a bare ``import torch``.
 
     python benchmarks_perf/bench_startup.py [--repeats 5]
 
@@ -57,7 +57,10 @@ def median_seconds(repeats: int) -> dict[str, float]:
 
 
 def report(medians: dict[str, float]) -> list[str]:
-    """The Markdown table of ``medians`` (seconds by command) and a target line per command against the baseline."""
+    """The Markdown table of ``medians`` (seconds by command), then the target lines.
+
+    There is one target line per command, against the baseline.
+    """
     baseline = medians[BASELINE]
     lines = ["| command | median s | vs import torch | target <= 1.5x |", "|---|---|---|---|"]
     targets = []

@@ -2,8 +2,10 @@
 
     python benchmarks_perf/bench_train_step.py                   # CPU: the tiny preset, fp32
     python benchmarks_perf/bench_train_step.py --device cuda     # Qwen-Audio at full size, bf16
-    python benchmarks_perf/bench_train_step.py --device cuda --decoder-layers 8   # if the 7B LLM does not fit
-    python benchmarks_perf/bench_train_step.py --device cuda --compile --mel-in-step --clips 24   # the levers
+    # if the 7B LLM does not fit:
+    python benchmarks_perf/bench_train_step.py --device cuda --decoder-layers 8
+    # the levers:
+    python benchmarks_perf/bench_train_step.py --device cuda --compile --mel-in-step --clips 24
 
 The step is the recipe's: ``QwenAudioModule.training_step`` (SpecAugment, loss, metrics) with
 ``train="encoder"``, then backward, gradient clipping at 1.0 and AdamW over the module's parameter
@@ -15,11 +17,12 @@ no fp32 master copy needed), with activation checkpointing as in
 short prompt, the clip's ``<audio>`` span and 3 target tokens per second of audio, right-padded as
 ``qwen_audio.data.collate`` pads.
 
-Tokens/s counts decoder positions (text and audio spans, no padding), and frames/s the encoder's frames. TFLOP/s is
-the module's ``flops_per_batch`` (6 x parameters x positions for encoder and decoder alike) per second. MFU divides
-it by the device's dense bf16 peak. That formula charges the frozen LLM for weight gradients it never computes, and
-its embedding table for products it never runs. So "MFU (executed)" also counts the step's real matmul FLOPs: 6 x
-encoder parameters per frame + 4 x LLM parameters except the embedding per position.
+Tokens/s counts decoder positions (text and audio spans, no padding), and frames/s the encoder's
+frames. TFLOP/s is the module's ``flops_per_batch`` (6 x parameters x positions for encoder and
+decoder alike) per second. MFU divides it by the device's dense bf16 peak. That formula charges the
+frozen LLM for weight gradients it never computes, and its embedding table for products it never
+runs. So "MFU (executed)" also counts the step's real matmul FLOPs: 6 x encoder parameters per
+frame + 4 x LLM parameters except the embedding per position.
 
 The table has one row per attention backend (``flash_attn`` is FlashAttention-4 where installed on
 SM90+). Then, on the backend ``auto`` picks, it has one row per lever asked for. ``--compile`` runs
@@ -89,7 +92,10 @@ def stage1_batch(
     generator: torch.Generator,
     device: torch.device,
 ) -> dict:
-    """One clip per sample: ``PROMPT_TOKENS`` prompt ids, ``<audio>`` span, target ids (the only labels)."""
+    """One clip per sample: prompt ids, ``<audio>`` span and target ids.
+
+    The prompt has ``PROMPT_TOKENS`` ids. The target ids are the only labels.
+    """
     durations = torch.empty(clips, dtype=torch.float64).uniform_(
         1.0, max_seconds, generator=generator
     )
@@ -138,7 +144,10 @@ def with_mel_from_waveforms(batch: dict) -> dict:
 def build_stage1(
     config: QwenAudioConfig, device: torch.device, activation_checkpointing: bool
 ) -> tuple[QwenAudioModule, torch.optim.Optimizer]:
-    """The recipe's module for ``config`` on ``device``, the frozen LLM in bf16 on CUDA, and its AdamW."""
+    """The recipe's module for ``config`` on ``device``, and its AdamW.
+
+    On CUDA the frozen LLM is in bf16.
+    """
     module = QwenAudioModule(
         preset=config.name, train="encoder", activation_checkpointing=activation_checkpointing
     )

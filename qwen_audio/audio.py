@@ -1,4 +1,4 @@
-"""Audio front end for decoding, Whisper's 80-bin log-mel, and the released model's length bookkeeping.
+"""Audio front end: decoding, Whisper's 80-bin log-mel, the released model's length bookkeeping.
 
 Everything here reproduces the released Qwen-Audio ``audio.py``, itself openai-whisper's front end.
 A loaded checkpoint is thus fed the features it was trained on. One difference is deliberate. In a
@@ -64,15 +64,19 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> torch.Ten
 
 @functools.lru_cache(maxsize=8)
 def resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
-    """Return torchaudio's ``Resample`` from ``orig_rate`` to ``new_rate`` Hz, with its kernel computed once and kept.
+    """Return torchaudio's ``Resample`` from ``orig_rate`` to ``new_rate`` Hz.
 
-    It applies the same filter as ``torchaudio.functional.resample``.
+    Its kernel is computed once and kept. It applies the same filter as
+    ``torchaudio.functional.resample``.
     """
     return torchaudio.transforms.Resample(orig_rate, new_rate)
 
 
 def pad_or_trim(audio: torch.Tensor, length: int = N_SAMPLES, *, axis: int = -1) -> torch.Tensor:
-    """Zero-pad or trim ``audio`` along ``axis`` to ``length`` samples (30 s by default), as Whisper does."""
+    """Zero-pad or trim ``audio`` along ``axis`` to ``length`` samples, as Whisper does.
+
+    ``length`` is 30 s by default.
+    """
     size = audio.shape[axis]
     if size > length:
         return audio.narrow(axis, 0, length)
@@ -85,7 +89,9 @@ def pad_or_trim(audio: torch.Tensor, length: int = N_SAMPLES, *, axis: int = -1)
 def log_mel_spectrogram(
     audio: torch.Tensor | np.ndarray, n_mels: int = 80, kernel_backend: str = "auto"
 ) -> torch.Tensor:
-    """Compute Whisper's log-mel, mapping ``[..., samples]`` float audio at 16 kHz to ``[..., n_mels, samples // 160]``.
+    """Compute Whisper's log-mel of float audio at 16 kHz.
+
+    It maps ``[..., samples]`` to ``[..., n_mels, samples // 160]``.
 
     The steps are a power STFT, a mel filterbank, ``log10`` clamped at 1e-10, a floor, and a
     rescale. The STFT uses n_fft 400, hop 160 and a periodic Hann window. It is centred with reflect
@@ -157,10 +163,10 @@ def spec_augment(
     mask_value: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Apply SpecAugment to a batch ``[B, n_mels, T]`` whose example ``b`` is valid for its first ``lengths[b]`` frames.
+    """Apply SpecAugment to a batch ``[B, n_mels, T]``.
 
-    Defaults are the "LibriSpeech Basic" policy (F=27, m_F=1, T=100, m_T=1, p=1.0) named by the
-    paper's Table 6.
+    Example ``b`` is valid for its first ``lengths[b]`` frames. Defaults are the "LibriSpeech Basic"
+    policy (F=27, m_F=1, T=100, m_T=1, p=1.0) named by the paper's Table 6.
 
     Masks are drawn here, not with ``torchaudio.functional.mask_along_axis_iid``. That function
     takes no generator, so runs could not be reproduced per worker. It also cannot keep a time mask

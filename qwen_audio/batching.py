@@ -29,7 +29,10 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 
 
 class PromptBatch(NamedTuple):
-    """Left-padded prompt ids and mask, and the mel ``[N, n_mels, T]`` + valid lengths of their N audios."""
+    """Left-padded prompt ids and mask, and the mel + valid lengths of their N audios.
+
+    The mel is ``[N, n_mels, T]``.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -53,11 +56,12 @@ def batch_prompts(prompts: Sequence[Example], pad_id: int, n_mels: int = 80) -> 
 def encode_prompts(
     tokenizer: Tokenizer, prompts: Sequence[str], max_length: int, n_mels: int = 80
 ) -> PromptBatch:
-    """Raw release-style prompts (tags as text, ``<audio>PATH</audio>`` spans, several allowed) -> one batch.
+    """Raw release-style prompts -> one batch.
 
-    As in the release every special-token text is a special token. A prompt longer than
-    ``max_length`` tokens (audio placeholders included) raises ValueError; a missing audio file
-    raises FileNotFoundError naming it.
+    The prompts hold tags as text and ``<audio>PATH</audio>`` spans, several allowed. As in the
+    release every special-token text is a special token. A prompt longer than ``max_length`` tokens
+    (audio placeholders included) raises ValueError; a missing audio file raises FileNotFoundError
+    naming it.
     """
     encoded = [
         encode_prompt(tokenizer, prompt, max_length, index) for index, prompt in enumerate(prompts)

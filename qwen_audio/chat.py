@@ -52,12 +52,12 @@ def build_context(
     max_window_size: int = MAX_WINDOW_SIZE,
     load: AudioLoader = load_audio,
 ) -> Example:
-    """The generation prompt for ``query`` after ``history``, as the release's ``make_context`` builds it.
+    """The generation prompt for ``query`` after ``history``.
 
-    The newest history turns are kept while the system turn plus the kept turns (audio placeholders
-    included) stay under ``max_window_size`` tokens. Older turns are dropped. The new query is not
-    counted, as released. ``load`` decodes each ``<audio>PATH</audio>`` of raw text. Item lists may
-    hold recordings.
+    It is built as the release's ``make_context`` builds it. The newest history turns are kept while
+    the system turn plus the kept turns (audio placeholders included) stay under ``max_window_size``
+    tokens. Older turns are dropped. The new query is not counted, as released. ``load`` decodes
+    each ``<audio>PATH</audio>`` of raw text. Item lists may hold recordings.
     """
     if not isinstance(load, Mapping):
         load = functools.cache(
@@ -124,10 +124,10 @@ def _audio_count(history: History) -> int:
 def main(
     argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> None:
-    """Read one query per line from ``stdin`` and print each answer to ``stdout`` (default: the terminal).
+    """Read one query per line from ``stdin`` and print each answer to ``stdout``.
 
-    Errors in a query (a missing audio file, a query over the context) are printed and the
-    conversation goes on.
+    Both default to the terminal. Errors in a query (a missing audio file, a query over the context)
+    are printed and the conversation goes on.
     """
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     parser = argparse.ArgumentParser(

@@ -1,4 +1,6 @@
-"""Weights in and out: the one loader, the released folder layout, and the stage-1 start from Whisper + Qwen-7B.
+"""Weights in and out: the one loader, the released folder layout, and the stage-1 start.
+
+Stage 1 starts from Whisper + Qwen-7B.
 
 :func:`load_model` is the only way from a folder or a preset to ``(model, tokenizer)``. The model
 itself never reads files, as in whisper and litgpt. This module also decides which family a folder
@@ -103,7 +105,10 @@ def load_tokenizer(
 
 
 def read_config(source: str | os.PathLike | dict, name: str | None = None) -> QwenAudioConfig:
-    """The config of either family's ``config.json`` (a dict, the file, or the folder holding it)."""
+    """The config of either family's ``config.json``.
+
+    ``source`` is a dict, the file, or the folder holding it.
+    """
     data, where = read_config_file(source)
     if data.get("model_type") == "qwen2_audio":
         return config_from_hf(data, where, name)
@@ -111,10 +116,10 @@ def read_config(source: str | os.PathLike | dict, name: str | None = None) -> Qw
 
 
 def check_architecture(folder: str | os.PathLike, config: QwenAudioConfig) -> None:
-    """Raise :class:`CheckpointError` unless ``folder``'s ``config.json`` describes ``config``'s architecture.
+    """Check that ``folder``'s ``config.json`` describes ``config``'s architecture.
 
-    A value that changes no tensor shape (``rope_theta``, ``rms_norm_eps``, ...) would otherwise
-    load silently into a model that computes something else.
+    Raise :class:`CheckpointError` otherwise. A value that changes no tensor shape (``rope_theta``,
+    ``rms_norm_eps``, ...) would otherwise load silently into a model that computes something else.
     """
     found = read_config(folder)
     fields = {
@@ -234,9 +239,10 @@ def load_pretrained(
     allow_pickle: bool = False,
     config: QwenAudioConfig | None = None,
 ) -> QwenAudio:
-    """Build the model from ``folder/config.json`` on the meta device and assign the checkpoint's tensors to it.
+    """Build the model from ``folder/config.json`` on the meta device.
 
-    The tensors keep the checkpoint's dtype (bf16 for the release) unless ``dtype`` is given.
+    The checkpoint's tensors are then assigned to it. The tensors keep the checkpoint's dtype (bf16
+    for the release) unless ``dtype`` is given.
     """
     config = config or read_config(folder)
     with torch.device("meta"):
@@ -250,7 +256,10 @@ def load_pretrained(
 def read_model_state_dict(
     folder: str | os.PathLike, config: QwenAudioConfig, allow_pickle: bool = False
 ) -> dict[str, torch.Tensor]:
-    """The folder's tensors under our state-dict keys (a Qwen2-Audio folder's names go through its weight map)."""
+    """The folder's tensors under our state-dict keys.
+
+    A Qwen2-Audio folder's names go through its weight map.
+    """
     state = read_state_dict(folder, allow_pickle)
     if config.family == "qwen2-audio":
         check_preprocessor_config(folder, config)
@@ -325,8 +334,9 @@ def save_pretrained(
     max_shard_size: int | str = "5GB",
     state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write ``model`` in the released layout (safetensors shards + index when more than one, ``config.json``).
+    """Write ``model`` in the released layout.
 
+    The layout is safetensors shards (+ index when more than one) and ``config.json``.
     ``state_dict`` gives the full weights when ``model`` itself is sharded (FSDP gathers them
     first). The files are written into a staging folder beside ``folder``. Then each is renamed over
     its namesake in ``folder`` (:func:`_move_into`). A crash while writing thus leaves the previous
@@ -398,10 +408,10 @@ def _move_into(staging: str, folder: str) -> None:
 
 
 def read_whisper_encoder(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The encoder tensors of an openai-whisper ``.pt`` checkpoint, renamed ``encoder.X`` -> ``transformer.audio.X``.
+    """The encoder tensors of an openai-whisper ``.pt`` checkpoint, under our names.
 
-    It is read with ``torch.load(weights_only=True)``. The file is a dict of tensors and plain
-    values, so no code runs.
+    They are renamed ``encoder.X`` -> ``transformer.audio.X``. The file is read with
+    ``torch.load(weights_only=True)``. It is a dict of tensors and plain values, so no code runs.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -1,5 +1,6 @@
-"""Command-line pieces that ``qwen_audio.generate``, ``qwen_audio.chat`` and ``qwen_audio.serve`` share: where the
-model comes from, how it decodes, and parser errors in place of tracebacks for what the user typed wrong.
+"""Command-line pieces that ``qwen_audio.generate``, ``qwen_audio.chat`` and ``qwen_audio.serve``
+share: where the model comes from, how it decodes, and parser errors in place of tracebacks for what
+the user typed wrong.
 
 The checkpoint I/O is imported when the model is loaded, not before, so that ``--help`` and bad
 arguments answer at once.
@@ -47,7 +48,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 def generation_config(
     parser: argparse.ArgumentParser, args: argparse.Namespace, release: GenerationConfig
 ) -> GenerationConfig:
-    """``release`` (the base or chat settings) with the command line's options; bad values exit via the parser."""
+    """``release`` (the base or chat settings) with the command line's options.
+
+    Bad values exit via the parser.
+    """
     sampling = {
         k: getattr(args, k)
         for k in ("temperature", "top_k", "top_p", "seed")

@@ -1,9 +1,9 @@
-"""Model configuration: plain dataclasses with named presets, readable by jsonargparse / LightningCLI.
+"""Model configuration: plain dataclasses with named presets.
 
-Field names follow the released ``config.json`` (Qwen/Qwen-Audio on the Hugging Face Hub) so a
-reader of that file finds the same words here; ``from_hf_config`` / ``to_hf_config`` translate the
-file's nested ``audio`` block. Nothing here imports torch: configs are read by the CLI before any
-model is built.
+The dataclasses are readable by jsonargparse / LightningCLI. Field names follow the released
+``config.json`` (Qwen/Qwen-Audio on the Hugging Face Hub) so a reader of that file finds the same
+words here; ``from_hf_config`` / ``to_hf_config`` translate the file's nested ``audio`` block.
+Nothing here imports torch: configs are read by the CLI before any model is built.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ class ConfigError(InputError):
 
 @dataclass
 class AudioEncoderConfig:
-    """Whisper-style audio encoder (conv stem, pre-LN blocks) + stride-2 average pool, ``ln_post`` and ``proj``."""
+    """Whisper-style audio encoder (conv stem, pre-LN blocks), then pooling and projection.
+
+    The blocks are followed by a stride-2 average pool, ``ln_post`` and ``proj``.
+    """
 
     n_mels: int = 80
     n_ctx: int = 1500  # encoder frames after the stride-2 conv stem (30 s)
@@ -55,7 +58,10 @@ class AudioEncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """Qwen(1) decoder: RMSNorm pre-norm blocks, fused QKV with bias, SwiGLU MLP, rotary embeddings."""
+    """Qwen(1) decoder: RMSNorm pre-norm blocks with rotary embeddings.
+
+    Each block has a fused QKV with bias and a SwiGLU MLP.
+    """
 
     vocab_size: int = 155947
     hidden_size: int = 4096
@@ -130,7 +136,10 @@ class QwenAudioConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> QwenAudioConfig:
-        """A preset by name (``qwen-audio``, ``qwen-audio-chat``, ``tiny``), with top-level fields overridden."""
+        """A preset by name (``qwen-audio``, ``qwen-audio-chat``, ``tiny``).
+
+        ``overrides`` replace its top-level fields.
+        """
         if name not in PRESETS:
             raise ConfigError(
                 f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
@@ -207,7 +216,10 @@ class QwenAudioConfig:
 
 
 def read_config_file(source: dict[str, Any] | str | os.PathLike) -> tuple[dict[str, Any], str]:
-    """A ``config.json`` (the file, or the folder holding it; a dict is passed through) and the name errors give it."""
+    """A ``config.json`` and the name errors give it.
+
+    ``source`` is the file, or the folder holding it; a dict is passed through.
+    """
     if isinstance(source, dict):
         return source, "config dict"
     path = os.fspath(source)

@@ -18,11 +18,14 @@ TRACEBACK_VARIABLE = "QWEN_AUDIO_TRACEBACK"
 
 
 class InputError(ValueError):
-    """Input the user can fix (a file, a line, a field, a value), as opposed to a bug in this code."""
+    """Input the user can fix (a file, a line, a field, a value), not a bug in this code."""
 
 
 class AudioError(InputError):
-    """An audio file that exists but cannot be used (unreadable, empty, too short, non-finite or silent)."""
+    """An audio file that exists but cannot be used.
+
+    It is unreadable, empty, too short, non-finite or silent.
+    """
 
 
 class CheckpointError(InputError):
@@ -31,7 +34,10 @@ class CheckpointError(InputError):
 
 @contextmanager
 def input_errors_reported(print_traceback: bool = False) -> Iterator[None]:
-    """Turn an :class:`InputError` raised inside into ``error: MESSAGE`` on stderr and exit status 1."""
+    """Turn an :class:`InputError` raised inside into ``error: MESSAGE`` on stderr.
+
+    The exit status is then 1.
+    """
     try:
         yield
     except InputError as err:

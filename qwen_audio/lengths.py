@@ -18,12 +18,18 @@ MIN_SAMPLES = 480  # 30 ms, the shortest clip: 3 mel frames -> 2 conv frames -> 
 
 
 def conv_frames(mel_frames):
-    """Encoder frames after the conv stem (stride 2): ``(mel_frames - 1) // 2 + 1``. Ints or tensors."""
+    """Encoder frames after the conv stem (stride 2): ``(mel_frames - 1) // 2 + 1``.
+
+    Takes ints or tensors.
+    """
     return (mel_frames - 1) // 2 + 1
 
 
 def pooled_frames(encoder_frames):
-    """Audio tokens after the stride-2 pool: ``(encoder_frames - 2) // 2 + 1`` (0 for 0 or 1 frame)."""
+    """Audio tokens after the stride-2 pool: ``(encoder_frames - 2) // 2 + 1``.
+
+    That is 0 for 0 or 1 frame.
+    """
     return (encoder_frames - 2) // 2 + 1
 
 

@@ -1,4 +1,4 @@
-"""Transcription of clips longer than the 30 s the encoder hears, in consecutive windows decoded as one batch.
+"""Transcription of clips longer than the 30 s the encoder hears, in windows decoded as one batch.
 
 The release truncates such audio to its first 30 s, with our warning (see
 :func:`qwen_audio.lengths.audio_lengths`). Here the clip is cut into consecutive, non-overlapping
@@ -53,7 +53,7 @@ UNSPACED_LANGUAGES = ("zh", "ja")  # written without spaces between words
 
 @dataclass(frozen=True)
 class LongTranscript:
-    """A long clip's transcript: the whole clip's text, its words, its windows and the text of each window.
+    """A long clip's transcript: its whole text, its words, its windows and each window's text.
 
     ``words`` have times in the clip, and are empty without timestamps. ``windows`` holds the
     ``(start, end)`` seconds of the windows that were decoded.
@@ -68,10 +68,10 @@ class LongTranscript:
 def window_bounds(
     waveform: torch.Tensor, window_seconds: float = CHUNK_LENGTH
 ) -> list[tuple[int, int]]:
-    """``(start, stop)`` samples of consecutive windows covering ``waveform``, each at most ``window_seconds`` long.
+    """``(start, stop)`` samples of consecutive windows covering ``waveform``.
 
-    Each window is cut at the centre of the quietest frame (mean square) in its last
-    ``CUT_SEARCH_FRACTION``.
+    Each window is at most ``window_seconds`` long. Each window is cut at the centre of the quietest
+    frame (mean square) in its last ``CUT_SEARCH_FRACTION``.
     """
     if not 1.0 <= window_seconds <= CHUNK_LENGTH:
         raise ValueError(
@@ -157,7 +157,10 @@ def stitch_windows(
     timestamps: bool,
     name: str,
 ) -> LongTranscript:
-    """One transcript from the generated ids of each window (see the module docstring). ``name`` labels warnings."""
+    """One transcript from the generated ids of each window (see the module docstring).
+
+    ``name`` labels warnings.
+    """
     separator = "" if language in UNSPACED_LANGUAGES else " "
     texts: list[str] = []
     words: list[TimedWord] = []
@@ -198,11 +201,12 @@ def transcribe_long(
     window_seconds: float = CHUNK_LENGTH,
     config: GenerationConfig | None = None,
 ) -> LongTranscript:
-    """Transcribe the audio file ``path`` of any length (see the module docstring for windows and stitching).
+    """Transcribe the audio file ``path`` of any length.
 
-    ``language`` is the spoken language (``en``, ``zh``, ...). ``config`` defaults to the release's
-    evaluation decoding, greedy with a stop at ``<|endoftext|>``. A window whose timestamped output
-    cannot be parsed keeps its text and contributes no words (with a warning naming it).
+    See the module docstring for windows and stitching. ``language`` is the spoken language (``en``,
+    ``zh``, ...). ``config`` defaults to the release's evaluation decoding, greedy with a stop at
+    ``<|endoftext|>``. A window whose timestamped output cannot be parsed keeps its text and
+    contributes no words (with a warning naming it).
     """
     config = config or GenerationConfig.base(tokenizer, do_sample=False)
     waveform = load_audio(path)

@@ -30,7 +30,10 @@ class QwenAudioOutput:
 
 
 def label_positions(labels: torch.Tensor) -> torch.Tensor:
-    """``[B, L]`` bool: the positions whose logits predict a label (position ``t`` predicts ``labels[:, t + 1]``)."""
+    """``[B, L]`` bool: the positions whose logits predict a label.
+
+    Position ``t`` predicts ``labels[:, t + 1]``.
+    """
     return F.pad(labels[:, 1:] != -100, (0, 1))
 
 
@@ -66,10 +69,11 @@ class TokenLosses(NamedTuple):
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> TokenLosses:
-    """Next-token cross-entropy per position on fp32 logits: ``labels`` shifted by one, -100 ignored.
+    """Next-token cross-entropy per position on fp32 logits.
 
-    ``logits`` is ``[B, L, vocab]``, or ``[n, vocab]`` computed at :func:`label_positions` only (in
-    row-major order). The loss reads nothing else, so training skips the head everywhere else.
+    ``labels`` are shifted by one, and -100 is ignored. ``logits`` is ``[B, L, vocab]``, or
+    ``[n, vocab]`` computed at :func:`label_positions` only (in row-major order). The loss reads
+    nothing else, so training skips the head everywhere else.
     """
     targets = labels[:, 1:].to(logits.device)
     counted = targets != -100
@@ -103,7 +107,7 @@ class QwenAudio(nn.Module):
         return self.transformer
 
     def init_weights(self) -> None:
-        """The release's initialisation (``initializer_range`` 0.02), applied to encoder and decoder alike.
+        """The release's initialisation (``initializer_range`` 0.02), for encoder and decoder alike.
 
         Linear and embedding weights ~ N(0, 0.02) with zero biases, RMSNorm weights 1, and every
         ``c_proj`` (attention output, MLP down projection) ~ N(0, 0.02 / sqrt(2 * n_layers)). The
@@ -138,7 +142,10 @@ class QwenAudio(nn.Module):
                 param.requires_grad_(decoder)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
-        """Recompute each encoder and decoder block in backward (``torch.utils.checkpoint``) to save memory."""
+        """Recompute each encoder and decoder block in backward to save memory.
+
+        This uses ``torch.utils.checkpoint``.
+        """
         self.encoder.activation_checkpointing = enabled
         self.decoder.activation_checkpointing = enabled
 

@@ -1,6 +1,6 @@
-"""Prompt formats as token ids: Qwen-Audio's hierarchical task tags, SRWT timestamps, and ChatML conversations.
+"""Prompt formats as token ids: Qwen-Audio's task tags, SRWT timestamps, and ChatML conversations.
 
-Pretraining (paper §3.2) conditions the decoder on tags in a fixed order. The order is:
+Pretraining (paper §3.2) conditions the decoder on hierarchical tags in a fixed order. The order is:
 transcription tag, audio language, task tag, text language, timestamps tag, output instruction. The
 target text follows. Only the target (plus the closing ``<|endoftext|>``, where generation stops)
 carries loss.
@@ -572,10 +572,10 @@ def encode_task(
     load: AudioLoader = load_audio,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Example:
-    """One clip per ``audio`` item + the task's prompt [+ target + the end-of-text token], as an Example.
+    """One clip per ``audio`` item + the task's prompt [+ target + the end-of-text token].
 
-    The prompt is in the family's words (:func:`family_prompt`). ``load`` decodes a path item. A
-    :class:`Recording` is kept.
+    The result is an Example. The prompt is in the family's words (:func:`family_prompt`). ``load``
+    decodes a path item. A :class:`Recording` is kept.
 
     Without ``target`` this is the prompt for generation. It holds the ids evaluation gives the same
     item: the text of ``Benchmark.prompt`` with its task-token texts encoded as the tokens. With
@@ -625,7 +625,9 @@ class TimedWord:
 def format_timestamped_words(
     words: Sequence[TimedWord], *, duration: float | None = None, min_silence: float = MIN_SILENCE
 ) -> str:
-    """The release's SRWT target: units between shared timestamps, ``<|0.00|><|sil|><|0.54|>面<|0.86|>条<|1.17|>``.
+    """The release's SRWT target: units between shared timestamps.
+
+    For example: ``<|0.00|><|sil|><|0.54|>面<|0.86|>条<|1.17|>``.
 
     Times are rounded to 0.01 s. An end beyond 30 s is clipped to 30.00, since the model hears the
     first 30 s. A gap of more than ``min_silence`` seconds before a word becomes a ``<|sil|>`` unit.
@@ -690,7 +692,10 @@ def task_target(
 
 
 def parse_timestamped_words(text: str) -> list[TimedWord]:
-    """Inverse of :func:`format_timestamped_words`: the words (``<|sil|>`` units dropped) with their times."""
+    """Inverse of :func:`format_timestamped_words`: the words with their times.
+
+    ``<|sil|>`` units are dropped.
+    """
     pieces = _TIMESTAMP.split(text.strip())  # [before, t0, unit, t1, unit, ..., tn, after]
     if len(pieces) < 3 or pieces[0] or pieces[-1]:
         raise ValueError(
@@ -787,7 +792,9 @@ def encode_chat(
     load: AudioLoader = load_audio,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Example:
-    """ChatML ids as the release's ``make_context`` builds them, with loss on each assistant content + ``<|im_end|>``.
+    """ChatML ids as the release's ``make_context`` builds them.
+
+    The loss is on each assistant content + ``<|im_end|>``.
 
     The ids open with ``<|im_start|>system\\n{system}<|im_end|>``. The system prompt is the default
     unless ``messages`` starts with one. Each turn then adds

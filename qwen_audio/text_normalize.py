@@ -1,7 +1,8 @@
-"""The release's text normalisation (``remove_sp`` in ``evaluate_asr.py``) and the language check it needs.
+"""The release's text normalisation and the language check it needs.
 
-It sits below ``data/`` and ``eval/``. WER scoring normalises with it, and the manifest reader
-compares spellings after it. Neither package thus has to import the other.
+The normalisation is ``remove_sp`` in ``evaluate_asr.py``. It sits below ``data/`` and ``eval/``.
+WER scoring normalises with it, and the manifest reader compares spellings after it. Neither package
+thus has to import the other.
 """
 
 from __future__ import annotations

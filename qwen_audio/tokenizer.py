@@ -168,7 +168,10 @@ class Tokenizer(Protocol):
 
 
 class QwenAudioTokenizer:
-    """Byte-level BPE (tiktoken) with the released split pattern, NFC normalisation and special tokens."""
+    """Byte-level BPE (tiktoken) with the released split pattern.
+
+    It also has NFC normalisation and special tokens.
+    """
 
     family = "qwen-audio"  # the model family whose prompts (task tags, chat audio labels) this vocabulary encodes
 
@@ -204,14 +207,19 @@ class QwenAudioTokenizer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> QwenAudioTokenizer:
-        """Load a ranks file of ``base64(token) rank`` lines (the format of the released ``qwen.tiktoken``)."""
+        """Load a ranks file of ``base64(token) rank`` lines.
+
+        That is the format of the released ``qwen.tiktoken``.
+        """
         path = os.fspath(path)
         with open(path, "rb") as file:
             return cls(_parse_ranks(file.read(), path), name=os.path.basename(path), path=path)
 
     @classmethod
     def released(cls) -> QwenAudioTokenizer:
-        """The released vocabulary (n_vocab 155165), read from the ``qwen.tiktoken`` inside the dashscope wheel.
+        """The released vocabulary (n_vocab 155165).
+
+        It is read from the ``qwen.tiktoken`` inside the dashscope wheel.
 
         The dashscope 2.0.2 wheel ships the exact file of the Qwen-Audio release. Its sha256 is
         checked, so a changed file cannot silently shift ids.
@@ -233,7 +241,10 @@ class QwenAudioTokenizer:
 
     @classmethod
     def demo(cls) -> QwenAudioTokenizer:
-        """The small real BPE in ``qwen_audio/assets/demo.tiktoken`` (4096 ranks, n_vocab 7618) for tiny configs."""
+        """The small real BPE in ``qwen_audio/assets/demo.tiktoken``, for tiny configs.
+
+        It has 4096 ranks, n_vocab 7618.
+        """
         return cls.from_file(DEMO_RANKS_FILE)
 
     @classmethod

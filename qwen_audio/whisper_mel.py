@@ -1,4 +1,6 @@
-"""What Whisper's log-mel is: its STFT geometry, window, mel filterbank and log range, with no code that computes it.
+"""What Whisper's log-mel is: its STFT geometry, window, mel filterbank and log range.
+
+There is no code here that computes it.
 
 The one place these numbers live: the front end (``qwen_audio.audio``) and the kernels
 (``qwen_audio.kernels``, torch and Triton) both import them from here, so neither has to import the

@@ -30,15 +30,18 @@ class QwenAudioCLI(LightningCLI):
         )
 
     def connect_datamodule(self) -> None:
-        """Give the data module the model's tokenizer (a released ``init_from`` folder's own) and mel bins."""
+        """Give the data module the model's tokenizer and mel bins.
+
+        With a released ``init_from`` folder, the tokenizer is that folder's own.
+        """
         self.datamodule.connect(self.model.tokenizer, self.model.config.encoder.n_mels)
 
     def checked_ckpt_path(self) -> str | None:
-        """The ``--ckpt_path`` file given on the command line, or None for none or one of Lightning's special values.
+        """The ``--ckpt_path`` file given on the command line, or None.
 
-        A file that is missing, truncated or not a QwenAudioModule checkpoint is refused here, by
-        name. Lightning would fail inside ``torch.load`` without naming it. ``last`` is resolved in
-        :meth:`before_fit`.
+        None stands for no path or for one of Lightning's special values. A file that is missing,
+        truncated or not a QwenAudioModule checkpoint is refused here, by name. Lightning would fail
+        inside ``torch.load`` without naming it. ``last`` is resolved in :meth:`before_fit`.
         """
         ckpt_path = (
             self.config[self.config.subcommand].get("ckpt_path")
@@ -92,7 +95,10 @@ def run(
     datamodule_class: type,
     args: Sequence[str] | None = None,
 ) -> LightningCLI:
-    """``cli(model_class, datamodule_class)`` on ``args`` (default: the command line), input errors reported."""
+    """``cli(model_class, datamodule_class)`` on ``args`` (default: the command line).
+
+    Input errors are reported.
+    """
     argv = sys.argv[1:] if args is None else list(args)
     with input_errors_reported(print_traceback=PRINT_TRACEBACK in argv):
         return cli(model_class, datamodule_class, args=args, save_config_kwargs={"overwrite": True})

@@ -1,11 +1,10 @@
 """Evaluate a model on a benchmark of the paper.
 
-Run
-``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml --data.benchmark NAME``
-with ``--model.checkpoint DIR`` (a released-layout folder), ``--ckpt_path X.ckpt`` (a
-QwenAudioModule checkpoint), or both. The config ``recipes/configs/evaluate/demo.yaml`` evaluates on
-the held-out demo corpus. Results go to ``trainer.default_root_dir``, by default
-``runs/evaluate/<benchmark>``. See docs/evaluation.md.
+Run ``python -m recipes.evaluate test --config recipes/configs/evaluate/paper.yaml`` with
+``--data.benchmark NAME``, and with ``--model.checkpoint DIR`` (a released-layout folder),
+``--ckpt_path X.ckpt`` (a QwenAudioModule checkpoint), or both. The config
+``recipes/configs/evaluate/demo.yaml`` evaluates on the held-out demo corpus. Results go to
+``trainer.default_root_dir``, by default ``runs/evaluate/<benchmark>``. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -28,16 +27,20 @@ class EvaluateCLI(QwenAudioCLI):
         parser.link_arguments("model.checkpoint", "data.checkpoint")
 
     def before_instantiate_classes(self) -> None:
-        """Results go to ``runs/evaluate/<benchmark>`` unless ``--trainer.default_root_dir`` names a folder."""
+        """Results go to ``runs/evaluate/<benchmark>`` by default.
+
+        ``--trainer.default_root_dir`` names another folder.
+        """
         config = self.config[self.subcommand]
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = os.path.join(RESULTS_ROOT, config.data.benchmark)
 
     def _parse_ckpt_path(self) -> None:
-        """Take only the ``preset`` of a ``--ckpt_path`` checkpoint's hyperparameters into the model's config.
+        """Take only the ``preset`` of a ``--ckpt_path`` checkpoint's hyperparameters.
 
-        Lightning would merge them all. A training checkpoint's hyperparameters describe training (stage, learning rate,
-        ...). Only the preset, the architecture its weights fit, applies to evaluation.
+        It goes into the model's config. Lightning would merge them all. A training checkpoint's
+        hyperparameters describe training (stage, learning rate, ...). Only the preset, the
+        architecture its weights fit, applies to evaluation.
         """
         ckpt_path = self.checked_ckpt_path()
         if ckpt_path and Path(ckpt_path).is_file():

@@ -1,4 +1,7 @@
-"""Stage 1, multi-task pretraining: ``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml``."""
+"""Stage 1, multi-task pretraining.
+
+Run ``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml``.
+"""
 
 from recipes.cli import main
 

@@ -1,5 +1,5 @@
-"""Stage 2, supervised fine-tuning into a chat model (encoder frozen, LLM or LoRA adapters trained on ChatML
-conversations): ``python -m recipes.sft fit --config recipes/configs/sft/demo.yaml``."""
+"""Stage 2, supervised fine-tuning into a chat model (encoder frozen, LLM or LoRA adapters trained
+on ChatML conversations): ``python -m recipes.sft fit --config recipes/configs/sft/demo.yaml``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
-"""Build ``qwen_audio/assets/demo.tiktoken``: a small, real BPE vocabulary for tiny configs and the offline demo.
+"""Build ``qwen_audio/assets/demo.tiktoken``: a small, real BPE vocabulary.
+
+It serves the tiny configs and the offline demo.
 
 Usage:
-    python scripts/build_demo_tokenizer.py            # rewrites the committed file (byte-identical: deterministic).
+    python scripts/build_demo_tokenizer.py
+
+This rewrites the committed file byte-identically: the build is deterministic.
 
 The BPE is byte-level, in the released Qwen way. Text is NFC-normalised and pre-split with the
 released pattern (PAT_STR). Ranks 0 ... 255 are the single bytes, then come 3840 learned merges, for
@@ -44,7 +48,10 @@ def read_corpus(path: Path) -> str:
 
 
 def train_bpe(text: str, vocab_size: int) -> dict[bytes, int]:
-    """Byte-level BPE ranks: the 256 bytes, then each new token in the order its merge was learned."""
+    """Byte-level BPE ranks: the 256 bytes, then the new tokens.
+
+    Each new token comes in the order its merge was learned.
+    """
     words = collections.Counter(
         tuple(bytes([b]) for b in piece.encode()) for piece in regex.findall(PAT_STR, text)
     )

@@ -1,6 +1,7 @@
-"""Build ``qwen_audio/assets/qwen2_demo_tokenizer.json``: the demo BPE as a Qwen2-style ``tokenizer.json``.
+"""Build the demo BPE as a Qwen2-style ``tokenizer.json``.
 
-The 4096 ranks of ``demo.tiktoken`` become byte-level BPE merges. The conversion is transformers'
+It is written to ``qwen_audio/assets/qwen2_demo_tokenizer.json``. The 4096 ranks of
+``demo.tiktoken`` become byte-level BPE merges. The conversion is transformers'
 ``TikTokenConverter``, the converter of Qwen2's own tokenizer. The result has Qwen2's NFC normaliser
 and the family's six special tokens, at ids 4096 ... 4101 in the release's order.
 

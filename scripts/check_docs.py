@@ -1,7 +1,9 @@
 """Check that every results table in the published docs says where its numbers come from.
 
 Usage:
-    python scripts/check_docs.py   # checks README.md, docs/*.md and benchmarks_perf/*.md, exits 1 on a problem.
+    python scripts/check_docs.py
+
+It checks README.md, docs/*.md and benchmarks_perf/*.md, and exits 1 on a problem.
 
 The convention is set in docs/experiments.md, "How configurations are chosen". Each Markdown table
 has a paragraph starting ``Source:`` as the nearest paragraph above or below it. That paragraph
@@ -63,9 +65,9 @@ def tables(lines: Sequence[str]) -> Iterator[tuple[int, int]]:
 
 
 def _paragraph(lines: Sequence[str], start: int, step: int) -> str:
-    """The nearest paragraph (non-blank lines, joined by spaces) from ``start`` in direction ``step``.
+    """The nearest paragraph from ``start`` in direction ``step``.
 
-    It is empty at either end of the text.
+    Its non-blank lines are joined by spaces. It is empty at either end of the text.
     """
     while 0 <= start < len(lines) and not lines[start].strip():
         start += step
@@ -77,7 +79,10 @@ def _paragraph(lines: Sequence[str], start: int, step: int) -> str:
 
 
 def source_problem(line: str) -> str | None:
-    """What a ``Source:`` line lacks, or None when it names a linked entry or a command, a date and a commit."""
+    """What a ``Source:`` line lacks.
+
+    It is None when the line names a linked entry or a command, a date and a commit.
+    """
     if LINK.search(line):
         return None
     missing = [

@@ -1,11 +1,13 @@
-"""Write a small Hugging Face ``datasets`` folder and a lhotse CutSet of synthesised speech, to try the converters on.
+"""Write a small Hugging Face ``datasets`` folder and a lhotse CutSet of synthesised speech.
 
 Usage:
-    python scripts/make_example_data.py data   # writes data/my_hf_dataset/ and data/cuts_train.jsonl.gz.
+    # writes data/my_hf_dataset/ and data/cuts_train.jsonl.gz.
+    python scripts/make_example_data.py data
 
-See README, "Your own data", for the converters. Both outputs hold English digit strings ("four one
-seven") spoken by espeak-ng (:mod:`qwen_audio.data.demo.espeak`), so nothing is downloaded. Both are
-written by the real libraries, in the layouts users bring.
+The outputs are there to try the converters on. See README, "Your own data", for the converters.
+Both outputs hold English digit strings ("four one seven") spoken by espeak-ng
+(:mod:`qwen_audio.data.demo.espeak`), so nothing is downloaded. Both are written by the real
+libraries, in the layouts users bring.
 
 ``my_hf_dataset`` is a ``DatasetDict`` (``train``, ``test``) written by ``save_to_disk``. It has
 Common Voice's columns: ``audio`` (an ``Audio`` column holding each clip's wav bytes), ``sentence``
@@ -36,7 +38,10 @@ SILENCE = 0.1  # seconds before and after each utterance
 def speak(
     out: Path, name: str, count: int, rng: np.random.Generator
 ) -> list[tuple[Path, str, list]]:
-    """``count`` spoken digit strings as ``out/name-<i>.wav``: ``(path, text, word timings)`` each."""
+    """``count`` spoken digit strings, written as ``out/name-<i>.wav``.
+
+    Returns ``(path, text, word timings)`` for each.
+    """
     texts = [
         " ".join(DIGITS["en"][d] for d in rng.integers(0, 10, rng.integers(1, 5)))
         for _ in range(count)
@@ -51,7 +56,10 @@ def speak(
 
 
 def write_hf_dataset(folder: Path, splits: dict[str, list[tuple[Path, str, list]]]) -> None:
-    """A ``DatasetDict`` of the clips, their bytes inside the dataset, written by ``save_to_disk``."""
+    """A ``DatasetDict`` of the clips, written by ``save_to_disk``.
+
+    The clips' bytes are held inside the dataset.
+    """
     import datasets
 
     tables = {

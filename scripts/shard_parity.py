@@ -1,8 +1,8 @@
 """Shards train as the manifest that made them: the same training loss at every step.
 
 Usage:
-    python scripts/shard_parity.py                 # 300 steps of the tiny model, twice (docs/data.md).
-    python scripts/shard_parity.py --steps 20      # a quick look.
+    python scripts/shard_parity.py             # 300 steps of the tiny model, twice (docs/data.md).
+    python scripts/shard_parity.py --steps 20  # a quick look.
 
 The script writes the demo corpus's training manifest (size 48, 288 lines) as shards
 (:func:`qwen_audio.data.shard.write_shards`). It then runs ``recipes.pretrain`` twice from the same

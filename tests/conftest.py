@@ -1,5 +1,5 @@
-"""Shared test setup: CUDA-marked tests skip cleanly without a GPU, SLURM-marked ones run only with ``-m slurm``;
-the released and demo tokenizers; a server started on a free port."""
+"""Shared test setup: CUDA-marked tests skip cleanly without a GPU, SLURM-marked ones run only with
+``-m slurm``; the released and demo tokenizers; a server started on a free port."""
 
 import contextlib
 import os
@@ -106,5 +106,8 @@ def _server(checkpoint: str, log: str, *options: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def serve_checkpoint():
-    """``with serve_checkpoint(checkpoint, log, *options) as url:`` a running server (see :func:`_server`)."""
+    """``with serve_checkpoint(checkpoint, log, *options) as url:`` a running server.
+
+    See :func:`_server`.
+    """
     return _server

@@ -1,5 +1,6 @@
-"""Audio front end against independent references: openai-whisper, transformers' WhisperFeatureExtractor,
-analytic float64 signals, torch's own conv/pool arithmetic, and hand-worked lengths."""
+"""Audio front end against independent references: openai-whisper, transformers'
+WhisperFeatureExtractor, analytic float64 signals, torch's own conv/pool arithmetic, and hand-worked
+lengths."""
 
 import numpy as np
 import pytest
@@ -117,7 +118,10 @@ def test_batch_normalises_each_example_by_its_own_maximum():
 
 
 def test_batch_of_thirty_second_clips_equals_whisper_clip_by_clip():
-    """The DataLoader's case: each row within 1e-5 of openai-whisper on its clip, and bit-equal to the clip alone."""
+    """The DataLoader's case: each row within 1e-5 of openai-whisper on its clip.
+
+    Each row is also bit-equal to its clip alone.
+    """
     clips = torch.stack(
         [torch.from_numpy(signal).float() for signal in _signals(SAMPLE_RATE, 30.0).values()]
     )
@@ -209,7 +213,10 @@ def test_bad_files_raise_audio_error_naming_the_file(tmp_path):
 
 
 def test_clips_under_30_ms_are_refused_naming_the_file(tmp_path):
-    """480 samples at 16 kHz (30 ms) give 3 mel frames, 2 encoder frames and 1 audio token; 479 give none."""
+    """480 samples at 16 kHz (30 ms) give 3 mel frames, 2 encoder frames and 1 audio token.
+
+    479 give none.
+    """
     assert audio_lengths(480).audio_tokens == 1 and audio_lengths(479).audio_tokens == 0
     for rate, samples in [(16000, 480), (8000, 240)]:
         soundfile.write(tmp_path / "ok.wav", np.full(samples, 0.1), rate)
@@ -250,7 +257,10 @@ def test_spec_augment_masks_wide_bands_on_average():
 
 @pytest.mark.parametrize("samples", [201, 1000, 16123, 33333, 479700, 480000])
 def test_encoder_input_of_a_short_clip_is_whispers_30_second_log_mel(samples):
-    """audio_features transforms only the clip and N_FFT samples of padding; whisper pads every clip to 30 s."""
+    """audio_features transforms only the clip and N_FFT samples of padding.
+
+    By contrast whisper pads every clip to 30 s.
+    """
     from qwen_audio.audio import audio_features
 
     audio = 0.1 * torch.randn(samples, generator=torch.Generator().manual_seed(samples))

@@ -1,9 +1,9 @@
-"""The performance benchmarks run on CPU at their small sizes and print their tables (no timing is asserted).
+"""The performance benchmarks run on CPU at their small sizes and print their tables.
 
-What they print is checked against independent numbers: attention outputs against SDPA run per
-sequence, generated tokens against transformers' Qwen2ForCausalLM, FLOP counts against hand-worked
-cases, and the benchmarked training step against what stage 1 must do (encoder updated, LLM
-untouched).
+No timing is asserted. What they print is checked against independent numbers: attention outputs
+against SDPA run per sequence, generated tokens against transformers' Qwen2ForCausalLM, FLOP counts
+against hand-worked cases, and the benchmarked training step against what stage 1 must do (encoder
+updated, LLM untouched).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks_perf"
 
 @pytest.fixture
 def bench(monkeypatch):
-    """Import a benchmark script as its own folder on sys.path makes it importable (it imports ``_timing``)."""
+    """Import a benchmark script as its own folder on sys.path makes it importable.
+
+    The script imports ``_timing``.
+    """
     monkeypatch.syspath_prepend(str(BENCHMARKS))
 
     def load(name: str):

@@ -1,4 +1,7 @@
-"""Chat: the release's ChatML ids for a multi-turn, multi-audio conversation, history window, terminal front end."""
+"""Chat: ChatML ids, history window, terminal front end.
+
+The ids are the release's ChatML ids for a multi-turn, multi-audio conversation.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +33,10 @@ def write_wav(path, seconds: float, seed: int) -> str:
 
 @pytest.fixture
 def canned(monkeypatch):
-    """Replace the model: record each prompt batch given to ``generate`` and answer with the queued ids."""
+    """Replace the model: record each prompt batch given to ``generate``.
+
+    It answers with the queued ids.
+    """
     calls, answers = [], []
 
     def fake_generate(model, input_ids, attention_mask, config, flags=None, **kwargs):

@@ -1,4 +1,7 @@
-"""Weights in and out: released folder layout round trip, strict validation, stage-1 init from Whisper + Qwen."""
+"""Weights in and out: released folder layout round trip and strict validation.
+
+Also stage-1 init from Whisper + Qwen.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""``python -m qwen_audio.data.check``: every bad line reported as ``file:line: field: reason``, headers by default,
-decoded clips with ``--decode``; and the data module's ``validate`` before step 0."""
+"""``python -m qwen_audio.data.check``: every bad line reported as ``file:line: field: reason``,
+headers by default, decoded clips with ``--decode``; and the data module's ``validate`` before
+step 0."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ def line(audio: str, **changes) -> str:
 
 @pytest.fixture
 def corpus(tmp_path) -> tuple[Path, dict[str, int]]:
-    """A manifest whose lines hold one good clip and one of each fault, with the line number of each."""
+    """A manifest whose lines hold one good clip and one of each fault.
+
+    It comes with the line number of each.
+    """
     rng = np.random.default_rng(0)
     good = 0.1 * rng.standard_normal(8000).astype(np.float32)
     soundfile.write(tmp_path / "good.wav", good, 16000)

@@ -1,5 +1,6 @@
-"""Loading a manifest example: audio that only decoding shows unusable is an error naming the manifest line and the
-file, or, with ``on_error: skip``, a stand-in that adds nothing to the loss."""
+"""Loading a manifest example: audio that only decoding shows unusable is an error naming the
+manifest line and the file, or, with ``on_error: skip``, a stand-in that adds nothing to the
+loss."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ BAD_AUDIO = {  # what the file holds -> what the error says (the header of each 
 
 
 def manifest_with(tmp_path, kind: str):
-    """Line 1 a good 0.5 s clip, line 2 the ``kind`` clip; the manifest is read (header checks pass)."""
+    """Line 1 a good 0.5 s clip, line 2 the ``kind`` clip; the manifest is read.
+
+    Its header checks pass.
+    """
     rng = np.random.default_rng(0)
     soundfile.write(tmp_path / "good.wav", rng.normal(0, 0.1, 8000).astype(np.float32), 16000)
     bad = tmp_path / f"{kind}.wav"
@@ -97,7 +101,10 @@ def test_skip_replaces_the_example_by_a_stand_in_that_adds_nothing_to_the_loss(t
 
 
 def test_cache_serves_the_first_load_and_decodes_each_file_once(tmp_path, demo, monkeypatch):
-    """A cached dataset gives the samples an uncached one gives, and decodes each entry once over two epochs."""
+    """A cached dataset gives the samples an uncached one gives.
+
+    It decodes each entry once over two epochs.
+    """
     path, _, entries = manifest_with(tmp_path, "loud")
     fresh = [AudioTextDataset(entries, demo)[i] for i in range(2)]
     decoded = []

@@ -128,7 +128,7 @@ def test_synthesize_rejects_bad_arguments():
 
 
 # ---- the corpus
-# -----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_corpus_is_deterministic_and_cached(corpus, tmp_path):
@@ -203,7 +203,10 @@ def test_speech_is_digit_strings_held_out_from_training(corpus):
 
 
 def test_speech_has_silence_before_and_after(corpus):
-    """espeak-ng starts and ends its audio with the speech; the corpus adds silence, and shifts the word times."""
+    """espeak-ng starts and ends its audio with the speech; the corpus adds silence.
+
+    The corpus also shifts the word times.
+    """
     for entry in read_manifest(corpus["train"]):
         if entry.task != "srwt":
             continue
@@ -347,7 +350,10 @@ def test_noisy_and_unseen_rows_read_the_held_out_strings(corpus):
 
 
 def _items_from_manifests(manifests) -> dict[str, set[str]]:
-    """Per split, the digit sequences (both languages alike) and the notes, read back from the manifest lines."""
+    """Per split, the digit sequences (both languages alike) and the notes.
+
+    They are read back from the manifest lines.
+    """
     items = {}
     for split in SPLITS:
         keys = set()
@@ -405,7 +411,10 @@ def test_held_out_items_are_in_no_training_split_of_any_seed_or_size(tmp_path):
 
 
 def test_demo_names_resolve_to_the_files_the_builders_return():
-    """``demo:<manifest>`` is the corpus's manifest, or for :class:`DemoChat` the chat file; other paths pass."""
+    """``demo:<manifest>`` is the corpus's manifest, or for :class:`DemoChat` the chat file.
+
+    Other paths pass.
+    """
     corpus = DemoCorpus(size=1)
     assert corpus.resolve("demo:train") == str(build_demo_corpus(size=1)["train"])
     assert corpus.resolve("demo:noise") == str(build_demo_corpus(size=1)["noise"])

@@ -1,4 +1,7 @@
-"""Input errors end the entry points with their message alone; every other exception keeps its traceback."""
+"""Input errors end the entry points with their message alone.
+
+Every other exception keeps its traceback.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The evaluation recipe: official prompts equal the release scripts' strings, the release-schema reader stops at a bad
-line naming it, scores are grouped by source, the evaluate YAMLs validate for every benchmark, and the demo evaluation
-runs end to end on a tiny random checkpoint, given as a released-layout folder or as a Lightning checkpoint; Qwen2-Audio
-is asked in its release's words."""
+"""The evaluation recipe: official prompts equal the release scripts' strings, the release-schema
+reader stops at a bad line naming it, scores are grouped by source, the evaluate YAMLs validate for
+every benchmark, and the demo evaluation runs end to end on a tiny random checkpoint, given as a
+released-layout folder or as a Lightning checkpoint; Qwen2-Audio is asked in its release's words."""
 
 from __future__ import annotations
 
@@ -239,7 +239,10 @@ def clip(tmp_path) -> Path:
     [("covost2", "covost2_fr_en_test", None), ("clothoaqa", "clothoaqa", "is it raining?")],
 )
 def test_dataset_tokenizes_the_official_prompt(released, clip, name, source, question):
-    """The ids fed to the model are the release's tokenization of the prompt text (special-token text = tokens)."""
+    """The ids fed to the model are the release's tokenization of the prompt text.
+
+    Special-token text = tokens.
+    """
     item = BenchmarkItem(str(clip), "x", source, name, question)
     sample = BenchmarkDataset([item], released)[0]
     waveform = sample.prompt.waveforms[0]
@@ -383,7 +386,7 @@ def test_paper_config_needs_a_benchmark(capsys):
 
 @pytest.fixture(scope="module")
 def demo_env(tmp_path_factory):
-    """A small demo corpus cached for this module, and a tiny random model in the released layout."""
+    """A small demo corpus cached for this module and a tiny random model in the released layout."""
     root = tmp_path_factory.mktemp("evaluate")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QWEN_AUDIO_DEMO_DIR", str(root / "demo-corpus"))

@@ -1,5 +1,5 @@
-"""The ablation scripts' parts on hand-made cases (manifest filtering, flat prompts, scoring, table and plot), and one
-end-to-end run of the SRWT ablation on a tiny model."""
+"""The ablation scripts' parts on hand-made cases (manifest filtering, flat prompts, scoring, table
+and plot), and one end-to-end run of the SRWT ablation on a tiny model."""
 
 from __future__ import annotations
 
@@ -176,7 +176,10 @@ def test_flat_dataset_item_differs_from_the_tag_one_only_in_the_prompt(demo, cli
 
 
 def test_scorers_on_hand_worked_answers(clip):
-    """The ablations score as ``recipes.evaluate`` scores the demo corpus: WER/CER in %, exact-match accuracy."""
+    """The ablations score as ``recipes.evaluate`` scores the demo corpus.
+
+    That is WER/CER in %, and exact-match accuracy.
+    """
     audio = str(clip)
     asr = [
         ManifestEntry(audio, "asr", "one two three four", "en", "en"),

@@ -1,5 +1,6 @@
-"""The MFU denominator: dense bf16 peaks looked up by a (mocked) GPU name, checked against NVIDIA's datasheets
-(the "with sparsity" BF16 Tensor Core figure halved), and TokenThroughput logging MFU where Lightning has no peak."""
+"""The MFU denominator: dense bf16 peaks looked up by a (mocked) GPU name, checked against NVIDIA's
+datasheets (the "with sparsity" BF16 Tensor Core figure halved), and TokenThroughput logging MFU
+where Lightning has no peak."""
 
 from __future__ import annotations
 

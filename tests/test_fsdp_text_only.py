@@ -1,7 +1,8 @@
-"""FSDP2 on 2 gloo ranks where one rank's batch is pure text and the other's holds audio: every rank runs the same
-collectives (the text-only rank runs the encoder on a blank clip, ``QwenAudioModule._with_blank_clip``), so the
-step finishes, and its losses and gradients equal a single-process run of the same two batches (FSDP averages the
-ranks' gradients: the single process takes the mean of the two losses)."""
+"""FSDP2 on 2 gloo ranks where one rank's batch is pure text and the other's holds audio: every rank
+runs the same collectives (the text-only rank runs the encoder on a blank clip,
+``QwenAudioModule._with_blank_clip``), so the step finishes, and its losses and gradients equal a
+single-process run of the same two batches (FSDP averages the ranks' gradients: the single process
+takes the mean of the two losses)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ def batches(tmp_path: Path) -> list[dict]:
 
 
 def module(mesh=None) -> QwenAudioModule:
-    """The tiny model, seeded: sharded over ``mesh`` (as ModelParallelStrategy has it) when given."""
+    """The tiny model, seeded, and sharded over ``mesh`` when given.
+
+    The sharding is as ModelParallelStrategy has it.
+    """
     torch.manual_seed(0)
     lit = QwenAudioModule(preset="tiny", train="all")
     lit._device_mesh = mesh  # what ModelParallelStrategy hands the module before configure_model

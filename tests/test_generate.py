@@ -1,4 +1,7 @@
-"""Generation on a tiny random model: batch == alone, KV cache == recompute, stops, sampling, CLI, long form."""
+"""Generation on a tiny random model.
+
+Covered: batch == alone, KV cache == recompute, stops, sampling, CLI, long form.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +89,10 @@ def run(model, tokenizer, texts, config, **kwargs) -> list[list[int]]:
 
 
 def full_logits(model, tokenizer, prompt: str, generated: list[int]) -> torch.Tensor:
-    """Next-token logits after ``prompt + generated``, from one forward over the whole sequence, no cache."""
+    """Next-token logits after ``prompt + generated``, from one forward over the whole sequence.
+
+    No cache is used.
+    """
     batch = encode_prompts(tokenizer, [prompt], 8192)
     ids = torch.cat([batch.input_ids, torch.tensor([generated], dtype=torch.long)], dim=1)
     with torch.no_grad():
@@ -119,7 +125,10 @@ def test_kv_cache_decoding_equals_recomputing_the_full_sequence(model64, demo, c
 
 
 def _first_new_token_index(tokens: list[int]) -> int:
-    """Index of the first token (after index 1) not seen before it: a stop id that ends generation there."""
+    """Index of the first token (after index 1) not seen before it.
+
+    That token serves as a stop id that ends generation there.
+    """
     return next(i for i in range(2, len(tokens)) if tokens[i] not in tokens[:i])
 
 
@@ -220,7 +229,10 @@ def test_cuda_batch_equals_cpu_alone_and_seeded_sampling_repeats(model64, demo, 
 def _apply(
     config: GenerationConfig, history: list[int], scores: list[float], prompt_length: int = 0
 ) -> torch.Tensor:
-    """The device sampler's scores for one slot whose first ``prompt_length`` ``history`` ids are its prompt."""
+    """The device sampler's scores for one slot.
+
+    The slot's first ``prompt_length`` ``history`` ids are its prompt.
+    """
     sampler = SlotSampler(1, len(scores), torch.device("cpu"))
     sampler.set(0, config, torch.tensor(history))  # every id so far counts as seen
     sampler.made[0] = len(history) - prompt_length
@@ -231,7 +243,10 @@ def _apply(
 def _transformers_scores(
     config: GenerationConfig, history: torch.Tensor, scores: torch.Tensor, prompt_length: int
 ) -> torch.Tensor:
-    """The same transforms by transformers' logits processors, in the order its ``generate`` applies them."""
+    """The same transforms by transformers' logits processors.
+
+    They run in the order its ``generate`` applies them.
+    """
     from transformers.generation.logits_process import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
@@ -360,7 +375,7 @@ def test_stream_text_joins_to_the_decoded_generation(model64, demo, clips, alone
 
 
 # ---- errors
-# ------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def test_missing_audio_names_the_path(demo, tmp_path):
@@ -481,7 +496,7 @@ def test_cli_too_short_audio_exits_naming_it(tmp_path, capsys):
 
 
 # ---- long form
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def test_windows_are_cut_at_the_first_silent_frame_before_each_30_s_limit(tmp_path):
@@ -600,7 +615,10 @@ def test_cli_long_form_needs_a_transcription_prompt(capsys):
 
 @pytest.fixture(scope="module")
 def looping(model64) -> QwenAudio:
-    """A hand-built looping model: a zero head gives every token the same logit, so greedy repeats id 0."""
+    """A hand-built looping model: a zero head gives every token the same logit.
+
+    So greedy repeats id 0.
+    """
     model = copy.deepcopy(model64)
     with torch.no_grad():
         model.lm_head.weight.zero_()

@@ -1,5 +1,6 @@
-"""Triton kernels against their torch references (log-mel: ``log_mel_reference``, itself equal to openai-whisper;
-pool + LayerNorm: float64 ``AvgPool1d(2, 2)`` then ``layer_norm``), plus the backend dispatch rules.
+"""Triton kernels against their torch references (log-mel: ``log_mel_reference``, itself equal to
+openai-whisper; pool + LayerNorm: float64 ``AvgPool1d(2, 2)`` then ``layer_norm``), plus the backend
+dispatch rules.
 
 ``triton.jit`` decides when a kernel is *defined* whether it is interpreted, so the CPU checks
 cannot switch the interpreter on inside a pytest process that may already have imported the kernels.
@@ -42,7 +43,10 @@ not_interpreted = pytest.mark.skipif(
 
 @pytest.fixture
 def poisoned_allocations(monkeypatch):
-    """Make ``torch.empty`` / ``torch.empty_like`` return NaN-filled tensors while a kernel wrapper runs."""
+    """Make ``torch.empty`` / ``torch.empty_like`` return NaN-filled tensors.
+
+    This lasts while a kernel wrapper runs.
+    """
 
     def poisoned(allocate):
         def allocate_nan(*args, **kwargs):
@@ -56,10 +60,10 @@ def poisoned_allocations(monkeypatch):
 
 
 def speech_like(batch: int, num_samples: int, seed: int) -> torch.Tensor:
-    """Voiced harmonics and noise under a syllable-rate envelope, a chirp, near-silent gaps, per-clip gains.
+    """Voiced harmonics and noise under a syllable-rate envelope, a chirp and near-silent gaps.
 
-    Covers the DFT's hard case: power spanning ~8 decades within a clip, and clips whose peaks
-    differ by 10^4.
+    Each clip has its own gain. Covers the DFT's hard case: power spanning ~8 decades within a clip,
+    and clips whose peaks differ by 10^4.
     """
     generator = torch.Generator().manual_seed(seed)
     t = torch.arange(num_samples, dtype=torch.float64) / SAMPLE_RATE
@@ -78,7 +82,10 @@ def speech_like(batch: int, num_samples: int, seed: int) -> torch.Tensor:
 
 
 def pool_case(batch: int, frames: int, channels: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """float64 x [B, T, C] whose example b is zero past its length (a padded batch), LayerNorm params, dy."""
+    """float64 x [B, T, C], LayerNorm params and dy.
+
+    Example b of x is zero past its length (a padded batch).
+    """
     generator = torch.Generator().manual_seed(seed)
     x = 3 * torch.randn(batch, frames, channels, generator=generator, dtype=torch.float64) + 1
     lengths = torch.linspace(frames, 2, batch).long()
@@ -92,7 +99,10 @@ def pool_case(batch: int, frames: int, channels: int, seed: int) -> tuple[torch.
 def float64_pool_layer_norm(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
-    """Independent formula: mean of frame pairs (odd last frame dropped), then LayerNorm with eps 1e-5."""
+    """Independent formula: mean of frame pairs, then LayerNorm with eps 1e-5.
+
+    An odd last frame is dropped.
+    """
     pairs = x[:, : x.shape[1] // 2 * 2].reshape(x.shape[0], -1, 2, x.shape[2]).mean(dim=2)
     mean = pairs.mean(-1, keepdim=True)
     var = pairs.var(-1, unbiased=False, keepdim=True)
@@ -180,7 +190,10 @@ def test_interpreted_log_mel_matches_reference(num_samples, poisoned_allocations
 
 @interpreted
 def test_interpreted_128_bin_log_mel_matches_reference_and_transformers(poisoned_allocations):
-    """Qwen2-Audio's front end: the kernel with 128 bins against the torch reference and WhisperFeatureExtractor."""
+    """Qwen2-Audio's front end: the kernel with 128 bins against two references.
+
+    They are the torch reference and WhisperFeatureExtractor.
+    """
     from transformers import WhisperFeatureExtractor
 
     audio = speech_like(2, 20_837, seed=128)

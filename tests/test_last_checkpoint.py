@@ -1,4 +1,7 @@
-"""Which checkpoint ``--ckpt_path last`` resumes from, and the refusal of one that cannot be resumed."""
+"""Which checkpoint ``--ckpt_path last`` resumes from.
+
+Also the refusal of one that cannot be resumed.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ def _checkpoint(path, step: int, mtime: float, preset: str = "tiny") -> None:
 
 
 def test_last_is_the_newest_complete_checkpoint_not_a_stale_last_ckpt(tmp_path):
-    """A kill between the step checkpoint's write and last.ckpt's leaves last.ckpt one interval behind."""
+    """A kill between two writes leaves last.ckpt one interval behind.
+
+    The two writes are the step checkpoint's and last.ckpt's.
+    """
     _checkpoint(tmp_path / "last.ckpt", 50, 1000)
     _checkpoint(tmp_path / "epoch=0-step=100.ckpt", 100, 2000)
     trainer = L.Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path)], logger=False)
@@ -42,7 +48,10 @@ def test_last_is_the_newest_complete_checkpoint_not_a_stale_last_ckpt(tmp_path):
 
 
 def test_last_finds_the_checkpoints_of_an_earlier_logger_version(tmp_path):
-    """Without a dirpath, checkpoints go to the logger's version_N folder, and a resumed run gets version_N+1."""
+    """Without a dirpath, checkpoints go to the logger's version_N folder.
+
+    A resumed run gets version_N+1.
+    """
     _checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", 4, 1000)
     _checkpoint(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt", 8, 2000)
     trainer = L.Trainer(
@@ -61,7 +70,10 @@ def test_last_finds_the_checkpoints_of_an_earlier_logger_version(tmp_path):
 
 
 def test_last_takes_the_requeue_checkpoint_when_it_is_the_newest(tmp_path):
-    """A SLURM requeue saves Lightning's hpc_ckpt_N.ckpt in default_root_dir (qwen_audio.lit.RequeueOnSignal)."""
+    """A SLURM requeue saves Lightning's hpc_ckpt_N.ckpt in default_root_dir.
+
+    See qwen_audio.lit.RequeueOnSignal.
+    """
     _checkpoint(tmp_path / "hpc_ckpt_1.ckpt", 5, 1000)  # an earlier requeue
     _checkpoint(tmp_path / "checkpoints" / "last.ckpt", 8, 2000)
     trainer = L.Trainer(

@@ -81,7 +81,7 @@ def test_unknown_language_is_named():
 
 
 # --- WER / CER
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_error_rate_hand_worked_release_keeps_punctuation():
@@ -100,8 +100,8 @@ def test_error_rate_whisper_normalizer_counts_mister_as_mr():
 
 
 def test_error_rate_chinese_is_by_character():
-    # 1 substitution (气 -> 汽) + 1 insertion (啊) over 6 characters; the spaces in the hypothesis do
-    # not count
+    # 1 substitution (气 -> 汽) + 1 insertion (啊) over 6 characters; the spaces in the hypothesis
+    # do not count
     assert error_rate(["今天天气很好"], ["今天 天汽 很好啊"], "zh") == pytest.approx(2 / 6)
 
 
@@ -143,7 +143,7 @@ def test_error_rate_bad_input(kwargs, message):
 
 
 # --- BLEU
-# --------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_bleu_chinese_tokenizes_characters_unlike_13a():
@@ -185,7 +185,7 @@ def test_bleu_japanese_uses_mecab():
 
 
 # --- accuracy
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_accuracy_is_exact_and_case_sensitive():
@@ -202,7 +202,7 @@ def test_binary_accuracy_without_yes_no_questions_is_none():
 
 
 # --- NSynth
-# ------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 NOTE_REFERENCES = [
     "<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><|instrument|>keyboard_acoustic"
@@ -261,7 +261,7 @@ def test_nsynth_without_any_quality_has_no_map():
 
 
 # --- AAS
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 AAS_REFERENCE = "<|0.00|><|sil|><|0.50|>the<|0.80|>cat<|1.10|>sat<|1.40|>down<|1.90|>"
 # the generation continues the prompt's <|0.00|>; "big" is inserted and "down" deleted

@@ -1,4 +1,7 @@
-"""QwenAudio as a whole: the audio splice on hand-built tensors, the loss, the training switches, full-size counts."""
+"""QwenAudio as a whole: audio splice, loss, training switches, full-size counts.
+
+The splice is checked on hand-built tensors.
+"""
 
 from __future__ import annotations
 
@@ -62,7 +65,10 @@ def test_splice_mismatch_is_a_clear_error(ids, clips, message):
 
 
 def _loop_splice(embeds, input_ids, audio, audio_start_id):
-    """The splice as it was before it was vectorised, one Python step per clip: the reference for random spans."""
+    """The splice as it was before it was vectorised, one Python step per clip.
+
+    It is the reference for random spans.
+    """
     if embeds.shape[:2] != input_ids.shape:
         raise ValueError(
             f"embeds {tuple(embeds.shape)} and input_ids {tuple(input_ids.shape)} disagree on [B, L]"
@@ -108,7 +114,10 @@ def _loop_splice(embeds, input_ids, audio, audio_start_id):
 
 
 def _random_prompts(generator: torch.Generator, batch: int = 3, length: int = 24):
-    """Random text ids (never a marker) with random non-overlapping spans of 2-6 positions, and one clip per span."""
+    """Random text ids (never a marker) with random non-overlapping spans of 2-6 positions.
+
+    It also gives one clip per span.
+    """
     ids = torch.randint(1, 40, (batch, length), generator=generator)
     clips = []
     for row in ids:

@@ -1,4 +1,4 @@
-"""Encoder, decoder and attention against independent references with the same random weights (fp32).
+"""Encoder, decoder and attention against independent references with the same fp32 random weights.
 
 References: transformers' WhisperEncoder / Qwen2AudioEncoder (spec §9 (a)), Qwen2ForCausalLM (spec
 §9 (b)), and an explicit float64 softmax(QK^T)V for the attention backends.
@@ -42,7 +42,10 @@ DEC = DecoderConfig(
 
 
 def _reference_attention(q, k, v, segment_ids, causal):
-    """float64 softmax(QK^T / sqrt(d))V over allowed (same run, causal bottom-right) keys; padded queries -> 0."""
+    """float64 softmax(QK^T / sqrt(d))V over the allowed keys; padded queries -> 0.
+
+    Allowed keys are in the same run, and causal bottom-right.
+    """
     batch, lq, heads, dim = q.shape
     lk = k.shape[1]
     out = torch.zeros(batch, lq, heads, dim, dtype=torch.float64)
@@ -515,7 +518,10 @@ def test_left_padded_batch_with_positions_from_mask_matches_reference_and_unpadd
 
 
 def test_dynamic_ntk_matches_reference_with_the_stretched_base():
-    """Beyond seq_length at inference the rotary base becomes base * alpha**(d / (d - 2)) (logN off here)."""
+    """Beyond seq_length at inference the rotary base becomes base * alpha**(d / (d - 2)).
+
+    logN is off here.
+    """
     config = DecoderConfig(**{**DEC.__dict__, "seq_length": 4, "use_logn_attn": False})
     decoder, head = _tiny_decoder(config, seed=3)
     alpha = 7  # L = 12: 2**ceil(log2(12 / 4) + 1) - 1

@@ -1,4 +1,7 @@
-"""Task tags, SRWT timestamps and ChatML against the release's prompts, hand-worked ids and the spec's numbers."""
+"""Task tags, SRWT timestamps and ChatML, tested against the release's prompts.
+
+They are also tested against hand-worked ids and the spec's numbers.
+"""
 
 from __future__ import annotations
 
@@ -154,7 +157,10 @@ TASK_TAGS = {"<|transcribe|>", "<|translate|>", "<|caption|>", "<|keyword|>", "<
 
 
 def canonical_tags(task: str) -> dict[str, str]:
-    """Arguments that make every task's prompt complete: Mandarin speech, English translation, a question."""
+    """Arguments that make every task's prompt complete.
+
+    They are Mandarin speech, English translation and a question.
+    """
     spec = TASKS[task]
     tags = {}
     if spec.audio_language is None:
@@ -282,7 +288,7 @@ def test_text_longer_than_max_length_raises(demo):
 
 
 # --- SRWT
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 SPEC_SRWT = "<|0.00|><|sil|><|0.54|>面<|0.86|>条<|1.17|>机<|1.46|><|sil|><|2.01|>"  # eval_audio/EVALUATION.md
 SPEC_WORDS = [TimedWord("面", 0.54, 0.86), TimedWord("条", 0.86, 1.17), TimedWord("机", 1.17, 1.46)]
@@ -334,7 +340,10 @@ grid_words = st.lists(
 @settings(max_examples=80, deadline=None)
 @given(grid_words, st.booleans())
 def test_srwt_round_trip_on_the_grid(demo, units, gap_first):
-    """Words on the 0.01 s grid, gaps either 0 or longer than MIN_SILENCE: text and tokens give them back."""
+    """Words on the 0.01 s grid come back from text and tokens.
+
+    Their gaps are either 0 or longer than MIN_SILENCE.
+    """
     words, time = [], 0
     for text, gap, silence, length in units:
         start = time + (silence if gap or (not words and gap_first) else 0)
@@ -404,7 +413,7 @@ def test_srwt_bad_text_raises(text, message):
 
 
 # --- ChatML
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_chatml_hand_worked_ids_and_labels(released):

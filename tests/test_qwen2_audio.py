@@ -1,6 +1,7 @@
-"""Qwen2-Audio against transformers: a tiny random ``Qwen2AudioForConditionalGeneration`` written by its own
-``save_pretrained`` (fp32), its ``Qwen2AudioProcessor`` and ``WhisperFeatureExtractor(feature_size=128)``, and the
-committed demo ``tokenizer.json`` read by transformers' fast tokenizer. Nothing is downloaded."""
+"""Qwen2-Audio against transformers: a tiny random ``Qwen2AudioForConditionalGeneration`` written by
+its own ``save_pretrained`` (fp32), its ``Qwen2AudioProcessor`` and
+``WhisperFeatureExtractor(feature_size=128)``, and the committed demo ``tokenizer.json`` read by
+transformers' fast tokenizer. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -50,7 +51,10 @@ HF_AUDIO = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
-    """A tiny random Qwen2-Audio folder written by transformers, two float wavs, and the HF model and processor."""
+    """A tiny random Qwen2-Audio folder written by transformers, and two float wavs.
+
+    It also gives the HF model and processor.
+    """
     folder = tmp_path_factory.mktemp("qwen2_audio")
     config = Qwen2AudioConfig(
         audio_config=dict(
@@ -110,7 +114,10 @@ def release(tmp_path_factory):
 
 
 def _hf_inputs(release, prompt: str):
-    """The processor's inputs for our prompt: each <audio>PATH</audio> becomes the release's marker text."""
+    """The processor's inputs for our prompt.
+
+    Each <audio>PATH</audio> becomes the release's marker text.
+    """
     paths = [p for p in (release["a"], release["b"]) if f"<audio>{p}</audio>" in prompt]
     paths.sort(key=prompt.index)
     text = prompt

@@ -1,11 +1,12 @@
-"""Multi-task pretraining of the Qwen2-Audio family on its own prompts, the natural-language instructions its
-evaluation asks with (where Qwen-Audio's examples start with task tags):
+"""Multi-task pretraining of the Qwen2-Audio family on its own prompts, the natural-language
+instructions its evaluation asks with (where Qwen-Audio's examples start with task tags):
 
-- a training example's prompt is, token for token, the prompt evaluation gives the same item, for either family;
-  SRWT's first timestamp is held once, at the end of the prompt;
+- a training example's prompt is, token for token, the prompt evaluation gives the same item, for
+  either family; SRWT's first timestamp is held once, at the end of the prompt;
 - a task the family has no instruction for is refused by name;
-- ``recipes.pretrain`` trains ``qwen2-audio-tiny`` on the demo corpus (the loss on its one batch falls), exports a
-  folder transformers reads, and ``recipes.evaluate`` scores that folder on the demo benchmarks.
+- ``recipes.pretrain`` trains ``qwen2-audio-tiny`` on the demo corpus (the loss on its one batch
+  falls), exports a folder transformers reads, and ``recipes.evaluate`` scores that folder on the
+  demo benchmarks.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
-"""The recipes, the chat template and the server on Qwen2-Audio, each against transformers: a folder of the
-``qwen2-audio-tiny`` architecture written by transformers' own ``save_pretrained`` (random fp32 weights), its
-``Qwen2AudioProcessor`` with the processor's chat template, and its ``generate``. Nothing is downloaded.
+"""The recipes, the chat template and the server on Qwen2-Audio, each against transformers: a folder
+of the ``qwen2-audio-tiny`` architecture written by transformers' own ``save_pretrained`` (random
+fp32 weights), its ``Qwen2AudioProcessor`` with the processor's chat template, and its ``generate``.
+Nothing is downloaded.
 
-- evaluation on the demo benchmark: every response is transformers' greedy answer to Qwen2-Audio's instruction;
-- the chat template: audios are labelled ``Audio n: `` and numbered across the conversation, in ``encode_chat``
-  (SFT data), ``chat`` and the server alike;
-- SFT from ``--model.init_from`` (decoder or LoRA): the training loss falls, the right weights change, and
-  transformers reads the export;
+- evaluation on the demo benchmark: every response is transformers' greedy answer to Qwen2-Audio's
+  instruction;
+- the chat template: audios are labelled ``Audio n: `` and numbered across the conversation, in
+  ``encode_chat`` (SFT data), ``chat`` and the server alike;
+- SFT from ``--model.init_from`` (decoder or LoRA): the training loss falls, the right weights
+  change, and transformers reads the export;
 - the server: the openai client's greedy answer is transformers' greedy answer.
 """
 
@@ -159,7 +161,10 @@ def _hf_answer(
 
 
 def test_the_folder_is_the_qwen2_audio_tiny_preset(release):
-    """So that ``--model.preset qwen2-audio-tiny --model.init_from FOLDER`` builds the architecture of the folder."""
+    """So that the preset and ``--model.init_from FOLDER`` build the architecture of the folder.
+
+    The preset is ``--model.preset qwen2-audio-tiny``.
+    """
     ours, preset = read_config(release.folder), QwenAudioConfig.from_name("qwen2-audio-tiny")
     assert (ours.family, ours.encoder, ours.decoder, ours.audio_start_id) == (
         preset.family,
@@ -296,7 +301,10 @@ def test_chat_template_numbers_audios_across_the_conversation_as_transformers(re
 
 
 def _training_loss(folder: Path, conversations: list[Conversation]) -> float:
-    """Mean loss per conversation of the model in ``folder`` on ``conversations`` (assistant tokens only)."""
+    """Mean loss per conversation of the model in ``folder`` on ``conversations``.
+
+    Only assistant tokens count.
+    """
     model, tokenizer = load_model(folder)
     losses = []
     for conversation in conversations:

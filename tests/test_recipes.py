@@ -1,5 +1,5 @@
-"""The recipes for real: every YAML validates, and short demo runs (one process, and FSDP2 on 2 CPU processes with
-gloo) resume from their checkpoints to exactly the losses of an uninterrupted run."""
+"""The recipes for real: every YAML validates, and short demo runs (one process, and FSDP2 on 2 CPU
+processes with gloo) resume from their checkpoints to exactly the losses of an uninterrupted run."""
 
 import csv
 import hashlib
@@ -49,7 +49,10 @@ def _run(args: list[str], demo_dir: Path, extra_path: Path | None = None, check:
 
 
 def _overrides(root: Path, max_steps: int, extra_callbacks: str = "") -> Path:
-    """A second config on top of demo.yaml: a tiny corpus, small batches, a checkpoint every 2 steps, CSV losses."""
+    """A second config on top of demo.yaml.
+
+    It sets a tiny corpus, small batches, a checkpoint every 2 steps and CSV losses.
+    """
     path = root / "override.yaml"
     path.write_text(
         textwrap.dedent(f"""\
@@ -102,7 +105,10 @@ INTERRUPT = textwrap.dedent("""\
 
 
 def _losses(root: Path) -> dict[int, float]:
-    """``train/loss`` by global step over every CSV log in ``root`` (a resumed run writes a new version)."""
+    """``train/loss`` by global step over every CSV log in ``root``.
+
+    A resumed run writes a new version.
+    """
     losses = {}
     for log in sorted(root.glob("lightning_logs/version_*/metrics.csv")):
         for row in csv.DictReader(log.open()):
@@ -190,7 +196,10 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(tmp_path, demo_dir):
 
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory, demo_dir) -> tuple[dict[int, float], dict[int, float], Path]:
-    """FSDP2 (ModelParallelStrategy, gloo) on 2 CPU processes: 4 steps straight; 2 steps, stop, resume to 4."""
+    """FSDP2 (ModelParallelStrategy, gloo) on 2 CPU processes.
+
+    The runs: 4 steps straight; 2 steps, stop, resume to 4.
+    """
     strategy = (
         '{"class_path": "lightning.pytorch.strategies.ModelParallelStrategy", '
         '"init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1}}'
@@ -311,7 +320,10 @@ def test_bad_manifest_lines_stop_the_run_naming_them_and_keep_the_checkpoint(tmp
 
 
 def test_transcription_report_keeps_a_random_models_output_in_one_table_row():
-    """A random model emits newlines and pipes; each report row must stay one line of exactly three cells."""
+    """A random model emits newlines and pipes.
+
+    Each report row must stay one line of exactly three cells.
+    """
     row = f"| en | one two | {_cell('a|b' + chr(10) + 'c' + chr(92))} |"
     assert chr(10) not in row
     assert len(re.findall(r"(?<!\\)\|", row)) == 4  # the row's own separators only

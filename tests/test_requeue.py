@@ -1,5 +1,6 @@
-"""RequeueOnSignal in one process, without a cluster: SLURM's environment variables, a recording ``scontrol`` on PATH,
-and a real SIGUSR1 in the middle of an epoch. ``tests/test_slurm.py`` runs the same on a real cluster."""
+"""RequeueOnSignal in one process, without a cluster: SLURM's environment variables, a recording
+``scontrol`` on PATH, and a real SIGUSR1 in the middle of an epoch. ``tests/test_slurm.py`` runs the
+same on a real cluster."""
 
 from __future__ import annotations
 
@@ -47,7 +48,10 @@ class Line(L.LightningModule):
 
 
 class SignalAt(L.Callback):
-    """Sends the requeue signal to this process at the end of one step, as ``scancel --signal=USR1`` does."""
+    """Sends the requeue signal to this process at the end of one step.
+
+    It sends it as ``scancel --signal=USR1`` does.
+    """
 
     def __init__(self, step: int):
         self.step = step
@@ -63,7 +67,10 @@ class SignalAt(L.Callback):
 
 @pytest.fixture
 def slurm(tmp_path, monkeypatch) -> str:
-    """A one-task SLURM job's environment; returns the file the fake ``scontrol`` writes its arguments to."""
+    """A one-task SLURM job's environment.
+
+    Returns the file the fake ``scontrol`` writes its arguments to.
+    """
     for name, value in {
         "SLURM_NTASKS": "1",
         "SLURM_JOB_NAME": "test",

@@ -1,5 +1,6 @@
-"""Kill-and-resume through a real Lightning Trainer and the real data modules: every epoch draws a new plan, and a run
-killed in any epoch and resumed with ``ckpt_path="last"`` trains on the uninterrupted run's batches with its losses.
+"""Kill-and-resume through a real Lightning Trainer and the real data modules: every epoch draws a
+new plan, and a run killed in any epoch and resumed with ``ckpt_path="last"`` trains on the
+uninterrupted run's batches with its losses.
 
 A toy module (one weight, a loss of the batch's tokens and mel) stands in for the model, so each run
 takes seconds; the sampler, the data module's state and Lightning's loops are the real ones.
@@ -38,7 +39,10 @@ class Killed(RuntimeError):
 
 
 class KillAtStep(L.Callback):
-    """Dies after ``step`` optimizer steps, before that step's checkpoint, as a preempted job does."""
+    """Dies after ``step`` optimizer steps, before that step's checkpoint.
+
+    This is what a preempted job does.
+    """
 
     def __init__(self, step: int):
         self.step = step
@@ -69,7 +73,10 @@ class Recorder(L.LightningModule):
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> list[str]:
-    """Two manifests of noise clips (0.2 to 0.8 s), each line's text naming its manifest and index."""
+    """Two manifests of noise clips (0.2 to 0.8 s).
+
+    Each line's text names its manifest and index.
+    """
     folder = tmp_path_factory.mktemp("resume")
     rng = np.random.default_rng(0)
     paths = []

@@ -1,4 +1,6 @@
-"""The OpenAI-compatible server, through the real ``openai`` client, against a server started on a free port.
+"""The OpenAI-compatible server, through the real ``openai`` client.
+
+The tests run against a server started on a free port.
 
 The served model is tiny, random and in float64: batched generation is exact, and in float64 no
 argmax near-tie can flip between a batch and a single run by rounding, so "equal to the request sent
@@ -195,7 +197,10 @@ def test_chat_answers_and_usage_equal_qwen_audio_chat(served):
 
 
 def _requests(served: Served) -> list[dict]:
-    """16 different requests: audios of different lengths, texts, token limits, one seeded sampled request."""
+    """16 different requests: audios of different lengths, texts, token limits.
+
+    One of them is a seeded sampled request.
+    """
     requests = []
     for i in range(16):
         content = [{"type": "text", "text": f"Question number {i}" + " please" * (i % 3)}]

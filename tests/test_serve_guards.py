@@ -1,7 +1,8 @@
-"""The server guards itself (``qwen_audio/serve/guards.py``), through the real ``openai`` client and raw HTTP: the
-API key (401, ``/health`` open), the body limit (413 before the body is read), the chat audio limit (400 naming
-the part, transcriptions keep long audio), SIGTERM (refuses new requests, finishes the one in flight, exits 0) and
-no process of the server outliving it, after SIGTERM and after SIGKILL, by listing its process tree."""
+"""The server guards itself (``qwen_audio/serve/guards.py``), through the real ``openai`` client and
+raw HTTP: the API key (401, ``/health`` open), the body limit (413 before the body is read), the
+chat audio limit (400 naming the part, transcriptions keep long audio), SIGTERM (refuses new
+requests, finishes the one in flight, exits 0) and no process of the server outliving it, after
+SIGTERM and after SIGKILL, by listing its process tree."""
 
 from __future__ import annotations
 

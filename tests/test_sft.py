@@ -1,4 +1,7 @@
-"""Stage 2 (SFT): conversation files and their label mask, the audio/text mixing, LoRA through peft, and the recipe."""
+"""Stage 2 (SFT): conversation files and their label mask, the audio/text mixing, LoRA, the recipe.
+
+LoRA goes through peft.
+"""
 
 from __future__ import annotations
 
@@ -466,7 +469,10 @@ class LossRecorder(L.Callback):
 
 
 def test_sft_trains_on_a_mix_with_text_only_batches(tmp_path, clip):
-    """One conversation a batch (max_tokens = max_length), so audio and pure-text batches alternate, SpecAugment on."""
+    """One conversation a batch (max_tokens = max_length), so audio and pure-text batches alternate.
+
+    SpecAugment is on.
+    """
     audio = [
         {"messages": [user({"audio": clip.name}, {"text": f"q{i}"}), assistant("a")]}
         for i in range(3)
@@ -521,7 +527,10 @@ def test_an_empty_conversation_file_and_a_too_short_clip_are_named(tmp_path):
 
 
 def test_a_text_only_batch_runs_the_encoder_with_zero_weight(tmp_path):
-    """Under FSDP every rank must run the encoder each step: a text-only batch runs it too, changing nothing."""
+    """Under FSDP every rank must run the encoder each step.
+
+    A text-only batch runs it too, changing nothing.
+    """
     path = write_jsonl(
         tmp_path / "chat.jsonl", [{"messages": [user(f"t{i}"), assistant("b c")]} for i in range(2)]
     )

@@ -1,6 +1,7 @@
-"""The SLURM path end to end on a real cluster: ``recipes/slurm/pretrain.sbatch`` submitted with the CPU overrides
-that ``recipes/slurm/README.md`` shows (2 tasks on 1 node, FSDP2 over gloo, ``demo_fsdp_cpu.yaml``), Lightning's
-SLURMEnvironment, preemption by the requeue signal and the requeued run.
+"""The SLURM path end to end on a real cluster: ``recipes/slurm/pretrain.sbatch`` submitted with the
+CPU overrides that ``recipes/slurm/README.md`` shows (2 tasks on 1 node, FSDP2 over gloo,
+``demo_fsdp_cpu.yaml``), Lightning's SLURMEnvironment, preemption by the requeue signal and the
+requeued run.
 
 ``recipes/slurm/local_cluster.sh`` brings a one-node cluster up on this machine. Marked ``slurm``:
 they run only with ``pytest -m slurm`` (``tests/conftest.py`` deselects them otherwise), and skip
@@ -58,7 +59,10 @@ FINAL_STATES = {
 
 
 def readme_sbatch_line() -> list[str]:
-    """``sbatch OPTIONS recipes/slurm/pretrain.sbatch`` from the README's CPU line ``CONFIG=... sbatch ...``."""
+    """``sbatch OPTIONS recipes/slurm/pretrain.sbatch`` from the README's CPU line.
+
+    That line reads ``CONFIG=... sbatch ...``.
+    """
     line = next(
         line
         for line in README.read_text().splitlines()
@@ -70,7 +74,10 @@ def readme_sbatch_line() -> list[str]:
 
 
 class Cluster:
-    """Submits the README's job into a run folder of its own and waits for it; cancels what is left at the end."""
+    """Submits the README's job into a run folder of its own and waits for it.
+
+    It cancels what is left at the end.
+    """
 
     def __init__(self, demo_dir: Path):
         self.demo_dir, self.jobs = demo_dir, []
@@ -146,7 +153,10 @@ def log(root: Path, job: str) -> str:
 
 
 def losses(root: Path, version: int | None = None) -> dict[int, float]:
-    """``train/loss`` by step, of one CSV log version or of all of them (a requeued run writes a new one)."""
+    """``train/loss`` by step, of one CSV log version or of all of them.
+
+    A requeued run writes a new one.
+    """
     pattern = f"lightning_logs/version_{'*' if version is None else version}/metrics.csv"
     found = {}
     for path in sorted(root.glob(pattern)):

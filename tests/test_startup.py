@@ -1,6 +1,6 @@
-"""The command-line modules import no heavy library before they are run, so that ``--help`` answers quickly
-(issue 19; ``benchmarks_perf/bench_startup.py`` times it). Each import runs in a fresh interpreter: this one has
-loaded everything already."""
+"""The command-line modules import no heavy library before they are run, so that ``--help`` answers
+quickly (issue 19; ``benchmarks_perf/bench_startup.py`` times it). Each import runs in a fresh
+interpreter: this one has loaded everything already."""
 
 from __future__ import annotations
 

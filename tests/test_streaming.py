@@ -1,4 +1,4 @@
-"""The streamed training path: line-sharded readers, duration budget, weighted mixing and exact resume."""
+"""Streamed training: line-sharded readers, duration budget, weighted mixing and exact resume."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def write_corpus(folder, name: str, count: int, seed: int) -> str:
-    """``count`` noise clips of 0.2 to 1.5 s, each an ASR line whose text names the manifest and line."""
+    """``count`` noise clips of 0.2 to 1.5 s, each an ASR line.
+
+    Each line's text names the manifest and the line.
+    """
     rng = np.random.default_rng(seed)
     entries = []
     for i in range(count):

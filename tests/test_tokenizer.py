@@ -1,4 +1,7 @@
-"""QwenAudioTokenizer against the spec's ids (released qwen.tiktoken), the demo file, and audio expansion."""
+"""QwenAudioTokenizer against the spec's ids, the demo file, and audio expansion.
+
+The spec's ids are those of the released qwen.tiktoken.
+"""
 
 from __future__ import annotations
 
@@ -113,7 +116,10 @@ def test_released_spec_example_and_regular_ids(released):
 
 
 def test_released_ids_agree_with_plain_tiktoken(released):
-    """Independent oracle: a tiktoken Encoding built here from the same file and the spec's numbering."""
+    """Independent oracle: a tiktoken Encoding built here.
+
+    It is built from the same file and the spec's numbering.
+    """
     import tiktoken
 
     specials = {
@@ -176,7 +182,10 @@ def test_demo_vocabulary(demo):
 
 
 def test_demo_file_is_a_real_bpe(demo):
-    """Ranks 0..255 are the single bytes; every later token is the concatenation of two lower-ranked tokens."""
+    """Ranks 0..255 are the single bytes.
+
+    Every later token is the concatenation of two lower-ranked tokens.
+    """
     ranks = demo.encoding._mergeable_ranks
     assert {rank: token for token, rank in ranks.items() if rank < 256} == {
         b: bytes([b]) for b in range(256)
@@ -307,7 +316,10 @@ def test_decode_rejects_unknown_ids(demo):
 
 
 def test_unknown_tag_in_a_prompt_warns_and_stays_text(demo):
-    """The release encodes ``<|xx|>`` as the plain text it is (tiktoken itself, the oracle); say that it did."""
+    """The release encodes ``<|xx|>`` as the plain text it is; say that it did.
+
+    The oracle is tiktoken itself.
+    """
     with pytest.warns(UserWarning) as record:
         ids = demo.encode("<|startoftranscript|><|xx|><|30.01|>", allowed_special="all")
     assert [str(w.message).split()[0] for w in record] == ["<|30.01|>", "<|xx|>"]

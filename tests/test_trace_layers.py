@@ -1,4 +1,4 @@
-"""scripts/trace_layers.py: the count of returns, on hand-made layer sequences and on the real line."""
+"""scripts/trace_layers.py: the count of returns, on hand-made layer sequences and the real line."""
 
 from __future__ import annotations
 

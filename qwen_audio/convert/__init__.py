@@ -1,1 +1,4 @@
-"""Checkpoint conversions on the command line: ``python -m qwen_audio.convert {init-stage1,to-safetensors} --help``."""
+"""Checkpoint conversions on the command line.
+
+See ``python -m qwen_audio.convert {init-stage1,to-safetensors} --help``.
+"""

@@ -1,9 +1,11 @@
 """``python -m qwen_audio.convert``: build checkpoints in the released Qwen-Audio folder layout.
 
 Commands:
-  ``init-stage1``: Whisper-large-v2 ``.pt`` (encoder) + a Qwen-7B Hugging Face folder (decoder) -> a stage-1
-  starting checkpoint. :func:`qwen_audio.checkpoint.init_stage1` describes how new weights are drawn.
-  ``to-safetensors``: a Qwen-Audio folder with ``pytorch_model*.bin`` pickles -> the same weights as safetensors.
+  ``init-stage1``: Whisper-large-v2 ``.pt`` (encoder) + a Qwen-7B Hugging Face folder (decoder)
+  -> a stage-1 starting checkpoint. :func:`qwen_audio.checkpoint.init_stage1` describes how new
+  weights are drawn.
+  ``to-safetensors``: a Qwen-Audio folder with ``pytorch_model*.bin`` pickles -> the same weights
+  as safetensors.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Data pipeline: manifests, generated corpora (:mod:`.corpus`), datasets, duration-bucketed batching.
+"""Data pipeline: manifests, generated corpora, datasets, duration-bucketed batching.
 
-The names below are imported on first use (:mod:`qwen_audio.lazy`): ``qwen_audio.data.dataset``
-loads without Lightning, which only ``AudioTextDataModule`` needs.
+The generated corpora are in :mod:`.corpus`. The names below are imported on first use
+(:mod:`qwen_audio.lazy`): ``qwen_audio.data.dataset`` loads without Lightning, which only
+``AudioTextDataModule`` needs.
 """
 
 from qwen_audio.lazy import lazy_exports

@@ -34,7 +34,9 @@ from qwen_audio.prompts import TimedWord
 
 @dataclass
 class Augment:
-    """Augmentation settings, ``data.augment`` in a recipe's YAML. Every transform is off (probability 0) by default.
+    """Augmentation settings, ``data.augment`` in a recipe's YAML.
+
+    Every transform is off (probability 0) by default.
 
     Args:
         tasks: the tasks whose examples are augmented. Speech by default, for two reasons. A speed
@@ -143,7 +145,7 @@ class Augmenter:
 
     @classmethod
     def from_config(cls, config: Augment) -> Augmenter:
-        """Build an augmenter with the manifests of ``config`` read (their paths resolved already)."""
+        """Build an augmenter with the manifests of ``config`` read (paths already resolved)."""
         return cls(
             config,
             *(

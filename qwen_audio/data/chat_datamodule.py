@@ -1,5 +1,5 @@
-"""LightningDataModule for SFT: conversation JSONL (a generated corpus's, or shards of either) -> token-bucketed,
-resumable loaders.
+"""LightningDataModule for SFT: conversation JSONL (a generated corpus's, or shards of either) ->
+token-bucketed, resumable loaders.
 
 The loaders mix conversations with audio and pure-text conversations at a set ratio."""
 
@@ -87,7 +87,10 @@ class ChatDataModule(L.LightningDataModule):
         self.lengths: dict[str, list[list[int]]] = {}
 
     def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
-        """Take the model's tokenizer and the mel bins of its encoder, which the examples are built with."""
+        """Take the model's tokenizer and the mel bins of its encoder.
+
+        The examples are built with them.
+        """
         self.inputs.connect(tokenizer, n_mels)
 
     @property

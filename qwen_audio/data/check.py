@@ -1,4 +1,4 @@
-"""Every problem of training manifests, one ``file:line: field: reason`` a line, before a run meets them.
+"""Every problem of training manifests, one ``file:line: field: reason`` a line, before a run.
 
 Usage::
 
@@ -105,9 +105,10 @@ def decode_problems(
 
 
 def require_decodable(clips: Sequence[Clip]) -> None:
-    """Raise an :class:`~qwen_audio.errors.InputError` listing every clip that :func:`decode_problem` refuses.
+    """Raise an error listing every clip that :func:`decode_problem` refuses.
 
-    This is the data modules' ``validate: decode``, before step 0.
+    The error is an :class:`~qwen_audio.errors.InputError`. This is the data modules'
+    ``validate: decode``, before step 0.
     """
     problems = decode_problems(clips)
     if problems:
@@ -121,7 +122,10 @@ def check_manifests(
     progress: bool = True,
     tasks: Container[str] = TASKS,
 ) -> list[str]:
-    """Every problem of ``paths``: headers, and with ``decode`` the decoded clips of the lines whose header is good."""
+    """Every problem of ``paths``: headers, and with ``decode`` the decoded clips.
+
+    Only the lines whose header is good are decoded.
+    """
     problems, entries = [], []
     for path in paths:
         if not os.path.isfile(path):

@@ -1,4 +1,7 @@
-"""Batching: right-pad token ids (labels with -100) and stack every clip's mel, zero-padded, in prompt order."""
+"""Batching: right-pad token ids (labels with -100) and stack every clip's mel.
+
+The mels are zero-padded and stacked in prompt order.
+"""
 
 from __future__ import annotations
 

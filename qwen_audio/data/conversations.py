@@ -1,7 +1,7 @@
-"""Conversation JSONL for supervised fine-tuning (stage 2), its validation, and the dataset that encodes it.
+"""Conversation JSONL for supervised fine-tuning (stage 2), its validation, and its dataset.
 
 Each line holds one ChatML dialogue. Validation errors name the file, line and field. The dataset
-puts loss on the assistant's words only.
+encodes the conversations and puts loss on the assistant's words only.
 
 A line looks like::
 
@@ -94,7 +94,10 @@ class Conversation:
         return line
 
     def loader(self, load: Callable[[AudioSource], Any]) -> Callable[[str], Any]:
-        """``load`` of an audio path: of its file, or of its stored bytes when the conversation comes from a shard."""
+        """``load`` of an audio path: of its file, or of its stored bytes.
+
+        The stored bytes are used when the conversation comes from a shard.
+        """
         if self.stored is None:
             return load
         return lambda path: load(stored_file(self.stored()[path], path))
@@ -176,7 +179,10 @@ def _content(
 
 
 def parse_conversation(line: Any, folder: str, check_audio: bool, default_id: str) -> Conversation:
-    """A decoded JSON line -> :class:`Conversation`, or :class:`ManifestError` naming the bad field."""
+    """A decoded JSON line -> :class:`Conversation`.
+
+    Otherwise :class:`ManifestError` names the bad field.
+    """
     if not isinstance(line, dict):
         raise ManifestError(f"must be a JSON object, got {type(line).__name__}")
     for name in line:
@@ -279,16 +285,17 @@ def _header_length(path: AudioSource) -> torch.Tensor:
 
 
 def token_length(conversation: Conversation, tokenizer: Tokenizer, max_length: int) -> int:
-    """The conversation's length in tokens, audio placeholders included, without decoding any audio."""
+    """The conversation's length in tokens, audio placeholders included, decoding no audio."""
     return len(
         conversation.encode(tokenizer, max_length, load=conversation.loader(_header_length)).ids
     )
 
 
 class ConversationDataset(Dataset):
-    """Map-style dataset of conversations -> :class:`Sample`, which the pretraining collate function batches.
+    """Map-style dataset of conversations -> :class:`Sample`.
 
-    ``task`` is ``chat`` with audio, ``text`` without.
+    The pretraining collate function batches the samples. ``task`` is ``chat`` with audio, ``text``
+    without.
     """
 
     def __init__(

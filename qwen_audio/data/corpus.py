@@ -1,4 +1,6 @@
-"""A corpus that configs name by prefix: ``<name>:<manifest>`` is one of its files, built on first use.
+"""A corpus that configs name by prefix: ``<name>:<manifest>`` is one of its files.
+
+Its files are built on first use.
 
 Data modules resolve such names through the corpus they are given, so they need not know how it is
 made, how its conversation ids read, or how an exported model records it. A path without the prefix
@@ -35,15 +37,24 @@ class Corpus(ABC):
 
     @abstractmethod
     def files(self) -> dict[str, Path]:
-        """Each file of the corpus by manifest name (``train`` is the training split), built on first use."""
+        """Each file of the corpus by manifest name, built on first use.
+
+        ``train`` is the training split.
+        """
 
     @abstractmethod
     def benchmark(self, entry: ManifestEntry) -> str:
-        """The evaluation benchmark that scores ``entry``, a name of ``qwen_audio.eval.tasks.BENCHMARKS``."""
+        """The evaluation benchmark that scores ``entry``.
+
+        It is a name of ``qwen_audio.eval.tasks.BENCHMARKS``.
+        """
 
     @abstractmethod
     def conditions(self, path: str) -> tuple[str, ...]:
-        """The robustness conditions of the held-out split ``path``, each read from ``<path>_<condition>``."""
+        """The robustness conditions of the held-out split ``path``.
+
+        Each is read from ``<path>_<condition>``.
+        """
 
     @abstractmethod
     def save_record(self, folder: Path) -> None:

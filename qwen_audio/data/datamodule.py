@@ -1,4 +1,6 @@
-"""LightningDataModule: JSONL manifests (or a generated corpus's) -> duration-bucketed, resumable loaders.
+"""LightningDataModule: JSONL manifests (or a generated corpus's) -> duration-bucketed loaders.
+
+The loaders are resumable.
 
 The data module does not choose its tokenizer. The model's is given to it by
 :meth:`AudioTextDataModule.connect` (as in litgpt). So a model loaded from a folder trains on that
@@ -28,7 +30,7 @@ from qwen_audio.tokenizer import Tokenizer
 
 
 def entry_seconds(entry: ManifestEntry) -> float:
-    """The entry's duration: its ``duration`` field, else read from the file header (no decoding)."""
+    """The entry's duration: its ``duration`` field, else from the file header (no decoding)."""
     if entry.duration is not None:
         return entry.duration
     return soundfile.info(entry.audio).duration - entry.offset
@@ -123,7 +125,10 @@ class AudioTextDataModule(L.LightningDataModule):
         self.position = TrainingPosition()
 
     def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
-        """Take the model's tokenizer and the mel bins of its encoder, which the examples are built with."""
+        """Take the model's tokenizer and the mel bins of its encoder.
+
+        The examples are built with them.
+        """
         self.inputs.connect(tokenizer, n_mels)
 
     @property
@@ -235,7 +240,7 @@ class AudioTextDataModule(L.LightningDataModule):
         return StreamLoader(stream, self._batches_trained, num_workers=self.num_workers)
 
     def _batches_trained(self) -> int:
-        """Training batches consumed over all epochs (restored from the checkpoint of a resumed run)."""
+        """Training batches consumed over all epochs (restored from a resumed run's checkpoint)."""
         return (
             0
             if self.trainer is None

@@ -1,4 +1,7 @@
-"""Manifest entries -> model examples: decode, resample, log-mel, task prompt with audio placeholders, labels."""
+"""Manifest entries -> model examples: decode, resample, log-mel, task prompt, labels.
+
+The task prompt holds the audio placeholders.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,10 @@ from qwen_audio.tokenizer import Tokenizer
 
 @dataclass
 class Sample:
-    """One training example: token ids and labels, and per audio its mel ``[n_mels, frames]`` and valid length."""
+    """One training example: token ids and labels, and per audio its mel and valid length.
+
+    Each mel is ``[n_mels, frames]``.
+    """
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -129,13 +135,14 @@ def encode_entry(
     data: bytes | None = None,
     transform: Transform | None = None,
 ) -> Sample:
-    """Decode the entry's audio and build its training example: task prompt, target, labels and mel features.
+    """Decode the entry's audio and build its training example.
 
-    ``transform`` (augmentation) changes the decoded audio and the entry (its times) first. With
-    ``on_error="skip"``, audio that fails to load (:func:`load_segment`) gives a warning. It also
-    gives a stand-in of one padding token without label or audio (task ``skipped``). The stand-in
-    adds nothing to the loss, and its batch keeps its place in the epoch's plan. So every rank still
-    takes the step, and a resumed run replays the same batches."""
+    The example holds the task prompt, target, labels and mel features. ``transform`` (augmentation)
+    changes the decoded audio and the entry (its times) first. With ``on_error="skip"``, audio that
+    fails to load (:func:`load_segment`) gives a warning. It also gives a stand-in of one padding
+    token without label or audio (task ``skipped``). The stand-in adds nothing to the loss, and its
+    batch keeps its place in the epoch's plan. So every rank still takes the step, and a resumed run
+    replays the same batches."""
     try:
         example = task_example(
             tokenizer,

@@ -1,5 +1,6 @@
-"""The parts that both training data modules compose: the model inputs they are connected to, a split's bucketed
-sampler and its loader, and the training sampler's position, which a resumed run restores."""
+"""The parts that both training data modules compose: the model inputs they are connected to, a
+split's bucketed sampler and its loader, and the training sampler's position, which a resumed run
+restores."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from qwen_audio.tokenizer import Tokenizer
 
 
 class ModelInputs:
-    """The model's tokenizer and its encoder's mel bins, which a data module builds its examples with.
+    """The model's tokenizer and its encoder's mel bins, which a data module builds examples with.
 
     The data module does not choose them: :meth:`connect` gives it the model's (as in litgpt), so a
     model loaded from a folder trains on that folder's vocabulary.
@@ -88,7 +89,7 @@ def batch_loader(dataset: Dataset, batches: Sampler, pad_id: int, num_workers: i
 
 
 class TrainingPosition:
-    """The training sampler's position in batches *consumed* (the loader may have fetched more ahead).
+    """The training sampler's position in batches *consumed* (the loader may have fetched ahead).
 
     A checkpoint saves it and a resumed run restores it. Strategies that set up optimizers before
     restoring (FSDP2's ``ModelParallelStrategy``) build the sampler first, through

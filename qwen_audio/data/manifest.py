@@ -1,17 +1,21 @@
-"""JSONL manifests: one training example per line, validated with errors that name the file, line and field.
+"""JSONL manifests: one training example per line, validated.
+
+Validation errors name the file, line and field.
 
 A line looks like::
 
     {"audio": "clips/a.wav", "offset": 0.0, "duration": 2.4, "task": "srwt", "audio_language": "en",
      "text_language": "en", "text": "the cat sleeps.",
-     "words": [{"word": "the", "start": 0.0, "end": 0.14}, {"word": "cat", "start": 0.14, "end": 0.48}, ...]}
+     "words": [{"word": "the", "start": 0.0, "end": 0.14},
+               {"word": "cat", "start": 0.14, "end": 0.48}, ...]}
 
 Fields:
-    ``audio``: a path. A relative path is read against the manifest's folder, so a corpus folder can be moved.
+    ``audio``: a path. A relative path is read against the manifest's folder, so a corpus folder
+    can be moved.
     ``offset``/``duration``: seconds, optional. They select a segment of a longer file.
     ``task``: a task name, checked against the ``tasks`` the reader is given.
-    ``audio_language``/``text_language``: a language code, or ``null``/``"unknown"`` for none (e.g. the audio
-    language of a sound).
+    ``audio_language``/``text_language``: a language code, or ``null``/``"unknown"`` for none
+    (e.g. the audio language of a sound).
     ``text``: the target the model learns to emit. For a question it is the answer.
     ``words``: SRWT words with start/end seconds from the clip's start.
     ``question`` and ``choices``: question answering.
@@ -73,7 +77,10 @@ class ManifestError(InputError):
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One example. Constructing it validates every field, so entries built in code obey the file format too."""
+    """One example. Constructing it validates every field.
+
+    So entries built in code obey the file format too.
+    """
 
     audio: str
     task: str
@@ -151,9 +158,10 @@ class ManifestEntry:
             previous_end = word.end
 
     def _check_spelling(self) -> None:
-        """Check that the words spell ``text`` after the release's normalisation, lower-cased and without punctuation.
+        """Check that the words spell ``text`` after the release's normalisation.
 
-        Words carry no punctuation. Chinese is compared by characters.
+        The comparison is lower-cased and without punctuation. Words carry no punctuation. Chinese
+        is compared by characters.
         """
         language = self.text_language or "en"
         spelled, text = (
@@ -323,7 +331,9 @@ def iter_manifest(
     on_error: Literal["raise", "skip"] = "raise",
     shard: tuple[int, int] = (0, 1),
 ) -> Iterator[ManifestEntry]:
-    """Stream the entries of a JSONL manifest, one line at a time (for corpora too large to hold in memory).
+    """Stream the entries of a JSONL manifest, one line at a time.
+
+    Reading line by line serves corpora too large to hold in memory.
 
     ``tasks``/``languages`` are the accepted names, in any container (a set, a registry dict).
     ``check_audio`` also requires each audio file to exist and to be long enough for its segment. It

@@ -1,4 +1,4 @@
-"""Duration-bucketed, distributed, resumable batch sampler with weighted mixing of several manifests.
+"""Duration-bucketed, distributed, resumable batch sampler mixing several manifests by weight.
 
 Why not lhotse or litdata? lhotse's ``DynamicBucketingSampler`` works on its own ``CutSet`` data
 model and I/O stack. litdata streams its own optimised chunk format. Either would replace our JSONL
@@ -42,7 +42,10 @@ def pack_batches(
 
 
 def _apportion(shares: np.ndarray, total: int) -> np.ndarray:
-    """``total`` split into integers in proportion to ``shares`` by largest remainders (ties to the first)."""
+    """``total`` split into integers in proportion to ``shares``.
+
+    The split is by largest remainders (ties to the first).
+    """
     quotas = shares / shares.sum() * total
     counts = np.floor(quotas).astype(np.int64)
     counts[np.argsort(counts - quotas, kind="stable")[: total - counts.sum()]] += 1
@@ -50,7 +53,9 @@ def _apportion(shares: np.ndarray, total: int) -> np.ndarray:
 
 
 class DurationBucketSampler(Sampler[list[int]]):
-    """Batch sampler for ``DataLoader(dataset, batch_sampler=sampler)``: yields lists of dataset indices.
+    """Batch sampler for ``DataLoader(dataset, batch_sampler=sampler)``.
+
+    It yields lists of dataset indices.
 
     ``durations`` holds one sequence of clip durations (seconds) per manifest. Index ``i`` of
     manifest ``m`` is the global index ``sum(len(durations[k]) for k < m) + i``. This is the
@@ -60,18 +65,20 @@ class DurationBucketSampler(Sampler[list[int]]):
     the same number of batches, because Lightning reads ``len()`` once and the LR schedule counts on
     it. The plan:
 
-    1. Group all examples into ``num_buckets`` buckets of similar duration (quantiles of all durations).
-    2. Draw the epoch's examples. Without ``weights``, every example is drawn once. With ``weights`` (one per
-       manifest), the epoch keeps the total size. It takes ``weight / sum(weights)`` of it from each manifest.
-       That share is split over the manifest's buckets in proportion to their sizes. Each bucket gets a shuffled
-       pass, repeated when it must be up-sampled and cut short when down-sampled.
-    3. Shuffle each bucket and cut it into batches of ``max_seconds // longest clip of the bucket`` examples. The
-       padded length ``len(batch) * longest clip`` thus stays within ``max_seconds``.
-    4. Shuffle the batch order. In the first ``sortagrad_epochs`` epochs, keep it instead: shortest bucket first,
-       the SortaGrad curriculum of Deep Speech 2, §3.1. Then split the largest batches in two until the count
-       divides by the world size. Each rank thus gets the same number of batches, with no example dropped or
-       repeated. Only when every batch holds a single example and splitting is impossible are the last
-       ``count % world_size`` batches dropped.
+    1. Group all examples into ``num_buckets`` buckets of similar duration (quantiles of all
+       durations).
+    2. Draw the epoch's examples. Without ``weights``, every example is drawn once. With ``weights``
+       (one per manifest), the epoch keeps the total size. It takes ``weight / sum(weights)`` of it
+       from each manifest. That share is split over the manifest's buckets in proportion to their
+       sizes. Each bucket gets a shuffled pass, repeated when it must be up-sampled and cut short
+       when down-sampled.
+    3. Shuffle each bucket and cut it into batches of ``max_seconds // longest clip of the bucket``
+       examples. The padded length ``len(batch) * longest clip`` thus stays within ``max_seconds``.
+    4. Shuffle the batch order. In the first ``sortagrad_epochs`` epochs, keep it instead: shortest
+       bucket first, the SortaGrad curriculum of Deep Speech 2, §3.1. Then split the largest batches
+       in two until the count divides by the world size. Each rank thus gets the same number of
+       batches, with no example dropped or repeated. Only when every batch holds a single example
+       and splitting is impossible are the last ``count % world_size`` batches dropped.
     5. Rank ``r`` takes batches ``r, r + world_size, ...``.
 
     Lightning calls ``set_epoch`` at the start of every epoch on ``loader.batch_sampler.sampler``.
@@ -215,7 +222,10 @@ class DurationBucketSampler(Sampler[list[int]]):
         return self._divisible(batches)
 
     def _divisible(self, batches: list[list[int]]) -> list[list[int]]:
-        """Split the largest batches (first in order among equals) until the count divides by the world size."""
+        """Split the largest batches until the count divides by the world size.
+
+        Among equals, the first in order is split first.
+        """
         missing = -len(batches) % self.world_size
         heap = [(-len(b), position) for position, b in enumerate(batches) if len(b) > 1]
         heapq.heapify(heap)

@@ -210,7 +210,10 @@ class StoredAudio:
 
 @functools.cache
 def _open(folder: str, process: int):
-    """The ``StreamingDataset`` of ``folder``, opened once per process (a loader worker opens its own)."""
+    """The ``StreamingDataset`` of ``folder``, opened once per process.
+
+    A loader worker opens its own.
+    """
     from litdata import StreamingDataset
 
     return StreamingDataset(folder)

@@ -88,11 +88,17 @@ class StreamingAudioTextDataset(IterableDataset):
         self.batches_done = 0
 
     def skip(self, batches: int) -> None:
-        """Continue after ``batches`` batches of the whole loader (the resume point of a checkpoint)."""
+        """Continue after ``batches`` batches of the whole loader.
+
+        This is the resume point of a checkpoint.
+        """
         self.batches_done = batches
 
     def _reader(self) -> tuple[int, int, int]:
-        """``(reader index, number of readers, number of workers)`` for the calling rank and worker."""
+        """The reader of the calling rank and worker.
+
+        Returns ``(reader index, number of readers, number of workers)``.
+        """
         distributed = dist.is_available() and dist.is_initialized()
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         worker = get_worker_info()
@@ -167,15 +173,15 @@ class StreamingAudioTextDataset(IterableDataset):
 
 
 class StreamLoader(DataLoader):
-    """Loads a :class:`StreamingAudioTextDataset` and starts every iteration after the ``consumed()`` batches.
+    """Loads a :class:`StreamingAudioTextDataset`, starting each iteration where training is.
 
-    Lightning iterates the loader anew at each epoch (with ``limit_train_batches``) and after a
-    resume. Each time, the loader reads the position from training's own batch count. The stream
-    thus goes on across epochs instead of replaying its start. A resumed run continues exactly where
-    its checkpoint was taken. Workers are started per iteration (not persistent), so they receive
-    the new position. Each replays its plan up to there without decoding. That replay reads its
-    manifest lines again. An endless epoch (``max_steps`` and an integer ``val_check_interval``)
-    never pays that.
+    Every iteration starts after the ``consumed()`` batches. Lightning iterates the loader anew at
+    each epoch (with ``limit_train_batches``) and after a resume. Each time, the loader reads the
+    position from training's own batch count. The stream thus goes on across epochs instead of
+    replaying its start. A resumed run continues exactly where its checkpoint was taken. Workers are
+    started per iteration (not persistent), so they receive the new position. Each replays its plan
+    up to there without decoding. That replay reads its manifest lines again. An endless epoch
+    (``max_steps`` and an integer ``val_check_interval``) never pays that.
     """
 
     def __init__(

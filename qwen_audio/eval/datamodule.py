@@ -1,9 +1,10 @@
-"""LightningDataModule for evaluation: a benchmark file (or a generated corpus) -> official prompts, batched per rank.
+"""LightningDataModule for evaluation: official prompts from a benchmark file, batched per rank.
 
-Each batch holds one benchmark's items, since they share a generation length. They are left-padded
-as the release pads them. Batches are dealt to ranks round-robin with no padding or repetition. The
-gathered predictions thus hold every item exactly once. Lightning's distributed sampler must stay
-off (``trainer.use_distributed_sampler: false``).
+A generated corpus can stand in for the benchmark file. Each batch holds one benchmark's items,
+since they share a generation length. They are left-padded as the release pads them. Batches are
+dealt to ranks round-robin with no padding or repetition. The gathered predictions thus hold every
+item exactly once. Lightning's distributed sampler must stay off
+(``trainer.use_distributed_sampler: false``).
 
 The module does not build a tokenizer, because the model evaluated owns it. The CLI hands it over
 with :meth:`connect` (as litgpt's data modules receive theirs), with the number of mel bins its
@@ -31,7 +32,7 @@ from qwen_audio.tokenizer import Tokenizer
 def corpus_items(
     corpus: Corpus, entries: Sequence[ManifestEntry], condition: str | None = None
 ) -> list[BenchmarkItem]:
-    """A corpus's entries as evaluation items, each scored as the benchmark that the corpus names for it.
+    """A corpus's entries as evaluation items, each scored as the benchmark the corpus names for it.
 
     Each benchmark and ``condition`` is one source (``<benchmark>_<condition>``), so robustness rows
     score apart.
@@ -68,10 +69,10 @@ class PromptSample:
 
 
 class BenchmarkDataset(Dataset):
-    """Builds each item's official prompt, without target, for the tokenizer's family, with its decoded audio.
+    """Builds each item's official prompt, without target, with its decoded audio.
 
-    The prompt text is tokenized as the release scripts tokenize it: every special-token text is the
-    token.
+    The prompt is the one for the tokenizer's family. The prompt text is tokenized as the release
+    scripts tokenize it: every special-token text is the token.
     """
 
     def __init__(self, items: Sequence[BenchmarkItem], tokenizer: Tokenizer) -> None:
@@ -100,7 +101,10 @@ class BenchmarkBatch(NamedTuple):
 
 
 def collate_prompts(samples: Sequence[PromptSample], pad_id: int, n_mels: int) -> BenchmarkBatch:
-    """Batch the samples' prompts (``n_mels`` bins of encoder input) beside their items and file indices."""
+    """Batch the samples' prompts beside their items and file indices.
+
+    The prompts' encoder input has ``n_mels`` bins.
+    """
     prompts = batch_prompts([s.prompt for s in samples], pad_id, n_mels)
     return BenchmarkBatch(prompts, [s.item for s in samples], [s.index for s in samples])
 
@@ -172,11 +176,17 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.train_answers: dict[str, list[str]] = {}
 
     def connect(self, tokenizer: Tokenizer, n_mels: int) -> None:
-        """Take the evaluated model's tokenizer (prompts, padding) and its encoder's number of mel bins."""
+        """Take the evaluated model's tokenizer and its encoder's number of mel bins.
+
+        The tokenizer serves the prompts and the padding.
+        """
         self.tokenizer, self.n_mels = tokenizer, n_mels
 
     def _corpus_rows(self) -> list[tuple[str, str | None]]:
-        """``(manifest, condition)`` read: a held-out split of the corpus with its robustness rows."""
+        """The ``(manifest, condition)`` pairs to read.
+
+        They are a held-out split of the corpus with its robustness rows.
+        """
         rows = [
             (f"{self.path}_{condition}", condition)
             for condition in self.corpus.conditions(self.path)

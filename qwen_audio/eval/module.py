@@ -1,4 +1,6 @@
-"""LightningModule for ``test``: the release's evaluation of a benchmark, batched, on any number of devices.
+"""LightningModule for ``test``: the release's evaluation of a benchmark, batched.
+
+It runs on any number of devices.
 
 Weights come from a released-layout folder (``checkpoint``: config, safetensors, ``qwen.tiktoken``).
 Or they come from the Lightning checkpoint that ``trainer.test(ckpt_path=...)`` loads, with the

@@ -1,5 +1,5 @@
-"""The files an evaluation writes: every prediction, the scores per benchmark and source, and a Markdown report that
-puts ours beside the paper's Table 3."""
+"""The files an evaluation writes: every prediction, the scores per benchmark and source, and a
+Markdown report that puts ours beside the paper's Table 3."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ def write_results(
     model_name: str,
     train_answers: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder`` and return the report.
+    """Write ``predictions.jsonl``, ``metrics.json`` and ``report.md`` into ``folder``.
+
+    It returns the report.
 
     ``train_answers`` (per benchmark, of its training split) give the majority baseline."""
     os.makedirs(folder, exist_ok=True)
@@ -37,7 +39,10 @@ def write_results(
 def markdown_report(
     metrics: dict[str, dict[str, dict[str, float | str | None]]], model_name: str
 ) -> str:
-    """One row per benchmark, source and metric, with the paper's Table 3 number where it reports one."""
+    """One row per benchmark, source and metric.
+
+    Each row has the paper's Table 3 number where the paper reports one.
+    """
     lines = [
         f"# Evaluation of {model_name}",
         "",

@@ -1,4 +1,6 @@
-"""The paper's 12 evaluation benchmarks (Table 2/3) as the release's ``eval_audio/evaluate_*.py`` scripts run them.
+"""The paper's 12 evaluation benchmarks (Table 2/3), as the release's scripts run them.
+
+Those scripts are ``eval_audio/evaluate_*.py``.
 
 Each :class:`Benchmark` holds what its script fixes. That is the task tags of the official prompt,
 the generation length, the per-GPU batch size of ``EVALUATION.md``, and the metrics. It also holds
@@ -49,7 +51,9 @@ Scorer = Callable[[Sequence[Reference], Sequence[str], str], Scores]
 
 
 class BenchmarkItem(NamedTuple):
-    """One line of an evaluation file: the audio, its reference(s), the group it is scored in, the question.
+    """One line of an evaluation file.
+
+    It holds the audio, its reference(s), the group it is scored in, and the question.
 
     A named tuple, so that batches holding items pass through Lightning's device transfer unchanged.
     """
@@ -64,7 +68,7 @@ class BenchmarkItem(NamedTuple):
 def _transcription_scores(
     refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str
 ) -> Scores:
-    """``evaluate_asr.py``: corpus WER after the release's normalisation, in percent as Table 3 prints it.
+    """``evaluate_asr.py``: corpus WER after the release's normalisation, in percent as in Table 3.
 
     Chinese is scored by CER (the release splits it into characters). English also gets WER with
     Whisper's normaliser beside it."""
@@ -79,7 +83,9 @@ def _transcription_scores(
 def _timestamp_scores(
     refs: Sequence[str], hyps: Sequence[str], source: str, *, language: str
 ) -> Scores:
-    """``evaluate_srwt.py``: average alignment shift in ms, and the error rate of the text without timestamps.
+    """``evaluate_srwt.py``: average alignment shift in ms, and an error rate.
+
+    The error rate is that of the text without timestamps.
 
     The shift is computed by the release's procedure (Table 3's) and by ours (first word timed too,
     see :mod:`qwen_audio.eval.metrics.alignment`)."""
@@ -91,7 +97,10 @@ def _timestamp_scores(
 
 
 def covost_languages(source: str) -> tuple[str, str]:
-    """(audio language, text language) of a CoVoST2 source, ``source.split("_")[-3]`` and ``[-2]`` (evaluate_st.py)."""
+    """(audio language, text language) of a CoVoST2 source.
+
+    They are ``source.split("_")[-3]`` and ``[-2]`` (evaluate_st.py).
+    """
     parts = source.split("_")
     if len(parts) < 3:
         raise ValueError(
@@ -159,7 +168,10 @@ class Benchmark:
         return self.task == "aac"
 
     def prompt_options(self, source: str, question: str | None = None) -> dict[str, str | None]:
-        """Keyword arguments of :func:`qwen_audio.prompts.family_prompt` / ``encode_task`` for one item."""
+        """Keyword arguments of the prompt builders for one item.
+
+        The builders are :func:`qwen_audio.prompts.family_prompt` / ``encode_task``.
+        """
         if self.task == "s2tt":
             audio_language, text_language = covost_languages(source)
             return {

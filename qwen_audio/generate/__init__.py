@@ -1,4 +1,4 @@
-"""Batched generation with the KV cache: greedy or sampled, stop tokens, streaming, and answers as text.
+"""Batched generation with the KV cache: greedy or sampled, stop tokens, streaming, answers as text.
 
 Prompts of different lengths are left-padded. Their rotary positions are taken from the attention
 mask. A batch thus gives exactly the tokens each prompt gives alone (the release counts the padding,
@@ -146,7 +146,10 @@ def generate(
 def generate_prompts(
     model: QwenAudio, tokenizer: Tokenizer, prompts: Sequence[Example], config: GenerationConfig
 ) -> Iterator[list[int | None]]:
-    """:func:`generate_steps` for encoded prompts, batched on the model's device (the server streams these)."""
+    """:func:`generate_steps` for encoded prompts, batched on the model's device.
+
+    The server streams these.
+    """
     batch = batch_prompts(prompts, tokenizer.eod, model.config.encoder.n_mels).to(
         next(model.parameters()).device
     )
@@ -272,9 +275,9 @@ def stream_text(
     config: GenerationConfig,
     max_length: int = MODEL_MAX_LENGTH,
 ) -> Iterator[str]:
-    """The continuation of one raw prompt as text pieces, yielded as they are decoded (see :class:`TextStream`).
+    """The continuation of one raw prompt as text pieces, yielded as they are decoded.
 
-    The pieces join to exactly ``tokenizer.decode(generated ids)``.
+    The pieces join to exactly ``tokenizer.decode(generated ids)`` (see :class:`TextStream`).
     """
     batch = encode_prompts(tokenizer, [prompt], max_length, model.config.encoder.n_mels)
     batch = batch.to(next(model.parameters()).device)

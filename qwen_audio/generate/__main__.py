@@ -1,10 +1,11 @@
-"""``python -m qwen_audio.generate``: answers to raw release-style prompts, or transcripts of audio over 30 s.
+"""``python -m qwen_audio.generate``: answer raw release-style prompts, or transcribe audio > 30 s.
 
 Answers print one per line (``--json``: one object per prompt and line). ``--long-form`` gives
 transcripts of audio over 30 s instead. For example::
 
+    TAGS="<|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"
     python -m qwen_audio.generate --checkpoint DIR --greedy --json \\
-        --prompt "<audio>clip.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>"
+        --prompt "<audio>clip.wav</audio>$TAGS"
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def _generate_all(
     config: GenerationConfig,
     batch_size: int,
 ) -> Iterator[dict]:
-    """Encode every prompt first (bad input fails before any decoding), then answer ``batch_size`` at a time."""
+    """Encode every prompt first, then answer ``batch_size`` at a time.
+
+    Bad input thus fails before any decoding.
+    """
     try:
         encoded = [
             encode_prompt(tokenizer, p, MODEL_MAX_LENGTH, index) for index, p in enumerate(prompts)

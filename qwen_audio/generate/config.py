@@ -1,4 +1,4 @@
-"""How to pick each new token: :class:`GenerationConfig`, with the release's base and chat settings."""
+"""Picking each new token: :class:`GenerationConfig`, with the release's base and chat settings."""
 
 from __future__ import annotations
 
@@ -71,7 +71,9 @@ class GenerationConfig:
 
     @classmethod
     def base(cls, tokenizer: QwenAudioTokenizer, **overrides) -> GenerationConfig:
-        """The release's ``base_generation_config.json`` (Qwen-Audio): sampling with top-p 0.8, stop at eod.
+        """The release's ``base_generation_config.json`` (Qwen-Audio).
+
+        It samples with top-p 0.8 and stops at eod.
 
         Its evaluation scripts decode greedily instead:
         ``GenerationConfig.base(tokenizer, do_sample=False)``.

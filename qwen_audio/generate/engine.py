@@ -76,7 +76,10 @@ def _repeats(tokens: list[int], max_repeats: int) -> bool:
 
 
 class DecodeEngine:
-    """``slots`` sequences of at most ``max_length`` tokens (prompt included) over ``vocab_size`` candidate ids."""
+    """``slots`` sequences of at most ``max_length`` tokens (prompt included).
+
+    Their tokens are picked over ``vocab_size`` candidate ids.
+    """
 
     def __init__(self, model: QwenAudio, *, slots: int, max_length: int, vocab_size: int) -> None:
         if not 0 < vocab_size <= model.config.decoder.vocab_size:
@@ -110,7 +113,10 @@ class DecodeEngine:
     def admit(
         self, slots: Sequence[int], batch: PromptBatch, configs: Sequence[GenerationConfig]
     ) -> None:
-        """Prefill the left-padded ``batch`` into free ``slots`` (one row each) and pick each row's first token."""
+        """Prefill the left-padded ``batch`` into free ``slots`` (one row each).
+
+        Then pick each row's first token.
+        """
         lengths = batch.attention_mask.sum(-1).tolist()
         for row, (length, config) in enumerate(zip(lengths, configs)):
             if length == 0:
@@ -209,7 +215,10 @@ class DecodeEngine:
         return output.logits[:, 0, : self.vocab_size].float()
 
     def fetch(self) -> None:
-        """Bring the tokens picked since the last fetch to the host (one sync) and record which rows ended."""
+        """Bring the tokens picked since the last fetch to the host (one sync).
+
+        Then record which rows ended.
+        """
         pending, self._pending = self._pending, []
         for sequences, tokens, stopped in pending:
             for sequence, token, stop in zip(sequences, tokens.tolist(), stopped.tolist()):
@@ -223,7 +232,7 @@ class DecodeEngine:
         self.cache.reset(torch.tensor([slot], device=self.device))
 
     def capture(self, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128)) -> None:
-        """Record the decoding step's forward as a CUDA graph for each batch-size bucket up to ``slots``.
+        """Record the decoding step's forward as a CUDA graph per batch-size bucket up to ``slots``.
 
         Call it with every slot free, e.g. at load, because the warm-up runs write into the
         cache."""

@@ -16,7 +16,10 @@ from qwen_audio.generate.config import GenerationConfig
 
 
 class SlotSampler:
-    """The decoding settings and the state (tokens seen, tokens made) of ``slots`` rows over ``vocab`` ids."""
+    """The decoding settings and the state of ``slots`` rows over ``vocab`` ids.
+
+    The state is the tokens seen and the tokens made.
+    """
 
     def __init__(self, slots: int, vocab: int, device: torch.device) -> None:
         self.vocab, self.device = vocab, device
@@ -72,7 +75,10 @@ class SlotSampler:
         return torch.tensor(slots, device=self.device)
 
     def pick(self, logits: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        """The next token of each of ``slots`` from its fp32 ``logits`` row ``[len(slots), vocab]``."""
+        """The next token of each of ``slots`` from its fp32 ``logits`` row.
+
+        ``logits`` is ``[len(slots), vocab]``.
+        """
         index = self._index(slots)
         scores = self.scores(logits, slots, index)
         tokens = scores.argmax(-1)
@@ -104,7 +110,10 @@ class SlotSampler:
         return scores.masked_fill(too_short, -float("inf"))
 
     def warp(self, scores: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
-        """Temperature, then top-k, then top-p (keeping at least one token), as transformers' warpers."""
+        """Temperature, then top-k, then top-p, as transformers' warpers.
+
+        Top-p keeps at least one token.
+        """
         scores = scores / self.temperature[index][:, None]
         top_k = self.top_k[index][:, None]
         kth = scores.sort(-1, descending=True).values.gather(1, (top_k - 1).clamp(min=0))

@@ -66,7 +66,10 @@ def _triton_runs_on(device: torch.device) -> bool:
 
 
 def resolve_kernel_backend(backend: str, device: torch.device) -> str:
-    """``"torch"`` or ``"triton"`` for a call on ``device`` (see the module docstring for the rules)."""
+    """``"torch"`` or ``"triton"`` for a call on ``device``.
+
+    The module docstring gives the rules.
+    """
     if backend not in KERNEL_BACKENDS:
         raise KernelBackendError(
             f"unknown kernel backend {backend!r}; expected one of {KERNEL_BACKENDS}"
@@ -88,7 +91,10 @@ def resolve_kernel_backend(backend: str, device: torch.device) -> str:
 
 
 def log_mel(audio: torch.Tensor, n_mels: int = 80, kernel_backend: str = "auto") -> torch.Tensor:
-    """Whisper's normalised log-mel of float32 ``audio [..., samples]``: ``[..., n_mels, samples // 160]``."""
+    """Whisper's normalised log-mel of float32 ``audio [..., samples]``.
+
+    The result is ``[..., n_mels, samples // 160]``.
+    """
     if resolve_kernel_backend(kernel_backend, audio.device) == "triton":
         return log_mel_triton(audio, n_mels)
     return log_mel_reference(audio, n_mels)
@@ -101,7 +107,10 @@ def pool_layer_norm(
     eps: float = 1e-5,
     kernel_backend: str = "auto",
 ) -> torch.Tensor:
-    """``LayerNorm(AvgPool1d(2, 2)(x))`` over time: ``x [B, T, C]`` -> ``[B, T // 2, C]``, odd last frame dropped."""
+    """``LayerNorm(AvgPool1d(2, 2)(x))`` over time: ``x [B, T, C]`` -> ``[B, T // 2, C]``.
+
+    An odd last frame is dropped.
+    """
     check_pool_layer_norm_inputs(x, weight, bias)
     if resolve_kernel_backend(kernel_backend, x.device) == "triton":
         return PoolLayerNorm.apply(x.contiguous(), weight.contiguous(), bias.contiguous(), eps)

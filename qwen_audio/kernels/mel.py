@@ -45,14 +45,14 @@ NORMALISE_BLOCK = 1024
 
 
 def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """Normalised log-mel ``[..., n_mels, samples // 160]`` of float32 ``audio [..., samples]``, in torch ops.
+    """Normalised log-mel ``[..., n_mels, samples // 160]`` of float32 ``audio [..., samples]``.
 
-    It is written for the CPU, where DataLoader workers run it. ``benchmarks_perf/bench_mel.py``
-    times it against openai-whisper. It runs one ``torch.stft`` per clip, since a batched call is
-    ~4x slower there. It takes the power as ``re * re + im * im`` on the real view of the spectrum,
-    without the square root of ``abs()``. It writes the mel product straight into the output. The
-    last frame is left out of that product rather than sliced off the spectrum. The log and the
-    normalisation run in place.
+    It is computed in torch ops. It is written for the CPU, where DataLoader workers run it.
+    ``benchmarks_perf/bench_mel.py`` times it against openai-whisper. It runs one ``torch.stft`` per
+    clip, since a batched call is ~4x slower there. It takes the power as ``re * re + im * im`` on
+    the real view of the spectrum, without the square root of ``abs()``. It writes the mel product
+    straight into the output. The last frame is left out of that product rather than sliced off the
+    spectrum. The log and the normalisation run in place.
 
     Clips never mix, so a clip gives the same features alone or in any batch.
     """
@@ -77,7 +77,10 @@ def log_mel_reference(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
 
 @cache
 def _padded_filterbank(n_mels: int, device: torch.device) -> torch.Tensor:
-    """Mel filterbank ``[next_power_of_2(n_mels), PADDED_BINS]``, zero-padded so tiles load without masks."""
+    """Mel filterbank ``[next_power_of_2(n_mels), PADDED_BINS]``, zero-padded.
+
+    The padding lets tiles load without masks.
+    """
     filters = torch.zeros(triton.next_power_of_2(n_mels), PADDED_BINS, dtype=torch.float32)
     filters[:n_mels, :NUM_BINS] = mel_filters(n_mels)
     return filters.to(device)
@@ -101,10 +104,11 @@ def _mel_epilogue_kernel(
     BLOCK_FRAMES: tl.constexpr,
     BLOCK_BINS: tl.constexpr,
 ):
-    """Compute power, mel product, clamp and log10 for one (block of frames, clip), and store the log-mel.
+    """Compute power, mel product, clamp and log10 for one (block of frames, clip).
 
-    The input is the real view of a ``[clip, bin, frame]`` complex spectrum. Its strides are in
-    floats, with re and im adjacent. The kernel also atomically maxes the clip's peak.
+    The kernel stores the log-mel. The input is the real view of a ``[clip, bin, frame]`` complex
+    spectrum. Its strides are in floats, with re and im adjacent. The kernel also atomically maxes
+    the clip's peak.
     """
     frame_block = tl.program_id(0)
     clip = tl.program_id(1).to(tl.int64)

@@ -1,4 +1,6 @@
-"""The encoder's stride-2 average pool over time fused with the LayerNorm after it (``ln_post``), with backward.
+"""The encoder's stride-2 average pool over time fused with the LayerNorm after it, with backward.
+
+That LayerNorm is ``ln_post``.
 
 Unfused, the pool writes a ``[B, T/2, C]`` tensor that the LayerNorm reads straight back. Fused,
 each program reads a tile of frame pairs, averages and normalises them in fp32 registers, and writes
@@ -26,7 +28,10 @@ TILES_PER_BACKWARD_PROGRAM = 8
 def pool_layer_norm_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """``LayerNorm(AvgPool1d(2, 2)(x))`` over time for channels-last ``x [B, T, C]``: ``[B, T // 2, C]``."""
+    """``LayerNorm(AvgPool1d(2, 2)(x))`` over time for channels-last ``x [B, T, C]``.
+
+    The result is ``[B, T // 2, C]``.
+    """
     pooled = F.avg_pool1d(x.transpose(1, 2), kernel_size=2, stride=2).transpose(1, 2)
     return F.layer_norm(pooled, (x.shape[-1],), weight, bias, eps)
 
@@ -95,7 +100,10 @@ def _pool_layer_norm_backward_kernel(
     TILES: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """dx for both frames of each pair, and per-program partial sums of dweight and dbias (summed by the caller)."""
+    """dx for both frames of each pair, and per-program partial sums of dweight and dbias.
+
+    The caller sums the partial sums.
+    """
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     col_ok = cols < channels
@@ -141,7 +149,10 @@ def _tiling(channels: int, element_size: int) -> tuple[int, int, int]:
 
 
 class PoolLayerNorm(torch.autograd.Function):
-    """Fused, differentiable ``pool_layer_norm_reference`` on contiguous inputs checked by the caller."""
+    """Fused, differentiable ``pool_layer_norm_reference`` on contiguous inputs.
+
+    The caller checks the inputs.
+    """
 
     @staticmethod
     def forward(

@@ -1,4 +1,7 @@
-"""Lightning wiring: the training module, its callbacks and optimizer setup (the model itself knows no Lightning)."""
+"""Lightning wiring: the training module, its callbacks and optimizer setup.
+
+The model itself knows no Lightning.
+"""
 
 from qwen_audio.lit.callbacks import (
     ChatTranscript,

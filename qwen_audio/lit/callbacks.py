@@ -1,5 +1,5 @@
-"""Callbacks of the recipes: throughput/MFU (Lightning's ThroughputMonitor), transcription and chat reports, and the
-export of the trained model in the released layout."""
+"""Callbacks of the recipes: throughput/MFU (Lightning's ThroughputMonitor), transcription and chat
+reports, and the export of the trained model in the released layout."""
 
 from __future__ import annotations
 
@@ -60,7 +60,10 @@ class TokenThroughput(ThroughputMonitor):
 def transcribe(
     module: L.LightningModule, tokenizer, entries: list[ManifestEntry], max_new_tokens: int = 64
 ) -> list[str]:
-    """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt for each entry's language."""
+    """Greedy transcriptions of ``entries`` (one batch) with the release's ASR prompt.
+
+    Each entry gets the prompt for its language.
+    """
     examples = [
         encode_task(
             tokenizer, "asr", Recording(load_segment(e), e.audio), audio_language=e.audio_language
@@ -85,10 +88,10 @@ def _cell(text: str) -> str:
 
 
 class TranscriptionReport(L.Callback):
-    """Prints greedy transcriptions of held-out ASR clips next to their references, before and after fitting.
+    """Prints greedy transcriptions of held-out ASR clips next to their references.
 
-    Each language also gets its WER/CER (the release's, as evaluation scores them). This is visible
-    proof that the model learned to listen.
+    It prints them before and after fitting. Each language also gets its WER/CER (the release's, as
+    evaluation scores them). This is visible proof that the model learned to listen.
     """
 
     def __init__(self, num_clips: int = 4, max_new_tokens: int = 64) -> None:

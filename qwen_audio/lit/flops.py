@@ -1,4 +1,6 @@
-"""Peak dense bf16 tensor-core FLOP/s by GPU name: the denominator of MFU, for the callback and the benchmarks.
+"""Peak dense bf16 tensor-core FLOP/s by GPU name: the denominator of MFU.
+
+The callback and the benchmarks use it.
 
 Lightning's ``get_available_flops`` finds nothing for the plain name "NVIDIA H200". It knows "h200
 sxm1" and "h200 nvl1" only. It also lists the H200 and H100 NVL at their with-sparsity figures. MFU
@@ -26,7 +28,10 @@ BF16_DENSE_PEAKS = (
 
 
 def bf16_peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak FLOP/s of a CUDA ``device`` in the table above, or None for other devices and unknown GPUs."""
+    """Dense bf16 peak FLOP/s of a CUDA ``device`` in the table above.
+
+    None for other devices and unknown GPUs.
+    """
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

@@ -27,7 +27,9 @@ DECODER_LINEARS = (
 
 @dataclass
 class LoraOptions:
-    """The LoRA settings of a recipe (peft's ``LoraConfig`` ``r``, ``lora_alpha``, ``lora_dropout``).
+    """The LoRA settings of a recipe.
+
+    They are peft's ``LoraConfig`` ``r``, ``lora_alpha`` and ``lora_dropout``.
 
     ``target_modules`` names the linear layers inside the decoder blocks (``transformer.h.N.attn.*``
     and ``transformer.h.N.mlp.*``) that get adapters. The audio encoder never does, as it is frozen
@@ -41,9 +43,10 @@ class LoraOptions:
 
 
 def add_lora(model: QwenAudio, options: LoraOptions) -> QwenAudio:
-    """Wrap the target layers with adapters in place (peft's ``inject_adapter_in_model``) and freeze everything else.
+    """Wrap the target layers with adapters in place and freeze everything else.
 
-    ``B`` starts at zero, so the wrapped model computes exactly what it did before.
+    The adapters come from peft's ``inject_adapter_in_model``. ``B`` starts at zero, so the wrapped
+    model computes exactly what it did before.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -58,10 +61,10 @@ def add_lora(model: QwenAudio, options: LoraOptions) -> QwenAudio:
 
 
 def lora_state_dict(model: QwenAudio, base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A base checkpoint's tensors under their names in the wrapped ``model``, plus the model's own adapter weights.
+    """A base checkpoint's tensors under their names in the wrapped ``model``.
 
-    A name ``X.weight`` becomes ``X.base_layer.weight``. A released folder thus loads with the usual
-    checks of keys and shapes.
+    The model's own adapter weights are added. A name ``X.weight`` becomes ``X.base_layer.weight``.
+    A released folder thus loads with the usual checks of keys and shapes.
     """
     renamed = {
         key.replace(".base_layer.", "."): key for key in model.state_dict() if ".base_layer." in key

@@ -140,7 +140,9 @@ class QwenAudioModule(L.LightningModule):
         )
 
     def on_fit_start(self) -> None:
-        """Load ``init_from`` into the (possibly sharded) model. A resumed run restores its checkpoint instead.
+        """Load ``init_from`` into the (possibly sharded) model.
+
+        A resumed run restores its checkpoint instead.
 
         Rank 0 reads the folder, and the weights are broadcast into each rank's shards. A node thus
         never holds more than one full copy. Keys and shapes are checked against the model first,
@@ -163,7 +165,9 @@ class QwenAudioModule(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a resumed checkpoint whose weights do not fit this model, naming the file and every mismatched key.
+        """Refuse a resumed checkpoint whose weights do not fit this model.
+
+        The error names the file and every mismatched key.
 
         A sharded checkpoint holds no ``state_dict`` here. Its shards are checked by
         torch.distributed.checkpoint instead.
@@ -175,7 +179,10 @@ class QwenAudioModule(L.LightningModule):
             )
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Logits at the positions that predict a label only (:func:`label_positions`), ``[n, vocab]``."""
+        """Logits ``[n, vocab]`` at the positions that predict a label only.
+
+        The positions are those of :func:`label_positions`.
+        """
         inputs = batch if batch["audio_mel"] is not None else self._with_blank_clip(batch)
         return self.model(
             input_ids=inputs["input_ids"],
@@ -186,7 +193,9 @@ class QwenAudioModule(L.LightningModule):
         ).logits
 
     def _with_blank_clip(self, batch: dict) -> dict:
-        """A batch without audio, plus one row holding the shortest clip (30 ms, one audio token) of a blank mel.
+        """A batch without audio, plus one row holding the shortest clip of a blank mel.
+
+        That clip is 30 ms, one audio token.
 
         Under FSDP every rank must run each sharded encoder block at every step, in the same order.
         The blocks' all-gathers and gradient reduce-scatters wait for all ranks. This row makes a

@@ -1,4 +1,4 @@
-"""AdamW parameter groups with layer-wise LR decay over the encoder blocks, and warmup + cosine schedule.
+"""AdamW parameter groups with layer-wise LR decay over encoder blocks; warmup + cosine schedule.
 
 Defaults follow spec §8, Qwen-VL's published recipe, as Qwen-Audio's Table 6 is unavailable. They
 are AdamW (0.9, 0.98), eps 1e-6, weight decay 0.05, and linear warmup then cosine decay to 10 % of

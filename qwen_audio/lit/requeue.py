@@ -1,4 +1,6 @@
-"""SLURM preemption and time limits: the ranks save together at a batch boundary, then the job is requeued.
+"""SLURM preemption and time limits: the ranks save together, then the job is requeued.
+
+The ranks save at a batch boundary.
 
 ``sbatch --signal=SIGUSR1@90`` (or ``scancel --signal=USR1 JOBID``) warns every task of the job
 before SLURM stops it. Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``) saves the
@@ -78,7 +80,9 @@ def _append_record(root: str, **event) -> None:
 
 
 class RequeueOnSignal(L.Callback):
-    """Replaces Lightning's requeue-signal handler on SLURM with auto-requeue (Lightning's default there).
+    """Replaces Lightning's requeue-signal handler on SLURM with auto-requeue.
+
+    Auto-requeue is Lightning's default there.
 
     It does nothing elsewhere. The signal is the environment's ``requeue_signal`` (SIGUSR1 unless
     configured).
@@ -133,9 +137,9 @@ class RequeueOnSignal(L.Callback):
         )  # every rank past this before rank 0 asks for the requeue
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        """In a requeued job, stop unless the restored step is at least the one this job saved before its requeue.
+        """In a requeued job, record the resume, or stop if the restored step is too early.
 
-        Otherwise, record the resume.
+        The restored step must be at least the one this job saved before its requeue.
         """
         if self._signum is None:
             return

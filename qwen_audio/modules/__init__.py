@@ -1,4 +1,7 @@
-"""Plain-torch building blocks of Qwen-Audio (no Lightning): layers, attention, encoder, decoder, audio splice."""
+"""Plain-torch building blocks of Qwen-Audio: layers, attention, encoder, decoder, audio splice.
+
+They do not use Lightning.
+"""
 
 from qwen_audio.modules.attention import AttentionLayout, attention, resolve_attention_backend
 from qwen_audio.modules.decoder import KVCache, QwenDecoder

@@ -13,8 +13,9 @@ The backends give the same result up to kernel rounding.
 ``varlen``
     ``torch.nn.attention.varlen.varlen_attn`` on the packed valid tokens (CUDA, fp16/bf16).
 ``flash_attn``
-    FlashAttention-4's ``flash_attn.cute.flash_attn_varlen_func`` (the ``flash-attn-4`` wheel, the ``cuda``
-    extra). It needs CUDA of compute capability >= 9.0 (Hopper and Blackwell) and fp16/bf16.
+    FlashAttention-4's ``flash_attn.cute.flash_attn_varlen_func`` (the ``flash-attn-4`` wheel, the
+    ``cuda`` extra). It needs CUDA of compute capability >= 9.0 (Hopper and Blackwell) and
+    fp16/bf16.
 
 The varlen backends never touch padded positions, so padding and packing cost no attention compute.
 ``auto`` picks flash_attn where FlashAttention-4 is installed and the device is SM90+, then varlen
@@ -100,7 +101,10 @@ def _run_ids(segment_ids: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class AttentionLayout:
-    """Which query attends to which key, prepared once per forward for one backend and shared by all layers."""
+    """Which query attends to which key, prepared once per forward for one backend.
+
+    All layers share it.
+    """
 
     backend: str
     causal: bool
@@ -191,7 +195,10 @@ def attention(
     layout: AttentionLayout,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention of ``q`` ``[B, Lq, H, D]`` over ``k, v`` ``[B, Lk, H, D]``, returned as ``[B, Lq, H, D]``."""
+    """Attention of ``q`` ``[B, Lq, H, D]`` over ``k, v`` ``[B, Lk, H, D]``.
+
+    Returns ``[B, Lq, H, D]``.
+    """
     if layout.backend == "sdpa":
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),

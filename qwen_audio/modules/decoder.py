@@ -26,12 +26,13 @@ from qwen_audio.modules.layers import RMSNorm, SwiGLU, apply_rotary, ntk_alpha, 
 
 @dataclass
 class KVCache:
-    """Rotated keys and values ``[slots, max_length + 1, H, D]`` per layer, preallocated and written in place.
+    """Rotated keys and values ``[slots, max_length + 1, H, D]`` per layer.
 
-    A slot holds one sequence from index 0 without padding. ``lengths`` ``[slots]`` counts its
-    tokens. ``ntk_alpha`` ``[slots]`` holds the dynamic-NTK factor chosen at its prefill (as the
-    release keeps it while decoding). The extra last index is scratch. Left padding is written
-    there, so a padded prefill needs no host-side indexing.
+    They are preallocated and written in place. A slot holds one sequence from index 0 without
+    padding. ``lengths`` ``[slots]`` counts its tokens. ``ntk_alpha`` ``[slots]`` holds the
+    dynamic-NTK factor chosen at its prefill (as the release keeps it while decoding). The extra
+    last index is scratch. Left padding is written there, so a padded prefill needs no host-side
+    indexing.
     """
 
     keys: list[torch.Tensor]
@@ -70,7 +71,10 @@ class KVCache:
 
 @dataclass
 class CacheWrite:
-    """Where one forward's new tokens go in a :class:`KVCache`, prepared once and shared by all layers."""
+    """Where one forward's new tokens go in a :class:`KVCache`.
+
+    It is prepared once and shared by all layers.
+    """
 
     cache: KVCache
     slots: torch.Tensor | None  # [B] slot of each row; None: slots 0..B-1 (views, no gather)
@@ -80,7 +84,10 @@ class CacheWrite:
     def write(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new ``k, v`` ``[B, L, H, D]`` of ``layer``, returning the keys and values its rows attend to."""
+        """Store the new ``k, v`` ``[B, L, H, D]`` of ``layer``.
+
+        Returns the keys and values its rows attend to.
+        """
         keys, values = self.cache.keys[layer], self.cache.values[layer]
         keys.index_put_(self.index, k)
         values.index_put_(self.index, v)
@@ -91,7 +98,10 @@ class CacheWrite:
 
 
 class QwenAttention(nn.Module):
-    """Fused ``c_attn`` (with bias) split as ``[q | k | v]``, rotary on the full head, ``c_proj`` without bias."""
+    """Fused ``c_attn`` (with bias) split as ``[q | k | v]``, and ``c_proj`` without bias.
+
+    Rotary applies to the full head.
+    """
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -139,7 +149,10 @@ class QwenBlock(nn.Module):
 
 
 class QwenDecoder(nn.Module):
-    """Embeddings -> blocks -> ``ln_f``. Takes input embeddings so audio can be spliced in before the blocks."""
+    """Embeddings -> blocks -> ``ln_f``.
+
+    Takes input embeddings so audio can be spliced in before the blocks.
+    """
 
     def __init__(self, config: DecoderConfig, attention_backend: str = "auto") -> None:
         super().__init__()
@@ -159,10 +172,10 @@ class QwenDecoder(nn.Module):
         cache_slots: torch.Tensor | None = None,
         key_length: int | None = None,
     ) -> tuple[torch.Tensor, KVCache | None]:
-        """``inputs_embeds`` ``[B, L, D]`` -> hidden states ``[B, L, D]``, and ``kv_cache`` (updated in place).
+        """``inputs_embeds`` ``[B, L, D]`` -> hidden states ``[B, L, D]``, and ``kv_cache``.
 
-        Without ``kv_cache``, ``attention_mask`` ``[B, L]`` holds 0 for padding. Equal non-zero ids
-        there mark one sequence (packing).
+        ``kv_cache`` is updated in place. Without ``kv_cache``, ``attention_mask`` ``[B, L]`` holds
+        0 for padding. Equal non-zero ids there mark one sequence (packing).
 
         With ``kv_cache``, row ``b`` continues the sequence in slot ``cache_slots[b]`` (default:
         slot ``b``). Its new tokens are written in place after the slot's ``lengths`` tokens and
@@ -288,7 +301,10 @@ class QwenDecoder(nn.Module):
         return ntk_alpha(lengths, self.config.seq_length)
 
     def _logn_scale(self, position_ids: torch.Tensor) -> torch.Tensor | None:
-        """``log(p + 1) / log(seq_length)`` beyond ``seq_length`` and exactly 1 before (inference only)."""
+        """``log(p + 1) / log(seq_length)`` beyond ``seq_length`` and exactly 1 before.
+
+        Inference only.
+        """
         if self.training or not self.config.use_logn_attn:
             return None
         seq_length = self.config.seq_length

@@ -1,4 +1,6 @@
-"""The audio encoder: Whisper-large-v2's encoder, a stride-2 average pool, ``ln_post``, ``proj`` and audio BOS/EOS.
+"""The audio encoder: Whisper-large-v2's encoder and the layers after it.
+
+Those layers are a stride-2 average pool, ``ln_post``, ``proj`` and audio BOS/EOS.
 
 Parameter names are the release's (``conv1``, ``blocks.N.attn.query`` ...), which are also
 openai-whisper's. A Whisper checkpoint thus loads by renaming its ``encoder.`` prefix.
@@ -47,7 +49,10 @@ class EncoderAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN residual block with a 4x GELU MLP: ``x += attn(attn_ln(x))``, then ``x += mlp(mlp_ln(x))``."""
+    """Pre-LN residual block with a 4x GELU MLP.
+
+    ``x += attn(attn_ln(x))``, then ``x += mlp(mlp_ln(x))``.
+    """
 
     def __init__(self, n_state: int, n_head: int, eps: float) -> None:
         super().__init__()
@@ -64,7 +69,7 @@ class EncoderBlock(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """Encode padded mel ``[N, n_mels, T]`` and valid mel lengths into per-clip sequences in the LLM width.
+    """Encode padded mel ``[N, n_mels, T]`` and valid mel lengths into per-clip LLM-width sequences.
 
     Each clip's sequence is its audio BOS, frames and audio EOS.
     """

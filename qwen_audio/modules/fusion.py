@@ -1,4 +1,7 @@
-"""Splicing encoder outputs into the token embedding sequence, as the release does (spec §3 "Audio splicing")."""
+"""Splicing encoder outputs into the token embedding sequence, as the release does.
+
+See spec §3 "Audio splicing".
+"""
 
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ def splice_audio(
     audio: Sequence[torch.Tensor],
     audio_start_id: int,
 ) -> torch.Tensor:
-    """Overwrite every ``<audio>`` ... ``</audio>`` span (both ends included) with one clip's ``[bos | frames | eos]``.
+    """Overwrite every ``<audio>`` ... ``</audio>`` span with one clip's ``[bos | frames | eos]``.
 
-    ``embeds`` is ``[B, L, D]`` and ``input_ids`` is ``[B, L]``. ``audio`` holds one ``[span, D]``
-    tensor per ``<audio>`` occurrence in row-major order (sample 0's audios first). ``</audio>`` is
-    ``audio_start_id + 1``. Returns a new tensor. Gradients flow to both the text embeddings and the
-    audio.
+    Both ends of a span are included. ``embeds`` is ``[B, L, D]`` and ``input_ids`` is ``[B, L]``.
+    ``audio`` holds one ``[span, D]`` tensor per ``<audio>`` occurrence in row-major order (sample
+    0's audios first). ``</audio>`` is ``audio_start_id + 1``. Returns a new tensor. Gradients flow
+    to both the text embeddings and the audio.
 
     The splice is vectorised. Running counts of the markers find the spans. One ``masked_scatter``
     fills them (its row-major order is the clips' order). One host sync checks them, however many
@@ -64,7 +67,10 @@ def splice_audio(
 def _first_mismatch(
     input_ids: torch.Tensor, clip_lengths: list[int], audio_start_id: int
 ) -> AudioSpliceError:
-    """Name the first thing wrong: the clip count, then clips in row-major order, then a row's spare ``</audio>``."""
+    """Name the first thing wrong.
+
+    It checks the clip count, then clips in row-major order, then a row's spare ``</audio>``.
+    """
     rows = input_ids.tolist()
     markers = [
         (

@@ -28,7 +28,10 @@ class RMSNorm(nn.Module):
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
-    """Whisper's fixed positional table ``[length, channels]``: ``[sin | cos]`` halves, not interleaved."""
+    """Whisper's fixed positional table ``[length, channels]``.
+
+    It is ``[sin | cos]`` halves, not interleaved.
+    """
     if channels % 2:
         raise ValueError(f"sinusoid channels must be even, got {channels}")
     log_timescale_increment = math.log(max_timescale) / (channels // 2 - 1)
@@ -38,7 +41,10 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> tor
 
 
 def ntk_alpha(lengths: torch.Tensor, seq_length: int) -> torch.Tensor:
-    """Dynamic-NTK factor of the release: ``max(2**ceil(log2(L / seq_length) + 1) - 1, 1)`` per sequence length."""
+    """Dynamic-NTK factor of the release, per sequence length.
+
+    It is ``max(2**ceil(log2(L / seq_length) + 1) - 1, 1)``.
+    """
     context = torch.log2(lengths.double() / seq_length) + 1
     return torch.clamp(2 ** torch.ceil(context) - 1, min=1)
 

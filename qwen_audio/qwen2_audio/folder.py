@@ -1,4 +1,6 @@
-"""The files of a Qwen2-Audio folder besides weights and ``config.json``: tokenizer, feature extractor, stop ids.
+"""The files of a Qwen2-Audio folder besides weights and ``config.json``.
+
+They are the tokenizer, the feature extractor and the stop ids.
 
 A folder that was loaded passes its ``tokenizer.json``, and every companion file next to it is
 copied as is, so a fine-tuned model keeps the release's chat template and generation settings.
@@ -84,7 +86,7 @@ def write_side_files(
 
 
 def check_preprocessor_config(folder: str | os.PathLike, config: QwenAudioConfig) -> None:
-    """Refuse a ``preprocessor_config.json`` whose front end is not the one this library computes."""
+    """Refuse a ``preprocessor_config.json`` whose front end is not what this library computes."""
     path = os.path.join(folder, PREPROCESSOR_CONFIG)
     if not os.path.isfile(path):
         return

@@ -1,4 +1,6 @@
-"""``config.json`` of ``Qwen2AudioForConditionalGeneration`` <-> :class:`QwenAudioConfig` (family ``qwen2-audio``).
+"""``config.json`` of ``Qwen2AudioForConditionalGeneration`` <-> :class:`QwenAudioConfig`.
+
+The :class:`QwenAudioConfig` side is of family ``qwen2-audio``.
 
 The released files (Qwen/Qwen2-Audio-7B, -Instruct) name only what differs from transformers'
 defaults, so the defaults below are part of the format: ``Qwen2Config`` for ``text_config`` and the
@@ -127,7 +129,10 @@ def config_from_hf(source: dict[str, Any], where: str, name: str | None = None) 
 
 
 def config_to_hf(config: QwenAudioConfig) -> dict[str, Any]:
-    """The ``config.json`` transformers writes for this architecture (loads back with :func:`config_from_hf`)."""
+    """The ``config.json`` transformers writes for this architecture.
+
+    It loads back with :func:`config_from_hf`.
+    """
     encoder, decoder = config.encoder, config.decoder
     return {
         "architectures": ["Qwen2AudioForConditionalGeneration"],

@@ -51,7 +51,10 @@ def feature_lengths(num_samples: int, source: str | None = None) -> AudioLengths
 
 
 class Qwen2AudioTokenizer:
-    """A ``tokenizers.Tokenizer`` with the family's six special tokens, and the stop ids of its checkpoint."""
+    """A ``tokenizers.Tokenizer`` with the family's six special tokens.
+
+    It also holds the stop ids of its checkpoint.
+    """
 
     family = "qwen2-audio"  # picks the family's task prompts and chat audio labels
 

@@ -1,4 +1,6 @@
-"""The weight map between ``Qwen2AudioForConditionalGeneration``'s checkpoint names and our modules (litgpt style).
+"""The weight map between ``Qwen2AudioForConditionalGeneration``'s checkpoint names and our modules.
+
+The map is in litgpt style.
 
 The checkpoint keeps the names of the release (``audio_tower.*``, ``multi_modal_projector.*``,
 ``language_model.model.*``, ``language_model.lm_head.weight``), which transformers still writes.
@@ -83,7 +85,10 @@ def _rename(key: str, patterns: list[tuple[re.Pattern, str]]) -> str | None:
 
 
 def key_file(folder: str | os.PathLike, key: str) -> str:
-    """The file of ``folder`` that holds ``key`` (the shard the index names, else ``model.safetensors``)."""
+    """The file of ``folder`` that holds ``key``.
+
+    It is the shard the index names, else ``model.safetensors``.
+    """
     index = os.path.join(folder, SAFE_INDEX)
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
@@ -94,7 +99,10 @@ def key_file(folder: str | os.PathLike, key: str) -> str:
 def to_ours(
     state: Mapping[str, torch.Tensor], folder: str | os.PathLike
 ) -> dict[str, torch.Tensor]:
-    """Rename a checkpoint's tensors to our state-dict keys and fuse q/k/v; an unknown key names its file."""
+    """Rename a checkpoint's tensors to our state-dict keys and fuse q/k/v.
+
+    An unknown key names its file.
+    """
     ours: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():

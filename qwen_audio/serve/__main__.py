@@ -1,9 +1,10 @@
-"""Serve a checkpoint folder (either family) behind an OpenAI-compatible API (LitServe, continuous batching).
+"""Serve a checkpoint folder (either family) behind an OpenAI-compatible API.
 
 Usage::
 
     python -m qwen_audio.serve --checkpoint MODEL_DIR --port 8000  # a folder in the released layout
 
+The server runs on LitServe, with continuous batching.
 The endpoints are ``GET /health`` (ok once the model is loaded) and ``GET /v1/models``.
 ``POST /v1/chat/completions`` takes text and ``input_audio`` parts, and ``stream``.
 ``POST /v1/audio/transcriptions`` takes multipart, with ``timestamp_granularities[]=word`` for word

@@ -1,9 +1,10 @@
-"""What the server refuses before a request reaches an endpoint, and how it stops without leaving a process behind.
+"""What the server refuses before an endpoint, and how it stops without leaving a process behind.
 
-:class:`GuardMiddleware` is ASGI middleware in front of every route. It checks an API key and answers 401 with
-OpenAI's error body. ``/health`` stays open. It enforces a request-body limit with 413. The 413 comes from the
-``Content-Length`` header, or as soon as a body sent without one passes the limit, never after reading it whole.
-Once the server is stopping, it answers 503 to new requests.
+:class:`GuardMiddleware` is ASGI middleware in front of every route, so it acts before a request
+reaches an endpoint. It checks an API key and answers 401 with OpenAI's error body. ``/health``
+stays open. It enforces a request-body limit with 413. The 413 comes from the ``Content-Length``
+header, or as soon as a body sent without one passes the limit, never after reading it whole. Once
+the server is stopping, it answers 503 to new requests.
 
 :func:`stop_on_sigterm` makes SIGTERM stop new requests and let the ones in flight finish (up to a
 timeout). It then ends LitServe the way it ends on Ctrl-C, which stops its inference worker and its
@@ -206,10 +207,10 @@ def stop_on_sigterm(drain: Drain, timeout: float) -> None:
 
 
 def die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when the thread that started it ends (``PR_SET_PDEATHSIG``).
+    """Have the kernel SIGKILL this process when the thread that started it ends.
 
-    The process also ends at once if ``parent`` is already gone, since it may die before this runs.
-    This works on Linux only and does nothing elsewhere.
+    This uses ``PR_SET_PDEATHSIG``. The process also ends at once if ``parent`` is already gone,
+    since it may die before this runs. This works on Linux only and does nothing elsewhere.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -222,9 +223,9 @@ def die_with_parent(parent: int) -> None:
 
 
 def forked_children_die_with_this_process() -> None:
-    """Make every process this one forks later (LitServe's manager) die with it (:func:`die_with_parent`).
+    """Make every process this one forks later (LitServe's manager) die with it.
 
-    The processes that those fork in turn are not covered.
+    See :func:`die_with_parent`. The processes that those fork in turn are not covered.
     """
     main, forking = os.getpid(), [0]
 

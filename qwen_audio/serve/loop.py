@@ -1,4 +1,6 @@
-"""The inference worker's loop: requests in between decoding steps, events out after each (continuous batching).
+"""The inference worker's loop: requests in between decoding steps, events out after each.
+
+This is continuous batching.
 
 LitServe 0.2.19's ``ContinuousBatchingLoop`` is not used. It calls ``add_request`` from a background
 thread while ``step`` runs in another, so a prefill would race a decoding step over the same KV
@@ -25,7 +27,10 @@ STREAMING = LoopResponseType.STREAMING
 
 @dataclass(frozen=True)
 class Cancel:
-    """Put on the request queue when the client of request ``uid`` left. Its generation stops, and its slots free."""
+    """Put on the request queue when the client of request ``uid`` left.
+
+    Its generation stops, and its slots free.
+    """
 
     uid: str
 

@@ -1,5 +1,6 @@
-"""OpenAI's API mapped onto Qwen-Audio: request validation, chat messages -> the release's ChatML prompt,
-transcription forms -> jobs, and the response bodies (chat completions, chunks, transcriptions).
+"""OpenAI's API mapped onto Qwen-Audio: request validation, chat messages -> the release's ChatML
+prompt, transcription forms -> jobs, and the response bodies (chat completions, chunks,
+transcriptions).
 
 Decoding defaults are the release's chat settings (``chat_generation_config.json``: sampling, top-p
 0.5, 512 new tokens). ``temperature`` 0 decodes greedily, and ``temperature``, ``top_p``, ``seed``,
@@ -299,7 +300,7 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
 def transcription_job(
     tokenizer: Tokenizer, form, served: str, max_seconds: float | None = None
 ) -> tuple[TranscriptionJob, str, bytes]:
-    """The job for a ``multipart/form-data`` transcription form, its response format and the file's bytes.
+    """The job, response format and file bytes of a ``multipart/form-data`` transcription form.
 
     A file longer than ``max_seconds`` is refused (long-form transcription reads the rest window by
     window). ``prompt`` is accepted for compatibility and not used. The release's transcription

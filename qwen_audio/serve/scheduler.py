@@ -41,7 +41,10 @@ class ChatJob:
 
 @dataclass(frozen=True)
 class TranscriptionJob:
-    """A 16 kHz waveform to transcribe in ``language`` (None: detected), with word timestamps or not."""
+    """A 16 kHz waveform to transcribe in ``language`` (None: detected).
+
+    With word timestamps or not (``timestamps``).
+    """
 
     waveform: torch.Tensor
     language: str | None
@@ -92,7 +95,10 @@ class _Active:
 
 
 class Scheduler:
-    """Jobs in, events out: ``max_slots`` rows decode at once, ``max_model_len`` tokens each at most."""
+    """Jobs in, events out: ``max_slots`` rows decode at once.
+
+    Each row holds ``max_model_len`` tokens at most.
+    """
 
     def __init__(
         self, model: QwenAudio, tokenizer: QwenAudioTokenizer, *, max_slots: int, max_model_len: int
@@ -142,7 +148,10 @@ class Scheduler:
         )
 
     def cancel(self, uid: str) -> None:
-        """Drop job ``uid`` (its client left). Its slots free at once and its waiting rows leave the queue."""
+        """Drop job ``uid`` (its client left).
+
+        Its slots free at once and its waiting rows leave the queue.
+        """
         active = self.jobs.pop(uid, None)
         if active is None:
             return
@@ -162,9 +171,9 @@ class Scheduler:
         return bool(self.jobs)
 
     def step(self) -> list[tuple[str, dict]]:
-        """Admit waiting rows into free slots, decode one step, and return ``(uid, event)`` for each job with news.
+        """Admit waiting rows into free slots and decode one step.
 
-        A job's last event has ``"done": True``.
+        Returns ``(uid, event)`` for each job with news. A job's last event has ``"done": True``.
         """
         self._admit()
         self.engine.step()

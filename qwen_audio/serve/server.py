@@ -168,7 +168,10 @@ class OpenAIAudioSpec(LitSpec):
         return PlainTextResponse(body, media_type=media_type)
 
     def _check_length(self, job: ChatJob) -> None:
-        """A 400 naming ``messages`` or ``max_tokens`` when the prompt and its new tokens overflow the context."""
+        """A 400 when the prompt and its new tokens overflow the context.
+
+        It names ``messages`` or ``max_tokens``.
+        """
         prompt, new = len(job.prompt.ids), job.config.max_new_tokens
         if prompt + new > self.max_model_len:
             param = "messages" if prompt >= self.max_model_len else "max_tokens"

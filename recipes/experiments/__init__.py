@@ -1,1 +1,4 @@
-"""Toy-scale ablations of the paper's claims on the demo corpus (issue #8): ``python -m recipes.experiments.<name>``."""
+"""Toy-scale ablations of the paper's claims on the demo corpus (issue #8).
+
+Run one with ``python -m recipes.experiments.<name>``.
+"""

@@ -1,11 +1,14 @@
-"""What the toy-scale ablations share: training, scoring and reporting variants of the demo pretraining.
+"""What the toy-scale ablations share: training, scoring and reporting demo-pretraining variants.
 
 The variants train with the real recipe and are scored on the held-out demo test set. The results go
 to a Markdown table and a PNG of the validation curves.
 
-Each variant is a subprocess run of
-``python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml --config <override.yaml>``
-in its own folder. The flat-prompt variant runs the same recipe with its own data module,
+Each variant is a subprocess run, in its own folder, of::
+
+    python -m recipes.pretrain fit --config recipes/configs/pretrain/demo.yaml \\
+        --config <override.yaml>
+
+The flat-prompt variant runs the same recipe with its own data module,
 :mod:`recipes.experiments.flat_prompts`. The override changes only the data (and, for quick checks,
 the model preset), the step budget and what is logged and exported. What runs is thus the recipe a
 user runs.
@@ -103,7 +106,10 @@ def ablation_arguments(description: str) -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class DemoSetup:
-    """demo.yaml's data settings and model preset, with the command line's overrides, and the corpus they name."""
+    """demo.yaml's data settings and model preset, with the command line's overrides.
+
+    It also holds the corpus they name.
+    """
 
     data: dict  # without the corpus, which size and manifests give
     size: int
@@ -139,7 +145,10 @@ class DemoSetup:
 
 
 def write_manifest_without(source: Path, path: Path, tasks: set[str]) -> Path:
-    """Copy the manifest ``source`` to ``path`` without the lines of ``tasks`` (audio paths made absolute)."""
+    """Copy the manifest ``source`` to ``path`` without the lines of ``tasks``.
+
+    Audio paths are made absolute.
+    """
     entries = read_manifest(source)
     missing = tasks - {entry.task for entry in entries}
     if missing:
@@ -291,7 +300,10 @@ def final_validation_loss(metrics_csv: Path, key: str = "val/loss") -> float:
 def plot_validation_losses(
     curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path, title: str
 ) -> None:
-    """One panel per validation loss (overall, then each task's) that any run logged, one line per run."""
+    """One panel per validation loss that any run logged, one line per run.
+
+    The panels are the overall loss, then each task's.
+    """
     keys = sorted(
         {key for run in curves.values() for key in run if key.startswith("val/loss")},
         key=lambda key: (key != "val/loss", key),
@@ -420,7 +432,7 @@ def run_ablation(
     seeds: Sequence[int],
     loss: str = "val/loss",
 ) -> str:
-    """Train and score every variant from every seed, and write ``out/<name>.md`` and ``out/<name>.png``.
+    """Train and score every variant from every seed, and write the results under ``out``.
 
     Every run takes the same number of optimizer steps: ``setup.epochs`` epochs over the full
     training set. The runs are scored on the test lines of ``tasks``. ``out/<name>.md`` holds a

@@ -1,4 +1,6 @@
-"""The flat-prompt baseline of the tag ablation: one dataset-ID token per dataset instead of hierarchical tags.
+"""The flat-prompt baseline of the tag ablation: one dataset-ID token per dataset.
+
+This token stands in for the hierarchical tags.
 
 Before Qwen-Audio, multi-task audio models kept datasets from interfering by "assigning a dataset ID
 to each dataset" (paper §3.2). The paper's hierarchical tags replace that ID by shared tags:
@@ -93,7 +95,10 @@ def encode_flat(
 
 
 class FlatPromptDataset(AudioTextDataset):
-    """:class:`AudioTextDataset` with the flat prompts of :func:`encode_flat` in place of the hierarchical tags."""
+    """:class:`AudioTextDataset` with the flat prompts of :func:`encode_flat`.
+
+    They take the place of the hierarchical tags.
+    """
 
     def encode(self, entry: ManifestEntry, transform: Transform | None = None) -> Sample:
         if transform is not None:
@@ -110,7 +115,10 @@ class FlatPromptDataset(AudioTextDataset):
 
 
 class FlatPromptDataModule(AudioTextDataModule):
-    """:class:`~qwen_audio.data.AudioTextDataModule` whose examples have the flat prompts (indexed manifests only)."""
+    """:class:`~qwen_audio.data.AudioTextDataModule` whose examples have the flat prompts.
+
+    It takes indexed manifests only.
+    """
 
     dataset_class = FlatPromptDataset
 

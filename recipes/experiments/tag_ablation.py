@@ -1,4 +1,4 @@
-"""The paper's interference argument at toy scale: hierarchical task tags against a flat per-dataset prompt.
+"""The paper's interference argument at toy scale: hierarchical tags vs. a flat per-dataset prompt.
 
 ``python -m recipes.experiments.tag_ablation [--epochs N] [--seeds S ...] [--out DIR]`` trains the
 demo recipe twice from each seed, on the same data and steps. One run uses the release's

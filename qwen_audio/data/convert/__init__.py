@@ -1,4 +1,6 @@
-"""Importers: data where users keep it -> our JSONL manifests (``python -m qwen_audio.data.convert {hf,lhotse}``).
+"""Importers: data where users keep it -> our JSONL manifests.
+
+The command is ``python -m qwen_audio.data.convert {hf,lhotse}``.
 
 The module :mod:`.hf` reads Hugging Face ``datasets``, either a ``save_to_disk`` folder or parquet
 files with an ``Audio`` column. The module :mod:`.lhotse_cuts` reads lhotse CutSet manifests. A

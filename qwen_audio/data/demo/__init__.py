@@ -1,6 +1,6 @@
-"""The embedded demo: a corpus of synthesised clips (:mod:`.corpus`, speech from :mod:`.espeak`) and chat data about
-it (:mod:`.chat`), generated on first use, that a small model learns from on a CPU. Configs name them through
-:class:`DemoCorpus` and :class:`DemoChat` (:mod:`.corpora`)."""
+"""The embedded demo: a corpus of synthesised clips (:mod:`.corpus`, speech from :mod:`.espeak`) and
+chat data about it (:mod:`.chat`), generated on first use, that a small model learns from on a CPU.
+Configs name them through :class:`DemoCorpus` and :class:`DemoChat` (:mod:`.corpora`)."""
 
 from qwen_audio.data.demo.chat import build_demo_chat
 from qwen_audio.data.demo.corpora import DemoChat, DemoCorpus

@@ -1,4 +1,4 @@
-"""Chat data for the SFT demo, generated from the demo corpus: questions and answers about its audio.
+"""Chat data for the SFT demo, generated from the demo corpus: questions and answers on its audio.
 
 Every answer is one the audio determines (:mod:`qwen_audio.data.demo.corpus`). The questions ask
 what is said (ASR lines), which note (MNA), which scene (ASC), how many beeps or clicks (AQA), and

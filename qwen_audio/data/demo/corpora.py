@@ -1,8 +1,8 @@
-"""The demo corpus and its chat files as :class:`~qwen_audio.data.corpus.Corpus` objects, which configs name.
+"""The demo corpus and its chat files as :class:`~qwen_audio.data.corpus.Corpus` objects.
 
-A demo config gives one to its data module (``data.corpus``); ``demo:train``, ``demo:noise``, ...
-then name its files. The corpus also writes its record into an exported model, and checks that
-evaluation reads that corpus back.
+Configs name these objects. A demo config gives one to its data module (``data.corpus``);
+``demo:train``, ``demo:noise``, ... then name its files. The corpus also writes its record into an
+exported model, and checks that evaluation reads that corpus back.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def recorded_corpus(
 
 
 class DemoCorpus(Corpus):
-    """The embedded demo corpus (:func:`~qwen_audio.data.demo.corpus.build_demo_corpus`): ``demo:<manifest>``.
+    """The embedded demo corpus: ``demo:<manifest>``.
+
+    It is built by :func:`~qwen_audio.data.demo.corpus.build_demo_corpus`.
 
     Args:
         seed, size: of the corpus: its seed, and its training clips per group. ``None``: when
@@ -76,7 +78,10 @@ class DemoCorpus(Corpus):
         )
 
     def _built(self) -> dict[str, Path]:
-        """The corpus's manifests, built on first use; refused if its fingerprint is not the expected one."""
+        """The corpus's manifests, built on first use.
+
+        They are refused if their fingerprint is not the expected one.
+        """
         manifests = build_demo_corpus(seed=self._seed, size=self._size)
         built = corpus_fingerprint(manifests) if self.fingerprint is not None else None
         if built != self.fingerprint:
@@ -118,27 +123,37 @@ class DemoCorpus(Corpus):
         os.replace(staged, path)
 
     def recorded(self, folder: str | None) -> DemoCorpus:
-        """The corpus that ``folder``'s export records (:func:`recorded_corpus`), expected to match its fingerprint."""
+        """The corpus that ``folder``'s export records (:func:`recorded_corpus`).
+
+        It is expected to match its recorded fingerprint.
+        """
         seed, size, fingerprint = recorded_corpus(folder, self.seed, self.size)
         corpus = type(self)(seed, size)
         corpus.fingerprint = fingerprint
         return corpus
 
     def conditions(self, path: str) -> tuple[str, ...]:
-        """The noisy and unseen-voice rows of the held-out splits (``demo:test`` -> ``demo:test_noisy``, ...)."""
+        """The noisy and unseen-voice rows of the held-out splits.
+
+        For example ``demo:test`` -> ``demo:test_noisy``, ...
+        """
         held_out = {f"{self.name}:{split}" for split in SPLITS[1:]}
         return CONDITIONS if path in held_out else ()
 
     def question_family(self, conversation_id: str) -> str:
-        """The family of a demo conversation id (``test-scene-3`` -> ``scene``); any other id is its own."""
+        """The family of a demo conversation id (``test-scene-3`` -> ``scene``).
+
+        Any other id is its own family.
+        """
         parts = conversation_id.split("-")
         return parts[1] if len(parts) == 3 else conversation_id
 
 
 class DemoChat(DemoCorpus):
-    """The chat files made from the demo corpus (:func:`~qwen_audio.data.demo.chat.build_demo_chat`): ``demo:<split>``.
+    """The chat files made from the demo corpus: ``demo:<split>``.
 
-    An export records the demo corpus they come from, as :class:`DemoCorpus` does.
+    They are built by :func:`~qwen_audio.data.demo.chat.build_demo_chat`. An export records the demo
+    corpus they come from, as :class:`DemoCorpus` does.
     """
 
     def files(self) -> dict[str, Path]:

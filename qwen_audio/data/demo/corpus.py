@@ -1,8 +1,8 @@
-"""The embedded demo corpus: a few hundred short clips, generated on first use, that a small model can learn on a CPU.
+"""The embedded demo corpus: a few hundred short clips that a small model can learn on a CPU.
 
-Speech is real synthesised speech (libespeak-ng, :mod:`qwen_audio.data.demo.espeak`) of spoken digit
-strings in English and Mandarin ("four one seven two", "四一七二"). Each clip is used for ASR and for
-SRWT, with the synthesiser's own word timings.
+The clips are generated on first use. Speech is real synthesised speech (libespeak-ng,
+:mod:`qwen_audio.data.demo.espeak`) of spoken digit strings in English and Mandarin ("four one seven
+two", "四一七二"). Each clip is used for ASR and for SRWT, with the synthesiser's own word timings.
 
 Digit strings are used, as in TIDIGITS, because a small model can learn to transcribe a ten-word
 vocabulary on a CPU in minutes. The held-out strings (3 to 6 digits) are new combinations of seen
@@ -11,11 +11,11 @@ Every utterance has a little silence before and after it, as recorded speech doe
 and stops with the voice). Babble scenes mix voices reading the sentences of
 ``qwen_audio/assets/demo_corpus.txt``.
 
-The sound tasks follow the paper's formats, with targets that the audio determines. MNA clips are harmonic notes of
-five timbres, with overtones and envelope varied per clip. Their target is
-``<|pitch|><|midi_pitch_N|><|instrument|>NAME``. ASC clips are five scenes built from shaped noise and synthetic
-events (rain, wind, engine, birds, babble of several voices). AQA clips hold 1 to 6 beeps or clicks. "How many
-...?" is answered by a number word, and "are there any ...?" by yes/no.
+The sound tasks follow the paper's formats, with targets that the audio determines. MNA clips are
+harmonic notes of five timbres, with overtones and envelope varied per clip. Their target is
+``<|pitch|><|midi_pitch_N|><|instrument|>NAME``. ASC clips are five scenes built from shaped noise
+and synthetic events (rain, wind, engine, birds, babble of several voices). AQA clips hold 1 to 6
+beeps or clicks. "How many ...?" is answered by a number word, and "are there any ...?" by yes/no.
 
 Held-out items are held out by construction. Every item's split is a function of the item itself. It
 is a hash (:func:`split_of`) of the digit sequence, the babble sentence or the AQA event layout. A
@@ -137,7 +137,10 @@ _TIMBRES = {
 
 
 def default_demo_dir() -> Path:
-    """``$QWEN_AUDIO_DEMO_DIR``, else ``$XDG_CACHE_HOME/qwen_audio`` (``~/.cache/qwen_audio`` by default)."""
+    """``$QWEN_AUDIO_DEMO_DIR``, else ``$XDG_CACHE_HOME/qwen_audio``.
+
+    By default this is ``~/.cache/qwen_audio``.
+    """
     if os.environ.get(DEMO_DIR_ENV):
         return Path(os.environ[DEMO_DIR_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwen_audio"
@@ -222,12 +225,18 @@ def _is_built(root: Path, config: dict) -> bool:
 
 
 def _rng(seed: int, *names: str) -> np.random.Generator:
-    """An independent, stable stream per purpose, so changing one part of the corpus leaves the others unchanged."""
+    """An independent, stable stream per purpose.
+
+    Changing one part of the corpus thus leaves the others unchanged.
+    """
     return np.random.default_rng([seed, *(zlib.crc32(name.encode()) for name in names)])
 
 
 def read_sentences() -> dict[str, list[str]]:
-    """The ``en`` and ``zh`` sentences of ``assets/demo_corpus.txt`` (its ``label`` lines list class names)."""
+    """The ``en`` and ``zh`` sentences of ``assets/demo_corpus.txt``.
+
+    Its ``label`` lines list class names.
+    """
     sentences: dict[str, list[str]] = {"en": [], "zh": []}
     text = SENTENCES_FILE.read_text(encoding="utf-8")
     for number, line in enumerate(text.splitlines(), start=1):
@@ -242,10 +251,10 @@ def read_sentences() -> dict[str, list[str]]:
 
 
 def split_of(key: str) -> str:
-    """Return the split of the item ``key`` names (``digits:4172``, ``sentence:...``, ``aqa:beep:1,4``).
+    """Return the split of the item ``key`` names.
 
-    The split is a stable hash of the key. It depends on neither the seed nor the size nor the order
-    of generation.
+    Keys look like ``digits:4172``, ``sentence:...`` and ``aqa:beep:1,4``. The split is a stable
+    hash of the key. It depends on neither the seed nor the size nor the order of generation.
     """
     bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 100
     if bucket < HELD_OUT_PERCENT["test"]:
@@ -640,7 +649,10 @@ def _siren(rng: np.random.Generator, seconds: float) -> np.ndarray:
 
 
 def _buzz(rng: np.random.Generator, seconds: float) -> np.ndarray:
-    """Mains buzz at 50 or 60 Hz, with its harmonics up to 4 kHz (a sawtooth's spectrum) and faint hiss."""
+    """Mains buzz at 50 or 60 Hz, with its harmonics up to 4 kHz and faint hiss.
+
+    The harmonics make a sawtooth's spectrum.
+    """
     t, f0 = _times(seconds), float(rng.choice([50.0, 60.0]))
     harmonics = range(1, int(4000 / f0) + 1)
     buzz = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k for k in harmonics)

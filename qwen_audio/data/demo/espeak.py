@@ -1,4 +1,4 @@
-"""Speech synthesis with word timings through the libespeak-ng that the ``espeakng-loader`` wheel bundles.
+"""Speech synthesis with word timings via the libespeak-ng bundled in the ``espeakng-loader`` wheel.
 
 It uses ctypes rather than a TTS package for two reasons. The wheel ships the library and its voices
 (English ``en``, Mandarin ``cmn``, ...) with no system install and no download. The C API reports,
@@ -62,7 +62,10 @@ class _EventId(ctypes.Union):
 
 
 class _Event(ctypes.Structure):
-    """``espeak_EVENT``: ``text_position`` is 1-based in characters, ``audio_position`` in milliseconds."""
+    """The C struct ``espeak_EVENT``.
+
+    ``text_position`` is 1-based in characters, ``audio_position`` in milliseconds.
+    """
 
     _fields_ = [
         ("type", ctypes.c_int),
@@ -158,7 +161,7 @@ def _get_engine() -> _Engine:
 
 
 def _strip_punctuation(span: str) -> str:
-    """Drop the spaces and punctuation around a word ("fox," -> "fox"), keeping inner ones ("don't")."""
+    """Drop spaces and punctuation around a word ("fox," -> "fox"), keeping inner ones ("don't")."""
     start, end = 0, len(span)
     while start < end and unicodedata.category(span[start])[0] in "PZ":
         start += 1
@@ -173,10 +176,10 @@ def _word_timings(
     """Turn word events into ``(word, start_s, end_s)``.
 
     A word is the text from its event's character to the next event's, without edge punctuation.
-    Because espeak-ng emits one event per dictionary word, a Mandarin word such as 很好 spans several
-    characters. A word starts at its event. It ends at its last sample above ``SILENCE_DB`` before
-    the next word starts (or the audio ends). So a pause after a comma is not counted as part of the
-    word.
+    Because espeak-ng emits one event per dictionary word, a Mandarin word such as 很好 spans
+    several characters. A word starts at its event. It ends at its last sample above ``SILENCE_DB``
+    before the next word starts (or the audio ends). So a pause after a comma is not counted as part
+    of the word.
     """
     magnitude = np.abs(samples.astype(np.float32))  # in float: abs(int16 -32768) overflows
     loud = magnitude > magnitude.max(initial=0) * 10 ** (SILENCE_DB / 20)
@@ -260,7 +263,10 @@ def synthesize_files(jobs: Sequence[SpeechJob]) -> list[list[tuple[str, float, f
 
 
 def _serve() -> None:
-    """Script entry point of :func:`synthesize_files`: JSON jobs on stdin, JSON word timings on stdout."""
+    """Script entry point of :func:`synthesize_files`.
+
+    It reads JSON jobs on stdin and writes JSON word timings on stdout.
+    """
     timings = []
     for job in json.load(sys.stdin):
         samples, sample_rate, words = synthesize(

@@ -1,4 +1,4 @@
-"""Metrics of the paper's benchmarks, computed as the release's ``eval_audio`` scripts compute them (spec §6).
+"""Benchmark metrics of the paper, as the release's ``eval_audio`` scripts compute them (spec §6).
 
 Pure functions of text: each takes the references and the decoded hypotheses of one group of results
 (the release groups by ``source``) and returns corpus-level numbers. Where the release has a quirk,

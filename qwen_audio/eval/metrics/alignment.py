@@ -9,11 +9,13 @@ units aligned as equal are timed. AAS is the mean over them of |Δstart| + |Δen
 There are two procedures. Both take the generations as decoded, i.e. continuing the SRWT prompt
 after its final ``<|0.00|>``.
 
-- ``alignment_error_ms`` (ours) puts the prompt's ``<|0.00|>`` back, so the first word is timed too. Its units are
-  the words of ``parse_timestamped_words``. ``<|sil|>`` is not a word, and its bounds are its neighbours' bounds. A
-  generation that does not parse (say, cut off at the generation limit) times nothing.
-- ``release_alignment_error_ms`` is the release's procedure, for comparison with Table 3 (51.5 ms). Its units are
-  the pieces strictly between timestamps. A generation thus loses its first unit, and ``<|sil|>`` counts as a unit.
+- ``alignment_error_ms`` (ours) puts the prompt's ``<|0.00|>`` back, so the first word is timed too.
+  Its units are the words of ``parse_timestamped_words``. ``<|sil|>`` is not a word, and its bounds
+  are its neighbours' bounds. A generation that does not parse (say, cut off at the generation
+  limit) times nothing.
+- ``release_alignment_error_ms`` is the release's procedure, for comparison with Table 3 (51.5 ms).
+  Its units are the pieces strictly between timestamps. A generation thus loses its first unit, and
+  ``<|sil|>`` counts as a unit.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ _RELEASE_STRIPPED = ("<|startoftranscript|>", "<|transcribe|>")
 
 
 def alignment_error_ms(references: Sequence[str], hypotheses: Sequence[str]) -> float | None:
-    """AAS over the words of all utterances, or ``None`` when no word of any hypothesis matches its reference.
+    """AAS over the words of all utterances.
 
-    ``references`` are complete SRWT texts (``<|0.00|><|sil|><|0.54|>面<|0.86|>...``) and must parse.
-    ``hypotheses`` are the generations that follow the prompt's ``<|0.00|>``.
+    It is ``None`` when no word of any hypothesis matches its reference.
+
+    ``references`` are complete SRWT texts (``<|0.00|><|sil|><|0.54|>面<|0.86|>...``) and must
+    parse. ``hypotheses`` are the generations that follow the prompt's ``<|0.00|>``.
     """
     check_pairs(references, hypotheses)
     reference_words = []
@@ -82,7 +86,10 @@ def release_alignment_error_ms(
 
 
 def _release_units(text: str) -> list[TimedWord] | None:
-    """``read_timestamps``: strip a few tags, take ``<|d.dd|>`` timestamps and the pieces strictly between them."""
+    """``read_timestamps``: ``<|d.dd|>`` timestamps and the pieces strictly between them.
+
+    A few tags are stripped first.
+    """
     for tag in _RELEASE_STRIPPED:
         text = text.replace(tag, "")
     text = text.replace("<|en|>", "") if "<|en|>" in text else text.replace("<|zh|>", "")

@@ -1,11 +1,12 @@
-"""Audio captioning scores of the release (Clotho): CIDEr-D, SPICE and SPIDEr = (CIDEr-D + SPICE) / 2.
+"""Audio captioning scores of the release (Clotho): CIDEr-D, SPICE, SPIDEr = (CIDEr-D + SPICE) / 2.
 
-The release scores with ``caption-evaluation-tools``, a copy of the MS-COCO caption evaluation code. pycocoevalcap
-is that code packaged for Python 3. It has the same Java PTB tokenizer (lower case, punctuation dropped) and
-scorers. The tokenizer's jar is inside the wheel, so CIDEr-D runs offline. COCO's ``Cider`` is CIDEr-D: clipped
-n-gram counts, a Gaussian length penalty (σ = 6) and a factor 10. Its document frequencies are taken from this
-corpus's references. SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap downloads on first use. Where
-they are missing (no network), SPICE and SPIDEr are ``None`` instead of a number, and the result says why.
+The release scores with ``caption-evaluation-tools``, a copy of the MS-COCO caption evaluation code.
+pycocoevalcap is that code packaged for Python 3. It has the same Java PTB tokenizer (lower case,
+punctuation dropped) and scorers. The tokenizer's jar is inside the wheel, so CIDEr-D runs offline.
+COCO's ``Cider`` is CIDEr-D: clipped n-gram counts, a Gaussian length penalty (σ = 6) and a factor
+10. Its document frequencies are taken from this corpus's references. SPICE needs the Stanford
+CoreNLP 3.6.0 jars, which pycocoevalcap downloads on first use. Where they are missing (no network),
+SPICE and SPIDEr are ``None`` instead of a number, and the result says why.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Accuracy of label answers (scene, emotion, vocal sound, AQA): exact, case-sensitive match, as the release."""
+"""Accuracy of label answers (scene, emotion, vocal sound, AQA): exact, case-sensitive match.
+
+This is how the release scores them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,10 @@ YES_NO = ("yes", "no")
 
 
 def accuracy(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """``sklearn.metrics.accuracy_score`` on the strings: "Yes" against "yes" is wrong, as in the release."""
+    """``sklearn.metrics.accuracy_score`` on the strings.
+
+    "Yes" against "yes" is wrong, as in the release.
+    """
     check_pairs(references, hypotheses)
     return float(accuracy_score(list(references), list(hypotheses)))
 

@@ -1,4 +1,7 @@
-"""Corpus word error rate as the release scores ASR and SRWT transcripts (character error rate for Chinese)."""
+"""Corpus word error rate as the release scores ASR and SRWT transcripts.
+
+Chinese is scored by character error rate.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The majority baseline printed beside every accuracy: always give the training split's most common answer.
+"""The majority baseline printed beside every accuracy.
 
-It is taken from the training split, never from the scored one. A model can know how often each
-answer occurs in its training data, but not in the test data. The test split's most common answer is
-thus a baseline no model could follow.
+It always gives the training split's most common answer. It is taken from the training split, never
+from the scored one. A model can know how often each answer occurs in its training data, but not in
+the test data. The test split's most common answer is thus a baseline no model could follow.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 
 def majority_answer(train_answers: Iterable[str]) -> str | None:
-    """Return the training split's most common answer, or ``None`` when there are no training answers.
+    """Return the training split's most common answer, or ``None`` without training answers.
 
     Among equally common answers, the first one seen wins.
     """
@@ -21,10 +21,10 @@ def majority_answer(train_answers: Iterable[str]) -> str | None:
 
 
 def majority_accuracy(train_answers: Iterable[str], references: Sequence[str]) -> float:
-    """Return the accuracy on ``references`` of always answering :func:`majority_answer` of ``train_answers``.
+    """Return the accuracy on ``references`` of always answering the majority answer.
 
-    This is the chance level of an accuracy. With no training answers the baseline knows no answer
-    and scores 0.
+    That answer is :func:`majority_answer` of ``train_answers``. This is the chance level of an
+    accuracy. With no training answers the baseline knows no answer and scores 0.
     """
     if not references:
         raise ValueError("majority_accuracy needs at least one reference")

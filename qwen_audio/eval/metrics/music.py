@@ -1,8 +1,9 @@
-"""Music note analysis (NSynth) scores, parsed and computed as the release's ``evaluate_note_analysis.py`` does.
+"""Music note analysis (NSynth) scores, parsed and computed as the release does.
 
-The model answers ``<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><|instrument|>keyboard_acoustic
-<|sonic|>bright, percussive``. Instrument, pitch and velocity are scored by exact match. The sonic qualities are
-scored by macro mean average precision of the binary predictions.
+The release's script is ``evaluate_note_analysis.py``. The model answers
+``<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><|instrument|>keyboard_acoustic
+<|sonic|>bright, percussive``. Instrument, pitch and velocity are scored by exact match. The sonic
+qualities are scored by macro mean average precision of the binary predictions.
 
 The release's chroma accuracy compares one-hot *column* indices modulo 12. The columns are the
 pitches seen in this corpus. It is thus not the pitch class unless every pitch between the lowest
@@ -84,7 +85,7 @@ def _text_field(pattern: re.Pattern[str], text: str) -> str:
 
 
 def nsynth_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float | None]:
-    """Score notes: instrument, velocity and pitch accuracy, chroma accuracy, and the qualities' macro mAP.
+    """Score notes: instrument, velocity, pitch and chroma accuracy, and the qualities' macro mAP.
 
     Chroma accuracy comes as the pitch class and as the release's column variant. The mAP is
     ``None`` when no quality occurs in references or hypotheses, because the release fails there.

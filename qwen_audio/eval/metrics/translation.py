@@ -1,4 +1,7 @@
-"""Corpus BLEU of speech translation, tokenised per target language as the release's ``evaluate_st.py`` does."""
+"""Corpus BLEU of speech translation, tokenised per target language.
+
+The tokenisation is the one the release's ``evaluate_st.py`` does.
+"""
 
 from __future__ import annotations
 
